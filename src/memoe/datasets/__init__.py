@@ -1,0 +1,54 @@
+"""Bundled example data sets (copies of the R reference data in ``../shared/reference``).
+
+``memoe.datasets.load("sleepstudy")`` returns a DataFrame whose factor columns are pandas
+Categoricals with R's level order, so coefficient names and reference levels match R.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+
+import pandas as pd
+
+__all__ = ["load", "names", "describe"]
+
+_FACTORS = json.loads((resources.files(__package__) / "factors.json").read_text())
+
+
+def names() -> list[str]:
+    """Names of the bundled data sets."""
+    return sorted(_FACTORS)
+
+
+def describe(name: str) -> dict:
+    """Source, description and factor levels of a bundled data set."""
+    try:
+        return _FACTORS[name]
+    except KeyError:
+        raise KeyError(f"unknown data set {name!r}; available: {names()}") from None
+
+
+def load(name: str) -> pd.DataFrame:
+    """Load a bundled data set.
+
+    Parameters
+    ----------
+    name : str
+        One of :func:`names` (``sleepstudy``, ``Dyestuff``, ``Dyestuff2``, ``Penicillin``, ``Pastes``,
+        ``Orthodont``, ``Ovary``, ``BodyWeight``, ``cbpp``, ``grouseticks``, ``memoe_sim2``).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Factor columns as Categoricals with R's level order; ``df.name`` holds the name.
+    """
+    meta = describe(name)
+    path = resources.files(__package__) / "data" / meta["file"]
+    factors = meta.get("factors", {})
+    with resources.as_file(path) as p:
+        df = pd.read_csv(p, dtype={f: str for f in factors})
+    for col, levels in factors.items():
+        df[col] = pd.Categorical(df[col], categories=[str(v) for v in levels])
+    df.attrs["name"] = name
+    return df

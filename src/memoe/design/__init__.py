@@ -1,0 +1,105 @@
+"""From formula and DataFrame to the numeric design of a mixed model (no fitting happens here)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from memoe.covariance import ThetaMap
+from memoe.design.fixed import FixedDesign, build_fixed
+from memoe.design.frame import ModelFrame, build_frame, numeric_response
+from memoe.design.grouping import GroupingFactor, make_grouping_factor
+from memoe.design.random import FactorBlock, ReTerm, build_random
+from memoe.errors import DataError
+from memoe.formula.parse import FormulaSpec, parse_formula
+
+__all__ = [
+    "Design",
+    "FactorBlock",
+    "FixedDesign",
+    "GroupingFactor",
+    "ModelFrame",
+    "ReTerm",
+    "build_design",
+    "make_grouping_factor",
+]
+
+
+@dataclass(frozen=True)
+class Design:
+    """Everything numeric a mixed model needs, built once per formula and data.
+
+    Attributes
+    ----------
+    spec : FormulaSpec
+    frame : ModelFrame
+        Kept rows and the missing-value report.
+    y : numpy.ndarray, shape (n,)
+    fixed : FixedDesign
+        ``fixed.X`` is (n, p).
+    terms : list of ReTerm
+        lme4's terms in lme4's order.
+    blocks : list of FactorBlock
+        Terms merged per grouping factor, block 0 has the most levels.
+    theta_map : ThetaMap
+    """
+
+    spec: FormulaSpec
+    frame: ModelFrame
+    y: np.ndarray
+    fixed: FixedDesign
+    terms: list[ReTerm]
+    blocks: list[FactorBlock]
+    theta_map: ThetaMap
+
+    @property
+    def X(self) -> np.ndarray:
+        return self.fixed.X
+
+    @property
+    def n(self) -> int:
+        return len(self.y)
+
+    @property
+    def p(self) -> int:
+        return self.fixed.X.shape[1]
+
+    @property
+    def fixef_names(self) -> list[str]:
+        return self.fixed.names
+
+
+def build_design(formula: str | FormulaSpec, data: pd.DataFrame, require_random: bool = True) -> Design:
+    """Parse ``formula``, build the model frame, fixed design and random-effects blocks.
+
+    Parameters
+    ----------
+    formula : str or FormulaSpec
+    data : pandas.DataFrame
+    require_random : bool
+        Raise if the formula has no ``(lhs | group)`` term.
+
+    Raises
+    ------
+    FormulaError, DataError, IdentifiabilityError
+    """
+    spec = formula if isinstance(formula, FormulaSpec) else parse_formula(formula)
+    if require_random and not spec.random:
+        from memoe.errors import FormulaError
+
+        raise FormulaError(
+            f"formula {spec.text!r} has no random-effects term such as (1 | group); "
+            "a linear mixed model needs at least one"
+        )
+    frame = build_frame(spec, data)
+    y = numeric_response(frame.data, spec.response)
+    if not np.all(np.isfinite(y)):
+        raise DataError(f"response {spec.response!r} has {int((~np.isfinite(y)).sum())} non-finite values")
+    fixed = build_fixed(spec.fixed, frame.data)
+    n = len(y)
+    if fixed.X.shape[0] != n:
+        raise DataError(f"fixed-effects matrix has {fixed.X.shape[0]} rows but the response has {n}")
+    terms, blocks, theta_map = build_random(spec.random, frame.data, n)
+    return Design(spec=spec, frame=frame, y=y, fixed=fixed, terms=terms, blocks=blocks, theta_map=theta_map)

@@ -1,0 +1,115 @@
+"""The fixed-effects design: formulaic model matrix, R's column names, and lme4's rank check."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from formulaic import model_matrix
+from formulaic.model_spec import ModelSpec
+
+from memoe.errors import DataError, FormulaError, RankDeficiencyWarning
+from memoe.formula.names import r_column_name
+
+__all__ = ["FixedDesign", "build_fixed", "evaluate_matrix"]
+
+# R's qr() default tolerance, used by lme4's chkRank.drop.cols
+RANK_TOL = 1e-7
+
+
+@dataclass(frozen=True)
+class FixedDesign:
+    """Fixed-effects model matrix after dropping aliased columns.
+
+    Attributes
+    ----------
+    X : numpy.ndarray, shape (n, p)
+    names : list of str
+        R-style column names of the kept columns.
+    spec : formulaic ModelSpec
+        Replays the encoding (levels, stateful transforms) on new data.
+    kept : numpy.ndarray of int
+        Indices of kept columns among the formulaic columns.
+    dropped : list of str
+        Names of aliased columns that were dropped.
+    """
+
+    X: np.ndarray
+    names: list[str]
+    spec: ModelSpec
+    kept: np.ndarray
+    dropped: list[str]
+
+    def matrix_for(self, data: pd.DataFrame) -> np.ndarray:
+        """The same columns evaluated on new data."""
+        full = evaluate_matrix(self.spec, data)
+        return full[:, self.kept]
+
+
+def evaluate_matrix(spec: ModelSpec, data: pd.DataFrame) -> np.ndarray:
+    """Evaluate a stored formulaic spec on (new) data as a float array."""
+    try:
+        mm = spec.get_model_matrix(data, output="numpy", na_action="ignore")
+    except Exception as exc:
+        raise DataError(f"cannot evaluate {spec.formula} on the new data: {exc}") from None
+    return np.asarray(mm, dtype=float)
+
+
+def aliased_columns(X: np.ndarray, tol: float = RANK_TOL) -> list[int]:
+    """Columns that are linear combinations of earlier columns (R's dqrdc2 criterion).
+
+    A column is dropped when its norm after projecting out the earlier kept columns falls
+    below ``tol`` times its original norm; earlier columns win, as in lme4.
+    """
+    n, p = X.shape
+    if p == 0:
+        return []
+    # work on a QR of X so that n can be large: R carries all the geometry
+    R = np.linalg.qr(X, mode="r") if n >= p else X
+    R = np.asarray(R)
+    norms = np.sqrt((R * R).sum(axis=0))
+    kept: list[int] = []
+    dropped: list[int] = []
+    for j in range(p):
+        col = R[:, j]
+        if norms[j] == 0.0:
+            dropped.append(j)
+            continue
+        if kept:
+            Q, _ = np.linalg.qr(R[:, kept])
+            resid = col - Q @ (Q.T @ col)
+        else:
+            resid = col
+        if np.linalg.norm(resid) < tol * norms[j]:
+            dropped.append(j)
+        else:
+            kept.append(j)
+    return dropped
+
+
+def build_fixed(formula_rhs: str, data: pd.DataFrame) -> FixedDesign:
+    """Build the fixed-effects matrix for ``formula_rhs`` (formulaic syntax) on ``data``."""
+    try:
+        mm = model_matrix(formula_rhs, data, output="numpy", na_action="ignore")
+    except Exception as exc:
+        raise FormulaError(f"cannot build the fixed effects {formula_rhs!r}: {exc}") from None
+    X = np.asarray(mm, dtype=float)
+    spec = mm.model_spec
+    names = [r_column_name(c) for c in spec.column_names]
+    if not np.all(np.isfinite(X)):
+        bad = [names[j] for j in range(X.shape[1]) if not np.all(np.isfinite(X[:, j]))]
+        raise DataError(f"fixed-effects columns {bad} contain infinite values")
+    drop = aliased_columns(X)
+    kept = np.array([j for j in range(X.shape[1]) if j not in drop], dtype=int)
+    dropped = [names[j] for j in drop]
+    if drop:
+        warnings.warn(
+            f"fixed-effect model matrix is rank deficient so dropping {len(drop)} "
+            f"column{'s' if len(drop) > 1 else ''} / coefficient{'s' if len(drop) > 1 else ''}: {dropped}",
+            RankDeficiencyWarning,
+            stacklevel=3,
+        )
+        X = np.ascontiguousarray(X[:, kept])
+    return FixedDesign(X=X, names=[names[j] for j in kept], spec=spec, kept=kept, dropped=dropped)

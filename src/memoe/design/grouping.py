@@ -1,0 +1,67 @@
+"""Grouping factors: integer codes and level labels in R's order."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["GroupingFactor", "make_grouping_factor"]
+
+
+@dataclass(frozen=True)
+class GroupingFactor:
+    """A grouping factor with its used levels.
+
+    Attributes
+    ----------
+    name : str
+        lme4's name (``"Subject"``, ``"cask:batch"``).
+    codes : numpy.ndarray of int64, shape (n,)
+        Level index of each row.
+    levels : pandas.Index
+        Level labels in R's order (categories order, else sorted; interactions ``a:b`` with the
+        first factor varying slowest), unused levels dropped.
+    """
+
+    name: str
+    codes: np.ndarray
+    levels: pd.Index
+
+    @property
+    def nlevels(self) -> int:
+        return len(self.levels)
+
+
+def _codes_of(col: pd.Series) -> tuple[np.ndarray, list]:
+    if isinstance(col.dtype, pd.CategoricalDtype):
+        col = col.cat.remove_unused_categories()
+        return col.cat.codes.to_numpy().astype(np.int64), list(col.cat.categories)
+    codes, uniques = pd.factorize(col, sort=True)
+    return codes.astype(np.int64), list(uniques)
+
+
+def make_grouping_factor(data: pd.DataFrame, factors: tuple[str, ...]) -> GroupingFactor:
+    """Codes and labels of the interaction of ``factors`` (a single column when one name)."""
+    codes, labels = _codes_of(data[factors[0]])
+    label_parts = [[str(v) for v in labels]]
+    combined = codes
+    sizes = [len(labels)]
+    for name in factors[1:]:
+        c, lab = _codes_of(data[name])
+        combined = combined * len(lab) + c
+        sizes.append(len(lab))
+        label_parts.append([str(v) for v in lab])
+    if len(factors) == 1:
+        return GroupingFactor(name=factors[0], codes=codes, levels=pd.Index(labels))
+    used, inverse = np.unique(combined, return_inverse=True)
+    # decode the used combined codes into per-factor indices for labels
+    parts = []
+    rem = used.copy()
+    for size in reversed(sizes):
+        parts.append(rem % size)
+        rem = rem // size
+    parts.reverse()
+    labels_out = [":".join(label_parts[k][parts[k][i]] for k in range(len(factors))) for i in range(len(used))]
+    return GroupingFactor(name=":".join(factors), codes=inverse.astype(np.int64), levels=pd.Index(labels_out))

@@ -1,0 +1,208 @@
+"""Random-effects terms: one lme4 term per bar term (``||`` split), merged into factor blocks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from formulaic import model_matrix
+from formulaic.model_spec import ModelSpec
+
+from memoe.covariance import ThetaMap
+from memoe.design.grouping import GroupingFactor, make_grouping_factor
+from memoe.errors import FormulaError, IdentifiabilityError
+from memoe.formula.names import r_column_name
+from memoe.formula.parse import RandomTermSpec
+
+__all__ = ["FactorBlock", "ReTerm", "build_random"]
+
+
+@dataclass(frozen=True)
+class ReTerm:
+    """One lme4 random-effects term, e.g. ``(Days | Subject)`` or one half of ``(Days || Subject)``.
+
+    Attributes
+    ----------
+    name : str
+        lme4's VarCorr name: the group, with ``.1``, ``.2`` for repeated groups.
+    group : str
+    columns : tuple of str
+        R names of the term's columns.
+    block : int
+        Index of the factor block holding the term.
+    offset : int
+        First column of the term within its block.
+    text : str
+        The bar term as written.
+    """
+
+    name: str
+    group: str
+    columns: tuple[str, ...]
+    block: int
+    offset: int
+    text: str
+    theta_slice: slice = field(default_factory=lambda: slice(0, 0))
+
+    @property
+    def q(self) -> int:
+        return len(self.columns)
+
+
+@dataclass(frozen=True)
+class FactorBlock:
+    """All random-effects columns that share one grouping factor.
+
+    Attributes
+    ----------
+    factor : GroupingFactor
+    Z : numpy.ndarray, shape (n, q)
+        Per-row values of the block's columns (the dense 'raw' model matrix of the terms).
+    columns : tuple of str
+    specs : tuple of (formulaic ModelSpec, numpy.ndarray of int)
+        Per term-source: the spec and the column indices it contributes, to rebuild Z on new data.
+    """
+
+    factor: GroupingFactor
+    Z: np.ndarray
+    columns: tuple[str, ...]
+    specs: tuple[tuple[ModelSpec, np.ndarray], ...]
+
+    @property
+    def q(self) -> int:
+        return self.Z.shape[1]
+
+    @property
+    def nlevels(self) -> int:
+        return self.factor.nlevels
+
+
+def _lhs_pieces(
+    term: RandomTermSpec, data: pd.DataFrame
+) -> list[tuple[ModelSpec, np.ndarray, list[str], np.ndarray]]:
+    """Model matrix of a term's left-hand side, split by formula term when uncorrelated (``||``)."""
+    try:
+        mm = model_matrix(term.lhs, data, output="numpy", na_action="ignore")
+    except Exception as exc:
+        raise FormulaError(f"cannot build the random-effects term {term.text!r}: {exc}") from None
+    spec = mm.model_spec
+    Z = np.asarray(mm, dtype=float)
+    names = [r_column_name(c) for c in spec.column_names]
+    if Z.shape[1] == 0:
+        raise FormulaError(f"random-effects term {term.text!r} has no columns")
+    all_columns = np.arange(Z.shape[1])
+    if not term.uncorrelated:
+        return [(spec, Z, names, all_columns)]
+    pieces = []
+    for sl in spec.term_slices.values():
+        idx = all_columns[sl]
+        if len(idx):
+            pieces.append((spec, Z[:, idx], [names[i] for i in idx], idx))
+    return pieces
+
+
+def build_random(terms: tuple[RandomTermSpec, ...], data: pd.DataFrame, nobs: int):
+    """Build lme4 terms, merged factor blocks and the theta map.
+
+    Terms are ordered as lme4 orders them (decreasing number of levels, stable); blocks are
+    ordered by their first term in that order, so block 0 has the most levels.
+
+    Returns
+    -------
+    terms : list of ReTerm
+    blocks : list of FactorBlock
+    theta_map : ThetaMap
+
+    Raises
+    ------
+    IdentifiabilityError
+        lme4's checks: fewer than 2 levels, as many levels as observations, or more random
+        effects than observations.
+    """
+    factors: dict[str, GroupingFactor] = {}
+    raw: list[tuple[str, list[str], np.ndarray, ModelSpec, np.ndarray, str]] = []
+    for term in terms:
+        gname = term.group
+        if gname not in factors:
+            factors[gname] = make_grouping_factor(data, term.group_factors)
+        f = factors[gname]
+        if f.nlevels < 2:
+            raise IdentifiabilityError(
+                f"grouping factor {gname!r} of term {term.text!r} has {f.nlevels} level; "
+                "grouping factors must have > 1 sampled level"
+            )
+        if f.nlevels >= nobs:
+            raise IdentifiabilityError(
+                f"number of levels of each grouping factor must be < number of observations "
+                f"(grouping factor {gname!r} has {f.nlevels} levels for {nobs} observations)"
+            )
+        pieces = _lhs_pieces(term, data)
+        for spec, Z, names, idx in pieces:
+            nre = Z.shape[1] * f.nlevels
+            if nobs <= nre:
+                raise IdentifiabilityError(
+                    f"number of observations (={nobs}) <= number of random effects (={nre}) for term "
+                    f"{term.text!r}; the random-effects parameters and the residual variance are "
+                    "probably unidentifiable"
+                )
+            raw.append((gname, names, Z, spec, idx, term.text))
+
+    order = sorted(range(len(raw)), key=lambda i: -factors[raw[i][0]].nlevels)
+    block_of: dict[str, int] = {}
+    block_cols: list[list[str]] = []
+    block_Z: list[list[np.ndarray]] = []
+    block_specs: list[list[tuple[ModelSpec, np.ndarray]]] = []
+    seen_names: dict[str, int] = {}
+    re_terms: list[ReTerm] = []
+    t_block, t_row, t_col, t_names = [], [], [], []
+    for i in order:
+        gname, names, Z, spec, idx, text = raw[i]
+        if gname not in block_of:
+            block_of[gname] = len(block_cols)
+            block_cols.append([])
+            block_Z.append([])
+            block_specs.append([])
+        b = block_of[gname]
+        offset = len(block_cols[b])
+        block_cols[b].extend(names)
+        block_Z[b].append(Z)
+        block_specs[b].append((spec, idx))
+        k = seen_names.get(gname, 0)
+        seen_names[gname] = k + 1
+        start = len(t_block)
+        q = len(names)
+        for c in range(q):
+            for r in range(c, q):
+                t_block.append(b)
+                t_row.append(offset + r)
+                t_col.append(offset + c)
+                t_names.append(f"{gname}.{names[r]}" if r == c else f"{gname}.{names[r]}.{names[c]}")
+        re_terms.append(
+            ReTerm(
+                name=gname if k == 0 else f"{gname}.{k}",
+                group=gname,
+                columns=tuple(names),
+                block=b,
+                offset=offset,
+                text=text,
+                theta_slice=slice(start, len(t_block)),
+            )
+        )
+    blocks = [
+        FactorBlock(
+            factor=factors[g],
+            Z=np.column_stack(block_Z[b]) if len(block_Z[b]) > 1 else block_Z[b][0],
+            columns=tuple(block_cols[b]),
+            specs=tuple(block_specs[b]),
+        )
+        for g, b in block_of.items()
+    ]
+    theta_map = ThetaMap(
+        block=np.array(t_block, dtype=int),
+        row=np.array(t_row, dtype=int),
+        col=np.array(t_col, dtype=int),
+        block_sizes=tuple(bl.q for bl in blocks),
+        names=t_names,
+    )
+    return re_terms, blocks, theta_map

@@ -1,0 +1,56 @@
+"""Exception and warning hierarchy for memoe.
+
+Every error raised on bad user input derives from :class:`MemoeError`, so a caller can catch
+one class; the subclasses say which stage rejected the input. Messages name the column, term,
+row count or level at fault.
+"""
+
+from __future__ import annotations
+
+
+class MemoeError(Exception):
+    """Base class of every memoe error."""
+
+
+class FormulaError(MemoeError, ValueError):
+    """The model formula cannot be parsed; the message quotes the offending term."""
+
+
+class DataError(MemoeError, ValueError):
+    """The data do not fit the formula (missing column, wrong type, nothing left after NA removal)."""
+
+
+class IdentifiabilityError(MemoeError, ValueError):
+    """The random-effects structure cannot be identified from the data (lme4's checks)."""
+
+
+class ConvergenceError(MemoeError, RuntimeError):
+    """An optimiser or EM run failed outright (not merely a convergence warning)."""
+
+
+class ModelComparisonError(MemoeError, ValueError):
+    """Models cannot be compared (different data, not nested, ...)."""
+
+
+class HypothesisError(MemoeError, ValueError):
+    """A hypothesis or contrast cannot be interpreted (unknown coefficient, wrong shape)."""
+
+
+class MemoeWarning(UserWarning):
+    """Base class of memoe warnings."""
+
+
+class ConvergenceWarning(MemoeWarning):
+    """The optimiser stopped but the convergence checks (gradient, Hessian) are not satisfied."""
+
+
+class SingularFitWarning(MemoeWarning):
+    """Boundary (singular) fit: a random-effects covariance matrix is not of full rank."""
+
+
+class RankDeficiencyWarning(MemoeWarning):
+    """Aliased fixed-effects columns were dropped."""
+
+
+class EmptyExpertWarning(MemoeWarning):
+    """An expert of a mixture lost (almost) all of its posterior mass during EM."""

@@ -1,0 +1,153 @@
+"""lme4's ``summary(merMod)`` layout as text."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["LmmSummary", "format_table"]
+
+
+def _sig(x: float, digits: int = 5) -> str:
+    if x is None or (isinstance(x, float) and np.isnan(x)):
+        return ""
+    return f"{x:.{digits}g}"
+
+
+def format_table(df: pd.DataFrame, index: bool = True) -> str:
+    """Right-aligned plain-text table (strings as given)."""
+    cols = list(df.columns)
+    body = [[str(v) for v in row] for row in df.itertuples(index=False)]
+    labels = [str(i) for i in df.index] if index else []
+    widths = [max([len(str(c))] + [len(r[j]) for r in body]) for j, c in enumerate(cols)]
+    lw = max([0] + [len(s) for s in labels])
+    head = (" " * lw + " " if index else "") + " ".join(str(c).rjust(w) for c, w in zip(cols, widths, strict=True))
+    lines = [head]
+    for k, r in enumerate(body):
+        left = labels[k].ljust(lw) + " " if index else ""
+        lines.append(left + " ".join(v.rjust(w) for v, w in zip(r, widths, strict=True)))
+    return "\n".join(lines)
+
+
+class LmmSummary:
+    """Text summary of an :class:`~memoe.results.lmm_result.LmmResult` (``str()`` or ``print``)."""
+
+    def __init__(self, fit) -> None:
+        self.fit = fit
+
+    # the pieces are exposed as DataFrames for programmatic use
+    @property
+    def coefficients(self) -> pd.DataFrame:
+        f = self.fit
+        return pd.DataFrame(
+            {"Estimate": f.fixef, "Std. Error": f.bse, "t value": f.fixef / f.bse}, index=f.fixef.index
+        )
+
+    def _random_effects_block(self) -> list[str]:
+        f = self.fit
+        rows = []
+        covs = f.term_covariances()
+        max_q = max([t.q for t in f.design.terms] + [1])
+        for t, cov in zip(f.design.terms, covs, strict=True):
+            sd = np.sqrt(np.diag(cov))
+            for i, name in enumerate(t.columns):
+                corr = []
+                for j in range(i):
+                    den = sd[i] * sd[j]
+                    corr.append(f"{cov[i, j] / den:.2f}" if den > 0 else "NaN")
+                rows.append([t.group if i == 0 else "", name, _sig(cov[i, i], 5), _sig(sd[i], 5)] + corr)
+        rows.append(["Residual", "", _sig(f.sigma**2, 5), _sig(f.sigma, 5)])
+        ncorr = max_q - 1
+        header = ["Groups", "Name", "Variance", "Std.Dev."] + (["Corr"] + [""] * (ncorr - 1) if ncorr else [])
+        width = len(header)
+        rows = [r + [""] * (width - len(r)) for r in rows]
+        colw = [max(len(header[j]), *(len(r[j]) for r in rows)) for j in range(width)]
+        lines = [" " + " ".join(h.ljust(colw[j]) if j < 2 else h.ljust(colw[j]) for j, h in enumerate(header)).rstrip()]
+        for r in rows:
+            cells = [r[0].ljust(colw[0]), r[1].ljust(colw[1])] + [r[j].rjust(colw[j]) for j in range(2, width)]
+            lines.append((" " + " ".join(cells)).rstrip())
+        return lines
+
+    def __str__(self) -> str:
+        f = self.fit
+        out = []
+        kind = "REML" if f.reml else "maximum likelihood"
+        out.append(f"Linear mixed model fit by {kind}  ['LmmResult']")
+        out.append(f"Formula: {f.model.formula}")
+        if f.model.data_name:
+            out.append(f"   Data: {f.model.data_name}")
+        out.append("")
+        if f.reml:
+            out.append(f"REML criterion at convergence: {f.deviance:.1f}")
+        else:
+            tab = pd.DataFrame(
+                [[f"{f.aic:.1f}", f"{f.bic:.1f}", f"{f.loglik:.1f}", f"{f.deviance:.1f}", str(f.df_resid)]],
+                columns=["AIC", "BIC", "logLik", "deviance", "df.resid"],
+            )
+            out.append(format_table(tab, index=False))
+        out.append("")
+        r = f.resid.dropna().to_numpy() / f.sigma
+        q = np.quantile(r, [0, 0.25, 0.5, 0.75, 1.0])
+        out.append("Scaled residuals: ")
+        out.append(
+            format_table(pd.DataFrame([[f"{v:.4f}" for v in q]], columns=["Min", "1Q", "Median", "3Q", "Max"]), False)
+        )
+        out.append("")
+        out.append("Random effects:")
+        out.extend(self._random_effects_block())
+        groups = ", ".join(f"{k}, {v}" for k, v in f.ngroups.items())
+        out.append(f"Number of obs: {f.nobs}, groups:  {groups}")
+        if f.n_dropped:
+            out.append(f"({f.n_dropped} observation{'s' if f.n_dropped != 1 else ''} deleted due to missingness)")
+        out.append("")
+        if len(f.fixef):
+            out.append("Fixed effects:")
+            ct = self.coefficients
+            shown = pd.DataFrame(
+                {
+                    "Estimate": [f"{v:.6g}" for v in ct["Estimate"]],
+                    "Std. Error": [f"{v:.6g}" for v in ct["Std. Error"]],
+                    "t value": [f"{v:.3f}" for v in ct["t value"]],
+                },
+                index=ct.index,
+            )
+            out.append(format_table(shown))
+            p = len(f.fixef)
+            if 1 < p <= 12:
+                v = f.vcov.to_numpy()
+                sd = np.sqrt(np.diag(v))
+                corr = v / np.outer(sd, sd)
+                abbrev = [_abbrev(n) for n in f.fixef.index]
+                tab = pd.DataFrame(
+                    [[f"{corr[i, j]:.3f}" if j < i else "" for j in range(p - 1)] for i in range(1, p)],
+                    index=abbrev[1:],
+                    columns=abbrev[:-1],
+                )
+                out.append("")
+                out.append("Correlation of Fixed Effects:")
+                out.append(format_table(tab))
+        if f.design.fixed.dropped:
+            out.append(f"fit warnings:\nfixed-effect model matrix is rank deficient so dropping "
+                       f"{len(f.design.fixed.dropped)} columns / coefficients: {f.design.fixed.dropped}")
+        if f.messages:
+            out.append("optimizer (nlopt LN_BOBYQA) convergence code: 0 (OK)" if f.converged else "")
+            out.extend(f.messages)
+        return "\n".join(out).rstrip() + "\n"
+
+    def __repr__(self) -> str:
+        return self.__str__()
+
+    def _repr_html_(self) -> str:
+        import html
+
+        return f"<pre>{html.escape(str(self))}</pre>"
+
+
+def _abbrev(name: str, width: int = 6) -> str:
+    """Short column labels for the correlation table, like R's abbreviate()."""
+    if len(name) <= width:
+        return name
+    if name == "(Intercept)":
+        return "(Intr)"
+    keep = name[0] + "".join(c for c in name[1:] if c.lower() not in "aeiou")
+    return keep[:width]
