@@ -87,9 +87,9 @@ class LmmResult:
         return VcovFrame.wrap(frame, self._robust_vcov)
 
     def _robust_vcov(self, robust: str | None = None, **kwargs) -> pd.DataFrame:
-        from memoe.inference import sandwich
+        from memoe.inference.sandwich import vcov_cr
 
-        return sandwich.vcov_cr(self, robust or "CR2", **kwargs)
+        return vcov_cr(self, robust or "CR2", **kwargs)
 
     @cached_property
     def bse(self) -> pd.Series:
@@ -256,6 +256,30 @@ class LmmResult:
         from memoe.inference import coef_table
 
         return coef_table(self, ddf=ddf, robust=robust)
+
+    def test(self, hypothesis, ddf: str = "satterthwaite", robust: str | None = None):
+        """F test of ``L beta = 0`` from a string (``"Days = 0"``) or a contrast matrix."""
+        from memoe.inference import test
+
+        return test(self, hypothesis, ddf=ddf, robust=robust)
+
+    def anova(self, ddf: str = "satterthwaite", type: int = 3) -> pd.DataFrame:
+        """F tests of the fixed-effects terms as lmerTest's ``anova``."""
+        from memoe.inference import anova
+
+        return anova(self, ddf=ddf, type=type)
+
+    def information_criteria(self) -> pd.Series:
+        """AIC, AICc, BIC, HQIC and CAIC with the N convention stated."""
+        from memoe.inference import information_criteria
+
+        return information_criteria(self)
+
+    def confint(self, method: str = "wald", level: float = 0.95, **kwargs) -> pd.DataFrame:
+        """Confidence intervals: ``method`` in {"wald", "profile", "bootstrap"}."""
+        from memoe.inference import confint
+
+        return confint(self, method=method, level=level, **kwargs)
 
     def summary(self):
         """lme4-style summary; ``print(fit.summary())``."""
