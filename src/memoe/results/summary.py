@@ -14,6 +14,22 @@ def _sig(x: float, digits: int = 5) -> str:
     return f"{x:.{digits}g}"
 
 
+def _decimals_for(values, digits: int, anchor: str = "max") -> int:
+    """Decimals R's ``format`` gives a column: ``digits`` significant digits for its anchor element."""
+    a = np.abs(np.asarray([v for v in values if np.isfinite(v)], dtype=float))
+    a = a[a > 0]
+    if not len(a):
+        return 0
+    ref = a.max() if anchor == "max" else a.min()
+    return int(min(10, max(0, digits - 1 - np.floor(np.log10(ref)))))
+
+
+def format_column(values, digits: int, anchor: str = "max") -> list[str]:
+    """Format numbers with common decimals, as lme4 prints variance components and coefficients."""
+    dec = _decimals_for(values, digits, anchor)
+    return [f"{v:.{dec}f}" if np.isfinite(v) else "NA" for v in values]
+
+
 def format_table(df: pd.DataFrame, index: bool = True) -> str:
     """Right-aligned plain-text table (strings as given)."""
     cols = list(df.columns)
@@ -48,6 +64,10 @@ class LmmSummary:
         rows = []
         covs = f.term_covariances()
         max_q = max([t.q for t in f.design.terms] + [1])
+        variances = [c for cov in covs for c in np.diag(cov)] + [f.sigma**2]
+        var_txt = format_column(variances, 5)
+        sd_txt = format_column(np.sqrt(variances), 5)
+        k = 0
         for t, cov in zip(f.design.terms, covs, strict=True):
             sd = np.sqrt(np.diag(cov))
             for i, name in enumerate(t.columns):
@@ -55,8 +75,9 @@ class LmmSummary:
                 for j in range(i):
                     den = sd[i] * sd[j]
                     corr.append(f"{cov[i, j] / den:.2f}" if den > 0 else "NaN")
-                rows.append([t.group if i == 0 else "", name, _sig(cov[i, i], 5), _sig(sd[i], 5)] + corr)
-        rows.append(["Residual", "", _sig(f.sigma**2, 5), _sig(f.sigma, 5)])
+                rows.append([t.group if i == 0 else "", name, var_txt[k], sd_txt[k]] + corr)
+                k += 1
+        rows.append(["Residual", "", var_txt[-1], sd_txt[-1]])
         ncorr = max_q - 1
         header = ["Groups", "Name", "Variance", "Std.Dev."] + (["Corr"] + [""] * (ncorr - 1) if ncorr else [])
         width = len(header)
@@ -103,10 +124,12 @@ class LmmSummary:
         if len(f.fixef):
             out.append("Fixed effects:")
             ct = self.coefficients
+            # printCoefmat: estimates and SEs share decimals set by the smallest SE (4 digits)
+            dec = _decimals_for(ct["Std. Error"], 4, anchor="min")
             shown = pd.DataFrame(
                 {
-                    "Estimate": [f"{v:.6g}" for v in ct["Estimate"]],
-                    "Std. Error": [f"{v:.6g}" for v in ct["Std. Error"]],
+                    "Estimate": [f"{v:.{dec}f}" for v in ct["Estimate"]],
+                    "Std. Error": [f"{v:.{dec}f}" for v in ct["Std. Error"]],
                     "t value": [f"{v:.3f}" for v in ct["t value"]],
                 },
                 index=ct.index,
