@@ -34,19 +34,20 @@ def test_non_numeric_response(df):
 
 def test_grouping_factor_with_one_level(df):
     df = df.assign(one="a")
-    with pytest.raises(IdentifiabilityError, match="'one'.*1 level"):
+    with pytest.raises(IdentifiabilityError, match=r"'one'.*1 level"):
         memoe.lmm("Reaction ~ Days + (1 | one)", data=df)
 
 
 def test_as_many_levels_as_observations(df):
     df = df.assign(row=np.arange(len(df)))
-    with pytest.raises(IdentifiabilityError, match="must be < number of observations.*'row'"):
+    with pytest.raises(IdentifiabilityError, match=r"must be < number of observations.*'row'"):
         memoe.lmm("Reaction ~ Days + (1 | row)", data=df)
 
 
 def test_more_random_effects_than_observations(df):
     small = df[df["Days"] < 2]  # 2 obs per subject: (Days | Subject) has 36 random effects for 36 rows
-    with pytest.raises(IdentifiabilityError, match=r"number of observations \(=36\) <= number of random effects \(=36\)"):
+    msg = r"number of observations \(=36\) <= number of random effects \(=36\)"
+    with pytest.raises(IdentifiabilityError, match=msg):
         memoe.lmm("Reaction ~ Days + (Days | Subject)", data=small)
 
 

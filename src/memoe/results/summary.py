@@ -75,7 +75,7 @@ class LmmSummary:
                 for j in range(i):
                     den = sd[i] * sd[j]
                     corr.append(f"{cov[i, j] / den:.2f}" if den > 0 else "NaN")
-                rows.append([t.group if i == 0 else "", name, var_txt[k], sd_txt[k]] + corr)
+                rows.append([t.group if i == 0 else "", name, var_txt[k], sd_txt[k], *corr])
                 k += 1
         rows.append(["Residual", "", var_txt[-1], sd_txt[-1]])
         ncorr = max_q - 1
@@ -83,7 +83,7 @@ class LmmSummary:
         width = len(header)
         rows = [r + [""] * (width - len(r)) for r in rows]
         colw = [max(len(header[j]), *(len(r[j]) for r in rows)) for j in range(width)]
-        lines = [" " + " ".join(h.ljust(colw[j]) if j < 2 else h.ljust(colw[j]) for j, h in enumerate(header)).rstrip()]
+        lines = [(" " + " ".join(h.ljust(colw[j]) for j, h in enumerate(header))).rstrip()]
         for r in rows:
             cells = [r[0].ljust(colw[0]), r[1].ljust(colw[1])] + [r[j].rjust(colw[j]) for j in range(2, width)]
             lines.append((" " + " ".join(cells)).rstrip())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import ClassVar
 
 import pandas as pd
 
@@ -16,7 +17,7 @@ class VcovFrame(pd.DataFrame):
     ``fit.vcov(robust="CR2")`` a cluster-robust sandwich (see :mod:`memoe.inference.sandwich`).
     """
 
-    _metadata = ["_alternatives"]
+    _metadata: ClassVar[list[str]] = ["_alternatives"]
 
     @property
     def _constructor(self):
