@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +33,7 @@ LMER_CASES = {
 }
 
 
-@lru_cache(maxsize=None)
+@cache
 def reference(case: str) -> dict:
     """The reference JSON of a case."""
     return json.loads((DATA / f"{case}.json").read_text())

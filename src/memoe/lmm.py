@@ -19,7 +19,7 @@ from memoe.optim import OptSummary, check_convergence, finite_difference_derivat
 from memoe.optim.checks import ConvergenceReport
 from memoe.pls import PLSProblem
 
-__all__ = ["LMM", "lmm", "SINGULAR_TOL"]
+__all__ = ["LMM", "SINGULAR_TOL", "lmm"]
 
 # lme4's isSingular() tolerance on the diagonal of the relative covariance factors
 SINGULAR_TOL = 1e-4

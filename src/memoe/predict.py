@@ -8,7 +8,7 @@ import pandas as pd
 from memoe.design.fixed import evaluate_matrix
 from memoe.errors import DataError
 
-__all__ = ["predict_lmm", "group_codes_for"]
+__all__ = ["group_codes_for", "predict_lmm"]
 
 
 def group_codes_for(block, data: pd.DataFrame) -> np.ndarray:

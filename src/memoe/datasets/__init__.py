@@ -11,7 +11,7 @@ from importlib import resources
 
 import pandas as pd
 
-__all__ = ["load", "names", "describe"]
+__all__ = ["describe", "load", "names"]
 
 _FACTORS = json.loads((resources.files(__package__) / "factors.json").read_text())
 
