@@ -17,7 +17,7 @@ print("Variance components (lme4's as.data.frame(VarCorr(fit))):")
 print(fit.varcorr, "\n")
 
 print("BLUPs and their conditional SDs for the first subjects:")
-print(fit.ranef["Subject"].head().join(fit.ranef_condsd["Subject"].head(), rsuffix=" condSD"), "\n")
+print(fit.ranef["Subject"].head().join(fit.ranef_condsd["Subject"].head().add_suffix(" condSD")), "\n")
 
 # population-level and subject-level predictions on new data
 new = df[df["Subject"] == "308"].head(3)
