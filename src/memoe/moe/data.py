@@ -1,0 +1,301 @@
+"""The numeric design of a mixture of experts: expert design, subject statistics and gating matrix.
+
+Everything here is computed once per model; the EM iterations only touch the per-subject
+statistics of :class:`SubjectStats` (never the rows).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from formulaic import model_matrix
+from formulaic.model_spec import ModelSpec
+
+from memoe.design import Design, build_design, make_grouping_factor
+from memoe.design.fixed import evaluate_matrix
+from memoe.design.frame import formula_variables
+from memoe.errors import DataError, FormulaError
+from memoe.formula.names import r_column_name
+from memoe.formula.parse import parse_formula
+from memoe.linalg.sufficient import group_crossprod
+from memoe.pls import PLSProblem
+
+__all__ = ["MoEDesign", "SubjectStats", "build_moe_design", "subject_stats"]
+
+
+@dataclass(frozen=True)
+class SubjectStats:
+    """Per-subject sufficient statistics of a Gaussian expert.
+
+    Attributes
+    ----------
+    n : numpy.ndarray, shape (N,)
+        Visits per subject ``n_i``.
+    XX : numpy.ndarray, shape (N, p, p)
+        ``X_i' X_i``.
+    ZX : numpy.ndarray, shape (N, q, p)
+        ``Z_i' X_i``.
+    ZZ : numpy.ndarray, shape (N, q, q)
+        ``Z_i' Z_i``.
+    Xy : numpy.ndarray, shape (N, p)
+    Zy : numpy.ndarray, shape (N, q)
+    yy : numpy.ndarray, shape (N,)
+    """
+
+    n: np.ndarray
+    XX: np.ndarray
+    ZX: np.ndarray
+    ZZ: np.ndarray
+    Xy: np.ndarray
+    Zy: np.ndarray
+    yy: np.ndarray
+
+    @property
+    def N(self) -> int:
+        return len(self.n)
+
+    @property
+    def p(self) -> int:
+        return self.XX.shape[1]
+
+    @property
+    def q(self) -> int:
+        return self.ZZ.shape[1]
+
+
+def subject_stats(y: np.ndarray, X: np.ndarray, Z: np.ndarray, codes: np.ndarray, N: int) -> SubjectStats:
+    """Per-subject cross-products in one pass over the rows.
+
+    Parameters
+    ----------
+    y : numpy.ndarray, shape (n,)
+    X : numpy.ndarray, shape (n, p)
+    Z : numpy.ndarray, shape (n, q)
+    codes : numpy.ndarray of int, shape (n,)
+        Subject index of each row.
+    N : int
+        Number of subjects.
+    """
+    p, q = X.shape[1], Z.shape[1]
+    xcols = [X[:, j] for j in range(p)]
+    zcols = [Z[:, j] for j in range(q)]
+    XY = group_crossprod(codes, N, [*xcols, y])
+    ZXY = group_crossprod(codes, N, zcols, [*xcols, y]) if q else np.zeros((N, 0, p + 1))
+    ZZ = group_crossprod(codes, N, zcols) if q else np.zeros((N, 0, 0))
+    return SubjectStats(
+        n=np.bincount(codes, minlength=N).astype(float),
+        XX=np.ascontiguousarray(XY[:, :p, :p]),
+        ZX=np.ascontiguousarray(ZXY[:, :, :p]),
+        ZZ=ZZ,
+        Xy=np.ascontiguousarray(XY[:, :p, p]),
+        Zy=np.ascontiguousarray(ZXY[:, :, p]),
+        yy=np.ascontiguousarray(XY[:, p, p]),
+    )
+
+
+def _stats_from_pls(pls: PLSProblem) -> SubjectStats:
+    """Reuse the statistics the LMM engine already computed (no second pass over the rows)."""
+    p = pls.p
+    A = pls.XYtXY_level
+    return SubjectStats(
+        n=np.asarray(pls.level_n, dtype=float),
+        XX=np.ascontiguousarray(A[:, :p, :p]),
+        ZX=np.ascontiguousarray(pls.ZtXY1[:, :, :p]),
+        ZZ=np.ascontiguousarray(pls.ZtZ1),
+        Xy=np.ascontiguousarray(A[:, :p, p]),
+        Zy=np.ascontiguousarray(pls.ZtXY1[:, :, p]),
+        yy=np.ascontiguousarray(A[:, p, p]),
+    )
+
+
+@dataclass(frozen=True)
+class MoEDesign:
+    """Numeric design of a mixture of (mixed-model or regression) experts.
+
+    Attributes
+    ----------
+    design : Design
+        The expert design (fixed effects, one random-effects block or none).
+    group : str
+        Name of the subject factor.
+    subjects : pandas.Index
+        Subject labels, shape (N,), in the order of the statistics.
+    codes : numpy.ndarray of int, shape (n,)
+        Subject index of each kept row.
+    Z : numpy.ndarray, shape (n, q)
+        Random-effects columns (q = 0 for regression experts).
+    z_names : list of str
+    W : numpy.ndarray, shape (N, r)
+        Gating design, one row per subject (an intercept column only when there is no gating formula).
+    gating_names : list of str
+    gating_spec : formulaic ModelSpec or None
+    gating_vars : list of str
+    stats : SubjectStats
+    pls : PLSProblem or None
+        The LMM engine on the same rows (None for regression experts); the M-step reweights it.
+    data : pandas.DataFrame
+        The rows used (after removing missing values), original index.
+    """
+
+    design: Design
+    group: str
+    subjects: pd.Index
+    codes: np.ndarray
+    Z: np.ndarray
+    z_names: list[str]
+    W: np.ndarray
+    gating_names: list[str]
+    gating_spec: ModelSpec | None
+    gating_vars: list[str]
+    stats: SubjectStats
+    pls: PLSProblem | None
+    data: pd.DataFrame
+
+    @property
+    def N(self) -> int:
+        return len(self.subjects)
+
+    @property
+    def fixef_names(self) -> list[str]:
+        return self.design.fixef_names
+
+
+def _gating_rhs(gating: str | None) -> str | None:
+    if gating is None:
+        return None
+    g = gating.strip()
+    if "~" in g:
+        lhs, _, g = g.partition("~")
+        if lhs.strip():
+            raise FormulaError(f"the gating formula {gating!r} must be one-sided, e.g. '~ w1 + w2'")
+    return g.strip() or "1"
+
+
+def check_constant_within(data: pd.DataFrame, codes: np.ndarray, labels: pd.Index, variables: list[str]) -> None:
+    """Raise :class:`DataError` if a gating covariate varies within a subject.
+
+    Parameters
+    ----------
+    data : pandas.DataFrame
+        Kept rows.
+    codes : numpy.ndarray of int, shape (n,)
+    labels : pandas.Index
+        Subject labels by code.
+    variables : list of str
+    """
+    for v in variables:
+        col = data[v]
+        c = pd.Series(pd.factorize(col)[0] if not pd.api.types.is_numeric_dtype(col) else col.to_numpy())
+        nuniq = c.groupby(codes).nunique().to_numpy()
+        bad = np.flatnonzero(nuniq > 1)
+        if bad.size:
+            subj = labels[bad[0]]
+            vals = data.loc[codes == bad[0], v].unique()[:4]
+            raise DataError(
+                f"gating covariate {v!r} must be constant within subject, but it varies in subject {subj!r} "
+                f"(values {list(vals)}) and in {bad.size - 1} other subject(s); use a baseline value"
+            )
+
+
+def build_moe_design(formula: str, data: pd.DataFrame, gating: str | None, group: str | None = None) -> MoEDesign:
+    """Build the expert and gating designs of a mixture of experts.
+
+    Parameters
+    ----------
+    formula : str
+        lme4 formula with exactly one grouping factor, e.g. ``"y ~ time + x + (time | id)"``;
+        or a fixed-effects formula (``"y ~ time + x"``) with ``group`` for regression experts.
+    data : pandas.DataFrame
+    gating : str or None
+        One-sided formula of baseline covariates, e.g. ``"~ w1 + w2"``; None for constant proportions.
+    group : str, optional
+        Subject column when the formula has no random-effects term.
+
+    Raises
+    ------
+    FormulaError
+        No or several grouping factors.
+    DataError
+        A gating covariate varies within a subject, or columns are missing.
+    """
+    if not isinstance(data, pd.DataFrame):
+        raise DataError(f"data must be a pandas DataFrame, got {type(data).__name__}")
+    spec = parse_formula(formula)
+    groups = sorted({t.group for t in spec.random})
+    if len(groups) > 1:
+        raise FormulaError(
+            f"a mixture of experts needs a single grouping factor (the subject); formula {formula!r} has {groups}"
+        )
+    if groups and group is not None and group != groups[0]:
+        raise FormulaError(f"group={group!r} differs from the formula's grouping factor {groups[0]!r}")
+    if not groups and group is None:
+        raise FormulaError(
+            f"formula {formula!r} has no (terms | subject) part; give group='subject column' for regression experts"
+        )
+    group = groups[0] if groups else group
+    rhs = _gating_rhs(gating)
+    gvars = formula_variables(rhs, "the gating formula") if rhs is not None else []
+    subject_vars = list(spec.random[0].group_factors) if spec.random else [group]
+    needed = [c for c in [*gvars, *subject_vars] if c not in data.columns]
+    if needed:
+        raise DataError(f"unknown column(s) {needed} (gating covariates / subject); the data have {list(data.columns)}")
+    keep = ~data[[*gvars, *subject_vars]].isna().any(axis=1)
+    data = data.loc[keep] if not keep.all() else data
+    design = build_design(spec, data, require_random=bool(spec.random))
+    if len(design.blocks) > 1:
+        raise FormulaError(f"a mixture of experts needs a single grouping factor; formula {formula!r} has several")
+    frame_rows = data.loc[design.frame.row_mask] if design.frame.n_dropped else data
+    if design.blocks:
+        blk = design.blocks[0]
+        factor, Z, z_names = blk.factor, blk.Z, list(blk.columns)
+    else:
+        factor = make_grouping_factor(frame_rows, (group,))
+        Z, z_names = np.zeros((design.n, 0)), []
+    codes, N = factor.codes, factor.nlevels
+    check_constant_within(frame_rows, codes, factor.levels, gvars)
+    first = np.zeros(N, dtype=np.int64)
+    first[codes[::-1]] = np.arange(len(codes))[::-1]  # first row of each subject
+    subj_frame = frame_rows.iloc[first]
+    if rhs is None:
+        W, gnames, gspec = np.ones((N, 1)), ["(Intercept)"], None
+    else:
+        try:
+            mm = model_matrix(rhs, subj_frame, output="numpy", na_action="ignore")
+        except Exception as exc:
+            raise FormulaError(f"cannot build the gating design {gating!r}: {exc}") from None
+        W, gspec = np.asarray(mm, dtype=float), mm.model_spec
+        gnames = [r_column_name(c) for c in gspec.column_names]
+    if np.linalg.matrix_rank(W) < W.shape[1]:
+        raise DataError(f"the gating design {gating!r} is rank deficient over subjects (columns {gnames})")
+    if design.blocks:
+        pls = PLSProblem(
+            y=design.y, X=design.X, codes=[codes], nlevels=[N], Z=[Z], theta_map=design.theta_map
+        )
+        stats = _stats_from_pls(pls)
+    else:
+        pls = None
+        stats = subject_stats(design.y, design.X, Z, codes, N)
+    return MoEDesign(
+        design=design,
+        group=factor.name,
+        subjects=pd.Index(factor.levels, name=factor.name),
+        codes=codes,
+        Z=Z,
+        z_names=z_names,
+        W=W,
+        gating_names=gnames,
+        gating_spec=gspec,
+        gating_vars=gvars,
+        stats=stats,
+        pls=pls,
+        data=frame_rows,
+    )
+
+
+def gating_matrix(mdesign: MoEDesign, subj_frame: pd.DataFrame) -> np.ndarray:
+    """Gating design on new subject-level data, shape (N_new, r)."""
+    if mdesign.gating_spec is None:
+        return np.ones((len(subj_frame), 1))
+    return evaluate_matrix(mdesign.gating_spec, subj_frame)

@@ -1,0 +1,111 @@
+"""The EM loop: state, stopping rule, monotonicity guard and empty-expert detection.
+
+Order of calls per iteration: ``e_step(params)`` (posterior, observed log-likelihood) -> stopping
+test -> ``m_step(tau, params)``. The M-step never decreases the Q-function, so the observed-data
+log-likelihood never decreases; a decrease beyond round-off is recorded on the run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from memoe.moe.params import MoEParams
+from memoe.moe.problem import EStep, MoEProblem
+
+__all__ = ["EMControl", "EMRun", "run_em"]
+
+
+@dataclass(frozen=True)
+class EMControl:
+    """Stopping rule of one EM run.
+
+    Attributes
+    ----------
+    max_iter : int
+    tol : float
+        Relative change of the observed log-likelihood, ``|l_t - l_{t-1}| / (1 + |l_t|)``.
+    tol_par : float
+        Largest relative parameter change (see :meth:`MoEParams.distance`).
+    min_mass : float or None
+        An expert whose posterior mass (sum of its posterior probabilities) falls below this many
+        subjects is declared empty and the run stops; default ``max(2, p)``.
+    """
+
+    max_iter: int = 1000
+    tol: float = 1e-10
+    tol_par: float = 1e-6
+    min_mass: float | None = None
+
+
+@dataclass
+class EMRun:
+    """Outcome of one EM run.
+
+    Attributes
+    ----------
+    params : MoEParams
+        Final parameters (those at which ``estep`` was computed).
+    estep : EStep
+    loglik : float
+    trace : list of float
+        Observed log-likelihood at every iteration.
+    n_iter : int
+    converged : bool
+    empty : list of int
+        Experts (0-based) that lost their posterior mass; the run stopped there.
+    max_decrease : float
+        Largest decrease of the log-likelihood between iterations (0 for a monotone run).
+    """
+
+    params: MoEParams
+    estep: EStep
+    loglik: float
+    trace: list[float] = field(default_factory=list)
+    n_iter: int = 0
+    converged: bool = False
+    empty: list[int] = field(default_factory=list)
+    max_decrease: float = 0.0
+
+
+def run_em(problem: MoEProblem, params: MoEParams, control: EMControl | None = None) -> EMRun:
+    """Run EM from ``params`` until the stopping rule holds or an expert empties.
+
+    Parameters
+    ----------
+    problem : MoEProblem
+    params : MoEParams
+        Start.
+    control : EMControl, optional
+
+    Returns
+    -------
+    EMRun
+    """
+    ctl = control or EMControl()
+    min_mass = ctl.min_mass if ctl.min_mass is not None else max(2.0, float(problem.structure.p))
+    e = problem.e_step(params)
+    trace = [e.loglik]
+    run = EMRun(params=params, estep=e, loglik=e.loglik, trace=trace)
+    for it in range(1, ctl.max_iter + 1):
+        mass = e.mass
+        empty = [int(k) for k in np.flatnonzero(mass < min_mass)] if problem.K > 1 else []
+        if empty:
+            run.empty = empty
+            break
+        new = problem.m_step(e.tau, params)
+        e_new = problem.e_step(new)
+        ll_old, ll = e.loglik, e_new.loglik
+        if not np.isfinite(ll):
+            break
+        run.max_decrease = max(run.max_decrease, ll_old - ll)
+        dpar = new.distance(params)
+        params, e = new, e_new
+        trace.append(ll)
+        run.n_iter = it
+        if abs(ll - ll_old) / (1.0 + abs(ll)) < ctl.tol and dpar < ctl.tol_par:
+            run.converged = True
+            break
+    run.params, run.estep, run.loglik = params, e, e.loglik
+    return run

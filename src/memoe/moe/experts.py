@@ -1,0 +1,267 @@
+"""Gaussian experts: each subject's exact marginal log-likelihood, its gradients and the M-step.
+
+An expert is anything with the :class:`Expert` interface: ``subject_loglik`` (the E-step needs it),
+``subject_gradients`` (scores and sandwich) and ``m_step`` (weighted refit). The Gaussian linear
+mixed-model expert is exact; a non-Gaussian expert would plug in its Laplace approximation of the
+same per-subject marginal likelihood and its gradients. ``q = 0`` (no random effects) gives the
+linear-regression expert of a conventional mixture of experts.
+
+All per-subject work is a batched small-matrix computation over the statistics of
+:class:`~memoe.moe.data.SubjectStats`; nothing loops over subjects or touches the rows.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from memoe.covariance import ThetaMap
+from memoe.linalg.batched import batched_backward_solve_t, batched_cholesky, batched_forward_solve
+from memoe.moe.data import SubjectStats
+from memoe.moe.kernels import bmtm, bmv, btmv, congruence, logdet_chol, right_const, rowdot
+from memoe.optim import minimize_bounded
+from memoe.pls import PLSProblem
+
+__all__ = ["Expert", "ExpertGradients", "ExpertParams", "GaussianExpert", "MStepControl"]
+
+LOG_2PI = math.log(2.0 * math.pi)
+
+
+@dataclass(frozen=True)
+class ExpertParams:
+    """One expert: fixed effects ``beta`` (p,), Cholesky factor ``L`` (q, q) of G, residual SD ``sigma``."""
+
+    beta: np.ndarray
+    L: np.ndarray
+    sigma: float
+
+
+@dataclass(frozen=True)
+class ExpertGradients:
+    """Per-subject derivatives of ``l_i = log p(y_i)`` on the natural scale.
+
+    Attributes
+    ----------
+    loglik : numpy.ndarray, shape (N,)
+    beta : numpy.ndarray, shape (N, p)
+        ``d l_i / d beta = X_i' V_i^-1 r_i``.
+    G : numpy.ndarray, shape (N, q, q)
+        ``d l_i / d G`` (symmetric-matrix derivative) ``= (u_i u_i' - Z_i' V_i^-1 Z_i) / 2``,
+        ``u_i = Z_i' V_i^-1 r_i``.
+    s2 : numpy.ndarray, shape (N,)
+        ``d l_i / d sigma^2 = (r_i' V_i^-2 r_i - tr V_i^-1) / 2``.
+    """
+
+    loglik: np.ndarray
+    beta: np.ndarray
+    G: np.ndarray
+    s2: np.ndarray
+
+
+@dataclass(frozen=True)
+class MStepControl:
+    """BOBYQA settings of one expert's M-step (a generalised EM step when ``maxeval`` binds)."""
+
+    maxeval: int = 60
+    ftol_abs: float = 1e-6
+    xtol_abs: float = 1e-4
+
+
+class Expert(Protocol):
+    """What the EM needs from an expert family."""
+
+    def subject_loglik(self, theta: ExpertParams) -> np.ndarray:
+        """Marginal log-likelihood of each subject, shape (N,)."""
+        ...
+
+    def subject_gradients(self, theta: ExpertParams) -> ExpertGradients:
+        """Per-subject gradients on the natural scale."""
+        ...
+
+    def m_step(self, weights: np.ndarray, start: ExpertParams) -> ExpertParams:
+        """Parameters that increase ``sum_i weights_i * l_i`` from ``start``."""
+        ...
+
+
+class GaussianExpert:
+    """A Gaussian linear mixed model ``y_i ~ N(X_i beta, Z_i G Z_i' + sigma^2 I)`` (q = 0: regression).
+
+    Parameters
+    ----------
+    stats : SubjectStats
+    pls : PLSProblem or None
+        The LMM engine on the same rows; its group weights make the profiled deviance the
+        posterior-weighted -2 log-likelihood (M-step). None when q = 0.
+    theta_map : ThetaMap or None
+    control : MStepControl
+
+    Notes
+    -----
+    With ``Lambda = L / sigma``, ``S_i = I + Lambda' Z_i'Z_i Lambda = L_i L_i'``, ``r_i = y_i - X_i beta``,
+    ``v_i = Lambda' Z_i' r_i`` and ``c_i = L_i^-1 v_i``:
+    ``l_i = -1/2 [n_i log(2 pi sigma^2) + log|S_i| + (r_i'r_i - ||c_i||^2) / sigma^2]``,
+    where ``r_i'r_i = y'y - 2 beta'X'y + beta'X'X beta`` and ``Z_i'r_i = Z'y - Z'X beta`` come from the
+    statistics. With ``m_i = S_i^-1 v_i``: ``V_i^-1 r_i = (r_i - Z_i Lambda m_i) / sigma^2``, so
+    ``X_i'V_i^-1 r_i = (X'r - X'Z Lambda m_i) / sigma^2``, ``r'V^-2 r = (r'r - v'm - m'm) / sigma^4``,
+    ``tr V_i^-1 = (n_i - q + tr S_i^-1) / sigma^2`` and
+    ``Z'V^-1 Z = (A - A Lambda S^-1 Lambda' A) / sigma^2`` with ``A = Z_i'Z_i``.
+    The BLUP under the expert is ``b_i = Lambda m_i``.
+    """
+
+    def __init__(
+        self,
+        stats: SubjectStats,
+        pls: PLSProblem | None,
+        theta_map: ThetaMap | None,
+        control: MStepControl | None = None,
+    ) -> None:
+        self.stats = stats
+        self.pls = pls
+        self.theta_map = theta_map
+        self.control = control or MStepControl()
+        self._XX_flat = stats.XX.reshape(stats.N, -1)
+
+    # ------------------------------------------------------------------ E-step kernel
+    def _rss(self, beta: np.ndarray) -> np.ndarray:
+        st = self.stats
+        return st.yy - 2.0 * (st.Xy @ beta) + self._XX_flat @ np.outer(beta, beta).ravel()
+
+    def _factor(self, lam: np.ndarray) -> np.ndarray:
+        """Cholesky factors of ``S_i = I + Lambda' Z_i'Z_i Lambda``, shape (N, q, q)."""
+        S = congruence(self.stats.ZZ, lam)
+        idx = np.arange(self.stats.q)
+        S[:, idx, idx] += 1.0
+        return batched_cholesky(S)
+
+    def _core(self, theta: ExpertParams):
+        st = self.stats
+        s2 = float(theta.sigma) ** 2
+        rr = self._rss(theta.beta)
+        if st.q == 0:
+            return s2, rr, None, None, None, None, np.zeros(st.N)
+        lam = theta.L / theta.sigma
+        Lc = self._factor(lam)
+        Zr = st.Zy - (st.ZX.reshape(-1, st.p) @ theta.beta).reshape(st.N, st.q)
+        v = Zr @ lam
+        c = batched_forward_solve(Lc, v[:, :, None])[:, :, 0]
+        # diag(L_i) >= 1 because S_i >= I, so the product in logdet_chol cannot underflow
+        return s2, rr, lam, Lc, Zr, (v, c), logdet_chol(Lc)
+
+    def subject_loglik(self, theta: ExpertParams) -> np.ndarray:
+        """Exact marginal log-likelihood of each subject under this expert, shape (N,)."""
+        s2, rr, _, _, _, vc, logdet = self._core(theta)
+        quad = rr if vc is None else rr - rowdot(vc[1], vc[1])
+        return -0.5 * (self.stats.n * (LOG_2PI + math.log(s2)) + logdet + quad / s2)
+
+    def subject_gradients(self, theta: ExpertParams) -> ExpertGradients:
+        """Log-likelihood and its natural-scale gradients for every subject (see class Notes)."""
+        st = self.stats
+        s2, rr, lam, Lc, Zr, vc, logdet = self._core(theta)
+        Xr = st.Xy - (st.XX.reshape(-1, st.p) @ theta.beta).reshape(st.N, st.p)
+        if st.q == 0:
+            ll = -0.5 * (st.n * (LOG_2PI + math.log(s2)) + rr / s2)
+            return ExpertGradients(ll, Xr / s2, np.zeros((st.N, 0, 0)), 0.5 * (rr / s2**2 - st.n / s2))
+        v, c = vc
+        ll = -0.5 * (st.n * (LOG_2PI + math.log(s2)) + logdet + (rr - rowdot(c, c)) / s2)
+        m = batched_backward_solve_t(Lc, c[:, :, None])[:, :, 0]
+        lm = m @ lam.T  # Lambda m_i, shape (N, q)
+        u = (Zr - bmv(st.ZZ, lm)) / s2
+        gbeta = (Xr - btmv(st.ZX, lm)) / s2
+        P = right_const(st.ZZ, lam)  # A Lambda
+        K1 = batched_forward_solve(Lc, np.ascontiguousarray(np.swapaxes(P, 1, 2)))
+        ZVZ = (st.ZZ - bmtm(K1, K1)) / s2
+        gG = 0.5 * (u[:, :, None] * u[:, None, :] - ZVZ)
+        eye = np.ascontiguousarray(np.broadcast_to(np.eye(st.q), Lc.shape))
+        Linv = batched_forward_solve(Lc, eye)
+        tr_sinv = rowdot(Linv.reshape(st.N, -1), Linv.reshape(st.N, -1))
+        rv2r = (rr - rowdot(v, m) - rowdot(m, m)) / s2**2
+        tr_vinv = (st.n - st.q + tr_sinv) / s2
+        return ExpertGradients(ll, gbeta, gG, 0.5 * (rv2r - tr_vinv))
+
+    def blup(self, theta: ExpertParams) -> np.ndarray:
+        """Conditional mean of each subject's random effects under this expert, shape (N, q)."""
+        _, _, lam, Lc, _, vc, _ = self._core(theta)
+        if lam is None:
+            return np.zeros((self.stats.N, 0))
+        m = batched_backward_solve_t(Lc, vc[1][:, :, None])[:, :, 0]
+        return m @ lam.T
+
+    def gls_pieces(self, theta: ExpertParams, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Weighted GLS normal equations at the expert's covariance parameters.
+
+        Returns
+        -------
+        M : numpy.ndarray, shape (p, p)
+            ``sum_i w_i X_i' V_i^-1 X_i``.
+        m : numpy.ndarray, shape (p,)
+            ``sum_i w_i X_i' V_i^-1 y_i``.
+
+        Notes
+        -----
+        ``X'V^-1 X = (X'X - T'T) / sigma^2`` with ``T = L_i^-1 Lambda' Z'X`` (and likewise for y).
+        """
+        st = self.stats
+        p = st.p
+        s2 = float(theta.sigma) ** 2
+        M = (w @ self._XX_flat).reshape(p, p)
+        m = w @ st.Xy
+        if st.q:
+            lam = theta.L / theta.sigma
+            Lc = self._factor(lam)
+            LZX = np.swapaxes(right_const(np.ascontiguousarray(np.swapaxes(st.ZX, 1, 2)), lam), 1, 2)
+            T = batched_forward_solve(Lc, np.ascontiguousarray(LZX))
+            t = batched_forward_solve(Lc, (st.Zy @ lam)[:, :, None])[:, :, 0]
+            M = M - (w @ bmtm(T, T).reshape(st.N, p * p)).reshape(p, p)
+            m = m - w @ btmv(T, t)
+        return M / s2, m / s2
+
+    # ------------------------------------------------------------------ M-step
+    def m_step(self, weights: np.ndarray, start: ExpertParams) -> ExpertParams:
+        """Increase ``sum_i weights_i l_i``: BOBYQA on the core engine's weighted profiled deviance.
+
+        Parameters
+        ----------
+        weights : numpy.ndarray, shape (N,)
+            Posterior probabilities of this expert.
+        start : ExpertParams
+            Warm start (its theta = ``L / sigma`` in lme4's layout).
+
+        Notes
+        -----
+        ``PLSProblem.set_group_weights(w)`` scales each subject's whole log-likelihood, so
+        ``deviance(theta, reml=False) = -2 sum_i w_i l_i`` with beta and sigma profiled out. The
+        optimiser starts at the current theta and returns the best point it saw, and profiling beta
+        and sigma can only improve on the current values: the weighted objective never decreases.
+        """
+        if self.pls is None:
+            return self._wls(weights)
+        pls, tmap = self.pls, self.theta_map
+        pls.set_group_weights(weights)
+        theta0 = tmap.theta_of([start.L / start.sigma])
+        ctl = self.control
+        opt = minimize_bounded(
+            lambda th: pls.deviance(th, False),
+            theta0,
+            tmap.lower_bounds,
+            ftol_abs=ctl.ftol_abs,
+            xtol_abs=ctl.xtol_abs,
+            maxeval=ctl.maxeval, initial_step=0.01,
+        )
+        theta = opt.x if np.isfinite(opt.fmin) else theta0
+        sol = pls.solve(theta, False)
+        pls.set_group_weights(None)
+        lam = tmap.lambdas(theta)[0]
+        return ExpertParams(beta=sol.beta.copy(), L=sol.sigma * lam, sigma=float(sol.sigma))
+
+    def _wls(self, w: np.ndarray) -> ExpertParams:
+        """Weighted least squares of the regression expert (closed form)."""
+        st = self.stats
+        A = np.einsum("n,nab->ab", w, st.XX)
+        b = w @ st.Xy
+        beta = np.linalg.solve(A, b)
+        rss = float(w @ self._rss(beta))
+        sigma = math.sqrt(max(rss, 1e-300) / float(w @ st.n))
+        return ExpertParams(beta=beta, L=np.zeros((0, 0)), sigma=sigma)

@@ -1,0 +1,63 @@
+"""Parameters of a mixture of Gaussian experts on their natural scale (structure-free container)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["MoEParams"]
+
+
+@dataclass(frozen=True)
+class MoEParams:
+    """Gating and expert parameters.
+
+    Attributes
+    ----------
+    gamma : numpy.ndarray, shape (K, r)
+        Gating coefficients; row 0 (the reference expert) is zero.
+    beta : numpy.ndarray, shape (K, p)
+        Fixed effects of each expert (shared coefficients repeat the same value).
+    L : numpy.ndarray, shape (K, q, q)
+        Lower Cholesky factor of each expert's random-effects covariance, ``G_k = L_k L_k'``.
+    sigma : numpy.ndarray, shape (K,)
+        Residual standard deviation of each expert.
+    """
+
+    gamma: np.ndarray
+    beta: np.ndarray
+    L: np.ndarray
+    sigma: np.ndarray
+
+    @property
+    def K(self) -> int:
+        return self.beta.shape[0]
+
+    @property
+    def G(self) -> np.ndarray:
+        """Random-effects covariances, shape (K, q, q)."""
+        return np.einsum("kab,kcb->kac", self.L, self.L)
+
+    def relative_factor(self, k: int) -> np.ndarray:
+        """``Lambda_k = L_k / sigma_k`` (lme4's relative covariance factor), shape (q, q)."""
+        return self.L[k] / self.sigma[k]
+
+    def replace(self, **kw) -> MoEParams:
+        d = dict(gamma=self.gamma, beta=self.beta, L=self.L, sigma=self.sigma)
+        d.update(kw)
+        return MoEParams(**d)
+
+    def permute(self, order: np.ndarray) -> MoEParams:
+        """Relabel the experts: new expert j is old expert ``order[j]``; gating re-referenced to it."""
+        order = np.asarray(order)
+        g = self.gamma[order] - self.gamma[order[0]]
+        return MoEParams(gamma=g, beta=self.beta[order], L=self.L[order], sigma=self.sigma[order])
+
+    def distance(self, other: MoEParams) -> float:
+        """Largest relative change of any parameter (for the EM stopping rule)."""
+        out = 0.0
+        for a, b in ((self.gamma, other.gamma), (self.beta, other.beta), (self.L, other.L), (self.sigma, other.sigma)):
+            if a.size:
+                out = max(out, float(np.max(np.abs(a - b) / (np.abs(b) + 1e-3))))
+        return out
