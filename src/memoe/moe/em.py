@@ -88,20 +88,21 @@ def run_em(problem: MoEProblem, params: MoEParams, control: EMControl | None = N
     e = problem.e_step(params)
     trace = [e.loglik]
     run = EMRun(params=params, estep=e, loglik=e.loglik, trace=trace)
+    previous = None
     for it in range(1, ctl.max_iter + 1):
         mass = e.mass
         empty = [int(k) for k in np.flatnonzero(mass < min_mass)] if problem.K > 1 else []
         if empty:
             run.empty = empty
             break
-        new = problem.m_step(e.tau, params)
+        new = problem.m_step(e.tau, params, previous)
         e_new = problem.e_step(new)
         ll_old, ll = e.loglik, e_new.loglik
         if not np.isfinite(ll):
             break
         run.max_decrease = max(run.max_decrease, ll_old - ll)
         dpar = new.distance(params)
-        params, e = new, e_new
+        previous, params, e = params, new, e_new
         trace.append(ll)
         run.n_iter = it
         if abs(ll - ll_old) / (1.0 + abs(ll)) < ctl.tol and dpar < ctl.tol_par:

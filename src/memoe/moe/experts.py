@@ -66,8 +66,8 @@ class MStepControl:
     """BOBYQA settings of one expert's M-step (a generalised EM step when ``maxeval`` binds)."""
 
     maxeval: int = 60
-    ftol_abs: float = 1e-6
-    xtol_abs: float = 1e-4
+    ftol_abs: float = 1e-9
+    xtol_abs: float = 1e-7
 
 
 class Expert(Protocol):
@@ -81,7 +81,7 @@ class Expert(Protocol):
         """Per-subject gradients on the natural scale."""
         ...
 
-    def m_step(self, weights: np.ndarray, start: ExpertParams) -> ExpertParams:
+    def m_step(self, weights: np.ndarray, start: ExpertParams, step: float | None = None) -> ExpertParams:
         """Parameters that increase ``sum_i weights_i * l_i`` from ``start``."""
         ...
 
@@ -219,7 +219,7 @@ class GaussianExpert:
         return M / s2, m / s2
 
     # ------------------------------------------------------------------ M-step
-    def m_step(self, weights: np.ndarray, start: ExpertParams) -> ExpertParams:
+    def m_step(self, weights: np.ndarray, start: ExpertParams, step: float | None = None) -> ExpertParams:
         """Increase ``sum_i weights_i l_i``: BOBYQA on the core engine's weighted profiled deviance.
 
         Parameters
@@ -228,6 +228,9 @@ class GaussianExpert:
             Posterior probabilities of this expert.
         start : ExpertParams
             Warm start (its theta = ``L / sigma`` in lme4's layout).
+        step : float, optional
+            Initial trust-region radius of BOBYQA; near convergence the EM passes the size of the
+            last change of theta, which saves most of the evaluations a default radius would spend.
 
         Notes
         -----
@@ -248,7 +251,8 @@ class GaussianExpert:
             tmap.lower_bounds,
             ftol_abs=ctl.ftol_abs,
             xtol_abs=ctl.xtol_abs,
-            maxeval=ctl.maxeval, initial_step=0.01,
+            maxeval=ctl.maxeval,
+            initial_step=step,
         )
         theta = opt.x if np.isfinite(opt.fmin) else theta0
         sol = pls.solve(theta, False)

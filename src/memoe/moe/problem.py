@@ -86,14 +86,21 @@ class MoEProblem:
         return EStep(log_gate=lg, loglik_ik=ll, subject_loglik=lse, tau=tau)
 
     # ------------------------------------------------------------------ M-step
-    def m_step(self, tau: np.ndarray, params: MoEParams) -> MoEParams:
-        """One (generalised) M-step from ``params`` with posterior weights ``tau`` (N, K)."""
+    def m_step(self, tau: np.ndarray, params: MoEParams, previous: MoEParams | None = None) -> MoEParams:
+        """One (generalised) M-step from ``params`` with posterior weights ``tau`` (N, K).
+
+        ``previous`` (the parameters one iteration earlier) sizes the optimiser's first steps.
+        """
         gamma = gate_newton(self.W, tau, params.gamma)
         if self.structure.coupled:
             return self._coupled_m_step(tau, params.replace(gamma=gamma))
         beta, L, sigma = params.beta.copy(), params.L.copy(), params.sigma.copy()
         for k in range(self.K):
-            th = self.expert.m_step(tau[:, k], self.expert_params(params, k))
+            step = None
+            if previous is not None and params.L.size:
+                d = np.abs(params.L[k] / params.sigma[k] - previous.L[k] / previous.sigma[k]).max()
+                step = float(np.clip(2.0 * d, 1e-4, 0.5))
+            th = self.expert.m_step(tau[:, k], self.expert_params(params, k), step)
             beta[k], L[k], sigma[k] = th.beta, th.L, th.sigma
         return MoEParams(gamma=gamma, beta=beta, L=L, sigma=sigma)
 

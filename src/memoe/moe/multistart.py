@@ -1,0 +1,214 @@
+"""Multi-start EM: short runs from many starts, the best ones run to convergence, labels made canonical."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from memoe.errors import EmptyExpertWarning
+from memoe.moe.em import EMControl, EMRun, run_em
+from memoe.moe.init import kmeans_tau, random_tau, split_tau, start_plan, two_stage_features
+from memoe.moe.params import MoEParams
+from memoe.moe.problem import MoEProblem
+
+__all__ = ["MultiStartControl", "MultiStartResult", "canonical_order", "fit_multistart"]
+
+ORDER_RULES = ("intercept", "size", None)
+
+
+@dataclass(frozen=True)
+class MultiStartControl:
+    """Settings of the multi-start search.
+
+    Attributes
+    ----------
+    short_iter : int
+        EM iterations of each exploratory run.
+    short_tol : float
+        Relative log-likelihood change that ends an exploratory run early.
+    n_polish : int
+        Exploratory runs (best first) continued to convergence.
+    at_best_tol : float
+        A start "reached the best log-likelihood" when its final value is within this (absolute).
+    em : EMControl
+        Stopping rule of the runs to convergence.
+    """
+
+    short_iter: int = 15
+    short_tol: float = 1e-7
+    n_polish: int = 3
+    at_best_tol: float = 1e-3
+    em: EMControl = field(default_factory=EMControl)
+
+
+@dataclass
+class MultiStartResult:
+    """The best run and a record of every start.
+
+    Attributes
+    ----------
+    best : EMRun
+    starts : pandas.DataFrame
+        One row per start: ``strategy``, ``short_loglik``, ``short_iter``, ``polished``, ``loglik``
+        (final), ``n_iter`` (total), ``converged``, ``empty`` (experts lost, 1-based).
+    n_at_best : int
+        Starts whose final log-likelihood is within ``at_best_tol`` of the best.
+    n_empty : int
+        Starts discarded because an expert emptied.
+    """
+
+    best: EMRun
+    starts: pd.DataFrame
+    n_at_best: int
+    n_empty: int
+
+
+def _start_tau(problem: MoEProblem, strategy: str, rng, features, previous_tau) -> np.ndarray:
+    N, K = problem.N, problem.K
+    if strategy == "single":
+        return np.ones((N, 1))
+    if strategy == "kmeans":
+        return kmeans_tau(features, K, rng)
+    if strategy.startswith("split"):
+        return split_tau(previous_tau, features, int(strategy[5:]))
+    return random_tau(N, K, rng)
+
+
+def fit_multistart(
+    problem: MoEProblem,
+    n_starts: int,
+    seed: int | None,
+    control: MultiStartControl | None = None,
+    previous_tau: np.ndarray | None = None,
+    start_params: MoEParams | None = None,
+    progress: bool = False,
+) -> MultiStartResult:
+    """Multi-start EM.
+
+    Parameters
+    ----------
+    problem : MoEProblem
+    n_starts : int
+    seed : int or None
+        Seeds the ``numpy.random.Generator`` of every random choice (deterministic for an int).
+    control : MultiStartControl, optional
+    previous_tau : numpy.ndarray, shape (N, K - 1), optional
+        Posterior of a (K-1)-expert fit: adds one "split" start per expert.
+    start_params : MoEParams, optional
+        A user start, run as an additional start.
+    progress : bool
+        Show a tqdm progress bar.
+    """
+    ctl = control or MultiStartControl()
+    rng = np.random.default_rng(seed)
+    plan = start_plan(max(1, n_starts), problem.K, previous_tau is not None)
+    features = two_stage_features(problem.expert.stats) if problem.K > 1 else None
+    short = EMControl(max_iter=ctl.short_iter, tol=ctl.short_tol, tol_par=0.0, min_mass=ctl.em.min_mass)
+    if problem.K == 1:
+        short = ctl.em
+    runs: list[EMRun] = []
+    strategies: list[str] = []
+    bar = _bar(len(plan) + (start_params is not None), progress, "EM starts")
+    for strategy in plan:
+        tau = _start_tau(problem, strategy, rng, features, previous_tau)
+        runs.append(run_em(problem, problem.initial_params(tau), short))
+        strategies.append(strategy)
+        bar.update(1)
+    if start_params is not None:
+        runs.append(run_em(problem, start_params, short))
+        strategies.append("user")
+        bar.update(1)
+    bar.close()
+    short_ll = [r.loglik for r in runs]
+    short_it = [r.n_iter for r in runs]
+    ok = [i for i, r in enumerate(runs) if not r.empty and np.isfinite(r.loglik)]
+    pool = ok if ok else list(range(len(runs)))
+    chosen = sorted(pool, key=lambda i: -runs[i].loglik)[: max(1, ctl.n_polish)]
+    polished = np.zeros(len(runs), dtype=bool)
+    bar = _bar(len(chosen), progress and problem.K > 1, "EM to convergence")
+    for i in chosen:
+        r0 = runs[i]
+        if not r0.converged and not r0.empty:
+            r = run_em(problem, r0.params, ctl.em)
+            r.n_iter += r0.n_iter
+            r.trace = r0.trace + r.trace[1:]
+            r.max_decrease = max(r.max_decrease, r0.max_decrease)
+            runs[i] = r
+        polished[i] = True
+        bar.update(1)
+    bar.close()
+    cand = [i for i in chosen if not runs[i].empty] or chosen
+    best_i = max(cand, key=lambda i: runs[i].loglik)
+    best = runs[best_i]
+    final = np.array([r.loglik for r in runs])
+    n_at_best = int(np.sum([(abs(final[i] - best.loglik) <= ctl.at_best_tol) and not runs[i].empty for i in ok]))
+    n_empty = sum(1 for r in runs if r.empty)
+    starts = pd.DataFrame(
+        {
+            "strategy": strategies,
+            "short_loglik": short_ll,
+            "short_iter": short_it,
+            "polished": polished,
+            "loglik": final,
+            "n_iter": [r.n_iter for r in runs],
+            "converged": [r.converged for r in runs],
+            "empty": [[k + 1 for k in r.empty] for r in runs],
+        }
+    )
+    if n_empty:
+        msg = f"{n_empty} of {len(runs)} EM start(s) lost an expert (posterior mass below the minimum)"
+        if best.empty:
+            msg += f"; the selected fit has empty expert(s) {[k + 1 for k in best.empty]}: consider fewer experts"
+        else:
+            msg += " and were discarded"
+        warnings.warn(msg, EmptyExpertWarning, stacklevel=3)
+    return MultiStartResult(best=best, starts=starts, n_at_best=n_at_best, n_empty=n_empty)
+
+
+def canonical_order(params: MoEParams, mass: np.ndarray, rule: str | None, specific: np.ndarray) -> np.ndarray:
+    """Order of the experts that resolves label switching.
+
+    Parameters
+    ----------
+    params : MoEParams
+    mass : numpy.ndarray, shape (K,)
+        Posterior mass of each expert.
+    rule : {"intercept", "size", None}
+        ``"intercept"``: increasing first class-specific fixed effect (the intercept when it is
+        class-specific), falling back on ``"size"`` when no fixed effect is class-specific;
+        ``"size"``: decreasing posterior mass; None: as estimated.
+    specific : numpy.ndarray of bool, shape (p,)
+
+    Returns
+    -------
+    numpy.ndarray of int, shape (K,)
+        New expert j is old expert ``order[j]``.
+    """
+    K = len(mass)
+    if rule is None or K == 1:
+        return np.arange(K)
+    if rule == "intercept" and np.any(specific):
+        j0 = int(np.flatnonzero(specific)[0])
+        return np.lexsort((-mass, params.beta[:, j0]))
+    if rule in ("intercept", "size"):
+        return np.argsort(-mass, kind="stable")
+    raise ValueError(f"order must be one of {ORDER_RULES}, got {rule!r}")
+
+
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _bar(total: int, show: bool, desc: str):
+    if not show:
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, leave=False)

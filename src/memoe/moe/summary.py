@@ -1,0 +1,81 @@
+"""Printed summary of a MEMoE fit: criteria, multi-start record, gate, each expert's LMM, class table."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["MEMoESummary"]
+
+
+def _fmt_table(df: pd.DataFrame, digits: int = 4) -> str:
+    def f(x):
+        if isinstance(x, float | np.floating):
+            if np.isnan(x):
+                return ""
+            return f"{x:.{digits}g}" if abs(x) < 1e-3 and x != 0 else f"{x:.{digits}f}"
+        return str(x)
+
+    return df.map(f).to_string()
+
+
+class MEMoESummary:
+    """Summary tables of a :class:`~memoe.moe.results.MEMoEResult`; ``print()`` it.
+
+    Attributes
+    ----------
+    criteria : pandas.Series
+    gating : pandas.DataFrame
+        Gating coefficients (experts 2..K against expert 1) with model-based and robust SEs.
+    experts : dict of int -> pandas.DataFrame
+        Each expert's fixed effects, random-effect SDs / correlations and residual SD.
+    classification : pandas.DataFrame
+    """
+
+    def __init__(self, fit) -> None:
+        self.fit = fit
+        tab = fit.inference.table()
+        self.table = tab
+        self.criteria = fit.criteria()
+        parts = tab.index.get_level_values("part")
+        self.gating = tab[parts == "gating"].droplevel("part")
+        self.experts = {
+            k: tab[(parts != "gating") & (tab.index.get_level_values("expert") == k)].droplevel("expert")
+            for k in range(1, fit.k + 1)
+        }
+        self.classification = fit.classification_table()
+
+    def __str__(self) -> str:
+        fit = self.fit
+        m = fit.model
+        st = m.structure
+        lines = [
+            "Mixed-Effects Mixture of Experts fit by maximum likelihood (EM)",
+            f" Formula: {m.formula}",
+            f" Gating: {m.gating if m.gating is not None else 'none (constant class proportions)'}",
+            f" Experts: {fit.k}; random-effects covariance: {st.cov}; residual variance: {st.sigma}; "
+            f"class-specific fixed effects: "
+            f"{', '.join(n for n, s in zip(m.mdesign.fixef_names, st.specific, strict=True) if s) or 'none'}",
+            f" Subjects: {fit.n_subjects}; observations: {fit.nobs}",
+            "",
+            " ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in self.criteria.items()),
+            f"EM: {fit.n_iter} iterations, converged={fit.converged}; {fit.n_at_best} of {len(fit.starts)} starts "
+            f"reached the best log-likelihood; max |score| {fit.inference.score_norm:.2e}",
+        ]
+        if fit.empty_experts:
+            lines.append(f"WARNING: expert(s) {fit.empty_experts} emptied during EM")
+        if fit.k > 1:
+            lines += ["", "Gating (multinomial logit, reference expert 1):", _fmt_table(self.gating)]
+        for k, t in self.experts.items():
+            share = float(fit.posterior[k].mean())
+            lines += ["", f"Expert {k} (posterior share {share:.3f}):", _fmt_table(t)]
+        lines += [
+            "",
+            "SEs: se_model = inverse observed information; se_robust = sandwich A^-1 B A^-1 (z, p, CI robust).",
+        ]
+        if fit.k > 1:
+            lines += ["", "Posterior classification (rows: MAP class):", _fmt_table(self.classification)]
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return self.__str__()
