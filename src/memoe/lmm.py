@@ -15,6 +15,7 @@ import pandas as pd
 
 from memoe.design import Design, build_design
 from memoe.errors import ConvergenceWarning, SingularFitWarning
+from memoe.linalg.threads import blas_threads
 from memoe.optim import OptSummary, check_convergence, finite_difference_derivatives, minimize_bounded
 from memoe.optim.checks import ConvergenceReport
 from memoe.pls import PLSProblem
@@ -25,6 +26,8 @@ __all__ = ["LMM", "SINGULAR_TOL", "lmm"]
 SINGULAR_TOL = 1e-4
 # above this many theta entries the finite-difference Hessian check is skipped (it costs O(k^2) fits)
 MAX_THETA_FOR_DERIVS = 30
+# order of the dense Schur complement from which BLAS keeps its own thread count while fitting
+AUTO_DENSE_THREADS = 2000
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,9 @@ class FitControl:
     calc_derivs: bool = True
     grad_tol: float = 2e-3
     singular_tol: float = SINGULAR_TOL
+    # BLAS threads while optimising: "auto" = 1 unless the dense part of the factor is large,
+    # None = leave the BLAS default, an int = that cap (see memoe.linalg.threads for why)
+    blas_threads: int | str | None = "auto"
 
 
 class LMM:
@@ -113,13 +119,14 @@ class LMM:
         f = self.objective(reml)
         x0 = tmap.initial() if start is None else np.asarray(start, dtype=float)
         lower = tmap.lower_bounds
-        opt = minimize_bounded(
-            f, x0, lower, ftol_abs=control.ftol_abs, xtol_abs=control.xtol_abs, maxeval=control.maxeval
-        )
-        theta = opt.x.copy()
-        # exact zeros on the boundary as lme4 reports them when the optimiser sits there
-        theta[(lower == 0) & (np.abs(theta) < 1e-12)] = 0.0
-        report = self._check(f, theta, lower, control)
+        with blas_threads(self._blas_threads(control)):
+            opt = minimize_bounded(
+                f, x0, lower, ftol_abs=control.ftol_abs, xtol_abs=control.xtol_abs, maxeval=control.maxeval
+            )
+            theta = opt.x.copy()
+            # exact zeros on the boundary as lme4 reports them when the optimiser sits there
+            theta[(lower == 0) & (np.abs(theta) < 1e-12)] = 0.0
+            report = self._check(f, theta, lower, control)
         singular = bool(np.any(theta[lower == 0] < control.singular_tol))
         messages = list(report.messages)
         if singular:
@@ -137,6 +144,13 @@ class LMM:
         return LmmResult(
             model=self, reml=reml, theta=theta, opt=opt, convergence=report, singular=singular, messages=messages
         )
+
+    def _blas_threads(self, control: FitControl) -> int | None:
+        if control.blas_threads != "auto":
+            return control.blas_threads
+        # one evaluation is a chain of small BLAS calls plus at most one dense Cholesky of order
+        # m_z + p + 1; below AUTO_DENSE_THREADS extra threads cost more in hand-off than they save
+        return 1 if self.problem.mz + self.problem.m < AUTO_DENSE_THREADS else None
 
     def _check(self, f, theta: np.ndarray, lower: np.ndarray, control: FitControl) -> ConvergenceReport:
         k = len(theta)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["batched_cholesky", "batched_forward_solve", "batched_backward_solve_t", "batched_logdet_chol"]
+__all__ = ["batched_backward_solve_t", "batched_cholesky", "batched_forward_solve", "batched_logdet_chol"]
 
 _SMALL_Q = 6
 
@@ -27,7 +27,7 @@ def batched_cholesky(S: np.ndarray) -> np.ndarray:
         Lower triangular with ``L[n] @ L[n].T == S[n]``. Entries with non-positive pivots become NaN,
         which the caller turns into an infinite objective.
     """
-    N, q, _ = S.shape
+    _, q, _ = S.shape
     if q == 1:
         with np.errstate(invalid="ignore"):
             return np.sqrt(S)
@@ -64,7 +64,7 @@ def batched_forward_solve(L: np.ndarray, B: np.ndarray) -> np.ndarray:
     -------
     X : numpy.ndarray, shape (N, q, m)
     """
-    N, q, _ = L.shape
+    _, q, _ = L.shape
     if q == 1:
         return B / L
     if q > _SMALL_Q:
@@ -86,7 +86,7 @@ def batched_backward_solve_t(L: np.ndarray, B: np.ndarray) -> np.ndarray:
     L : numpy.ndarray, shape (N, q, q)
     B : numpy.ndarray, shape (N, q, m)
     """
-    N, q, _ = L.shape
+    _, q, _ = L.shape
     if q == 1:
         return B / L
     if q > _SMALL_Q:

@@ -6,7 +6,113 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["group_crossprod"]
+__all__ = ["GroupSums", "group_crossprod", "group_segments"]
+
+
+def group_segments(codes: np.ndarray, ngroups: int) -> np.ndarray | None:
+    """Start row of each group when the rows are sorted by group and every group is present, else None.
+
+    Sorted rows (the usual layout of longitudinal data) let ``np.add.reduceat`` sum contiguous
+    segments, which streams through memory instead of scattering as ``np.bincount`` does.
+    """
+    n = len(codes)
+    if n == 0 or ngroups == 0:
+        return None
+    step = np.diff(codes)
+    # every level present and in increasing order: steps are 0 or 1, first 0 and last ngroups-1
+    if codes[0] != 0 or codes[-1] != ngroups - 1 or step.min(initial=0) < 0 or step.max(initial=0) > 1:
+        return None
+    return np.concatenate(([0], np.flatnonzero(step) + 1))
+
+
+class GroupSums:
+    """Per-group sums of products of columns, computing each distinct product once.
+
+    Parameters
+    ----------
+    codes : numpy.ndarray of int, shape (n,)
+        Group of each row.
+    ngroups : int
+
+    Notes
+    -----
+    The statistics of a mixed model ask for many products that coincide: the intercept column
+    appears in Z and in X, so does a time covariate with a random slope. Columns are matched by
+    identity or equal content; a column of ones needs no multiplication (its sums are the counts or
+    the other column's sums). Rows sorted by group are summed by segments (``np.add.reduceat``),
+    otherwise by ``np.bincount``. The temporary memory is one n-vector per distinct product, never
+    an (n, k, k) array.
+    """
+
+    def __init__(self, codes: np.ndarray, ngroups: int) -> None:
+        self.codes = codes
+        self.ngroups = ngroups
+        self.starts = group_segments(codes, ngroups)
+        self._distinct: list[np.ndarray] = []
+        self._is_one: list[bool] = []
+        self._sums: dict[tuple[int, int], np.ndarray] = {}
+        self._count: np.ndarray | None = None
+
+    @property
+    def count(self) -> np.ndarray:
+        """Rows per group, float, shape (ngroups,)."""
+        if self._count is None:
+            if self.starts is not None:
+                self._count = np.diff(np.append(self.starts, len(self.codes))).astype(float)
+            else:
+                self._count = np.bincount(self.codes, minlength=self.ngroups).astype(float)
+        return self._count
+
+    def _index(self, col: np.ndarray) -> int:
+        for i, d in enumerate(self._distinct):
+            if col is d:
+                return i
+        for i, d in enumerate(self._distinct):
+            if col.shape == d.shape and np.array_equal(col, d):
+                return i
+        self._distinct.append(col)
+        self._is_one.append(bool(np.all(col == 1.0)))
+        return len(self._distinct) - 1
+
+    def _sum(self, values: np.ndarray) -> np.ndarray:
+        if self.starts is not None:
+            return np.add.reduceat(values, self.starts)
+        return np.bincount(self.codes, weights=values, minlength=self.ngroups)
+
+    def _pair(self, i: int, j: int) -> np.ndarray:
+        key = (min(i, j), max(i, j))
+        out = self._sums.get(key)
+        if out is None:
+            a, b = self._distinct[key[0]], self._distinct[key[1]]
+            one_a, one_b = self._is_one[key[0]], self._is_one[key[1]]
+            if one_a and one_b:
+                out = self.count
+            elif one_a or one_b:
+                out = self._sum(b if one_a else a)
+            else:
+                out = self._sum(a * b)
+            self._sums[key] = out
+        return out
+
+    def cross(self, left: Sequence[np.ndarray], right: Sequence[np.ndarray] | None = None) -> np.ndarray:
+        """``out[a, b, g] = sum_{rows in g} left[a] * right[b]`` (structure-of-arrays, contiguous).
+
+        Parameters
+        ----------
+        left, right : sequence of numpy.ndarray, each shape (n,)
+            ``right`` defaults to ``left``.
+
+        Returns
+        -------
+        numpy.ndarray, shape (len(left), len(right), ngroups)
+        """
+        li = [self._index(c) for c in left]
+        ri = li if right is None else [self._index(c) for c in right]
+        out = np.empty((len(li), len(ri), self.ngroups))
+        for a, i in enumerate(li):
+            for b, j in enumerate(ri):
+                out[a, b] = self._pair(i, j)
+        return out
 
 
 def group_crossprod(

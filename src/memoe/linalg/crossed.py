@@ -1,0 +1,205 @@
+"""The dense Schur complement of the random effects after the first (largest) grouping factor.
+
+With columns ordered ``[Z_1, Z_r, X, y]`` and the first block eliminated, what is left is the
+bordered symmetric matrix ``M`` of size ``m_z + m`` (``m_z`` columns of ``Z_r``, ``m = p + 1``)::
+
+    M_zz  = I + Lambda_r' (Z_r'Z_r - Z_r'Z_1 W Z_1'Z_r) Lambda_r
+    M_zxy = Lambda_r' (Z_r'[X y] - Z_r'Z_1 T' C)
+    M_xy  = [X y]'[X y] - C'C
+
+where ``W = blockdiag_j(lambda_1 S_j^-1 lambda_1')`` and ``T' C = blockdiag_j(lambda_1 L_j^-T) C``
+come from the first block (``S_j = L_j L_j'``). Only ``W`` and ``C`` change with theta, and
+``Z_r'Z_1 W Z_1'Z_r`` is linear in the entries of ``W`` with a sparsity pattern fixed by the data.
+So the products are enumerated once: a sparse matrix ``P`` maps the entries of ``W`` (and a constant
+for ``Z_r'Z_r``) straight onto the flattened upper triangle of ``M``, and each evaluation is one
+sparse matrix-vector product plus a few small dense updates. No sparse-sparse products, no Lambda
+or kron rebuilt per evaluation. When the enumeration would be too large (many random effects of
+the first factor touching many of the others), products of sparse matrices are used instead.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+__all__ = ["MAX_PATTERN_NNZ", "RestSchur"]
+
+# Upper bound on the entries of the precomputed map P (12 bytes each): about 300 MB.
+MAX_PATTERN_NNZ = 25_000_000
+
+
+def _level_pairs(Z1tZr: sp.csr_matrix, l1: int, q1: int, max_nnz: int):
+    """All products of two entries of ``Z_1'Z_r`` that belong to the same first-factor level.
+
+    Returns rows (column c of Z_r), cols (column d >= c), the entry (j, a, b) of W they
+    multiply, and the product ``Z1tZr[(j,a), c] * Z1tZr[(j,b), d]``; or None above ``max_nnz``.
+    """
+    indptr, indices, data = Z1tZr.indptr, Z1tZr.indices, Z1tZr.data
+    lev_start = indptr[0 : l1 * q1 + 1 : q1]
+    K = np.diff(lev_start)
+    if int((K.astype(np.int64) ** 2).sum()) > 2 * max_nnz:
+        return None
+    nnz = len(indices)
+    row_of = np.repeat(np.arange(l1 * q1), np.diff(indptr))
+    lev = row_of // q1
+    a_of = row_of % q1
+    cnt = K[lev]
+    out_c, out_d, out_w, out_v = [], [], [], []
+    total = 0
+    # process entries in chunks so the temporaries stay bounded
+    chunk = max(1, 4_000_000 // max(1, int(K.max(initial=1))))
+    for e0 in range(0, nnz, chunk):
+        e = np.arange(e0, min(nnz, e0 + chunk))
+        ce = cnt[e]
+        left = np.repeat(e, ce)
+        offs = np.cumsum(ce) - ce
+        right = np.repeat(lev_start[lev[e]] - offs, ce) + np.arange(len(left))
+        cl, cr = indices[left], indices[right]
+        keep = cl <= cr
+        left, right, cl, cr = left[keep], right[keep], cl[keep], cr[keep]
+        total += len(left)
+        if total > max_nnz:
+            return None
+        out_c.append(cl)
+        out_d.append(cr)
+        out_w.append((lev[left] * q1 + a_of[left]) * q1 + a_of[right])
+        out_v.append(data[left] * data[right])
+    cat = np.concatenate
+    return cat(out_c), cat(out_d), cat(out_w), cat(out_v)
+
+
+class RestSchur:
+    """Builds the bordered Schur complement ``M`` (upper triangle, C order) for given theta.
+
+    Parameters
+    ----------
+    Z1tZr : scipy.sparse.csr_matrix, shape (l1 q1, m_z)
+        Rows level-major (level j, column a of the first block).
+    ZrtZr : scipy.sparse matrix, shape (m_z, m_z)
+    ZrtXY : numpy.ndarray, shape (m_z, m)
+    l1, q1 : int
+        Levels and columns of the first block.
+    q_rest : list of int
+        Columns of each later block (their random effects are level-major within each block).
+    nlevels_rest : list of int
+    """
+
+    def __init__(self, Z1tZr, ZrtZr, ZrtXY, l1, q1, q_rest, nlevels_rest, max_nnz: int = MAX_PATTERN_NNZ):
+        self.Z1tZr = Z1tZr.tocsr()
+        self.Z1tZr.sort_indices()
+        self.ZrtZr = sp.csr_matrix(ZrtZr)
+        self.ZrtXY = np.ascontiguousarray(ZrtXY)
+        self.l1, self.q1 = l1, q1
+        self.q_rest = list(q_rest)
+        self.nlevels_rest = list(nlevels_rest)
+        self.mz, self.m = ZrtXY.shape
+        self.nb = self.mz + self.m
+        self.diag_lambda = all(q == 1 for q in self.q_rest)
+        # which block each Z_r column belongs to (scalar lambda per column when all q_k = 1)
+        sizes = [lk * qk for lk, qk in zip(nlevels_rest, q_rest, strict=True)]
+        self.col_block = np.repeat(np.arange(len(q_rest)), sizes)
+        self.P = self._build_map(max_nnz)
+
+    # ------------------------------------------------------------------ setup
+    def _build_map(self, max_nnz: int) -> sp.csr_matrix | None:
+        pairs = _level_pairs(self.Z1tZr, self.l1, self.q1, max_nnz)
+        if pairs is None:
+            return None
+        c, d, wcol, v = pairs
+        zz = sp.triu(self.ZrtZr, format="coo")
+        nw = self.l1 * self.q1 * self.q1
+        nb = self.nb
+        flat = np.concatenate([c.astype(np.int64) * nb + d, zz.row.astype(np.int64) * nb + zz.col])
+        cols = np.concatenate([wcol, np.full(zz.nnz, nw)])
+        vals = np.concatenate([-v, zz.data])
+        del c, d, wcol, v
+        # one row of P per distinct position of the upper triangle of M_zz (flat index in self.pos)
+        self.pos, rows = np.unique(flat, return_inverse=True)
+        del flat
+        # CSC: the product loops over the (few) columns and scatters, the fastest layout measured here
+        P = sp.csc_matrix((vals, (rows.ravel(), cols)), shape=(len(self.pos), nw + 1))
+        P.sum_duplicates()
+        return P
+
+    # ------------------------------------------------------------------ per theta
+    def lambda_rest(self, lambdas: list[np.ndarray]) -> sp.csr_matrix:
+        """Sparse ``Lambda_r = blockdiag_k(I_{l_k} kron lambda_k)``."""
+        mats = [
+            sp.kron(sp.identity(lk, format="csr"), sp.csr_matrix(lam))
+            for lk, lam in zip(self.nlevels_rest, lambdas, strict=True)
+        ]
+        return sp.block_diag(mats, format="csr")
+
+    def _scatter(self, weights: np.ndarray, out: np.ndarray | None) -> np.ndarray:
+        nb = self.nb
+        if out is None:
+            out = np.zeros((nb, nb))
+        else:
+            out.fill(0.0)
+        out.ravel()[self.pos] = self.P @ weights
+        return out
+
+    def bordered(
+        self,
+        lambdas_rest: list[np.ndarray],
+        W: np.ndarray,
+        TtC: np.ndarray,
+        M_xy: np.ndarray,
+        out: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """The bordered matrix ``M`` with its upper triangle filled (lower triangle zero).
+
+        Parameters
+        ----------
+        lambdas_rest : list of numpy.ndarray
+            Relative factors of the later blocks.
+        W : numpy.ndarray, shape (l1 q1 q1,)
+            Entries of ``lambda_1 S_j^-1 lambda_1'`` flattened in (j, a, b) order.
+        TtC : numpy.ndarray, shape (l1 q1, m)
+            ``lambda_1 L_j^-T C_j`` stacked level-major.
+        M_xy : numpy.ndarray, shape (m, m)
+        out : numpy.ndarray, shape (m_z + m, m_z + m), optional
+            C-ordered buffer to fill (reused across evaluations to avoid page faults).
+
+        Returns
+        -------
+        numpy.ndarray, shape (m_z + m, m_z + m), C order
+            ``M.T`` is Fortran-ordered with the lower triangle filled, ready for LAPACK ``potrf``.
+        """
+        mz, nb = self.mz, self.nb
+        ZrtXY_adj = self.ZrtXY - self.Z1tZr.T @ TtC
+        if self.P is not None and self.diag_lambda:
+            dvec = np.array([lam[0, 0] for lam in lambdas_rest])
+            if len(dvec) == 1:
+                s2 = dvec[0] * dvec[0]
+                M = self._scatter(np.append(W * s2, s2), out)
+                M[:mz, mz:] = dvec[0] * ZrtXY_adj
+            else:
+                M = self._scatter(np.append(W, 1.0), out)
+                dcol = dvec[self.col_block]
+                M[:mz, :mz] *= dcol[:, None]
+                M[:mz, :mz] *= dcol[None, :]
+                M[:mz, mz:] = dcol[:, None] * ZrtXY_adj
+        else:
+            lam_r = self.lambda_rest(lambdas_rest)
+            if self.P is not None:
+                upper = self._scatter(np.append(W, 1.0), None)[:mz, :mz]
+                D = upper + np.triu(upper, 1).T
+            else:
+                D = self._rest_products(W)
+            A = lam_r.T @ (lam_r.T @ D).T
+            M = np.zeros((nb, nb)) if out is None else out
+            M[:mz, :mz] = np.triu(A)
+            M[mz:, :] = 0.0
+            M[:mz, mz:] = lam_r.T @ ZrtXY_adj
+        idx = np.arange(mz)
+        M[idx, idx] += 1.0
+        M[mz:, mz:] = M_xy
+        return M
+
+    def _rest_products(self, W: np.ndarray) -> np.ndarray:
+        """``Z_r'Z_r - Z_r'Z_1 W Z_1'Z_r`` (dense, symmetric) by sparse products, for huge patterns."""
+        l1, q1 = self.l1, self.q1
+        Wb = sp.bsr_matrix((W.reshape(l1, q1, q1), np.arange(l1), np.arange(l1 + 1)), shape=(l1 * q1, l1 * q1))
+        H = self.Z1tZr.T @ (Wb @ self.Z1tZr)
+        return (self.ZrtZr - H).toarray()
