@@ -189,6 +189,27 @@ class GaussianExpert:
         m = batched_backward_solve_t(Lc, vc[1][:, :, None])[:, :, 0]
         return m @ lam.T
 
+    def _gls(self, lam: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+        """Weighted normal equations on the relative scale ``V*_i = I + Z_i Lambda Lambda' Z_i'``.
+
+        Returns ``M = sum_i w_i X_i'V*_i^-1 X_i`` (p, p), ``m = sum_i w_i X_i'V*_i^-1 y_i`` (p,) and
+        ``sum_i w_i y_i'V*_i^-1 y_i``, via ``T_i = L_i^-1 Lambda' Z_i'X_i``: ``X'V*^-1 X = X'X - T'T``.
+        """
+        st = self.stats
+        p = st.p
+        M = (w @ self._XX_flat).reshape(p, p)
+        m = w @ st.Xy
+        yy = float(w @ st.yy)
+        if st.q:
+            Lc = self._factor(lam)
+            LZX = np.swapaxes(right_const(np.ascontiguousarray(np.swapaxes(st.ZX, 1, 2)), lam), 1, 2)
+            T = batched_forward_solve(Lc, np.ascontiguousarray(LZX))
+            t = batched_forward_solve(Lc, (st.Zy @ lam)[:, :, None])[:, :, 0]
+            M = M - (w @ bmtm(T, T).reshape(st.N, p * p)).reshape(p, p)
+            m = m - w @ btmv(T, t)
+            yy -= float(w @ rowdot(t, t))
+        return M, m, yy
+
     def gls_pieces(self, theta: ExpertParams, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Weighted GLS normal equations at the expert's covariance parameters.
 
@@ -198,25 +219,24 @@ class GaussianExpert:
             ``sum_i w_i X_i' V_i^-1 X_i``.
         m : numpy.ndarray, shape (p,)
             ``sum_i w_i X_i' V_i^-1 y_i``.
+        """
+        s2 = float(theta.sigma) ** 2
+        M, m, _ = self._gls(theta.L / theta.sigma if self.stats.q else theta.L, w)
+        return M / s2, m / s2
+
+    def profiled(self, lam: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, float]:
+        """Weighted ML fixed effects and residual SD at a relative factor ``lam`` (q, q).
 
         Notes
         -----
-        ``X'V^-1 X = (X'X - T'T) / sigma^2`` with ``T = L_i^-1 Lambda' Z'X`` (and likewise for y).
+        ``beta = M^-1 m`` (the weighted GLS estimate, free of sigma) and
+        ``sigma^2 = sum_i w_i r_i'V*_i^-1 r_i / sum_i w_i n_i = (y'V*^-1 y - beta'm) / n_w``: the same
+        profiling the core engine's deviance performs, from the subject statistics.
         """
-        st = self.stats
-        p = st.p
-        s2 = float(theta.sigma) ** 2
-        M = (w @ self._XX_flat).reshape(p, p)
-        m = w @ st.Xy
-        if st.q:
-            lam = theta.L / theta.sigma
-            Lc = self._factor(lam)
-            LZX = np.swapaxes(right_const(np.ascontiguousarray(np.swapaxes(st.ZX, 1, 2)), lam), 1, 2)
-            T = batched_forward_solve(Lc, np.ascontiguousarray(LZX))
-            t = batched_forward_solve(Lc, (st.Zy @ lam)[:, :, None])[:, :, 0]
-            M = M - (w @ bmtm(T, T).reshape(st.N, p * p)).reshape(p, p)
-            m = m - w @ btmv(T, t)
-        return M / s2, m / s2
+        M, m, yy = self._gls(lam, w)
+        beta = np.linalg.solve(M, m)
+        pwrss = max(yy - float(beta @ m), 1e-300)
+        return beta, math.sqrt(pwrss / float(w @ self.stats.n))
 
     # ------------------------------------------------------------------ M-step
     def m_step(self, weights: np.ndarray, start: ExpertParams, step: float | None = None) -> ExpertParams:
@@ -255,17 +275,12 @@ class GaussianExpert:
             initial_step=step,
         )
         theta = opt.x if np.isfinite(opt.fmin) else theta0
-        sol = pls.solve(theta, False)
         pls.set_group_weights(None)
         lam = tmap.lambdas(theta)[0]
-        return ExpertParams(beta=sol.beta.copy(), L=sol.sigma * lam, sigma=float(sol.sigma))
+        beta, sigma = self.profiled(lam, weights)
+        return ExpertParams(beta=beta, L=sigma * lam, sigma=sigma)
 
     def _wls(self, w: np.ndarray) -> ExpertParams:
         """Weighted least squares of the regression expert (closed form)."""
-        st = self.stats
-        A = np.einsum("n,nab->ab", w, st.XX)
-        b = w @ st.Xy
-        beta = np.linalg.solve(A, b)
-        rss = float(w @ self._rss(beta))
-        sigma = math.sqrt(max(rss, 1e-300) / float(w @ st.n))
+        beta, sigma = self.profiled(np.zeros((0, 0)), w)
         return ExpertParams(beta=beta, L=np.zeros((0, 0)), sigma=sigma)

@@ -6,7 +6,8 @@
 from __future__ import annotations
 
 import numpy as np
-from scipy.special import logsumexp
+
+from memoe.moe.kernels import logsumexp_rows
 
 __all__ = ["gate_log_probs", "gate_newton", "gate_objective", "gate_scores"]
 
@@ -25,7 +26,7 @@ def gate_log_probs(W: np.ndarray, gamma: np.ndarray) -> np.ndarray:
     numpy.ndarray, shape (N, K)
     """
     eta = W @ gamma.T
-    return eta - logsumexp(eta, axis=1, keepdims=True)
+    return eta - logsumexp_rows(eta)[:, None]
 
 
 def gate_objective(W: np.ndarray, tau: np.ndarray, gamma: np.ndarray) -> float:
@@ -93,12 +94,14 @@ def gate_newton(
         pi = np.exp(gate_log_probs(W, gamma))
         g = ((tau[:, 1:] - pi[:, 1:]).T @ W).ravel()
         p1 = pi[:, 1:]
-        # -H = W' diag(pi_k delta_kl - pi_k pi_l) W
-        Hn = -np.einsum("ik,il,ia,ib->kalb", p1, p1, W, W, optimize=True)
-        diag = np.einsum("ik,ia,ib->kab", p1, W, W, optimize=True)
         m = K - 1
+        # -H = W' diag(pi_k delta_kl - pi_k pi_l) W, one (r, r) block per pair of free experts
+        Hn = np.empty((m, r, m, r))
         for k in range(m):
-            Hn[k, :, k, :] += diag[k]
+            for j in range(k, m):
+                v = p1[:, k] * ((1.0 if j == k else 0.0) - p1[:, j])
+                Hn[k, :, j, :] = (W * v[:, None]).T @ W
+                Hn[j, :, k, :] = Hn[k, :, j, :].T
         Hn = Hn.reshape(m * r, m * r)
         mu = 1e-10 * max(1.0, float(np.trace(Hn)) / (m * r))
         step = None

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy.stats import norm
+from scipy.special import ndtr, ndtri
 
 from memoe.errors import ConvergenceWarning
 from memoe.moe.params import MoEParams
@@ -110,11 +110,11 @@ class MoEInference:
         est = self.natural.to_numpy()
         se_m = np.sqrt(np.clip(np.diag(self.vcov_natural(False).to_numpy()), 0, None))
         se_r = np.sqrt(np.clip(np.diag(self.vcov_natural(True).to_numpy()), 0, None))
-        zq = norm.ppf(0.5 + level / 2.0)
+        zq = float(ndtri(0.5 + level / 2.0))
         testable = self.natural.index.get_level_values("part").isin(["gating", "fixed"])
         with np.errstate(divide="ignore", invalid="ignore"):
             z = np.where(testable, est / se_r, np.nan)
-        p = 2.0 * norm.sf(np.abs(z))
+        p = 2.0 * ndtr(-np.abs(z))
         pct = f"{100 * level:g}%"
         return pd.DataFrame(
             {

@@ -113,6 +113,9 @@ class MEMoE:
             rows=tmap.row if q else np.zeros(0, dtype=int),
             cols=tmap.col if q else np.zeros(0, dtype=int),
         )
+        if mstep is None and self.k == 1:
+            # one expert: the M-step is the whole ML fit, so use the LMM's own tight tolerances
+            mstep = MStepControl(maxeval=100_000, ftol_abs=1e-12, xtol_abs=1e-10)
         expert = GaussianExpert(md.stats, md.pls, tmap if q else None, mstep)
         self.problem = MoEProblem(md.W, expert, self.structure)
 

@@ -37,7 +37,7 @@ class MultiStartControl:
         Stopping rule of the runs to convergence.
     """
 
-    short_iter: int = 15
+    short_iter: int = 10
     short_tol: float = 1e-7
     n_polish: int = 3
     at_best_tol: float = 1e-3

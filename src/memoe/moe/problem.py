@@ -199,6 +199,12 @@ class MoEProblem:
         es = st.expert_scores(psi, e.tau, grads)
         return np.hstack([gs, es])
 
+    def loglik_and_score(self, psi: np.ndarray) -> tuple[float, np.ndarray]:
+        """Observed log-likelihood and total score at psi (one E-step and one gradient pass)."""
+        params = self.structure.unpack(psi)
+        e = self.e_step(params)
+        return e.loglik, self.subject_scores(params, e).sum(axis=0)
+
     def loglik_psi(self, psi: np.ndarray) -> float:
         return self.e_step(self.structure.unpack(psi)).loglik
 

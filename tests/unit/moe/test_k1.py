@@ -1,0 +1,32 @@
+"""K = 1 MEMoE is the single LMM fitted by maximum likelihood."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import memoe
+
+from .conftest import FORMULA
+
+
+@pytest.mark.parametrize(
+    ("formula", "dataset"),
+    [(FORMULA, "sim2"), ("Reaction ~ Days + (Days | Subject)", "sleepstudy"), ("Reaction ~ Days + (1 | Subject)", "sleepstudy")],
+)
+def test_k1_equals_ml_lmm(formula, dataset, sim2):
+    data = sim2 if dataset == "sim2" else memoe.datasets.load("sleepstudy")
+    lmm = memoe.lmm(formula, data).fit(reml=False, warn=False)
+    fit = memoe.MEMoE(formula, gating=None, k=1, data=data).fit(progress=False)
+    assert abs(fit.loglik - lmm.loglik) < 1e-8
+    np.testing.assert_allclose(fit.params.beta[0], lmm.fixef.to_numpy(), atol=1e-6)
+    assert abs(fit.params.sigma[0] - lmm.sigma) < 1e-6 * max(1.0, lmm.sigma)
+    G = fit.params.G[0]
+    G_lmm = lmm.term_covariances()[0]
+    # the likelihood is flat along the covariance: compare on the scale of G (1e-6 relative)
+    np.testing.assert_allclose(G, G_lmm, atol=1e-6 * np.abs(G_lmm).max())
+    assert fit.npar == lmm.df_model
+    # a gate has nothing to route with one expert: gating covariates change nothing
+    if dataset == "sim2":
+        fit_g = memoe.MEMoE(formula, gating="~ w1 + w2", k=1, data=data).fit(progress=False)
+        assert abs(fit_g.loglik - lmm.loglik) < 1e-8
