@@ -12,7 +12,11 @@ from .conftest import FORMULA
 
 @pytest.mark.parametrize(
     ("formula", "dataset"),
-    [(FORMULA, "sim2"), ("Reaction ~ Days + (Days | Subject)", "sleepstudy"), ("Reaction ~ Days + (1 | Subject)", "sleepstudy")],
+    [
+        (FORMULA, "sim2"),
+        ("Reaction ~ Days + (Days | Subject)", "sleepstudy"),
+        ("Reaction ~ Days + (1 | Subject)", "sleepstudy"),
+    ],
 )
 def test_k1_equals_ml_lmm(formula, dataset, sim2):
     data = sim2 if dataset == "sim2" else memoe.datasets.load("sleepstudy")
