@@ -246,7 +246,7 @@ class Structure:
                 out[:, start : start + self.nt] += tau[:, k : k + 1] * dL
                 if self.cov == "proportional" and k > 0:
                     Gk = params.L[k] @ params.L[k].T
-                    out[:, o + self.nt + k - 1] += tau[:, k] * 2.0 * grads[k].G.reshape(N, -1) @ Gk.ravel()
+                    out[:, o + self.nt + k - 1] += tau[:, k] * 2.0 * (grads[k].G.reshape(N, -1) @ Gk.ravel())
         o = self.offsets["sigma"]
         for k in range(K):
             j = o + (k if self.sigma == "class" else 0)
