@@ -128,10 +128,10 @@ def _pbkrtest_kr_adjust(PhiA, P, W, Phi, L, beta, beta0, q=None):
     c1, c2, c3 = g / den, (q - g) / den, (q + 2 - g) / den
     rho = 1 / q * ((1 - A2 / q) / (1 - c2 * B)) ** 2 * (1 + c1 * B) / (1 - c3 * B)
     df2 = 4 + (q + 2) / (q * rho - 1)
-    scale = 1.0 if abs(df2 - 4) < 1e-2 else df2 * (1 - A2 / q) / (df2 - 2)
+    scale = 1.0 if abs(df2 - 2) < 1e-2 else df2 * (1 - A2 / q) / (df2 - 2)
     diff = L @ beta - beta0
     wald = diff @ np.linalg.solve(L @ PhiA @ L.T, diff)
-    return df2, scale * wald / q
+    return df2, scale * wald / q, wald / q
 
 
 @pytest.mark.parametrize("kind", ["sleep", "penicillin"])
@@ -148,14 +148,17 @@ def test_kenward_roger_matches_pbkrtest_transcription(kind):
     p = len(beta)
     for j in range(p):
         l = np.eye(p)[j : j + 1]
-        df_j, _ = _pbkrtest_kr_adjust(PhiA, P, W, Phi, l, beta, 0.0, q=1)
+        df_j, _, _ = _pbkrtest_kr_adjust(PhiA, P, W, Phi, l, beta, 0.0, q=1)
         assert table["df"].iloc[j] == pytest.approx(df_j, rel=1e-7)
     L = np.eye(p)[1:]
-    ddf, F = _pbkrtest_kr_adjust(PhiA, P, W, Phi, L, beta, np.zeros(p - 1))
+    ddf, F, Fu = _pbkrtest_kr_adjust(PhiA, P, W, Phi, L, beta, np.zeros(p - 1))
+    if L.shape[0] > 1:
+        assert abs(F / Fu - 1) > 1e-6  # the scaling is material for this multi-df test
     res = fit.test(L, ddf="kenward-roger")
     assert res["DenDF"].iloc[0] == pytest.approx(ddf, rel=1e-7)
     assert res["F value"].iloc[0] == pytest.approx(F, rel=1e-8)
     assert res["Pr(>F)"].iloc[0] == pytest.approx(stats.f.sf(F, p - 1, ddf), rel=1e-6)
+    assert res.attrs["F_scaling"] == pytest.approx(F / Fu, rel=1e-8)
 
 
 # --------------------------------------------------------------------------- lmerTest's recipe
@@ -447,3 +450,19 @@ def test_doolittle_and_zapsmall():
     np.testing.assert_allclose(L @ U, x, atol=1e-5)
     assert np.allclose(np.triu(L, 1), 0) and np.allclose(np.diag(L), 1)
     np.testing.assert_array_equal(zapsmall(np.array([1.0, 1e-9, -0.123456789])), [1.0, 0.0, -0.1234568])
+
+
+def test_kenward_roger_anova_mean_square_is_unscaled():
+    """lmerTest's mk_Ftable: Mean Sq from pbkrtest's FtestU, F value and p from the scaled Ftest."""
+    fit = _unbalanced("sleep")
+    df = fit.design.frame.data.copy()
+    codes = df["Subject"].cat.codes.to_numpy() % 3
+    df["g3"] = pd.Categorical(np.array(["u", "v", "w"])[codes])
+    fit3 = _fit("Reaction ~ Days + g3 + (Days | Subject)", df)
+    row = fit3.anova(ddf="kenward-roger").loc["g3"]
+    res = fit3.test("g3v = 0, g3w = 0", ddf="kenward-roger")
+    scale = res.attrs["F_scaling"]
+    assert abs(scale - 1) > 1e-6 and row["NumDF"] == 2
+    assert row["F value"] == pytest.approx(res["F value"].iloc[0], rel=1e-10)
+    assert row["Mean Sq"] == pytest.approx(res["F value"].iloc[0] / scale * fit3.sigma**2, rel=1e-10)
+    assert row["Pr(>F)"] == pytest.approx(res["Pr(>F)"].iloc[0], rel=1e-10)

@@ -59,7 +59,9 @@ def anova(fit, ddf: str = "satterthwaite", type: int | str = 3) -> InferenceFram
     InferenceFrame
         Rows = model terms (``"Days"``, ``"age:Sex"``; no intercept row), columns
         ``Sum Sq, Mean Sq, NumDF, DenDF, F value, Pr(>F)`` with ``Mean Sq = F sigma^2`` and
-        ``Sum Sq = NumDF Mean Sq`` (lmerTest's convention). Empty for an intercept-only model.
+        ``Sum Sq = NumDF Mean Sq`` (lmerTest's convention; for Kenward-Roger the unscaled F enters
+        ``Mean Sq`` while ``F value`` and the p-value use the scaled F). Empty for an intercept-only
+        model.
     """
     method = normalize_ddf(ddf)
     t = _normalize_type(type)
@@ -78,7 +80,8 @@ def anova(fit, ddf: str = "satterthwaite", type: int | str = 3) -> InferenceFram
             continue
         L, rhs = reduce_rank(Hypothesis(L=Lt, rhs=np.zeros(Lt.shape[0]), labels=[label] * Lt.shape[0]))
         res = f_test(fit, L, rhs, method, containment=term_df.get(label))
-        ms = res.F * s2
+        # lmerTest: Mean Sq from the unscaled statistic, F value and p from the (KR-)scaled one
+        ms = res.F_unscaled * s2
         rows.append([ms * res.ndf, ms, res.ndf, res.ddf, res.F, res.p])
     frame = pd.DataFrame(rows, index=pd.Index(list(contrasts), dtype=object), columns=COLUMNS)
     frame["NumDF"] = frame["NumDF"].astype(float)

@@ -192,7 +192,8 @@ class FTest:
     """An F test of ``L beta = rhs``.
 
     ``F`` is the statistic referred to ``F(ndf, ddf)`` (``ddf = inf``: ``chi2(ndf) / ndf``); for
-    Kenward-Roger it is the scaled statistic and ``scale`` the scaling factor, else ``scale = 1``.
+    Kenward-Roger it is the scaled statistic (Wald with the adjusted covariance / q, times ``scale``),
+    else ``scale = 1``.
     """
 
     F: float
@@ -200,6 +201,11 @@ class FTest:
     ddf: float
     p: float
     scale: float = 1.0
+
+    @property
+    def F_unscaled(self) -> float:
+        """The statistic before Kenward-Roger's scaling (lmerTest's ``Mean Sq`` is ``F_unscaled sigma^2``)."""
+        return self.F / self.scale
 
 
 def f_p_value(F: float, ndf: int, ddf: float) -> float:

@@ -16,7 +16,8 @@ For ``H0: L beta = beta0`` with ``q = rank(L)``, ``Theta = L' (L Phi L')^-1 L``,
     rho = ((1 - A2/q) / (1 - c2 B))^2 (1 + c1 B) / (q (1 - c3 B)),   ddf = 4 + (q + 2) / (q rho - 1)
     F   = scale * W / q,  W = (L b - beta0)' (L Phi_A L')^-1 (L b - beta0),  scale = ddf (1 - A2/q) / (ddf - 2)
 
-(``scale = 1`` when ``|ddf - 4| < 1e-2``). A one-row contrast in lmerTest's coefficient table uses
+(``scale = 1`` when ``|ddf - 2| < 1e-2``). lmerTest reports ``Mean Sq = F_unscaled sigma^2`` and the
+scaled F with its p-value. A one-row contrast in lmerTest's coefficient table uses
 ``t = l'b / sqrt(l' Phi_A l)`` with the same ddf for ``q = 1`` (``pbkrtest::Lb_ddf``), unscaled.
 
 pbkrtest inverts the n x n marginal covariance; here every term comes from
@@ -93,7 +94,8 @@ def _ddf_from_A(A1: np.ndarray | float, A2: np.ndarray | float, q: int) -> tuple
         ratio = np.where((np.abs(num) < 1e-14) & (np.abs(V1) < 1e-14), 1.0, num / V1)
         rho = ratio**2 * V0 / V2 / q
         ddf = 4.0 + (q + 2.0) / (q * rho - 1.0)
-        scale = np.where(np.abs(ddf - 4.0) < 1e-2, 1.0, ddf * (1.0 - A2 / q) / (ddf - 2.0))
+        # pbkrtest: "this does not work because df2-2 can be about 0.1"
+        scale = np.where(np.abs(ddf - 2.0) < 1e-2, 1.0, ddf * (1.0 - A2 / q) / (ddf - 2.0))
     return ddf, scale
 
 
