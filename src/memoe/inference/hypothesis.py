@@ -44,8 +44,9 @@ def test(fit, hypothesis, ddf: str = "satterthwaite", robust: str | None = None)
     Examples
     --------
     >>> fit.test("Days = 0", ddf="kenward-roger")  # doctest: +SKIP
-                F value  NumDF  DenDF        Pr(>F)
-    Days = 0  45.852962      1   17.0  3.263808e-06
+    F test of a linear hypothesis
+                F value  NumDF  DenDF    Pr(>F)
+    Days = 0  45.852972      1   17.0  0.000003
     ---
     Kenward-Roger's method: adjusted covariance, scaled F and its degrees of freedom (as pbkrtest)
     """

@@ -40,9 +40,11 @@ def coef_table(fit, ddf: str = "residual", robust: str | None = None) -> Inferen
     Examples
     --------
     >>> fit.coef_table(ddf="satterthwaite")  # doctest: +SKIP
-                  Estimate  Std. Error         df    t value      Pr(>|t|)
-    (Intercept)  251.40510    6.824597  16.999999  36.838090  1.171558e-17
-    Days          10.46729    1.545790  16.999992   6.771481  3.263824e-06
+                   Estimate  Std. Error         df    t value      Pr(>|t|)
+    (Intercept)  251.405105    6.824554  17.000019  36.838321  1.170841e-17
+    Days          10.467286    1.545789  16.999983   6.771482  3.263820e-06
+    ---
+    Satterthwaite's method for denominator degrees of freedom (as lmerTest)
     """
     method = normalize_ddf(ddf)
     robust = normalize_robust(robust)
