@@ -26,8 +26,6 @@ __all__ = ["LMM", "SINGULAR_TOL", "lmm"]
 SINGULAR_TOL = 1e-4
 # above this many theta entries the finite-difference Hessian check is skipped (it costs O(k^2) fits)
 MAX_THETA_FOR_DERIVS = 30
-# order of the dense Schur complement from which BLAS keeps its own thread count while fitting
-AUTO_DENSE_THREADS = 2000
 
 
 @dataclass(frozen=True)
@@ -40,8 +38,8 @@ class FitControl:
     calc_derivs: bool = True
     grad_tol: float = 2e-3
     singular_tol: float = SINGULAR_TOL
-    # BLAS threads while optimising: "auto" = 1 unless the dense part of the factor is large,
-    # None = leave the BLAS default, an int = that cap (see memoe.linalg.threads for why)
+    # BLAS threads while fitting: "auto" = the problem's choice (1 unless the dense part of the
+    # factor is large), None = leave the BLAS default, an int = that cap (see memoe.linalg.threads)
     blas_threads: int | str | None = "auto"
 
 
@@ -119,18 +117,26 @@ class LMM:
         f = self.objective(reml)
         x0 = tmap.initial() if start is None else np.asarray(start, dtype=float)
         lower = tmap.lower_bounds
-        with blas_threads(self._blas_threads(control)):
-            opt = minimize_bounded(
-                f, x0, lower, ftol_abs=control.ftol_abs, xtol_abs=control.xtol_abs, maxeval=control.maxeval
-            )
-            theta = opt.x.copy()
-            # exact zeros on the boundary as lme4 reports them when the optimiser sits there
-            theta[(lower == 0) & (np.abs(theta) < 1e-12)] = 0.0
-            report = self._check(f, theta, lower, control)
-        singular = bool(np.any(theta[lower == 0] < control.singular_tol))
-        messages = list(report.messages)
-        if singular:
-            messages.append("boundary (singular) fit: see help('isSingular')")
+        problem_threads = self.problem.blas_threads
+        if control.blas_threads != "auto":
+            self.problem.blas_threads = control.blas_threads
+        try:
+            with blas_threads(self.problem.blas_threads):
+                opt = minimize_bounded(
+                    f, x0, lower, ftol_abs=control.ftol_abs, xtol_abs=control.xtol_abs, maxeval=control.maxeval
+                )
+                theta = opt.x.copy()
+                # exact zeros on the boundary as lme4 reports them when the optimiser sits there
+                theta[(lower == 0) & (np.abs(theta) < 1e-12)] = 0.0
+                report = self._check(f, theta, lower, control, opt)
+                singular = bool(np.any(theta[lower == 0] < control.singular_tol))
+                messages = list(report.messages)
+                result = LmmResult(
+                    model=self, reml=reml, theta=theta, opt=opt, convergence=report, singular=singular,
+                    messages=messages + (["boundary (singular) fit: see help('isSingular')"] if singular else []),
+                )
+        finally:
+            self.problem.blas_threads = problem_threads
         if warn:
             for msg in report.messages:
                 warnings.warn(msg, ConvergenceWarning, stacklevel=2)
@@ -141,22 +147,15 @@ class LMM:
                     SingularFitWarning,
                     stacklevel=2,
                 )
-        return LmmResult(
-            model=self, reml=reml, theta=theta, opt=opt, convergence=report, singular=singular, messages=messages
-        )
+        return result
 
-    def _blas_threads(self, control: FitControl) -> int | None:
-        if control.blas_threads != "auto":
-            return control.blas_threads
-        # one evaluation is a chain of small BLAS calls plus at most one dense Cholesky of order
-        # m_z + p + 1; below AUTO_DENSE_THREADS extra threads cost more in hand-off than they save
-        return 1 if self.problem.mz + self.problem.m < AUTO_DENSE_THREADS else None
-
-    def _check(self, f, theta: np.ndarray, lower: np.ndarray, control: FitControl) -> ConvergenceReport:
+    def _check(self, f, theta: np.ndarray, lower: np.ndarray, control: FitControl, opt=None) -> ConvergenceReport:
         k = len(theta)
         if not control.calc_derivs or k == 0 or k > MAX_THETA_FOR_DERIVS:
             return ConvergenceReport(converged=True)
-        grad, hess = finite_difference_derivatives(f, theta, lower)
+        # the optimiser already evaluated the optimum (unless boundary zeros moved theta)
+        f0 = opt.fmin if opt is not None and np.array_equal(theta, opt.x) else None
+        grad, hess = finite_difference_derivatives(f, theta, lower, f0=f0)
         # parameters on the boundary are not expected to have a zero gradient
         free = ~((lower == 0) & (theta < control.singular_tol))
         return check_convergence(grad, hess, free, grad_tol=control.grad_tol)

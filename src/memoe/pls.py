@@ -29,11 +29,14 @@ from memoe.linalg.batched import batched_backward_solve_t, batched_forward_solve
 from memoe.linalg.crossed import RestSchur
 from memoe.linalg.soa import soa_cholesky, soa_congruence, soa_forward_solve, soa_lincomb, soa_logdet_chol
 from memoe.linalg.sufficient import GroupSums
+from memoe.linalg.threads import blas_threads
 
 __all__ = ["Factorization", "PLSProblem", "PLSSolution"]
 
 # The dense Schur complement grows with the levels of the second and later factors.
 MAX_DENSE_REST = 30_000
+# Order of the dense Schur complement from which BLAS keeps its own thread count.
+AUTO_DENSE_THREADS = 2000
 # Bytes of per-level statistics and temporaries processed together, so that they stay in the
 # L2/L3 cache (for q1 = 2, p = 3 that is ~13,000 levels; 8,192 to 16,384 measured best).
 LEVEL_CHUNK_BYTES = 2**21
@@ -53,19 +56,6 @@ def _add_gram(out: np.ndarray, C: np.ndarray, w: np.ndarray | None) -> None:
     G = (Cf if w is None else Cf * w) @ Cf.T
     for i in range(q):
         out += G[i * m : (i + 1) * m, i * m : (i + 1) * m]
-
-
-def _gram(cols: list[np.ndarray]) -> np.ndarray:
-    """``[c_0 ... c_k]' [c_0 ... c_k]`` from column views, without stacking them into a copy.
-
-    (On strided column views of X each dot product is a single pass over the rows.)
-    """
-    k = len(cols)
-    out = np.empty((k, k))
-    for a in range(k):
-        for b in range(a, k):
-            out[a, b] = out[b, a] = cols[a] @ cols[b]
-    return out
 
 
 @dataclass(frozen=True)
@@ -162,14 +152,15 @@ class PLSProblem:
         c1, l1, Z1 = codes[0], nlevels[0], Z[0]
         z1_cols = [Z1[:, j] for j in range(Z1.shape[1])]
         sums = GroupSums(c1, l1)
+        self.multi = len(Z) > 1
+        sums.prepare(z1_cols + xy_cols)
         self.level_n = sums.count
         self._zz = sums.cross(z1_cols)
         self._zxy = sums.cross(z1_cols, xy_cols)
-        self.multi = len(Z) > 1
         if self.multi:
             # only the unweighted total of [X y]'[X y] is needed
             self._xyxy = None
-            self.XYtXY = _gram(xy_cols)
+            self.XYtXY = sums.cross(xy_cols).sum(axis=2)
             self._setup_rest(xy_cols, codes, nlevels, Z)
         else:
             self._xyxy = sums.cross(xy_cols)
@@ -181,6 +172,9 @@ class PLSProblem:
         self._wXYtXY = self.XYtXY
         self._n_eff = float(self.n)
         self._buffer: np.ndarray | None = None
+        # BLAS thread cap for every evaluation: one thread unless the dense part is large (the
+        # calls are small enough that thread hand-off costs more than it saves; memoe.linalg.threads)
+        self.blas_threads: int | None = 1 if self.mz + self.m < AUTO_DENSE_THREADS else None
 
     # ------------------------------------------------------------------ statistics (public views)
     @property
@@ -356,12 +350,11 @@ class PLSProblem:
 
     def factorize(self, theta: np.ndarray) -> Factorization:
         """Blocked Cholesky factor at ``theta`` (set theta -> update L)."""
-        lambdas, L, C, logdet_level, logdet_Z, c, info = self._reduced(theta, keep=True)
-        ok, logdet_Z, logdet_X, pwrss = self._finish(logdet_Z, c, info)
-        Lr = np.tril(c) if info == 0 else np.full(c.shape, np.nan)
-        G = None
-        if self.multi:
-            G = self._G(lambdas, L)
+        with blas_threads(self.blas_threads):
+            lambdas, L, C, logdet_level, logdet_Z, c, info = self._reduced(theta, keep=True)
+            ok, logdet_Z, logdet_X, pwrss = self._finish(logdet_Z, c, info)
+            Lr = np.tril(c) if info == 0 else np.full(c.shape, np.nan)
+            G = self._G(lambdas, L) if self.multi else None
         return Factorization(
             lambdas=lambdas,
             L1=np.moveaxis(L, -1, 0),
@@ -391,7 +384,8 @@ class PLSProblem:
 
     def deviance(self, theta: np.ndarray, reml: bool) -> float:
         """The objective: -2 log-likelihood (ML) or REML criterion at ``theta``."""
-        *_, logdet_Z, c, info = self._reduced(theta, keep=False)
+        with blas_threads(self.blas_threads):
+            *_, logdet_Z, c, info = self._reduced(theta, keep=False)
         ok, logdet_Z, logdet_X, pwrss = self._finish(logdet_Z, c, info)
         if not ok:
             return np.inf
@@ -400,6 +394,10 @@ class PLSProblem:
     # ------------------------------------------------------------------ solution
     def solve(self, theta: np.ndarray, reml: bool) -> PLSSolution:
         """Fixed effects, spherical and natural-scale random effects at ``theta``."""
+        with blas_threads(self.blas_threads):
+            return self._solve(theta, reml)
+
+    def _solve(self, theta: np.ndarray, reml: bool) -> PLSSolution:
         f = self.factorize(theta)
         mz, p = self.mz, self.p
         Lr = f.Lr
@@ -432,6 +430,10 @@ class PLSProblem:
         -------
         list of numpy.ndarray, each shape (l_k, q_k, q_k)
         """
+        with blas_threads(self.blas_threads):
+            return self._conditional_variances(sol)
+
+    def _conditional_variances(self, sol: PLSSolution) -> list[np.ndarray]:
         f = sol.factor
         s2 = sol.sigma**2
         q1, l1 = self.q[0], self.nlevels[0]

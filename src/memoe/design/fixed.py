@@ -17,6 +17,8 @@ __all__ = ["FixedDesign", "build_fixed", "evaluate_matrix"]
 
 # R's qr() default tolerance, used by lme4's chkRank.drop.cols
 RANK_TOL = 1e-7
+# relative residual norm above which the Gram-matrix shortcut may certify a column as independent
+GRAM_SAFE = 1e-3
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,26 @@ def evaluate_matrix(spec: ModelSpec, data: pd.DataFrame) -> np.ndarray:
     return np.asarray(mm, dtype=float)
 
 
+def _clearly_full_rank(X: np.ndarray) -> bool:
+    """True when every column keeps more than ``GRAM_SAFE`` of its norm after projecting out the earlier ones.
+
+    Computed from the p x p Gram matrix (no copy of X, one pass over it) instead of a QR of X.
+    The Gram matrix squares the condition number, so it only *certifies* clearly independent
+    columns: with unit-scaled columns and all pivots above 1e-3 the rounding error in a squared
+    pivot is below ~1e-9, far from deciding R's 1e-7 criterion. Anything closer goes to the QR.
+    """
+    G = X.T @ X
+    d = np.diag(G).copy()
+    if not np.all(np.isfinite(G)) or np.any(d <= 0.0):
+        return False
+    s = 1.0 / np.sqrt(d)
+    try:
+        R = np.linalg.cholesky(G * s[:, None] * s[None, :])
+    except np.linalg.LinAlgError:
+        return False
+    return bool(np.all(np.diag(R) > GRAM_SAFE))
+
+
 def aliased_columns(X: np.ndarray, tol: float = RANK_TOL) -> list[int]:
     """Columns that are linear combinations of earlier columns (R's dqrdc2 criterion).
 
@@ -65,6 +87,8 @@ def aliased_columns(X: np.ndarray, tol: float = RANK_TOL) -> list[int]:
     """
     n, p = X.shape
     if p == 0:
+        return []
+    if n >= p and _clearly_full_rank(X):
         return []
     # work on a QR of X so that n can be large: R carries all the geometry
     R = np.linalg.qr(X, mode="r") if n >= p else X

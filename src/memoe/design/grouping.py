@@ -34,17 +34,31 @@ class GroupingFactor:
         return len(self.levels)
 
 
-def _codes_of(col: pd.Series) -> tuple[np.ndarray, list]:
+def _codes_of(col: pd.Series) -> tuple[np.ndarray, pd.Index]:
+    """Integer codes (int64) and the used levels in R's order (categories order, else sorted)."""
     if isinstance(col.dtype, pd.CategoricalDtype):
         col = col.cat.remove_unused_categories()
-        return col.cat.codes.to_numpy().astype(np.int64), list(col.cat.categories)
+        return col.cat.codes.to_numpy().astype(np.int64), pd.Index(col.cat.categories)
+    values = col.to_numpy()
+    if values.dtype.kind in "iu" and len(values):
+        # integer ids (the usual subject column): a counting pass replaces factorize's hashing and
+        # sort, with the same sorted levels; only when the id range is not much wider than n
+        lo, hi = int(values.min()), int(values.max())
+        if hi - lo <= 4 * len(values) + 1024:
+            shifted = (values - lo if lo else values).astype(np.intp, copy=False)
+            present = np.bincount(shifted, minlength=hi - lo + 1) > 0
+            remap = np.cumsum(present, dtype=np.int64) - 1
+            # int64 labels, as pandas infers them from the level values
+            return remap[shifted], pd.Index(np.flatnonzero(present).astype(np.int64) + lo)
     codes, uniques = pd.factorize(col, sort=True)
-    return codes.astype(np.int64), list(uniques)
+    return codes.astype(np.int64, copy=False), pd.Index(uniques)
 
 
 def make_grouping_factor(data: pd.DataFrame, factors: tuple[str, ...]) -> GroupingFactor:
     """Codes and labels of the interaction of ``factors`` (a single column when one name)."""
     codes, labels = _codes_of(data[factors[0]])
+    if len(factors) == 1:
+        return GroupingFactor(name=factors[0], codes=codes, levels=labels)
     label_parts = [[str(v) for v in labels]]
     combined = codes
     sizes = [len(labels)]
@@ -53,8 +67,6 @@ def make_grouping_factor(data: pd.DataFrame, factors: tuple[str, ...]) -> Groupi
         combined = combined * len(lab) + c
         sizes.append(len(lab))
         label_parts.append([str(v) for v in lab])
-    if len(factors) == 1:
-        return GroupingFactor(name=factors[0], codes=codes, levels=pd.Index(labels))
     used, inverse = np.unique(combined, return_inverse=True)
     # decode the used combined codes into per-factor indices for labels
     parts = []

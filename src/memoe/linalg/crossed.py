@@ -26,6 +26,8 @@ __all__ = ["MAX_PATTERN_NNZ", "RestSchur"]
 
 # Upper bound on the entries of the precomputed map P (12 bytes each): about 300 MB.
 MAX_PATTERN_NNZ = 25_000_000
+# Largest (m_z + m)^2 for which distinct positions are found by marking an int32 array (64 MB).
+MARK_MAX = 16_000_000
 
 
 def _level_pairs(Z1tZr: sp.csr_matrix, l1: int, q1: int, max_nnz: int):
@@ -43,7 +45,12 @@ def _level_pairs(Z1tZr: sp.csr_matrix, l1: int, q1: int, max_nnz: int):
     row_of = np.repeat(np.arange(l1 * q1), np.diff(indptr))
     lev = row_of // q1
     a_of = row_of % q1
-    cnt = K[lev]
+    lev_end = lev_start[1:]
+    # partners of entry e: the entries of its level from `first` on; with one row per level and
+    # sorted column indices, the entries from e itself give exactly the pairs c <= d
+    sorted_rows = q1 == 1
+    first = np.arange(nnz) if sorted_rows else lev_start[lev]
+    cnt = lev_end[lev] - first
     out_c, out_d, out_w, out_v = [], [], [], []
     total = 0
     # process entries in chunks so the temporaries stay bounded
@@ -53,10 +60,11 @@ def _level_pairs(Z1tZr: sp.csr_matrix, l1: int, q1: int, max_nnz: int):
         ce = cnt[e]
         left = np.repeat(e, ce)
         offs = np.cumsum(ce) - ce
-        right = np.repeat(lev_start[lev[e]] - offs, ce) + np.arange(len(left))
+        right = np.repeat(first[e] - offs, ce) + np.arange(len(left))
         cl, cr = indices[left], indices[right]
-        keep = cl <= cr
-        left, right, cl, cr = left[keep], right[keep], cl[keep], cr[keep]
+        if not sorted_rows:
+            keep = cl <= cr
+            left, right, cl, cr = left[keep], right[keep], cl[keep], cr[keep]
         total += len(left)
         if total > max_nnz:
             return None
@@ -66,6 +74,23 @@ def _level_pairs(Z1tZr: sp.csr_matrix, l1: int, q1: int, max_nnz: int):
         out_v.append(data[left] * data[right])
     cat = np.concatenate
     return cat(out_c), cat(out_d), cat(out_w), cat(out_v)
+
+
+def _distinct_positions(flat: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted distinct values of ``flat`` (in ``[0, size)``) and the index of each entry among them.
+
+    A marking pass over an int32 array of ``size`` entries is several times faster than the
+    sort in ``np.unique`` (12 ms against 64 ms for 1.3 million entries); it is used while that
+    array stays below 64 MB.
+    """
+    if size > MARK_MAX:
+        pos, inverse = np.unique(flat, return_inverse=True)
+        return pos, inverse.ravel()
+    mark = np.zeros(size, dtype=np.int32)
+    mark[flat] = 1
+    pos = np.flatnonzero(mark)
+    mark[pos] = np.arange(len(pos), dtype=np.int32)
+    return pos, mark[flat]
 
 
 class RestSchur:
@@ -114,10 +139,10 @@ class RestSchur:
         vals = np.concatenate([-v, zz.data])
         del c, d, wcol, v
         # one row of P per distinct position of the upper triangle of M_zz (flat index in self.pos)
-        self.pos, rows = np.unique(flat, return_inverse=True)
+        self.pos, rows = _distinct_positions(flat, nb * nb)
         del flat
         # CSC: the product loops over the (few) columns and scatters, the fastest layout measured here
-        P = sp.csc_matrix((vals, (rows.ravel(), cols)), shape=(len(self.pos), nw + 1))
+        P = sp.csc_matrix((vals, (rows, cols)), shape=(len(self.pos), nw + 1))
         P.sum_duplicates()
         return P
 

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import numpy as np
 
 __all__ = ["GroupSums", "group_crossprod", "group_segments"]
+
+# rows per block of the sorted-rows pass: a few columns of this length stay in L2 cache
+ROW_CHUNK = 32_768
 
 
 def group_segments(codes: np.ndarray, ngroups: int) -> np.ndarray | None:
@@ -39,9 +43,10 @@ class GroupSums:
     The statistics of a mixed model ask for many products that coincide: the intercept column
     appears in Z and in X, so does a time covariate with a random slope. Columns are matched by
     identity or equal content; a column of ones needs no multiplication (its sums are the counts or
-    the other column's sums). Rows sorted by group are summed by segments (``np.add.reduceat``),
-    otherwise by ``np.bincount``. The temporary memory is one n-vector per distinct product, never
-    an (n, k, k) array.
+    the other column's sums). Rows sorted by group are summed by segments (``np.add.reduceat``)
+    in blocks of about ``ROW_CHUNK`` rows that end on group boundaries, all products of a block at
+    once while its columns are in cache (:meth:`prepare`); otherwise by ``np.bincount``. The
+    temporary memory is one block (or one n-vector), never an (n, k, k) array.
     """
 
     def __init__(self, codes: np.ndarray, ngroups: int) -> None:
@@ -49,6 +54,7 @@ class GroupSums:
         self.ngroups = ngroups
         self.starts = group_segments(codes, ngroups)
         self._distinct: list[np.ndarray] = []
+        self._seen: list[tuple[np.ndarray, int]] = []
         self._is_one: list[bool] = []
         self._sums: dict[tuple[int, int], np.ndarray] = {}
         self._count: np.ndarray | None = None
@@ -64,15 +70,51 @@ class GroupSums:
         return self._count
 
     def _index(self, col: np.ndarray) -> int:
-        for i, d in enumerate(self._distinct):
-            if col is d:
+        for c, i in self._seen:
+            if col is c:
                 return i
+        i = self._match(col)
+        self._seen.append((col, i))
+        return i
+
+    def _match(self, col: np.ndarray) -> int:
         for i, d in enumerate(self._distinct):
-            if col.shape == d.shape and np.array_equal(col, d):
+            # a short prefix rules out most distinct columns before a full pass
+            if col.shape == d.shape and np.array_equal(col[:64], d[:64]) and np.array_equal(col, d):
                 return i
         self._distinct.append(col)
-        self._is_one.append(bool(np.all(col == 1.0)))
+        self._is_one.append(bool(len(col) and col[0] == 1.0 and np.all(col == 1.0)))
         return len(self._distinct) - 1
+
+    def prepare(self, columns: Sequence[np.ndarray]) -> None:
+        """Compute the sums of all products of pairs of ``columns`` in one blocked pass over the rows."""
+        idx = sorted({self._index(c) for c in columns})
+        todo = [
+            (i, j)
+            for a, i in enumerate(idx)
+            for j in idx[a:]
+            if (i, j) not in self._sums and not (self._is_one[i] and self._is_one[j])
+        ]
+        if not todo or self.starts is None:
+            return
+        starts, n = self.starts, len(self.codes)
+        # group boundaries closest to every ROW_CHUNK rows
+        bounds = np.unique(np.append(np.searchsorted(starts, np.arange(0, n, ROW_CHUNK)), self.ngroups))
+        out = {key: np.empty(self.ngroups) for key in todo}
+        buf = np.empty(int(np.diff(np.append(starts[bounds[:-1]], n)).max(initial=1)))
+        for g0, g1 in itertools.pairwise(bounds):
+            r0 = starts[g0]
+            r1 = starts[g1] if g1 < self.ngroups else n
+            local = starts[g0:g1] - r0
+            cols = {i: self._distinct[i][r0:r1] for i in idx}
+            b = buf[: r1 - r0]
+            for i, j in todo:
+                if self._is_one[i] or self._is_one[j]:
+                    v = cols[j] if self._is_one[i] else cols[i]
+                else:
+                    v = np.multiply(cols[i], cols[j], out=b)
+                np.add.reduceat(v, local, out=out[(i, j)][g0:g1])
+        self._sums.update(out)
 
     def _sum(self, values: np.ndarray) -> np.ndarray:
         if self.starts is not None:

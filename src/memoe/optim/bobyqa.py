@@ -96,9 +96,8 @@ def minimize_bounded(
     if k == 0:
         v = float(fun(x0))
         return OptSummary("none", x0, x0, v, 1, 1, "no parameters", time.perf_counter() - t0)
-    # nlopt's BOBYQA needs at least 2 parameters; use its COBYLA-free fallback for one
-    algorithm = nlopt.LN_BOBYQA if k >= 2 else nlopt.LN_BOBYQA
-    opt = nlopt.opt(algorithm, k)
+    # nlopt's BOBYQA also handles a single parameter (2k + 1 = 3 interpolation points)
+    opt = nlopt.opt(nlopt.LN_BOBYQA, k)
     opt.set_min_objective(wrapped)
     lb = np.where(np.isfinite(lower), lower, -np.inf)
     opt.set_lower_bounds(lb)
@@ -119,7 +118,9 @@ def minimize_bounded(
     except (RuntimeError, ValueError) as exc:  # nlopt failure: keep the best point seen
         x, code = best[1], -1
         _ = exc
-    fmin = float(fun(x))
+    x = np.asarray(x, dtype=float)
+    # nlopt returns the best point it evaluated; re-evaluate only if it is not the one recorded
+    fmin = best[0] if best[0] < 1e300 and np.array_equal(x, best[1]) else float(fun(x))
     if best[0] < fmin:
         x, fmin = best[1], best[0]
     return OptSummary(

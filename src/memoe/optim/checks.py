@@ -15,8 +15,19 @@ def finite_difference_derivatives(
     x: np.ndarray,
     lower: np.ndarray,
     delta: float = 1e-4,
+    f0: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Central-difference gradient and Hessian (one-sided at a lower bound), as lme4's deriv12.
+
+    Parameters
+    ----------
+    fun : callable
+    x : numpy.ndarray, shape (k,)
+    lower : numpy.ndarray, shape (k,)
+    delta : float
+        Step.
+    f0 : float, optional
+        ``fun(x)`` when already known (saves one evaluation).
 
     Returns
     -------
@@ -25,7 +36,8 @@ def finite_difference_derivatives(
     """
     x = np.asarray(x, dtype=float)
     k = len(x)
-    f0 = fun(x)
+    if f0 is None:
+        f0 = fun(x)
     grad = np.zeros(k)
     hess = np.zeros((k, k))
     h = np.full(k, delta)
