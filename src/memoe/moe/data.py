@@ -192,10 +192,10 @@ def check_constant_within(data: pd.DataFrame, codes: np.ndarray, labels: pd.Inde
         bad = np.flatnonzero(nuniq > 1)
         if bad.size:
             subj = labels[bad[0]]
-            vals = data.loc[codes == bad[0], v].unique()[:4]
+            vals = ", ".join(str(v) for v in data.loc[codes == bad[0], v].unique()[:4])
             raise DataError(
-                f"gating covariate {v!r} must be constant within subject, but it varies in subject {subj!r} "
-                f"(values {list(vals)}) and in {bad.size - 1} other subject(s); use a baseline value"
+                f"gating covariate {v!r} must be constant within subject, but it varies in subject {subj} "
+                f"(values {vals}) and in {bad.size - 1} other subject(s); use a baseline value"
             )
 
 

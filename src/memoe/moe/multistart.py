@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from memoe.errors import EmptyExpertWarning
-from memoe.moe.em import EMControl, EMRun, run_em
+from memoe.moe.em import EMControl, EMRun, polish, run_em
 from memoe.moe.init import kmeans_tau, random_tau, split_tau, start_plan, two_stage_features
 from memoe.moe.params import MoEParams
 from memoe.moe.problem import MoEProblem
@@ -35,13 +35,17 @@ class MultiStartControl:
         A start "reached the best log-likelihood" when its final value is within this (absolute).
     em : EMControl
         Stopping rule of the runs to convergence.
+    polish : bool
+        Finish each run to convergence with BFGS on the observed log-likelihood (see
+        :func:`memoe.moe.em.polish`); EM alone converges linearly, slowly when classes overlap.
     """
 
     short_iter: int = 10
     short_tol: float = 1e-7
     n_polish: int = 3
     at_best_tol: float = 1e-3
-    em: EMControl = field(default_factory=EMControl)
+    em: EMControl = field(default_factory=lambda: EMControl(tol=1e-8, tol_par=1e-4))
+    polish: bool = True
 
 
 @dataclass
@@ -137,6 +141,8 @@ def fit_multistart(
             r.trace = r0.trace + r.trace[1:]
             r.max_decrease = max(r.max_decrease, r0.max_decrease)
             runs[i] = r
+        if ctl.polish and not runs[i].empty and problem.K > 1:
+            runs[i] = polish(problem, runs[i])
         polished[i] = True
         bar.update(1)
     bar.close()

@@ -131,7 +131,7 @@ class MoEProblem:
             sum(tau[:, k] @ self.expert.subject_loglik(self.expert_params(params, k)) for k in range(self.K))
         )
 
-    def _coupled_m_step(self, tau: np.ndarray, params: MoEParams, maxiter: int = 30) -> MoEParams:
+    def _coupled_m_step(self, tau: np.ndarray, params: MoEParams, maxiter: int = 5) -> MoEParams:
         """M-step when experts share parameters: exact joint GLS for beta, then L-BFGS on the variances.
 
         Notes
