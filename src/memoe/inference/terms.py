@@ -73,16 +73,11 @@ class FixedTerms:
         Whether the model has an intercept column.
     assign : numpy.ndarray of int, shape (p,)
         Term index of each kept column (-1 for the intercept).
-    levels : dict
-        Levels of each categorical variable in coding order.
-    spec : formulaic ModelSpec
     """
 
     terms: list[FixedTerm]
     intercept: bool
     assign: np.ndarray
-    levels: dict[str, list]
-    spec: object
 
     @property
     def labels(self) -> list[str]:
@@ -97,9 +92,6 @@ def fixed_terms(fit) -> FixedTerms:
     position = np.full(len(spec.column_names), -1)
     position[kept] = np.arange(len(kept))
     kinds = {name: state[0] for name, state in spec.encoder_state.items()}
-    levels = {
-        name: list(state[1]["categories"]) for name, state in spec.encoder_state.items() if "categories" in state[1]
-    }
     terms: list[FixedTerm] = []
     assign = np.full(len(kept), -2)
     intercept = False
@@ -146,7 +138,7 @@ def fixed_terms(fit) -> FixedTerms:
         )
         for t in terms
     ]
-    return FixedTerms(terms=terms, intercept=intercept, assign=assign, levels=levels, spec=spec)
+    return FixedTerms(terms=terms, intercept=intercept, assign=assign)
 
 
 def factor_values(fit, variable: str, numeric: bool) -> np.ndarray:
