@@ -52,13 +52,10 @@ def select_k(
         model = MEMoE(formula, gating=gating, k=k, data=data, **model_kw)
         prev = previous if previous is not None and previous.k == k - 1 else None
         fit = model.fit(n_starts=n_starts, seed=seed, previous=prev, progress=progress, se=False)
-        row = fit.criteria()
-        row["n_at_best"] = fit.n_at_best
-        row["converged"] = fit.converged
-        rows[k] = row
+        rows[k] = {**fit.criteria().to_dict(), "n_at_best": fit.n_at_best, "converged": fit.converged}
         fits[k] = fit
         previous = fit
-    table = pd.DataFrame(rows).T
+    table = pd.DataFrame.from_dict(rows, orient="index")
     table.index.name = "k"
     table = table.astype({"npar": int, "n_at_best": int, "converged": bool})
     return (table, fits) if return_fits else table

@@ -1,0 +1,107 @@
+"""The result object: posterior, classification, criteria, summary, predictions, selection, plots."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import memoe
+
+from .conftest import FORMULA, GATING
+
+
+def test_posterior_and_classification(sim2_fit, sim2):
+    fit = sim2_fit
+    post = fit.posterior
+    assert post.shape == (300, 2) and list(post.columns) == [1, 2]
+    assert post.index.name == "id" and post.index[0] == 1
+    np.testing.assert_allclose(post.sum(axis=1), 1.0)
+    cls = fit.classify()
+    assert cls.equals(post.idxmax(axis=1).rename("expert"))
+    tab = fit.classification_table()
+    assert tab["n"].sum() == 300 and abs(tab["percent"].sum() - 100) < 1e-9
+    for k in (1, 2):
+        assigned = post[cls == k]
+        np.testing.assert_allclose(tab.loc[k, ["prob_1", "prob_2"]], assigned.mean().to_numpy())
+    assert (np.diag(tab[["prob_1", "prob_2"]].to_numpy()) > 0.9).all()
+    thr = fit.posterior_thresholds()
+    assert (thr.to_numpy() <= 100).all() and list(thr.columns) == ["prob>0.7", "prob>0.8", "prob>0.9"]
+
+
+def test_criteria(sim2_fit):
+    fit = sim2_fit
+    c = fit.criteria()
+    assert c["npar"] == 17
+    assert math.isclose(c["BIC"], -2 * fit.loglik + math.log(300) * 17)
+    tau = fit.posterior.to_numpy()
+    en = -np.sum(tau * np.log(tau))
+    assert math.isclose(c["ICL"], c["BIC"] + 2 * en)
+    assert math.isclose(c["entropy"], 1 - en / (300 * math.log(2)))
+    assert 0.4 < c["min_class_share"] < 0.5
+
+
+def test_summary_text(sim2_fit):
+    text = str(sim2_fit.summary())
+    for piece in ("Gating", "Expert 1", "Expert 2", "se_robust", "BIC", "ICL", "entropy", "Posterior classification"):
+        assert piece in text
+    tab = sim2_fit.params_table
+    assert {"estimate", "se_model", "se_robust", "z", "p", "lower 95%", "upper 95%"} <= set(tab.columns)
+    ci = sim2_fit.conf_int(0.9)
+    assert (ci.iloc[:, 0] < tab["estimate"]).all()
+
+
+def test_predictions(sim2_fit, sim2):
+    fit = sim2_fit
+    pop = fit.predict(sim2.drop(columns="y"))
+    subj = fit.predict(sim2)
+    per_class = fit.predict(sim2, kind="class")
+    assert pop.index.equals(sim2.index) and per_class.shape == (len(sim2), 2)
+    # population prediction = gate-weighted class means
+    w = fit.prior.loc[sim2["id"]].to_numpy()
+    np.testing.assert_allclose(pop, (w * per_class.to_numpy()).sum(axis=1))
+    mse_pop = np.mean((sim2["y"] - pop) ** 2)
+    mse_subj = np.mean((sim2["y"] - subj) ** 2)
+    assert mse_subj < 0.5 * mse_pop
+    # a subject with no observed response is predicted from the gate alone
+    new = sim2[sim2["id"] == 1].assign(y=np.nan)
+    np.testing.assert_allclose(fit.predict(new), fit.predict(new, kind="population"))
+    # future visits are predicted from the subject's history
+    hist = sim2[sim2["id"] == 2]
+    future = hist.iloc[-1:].assign(time=5.0, y=np.nan)
+    both = fit.predict(pd.concat([hist, future]))
+    assert np.isfinite(both.iloc[-1])
+
+
+def test_select_k_table(sim2):
+    table, fits = memoe.select_k(FORMULA, gating=GATING, data=sim2, ks=[1, 2, 3], n_starts=2, seed=1,
+                                 return_fits=True, progress=False)
+    assert list(table.index) == [1, 2, 3]
+    for col in ("loglik", "npar", "AIC", "BIC", "ICL", "entropy", "min_class_share", "n_at_best"):
+        assert col in table.columns
+    assert table["BIC"].idxmin() == 2
+    assert table.loc[1, "entropy"] == 1.0 and table.loc[1, "min_class_share"] == 1.0
+    assert fits[3].starts["strategy"].str.startswith("split").any()
+    assert table["loglik"].is_monotonic_increasing
+
+
+def test_plots(sim2_fit):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ax = sim2_fit.plot_trajectories(max_subjects=40)
+    assert len(ax.get_lines()) == 40 + 2
+    ax2 = sim2_fit.plot_posterior()
+    assert ax2.get_xlabel() == "maximum posterior probability"
+    plt.close("all")
+
+
+def test_bad_arguments(sim2):
+    with pytest.raises(ValueError, match="random_cov"):
+        memoe.MEMoE(FORMULA, gating=GATING, k=2, data=sim2, random_cov="diag")
+    with pytest.raises(ValueError, match="k must"):
+        memoe.MEMoE(FORMULA, gating=GATING, k=0, data=sim2)
