@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-import types
-
 import numpy as np
 import pandas as pd
 
@@ -87,18 +84,3 @@ def anova(fit, ddf: str = "satterthwaite", type: int | str = 3) -> InferenceFram
     frame["NumDF"] = frame["NumDF"].astype(float)
     title = f"Type {_ROMAN[t]} Analysis of Variance Table with {_METHOD_TITLE[method]}"
     return InferenceFrame.build(frame, ddf=method, note=note(method, None), title=title, type=t)
-
-
-class _CallableModule(types.ModuleType):
-    """This module, callable as :func:`anova`.
-
-    Importing ``memoe.inference.anova`` rebinds the package attribute ``memoe.inference.anova`` (the
-    entry-point function) to this module; calling the module keeps ``fit.anova()`` working after that
-    (the same device as :mod:`memoe.inference.confint`).
-    """
-
-    def __call__(self, *args, **kwargs):
-        return anova(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

@@ -12,9 +12,6 @@ percentages of the limits (``"2.5 %"``, ``"97.5 %"``).
 
 from __future__ import annotations
 
-import sys
-import types
-
 import numpy as np
 import pandas as pd
 from scipy import stats
@@ -126,18 +123,3 @@ def confint(fit, method: str = "wald", level: float = 0.95, parm=None, **kwargs)
 
     boot = bootstrap(fit, **kwargs)
     return boot.confint(level=level).loc[names]
-
-
-class _CallableModule(types.ModuleType):
-    """This module, callable as :func:`confint`.
-
-    Importing ``memoe.inference.confint`` makes the package attribute ``memoe.inference.confint`` (the
-    entry-point function) refer to this module instead; calling the module keeps ``fit.confint()`` working
-    after that.
-    """
-
-    def __call__(self, *args, **kwargs):
-        return confint(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
