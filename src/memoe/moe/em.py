@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from memoe.moe.experts import MStepControl
 from memoe.moe.params import MoEParams
 from memoe.moe.problem import EStep, MoEProblem
 
@@ -31,12 +32,15 @@ class EMControl:
     min_mass : float or None
         An expert whose posterior mass (sum of its posterior probabilities) falls below this many
         subjects is declared empty and the run stops; default ``max(2, p)``.
+    mstep : MStepControl or None
+        M-step settings for this run (None: the expert's own).
     """
 
     max_iter: int = 1000
     tol: float = 1e-10
     tol_par: float = 1e-6
     min_mass: float | None = None
+    mstep: MStepControl | None = None
 
 
 @dataclass
@@ -97,7 +101,7 @@ def run_em(problem: MoEProblem, params: MoEParams, control: EMControl | None = N
         if empty:
             run.empty = empty
             break
-        new = problem.m_step(e.tau, params, previous)
+        new = problem.m_step(e.tau, params, previous, ctl.mstep)
         e_new = problem.e_step(new)
         ll_old, ll = e.loglik, e_new.loglik
         if not np.isfinite(ll):

@@ -239,7 +239,13 @@ class GaussianExpert:
         return beta, math.sqrt(pwrss / float(w @ self.stats.n))
 
     # ------------------------------------------------------------------ M-step
-    def m_step(self, weights: np.ndarray, start: ExpertParams, step: float | None = None) -> ExpertParams:
+    def m_step(
+        self,
+        weights: np.ndarray,
+        start: ExpertParams,
+        step: float | None = None,
+        control: MStepControl | None = None,
+    ) -> ExpertParams:
         """Increase ``sum_i weights_i l_i``: BOBYQA on the core engine's weighted profiled deviance.
 
         Parameters
@@ -251,6 +257,8 @@ class GaussianExpert:
         step : float, optional
             Initial trust-region radius of BOBYQA; near convergence the EM passes the size of the
             last change of theta, which saves most of the evaluations a default radius would spend.
+        control : MStepControl, optional
+            Overrides the expert's settings (exploratory runs use a coarse M-step).
 
         Notes
         -----
@@ -264,7 +272,7 @@ class GaussianExpert:
         pls, tmap = self.pls, self.theta_map
         pls.set_group_weights(weights)
         theta0 = tmap.theta_of([start.L / start.sigma])
-        ctl = self.control
+        ctl = control or self.control
         opt = minimize_bounded(
             lambda th: pls.deviance(th, False),
             theta0,

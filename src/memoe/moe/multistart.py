@@ -10,6 +10,7 @@ import pandas as pd
 
 from memoe.errors import EmptyExpertWarning
 from memoe.moe.em import EMControl, EMRun, polish, run_em
+from memoe.moe.experts import MStepControl
 from memoe.moe.init import kmeans_tau, random_tau, split_tau, start_plan, two_stage_features
 from memoe.moe.params import MoEParams
 from memoe.moe.problem import MoEProblem
@@ -29,6 +30,8 @@ class MultiStartControl:
         EM iterations of each exploratory run.
     short_tol : float
         Relative log-likelihood change that ends an exploratory run early.
+    short_mstep : MStepControl
+        Coarse M-step of the exploratory runs (few optimiser evaluations: a generalised EM step).
     n_polish : int
         Exploratory runs (best first) continued to convergence.
     at_best_tol : float
@@ -42,6 +45,7 @@ class MultiStartControl:
 
     short_iter: int = 10
     short_tol: float = 1e-7
+    short_mstep: MStepControl = field(default_factory=lambda: MStepControl(maxeval=20, ftol_abs=1e-6, xtol_abs=1e-4))
     n_polish: int = 3
     at_best_tol: float = 1e-3
     em: EMControl = field(default_factory=lambda: EMControl(tol=1e-8, tol_par=1e-4))
@@ -57,7 +61,9 @@ class MultiStartResult:
     best : EMRun
     starts : pandas.DataFrame
         One row per start: ``strategy``, ``short_loglik``, ``short_iter``, ``polished``, ``loglik``
-        (final), ``n_iter`` (total), ``converged``, ``empty`` (experts lost, 1-based).
+        (final), ``n_iter`` (total), ``converged``, ``empty`` (experts lost, 1-based), ``gap`` (best
+        log-likelihood minus this start's; exploratory runs that were not continued keep their
+        short-run value, so a small gap marks a start heading for the same optimum).
     n_at_best : int
         Starts whose final log-likelihood is within ``at_best_tol`` of the best.
     n_empty : int
@@ -110,7 +116,9 @@ def fit_multistart(
     rng = np.random.default_rng(seed)
     plan = start_plan(max(1, n_starts), problem.K, previous_tau is not None)
     features = two_stage_features(problem.expert.stats) if problem.K > 1 else None
-    short = EMControl(max_iter=ctl.short_iter, tol=ctl.short_tol, tol_par=0.0, min_mass=ctl.em.min_mass)
+    short = EMControl(
+        max_iter=ctl.short_iter, tol=ctl.short_tol, tol_par=0.0, min_mass=ctl.em.min_mass, mstep=ctl.short_mstep
+    )
     if problem.K == 1:
         short = ctl.em
     runs: list[EMRun] = []
@@ -118,7 +126,7 @@ def fit_multistart(
     bar = _bar(len(plan) + (start_params is not None), progress, "EM starts")
     for strategy in plan:
         tau = _start_tau(problem, strategy, rng, features, previous_tau)
-        runs.append(run_em(problem, problem.initial_params(tau), short))
+        runs.append(run_em(problem, problem.initial_params(tau, short.mstep), short))
         strategies.append(strategy)
         bar.update(1)
     if start_params is not None:
@@ -162,6 +170,7 @@ def fit_multistart(
             "n_iter": [r.n_iter for r in runs],
             "converged": [r.converged for r in runs],
             "empty": [[k + 1 for k in r.empty] for r in runs],
+            "gap": best.loglik - final,
         }
     )
     if n_empty:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import minimize
 
-from memoe.moe.experts import ExpertParams, GaussianExpert
+from memoe.moe.experts import ExpertParams, GaussianExpert, MStepControl
 from memoe.moe.gating import gate_log_probs, gate_newton, gate_scores
 from memoe.moe.kernels import logsumexp_rows
 from memoe.moe.params import MoEParams
@@ -86,10 +86,17 @@ class MoEProblem:
         return EStep(log_gate=lg, loglik_ik=ll, subject_loglik=lse, tau=tau)
 
     # ------------------------------------------------------------------ M-step
-    def m_step(self, tau: np.ndarray, params: MoEParams, previous: MoEParams | None = None) -> MoEParams:
+    def m_step(
+        self,
+        tau: np.ndarray,
+        params: MoEParams,
+        previous: MoEParams | None = None,
+        control: MStepControl | None = None,
+    ) -> MoEParams:
         """One (generalised) M-step from ``params`` with posterior weights ``tau`` (N, K).
 
-        ``previous`` (the parameters one iteration earlier) sizes the optimiser's first steps.
+        ``previous`` (the parameters one iteration earlier) sizes the optimiser's first steps;
+        ``control`` overrides the expert's M-step settings.
         """
         gamma = gate_newton(self.W, tau, params.gamma)
         if self.structure.coupled:
@@ -100,11 +107,11 @@ class MoEProblem:
             if previous is not None and params.L.size:
                 d = np.abs(params.L[k] / params.sigma[k] - previous.L[k] / previous.sigma[k]).max()
                 step = float(np.clip(2.0 * d, 1e-4, 0.5))
-            th = self.expert.m_step(tau[:, k], self.expert_params(params, k), step)
+            th = self.expert.m_step(tau[:, k], self.expert_params(params, k), step, control)
             beta[k], L[k], sigma[k] = th.beta, th.L, th.sigma
         return MoEParams(gamma=gamma, beta=beta, L=L, sigma=sigma)
 
-    def initial_params(self, tau: np.ndarray) -> MoEParams:
+    def initial_params(self, tau: np.ndarray, control: MStepControl | None = None) -> MoEParams:
         """Parameters from a soft assignment: separate weighted fits, then the sharing imposed."""
         st = self.structure
         start = MoEParams(
@@ -116,7 +123,7 @@ class MoEProblem:
         beta, L, sigma = start.beta.copy(), start.L.copy(), start.sigma.copy()
         for k in range(self.K):
             # lme4's start: identity relative factor (L = sigma I with sigma = 1)
-            th = self.expert.m_step(tau[:, k], self.expert_params(start, k))
+            th = self.expert.m_step(tau[:, k], self.expert_params(start, k), None, control)
             beta[k], L[k], sigma[k] = th.beta, th.L, th.sigma
         gamma = gate_newton(self.W, tau, start.gamma)
         params = MoEParams(gamma=gamma, beta=beta, L=L, sigma=sigma)
