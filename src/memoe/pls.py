@@ -128,7 +128,9 @@ class PLSProblem:
     -----
     The per-level statistics of the first block are stored structure-of-arrays (level index last,
     see :mod:`memoe.linalg.soa`): ``_zz`` (q1, q1, l1), ``_zxy`` (q1, m, l1), ``_xyxy`` (m, m, l1).
-    ``ZtZ1``, ``ZtXY1`` and ``XYtXY_level`` are read-only ``(l1, ., .)`` views of them.
+    ``ZtZ1``, ``ZtXY1`` and ``XYtXY_level`` are read-only ``(l1, ., .)`` views of them. An unweighted
+    fit needs only the total ``XYtXY``, so ``_xyxy`` (the largest, 16 values per level for p = 3)
+    is summed from the rows the first time group weights or ``XYtXY_level`` ask for it.
     """
 
     def __init__(
@@ -160,11 +162,13 @@ class PLSProblem:
         if self.multi:
             # only the unweighted total of [X y]'[X y] is needed
             self._xyxy = None
-            self.XYtXY = sums.cross(xy_cols).sum(axis=2)
+            self.XYtXY = sums.total(xy_cols)
             self._setup_rest(xy_cols, codes, nlevels, Z)
         else:
-            self._xyxy = sums.cross(xy_cols)
-            self.XYtXY = self._xyxy.sum(axis=2)
+            self._xyxy = None
+            self.XYtXY = sums.total(xy_cols)
+            # the rows (views, no copies) to build the per-level [X y]'[X y] on demand
+            self._xy_rows = (c1, l1, xy_cols)
             self.mz = 0
             self.rest = None
         del sums
@@ -190,7 +194,16 @@ class PLSProblem:
     @property
     def XYtXY_level(self) -> np.ndarray | None:
         """Per-level ``[X_j y_j]' [X_j y_j]``, shape (l1, p + 1, p + 1); None with several factors."""
-        return None if self._xyxy is None else _readonly(np.moveaxis(self._xyxy, -1, 0))
+        xyxy = self._xyxy_level()
+        return None if xyxy is None else _readonly(np.moveaxis(xyxy, -1, 0))
+
+    def _xyxy_level(self) -> np.ndarray | None:
+        if self._xyxy is None and not self.multi:
+            c1, l1, xy_cols = self._xy_rows
+            sums = GroupSums(c1, l1)
+            sums.prepare(xy_cols)
+            self._xyxy = sums.cross(xy_cols)
+        return self._xyxy
 
     # ------------------------------------------------------------------ setup
     def _setup_rest(self, xy_cols, codes, nlevels, Z) -> None:
@@ -256,7 +269,7 @@ class PLSProblem:
             raise MemoeError(f"group weights must have shape ({self.nlevels[0]},), got {w.shape}")
         self.weights = w
         m = self.m
-        self._wXYtXY = (self._xyxy.reshape(m * m, -1) @ w).reshape(m, m)
+        self._wXYtXY = (self._xyxy_level().reshape(m * m, -1) @ w).reshape(m, m)
         self._n_eff = float(w @ self.level_n)
 
     # ------------------------------------------------------------------ objective

@@ -26,15 +26,19 @@ __all__ = ["MAX_PATTERN_NNZ", "RestSchur"]
 
 # Upper bound on the entries of the precomputed map P (12 bytes each): about 300 MB.
 MAX_PATTERN_NNZ = 25_000_000
+# Pairs generated per step while enumerating the map (bounds the setup's temporaries to ~50 MB).
+PAIR_CHUNK = 1_000_000
 # Largest (m_z + m)^2 for which distinct positions are found by marking an int32 array (64 MB).
 MARK_MAX = 16_000_000
 
 
-def _level_pairs(Z1tZr: sp.csr_matrix, l1: int, q1: int, max_nnz: int):
+def _level_pairs(Z1tZr: sp.csr_matrix, l1: int, q1: int, nb: int, max_nnz: int, extra: int):
     """All products of two entries of ``Z_1'Z_r`` that belong to the same first-factor level.
 
-    Returns rows (column c of Z_r), cols (column d >= c), the entry (j, a, b) of W they
-    multiply, and the product ``Z1tZr[(j,a), c] * Z1tZr[(j,b), d]``; or None above ``max_nnz``.
+    Returns, in preallocated arrays with ``extra`` free slots at the end, the flat position
+    ``c * nb + d`` (column c <= d of Z_r) each product lands on, the entry ``j q1^2 + a q1 + b`` of W
+    it multiplies, the product ``Z1tZr[(j,a), c] * Z1tZr[(j,b), d]``, and the number of pairs;
+    or None above ``max_nnz`` pairs.
     """
     indptr, indices, data = Z1tZr.indptr, Z1tZr.indices, Z1tZr.data
     lev_start = indptr[0 : l1 * q1 + 1 : q1]
@@ -51,10 +55,17 @@ def _level_pairs(Z1tZr: sp.csr_matrix, l1: int, q1: int, max_nnz: int):
     sorted_rows = q1 == 1
     first = np.arange(nnz) if sorted_rows else lev_start[lev]
     cnt = lev_end[lev] - first
-    out_c, out_d, out_w, out_v = [], [], [], []
+    bound = int(cnt.sum())  # exact for q1 = 1, an upper bound otherwise
+    if (bound if sorted_rows else bound // 2) > max_nnz:
+        return None
+    ipos = np.int32 if nb * nb < 2**31 else np.int64
+    icol = np.int32 if l1 * q1 * q1 < 2**31 else np.int64
+    flat = np.empty(bound + extra, dtype=ipos)
+    wcol = np.empty(bound + extra, dtype=icol)
+    vals = np.empty(bound + extra)
     total = 0
     # process entries in chunks so the temporaries stay bounded
-    chunk = max(1, 4_000_000 // max(1, int(K.max(initial=1))))
+    chunk = max(1, PAIR_CHUNK // max(1, int(K.max(initial=1))))
     for e0 in range(0, nnz, chunk):
         e = np.arange(e0, min(nnz, e0 + chunk))
         ce = cnt[e]
@@ -65,15 +76,15 @@ def _level_pairs(Z1tZr: sp.csr_matrix, l1: int, q1: int, max_nnz: int):
         if not sorted_rows:
             keep = cl <= cr
             left, right, cl, cr = left[keep], right[keep], cl[keep], cr[keep]
-        total += len(left)
-        if total > max_nnz:
+        k = len(left)
+        if total + k > max_nnz:
             return None
-        out_c.append(cl)
-        out_d.append(cr)
-        out_w.append((lev[left] * q1 + a_of[left]) * q1 + a_of[right])
-        out_v.append(data[left] * data[right])
-    cat = np.concatenate
-    return cat(out_c), cat(out_d), cat(out_w), cat(out_v)
+        out = slice(total, total + k)
+        flat[out] = cl.astype(np.int64) * nb + cr
+        wcol[out] = (lev[left] * q1 + a_of[left]) * q1 + a_of[right]
+        np.multiply(data[left], data[right], out=vals[out])
+        total += k
+    return flat, wcol, vals, total
 
 
 def _distinct_positions(flat: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -126,25 +137,31 @@ class RestSchur:
         self.P = self._build_map(max_nnz)
 
     # ------------------------------------------------------------------ setup
-    def _build_map(self, max_nnz: int) -> sp.csr_matrix | None:
-        pairs = _level_pairs(self.Z1tZr, self.l1, self.q1, max_nnz)
+    def _build_map(self, max_nnz: int) -> sp.csc_matrix | None:
+        zz = sp.triu(self.ZrtZr, format="coo")
+        nb = self.nb
+        pairs = _level_pairs(self.Z1tZr, self.l1, self.q1, nb, max_nnz, extra=zz.nnz)
         if pairs is None:
             return None
-        c, d, wcol, v = pairs
-        zz = sp.triu(self.ZrtZr, format="coo")
+        flat, cols, vals, total = pairs
         nw = self.l1 * self.q1 * self.q1
-        nb = self.nb
-        flat = np.concatenate([c.astype(np.int64) * nb + d, zz.row.astype(np.int64) * nb + zz.col])
-        cols = np.concatenate([wcol, np.full(zz.nnz, nw)])
-        vals = np.concatenate([-v, zz.data])
-        del c, d, wcol, v
+        # Z_r'Z_r's upper triangle is the last column of P (weight 1 up to the lambda scaling)
+        end = total + zz.nnz
+        flat[total:end] = zz.row.astype(np.int64) * nb + zz.col
+        cols[total:end] = nw
+        vals[total:end] = zz.data
+        flat, cols, vals = flat[:end], cols[:end], vals[:end]
+        np.negative(vals[:total], out=vals[:total])
         # one row of P per distinct position of the upper triangle of M_zz (flat index in self.pos)
         self.pos, rows = _distinct_positions(flat, nb * nb)
         del flat
-        # CSC: the product loops over the (few) columns and scatters, the fastest layout measured here
-        P = sp.csc_matrix((vals, (rows, cols)), shape=(len(self.pos), nw + 1))
-        P.sum_duplicates()
-        return P
+        # CSC built directly: the product loops over the (few) columns and scatters into the rows,
+        # the fastest layout measured here. Every (row, column) is distinct, so nothing to sum.
+        if np.any(cols[1:] < cols[:-1]):
+            order = np.argsort(cols, kind="stable")
+            rows, cols, vals = rows[order], cols[order], vals[order]
+        indptr = np.concatenate(([0], np.cumsum(np.bincount(cols, minlength=nw + 1))))
+        return sp.csc_matrix((vals, rows, indptr), shape=(len(self.pos), nw + 1))
 
     # ------------------------------------------------------------------ per theta
     def lambda_rest(self, lambdas: list[np.ndarray]) -> sp.csr_matrix:

@@ -136,6 +136,12 @@ class GroupSums:
             self._sums[key] = out
         return out
 
+    def total(self, left: Sequence[np.ndarray], right: Sequence[np.ndarray] | None = None) -> np.ndarray:
+        """``out[a, b] = sum over all rows of left[a] * right[b]``, shape (len(left), len(right))."""
+        li = [self._index(c) for c in left]
+        ri = li if right is None else [self._index(c) for c in right]
+        return np.array([[self._pair(i, j).sum() for j in ri] for i in li])
+
     def cross(self, left: Sequence[np.ndarray], right: Sequence[np.ndarray] | None = None) -> np.ndarray:
         """``out[a, b, g] = sum_{rows in g} left[a] * right[b]`` (structure-of-arrays, contiguous).
 
