@@ -18,6 +18,7 @@ from memoe.errors import ConvergenceWarning, SingularFitWarning
 from memoe.linalg.threads import blas_threads
 from memoe.optim import OptSummary, check_convergence, finite_difference_derivatives, minimize_bounded
 from memoe.optim.checks import ConvergenceReport
+from memoe.optim.start import variance_component_start
 from memoe.pls import PLSProblem
 
 __all__ = ["LMM", "SINGULAR_TOL", "lmm"]
@@ -116,6 +117,13 @@ class LMM:
         tmap = self.design.theta_map
         f = self.objective(reml)
         x0 = tmap.initial() if start is None else np.asarray(start, dtype=float)
+        step = None
+        if start is None and len(self.design.blocks) > 1:
+            # crossed/nested scalar random effects: every evaluation factors a dense block, so a
+            # moment-estimate start that saves a third of the evaluations is worth its one-off cost
+            vc = variance_component_start(self.design)
+            if vc is not None:
+                x0, step = vc
         lower = tmap.lower_bounds
         problem_threads = self.problem.blas_threads
         if control.blas_threads != "auto":
@@ -123,7 +131,13 @@ class LMM:
         try:
             with blas_threads(self.problem.blas_threads):
                 opt = minimize_bounded(
-                    f, x0, lower, ftol_abs=control.ftol_abs, xtol_abs=control.xtol_abs, maxeval=control.maxeval
+                    f,
+                    x0,
+                    lower,
+                    ftol_abs=control.ftol_abs,
+                    xtol_abs=control.xtol_abs,
+                    maxeval=control.maxeval,
+                    initial_step=step,
                 )
                 theta = opt.x.copy()
                 # exact zeros on the boundary as lme4 reports them when the optimiser sits there

@@ -68,7 +68,7 @@ def minimize_bounded(
     xtol_abs: float = 1e-10,
     xtol_rel: float = 0.0,
     maxeval: int = 100_000,
-    initial_step: float | None = None,
+    initial_step: float | np.ndarray | None = None,
 ) -> OptSummary:
     """Minimise ``fun`` subject to ``lower <= x <= upper`` with BOBYQA.
 
@@ -108,7 +108,8 @@ def minimize_bounded(
     opt.set_xtol_rel(xtol_rel)
     opt.set_maxeval(maxeval)
     if initial_step is not None:
-        opt.set_initial_step(initial_step)
+        # a scalar or one step per parameter (nlopt rescales the variables accordingly)
+        opt.set_initial_step(np.broadcast_to(np.asarray(initial_step, dtype=float), (k,)).copy())
     start = np.clip(x0, lb, upper)
     try:
         x = opt.optimize(start)

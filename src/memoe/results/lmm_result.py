@@ -217,7 +217,9 @@ class LmmResult:
         d = self.design
         eta = d.X @ self._solution.beta if d.p else np.zeros(d.n)
         for blk, b in zip(d.blocks, self._solution.b, strict=True):
-            eta = eta + np.einsum("nq,nq->n", blk.Z, b[blk.factor.codes])
+            # column by column: n-vector temporaries instead of an (n, q) gather of b
+            for a in range(blk.q):
+                eta += blk.Z[:, a] * b[blk.factor.codes, a]
         return eta
 
     @property
