@@ -120,7 +120,7 @@ class LMM:
         step = None
         if start is None and len(self.design.blocks) > 1:
             # crossed/nested scalar random effects: every evaluation factors a dense block, so a
-            # moment-estimate start that saves a third of the evaluations is worth its one-off cost
+            # moment-estimate start that saves 15-30% of the evaluations is worth its one-off cost
             vc = variance_component_start(self.design)
             if vc is not None:
                 x0, step = vc

@@ -1,4 +1,5 @@
-"""Small dense kernels batched over groups, and per-group sufficient statistics."""
+"""Small dense kernels batched over groups, per-group sufficient statistics, the crossed-factor Schur
+complement, and the BLAS thread cap used while fitting."""
 
 from memoe.linalg.batched import (
     batched_backward_solve_t,
@@ -6,12 +7,30 @@ from memoe.linalg.batched import (
     batched_forward_solve,
     batched_logdet_chol,
 )
-from memoe.linalg.sufficient import group_crossprod
+from memoe.linalg.soa import (
+    soa_backward_solve_t,
+    soa_cholesky,
+    soa_congruence,
+    soa_forward_solve,
+    soa_lincomb,
+    soa_logdet_chol,
+)
+from memoe.linalg.sufficient import GroupSums, group_crossprod, group_segments
+from memoe.linalg.threads import blas_threads
 
 __all__ = [
+    "GroupSums",
     "batched_backward_solve_t",
     "batched_cholesky",
     "batched_forward_solve",
     "batched_logdet_chol",
+    "blas_threads",
     "group_crossprod",
+    "group_segments",
+    "soa_backward_solve_t",
+    "soa_cholesky",
+    "soa_congruence",
+    "soa_forward_solve",
+    "soa_lincomb",
+    "soa_logdet_chol",
 ]

@@ -2,8 +2,8 @@
 
 lme4 starts every fit at identity relative factors. For models whose random effects are all scalar
 (random intercepts, crossed or nested: ``(1 | s) + (1 | d)``) each evaluation of the objective costs a
-dense Cholesky factorisation of the later factors' block, and a start near the optimum saves a
-third of BOBYQA's evaluations (48 -> 35 on the InstEval-sized benchmark, 67 -> 46 on Penicillin).
+dense Cholesky factorisation of the later factors' block, and a start near the optimum saves
+15-30% of BOBYQA's evaluations (48 -> 41 on the InstEval-sized benchmark, 67 -> 46 on Penicillin).
 MIVQUE0 (Rao's MINQUE with the identity as prior covariance) gives unbiased estimates of the
 variance components from sums over the rows and the sparse cross-products of the factors, at the
 cost of about one evaluation; on balanced designs it equals the ANOVA estimates and hence the REML
