@@ -1,17 +1,28 @@
-"""Cholesky factorisations and triangular solves of many small matrices at once.
+"""Cholesky factorisations and triangular solves of many small matrices, stacked group-first.
 
-Arrays are stacked along the first axis, shape (N, q, q). For the small q of longitudinal random
-effects the loops run over the q(q+1)/2 entries, each step vectorised over the N groups; this is
-several times faster than a gufunc call per matrix and never loops over groups in Python.
+Stacks here have the conventional layout ``(N, q, q)`` / ``(N, q, m)``. The arithmetic lives in
+:mod:`memoe.linalg.soa` (group index last, unit-stride loops over the q(q+1)/2 entries); these
+functions only change the layout, so both layouts share one set of kernels. Large q falls back to
+numpy's batched LAPACK calls.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from memoe.linalg.soa import soa_backward_solve_t, soa_cholesky, soa_forward_solve
+
 __all__ = ["batched_backward_solve_t", "batched_cholesky", "batched_forward_solve", "batched_logdet_chol"]
 
 _SMALL_Q = 6
+
+
+def _to_soa(A: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(np.moveaxis(A, 0, -1))
+
+
+def _from_soa(A: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(np.moveaxis(A, -1, 0))
 
 
 def batched_cholesky(S: np.ndarray) -> np.ndarray:
@@ -27,29 +38,12 @@ def batched_cholesky(S: np.ndarray) -> np.ndarray:
         Lower triangular with ``L[n] @ L[n].T == S[n]``. Entries with non-positive pivots become NaN,
         which the caller turns into an infinite objective.
     """
-    _, q, _ = S.shape
-    if q == 1:
-        with np.errstate(invalid="ignore"):
-            return np.sqrt(S)
-    if q > _SMALL_Q:
+    if S.shape[1] > _SMALL_Q:
         try:
             return np.linalg.cholesky(S)
         except np.linalg.LinAlgError:
             return np.full_like(S, np.nan)
-    L = np.zeros_like(S)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        for j in range(q):
-            d = S[:, j, j].copy()
-            for k in range(j):
-                d -= L[:, j, k] ** 2
-            ljj = np.sqrt(d)
-            L[:, j, j] = ljj
-            for i in range(j + 1, q):
-                v = S[:, i, j].copy()
-                for k in range(j):
-                    v -= L[:, i, k] * L[:, j, k]
-                L[:, i, j] = v / ljj
-    return L
+    return _from_soa(soa_cholesky(_to_soa(S)))
 
 
 def batched_forward_solve(L: np.ndarray, B: np.ndarray) -> np.ndarray:
@@ -64,18 +58,9 @@ def batched_forward_solve(L: np.ndarray, B: np.ndarray) -> np.ndarray:
     -------
     X : numpy.ndarray, shape (N, q, m)
     """
-    _, q, _ = L.shape
-    if q == 1:
-        return B / L
-    if q > _SMALL_Q:
+    if L.shape[1] > _SMALL_Q:
         return np.linalg.solve(L, B)
-    X = np.empty(B.shape, dtype=np.result_type(L, B))
-    for i in range(q):
-        acc = B[:, i, :].copy()
-        for k in range(i):
-            acc -= L[:, i, k, None] * X[:, k, :]
-        X[:, i, :] = acc / L[:, i, i, None]
-    return X
+    return _from_soa(soa_forward_solve(_to_soa(L), _to_soa(B)))
 
 
 def batched_backward_solve_t(L: np.ndarray, B: np.ndarray) -> np.ndarray:
@@ -86,18 +71,9 @@ def batched_backward_solve_t(L: np.ndarray, B: np.ndarray) -> np.ndarray:
     L : numpy.ndarray, shape (N, q, q)
     B : numpy.ndarray, shape (N, q, m)
     """
-    _, q, _ = L.shape
-    if q == 1:
-        return B / L
-    if q > _SMALL_Q:
+    if L.shape[1] > _SMALL_Q:
         return np.linalg.solve(np.swapaxes(L, 1, 2), B)
-    X = np.empty(B.shape, dtype=np.result_type(L, B))
-    for i in range(q - 1, -1, -1):
-        acc = B[:, i, :].copy()
-        for k in range(i + 1, q):
-            acc -= L[:, k, i, None] * X[:, k, :]
-        X[:, i, :] = acc / L[:, i, i, None]
-    return X
+    return _from_soa(soa_backward_solve_t(_to_soa(L), _to_soa(B)))
 
 
 def batched_logdet_chol(L: np.ndarray) -> np.ndarray:
