@@ -137,6 +137,9 @@ class MoEDesign:
         The LMM engine on the same rows (None for regression experts); the M-step reweights it.
     data : pandas.DataFrame
         The rows used (after removing missing values), original index.
+    n_dropped : int
+        Input rows removed because a used column (response, covariates, gating covariates, subject)
+        was missing.
     """
 
     design: Design
@@ -152,6 +155,7 @@ class MoEDesign:
     stats: SubjectStats
     pls: PLSProblem | None
     data: pd.DataFrame
+    n_dropped: int = 0
 
     @property
     def N(self) -> int:
@@ -291,6 +295,7 @@ def build_moe_design(formula: str, data: pd.DataFrame, gating: str | None, group
         stats=stats,
         pls=pls,
         data=frame_rows,
+        n_dropped=int((~keep).sum()) + design.frame.n_dropped,
     )
 
 

@@ -67,6 +67,11 @@ class MEMoEResult:
         return self.model.mdesign.design.n
 
     @property
+    def n_dropped(self) -> int:
+        """Input rows removed for missing values."""
+        return self.model.mdesign.n_dropped
+
+    @property
     def npar(self) -> int:
         """Free parameters: gating, fixed effects, covariance entries, residual SDs."""
         return self.model.structure.size

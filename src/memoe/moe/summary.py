@@ -56,7 +56,8 @@ class MEMoESummary:
             f" Experts: {fit.k}; random-effects covariance: {st.cov}; residual variance: {st.sigma}; "
             f"class-specific fixed effects: "
             f"{', '.join(n for n, s in zip(m.mdesign.fixef_names, st.specific, strict=True) if s) or 'none'}",
-            f" Subjects: {fit.n_subjects}; observations: {fit.nobs}",
+            f" Subjects: {fit.n_subjects}; observations: {fit.nobs}"
+            + (f" ({fit.n_dropped} rows deleted due to missingness)" if fit.n_dropped else ""),
             "",
             " ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in self.criteria.items()),
             f"EM: {fit.n_iter} iterations, converged={fit.converged}; {fit.n_at_best} of {len(fit.starts)} starts "

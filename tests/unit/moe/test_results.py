@@ -105,3 +105,19 @@ def test_bad_arguments(sim2):
         memoe.MEMoE(FORMULA, gating=GATING, k=2, data=sim2, random_cov="diag")
     with pytest.raises(ValueError, match="k must"):
         memoe.MEMoE(FORMULA, gating=GATING, k=0, data=sim2)
+
+
+def test_missing_rows_are_counted_and_reported():
+    import numpy as np
+
+    import memoe
+
+    sim = memoe.datasets.load("memoe_sim2").copy()
+    sim.loc[[0, 1, 2], "y"] = np.nan
+    sim.loc[[3], "w1"] = np.nan
+    fit = memoe.MEMoE("y ~ time + x + (time | id)", gating="~ w1 + w2", k=2, data=sim).fit(
+        n_starts=2, seed=1, progress=False
+    )
+    assert fit.n_dropped == 4
+    assert fit.nobs == len(sim) - 4
+    assert "4 rows deleted due to missingness" in str(fit.summary())
