@@ -8,11 +8,13 @@ multi-start EM with each subject's exact marginal likelihood in the E-step.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 from formulaic import model_matrix
 
-from memoe.errors import FormulaError
+from memoe.errors import ConvergenceWarning, FormulaError
 from memoe.formula.names import r_column_name
 from memoe.moe.data import MoEDesign, build_moe_design
 from memoe.moe.experts import GaussianExpert, MStepControl
@@ -191,6 +193,14 @@ class MEMoE:
         params = run.params.permute(order)
         estep = self.problem.e_step(params)
         result = MEMoEResult(self, params, estep, ms, order)
+        if not result.converged:
+            warnings.warn(
+                f"EM did not converge: the best start stopped after {result.n_iter} iterations "
+                f"(last log-likelihood change {_last_change(result.trace):.3g}); raise control.em.max_iter "
+                "or check the model",
+                ConvergenceWarning,
+                stacklevel=2,
+            )
         if se:
             _ = result.inference
         return result
@@ -214,3 +224,7 @@ class MoE(MEMoE):
         if "|" in formula:
             raise FormulaError("MoE experts are regressions: give the formula without (terms | group) parts")
         super().__init__(formula, gating, k, data, group=group, **kw)
+
+
+def _last_change(trace: list[float]) -> float:
+    return float(trace[-1] - trace[-2]) if len(trace) > 1 else float("nan")

@@ -121,3 +121,19 @@ def test_missing_rows_are_counted_and_reported():
     assert fit.n_dropped == 4
     assert fit.nobs == len(sim) - 4
     assert "4 rows deleted due to missingness" in str(fit.summary())
+
+
+def test_non_convergence_is_warned():
+    import pytest
+
+    import memoe
+    from memoe.errors import ConvergenceWarning
+    from memoe.moe.em import EMControl
+    from memoe.moe.multistart import MultiStartControl
+
+    sim = memoe.datasets.load("memoe_sim2")
+    ctl = MultiStartControl(em=EMControl(max_iter=2), polish=False)
+    model = memoe.MEMoE("y ~ time + x + (time | id)", gating="~ w1 + w2", k=2, data=sim)
+    with pytest.warns(ConvergenceWarning, match="EM did not converge"):
+        fit = model.fit(n_starts=2, seed=1, progress=False, control=ctl, se=False)
+    assert not fit.converged
