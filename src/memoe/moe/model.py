@@ -193,7 +193,8 @@ class MEMoE:
         params = run.params.permute(order)
         estep = self.problem.e_step(params)
         result = MEMoEResult(self, params, estep, ms, order)
-        if not result.converged:
+        # a run stopped by an emptied expert is reported by EmptyExpertWarning instead
+        if not result.converged and not result.empty_experts:
             warnings.warn(
                 f"EM did not converge: the best start stopped after {result.n_iter} iterations "
                 f"(last log-likelihood change {_last_change(result.trace):.3g}); raise control.em.max_iter "
