@@ -16,7 +16,7 @@ import pandas as pd
 from memoe.design import Design, build_design
 from memoe.errors import ConvergenceWarning, SingularFitWarning
 from memoe.linalg.threads import blas_threads
-from memoe.optim import OptSummary, check_convergence, finite_difference_derivatives, minimize_bounded
+from memoe.optim import check_convergence, finite_difference_derivatives, minimize_bounded
 from memoe.optim.checks import ConvergenceReport
 from memoe.optim.start import variance_component_start
 from memoe.pls import PLSProblem
@@ -186,5 +186,3 @@ def lmm(formula: str, data: pd.DataFrame) -> LMM:
     """
     return LMM(formula, data)
 
-
-_ = OptSummary  # re-exported type used in annotations of results

@@ -23,7 +23,7 @@ import scipy.sparse as sp
 from scipy.linalg import lapack
 
 from memoe.covariance import ThetaMap
-from memoe.deviance import profiled_deviance
+from memoe.deviance import profiled_deviance, sigma_hat
 from memoe.errors import MemoeError
 from memoe.linalg.batched import batched_backward_solve_t, batched_forward_solve
 from memoe.linalg.crossed import RestSchur
@@ -432,8 +432,7 @@ class PLSProblem:
             u.append(u_rest[o0:o1].reshape(self.nlevels[k], self.q[k]))
         b = [uk @ lam.T for uk, lam in zip(u, f.lambdas, strict=True)]
         dev = profiled_deviance(f.logdet_Z, f.logdet_X, f.pwrss, f.n_eff, p, reml)
-        nr = f.n_eff - p if reml else f.n_eff
-        sigma = float(np.sqrt(f.pwrss / nr))
+        sigma = sigma_hat(f.pwrss, f.n_eff, p, reml)
         return PLSSolution(beta=beta, u=u, b=b, sigma=sigma, deviance=dev, RX_inv_t=RX_inv_t, factor=f)
 
     def conditional_variances(self, sol: PLSSolution) -> list[np.ndarray]:
