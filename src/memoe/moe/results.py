@@ -214,6 +214,22 @@ class MEMoEResult:
         """Covariance of the natural-scale estimates (robust sandwich or model-based)."""
         return self.inference.vcov_natural(robust)
 
+    @property
+    def param_names(self) -> list[str]:
+        """``part[expert]:term`` names of the natural-scale parameters, as :meth:`test` reads them."""
+        from memoe.moe.wald import flat_names
+
+        return flat_names(self.inference.natural.index)
+
+    def test(self, hypothesis, robust: bool = True):
+        """Wald chi-square test of a linear hypothesis, e.g. ``"fixed[1]:x = fixed[2]:x"``.
+
+        See :func:`memoe.moe.wald.wald_test`; ``robust=False`` uses the inverse observed information.
+        """
+        from memoe.moe.wald import wald_test
+
+        return wald_test(self, hypothesis, robust=robust)
+
     # ------------------------------------------------------------------ output
     def summary(self):
         """Gating coefficients and each expert's LMM with model-based and robust SEs, and fit criteria."""
