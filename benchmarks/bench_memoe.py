@@ -75,7 +75,7 @@ def fit_10000(repeat: int) -> dict:
         t0 = time.perf_counter()
         _ = fit.inference
         t_se.append(time.perf_counter() - t0)
-        out.update(loglik=fit.loglik, n_at_best=fit.n_at_best, iter=fit.n_iter,
+        out.update(loglik=fit.loglik, n_at_best=fit.n_at_best, n_same=fit.n_same_partition, iter=fit.n_iter,
                    acc=accuracy(fit.classify().to_numpy() - 1, true, 3),
                    score_norm=fit.inference.score_norm)
     out.update(fit_seconds=statistics.median(t_fit), se_seconds=statistics.median(t_se))
@@ -90,7 +90,8 @@ def sim2(repeat: int) -> dict:
         t0 = time.perf_counter()
         fit = memoe.MEMoE(FORMULA, gating=GATING, k=2, data=data).fit(n_starts=5, seed=1, progress=False)
         times.append(time.perf_counter() - t0)
-        out.update(loglik=fit.loglik, acc=accuracy(fit.classify().to_numpy() - 1, true, 2), n_at_best=fit.n_at_best)
+        out.update(loglik=fit.loglik, acc=accuracy(fit.classify().to_numpy() - 1, true, 2), n_at_best=fit.n_at_best,
+                   n_same=fit.n_same_partition)
     out["seconds"] = statistics.median(times)
     return out
 
@@ -103,7 +104,8 @@ def main() -> None:
     warnings.simplefilter("ignore")
     r = sim2(args.repeat)
     print(f"sim2 (N=300, K=2, 5 starts, with SEs): {r['seconds']:.2f} s, loglik {r['loglik']:.4f} "
-          f"(flexmix -2959.6959), accuracy {r['acc']:.4f} (flexmix 0.9100), starts at best {r['n_at_best']}/5")
+          f"(flexmix -2959.6959), accuracy {r['acc']:.4f} (flexmix 0.9100), starts at best {r['n_at_best']}/5, "
+          f"same classification {r['n_same']}/5")
     r = em_2000(args.repeat)
     print(f"em_2000 (N=2,000, K=3): fit(n_starts=1) {r['fit_seconds']:.2f} s, {r['fit_iter']} EM iterations, "
           f"loglik {r['fit_loglik']:.4f}, accuracy {r['fit_acc']:.4f}; plain EM (strict rule) {r['em_seconds']:.2f} s, "
@@ -113,7 +115,8 @@ def main() -> None:
     if not args.skip_large:
         r = fit_10000(args.repeat)
         print(f"fit_10000 (N=10,000, K=3, 20 starts): {r['fit_seconds']:.2f} s + SEs {r['se_seconds']:.2f} s, "
-              f"loglik {r['loglik']:.4f}, starts at best {r['n_at_best']}/20, accuracy {r['acc']:.4f}, "
+              f"loglik {r['loglik']:.4f}, starts at best {r['n_at_best']}/20, "
+              f"same classification {r['n_same']}/20, accuracy {r['acc']:.4f}, "
               f"max |score| {r['score_norm']:.2e}")
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+from scipy.optimize import linear_sum_assignment
 
 from memoe.errors import EmptyExpertWarning
 from memoe.moe.em import EMControl, EMRun, polish, run_em
@@ -15,7 +16,7 @@ from memoe.moe.init import kmeans_tau, random_tau, split_tau, start_plan, two_st
 from memoe.moe.params import MoEParams
 from memoe.moe.problem import MoEProblem
 
-__all__ = ["MultiStartControl", "MultiStartResult", "canonical_order", "fit_multistart"]
+__all__ = ["MultiStartControl", "MultiStartResult", "canonical_order", "fit_multistart", "partition_agreement"]
 
 ORDER_RULES = ("intercept", "size", None)
 
@@ -38,6 +39,8 @@ class MultiStartControl:
         A start "reached the best log-likelihood" when its final value is within this (absolute).
     em : EMControl
         Stopping rule of the runs to convergence.
+    same_partition : float
+        MAP agreement with the best run above which a start counts as finding the same solution.
     polish : bool
         Finish each run to convergence with BFGS on the observed log-likelihood (see
         :func:`memoe.moe.em.polish`); EM alone converges linearly, slowly when classes overlap.
@@ -50,6 +53,7 @@ class MultiStartControl:
     at_best_tol: float = 1e-3
     em: EMControl = field(default_factory=lambda: EMControl(tol=1e-8, tol_par=1e-4))
     polish: bool = True
+    same_partition: float = 0.99
 
 
 @dataclass
@@ -68,12 +72,30 @@ class MultiStartResult:
         Starts whose final log-likelihood is within ``at_best_tol`` of the best.
     n_empty : int
         Starts discarded because an expert emptied.
+    n_polished : int
+        Starts continued to convergence (only these can be compared with the best by log-likelihood).
+    n_same_partition : int
+        Starts whose MAP classification (at the end of their own run, short or continued) agrees with
+        the best run's on at least ``same_partition`` of the subjects, after matching labels: starts
+        heading for the same solution, whether or not they were continued.
     """
 
     best: EMRun
     starts: pd.DataFrame
     n_at_best: int
     n_empty: int
+    n_polished: int = 0
+    n_same_partition: int = 0
+
+
+def partition_agreement(tau: np.ndarray, reference: np.ndarray) -> float:
+    """Share of subjects with the same MAP class in ``tau`` and ``reference`` under the best label matching."""
+    a, b = np.argmax(tau, axis=1), np.argmax(reference, axis=1)
+    K = max(tau.shape[1], reference.shape[1])
+    table = np.zeros((K, K))
+    np.add.at(table, (a, b), 1.0)
+    rows, cols = linear_sum_assignment(-table)
+    return float(table[rows, cols].sum() / max(len(a), 1))
 
 
 def _start_tau(problem: MoEProblem, strategy: str, rng, features, previous_tau) -> np.ndarray:
@@ -160,6 +182,8 @@ def fit_multistart(
     final = np.array([r.loglik for r in runs])
     n_at_best = int(np.sum([(abs(final[i] - best.loglik) <= ctl.at_best_tol) and not runs[i].empty for i in ok]))
     n_empty = sum(1 for r in runs if r.empty)
+    agree = np.array([partition_agreement(r.estep.tau, best.estep.tau) for r in runs])
+    n_same = int(np.sum([agree[i] >= ctl.same_partition and not runs[i].empty for i in ok]))
     starts = pd.DataFrame(
         {
             "strategy": strategies,
@@ -171,6 +195,7 @@ def fit_multistart(
             "converged": [r.converged for r in runs],
             "empty": [[k + 1 for k in r.empty] for r in runs],
             "gap": best.loglik - final,
+            "agreement": agree,
         }
     )
     if n_empty:
@@ -180,7 +205,14 @@ def fit_multistart(
         else:
             msg += " and were discarded"
         warnings.warn(msg, EmptyExpertWarning, stacklevel=3)
-    return MultiStartResult(best=best, starts=starts, n_at_best=n_at_best, n_empty=n_empty)
+    return MultiStartResult(
+        best=best,
+        starts=starts,
+        n_at_best=n_at_best,
+        n_empty=n_empty,
+        n_polished=int(polished.sum()),
+        n_same_partition=n_same,
+    )
 
 
 def canonical_order(params: MoEParams, mass: np.ndarray, rule: str | None, specific: np.ndarray) -> np.ndarray:

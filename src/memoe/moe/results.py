@@ -33,7 +33,11 @@ class MEMoEResult:
     starts : pandas.DataFrame
         Record of every start (see :class:`~memoe.moe.multistart.MultiStartResult`).
     n_at_best : int
-        Starts that reached the best log-likelihood.
+        Starts that reached the best log-likelihood (within 1e-3; in practice the starts continued to
+        convergence, ``n_polished`` of them).
+    n_same_partition : int
+        Starts whose own run ended with the best run's classification (>= 99% MAP agreement after
+        matching labels), continued or not: how often the search finds this solution.
     empty_experts : list of int
         Experts (1-based, canonical order) that emptied in the selected run (normally empty).
     trace : list of float
@@ -54,6 +58,8 @@ class MEMoEResult:
         self.starts = ms.starts
         self.n_at_best = ms.n_at_best
         self.n_empty_starts = ms.n_empty
+        self.n_polished = ms.n_polished
+        self.n_same_partition = ms.n_same_partition
         inv = np.argsort(order)
         self.empty_experts = sorted(int(inv[k]) + 1 for k in run.empty)
 
@@ -258,5 +264,6 @@ class MEMoEResult:
     def __repr__(self) -> str:
         return (
             f"<MEMoEResult k={self.k} subjects={self.n_subjects} loglik={self.loglik:.4f} "
-            f"BIC={self.bic:.2f} converged={self.converged} starts at best={self.n_at_best}/{len(self.starts)}>"
+            f"BIC={self.bic:.2f} converged={self.converged} "
+            f"starts with this classification={self.n_same_partition}/{len(self.starts)}>"
         )

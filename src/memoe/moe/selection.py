@@ -41,7 +41,8 @@ def select_k(
     Returns
     -------
     pandas.DataFrame
-        Indexed by K: ``loglik, npar, AIC, BIC, ICL, entropy, min_class_share, n_at_best, converged``.
+        Indexed by K: ``loglik, npar, AIC, BIC, ICL, entropy, min_class_share, n_at_best, n_same_partition,
+        converged``.
         Smaller AIC / BIC / ICL is better; BIC uses log(number of subjects).
     dict, optional
         The fits (with ``return_fits=True``).
@@ -52,10 +53,11 @@ def select_k(
         model = MEMoE(formula, gating=gating, k=k, data=data, **model_kw)
         prev = previous if previous is not None and previous.k == k - 1 else None
         fit = model.fit(n_starts=n_starts, seed=seed, previous=prev, progress=progress, se=False)
-        rows[k] = {**fit.criteria().to_dict(), "n_at_best": fit.n_at_best, "converged": fit.converged}
+        rows[k] = {**fit.criteria().to_dict(), "n_at_best": fit.n_at_best, "n_same_partition": fit.n_same_partition,
+                   "converged": fit.converged}
         fits[k] = fit
         previous = fit
     table = pd.DataFrame.from_dict(rows, orient="index")
     table.index.name = "k"
-    table = table.astype({"npar": int, "n_at_best": int, "converged": bool})
+    table = table.astype({"npar": int, "n_at_best": int, "n_same_partition": int, "converged": bool})
     return (table, fits) if return_fits else table

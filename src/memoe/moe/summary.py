@@ -60,8 +60,10 @@ class MEMoESummary:
             + (f" ({fit.n_dropped} rows deleted due to missingness)" if fit.n_dropped else ""),
             "",
             " ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in self.criteria.items()),
-            f"EM: {fit.n_iter} iterations, converged={fit.converged}; {fit.n_at_best} of {len(fit.starts)} starts "
-            f"reached the best log-likelihood; max |score| {fit.inference.score_norm:.2e}",
+            f"EM: {fit.n_iter} iterations, converged={fit.converged}; max |score| {fit.inference.score_norm:.2e}",
+            f"Starts: {len(fit.starts)}; {fit.n_same_partition} ended with the selected classification (>= 99% "
+            f"MAP agreement), {fit.n_at_best} within 1e-3 of the best log-likelihood ({fit.n_polished} continued "
+            "to convergence, the others stopped after their short run)",
         ]
         if fit.empty_experts:
             lines.append(f"WARNING: expert(s) {fit.empty_experts} emptied during EM")

@@ -79,7 +79,7 @@ def test_select_k_table(sim2):
     table, fits = memoe.select_k(FORMULA, gating=GATING, data=sim2, ks=[1, 2, 3], n_starts=2, seed=1,
                                  return_fits=True, progress=False)
     assert list(table.index) == [1, 2, 3]
-    for col in ("loglik", "npar", "AIC", "BIC", "ICL", "entropy", "min_class_share", "n_at_best"):
+    for col in ("loglik", "npar", "AIC", "BIC", "ICL", "entropy", "min_class_share", "n_at_best", "n_same_partition"):
         assert col in table.columns
     assert table["BIC"].idxmin() == 2
     assert table.loc[1, "entropy"] == 1.0 and table.loc[1, "min_class_share"] == 1.0
@@ -137,3 +137,23 @@ def test_non_convergence_is_warned():
     with pytest.warns(ConvergenceWarning, match="EM did not converge"):
         fit = model.fit(n_starts=2, seed=1, progress=False, control=ctl, se=False)
     assert not fit.converged
+
+
+def test_partition_agreement_matches_labels():
+    from memoe.moe.multistart import partition_agreement
+
+    ref = np.eye(3)[[0, 0, 1, 1, 2, 2, 2, 0]]
+    relabelled = ref[:, [2, 0, 1]]
+    assert partition_agreement(relabelled, ref) == 1.0
+    one_off = relabelled.copy()
+    one_off[0] = relabelled[3]
+    assert partition_agreement(one_off, ref) == 7 / 8
+
+
+def test_start_record_counts(sim2_fit):
+    starts = sim2_fit.starts
+    assert sim2_fit.n_polished == int(starts["polished"].sum()) >= 1
+    assert sim2_fit.n_same_partition == int((starts["agreement"] >= 0.99).sum())
+    best = starts["gap"].abs().idxmin()
+    assert starts.loc[best, "agreement"] == 1.0
+    assert f"{sim2_fit.n_same_partition} ended with the selected classification" in str(sim2_fit.summary())
