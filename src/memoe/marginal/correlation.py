@@ -1,0 +1,312 @@
+"""Within-group residual correlation structures, as nlme's ``corStruct`` classes.
+
+Each structure maps an unconstrained parameter vector ``u`` to one correlation matrix per group;
+the optimiser works on ``u``, results are reported on nlme's natural scale (``Phi``, ``range``,
+``nugget``, ``cor(i,j)``, ``Rho``). A structure is declared by the user (``AR1(group="Mare")``) and
+*bound* to a fitted data set (:meth:`CorStruct.bind`), which precomputes the per-bucket lags or
+distances once so that the objective only exponentiates.
+
+Unconstrained scales (nlme's where it has one): AR(1) ``Phi = tanh(u / 2)``; CAR(1)
+``Phi = logistic(u)``; exponential ``range = exp(u1)``, ``nugget = logistic(u2)``; general
+(``Symm``) correlation through canonical partial correlations ``tanh(u)`` (always positive
+definite); compound symmetry ``Rho = lo + (1 - lo) logistic(u)`` with ``lo = -1 / (m - 1)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from memoe.errors import DataError
+from memoe.marginal.layout import GroupLayout
+
+__all__ = ["AR1", "CAR1", "BoundCorrelation", "CompSymm", "CorStruct", "Exp", "Symm"]
+
+
+def _logistic(u: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-u))
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.asarray(p, dtype=float)
+    return np.log(p) - np.log1p(-p)
+
+
+def _numeric_column(frame: pd.DataFrame, name: str, what: str) -> np.ndarray:
+    if name not in frame.columns:
+        raise DataError(f"unknown column {name!r} (used as the {what})")
+    col = frame[name]
+    if not pd.api.types.is_numeric_dtype(col) or col.dtype == bool:
+        raise DataError(f"column {name!r} (the {what}) must be numeric, it has dtype {col.dtype}")
+    return col.to_numpy(dtype=float)
+
+
+@dataclass(frozen=True)
+class BoundCorrelation:
+    """A correlation structure bound to the groups of one data set.
+
+    Attributes
+    ----------
+    structure : CorStruct
+    aux : list of numpy.ndarray
+        Per bucket, what the structure needs (lags, distances), broadcastable to (G, n, n).
+    names : list of str
+        Natural-scale parameter names.
+    m : int
+        Largest group size.
+    """
+
+    structure: CorStruct
+    aux: list[np.ndarray]
+    names: list[str]
+    m: int
+
+    @property
+    def size(self) -> int:
+        return len(self.names)
+
+    def blocks(self, u: np.ndarray) -> list[np.ndarray]:
+        """Per bucket, the correlation matrices, each (G, n, n) or broadcastable (1, n, n)."""
+        return [self.structure.correlation(u, a, self.m) for a in self.aux]
+
+    def natural(self, u: np.ndarray) -> pd.Series:
+        return pd.Series(self.structure.natural(u, self.m), index=self.names, dtype=float)
+
+    def starts(self) -> list[np.ndarray]:
+        """Candidate starting values (unconstrained); the model keeps the best."""
+        return self.structure.start_candidates(self.aux, self.m)
+
+
+class CorStruct:
+    """Base class: a correlation structure within groups of ``group``.
+
+    Attributes
+    ----------
+    group : str or None
+        Grouping column. ``None``: for ``lme`` the random-effects grouping factor; for ``gls`` the
+        whole data set is one group.
+    time : str or None
+        Time or distance column (``None``: visit order).
+    """
+
+    group: str | None = None
+    time: str | None = None
+    label = "correlation"
+
+    def columns(self) -> list[str]:
+        """Data columns the structure reads (besides the grouping column)."""
+        return [] if self.time is None else [self.time]
+
+    def formula(self, group: str | None) -> str:
+        lhs = self.time or "1"
+        return f"~{lhs} | {group}" if group else f"~{lhs}"
+
+    # -- to be provided by subclasses ---------------------------------------------------------
+    def param_names(self, m: int) -> list[str]:
+        raise NotImplementedError
+
+    def prepare(self, layout: GroupLayout, frame: pd.DataFrame) -> list[np.ndarray]:
+        """Per bucket: lags |j - k| of visit positions (the default, AR(1)-like structures)."""
+        out = []
+        for b in layout.buckets:
+            pos = np.arange(b.n, dtype=float)
+            out.append(np.abs(pos[:, None] - pos[None, :])[None, :, :])
+        return out
+
+    def correlation(self, u: np.ndarray, aux: np.ndarray, m: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def natural(self, u: np.ndarray, m: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def start_candidates(self, aux: list[np.ndarray], m: int) -> list[np.ndarray]:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------------------------------
+    def bind(self, layout: GroupLayout, frame: pd.DataFrame) -> BoundCorrelation:
+        """Precompute what the structure needs on ``layout``'s buckets."""
+        m = layout.max_size
+        aux = self.prepare(layout, frame)
+        return BoundCorrelation(structure=self, aux=aux, names=self.param_names(m), m=m)
+
+
+def _distances(layout: GroupLayout, frame: pd.DataFrame, time: str, what: str) -> list[np.ndarray]:
+    t = _numeric_column(frame, time, what)
+    if not np.all(np.isfinite(t)):
+        raise DataError(f"column {time!r} (the {what}) has non-finite values")
+    out = []
+    for b in layout.buckets:
+        tb = t[b.rows]
+        d = np.abs(tb[:, :, None] - tb[:, None, :])
+        off = ~np.eye(b.n, dtype=bool)
+        if b.n > 1 and np.any(d[:, off] == 0):
+            g = layout.levels[b.groups[np.flatnonzero(np.any(d[:, off] == 0, axis=1))[0]]]
+            raise DataError(f"column {time!r} (the {what}) has repeated values within group {g!r}")
+        out.append(d)
+    return out
+
+
+def _median_lag(aux: list[np.ndarray]) -> float:
+    vals = np.concatenate([a[a > 0].ravel() for a in aux] + [np.ones(1)])
+    return float(np.median(vals))
+
+
+@dataclass(frozen=True)
+class AR1(CorStruct):
+    """nlme's ``corAR1``: ``cor = Phi^|j - k|`` for the j-th and k-th visits of a group (visit order)."""
+
+    group: str | None = None
+
+    label = "AR(1)"
+
+    def param_names(self, m: int) -> list[str]:
+        return ["Phi"]
+
+    def correlation(self, u: np.ndarray, aux: np.ndarray, m: int) -> np.ndarray:
+        return np.power(np.tanh(u[0] / 2.0), aux)
+
+    def natural(self, u: np.ndarray, m: int) -> np.ndarray:
+        return np.array([np.tanh(u[0] / 2.0)])
+
+    def start_candidates(self, aux: list[np.ndarray], m: int) -> list[np.ndarray]:
+        return [np.array([2.0 * np.arctanh(p)]) for p in (0.0, 0.2, 0.4, 0.6, 0.8, -0.3)]
+
+
+@dataclass(frozen=True)
+class CAR1(CorStruct):
+    """nlme's ``corCAR1``: ``cor = Phi^|t_j - t_k|`` (continuous time, ``0 < Phi < 1``)."""
+
+    time: str
+    group: str | None = None
+
+    label = "Continuous AR(1)"
+
+    def param_names(self, m: int) -> list[str]:
+        return ["Phi"]
+
+    def prepare(self, layout: GroupLayout, frame: pd.DataFrame) -> list[np.ndarray]:
+        return _distances(layout, frame, self.time, "time of CAR1")
+
+    def correlation(self, u: np.ndarray, aux: np.ndarray, m: int) -> np.ndarray:
+        return np.power(_logistic(u[0]), aux)
+
+    def natural(self, u: np.ndarray, m: int) -> np.ndarray:
+        return np.array([_logistic(u[0])])
+
+    def start_candidates(self, aux: list[np.ndarray], m: int) -> list[np.ndarray]:
+        d = _median_lag(aux)
+        # Phi such that the correlation at the median lag is rho
+        return [np.array([_logit(rho ** (1.0 / d))]) for rho in (0.1, 0.3, 0.5, 0.7, 0.9, 0.97)]
+
+
+@dataclass(frozen=True)
+class Exp(CorStruct):
+    """nlme's ``corExp``: ``cor(d) = (1 - nugget) exp(-d / range)`` for ``d > 0`` (nugget 0 without one)."""
+
+    time: str
+    group: str | None = None
+    nugget: bool = False
+
+    label = "Exponential spatial correlation"
+
+    def param_names(self, m: int) -> list[str]:
+        return ["range", "nugget"] if self.nugget else ["range"]
+
+    def prepare(self, layout: GroupLayout, frame: pd.DataFrame) -> list[np.ndarray]:
+        return _distances(layout, frame, self.time, "distance covariate of Exp")
+
+    def correlation(self, u: np.ndarray, aux: np.ndarray, m: int) -> np.ndarray:
+        c = np.exp(-aux / np.exp(u[0]))
+        if self.nugget:
+            n = aux.shape[-1]
+            c = (1.0 - _logistic(u[1])) * c
+            c[..., np.arange(n), np.arange(n)] = 1.0
+        return c
+
+    def natural(self, u: np.ndarray, m: int) -> np.ndarray:
+        return np.array([np.exp(u[0]), _logistic(u[1])]) if self.nugget else np.array([np.exp(u[0])])
+
+    def start_candidates(self, aux: list[np.ndarray], m: int) -> list[np.ndarray]:
+        d = _median_lag(aux)
+        out = []
+        for rho in (0.2, 0.5, 0.8, 0.95):
+            r = np.log(-d / np.log(rho))
+            if self.nugget:
+                out.extend(np.array([r, _logit(nu)]) for nu in (0.05, 0.2, 0.5))
+            else:
+                out.append(np.array([r]))
+        return out
+
+
+def symm_matrix(u: np.ndarray, m: int) -> np.ndarray:
+    """Correlation matrix (m, m) from canonical partial correlations ``tanh(u)``.
+
+    ``u`` lists the pairs in nlme's order (1,2), (1,3), ..., (1,m), (2,3), ...; the Cholesky factor
+    is built row by row (Lewandowski, Kurowicka & Joe 2009), so any ``u`` gives a valid matrix.
+    """
+    z = np.zeros((m, m))
+    iu = np.triu_indices(m, 1)
+    z[iu] = np.tanh(u)
+    L = np.zeros((m, m))
+    L[0, 0] = 1.0
+    for i in range(1, m):
+        rest = 1.0
+        for j in range(i):
+            L[i, j] = z[j, i] * np.sqrt(rest)
+            rest -= L[i, j] ** 2
+        L[i, i] = np.sqrt(max(rest, 0.0))
+    return L @ L.T
+
+
+@dataclass(frozen=True)
+class Symm(CorStruct):
+    """nlme's ``corSymm``: a free correlation for every pair of visit positions (unstructured, MMRM)."""
+
+    group: str | None = None
+
+    label = "General"
+
+    def param_names(self, m: int) -> list[str]:
+        return [f"cor({i + 1},{j + 1})" for i, j in zip(*np.triu_indices(m, 1), strict=True)]
+
+    def correlation(self, u: np.ndarray, aux: np.ndarray, m: int) -> np.ndarray:
+        n = aux.shape[-1]
+        # visits are positions 0 .. n - 1 of the group, so a group of n rows uses the leading block
+        return symm_matrix(u, m)[None, :n, :n]
+
+    def natural(self, u: np.ndarray, m: int) -> np.ndarray:
+        return symm_matrix(u, m)[np.triu_indices(m, 1)]
+
+    def start_candidates(self, aux: list[np.ndarray], m: int) -> list[np.ndarray]:
+        k = m * (m - 1) // 2
+        return [np.zeros(k), np.full(k, 0.3), np.full(k, 0.7)]
+
+
+@dataclass(frozen=True)
+class CompSymm(CorStruct):
+    """nlme's ``corCompSymm``: the same correlation ``Rho`` between any two visits of a group."""
+
+    group: str | None = None
+
+    label = "Compound symmetry"
+
+    def param_names(self, m: int) -> list[str]:
+        return ["Rho"]
+
+    @staticmethod
+    def _rho(u: np.ndarray, m: int) -> float:
+        lo = -1.0 / (m - 1) if m > 1 else -1.0
+        return float(lo + (1.0 - lo) * _logistic(u[0]))
+
+    def correlation(self, u: np.ndarray, aux: np.ndarray, m: int) -> np.ndarray:
+        rho = self._rho(u, m)
+        return np.where(aux == 0, 1.0, rho)
+
+    def natural(self, u: np.ndarray, m: int) -> np.ndarray:
+        return np.array([self._rho(u, m)])
+
+    def start_candidates(self, aux: list[np.ndarray], m: int) -> list[np.ndarray]:
+        lo = -1.0 / (m - 1) if m > 1 else -1.0
+        return [np.array([_logit((r - lo) / (1.0 - lo))]) for r in (0.0, 0.2, 0.5, 0.8)]

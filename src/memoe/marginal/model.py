@@ -1,0 +1,234 @@
+"""``gls`` and ``lme``: linear models with residual correlation / variance structures (nlme's).
+
+Stages, as for :func:`memoe.lmm`: the formula and data go through memoe's formula parser and design
+builders (fixed part by formulaic, bar terms by :mod:`memoe.design.random`); the rows are grouped
+by subject and the groups by size (:mod:`memoe.marginal.layout`); the structures are bound to the
+groups; :class:`~memoe.marginal.problem.MarginalProblem` is the profiled (RE)ML objective;
+BOBYQA (:func:`memoe.optim.minimize_bounded`) minimises it; :class:`MarginalResult` is frozen.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+
+import numpy as np
+import pandas as pd
+
+from memoe.covariance import ThetaMap
+from memoe.design import Design, make_grouping_factor
+from memoe.design.fixed import build_fixed
+from memoe.design.frame import build_frame, numeric_response
+from memoe.design.random import build_random
+from memoe.errors import ConvergenceWarning, DataError, FormulaError
+from memoe.formula.parse import parse_formula
+from memoe.marginal.correlation import CorStruct
+from memoe.marginal.layout import GroupLayout, make_layout
+from memoe.marginal.problem import MarginalProblem
+from memoe.marginal.result import MarginalResult
+from memoe.marginal.variance import VarIdent
+from memoe.optim import minimize_bounded
+
+__all__ = ["GLS", "LME", "gls", "lme"]
+
+
+def _empty_theta_map() -> ThetaMap:
+    e = np.zeros(0, dtype=int)
+    return ThetaMap(block=e, row=e, col=e, block_sizes=(), names=[])
+
+
+class _MarginalModel:
+    """Shared machinery of :class:`GLS` and :class:`LME` (not public)."""
+
+    kind = "gls"
+
+    def __init__(
+        self,
+        formula: str,
+        data: pd.DataFrame,
+        correlation: CorStruct | None = None,
+        weights: VarIdent | None = None,
+    ) -> None:
+        if correlation is not None and not isinstance(correlation, CorStruct):
+            raise TypeError(f"correlation must be a memoe.marginal structure such as AR1(), got {correlation!r}")
+        if weights is not None and not isinstance(weights, VarIdent):
+            raise TypeError(f"weights must be a memoe.marginal variance function such as VarIdent(by), got {weights!r}")
+        self.formula = formula
+        self.correlation = correlation
+        self.weights = weights
+        spec = parse_formula(formula)
+        if self.kind == "gls" and spec.random:
+            raise FormulaError(f"gls formula {formula!r} has random-effects terms; use memoe.marginal.lme")
+        if self.kind == "lme" and not spec.random:
+            raise FormulaError(f"lme formula {formula!r} has no random-effects term such as (1 | group)")
+        extra: list[str] = []
+        if correlation is not None:
+            extra += correlation.columns() + ([correlation.group] if correlation.group else [])
+        if weights is not None:
+            extra += weights.columns()
+        for c in extra:
+            if isinstance(data, pd.DataFrame) and c not in data.columns:
+                raise DataError(
+                    f"unknown column {c!r} (used by the residual structure); the data have {list(data.columns)[:12]}"
+                )
+        frame = build_frame(spec, data, extra=list(dict.fromkeys(extra)))
+        y = numeric_response(frame.data, spec.response)
+        if not np.all(np.isfinite(y)):
+            raise DataError(f"response {spec.response!r} has {int((~np.isfinite(y)).sum())} non-finite values")
+        fixed = build_fixed(spec.fixed, frame.data)
+        n = len(y)
+        if spec.random:
+            terms, blocks, theta_map = build_random(spec.random, frame.data, n)
+            if len(blocks) != 1:
+                names = [b.factor.name for b in blocks]
+                raise FormulaError(
+                    f"lme with a residual structure supports one grouping factor; formula {formula!r} has {names}"
+                )
+        else:
+            terms, blocks, theta_map = [], [], _empty_theta_map()
+        self.design = Design(spec=spec, frame=frame, y=y, fixed=fixed, terms=terms, blocks=blocks, theta_map=theta_map)
+        self.layout = self._layout(frame.data)
+        cor = None if correlation is None else correlation.bind(self.layout, frame.data)
+        var = None if weights is None else weights.bind(frame.data)
+        self.problem = MarginalProblem(
+            y,
+            fixed.X,
+            self.layout,
+            Z=blocks[0].Z if blocks else None,
+            theta_map=theta_map if blocks else None,
+            cor=cor,
+            var=var,
+        )
+
+    def _layout(self, frame: pd.DataFrame) -> GroupLayout:
+        d = self.design
+        group = None if self.correlation is None else self.correlation.group
+        if d.blocks:
+            f = d.blocks[0].factor
+            if group is not None and group != f.name:
+                raise FormulaError(
+                    f"the correlation structure's group {group!r} differs from the random-effects grouping "
+                    f"factor {f.name!r}; nlme's lme needs the residual structure within the innermost groups"
+                )
+            return make_layout(f.codes, f.levels, f.name)
+        n = d.n
+        if self.correlation is None:
+            # independent residuals: every row is a group of one (a diagonal W)
+            return make_layout(np.arange(n), pd.RangeIndex(n), None)
+        if group is None:
+            return make_layout(np.zeros(n, dtype=np.int64), pd.Index(["all"]), None)
+        f = make_grouping_factor(frame, (group,))
+        return make_layout(f.codes, f.levels, group)
+
+    # -- fitting ---------------------------------------------------------------------------------
+    def _theta_start(self, reml: bool) -> np.ndarray:
+        if not self.design.blocks:
+            return np.zeros(0)
+        from memoe.lmm import lmm
+
+        # the independent-residual fit of the same random effects: theta on the same relative scale
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fit0 = lmm(self.formula, self.design.frame.data).fit(reml=reml, warn=False)
+        return np.asarray(fit0.theta, dtype=float)
+
+    def start(self, reml: bool = True) -> np.ndarray:
+        """Starting parameter vector: the best of a few correlation values around the independence fit."""
+        P = self.problem
+        theta0 = self._theta_start(reml)
+        v0 = np.zeros(P.n_var) if P.var is None else P.var.start()
+        cands = [np.zeros(0)] if P.cor is None else P.cor.starts()
+        best, best_f = None, np.inf
+        for u in cands:
+            x = np.concatenate([theta0, u, v0])
+            f = P.deviance(x, reml)
+            if f < best_f:
+                best, best_f = x, f
+        if best is None:
+            raise DataError("no starting value gives a positive-definite marginal covariance")
+        return best
+
+    def fit(self, reml: bool = True, start: np.ndarray | None = None) -> MarginalResult:
+        """Estimate the covariance parameters by ML or REML (beta and sigma^2 profiled out).
+
+        Parameters
+        ----------
+        reml : bool, default True
+            nlme's default ``method = "REML"``.
+        start : array-like, optional
+            [theta, correlation u, variance u] on the unconstrained scale.
+
+        Returns
+        -------
+        MarginalResult
+        """
+        t0 = time.perf_counter()
+        P = self.problem
+        x0 = self.start(reml) if start is None else np.asarray(start, dtype=float)
+
+        def f(x: np.ndarray) -> float:
+            return P.deviance(x, reml)
+
+        lower = P.lower_bounds
+        opt = minimize_bounded(f, x0, lower, initial_step=0.25 if P.size else None)
+        # a restart from the optimum (as lme4 does at the boundary) guards against BOBYQA stopping
+        # on a poorly conditioned interpolation model
+        opt2 = minimize_bounded(f, opt.x, lower, initial_step=0.05 if P.size else None)
+        x = opt2.x if opt2.fmin <= opt.fmin else opt.x
+        messages = []
+        if opt.return_code < 0 or opt2.return_code < 0:
+            messages.append(f"optimiser stopped: {opt.message} / {opt2.message}")
+            warnings.warn(f"{self.kind}: {messages[-1]}", ConvergenceWarning, stacklevel=2)
+        sol = P.solve(x, reml)
+        return MarginalResult(
+            model=self,
+            solution=sol,
+            reml=reml,
+            feval=opt.feval + opt2.feval,
+            seconds=time.perf_counter() - t0,
+            messages=messages,
+        )
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.formula!r}, correlation={self.correlation!r}, weights={self.weights!r})"
+
+
+class GLS(_MarginalModel):
+    """Generalised least squares with a residual correlation structure and variance function (nlme's ``gls``)."""
+
+    kind = "gls"
+
+
+class LME(_MarginalModel):
+    """Linear mixed model with one grouping factor and a residual structure (nlme's ``lme``)."""
+
+    kind = "lme"
+
+
+def gls(formula: str, data: pd.DataFrame, correlation: CorStruct | None = None, weights: VarIdent | None = None) -> GLS:
+    """nlme's ``gls``: ``y ~ fixed`` with correlated and/or heteroscedastic residuals.
+
+    Parameters
+    ----------
+    formula : str
+        Fixed part only (formulaic syntax, R's coefficient names).
+    data : pandas.DataFrame
+    correlation : CorStruct, optional
+        ``AR1``, ``CAR1``, ``Exp``, ``Symm`` or ``CompSymm`` (with its ``group``; no group = the whole
+        data set is one group).
+    weights : VarIdent, optional
+
+    Returns
+    -------
+    GLS
+        Call ``.fit(reml=True)``.
+    """
+    return GLS(formula, data, correlation=correlation, weights=weights)
+
+
+def lme(formula: str, data: pd.DataFrame, correlation: CorStruct | None = None, weights: VarIdent | None = None) -> LME:
+    """nlme's ``lme`` with random effects in lme4 syntax, e.g. ``"y ~ t + (1 | id)"``, and a residual structure.
+
+    The residual structure acts within the groups of the (single) random-effects grouping factor.
+    """
+    return LME(formula, data, correlation=correlation, weights=weights)

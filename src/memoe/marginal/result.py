@@ -1,0 +1,258 @@
+"""The frozen result of a ``gls`` / ``lme`` fit with residual structures (nlme's ``gls`` / ``lme`` objects)."""
+
+from __future__ import annotations
+
+import math
+from functools import cached_property
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from memoe.marginal.problem import MarginalSolution
+
+__all__ = ["MarginalResult"]
+
+
+class MarginalResult:
+    """A fitted ``gls`` or ``lme`` model with residual correlation / variance structures.
+
+    Attributes
+    ----------
+    model : GLS or LME
+    design : memoe.design.Design
+    reml : bool
+    feval : int
+        Objective evaluations.
+    seconds : float
+        Fit time.
+    messages : list of str
+    """
+
+    def __init__(
+        self, model, solution: MarginalSolution, reml: bool, feval: int, seconds: float, messages: list[str]
+    ) -> None:
+        self.model = model
+        self.design = model.design
+        self.reml = bool(reml)
+        self.feval = int(feval)
+        self.seconds = float(seconds)
+        self.messages = list(messages)
+        self._s = solution
+
+    # ------------------------------------------------------------------ parameters
+    @property
+    def kind(self) -> str:
+        return self.model.kind
+
+    @property
+    def method(self) -> str:
+        return "REML" if self.reml else "ML"
+
+    @property
+    def converged(self) -> bool:
+        return not self.messages
+
+    @property
+    def params_unconstrained(self) -> np.ndarray:
+        """The optimised vector [theta, correlation u, variance u]."""
+        return self._s.params.copy()
+
+    @property
+    def fixef(self) -> pd.Series:
+        return pd.Series(self._s.beta, index=self.design.fixef_names, name="fixef")
+
+    @property
+    def sigma(self) -> float:
+        """Residual SD (of the reference stratum when there is a variance function)."""
+        return self._s.sigma
+
+    @cached_property
+    def vcov(self) -> pd.DataFrame:
+        """sigma^2 (X' W^{-1} X)^{-1}, as nlme's ``vcov``.
+
+        nlme's ``gls`` scales by the residual variance with N - p in the denominator even for ML fits
+        (``varBeta`` is computed from the REML-type estimate; the printed sigma is the ML one), so
+        ML ``gls`` standard errors are sqrt(N / (N - p)) times the plug-in ones. ``lme`` ML fits use
+        the ML sigma.
+        """
+        names = self.design.fixef_names
+        s2 = self.sigma**2
+        if self.kind == "gls" and not self.reml:
+            s2 *= self.nobs / (self.nobs - self.design.p)
+        return pd.DataFrame(s2 * self._s.vcov_unscaled, index=names, columns=names)
+
+    def bse(self) -> pd.Series:
+        return pd.Series(np.sqrt(np.diag(self.vcov.to_numpy())), index=self.design.fixef_names, name="Std.Error")
+
+    @property
+    def theta(self) -> pd.Series:
+        """lme4's theta (relative Cholesky factor of the random-effects covariance, column-wise)."""
+        P = self.model.problem
+        theta, _, _ = P.split(self._s.params)
+        return pd.Series(theta, index=self.design.theta_map.names, dtype=float)
+
+    @cached_property
+    def cor_params(self) -> pd.Series:
+        """Correlation parameters on nlme's natural scale (``Phi``, ``range``/``nugget``, ``cor(i,j)``, ``Rho``)."""
+        P = self.model.problem
+        if P.cor is None:
+            return pd.Series(dtype=float)
+        _, u, _ = P.split(self._s.params)
+        return P.cor.natural(u)
+
+    @cached_property
+    def var_params(self) -> pd.Series:
+        """SD ratios per stratum (reference stratum 1), as nlme's ``coef(varStruct, unconstrained = FALSE)``."""
+        P = self.model.problem
+        if P.var is None:
+            return pd.Series(dtype=float)
+        _, _, v = P.split(self._s.params)
+        return P.var.natural(v)
+
+    @cached_property
+    def ranef_cov(self) -> pd.DataFrame:
+        """Covariance of the random effects, sigma^2 D (nlme's Psi)."""
+        cols = list(self.design.blocks[0].columns) if self.design.blocks else []
+        return pd.DataFrame(self.sigma**2 * self._s.D, index=cols, columns=cols)
+
+    @cached_property
+    def varcorr(self) -> pd.DataFrame:
+        """Variance components in the layout of lme4's ``as.data.frame(VarCorr(fit))``.
+
+        Columns ``grp, var1, var2, vcov, sdcor``; the residual row last (its SD is sigma).
+        """
+        rows = []
+        if self.design.blocks:
+            grp = self.design.blocks[0].factor.name
+            cov = self.ranef_cov.to_numpy()
+            cols = list(self.ranef_cov.columns)
+            sd = np.sqrt(np.diag(cov))
+            for i, c in enumerate(cols):
+                rows.append((grp, c, None, cov[i, i], sd[i]))
+            for j in range(len(cols)):
+                for i in range(j + 1, len(cols)):
+                    denom = sd[i] * sd[j]
+                    rows.append((grp, cols[j], cols[i], cov[i, j], cov[i, j] / denom if denom > 0 else np.nan))
+        rows.append(("Residual", None, None, self.sigma**2, self.sigma))
+        return pd.DataFrame(rows, columns=["grp", "var1", "var2", "vcov", "sdcor"])
+
+    @cached_property
+    def ranef(self) -> pd.DataFrame:
+        """BLUPs D Z_i' W_i^{-1} (y_i - X_i beta): DataFrame levels x terms (empty for ``gls``)."""
+        if not self.design.blocks:
+            return pd.DataFrame()
+        blk = self.design.blocks[0]
+        return pd.DataFrame(
+            self._s.b, index=pd.Index(blk.factor.levels, name=blk.factor.name), columns=list(blk.columns)
+        )
+
+    # ------------------------------------------------------------------ fit statistics
+    @property
+    def nobs(self) -> int:
+        return self.design.n
+
+    @property
+    def n_dropped(self) -> int:
+        return self.design.frame.n_dropped
+
+    @property
+    def ngroups(self) -> int:
+        return self.model.layout.ngroups
+
+    @property
+    def df_model(self) -> int:
+        """Number of estimated parameters: fixed effects, theta, correlation, variance, sigma."""
+        return self.design.p + self.model.problem.size + 1
+
+    @property
+    def loglik(self) -> float:
+        """Log-likelihood (REML log-likelihood for REML fits, with nlme's constants)."""
+        return -0.5 * self._s.deviance
+
+    @property
+    def aic(self) -> float:
+        return -2.0 * self.loglik + 2.0 * self.df_model
+
+    @property
+    def bic(self) -> float:
+        """nlme's BIC: log(N - p) for REML fits, log(N) for ML fits."""
+        n_eff = self.nobs - self.design.p if self.reml else self.nobs
+        return -2.0 * self.loglik + math.log(n_eff) * self.df_model
+
+    # ------------------------------------------------------------------ per-row values
+    def _align(self, values: np.ndarray, name: str) -> pd.Series:
+        frame = self.design.frame
+        if frame.n_dropped == 0:
+            return pd.Series(values, index=frame.index, name=name)
+        full = np.full(len(frame.index), np.nan)
+        full[frame.row_mask] = values
+        return pd.Series(full, index=frame.index, name=name)
+
+    @property
+    def fitted(self) -> pd.Series:
+        """Fitted values: conditional on the BLUPs for ``lme`` (nlme's innermost level), X beta for ``gls``."""
+        return self._align(self._s.fitted_conditional, "fitted")
+
+    @property
+    def resid(self) -> pd.Series:
+        return self._align(self.design.y - self._s.fitted_conditional, "resid")
+
+    @property
+    def fitted_marginal(self) -> pd.Series:
+        """Population-level fitted values X beta (nlme's level 0)."""
+        return self._align(self._s.fitted_marginal, "fitted_marginal")
+
+    @property
+    def resid_marginal(self) -> pd.Series:
+        return self._align(self.design.y - self._s.fitted_marginal, "resid_marginal")
+
+    @property
+    def resid_pearson(self) -> pd.Series:
+        """Residuals divided by their SD sigma * s (nlme's ``type = "pearson"``)."""
+        r = self.design.y - self._s.fitted_conditional
+        return self._align(r / (self.sigma * self._s.ratios), "resid_pearson")
+
+    # ------------------------------------------------------------------ tables
+    @cached_property
+    def df_coef(self) -> np.ndarray:
+        """Denominator df per coefficient: N - p for ``gls``, nlme's containment df for ``lme``."""
+        if not self.design.blocks:
+            return np.full(self.design.p, float(self.nobs - self.design.p))
+        from memoe.inference.containment import containment_df
+        from memoe.inference.terms import fixed_terms
+
+        shim = SimpleNamespace(design=self.design)
+        return containment_df(shim, fixed_terms(shim)).coef
+
+    def coef_table(self) -> pd.DataFrame:
+        """Estimate, Std.Error, df, t-value, p-value (two-sided t), as nlme's ``summary(fit)$tTable``.
+
+        The df are N - p for ``gls`` and nlme's containment df for ``lme``. For ``lme`` ML fits the
+        standard errors carry nlme's factor sqrt(N / (N - p)) (as ``summary.lme``).
+        """
+        est = self.fixef.to_numpy()
+        se = self.bse().to_numpy()
+        if self.kind == "lme" and not self.reml:
+            # nlme's summary.lme inflates ML standard errors by sqrt(N / (N - p)) in the t table
+            # (vcov(fit) is not inflated); gls ML has the factor in vcov already
+            se = se * math.sqrt(self.nobs / (self.nobs - self.design.p))
+        t = est / se
+        df = self.df_coef
+        p = 2.0 * stats.t.sf(np.abs(t), df)
+        return pd.DataFrame(
+            {"Estimate": est, "Std.Error": se, "df": df, "t-value": t, "p-value": p}, index=self.design.fixef_names
+        )
+
+    def summary(self):
+        """nlme's ``print(summary(fit))`` layout (an object whose ``str`` is the text)."""
+        from memoe.marginal.summary import MarginalSummary
+
+        return MarginalSummary(self)
+
+    def __repr__(self) -> str:
+        return (
+            f"<MarginalResult {self.kind} {self.method}: {self.model.formula!r}, loglik={self.loglik:.4f}, "
+            f"nobs={self.nobs}>"
+        )
