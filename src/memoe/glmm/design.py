@@ -1,0 +1,162 @@
+"""The GLMM design: lme4's two-column binomial response, prior weights and offset on top of
+:func:`memoe.design.build_design`'s pieces (frame, fixed design, random-effects blocks).
+
+``cbind(successes, failures)`` is read here because formulaic would treat it as a function of the
+data; everything else goes through the LMM's formula and design stages unchanged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from memoe.design import Design
+from memoe.design.fixed import build_fixed
+from memoe.design.frame import build_frame, formula_variables, numeric_response
+from memoe.design.random import build_random
+from memoe.errors import DataError, FormulaError
+from memoe.formula.parse import parse_formula, split_top_level
+from memoe.glmm.families import Family
+
+__all__ = ["GlmmDesign", "build_glmm_design", "split_cbind"]
+
+_CBIND = re.compile(r"^cbind\s*\((.*)\)$", re.DOTALL)
+_NAME = re.compile(r"^[A-Za-z_.][A-Za-z0-9_.]*$")
+
+
+@dataclass(frozen=True)
+class GlmmDesign:
+    """Numeric inputs of a GLMM after R's ``family$initialize``.
+
+    Attributes
+    ----------
+    design : memoe.design.Design
+        Frame, fixed design, random-effects blocks and theta map (``design.y`` is the proportion
+        or count response ``y``).
+    y : numpy.ndarray, shape (n,)
+        Response as R's ``glmResp`` stores it (proportions for binomial).
+    wt : numpy.ndarray, shape (n,)
+        Prior weights times the binomial trials (R's ``weights`` after ``initialize``).
+    n : numpy.ndarray, shape (n,)
+        Binomial trials (ones for 0/1 responses and for Poisson).
+    offset : numpy.ndarray, shape (n,)
+    prior_weights : numpy.ndarray, shape (n,)
+    binomial_matrix : bool
+        The response was ``cbind(successes, failures)``.
+    """
+
+    design: Design
+    y: np.ndarray
+    wt: np.ndarray
+    n: np.ndarray
+    offset: np.ndarray
+    prior_weights: np.ndarray
+    binomial_matrix: bool
+
+
+def split_cbind(response: str) -> tuple[str, str] | None:
+    """``cbind(a, b)`` -> ``("a", "b")``; ``None`` for any other response.
+
+    Raises
+    ------
+    FormulaError
+        ``cbind`` with other than two arguments.
+    """
+    m = _CBIND.match(response.strip())
+    if not m:
+        return None
+    parts = [p for sep, p in split_top_level(m.group(1), ",", response)]
+    if len(parts) != 2 or not all(p.strip() for p in parts):
+        raise FormulaError(
+            f"response {response!r}: cbind() needs exactly two columns, cbind(successes, failures)"
+        )
+    return parts[0].strip(), parts[1].strip()
+
+
+def _as_expr(expr: str) -> str:
+    """A response expression formulaic evaluates arithmetically (``size - k`` -> ``I(size - k)``)."""
+    return expr if _NAME.match(expr) else f"I({expr})"
+
+
+def _vector_arg(value, data: pd.DataFrame, what: str) -> tuple[np.ndarray | None, str | None]:
+    """``weights=`` / ``offset=``: a column name or an array aligned with ``data``'s rows."""
+    if value is None:
+        return None, None
+    if isinstance(value, str):
+        if value not in data.columns:
+            raise DataError(f"{what} column {value!r} is not in the data")
+        return None, value
+    arr = np.asarray(value, dtype=float).ravel()
+    if arr.shape != (len(data),):
+        raise DataError(f"{what} must have one value per data row ({len(data)}), got shape {arr.shape}")
+    return arr, None
+
+
+def build_glmm_design(
+    formula: str,
+    data: pd.DataFrame,
+    family: Family,
+    weights=None,
+    offset=None,
+) -> GlmmDesign:
+    """Parse the formula, build the design and the family's response vectors.
+
+    Parameters
+    ----------
+    formula : str
+        lme4 syntax; the response may be ``cbind(successes, failures)`` (binomial).
+    data : pandas.DataFrame
+    family : Family
+    weights, offset : str or array-like, optional
+        A column of ``data`` or one value per row of ``data``.
+
+    Raises
+    ------
+    FormulaError, DataError, IdentifiabilityError
+    """
+    spec = parse_formula(formula)
+    if not spec.random:
+        raise FormulaError(
+            f"formula {spec.text!r} has no random-effects term such as (1 | group); a GLMM needs at least one"
+        )
+    if not isinstance(data, pd.DataFrame):
+        raise DataError(f"data must be a pandas DataFrame, got {type(data).__name__}")
+    pair = split_cbind(spec.response)
+    exprs = [_as_expr(e) for e in pair] if pair else [spec.response]
+    w_arr, w_col = _vector_arg(weights, data, "weights")
+    o_arr, o_col = _vector_arg(offset, data, "offset")
+    # the frame only needs the response's variables; a '+' of the two parts names all of them
+    frame_spec = dataclasses.replace(spec, response=" + ".join(exprs))
+    extra = [c for c in (w_col, o_col) if c is not None]
+    for e in exprs:
+        formula_variables(f"{e} ~ 1", "the response")
+    frame = build_frame(frame_spec, data, extra=extra)
+    fd = frame.data
+    mask = frame.row_mask
+    values = [numeric_response(fd, e) for e in exprs]
+    for e, v in zip(exprs, values, strict=True):
+        if not np.all(np.isfinite(v)):
+            raise DataError(f"response {e!r} has {int((~np.isfinite(v)).sum())} non-finite values")
+    prior = np.ones(len(fd)) if weights is None else (
+        fd[w_col].to_numpy(dtype=float) if w_col else w_arr[mask]
+    )
+    off = np.zeros(len(fd)) if offset is None else (fd[o_col].to_numpy(dtype=float) if o_col else o_arr[mask])
+    if not np.all(np.isfinite(prior)) or np.any(prior < 0):
+        raise DataError("weights must be finite and non-negative")
+    if not np.all(np.isfinite(off)):
+        raise DataError("offset must be finite")
+    if pair:
+        succ, fail = values
+        y, wt, n = family.prepare(succ, prior, succ + fail, spec.response)
+    else:
+        y, wt, n = family.prepare(values[0], prior, None, spec.response)
+    fixed = build_fixed(spec.fixed, fd)
+    terms, blocks, theta_map = build_random(spec.random, fd, len(y))
+    design = Design(spec=spec, frame=frame, y=y, fixed=fixed, terms=terms, blocks=blocks, theta_map=theta_map)
+    return GlmmDesign(
+        design=design, y=y, wt=wt, n=n, offset=off, prior_weights=prior, binomial_matrix=pair is not None
+    )

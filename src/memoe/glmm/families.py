@@ -1,0 +1,286 @@
+"""Response families and link functions for GLMMs (R's ``binomial()`` and ``poisson()``).
+
+A :class:`Family` owns everything PIRLS and the likelihood need from the response distribution:
+the link (``linkfun``, ``linkinv``, ``mu_eta``), the variance function, the unit deviances
+(``dev_resids``), the log-likelihood with its normalising constants (R's ``family$aic``), the
+starting values (``family$initialize``) and the checks on the response.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import special
+
+from memoe.errors import DataError, MemoeError, MemoeWarning
+
+__all__ = [
+    "Binomial",
+    "Family",
+    "Link",
+    "NonIntegerResponseWarning",
+    "Poisson",
+    "get_family",
+    "get_link",
+]
+
+# R's THRESH / MTHRESH and DBL_EPSILON in family.c: keep mu strictly inside (0, 1)
+_EPS = np.finfo(float).eps
+_THRESH = 30.0
+
+
+class NonIntegerResponseWarning(MemoeWarning):
+    """Counts (Poisson) or numbers of successes (binomial) are not whole numbers, as R warns."""
+
+
+@dataclass(frozen=True)
+class Link:
+    """A link function ``eta = g(mu)`` with its inverse and ``d mu / d eta``.
+
+    Attributes
+    ----------
+    name : str
+        R's name (``logit``, ``probit``, ``cloglog``, ``log``, ``identity``).
+    """
+
+    name: str
+
+    def linkfun(self, mu: np.ndarray) -> np.ndarray:
+        """``eta = g(mu)``."""
+        if self.name == "logit":
+            return special.logit(mu)
+        if self.name == "probit":
+            return special.ndtri(mu)
+        if self.name == "cloglog":
+            return np.log(-np.log1p(-mu))
+        if self.name == "log":
+            return np.log(mu)
+        return np.asarray(mu, dtype=float)
+
+    def linkinv(self, eta: np.ndarray) -> np.ndarray:
+        """``mu = g^-1(eta)``, kept inside the family's domain as R's C code does."""
+        if self.name == "logit":
+            return special.expit(eta)
+        if self.name == "probit":
+            thresh = -special.ndtri(_EPS)
+            return special.ndtr(np.clip(eta, -thresh, thresh))
+        if self.name == "cloglog":
+            return np.clip(-np.expm1(-np.exp(eta)), _EPS, 1 - _EPS)
+        if self.name == "log":
+            return np.maximum(np.exp(eta), _EPS)
+        return np.asarray(eta, dtype=float)
+
+    def mu_eta(self, eta: np.ndarray) -> np.ndarray:
+        """``d mu / d eta``."""
+        if self.name == "logit":
+            e = np.exp(-np.abs(eta))
+            return np.where(np.abs(eta) > _THRESH, _EPS, e / (1.0 + e) ** 2)
+        if self.name == "probit":
+            return np.maximum(np.exp(-0.5 * eta * eta) / np.sqrt(2 * np.pi), _EPS)
+        if self.name == "cloglog":
+            eta = np.minimum(eta, 700.0)
+            return np.maximum(np.exp(eta) * np.exp(-np.exp(eta)), _EPS)
+        if self.name == "log":
+            return np.maximum(np.exp(eta), _EPS)
+        return np.ones_like(np.asarray(eta, dtype=float))
+
+
+_LINKS = ("logit", "probit", "cloglog", "log", "identity")
+
+
+def get_link(name: str | Link) -> Link:
+    """A :class:`Link` by R's name."""
+    if isinstance(name, Link):
+        return name
+    if name not in _LINKS:
+        raise MemoeError(f"unknown link {name!r}; available: {', '.join(_LINKS)}")
+    return Link(name)
+
+
+def _ylogy(y: np.ndarray, mu: np.ndarray) -> np.ndarray:
+    """``y log(y / mu)`` with the limit 0 at ``y = 0``."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(y > 0, y * np.log(y / mu), 0.0)
+
+
+@dataclass(frozen=True)
+class Family:
+    """Base class of the response families (R's ``family`` object).
+
+    Subclasses implement :meth:`variance`, :meth:`dev_resids`, :meth:`loglik`,
+    :meth:`mustart` and :meth:`prepare`.
+    """
+
+    link: Link
+    name: str = "family"
+    #: links R accepts for the family
+    allowed_links: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.allowed_links and self.link.name not in self.allowed_links:
+            raise MemoeError(
+                f"link {self.link.name!r} is not available for the {self.name} family; "
+                f"use one of {', '.join(self.allowed_links)}"
+            )
+
+    # the link, delegated so that PIRLS talks to one object
+    def linkfun(self, mu: np.ndarray) -> np.ndarray:
+        return self.link.linkfun(mu)
+
+    def linkinv(self, eta: np.ndarray) -> np.ndarray:
+        return self.link.linkinv(eta)
+
+    def mu_eta(self, eta: np.ndarray) -> np.ndarray:
+        return self.link.mu_eta(eta)
+
+    def variance(self, mu: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def dev_resids(self, y: np.ndarray, mu: np.ndarray, wt: np.ndarray) -> np.ndarray:  # pragma: no cover
+        """Unit deviances ``d_i`` (squared deviance residuals), shape (n,)."""
+        raise NotImplementedError
+
+    def loglik(self, y: np.ndarray, mu: np.ndarray, wt: np.ndarray, n: np.ndarray) -> float:  # pragma: no cover
+        """Log-likelihood with normalising constants (``-family$aic(...) / 2`` in R)."""
+        raise NotImplementedError
+
+    def mustart(self, y: np.ndarray, wt: np.ndarray, n: np.ndarray) -> np.ndarray:  # pragma: no cover
+        raise NotImplementedError
+
+    def prepare(self, y: np.ndarray, weights: np.ndarray, trials: np.ndarray | None, response: str):
+        """Check the response and return ``(y, wt, n)`` as R's ``family$initialize`` leaves them."""
+        raise NotImplementedError  # pragma: no cover
+
+    def __str__(self) -> str:
+        return f"{self.name} ( {self.link.name} )"
+
+
+@dataclass(frozen=True)
+class Binomial(Family):
+    """Binomial family, R's ``binomial(link = "logit")``.
+
+    The response is a proportion ``y`` with weights ``wt`` = prior weights x trials. ``n`` holds the
+    trials for ``cbind(successes, failures)`` responses and ones for 0/1 (or proportion) responses.
+    """
+
+    link: Link = Link("logit")
+    name: str = "binomial"
+    allowed_links: tuple[str, ...] = ("logit", "probit", "cloglog", "log")
+
+    def variance(self, mu: np.ndarray) -> np.ndarray:
+        return mu * (1.0 - mu)
+
+    def dev_resids(self, y: np.ndarray, mu: np.ndarray, wt: np.ndarray) -> np.ndarray:
+        return 2.0 * wt * (_ylogy(y, mu) + _ylogy(1.0 - y, 1.0 - mu))
+
+    def loglik(self, y: np.ndarray, mu: np.ndarray, wt: np.ndarray, n: np.ndarray) -> float:
+        # R's binomial()$aic: m = n if any n > 1 else wt; sum (wt/m) dbinom(round(m y), round(m), mu, log)
+        m = n if np.any(n > 1) else wt
+        k, size = np.round(m * y), np.round(m)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            f = np.where(m > 0, wt / m, 0.0)
+            lchoose = special.gammaln(size + 1) - special.gammaln(k + 1) - special.gammaln(size - k + 1)
+            ll = lchoose + special.xlogy(k, mu) + special.xlog1py(size - k, -mu)
+        return float(np.sum(np.where(f > 0, f * ll, 0.0)))
+
+    def mustart(self, y: np.ndarray, wt: np.ndarray, n: np.ndarray) -> np.ndarray:
+        # R: (n y + 0.5) / (n + 1) for two-column responses, (weights y + 0.5) / (weights + 1) otherwise
+        m = n if np.any(n > 1) else wt
+        return (m * y + 0.5) / (m + 1.0)
+
+    def prepare(self, y, weights, trials, response):
+        if trials is None:
+            if np.any((y < 0) | (y > 1)):
+                bad = y[(y < 0) | (y > 1)]
+                raise DataError(
+                    f"binomial response {response!r} must be in [0, 1] (0/1 outcomes or proportions with "
+                    f"weights = trials), found {bad.size} values outside, e.g. {bad[0]:g}; for counts use "
+                    "cbind(successes, failures)"
+                )
+            n = np.ones_like(y)
+            wt = weights.astype(float)
+            m = wt * y
+        else:
+            succ, fail = y, trials - y
+            if np.any(succ < 0) or np.any(fail < 0):
+                raise DataError(
+                    f"binomial response {response!r}: successes and failures must be non-negative counts "
+                    f"({int(np.sum(succ < 0))} negative successes, {int(np.sum(fail < 0))} negative failures)"
+                )
+            n = trials.astype(float)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                y = np.where(n > 0, succ / n, 0.0)
+            wt = weights * n
+            m = succ
+        if np.any(np.abs(m - np.round(m)) > 1e-3):
+            warnings.warn(
+                f"non-integer #successes in a binomial glm! (response {response!r})",
+                NonIntegerResponseWarning,
+                stacklevel=4,
+            )
+        return y, wt, n
+
+
+@dataclass(frozen=True)
+class Poisson(Family):
+    """Poisson family, R's ``poisson(link = "log")``."""
+
+    link: Link = Link("log")
+    name: str = "poisson"
+    allowed_links: tuple[str, ...] = ("log", "identity")
+
+    def variance(self, mu: np.ndarray) -> np.ndarray:
+        return mu
+
+    def dev_resids(self, y: np.ndarray, mu: np.ndarray, wt: np.ndarray) -> np.ndarray:
+        return 2.0 * wt * (_ylogy(y, mu) - (y - mu))
+
+    def loglik(self, y: np.ndarray, mu: np.ndarray, wt: np.ndarray, n: np.ndarray) -> float:
+        # dpois(y, mu, log = TRUE) * wt; gammaln extends R's -Inf for non-integer counts smoothly
+        ll = special.xlogy(y, mu) - mu - special.gammaln(y + 1.0)
+        return float(np.sum(wt * ll))
+
+    def mustart(self, y: np.ndarray, wt: np.ndarray, n: np.ndarray) -> np.ndarray:
+        return y + 0.1
+
+    def prepare(self, y, weights, trials, response):
+        if trials is not None:
+            raise DataError(f"cbind() responses are for the binomial family, not poisson ({response!r})")
+        if np.any(y < 0):
+            raise DataError(
+                f"negative values not allowed for the 'Poisson' family: response {response!r} has "
+                f"{int(np.sum(y < 0))} negative values"
+            )
+        if np.any(np.abs(y - np.round(y)) > 1e-7):
+            warnings.warn(
+                f"non-integer counts in the Poisson response {response!r}: the log-likelihood uses "
+                "lgamma(y + 1) (R's dpois gives -Inf with a warning)",
+                NonIntegerResponseWarning,
+                stacklevel=4,
+            )
+        return y, weights.astype(float), np.ones_like(y)
+
+
+_FAMILIES = {"binomial": Binomial, "poisson": Poisson}
+
+
+def get_family(family: str | Family, link: str | None = None) -> Family:
+    """Resolve ``family`` (a name or a :class:`Family`) and an optional link name.
+
+    Raises
+    ------
+    MemoeError
+        Unknown family or a link the family does not support.
+    """
+    if isinstance(family, Family):
+        return family if link is None else type(family)(link=get_link(link))
+    if not isinstance(family, str):
+        raise MemoeError(f"family must be a name ('binomial', 'poisson') or a Family, got {type(family).__name__}")
+    key = family.strip().lower()
+    if key not in _FAMILIES:
+        hint = " (Gaussian responses: use memoe.lmm)" if key in ("gaussian", "normal") else ""
+        raise MemoeError(f"unknown family {family!r}; available: {', '.join(_FAMILIES)}{hint}")
+    cls = _FAMILIES[key]
+    return cls() if link is None else cls(link=get_link(link))

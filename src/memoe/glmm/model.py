@@ -1,0 +1,254 @@
+"""Generalised linear mixed models with lme4 formulas: ``memoe.glmm.glmm(formula, data, family).fit()``.
+
+The stages follow lme4's ``glmer``: ``build_glmm_design`` (formula -> frame, response, X and the
+random-effects blocks of the LMM), ``PirlsProblem`` (conditional modes by PIRLS on the LMM's
+penalised least squares), then two optimisations with BOBYQA and lme4's bounds:
+
+1. ``nAGQ = 0``: the Laplace deviance of theta, with beta and u both from PIRLS;
+2. the Laplace (``nAGQ = 1``) or adaptive Gauss-Hermite (``nAGQ > 1``) deviance of (theta, beta),
+   with u from PIRLS, started at stage 1's estimates. The reported estimates are stage 2's.
+
+The finite-difference Hessian of the stage-2 deviance at the optimum gives lme4's convergence
+checks and its default covariance of the fixed effects.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from memoe.errors import ConvergenceWarning, SingularFitWarning
+from memoe.glmm.agq import agq_deviance, check_agq
+from memoe.glmm.design import GlmmDesign, build_glmm_design
+from memoe.glmm.families import Family, get_family
+from memoe.glmm.laplace import joint_objective, laplace_deviance, theta_objective
+from memoe.glmm.pirls import PirlsProblem, PirlsState
+from memoe.linalg.threads import blas_threads
+from memoe.optim import check_convergence, finite_difference_derivatives, minimize_bounded
+from memoe.optim.checks import ConvergenceReport
+
+__all__ = ["GLMM", "GlmmControl", "glmm"]
+
+# lme4's isSingular() tolerance
+SINGULAR_TOL = 1e-4
+# above this many (theta, beta) entries the O(k^2) finite-difference Hessian is skipped
+MAX_PARAMS_FOR_DERIVS = 40
+
+
+@dataclass(frozen=True)
+class GlmmControl:
+    """Optimiser and check settings for :meth:`GLMM.fit`.
+
+    The first stage only provides starting values, so it stops earlier; the second stage goes to
+    the tight optimum (lme4's default Nelder-Mead stops when the deviance changes by 1e-5).
+    """
+
+    stage1_ftol_abs: float = 1e-8
+    stage1_xtol_abs: float = 1e-6
+    ftol_abs: float = 1e-11
+    xtol_abs: float = 1e-8
+    maxeval: int = 100_000
+    calc_derivs: bool = True
+    grad_tol: float = 2e-3
+    singular_tol: float = SINGULAR_TOL
+    #: finite-difference step of the Hessian (lme4's deriv12 default)
+    hessian_delta: float = 1e-4
+
+
+@dataclass(frozen=True)
+class StageResult:
+    """One optimisation stage: its optimiser summary and the parameters it reached."""
+
+    opt: object
+    theta: np.ndarray
+    beta: np.ndarray
+
+
+class GLMM:
+    """A generalised linear mixed model specified by an lme4 formula (lme4's ``glmer``).
+
+    Parameters
+    ----------
+    formula : str
+        lme4 syntax, e.g. ``"cbind(incidence, size - incidence) ~ period + (1 | herd)"``. Binomial
+        responses are ``cbind(successes, failures)``, 0/1 (or logical) outcomes, or proportions
+        with ``weights`` = trials.
+    data : pandas.DataFrame
+    family : str or Family, default "binomial"
+        ``"binomial"`` (logit link), ``"poisson"`` (log link) or a :class:`~memoe.glmm.families.Family`
+        such as ``Binomial(link=get_link("probit"))``.
+    weights : str or array-like, optional
+        Prior weights (a column name or one value per row).
+    offset : str or array-like, optional
+        Offset on the linear-predictor scale (e.g. ``np.log(exposure)``).
+
+    Examples
+    --------
+    >>> import memoe
+    >>> from memoe.glmm import glmm
+    >>> cbpp = memoe.datasets.load("cbpp")
+    >>> fit = glmm("cbind(incidence, size - incidence) ~ period + (1 | herd)", cbpp, "binomial").fit()
+    >>> round(fit.loglik, 3)
+    -92.026
+    """
+
+    def __init__(self, formula: str, data: pd.DataFrame, family: str | Family = "binomial", weights=None, offset=None):
+        self.formula = formula
+        self.family = get_family(family)
+        self.data_name = data.attrs.get("name") if isinstance(data, pd.DataFrame) else None
+        self.gdesign: GlmmDesign = build_glmm_design(formula, data, self.family, weights=weights, offset=offset)
+        self.design = self.gdesign.design
+        self.problem = PirlsProblem(self.gdesign, self.family)
+
+    # ------------------------------------------------------------------ objectives
+    def deviance_function(self, nAGQ: int = 1):
+        """``(problem, state, theta) -> deviance`` for the second stage."""
+        if nAGQ <= 1:
+            return lambda problem, state, theta: laplace_deviance(problem, state)
+        return lambda problem, state, theta: agq_deviance(problem, state, theta, nAGQ)
+
+    def objective(self, nAGQ: int = 1, u0: np.ndarray | None = None):
+        """The stage-2 deviance as a function of ``x = (theta, beta)``.
+
+        ``u0`` is the PIRLS start of every evaluation (default: zero).
+        """
+        u0 = np.zeros(self.problem.q) if u0 is None else u0
+        return joint_objective(self.problem, u0, self.deviance_function(nAGQ))
+
+    # ------------------------------------------------------------------ fitting
+    def _stage1(self, control: GlmmControl, start: np.ndarray | None) -> tuple[StageResult, PirlsState]:
+        tmap = self.design.theta_map
+        f = theta_objective(self.problem)
+        x0 = tmap.initial() if start is None else np.asarray(start, dtype=float)
+        opt = minimize_bounded(
+            f, x0, tmap.lower_bounds, ftol_abs=control.stage1_ftol_abs, xtol_abs=control.stage1_xtol_abs,
+            maxeval=control.maxeval,
+        )
+        state = self.problem.solve(opt.x, beta=None)
+        return StageResult(opt, opt.x.copy(), state.beta.copy()), state
+
+    def fit(
+        self,
+        nAGQ: int = 1,
+        start: np.ndarray | None = None,
+        control: GlmmControl | None = None,
+        warn: bool = True,
+    ):
+        """Estimate the model as lme4's ``glmer`` (two stages, BOBYQA with lme4's bounds).
+
+        Parameters
+        ----------
+        nAGQ : int, default 1
+            0: theta only (beta from PIRLS); 1: Laplace; > 1: adaptive Gauss-Hermite quadrature
+            with that many nodes (one scalar random-effects term only).
+        start : array-like, optional
+            Starting theta (lme4 order); default identity relative factors.
+        control : GlmmControl, optional
+        warn : bool, default True
+            Emit convergence and singular-fit warnings (always recorded on the result).
+
+        Returns
+        -------
+        GlmmResult
+        """
+        check_agq(self.problem, nAGQ)
+        # many small factorisations: BLAS threads cost more than they save (memoe.linalg.threads)
+        with blas_threads(1):
+            return self._fit(int(nAGQ), start, control or GlmmControl(), warn)
+
+    def _fit(self, nAGQ: int, start, control: GlmmControl, warn: bool):
+        from memoe.glmm.result import GlmmResult
+
+        tmap = self.design.theta_map
+        k, p = tmap.size, self.design.p
+        stage1, state1 = self._stage1(control, start)
+        if nAGQ == 0:
+            theta, beta, stage2 = stage1.theta.copy(), stage1.beta.copy(), None
+            f = None
+            lower = tmap.lower_bounds
+        else:
+            f = self.objective(nAGQ, u0=state1.u)
+            x0 = np.concatenate([stage1.theta, stage1.beta])
+            lower = np.concatenate([tmap.lower_bounds, np.full(p, -np.inf)])
+            # steps of 10% of each start value (at least 0.05): theta and beta live on similar scales
+            step = np.maximum(0.1 * np.abs(x0), 0.05)
+            opt = minimize_bounded(
+                f, x0, lower, ftol_abs=control.ftol_abs, xtol_abs=control.xtol_abs, maxeval=control.maxeval,
+                initial_step=step,
+            )
+            x = opt.x.copy()
+            x[:k][(tmap.lower_bounds == 0) & (np.abs(x[:k]) < 1e-12)] = 0.0
+            theta, beta = x[:k], x[k:]
+            stage2 = StageResult(opt, theta.copy(), beta.copy())
+        f0 = stage2.opt.fmin if stage2 is not None and np.array_equal(np.concatenate([theta, beta]), stage2.opt.x) \
+            else None
+        report, hessian = self._check(f, theta, beta, lower, control, f0)
+        singular = bool(np.any(theta[tmap.lower_bounds == 0] < control.singular_tol))
+        messages = list(report.messages)
+        if singular:
+            messages.append("boundary (singular) fit: see help('isSingular')")
+        result = GlmmResult(
+            model=self, nAGQ=nAGQ, theta=theta, beta=beta, u_start=state1.u, stage1=stage1, stage2=stage2,
+            convergence=report, hessian=hessian, singular=singular, messages=messages,
+        )
+        if warn:
+            for msg in report.messages:
+                warnings.warn(msg, ConvergenceWarning, stacklevel=3)
+            if singular:
+                warnings.warn(
+                    "boundary (singular) fit: a random-effects covariance is (nearly) singular; theta = "
+                    + ", ".join(f"{n}={t:.3g}" for n, t in zip(tmap.names, theta, strict=True)),
+                    SingularFitWarning,
+                    stacklevel=3,
+                )
+        return result
+
+    def result_at(self, theta, beta, nAGQ: int = 1, hessian: bool = True, control: GlmmControl | None = None):
+        """The result object at given (theta, beta), without optimising (e.g. at another program's estimates).
+
+        PIRLS starts from zero modes; with ``hessian`` the finite-difference Hessian (and so the
+        Hessian-based ``vcov`` and the convergence checks) is computed there.
+        """
+        from memoe.glmm.result import GlmmResult
+
+        check_agq(self.problem, nAGQ)
+        control = control or GlmmControl()
+        tmap = self.design.theta_map
+        theta = np.asarray(theta, dtype=float)
+        beta = np.asarray(beta, dtype=float)
+        u0 = np.zeros(self.problem.q)
+        lower = np.concatenate([tmap.lower_bounds, np.full(self.design.p, -np.inf)])
+        f = self.objective(max(int(nAGQ), 1), u0=u0) if hessian and nAGQ > 0 else None
+        singular = bool(np.any(theta[tmap.lower_bounds == 0] < control.singular_tol))
+        with blas_threads(1):
+            report, H = self._check(f, theta, beta, lower, control, None)
+            return GlmmResult(
+                model=self, nAGQ=int(nAGQ), theta=theta, beta=beta, u_start=u0, stage1=None, stage2=None,
+                convergence=report, hessian=H, singular=singular, messages=list(report.messages),
+            )
+
+    def _check(self, f, theta, beta, lower, control: GlmmControl, f0: float | None):
+        """lme4's checkConv on the stage-2 deviance; the Hessian is kept for ``vcov``."""
+        if f is None or not control.calc_derivs or len(lower) > MAX_PARAMS_FOR_DERIVS:
+            return ConvergenceReport(converged=True), None
+        x = np.concatenate([theta, beta])
+        grad, hess = finite_difference_derivatives(f, x, lower, delta=control.hessian_delta, f0=f0)
+        k = len(theta)
+        free = np.ones(len(x), dtype=bool)
+        free[:k] = ~((lower[:k] == 0) & (theta < control.singular_tol))
+        return check_convergence(grad, hess, free, grad_tol=control.grad_tol), hess
+
+    def __repr__(self) -> str:
+        d = self.design
+        return (
+            f"GLMM({self.formula!r}, family={self.family}, nobs={d.n}, "
+            f"groups={ {b.factor.name: b.nlevels for b in d.blocks} })"
+        )
+
+
+def glmm(formula: str, data: pd.DataFrame, family: str | Family = "binomial", weights=None, offset=None) -> GLMM:
+    """Specify a GLMM with an lme4 formula; call ``.fit(nAGQ=1)`` to estimate it. See :class:`GLMM`."""
+    return GLMM(formula, data, family=family, weights=weights, offset=offset)

@@ -1,0 +1,254 @@
+"""Penalised iteratively re-weighted least squares (PIRLS) for the conditional modes of a GLMM.
+
+Each PIRLS iteration is one weighted penalised least-squares problem on the LMM machinery:
+with working weights ``w`` and working response ``z`` the update minimises
+``|| W^1/2 (z - Z Lambda u [- X beta]) ||^2 + ||u||^2``, which is the LMM's penalised least
+squares on rows scaled by ``sqrt(w)``. :class:`memoe.pls.PLSProblem` solves it with its blocked
+Cholesky factor (batched small blocks for the grouping factor with most levels, a dense Schur
+complement for the rest), so PIRLS inherits the LMM's structure and speed.
+
+Two variants, as lme4's ``pwrssUpdate``: ``uOnly`` (beta fixed in the offset; the Laplace and
+quadrature objectives of (theta, beta)) and joint (beta and u; lme4's ``nAGQ = 0`` stage).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from memoe.glmm.dense import DenseWpls
+from memoe.glmm.design import GlmmDesign
+from memoe.glmm.families import Family
+from memoe.pls import PLSProblem
+
+__all__ = ["PirlsProblem", "PirlsState"]
+
+# |delta u|_inf below which the iteration stops. Newton converges quadratically, so the mode is then
+# exact to rounding; the objective (and its finite-difference Hessian, step 1e-4) needs ~1e-11.
+U_TOL = 1e-10
+MAX_ITER = 60
+# step-halving gives up below this fraction of the Newton step (lme4: 0.001)
+MIN_STEP = 1e-3
+# several grouping factors with at most this many random effects use one dense factor per iteration
+DENSE_MAX_Q = 2000
+
+
+@dataclass(frozen=True)
+class PirlsState:
+    """Conditional modes and everything evaluated at them.
+
+    Attributes
+    ----------
+    u : numpy.ndarray, shape (q,)
+        Spherical random effects, blocks concatenated (each block level-major).
+    beta : numpy.ndarray, shape (p,)
+    eta, mu, w : numpy.ndarray, shape (n,)
+        Linear predictor (with offset), mean, and working weights at ``u``.
+    dev_resid : numpy.ndarray, shape (n,)
+        Unit deviances at ``mu``.
+    ldL2 : float
+        ``log det(L L')`` with ``L L' = Lambda' Z' W Z Lambda + I`` at ``w``.
+    iterations : int
+    converged : bool
+    """
+
+    u: np.ndarray
+    beta: np.ndarray
+    eta: np.ndarray
+    mu: np.ndarray
+    w: np.ndarray
+    dev_resid: np.ndarray
+    ldL2: float
+    iterations: int
+    converged: bool
+
+    @property
+    def sqrL(self) -> float:
+        """``||u||^2``."""
+        return float(self.u @ self.u)
+
+    @property
+    def pdev(self) -> float:
+        """Penalised deviance ``sum d_i + ||u||^2``."""
+        return float(self.dev_resid.sum()) + self.sqrL
+
+
+class PirlsProblem:
+    """The data of a GLMM and the PIRLS iterations on them.
+
+    Parameters
+    ----------
+    gd : GlmmDesign
+    family : Family
+    dense : bool, optional
+        Solve each PIRLS step with one dense factor (:class:`~memoe.glmm.dense.DenseWpls`) instead of
+        the LMM's blocked :class:`~memoe.pls.PLSProblem`. Default: dense for several grouping
+        factors with at most ``DENSE_MAX_Q`` random effects.
+    """
+
+    def __init__(self, gd: GlmmDesign, family: Family, dense: bool | None = None) -> None:
+        d = gd.design
+        self.family = family
+        self.y, self.wt, self.ntrials, self.offset = gd.y, gd.wt, gd.n, gd.offset
+        self.X = d.X
+        self.n, self.p = d.X.shape
+        self.theta_map = d.theta_map
+        self.codes = [b.factor.codes for b in d.blocks]
+        self.nlevels = [b.nlevels for b in d.blocks]
+        self.Zraw = [b.Z for b in d.blocks]
+        self.qk = [b.q for b in d.blocks]
+        self.sizes = [lk * qk for lk, qk in zip(self.nlevels, self.qk, strict=True)]
+        self.q = int(sum(self.sizes))
+        self._noX = np.zeros((self.n, 0))
+        if dense is None:
+            dense = len(self.qk) > 1 and self.q <= DENSE_MAX_Q
+        self.dense = DenseWpls(self.X, self.codes, self.nlevels, self.Zraw, self.theta_map) if dense else None
+
+    # ------------------------------------------------------------------ pieces
+    def split_u(self, u: np.ndarray) -> list[np.ndarray]:
+        """Flat ``u`` -> one (levels, q_k) array per block."""
+        out, s = [], 0
+        for lk, qk in zip(self.nlevels, self.qk, strict=True):
+            out.append(u[s : s + lk * qk].reshape(lk, qk))
+            s += lk * qk
+        return out
+
+    def re_predictor(self, theta: np.ndarray, u: np.ndarray) -> np.ndarray:
+        """``Z Lambda u``, shape (n,): each row reads its level's b = lambda u (no Python loop over rows)."""
+        lambdas = self.theta_map.lambdas(theta)
+        out = np.zeros(self.n)
+        for uk, lam, Z, codes in zip(self.split_u(u), lambdas, self.Zraw, self.codes, strict=True):
+            b = uk @ lam.T
+            out += np.einsum("ij,ij->i", Z, b[codes])
+        return out
+
+    def working(self, eta: np.ndarray):
+        """``mu``, ``d mu/d eta`` and the working weights at ``eta``."""
+        fam = self.family
+        mu = fam.linkinv(eta)
+        dmu = fam.mu_eta(eta)
+        w = self.wt * dmu * dmu / fam.variance(mu)
+        return mu, dmu, w
+
+    def wls_problem(self, w: np.ndarray, z: np.ndarray, with_beta: bool) -> PLSProblem:
+        """The LMM's penalised least-squares problem on rows scaled by ``sqrt(w)``.
+
+        ``with_beta=False`` leaves X out (beta is then part of the offset, lme4's ``uOnly``).
+        """
+        sw = np.sqrt(w)
+        X = self.X * sw[:, None] if with_beta else self._noX
+        return PLSProblem(
+            y=sw * z,
+            X=X,
+            codes=self.codes,
+            nlevels=self.nlevels,
+            Z=[Z * sw[:, None] for Z in self.Zraw],
+            theta_map=self.theta_map,
+        )
+
+    def wls(
+        self, theta: np.ndarray, w: np.ndarray, z: np.ndarray, with_beta: bool
+    ) -> tuple[np.ndarray, np.ndarray, float]:
+        """One weighted PLS step at ``theta``: flat ``u``, ``beta`` (empty without X), ``log det(L L')``."""
+        if self.dense is not None:
+            return self.dense.solve(theta, w, z, with_beta)
+        sol = self.wls_problem(w, z, with_beta).solve(theta, reml=False)
+        u = np.concatenate([uk.ravel() for uk in sol.u]) if self.q else np.zeros(0)
+        return u, sol.beta, float(sol.factor.logdet_Z)
+
+    def _pdev(self, mu: np.ndarray, u: np.ndarray) -> tuple[float, np.ndarray]:
+        d = self.family.dev_resids(self.y, mu, self.wt)
+        return float(d.sum() + u @ u), d
+
+    # ------------------------------------------------------------------ iterations
+    def solve(
+        self,
+        theta: np.ndarray,
+        beta: np.ndarray | None,
+        u0: np.ndarray | None = None,
+        eta0: np.ndarray | None = None,
+    ) -> PirlsState:
+        """Conditional modes at ``theta`` (and ``beta``), by PIRLS with step halving.
+
+        Parameters
+        ----------
+        theta : numpy.ndarray, shape (ntheta,)
+        beta : numpy.ndarray of shape (p,), or None
+            Fixed effects held fixed (lme4's ``uOnly``); ``None`` updates beta jointly with u
+            (lme4's ``nAGQ = 0``), starting from ``eta0``.
+        u0 : numpy.ndarray, shape (q,), optional
+            Starting modes (default zero).
+        eta0 : numpy.ndarray, shape (n,), optional
+            Starting linear predictor of the joint update (default: the family's ``mustart``).
+
+        Returns
+        -------
+        PirlsState
+        """
+        theta = np.asarray(theta, dtype=float)
+        joint = beta is None
+        fam = self.family
+        u = np.zeros(self.q) if u0 is None else np.asarray(u0, dtype=float).copy()
+        if joint:
+            b = np.zeros(self.p)
+            if eta0 is None:
+                eta0 = fam.linkfun(fam.mustart(self.y, self.wt, self.ntrials))
+            eta = np.asarray(eta0, dtype=float)
+            fixed_eta = None
+            pdev = np.inf  # the start need not be of the form X beta + Z Lambda u
+        else:
+            b = np.asarray(beta, dtype=float)
+            fixed_eta = self.offset + self.X @ b
+            eta = fixed_eta + self.re_predictor(theta, u)
+            pdev, _ = self._pdev(fam.linkinv(eta), u)
+        converged = False
+        it = 0
+        while it < MAX_ITER:
+            it += 1
+            mu, dmu, w = self.working(eta)
+            # working response without the offset (and without X beta when beta is held fixed)
+            base = self.offset if joint else fixed_eta
+            z = eta - base + (self.y - mu) / dmu
+            u_new, beta_new, ldL2 = self.wls(theta, w, z, with_beta=joint)
+            b_new = beta_new if joint else b
+            du = np.concatenate([u_new - u, b_new - b]) if joint else u_new - u
+            scale = 1.0 + float(np.max(np.abs(np.concatenate([u, b])))) if (self.q or self.p) else 1.0
+            if it > 1 and float(np.max(np.abs(du), initial=0.0)) < U_TOL * scale:
+                # the factor just computed is at the current (converged) modes
+                converged = True
+                break
+            fac = 1.0
+            while True:
+                u_try = u + fac * (u_new - u)
+                b_try = b + fac * (b_new - b)
+                fe = self.offset + self.X @ b_try if joint else fixed_eta
+                eta_try = fe + self.re_predictor(theta, u_try)
+                pdev_try, _ = self._pdev(fam.linkinv(eta_try), u_try)
+                # a rounding-level increase near the optimum is accepted
+                if pdev_try <= pdev + 1e-10 * (abs(pdev) if np.isfinite(pdev) else 0.0) or fac < MIN_STEP:
+                    break
+                fac *= 0.5
+            u, b, eta, pdev = u_try, b_try, eta_try, pdev_try
+            if fac < MIN_STEP:
+                break
+        mu, dmu, w = self.working(eta)
+        if not converged:
+            z = eta - (self.offset if joint else fixed_eta) + (self.y - mu) / dmu
+            _, _, ldL2 = self.wls(theta, w, z, with_beta=joint)
+        d = fam.dev_resids(self.y, mu, self.wt)
+        return PirlsState(
+            u=u,
+            beta=b.copy(),
+            eta=eta,
+            mu=mu,
+            w=w,
+            dev_resid=d,
+            ldL2=ldL2,
+            iterations=it,
+            converged=converged,
+        )
+
+    def loglik_terms(self, mu: np.ndarray) -> float:
+        """``-2 log p(y | mu)`` with normalising constants (R's ``family$aic`` without the 2 k)."""
+        return -2.0 * self.family.loglik(self.y, mu, self.wt, self.ntrials)

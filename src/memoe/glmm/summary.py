@@ -1,0 +1,161 @@
+"""lme4's ``summary(glmerMod)`` layout as text."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from memoe.results.summary import _abbrev, _decimals_for, format_column, format_table
+
+__all__ = ["GlmmSummary", "format_pvalues", "signif_stars"]
+
+
+def format_pvalues(p: np.ndarray, digits: int = 3) -> list[str]:
+    """R's ``format.pval``: values >= 1e-3 and smaller ones formatted as two groups; ``< 2e-16`` below eps."""
+    p = np.asarray(p, dtype=float)
+    out = [""] * len(p)
+    eps = np.finfo(float).eps
+    expo = np.floor(np.log10(np.where(p > 0, p, 1e-50)))
+    for group in ((p >= eps) & (expo >= -3), (p >= eps) & (expo < -3)):
+        idx = np.flatnonzero(group)
+        if not len(idx):
+            continue
+        vals = p[idx]
+        # R's format(): fixed notation unless it is wider than scientific
+        dec = int(max(0, digits - 1 - np.floor(np.log10(vals.min()))))
+        fixed = [f"{v:.{dec}f}" for v in vals]
+        sci = [f"{v:.{digits - 1}e}" for v in vals]
+        use = fixed if max(map(len, fixed)) <= max(map(len, sci)) else sci
+        for i, s in zip(idx, use, strict=True):
+            out[i] = s
+    for i in np.flatnonzero(p < eps):
+        out[i] = "< 2e-16"
+    return out
+
+
+def signif_stars(p: np.ndarray) -> list[str]:
+    """R's significance codes."""
+    cuts = [(0.001, "***"), (0.01, "**"), (0.05, "*"), (0.1, "."), (1.01, " ")]
+    return [next(s for c, s in cuts if v < c) if np.isfinite(v) else "" for v in np.asarray(p, dtype=float)]
+
+
+class GlmmSummary:
+    """Text summary of a :class:`~memoe.glmm.result.GlmmResult` (``str()`` or ``print``)."""
+
+    def __init__(self, fit) -> None:
+        self.fit = fit
+
+    @property
+    def coefficients(self) -> pd.DataFrame:
+        return self.fit.coef_table()
+
+    def _header(self) -> list[str]:
+        f = self.fit
+        if f.nAGQ <= 1:
+            how = "Laplace Approximation" if f.nAGQ == 1 else "nAGQ = 0"
+        else:
+            how = f"Adaptive Gauss-Hermite Quadrature, nAGQ = {f.nAGQ}"
+        out = [f"Generalized linear mixed model fit by maximum likelihood ({how}) ['GlmmResult']"]
+        out.append(f" Family: {f.family.name}  ( {f.family.link.name} )")
+        out.append(f"Formula: {f.model.formula}")
+        if f.model.data_name:
+            out.append(f"   Data: {f.model.data_name}")
+        out.append("")
+        tab = pd.DataFrame(
+            [[f"{f.aic:.1f}", f"{f.bic:.1f}", f"{f.loglik:.1f}", f"{f.criterion:.1f}", str(f.df_resid)]],
+            columns=["AIC", "BIC", "logLik", "deviance", "df.resid"],
+        )
+        out.append(format_table(tab, index=False))
+        out.append("")
+        return out
+
+    def _random_effects_block(self) -> list[str]:
+        f = self.fit
+        covs = f.term_covariances()
+        max_q = max([t.q for t in f.design.terms] + [1])
+        variances = [c for cov in covs for c in np.diag(cov)]
+        var_txt = format_column(variances, 5)
+        sd_txt = format_column(np.sqrt(variances), 5)
+        rows, k = [], 0
+        for t, cov in zip(f.design.terms, covs, strict=True):
+            sd = np.sqrt(np.diag(cov))
+            for i, name in enumerate(t.columns):
+                corr = [
+                    f"{cov[i, j] / (sd[i] * sd[j]):.2f}" if sd[i] * sd[j] > 0 else "NaN" for j in range(i)
+                ]
+                rows.append([t.group if i == 0 else "", name, var_txt[k], sd_txt[k], *corr])
+                k += 1
+        header = ["Groups", "Name", "Variance", "Std.Dev."] + (["Corr"] + [""] * (max_q - 2) if max_q > 1 else [])
+        width = len(header)
+        rows = [r + [""] * (width - len(r)) for r in rows]
+        colw = [max(len(header[j]), *(len(r[j]) for r in rows)) for j in range(width)]
+        lines = [(" " + " ".join(h.ljust(colw[j]) for j, h in enumerate(header))).rstrip()]
+        for r in rows:
+            cells = [r[0].ljust(colw[0]), r[1].ljust(colw[1])] + [r[j].rjust(colw[j]) for j in range(2, width)]
+            lines.append((" " + " ".join(cells)).rstrip())
+        return lines
+
+    def _fixed_block(self) -> list[str]:
+        f = self.fit
+        ct = self.coefficients
+        dec = _decimals_for(ct["Std. Error"], 4, anchor="min")
+        p = ct["Pr(>|z|)"].to_numpy()
+        shown = pd.DataFrame(
+            {
+                "Estimate": [f"{v:.{dec}f}" for v in ct["Estimate"]],
+                "Std. Error": [f"{v:.{dec}f}" for v in ct["Std. Error"]],
+                "z value": [f"{v:.3f}" for v in ct["z value"]],
+                "Pr(>|z|)": format_pvalues(p),
+                "": signif_stars(p),
+            },
+            index=ct.index,
+        )
+        out = ["Fixed effects:", format_table(shown), "---",
+               "Signif. codes:  0 '***' 0.001 '**' 0.01 '*' 0.05 '.' 0.1 ' ' 1"]
+        npar = len(f.fixef)
+        if 1 < npar <= 12:
+            v = f.vcov.to_numpy()
+            sd = np.sqrt(np.diag(v))
+            corr = v / np.outer(sd, sd)
+            abbrev = [_abbrev(n) for n in f.fixef.index]
+            tab = pd.DataFrame(
+                [[f"{corr[i, j]:.3f}" if j < i else "" for j in range(npar - 1)] for i in range(1, npar)],
+                index=abbrev[1:],
+                columns=abbrev[:-1],
+            )
+            out += ["", "Correlation of Fixed Effects:", format_table(tab)]
+        return out
+
+    def __str__(self) -> str:
+        f = self.fit
+        out = self._header()
+        r = f.residuals("pearson").dropna().to_numpy()
+        q = np.quantile(r, [0, 0.25, 0.5, 0.75, 1.0])
+        out.append("Scaled residuals: ")
+        out.append(format_table(pd.DataFrame([[f"{v:.4f}" for v in q]], columns=["Min", "1Q", "Median", "3Q", "Max"]),
+                                False))
+        out.append("")
+        out.append("Random effects:")
+        out.extend(self._random_effects_block())
+        groups = ", ".join(f"{k}, {v}" for k, v in f.ngroups.items())
+        out.append(f"Number of obs: {f.nobs}, groups:  {groups}")
+        if f.n_dropped:
+            out.append(f"({f.n_dropped} observation{'s' if f.n_dropped != 1 else ''} deleted due to missingness)")
+        out.append("")
+        if len(f.fixef):
+            out.extend(self._fixed_block())
+        if f.design.fixed.dropped:
+            out.append(f"fit warnings:\nfixed-effect model matrix is rank deficient so dropping "
+                       f"{len(f.design.fixed.dropped)} columns / coefficients: {f.design.fixed.dropped}")
+        if f.messages:
+            out.append("")
+            out.extend(f.messages)
+        return "\n".join(out).rstrip() + "\n"
+
+    def __repr__(self) -> str:
+        return self.__str__()
+
+    def _repr_html_(self) -> str:
+        import html
+
+        return f"<pre>{html.escape(str(self))}</pre>"
