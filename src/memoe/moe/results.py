@@ -249,6 +249,15 @@ class MEMoEResult:
 
         return predict_memoe(self, newdata, kind)
 
+    def save(self, path) -> None:
+        """Save the fit to one ``.memoe`` file (JSON + npz in a zip, no pickle); see :func:`memoe.persist.save`.
+
+        ``memoe.persist.load(path)`` gives it back with the same numbers.
+        """
+        from memoe.persist import save
+
+        save(self, path)
+
     def plot_trajectories(self, time: str | None = None, **kwargs):
         """Expert mean trajectories over the subjects' trajectories coloured by MAP class."""
         from memoe.moe.plots import plot_trajectories

@@ -283,6 +283,15 @@ class LmmResult:
 
         return confint(self, method=method, level=level, **kwargs)
 
+    def save(self, path) -> None:
+        """Save the fit to one ``.memoe`` file (JSON + npz in a zip, no pickle); see :func:`memoe.persist.save`.
+
+        ``memoe.persist.load(path)`` gives it back with the same numbers.
+        """
+        from memoe.persist import save
+
+        save(self, path)
+
     def summary(self):
         """lme4-style summary; ``print(fit.summary())``."""
         from memoe.results.summary import LmmSummary

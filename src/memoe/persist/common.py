@@ -1,0 +1,113 @@
+"""Pieces shared by the LMM and MEMoE codecs: plain JSON values, dataclass records, the model frame."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from memoe.design import Design
+from memoe.persist.archive import PersistenceError
+from memoe.persist.frames import decode_index, encode_index
+
+__all__ = [
+    "check_equal",
+    "check_loglik",
+    "decode_dataclass",
+    "encode_dataclass",
+    "encode_model_frame",
+    "plain",
+    "restore_model_frame",
+]
+
+# a rebuilt fit must reproduce the saved log-likelihood to this relative accuracy: the same code on the
+# same numbers gives the same bits; across machines BLAS may move the last few digits, never more
+LOGLIK_RTOL = 1e-9
+
+
+def plain(v):
+    """``v`` with numpy scalars and tuples turned into JSON types (NaN and infinities kept as floats)."""
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, dict):
+        return {str(k): plain(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [plain(x) for x in v]
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    return v
+
+
+def encode_dataclass(obj, key: str, arrays: dict[str, np.ndarray]) -> dict:
+    """Record of a dataclass instance: array fields go to ``arrays``, the others to JSON.
+
+    Generic over the fields, so a new field of :class:`~memoe.optim.OptSummary` or
+    :class:`~memoe.optim.checks.ConvergenceReport` is saved without touching this module.
+    """
+    values, array_fields = {}, []
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        if isinstance(v, np.ndarray):
+            arrays[f"{key}.{f.name}"] = v
+            array_fields.append(f.name)
+        else:
+            values[f.name] = plain(v)
+    return {"values": values, "arrays": array_fields}
+
+
+def decode_dataclass(cls, spec: dict, key: str, arrays: dict[str, np.ndarray]):
+    """Instance of ``cls`` from a record of :func:`encode_dataclass` (unknown fields refused)."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    kwargs = dict(spec["values"])
+    kwargs.update({name: arrays[f"{key}.{name}"] for name in spec["arrays"]})
+    unknown = sorted(set(kwargs) - known)
+    if unknown:
+        raise PersistenceError(f"the saved {cls.__name__} has fields {unknown} this memoe does not know")
+    return cls(**kwargs)
+
+
+def encode_model_frame(design: Design, key: str, arrays: dict[str, np.ndarray]) -> dict:
+    """The missing-value record of ``design.frame`` (which input rows were kept, and why not the others).
+
+    Only the kept rows are saved (the fit never keeps the dropped ones); this record restores
+    ``n_dropped``, the per-column counts and the alignment of per-row outputs to the input rows.
+    """
+    frame = design.frame
+    arrays[f"{key}.row_mask"] = np.asarray(frame.row_mask, dtype=bool)
+    return {
+        "index": encode_index(frame.index, f"{key}.index", arrays),
+        "n_dropped": int(frame.n_dropped),
+        "dropped_by_column": [[plain(c), int(k)] for c, k in frame.dropped_by_column.items()],
+    }
+
+
+def restore_model_frame(design: Design, spec: dict, key: str, arrays: dict[str, np.ndarray]) -> Design:
+    """``design`` rebuilt from the kept rows, with the saved missing-value record put back."""
+    frame = dataclasses.replace(
+        design.frame,
+        row_mask=arrays[f"{key}.row_mask"],
+        index=decode_index(spec["index"], f"{key}.index", arrays),
+        n_dropped=int(spec["n_dropped"]),
+        dropped_by_column={c: int(k) for c, k in spec["dropped_by_column"]},
+    )
+    if int(frame.row_mask.sum()) != design.n or len(frame.row_mask) != len(frame.index):
+        raise PersistenceError(
+            f"the saved row record ({int(frame.row_mask.sum())} kept of {len(frame.row_mask)}) does not match "
+            f"the {design.n} rows rebuilt from the saved data"
+        )
+    return dataclasses.replace(design, frame=frame)
+
+
+def check_equal(what: str, saved, rebuilt) -> None:
+    """Refuse a file whose rebuilt model differs from the saved one in ``what``."""
+    if plain(saved) != plain(rebuilt):
+        raise PersistenceError(f"the rebuilt model's {what} {plain(rebuilt)!r} differ from the saved {plain(saved)!r}")
+
+
+def check_loglik(saved: float, rebuilt: float) -> None:
+    """Refuse a rebuilt fit that does not reproduce the saved log-likelihood (a changed engine or file)."""
+    if not abs(rebuilt - saved) <= LOGLIK_RTOL * max(1.0, abs(saved)):
+        raise PersistenceError(
+            f"the rebuilt fit has log-likelihood {rebuilt!r}, the saved fit {saved!r}: the file does not "
+            "reproduce its fit (edited file or a changed memoe engine)"
+        )

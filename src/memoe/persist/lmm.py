@@ -1,0 +1,84 @@
+"""Save and rebuild an :class:`~memoe.results.lmm_result.LmmResult`.
+
+The file keeps the formula, the used columns of the kept rows, the missing-value record, theta and
+the optimiser's record. Loading rebuilds the model from formula and data and constructs the result
+at the saved theta exactly as :meth:`memoe.lmm.LMM.fit` does after optimising (no optimisation).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from memoe.linalg.threads import blas_threads
+from memoe.lmm import LMM
+from memoe.optim import ConvergenceReport, OptSummary
+from memoe.persist.common import (
+    check_equal,
+    check_loglik,
+    decode_dataclass,
+    encode_dataclass,
+    encode_model_frame,
+    plain,
+    restore_model_frame,
+)
+from memoe.persist.frames import decode_frame, encode_frame
+from memoe.results.lmm_result import LmmResult
+
+__all__ = ["decode_lmm", "encode_lmm"]
+
+
+def encode_lmm(fit: LmmResult, arrays: dict[str, np.ndarray]) -> dict:
+    """The ``model`` and ``fit`` parts of ``meta.json`` for an LMM fit; arrays go to ``arrays``."""
+    model, design = fit.model, fit.design
+    arrays["fit.theta"] = np.asarray(fit._theta, dtype=float)
+    return {
+        "model": {
+            "class": "LMM",
+            "formula": model.formula,
+            "data_name": model.data_name,
+            "data": encode_frame(design.frame.data, "data", arrays, "the model frame"),
+            "frame": encode_model_frame(design, "frame", arrays),
+            "fixef_names": list(design.fixef_names),
+            "theta_names": list(design.theta_map.names),
+        },
+        "fit": {
+            "reml": fit.reml,
+            "singular": fit.is_singular,
+            "messages": list(fit.messages),
+            "opt": encode_dataclass(fit.opt, "fit.opt", arrays),
+            "convergence": encode_dataclass(fit.convergence, "fit.convergence", arrays),
+            "loglik": float(fit.loglik),
+        },
+        # for a human reading meta.json; loading recomputes them from theta
+        "estimates": {
+            "theta": plain(fit._theta),
+            "fixef": plain(fit.fixef.to_dict()),
+            "sigma": float(fit.sigma),
+            "nobs": fit.nobs,
+        },
+    }
+
+
+def decode_lmm(meta: dict, arrays: dict[str, np.ndarray]) -> LmmResult:
+    """Rebuild the model from the saved formula and data and the result at the saved theta."""
+    m, f = meta["model"], meta["fit"]
+    data = decode_frame(m["data"], "data", arrays)
+    if m.get("data_name") is not None:
+        data.attrs["name"] = m["data_name"]
+    model = LMM(m["formula"], data)
+    model.design = restore_model_frame(model.design, m["frame"], "frame", arrays)
+    check_equal("fixed-effects names", m["fixef_names"], model.design.fixef_names)
+    check_equal("theta names", m["theta_names"], model.design.theta_map.names)
+    # the same BLAS setting as LMM.fit when it builds its result
+    with blas_threads(model.problem.blas_threads):
+        fit = LmmResult(
+            model=model,
+            reml=f["reml"],
+            theta=arrays["fit.theta"],
+            opt=decode_dataclass(OptSummary, f["opt"], "fit.opt", arrays),
+            convergence=decode_dataclass(ConvergenceReport, f["convergence"], "fit.convergence", arrays),
+            singular=f["singular"],
+            messages=f["messages"],
+        )
+    check_loglik(f["loglik"], fit.loglik)
+    return fit

@@ -1,0 +1,143 @@
+"""Save and rebuild a :class:`~memoe.moe.results.MEMoEResult` (of :class:`MEMoE` or :class:`MoE`).
+
+The file keeps the formulas and options, the used columns of the kept rows, the parameters in
+canonical expert order and the multi-start record. Loading rebuilds the model, runs the final E-step
+at the saved parameters (as :meth:`memoe.moe.model.MEMoE.fit` does after choosing the best run) and
+constructs the result from it and the saved record; no EM iteration is run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+
+from memoe.moe.em import EMRun
+from memoe.moe.experts import MStepControl
+from memoe.moe.model import MEMoE, MoE
+from memoe.moe.multistart import MultiStartResult
+from memoe.moe.params import MoEParams
+from memoe.moe.results import MEMoEResult
+from memoe.persist.common import (
+    check_equal,
+    check_loglik,
+    decode_dataclass,
+    encode_dataclass,
+    encode_model_frame,
+    plain,
+    restore_model_frame,
+)
+from memoe.persist.frames import decode_frame, encode_frame
+
+__all__ = ["MODEL_CLASSES", "decode_memoe", "encode_memoe"]
+
+MODEL_CLASSES = {"MEMoE": MEMoE, "MoE": MoE}
+_PARAMS = ("gamma", "beta", "L", "sigma")
+
+
+def _used_data(model: MEMoE) -> pd.DataFrame:
+    """Kept rows restricted to the columns the model reads (response, covariates, subject, gating)."""
+    md = model.mdesign
+    spec = md.design.spec
+    subject = list(spec.random[0].group_factors) if spec.random else [md.group]
+    used = {*md.design.frame.data.columns, *md.gating_vars, *subject}
+    return md.data[[c for c in md.data.columns if c in used]]
+
+
+def encode_memoe(fit: MEMoEResult, arrays: dict[str, np.ndarray]) -> dict:
+    """The ``model`` and ``fit`` parts of ``meta.json`` for a mixture fit; arrays go to ``arrays``."""
+    model = fit.model
+    md = model.mdesign
+    for name in _PARAMS:
+        arrays[f"fit.params.{name}"] = np.asarray(getattr(fit.params, name), dtype=float)
+    arrays["fit.trace"] = np.asarray(fit.trace, dtype=float)
+    return {
+        "model": {
+            "class": type(model).__name__,
+            "formula": model.formula,
+            "gating": model.gating,
+            "k": model.k,
+            "mixture": model.mixture,
+            "random_cov": model.random_cov,
+            "sigma": model.sigma_option,
+            "order": model.order,
+            # the subject column is an argument only for regression experts (else the formula names it)
+            "group": None if md.design.blocks else md.group,
+            "mstep": encode_dataclass(model.problem.expert.control, "mstep", arrays),
+            # MEMoE keeps no data name of its own; the kept rows carry the input's attrs
+            "data_name": md.data.attrs.get("name"),
+            "data": encode_frame(_used_data(model), "data", arrays, "the model data"),
+            "frame": encode_model_frame(md.design, "frame", arrays),
+            "n_dropped": int(md.n_dropped),
+            "specific": plain(model.structure.specific),
+            "fixef_names": list(md.fixef_names),
+            "gating_names": list(md.gating_names),
+        },
+        "fit": {
+            "loglik": float(fit.loglik),
+            "n_iter": int(fit.n_iter),
+            "converged": bool(fit.converged),
+            "max_decrease": float(fit.max_decrease),
+            "empty_experts": plain(fit.empty_experts),
+            "n_at_best": int(fit.n_at_best),
+            "n_empty_starts": int(fit.n_empty_starts),
+            "n_polished": int(fit.n_polished),
+            "n_same_partition": int(fit.n_same_partition),
+            "starts": encode_frame(fit.starts, "starts", arrays, "the starts table"),
+        },
+        # for a human reading meta.json; loading uses the arrays
+        "estimates": {name: plain(getattr(fit.params, name)) for name in _PARAMS},
+    }
+
+
+def _rebuild_model(m: dict, arrays: dict[str, np.ndarray]) -> MEMoE:
+    cls = MODEL_CLASSES[m["class"]]
+    data = decode_frame(m["data"], "data", arrays)
+    if m.get("data_name") is not None:
+        data.attrs["name"] = m["data_name"]
+    kwargs = dict(
+        mixture=m["mixture"], random_cov=m["random_cov"], sigma=m["sigma"], order=m["order"],
+        mstep=decode_dataclass(MStepControl, m["mstep"], "mstep", arrays),
+    )
+    if m["group"] is not None:
+        kwargs["group"] = m["group"]
+    model = cls(m["formula"], m["gating"], m["k"], data, **kwargs)
+    md = model.mdesign
+    design = restore_model_frame(md.design, m["frame"], "frame", arrays)
+    model.mdesign = dataclasses.replace(md, design=design, n_dropped=int(m["n_dropped"]))
+    check_equal("fixed-effects names", m["fixef_names"], md.fixef_names)
+    check_equal("gating names", m["gating_names"], md.gating_names)
+    check_equal("class-specific fixed effects", m["specific"], model.structure.specific)
+    return model
+
+
+def decode_memoe(meta: dict, arrays: dict[str, np.ndarray]) -> MEMoEResult:
+    """Rebuild the model, the final E-step at the saved parameters, and the result."""
+    m, f = meta["model"], meta["fit"]
+    model = _rebuild_model(m, arrays)
+    params = MoEParams(**{name: arrays[f"fit.params.{name}"] for name in _PARAMS})
+    estep = model.problem.e_step(params)
+    # the result reads the selected run and the start record; the saved parameters are already in
+    # canonical order, so the identity order maps the saved (1-based) empty experts back unchanged
+    run = EMRun(
+        params=params,
+        estep=estep,
+        loglik=estep.loglik,
+        trace=arrays["fit.trace"].tolist(),
+        n_iter=f["n_iter"],
+        converged=f["converged"],
+        empty=[k - 1 for k in f["empty_experts"]],
+        max_decrease=f["max_decrease"],
+    )
+    ms = MultiStartResult(
+        best=run,
+        starts=decode_frame(f["starts"], "starts", arrays),
+        n_at_best=f["n_at_best"],
+        n_empty=f["n_empty_starts"],
+        n_polished=f["n_polished"],
+        n_same_partition=f["n_same_partition"],
+    )
+    fit = MEMoEResult(model, params, estep, ms, np.arange(model.k))
+    check_loglik(f["loglik"], fit.loglik)
+    return fit
