@@ -45,6 +45,7 @@ Row order (what geepack assumes and what memoe does):
 
 from __future__ import annotations
 
+import copy
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -283,6 +284,15 @@ class GEE:
     """A GEE model: the data in cluster order and the design; :meth:`fit` estimates it.
 
     See :func:`gee` for the parameters.
+
+    Attributes
+    ----------
+    names : list of str
+        R's coefficient names (memoe's fixed-effects design: ``SexFemale``, ``age:SexFemale``).
+    nobs, ngroups : int
+        Rows used and clusters.
+    family, link, corstr, group, time, formula, response
+        As given (``link`` is the family's canonical link).
     """
 
     def __init__(
@@ -394,6 +404,7 @@ class GEE:
                 )
 
         self.names = list(fixed.names)
+        self._fixed = fixed
         self.response = spec.response
         self._order = order
         self._X = np.ascontiguousarray(fixed.X[order])
@@ -432,17 +443,15 @@ class GEE:
 
     def _start(self) -> tuple[np.ndarray, float]:
         """geeglm's start: R's ``glm`` coefficients and the mean squared Pearson residual."""
-        import statsmodels.api as sm
+        # the narrow imports avoid statsmodels.api's 0.8 s import of unrelated modules
+        from statsmodels.genmod import families
+        from statsmodels.genmod.generalized_linear_model import GLM
 
-        fam = {
-            "gaussian": sm.families.Gaussian(),
-            "binomial": sm.families.Binomial(),
-            "poisson": sm.families.Poisson(),
-        }[self.family]
+        fam = {"gaussian": families.Gaussian, "binomial": families.Binomial, "poisson": families.Poisson}[self.family]
         with warnings.catch_warnings():
             # statsmodels warns on e.g. non-integer binomial counts; geepack accepts proportions
             warnings.simplefilter("ignore")
-            res = sm.GLM(self._y, self._X, family=fam).fit(tol=1e-10, maxiter=100)
+            res = GLM(self._y, self._X, family=fam()).fit(tol=1e-10, maxiter=100)
         beta = np.asarray(res.params, dtype=float)
         if not np.all(np.isfinite(beta)):
             raise ConvergenceError("the independence GLM that gives the starting values did not converge")
@@ -664,7 +673,20 @@ class GEEResult:
         row was dropped for missing values).
     converged : bool
     n_iter : int
+        geepack's iterations (one beta, phi and alpha update each).
     n_dropped : int
+        Rows dropped for missing values in the response, covariates, group or time.
+
+    Methods
+    -------
+    coef_table(robust=True)
+        geepack's coefficient table (Estimate, Std.err, Wald, Pr(>|W|)).
+    summary()
+        Text as R's ``print(summary(geeglm))``.
+    qic()
+        geepack's ``QIC`` (QIC, QICu, Quasi Lik, CIC, params, QICC).
+    predict(newdata=None, type="response")
+        Population-averaged means (or linear predictors).
     """
 
     model: GEE
@@ -797,6 +819,32 @@ class GEEResult:
         m = self.model
         return self._per_row((m._y - self._mu) / np.sqrt(_variance(m.family, self._mu)), "resid_pearson")
 
+    def predict(self, newdata: pd.DataFrame | None = None, type: str = "response") -> pd.Series:
+        """Population-averaged predictions (geeglm's ``predict``).
+
+        Parameters
+        ----------
+        newdata : pandas.DataFrame, optional
+            Rows to predict; ``None`` gives the fitted values of the data.
+        type : {"response", "link"}
+            Mean scale or linear predictor.
+
+        Returns
+        -------
+        pandas.Series
+            Indexed as ``newdata``.
+        """
+        if type not in ("response", "link"):
+            raise DataError(f"type must be 'response' or 'link', got {type!r}")
+        if newdata is None:
+            eta = self._per_row(self.model._X @ self.beta, "link")
+            return eta if type == "link" else self.fitted
+        if not isinstance(newdata, pd.DataFrame):
+            raise DataError(f"newdata must be a pandas DataFrame, got {newdata.__class__.__name__}")
+        eta = self.model._fixed.matrix_for(newdata) @ self.beta
+        out = eta if type == "link" else _linkinv(self.model.family, eta)
+        return pd.Series(out, index=newdata.index, name="fitted" if type == "response" else "link")
+
     # -- tables -------------------------------------------------------------------------------
 
     def coef_table(self, robust: bool = True) -> pd.DataFrame:
@@ -838,8 +886,8 @@ class GEEResult:
             if m.corstr == "independence":
                 naive_indep = self.vbeta_naive
             else:
-                indep = GEE.__new__(GEE)
-                indep.__dict__.update(m.__dict__)
+                # the same data and design with an independence working correlation (geepack refits)
+                indep = copy.copy(m)
                 indep.corstr = "independence"
                 indep._corr = _Corr("independence", m._T)
                 with warnings.catch_warnings():

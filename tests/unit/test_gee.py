@@ -368,3 +368,23 @@ def test_bad_time_and_structure():
         gee("y ~ 1", single.assign(y=[-1.0, 0.0, 1.0]), group="id", family="poisson")
     with pytest.raises(DataError, match="DataFrame"):
         gee("y ~ 1", single.to_dict(), group="id")
+
+
+def test_predict():
+    df = _orthodont()
+    fit = gee("distance ~ age * Sex", df, group="Subject", corstr="ar1").fit()
+    assert np.allclose(fit.predict(df), fit.fitted)
+    new = pd.DataFrame({"age": [9.0, 11.0], "Sex": pd.Categorical(["Female", "Male"], categories=["Male", "Female"])})
+    b = fit.params
+    expected = [
+        b["(Intercept)"] + b["SexFemale"] + 9 * (b["age"] + b["age:SexFemale"]),
+        b["(Intercept)"] + 11 * b["age"],
+    ]
+    assert np.allclose(fit.predict(new), expected)
+    counts, _ = _simulate_counts("poisson", n_groups=100)
+    pois = gee("y ~ x + trt + t", counts, group="id", family="poisson").fit()
+    assert np.allclose(np.exp(pois.predict(counts, type="link")), pois.predict(counts))
+    with pytest.raises(DataError, match="type must be"):
+        fit.predict(df, type="terms")
+    with pytest.raises(DataError, match="DataFrame"):
+        fit.predict({"age": [1]})
