@@ -18,7 +18,7 @@ from memoe.design import Design
 from memoe.design.fixed import build_fixed
 from memoe.design.frame import build_frame, formula_variables, numeric_response
 from memoe.design.random import build_random
-from memoe.errors import DataError, FormulaError
+from memoe.errors import DataError, FormulaError, IdentifiabilityError
 from memoe.formula.parse import parse_formula, split_top_level
 from memoe.glmm.families import Family
 
@@ -56,6 +56,35 @@ class GlmmDesign:
     offset: np.ndarray
     prior_weights: np.ndarray
     binomial_matrix: bool
+
+
+# see build_glmm_design: disables build_random's nobs-based checks
+_NO_NOBS_CHECK = 2**62
+
+
+def check_identifiable(terms, blocks, nobs: int) -> None:
+    """lme4's ``check.nobs.vs.nlev`` and ``check.nobs.vs.nRE`` for families with a fixed scale.
+
+    With no residual variance to separate, a grouping factor may have one level per observation
+    (observation-level random effects for overdispersion): lme4 stops only when
+    ``nlevels > nobs`` or the term has more random effects than observations.
+
+    Raises
+    ------
+    IdentifiabilityError
+    """
+    for t in terms:
+        lev = blocks[t.block].nlevels
+        if lev > nobs:
+            raise IdentifiabilityError(
+                f"number of levels of each grouping factor must be <= number of observations "
+                f"(grouping factor {t.group!r} has {lev} levels for {nobs} observations)"
+            )
+        if t.q * lev > nobs:
+            raise IdentifiabilityError(
+                f"number of observations (={nobs}) < number of random effects (={t.q * lev}) for term "
+                f"{t.text!r}; the random-effects parameters are probably unidentifiable"
+            )
 
 
 def split_cbind(response: str) -> tuple[str, str] | None:
@@ -155,7 +184,10 @@ def build_glmm_design(
     else:
         y, wt, n = family.prepare(values[0], prior, None, spec.response)
     fixed = build_fixed(spec.fixed, fd)
-    terms, blocks, theta_map = build_random(spec.random, fd, len(y))
+    # build_random applies the LMM's rules (nlevels < nobs, nRE < nobs); a huge nobs switches them
+    # off and the GLMM's rules (fixed scale) are checked below
+    terms, blocks, theta_map = build_random(spec.random, fd, _NO_NOBS_CHECK)
+    check_identifiable(terms, blocks, len(y))
     design = Design(spec=spec, frame=frame, y=y, fixed=fixed, terms=terms, blocks=blocks, theta_map=theta_map)
     return GlmmDesign(
         design=design, y=y, wt=wt, n=n, offset=off, prior_weights=prior, binomial_matrix=pair is not None

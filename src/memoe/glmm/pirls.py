@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from memoe.glmm.dense import DenseWpls
+from memoe.glmm.dense import DenseWpls, dense_size
 from memoe.glmm.design import GlmmDesign
 from memoe.glmm.families import Family
 from memoe.pls import PLSProblem
@@ -30,8 +30,8 @@ U_TOL = 1e-10
 MAX_ITER = 60
 # step-halving gives up below this fraction of the Newton step (lme4: 0.001)
 MIN_STEP = 1e-3
-# several grouping factors with at most this many random effects use one dense factor per iteration
-DENSE_MAX_Q = 2000
+# several grouping factors use DenseWpls while its dense arrays stay below this many entries
+DENSE_MAX_ENTRIES = 2**24
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,7 @@ class PirlsProblem:
     dense : bool, optional
         Solve each PIRLS step with one dense factor (:class:`~memoe.glmm.dense.DenseWpls`) instead of
         the LMM's blocked :class:`~memoe.pls.PLSProblem`. Default: dense for several grouping
-        factors with at most ``DENSE_MAX_Q`` random effects.
+        factors unless its dense arrays would exceed ``DENSE_MAX_ENTRIES``.
     """
 
     def __init__(self, gd: GlmmDesign, family: Family, dense: bool | None = None) -> None:
@@ -102,7 +102,7 @@ class PirlsProblem:
         self.q = int(sum(self.sizes))
         self._noX = np.zeros((self.n, 0))
         if dense is None:
-            dense = len(self.qk) > 1 and self.q <= DENSE_MAX_Q
+            dense = len(self.qk) > 1 and dense_size(self.nlevels, self.qk, self.p) <= DENSE_MAX_ENTRIES
         self.dense = DenseWpls(self.X, self.codes, self.nlevels, self.Zraw, self.theta_map) if dense else None
 
     # ------------------------------------------------------------------ pieces
