@@ -60,7 +60,7 @@ from memoe.design.frame import build_frame, numeric_response
 from memoe.design.grouping import make_grouping_factor
 from memoe.errors import ConvergenceError, ConvergenceWarning, DataError, FormulaError, MemoeWarning
 from memoe.formula.parse import parse_formula
-from memoe.results.summary import _decimals_for, format_column, format_table
+from memoe.results.summary import format_table
 
 __all__ = ["GEE", "GEEOrderWarning", "GEEResult", "gee"]
 
@@ -625,13 +625,59 @@ def _inv(H: np.ndarray, what: str) -> np.ndarray:
 # the result
 
 
-def _format_p(p: float) -> str:
-    """R's ``format.pval`` as ``printCoefmat`` uses it (3 significant digits, ``eps = 2.2e-16``)."""
-    if not np.isfinite(p):
-        return "NA"
-    if p < _EPS:
-        return "<2e-16"
-    return f"{p:.3g}"
+def _sig_needed(x: float, digits: int) -> tuple[int, float]:
+    """Fewest significant digits (<= ``digits``) that show ``x`` as ``signif(x, digits)`` (R's formatReal)."""
+    ref = float(f"{x:.{digits - 1}e}")
+    for k in range(1, digits + 1):
+        if float(f"{x:.{k - 1}e}") == ref:
+            return k, ref
+    return digits, ref
+
+
+def _r_format(values, digits: int) -> list[str]:
+    """R's ``format(x, digits = digits)`` of a numeric vector: common decimals, or common scientific
+    notation when that is narrower (``scipen = 0``)."""
+    vals = np.asarray(values, dtype=float)
+    nz = [v for v in vals if np.isfinite(v) and v != 0.0]
+    dec, sig = 0, 1
+    for v in nz:
+        k, ref = _sig_needed(v, digits)
+        sig = max(sig, k)
+        dec = max(dec, k - 1 - math.floor(math.log10(abs(ref))))
+
+    def special(v: float) -> str:
+        return "NaN" if np.isnan(v) else ("Inf" if v > 0 else "-Inf")
+
+    fixed = [f"{v:.{dec}f}" if np.isfinite(v) else special(v) for v in vals]
+    sci = [f"{v:.{sig - 1}e}" if np.isfinite(v) else special(v) for v in vals]
+    if nz and max(map(len, fixed)) > max(map(len, sci)):
+        return sci
+    return fixed
+
+
+def _format_pvalues(pv: np.ndarray, digits: int = 3) -> list[str]:
+    """R's ``format.pval(pv, digits, eps = .Machine$double.eps)`` as ``printCoefmat`` calls it."""
+    pv = np.asarray(pv, dtype=float)
+    out = ["NA"] * len(pv)
+    is0 = pv < _EPS
+    ok = np.isfinite(pv) & ~is0
+    expo = np.floor(np.log10(np.where(pv > 0, pv, 1e-50)))
+    for part in (ok & ((expo >= -3) | (pv == 0)), ok & ~((expo >= -3) | (pv == 0))):
+        idx = np.flatnonzero(part)
+        for i, text in zip(idx, _r_format(pv[idx], digits), strict=True):
+            out[i] = text
+    if is0.any():
+        d = max(1, digits - 2)
+        if ok.any():
+            nc = max(len(out[i]) for i in np.flatnonzero(ok))
+            if d > 1 and d + 6 > nc:
+                d = max(1, nc - 7)
+            sep = "" if d == 1 and nc <= 6 else " "
+        else:
+            sep = "" if d == 1 else " "
+        for i in np.flatnonzero(is0):
+            out[i] = "<" + sep + f"{_EPS:.{d - 1}e}"
+    return out
 
 
 def _stars(p: float) -> str:
@@ -910,54 +956,58 @@ class GEEResult:
         return pd.Series(self._qic, name="QIC")
 
     def summary(self) -> str:
-        """Text in the layout of R's ``print(summary(geeglm))``."""
+        """Text in the layout of R's ``print(summary(geeglm))`` (geepack 1.3.x, ``digits = 4``)."""
         m = self.model
         ct = self.coef_table()
+        digits = 4
+        # printCoefmat: estimates and SEs rounded jointly to `digits` significant digits of the
+        # smallest of them, the Wald column to 3 decimals, then R's format() with `digits`
+        cs = ct[["Estimate", "Std.err"]].to_numpy()
+        finite = np.abs(cs[np.isfinite(cs) & (cs != 0)])
+        digmin = 1 + (math.floor(math.log10(finite.min())) if len(finite) else 0)
+        cs_text = _r_format(np.round(cs, max(1, digits - digmin)).ravel(), digits)
+        stars = [_stars(v) for v in ct["Pr(>|W|)"]]
+        width = max(map(len, stars))
         coef = pd.DataFrame(
             {
-                # printCoefmat: 4 significant digits for the smallest estimate / SE, Wald to 3 decimals at most
-                "Estimate": format_column(ct["Estimate"].to_numpy(), 4, anchor="min"),
-                "Std.err": format_column(ct["Std.err"].to_numpy(), 4, anchor="min"),
-                "Wald": [f"{w:.{min(3, _decimals_for(ct['Wald'].to_numpy(), 4, 'min'))}f}" for w in ct["Wald"]],
-                "Pr(>|W|)": [_format_p(v) for v in ct["Pr(>|W|)"]],
-                "": [_stars(v) for v in ct["Pr(>|W|)"]],
+                "Estimate": cs_text[0::2],
+                "Std.err": cs_text[1::2],
+                "Wald": _r_format(np.round(ct["Wald"].to_numpy(), max(1, min(5, digits - 1))), digits),
+                "Pr(>|W|)": _format_pvalues(ct["Pr(>|W|)"].to_numpy(), max(1, min(5, digits - 1))),
+                "": [st.ljust(width) for st in stars],
             },
             index=ct.index,
         )
-        time = f", waves = {m.time}" if m.time is not None else ""
+        time = f", time = {m.time}" if m.time is not None else ""
         lines = [
             "",
             "Call:",
-            f"gee({m.formula}, group = {m.group}, family = {m.family}, corstr = {m.corstr!r}{time})",
-            f"(geepack: geeglm(..., id = {m.group}{time}, family = {m.family}, corstr = {m.corstr!r}))",
+            f'gee(formula = {m.formula}, group = {m.group}, family = {m.family}, corstr = "{m.corstr}"{time})',
             "",
             " Coefficients:",
             format_table(coef),
             "---",
             "Signif. codes:  0 '***' 0.001 '**' 0.01 '*' 0.05 '.' 0.1 ' ' 1",
             "",
+            f"Correlation structure = {m.corstr} ",
         ]
         if m.scale_fix:
-            lines.append("Scale is fixed.")
+            lines += ["Scale is fixed.", ""]
         else:
             sc = pd.DataFrame(
-                {"Estimate": format_column([self.scale], 4), "Std.err": format_column([self.scale_se], 4)},
+                {"Estimate": _r_format([self.scale], digits), "Std.err": _r_format([self.scale_se], digits)},
                 index=["(Intercept)"],
             )
             lines += ["Estimated Scale Parameters:", "", format_table(sc)]
-        lines += [
-            "",
-            f"Correlation: Structure = {m.corstr}" + ("  Link = identity " if m.corstr != "independence" else ""),
-        ]
         if m.corstr != "independence":
             al = pd.DataFrame(
                 {
-                    "Estimate": format_column(self.alpha.to_numpy(), 4),
-                    "Std.err": format_column(self.alpha_se.to_numpy(), 4),
+                    "Estimate": _r_format(self.alpha.to_numpy(), digits),
+                    "Std.err": _r_format(self.alpha_se.to_numpy(), digits),
                 },
                 index=self.alpha.index,
             )
-            lines += ["", "Estimated Correlation Parameters:", format_table(al)]
+            lines += ["  Link = identity ", "", "Estimated Correlation Parameters:", format_table(al)]
         lines.append(f"Number of clusters:   {self.ngroups}  Maximum cluster size: {self.max_cluster_size} ")
         if self.n_dropped:
             lines.append(f"({self.n_dropped} rows dropped for missing values)")

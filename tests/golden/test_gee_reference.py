@@ -126,7 +126,7 @@ def test_qic(case, fitted):
 def test_summary_reports_reference_numbers(case, fitted):
     text = fitted.summary()
     res = reference(case)["results"]
-    assert f"Correlation: Structure = {CASES[case]}" in text
+    assert f"Correlation structure = {CASES[case]} " in text
     assert "Number of clusters:   27  Maximum cluster size: 4" in text
     assert f"{res['working_correlation']['alpha']:.4f}" in text
     assert f"{res['scale']['(Intercept)']:.3f}" in text

@@ -187,7 +187,7 @@ def test_independence_is_ols_with_cr0_sandwich():
     sm_fit = sm.GEE(y, X, groups=df["Subject"].astype(str), family=sm.families.Gaussian()).fit()
     assert np.allclose(sm_fit.params, beta, rtol=1e-10)
     assert np.allclose(sm_fit.cov_params(), fit.vcov.to_numpy(), rtol=1e-8)
-    assert "Correlation: Structure = independence" in fit.summary()
+    assert "Correlation structure = independence" in fit.summary()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -388,3 +388,28 @@ def test_predict():
         fit.predict(df, type="terms")
     with pytest.raises(DataError, match="DataFrame"):
         fit.predict({"age": [1]})
+
+
+def test_summary_number_formatting_follows_r():
+    """printCoefmat / format.pval / print.data.frame outputs copied from published geeglm summaries."""
+    from memoe.gee import _format_pvalues, _r_format
+
+    # moth data (binomial, exchangeable): estimates and SEs rounded jointly to 6 decimals
+    cs = np.round([-0.714717, 0.129102, -0.009385, 0.003221, -0.410238, 0.163953, 0.027762, 0.005812], 6)
+    assert _r_format(cs, 4)[:4] == ["-0.714717", "0.129102", "-0.009385", "0.003221"]
+    assert _r_format(np.round([30.6481, 8.48912, 6.26101, 22.8149], 3), 4) == ["30.648", "8.489", "6.261", "22.815"]
+    assert _format_pvalues(np.array([3.09e-08, 0.00357, 0.01234, 1.78e-06])) == [
+        "3.09e-08",
+        "0.00357",
+        "0.01234",
+        "1.78e-06",
+    ]
+    # "<2e-16" without a space next to short p-values, with one next to wide ones
+    assert _format_pvalues(np.array([0.0, 0.078, 0.040]))[0] == "<2e-16"
+    assert _format_pvalues(np.array([0.0, 0.00016]))[0] == "< 2e-16"
+    # scale / alpha tables: 4 significant digits per column
+    assert _r_format([0.01313], 4) == ["0.01313"] and _r_format([0.006935], 4) == ["0.006935"]
+    assert _r_format([2.453e-17], 4) == ["2.453e-17"]
+    text = gee("distance ~ age * Sex", _orthodont(), group="Subject", corstr="exchangeable").fit().summary()
+    assert "(Intercept)   16.34062 1.17148 194.566  < 2e-16 ***" in text
+    assert "alpha   0.6178  0.1312" in text
