@@ -367,13 +367,14 @@ def test_frame_codec_keeps_dtypes_and_values():
             "b": [True, False, True],
             "s": pd.Series(["a", None, "c"], dtype="str"),
             "o": pd.Series([1, "two", None], dtype=object),
+            "o_nan": pd.Series([np.nan, "x", 2.5], dtype=object),
             "lists": pd.Series([[], [1, 2], [3]], dtype=object),
             "c": pd.Categorical(["lo", "hi", "lo"], categories=["lo", "hi", "unused"], ordered=True),
             "ci": pd.Categorical([10, 20, 10]),
             "n": pd.array([1, None, 3], dtype="Int64"),
             "t": pd.to_datetime(["2020-01-01", "2021-06-30", "2022-12-31"]),
         },
-        index=pd.MultiIndex.from_tuples([("a", 1), ("a", 2), ("b", 1)], names=["g", "k"]),
+        index=pd.MultiIndex.from_arrays([pd.Index(["a", "a", "b"], dtype=object), [1, 2, 1]], names=["g", "k"]),
     )
     arrays: dict = {}
     spec = encode_frame(df, "d", arrays, "a test frame")

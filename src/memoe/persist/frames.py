@@ -11,8 +11,6 @@ from ``key``; the decoders read them back.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pandas as pd
 
@@ -30,11 +28,9 @@ def _json_scalar(v, where: str):
         return None
     if isinstance(v, np.generic):
         v = v.item()
-    if isinstance(v, bool | int | str):
+    if isinstance(v, bool | int | float | str):
+        # NaN stays NaN (Python's JSON writes and reads it): the missing value of str and object columns
         return v
-    if isinstance(v, float):
-        # NaN of a string column is its missing value: JSON null, restored as the dtype's NA
-        return None if math.isnan(v) else v
     if isinstance(v, list | tuple):
         return [_json_scalar(x, where) for x in v]
     raise PersistenceError(
@@ -116,7 +112,7 @@ def decode_index(spec: dict, key: str, arrays: dict[str, np.ndarray]) -> pd.Inde
     if kind == "range":
         return pd.RangeIndex(spec["start"], spec["stop"], spec["step"], name=spec["name"])
     if kind == "multi":
-        levels = [decode_values(s, f"{key}.{i}", arrays) for i, s in enumerate(spec["levels"])]
+        levels = [_index_of(s, f"{key}.{i}", arrays) for i, s in enumerate(spec["levels"])]
         return pd.MultiIndex.from_arrays(levels, names=spec["names"])
     if kind == "index":
         return _index_of(spec["values"], key, arrays, name=spec["name"])
