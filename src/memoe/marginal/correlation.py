@@ -74,9 +74,16 @@ class BoundCorrelation:
     def natural(self, u: np.ndarray) -> pd.Series:
         return pd.Series(self.structure.natural(u, self.m), index=self.names, dtype=float)
 
-    def starts(self) -> list[np.ndarray]:
-        """Candidate starting values (unconstrained); the model keeps the best."""
-        return self.structure.start_candidates(self.aux, self.m)
+    def starts(self, layout: GroupLayout | None = None, resid: np.ndarray | None = None) -> list[np.ndarray]:
+        """Candidate starting values (unconstrained); the model keeps the best.
+
+        With ``layout`` and standardised residuals of a simpler fit, structures that have a moment
+        estimate (``Symm``) add it as a candidate.
+        """
+        out = self.structure.start_candidates(self.aux, self.m)
+        if layout is not None and resid is not None:
+            out += self.structure.moment_start(layout, resid, self.m)
+        return out
 
 
 class CorStruct:
@@ -123,6 +130,10 @@ class CorStruct:
 
     def start_candidates(self, aux: list[np.ndarray], m: int) -> list[np.ndarray]:
         raise NotImplementedError
+
+    def moment_start(self, layout: GroupLayout, resid: np.ndarray, m: int) -> list[np.ndarray]:
+        """Starting values from residuals (none by default)."""
+        return []
 
     # ------------------------------------------------------------------------------------------
     def bind(self, layout: GroupLayout, frame: pd.DataFrame) -> BoundCorrelation:
@@ -260,6 +271,39 @@ def symm_matrix(u: np.ndarray, m: int) -> np.ndarray:
     return L @ L.T
 
 
+def symm_unconstrained(R: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`symm_matrix`: the ``u`` (nlme's pair order) of a positive-definite correlation R."""
+    m = R.shape[0]
+    L = np.linalg.cholesky(R)
+    z = np.zeros((m, m))
+    for i in range(1, m):
+        rest = 1.0
+        for j in range(i):
+            z[j, i] = L[i, j] / np.sqrt(rest)
+            rest -= L[i, j] ** 2
+    return np.arctanh(np.clip(z[np.triu_indices(m, 1)], -0.999, 0.999))
+
+
+def empirical_correlation(layout: GroupLayout, resid: np.ndarray, m: int) -> np.ndarray:
+    """Correlation of residuals by visit position (pairwise complete), shrunk to be positive definite."""
+    S = np.zeros((m, m))
+    cnt = np.zeros((m, m))
+    for b in layout.buckets:
+        r = resid[b.rows]  # (G, n)
+        S[: b.n, : b.n] += r.T @ r
+        cnt[: b.n, : b.n] += b.size
+    S = np.where(cnt > 0, S / np.maximum(cnt, 1), 0.0)
+    d = np.sqrt(np.clip(np.diag(S), 1e-12, None))
+    R = S / np.outer(d, d)
+    np.fill_diagonal(R, 1.0)
+    # shrink towards the identity until comfortably positive definite
+    for lam in (1.0, 0.9, 0.7, 0.5, 0.0):
+        Rs = lam * R + (1.0 - lam) * np.eye(m)
+        if np.linalg.eigvalsh(Rs).min() > 1e-3:
+            return Rs
+    return np.eye(m)
+
+
 @dataclass(frozen=True)
 class Symm(CorStruct):
     """nlme's ``corSymm``: a free correlation for every pair of visit positions (unstructured, MMRM)."""
@@ -282,6 +326,9 @@ class Symm(CorStruct):
     def start_candidates(self, aux: list[np.ndarray], m: int) -> list[np.ndarray]:
         k = m * (m - 1) // 2
         return [np.zeros(k), np.full(k, 0.3), np.full(k, 0.7)]
+
+    def moment_start(self, layout: GroupLayout, resid: np.ndarray, m: int) -> list[np.ndarray]:
+        return [symm_unconstrained(empirical_correlation(layout, resid, m))]
 
 
 @dataclass(frozen=True)

@@ -163,14 +163,18 @@ class MarginalProblem:
             for k, W in enumerate(self.covariances(params)):
                 L = np.linalg.cholesky(W)
                 Ls.append(L)
-                XYt.append(sla.solve_triangular(L, self._XY[k], lower=True, check_finite=False))
+                # np.linalg.solve is a compiled loop over the stack (scipy's batched solve_triangular
+                # loops in Python, one call per group); on a triangular L its LU costs as little
+                XYt.append(np.linalg.solve(L, self._XY[k]))
                 logdet += 2.0 * float(np.sum(np.log(np.diagonal(L, axis1=1, axis2=2))))
         except np.linalg.LinAlgError:
             return None
         return Ls, XYt, logdet
 
     def _reduce(self, XYt: list[np.ndarray]) -> np.ndarray | None:
-        A = sum(np.einsum("gni,gnj->ij", M, M) for M in XYt)
+        k = self.p + 1
+        # one GEMM per bucket over the stacked rows
+        A = sum(M.reshape(-1, k).T @ M.reshape(-1, k) for M in XYt)
         try:
             return np.linalg.cholesky(A)
         except np.linalg.LinAlgError:
@@ -226,7 +230,7 @@ class MarginalProblem:
                 continue
             # W^-1 r_i from the whitened residual: L^-T (L^-1 r_i)
             e = XYt[k][:, :, p] - XYt[k][:, :, :p] @ beta
-            Winv_r = sla.solve_triangular(Ls[k], e[:, :, None], lower=True, trans="T", check_finite=False)[:, :, 0]
+            Winv_r = np.linalg.solve(np.swapaxes(Ls[k], 1, 2), e[:, :, None])[:, :, 0]
             bk = np.einsum("ab,gnb,gn->ga", D, self._Z[k], Winv_r)  # D Z_i' W_i^-1 r_i
             b[bucket.groups] = bk
             zb_pieces.append(np.einsum("gnq,gq->gn", self._Z[k], bk))

@@ -51,8 +51,16 @@ class BoundVariance:
         vals = np.exp(np.concatenate(([0.0], np.asarray(u, dtype=float))))
         return pd.Series(vals, index=[str(v) for v in self.levels], dtype=float)
 
-    def start(self) -> np.ndarray:
-        return np.zeros(self.size)
+    def start(self, resid: np.ndarray | None = None) -> np.ndarray:
+        """Log SD ratios: zeros, or the ratios of the residual SDs per stratum when residuals are given."""
+        if resid is None:
+            return np.zeros(self.size)
+        ss = np.bincount(self.strata, weights=resid**2, minlength=len(self.levels))
+        n = np.bincount(self.strata, minlength=len(self.levels))
+        sd = np.sqrt(ss / np.maximum(n, 1))
+        if not np.all(sd > 0):
+            return np.zeros(self.size)
+        return np.log(sd[1:] / sd[0])
 
 
 @dataclass(frozen=True)
