@@ -41,6 +41,21 @@ Row order (what geepack assumes and what memoe does):
   row's value among the distinct values of ``col`` in the data (geepack's
   ``waves = as.integer(as.factor(col))``), so gaps count in AR(1) lags. Repeated times within a
   cluster are an error.
+
+Where memoe differs from geepack on purpose:
+
+* ``Pr(>|W|)`` uses the chi-square survival function; geepack's ``1 - pchisq(W, 1)`` cancels to 0
+  below ~1e-16 and loses relative accuracy below ~1e-12 (absolute agreement stays ~1e-16).
+* Clusters of one row contribute nothing to the alpha equations in the covariance of alpha, as
+  in the estimation; geepack's ``gee_var`` re-adds the previous cluster's alpha contributions for
+  each such cluster (its ``Hess``/``Grad`` are declared outside the loop and ``HiandGi`` returns
+  early), which changes only ``alpha_se``.
+* A correlation that no cluster can inform is an error (every cluster of one row; unstructured
+  wave pairs never observed together); geepack's failing LU solve leaves zeros or garbage there.
+* Unstructured correlation with ``time``: each pair of waves has its own parameter; geepack
+  indexes a cluster-sized matrix by wave numbers, which is only defined for complete clusters.
+* No prior weights, offsets, other links or jackknife variances (geeglm's ``weights``,
+  ``offset``, ``std.err = "jack"``).
 """
 
 from __future__ import annotations
@@ -265,7 +280,11 @@ def gee(
         Column ordering the rows within a cluster and giving their waves (geeglm's ``waves``);
         ``None`` keeps the row order (see the module docstring).
     scale_fix : bool
-        Fix the dispersion at 1 (geeglm's ``scale.fix = TRUE``) instead of estimating it.
+        Do not update the dispersion (geeglm's ``scale.fix = TRUE``). As in geepack's code,
+        phi then stays at its starting value, the mean squared Pearson residual of the
+        independence GLM (``geese.fit`` computes that start and never reads ``scale.value``; the
+        C++ skips the scale update). For binary data this is close to, but not exactly, 1. This
+        follows geepack's source; no R reference case covers it.
 
     Returns
     -------
@@ -500,9 +519,8 @@ class GEE:
         -------
         GEEResult
         """
+        # with scale_fix phi keeps this start (geepack: gm from the GLM, update_gamma skipped)
         beta, phi = self._start()
-        if self.scale_fix:
-            phi = 1.0
         alpha = np.zeros(self._corr.q)
         converged = False
         n_iter = 0
@@ -702,7 +720,7 @@ class GEEResult:
     bse, bse_naive : pandas.Series
         Their standard errors.
     scale : float
-        The dispersion phi (geepack's ``gamma``; 1 when ``scale_fix``). For the gaussian family the
+        The dispersion phi (geepack's ``gamma``; its starting value when ``scale_fix``). For the gaussian family the
         residual variance with denominator N.
     scale_se : float
         Its sandwich standard error (NaN when fixed).

@@ -287,11 +287,15 @@ def test_binomial_recovers_marginal_coefficients():
 def test_scale_fix():
     df, _ = _simulate_counts("binomial", n_groups=200)
     fit = gee("y ~ x + trt", df, group="id", family="binomial", corstr="exchangeable", scale_fix=True).fit()
-    assert fit.scale == 1.0 and np.isnan(fit.scale_se)
+    # geepack holds phi at its start: the independence GLM's mean squared Pearson residual
+    glm = sm.GLM(df["y"], sm.add_constant(df[["x", "trt"]]), family=sm.families.Binomial()).fit()
+    assert fit.scale == pytest.approx(np.mean(glm.resid_pearson**2), rel=1e-8)
+    assert np.isnan(fit.scale_se)
     assert "Scale is fixed." in fit.summary()
     free = gee("y ~ x + trt", df, group="id", family="binomial", corstr="exchangeable").fit()
-    # the naive covariance scales with phi; the sandwich does not depend on it for a given alpha
-    assert not np.allclose(fit.vcov_naive, free.vcov_naive)
+    assert free.scale != pytest.approx(fit.scale, rel=1e-6)
+    # alpha is scaled by the fixed phi (z = r_j r_k / phi)
+    assert fit.alpha["alpha"] != pytest.approx(free.alpha["alpha"], rel=1e-6)
 
 
 # ------------------------------------------------------------------------------------------------
