@@ -47,9 +47,10 @@ Where memoe differs from geepack on purpose:
 * ``Pr(>|W|)`` uses the chi-square survival function; geepack's ``1 - pchisq(W, 1)`` cancels to 0
   below ~1e-16 and loses relative accuracy below ~1e-12 (absolute agreement stays ~1e-16).
 * Clusters of one row contribute nothing to the alpha equations in the covariance of alpha, as
-  in the estimation; geepack's ``gee_var`` re-adds the previous cluster's alpha contributions for
-  each such cluster (its ``Hess``/``Grad`` are declared outside the loop and ``HiandGi`` returns
-  early), which changes only ``alpha_se``.
+  in the estimation (``update_alpha``). The geepack ``gee_var`` sources read for this module
+  (not necessarily 1.3.9's) re-add the previous cluster's alpha contributions for each such
+  cluster (``Hess``/``Grad`` declared outside the loop, ``HiandGi`` returns early); if 1.3.9 does
+  so too, only ``alpha_se`` differs, and only with one-row clusters (no reference case has any).
 * A correlation that no cluster can inform is an error (every cluster of one row; unstructured
   wave pairs never observed together); geepack's failing LU solve leaves zeros or garbage there.
 * Unstructured correlation with ``time``: each pair of waves has its own parameter; geepack
