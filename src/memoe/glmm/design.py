@@ -22,9 +22,10 @@ from memoe.errors import DataError, FormulaError, IdentifiabilityError
 from memoe.formula.parse import parse_formula, split_top_level
 from memoe.glmm.families import Family
 
-__all__ = ["GlmmDesign", "build_glmm_design", "split_cbind"]
+__all__ = ["GlmmDesign", "build_glmm_design", "check_identifiable", "split_cbind", "split_offsets"]
 
 _CBIND = re.compile(r"^cbind\s*\((.*)\)$", re.DOTALL)
+_OFFSET = re.compile(r"^offset\s*\((.*)\)$", re.DOTALL)
 _NAME = re.compile(r"^[A-Za-z_.][A-Za-z0-9_.]*$")
 
 
@@ -44,9 +45,12 @@ class GlmmDesign:
     n : numpy.ndarray, shape (n,)
         Binomial trials (ones for 0/1 responses and for Poisson).
     offset : numpy.ndarray, shape (n,)
+        Sum of the formula's ``offset(...)`` terms and the ``offset=`` argument (as R).
     prior_weights : numpy.ndarray, shape (n,)
     binomial_matrix : bool
         The response was ``cbind(successes, failures)``.
+    offset_terms : tuple of str
+        Expressions of the formula's ``offset(...)`` terms.
     """
 
     design: Design
@@ -56,6 +60,7 @@ class GlmmDesign:
     offset: np.ndarray
     prior_weights: np.ndarray
     binomial_matrix: bool
+    offset_terms: tuple[str, ...] = ()
 
 
 # see build_glmm_design: disables build_random's nobs-based checks
@@ -104,6 +109,34 @@ def split_cbind(response: str) -> tuple[str, str] | None:
             f"response {response!r}: cbind() needs exactly two columns, cbind(successes, failures)"
         )
     return parts[0].strip(), parts[1].strip()
+
+
+def split_offsets(fixed: str) -> tuple[str, tuple[str, ...]]:
+    """Remove top-level ``offset(expr)`` terms from a fixed-effects formula (R's syntax).
+
+    Returns the remaining formula (``"1"`` if nothing is left) and the offset expressions.
+
+    Raises
+    ------
+    FormulaError
+        A subtracted offset term.
+    """
+    kept, offsets = [], []
+    for sep, piece in split_top_level(fixed, "+-", fixed):
+        m = _OFFSET.match(piece.strip())
+        if m:
+            if sep == "-":
+                raise FormulaError(f"an offset term cannot be subtracted: '- {piece.strip()}'")
+            offsets.append(m.group(1).strip())
+        elif piece.strip() or sep:
+            kept.append(f"{sep} {piece.strip()}" if sep else piece.strip())
+    rest = " ".join(kept).strip()
+    rest = rest[1:].strip() if rest.startswith("+") else rest
+    if not rest:
+        rest = "1"
+    elif rest.startswith("-"):
+        rest = "1 " + rest
+    return rest, tuple(offsets)
 
 
 def _as_expr(expr: str) -> str:
@@ -158,11 +191,14 @@ def build_glmm_design(
     exprs = [_as_expr(e) for e in pair] if pair else [spec.response]
     w_arr, w_col = _vector_arg(weights, data, "weights")
     o_arr, o_col = _vector_arg(offset, data, "offset")
+    fixed, offset_terms = split_offsets(spec.fixed)
     # the frame only needs the response's variables; a '+' of the two parts names all of them
-    frame_spec = dataclasses.replace(spec, response=" + ".join(exprs))
+    frame_spec = dataclasses.replace(spec, response=" + ".join(exprs), fixed=fixed)
     extra = [c for c in (w_col, o_col) if c is not None]
     for e in exprs:
         formula_variables(f"{e} ~ 1", "the response")
+    for e in offset_terms:
+        extra += [v for v in formula_variables(f"{_as_expr(e)} ~ 1", "an offset term") if v not in extra]
     frame = build_frame(frame_spec, data, extra=extra)
     fd = frame.data
     mask = frame.row_mask
@@ -176,6 +212,8 @@ def build_glmm_design(
     off = np.zeros(len(fd)) if offset is None else (fd[o_col].to_numpy(dtype=float) if o_col else o_arr[mask])
     if not np.all(np.isfinite(prior)) or np.any(prior < 0):
         raise DataError("weights must be finite and non-negative")
+    for e in offset_terms:
+        off = off + numeric_response(fd, _as_expr(e))
     if not np.all(np.isfinite(off)):
         raise DataError("offset must be finite")
     if pair:
@@ -183,12 +221,16 @@ def build_glmm_design(
         y, wt, n = family.prepare(succ, prior, succ + fail, spec.response)
     else:
         y, wt, n = family.prepare(values[0], prior, None, spec.response)
-    fixed = build_fixed(spec.fixed, fd)
+    spec = dataclasses.replace(spec, fixed=fixed)
+    fixed_design = build_fixed(fixed, fd)
     # build_random applies the LMM's rules (nlevels < nobs, nRE < nobs); a huge nobs switches them
     # off and the GLMM's rules (fixed scale) are checked below
     terms, blocks, theta_map = build_random(spec.random, fd, _NO_NOBS_CHECK)
     check_identifiable(terms, blocks, len(y))
-    design = Design(spec=spec, frame=frame, y=y, fixed=fixed, terms=terms, blocks=blocks, theta_map=theta_map)
+    design = Design(
+        spec=spec, frame=frame, y=y, fixed=fixed_design, terms=terms, blocks=blocks, theta_map=theta_map
+    )
     return GlmmDesign(
-        design=design, y=y, wt=wt, n=n, offset=off, prior_weights=prior, binomial_matrix=pair is not None
+        design=design, y=y, wt=wt, n=n, offset=off, prior_weights=prior, binomial_matrix=pair is not None,
+        offset_terms=offset_terms,
     )

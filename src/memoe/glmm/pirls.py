@@ -226,12 +226,15 @@ class PirlsProblem:
                 eta_try = fe + self.re_predictor(theta, u_try)
                 pdev_try, _ = self._pdev(fam.linkinv(eta_try), u_try)
                 # a rounding-level increase near the optimum is accepted
-                if pdev_try <= pdev + 1e-10 * (abs(pdev) if np.isfinite(pdev) else 0.0) or fac < MIN_STEP:
+                if pdev_try <= pdev + 1e-10 * (abs(pdev) if np.isfinite(pdev) else 0.0):
                     break
                 fac *= 0.5
-            u, b, eta, pdev = u_try, b_try, eta_try, pdev_try
+                if fac < MIN_STEP:
+                    break
             if fac < MIN_STEP:
+                # step halving failed (lme4 stops with an error): keep the best modes found
                 break
+            u, b, eta, pdev = u_try, b_try, eta_try, pdev_try
         mu, dmu, w = self.working(eta)
         if not converged:
             z = eta - (self.offset if joint else fixed_eta) + (self.y - mu) / dmu

@@ -83,6 +83,11 @@ class GlmmResult:
             self._beta = self.state.beta.copy()
         else:
             self.state = problem.solve(self._theta, beta=self._beta, u0=u_start)
+        if not self.state.converged:
+            self.messages.append(
+                f"PIRLS did not converge at the estimates ({self.state.iterations} iterations): "
+                "the conditional modes and the deviance are approximate"
+            )
         if hessian is not None and self.vcov_hessian is None:
             self.messages.append(
                 "variance-covariance matrix computed from finite-difference Hessian is not positive definite "

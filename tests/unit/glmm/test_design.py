@@ -11,7 +11,7 @@ import pytest
 import memoe
 from memoe.errors import DataError, FormulaError, IdentifiabilityError, MemoeError
 from memoe.glmm import NonIntegerResponseWarning, glmm
-from memoe.glmm.design import split_cbind
+from memoe.glmm.design import split_cbind, split_offsets
 
 CBPP = "cbind(incidence, size - incidence) ~ period + (1 | herd)"
 
@@ -27,6 +27,16 @@ def test_split_cbind():
     assert split_cbind("y") is None
     with pytest.raises(FormulaError, match="exactly two"):
         split_cbind("cbind(a, b, c)")
+
+
+def test_split_offsets():
+    assert split_offsets("x + offset(np.log(E))") == ("x", ("np.log(E)",))
+    assert split_offsets("offset(o) + x + offset(p)") == ("x", ("o", "p"))
+    assert split_offsets("offset(o)") == ("1", ("o",))
+    assert split_offsets("offset(o) - 1") == ("1 - 1", ("o",))
+    assert split_offsets("x") == ("x", ())
+    with pytest.raises(FormulaError, match="cannot be subtracted"):
+        split_offsets("x - offset(o)")
 
 
 def test_cbind_response_as_proportions_and_trials(cbpp):

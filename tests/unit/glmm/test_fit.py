@@ -11,7 +11,7 @@ from scipy import special, stats
 
 import memoe
 from memoe.errors import ConvergenceWarning, SingularFitWarning
-from memoe.glmm import GlmmControl, glmm
+from memoe.glmm import GlmmControl, get_family, glmm
 
 CBPP = "cbind(incidence, size - incidence) ~ period + (1 | herd)"
 
@@ -81,6 +81,11 @@ def test_poisson_offset_recovers_rates_and_shifts_intercept():
     assert shifted.fixef["(Intercept)"] == pytest.approx(base.fixef["(Intercept)"] - 0.7, abs=1e-5)
     assert shifted.fixef["x"] == pytest.approx(base.fixef["x"], abs=1e-5)
     assert shifted.loglik == pytest.approx(base.loglik, abs=1e-7)
+    # R's formula syntax gives the same fit as the argument
+    in_formula = glmm("y ~ x + offset(np.log(E)) + (1 | g)", df.assign(E=exposure), "poisson").fit()
+    assert in_formula.loglik == pytest.approx(fit.loglik, abs=1e-8)
+    assert in_formula.model.gdesign.offset_terms == ("np.log(E)",)
+    assert list(in_formula.fixef.index) == ["(Intercept)", "x"]
 
 
 def test_row_order_and_level_labels_do_not_matter(cbpp, cbpp_fit):
@@ -170,7 +175,7 @@ def test_probit_link_fit():
     df = simulate_logistic(3, groups=60, per=20)
     with warnings.catch_warnings():
         warnings.simplefilter("error", ConvergenceWarning)
-        fit = glmm("y ~ x + (1 | g)", df, memoe.glmm.get_family("binomial", link="probit")).fit()
+        fit = glmm("y ~ x + (1 | g)", df, get_family("binomial", link="probit")).fit()
     logit = glmm("y ~ x + (1 | g)", df).fit()
     # probit coefficients are about logit / 1.6-1.8
     assert 1.4 < logit.fixef["x"] / fit.fixef["x"] < 2.0
