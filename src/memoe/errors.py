@@ -36,6 +36,10 @@ class HypothesisError(MemoeError, ValueError):
     """A hypothesis or contrast cannot be interpreted (unknown coefficient, wrong shape)."""
 
 
+class PersistenceError(MemoeError, ValueError):
+    """A fit cannot be saved (unsupported content) or a file cannot be loaded (wrong type or version)."""
+
+
 class MemoeWarning(UserWarning):
     """Base class of memoe warnings."""
 

@@ -15,7 +15,7 @@ from typing import IO
 
 import numpy as np
 
-from memoe.errors import MemoeError
+from memoe.errors import PersistenceError
 
 __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "PathOrFile", "PersistenceError", "read_archive", "write_archive"]
 
@@ -28,10 +28,6 @@ META = "meta.json"
 ARRAYS = "arrays.npz"
 
 PathOrFile = str | os.PathLike | IO[bytes]
-
-
-class PersistenceError(MemoeError, ValueError):
-    """A fit cannot be saved (unsupported content) or a file cannot be loaded (wrong type or version)."""
 
 
 def _name(path: PathOrFile) -> str:
