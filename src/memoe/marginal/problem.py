@@ -56,6 +56,9 @@ class MarginalSolution:
     fitted_marginal, fitted_conditional : numpy.ndarray, shape (N,)
     ratios : numpy.ndarray, shape (N,)
         Residual SD ratios of the rows (1 without a variance function).
+    effects : numpy.ndarray, shape (p,)
+        R_X' beta: the whitened response projected on the orthogonalised columns of X~ (their squares
+        are the sequential sums of squares).
     """
 
     params: np.ndarray
@@ -68,6 +71,7 @@ class MarginalSolution:
     fitted_marginal: np.ndarray
     fitted_conditional: np.ndarray
     ratios: np.ndarray
+    effects: np.ndarray
 
 
 class MarginalProblem:
@@ -246,4 +250,5 @@ class MarginalProblem:
             fitted_marginal=fitted_m,
             fitted_conditional=fitted_c,
             ratios=self.ratios(v),
+            effects=R[p, :p].copy(),
         )

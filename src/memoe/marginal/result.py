@@ -83,6 +83,18 @@ class MarginalResult:
             s2 *= self.nobs / (self.nobs - self.design.p)
         return pd.DataFrame(s2 * self._s.vcov_unscaled, index=names, columns=names)
 
+    @property
+    def vcov_tests(self) -> np.ndarray:
+        """The covariance nlme's t tables and F tests use (p, p).
+
+        ``vcov`` except for ``lme`` ML fits, where nlme's ``summary`` and ``anova`` inflate it by
+        N / (N - p) (``vcov(fit)`` itself is not inflated; ``gls`` ML has the factor in ``vcov``).
+        """
+        V = self.vcov.to_numpy()
+        if self.kind == "lme" and not self.reml:
+            return V * (self.nobs / (self.nobs - self.design.p))
+        return V
+
     def bse(self) -> pd.Series:
         return pd.Series(np.sqrt(np.diag(self.vcov.to_numpy())), index=self.design.fixef_names, name="Std.Error")
 
@@ -233,17 +245,19 @@ class MarginalResult:
         standard errors carry nlme's factor sqrt(N / (N - p)) (as ``summary.lme``).
         """
         est = self.fixef.to_numpy()
-        se = self.bse().to_numpy()
-        if self.kind == "lme" and not self.reml:
-            # nlme's summary.lme inflates ML standard errors by sqrt(N / (N - p)) in the t table
-            # (vcov(fit) is not inflated); gls ML has the factor in vcov already
-            se = se * math.sqrt(self.nobs / (self.nobs - self.design.p))
+        se = np.sqrt(np.diag(self.vcov_tests))
         t = est / se
         df = self.df_coef
         p = 2.0 * stats.t.sf(np.abs(t), df)
         return pd.DataFrame(
             {"Estimate": est, "Std.Error": se, "df": df, "t-value": t, "p-value": p}, index=self.design.fixef_names
         )
+
+    def anova(self, type: str = "sequential") -> pd.DataFrame:
+        """F tests by term as nlme's ``anova(fit, type = ...)`` (``"sequential"`` or ``"marginal"``)."""
+        from memoe.marginal.anova import anova_table
+
+        return anova_table(self, type=type)
 
     def summary(self):
         """nlme's ``print(summary(fit))`` layout (an object whose ``str`` is the text)."""

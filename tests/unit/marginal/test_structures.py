@@ -103,3 +103,29 @@ def test_varident_ratios_reference_first_level():
     np.testing.assert_allclose(nat.to_numpy(), [1, 2, 3])
     cat = df.assign(s=pd.Categorical(df["s"], categories=["z", "y", "x"]))
     assert VarIdent("s").bind(cat).names == ["y", "x"]  # Categorical order: reference "z"
+
+
+def test_symm_unconstrained_inverts_symm_matrix():
+    from memoe.marginal.correlation import symm_unconstrained
+
+    u = np.array([0.3, -0.2, 0.9, 0.1, -1.2, 0.5])
+    np.testing.assert_allclose(symm_unconstrained(symm_matrix(u, 4)), u, rtol=1e-10)
+
+
+def test_empirical_correlation_start_is_positive_definite():
+    from memoe.marginal.correlation import empirical_correlation
+
+    rng = np.random.default_rng(0)
+    R = np.array([[1, 0.6, 0.3], [0.6, 1, 0.6], [0.3, 0.6, 1]])
+    r = rng.normal(size=(4000, 3)) @ np.linalg.cholesky(R).T
+    lay = make_layout(np.repeat(np.arange(4000), 3), pd.RangeIndex(4000), "g")
+    est = empirical_correlation(lay, r.ravel(), 3)
+    np.testing.assert_allclose(est, R, atol=0.05)
+    assert np.linalg.eigvalsh(est).min() > 0
+
+
+def test_varident_start_from_residual_sds():
+    df = pd.DataFrame({"s": ["a", "b"] * 500})
+    v = VarIdent("s").bind(df)
+    resid = np.where(df["s"] == "a", 1.0, 3.0) * np.tile([1.0, 1.0, -1.0, -1.0], 250)
+    np.testing.assert_allclose(v.start(resid), [np.log(3.0)])
