@@ -226,6 +226,31 @@ class MarginalResult:
         r = self.design.y - self._s.fitted_conditional
         return self._align(r / (self.sigma * self._s.ratios), "resid_pearson")
 
+    def predict(self, newdata: pd.DataFrame | None = None, level: int = 1) -> pd.Series:
+        """Predicted means, as nlme's ``predict(fit, newdata, level = ...)``.
+
+        ``level = 1`` (``lme`` only): ``X beta + Z b`` with the BLUPs, groups not in the fit get
+        ``X beta``; ``level = 0``: population level ``X beta``. The residual correlation does not
+        enter (as in nlme). Without ``newdata``, the fitted values of that level.
+        """
+        from memoe.errors import DataError
+        from memoe.predict import block_matrix_for, group_codes_for
+
+        if level not in (0, 1):
+            raise ValueError("level must be 0 or 1")
+        if newdata is None:
+            return self.fitted if level == 1 else self.fitted_marginal
+        if not isinstance(newdata, pd.DataFrame):
+            raise DataError(f"newdata must be a pandas DataFrame, got {type(newdata).__name__}")
+        eta = self.design.fixed.matrix_for(newdata) @ self._s.beta
+        if level == 1 and self.design.blocks:
+            blk = self.design.blocks[0]
+            codes = group_codes_for(blk, newdata)
+            Z = block_matrix_for(blk, newdata)
+            seen = codes >= 0
+            eta[seen] += np.einsum("nq,nq->n", Z[seen], self._s.b[codes[seen]])
+        return pd.Series(eta, index=newdata.index, name="predicted")
+
     # ------------------------------------------------------------------ tables
     @cached_property
     def df_coef(self) -> np.ndarray:

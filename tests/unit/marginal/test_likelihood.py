@@ -143,3 +143,14 @@ def test_fit_is_reproducible_and_reports_timing():
     b = lme(f, df, correlation=AR1()).fit()
     assert a.loglik == b.loglik
     assert a.seconds > 0 and a.feval > 0 and a.converged
+
+
+def test_predict_replays_the_design_on_new_data():
+    df = memoe.datasets.load("Ovary")
+    f = "follicles ~ np.sin(2*np.pi*Time) + np.cos(2*np.pi*Time) + (1 | Mare)"
+    fit = lme(f, df, correlation=AR1()).fit()
+    np.testing.assert_allclose(fit.predict(df).to_numpy(), fit.fitted.to_numpy(), rtol=1e-12)
+    np.testing.assert_allclose(fit.predict(df, level=0).to_numpy(), fit.fitted_marginal.to_numpy(), rtol=1e-12)
+    new = df.iloc[:3].copy()
+    new["Mare"] = pd.Categorical(["unseen"] * 3)
+    np.testing.assert_allclose(fit.predict(new).to_numpy(), fit.fitted_marginal.to_numpy()[:3], rtol=1e-12)
