@@ -82,7 +82,7 @@ class BoundCorrelation:
         """
         out = self.structure.start_candidates(self.aux, self.m)
         if layout is not None and resid is not None:
-            out += self.structure.moment_start(layout, resid, self.m)
+            out += self.structure.moment_start(self.aux, layout, resid, self.m)
         return out
 
 
@@ -96,19 +96,27 @@ class CorStruct:
         whole data set is one group.
     time : str or None
         Time or distance column (``None``: visit order).
+    visit : str or None
+        Integer visit column for the discrete structures (``AR1``, ``Symm``), as nlme's
+        ``form = ~ visit | group``; ``None``: the order of the rows within the group.
     """
 
     group: str | None = None
     time: str | None = None
+    visit: str | None = None
     label = "correlation"
 
     def columns(self) -> list[str]:
         """Data columns the structure reads (besides the grouping column)."""
-        return [] if self.time is None else [self.time]
+        return [c for c in (self.time, self.visit) if c is not None]
 
     def formula(self, group: str | None) -> str:
-        lhs = self.time or "1"
+        lhs = self.time or self.visit or "1"
         return f"~{lhs} | {group}" if group else f"~{lhs}"
+
+    def dimension(self, layout: GroupLayout, frame: pd.DataFrame) -> int:
+        """Size m of the largest correlation matrix (the number of visit positions)."""
+        return layout.max_size
 
     # -- to be provided by subclasses ---------------------------------------------------------
     def param_names(self, m: int) -> list[str]:
@@ -131,14 +139,14 @@ class CorStruct:
     def start_candidates(self, aux: list[np.ndarray], m: int) -> list[np.ndarray]:
         raise NotImplementedError
 
-    def moment_start(self, layout: GroupLayout, resid: np.ndarray, m: int) -> list[np.ndarray]:
+    def moment_start(self, aux: list[np.ndarray], layout: GroupLayout, resid: np.ndarray, m: int) -> list[np.ndarray]:
         """Starting values from residuals (none by default)."""
         return []
 
     # ------------------------------------------------------------------------------------------
     def bind(self, layout: GroupLayout, frame: pd.DataFrame) -> BoundCorrelation:
         """Precompute what the structure needs on ``layout``'s buckets."""
-        m = layout.max_size
+        m = self.dimension(layout, frame)
         aux = self.prepare(layout, frame)
         return BoundCorrelation(structure=self, aux=aux, names=self.param_names(m), m=m)
 
@@ -159,6 +167,27 @@ def _distances(layout: GroupLayout, frame: pd.DataFrame, time: str, what: str) -
     return out
 
 
+def _visit_codes(frame: pd.DataFrame, visit: str, what: str) -> tuple[np.ndarray, pd.Index]:
+    """0-based position of each row's visit among the distinct visit values (sorted), and the values."""
+    if visit not in frame.columns:
+        raise DataError(f"unknown column {visit!r} (used as the {what})")
+    col = frame[visit]
+    if isinstance(col.dtype, pd.CategoricalDtype):
+        col = col.cat.remove_unused_categories()
+        return col.cat.codes.to_numpy().astype(np.int64), pd.Index(col.cat.categories)
+    codes, values = pd.factorize(col, sort=True)
+    return codes.astype(np.int64), pd.Index(values)
+
+
+def _check_unique_within(layout: GroupLayout, pos: np.ndarray, visit: str, what: str) -> None:
+    for b in layout.buckets:
+        pb = np.sort(pos[b.rows], axis=1)
+        dup = np.any(pb[:, 1:] == pb[:, :-1], axis=1) if b.n > 1 else np.zeros(b.size, bool)
+        if np.any(dup):
+            g = layout.levels[b.groups[np.flatnonzero(dup)[0]]]
+            raise DataError(f"column {visit!r} (the {what}) has repeated values within group {g!r}")
+
+
 def _median_lag(aux: list[np.ndarray]) -> float:
     vals = np.concatenate([a[a > 0].ravel() for a in aux] + [np.ones(1)])
     return float(np.median(vals))
@@ -166,14 +195,27 @@ def _median_lag(aux: list[np.ndarray]) -> float:
 
 @dataclass(frozen=True)
 class AR1(CorStruct):
-    """nlme's ``corAR1``: ``cor = Phi^|j - k|`` for the j-th and k-th visits of a group (visit order)."""
+    """nlme's ``corAR1``: ``cor = Phi^|j - k|`` for the j-th and k-th visits of a group.
+
+    j, k are the positions of the rows within the group, or the values of the integer ``visit``
+    column (so a missed visit widens the lag).
+    """
 
     group: str | None = None
+    visit: str | None = None
 
     label = "AR(1)"
 
     def param_names(self, m: int) -> list[str]:
         return ["Phi"]
+
+    def prepare(self, layout: GroupLayout, frame: pd.DataFrame) -> list[np.ndarray]:
+        if self.visit is None:
+            return super().prepare(layout, frame)
+        v = _numeric_column(frame, self.visit, "visit of AR1")
+        if not np.all(np.isfinite(v)) or np.any(v != np.round(v)):
+            raise DataError(f"column {self.visit!r} (the visit of AR1) must hold integers")
+        return _distances(layout, frame, self.visit, "visit of AR1")
 
     def correlation(self, u: np.ndarray, aux: np.ndarray, m: int) -> np.ndarray:
         return np.power(np.tanh(u[0] / 2.0), aux)
@@ -284,14 +326,23 @@ def symm_unconstrained(R: np.ndarray) -> np.ndarray:
     return np.arctanh(np.clip(z[np.triu_indices(m, 1)], -0.999, 0.999))
 
 
-def empirical_correlation(layout: GroupLayout, resid: np.ndarray, m: int) -> np.ndarray:
-    """Correlation of residuals by visit position (pairwise complete), shrunk to be positive definite."""
+def empirical_correlation(
+    layout: GroupLayout, resid: np.ndarray, m: int, positions: list[np.ndarray] | None = None
+) -> np.ndarray:
+    """Correlation of residuals by visit position (pairwise complete), shrunk to be positive definite.
+
+    ``positions``: per bucket the (G, n) or (1, n) visit positions; default the row order.
+    """
     S = np.zeros((m, m))
     cnt = np.zeros((m, m))
-    for b in layout.buckets:
+    for k, b in enumerate(layout.buckets):
         r = resid[b.rows]  # (G, n)
-        S[: b.n, : b.n] += r.T @ r
-        cnt[: b.n, : b.n] += b.size
+        pos = np.arange(b.n)[None, :] if positions is None else positions[k]
+        pos = np.broadcast_to(pos, r.shape)
+        ii = np.broadcast_to(pos[:, :, None], (b.size, b.n, b.n)).ravel()
+        jj = np.broadcast_to(pos[:, None, :], (b.size, b.n, b.n)).ravel()
+        np.add.at(S, (ii, jj), (r[:, :, None] * r[:, None, :]).ravel())
+        np.add.at(cnt, (ii, jj), 1.0)
     S = np.where(cnt > 0, S / np.maximum(cnt, 1), 0.0)
     d = np.sqrt(np.clip(np.diag(S), 1e-12, None))
     R = S / np.outer(d, d)
@@ -306,19 +357,36 @@ def empirical_correlation(layout: GroupLayout, resid: np.ndarray, m: int) -> np.
 
 @dataclass(frozen=True)
 class Symm(CorStruct):
-    """nlme's ``corSymm``: a free correlation for every pair of visit positions (unstructured, MMRM)."""
+    """nlme's ``corSymm``: a free correlation for every pair of visit positions (unstructured, MMRM).
+
+    Positions are the order of the rows within the group, or, with ``visit``, the rank of the row's
+    visit among the distinct visit values (so a subject who missed visit 2 keeps positions 1, 3, 4:
+    nlme's ``corSymm(form = ~ visit | group)``). ``cor(i,j)`` are in nlme's order.
+    """
 
     group: str | None = None
+    visit: str | None = None
 
     label = "General"
 
     def param_names(self, m: int) -> list[str]:
         return [f"cor({i + 1},{j + 1})" for i, j in zip(*np.triu_indices(m, 1), strict=True)]
 
+    def dimension(self, layout: GroupLayout, frame: pd.DataFrame) -> int:
+        if self.visit is None:
+            return layout.max_size
+        return len(_visit_codes(frame, self.visit, "visit of Symm")[1])
+
+    def prepare(self, layout: GroupLayout, frame: pd.DataFrame) -> list[np.ndarray]:
+        """Per bucket the visit positions, (G, n) with ``visit``, else (1, n) = 0 .. n - 1."""
+        if self.visit is None:
+            return [np.arange(b.n)[None, :] for b in layout.buckets]
+        pos, _ = _visit_codes(frame, self.visit, "visit of Symm")
+        _check_unique_within(layout, pos, self.visit, "visit of Symm")
+        return [pos[b.rows] for b in layout.buckets]
+
     def correlation(self, u: np.ndarray, aux: np.ndarray, m: int) -> np.ndarray:
-        n = aux.shape[-1]
-        # visits are positions 0 .. n - 1 of the group, so a group of n rows uses the leading block
-        return symm_matrix(u, m)[None, :n, :n]
+        return symm_matrix(u, m)[aux[:, :, None], aux[:, None, :]]
 
     def natural(self, u: np.ndarray, m: int) -> np.ndarray:
         return symm_matrix(u, m)[np.triu_indices(m, 1)]
@@ -327,8 +395,8 @@ class Symm(CorStruct):
         k = m * (m - 1) // 2
         return [np.zeros(k), np.full(k, 0.3), np.full(k, 0.7)]
 
-    def moment_start(self, layout: GroupLayout, resid: np.ndarray, m: int) -> list[np.ndarray]:
-        return [symm_unconstrained(empirical_correlation(layout, resid, m))]
+    def moment_start(self, aux: list[np.ndarray], layout: GroupLayout, resid: np.ndarray, m: int) -> list[np.ndarray]:
+        return [symm_unconstrained(empirical_correlation(layout, resid, m, aux))]
 
 
 @dataclass(frozen=True)

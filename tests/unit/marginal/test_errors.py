@@ -8,7 +8,7 @@ import pytest
 
 import memoe
 from memoe.errors import DataError, FormulaError
-from memoe.marginal import AR1, CAR1, Exp, VarIdent, gls, lme
+from memoe.marginal import AR1, CAR1, Exp, Symm, VarIdent, gls, lme
 
 
 @pytest.fixture
@@ -75,3 +75,15 @@ def test_missing_values_in_structure_columns_drop_rows(bw):
     fit = gls("weight ~ Diet", df, correlation=CAR1("Time", "Rat")).fit()
     assert fit.n_dropped == 1 and fit.nobs == len(df) - 1
     assert np.isnan(fit.fitted.iloc[3])
+
+
+def test_repeated_visit_within_group_is_named():
+    df = pd.DataFrame({"g": list("aabb"), "v": [1, 1, 1, 2], "y": [1.0, 2.0, 3.0, 4.5]})
+    with pytest.raises(DataError, match=r"'v'.*repeated.*'a'"):
+        gls("y ~ 1", df, correlation=Symm("g", visit="v"))
+
+
+def test_non_integer_ar1_visit_is_named():
+    df = pd.DataFrame({"g": list("aabb"), "v": [1, 1.5, 1, 2], "y": [1.0, 2.0, 3.0, 4.5]})
+    with pytest.raises(DataError, match=r"'v'.*integers"):
+        gls("y ~ 1", df, correlation=AR1(group="g", visit="v"))

@@ -154,3 +154,49 @@ def test_predict_replays_the_design_on_new_data():
     new = df.iloc[:3].copy()
     new["Mare"] = pd.Categorical(["unseen"] * 3)
     np.testing.assert_allclose(fit.predict(new).to_numpy(), fit.fitted_marginal.to_numpy()[:3], rtol=1e-12)
+
+
+def test_symm_visit_positions_with_missed_visits():
+    from memoe.marginal.correlation import symm_matrix
+
+    df = memoe.datasets.load("Orthodont")
+    full = gls("distance ~ age * Sex", df, correlation=Symm("Subject")).fit()
+    by_visit = gls("distance ~ age * Sex", df, correlation=Symm("Subject", visit="age")).fit()
+    assert by_visit.loglik == pytest.approx(full.loglik, abs=1e-7)  # complete data: same positions
+    # drop visit 2 (age 10) of three subjects: their rows keep positions 1, 3, 4
+    drop = df.index[(df["age"] == 10) & df["Subject"].isin(["M01", "F03", "M10"])]
+    sub = df.drop(drop).reset_index(drop=True)
+    m = gls("distance ~ age * Sex", sub, correlation=Symm("Subject", visit="age"))
+    u = np.array([0.4, 0.3, 0.2, 0.5, 0.1, 0.6])
+    sol = m.problem.solve(u, True)
+    R = symm_matrix(u, 4)
+    pos = sub["age"].map({8: 0, 10: 1, 12: 2, 14: 3}).to_numpy()
+    same = sub["Subject"].to_numpy()[:, None] == sub["Subject"].to_numpy()[None, :]
+    W = np.where(same, R[pos[:, None], pos[None, :]], 0.0)
+    ll = _dense_loglik(sub, m.design.X, m.design.y, sol.sigma**2 * W, True)
+    assert -0.5 * sol.deviance == pytest.approx(ll, abs=1e-8)
+    by_order = gls("distance ~ age * Sex", sub, correlation=Symm("Subject"))
+    assert by_order.problem.deviance(u, True) != pytest.approx(sol.deviance, abs=1e-3)
+
+
+def test_ar1_visit_lags():
+    df = pd.DataFrame({"g": ["a"] * 3 + ["b"] * 3, "v": [1, 2, 4, 1, 3, 4], "y": [1.0, 2.0, 2.5, 0.3, 1.1, 0.9]})
+    m = gls("y ~ 1", df, correlation=AR1(group="g", visit="v"))
+    phi = 0.6
+    W = m.problem.covariances(np.array([2 * np.arctanh(phi)]))[0]
+    np.testing.assert_allclose(W[0], phi ** np.abs(np.subtract.outer([1, 2, 4], [1, 2, 4])), rtol=1e-14)
+    np.testing.assert_allclose(W[1], phi ** np.abs(np.subtract.outer([1, 3, 4], [1, 3, 4])), rtol=1e-14)
+
+
+@pytest.mark.parametrize("reml", [False, True])
+def test_compound_symmetry_gls_equals_random_intercept(reml):
+    from memoe.marginal import CompSymm
+
+    df = memoe.datasets.load("Orthodont")
+    cs = gls("distance ~ age * Sex", df, correlation=CompSymm("Subject")).fit(reml=reml)
+    ri = memoe.lmm("distance ~ age * Sex + (1 | Subject)", df).fit(reml=reml)
+    assert cs.loglik == pytest.approx(ri.loglik, abs=1e-6)
+    np.testing.assert_allclose(cs.fixef.to_numpy(), ri.fixef.to_numpy(), rtol=1e-6)
+    tau2, s2 = ri.varcorr["vcov"].iloc[0], ri.sigma**2
+    assert cs.cor_params["Rho"] == pytest.approx(tau2 / (tau2 + s2), rel=1e-5)
+    assert cs.sigma**2 == pytest.approx(tau2 + s2, rel=1e-5)
