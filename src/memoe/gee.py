@@ -74,9 +74,10 @@ from scipy import stats
 from memoe.design.fixed import build_fixed
 from memoe.design.frame import build_frame, numeric_response
 from memoe.design.grouping import make_grouping_factor
-from memoe.errors import ConvergenceError, ConvergenceWarning, DataError, FormulaError, MemoeWarning
+from memoe.errors import ConvergenceError, ConvergenceWarning, DataError, FormulaError, HypothesisError, MemoeWarning
 from memoe.formula.parse import parse_formula
 from memoe.results.summary import format_table
+from memoe.results.vcov import VcovFrame
 
 __all__ = ["GEE", "GEEOrderWarning", "GEEResult", "gee"]
 
@@ -717,7 +718,8 @@ class GEEResult:
     params, fixef : pandas.Series
         Coefficients with R's names.
     vcov, vcov_naive : pandas.DataFrame
-        Robust (sandwich, geepack's ``vbeta``) and model-based (``vbeta.naiv``) covariances.
+        Robust (sandwich, geepack's ``vbeta``) and model-based (``vbeta.naiv``) covariances;
+        ``vcov`` is callable as in memoe's LMM results (``fit.vcov(robust="naive")``).
     bse, bse_naive : pandas.Series
         Their standard errors.
     scale : float
@@ -781,8 +783,19 @@ class GEEResult:
         return self.params
 
     @cached_property
-    def vcov(self) -> pd.DataFrame:
-        return pd.DataFrame(self.vbeta, index=self.names, columns=self.names)
+    def vcov(self) -> VcovFrame:
+        """geepack's sandwich (``vbeta``); like memoe's LMM results it is callable:
+        ``fit.vcov(robust="naive")`` is the model-based matrix, ``"sandwich"`` / ``"CR0"`` this one."""
+        frame = pd.DataFrame(self.vbeta, index=self.names, columns=self.names)
+        return VcovFrame.wrap(frame, self._vcov_by_name)
+
+    def _vcov_by_name(self, robust: str | None = None) -> pd.DataFrame:
+        key = (robust or "sandwich").lower()
+        if key in ("sandwich", "san.se", "cr0", "robust"):
+            return pd.DataFrame(self.vbeta, index=self.names, columns=self.names)
+        if key in ("naive", "model"):
+            return self.vcov_naive.copy()
+        raise HypothesisError(f"unknown covariance {robust!r} for a GEE; use 'sandwich' (CR0) or 'naive'")
 
     @cached_property
     def vcov_naive(self) -> pd.DataFrame:

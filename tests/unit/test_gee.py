@@ -219,6 +219,10 @@ def test_independence_is_ols_with_cr0_sandwich():
     assert fit.scale == pytest.approx(np.mean(e**2), rel=1e-12)
     assert np.allclose(fit.vcov_naive.to_numpy(), fit.scale * bread, rtol=1e-10)
     assert fit.n_iter == 1 and len(fit.alpha) == 0
+    # callable like memoe's LMM vcov
+    assert np.allclose(fit.vcov(robust="CR0"), fit.vcov) and np.allclose(fit.vcov(robust="naive"), fit.vcov_naive)
+    with pytest.raises(MemoeError, match="unknown covariance"):
+        fit.vcov(robust="CR2")
     # statsmodels' GEE agrees on everything but the scale (it divides by N - p)
     sm_fit = sm.GEE(y, X, groups=df["Subject"].astype(str), family=sm.families.Gaussian()).fit()
     assert np.allclose(sm_fit.params, beta, rtol=1e-10)
