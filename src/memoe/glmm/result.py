@@ -316,6 +316,13 @@ class GlmmResult:
         p = 2.0 * stats.norm.sf(np.abs(z.to_numpy()))
         return pd.DataFrame({"Estimate": est, "Std. Error": se, "z value": z, "Pr(>|z|)": p}, index=est.index)
 
+    def predict(self, newdata: pd.DataFrame | None = None, re_form: str | None = "full", type: str = "response",
+                offset=None) -> pd.Series:
+        """Predictions on the response (default) or link scale; see :func:`memoe.glmm.predict.predict_glmm`."""
+        from memoe.glmm.predict import predict_glmm
+
+        return predict_glmm(self, newdata, re_form=re_form, type=type, offset=offset)
+
     def summary(self):
         """lme4-style ``summary(glmerMod)``; ``print(fit.summary())``."""
         from memoe.glmm.summary import GlmmSummary

@@ -180,3 +180,40 @@ def test_probit_link_fit():
     # probit coefficients are about logit / 1.6-1.8
     assert 1.4 < logit.fixef["x"] / fit.fixef["x"] < 2.0
     assert "( probit )" in str(fit.summary())
+
+
+def test_predict(cbpp, cbpp_fit):
+    np.testing.assert_allclose(cbpp_fit.predict(), cbpp_fit.fitted)
+    np.testing.assert_allclose(cbpp_fit.predict(cbpp), cbpp_fit.fitted, rtol=1e-12)
+    eta = cbpp_fit.predict(cbpp, type="link")
+    np.testing.assert_allclose(special.expit(eta), cbpp_fit.fitted, rtol=1e-12)
+    pop = cbpp_fit.predict(cbpp, re_form=None, type="link")
+    X = cbpp_fit.design.X
+    np.testing.assert_allclose(pop, X @ cbpp_fit.fixef.to_numpy())
+    np.testing.assert_allclose(cbpp_fit.predict(re_form=None, type="link"), pop)
+    # a herd not seen in the fit gets the population-level prediction
+    new = cbpp.iloc[:2].copy()
+    new["herd"] = new["herd"].cat.add_categories(["99"])
+    new.loc[new.index[0], "herd"] = "99"
+    p = cbpp_fit.predict(new, type="link")
+    assert p.iloc[0] == pytest.approx(pop.iloc[0], abs=1e-12)
+    assert p.iloc[1] == pytest.approx(eta.iloc[1], abs=1e-12)
+    with pytest.raises(memoe.errors.MemoeError, match="type must be"):
+        cbpp_fit.predict(type="probability")
+
+
+def test_predict_replays_formula_offsets():
+    rng = np.random.default_rng(4)
+    df = pd.DataFrame({"g": np.repeat(list("abcdefgh"), 15), "E": rng.uniform(1, 4, 120)})
+    df["y"] = rng.poisson(df.E * 2.0)
+    fit = glmm("y ~ 1 + offset(np.log(E)) + (1 | g)", df, "poisson").fit(warn=False)
+    np.testing.assert_allclose(fit.predict(df), fit.fitted, rtol=1e-10)
+    doubled = fit.predict(df.assign(E=2 * df.E))
+    np.testing.assert_allclose(doubled, 2 * fit.fitted, rtol=1e-10)
+
+
+def test_predict_rejects_bad_newdata(cbpp_fit):
+    with pytest.raises(memoe.errors.DataError, match="pandas DataFrame, got dict"):
+        cbpp_fit.predict({"period": [1]})
+    with pytest.raises(memoe.errors.DataError, match="lack grouping column"):
+        cbpp_fit.predict(pd.DataFrame({"period": pd.Categorical(["1"], categories=["1", "2", "3", "4"])}))
