@@ -26,6 +26,12 @@ import numpy as np
 import scipy.linalg as sla
 
 from memoe.covariance import ThetaMap
+from memoe.linalg.batched import (
+    batched_backward_solve_t,
+    batched_cholesky,
+    batched_forward_solve,
+    batched_logdet_chol,
+)
 from memoe.marginal.correlation import BoundCorrelation
 from memoe.marginal.layout import GroupLayout
 from memoe.marginal.variance import BoundVariance
@@ -163,16 +169,16 @@ class MarginalProblem:
         """Cholesky factors, whitened [X y] per bucket and sum log det W; ``None`` if some W_i is not PD."""
         Ls, XYt = [], []
         logdet = 0.0
-        try:
-            for k, W in enumerate(self.covariances(params)):
-                L = np.linalg.cholesky(W)
-                Ls.append(L)
-                # np.linalg.solve is a compiled loop over the stack (scipy's batched solve_triangular
-                # loops in Python, one call per group); on a triangular L its LU costs as little
-                XYt.append(np.linalg.solve(L, self._XY[k]))
-                logdet += 2.0 * float(np.sum(np.log(np.diagonal(L, axis1=1, axis2=2))))
-        except np.linalg.LinAlgError:
-            return None
+        for k, W in enumerate(self.covariances(params)):
+            # memoe's batched kernels: loops over matrix entries vectorised over the groups for small
+            # sizes, LAPACK over the stack above (scipy's batched solve_triangular loops in Python)
+            L = batched_cholesky(W)
+            ld = batched_logdet_chol(L)
+            if not np.all(np.isfinite(ld)):
+                return None  # W_i not positive definite (NaN pivots)
+            Ls.append(L)
+            XYt.append(batched_forward_solve(L, self._XY[k]))
+            logdet += float(ld.sum())
         return Ls, XYt, logdet
 
     def _reduce(self, XYt: list[np.ndarray]) -> np.ndarray | None:
@@ -234,7 +240,7 @@ class MarginalProblem:
                 continue
             # W^-1 r_i from the whitened residual: L^-T (L^-1 r_i)
             e = XYt[k][:, :, p] - XYt[k][:, :, :p] @ beta
-            Winv_r = np.linalg.solve(np.swapaxes(Ls[k], 1, 2), e[:, :, None])[:, :, 0]
+            Winv_r = batched_backward_solve_t(Ls[k], e[:, :, None])[:, :, 0]
             bk = np.einsum("ab,gnb,gn->ga", D, self._Z[k], Winv_r)  # D Z_i' W_i^-1 r_i
             b[bucket.groups] = bk
             zb_pieces.append(np.einsum("gnq,gq->gn", self._Z[k], bk))
