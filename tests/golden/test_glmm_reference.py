@@ -28,8 +28,9 @@ Laplace deviance sits below lme4's value, and our optimum is at least as good as
 ``deviance`` of grouseticks at our optimum differs by 1.6e-4 (it is not the minimised criterion, so
 it inherits the optimiser slack at first order); at lme4's estimates it agrees to 1e-5.
 
-Timings (shared 2-core VM, loaded): cbpp Laplace 0.6-0.9 s, cbpp AGQ(25) 0.7-0.9 s, grouseticks
-1.6-5 s, each including the finite-difference Hessian.
+Timings (shared 2-core VM under load, fresh process): cbpp Laplace 0.5 s (20 + 49 deviance
+evaluations in the two stages), cbpp AGQ(25) 0.55-0.65 s (20 + 56), grouseticks 0.9-1.0 s (27 + 94),
+each including the finite-difference Hessian.
 """
 
 from __future__ import annotations

@@ -60,7 +60,7 @@ class GlmmResult:
     is_singular : bool
     messages : list of str
     state : PirlsState
-        PIRLS at the estimates (conditional modes, mu, working weights, factor).
+        PIRLS at the estimates (conditional modes, mu, working weights, log det(L L')).
     """
 
     def __init__(self, model, nAGQ, theta, beta, u_start, stage1, stage2, convergence, hessian, singular, messages):
@@ -108,6 +108,11 @@ class GlmmResult:
     @property
     def converged(self) -> bool:
         return self.convergence.converged
+
+    @property
+    def reml(self) -> bool:
+        """Always False: GLMMs are fitted by maximum likelihood (lets ``memoe.compare`` run LRTs)."""
+        return False
 
     @cached_property
     def fixef(self) -> pd.Series:

@@ -217,3 +217,13 @@ def test_predict_rejects_bad_newdata(cbpp_fit):
         cbpp_fit.predict({"period": [1]})
     with pytest.raises(memoe.errors.DataError, match="lack grouping column"):
         cbpp_fit.predict(pd.DataFrame({"period": pd.Categorical(["1"], categories=["1", "2", "3", "4"])}))
+
+
+def test_likelihood_ratio_test_with_compare(cbpp, cbpp_fit):
+    """GLMM results work with memoe.compare (lme4's anova): LRT of the period effect."""
+    f0 = glmm("cbind(incidence, size - incidence) ~ 1 + (1 | herd)", cbpp).fit()
+    table = memoe.compare(f0, cbpp_fit)
+    assert list(table["npar"]) == [2, 5]
+    assert table["Chisq"].iloc[1] == pytest.approx(2 * (cbpp_fit.loglik - f0.loglik), rel=1e-10)
+    assert table["Df"].iloc[1] == 3
+    assert table["Pr(>Chisq)"].iloc[1] == pytest.approx(stats.chi2.sf(table["Chisq"].iloc[1], 3), rel=1e-10)
