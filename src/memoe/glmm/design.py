@@ -144,6 +144,19 @@ def _as_expr(expr: str) -> str:
     return expr if _NAME.match(expr) else f"I({expr})"
 
 
+def _response_values(frame: pd.DataFrame, expr: str, family: Family) -> np.ndarray:
+    """A numeric response; for the binomial family a factor column is "success unless first level" (R)."""
+    col = frame[expr] if expr in frame.columns else None
+    if col is not None and family.name == "binomial" and (
+        isinstance(col.dtype, pd.CategoricalDtype) or col.dtype == object or pd.api.types.is_string_dtype(col)
+    ):
+        cat = col.astype("category") if not isinstance(col.dtype, pd.CategoricalDtype) else col
+        if len(cat.cat.categories) < 1:
+            raise DataError(f"factor response {expr!r} has no levels")
+        return (cat.cat.codes.to_numpy() > 0).astype(float)
+    return numeric_response(frame, expr)
+
+
 def _vector_arg(value, data: pd.DataFrame, what: str) -> tuple[np.ndarray | None, str | None]:
     """``weights=`` / ``offset=``: a column name or an array aligned with ``data``'s rows."""
     if value is None:
@@ -202,7 +215,7 @@ def build_glmm_design(
     frame = build_frame(frame_spec, data, extra=extra)
     fd = frame.data
     mask = frame.row_mask
-    values = [numeric_response(fd, e) for e in exprs]
+    values = [_response_values(fd, e, family) for e in exprs]
     for e, v in zip(exprs, values, strict=True):
         if not np.all(np.isfinite(v)):
             raise DataError(f"response {e!r} has {int((~np.isfinite(v)).sum())} non-finite values")

@@ -74,8 +74,9 @@ class GLMM:
     ----------
     formula : str
         lme4 syntax, e.g. ``"cbind(incidence, size - incidence) ~ period + (1 | herd)"``. Binomial
-        responses are ``cbind(successes, failures)``, 0/1 (or logical) outcomes, or proportions
-        with ``weights`` = trials.
+        responses are ``cbind(successes, failures)``, 0/1 (or logical) outcomes, a factor
+        (success = any level but the first, as R), or proportions with ``weights`` = trials.
+        ``offset(expr)`` terms are read as R does (e.g. ``+ offset(np.log(exposure))``).
     data : pandas.DataFrame
     family : str or Family, default "binomial"
         ``"binomial"`` (logit link), ``"poisson"`` (log link) or a :class:`~memoe.glmm.families.Family`

@@ -142,3 +142,29 @@ def test_bool_response():
         warnings.simplefilter("ignore")
         fit = glmm("y ~ 1 + (1 | g)", df).fit()
     assert np.isfinite(fit.loglik)
+
+
+def test_factor_response_is_success_unless_first_level():
+    """R's binomial(): a factor response counts every level but the first as a success."""
+    rng = np.random.default_rng(8)
+    y = (rng.random(80) < 0.4).astype(float)
+    g = np.repeat(list("abcdefgh"), 10)
+    num = pd.DataFrame({"y": y, "g": g})
+    fac = pd.DataFrame({"y": pd.Categorical(np.where(y > 0, "yes", "no"), categories=["no", "yes"]), "g": g})
+    rev = fac.assign(y=fac.y.cat.reorder_categories(["yes", "no"]))
+    strings = fac.assign(y=fac.y.astype(str))  # sorted levels: "no" < "yes", as R's factor()
+    a = glmm("y ~ 1 + (1 | g)", num)
+    np.testing.assert_array_equal(glmm("y ~ 1 + (1 | g)", fac).gdesign.y, a.gdesign.y)
+    np.testing.assert_array_equal(glmm("y ~ 1 + (1 | g)", strings).gdesign.y, a.gdesign.y)
+    np.testing.assert_array_equal(glmm("y ~ 1 + (1 | g)", rev).gdesign.y, 1 - a.gdesign.y)
+    with pytest.raises(DataError, match="must be numeric"):
+        glmm("y ~ 1 + (1 | g)", strings, "poisson")
+
+
+def test_prior_weights_equal_replicated_rows(cbpp):
+    """Prior weight 2 on every row is the likelihood of the data set stacked twice."""
+    w2 = glmm(CBPP, cbpp, weights=np.full(len(cbpp), 2.0)).fit()
+    twice = glmm(CBPP, pd.concat([cbpp, cbpp], ignore_index=True)).fit()
+    assert w2.loglik == pytest.approx(twice.loglik, abs=1e-6)
+    np.testing.assert_allclose(w2.fixef, twice.fixef, rtol=1e-4)
+    np.testing.assert_allclose(w2.theta, twice.theta, rtol=1e-4)
