@@ -174,6 +174,44 @@ def test_anova_f_tables(case, kind):
     assert _rel(ours["F-value"], ref["f_value"]) < 1e-3
 
 
+def _reference_intervals(r: dict) -> list[tuple[str, float, float, float]]:
+    """(part, lower, est, upper) in nlme's order: fixed, reStruct, corStruct, varStruct, sigma."""
+    out = [("fixed", x["lower"], x["est"], x["upper"]) for x in r["fixed"]]
+    for lst in (r.get("reStruct") or {}).values():
+        out += [("reStruct", x["lower"], x["est"], x["upper"]) for x in lst]
+    out += [("corStruct", x["lower"], x["est"], x["upper"]) for x in r.get("corStruct") or []]
+    out += [("varStruct", x["lower"], x["est"], x["upper"]) for x in r.get("varStruct") or []]
+    out.append(("sigma", r["sigma"]["lower"], r["sigma"]["est"], r["sigma"]["upper"]))
+    return out
+
+
+@pytest.mark.parametrize("case", NAMES)
+def test_intervals(case):
+    """nlme's ``intervals(fit, which = "all")``.
+
+    Fixed effects to 1e-3 of the interval width. Covariance parameters: Wald intervals from the
+    Hessian of the log-likelihood on nlme's scales; nlme's Hessian is its own finite-difference
+    approximation (``fdHess``), ours a central difference, so endpoints agree to ~1e-2 relative
+    (measured worst 1.4e-2: the random-effects correlation of BodyWeight REML), not better.
+    ``Symm`` correlations are excluded: nlme's spherical parametrisation differs from our
+    partial-correlation one, so their Wald intervals differ by construction.
+    """
+    fit, r = fitted(case), results(case)["intervals"]
+    ours = fit.intervals()
+    ref = _reference_intervals(r)
+    assert len(ours) == len(ref)
+    for (part, lo, est, up), (key, row) in zip(ref, ours.iterrows(), strict=True):
+        assert key[0] == part
+        assert row["lower"] <= row["est."] <= row["upper"]
+        if part == "fixed":
+            width = up - lo
+            assert abs(row["lower"] - lo) < 1e-3 * width and abs(row["upper"] - up) < 1e-3 * width
+        elif not (part == "corStruct" and "mmrm" in case):
+            assert row["est."] == pytest.approx(est, rel=1e-3)
+            assert row["lower"] == pytest.approx(lo, rel=3e-2)
+            assert row["upper"] == pytest.approx(up, rel=3e-2)
+
+
 LME_CASES = [c for c in NAMES if "lme" in c]
 
 

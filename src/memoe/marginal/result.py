@@ -284,6 +284,12 @@ class MarginalResult:
 
         return anova_table(self, type=type)
 
+    def intervals(self, level: float = 0.95) -> pd.DataFrame:
+        """Approximate confidence intervals of all parameters, as nlme's ``intervals(fit, which = "all")``."""
+        from memoe.marginal.intervals import intervals
+
+        return intervals(self, level=level)
+
     def summary(self):
         """nlme's ``print(summary(fit))`` layout (an object whose ``str`` is the text)."""
         from memoe.marginal.summary import MarginalSummary

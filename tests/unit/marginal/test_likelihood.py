@@ -200,3 +200,19 @@ def test_compound_symmetry_gls_equals_random_intercept(reml):
     tau2, s2 = ri.varcorr["vcov"].iloc[0], ri.sigma**2
     assert cs.cor_params["Rho"] == pytest.approx(tau2 / (tau2 + s2), rel=1e-5)
     assert cs.sigma**2 == pytest.approx(tau2 + s2, rel=1e-5)
+
+
+def test_intervals_of_an_independence_gls_are_ols_intervals():
+    import statsmodels.api as sm
+
+    df = _sim(11)
+    fit = gls("y ~ t + x", df).fit(reml=True)
+    X = np.column_stack([np.ones(len(df)), df["t"], df["x"]])
+    ci = sm.OLS(df["y"].to_numpy(), X).fit().conf_int(0.05)
+    iv = fit.intervals().loc["fixed"]
+    np.testing.assert_allclose(iv[["lower", "upper"]].to_numpy(), ci, rtol=1e-10)
+    # sigma: Wald on log sigma with the REML information 2 (N - p) for log sigma
+    s = fit.intervals().loc[("sigma", "sigma")]
+    half = stats.norm.ppf(0.975) / np.sqrt(2 * (len(df) - 3))
+    assert s["lower"] == pytest.approx(fit.sigma * np.exp(-half), rel=1e-5)
+    assert s["upper"] == pytest.approx(fit.sigma * np.exp(half), rel=1e-5)

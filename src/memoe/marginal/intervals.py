@@ -1,0 +1,163 @@
+"""Approximate confidence intervals, as nlme's ``intervals(fit, which = "all")``.
+
+* fixed effects: ``beta +- t_{df, (1 + level) / 2} SE`` with the df of the t table and the SEs of
+  ``vcov`` (for ``lme`` ML fits nlme's intervals use the uninflated SEs, its t table the inflated ones);
+* covariance parameters: Wald intervals on nlme's unconstrained scales, mapped back. nlme's ``apVar``
+  is the inverse of minus the Hessian of the log-likelihood (REML log-likelihood for REML fits; beta
+  profiled, sigma not) in the *natural* parametrisation
+
+      z = [log sd_k (random effects), atanh(corr_kl), correlation u, variance u, log sigma],
+
+  (pdNatural for the random effects; the correlation structure's and variance function's own
+  unconstrained scales). The Hessian here is a central second difference in z.
+
+The interval of each parameter is ``g(z_j +- q se_j)`` with g the map to the natural scale, so
+intervals of SDs, ranges and SD ratios are asymmetric as nlme's. ``Symm``'s correlations use this
+package's partial-correlation scale (nlme uses a spherical one), so their intervals differ from nlme's.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+__all__ = ["intervals"]
+
+_LOG2PI = float(np.log(2.0 * np.pi))
+
+
+def _re_natural(fit) -> tuple[np.ndarray, list[str]]:
+    """[log sd..., atanh(corr)...] of the random effects and their nlme labels."""
+    cov = fit.ranef_cov.to_numpy()
+    cols = list(fit.ranef_cov.columns)
+    sd = np.sqrt(np.diag(cov))
+    q = len(cols)
+    z, names = list(np.log(sd)), [f"sd({c})" for c in cols]
+    for j in range(q):
+        for i in range(j + 1, q):
+            z.append(np.arctanh(cov[i, j] / (sd[i] * sd[j])))
+            names.append(f"cor({cols[j]},{cols[i]})")
+    return np.array(z), names
+
+
+def _theta_from_natural(fit, z_re: np.ndarray, sigma: float) -> np.ndarray:
+    """lme4's theta from [log sd, atanh corr] and sigma (D = Cov / sigma^2 = lam lam')."""
+    q = fit.ranef_cov.shape[0]
+    sd = np.exp(z_re[:q])
+    R = np.eye(q)
+    k = q
+    for j in range(q):
+        for i in range(j + 1, q):
+            R[i, j] = R[j, i] = np.tanh(z_re[k])
+            k += 1
+    D = (sd[:, None] * R * sd[None, :]) / sigma**2
+    lam = np.linalg.cholesky(D)
+    tmap = fit.design.theta_map
+    return lam[tmap.row, tmap.col]
+
+
+def _loglik_function(fit):
+    """log L (or log L_R) as a function of the natural vector z."""
+    P = fit.model.problem
+    reml = fit.reml
+    N, p = P.N, P.p
+    n_re = len(_re_natural(fit)[0]) if fit.design.blocks else 0
+    _, u0, v0 = P.split(fit.params_unconstrained)
+    nu, nv = len(u0), len(v0)
+
+    def ll(z: np.ndarray) -> float:
+        log_sigma = z[-1]
+        sigma = float(np.exp(log_sigma))
+        try:
+            theta = _theta_from_natural(fit, z[:n_re], sigma) if n_re else np.zeros(0)
+        except np.linalg.LinAlgError:
+            return -np.inf
+        params = np.concatenate([theta, z[n_re : n_re + nu], z[n_re + nu : n_re + nu + nv]])
+        w = P._whiten(params)
+        if w is None:
+            return -np.inf
+        _, XYt, logdet = w
+        R = P._reduce(XYt)
+        if R is None:
+            return -np.inf
+        rss = R[p, p] ** 2
+        s2 = sigma**2
+        if reml:
+            ldx = 2.0 * np.sum(np.log(np.diag(R)[:p]))
+            return float(-0.5 * ((N - p) * (_LOG2PI + 2 * log_sigma) + logdet + ldx + rss / s2))
+        return float(-0.5 * (N * (_LOG2PI + 2 * log_sigma) + logdet + rss / s2))
+
+    return ll, n_re, nu, nv
+
+
+def _hessian(f, x: np.ndarray, h: float = 1e-3) -> np.ndarray:
+    """Central second differences (step h on the unconstrained scales, which are O(1))."""
+    k = len(x)
+    H = np.empty((k, k))
+    f0 = f(x)
+    for i in range(k):
+        ei = np.zeros(k)
+        ei[i] = h
+        H[i, i] = (f(x + ei) - 2 * f0 + f(x - ei)) / h**2
+        for j in range(i):
+            ej = np.zeros(k)
+            ej[j] = h
+            H[i, j] = H[j, i] = (f(x + ei + ej) - f(x + ei - ej) - f(x - ei + ej) + f(x - ei - ej)) / (4 * h**2)
+    return H
+
+
+def intervals(fit, level: float = 0.95) -> pd.DataFrame:
+    """Approximate intervals of every parameter (nlme's ``intervals(fit, which = "all")``).
+
+    Parameters
+    ----------
+    fit : MarginalResult
+    level : float
+
+    Returns
+    -------
+    pandas.DataFrame
+        MultiIndex (part, param) with parts ``fixed``, ``reStruct``, ``corStruct``, ``varStruct``,
+        ``sigma``; columns ``lower, est., upper``.
+    """
+    rows: list[tuple[str, str, float, float, float]] = []
+    # the t table's df, but vcov's SEs: nlme's intervals do not inflate lme ML fits as summary does
+    qt = stats.t.ppf(0.5 + level / 2, fit.df_coef)
+    for name, est, se, q in zip(fit.design.fixef_names, fit.fixef, fit.bse(), qt, strict=True):
+        rows.append(("fixed", name, est - q * se, est, est + q * se))
+
+    P = fit.model.problem
+    ll, n_re, nu, nv = _loglik_function(fit)
+    _, u, v = P.split(fit.params_unconstrained)
+    z_re, re_names = _re_natural(fit) if n_re else (np.zeros(0), [])
+    z = np.concatenate([z_re, u, v, [np.log(fit.sigma)]])
+    H = _hessian(ll, z)
+    try:
+        se = np.sqrt(np.diag(np.linalg.inv(-H)))
+    except np.linalg.LinAlgError:
+        se = np.full(len(z), np.nan)
+    qn = stats.norm.ppf(0.5 + level / 2)
+    lo, hi = z - qn * se, z + qn * se
+
+    q = fit.ranef_cov.shape[0] if n_re else 0
+    for k, name in enumerate(re_names):
+        g = np.exp if k < q else np.tanh
+        rows.append(("reStruct", name, g(lo[k]), g(z[k]), g(hi[k])))
+    if nu:
+        cor = P.cor
+        for k, name in enumerate(cor.names):
+            a = n_re
+            # natural value of parameter k when the whole u moves along coordinate k only
+            lo_u, hi_u = u.copy(), u.copy()
+            lo_u[k], hi_u[k] = lo[a + k], hi[a + k]
+            vals = sorted([float(cor.natural(lo_u).iloc[k]), float(cor.natural(hi_u).iloc[k])])
+            rows.append(("corStruct", name, vals[0], float(cor.natural(u).iloc[k]), vals[1]))
+    if nv:
+        for k, name in enumerate(P.var.names):
+            j = n_re + nu + k
+            rows.append(("varStruct", name, np.exp(lo[j]), np.exp(z[j]), np.exp(hi[j])))
+    rows.append(("sigma", "sigma", np.exp(lo[-1]), fit.sigma, np.exp(hi[-1])))
+    frame = pd.DataFrame(rows, columns=["part", "param", "lower", "est.", "upper"]).set_index(["part", "param"])
+    frame.attrs["level"] = level
+    return frame
