@@ -62,7 +62,8 @@ class Link:
     def linkinv(self, eta: np.ndarray) -> np.ndarray:
         """``mu = g^-1(eta)``, kept inside the family's domain as R's C code does."""
         if self.name == "logit":
-            return special.expit(eta)
+            # R's logit_linkinv: exp(eta) capped at eps and 1/eps keeps mu(1 - mu) > 0
+            return special.expit(np.clip(eta, -_THRESH, _THRESH))
         if self.name == "probit":
             thresh = -special.ndtri(_EPS)
             return special.ndtr(np.clip(eta, -thresh, thresh))

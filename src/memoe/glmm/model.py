@@ -240,6 +240,10 @@ class GLMM:
         k = len(theta)
         free = np.ones(len(x), dtype=bool)
         free[:k] = ~((lower[:k] == 0) & (theta < control.singular_tol))
+        if not (np.all(np.isfinite(grad)) and np.all(np.isfinite(hess))):
+            # e.g. separation: the deviance is flat or undefined around estimates that ran off
+            msg = "Model failed to converge: the deviance is not finite around the estimates (no Hessian)"
+            return ConvergenceReport(converged=False, messages=[msg], gradient=grad, hessian=hess), None
         return check_convergence(grad, hess, free, grad_tol=control.grad_tol), hess
 
     def __repr__(self) -> str:

@@ -157,6 +157,17 @@ class PirlsProblem:
         u = np.concatenate([uk.ravel() for uk in sol.u]) if self.q else np.zeros(0)
         return u, sol.beta, float(sol.factor.logdet_Z)
 
+    def _safe_wls(self, theta, w, z, joint: bool):
+        """:meth:`wls`, or None when the factorisation fails or the solution is not finite."""
+        try:
+            with np.errstate(all="ignore"):
+                u, b, ldL2 = self.wls(theta, w, z, with_beta=joint)
+        except (np.linalg.LinAlgError, ValueError, FloatingPointError):
+            return None
+        if not (np.all(np.isfinite(u)) and np.all(np.isfinite(b)) and np.isfinite(ldL2)):
+            return None
+        return u, b, ldL2
+
     def _pdev(self, mu: np.ndarray, u: np.ndarray) -> tuple[float, np.ndarray]:
         d = self.family.dev_resids(self.y, mu, self.wt)
         return float(d.sum() + u @ u), d
@@ -185,7 +196,14 @@ class PirlsProblem:
         Returns
         -------
         PirlsState
+            ``converged`` is False when the iterations stopped early (step halving failed or the
+            weighted system broke down, e.g. under separation); the state then holds the best modes.
         """
+        # extreme linear predictors (separation) give inf/0 intermediates; they are caught below
+        with np.errstate(divide="ignore", over="ignore", invalid="ignore", under="ignore"):
+            return self._solve(theta, beta, u0, eta0)
+
+    def _solve(self, theta, beta, u0, eta0) -> PirlsState:
         theta = np.asarray(theta, dtype=float)
         joint = beta is None
         fam = self.family
@@ -210,7 +228,11 @@ class PirlsProblem:
             # working response without the offset (and without X beta when beta is held fixed)
             base = self.offset if joint else fixed_eta
             z = eta - base + (self.y - mu) / dmu
-            u_new, beta_new, ldL2 = self.wls(theta, w, z, with_beta=joint)
+            step = self._safe_wls(theta, w, z, joint)
+            if step is None:
+                # the weighted system broke down (weights underflowing, e.g. separation): stop here
+                break
+            u_new, beta_new, ldL2 = step
             b_new = beta_new if joint else b
             du = np.concatenate([u_new - u, b_new - b]) if joint else u_new - u
             scale = 1.0 + float(np.max(np.abs(np.concatenate([u, b])))) if (self.q or self.p) else 1.0
@@ -238,7 +260,8 @@ class PirlsProblem:
         mu, dmu, w = self.working(eta)
         if not converged:
             z = eta - (self.offset if joint else fixed_eta) + (self.y - mu) / dmu
-            _, _, ldL2 = self.wls(theta, w, z, with_beta=joint)
+            step = self._safe_wls(theta, w, z, joint)
+            ldL2 = np.inf if step is None else step[2]
         d = fam.dev_resids(self.y, mu, self.wt)
         return PirlsState(
             u=u,

@@ -227,3 +227,17 @@ def test_likelihood_ratio_test_with_compare(cbpp, cbpp_fit):
     assert table["Chisq"].iloc[1] == pytest.approx(2 * (cbpp_fit.loglik - f0.loglik), rel=1e-10)
     assert table["Df"].iloc[1] == 3
     assert table["Pr(>Chisq)"].iloc[1] == pytest.approx(stats.chi2.sf(table["Chisq"].iloc[1], 3), rel=1e-10)
+
+
+def test_complete_separation_does_not_crash():
+    """x separates the outcomes: like glm, the slope runs off with a huge SE instead of an exception."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(200)
+    df = pd.DataFrame({"y": (x > 0).astype(float), "x": x, "g": np.repeat(np.arange(20), 10).astype(str)})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # no numpy floating-point noise
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        fit = glmm("y ~ x + (1 | g)", df).fit()
+    assert fit.fixef["x"] > 20
+    assert fit.bse["x"] > 100 * fit.fixef["x"]
+    assert np.isfinite(fit.loglik) and fit.loglik > -1e-3
