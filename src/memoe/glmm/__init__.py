@@ -9,8 +9,17 @@ weights, offset), ``pirls`` (conditional modes), ``laplace`` and ``agq`` (the de
 ``model`` (the two-stage fit), ``result`` and ``summary``.
 """
 
-from memoe.glmm.agq import gh_rule
-from memoe.glmm.families import Binomial, Family, Link, NonIntegerResponseWarning, Poisson, get_family, get_link
+from memoe.glmm.agq import QuadratureError, gh_rule
+from memoe.glmm.families import (
+    Binomial,
+    Family,
+    FamilyError,
+    Link,
+    NonIntegerResponseWarning,
+    Poisson,
+    get_family,
+    get_link,
+)
 from memoe.glmm.model import GLMM, GlmmControl, glmm
 from memoe.glmm.result import GlmmResult
 
@@ -18,11 +27,13 @@ __all__ = [
     "GLMM",
     "Binomial",
     "Family",
+    "FamilyError",
     "GlmmControl",
     "GlmmResult",
     "Link",
     "NonIntegerResponseWarning",
     "Poisson",
+    "QuadratureError",
     "get_family",
     "get_link",
     "gh_rule",

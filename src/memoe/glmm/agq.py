@@ -25,9 +25,13 @@ import numpy as np
 from memoe.errors import MemoeError
 from memoe.glmm.pirls import PirlsProblem, PirlsState
 
-__all__ = ["agq_deviance", "check_agq", "gh_rule"]
+__all__ = ["QuadratureError", "agq_deviance", "check_agq", "gh_rule"]
 
 MAX_NAGQ = 100
+
+
+class QuadratureError(MemoeError, ValueError):
+    """``nAGQ`` is invalid or not available for the model's random-effects structure."""
 
 
 @cache
@@ -45,12 +49,12 @@ def check_agq(problem: PirlsProblem, nAGQ: int) -> None:
 
     Raises
     ------
-    MemoeError
+    QuadratureError
     """
     if int(nAGQ) != nAGQ or nAGQ < 0 or nAGQ > MAX_NAGQ:
-        raise MemoeError(f"nAGQ must be an integer between 0 and {MAX_NAGQ}, got {nAGQ!r}")
+        raise QuadratureError(f"nAGQ must be an integer between 0 and {MAX_NAGQ}, got {nAGQ!r}")
     if nAGQ > 1 and (len(problem.qk) != 1 or problem.qk[0] != 1):
-        raise MemoeError(
+        raise QuadratureError(
             "nAGQ > 1 is only available for models with a single, scalar random-effects term "
             f"(this model has {len(problem.qk)} grouping factor(s) with {problem.qk} columns)"
         )

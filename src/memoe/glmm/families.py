@@ -19,6 +19,7 @@ from memoe.errors import DataError, MemoeError, MemoeWarning
 __all__ = [
     "Binomial",
     "Family",
+    "FamilyError",
     "Link",
     "NonIntegerResponseWarning",
     "Poisson",
@@ -29,6 +30,10 @@ __all__ = [
 # R's THRESH / MTHRESH and DBL_EPSILON in family.c: keep mu strictly inside (0, 1)
 _EPS = np.finfo(float).eps
 _THRESH = 30.0
+
+
+class FamilyError(MemoeError, ValueError):
+    """Unknown response family, or a link the family does not support."""
 
 
 class NonIntegerResponseWarning(MemoeWarning):
@@ -96,7 +101,7 @@ def get_link(name: str | Link) -> Link:
     if isinstance(name, Link):
         return name
     if name not in _LINKS:
-        raise MemoeError(f"unknown link {name!r}; available: {', '.join(_LINKS)}")
+        raise FamilyError(f"unknown link {name!r}; available: {', '.join(_LINKS)}")
     return Link(name)
 
 
@@ -121,7 +126,7 @@ class Family:
 
     def __post_init__(self) -> None:
         if self.allowed_links and self.link.name not in self.allowed_links:
-            raise MemoeError(
+            raise FamilyError(
                 f"link {self.link.name!r} is not available for the {self.name} family; "
                 f"use one of {', '.join(self.allowed_links)}"
             )
@@ -272,16 +277,16 @@ def get_family(family: str | Family, link: str | None = None) -> Family:
 
     Raises
     ------
-    MemoeError
+    FamilyError
         Unknown family or a link the family does not support.
     """
     if isinstance(family, Family):
         return family if link is None else type(family)(link=get_link(link))
     if not isinstance(family, str):
-        raise MemoeError(f"family must be a name ('binomial', 'poisson') or a Family, got {type(family).__name__}")
+        raise FamilyError(f"family must be a name ('binomial', 'poisson') or a Family, got {type(family).__name__}")
     key = family.strip().lower()
     if key not in _FAMILIES:
         hint = " (Gaussian responses: use memoe.lmm)" if key in ("gaussian", "normal") else ""
-        raise MemoeError(f"unknown family {family!r}; available: {', '.join(_FAMILIES)}{hint}")
+        raise FamilyError(f"unknown family {family!r}; available: {', '.join(_FAMILIES)}{hint}")
     cls = _FAMILIES[key]
     return cls() if link is None else cls(link=get_link(link))

@@ -7,7 +7,7 @@ import pytest
 from scipy import stats
 
 from memoe.errors import MemoeError
-from memoe.glmm.families import Binomial, Poisson, get_family, get_link
+from memoe.glmm.families import Binomial, FamilyError, Poisson, get_family, get_link
 
 
 @pytest.mark.parametrize("name", ["logit", "probit", "cloglog", "log", "identity"])
@@ -52,7 +52,7 @@ def test_get_family():
     assert isinstance(get_family("Poisson"), Poisson)
     assert get_family("binomial", link="probit").link.name == "probit"
     assert str(get_family("poisson")) == "poisson ( log )"
-    with pytest.raises(MemoeError, match="unknown family 'gamma'"):
+    with pytest.raises(FamilyError, match="unknown family 'gamma'"):
         get_family("gamma")
     with pytest.raises(MemoeError, match=r"memoe\.lmm"):
         get_family("gaussian")
@@ -60,5 +60,7 @@ def test_get_family():
         get_family("poisson", link="logit")
     with pytest.raises(MemoeError, match="unknown link"):
         get_link("cauchit")
-    with pytest.raises(MemoeError, match="must be a name"):
+    with pytest.raises(FamilyError, match="must be a name"):
         get_family(3)
+    # one class to catch: memoe's base error, and a ValueError as for any bad argument
+    assert issubclass(FamilyError, MemoeError) and issubclass(FamilyError, ValueError)

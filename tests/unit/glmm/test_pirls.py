@@ -10,7 +10,7 @@ from scipy import integrate, stats
 import memoe
 from memoe.errors import MemoeError
 from memoe.glmm import glmm
-from memoe.glmm.agq import agq_deviance, check_agq, gh_rule
+from memoe.glmm.agq import QuadratureError, agq_deviance, check_agq, gh_rule
 from memoe.glmm.laplace import laplace_deviance
 from memoe.glmm.pirls import PirlsProblem
 
@@ -85,9 +85,9 @@ def test_agq_converges_with_nodes(cbpp_model):
 
 
 def test_agq_needs_one_scalar_term(ticks_model):
-    with pytest.raises(MemoeError, match="single, scalar random-effects term"):
+    with pytest.raises(QuadratureError, match="single, scalar random-effects term"):
         check_agq(ticks_model.problem, 5)
-    with pytest.raises(MemoeError, match="nAGQ must be an integer"):
+    with pytest.raises(QuadratureError, match="nAGQ must be an integer"):
         check_agq(ticks_model.problem, 1.5)
     with pytest.raises(MemoeError, match="nAGQ must be an integer"):
         ticks_model.fit(nAGQ=-1)
