@@ -3,9 +3,10 @@
 Each PIRLS iteration is one weighted penalised least-squares problem on the LMM machinery:
 with working weights ``w`` and working response ``z`` the update minimises
 ``|| W^1/2 (z - Z Lambda u [- X beta]) ||^2 + ||u||^2``, which is the LMM's penalised least
-squares on rows scaled by ``sqrt(w)``. :class:`memoe.pls.PLSProblem` solves it with its blocked
-Cholesky factor (batched small blocks for the grouping factor with most levels, a dense Schur
-complement for the rest), so PIRLS inherits the LMM's structure and speed.
+squares on rows scaled by ``sqrt(w)``. With one grouping factor :class:`memoe.pls.PLSProblem`
+solves it (batched small blocks per level); with several, :class:`memoe.glmm.dense.DenseWpls` uses
+the same blocked layout (first factor batched, dense Schur complement for the rest) without
+rebuilding PLSProblem's sparse structures at every change of the weights.
 
 Two variants, as lme4's ``pwrssUpdate``: ``uOnly`` (beta fixed in the offset; the Laplace and
 quadrature objectives of (theta, beta)) and joint (beta and u; lme4's ``nAGQ = 0`` stage).
@@ -83,8 +84,8 @@ class PirlsProblem:
     family : Family
     dense : bool, optional
         Solve each PIRLS step with one dense factor (:class:`~memoe.glmm.dense.DenseWpls`) instead of
-        the LMM's blocked :class:`~memoe.pls.PLSProblem`. Default: dense for several grouping
-        factors unless its dense arrays would exceed ``DENSE_MAX_ENTRIES``.
+        the LMM's blocked :class:`~memoe.pls.PLSProblem` (only with several grouping factors).
+        Default: for several grouping factors unless its dense arrays would exceed ``DENSE_MAX_ENTRIES``.
     """
 
     def __init__(self, gd: GlmmDesign, family: Family, dense: bool | None = None) -> None:
@@ -102,7 +103,8 @@ class PirlsProblem:
         self.q = int(sum(self.sizes))
         self._noX = np.zeros((self.n, 0))
         if dense is None:
-            dense = len(self.qk) > 1 and dense_size(self.nlevels, self.qk, self.p) <= DENSE_MAX_ENTRIES
+            dense = dense_size(self.nlevels, self.qk, self.p) <= DENSE_MAX_ENTRIES
+        dense = dense and len(self.qk) > 1
         self.dense = DenseWpls(self.X, self.codes, self.nlevels, self.Zraw, self.theta_map) if dense else None
 
     # ------------------------------------------------------------------ pieces
