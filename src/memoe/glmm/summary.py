@@ -5,9 +5,45 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from memoe.results.summary import _abbrev, _decimals_for, format_column, format_table
+from memoe.results.summary import _decimals_for, format_column, format_table
 
-__all__ = ["GlmmSummary", "format_pvalues", "signif_stars"]
+__all__ = ["GlmmSummary", "format_pvalues", "r_abbreviate", "signif_stars"]
+
+_VOWELS = frozenset("aeiou")
+
+
+def r_abbreviate(name: str, minlength: int = 6) -> str:
+    """R's ``abbreviate(name, minlength)`` (its C ``stripchars``), for the correlation table labels.
+
+    Characters other than the first are dropped from the right, in passes, until the name is short
+    enough: lower-case vowels ending a word, other lower-case vowels, lower-case letters ending a
+    word, other lower-case letters, then anything. ``(Intercept)`` -> ``(Intr)``, ``period2`` ->
+    ``perid2``.
+    """
+    b = list(name)
+    if len(b) <= minlength:
+        return name
+
+    def last(i: int) -> bool:
+        return not b[i - 1].isspace() and (i + 1 == len(b) or b[i + 1].isspace())
+
+    def first(i: int) -> bool:
+        return b[i - 1].isspace()
+
+    passes = [
+        lambda c, i: c in _VOWELS and last(i),
+        lambda c, i: c in _VOWELS and not first(i),
+        lambda c, i: c.islower() and last(i),
+        lambda c, i: c.islower() and not first(i),
+        lambda c, i: not first(i) and not c.isspace(),
+    ]
+    for drop in passes:
+        for i in range(len(b) - 1, 0, -1):
+            if i < len(b) and drop(b[i], i):
+                del b[i]
+            if len(b) <= minlength:
+                return "".join(b)
+    return "".join(b)
 
 
 def format_pvalues(p: np.ndarray, digits: int = 3) -> list[str]:
@@ -74,8 +110,9 @@ class GlmmSummary:
         covs = f.term_covariances()
         max_q = max([t.q for t in f.design.terms] + [1])
         variances = [c for cov in covs for c in np.diag(cov)]
-        var_txt = format_column(variances, 5)
-        sd_txt = format_column(np.sqrt(variances), 5)
+        # R's format(digits = 4): enough decimals for 4 significant digits of the smallest value
+        var_txt = format_column(variances, 4, anchor="min")
+        sd_txt = format_column(np.sqrt(variances), 4, anchor="min")
         rows, k = [], 0
         for t, cov in zip(f.design.terms, covs, strict=True):
             sd = np.sqrt(np.diag(cov))
@@ -117,11 +154,12 @@ class GlmmSummary:
             v = f.vcov.to_numpy()
             sd = np.sqrt(np.diag(v))
             corr = v / np.outer(sd, sd)
-            abbrev = [_abbrev(n) for n in f.fixef.index]
+            names = list(f.fixef.index)
+            # lme4: rows abbreviated to 11 characters, columns to 6
             tab = pd.DataFrame(
                 [[f"{corr[i, j]:.3f}" if j < i else "" for j in range(npar - 1)] for i in range(1, npar)],
-                index=abbrev[1:],
-                columns=abbrev[:-1],
+                index=[r_abbreviate(n, 11) for n in names[1:]],
+                columns=[r_abbreviate(n, 6) for n in names[:-1]],
             )
             out += ["", "Correlation of Fixed Effects:", format_table(tab)]
         return out
