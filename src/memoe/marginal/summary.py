@@ -98,7 +98,8 @@ class MarginalSummary:
             c = pd.DataFrame(index=names[1:], columns=names[:-1], dtype=object)
             for i in range(1, len(names)):
                 for j in range(len(names) - 1):
-                    c.iloc[i - 1, j] = f"{corr[i, j]:.3f}" if j < i else ""
+                    # + 0.0 turns a rounded -0.000 into 0.000, as R prints it
+                    c.iloc[i - 1, j] = f"{round(corr[i, j], 3) + 0.0:.3f}" if j < i else ""
             lines += ["", " Correlation: ", *_frame_lines(c)]
         return lines
 
@@ -117,8 +118,7 @@ class MarginalSummary:
                 f"Residual standard error: {_fmt(f.sigma, 6)} ",
                 f"Degrees of freedom: {f.nobs} total; {f.nobs - f.design.p} residual",
             ]
-        grp = f.design.blocks[0].factor.name
-        return ["", f"Number of Observations: {f.nobs}", "Number of Groups: " + f"{f.ngroups}  ({grp})"]
+        return ["", f"Number of Observations: {f.nobs}", f"Number of Groups: {f.ngroups} "]
 
     def __str__(self) -> str:
         parts = self._header() + self._random() + self._structures() + self._coefficients()
