@@ -216,3 +216,14 @@ def test_intervals_of_an_independence_gls_are_ols_intervals():
     half = stats.norm.ppf(0.975) / np.sqrt(2 * (len(df) - 3))
     assert s["lower"] == pytest.approx(fit.sigma * np.exp(-half), rel=1e-5)
     assert s["upper"] == pytest.approx(fit.sigma * np.exp(half), rel=1e-5)
+
+
+def test_memoe_compare_accepts_marginal_fits():
+    """The result offers what memoe.compare reads: a likelihood-ratio test of the AR(1) correlation."""
+    df = memoe.datasets.load("Ovary")
+    f = "follicles ~ np.sin(2*np.pi*Time) + np.cos(2*np.pi*Time) + (1 | Mare)"
+    m0 = memoe.lmm(f, df).fit(reml=False)
+    m1 = lme(f, df, correlation=AR1()).fit(reml=False)
+    table = memoe.compare(m0, m1)
+    assert list(table["npar"]) == [5, 6]
+    assert table["Chisq"].iloc[1] == pytest.approx(2 * (m1.loglik - m0.loglik), rel=1e-12)
