@@ -95,6 +95,12 @@ class MarginalResult:
             return V * (self.nobs / (self.nobs - self.design.p))
         return V
 
+    def vcov_robust(self, type: str = "CR2") -> pd.DataFrame:
+        """Cluster-robust covariance (clubSandwich's ``vcovCR``; clusters = the structure's groups)."""
+        from memoe.marginal.sandwich import vcov_cr
+
+        return vcov_cr(self, type=type)
+
     def bse(self) -> pd.Series:
         return pd.Series(np.sqrt(np.diag(self.vcov.to_numpy())), index=self.design.fixef_names, name="Std.Error")
 
