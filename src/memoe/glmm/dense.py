@@ -4,15 +4,16 @@
 cross-products and the Schur-complement map of the later factors whenever the data change. PIRLS
 changes the weights at every iteration, and with a few hundred random effects that rebuild dominates
 (grouseticks: 10 ms per iteration, 1 ms here). This class keeps the same blocked layout (first factor
-batched by level, the rest dense) but builds only index arrays once; each iteration accumulates the
-weighted cross-products with ``np.bincount`` and factors them. The single-factor case stays on
-:class:`PLSProblem`, whose per-level statistics are cheap to rebuild.
+batched by level, the rest dense) but builds the sparsity pattern once; each iteration only
+accumulates the weighted values into it with ``np.bincount`` and factors. The single-factor case
+stays on :class:`PLSProblem`, whose per-level statistics are cheap to rebuild.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import scipy.linalg as sla
+import scipy.sparse as sp
 
 from memoe.covariance import ThetaMap
 from memoe.linalg.batched import batched_backward_solve_t, batched_cholesky, batched_forward_solve
@@ -21,10 +22,9 @@ __all__ = ["DenseWpls", "dense_size"]
 
 
 def dense_size(nlevels: list[int], q: list[int], p: int) -> int:
-    """Entries of the dense arrays :class:`DenseWpls` needs: ``(m1 + r + p) (r + p)``."""
-    m1 = nlevels[0] * q[0]
+    """Entries of the dense Schur complement :class:`DenseWpls` factors: ``(r + p)^2``."""
     r = sum(lk * qk for lk, qk in zip(nlevels[1:], q[1:], strict=True)) + p
-    return (m1 + r) * r
+    return r * r
 
 
 class DenseWpls:
@@ -38,13 +38,12 @@ class DenseWpls:
 
     Notes
     -----
-    ``Z Lambda`` has the sparsity of ``Z``: row i has ``m = sum_k q_k`` entries, in the columns
-    ``cols[i]`` (block offset + level * q_k + j, the order of ``u`` in
-    :class:`~memoe.glmm.pirls.PirlsProblem`) with values ``Z_k[i] @ lambda_k``. Write
-    ``A = Lambda' Z' W Z Lambda + I`` with ``A_11`` the first factor's block (block diagonal, one
-    q1 x q1 block per level) and append X to the rest ("2"):
+    ``Z Lambda`` has the sparsity of ``Z``. Write ``A = Lambda' Z' W Z Lambda + I`` with ``A_11`` the
+    first factor's block (block diagonal, one q1 x q1 block per level), ``A_1r`` its (sparse)
+    coupling with the other factors and ``A_rr`` the rest, and append X to the rest:
 
-        L_1 = chol(A_11) (batched),   G = L_1^-1 A_12,   L_2 = chol(A_22 - G' G),
+        L_1 = chol(A_11) (batched),   G_z = L_1^-1 A_1r (sparse),   G_x = L_1^-1 Lambda_1' Z_1' W X,
+        L_2 = chol([A_rr, .; X' W Z_r Lambda_r, X' W X] - G' G)     (dense, (r + p) x (r + p)),
 
     the blocked Cholesky factor of Bates et al. (2015, eqs. 18-21). ``log det(L L')`` sums the
     diagonals of ``L_1`` and of the random-effects part of ``L_2``.
@@ -63,16 +62,32 @@ class DenseWpls:
             cols.append(offset + c[:, None] * qk + np.arange(qk)[None, :])
             offset += lk * qk
         self.rz = offset
-        q1, rz = self.q1, self.rz
-        c1 = codes[0]
-        # flat indices into the per-level (l1, q1, q1) block, the (m1, rz) coupling and the (rz, rz) rest
+        q1, rz, m1 = self.q1, self.rz, self.m1
         a = np.arange(q1)
-        self._idx11 = (c1[:, None, None] * q1 * q1 + a[None, :, None] * q1 + a[None, None, :]).ravel()
-        cr = np.hstack(cols)  # (n, mr)
+        self._c1 = codes[0]
+        self._rows1 = (self._c1[:, None] * q1 + a[None, :]).ravel()  # row of u_1 per (i, a)
+        cr = np.hstack(cols)  # (n, mr): columns of the rest per row
         self._cr = cr
-        self._idx12 = ((c1[:, None] * q1 + a[None, :])[:, :, None] * rz + cr[:, None, :]).ravel()
+        # flat indices into the per-level (l1, q1, q1) block and the dense (rz, rz) rest
+        self._idx11 = (self._c1[:, None, None] * q1 * q1 + a[None, :, None] * q1 + a[None, None, :]).ravel()
         self._idx22 = (cr[:, :, None] * rz + cr[:, None, :]).ravel()
-        self._c1 = c1
+        # CSR pattern of the coupling A_1r, built once; each (i, a, c) entry maps to one stored value
+        n, mr = cr.shape
+        rows = np.broadcast_to(self._rows1.reshape(n, q1)[:, :, None], (n, q1, mr)).ravel()
+        cols12 = np.broadcast_to(cr[:, None, :], (n, q1, mr)).ravel()
+        key = rows.astype(np.int64) * rz + cols12
+        uniq, self._map12 = np.unique(key, return_inverse=True)
+        pattern = sp.csr_matrix((np.ones(len(uniq)), (uniq // rz, uniq % rz)), shape=(m1, rz))
+        pattern.sort_indices()
+        # with sorted indices the CSR data order is the row-major order of the sorted unique keys
+        self._indices, self._indptr = pattern.indices, pattern.indptr
+        self._nnz = len(uniq)
+
+    def _coupling(self, W1: np.ndarray, Vr: np.ndarray) -> sp.csr_matrix:
+        """``A_1r = Lambda_1' Z_1' W Z_r Lambda_r`` as CSR (m1 x rz) on the fixed pattern."""
+        vals = (W1[:, :, None] * Vr[:, None, :]).ravel()
+        data = np.bincount(self._map12, weights=vals, minlength=self._nnz)
+        return sp.csr_matrix((data, self._indices, self._indptr), shape=(self.m1, self.rz))
 
     def solve(self, theta: np.ndarray, w: np.ndarray, z: np.ndarray, with_beta: bool):
         """Modes ``u`` (flat; first factor then the rest), ``beta`` (empty without X) and ``log det(L L')``."""
@@ -85,39 +100,42 @@ class DenseWpls:
         A11 = np.bincount(self._idx11, weights=(W1[:, :, None] * V1[:, None, :]).ravel(), minlength=l1 * q1 * q1)
         A11 = A11.reshape(l1, q1, q1)
         A11[:, np.arange(q1), np.arange(q1)] += 1.0
-        A12 = np.bincount(self._idx12, weights=(W1[:, :, None] * Vr[:, None, :]).ravel(), minlength=m1 * rz)
         A22 = np.bincount(self._idx22, weights=(Wr[:, :, None] * Vr[:, None, :]).ravel(), minlength=rz * rz)
-        A12 = A12.reshape(m1, rz)
         A22 = A22.reshape(rz, rz)
         A22[np.diag_indices_from(A22)] += 1.0
-        rhs1 = np.bincount(
-            (self._c1[:, None] * q1 + np.arange(q1)[None, :]).ravel(), weights=(W1 * z[:, None]).ravel(), minlength=m1
-        )
+        rhs1 = np.bincount(self._rows1, weights=(W1 * z[:, None]).ravel(), minlength=m1)
         rhs2 = np.bincount(self._cr.ravel(), weights=(Wr * z[:, None]).ravel(), minlength=rz)
-        if with_beta and self.X.shape[1]:
-            X = self.X
-            WX = X * w[:, None]
+
+        L1 = batched_cholesky(A11)
+        # T = blockdiag(L1_j^-1): G_z = T A_1r keeps the coupling sparse
+        Tinv = batched_forward_solve(L1, np.ascontiguousarray(np.broadcast_to(np.eye(q1), (l1, q1, q1))))
+        T = sp.bsr_matrix((Tinv, np.arange(l1), np.arange(l1 + 1)), shape=(m1, m1))
+        Gz = (T @ self._coupling(W1, Vr)).tocsc()
+        S = A22 - (Gz.T @ Gz).toarray()
+        c1 = batched_forward_solve(L1, rhs1.reshape(l1, q1, 1)).reshape(m1)
+        rhs2 = rhs2 - Gz.T @ c1
+        p = self.X.shape[1] if with_beta else 0
+        if p:
+            WX = self.X * w[:, None]
             ZtWX1 = np.column_stack(
-                [np.bincount((self._c1[:, None] * q1 + np.arange(q1)[None, :]).ravel(),
-                             weights=(V1 * WX[:, [j]]).ravel(), minlength=m1) for j in range(X.shape[1])]
+                [np.bincount(self._rows1, weights=(V1 * WX[:, [j]]).ravel(), minlength=m1) for j in range(p)]
             )
             ZtWXr = np.column_stack(
-                [np.bincount(self._cr.ravel(), weights=(Vr * WX[:, [j]]).ravel(), minlength=rz)
-                 for j in range(X.shape[1])]
+                [np.bincount(self._cr.ravel(), weights=(Vr * WX[:, [j]]).ravel(), minlength=rz) for j in range(p)]
             )
-            A12 = np.hstack([A12, ZtWX1])
-            A22 = np.block([[A22, ZtWXr], [ZtWXr.T, X.T @ WX]])
-            rhs2 = np.concatenate([rhs2, WX.T @ z])
-        r = A22.shape[0]
-        L1 = batched_cholesky(A11)
-        G = batched_forward_solve(L1, np.ascontiguousarray(A12.reshape(l1, q1, r))).reshape(m1, r)
-        L2 = sla.cholesky(A22 - G.T @ G, lower=True, check_finite=False)
+            Gx = batched_forward_solve(L1, np.ascontiguousarray(ZtWX1.reshape(l1, q1, p))).reshape(m1, p)
+            Szx = ZtWXr - Gz.T @ Gx
+            S = np.block([[S, Szx], [Szx.T, self.X.T @ WX - Gx.T @ Gx]])
+            rhs2 = np.concatenate([rhs2, WX.T @ z - Gx.T @ c1])
+        L2 = sla.cholesky(S, lower=True, check_finite=False)
         d1 = np.diagonal(L1, axis1=1, axis2=2)
         ldL2 = 2.0 * float(np.log(d1).sum() + np.log(np.diag(L2)[:rz]).sum())
-        c1 = batched_forward_solve(L1, rhs1.reshape(l1, q1, 1)).reshape(m1)
-        c2 = sla.solve_triangular(L2, rhs2 - G.T @ c1, lower=True, check_finite=False)
+        c2 = sla.solve_triangular(L2, rhs2, lower=True, check_finite=False)
         x2 = sla.solve_triangular(L2, c2, lower=True, trans="T", check_finite=False)
-        u1 = batched_backward_solve_t(L1, (c1 - G @ x2).reshape(l1, q1, 1)).reshape(m1)
+        r1 = c1 - Gz @ x2[:rz]
+        if p:
+            r1 = r1 - Gx @ x2[rz:]
+        u1 = batched_backward_solve_t(L1, r1.reshape(l1, q1, 1)).reshape(m1)
         u = np.concatenate([u1, x2[:rz]])
-        beta = x2[rz:] if with_beta else np.zeros(0)
+        beta = x2[rz:] if p else np.zeros(0)
         return u, beta, ldL2

@@ -31,8 +31,8 @@ U_TOL = 1e-10
 MAX_ITER = 60
 # step-halving gives up below this fraction of the Newton step (lme4: 0.001)
 MIN_STEP = 1e-3
-# several grouping factors use DenseWpls while its dense arrays stay below this many entries
-DENSE_MAX_ENTRIES = 2**24
+# several grouping factors use DenseWpls while its dense arrays stay below this many entries:
+DENSE_MAX_ENTRIES = 2**22  # 32 MB per dense array (A_12 and G)
 
 
 @dataclass(frozen=True)

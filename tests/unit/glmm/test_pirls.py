@@ -126,7 +126,14 @@ def test_log_determinant_against_dense_matrix(ticks_model):
     assert st.ldL2 == pytest.approx(np.linalg.slogdet(A)[1], abs=1e-9)
 
 
-@pytest.mark.parametrize("formula", [TICKS, "TICKS ~ YEAR + (HEIGHT_scaled | BROOD) + (1 | LOCATION)"])
+@pytest.mark.parametrize(
+    "formula",
+    [
+        TICKS,
+        "TICKS ~ YEAR + (HEIGHT_scaled | BROOD) + (1 | LOCATION)",
+        "TICKS ~ YEAR + (1 | LOCATION/BROOD) + (0 + HEIGHT_scaled | YEAR)",
+    ],
+)
 def test_dense_and_blocked_pls_paths_agree(formula):
     m = glmm(formula, memoe.datasets.load("grouseticks"), "poisson")
     k = m.design.theta_map.size
