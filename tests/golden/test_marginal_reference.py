@@ -223,6 +223,17 @@ def test_cluster_robust_vcov(case, kind):
     assert _rel(np.sqrt(np.diag(ours)), np.sqrt(np.diag(ref))) < 1e-4
 
 
+@pytest.mark.parametrize("case", NAMES)
+def test_example_correlation_matrix(case):
+    """nlme's ``corMatrix`` of one group (visit order), at our estimates."""
+    fit, r = fitted(case), results(case)
+    ex = r["corStruct"]["example_corr_matrix"]
+    ref = np.array(ex["matrix"]["values"], dtype=float)
+    ours = fit.residual_correlation(ex["group"])
+    assert ours.shape == ref.shape
+    assert np.max(np.abs(ours - ref)) < 1e-4
+
+
 LME_CASES = [c for c in NAMES if "lme" in c]
 
 

@@ -166,6 +166,36 @@ class MarginalResult:
             self._s.b, index=pd.Index(blk.factor.levels, name=blk.factor.name), columns=list(blk.columns)
         )
 
+    def _group_block(self, group, what: str) -> np.ndarray:
+        """The (n_i, n_i) matrix ``what`` ("cor" or "cov") of one group of the residual structure."""
+        lay = self.model.layout
+        labels = [str(v) for v in lay.levels]
+        if str(group) not in labels:
+            raise KeyError(f"group {group!r} is not a level of {lay.name!r}")
+        code = labels.index(str(group))
+        P = self.model.problem
+        params = self._s.params
+        for k, bucket in enumerate(lay.buckets):
+            hit = np.flatnonzero(bucket.groups == code)
+            if hit.size:
+                g = int(hit[0])
+                if what == "cov":
+                    return self.sigma**2 * P.covariances(params)[k][g]
+                if P.cor is None:
+                    return np.eye(bucket.n)
+                _, u, _ = P.split(params)
+                C = P.cor.blocks(u)[k]
+                return np.array(np.broadcast_to(C, (bucket.size, bucket.n, bucket.n))[g])
+        raise KeyError(group)  # pragma: no cover - every level has a bucket
+
+    def residual_correlation(self, group) -> np.ndarray:
+        """Within-group residual correlation matrix C_i of ``group`` (nlme's ``corMatrix``), rows in visit order."""
+        return self._group_block(group, "cor")
+
+    def marginal_covariance(self, group) -> np.ndarray:
+        """sigma^2 (Z_i D Z_i' + S_i C_i S_i) of ``group`` (nlme's ``getVarCov(type = "marginal")``)."""
+        return self._group_block(group, "cov")
+
     # ------------------------------------------------------------------ fit statistics
     @property
     def nobs(self) -> int:

@@ -227,3 +227,17 @@ def test_memoe_compare_accepts_marginal_fits():
     table = memoe.compare(m0, m1)
     assert list(table["npar"]) == [5, 6]
     assert table["Chisq"].iloc[1] == pytest.approx(2 * (m1.loglik - m0.loglik), rel=1e-12)
+
+
+def test_marginal_covariance_of_a_group():
+    df = memoe.datasets.load("Ovary")
+    f = "follicles ~ np.sin(2*np.pi*Time) + np.cos(2*np.pi*Time) + (1 | Mare)"
+    fit = lme(f, df, correlation=AR1()).fit()
+    n = int((df["Mare"] == "3").sum())
+    phi = fit.cor_params["Phi"]
+    lag = np.abs(np.subtract.outer(np.arange(n), np.arange(n)))
+    expected = fit.ranef_cov.iloc[0, 0] * np.ones((n, n)) + fit.sigma**2 * phi**lag
+    np.testing.assert_allclose(fit.marginal_covariance("3"), expected, rtol=1e-12)
+    np.testing.assert_allclose(fit.residual_correlation("3"), phi**lag, rtol=1e-12)
+    with pytest.raises(KeyError, match="'nope'"):
+        fit.marginal_covariance("nope")
