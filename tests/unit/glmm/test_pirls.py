@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import statsmodels.api as sm
 from scipy import integrate, stats
@@ -158,3 +159,26 @@ def test_joint_pirls_at_zero_theta_is_the_glm(cbpp_model):
     glm = sm.GLM(endog, P.X, family=sm.families.Binomial()).fit(tol=1e-12)
     np.testing.assert_allclose(st.beta, glm.params, rtol=1e-8)
     assert -0.5 * P.loglik_terms(st.mu) == pytest.approx(glm.llf, abs=1e-8)
+
+
+def test_poisson_agq_matches_quadrature_oracle():
+    rng = np.random.default_rng(6)
+    g = np.repeat(np.arange(12), 8)
+    x = rng.standard_normal(len(g))
+    y = rng.poisson(np.exp(0.5 + 0.4 * x + rng.normal(0, 0.6, 12)[g]))
+    m = glmm("y ~ x + (1 | g)", pd.DataFrame({"y": y, "x": x, "g": g}), "poisson")
+    P = m.problem
+    theta, beta = np.array([0.6]), np.array([0.5, 0.4])
+    st = P.solve(theta, beta)
+    total = 0.0
+    for j in range(12):
+        rows = g == j
+
+        def integrand(u, rows=rows):
+            mu = np.exp(beta[0] + beta[1] * x[rows] + theta[0] * u)
+            return np.exp(stats.poisson.logpmf(y[rows], mu).sum()) * stats.norm.pdf(u)
+
+        total += np.log(integrate.quad(integrand, -12, 12, epsabs=0, epsrel=1e-12, limit=200)[0])
+    sat = -2 * P.family.loglik(P.y, P.y, P.wt, P.ntrials)
+    assert agq_deviance(P, st, theta, 30) + sat == pytest.approx(-2 * total, abs=1e-7)
+    assert laplace_deviance(P, st) == pytest.approx(-2 * total, abs=0.2)
