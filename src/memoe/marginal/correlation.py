@@ -55,7 +55,7 @@ class BoundCorrelation:
     names : list of str
         Natural-scale parameter names.
     m : int
-        Largest group size.
+        Number of visit positions (largest group size, or distinct visit values for ``visit=``).
     """
 
     structure: CorStruct
@@ -199,6 +199,13 @@ class AR1(CorStruct):
 
     j, k are the positions of the rows within the group, or the values of the integer ``visit``
     column (so a missed visit widens the lag).
+
+    Parameters
+    ----------
+    group : str, optional
+        Grouping column (``lme``: defaults to the random-effects grouping factor).
+    visit : str, optional
+        Integer visit column (nlme's ``corAR1(form = ~ visit | group)``).
     """
 
     group: str | None = None
@@ -229,7 +236,14 @@ class AR1(CorStruct):
 
 @dataclass(frozen=True)
 class CAR1(CorStruct):
-    """nlme's ``corCAR1``: ``cor = Phi^|t_j - t_k|`` (continuous time, ``0 < Phi < 1``)."""
+    """nlme's ``corCAR1``: ``cor = Phi^|t_j - t_k|`` (continuous time, ``0 < Phi < 1``).
+
+    Parameters
+    ----------
+    time : str
+        Numeric time column (distinct within a group).
+    group : str, optional
+    """
 
     time: str
     group: str | None = None
@@ -256,7 +270,16 @@ class CAR1(CorStruct):
 
 @dataclass(frozen=True)
 class Exp(CorStruct):
-    """nlme's ``corExp``: ``cor(d) = (1 - nugget) exp(-d / range)`` for ``d > 0`` (nugget 0 without one)."""
+    """nlme's ``corExp``: ``cor(d) = (1 - nugget) exp(-d / range)`` for ``d > 0`` (nugget 0 without one).
+
+    Parameters
+    ----------
+    time : str
+        Numeric position column; d is the absolute difference within a group.
+    group : str, optional
+    nugget : bool, default False
+        Estimate nlme's nugget (the correlation drops to 1 - nugget at any positive distance).
+    """
 
     time: str
     group: str | None = None
@@ -362,6 +385,12 @@ class Symm(CorStruct):
     Positions are the order of the rows within the group, or, with ``visit``, the rank of the row's
     visit among the distinct visit values (so a subject who missed visit 2 keeps positions 1, 3, 4:
     nlme's ``corSymm(form = ~ visit | group)``). ``cor(i,j)`` are in nlme's order.
+
+    Parameters
+    ----------
+    group : str, optional
+    visit : str, optional
+        Visit column (any sortable values or a Categorical; its distinct values are the positions).
     """
 
     group: str | None = None
@@ -401,7 +430,12 @@ class Symm(CorStruct):
 
 @dataclass(frozen=True)
 class CompSymm(CorStruct):
-    """nlme's ``corCompSymm``: the same correlation ``Rho`` between any two visits of a group."""
+    """nlme's ``corCompSymm``: the same correlation ``Rho`` between any two visits of a group.
+
+    Parameters
+    ----------
+    group : str, optional
+    """
 
     group: str | None = None
 
