@@ -127,11 +127,14 @@ class PirlsProblem:
 
     def working(self, eta: np.ndarray):
         """``mu``, ``d mu/d eta`` and the working weights at ``eta``."""
-        fam = self.family
-        mu = fam.linkinv(eta)
-        dmu = fam.mu_eta(eta)
-        w = self.wt * dmu * dmu / fam.variance(mu)
+        mu = self.family.linkinv(eta)
+        dmu, w = self._weights(eta, mu)
         return mu, dmu, w
+
+    def _weights(self, eta: np.ndarray, mu: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``d mu/d eta`` and the working weights ``wt (d mu/d eta)^2 / V(mu)``."""
+        dmu = self.family.mu_eta(eta)
+        return dmu, self.wt * dmu * dmu / self.family.variance(mu)
 
     def wls_problem(self, w: np.ndarray, z: np.ndarray, with_beta: bool) -> PLSProblem:
         """The LMM's penalised least-squares problem on rows scaled by ``sqrt(w)``.
@@ -169,10 +172,6 @@ class PirlsProblem:
         if not (np.all(np.isfinite(u)) and np.all(np.isfinite(b)) and np.isfinite(ldL2)):
             return None
         return u, b, ldL2
-
-    def _pdev(self, mu: np.ndarray, u: np.ndarray) -> tuple[float, np.ndarray]:
-        d = self.family.dev_resids(self.y, mu, self.wt)
-        return float(d.sum() + u @ u), d
 
     # ------------------------------------------------------------------ iterations
     def solve(
@@ -216,19 +215,23 @@ class PirlsProblem:
                 eta0 = fam.linkfun(fam.mustart(self.y, self.wt, self.ntrials))
             eta = np.asarray(eta0, dtype=float)
             fixed_eta = None
+            mu = fam.linkinv(eta)
+            d = fam.dev_resids(self.y, mu, self.wt)
             pdev = np.inf  # the start need not be of the form X beta + Z Lambda u
         else:
             b = np.asarray(beta, dtype=float)
             fixed_eta = self.offset + self.X @ b
             eta = fixed_eta + self.re_predictor(theta, u)
-            pdev, _ = self._pdev(fam.linkinv(eta), u)
+            mu = fam.linkinv(eta)
+            d = fam.dev_resids(self.y, mu, self.wt)
+            pdev = float(d.sum() + u @ u)
+        # working response without the offset (and without X beta when beta is held fixed)
+        base = self.offset if joint else fixed_eta
         converged = False
         it = 0
         while it < MAX_ITER:
             it += 1
-            mu, dmu, w = self.working(eta)
-            # working response without the offset (and without X beta when beta is held fixed)
-            base = self.offset if joint else fixed_eta
+            dmu, w = self._weights(eta, mu)
             z = eta - base + (self.y - mu) / dmu
             step = self._safe_wls(theta, w, z, joint)
             if step is None:
@@ -237,7 +240,7 @@ class PirlsProblem:
             u_new, beta_new, ldL2 = step
             b_new = beta_new if joint else b
             du = np.concatenate([u_new - u, b_new - b]) if joint else u_new - u
-            scale = 1.0 + float(np.max(np.abs(np.concatenate([u, b])))) if (self.q or self.p) else 1.0
+            scale = 1.0 + float(np.max(np.abs(np.concatenate([u, b])), initial=0.0))
             if it > 1 and float(np.max(np.abs(du), initial=0.0)) < U_TOL * scale:
                 # the factor just computed is at the current (converged) modes
                 converged = True
@@ -248,7 +251,9 @@ class PirlsProblem:
                 b_try = b + fac * (b_new - b)
                 fe = self.offset + self.X @ b_try if joint else fixed_eta
                 eta_try = fe + self.re_predictor(theta, u_try)
-                pdev_try, _ = self._pdev(fam.linkinv(eta_try), u_try)
+                mu_try = fam.linkinv(eta_try)
+                d_try = fam.dev_resids(self.y, mu_try, self.wt)
+                pdev_try = float(d_try.sum() + u_try @ u_try)
                 # a rounding-level increase near the optimum is accepted
                 if pdev_try <= pdev + 1e-10 * (abs(pdev) if np.isfinite(pdev) else 0.0):
                     break
@@ -258,13 +263,11 @@ class PirlsProblem:
             if fac < MIN_STEP:
                 # step halving failed (lme4 stops with an error): keep the best modes found
                 break
-            u, b, eta, pdev = u_try, b_try, eta_try, pdev_try
-        mu, dmu, w = self.working(eta)
+            u, b, eta, mu, d, pdev = u_try, b_try, eta_try, mu_try, d_try, pdev_try
+        dmu, w = self._weights(eta, mu)
         if not converged:
-            z = eta - (self.offset if joint else fixed_eta) + (self.y - mu) / dmu
-            step = self._safe_wls(theta, w, z, joint)
+            step = self._safe_wls(theta, w, eta - base + (self.y - mu) / dmu, joint)
             ldL2 = np.inf if step is None else step[2]
-        d = fam.dev_resids(self.y, mu, self.wt)
         return PirlsState(
             u=u,
             beta=b.copy(),
