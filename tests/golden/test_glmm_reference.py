@@ -29,9 +29,9 @@ Laplace deviance sits below lme4's value, and our optimum is at least as good as
 ``deviance`` of grouseticks at our optimum differs by 1.6e-4 (it is not the minimised criterion, so
 it inherits the optimiser slack at first order); at lme4's estimates it agrees to 1e-5.
 
-Timings (shared 2-core VM under load, fresh process): cbpp Laplace 0.5 s (20 + 49 deviance
-evaluations in the two stages), cbpp AGQ(25) 0.55-0.65 s (20 + 56), grouseticks 0.9-1.0 s (27 + 94),
-each including the finite-difference Hessian.
+Timings (shared 2-core VM, fresh process, three runs): cbpp Laplace 0.20-0.37 s (20 + 49 deviance
+evaluations in the two stages), cbpp AGQ(25) 0.21-0.32 s (20 + 56), grouseticks 0.79-1.19 s
+(27 + 94), each including the finite-difference Hessian.
 """
 
 from __future__ import annotations
