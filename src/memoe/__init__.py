@@ -1,21 +1,32 @@
 """memoe: mixed-effects models and the Mixed-Effects Mixture of Experts (MEMoE) for longitudinal data."""
 
-from memoe import datasets, errors, persist, simulate
+from memoe import datasets, errors, marginal, persist, simulate
+from memoe.gee import GEE, gee
+from memoe.glmm import GLMM, GlmmResult, glmm
 from memoe.inference import compare
 from memoe.lmm import LMM, lmm
+from memoe.marginal import gls, lme
 from memoe.moe import MEMoE, MoE, select_k
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "GEE",
+    "GLMM",
     "LMM",
+    "GlmmResult",
     "MEMoE",
     "MoE",
     "__version__",
     "compare",
     "datasets",
     "errors",
+    "gee",
+    "glmm",
+    "gls",
+    "lme",
     "lmm",
+    "marginal",
     "persist",
     "select_k",
     "simulate",

@@ -22,7 +22,7 @@ import scipy.linalg as sla
 
 import memoe
 from memoe.errors import MemoeError
-from memoe.inference.sandwich import _sandwich, cluster_arrays, vcov_cr
+from memoe.inference.sandwich import cluster_arrays, sandwich_from_clusters, vcov_cr
 from tests.conftest import LMER_CASES, fitted_case, r_matrix, reference, reference_data
 
 AVAILABLE = sorted(c for c in LMER_CASES if reference(c)["results"]["clubSandwich"]["available"])
@@ -156,13 +156,13 @@ def test_cr2_is_unbiased_under_the_working_model(unbalanced):
     w, Q = np.linalg.eigh(B)
     root = Q * np.sqrt(np.clip(w, 0, None))[:, None, :]
     expected = sum(
-        _sandwich(dataclasses.replace(ca, r=np.ascontiguousarray(root[:, :, k])), M, "CR2")
+        sandwich_from_clusters(dataclasses.replace(ca, r=np.ascontiguousarray(root[:, :, k])), M, "CR2")
         for k in range(root.shape[2])
     )
     assert _rel(expected, M) < 1e-9
     # CR0 is biased downwards under the same model
     expected0 = sum(
-        _sandwich(dataclasses.replace(ca, r=np.ascontiguousarray(root[:, :, k])), M, "CR0")
+        sandwich_from_clusters(dataclasses.replace(ca, r=np.ascontiguousarray(root[:, :, k])), M, "CR0")
         for k in range(root.shape[2])
     )
     assert np.all(np.diag(expected0) < np.diag(M))

@@ -20,7 +20,7 @@ import pandas as pd
 
 from memoe.errors import MemoeError
 
-__all__ = ["CR_TYPES", "ClusterArrays", "cluster_arrays", "vcov_cr"]
+__all__ = ["CR_TYPES", "ClusterArrays", "cluster_arrays", "sandwich_from_clusters", "vcov_cr"]
 
 CR_TYPES = ("CR0", "CR1", "CR1S", "CR2", "CR3")
 # clubSandwich's matrix_power() treats eigenvalues below 1e-12 as zero (a pseudo-inverse root)
@@ -177,7 +177,7 @@ def _sym_power(G: np.ndarray, power: float) -> np.ndarray:
     return np.einsum("jab,jb,jcb->jac", Q, wp, Q)
 
 
-def _sandwich(ca: ClusterArrays, M: np.ndarray, type: str) -> np.ndarray:
+def sandwich_from_clusters(ca: ClusterArrays, M: np.ndarray, type: str) -> np.ndarray:
     """``M (sum_j E_j r_j r_j' E_j') M`` for the requested adjustment.
 
     Parameters
@@ -254,7 +254,7 @@ def vcov_cr(fit, type: str = "CR2", cluster=None, theta: np.ndarray | None = Non
     The working covariance is the fitted one on the relative scale, ``V_j = I + Z_j Lambda Lambda' Z_j'``
     (``sigma^2`` cancels between bread and meat), the bread is ``M = (X' V^-1 X)^-1`` (lme4's unscaled
     ``vcov``) and the residuals are marginal, ``y - X beta``. The estimator is
-    ``M [sum_j X_j' W_j A_j r_j r_j' A_j' W_j X_j] M``; see :func:`_sandwich` for ``A_j``.
+    ``M [sum_j X_j' W_j A_j r_j r_j' A_j' W_j X_j] M``; see :func:`sandwich_from_clusters` for ``A_j``.
 
     Examples
     --------
@@ -270,6 +270,6 @@ def vcov_cr(fit, type: str = "CR2", cluster=None, theta: np.ndarray | None = Non
         M = fit._solution.vcov_unscaled
     else:
         M = fit.model.problem.solve(np.asarray(theta, float), fit.reml).vcov_unscaled
-    v = _sandwich(ca, M, type)
+    v = sandwich_from_clusters(ca, M, type)
     names = fit.design.fixef_names
     return pd.DataFrame(v, index=names, columns=names)

@@ -4,7 +4,7 @@ The working covariance is the fitted marginal one, W_i = Z_i D Z_i' + S_i C_i S_
 between bread and meat), the clusters are the groups of the residual structure (clubSandwich's
 default for ``gls`` and ``lme``: the grouping factor), and the residuals are marginal, y - X beta.
 The estimators themselves (CR0, CR1, CR1S, CR2, CR3) are memoe's LMM ones
-(:func:`memoe.inference.sandwich._sandwich`), fed with per-cluster arrays padded to the largest group.
+(:func:`memoe.inference.sandwich.sandwich_from_clusters`), fed with per-cluster arrays padded to the largest group.
 For ``gls`` ML fits the result is scaled by (N / (N - p))^2 as clubSandwich's is (its bread is nlme's
 inflated ML ``vcov``).
 """
@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from memoe.errors import MemoeError
-from memoe.inference.sandwich import CR_TYPES, ClusterArrays, _sandwich
+from memoe.inference.sandwich import CR_TYPES, ClusterArrays, sandwich_from_clusters
 
 __all__ = ["vcov_cr"]
 
@@ -58,7 +58,7 @@ def vcov_cr(fit, type: str = "CR2") -> pd.DataFrame:
     ca = _cluster_arrays(fit)
     if ca.J < 2:
         raise MemoeError("cluster-robust covariances need at least 2 clusters")
-    v = _sandwich(ca, fit._s.vcov_unscaled, type)
+    v = sandwich_from_clusters(ca, fit._s.vcov_unscaled, type)
     if fit.kind == "gls" and not fit.reml:
         # clubSandwich's bread is vcov(fit) / sigma^2, and nlme's gls ML vcov carries N / (N - p)
         # (see MarginalResult.vcov): the factor enters both breads
