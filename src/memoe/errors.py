@@ -36,6 +36,14 @@ class HypothesisError(MemoeError, ValueError):
     """A hypothesis or contrast cannot be interpreted (unknown coefficient, wrong shape)."""
 
 
+class FamilyError(MemoeError, ValueError):
+    """Unknown response family, or a link the family does not support."""
+
+
+class QuadratureError(MemoeError, ValueError):
+    """``nAGQ`` is invalid or not available for the model's random-effects structure."""
+
+
 class PersistenceError(MemoeError, ValueError):
     """A fit cannot be saved (unsupported content) or a file cannot be loaded (wrong type or version)."""
 
@@ -58,3 +66,7 @@ class RankDeficiencyWarning(MemoeWarning):
 
 class EmptyExpertWarning(MemoeWarning):
     """An expert of a mixture lost (almost) all of its posterior mass during EM."""
+
+
+class NonIntegerResponseWarning(MemoeWarning):
+    """Counts (Poisson) or numbers of successes (binomial) are not whole numbers, as R warns."""

@@ -102,8 +102,12 @@ def _lhs_pieces(
     return pieces
 
 
-def build_random(terms: tuple[RandomTermSpec, ...], data: pd.DataFrame, nobs: int):
+def build_random(terms: tuple[RandomTermSpec, ...], data: pd.DataFrame, nobs: int, residual_scale: bool = True):
     """Build lme4 terms, merged factor blocks and the theta map.
+
+    ``residual_scale=False`` (GLMMs with a fixed scale: binomial, Poisson) skips the two checks that
+    compare with ``nobs``; such models may have one random effect per observation, and their own
+    rules are checked by the caller (:func:`memoe.glmm.design.check_identifiable`).
 
     Terms are ordered as lme4 orders them (decreasing number of levels, stable); blocks are
     ordered by their first term in that order, so block 0 has the most levels.
@@ -132,7 +136,7 @@ def build_random(terms: tuple[RandomTermSpec, ...], data: pd.DataFrame, nobs: in
                 f"grouping factor {gname!r} of term {term.text!r} has {f.nlevels} level; "
                 "grouping factors must have > 1 sampled level"
             )
-        if f.nlevels >= nobs:
+        if residual_scale and f.nlevels >= nobs:
             raise IdentifiabilityError(
                 f"number of levels of each grouping factor must be < number of observations "
                 f"(grouping factor {gname!r} has {f.nlevels} levels for {nobs} observations)"
@@ -140,7 +144,7 @@ def build_random(terms: tuple[RandomTermSpec, ...], data: pd.DataFrame, nobs: in
         pieces = _lhs_pieces(term, data)
         for spec, Z, names, idx in pieces:
             nre = Z.shape[1] * f.nlevels
-            if nobs <= nre:
+            if residual_scale and nobs <= nre:
                 raise IdentifiabilityError(
                     f"number of observations (={nobs}) <= number of random effects (={nre}) for term "
                     f"{term.text!r}; the random-effects parameters and the residual variance are "

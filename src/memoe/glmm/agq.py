@@ -22,16 +22,12 @@ from functools import cache
 
 import numpy as np
 
-from memoe.errors import MemoeError
+from memoe.errors import QuadratureError
 from memoe.glmm.pirls import PirlsProblem, PirlsState
 
 __all__ = ["QuadratureError", "agq_deviance", "check_agq", "gh_rule"]
 
 MAX_NAGQ = 100
-
-
-class QuadratureError(MemoeError, ValueError):
-    """``nAGQ`` is invalid or not available for the model's random-effects structure."""
 
 
 @cache

@@ -63,10 +63,6 @@ class GlmmDesign:
     offset_terms: tuple[str, ...] = ()
 
 
-# see build_glmm_design: disables build_random's nobs-based checks
-_NO_NOBS_CHECK = 2**62
-
-
 def check_identifiable(terms, blocks, nobs: int) -> None:
     """lme4's ``check.nobs.vs.nlev`` and ``check.nobs.vs.nRE`` for families with a fixed scale.
 
@@ -236,9 +232,9 @@ def build_glmm_design(
         y, wt, n = family.prepare(values[0], prior, None, spec.response)
     spec = dataclasses.replace(spec, fixed=fixed)
     fixed_design = build_fixed(fixed, fd)
-    # build_random applies the LMM's rules (nlevels < nobs, nRE < nobs); a huge nobs switches them
-    # off and the GLMM's rules (fixed scale) are checked below
-    terms, blocks, theta_map = build_random(spec.random, fd, _NO_NOBS_CHECK)
+    # the LMM's rules (nlevels < nobs, nRE < nobs) assume a residual variance; the GLMM's own
+    # (fixed-scale) rules are checked below
+    terms, blocks, theta_map = build_random(spec.random, fd, len(y), residual_scale=False)
     check_identifiable(terms, blocks, len(y))
     design = Design(
         spec=spec, frame=frame, y=y, fixed=fixed_design, terms=terms, blocks=blocks, theta_map=theta_map

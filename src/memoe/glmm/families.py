@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import special
 
-from memoe.errors import DataError, MemoeError, MemoeWarning
+from memoe.errors import DataError, FamilyError, NonIntegerResponseWarning
 
 __all__ = [
     "Binomial",
@@ -30,14 +30,6 @@ __all__ = [
 # R's THRESH / MTHRESH and DBL_EPSILON in family.c: keep mu strictly inside (0, 1)
 _EPS = np.finfo(float).eps
 _THRESH = 30.0
-
-
-class FamilyError(MemoeError, ValueError):
-    """Unknown response family, or a link the family does not support."""
-
-
-class NonIntegerResponseWarning(MemoeWarning):
-    """Counts (Poisson) or numbers of successes (binomial) are not whole numbers, as R warns."""
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from memoe.results.rformat import r_abbreviate
+
 __all__ = ["LmmSummary", "format_table"]
 
 
@@ -140,11 +142,13 @@ class LmmSummary:
                 v = f.vcov.to_numpy()
                 sd = np.sqrt(np.diag(v))
                 corr = v / np.outer(sd, sd)
-                abbrev = [_abbrev(n) for n in f.fixef.index]
+                # lme4: abbreviate(rn, minlength = 11) for rows, minlength = 6 for columns
+                rows = [r_abbreviate(n, 11) for n in f.fixef.index]
+                cols = [r_abbreviate(n, 6) for n in f.fixef.index]
                 tab = pd.DataFrame(
                     [[f"{corr[i, j]:.3f}" if j < i else "" for j in range(p - 1)] for i in range(1, p)],
-                    index=abbrev[1:],
-                    columns=abbrev[:-1],
+                    index=rows[1:],
+                    columns=cols[:-1],
                 )
                 out.append("")
                 out.append("Correlation of Fixed Effects:")
@@ -164,13 +168,3 @@ class LmmSummary:
         import html
 
         return f"<pre>{html.escape(str(self))}</pre>"
-
-
-def _abbrev(name: str, width: int = 6) -> str:
-    """Short column labels for the correlation table, like R's abbreviate()."""
-    if len(name) <= width:
-        return name
-    if name == "(Intercept)":
-        return "(Intr)"
-    keep = name[0] + "".join(c for c in name[1:] if c.lower() not in "aeiou")
-    return keep[:width]
