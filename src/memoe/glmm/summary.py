@@ -108,7 +108,8 @@ class GlmmSummary:
                 "Std. Error": [f"{v:.{dec}f}" for v in ct["Std. Error"]],
                 "z value": [f"{v:.3f}" for v in ct["z value"]],
                 "Pr(>|z|)": format_pvalues(p),
-                "": signif_stars(p),
+                # R prints the codes as a left-justified column ("** " under "***")
+                "": [c.ljust(3) for c in signif_stars(p)],
             },
             index=ct.index,
         )
