@@ -59,3 +59,18 @@ def test_string_groups_are_sorted_and_unused_levels_dropped():
     assert list(d.blocks[0].factor.levels) == ["c", "b", "a"]
     d2 = build_design("y ~ (1 | g)", df.assign(g=df["g"].astype(str)))
     assert list(d2.blocks[0].factor.levels) == ["a", "b", "c"]
+
+
+def test_r_factor_call_gives_r_names_and_replays_on_new_data():
+    df = memoe.datasets.load("Orthodont")
+    d = build_design("distance ~ factor(age) * Sex + (1 | Subject)", df)
+    assert d.fixed.names == [
+        "(Intercept)", "factor(age)10", "factor(age)12", "factor(age)14", "SexFemale",
+        "factor(age)10:SexFemale", "factor(age)12:SexFemale", "factor(age)14:SexFemale",
+    ]
+    # same columns as formulaic's C(), and the stored levels replay on a subset holding one age
+    c = build_design("distance ~ C(age) * Sex + (1 | Subject)", df)
+    np.testing.assert_array_equal(d.fixed.X, c.fixed.X)
+    new = df[df["age"] == 12].iloc[:2]
+    X = d.fixed.matrix_for(new)
+    assert X.shape == (2, 8) and X[:, 2].tolist() == [1.0, 1.0] and X[:, 1].tolist() == [0.0, 0.0]

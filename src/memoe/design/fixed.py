@@ -9,11 +9,16 @@ import numpy as np
 import pandas as pd
 from formulaic import model_matrix
 from formulaic.model_spec import ModelSpec
+from formulaic.transforms import C
 
 from memoe.errors import DataError, FormulaError, RankDeficiencyWarning
 from memoe.formula.names import r_column_name
 
 __all__ = ["FixedDesign", "build_fixed", "evaluate_matrix"]
+
+# R's factor(x) in a formula: formulaic evaluates it in this module's namespace, and the column
+# names it produces (``factor(age)[T.10]``) become R's (``factor(age)10``)
+factor = C
 
 # R's qr() default tolerance, used by lme4's chkRank.drop.cols
 RANK_TOL = 1e-7
@@ -53,7 +58,7 @@ class FixedDesign:
 def evaluate_matrix(spec: ModelSpec, data: pd.DataFrame) -> np.ndarray:
     """Evaluate a stored formulaic spec on (new) data as a float array."""
     try:
-        mm = spec.get_model_matrix(data, output="numpy", na_action="ignore")
+        mm = spec.get_model_matrix(data, output="numpy", na_action="ignore", context={"factor": factor})
     except Exception as exc:
         raise DataError(f"cannot evaluate {spec.formula} on the new data: {exc}") from None
     return np.asarray(mm, dtype=float)

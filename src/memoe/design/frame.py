@@ -12,7 +12,10 @@ from formulaic import Formula
 from memoe.errors import DataError, FormulaError
 from memoe.formula.parse import FormulaSpec
 
-__all__ = ["ModelFrame", "build_frame", "formula_variables"]
+__all__ = ["R_FUNCTIONS", "ModelFrame", "build_frame", "formula_variables"]
+
+# R functions memoe evaluates in formulas (see memoe.design.fixed), not data columns
+R_FUNCTIONS = frozenset({"factor"})
 
 
 def formula_variables(rhs_or_formula: str, where: str) -> list[str]:
@@ -21,7 +24,7 @@ def formula_variables(rhs_or_formula: str, where: str) -> list[str]:
         f = Formula(rhs_or_formula)
     except Exception as exc:  # formulaic's parse errors are varied; name the part that failed
         raise FormulaError(f"cannot parse {where} {rhs_or_formula!r}: {exc}") from None
-    return sorted(str(v) for v in f.required_variables)
+    return sorted(str(v) for v in f.required_variables if str(v) not in R_FUNCTIONS)
 
 
 @dataclass(frozen=True)
