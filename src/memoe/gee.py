@@ -1047,6 +1047,15 @@ class GEEResult:
             lines.append(f"Warning: not converged in {self.n_iter} iterations")
         return "\n".join(lines)
 
+    def save(self, path) -> None:
+        """Save the fit to one ``.memoe`` file (JSON + npz in a zip, no pickle); see :func:`memoe.persist.save`.
+
+        ``memoe.persist.load(path)`` gives it back with the same numbers.
+        """
+        from memoe.persist import save
+
+        save(self, path)
+
     def __repr__(self) -> str:
         return (
             f"<GEEResult {self.model.formula!r} family={self.model.family} corstr={self.model.corstr} "

@@ -302,7 +302,7 @@ def test_refuses_an_unsupported_format_version(saved, version):
 
 
 def test_refuses_an_unknown_class(saved):
-    rewrite(saved, meta_edit=lambda m: m.update({"class": "GlmmResult"}))
+    rewrite(saved, meta_edit=lambda m: m.update({"class": "NoSuchResult"}))
     with pytest.raises(PersistenceError, match="unsupported result class"):
         load(saved)
 

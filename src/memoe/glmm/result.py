@@ -334,6 +334,15 @@ class GlmmResult:
 
         return GlmmSummary(self)
 
+    def save(self, path) -> None:
+        """Save the fit to one ``.memoe`` file (JSON + npz in a zip, no pickle); see :func:`memoe.persist.save`.
+
+        ``memoe.persist.load(path)`` gives it back with the same numbers.
+        """
+        from memoe.persist import save
+
+        save(self, path)
+
     def __repr__(self) -> str:
         return (
             f"<GlmmResult {self.family} {self.method}: logLik={self.loglik:.4f}, "

@@ -332,6 +332,15 @@ class MarginalResult:
 
         return MarginalSummary(self)
 
+    def save(self, path) -> None:
+        """Save the fit to one ``.memoe`` file (JSON + npz in a zip, no pickle); see :func:`memoe.persist.save`.
+
+        ``memoe.persist.load(path)`` gives it back with the same numbers.
+        """
+        from memoe.persist import save
+
+        save(self, path)
+
     def __repr__(self) -> str:
         return (
             f"<MarginalResult {self.kind} {self.method}: {self.model.formula!r}, loglik={self.loglik:.4f}, "

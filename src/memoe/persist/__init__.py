@@ -24,7 +24,7 @@ from memoe.persist.archive import FORMAT_NAME, FORMAT_VERSION, PathOrFile, Persi
 
 __all__ = ["FORMAT_VERSION", "PersistenceError", "load", "save"]
 
-_RESULT_CLASSES = ("LmmResult", "MEMoEResult")
+_RESULT_CLASSES = ("LmmResult", "MEMoEResult", "GlmmResult", "MarginalResult", "GEEResult")
 
 
 def save(fit, path: PathOrFile) -> None:
@@ -32,8 +32,10 @@ def save(fit, path: PathOrFile) -> None:
 
     Parameters
     ----------
-    fit : LmmResult or MEMoEResult
-        From ``memoe.lmm(...).fit()``, ``memoe.MEMoE(...).fit()`` or ``memoe.MoE(...).fit()``.
+    fit : LmmResult, MEMoEResult, GlmmResult, MarginalResult or GEEResult
+        From ``memoe.lmm(...).fit()``, ``memoe.MEMoE(...).fit()``, ``memoe.MoE(...).fit()``,
+        ``memoe.glmm(...).fit()`` (or ``.result_at(...)``), ``memoe.gls(...).fit()``,
+        ``memoe.lme(...).fit()`` or ``memoe.gee(...).fit()``.
     path : str, path-like or binary file object
         Written (overwritten) as given; ``.memoe`` is the customary suffix.
 
@@ -74,7 +76,7 @@ def load(path: PathOrFile):
 
     Returns
     -------
-    LmmResult or MEMoEResult
+    LmmResult, MEMoEResult, GlmmResult, MarginalResult or GEEResult
         The class that was saved, with the same numbers as the saved fit.
 
     Raises
@@ -98,12 +100,34 @@ def load(path: PathOrFile):
                 f"unsupported model class {model_class!r} (this memoe loads {sorted(MODEL_CLASSES)})"
             )
         return decode_memoe(meta, arrays)
+    if kind == "GlmmResult":
+        from memoe.persist.glmm import decode_glmm
+
+        return decode_glmm(meta, arrays)
+    if kind == "MarginalResult":
+        from memoe.persist.marginal import MODEL_CLASSES as MARGINAL_CLASSES
+        from memoe.persist.marginal import decode_marginal
+
+        model_class = meta.get("model", {}).get("class")
+        if model_class not in MARGINAL_CLASSES:
+            raise PersistenceError(
+                f"unsupported model class {model_class!r} (this memoe loads {sorted(MARGINAL_CLASSES)})"
+            )
+        return decode_marginal(meta, arrays)
+    if kind == "GEEResult":
+        from memoe.persist.gee import decode_gee
+
+        return decode_gee(meta, arrays)
     raise PersistenceError(f"unsupported result class {kind!r} (this memoe loads {list(_RESULT_CLASSES)})")
 
 
 def _encoder(fit):
-    # exact classes only: a subclass (e.g. a future GLMM result) may hold state this format does not keep
+    # exact classes only: a subclass may hold state this format does not keep
+    from memoe.gee import GEE, GEEResult
+    from memoe.glmm.model import GLMM
+    from memoe.glmm.result import GlmmResult
     from memoe.lmm import LMM
+    from memoe.marginal.result import MarginalResult
     from memoe.moe.results import MEMoEResult
     from memoe.results.lmm_result import LmmResult
 
@@ -116,8 +140,23 @@ def _encoder(fit):
 
         if type(fit.model) in MODEL_CLASSES.values():
             return "MEMoEResult", encode_memoe
+    if type(fit) is GlmmResult and type(fit.model) is GLMM:
+        from memoe.persist.glmm import encode_glmm
+
+        return "GlmmResult", encode_glmm
+    if type(fit) is MarginalResult:
+        from memoe.persist.marginal import MODEL_CLASSES as MARGINAL_CLASSES
+        from memoe.persist.marginal import encode_marginal
+
+        if type(fit.model) in MARGINAL_CLASSES.values():
+            return "MarginalResult", encode_marginal
+    if type(fit) is GEEResult and type(fit.model) is GEE:
+        from memoe.persist.gee import encode_gee
+
+        return "GEEResult", encode_gee
     raise PersistenceError(
-        f"memoe.persist saves LmmResult (of memoe.lmm) and MEMoEResult (of memoe.MEMoE / memoe.MoE) fits, "
+        f"memoe.persist saves LmmResult (of memoe.lmm), MEMoEResult (of memoe.MEMoE / memoe.MoE), GlmmResult "
+        f"(of memoe.glmm), MarginalResult (of memoe.gls / memoe.lme) and GEEResult (of memoe.gee) fits, "
         f"not {type(fit).__name__}"
     )
 

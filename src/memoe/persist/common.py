@@ -7,6 +7,7 @@ import dataclasses
 import numpy as np
 
 from memoe.design import Design
+from memoe.design.frame import ModelFrame
 from memoe.persist.archive import PersistenceError
 from memoe.persist.frames import decode_index, encode_index
 
@@ -15,8 +16,10 @@ __all__ = [
     "check_loglik",
     "decode_dataclass",
     "encode_dataclass",
+    "encode_frame_record",
     "encode_model_frame",
     "plain",
+    "restore_frame_record",
     "restore_model_frame",
 ]
 
@@ -66,13 +69,12 @@ def decode_dataclass(cls, spec: dict, key: str, arrays: dict[str, np.ndarray]):
     return cls(**kwargs)
 
 
-def encode_model_frame(design: Design, key: str, arrays: dict[str, np.ndarray]) -> dict:
-    """The missing-value record of ``design.frame`` (which input rows were kept, and why not the others).
+def encode_frame_record(frame: ModelFrame, key: str, arrays: dict[str, np.ndarray]) -> dict:
+    """The missing-value record of a model frame (which input rows were kept, and why not the others).
 
     Only the kept rows are saved (the fit never keeps the dropped ones); this record restores
     ``n_dropped``, the per-column counts and the alignment of per-row outputs to the input rows.
     """
-    frame = design.frame
     arrays[f"{key}.row_mask"] = np.asarray(frame.row_mask, dtype=bool)
     return {
         "index": encode_index(frame.index, f"{key}.index", arrays),
@@ -81,20 +83,34 @@ def encode_model_frame(design: Design, key: str, arrays: dict[str, np.ndarray]) 
     }
 
 
-def restore_model_frame(design: Design, spec: dict, key: str, arrays: dict[str, np.ndarray]) -> Design:
-    """``design`` rebuilt from the kept rows, with the saved missing-value record put back."""
-    frame = dataclasses.replace(
-        design.frame,
+def restore_frame_record(frame: ModelFrame, spec: dict, key: str, arrays: dict[str, np.ndarray]) -> ModelFrame:
+    """``frame`` (rebuilt from the kept rows) with the saved missing-value record put back."""
+    out = dataclasses.replace(
+        frame,
         row_mask=arrays[f"{key}.row_mask"],
         index=decode_index(spec["index"], f"{key}.index", arrays),
         n_dropped=int(spec["n_dropped"]),
         dropped_by_column={c: int(k) for c, k in spec["dropped_by_column"]},
     )
-    if int(frame.row_mask.sum()) != design.n or len(frame.row_mask) != len(frame.index):
+    n = len(frame.data)
+    if int(out.row_mask.sum()) != n or len(out.row_mask) != len(out.index):
         raise PersistenceError(
-            f"the saved row record ({int(frame.row_mask.sum())} kept of {len(frame.row_mask)}) does not match "
-            f"the {design.n} rows rebuilt from the saved data"
+            f"the saved row record ({int(out.row_mask.sum())} kept of {len(out.row_mask)}) does not match "
+            f"the {n} rows rebuilt from the saved data"
         )
+    return out
+
+
+def encode_model_frame(design: Design, key: str, arrays: dict[str, np.ndarray]) -> dict:
+    """:func:`encode_frame_record` of ``design.frame``."""
+    return encode_frame_record(design.frame, key, arrays)
+
+
+def restore_model_frame(design: Design, spec: dict, key: str, arrays: dict[str, np.ndarray]) -> Design:
+    """``design`` rebuilt from the kept rows, with the saved missing-value record put back."""
+    frame = restore_frame_record(design.frame, spec, key, arrays)
+    if len(frame.data) != design.n:
+        raise PersistenceError(f"the rebuilt model frame has {len(frame.data)} rows, the design {design.n}")
     return dataclasses.replace(design, frame=frame)
 
 

@@ -1,0 +1,176 @@
+"""Save and rebuild a :class:`~memoe.glmm.result.GlmmResult` (of :func:`memoe.glmm`).
+
+The file keeps the formula, the family and link as names (``{"name": "binomial", "link": "logit"}``),
+nAGQ, the used columns of the kept rows, the prior weights and the ``offset=`` values of the kept
+rows (as arrays; the formula's ``offset(...)`` terms are re-evaluated from the data), the estimates
+(theta, beta) and the fit record: both optimisers' summaries, the convergence report and the
+finite-difference Hessian of the deviance at the optimum.
+
+Loading rebuilds the model and constructs the result at the saved (theta, beta) as
+:meth:`memoe.glmm.model.GLMM.fit` does after optimising (no optimisation): PIRLS restarts from the
+stage-1 conditional modes (recomputed from the saved stage-1 theta) and the Hessian is the saved
+one. :meth:`~memoe.glmm.model.GLMM.result_at` is not used for this: it starts PIRLS from zero and
+recomputes the Hessian by finite differences from there, which moves the Hessian-based ``vcov`` in
+the sixth digit and the log-likelihood in the twelfth; a fit made by ``result_at`` is saved with
+that record (no stages, zero start) and rebuilt the same way. The saved log-likelihood is checked.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from memoe.glmm.families import Binomial, Poisson, get_family
+from memoe.glmm.model import GLMM, StageResult
+from memoe.glmm.pirls import PirlsProblem
+from memoe.glmm.result import GlmmResult
+from memoe.linalg.threads import blas_threads
+from memoe.optim import ConvergenceReport, OptSummary
+from memoe.persist.archive import PersistenceError
+from memoe.persist.common import (
+    check_equal,
+    check_loglik,
+    decode_dataclass,
+    encode_dataclass,
+    encode_model_frame,
+    plain,
+    restore_model_frame,
+)
+from memoe.persist.frames import decode_frame, encode_frame
+
+__all__ = ["decode_glmm", "encode_glmm"]
+
+# the families a file may name, by R's name
+FAMILIES = {"binomial": Binomial, "poisson": Poisson}
+
+
+def _encode_family(family) -> dict:
+    if FAMILIES.get(family.name) is not type(family):
+        raise PersistenceError(
+            f"the family {family} is not one of memoe's families {sorted(FAMILIES)} and cannot be saved"
+        )
+    return {"name": family.name, "link": family.link.name}
+
+
+def _encode_stage(stage: StageResult | None, key: str, arrays: dict[str, np.ndarray]) -> dict | None:
+    if stage is None:
+        return None
+    arrays[f"{key}.theta"] = np.asarray(stage.theta, dtype=float)
+    arrays[f"{key}.beta"] = np.asarray(stage.beta, dtype=float)
+    return {"opt": encode_dataclass(stage.opt, f"{key}.opt", arrays)}
+
+
+def _decode_stage(spec: dict | None, key: str, arrays: dict[str, np.ndarray]) -> StageResult | None:
+    if spec is None:
+        return None
+    opt = decode_dataclass(OptSummary, spec["opt"], f"{key}.opt", arrays)
+    return StageResult(opt, arrays[f"{key}.theta"], arrays[f"{key}.beta"])
+
+
+def encode_glmm(fit: GlmmResult, arrays: dict[str, np.ndarray]) -> dict:
+    """The ``model`` and ``fit`` parts of ``meta.json`` for a GLMM fit; arrays go to ``arrays``."""
+    model, design, gd = fit.model, fit.design, fit.model.gdesign
+    arrays["fit.theta"] = np.asarray(fit._theta, dtype=float)
+    arrays["fit.beta"] = np.asarray(fit._beta, dtype=float)
+    arrays["model.prior_weights"] = np.asarray(gd.prior_weights, dtype=float)
+    arrays["model.offset"] = np.asarray(gd.offset, dtype=float)
+    if fit.hessian is not None:
+        arrays["fit.hessian"] = np.asarray(fit.hessian, dtype=float)
+    return {
+        "model": {
+            "class": "GLMM",
+            "formula": model.formula,
+            "family": _encode_family(model.family),
+            "data_name": model.data_name,
+            "data": encode_frame(design.frame.data, "data", arrays, "the model frame"),
+            "frame": encode_model_frame(design, "frame", arrays),
+            "offset_terms": list(gd.offset_terms),
+            "fixef_names": list(design.fixef_names),
+            "theta_names": list(design.theta_map.names),
+        },
+        "fit": {
+            "nAGQ": fit.nAGQ,
+            "stage1": _encode_stage(fit.stage1, "fit.stage1", arrays),
+            "stage2": _encode_stage(fit.stage2, "fit.stage2", arrays),
+            "convergence": encode_dataclass(fit.convergence, "fit.convergence", arrays),
+            "hessian": fit.hessian is not None,
+            "singular": fit.is_singular,
+            "messages": list(fit.messages),
+            "loglik": float(fit.loglik),
+        },
+        # for a human reading meta.json; loading recomputes them from theta and beta
+        "estimates": {
+            "theta": plain(fit.theta.to_dict()),
+            "fixef": plain(fit.fixef.to_dict()),
+            "nobs": fit.nobs,
+        },
+    }
+
+
+def _rebuild_model(m: dict, arrays: dict[str, np.ndarray]) -> GLMM:
+    data = decode_frame(m["data"], "data", arrays)
+    if m.get("data_name") is not None:
+        data.attrs["name"] = m["data_name"]
+    fam = m["family"]
+    if fam["name"] not in FAMILIES:
+        raise PersistenceError(f"unknown family {fam['name']!r} (this memoe knows {sorted(FAMILIES)})")
+    family = get_family(fam["name"], fam["link"])
+    prior = arrays["model.prior_weights"]
+    offset = arrays["model.offset"]
+    # the offset= argument is the saved total when the formula has no offset(...) terms; with terms the
+    # total is their sum plus the argument, so the argument is recovered below only if one was given
+    model = GLMM(
+        m["formula"], data, family,
+        weights=None if np.all(prior == 1.0) else prior,
+        offset=None if m["offset_terms"] or not np.any(offset != 0.0) else offset,
+    )
+    if not np.array_equal(model.gdesign.offset, offset):
+        if not m["offset_terms"]:
+            raise PersistenceError("the rebuilt model's offset differs from the saved one")
+        # an offset= argument on top of offset(...) terms: recover the argument; if the float sum does not
+        # come back bit for bit, the model uses the saved total (what the fit used)
+        weights = None if np.all(prior == 1.0) else prior
+        model = GLMM(m["formula"], data, family, weights=weights, offset=offset - model.gdesign.offset)
+        if not np.array_equal(model.gdesign.offset, offset):
+            model.gdesign = dataclasses.replace(model.gdesign, offset=offset)
+            model.problem = PirlsProblem(model.gdesign, model.family)
+    if not np.array_equal(model.gdesign.prior_weights, prior):
+        raise PersistenceError("the rebuilt model's prior weights differ from the saved ones")
+    model.design = restore_model_frame(model.design, m["frame"], "frame", arrays)
+    check_equal("fixed-effects names", m["fixef_names"], model.design.fixef_names)
+    check_equal("theta names", m["theta_names"], model.design.theta_map.names)
+    return model
+
+
+def decode_glmm(meta: dict, arrays: dict[str, np.ndarray]) -> GlmmResult:
+    """Rebuild the model and the result at the saved (theta, beta) with the saved fit record."""
+    m, f = meta["model"], meta["fit"]
+    model = _rebuild_model(m, arrays)
+    theta, beta = arrays["fit.theta"], arrays["fit.beta"]
+    if theta.shape != (model.design.theta_map.size,) or beta.shape != (model.design.p,):
+        raise PersistenceError(
+            f"the saved estimates (theta {theta.shape}, beta {beta.shape}) do not fit the rebuilt model"
+        )
+    stage1 = _decode_stage(f["stage1"], "fit.stage1", arrays)
+    stage2 = _decode_stage(f["stage2"], "fit.stage2", arrays)
+    hessian = arrays["fit.hessian"] if f["hessian"] else None
+    convergence = decode_dataclass(ConvergenceReport, f["convergence"], "fit.convergence", arrays)
+    # GLMM.fit and GLMM.result_at build their results with one BLAS thread
+    with blas_threads(1):
+        # GLMM.fit starts the final PIRLS from the stage-1 modes, result_at from zero
+        if stage1 is not None:
+            u_start = model.problem.solve(stage1.theta, beta=None).u
+        else:
+            u_start = np.zeros(model.problem.q)
+        fit = GlmmResult(
+            model=model, nAGQ=f["nAGQ"], theta=theta, beta=beta, u_start=u_start, stage1=stage1, stage2=stage2,
+            convergence=convergence, hessian=hessian, singular=f["singular"], messages=[],
+        )
+    # the result appends its own notes (PIRLS, Hessian) to the fitter's messages: keep the saved list
+    added = fit.messages
+    if added and f["messages"][-len(added):] != added:
+        raise PersistenceError(f"the rebuilt fit's notes {added!r} are not among the saved messages")
+    fit.messages = list(f["messages"])
+    check_loglik(f["loglik"], fit.loglik)
+    return fit

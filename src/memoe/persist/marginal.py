@@ -1,0 +1,138 @@
+"""Save and rebuild a :class:`~memoe.marginal.result.MarginalResult` (of :func:`memoe.gls` / :func:`memoe.lme`).
+
+The file keeps the formula, the residual structures as plain JSON descriptions (class name and
+fields: ``{"class": "AR1", "fields": {"group": null, "visit": null}}``), the used columns of the
+kept rows, the optimised parameter vector [theta, correlation u, variance u] and the fit record.
+Loading rebuilds the structures and the model and solves the profiled problem at the saved
+parameters exactly as :meth:`memoe.marginal.model.GLS.fit` does after optimising (no optimisation);
+the saved (RE)ML log-likelihood is checked.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from memoe.linalg.threads import blas_threads
+from memoe.marginal.correlation import AR1, CAR1, CompSymm, CorStruct, Exp, Symm
+from memoe.marginal.model import GLS, LME
+from memoe.marginal.result import MarginalResult
+from memoe.marginal.variance import VarIdent
+from memoe.persist.archive import PersistenceError
+from memoe.persist.common import (
+    check_equal,
+    check_loglik,
+    encode_model_frame,
+    plain,
+    restore_model_frame,
+)
+from memoe.persist.frames import decode_frame, encode_frame
+
+__all__ = ["MODEL_CLASSES", "decode_marginal", "decode_structure", "encode_marginal", "encode_structure"]
+
+MODEL_CLASSES = {"GLS": GLS, "LME": LME}
+# every structure a file may name: plain frozen dataclasses whose fields are strings, None or booleans
+STRUCTURES = {c.__name__: c for c in (AR1, CAR1, Exp, Symm, CompSymm, VarIdent)}
+
+
+def encode_structure(obj, what: str) -> dict | None:
+    """Plain JSON description of a correlation structure or variance function (None stays None)."""
+    if obj is None:
+        return None
+    cls = type(obj)
+    if STRUCTURES.get(cls.__name__) is not cls:
+        raise PersistenceError(
+            f"the {what} {obj!r} is not one of memoe's structures {sorted(STRUCTURES)} and cannot be saved"
+        )
+    fields = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+    for name, v in fields.items():
+        if v is not None and not isinstance(v, str | bool | int | float):
+            raise PersistenceError(f"the {what} {obj!r} has a field {name}={v!r} that cannot be saved as JSON")
+    return {"class": cls.__name__, "fields": fields}
+
+
+def decode_structure(spec: dict | None, what: str):
+    """The structure described by :func:`encode_structure` (only memoe's own classes are accepted)."""
+    if spec is None:
+        return None
+    cls = STRUCTURES.get(spec.get("class"))
+    if cls is None:
+        raise PersistenceError(f"unknown {what} {spec.get('class')!r} (this memoe knows {sorted(STRUCTURES)})")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(spec["fields"]) - known)
+    if unknown:
+        raise PersistenceError(f"the saved {what} {cls.__name__} has fields {unknown} this memoe does not know")
+    return cls(**spec["fields"])
+
+
+def encode_marginal(fit: MarginalResult, arrays: dict[str, np.ndarray]) -> dict:
+    """The ``model`` and ``fit`` parts of ``meta.json`` for a gls / lme fit; arrays go to ``arrays``."""
+    model, design = fit.model, fit.design
+    arrays["fit.params"] = np.asarray(fit.params_unconstrained, dtype=float)
+    return {
+        "model": {
+            "class": type(model).__name__,
+            "formula": model.formula,
+            "correlation": encode_structure(model.correlation, "correlation structure"),
+            "weights": encode_structure(model.weights, "variance function"),
+            "data_name": design.frame.data.attrs.get("name"),
+            "data": encode_frame(design.frame.data, "data", arrays, "the model frame"),
+            "frame": encode_model_frame(design, "frame", arrays),
+            "fixef_names": list(design.fixef_names),
+            "theta_names": list(design.theta_map.names),
+            "n_params": int(model.problem.size),
+        },
+        "fit": {
+            "reml": fit.reml,
+            "feval": fit.feval,
+            "seconds": fit.seconds,
+            "messages": list(fit.messages),
+            "loglik": float(fit.loglik),
+        },
+        # for a human reading meta.json; loading recomputes them from the parameters
+        "estimates": {
+            "fixef": plain(fit.fixef.to_dict()),
+            "sigma": float(fit.sigma),
+            "theta": plain(fit.theta.to_dict()),
+            "correlation": plain(fit.cor_params.to_dict()),
+            "variance": plain(fit.var_params.to_dict()),
+            "nobs": fit.nobs,
+        },
+    }
+
+
+def decode_marginal(meta: dict, arrays: dict[str, np.ndarray]) -> MarginalResult:
+    """Rebuild the structures, the model and the result at the saved parameters."""
+    m, f = meta["model"], meta["fit"]
+    cls = MODEL_CLASSES[m["class"]]
+    data = decode_frame(m["data"], "data", arrays)
+    if m.get("data_name") is not None:
+        data.attrs["name"] = m["data_name"]
+    correlation = decode_structure(m["correlation"], "correlation structure")
+    if correlation is not None and not isinstance(correlation, CorStruct):
+        raise PersistenceError(f"the saved correlation structure {correlation!r} is not a correlation structure")
+    weights = decode_structure(m["weights"], "variance function")
+    if weights is not None and not isinstance(weights, VarIdent):
+        raise PersistenceError(f"the saved variance function {weights!r} is not a variance function")
+    model = cls(m["formula"], data, correlation=correlation, weights=weights)
+    model.design = restore_model_frame(model.design, m["frame"], "frame", arrays)
+    check_equal("fixed-effects names", m["fixef_names"], model.design.fixef_names)
+    check_equal("theta names", m["theta_names"], model.design.theta_map.names)
+    params = arrays["fit.params"]
+    if params.shape != (model.problem.size,):
+        raise PersistenceError(
+            f"the saved parameter vector has shape {params.shape}, the rebuilt model {model.problem.size} parameters"
+        )
+    # the same BLAS setting as GLS.fit when it solves at the optimum
+    with blas_threads(1):
+        try:
+            solution = model.problem.solve(params, f["reml"])
+        except np.linalg.LinAlgError as exc:
+            raise PersistenceError(f"the saved parameters do not give a valid fit: {exc}") from None
+    fit = MarginalResult(
+        model=model, solution=solution, reml=f["reml"], feval=f["feval"], seconds=f["seconds"],
+        messages=f["messages"],
+    )
+    check_loglik(f["loglik"], fit.loglik)
+    return fit
