@@ -11,7 +11,11 @@ A ``.memoe`` file is a zip archive of two members:
 Nothing is pickled, so loading a file cannot run code. The fitted numbers are not stored as the
 source of truth: loading rebuilds the model from the saved formula and data columns and constructs
 the result at the saved parameters without optimising, so every extractor of the loaded fit is the
-same code path as the original and gives the same numbers; the saved log-likelihood is checked.
+same code path as the original and gives the same numbers; the saved log-likelihood is checked (for a
+GEE, which has none, the robust standard errors). Structure objects (GLMM family and link,
+correlation structures, variance functions) are stored as plain JSON descriptions and rebuilt on load.
+The codecs: :mod:`memoe.persist.lmm`, :mod:`~memoe.persist.moe`, :mod:`~memoe.persist.glmm`,
+:mod:`~memoe.persist.marginal`, :mod:`~memoe.persist.gee`.
 """
 
 from __future__ import annotations
@@ -83,7 +87,7 @@ def load(path: PathOrFile):
     ------
     PersistenceError
         Not a memoe file, an unsupported or newer format version, content that would need unpickling,
-        or a file whose rebuilt fit does not reproduce the saved log-likelihood.
+        or a file whose rebuilt fit does not reproduce the saved log-likelihood (GEE: standard errors).
     """
     meta, arrays = read_archive(path)
     kind = meta.get("class")
