@@ -142,8 +142,8 @@ class _MarginalModel:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             fit0 = lmm(self.formula, d.frame.data).fit(reml=reml, warn=False)
-        resid = fit0.resid.to_numpy()[d.frame.row_mask] if d.frame.n_dropped else fit0.resid.to_numpy()
-        return np.asarray(fit0.theta, dtype=float), resid
+        # fitted to the kept rows only, so its residuals are already aligned with d.y
+        return np.asarray(fit0.theta, dtype=float), fit0.resid.to_numpy()
 
     def start(self, reml: bool = True) -> np.ndarray:
         """Starting parameter vector from the independence fit.
