@@ -299,19 +299,72 @@ class MarginalResult:
         shim = SimpleNamespace(design=self.design)
         return containment_df(shim, fixed_terms(shim)).coef
 
-    def coef_table(self) -> pd.DataFrame:
-        """Estimate, Std.Error, df, t-value, p-value (two-sided t), as nlme's ``summary(fit)$tTable``.
+    def coef_table(self, ddf: str = "nlme") -> pd.DataFrame:
+        """Estimate, Std.Error, df, t-value, p-value (two-sided t).
 
-        The df are N - p for ``gls`` and nlme's containment df for ``lme``. For ``lme`` ML fits the
-        standard errors carry nlme's factor sqrt(N / (N - p)) (as ``summary.lme``).
+        Parameters
+        ----------
+        ddf : {"nlme", "satterthwaite", "asymptotic"}
+            ``"nlme"`` (default): nlme's ``summary(fit)$tTable``: df N - p for ``gls`` and nlme's
+            containment df for ``lme``; for ``lme`` ML fits the SEs carry nlme's sqrt(N / (N - p)).
+            ``"satterthwaite"``: SEs from sigma^2 (X' W^-1 X)^-1 and Satterthwaite df, as lmerTest and
+            R's mmrm (:mod:`memoe.marginal.satterthwaite`). ``"asymptotic"``: the same SEs, normal
+            reference (df shown as inf).
         """
         est = self.fixef.to_numpy()
-        se = np.sqrt(np.diag(self.vcov_tests))
+        if ddf == "nlme":
+            se = np.sqrt(np.diag(self.vcov_tests))
+            df = np.asarray(self.df_coef, dtype=float)
+        elif ddf in ("satterthwaite", "asymptotic"):
+            inputs = self._satterthwaite
+            se = np.sqrt(np.diag(inputs.C))
+            if ddf == "satterthwaite":
+                from memoe.marginal.satterthwaite import satterthwaite_df
+
+                df = satterthwaite_df(inputs, np.eye(len(est)))
+            else:
+                df = np.full(len(est), np.inf)
+        else:
+            raise ValueError(f"ddf must be 'nlme', 'satterthwaite' or 'asymptotic', got {ddf!r}")
         t = est / se
-        df = self.df_coef
         p = 2.0 * stats.t.sf(np.abs(t), df)
         return pd.DataFrame(
             {"Estimate": est, "Std.Error": se, "df": df, "t-value": t, "p-value": p}, index=self.design.fixef_names
+        )
+
+    @cached_property
+    def _satterthwaite(self):
+        from memoe.marginal.satterthwaite import satterthwaite_inputs
+
+        return satterthwaite_inputs(self)
+
+    def test(self, hypothesis, ddf: str = "satterthwaite") -> pd.DataFrame:
+        """F test of ``L beta = rhs`` with Satterthwaite denominator df (lmerTest's ``contestMD``).
+
+        Parameters
+        ----------
+        hypothesis : str, array-like, pandas Series / DataFrame, dict or ``(L, rhs)``
+            As :meth:`memoe.results.LmmResult.test`: ``"SexFemale = 0, age:SexFemale = 0"`` or a
+            contrast matrix with one column per coefficient.
+        ddf : {"satterthwaite", "asymptotic"}
+        """
+        from memoe.inference.contrasts import as_hypothesis, reduce_rank
+        from memoe.marginal.satterthwaite import satterthwaite_f
+
+        if ddf not in ("satterthwaite", "asymptotic"):
+            raise ValueError(f"ddf must be 'satterthwaite' or 'asymptotic', got {ddf!r}")
+        names = list(self.design.fixef_names)
+        hyp = as_hypothesis(hypothesis, names)
+        L, rhs = reduce_rank(hyp)
+        beta = self.fixef.to_numpy()
+        # L beta = rhs  <=>  L (beta - b0) = 0 for any b0 with L b0 = rhs
+        b0 = np.linalg.lstsq(L, rhs, rcond=None)[0]
+        fstat, q, den = satterthwaite_f(self._satterthwaite, L, beta - b0)
+        if ddf == "asymptotic":
+            den = np.inf
+        p = float(stats.chi2.sf(q * fstat, q)) if not np.isfinite(den) else float(stats.f.sf(fstat, q, den))
+        return pd.DataFrame(
+            {"F value": [fstat], "NumDF": [q], "DenDF": [den], "Pr(>F)": [p]}, index=pd.Index([hyp.label])
         )
 
     def anova(self, type: str = "sequential") -> pd.DataFrame:

@@ -68,3 +68,28 @@ def test_multi_df_f_equals_lmertest_contestmd_of_lmm():
     assert q == 2
     assert fstat == pytest.approx(expected["F value"].iloc[0], rel=1e-5)
     assert ddf == pytest.approx(expected["DenDF"].iloc[0], rel=1e-4)
+
+
+def test_result_methods_use_satterthwaite():
+    df = memoe.datasets.load("Orthodont")
+    formula = "distance ~ age * Sex + (age | Subject)"
+    fit = memoe.lme(formula, df).fit()
+    lmm = memoe.lmm(formula, df).fit()
+    ours = fit.coef_table(ddf="satterthwaite")
+    expected = lmm.coef_table(ddf="satterthwaite")
+    np.testing.assert_allclose(ours["Std.Error"], expected["Std. Error"], rtol=1e-5)
+    np.testing.assert_allclose(ours["df"], expected["df"], rtol=1e-4)
+    np.testing.assert_allclose(ours["p-value"], expected["Pr(>|t|)"], rtol=1e-3)
+    # nlme's containment table stays the default
+    assert fit.coef_table()["df"].tolist() == [79.0, 79.0, 25.0, 79.0]
+    hyp = "SexFemale = 0, age:SexFemale = 0"
+    got, want = fit.test(hyp), lmm.test(hyp, ddf="satterthwaite")
+    assert got["NumDF"].iloc[0] == 2
+    assert got["DenDF"].iloc[0] == pytest.approx(want["DenDF"].iloc[0], rel=1e-4)
+    assert got["Pr(>F)"].iloc[0] == pytest.approx(want["Pr(>F)"].iloc[0], rel=1e-4)
+    # a non-zero right-hand side shifts the estimate
+    shifted = fit.test("age = 0.5")
+    t = (fit.fixef["age"] - 0.5) / ours.loc["age", "Std.Error"]
+    assert shifted["F value"].iloc[0] == pytest.approx(t * t, rel=1e-8)
+    with pytest.raises(ValueError, match="ddf"):
+        fit.coef_table(ddf="kenward-roger")
