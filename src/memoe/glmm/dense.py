@@ -82,6 +82,35 @@ class DenseWpls:
         # with sorted indices the CSR data order is the row-major order of the sorted unique keys
         self._indices, self._indptr = pattern.indices, pattern.indptr
         self._nnz = len(uniq)
+        self._pairs = self._pair_map() if q1 == 1 else None
+
+    def _pair_map(self):
+        """With a scalar first factor: the products ``G_z' G_z`` needs, on the fixed CSR pattern.
+
+        ``G_z = T A_1r`` has the pattern of ``A_1r`` (``T`` is diagonal when q1 = 1), and entry (c, d) of
+        ``G_z' G_z`` sums ``G[j, c] G[j, d]`` over the rows j holding both. Every such pair of stored
+        entries of one row (c <= d) is listed once here, with its distinct position in the lower
+        triangle of the dense (rz x rz) block, so each PIRLS step costs one product per pair and one
+        ``bincount`` instead of two sparse-sparse products (3000 x 1000 crossed binary: 26 ms -> ~4 ms
+        per step).
+        """
+        indptr, indices, rz = self._indptr, self._indices, self.rz
+        lengths = np.diff(indptr)
+        pa, pb = [], []
+        for r in np.unique(lengths[lengths > 0]):
+            rows = np.flatnonzero(lengths == r)
+            ia, ib = np.triu_indices(int(r))
+            start = indptr[rows][:, None]
+            pa.append((start + ia[None, :]).ravel())
+            pb.append((start + ib[None, :]).ravel())
+        if not pa:
+            return None
+        pa, pb = np.concatenate(pa), np.concatenate(pb)
+        # indices are sorted within a row, so indices[pa] <= indices[pb]: row-major lower triangle
+        target = indices[pb].astype(np.int64) * rz + indices[pa]
+        positions, inverse = np.unique(target, return_inverse=True)
+        row_of = np.repeat(np.arange(len(lengths)), lengths)
+        return pa, pb, positions, inverse.ravel(), row_of
 
     def _coupling(self, W1: np.ndarray, Vr: np.ndarray) -> sp.csr_matrix:
         """``A_1r = Lambda_1' Z_1' W Z_r Lambda_r`` as CSR (m1 x rz) on the fixed pattern."""
@@ -107,11 +136,21 @@ class DenseWpls:
         rhs2 = np.bincount(self._cr.ravel(), weights=(Wr * z[:, None]).ravel(), minlength=rz)
 
         L1 = batched_cholesky(A11)
-        # T = blockdiag(L1_j^-1): G_z = T A_1r keeps the coupling sparse
-        Tinv = batched_forward_solve(L1, np.ascontiguousarray(np.broadcast_to(np.eye(q1), (l1, q1, q1))))
-        T = sp.bsr_matrix((Tinv, np.arange(l1), np.arange(l1 + 1)), shape=(m1, m1))
-        Gz = (T @ self._coupling(W1, Vr)).tocsc()
-        S = A22 - (Gz.T @ Gz).toarray()
+        if self._pairs is not None:
+            # scalar first factor: T = diag(1 / L1) scales the rows of A_1r; only the lower triangle of
+            # S is formed (and read: the Cholesky below takes the lower triangle)
+            pa, pb, positions, inverse, row_of = self._pairs
+            A1r = self._coupling(W1, Vr)
+            gdata = A1r.data / L1.reshape(l1)[row_of]
+            Gz = sp.csr_matrix((gdata, self._indices, self._indptr), shape=(m1, rz))
+            S = A22
+            S.reshape(-1)[positions] -= np.bincount(inverse, weights=gdata[pa] * gdata[pb], minlength=len(positions))
+        else:
+            # T = blockdiag(L1_j^-1): G_z = T A_1r keeps the coupling sparse
+            Tinv = batched_forward_solve(L1, np.ascontiguousarray(np.broadcast_to(np.eye(q1), (l1, q1, q1))))
+            T = sp.bsr_matrix((Tinv, np.arange(l1), np.arange(l1 + 1)), shape=(m1, m1))
+            Gz = (T @ self._coupling(W1, Vr)).tocsc()
+            S = A22 - (Gz.T @ Gz).toarray()
         c1 = batched_forward_solve(L1, rhs1.reshape(l1, q1, 1)).reshape(m1)
         rhs2 = rhs2 - Gz.T @ c1
         p = self.X.shape[1] if with_beta else 0

@@ -98,9 +98,15 @@ def get_link(name: str | Link) -> Link:
 
 
 def _ylogy(y: np.ndarray, mu: np.ndarray) -> np.ndarray:
-    """``y log(y / mu)`` with the limit 0 at ``y = 0``."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(y > 0, y * np.log(y / mu), 0.0)
+    """``y log(y / mu)`` with the limit 0 at ``y = 0``.
+
+    The ratio is replaced by 1 where ``y = 0`` *before* the logarithm: ``log(0)`` takes numpy's slow
+    special-value path (0.1 ms -> 1 ms per 10^5 entries when half the ratios are 0, as in every 0/1
+    binomial response); the values where ``y > 0`` are computed exactly as before.
+    """
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        pos = y > 0
+        return np.where(pos, y * np.log(np.where(pos, y / mu, 1.0)), 0.0)
 
 
 @dataclass(frozen=True)
@@ -140,8 +146,21 @@ class Family:
         """Unit deviances ``d_i`` (squared deviance residuals), shape (n,)."""
         raise NotImplementedError
 
-    def loglik(self, y: np.ndarray, mu: np.ndarray, wt: np.ndarray, n: np.ndarray) -> float:  # pragma: no cover
-        """Log-likelihood with normalising constants (``-family$aic(...) / 2`` in R)."""
+    def loglik_constants(self, y: np.ndarray, wt: np.ndarray, n: np.ndarray):  # pragma: no cover
+        """The terms of :meth:`loglik` that depend on the response only (pass them back as ``constants``).
+
+        PIRLS evaluates the log-likelihood at every objective evaluation for the same response;
+        these terms (``gammaln``, three per row for the binomial) were its most expensive part.
+        """
+        raise NotImplementedError
+
+    def loglik(
+        self, y: np.ndarray, mu: np.ndarray, wt: np.ndarray, n: np.ndarray, constants=None
+    ) -> float:  # pragma: no cover
+        """Log-likelihood with normalising constants (``-family$aic(...) / 2`` in R).
+
+        ``constants``: :meth:`loglik_constants` of the same ``y``, ``wt``, ``n`` (computed if None).
+        """
         raise NotImplementedError
 
     def mustart(self, y: np.ndarray, wt: np.ndarray, n: np.ndarray) -> np.ndarray:  # pragma: no cover
@@ -173,13 +192,18 @@ class Binomial(Family):
     def dev_resids(self, y: np.ndarray, mu: np.ndarray, wt: np.ndarray) -> np.ndarray:
         return 2.0 * wt * (_ylogy(y, mu) + _ylogy(1.0 - y, 1.0 - mu))
 
-    def loglik(self, y: np.ndarray, mu: np.ndarray, wt: np.ndarray, n: np.ndarray) -> float:
-        # R's binomial()$aic: m = n if any n > 1 else wt; sum (wt/m) dbinom(round(m y), round(m), mu, log)
+    def loglik_constants(self, y: np.ndarray, wt: np.ndarray, n: np.ndarray):
         m = n if np.any(n > 1) else wt
         k, size = np.round(m * y), np.round(m)
         with np.errstate(divide="ignore", invalid="ignore"):
             f = np.where(m > 0, wt / m, 0.0)
             lchoose = special.gammaln(size + 1) - special.gammaln(k + 1) - special.gammaln(size - k + 1)
+        return k, size, f, lchoose
+
+    def loglik(self, y: np.ndarray, mu: np.ndarray, wt: np.ndarray, n: np.ndarray, constants=None) -> float:
+        # R's binomial()$aic: m = n if any n > 1 else wt; sum (wt/m) dbinom(round(m y), round(m), mu, log)
+        k, size, f, lchoose = self.loglik_constants(y, wt, n) if constants is None else constants
+        with np.errstate(divide="ignore", invalid="ignore"):
             ll = lchoose + special.xlogy(k, mu) + special.xlog1py(size - k, -mu)
         return float(np.sum(np.where(f > 0, f * ll, 0.0)))
 
@@ -235,9 +259,13 @@ class Poisson(Family):
     def dev_resids(self, y: np.ndarray, mu: np.ndarray, wt: np.ndarray) -> np.ndarray:
         return 2.0 * wt * (_ylogy(y, mu) - (y - mu))
 
-    def loglik(self, y: np.ndarray, mu: np.ndarray, wt: np.ndarray, n: np.ndarray) -> float:
+    def loglik_constants(self, y: np.ndarray, wt: np.ndarray, n: np.ndarray):
+        return special.gammaln(y + 1.0)
+
+    def loglik(self, y: np.ndarray, mu: np.ndarray, wt: np.ndarray, n: np.ndarray, constants=None) -> float:
         # dpois(y, mu, log = TRUE) * wt; gammaln extends R's -Inf for non-integer counts smoothly
-        ll = special.xlogy(y, mu) - mu - special.gammaln(y + 1.0)
+        lfact = self.loglik_constants(y, wt, n) if constants is None else constants
+        ll = special.xlogy(y, mu) - mu - lfact
         return float(np.sum(wt * ll))
 
     def mustart(self, y: np.ndarray, wt: np.ndarray, n: np.ndarray) -> np.ndarray:

@@ -21,6 +21,7 @@ import numpy as np
 from memoe.glmm.dense import DenseWpls, dense_size
 from memoe.glmm.design import GlmmDesign
 from memoe.glmm.families import Family
+from memoe.glmm.single import MAX_Q, SingleWpls
 from memoe.pls import PLSProblem
 
 __all__ = ["PirlsProblem", "PirlsState"]
@@ -98,14 +99,22 @@ class PirlsProblem:
         self.codes = [b.factor.codes for b in d.blocks]
         self.nlevels = [b.nlevels for b in d.blocks]
         self.Zraw = [b.Z for b in d.blocks]
+        self._ZT = [np.ascontiguousarray(Z.T) for Z in self.Zraw]
         self.qk = [b.q for b in d.blocks]
         self.sizes = [lk * qk for lk, qk in zip(self.nlevels, self.qk, strict=True)]
         self.q = int(sum(self.sizes))
         self._noX = np.zeros((self.n, 0))
+        self._loglik_constants = None  # response-only terms of the log-likelihood, computed once
         if dense is None:
             dense = dense_size(self.nlevels, self.qk, self.p) <= DENSE_MAX_ENTRIES
         dense = dense and len(self.qk) > 1
         self.dense = DenseWpls(self.X, self.codes, self.nlevels, self.Zraw, self.theta_map) if dense else None
+        # one grouping factor: re-weighted per-level sums only, instead of a new PLSProblem per step
+        self.single = (
+            SingleWpls(self.X, self.codes[0], self.nlevels[0], self.Zraw[0], self.theta_map)
+            if len(self.qk) == 1 and 0 < self.qk[0] <= MAX_Q
+            else None
+        )
 
     # ------------------------------------------------------------------ pieces
     def split_u(self, u: np.ndarray) -> list[np.ndarray]:
@@ -120,9 +129,11 @@ class PirlsProblem:
         """``Z Lambda u``, shape (n,): each row reads its level's b = lambda u (no Python loop over rows)."""
         lambdas = self.theta_map.lambdas(theta)
         out = np.zeros(self.n)
-        for uk, lam, Z, codes in zip(self.split_u(u), lambdas, self.Zraw, self.codes, strict=True):
+        for uk, lam, ZT, codes in zip(self.split_u(u), lambdas, self._ZT, self.codes, strict=True):
             b = uk @ lam.T
-            out += np.einsum("ij,ij->i", Z, b[codes])
+            # column by column: contiguous gathers of one level vector instead of (n, q) row gathers
+            for a in range(ZT.shape[0]):
+                out += ZT[a] * np.take(np.ascontiguousarray(b[:, a]), codes)
         return out
 
     def working(self, eta: np.ndarray):
@@ -158,6 +169,8 @@ class PirlsProblem:
         """One weighted PLS step at ``theta``: flat ``u``, ``beta`` (empty without X), ``log det(L L')``."""
         if self.dense is not None:
             return self.dense.solve(theta, w, z, with_beta)
+        if self.single is not None:
+            return self.single.solve(theta, w, z, with_beta)
         sol = self.wls_problem(w, z, with_beta).solve(theta, reml=False)
         u = np.concatenate([uk.ravel() for uk in sol.u]) if self.q else np.zeros(0)
         return u, sol.beta, float(sol.factor.logdet_Z)
@@ -282,4 +295,6 @@ class PirlsProblem:
 
     def loglik_terms(self, mu: np.ndarray) -> float:
         """``-2 log p(y | mu)`` with normalising constants (R's ``family$aic`` without the 2 k)."""
-        return -2.0 * self.family.loglik(self.y, mu, self.wt, self.ntrials)
+        if self._loglik_constants is None:
+            self._loglik_constants = self.family.loglik_constants(self.y, self.wt, self.ntrials)
+        return -2.0 * self.family.loglik(self.y, mu, self.wt, self.ntrials, constants=self._loglik_constants)

@@ -122,6 +122,7 @@ class MarginalProblem:
         self._XY = layout.gather(XY)
         self._Z = None if self.Z is None else layout.gather(self.Z)
         self._identity = [np.eye(b.n)[None, :, :] for b in layout.buckets]
+        self._patterns = self._find_patterns()
 
     # -- parameter vector ------------------------------------------------------------------------
     @property
@@ -164,6 +165,107 @@ class MarginalProblem:
             out.append(W)
         return out
 
+    # -- groups that share their covariance ----------------------------------------------------
+    def _find_patterns(self) -> list[tuple] | None:
+        """Groups whose W_i is the same function of the parameters, and their sufficient statistics.
+
+        W_i depends on the parameters only through Z_i, the correlation structure's inputs of the
+        group (lags, visit distances) and the variance strata of its rows. Discrete-visit designs
+        (MMRM, AR(1) over visits, random intercepts) have few distinct such *patterns* (at most
+        2^visits), however many subjects there are. Then ``A = sum_i [X y]_i' W_i^-1 [X y]_i =
+        sum_u sum_{a,b} (W_u^-1)_ab T_u[a, b]`` with ``T_u`` the (n (p+1))^2 Gram matrix of the
+        pattern's stacked rows, computed once: an evaluation costs one small Cholesky per pattern
+        instead of one per subject. Per bucket: None (per-group path) when it has more than
+        1 / (p + 1) as many patterns as groups; None overall when no bucket gains (e.g. continuous
+        times), and the objective is then exactly the per-group one.
+        """
+        kk = self.p + 1
+        out = []
+        for k, b in enumerate(self.layout.buckets):
+            G, n = b.rows.shape
+            parts = []
+            if self._Z is not None:
+                parts.append(self._Z[k].reshape(G, -1))
+            aux = None
+            if self.cor is not None:
+                aux = np.asarray(self.cor.aux[k])
+                if aux.shape[0] == G and G > 1:
+                    parts.append(aux.reshape(G, -1).astype(float))
+                elif aux.shape[0] != 1:
+                    return None
+            if self.var is not None:
+                parts.append(self.var.strata[b.rows].astype(float))
+            if parts:
+                key = np.hstack(parts)
+                if not np.all(np.isfinite(key)):
+                    return None
+                _, rep, inv = np.unique(key, axis=0, return_index=True, return_inverse=True)
+                inv = inv.reshape(-1)
+            else:
+                rep, inv = np.zeros(1, dtype=np.intp), np.zeros(G, dtype=np.intp)
+            U = len(rep)
+            if U * kk > G:
+                # few groups per pattern: per-pattern statistics cost more than the per-group solves
+                out.append(None)
+                continue
+            counts = np.bincount(inv, minlength=U).astype(float)
+            XY = self._XY[k].reshape(G, n * kk)
+            T = np.empty((U, n, kk, n, kk))
+            for j in range(U):
+                Xu = XY[inv == j]
+                T[j] = (Xu.T @ Xu).reshape(n, kk, n, kk)
+            aux_rep = None if aux is None else (aux if aux.shape[0] == 1 else aux[rep])
+            out.append((rep, counts, T, aux_rep, np.eye(n)[None, :, :]))
+        return out if any(o is not None for o in out) else None
+
+    def _pattern_deviance(self, params: np.ndarray, reml: bool) -> float:
+        """:meth:`deviance` from the per-pattern statistics (see :meth:`_find_patterns`)."""
+        theta, u, v = self.split(params)
+        s_all = self.ratios(v)
+        lam = None if self.theta_map is None else self.theta_map.lambdas(theta)[0]
+        kk = self.p + 1
+        A = np.zeros((kk, kk))
+        logdet = 0.0
+        for k, (bucket, pattern) in enumerate(zip(self.layout.buckets, self._patterns, strict=True)):
+            if pattern is None:
+                # this bucket group by group, as _whiten
+                s = s_all[bucket.rows]
+                C = self._identity[k] if self.cor is None else self.cor.structure.correlation(
+                    u, self.cor.aux[k], self.cor.m
+                )
+                W = s[:, :, None] * C * s[:, None, :]
+                if lam is not None:
+                    ZL = self._Z[k] @ lam
+                    W = W + ZL @ np.swapaxes(ZL, 1, 2)
+                L = batched_cholesky(W)
+                ld = batched_logdet_chol(L)
+                if not np.all(np.isfinite(ld)):
+                    return np.inf
+                M = batched_forward_solve(L, self._XY[k]).reshape(-1, kk)
+                A += M.T @ M
+                logdet += float(ld.sum())
+                continue
+            rep, counts, T, aux_rep, eye = pattern
+            s = s_all[bucket.rows[rep]]
+            C = eye if self.cor is None else self.cor.structure.correlation(u, aux_rep, self.cor.m)
+            W = s[:, :, None] * C * s[:, None, :]
+            if lam is not None:
+                ZL = self._Z[k][rep] @ lam
+                W = W + ZL @ np.swapaxes(ZL, 1, 2)
+            L = batched_cholesky(W)
+            ld = batched_logdet_chol(L)
+            if not np.all(np.isfinite(ld)):
+                return np.inf
+            Linv = batched_forward_solve(L, np.ascontiguousarray(np.broadcast_to(eye, W.shape)))
+            Winv = np.swapaxes(Linv, 1, 2) @ Linv
+            A += np.einsum("uab,uajbk->jk", Winv, T)
+            logdet += float(counts @ ld)
+        try:
+            R = np.linalg.cholesky(0.5 * (A + A.T))
+        except np.linalg.LinAlgError:
+            return np.inf
+        return self._criterion(R, logdet, reml)
+
     # -- evaluation ------------------------------------------------------------------------------
     def _whiten(self, params: np.ndarray):
         """Cholesky factors, whitened [X y] per bucket and sum log det W; ``None`` if some W_i is not PD."""
@@ -192,6 +294,8 @@ class MarginalProblem:
 
     def deviance(self, params: np.ndarray, reml: bool) -> float:
         """-2 log L (ML) or -2 log L_R (REML) with beta and sigma^2 profiled out; +inf if undefined."""
+        if self._patterns is not None:
+            return self._pattern_deviance(params, reml)
         w = self._whiten(params)
         if w is None:
             return np.inf
