@@ -39,6 +39,9 @@ class MarginalSummary:
             lines = [f"Generalized least squares fit by {how}", f"  Model: {f.model.formula}"]
         else:
             lines = [f"Linear mixed-effects model fit by {how}"]
+        name = f.design.frame.data.attrs.get("name")
+        if name:
+            lines.append(f"  Data: {name}")
         stats = pd.DataFrame({"AIC": [f.aic], "BIC": [f.bic], "logLik": [f.loglik]}, index=[""])
         lines += ["  " + s for s in stats.to_string(float_format=lambda v: f"{v:.7g}").splitlines()]
         return lines
