@@ -39,6 +39,8 @@ from memoe.marginal.variance import BoundVariance
 __all__ = ["MarginalProblem", "MarginalSolution"]
 
 _LOG2PI = float(np.log(2.0 * np.pi))
+# per size bucket, the per-pattern Gram matrices may hold at most this many doubles (64 MiB)
+_PATTERN_MAX_ENTRIES = 2**23
 
 
 @dataclass(frozen=True)
@@ -176,8 +178,9 @@ class MarginalProblem:
         sum_u sum_{a,b} (W_u^-1)_ab T_u[a, b]`` with ``T_u`` the (n (p+1))^2 Gram matrix of the
         pattern's stacked rows, computed once: an evaluation costs one small Cholesky per pattern
         instead of one per subject. Per bucket: None (per-group path) when it has more than
-        1 / (p + 1) as many patterns as groups; None overall when no bucket gains (e.g. continuous
-        times), and the objective is then exactly the per-group one.
+        1 / (p + 1) as many patterns as groups or its statistics would exceed 64 MiB; None overall
+        when no bucket gains (e.g. continuous times), and the objective is then exactly the
+        per-group one.
         """
         kk = self.p + 1
         out = []
@@ -204,7 +207,7 @@ class MarginalProblem:
             else:
                 rep, inv = np.zeros(1, dtype=np.intp), np.zeros(G, dtype=np.intp)
             U = len(rep)
-            if U * kk > G:
+            if U * kk > G or U * (n * kk) ** 2 > _PATTERN_MAX_ENTRIES:
                 # few groups per pattern: per-pattern statistics cost more than the per-group solves
                 out.append(None)
                 continue
