@@ -876,9 +876,7 @@ class GEEResult:
         m = self.model
         kept = np.empty(len(values_sorted))
         kept[m._order] = values_sorted
-        out = np.full(len(m._frame.row_mask), np.nan)
-        out[m._frame.row_mask] = kept
-        return pd.Series(out, index=m._frame.index, name=name)
+        return m._frame.align(kept, name)
 
     @cached_property
     def _mu(self) -> np.ndarray:

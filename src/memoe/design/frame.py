@@ -51,6 +51,14 @@ class ModelFrame:
     n_dropped: int
     dropped_by_column: dict[str, int]
 
+    def align(self, values: np.ndarray, name: str) -> pd.Series:
+        """Per-row values of the kept rows on the input's index, NaN for dropped rows (R's ``na.exclude``)."""
+        if self.n_dropped == 0:
+            return pd.Series(values, index=self.index, name=name)
+        full = np.full(len(self.index), np.nan)
+        full[self.row_mask] = values
+        return pd.Series(full, index=self.index, name=name)
+
 
 def _check_columns(df: pd.DataFrame, names: Iterable[str], what: dict[str, str]) -> None:
     missing = [n for n in names if n not in df.columns]

@@ -231,12 +231,7 @@ class MarginalResult:
 
     # ------------------------------------------------------------------ per-row values
     def _align(self, values: np.ndarray, name: str) -> pd.Series:
-        frame = self.design.frame
-        if frame.n_dropped == 0:
-            return pd.Series(values, index=frame.index, name=name)
-        full = np.full(len(frame.index), np.nan)
-        full[frame.row_mask] = values
-        return pd.Series(full, index=frame.index, name=name)
+        return self.design.frame.align(values, name)
 
     @property
     def fitted(self) -> pd.Series:
