@@ -9,6 +9,7 @@ starting values (``family$initialize``) and the checks on the response.
 from __future__ import annotations
 
 import warnings
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import numpy as np
@@ -110,7 +111,7 @@ def _ylogy(y: np.ndarray, mu: np.ndarray) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class Family:
+class Family(ABC):
     """Base class of the response families (R's ``family`` object).
 
     Subclasses implement :meth:`variance`, :meth:`dev_resids`, :meth:`loglik`,
@@ -139,36 +140,36 @@ class Family:
     def mu_eta(self, eta: np.ndarray) -> np.ndarray:
         return self.link.mu_eta(eta)
 
-    def variance(self, mu: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def variance(self, mu: np.ndarray) -> np.ndarray:
+        """Variance function V(mu)."""
 
-    def dev_resids(self, y: np.ndarray, mu: np.ndarray, wt: np.ndarray) -> np.ndarray:  # pragma: no cover
+    @abstractmethod
+    def dev_resids(self, y: np.ndarray, mu: np.ndarray, wt: np.ndarray) -> np.ndarray:
         """Unit deviances ``d_i`` (squared deviance residuals), shape (n,)."""
-        raise NotImplementedError
 
-    def loglik_constants(self, y: np.ndarray, wt: np.ndarray, n: np.ndarray):  # pragma: no cover
+    @abstractmethod
+    def loglik_constants(self, y: np.ndarray, wt: np.ndarray, n: np.ndarray):
         """The terms of :meth:`loglik` that depend on the response only (pass them back as ``constants``).
 
         PIRLS evaluates the log-likelihood at every objective evaluation for the same response;
         these terms (``gammaln``, three per row for the binomial) were its most expensive part.
         """
-        raise NotImplementedError
 
-    def loglik(
-        self, y: np.ndarray, mu: np.ndarray, wt: np.ndarray, n: np.ndarray, constants=None
-    ) -> float:  # pragma: no cover
+    @abstractmethod
+    def loglik(self, y: np.ndarray, mu: np.ndarray, wt: np.ndarray, n: np.ndarray, constants=None) -> float:
         """Log-likelihood with normalising constants (``-family$aic(...) / 2`` in R).
 
         ``constants``: :meth:`loglik_constants` of the same ``y``, ``wt``, ``n`` (computed if None).
         """
-        raise NotImplementedError
 
-    def mustart(self, y: np.ndarray, wt: np.ndarray, n: np.ndarray) -> np.ndarray:  # pragma: no cover
-        raise NotImplementedError
+    @abstractmethod
+    def mustart(self, y: np.ndarray, wt: np.ndarray, n: np.ndarray) -> np.ndarray:
+        """Starting means (R's ``mustart``)."""
 
+    @abstractmethod
     def prepare(self, y: np.ndarray, weights: np.ndarray, trials: np.ndarray | None, response: str):
         """Check the response and return ``(y, wt, n)`` as R's ``family$initialize`` leaves them."""
-        raise NotImplementedError  # pragma: no cover
 
     def __str__(self) -> str:
         return f"{self.name} ( {self.link.name} )"

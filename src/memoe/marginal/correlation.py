@@ -14,6 +14,7 @@ definite); compound symmetry ``Rho = lo + (1 - lo) logistic(u)`` with ``lo = -1 
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import numpy as np
@@ -86,7 +87,7 @@ class BoundCorrelation:
         return out
 
 
-class CorStruct:
+class CorStruct(ABC):
     """Base class: a correlation structure within groups of ``group``.
 
     Attributes
@@ -118,9 +119,10 @@ class CorStruct:
         """Size m of the largest correlation matrix (the number of visit positions)."""
         return layout.max_size
 
-    # -- to be provided by subclasses ---------------------------------------------------------
+    # -- provided by each structure ---------------------------------------------------------
+    @abstractmethod
     def param_names(self, m: int) -> list[str]:
-        raise NotImplementedError
+        """Names of the correlation parameters for a largest group of ``m`` visit positions."""
 
     def prepare(self, layout: GroupLayout, frame: pd.DataFrame) -> list[np.ndarray]:
         """Per bucket: lags |j - k| of visit positions (the default, AR(1)-like structures)."""
@@ -130,14 +132,17 @@ class CorStruct:
             out.append(np.abs(pos[:, None] - pos[None, :])[None, :, :])
         return out
 
+    @abstractmethod
     def correlation(self, u: np.ndarray, aux: np.ndarray, m: int) -> np.ndarray:
-        raise NotImplementedError
+        """Correlation matrices (groups, n, n) at the unconstrained parameters ``u``."""
 
+    @abstractmethod
     def natural(self, u: np.ndarray, m: int) -> np.ndarray:
-        raise NotImplementedError
+        """The parameters on nlme's natural scale."""
 
+    @abstractmethod
     def start_candidates(self, aux: list[np.ndarray], m: int) -> list[np.ndarray]:
-        raise NotImplementedError
+        """Unconstrained starting values to try."""
 
     def moment_start(self, aux: list[np.ndarray], layout: GroupLayout, resid: np.ndarray, m: int) -> list[np.ndarray]:
         """Starting values from residuals (none by default)."""
