@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 
 from memoe.results.rformat import r_abbreviate
-from memoe.results.summary import _decimals_for, format_column, format_table
+from memoe.results.summary import _decimals_for, fixef_correlation_block, format_column, format_table
 
 __all__ = ["GlmmSummary", "format_pvalues", "r_abbreviate", "signif_stars"]
 
@@ -115,19 +115,7 @@ class GlmmSummary:
         )
         out = ["Fixed effects:", format_table(shown), "---",
                "Signif. codes:  0 '***' 0.001 '**' 0.01 '*' 0.05 '.' 0.1 ' ' 1"]
-        npar = len(f.fixef)
-        if 1 < npar <= 12:
-            v = f.vcov.to_numpy()
-            sd = np.sqrt(np.diag(v))
-            corr = v / np.outer(sd, sd)
-            names = list(f.fixef.index)
-            # lme4: rows abbreviated to 11 characters, columns to 6
-            tab = pd.DataFrame(
-                [[f"{corr[i, j]:.3f}" if j < i else "" for j in range(npar - 1)] for i in range(1, npar)],
-                index=[r_abbreviate(n, 11) for n in names[1:]],
-                columns=[r_abbreviate(n, 6) for n in names[:-1]],
-            )
-            out += ["", "Correlation of Fixed Effects:", format_table(tab)]
+        out += fixef_correlation_block(f.vcov.to_numpy(), list(f.fixef.index))
         return out
 
     def __str__(self) -> str:

@@ -137,22 +137,7 @@ class LmmSummary:
                 index=ct.index,
             )
             out.append(format_table(shown))
-            p = len(f.fixef)
-            if 1 < p <= 12:
-                v = f.vcov.to_numpy()
-                sd = np.sqrt(np.diag(v))
-                corr = v / np.outer(sd, sd)
-                # lme4: abbreviate(rn, minlength = 11) for rows, minlength = 6 for columns
-                rows = [r_abbreviate(n, 11) for n in f.fixef.index]
-                cols = [r_abbreviate(n, 6) for n in f.fixef.index]
-                tab = pd.DataFrame(
-                    [[f"{corr[i, j]:.3f}" if j < i else "" for j in range(p - 1)] for i in range(1, p)],
-                    index=rows[1:],
-                    columns=cols[:-1],
-                )
-                out.append("")
-                out.append("Correlation of Fixed Effects:")
-                out.append(format_table(tab))
+            out.extend(fixef_correlation_block(f.vcov.to_numpy(), list(f.fixef.index)))
         if f.design.fixed.dropped:
             out.append(f"fit warnings:\nfixed-effect model matrix is rank deficient so dropping "
                        f"{len(f.design.fixed.dropped)} columns / coefficients: {f.design.fixed.dropped}")
@@ -168,3 +153,21 @@ class LmmSummary:
         import html
 
         return f"<pre>{html.escape(str(self))}</pre>"
+
+
+def fixef_correlation_block(vcov: np.ndarray, names: list[str]) -> list[str]:
+    """lme4's "Correlation of Fixed Effects" lines (none for 1 or more than 12 coefficients).
+
+    Labels as lme4's ``abbreviate(rn, minlength = 11)`` for rows and ``minlength = 6`` for columns.
+    """
+    p = len(names)
+    if not 1 < p <= 12:
+        return []
+    sd = np.sqrt(np.diag(vcov))
+    corr = vcov / np.outer(sd, sd)
+    tab = pd.DataFrame(
+        [[f"{corr[i, j]:.3f}" if j < i else "" for j in range(p - 1)] for i in range(1, p)],
+        index=[r_abbreviate(n, 11) for n in names[1:]],
+        columns=[r_abbreviate(n, 6) for n in names[:-1]],
+    )
+    return ["", "Correlation of Fixed Effects:", format_table(tab)]
