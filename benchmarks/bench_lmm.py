@@ -172,7 +172,7 @@ def _reset_peak() -> bool:
 
 def _fit_memoe(formula: str, df: pd.DataFrame) -> dict:
     import memoe
-    from memoe.pls import PLSProblem
+    from memoe.lmm.objective import PLSProblem
 
     calls = [0]
     original = PLSProblem.deviance

@@ -29,7 +29,7 @@ import pytest
 
 import memoe
 from memoe.inference.ddf import ingredient
-from memoe.results.lmm_result import LmmResult
+from memoe.lmm.result import LmmResult
 from tests.conftest import LMER_CASES, fitted_case, r_matrix, reference, reference_data
 
 CASES = sorted(LMER_CASES)

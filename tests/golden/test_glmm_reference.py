@@ -43,10 +43,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from memoe.core.optim import finite_difference_derivatives, minimize_bounded
 from memoe.glmm import glmm
 from memoe.glmm.laplace import laplace_deviance
 from memoe.glmm.result import vcov_from_hessian
-from memoe.optim import finite_difference_derivatives, minimize_bounded
 from tests.conftest import r_matrix, reference, reference_data
 
 CASES = {

@@ -20,7 +20,7 @@ CASES = sorted(LMER_CASES)
 
 def at_reference_theta(case: str):
     """Our result object evaluated at the theta of R's default fit."""
-    from memoe.results.lmm_result import LmmResult
+    from memoe.lmm.result import LmmResult
 
     fit = fitted_case(case)
     theta = pd.Series(reference(case)["results"]["theta"])[fit.theta.index].to_numpy()

@@ -19,9 +19,9 @@ import numpy as np
 import pandas as pd
 
 import memoe
+from memoe.core.optim import minimize_bounded
 from memoe.inference.chibar import ChiBarSquare, boundary_null
-from memoe.optim import minimize_bounded
-from memoe.pls import PLSProblem
+from memoe.lmm.objective import PLSProblem
 
 N_SUBJECTS, N_VISITS, N_SIM, ALPHA = 150, 4, 600, 0.10
 

@@ -6,10 +6,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from memoe.design.fixed import aliased_columns
-from memoe.design.grouping import _codes_of
-from memoe.linalg.batched import batched_backward_solve_t, batched_cholesky, batched_forward_solve, batched_logdet_chol
-from memoe.linalg.soa import (
+from memoe.core.design.fixed import aliased_columns
+from memoe.core.design.grouping import _codes_of
+from memoe.core.linalg.batched import (
+    batched_backward_solve_t,
+    batched_cholesky,
+    batched_forward_solve,
+    batched_logdet_chol,
+)
+from memoe.core.linalg.soa import (
     soa_backward_solve_t,
     soa_cholesky,
     soa_congruence,
@@ -17,8 +22,8 @@ from memoe.linalg.soa import (
     soa_lincomb,
     soa_logdet_chol,
 )
-from memoe.linalg.sufficient import GroupSums, group_crossprod, group_segments
-from memoe.linalg.threads import _openblas_handles, blas_threads
+from memoe.core.linalg.sufficient import GroupSums, group_crossprod, group_segments
+from memoe.core.linalg.threads import _openblas_handles, blas_threads
 
 QS = [1, 2, 3, 5, 7]
 
@@ -112,7 +117,7 @@ def test_group_sums_match_direct(sorted_rows):
 
 
 def test_group_sums_small_row_chunks(monkeypatch):
-    import memoe.linalg.sufficient as suff
+    import memoe.core.linalg.sufficient as suff
 
     monkeypatch.setattr(suff, "ROW_CHUNK", 7)  # many blocks, groups straddling block edges
     rng = np.random.default_rng(2)

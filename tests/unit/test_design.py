@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 
 import memoe
-from memoe.design import build_design
+from memoe.core.design import build_design
 
 
 def test_nested_expansion_matches_lme4_names_and_levels():

@@ -24,7 +24,7 @@ from memoe.inference.contrasts import as_hypothesis, parse_hypothesis
 from memoe.inference.ddf import ingredient
 from memoe.inference.frames import InferenceFrame
 from memoe.inference.satterthwaite import fstat_ddf, satterthwaite_t, varpar_deviance
-from memoe.results.lmm_result import LmmResult
+from memoe.lmm.result import LmmResult
 from tests.conftest import fitted_case, reference_data
 
 

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 import memoe
-from memoe.optim.start import mivque0, variance_component_start
+from memoe.core.optim.start import mivque0, variance_component_start
 
 
 def test_mivque0_equals_anova_on_balanced_one_way():

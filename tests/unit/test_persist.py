@@ -13,11 +13,11 @@ import pandas as pd
 import pytest
 
 import memoe
+from memoe.core.persist.frames import decode_frame, encode_frame
 from memoe.errors import MemoeError
-from memoe.moe.results import MEMoEResult
+from memoe.lmm.result import LmmResult
+from memoe.moe.result import MEMoEResult
 from memoe.persist import FORMAT_VERSION, PersistenceError, load, save
-from memoe.persist.frames import decode_frame, encode_frame
-from memoe.results.lmm_result import LmmResult
 
 RTOL = 1e-12
 

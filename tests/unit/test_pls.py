@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from scipy.linalg import block_diag
 
-from memoe.covariance import ThetaMap
-from memoe.linalg.crossed import RestSchur
-from memoe.pls import PLSProblem
+from memoe.core.covariance import ThetaMap
+from memoe.core.linalg.crossed import RestSchur
+from memoe.lmm.objective import PLSProblem
 
 
 def _theta_map(qs: list[int]) -> ThetaMap:

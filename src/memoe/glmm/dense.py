@@ -1,6 +1,6 @@
 """Weighted penalised least squares for several grouping factors, re-weighted every PIRLS iteration.
 
-:class:`memoe.pls.PLSProblem` computes its cross-products once per data set and rebuilds the sparse
+:class:`memoe.lmm.objective.PLSProblem` computes its cross-products once per data set and rebuilds the sparse
 cross-products and the Schur-complement map of the later factors whenever the data change. PIRLS
 changes the weights at every iteration, and with a few hundred random effects that rebuild dominates
 (grouseticks: 10 ms per iteration, 1 ms here). This class keeps the same blocked layout (first factor
@@ -15,8 +15,8 @@ import numpy as np
 import scipy.linalg as sla
 import scipy.sparse as sp
 
-from memoe.covariance import ThetaMap
-from memoe.linalg.batched import batched_backward_solve_t, batched_cholesky, batched_forward_solve
+from memoe.core.covariance import ThetaMap
+from memoe.core.linalg.batched import batched_backward_solve_t, batched_cholesky, batched_forward_solve
 
 __all__ = ["DenseWpls", "dense_size"]
 
@@ -33,7 +33,7 @@ class DenseWpls:
     Parameters
     ----------
     X : numpy.ndarray, shape (n, p)
-    codes, nlevels, Z : per factor block, as :class:`memoe.pls.PLSProblem` (block 0 = most levels)
+    codes, nlevels, Z : per factor block, as :class:`memoe.lmm.objective.PLSProblem` (block 0 = most levels)
     theta_map : ThetaMap
 
     Notes

@@ -1,5 +1,5 @@
 """The GLMM design: lme4's two-column binomial response, prior weights and offset on top of
-:func:`memoe.design.build_design`'s pieces (frame, fixed design, random-effects blocks).
+:func:`memoe.core.design.build_design`'s pieces (frame, fixed design, random-effects blocks).
 
 ``cbind(successes, failures)`` is read here because formulaic would treat it as a function of the
 data; everything else goes through the LMM's formula and design stages unchanged.
@@ -14,12 +14,12 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from memoe.design import Design
-from memoe.design.fixed import build_fixed
-from memoe.design.frame import build_frame, formula_variables, numeric_response
-from memoe.design.random import build_random
+from memoe.core.design import Design
+from memoe.core.design.fixed import build_fixed
+from memoe.core.design.frame import build_frame, formula_variables, numeric_response
+from memoe.core.design.random import build_random
+from memoe.core.formula.parse import parse_formula, split_top_level
 from memoe.errors import DataError, FormulaError, IdentifiabilityError
-from memoe.formula.parse import parse_formula, split_top_level
 from memoe.glmm.families import Family
 
 __all__ = ["GlmmDesign", "build_glmm_design", "check_identifiable", "split_cbind", "split_offsets"]
@@ -35,7 +35,7 @@ class GlmmDesign:
 
     Attributes
     ----------
-    design : memoe.design.Design
+    design : memoe.core.design.Design
         Frame, fixed design, random-effects blocks and theta map (``design.y`` is the proportion
         or count response ``y``).
     y : numpy.ndarray, shape (n,)

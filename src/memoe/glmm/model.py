@@ -20,15 +20,15 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from memoe.core.linalg.threads import blas_threads
+from memoe.core.optim import check_convergence, finite_difference_derivatives, minimize_bounded
+from memoe.core.optim.checks import ConvergenceReport
 from memoe.errors import ConvergenceWarning, SingularFitWarning
 from memoe.glmm.agq import agq_deviance, check_agq
 from memoe.glmm.design import GlmmDesign, build_glmm_design
 from memoe.glmm.families import Family, get_family
 from memoe.glmm.laplace import joint_objective, laplace_deviance, theta_objective
 from memoe.glmm.pirls import PirlsProblem, PirlsState
-from memoe.linalg.threads import blas_threads
-from memoe.optim import check_convergence, finite_difference_derivatives, minimize_bounded
-from memoe.optim.checks import ConvergenceReport
 
 __all__ = ["GLMM", "GlmmControl", "glmm"]
 
@@ -156,7 +156,7 @@ class GLMM:
         GlmmResult
         """
         check_agq(self.problem, nAGQ)
-        # many small factorisations: BLAS threads cost more than they save (memoe.linalg.threads)
+        # many small factorisations: BLAS threads cost more than they save (memoe.core.linalg.threads)
         with blas_threads(1):
             return self._fit(int(nAGQ), start, control or GlmmControl(), warn)
 

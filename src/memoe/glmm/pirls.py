@@ -3,7 +3,7 @@
 Each PIRLS iteration is one weighted penalised least-squares problem on the LMM machinery:
 with working weights ``w`` and working response ``z`` the update minimises
 ``|| W^1/2 (z - Z Lambda u [- X beta]) ||^2 + ||u||^2``, which is the LMM's penalised least
-squares on rows scaled by ``sqrt(w)``. With one grouping factor :class:`memoe.pls.PLSProblem`
+squares on rows scaled by ``sqrt(w)``. With one grouping factor :class:`memoe.lmm.objective.PLSProblem`
 solves it (batched small blocks per level); with several, :class:`memoe.glmm.dense.DenseWpls` uses
 the same blocked layout (first factor batched, dense Schur complement for the rest) without
 rebuilding PLSProblem's sparse structures at every change of the weights.
@@ -22,7 +22,7 @@ from memoe.glmm.dense import DenseWpls, dense_size
 from memoe.glmm.design import GlmmDesign
 from memoe.glmm.families import Family
 from memoe.glmm.single import MAX_Q, SingleWpls
-from memoe.pls import PLSProblem
+from memoe.lmm.objective import PLSProblem
 
 __all__ = ["PirlsProblem", "PirlsState"]
 
@@ -85,7 +85,7 @@ class PirlsProblem:
     family : Family
     dense : bool, optional
         Solve each PIRLS step with one dense factor (:class:`~memoe.glmm.dense.DenseWpls`) instead of
-        the LMM's blocked :class:`~memoe.pls.PLSProblem` (only with several grouping factors).
+        the LMM's blocked :class:`~memoe.lmm.objective.PLSProblem` (only with several grouping factors).
         Default: for several grouping factors unless its dense arrays would exceed ``DENSE_MAX_ENTRIES``.
     """
 

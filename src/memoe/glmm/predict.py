@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from memoe.design.frame import numeric_response
+from memoe.core.design.frame import numeric_response
 from memoe.errors import DataError, MemoeError
-from memoe.predict import block_matrix_for, group_codes_for
+from memoe.lmm.predict import block_matrix_for, group_codes_for
 
 __all__ = ["predict_glmm"]
 

@@ -2,11 +2,11 @@
 
 With one grouping factor, ``L L' = Lambda' Z' W Z Lambda + I`` is block diagonal: one q x q block per
 level. PIRLS changes the weights ``W`` at every iteration; building a fresh
-:class:`memoe.pls.PLSProblem` on the rows scaled by ``sqrt(w)`` for each step (its general set-up:
+:class:`memoe.lmm.objective.PLSProblem` on the rows scaled by ``sqrt(w)`` for each step (its general set-up:
 column matching, blocked per-level sums of every product of the scaled [Z X y] columns, rank
 bookkeeping) cost 4-6 ms of the ~8 ms of a step on 10^5 rows. This class accumulates only the
 weighted per-level sums one step needs (``np.bincount`` over the level codes, level index last as in
-:mod:`memoe.linalg.soa`) and factors the q x q blocks with memoe's batched kernels.
+:mod:`memoe.core.linalg.soa`) and factors the q x q blocks with memoe's batched kernels.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from __future__ import annotations
 import numpy as np
 import scipy.linalg as sla
 
-from memoe.covariance import ThetaMap
-from memoe.linalg.soa import soa_backward_solve_t, soa_cholesky, soa_forward_solve
+from memoe.core.covariance import ThetaMap
+from memoe.core.linalg.soa import soa_backward_solve_t, soa_cholesky, soa_forward_solve
 
 __all__ = ["MAX_Q", "SingleWpls"]
 

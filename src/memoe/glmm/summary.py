@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from memoe.results.rformat import r_abbreviate
-from memoe.results.summary import _decimals_for, fixef_correlation_block, format_column, format_table
+from memoe.core.rformat import r_abbreviate
+from memoe.lmm.summary import _decimals_for, fixef_correlation_block, format_column, format_table
 
 __all__ = ["GlmmSummary", "format_pvalues", "r_abbreviate", "signif_stars"]
 

@@ -155,7 +155,7 @@ def type3_contrasts(fit, terms: FixedTerms) -> dict[str, np.ndarray]:
     if same_coding:
         XT = X
     else:
-        from memoe.design.fixed import aliased_columns
+        from memoe.core.design.fixed import aliased_columns
 
         keep = np.setdiff1d(np.arange(XT.shape[1]), aliased_columns(XT))
         XT, xt_term_arr = XT[:, keep], xt_term_arr[keep]

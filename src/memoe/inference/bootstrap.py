@@ -22,11 +22,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from memoe.covariance import ThetaMap
+from memoe.core.covariance import ThetaMap
+from memoe.core.optim import minimize_bounded
 from memoe.errors import MemoeError, MemoeWarning
 from memoe.inference.varpar import VarParSpace
-from memoe.optim import minimize_bounded
-from memoe.pls import PLSProblem
+from memoe.lmm.objective import PLSProblem
 
 __all__ = ["BootstrapResult", "bootstrap"]
 

@@ -24,11 +24,11 @@ import warnings
 import numpy as np
 from scipy import optimize, stats
 
-from memoe.deviance import LOG_2PI, profiled_deviance
+from memoe.core.optim import minimize_bounded
 from memoe.errors import ConvergenceError, MemoeWarning
 from memoe.inference.varpar import COR, SIGMA, VarParSpace
-from memoe.optim import minimize_bounded
-from memoe.pls import PLSProblem
+from memoe.lmm.deviance import LOG_2PI, profiled_deviance
+from memoe.lmm.objective import PLSProblem
 
 __all__ = ["Profiler", "profile_confint"]
 

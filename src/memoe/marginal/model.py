@@ -1,10 +1,10 @@
 """``gls`` and ``lme``: linear models with residual correlation / variance structures (nlme's).
 
 Stages, as for :func:`memoe.lmm`: the formula and data go through memoe's formula parser and design
-builders (fixed part by formulaic, bar terms by :mod:`memoe.design.random`); the rows are grouped
+builders (fixed part by formulaic, bar terms by :mod:`memoe.core.design.random`); the rows are grouped
 by subject and the groups by size (:mod:`memoe.marginal.layout`); the structures are bound to the
 groups; :class:`~memoe.marginal.problem.MarginalProblem` is the profiled (RE)ML objective;
-BOBYQA (:func:`memoe.optim.minimize_bounded`) minimises it; :class:`MarginalResult` is frozen.
+BOBYQA (:func:`memoe.core.optim.minimize_bounded`) minimises it; :class:`MarginalResult` is frozen.
 """
 
 from __future__ import annotations
@@ -15,20 +15,20 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from memoe.covariance import ThetaMap
-from memoe.design import Design, make_grouping_factor
-from memoe.design.fixed import build_fixed
-from memoe.design.frame import build_frame, numeric_response
-from memoe.design.random import build_random
+from memoe.core.covariance import ThetaMap
+from memoe.core.design import Design, make_grouping_factor
+from memoe.core.design.fixed import build_fixed
+from memoe.core.design.frame import build_frame, numeric_response
+from memoe.core.design.random import build_random
+from memoe.core.formula.parse import parse_formula
+from memoe.core.linalg.threads import blas_threads
+from memoe.core.optim import minimize_bounded
 from memoe.errors import ConvergenceWarning, DataError, FormulaError
-from memoe.formula.parse import parse_formula
-from memoe.linalg.threads import blas_threads
 from memoe.marginal.correlation import CorStruct
 from memoe.marginal.layout import GroupLayout, make_layout
 from memoe.marginal.problem import MarginalProblem
 from memoe.marginal.result import MarginalResult
 from memoe.marginal.variance import VarIdent
-from memoe.optim import minimize_bounded
 
 __all__ = ["GLS", "LME", "gls", "lme"]
 
@@ -137,7 +137,7 @@ class _MarginalModel:
         if not d.blocks:
             beta, *_ = np.linalg.lstsq(d.X, d.y, rcond=None)
             return np.zeros(0), d.y - d.X @ beta
-        from memoe.lmm import lmm
+        from memoe.lmm.model import lmm
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

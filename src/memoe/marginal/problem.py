@@ -25,8 +25,8 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.linalg as sla
 
-from memoe.covariance import ThetaMap
-from memoe.linalg.batched import (
+from memoe.core.covariance import ThetaMap
+from memoe.core.linalg.batched import (
     batched_backward_solve_t,
     batched_cholesky,
     batched_forward_solve,

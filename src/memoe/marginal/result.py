@@ -21,7 +21,7 @@ class MarginalResult:
     Attributes
     ----------
     model : GLS or LME
-    design : memoe.design.Design
+    design : memoe.core.design.Design
     reml : bool
     feval : int
         Objective evaluations.
@@ -265,7 +265,7 @@ class MarginalResult:
         enter (as in nlme). Without ``newdata``, the fitted values of that level.
         """
         from memoe.errors import DataError
-        from memoe.predict import block_matrix_for, group_codes_for
+        from memoe.lmm.predict import block_matrix_for, group_codes_for
 
         if level not in (0, 1):
             raise ValueError("level must be 0 or 1")

@@ -13,14 +13,14 @@ import pandas as pd
 from formulaic import model_matrix
 from formulaic.model_spec import ModelSpec
 
-from memoe.design import Design, build_design, make_grouping_factor
-from memoe.design.fixed import evaluate_matrix
-from memoe.design.frame import formula_variables
+from memoe.core.design import Design, build_design, make_grouping_factor
+from memoe.core.design.fixed import evaluate_matrix
+from memoe.core.design.frame import formula_variables
+from memoe.core.formula.names import r_column_name
+from memoe.core.formula.parse import parse_formula
+from memoe.core.linalg.sufficient import group_crossprod
 from memoe.errors import DataError, FormulaError
-from memoe.formula.names import r_column_name
-from memoe.formula.parse import parse_formula
-from memoe.linalg.sufficient import group_crossprod
-from memoe.pls import PLSProblem
+from memoe.lmm.objective import PLSProblem
 
 __all__ = ["MoEDesign", "SubjectStats", "build_moe_design", "subject_stats"]
 

@@ -18,12 +18,12 @@ from typing import Protocol
 
 import numpy as np
 
-from memoe.covariance import ThetaMap
-from memoe.linalg.batched import batched_backward_solve_t, batched_cholesky, batched_forward_solve
+from memoe.core.covariance import ThetaMap
+from memoe.core.linalg.batched import batched_backward_solve_t, batched_cholesky, batched_forward_solve
+from memoe.core.optim import minimize_bounded
+from memoe.lmm.objective import PLSProblem
 from memoe.moe.data import SubjectStats
 from memoe.moe.kernels import bmtm, bmv, btmv, congruence, logdet_chol, right_const, rowdot
-from memoe.optim import minimize_bounded
-from memoe.pls import PLSProblem
 
 __all__ = ["Expert", "ExpertGradients", "ExpertParams", "GaussianExpert", "MStepControl"]
 

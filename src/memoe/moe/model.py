@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 from formulaic import model_matrix
 
+from memoe.core.formula.names import r_column_name
 from memoe.errors import ConvergenceWarning, FormulaError
-from memoe.formula.names import r_column_name
 from memoe.moe.data import MoEDesign, build_moe_design
 from memoe.moe.experts import GaussianExpert, MStepControl
 from memoe.moe.multistart import ORDER_RULES, MultiStartControl, canonical_order, fit_multistart
@@ -176,7 +176,7 @@ class MEMoE:
         -------
         MEMoEResult
         """
-        from memoe.moe.results import MEMoEResult
+        from memoe.moe.result import MEMoEResult
 
         if progress is None:
             progress = n_starts * self.n_subjects * self.k >= _PROGRESS_WORK

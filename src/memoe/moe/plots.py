@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from memoe.design.frame import formula_variables
+from memoe.core.design.frame import formula_variables
 
 __all__ = ["plot_posterior", "plot_trajectories"]
 

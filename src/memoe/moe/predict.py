@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from memoe.design.fixed import evaluate_matrix
-from memoe.design.frame import numeric_response
+from memoe.core.design.fixed import evaluate_matrix
+from memoe.core.design.frame import numeric_response
 from memoe.errors import DataError
 from memoe.moe.data import check_constant_within, gating_matrix, subject_stats
 from memoe.moe.experts import GaussianExpert

@@ -20,7 +20,7 @@ def _fmt_table(df: pd.DataFrame, digits: int = 4) -> str:
 
 
 class MEMoESummary:
-    """Summary tables of a :class:`~memoe.moe.results.MEMoEResult`; ``print()`` it.
+    """Summary tables of a :class:`~memoe.moe.result.MEMoEResult`; ``print()`` it.
 
     Attributes
     ----------

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from memoe.core.formula import parse_formula, r_column_name
 from memoe.errors import FormulaError
-from memoe.formula import parse_formula, r_column_name
 
 
 def test_simple_correlated_term():

@@ -14,20 +14,20 @@ import dataclasses
 
 import numpy as np
 
-from memoe.linalg.threads import blas_threads
-from memoe.marginal.correlation import AR1, CAR1, CompSymm, CorStruct, Exp, Symm
-from memoe.marginal.model import GLS, LME
-from memoe.marginal.result import MarginalResult
-from memoe.marginal.variance import VarIdent
-from memoe.persist.archive import PersistenceError
-from memoe.persist.common import (
+from memoe.core.linalg.threads import blas_threads
+from memoe.core.persist.archive import PersistenceError
+from memoe.core.persist.common import (
     check_equal,
     check_loglik,
     encode_model_frame,
     plain,
     restore_model_frame,
 )
-from memoe.persist.frames import decode_frame, encode_frame
+from memoe.core.persist.frames import decode_frame, encode_frame
+from memoe.marginal.correlation import AR1, CAR1, CompSymm, CorStruct, Exp, Symm
+from memoe.marginal.model import GLS, LME
+from memoe.marginal.result import MarginalResult
+from memoe.marginal.variance import VarIdent
 
 __all__ = ["MODEL_CLASSES", "decode_marginal", "decode_structure", "encode_marginal", "encode_structure"]
 

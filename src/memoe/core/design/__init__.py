@@ -7,13 +7,13 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from memoe.covariance import ThetaMap
-from memoe.design.fixed import FixedDesign, build_fixed
-from memoe.design.frame import ModelFrame, build_frame, numeric_response
-from memoe.design.grouping import GroupingFactor, make_grouping_factor
-from memoe.design.random import FactorBlock, ReTerm, build_random
+from memoe.core.covariance import ThetaMap
+from memoe.core.design.fixed import FixedDesign, build_fixed
+from memoe.core.design.frame import ModelFrame, build_frame, numeric_response
+from memoe.core.design.grouping import GroupingFactor, make_grouping_factor
+from memoe.core.design.random import FactorBlock, ReTerm, build_random
+from memoe.core.formula.parse import FormulaSpec, parse_formula
 from memoe.errors import DataError
-from memoe.formula.parse import FormulaSpec, parse_formula
 
 __all__ = [
     "Design",

@@ -1,4 +1,4 @@
-"""Save and rebuild an :class:`~memoe.results.lmm_result.LmmResult`.
+"""Save and rebuild an :class:`~memoe.lmm.result.LmmResult`.
 
 The file keeps the formula, the used columns of the kept rows, the missing-value record, theta and
 the optimiser's record. Loading rebuilds the model from formula and data and constructs the result
@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from memoe.linalg.threads import blas_threads
-from memoe.lmm import LMM
-from memoe.optim import ConvergenceReport, OptSummary
-from memoe.persist.common import (
+from memoe.core.linalg.threads import blas_threads
+from memoe.core.optim import ConvergenceReport, OptSummary
+from memoe.core.persist.common import (
     check_equal,
     check_loglik,
     decode_dataclass,
@@ -21,8 +20,9 @@ from memoe.persist.common import (
     plain,
     restore_model_frame,
 )
-from memoe.persist.frames import decode_frame, encode_frame
-from memoe.results.lmm_result import LmmResult
+from memoe.core.persist.frames import decode_frame, encode_frame
+from memoe.lmm.model import LMM
+from memoe.lmm.result import LmmResult
 
 __all__ = ["decode_lmm", "encode_lmm"]
 

@@ -21,14 +21,10 @@ import dataclasses
 
 import numpy as np
 
-from memoe.glmm.families import Binomial, Poisson, get_family
-from memoe.glmm.model import GLMM, StageResult
-from memoe.glmm.pirls import PirlsProblem
-from memoe.glmm.result import GlmmResult
-from memoe.linalg.threads import blas_threads
-from memoe.optim import ConvergenceReport, OptSummary
-from memoe.persist.archive import PersistenceError
-from memoe.persist.common import (
+from memoe.core.linalg.threads import blas_threads
+from memoe.core.optim import ConvergenceReport, OptSummary
+from memoe.core.persist.archive import PersistenceError
+from memoe.core.persist.common import (
     check_equal,
     check_loglik,
     decode_dataclass,
@@ -37,7 +33,11 @@ from memoe.persist.common import (
     plain,
     restore_model_frame,
 )
-from memoe.persist.frames import decode_frame, encode_frame
+from memoe.core.persist.frames import decode_frame, encode_frame
+from memoe.glmm.families import Binomial, Poisson, get_family
+from memoe.glmm.model import GLMM, StageResult
+from memoe.glmm.pirls import PirlsProblem
+from memoe.glmm.result import GlmmResult
 
 __all__ = ["decode_glmm", "encode_glmm"]
 

@@ -14,16 +14,16 @@ import warnings
 
 import numpy as np
 
-from memoe.gee import GEE, GEEOrderWarning, GEEResult
-from memoe.persist.archive import PersistenceError
-from memoe.persist.common import (
+from memoe.core.persist.archive import PersistenceError
+from memoe.core.persist.common import (
     LOGLIK_RTOL,
     check_equal,
     encode_frame_record,
     plain,
     restore_frame_record,
 )
-from memoe.persist.frames import decode_frame, encode_frame
+from memoe.core.persist.frames import decode_frame, encode_frame
+from memoe.gee.model import GEE, GEEOrderWarning, GEEResult
 
 __all__ = ["decode_gee", "encode_gee"]
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from memoe.persist.archive import PersistenceError
+from memoe.core.persist.archive import PersistenceError
 
 __all__ = ["decode_frame", "decode_index", "decode_values", "encode_frame", "encode_index", "encode_values"]
 

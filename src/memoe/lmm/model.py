@@ -13,13 +13,13 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from memoe.design import Design, build_design
+from memoe.core.design import Design, build_design
+from memoe.core.linalg.threads import blas_threads
+from memoe.core.optim import check_convergence, finite_difference_derivatives, minimize_bounded
+from memoe.core.optim.checks import ConvergenceReport
+from memoe.core.optim.start import variance_component_start
 from memoe.errors import ConvergenceWarning, SingularFitWarning
-from memoe.linalg.threads import blas_threads
-from memoe.optim import check_convergence, finite_difference_derivatives, minimize_bounded
-from memoe.optim.checks import ConvergenceReport
-from memoe.optim.start import variance_component_start
-from memoe.pls import PLSProblem
+from memoe.lmm.objective import PLSProblem
 
 __all__ = ["LMM", "SINGULAR_TOL", "lmm"]
 
@@ -41,7 +41,7 @@ class FitControl:
     grad_tol: float = 2e-3
     singular_tol: float = SINGULAR_TOL
     # BLAS threads while fitting: "auto" = the problem's choice (1 unless the dense part of the
-    # factor is large), None = leave the BLAS default, an int = that cap (see memoe.linalg.threads)
+    # factor is large), None = leave the BLAS default, an int = that cap (see memoe.core.linalg.threads)
     blas_threads: int | str | None = "auto"
 
 
@@ -112,7 +112,7 @@ class LMM:
         -------
         LmmResult
         """
-        from memoe.results.lmm_result import LmmResult
+        from memoe.lmm.result import LmmResult
 
         control = control or FitControl()
         tmap = self.design.theta_map

@@ -14,8 +14,8 @@ the result at the saved parameters without optimising, so every extractor of the
 same code path as the original and gives the same numbers; the saved log-likelihood is checked (for a
 GEE, which has none, the robust standard errors). Structure objects (GLMM family and link,
 correlation structures, variance functions) are stored as plain JSON descriptions and rebuilt on load.
-The codecs: :mod:`memoe.persist.lmm`, :mod:`~memoe.persist.moe`, :mod:`~memoe.persist.glmm`,
-:mod:`~memoe.persist.marginal`, :mod:`~memoe.persist.gee`.
+The codecs: :mod:`memoe.lmm.persist`, :mod:`~memoe.moe.persist`, :mod:`~memoe.glmm.persist`,
+:mod:`~memoe.marginal.persist`, :mod:`~memoe.gee.persist`.
 """
 
 from __future__ import annotations
@@ -24,7 +24,14 @@ import datetime as _dt
 
 import numpy as np
 
-from memoe.persist.archive import FORMAT_NAME, FORMAT_VERSION, PathOrFile, PersistenceError, read_archive, write_archive
+from memoe.core.persist.archive import (
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    PathOrFile,
+    PersistenceError,
+    read_archive,
+    write_archive,
+)
 
 __all__ = ["FORMAT_VERSION", "PersistenceError", "load", "save"]
 
@@ -92,11 +99,11 @@ def load(path: PathOrFile):
     meta, arrays = read_archive(path)
     kind = meta.get("class")
     if kind == "LmmResult":
-        from memoe.persist.lmm import decode_lmm
+        from memoe.lmm.persist import decode_lmm
 
         return decode_lmm(meta, arrays)
     if kind == "MEMoEResult":
-        from memoe.persist.moe import MODEL_CLASSES, decode_memoe
+        from memoe.moe.persist import MODEL_CLASSES, decode_memoe
 
         model_class = meta.get("model", {}).get("class")
         if model_class not in MODEL_CLASSES:
@@ -105,12 +112,12 @@ def load(path: PathOrFile):
             )
         return decode_memoe(meta, arrays)
     if kind == "GlmmResult":
-        from memoe.persist.glmm import decode_glmm
+        from memoe.glmm.persist import decode_glmm
 
         return decode_glmm(meta, arrays)
     if kind == "MarginalResult":
-        from memoe.persist.marginal import MODEL_CLASSES as MARGINAL_CLASSES
-        from memoe.persist.marginal import decode_marginal
+        from memoe.marginal.persist import MODEL_CLASSES as MARGINAL_CLASSES
+        from memoe.marginal.persist import decode_marginal
 
         model_class = meta.get("model", {}).get("class")
         if model_class not in MARGINAL_CLASSES:
@@ -119,7 +126,7 @@ def load(path: PathOrFile):
             )
         return decode_marginal(meta, arrays)
     if kind == "GEEResult":
-        from memoe.persist.gee import decode_gee
+        from memoe.gee.persist import decode_gee
 
         return decode_gee(meta, arrays)
     raise PersistenceError(f"unsupported result class {kind!r} (this memoe loads {list(_RESULT_CLASSES)})")
@@ -127,35 +134,35 @@ def load(path: PathOrFile):
 
 def _encoder(fit):
     # exact classes only: a subclass may hold state this format does not keep
-    from memoe.gee import GEE, GEEResult
+    from memoe.gee.model import GEE, GEEResult
     from memoe.glmm.model import GLMM
     from memoe.glmm.result import GlmmResult
-    from memoe.lmm import LMM
+    from memoe.lmm.model import LMM
+    from memoe.lmm.result import LmmResult
     from memoe.marginal.result import MarginalResult
-    from memoe.moe.results import MEMoEResult
-    from memoe.results.lmm_result import LmmResult
+    from memoe.moe.result import MEMoEResult
 
     if type(fit) is LmmResult and type(fit.model) is LMM:
-        from memoe.persist.lmm import encode_lmm
+        from memoe.lmm.persist import encode_lmm
 
         return "LmmResult", encode_lmm
     if type(fit) is MEMoEResult:
-        from memoe.persist.moe import MODEL_CLASSES, encode_memoe
+        from memoe.moe.persist import MODEL_CLASSES, encode_memoe
 
         if type(fit.model) in MODEL_CLASSES.values():
             return "MEMoEResult", encode_memoe
     if type(fit) is GlmmResult and type(fit.model) is GLMM:
-        from memoe.persist.glmm import encode_glmm
+        from memoe.glmm.persist import encode_glmm
 
         return "GlmmResult", encode_glmm
     if type(fit) is MarginalResult:
-        from memoe.persist.marginal import MODEL_CLASSES as MARGINAL_CLASSES
-        from memoe.persist.marginal import encode_marginal
+        from memoe.marginal.persist import MODEL_CLASSES as MARGINAL_CLASSES
+        from memoe.marginal.persist import encode_marginal
 
         if type(fit.model) in MARGINAL_CLASSES.values():
             return "MarginalResult", encode_marginal
     if type(fit) is GEEResult and type(fit.model) is GEE:
-        from memoe.persist.gee import encode_gee
+        from memoe.gee.persist import encode_gee
 
         return "GEEResult", encode_gee
     raise PersistenceError(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from memoe.design.fixed import evaluate_matrix
+from memoe.core.design.fixed import evaluate_matrix
 from memoe.errors import DataError
 
 __all__ = ["group_codes_for", "predict_lmm"]

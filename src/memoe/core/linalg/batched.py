@@ -1,7 +1,7 @@
 """Cholesky factorisations and triangular solves of many small matrices, stacked group-first.
 
 Stacks here have the conventional layout ``(N, q, q)`` / ``(N, q, m)``. The arithmetic lives in
-:mod:`memoe.linalg.soa` (group index last, unit-stride loops over the q(q+1)/2 entries); these
+:mod:`memoe.core.linalg.soa` (group index last, unit-stride loops over the q(q+1)/2 entries); these
 functions only change the layout, so both layouts share one set of kernels. Large q falls back to
 numpy's batched LAPACK calls.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from memoe.linalg.soa import soa_backward_solve_t, soa_cholesky, soa_forward_solve
+from memoe.core.linalg.soa import soa_backward_solve_t, soa_cholesky, soa_forward_solve
 
 __all__ = ["batched_backward_solve_t", "batched_cholesky", "batched_forward_solve", "batched_logdet_chol"]
 

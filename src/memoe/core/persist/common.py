@@ -6,10 +6,10 @@ import dataclasses
 
 import numpy as np
 
-from memoe.design import Design
-from memoe.design.frame import ModelFrame
-from memoe.persist.archive import PersistenceError
-from memoe.persist.frames import decode_index, encode_index
+from memoe.core.design import Design
+from memoe.core.design.frame import ModelFrame
+from memoe.core.persist.archive import PersistenceError
+from memoe.core.persist.frames import decode_index, encode_index
 
 __all__ = [
     "check_equal",
@@ -44,8 +44,8 @@ def plain(v):
 def encode_dataclass(obj, key: str, arrays: dict[str, np.ndarray]) -> dict:
     """Record of a dataclass instance: array fields go to ``arrays``, the others to JSON.
 
-    Generic over the fields, so a new field of :class:`~memoe.optim.OptSummary` or
-    :class:`~memoe.optim.checks.ConvergenceReport` is saved without touching this module.
+    Generic over the fields, so a new field of :class:`~memoe.core.optim.OptSummary` or
+    :class:`~memoe.core.optim.checks.ConvergenceReport` is saved without touching this module.
     """
     values, array_fields = {}, []
     for f in dataclasses.fields(obj):

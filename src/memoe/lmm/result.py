@@ -8,9 +8,9 @@ from functools import cached_property
 import numpy as np
 import pandas as pd
 
-from memoe.optim import OptSummary
-from memoe.optim.checks import ConvergenceReport
-from memoe.results.vcov import VcovFrame
+from memoe.core.optim import OptSummary
+from memoe.core.optim.checks import ConvergenceReport
+from memoe.core.vcov import VcovFrame
 
 __all__ = ["LmmResult"]
 
@@ -240,7 +240,7 @@ class LmmResult:
 
         Levels of a grouping factor not seen in the fit contribute 0 (lme4's ``allow.new.levels``).
         """
-        from memoe.predict import predict_lmm
+        from memoe.lmm.predict import predict_lmm
 
         return predict_lmm(self, newdata, re_form)
 
@@ -289,7 +289,7 @@ class LmmResult:
 
     def summary(self):
         """lme4-style summary; ``print(fit.summary())``."""
-        from memoe.results.summary import LmmSummary
+        from memoe.lmm.summary import LmmSummary
 
         return LmmSummary(self)
 

@@ -9,12 +9,12 @@ import numpy as np
 import pandas as pd
 from formulaic import Formula
 
+from memoe.core.formula.parse import FormulaSpec
 from memoe.errors import DataError, FormulaError
-from memoe.formula.parse import FormulaSpec
 
 __all__ = ["R_FUNCTIONS", "ModelFrame", "build_frame", "formula_variables"]
 
-# R functions memoe evaluates in formulas (see memoe.design.fixed), not data columns
+# R functions memoe evaluates in formulas (see memoe.core.design.fixed), not data columns
 R_FUNCTIONS = frozenset({"factor"})
 
 

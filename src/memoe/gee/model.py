@@ -71,13 +71,13 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from memoe.design.fixed import build_fixed
-from memoe.design.frame import build_frame, numeric_response
-from memoe.design.grouping import make_grouping_factor
+from memoe.core.design.fixed import build_fixed
+from memoe.core.design.frame import build_frame, numeric_response
+from memoe.core.design.grouping import make_grouping_factor
+from memoe.core.formula.parse import parse_formula
+from memoe.core.vcov import VcovFrame
 from memoe.errors import ConvergenceError, ConvergenceWarning, DataError, FormulaError, HypothesisError, MemoeWarning
-from memoe.formula.parse import parse_formula
-from memoe.results.summary import format_table
-from memoe.results.vcov import VcovFrame
+from memoe.lmm.summary import format_table
 
 __all__ = ["GEE", "GEEOrderWarning", "GEEResult", "gee"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from memoe.results.rformat import r_abbreviate
+from memoe.core.rformat import r_abbreviate
 
 __all__ = ["LmmSummary", "format_table"]
 
@@ -48,7 +48,7 @@ def format_table(df: pd.DataFrame, index: bool = True) -> str:
 
 
 class LmmSummary:
-    """Text summary of an :class:`~memoe.results.lmm_result.LmmResult` (``str()`` or ``print``)."""
+    """Text summary of an :class:`~memoe.lmm.result.LmmResult` (``str()`` or ``print``)."""
 
     def __init__(self, fit) -> None:
         self.fit = fit

@@ -22,14 +22,14 @@ import scipy.linalg as sla
 import scipy.sparse as sp
 from scipy.linalg import lapack
 
-from memoe.covariance import ThetaMap
-from memoe.deviance import profiled_deviance, sigma_hat
+from memoe.core.covariance import ThetaMap
+from memoe.core.linalg.batched import batched_backward_solve_t, batched_forward_solve
+from memoe.core.linalg.crossed import RestSchur
+from memoe.core.linalg.soa import soa_cholesky, soa_congruence, soa_forward_solve, soa_lincomb, soa_logdet_chol
+from memoe.core.linalg.sufficient import GroupSums
+from memoe.core.linalg.threads import blas_threads
 from memoe.errors import MemoeError
-from memoe.linalg.batched import batched_backward_solve_t, batched_forward_solve
-from memoe.linalg.crossed import RestSchur
-from memoe.linalg.soa import soa_cholesky, soa_congruence, soa_forward_solve, soa_lincomb, soa_logdet_chol
-from memoe.linalg.sufficient import GroupSums
-from memoe.linalg.threads import blas_threads
+from memoe.lmm.deviance import profiled_deviance, sigma_hat
 
 __all__ = ["Factorization", "PLSProblem", "PLSSolution"]
 
@@ -127,7 +127,7 @@ class PLSProblem:
     Notes
     -----
     The per-level statistics of the first block are stored structure-of-arrays (level index last,
-    see :mod:`memoe.linalg.soa`): ``_zz`` (q1, q1, l1), ``_zxy`` (q1, m, l1), ``_xyxy`` (m, m, l1).
+    see :mod:`memoe.core.linalg.soa`): ``_zz`` (q1, q1, l1), ``_zxy`` (q1, m, l1), ``_xyxy`` (m, m, l1).
     ``ZtZ1``, ``ZtXY1`` and ``XYtXY_level`` are read-only ``(l1, ., .)`` views of them. An unweighted
     fit needs only the total ``XYtXY``, so ``_xyxy`` (the largest, 16 values per level for p = 3)
     is summed from the rows the first time group weights or ``XYtXY_level`` ask for it.
@@ -177,7 +177,7 @@ class PLSProblem:
         self._n_eff = float(self.n)
         self._buffer: np.ndarray | None = None
         # BLAS thread cap for every evaluation: one thread unless the dense part is large (the
-        # calls are small enough that thread hand-off costs more than it saves; memoe.linalg.threads)
+        # calls are small enough that thread hand-off costs more than it saves; memoe.core.linalg.threads)
         self.blas_threads: int | None = 1 if self.mz + self.m < AUTO_DENSE_THREADS else None
 
     # ------------------------------------------------------------------ statistics (public views)

@@ -9,11 +9,11 @@ import pandas as pd
 from formulaic import model_matrix
 from formulaic.model_spec import ModelSpec
 
-from memoe.covariance import ThetaMap
-from memoe.design.grouping import GroupingFactor, make_grouping_factor
+from memoe.core.covariance import ThetaMap
+from memoe.core.design.grouping import GroupingFactor, make_grouping_factor
+from memoe.core.formula.names import r_column_name
+from memoe.core.formula.parse import RandomTermSpec
 from memoe.errors import FormulaError, IdentifiabilityError
-from memoe.formula.names import r_column_name
-from memoe.formula.parse import RandomTermSpec
 
 __all__ = ["FactorBlock", "ReTerm", "build_random"]
 

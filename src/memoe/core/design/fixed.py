@@ -11,8 +11,8 @@ from formulaic import model_matrix
 from formulaic.model_spec import ModelSpec
 from formulaic.transforms import C
 
+from memoe.core.formula.names import r_column_name
 from memoe.errors import DataError, FormulaError, RankDeficiencyWarning
-from memoe.formula.names import r_column_name
 
 __all__ = ["FixedDesign", "build_fixed", "evaluate_matrix"]
 

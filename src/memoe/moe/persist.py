@@ -1,4 +1,4 @@
-"""Save and rebuild a :class:`~memoe.moe.results.MEMoEResult` (of :class:`MEMoE` or :class:`MoE`).
+"""Save and rebuild a :class:`~memoe.moe.result.MEMoEResult` (of :class:`MEMoE` or :class:`MoE`).
 
 The file keeps the formulas and options, the used columns of the kept rows, the parameters in
 canonical expert order and the multi-start record. Loading rebuilds the model, runs the final E-step
@@ -13,13 +13,7 @@ import dataclasses
 import numpy as np
 import pandas as pd
 
-from memoe.moe.em import EMRun
-from memoe.moe.experts import MStepControl
-from memoe.moe.model import MEMoE, MoE
-from memoe.moe.multistart import MultiStartResult
-from memoe.moe.params import MoEParams
-from memoe.moe.results import MEMoEResult
-from memoe.persist.common import (
+from memoe.core.persist.common import (
     check_equal,
     check_loglik,
     decode_dataclass,
@@ -28,7 +22,13 @@ from memoe.persist.common import (
     plain,
     restore_model_frame,
 )
-from memoe.persist.frames import decode_frame, encode_frame
+from memoe.core.persist.frames import decode_frame, encode_frame
+from memoe.moe.em import EMRun
+from memoe.moe.experts import MStepControl
+from memoe.moe.model import MEMoE, MoE
+from memoe.moe.multistart import MultiStartResult
+from memoe.moe.params import MoEParams
+from memoe.moe.result import MEMoEResult
 
 __all__ = ["MODEL_CLASSES", "decode_memoe", "encode_memoe"]
 
