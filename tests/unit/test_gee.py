@@ -436,7 +436,8 @@ def test_predict():
 
 def test_summary_number_formatting_follows_r():
     """printCoefmat / format.pval / print.data.frame outputs copied from published geeglm summaries."""
-    from memoe.gee.model import _format_pvalues, _r_format
+    from memoe.core.rformat import format_pval as _format_pvalues
+    from memoe.core.rformat import r_format as _r_format
 
     # moth data (binomial, exchangeable): estimates and SEs rounded jointly to 6 decimals
     cs = np.round([-0.714717, 0.129102, -0.009385, 0.003221, -0.410238, 0.163953, 0.027762, 0.005812], 6)

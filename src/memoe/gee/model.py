@@ -75,9 +75,9 @@ from memoe.core.design.fixed import build_fixed
 from memoe.core.design.frame import build_frame, numeric_response
 from memoe.core.design.grouping import make_grouping_factor
 from memoe.core.formula.parse import parse_formula
+from memoe.core.rformat import format_pval, format_table, r_format, signif_stars
 from memoe.core.vcov import VcovFrame
 from memoe.errors import ConvergenceError, ConvergenceWarning, DataError, FormulaError, HypothesisError, MemoeWarning
-from memoe.lmm.summary import format_table
 
 __all__ = ["GEE", "GEEOrderWarning", "GEEResult", "gee"]
 
@@ -645,70 +645,6 @@ def _inv(H: np.ndarray, what: str) -> np.ndarray:
 # the result
 
 
-def _sig_needed(x: float, digits: int) -> tuple[int, float]:
-    """Fewest significant digits (<= ``digits``) that show ``x`` as ``signif(x, digits)`` (R's formatReal)."""
-    ref = float(f"{x:.{digits - 1}e}")
-    for k in range(1, digits + 1):
-        if float(f"{x:.{k - 1}e}") == ref:
-            return k, ref
-    return digits, ref
-
-
-def _r_format(values, digits: int) -> list[str]:
-    """R's ``format(x, digits = digits)`` of a numeric vector: common decimals, or common scientific
-    notation when that is narrower (``scipen = 0``)."""
-    vals = np.asarray(values, dtype=float)
-    nz = [v for v in vals if np.isfinite(v) and v != 0.0]
-    dec, sig = 0, 1
-    for v in nz:
-        k, ref = _sig_needed(v, digits)
-        sig = max(sig, k)
-        dec = max(dec, k - 1 - math.floor(math.log10(abs(ref))))
-
-    def special(v: float) -> str:
-        return "NaN" if np.isnan(v) else ("Inf" if v > 0 else "-Inf")
-
-    fixed = [f"{v:.{dec}f}" if np.isfinite(v) else special(v) for v in vals]
-    sci = [f"{v:.{sig - 1}e}" if np.isfinite(v) else special(v) for v in vals]
-    if nz and max(map(len, fixed)) > max(map(len, sci)):
-        return sci
-    return fixed
-
-
-def _format_pvalues(pv: np.ndarray, digits: int = 3) -> list[str]:
-    """R's ``format.pval(pv, digits, eps = .Machine$double.eps)`` as ``printCoefmat`` calls it."""
-    pv = np.asarray(pv, dtype=float)
-    out = ["NA"] * len(pv)
-    is0 = pv < _EPS
-    ok = np.isfinite(pv) & ~is0
-    expo = np.floor(np.log10(np.where(pv > 0, pv, 1e-50)))
-    for part in (ok & ((expo >= -3) | (pv == 0)), ok & ~((expo >= -3) | (pv == 0))):
-        idx = np.flatnonzero(part)
-        for i, text in zip(idx, _r_format(pv[idx], digits), strict=True):
-            out[i] = text
-    if is0.any():
-        d = max(1, digits - 2)
-        if ok.any():
-            nc = max(len(out[i]) for i in np.flatnonzero(ok))
-            if d > 1 and d + 6 > nc:
-                d = max(1, nc - 7)
-            sep = "" if d == 1 and nc <= 6 else " "
-        else:
-            sep = "" if d == 1 else " "
-        for i in np.flatnonzero(is0):
-            out[i] = "<" + sep + f"{_EPS:.{d - 1}e}"
-    return out
-
-
-def _stars(p: float) -> str:
-    if not np.isfinite(p):
-        return ""
-    for cut, s in ((0.001, "***"), (0.01, "**"), (0.05, "*"), (0.1, ".")):
-        if p < cut:
-            return s
-    return ""
-
-
 @dataclass(eq=False)
 class GEEResult:
     """A fitted GEE (geepack's ``geeglm`` object and its ``summary``).
@@ -995,15 +931,15 @@ class GEEResult:
         cs = ct[["Estimate", "Std.err"]].to_numpy()
         finite = np.abs(cs[np.isfinite(cs) & (cs != 0)])
         digmin = 1 + (math.floor(math.log10(finite.min())) if len(finite) else 0)
-        cs_text = _r_format(np.round(cs, max(1, digits - digmin)).ravel(), digits)
-        stars = [_stars(v) for v in ct["Pr(>|W|)"]]
+        cs_text = r_format(np.round(cs, max(1, digits - digmin)).ravel(), digits)
+        stars = [s.strip() for s in signif_stars(ct["Pr(>|W|)"])]
         width = max(map(len, stars))
         coef = pd.DataFrame(
             {
                 "Estimate": cs_text[0::2],
                 "Std.err": cs_text[1::2],
-                "Wald": _r_format(np.round(ct["Wald"].to_numpy(), max(1, min(5, digits - 1))), digits),
-                "Pr(>|W|)": _format_pvalues(ct["Pr(>|W|)"].to_numpy(), max(1, min(5, digits - 1))),
+                "Wald": r_format(np.round(ct["Wald"].to_numpy(), max(1, min(5, digits - 1))), digits),
+                "Pr(>|W|)": format_pval(ct["Pr(>|W|)"].to_numpy(), max(1, min(5, digits - 1))),
                 "": [st.ljust(width) for st in stars],
             },
             index=ct.index,
@@ -1025,15 +961,15 @@ class GEEResult:
             lines += ["Scale is fixed.", ""]
         else:
             sc = pd.DataFrame(
-                {"Estimate": _r_format([self.scale], digits), "Std.err": _r_format([self.scale_se], digits)},
+                {"Estimate": r_format([self.scale], digits), "Std.err": r_format([self.scale_se], digits)},
                 index=["(Intercept)"],
             )
             lines += ["Estimated Scale Parameters:", "", format_table(sc)]
         if m.corstr != "independence":
             al = pd.DataFrame(
                 {
-                    "Estimate": _r_format(self.alpha.to_numpy(), digits),
-                    "Std.err": _r_format(self.alpha_se.to_numpy(), digits),
+                    "Estimate": r_format(self.alpha.to_numpy(), digits),
+                    "Std.err": r_format(self.alpha_se.to_numpy(), digits),
                 },
                 index=self.alpha.index,
             )

@@ -5,39 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from memoe.core.rformat import r_abbreviate
-from memoe.lmm.summary import _decimals_for, fixef_correlation_block, format_column, format_table
+from memoe.core.rformat import (
+    decimals_for,
+    fixef_correlation_block,
+    format_column,
+    format_pval,
+    format_table,
+    signif_stars,
+)
 
-__all__ = ["GlmmSummary", "format_pvalues", "r_abbreviate", "signif_stars"]
-
-
-def format_pvalues(p: np.ndarray, digits: int = 3) -> list[str]:
-    """R's ``format.pval``: values >= 1e-3 and smaller ones formatted as two groups; ``< 2e-16`` below eps."""
-    p = np.asarray(p, dtype=float)
-    out = [""] * len(p)
-    eps = np.finfo(float).eps
-    expo = np.floor(np.log10(np.where(p > 0, p, 1e-50)))
-    for group in ((p >= eps) & (expo >= -3), (p >= eps) & (expo < -3)):
-        idx = np.flatnonzero(group)
-        if not len(idx):
-            continue
-        vals = p[idx]
-        # R's format(): fixed notation unless it is wider than scientific
-        dec = int(max(0, digits - 1 - np.floor(np.log10(vals.min()))))
-        fixed = [f"{v:.{dec}f}" for v in vals]
-        sci = [f"{v:.{digits - 1}e}" for v in vals]
-        use = fixed if max(map(len, fixed)) <= max(map(len, sci)) else sci
-        for i, s in zip(idx, use, strict=True):
-            out[i] = s
-    for i in np.flatnonzero(p < eps):
-        out[i] = "< 2e-16"
-    return out
-
-
-def signif_stars(p: np.ndarray) -> list[str]:
-    """R's significance codes."""
-    cuts = [(0.001, "***"), (0.01, "**"), (0.05, "*"), (0.1, "."), (1.01, " ")]
-    return [next(s for c, s in cuts if v < c) if np.isfinite(v) else "" for v in np.asarray(p, dtype=float)]
+__all__ = ["GlmmSummary"]
 
 
 class GlmmSummary:
@@ -100,14 +77,14 @@ class GlmmSummary:
     def _fixed_block(self) -> list[str]:
         f = self.fit
         ct = self.coefficients
-        dec = _decimals_for(ct["Std. Error"], 4, anchor="min")
+        dec = decimals_for(ct["Std. Error"], 4, anchor="min")
         p = ct["Pr(>|z|)"].to_numpy()
         shown = pd.DataFrame(
             {
                 "Estimate": [f"{v:.{dec}f}" for v in ct["Estimate"]],
                 "Std. Error": [f"{v:.{dec}f}" for v in ct["Std. Error"]],
                 "z value": [f"{v:.3f}" for v in ct["z value"]],
-                "Pr(>|z|)": format_pvalues(p),
+                "Pr(>|z|)": format_pval(p),
                 # R prints the codes as a left-justified column ("** " under "***")
                 "": [c.ljust(3) for c in signif_stars(p)],
             },

@@ -43,7 +43,7 @@ class ComparisonTable(pd.DataFrame):
         return pd.DataFrame
 
     def __str__(self) -> str:
-        from memoe.lmm.summary import format_table
+        from memoe.core.rformat import format_table
 
         show = pd.DataFrame(index=self.index)
         show["npar"] = [str(int(v)) for v in self["npar"]]
@@ -68,7 +68,7 @@ class ComparisonTable(pd.DataFrame):
 
 def _fmt_column(values: np.ndarray) -> list[str]:
     """Common decimals per column, 5 significant digits for the largest entry (R's ``format``)."""
-    from memoe.lmm.summary import format_column
+    from memoe.core.rformat import format_column
 
     return [s if np.isfinite(v) else "" for s, v in zip(format_column(values, 5), values, strict=True)]
 

@@ -5,46 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from memoe.core.rformat import r_abbreviate
+from memoe.core.rformat import decimals_for, fixef_correlation_block, format_column, format_table
 
-__all__ = ["LmmSummary", "format_table"]
+__all__ = ["LmmSummary"]
 
 
 def _sig(x: float, digits: int = 5) -> str:
     if x is None or (isinstance(x, float) and np.isnan(x)):
         return ""
     return f"{x:.{digits}g}"
-
-
-def _decimals_for(values, digits: int, anchor: str = "max") -> int:
-    """Decimals R's ``format`` gives a column: ``digits`` significant digits for its anchor element."""
-    a = np.abs(np.asarray([v for v in values if np.isfinite(v)], dtype=float))
-    a = a[a > 0]
-    if not len(a):
-        return 0
-    ref = a.max() if anchor == "max" else a.min()
-    return int(min(10, max(0, digits - 1 - np.floor(np.log10(ref)))))
-
-
-def format_column(values, digits: int, anchor: str = "max") -> list[str]:
-    """Format numbers with common decimals, as lme4 prints variance components and coefficients."""
-    dec = _decimals_for(values, digits, anchor)
-    return [f"{v:.{dec}f}" if np.isfinite(v) else "NA" for v in values]
-
-
-def format_table(df: pd.DataFrame, index: bool = True) -> str:
-    """Right-aligned plain-text table (strings as given)."""
-    cols = list(df.columns)
-    body = [[str(v) for v in row] for row in df.itertuples(index=False)]
-    labels = [str(i) for i in df.index] if index else []
-    widths = [max([len(str(c))] + [len(r[j]) for r in body]) for j, c in enumerate(cols)]
-    lw = max([0] + [len(s) for s in labels])
-    head = (" " * lw + " " if index else "") + " ".join(str(c).rjust(w) for c, w in zip(cols, widths, strict=True))
-    lines = [head]
-    for k, r in enumerate(body):
-        left = labels[k].ljust(lw) + " " if index else ""
-        lines.append(left + " ".join(v.rjust(w) for v, w in zip(r, widths, strict=True)))
-    return "\n".join(lines)
 
 
 class LmmSummary:
@@ -127,7 +96,7 @@ class LmmSummary:
             out.append("Fixed effects:")
             ct = self.coefficients
             # printCoefmat: estimates and SEs share decimals set by the smallest SE (4 digits)
-            dec = _decimals_for(ct["Std. Error"], 4, anchor="min")
+            dec = decimals_for(ct["Std. Error"], 4, anchor="min")
             shown = pd.DataFrame(
                 {
                     "Estimate": [f"{v:.{dec}f}" for v in ct["Estimate"]],
@@ -153,21 +122,3 @@ class LmmSummary:
         import html
 
         return f"<pre>{html.escape(str(self))}</pre>"
-
-
-def fixef_correlation_block(vcov: np.ndarray, names: list[str]) -> list[str]:
-    """lme4's "Correlation of Fixed Effects" lines (none for 1 or more than 12 coefficients).
-
-    Labels as lme4's ``abbreviate(rn, minlength = 11)`` for rows and ``minlength = 6`` for columns.
-    """
-    p = len(names)
-    if not 1 < p <= 12:
-        return []
-    sd = np.sqrt(np.diag(vcov))
-    corr = vcov / np.outer(sd, sd)
-    tab = pd.DataFrame(
-        [[f"{corr[i, j]:.3f}" if j < i else "" for j in range(p - 1)] for i in range(1, p)],
-        index=[r_abbreviate(n, 11) for n in names[1:]],
-        columns=[r_abbreviate(n, 6) for n in names[:-1]],
-    )
-    return ["", "Correlation of Fixed Effects:", format_table(tab)]

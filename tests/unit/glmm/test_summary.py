@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from memoe.glmm.summary import format_pvalues, r_abbreviate, signif_stars
+from memoe.core.rformat import format_pval as format_pvalues
+from memoe.core.rformat import r_abbreviate, signif_stars
 
 
 def test_r_abbreviate_as_r():
