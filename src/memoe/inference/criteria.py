@@ -63,8 +63,9 @@ def information_criteria(fit) -> CriteriaSeries:
     ll = float(fit.loglik)
     k = int(fit.df_model)
     n_obs = int(fit.nobs)
-    p = int(fit.design.p)
-    N = n_obs - p if fit.reml else n_obs
+    # the number of fixed effects: the shared result interface's n_fixef (older fits: design.p)
+    p = int(fit.n_fixef) if hasattr(fit, "n_fixef") else int(fit.design.p)
+    N = n_obs - p if getattr(fit, "reml", False) else n_obs
     dev = -2.0 * ll
     aicc_extra = 2.0 * k * (k + 1) / (N - k - 1) if N - k - 1 > 0 else math.inf
     values = {
@@ -79,7 +80,7 @@ def information_criteria(fit) -> CriteriaSeries:
         "BIC_lme4": dev + k * math.log(n_obs),
     }
     out = CriteriaSeries(values, name=fit.method if hasattr(fit, "method") else None)
-    if fit.reml:
+    if getattr(fit, "reml", False):
         out.convention = (
             f"REML fit: N = sum n_i - p = {n_obs} - {p} = {N} (REML log-likelihood of the N - p error contrasts); "
             f"BIC_lme4 uses log(nobs) = log({n_obs}) as lme4 does. Compare REML criteria only across models "
