@@ -24,7 +24,7 @@ def test_predict_reproduces_fitted_and_population(fit):
 def test_predict_new_levels_get_population_value(fit):
     new = memoe.datasets.load("sleepstudy").head(2).copy()
     new["Subject"] = ["new", "308"]
-    with pytest.raises(memoe.errors.DataError, match="'Subject' has 1 new level.*'new'"):
+    with pytest.raises(memoe.errors.DataError, match=r"'Subject' has 1 new level.*'new'"):
         fit.predict(new)
     p = fit.predict(new, allow_new_levels=True).to_numpy()
     assert p[0] == pytest.approx(fit.fixef.iloc[0])

@@ -24,9 +24,8 @@ __all__ = ["predict_glmm"]
 
 def _offset_for(fit, newdata: pd.DataFrame, offset) -> np.ndarray:
     """The formula's ``offset(...)`` terms evaluated on ``newdata`` plus an explicit ``offset``."""
-    from memoe.glmm.design import _as_expr
-
     from memoe.core.design.frame import formula_variables
+    from memoe.glmm.design import _as_expr
 
     out = np.zeros(len(newdata))
     for expr in fit.model.gdesign.offset_terms:
