@@ -934,8 +934,6 @@ class GEEResult:
             warn_nonfinite,
         )
 
-        if type not in ("response", "link"):
-            raise DataError(f"type must be 'response' or 'link', got {type!r}")
         check_type(type)
         rf = parse_re_form(re_form)
         if rf not in ("full", None):

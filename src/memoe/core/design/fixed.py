@@ -55,7 +55,7 @@ class FixedDesign:
         return full[:, self.kept]
 
 
-def evaluate_matrix(spec: ModelSpec, data: pd.DataFrame, where: str = "the formula") -> np.ndarray:
+def evaluate_matrix(spec: ModelSpec, data: pd.DataFrame, where: str | None = None) -> np.ndarray:
     """Evaluate a stored formulaic spec on (new) data as a float array.
 
     Factor levels are matched by value (``"8"``, ``8.0`` and ``8`` are one level) through
@@ -65,8 +65,8 @@ def evaluate_matrix(spec: ModelSpec, data: pd.DataFrame, where: str = "the formu
     ----------
     spec : formulaic ModelSpec
     data : pandas.DataFrame
-    where : str
-        What the spec encodes, for messages (``"the fixed effects"``).
+    where : str, optional
+        What the spec encodes, for messages (``"the fixed effects"``); default: the spec's formula.
 
     Returns
     -------
@@ -85,7 +85,7 @@ def evaluate_matrix(spec: ModelSpec, data: pd.DataFrame, where: str = "the formu
 
     from memoe.core.design.newdata import replay_frame
 
-    frame, missing = replay_frame(spec, data, where)
+    frame, missing = replay_frame(spec, data, where or f"the formula '{spec.formula}'")
     try:
         with warnings.catch_warnings():
             # levels were checked by replay_frame; formulaic's warning would only repeat missing rows
