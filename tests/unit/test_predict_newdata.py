@@ -250,7 +250,7 @@ def test_memoe_kinds_and_new_subjects():
         fit.predict(df, kind="subject", re_form=None)
     # a new subject with history is predicted from it when allowed; kind="subject" never looks it up
     new = df[df["id"] == 1].assign(id=1000)
-    with pytest.raises(NewLevelError, match="'id' has 1 new level.*'1000'"):
+    with pytest.raises(NewLevelError, match=r"'id' has 1 new level.*'1000'"):
         fit.predict(new)
     _close(fit.predict(new, allow_new_levels=True), fit.predict(new, kind="subject"))
     _close(fit.predict(new, allow_new_levels=True), fit.predict(df[df["id"] == 1]))
@@ -275,3 +275,16 @@ def test_match_levels_categorical_in_any_category_order():
     new = pd.Series(pd.Categorical(["c", "a", None, "z"], categories=["z", "c", "a"]))
     assert match_levels(["a", "b", "c"], new).tolist() == [2, 0, -2, -1]
     assert match_levels(pd.Index([], dtype=object), ["a"]).tolist() == [-1]
+
+
+def test_nested_factor_levels_matched_per_component():
+    df = memoe.datasets.load("Pastes")
+    fit = memoe.lmm("strength ~ 1 + (1 | batch/cask)", data=df).fit()
+    back = _csv(df)
+    _close(fit.predict(back), fit.fitted)
+    new = back.head(2).copy()
+    new.loc[0, "cask"] = "zz"
+    with pytest.raises(NewLevelError, match=r"'cask:batch' has 1 new level.*'zz:A'"):
+        fit.predict(new)
+    # the known batch keeps its effect, the new cask within it gets 0 (lme4)
+    _close(fit.predict(new, allow_new_levels=True).iloc[0], fit.predict(new, re_form="~ (1 | batch)").iloc[0])

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from memoe.core.design.fixed import evaluate_matrix
+from memoe.core.design.frame import numeric_response
 from memoe.core.design.newdata import (
     PredictArgumentError,
     check_allow_new_levels,
@@ -22,7 +23,6 @@ from memoe.core.design.newdata import (
     require_dataframe,
     warn_nonfinite,
 )
-from memoe.core.design.frame import numeric_response
 from memoe.moe.data import check_constant_within, gating_matrix, subject_stats
 from memoe.moe.experts import GaussianExpert
 from memoe.moe.gating import gate_log_probs
