@@ -428,7 +428,7 @@ def test_predict():
     counts, _ = _simulate_counts("poisson", n_groups=100)
     pois = gee("y ~ x + trt + t", counts, group="id", family="poisson").fit()
     assert np.allclose(np.exp(pois.predict(counts, type="link")), pois.predict(counts))
-    with pytest.raises(DataError, match="type must be"):
+    with pytest.raises(memoe.errors.MemoeError, match="type must be"):
         fit.predict(df, type="terms")
     with pytest.raises(DataError, match="DataFrame"):
         fit.predict({"age": [1]})

@@ -24,7 +24,9 @@ def test_predict_reproduces_fitted_and_population(fit):
 def test_predict_new_levels_get_population_value(fit):
     new = memoe.datasets.load("sleepstudy").head(2).copy()
     new["Subject"] = ["new", "308"]
-    p = fit.predict(new).to_numpy()
+    with pytest.raises(memoe.errors.DataError, match=r"'Subject' has 1 new level.*'new'"):
+        fit.predict(new)
+    p = fit.predict(new, allow_new_levels=True).to_numpy()
     assert p[0] == pytest.approx(fit.fixef.iloc[0])
     b = fit.ranef["Subject"].loc["308"]
     assert p[1] == pytest.approx(fit.fixef.iloc[0] + b.iloc[0] + (fit.fixef.iloc[1] + b.iloc[1]) * new["Days"].iloc[1])

@@ -831,29 +831,58 @@ class GEEResult:
         m = self.model
         return self._per_row((m._y - self._mu) / np.sqrt(_variance(m.family, self._mu)), "resid_pearson")
 
-    def predict(self, newdata: pd.DataFrame | None = None, type: str = "response") -> pd.Series:
-        """Population-averaged predictions (geeglm's ``predict``).
+    def predict(
+        self,
+        newdata: pd.DataFrame | None = None,
+        re_form: str | None = "full",
+        type: str = "response",
+        allow_new_levels: bool = False,
+    ) -> pd.Series:
+        """Population-averaged predictions (geeglm's ``predict``), with the signature shared by every family.
 
         Parameters
         ----------
         newdata : pandas.DataFrame, optional
-            Rows to predict; ``None`` gives the fitted values of the data.
+            Rows to predict; ``None`` gives the fitted values of the data. Factor levels are matched
+            by value (``8``, ``8.0`` and ``"8"`` are one level); a level not in the fit raises
+            :class:`~memoe.core.design.newdata.NewLevelError`. The cluster column is not needed.
+        re_form : {"full", None, "~0"}
+            Accepted for a uniform call; a GEE has no random effects, so every value gives the same
+            marginal mean. A formula of random-effects terms is refused.
         type : {"response", "link"}
             Mean scale or linear predictor.
+        allow_new_levels : bool
+            Accepted for a uniform call; clusters are not used in predictions (new factor levels of
+            the fixed effects are always refused).
 
         Returns
         -------
         pandas.Series
-            Indexed as ``newdata``.
+            Indexed as ``newdata``; NaN where a predictor is missing or infinite (with a warning).
         """
-        if type not in ("response", "link"):
-            raise DataError(f"type must be 'response' or 'link', got {type!r}")
+        from memoe.core.design.newdata import (
+            PredictArgumentError,
+            check_allow_new_levels,
+            check_type,
+            nonfinite_rows,
+            parse_re_form,
+            require_dataframe,
+            warn_nonfinite,
+        )
+
+        check_type(type)
+        rf = parse_re_form(re_form)
+        if rf not in ("full", None):
+            raise PredictArgumentError(
+                f"re_form {re_form!r}: a GEE has no random effects; use 'full' or None (the same marginal mean)"
+            )
+        check_allow_new_levels(allow_new_levels)
         if newdata is None:
             eta = self._per_row(self.model._X @ self.beta, "link")
             return eta if type == "link" else self.fitted
-        if not isinstance(newdata, pd.DataFrame):
-            raise DataError(f"newdata must be a pandas DataFrame, got {newdata.__class__.__name__}")
-        eta = self.model._fixed.matrix_for(newdata) @ self.beta
+        require_dataframe(newdata)
+        X = self.model._fixed.matrix_for(newdata)
+        eta = warn_nonfinite(X @ self.beta, nonfinite_rows(X))
         out = eta if type == "link" else _linkinv(self.model.family, eta)
         return pd.Series(out, index=newdata.index, name="fitted" if type == "response" else "link")
 

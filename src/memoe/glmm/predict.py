@@ -6,18 +6,30 @@ import numpy as np
 import pandas as pd
 
 from memoe.core.design.frame import numeric_response
-from memoe.errors import DataError, MemoeError
-from memoe.lmm.predict import block_matrix_for, group_codes_for
+from memoe.core.design.newdata import (
+    check_allow_new_levels,
+    check_type,
+    nonfinite_rows,
+    parse_re_form,
+    re_columns,
+    require_columns,
+    require_dataframe,
+    warn_nonfinite,
+)
+from memoe.errors import DataError
+from memoe.lmm.predict import random_part
 
 __all__ = ["predict_glmm"]
 
 
 def _offset_for(fit, newdata: pd.DataFrame, offset) -> np.ndarray:
     """The formula's ``offset(...)`` terms evaluated on ``newdata`` plus an explicit ``offset``."""
+    from memoe.core.design.frame import formula_variables
     from memoe.glmm.design import _as_expr
 
     out = np.zeros(len(newdata))
     for expr in fit.model.gdesign.offset_terms:
+        require_columns(newdata, formula_variables(_as_expr(expr) + " ~ 1", "the offset"), f"offset({expr})")
         out = out + numeric_response(newdata, _as_expr(expr))
     if offset is None:
         return out
@@ -31,20 +43,31 @@ def _offset_for(fit, newdata: pd.DataFrame, offset) -> np.ndarray:
     return out + arr
 
 
-def predict_glmm(fit, newdata: pd.DataFrame | None = None, re_form: str | None = "full", type: str = "response",
-                 offset=None) -> pd.Series:
+def predict_glmm(
+    fit,
+    newdata: pd.DataFrame | None = None,
+    re_form: str | None = "full",
+    type: str = "response",
+    allow_new_levels: bool = False,
+    offset=None,
+) -> pd.Series:
     """Predicted linear predictors or means.
 
     Parameters
     ----------
     fit : GlmmResult
     newdata : pandas.DataFrame, optional
-        Defaults to the data of the fit (with the fit's offset).
-    re_form : {"full", None}
-        ``"full"``: with the conditional modes (levels not seen in the fit contribute 0, lme4's
-        ``allow.new.levels = TRUE``); ``None``: population level (lme4's ``re.form = NA``).
+        Defaults to the data of the fit (with the fit's offset). Grouping ids and factor levels are
+        matched by value (``308``, ``308.0`` and ``"308"`` are one level).
+    re_form : {"full", None, "~0"} or str
+        ``"full"``: with the conditional modes (lme4's ``re.form = NULL``); ``None`` or ``"~0"``:
+        population level (lme4's ``re.form = NA``); a formula of some of the fit's random-effects
+        terms, e.g. ``"~ (1 | herd)"``, uses only those.
     type : {"response", "link"}
         Mean scale (``linkinv(eta)``) or linear-predictor scale.
+    allow_new_levels : bool
+        ``False`` (lme4's default): a grouping level not in the fit raises
+        :class:`~memoe.core.design.newdata.NewLevelError`; ``True``: such rows get random effects 0.
     offset : str or array-like, optional
         For ``newdata``: an offset column or values, added to the formula's ``offset(...)`` terms
         (the ``offset=`` argument of the fit is not replayed on new data).
@@ -52,29 +75,35 @@ def predict_glmm(fit, newdata: pd.DataFrame | None = None, re_form: str | None =
     Returns
     -------
     pandas.Series
-        Indexed like ``newdata`` (or the fit's input rows, NaN where a row was dropped).
+        Indexed like ``newdata`` (or the fit's input rows, NaN where a row was dropped); NaN where a
+        needed value is missing or infinite (the latter with a warning).
     """
-    if re_form not in ("full", None):
-        raise MemoeError("re_form must be 'full' or None")
-    if type not in ("response", "link"):
-        raise MemoeError("type must be 'response' or 'link'")
+    rf = parse_re_form(re_form)
+    check_type(type)
+    allow = check_allow_new_levels(allow_new_levels)
     d = fit.design
+    masks = re_columns(rf, d)
     beta = fit.fixef.to_numpy()
+    b = [frame.to_numpy() for frame in fit.ranef.values()]
     if newdata is None:
         problem = fit.model.problem
-        eta = fit.state.eta if re_form == "full" else problem.offset + problem.X @ beta
+        if rf == "full":
+            eta = fit.state.eta
+        else:
+            eta = problem.offset + problem.X @ beta
+            if any(m.any() for m in masks):
+                eta = eta + random_part(d.blocks, b, masks, None, allow)[0]
         values = eta if type == "link" else fit.family.linkinv(eta)
         return fit._align(values, "predicted")
-    if not isinstance(newdata, pd.DataFrame):
-        raise DataError(f"newdata must be a pandas DataFrame, got {newdata.__class__.__name__}")
-    eta = d.fixed.matrix_for(newdata) @ beta + _offset_for(fit, newdata, offset)
-    if re_form == "full":
-        for blk, (_, b) in zip(d.blocks, fit.ranef.items(), strict=True):
-            codes = group_codes_for(blk, newdata)
-            Z = block_matrix_for(blk, newdata)
-            seen = codes >= 0
-            contrib = np.zeros(len(newdata))
-            contrib[seen] = np.einsum("nq,nq->n", Z[seen], b.to_numpy()[codes[seen]])
-            eta = eta + contrib
+    require_dataframe(newdata)
+    X = d.fixed.matrix_for(newdata)
+    off = _offset_for(fit, newdata, offset)
+    eta = X @ beta + off
+    bad = nonfinite_rows(X, off)
+    if any(m.any() for m in masks):
+        contrib, bad_z = random_part(d.blocks, b, masks, newdata, allow)
+        eta = eta + contrib
+        bad = bad | bad_z
+    eta = warn_nonfinite(eta, bad)
     values = eta if type == "link" else fit.family.linkinv(eta)
     return pd.Series(values, index=newdata.index, name="predicted")

@@ -316,12 +316,24 @@ class GlmmResult:
         p = 2.0 * stats.norm.sf(np.abs(z.to_numpy()))
         return pd.DataFrame({"Estimate": est, "Std. Error": se, "z value": z, "Pr(>|z|)": p}, index=est.index)
 
-    def predict(self, newdata: pd.DataFrame | None = None, re_form: str | None = "full", type: str = "response",
-                offset=None) -> pd.Series:
-        """Predictions on the response (default) or link scale; see :func:`memoe.glmm.predict.predict_glmm`."""
+    def predict(
+        self,
+        newdata: pd.DataFrame | None = None,
+        re_form: str | None = "full",
+        type: str = "response",
+        allow_new_levels: bool = False,
+        offset=None,
+    ) -> pd.Series:
+        """Predictions on the response (default) or link scale; see :func:`memoe.glmm.predict.predict_glmm`.
+
+        Grouping ids are matched by value; a level not seen in the fit raises unless
+        ``allow_new_levels=True`` (then its random effects are 0, as lme4).
+        """
         from memoe.glmm.predict import predict_glmm
 
-        return predict_glmm(self, newdata, re_form=re_form, type=type, offset=offset)
+        return predict_glmm(
+            self, newdata, re_form=re_form, type=type, allow_new_levels=allow_new_levels, offset=offset
+        )
 
     def summary(self):
         """lme4-style ``summary(glmerMod)``; ``print(fit.summary())``."""

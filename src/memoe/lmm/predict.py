@@ -1,70 +1,146 @@
-"""Predictions from a fitted LMM on new data, replaying the stored formula encodings."""
+"""Predictions from a fitted LMM on new data, replaying the stored formula encodings.
+
+The pieces shared with the GLMM and ``lme`` predictions live here too: the random-effects part of the
+linear predictor on new data (:func:`random_part`), with grouping levels matched by value and new
+levels refused unless ``allow_new_levels=True`` (see :mod:`memoe.core.design.newdata`).
+"""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
 
 from memoe.core.design.fixed import evaluate_matrix
-from memoe.errors import DataError
+from memoe.core.design.newdata import (
+    MISSING,
+    check_allow_new_levels,
+    check_type,
+    group_codes,
+    nonfinite_rows,
+    parse_re_form,
+    re_columns,
+    require_dataframe,
+    warn_nonfinite,
+)
 
-__all__ = ["group_codes_for", "predict_lmm"]
+__all__ = ["block_matrix_for", "group_codes_for", "predict_lmm", "random_part"]
 
 
-def group_codes_for(block, data: pd.DataFrame) -> np.ndarray:
-    """Level index of each row of ``data`` in a fitted factor block; -1 for levels not seen in the fit."""
-    names = block.factor.name.split(":")
-    missing = [c for c in names if c not in data.columns]
-    if missing:
-        raise DataError(f"new data lack grouping column(s) {missing} of factor {block.factor.name!r}")
-    labels = data[names[0]].astype(str)
-    for c in names[1:]:
-        labels = labels + ":" + data[c].astype(str)
-    known = pd.Index([str(v) for v in block.factor.levels])
-    return known.get_indexer(labels.to_numpy())
+def group_codes_for(block, data: pd.DataFrame, allow_new_levels: bool = True) -> np.ndarray:
+    """Level index of each row of ``data`` in a fitted factor block, matched by value.
+
+    ``-1`` for levels not seen in the fit (:class:`~memoe.core.design.newdata.NewLevelError` unless
+    ``allow_new_levels``), ``-2`` for a missing id.
+    """
+    return group_codes(block.factor.name, pd.Index(block.factor.levels), data, allow_new_levels)
 
 
 def block_matrix_for(block, data: pd.DataFrame) -> np.ndarray:
     """The raw random-effects columns of a block evaluated on new data."""
-    parts = [evaluate_matrix(spec, data)[:, idx] for spec, idx in block.specs]
+    where = f"the random effects of {block.factor.name!r}"
+    parts = [evaluate_matrix(spec, data, where)[:, idx] for spec, idx in block.specs]
     return np.column_stack(parts) if len(parts) > 1 else parts[0]
 
 
-def predict_lmm(fit, newdata: pd.DataFrame | None = None, re_form: str | None = "full") -> pd.Series:
+def random_part(
+    blocks: Sequence, b: Sequence[np.ndarray], masks: Sequence[np.ndarray], data: pd.DataFrame | None,
+    allow_new_levels: bool,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``Z b`` summed over the selected columns of every block.
+
+    Parameters
+    ----------
+    blocks : sequence of FactorBlock
+        The fit's factor blocks.
+    b : sequence of numpy.ndarray, shape (nlevels, q) each
+        Conditional modes per block.
+    masks : sequence of numpy.ndarray of bool
+        Selected columns per block (:func:`memoe.core.design.newdata.re_columns`).
+    data : pandas.DataFrame or None
+        New data; ``None`` uses the fit's own rows (the stored codes and Z).
+    allow_new_levels : bool
+
+    Returns
+    -------
+    contrib : numpy.ndarray, shape (n,)
+        NaN where a needed grouping id or random-effects covariate is missing.
+    bad : numpy.ndarray of bool, shape (n,)
+        Rows with an infinite random-effects covariate.
+    """
+    n = blocks[0].Z.shape[0] if data is None else len(data)
+    contrib = np.zeros(n)
+    bad = np.zeros(n, dtype=bool)
+    for blk, bb, mask in zip(blocks, b, masks, strict=True):
+        if not mask.any():
+            continue  # the grouping column is not needed when its block does not enter
+        if data is None:
+            codes, Z = blk.factor.codes, blk.Z
+        else:
+            codes = group_codes_for(blk, data, allow_new_levels)
+            Z = block_matrix_for(blk, data)
+            bad |= nonfinite_rows(Z[:, mask])
+        seen = codes >= 0
+        part = np.zeros(n)
+        part[seen] = np.einsum("nq,nq->n", Z[seen][:, mask], np.asarray(bb)[codes[seen]][:, mask])
+        part[codes == MISSING] = np.nan
+        # a missing covariate of a new level still makes the row unknown
+        part[~seen & np.isnan(Z[:, mask]).any(axis=1)] = np.nan
+        contrib += part
+    return contrib, bad
+
+
+def predict_lmm(
+    fit,
+    newdata: pd.DataFrame | None = None,
+    re_form: str | None = "full",
+    type: str = "response",
+    allow_new_levels: bool = False,
+) -> pd.Series:
     """Predicted means.
 
     Parameters
     ----------
     fit : LmmResult
     newdata : pandas.DataFrame, optional
-        Defaults to the data of the fit (then ``re_form="full"`` gives the fitted values).
-    re_form : {"full", None}
-        ``"full"``: ``X beta + Z b`` with the BLUPs (new levels contribute 0, as lme4's
-        ``allow.new.levels = TRUE``); ``None``: population level ``X beta`` (lme4's ``re.form = NA``).
+        Defaults to the data of the fit (then ``re_form="full"`` gives the fitted values). Grouping
+        ids and factor levels are matched by value (``308``, ``308.0`` and ``"308"`` are one level).
+    re_form : {"full", None, "~0"} or str
+        ``"full"``: ``X beta + Z b`` with the BLUPs (lme4's ``re.form = NULL``); ``None`` or ``"~0"``:
+        population level ``X beta`` (lme4's ``re.form = NA``); a formula of some of the fit's
+        random-effects terms, e.g. ``"~ (1 | Subject)"``, uses only those.
+    type : {"response", "link"}
+        The same for a linear mixed model (identity link).
+    allow_new_levels : bool
+        ``False`` (lme4's default): a grouping level not in the fit raises
+        :class:`~memoe.core.design.newdata.NewLevelError`. ``True``: such rows get random effects 0.
 
     Returns
     -------
     pandas.Series
-        Indexed like ``newdata``; NaN where a needed value is missing.
+        Indexed like ``newdata`` (like the fit's input rows when ``newdata`` is None); NaN where a
+        needed value is missing or infinite (the latter with a warning).
     """
-    if re_form not in ("full", None):
-        raise ValueError("re_form must be 'full' or None")
-    if newdata is None:
-        if re_form == "full":
-            return fit.fitted
-        d = fit.design
-        return fit._align(d.X @ fit.fixef.to_numpy(), "predicted")
-    if not isinstance(newdata, pd.DataFrame):
-        raise DataError(f"newdata must be a pandas DataFrame, got {type(newdata).__name__}")
+    rf = parse_re_form(re_form)
+    check_type(type)
+    allow = check_allow_new_levels(allow_new_levels)
     d = fit.design
+    masks = re_columns(rf, d)
+    beta = fit.fixef.to_numpy()
+    if newdata is None:
+        if rf == "full":
+            return fit.fitted.rename("predicted")
+        eta = d.X @ beta if d.p else np.zeros(d.n)
+        if any(m.any() for m in masks):
+            eta = eta + random_part(d.blocks, fit._solution.b, masks, None, allow)[0]
+        return fit._align(eta, "predicted")
+    require_dataframe(newdata)
     X = d.fixed.matrix_for(newdata)
-    eta = X @ fit.fixef.to_numpy()
-    if re_form == "full":
-        for blk, b in zip(d.blocks, fit._solution.b, strict=True):
-            codes = group_codes_for(blk, newdata)
-            Z = block_matrix_for(blk, newdata)
-            seen = codes >= 0
-            contrib = np.zeros(len(newdata))
-            contrib[seen] = np.einsum("nq,nq->n", Z[seen], b[codes[seen]])
-            eta = eta + contrib
-    return pd.Series(eta, index=newdata.index, name="predicted")
+    eta = X @ beta if X.shape[1] else np.zeros(len(newdata))
+    bad = nonfinite_rows(X)
+    if any(m.any() for m in masks):
+        contrib, bad_z = random_part(d.blocks, fit._solution.b, masks, newdata, allow)
+        eta = eta + contrib
+        bad = bad | bad_z
+    return pd.Series(warn_nonfinite(eta, bad), index=newdata.index, name="predicted")

@@ -235,14 +235,22 @@ class LmmResult:
     def residuals(self) -> pd.Series:
         return self.resid
 
-    def predict(self, newdata: pd.DataFrame | None = None, re_form: str | None = "full") -> pd.Series:
-        """Predictions: with the random effects (``re_form="full"``) or population-level (``None``).
+    def predict(
+        self,
+        newdata: pd.DataFrame | None = None,
+        re_form: str | None = "full",
+        type: str = "response",
+        allow_new_levels: bool = False,
+    ) -> pd.Series:
+        """Predictions: with the random effects (``re_form="full"``) or population-level (``None`` / ``"~0"``).
 
-        Levels of a grouping factor not seen in the fit contribute 0 (lme4's ``allow.new.levels``).
+        Grouping ids are matched by value; a level not seen in the fit raises unless
+        ``allow_new_levels=True`` (then its random effects are 0, as lme4). See
+        :func:`memoe.lmm.predict.predict_lmm`.
         """
         from memoe.lmm.predict import predict_lmm
 
-        return predict_lmm(self, newdata, re_form)
+        return predict_lmm(self, newdata, re_form=re_form, type=type, allow_new_levels=allow_new_levels)
 
     # ------------------------------------------------------------------ tables
     def coef_table(self, ddf: str = "residual", robust: str | None = None) -> pd.DataFrame:

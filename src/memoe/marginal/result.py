@@ -257,30 +257,80 @@ class MarginalResult:
         r = self.design.y - self._s.fitted_conditional
         return self._align(r / (self.sigma * self._s.ratios), "resid_pearson")
 
-    def predict(self, newdata: pd.DataFrame | None = None, level: int = 1) -> pd.Series:
-        """Predicted means, as nlme's ``predict(fit, newdata, level = ...)``.
+    def predict(
+        self,
+        newdata: pd.DataFrame | None = None,
+        re_form: str | None = "full",
+        type: str = "response",
+        allow_new_levels: bool = False,
+        level: int | None = None,
+    ) -> pd.Series:
+        """Predicted means, as nlme's ``predict(fit, newdata, level = ...)`` with lme4's arguments.
 
-        ``level = 1`` (``lme`` only): ``X beta + Z b`` with the BLUPs, groups not in the fit get
-        ``X beta``; ``level = 0``: population level ``X beta``. The residual correlation does not
-        enter (as in nlme). Without ``newdata``, the fitted values of that level.
+        Parameters
+        ----------
+        newdata : pandas.DataFrame, optional
+            Rows to predict; ``None`` gives the fitted values of that level. Grouping ids and factor
+            levels are matched by value (``308``, ``308.0`` and ``"308"`` are one level).
+        re_form : {"full", None, "~0"} or str
+            ``lme``: ``"full"`` is ``X beta + Z b`` with the BLUPs (nlme's ``level = 1``), ``None`` /
+            ``"~0"`` is ``X beta`` (``level = 0``), a formula of some of the fit's random-effects
+            terms uses only those. ``gls`` has no random effects: every accepted value gives ``X beta``.
+            The residual correlation does not enter (as in nlme).
+        type : {"response", "link"}
+            The same (identity link).
+        allow_new_levels : bool
+            ``False``: a group not in the fit raises
+            :class:`~memoe.core.design.newdata.NewLevelError`; ``True``: it gets ``X beta``.
+        level : {0, 1}, optional
+            nlme's name: ``0`` is ``re_form=None``, ``1`` is ``re_form="full"``; give one of the two.
+
+        Returns
+        -------
+        pandas.Series
+            Indexed like ``newdata``; NaN where a needed value is missing or infinite (with a warning).
         """
-        from memoe.errors import DataError
-        from memoe.lmm.predict import block_matrix_for, group_codes_for
+        from memoe.core.design.newdata import (
+            PredictArgumentError,
+            check_allow_new_levels,
+            check_type,
+            nonfinite_rows,
+            parse_re_form,
+            re_columns,
+            require_dataframe,
+            warn_nonfinite,
+        )
+        from memoe.lmm.predict import random_part
 
-        if level not in (0, 1):
-            raise ValueError("level must be 0 or 1")
+        if level is not None:
+            if isinstance(level, bool) or level not in (0, 1):
+                raise PredictArgumentError(f"level must be 0 (population) or 1 (with the BLUPs), got {level!r}")
+            if re_form != "full":
+                raise PredictArgumentError("give either level= (nlme's name) or re_form=, not both")
+            re_form = None if level == 0 else "full"
+        rf = parse_re_form(re_form)
+        check_type(type)
+        allow = check_allow_new_levels(allow_new_levels)
+        d = self.design
+        masks = re_columns(rf, d)
+        b = [self._s.b] if d.blocks else []
+        use_re = any(m.any() for m in masks)
         if newdata is None:
-            return self.fitted if level == 1 else self.fitted_marginal
-        if not isinstance(newdata, pd.DataFrame):
-            raise DataError(f"newdata must be a pandas DataFrame, got {type(newdata).__name__}")
-        eta = self.design.fixed.matrix_for(newdata) @ self._s.beta
-        if level == 1 and self.design.blocks:
-            blk = self.design.blocks[0]
-            codes = group_codes_for(blk, newdata)
-            Z = block_matrix_for(blk, newdata)
-            seen = codes >= 0
-            eta[seen] += np.einsum("nq,nq->n", Z[seen], self._s.b[codes[seen]])
-        return pd.Series(eta, index=newdata.index, name="predicted")
+            if rf == "full":
+                return self.fitted.rename("predicted")
+            eta = np.array(self._s.fitted_marginal, dtype=float)
+            if use_re:
+                eta = eta + random_part(d.blocks, b, masks, None, allow)[0]
+            return self._align(eta, "predicted")
+        require_dataframe(newdata)
+        X = d.fixed.matrix_for(newdata)
+        eta = X @ self._s.beta if X.shape[1] else np.zeros(len(newdata))
+        bad = nonfinite_rows(X)
+        if use_re:
+            contrib, bad_z = random_part(d.blocks, b, masks, newdata, allow)
+            eta = eta + contrib
+            bad = bad | bad_z
+        return pd.Series(warn_nonfinite(eta, bad), index=newdata.index, name="predicted")
 
     # ------------------------------------------------------------------ tables
     @cached_property

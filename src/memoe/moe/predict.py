@@ -1,4 +1,8 @@
-"""Predictions from a MEMoE fit: gate-weighted population means and posterior-weighted subject predictions."""
+"""Predictions from a MEMoE fit: gate-weighted population means and posterior-weighted subject predictions.
+
+Subjects of new data are matched to the fit's subjects by value (``7``, ``7.0`` and ``"7"`` are one
+subject; see :func:`memoe.core.design.newdata.match_levels`).
+"""
 
 from __future__ import annotations
 
@@ -7,41 +11,81 @@ import pandas as pd
 
 from memoe.core.design.fixed import evaluate_matrix
 from memoe.core.design.frame import numeric_response
-from memoe.errors import DataError
+from memoe.core.design.newdata import (
+    PredictArgumentError,
+    check_allow_new_levels,
+    check_type,
+    match_levels,
+    nonfinite_rows,
+    parse_re_form,
+    raise_new_levels,
+    require_columns,
+    require_dataframe,
+    warn_nonfinite,
+)
 from memoe.moe.data import check_constant_within, gating_matrix, subject_stats
 from memoe.moe.experts import GaussianExpert
 from memoe.moe.gating import gate_log_probs
 from memoe.moe.kernels import logsumexp_rows
 
-__all__ = ["predict_memoe"]
+__all__ = ["fitted_memoe", "predict_memoe"]
 
 KINDS = ("auto", "population", "subject", "class")
 
 
 def _new_design(fit, data: pd.DataFrame):
+    """Expert and gating designs of new data; subjects numbered in order of appearance (-1: missing id)."""
     md = fit.model.mdesign
+    require_columns(data, [md.group, *md.gating_vars], "the subject / gating model")
     X = md.design.fixed.matrix_for(data)
     if md.design.blocks:
         blk = md.design.blocks[0]
-        Z = np.column_stack([evaluate_matrix(spec, data)[:, idx] for spec, idx in blk.specs])
+        where = f"the random effects of {blk.factor.name!r}"
+        Z = np.column_stack([evaluate_matrix(spec, data, where)[:, idx] for spec, idx in blk.specs])
     else:
         Z = np.zeros((len(data), 0))
-    if md.group not in data.columns:
-        raise DataError(f"newdata needs the subject column {md.group!r}")
     codes, labels = pd.factorize(data[md.group], sort=False)
-    if np.any(codes < 0):
-        raise DataError(f"newdata has missing values in the subject column {md.group!r}")
+    codes = codes.astype(np.int64)
+    has_id = codes >= 0
     first = np.zeros(len(labels), dtype=np.int64)
-    first[codes[::-1]] = np.arange(len(codes))[::-1]
-    missing = [v for v in md.gating_vars if v not in data.columns]
-    if missing:
-        raise DataError(f"newdata lacks the gating covariate(s) {missing}")
-    check_constant_within(data, codes, pd.Index(labels), md.gating_vars)
-    W = gating_matrix(md, data.iloc[first])
-    return X, Z, codes.astype(np.int64), pd.Index(labels, name=md.group), W
+    first[codes[has_id][::-1]] = np.flatnonzero(has_id)[::-1]
+    if md.gating_vars and has_id.any():
+        check_constant_within(data.loc[has_id], codes[has_id], pd.Index(labels), md.gating_vars)
+    W = gating_matrix(md, data.iloc[first]) if len(labels) else np.zeros((0, md.W.shape[1]))
+    return X, Z, codes, pd.Index(labels, name=md.group), W
 
 
-def predict_memoe(fit, newdata: pd.DataFrame | None = None, kind: str = "auto") -> pd.Series | pd.DataFrame:
+def _fit_blups(fit) -> list[np.ndarray]:
+    """BLUPs ``b_ik`` of the fit's subjects under each expert, (N, q) each."""
+    md = fit.model.mdesign
+    expert = GaussianExpert(md.stats, None, None)
+    problem = fit.model.problem
+    return [expert.blup(problem.expert_params(fit.params, k)) for k in range(fit.k)]
+
+
+def fitted_memoe(fit) -> pd.Series:
+    """Posterior-weighted fitted values ``sum_k tau_ik (X_ij beta_k + Z_ij b_ik)`` of the fit's rows.
+
+    Indexed like the rows used in the fit; ``predict_memoe(fit, data)`` on the fitted data gives
+    the same values.
+    """
+    md = fit.model.mdesign
+    means = md.design.X @ fit.params.beta.T
+    tau = fit._estep.tau
+    pred = np.zeros(md.design.n)
+    for k, b in enumerate(_fit_blups(fit)):
+        pred += tau[md.codes, k] * (means[:, k] + np.einsum("nq,nq->n", md.Z, b[md.codes]))
+    return pd.Series(pred, index=md.data.index, name="predicted")
+
+
+def predict_memoe(
+    fit,
+    newdata: pd.DataFrame | None = None,
+    kind: str = "auto",
+    re_form: str | None = "full",
+    type: str = "response",
+    allow_new_levels: bool = False,
+) -> pd.Series | pd.DataFrame:
     """Predict the response.
 
     Parameters
@@ -49,49 +93,116 @@ def predict_memoe(fit, newdata: pd.DataFrame | None = None, kind: str = "auto") 
     fit : MEMoEResult
     newdata : pandas.DataFrame, optional
         Rows to predict (default: the fitted data). Needs the fixed- and random-effects covariates,
-        the subject column and the gating covariates.
+        the subject column and the gating covariates; the response is optional (the observed history).
     kind : {"auto", "population", "subject", "class"}
+        ``"auto"`` (default) follows ``re_form``: with ``re_form="full"`` each subject's prediction
+        ``sum_k tau_ik (X_ij beta_k + Z_ij b_ik)`` conditions on what is known about the subject: its
+        observed responses in ``newdata`` when it has any (rows with a missing response, e.g. future
+        visits, are predicted from that history), else the fit's posterior ``tau_ik`` and BLUPs
+        ``b_ik`` of that subject; with ``re_form=None`` it is ``"population"``.
         ``"population"``: ``sum_k pi_k(w_i) X_ij beta_k``, the gate-weighted mean of a new subject;
-        ``"subject"``: ``sum_k tau_ik (X_ij beta_k + Z_ij b_ik)``, posterior-weighted predictions given
-        the subject's observed history (rows of ``newdata`` with the response present; rows with a
-        missing response, e.g. future visits, are predicted from that history);
-        ``"class"``: per-expert population means ``X_ij beta_k`` as a DataFrame (rows x K);
-        ``"auto"``: ``"subject"`` when the response column is present, else ``"population"``.
+        ``"subject"``: conditional on the history in ``newdata`` only, whether or not the subject was in
+        the fit (subjects without history get the gate-weighted mean);
+        ``"class"``: per-expert population means ``X_ij beta_k`` as a DataFrame (rows x K).
+    re_form : {"full", None, "~0"}
+        ``"full"``: with the subject's random effects and posterior (lme4's default); ``None`` /
+        ``"~0"``: population level (the same as ``kind="population"``).
+    type : {"response", "link"}
+        The same (Gaussian experts, identity link).
+    allow_new_levels : bool
+        For ``kind="auto"``, ``re_form="full"``: a subject not in the fit raises
+        :class:`~memoe.core.design.newdata.NewLevelError` unless True; then it is predicted from its
+        history in ``newdata`` when it has one, else at population level (lme4's rule).
 
     Returns
     -------
-    pandas.Series aligned to the rows of ``newdata`` (DataFrame for ``"class"``).
+    pandas.Series aligned to the rows of ``newdata`` (DataFrame for ``"class"``); NaN where a needed
+    value (covariate, subject id) is missing or infinite (the latter with a warning).
     """
     if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        raise PredictArgumentError(f"kind must be one of {', '.join(repr(k) for k in KINDS)}, got {kind!r}")
+    rf = parse_re_form(re_form)
+    if rf not in ("full", None):
+        raise PredictArgumentError(
+            f"re_form {re_form!r}: a mixture of experts predicts with all of its random effects ('full') or "
+            "none (None / '~0')"
+        )
+    check_type(type)
+    allow = check_allow_new_levels(allow_new_levels)
+    if rf is None:
+        if kind == "subject":
+            raise PredictArgumentError("kind='subject' conditions on the random effects; it needs re_form='full'")
+        if kind == "auto":
+            kind = "population"
     md = fit.model.mdesign
-    data = md.data if newdata is None else newdata
+    if newdata is None and kind == "auto":
+        return fitted_memoe(fit)
+    data = md.data if newdata is None else require_dataframe(newdata)
     X, Z, codes, labels, W = _new_design(fit, data)
     params = fit.params
     K = fit.k
     means = X @ params.beta.T  # (n, K)
-    response = md.design.spec.response
-    if kind == "auto":
-        kind = "subject" if response in data.columns else "population"
+    has_id = codes >= 0
+    safe = np.where(has_id, codes, 0)
+    bad = nonfinite_rows(X, Z, W[safe] if len(W) else None)
     if kind == "class":
+        means[~has_id] = np.nan
+        means[bad] = np.nan
+        warn_nonfinite(np.zeros(len(data)), bad)
         return pd.DataFrame(means, index=data.index, columns=pd.Index(range(1, K + 1), name="expert"))
-    log_gate = gate_log_probs(W, params.gamma)
+    log_gate = gate_log_probs(W, params.gamma) if len(W) else np.zeros((0, K))
+    gate = np.exp(log_gate)
+    population = (gate[safe] * means).sum(axis=1)
     if kind == "population":
-        pred = (np.exp(log_gate)[codes] * means).sum(axis=1)
-        return pd.Series(pred, index=data.index, name="predicted")
-    if response not in data.columns:
-        raise DataError(f"subject predictions need the response {response!r} in newdata (the observed history)")
-    y = numeric_response(data, response) if data[response].notna().all() else data[response].to_numpy(float)
-    seen = np.isfinite(y) & np.all(np.isfinite(X), axis=1) & np.all(np.isfinite(Z), axis=1)
-    N = len(labels)
-    stats = subject_stats(y[seen], X[seen], Z[seen], codes[seen], N)
-    expert = GaussianExpert(stats, None, None)
-    problem = fit.model.problem
-    ll = np.column_stack([expert.subject_loglik(problem.expert_params(params, k)) for k in range(K)])
-    a = log_gate + ll
-    tau = np.exp(a - logsumexp_rows(a)[:, None])
-    pred = np.zeros(len(data))
-    for k in range(K):
-        b = expert.blup(problem.expert_params(params, k))  # zero for subjects without history
-        pred += tau[codes, k] * (means[:, k] + np.einsum("nq,nq->n", Z, b[codes]))
-    return pd.Series(pred, index=data.index, name="predicted")
+        pred = population
+    else:
+        response = md.design.spec.response
+        if kind == "subject" and response not in data.columns:
+            raise PredictArgumentError(
+                f"kind='subject' needs the response {response!r} in newdata (the observed history)"
+            )
+        N = len(labels)
+        if response in data.columns:
+            col = data[response]
+            y = numeric_response(data, response) if col.notna().all() else col.to_numpy(dtype=float)
+        else:
+            y = np.full(len(data), np.nan)
+        seen = has_id & np.isfinite(y) & np.all(np.isfinite(X), axis=1) & np.all(np.isfinite(Z), axis=1)
+        has_hist = np.bincount(codes[seen], minlength=N) > 0
+        # per new subject: k-th expert's posterior and BLUPs from its history in newdata
+        stats = subject_stats(y[seen], X[seen], Z[seen], codes[seen], N)
+        expert = GaussianExpert(stats, None, None)
+        problem = fit.model.problem
+        ll = np.column_stack([expert.subject_loglik(problem.expert_params(params, k)) for k in range(K)])
+        a = log_gate + ll
+        tau = np.exp(a - logsumexp_rows(a)[:, None])
+        blups = [expert.blup(problem.expert_params(params, k)) for k in range(K)]  # zero without history
+        src = safe
+        if kind == "auto":
+            fit_idx = match_levels(md.subjects, labels.to_numpy())
+            new_subject = fit_idx < 0
+            if not allow and new_subject.any():
+                raise_new_levels(
+                    f"subject factor {md.group!r}",
+                    labels.to_numpy(),
+                    np.where(new_subject, -1, 0),
+                    md.subjects,
+                    "; pass allow_new_levels=True to predict new subjects from their history in newdata "
+                    "(or at population level when they have none)",
+                )
+            stored = ~has_hist & ~new_subject
+            if stored.any():
+                # subjects without history in newdata: the fit's posterior and BLUPs
+                fit_tau = fit._estep.tau
+                tau = np.where(stored[:, None], fit_tau[np.maximum(fit_idx, 0)], tau)
+                fit_b = _fit_blups(fit)
+                blups = [np.where(stored[:, None], fb[np.maximum(fit_idx, 0)], b) for fb, b in zip(fit_b, blups,
+                                                                                                    strict=True)]
+            pop_only = ~has_hist & new_subject
+            tau = np.where(pop_only[:, None], gate, tau)
+        pred = np.zeros(len(data))
+        for k in range(K):
+            pred += tau[src, k] * (means[:, k] + np.einsum("nq,nq->n", Z, blups[k][src]))
+    pred = np.array(pred, dtype=float)
+    pred[~has_id] = np.nan
+    return pd.Series(warn_nonfinite(pred, bad), index=data.index, name="predicted")

@@ -243,11 +243,26 @@ class MEMoEResult:
 
         return MEMoESummary(self)
 
-    def predict(self, newdata: pd.DataFrame | None = None, kind: str = "auto") -> pd.Series | pd.DataFrame:
-        """Predictions; see :func:`memoe.moe.predict.predict_memoe`."""
+    def predict(
+        self,
+        newdata: pd.DataFrame | None = None,
+        re_form: str | None = "full",
+        type: str = "response",
+        allow_new_levels: bool = False,
+        kind: str = "auto",
+    ) -> pd.Series | pd.DataFrame:
+        """Predictions; see :func:`memoe.moe.predict.predict_memoe`.
+
+        ``kind`` keeps its meanings (``"population"``, ``"subject"``, ``"class"``); the default
+        ``"auto"`` with ``re_form="full"`` conditions on each subject's history in ``newdata`` or, without
+        one, on the fit's posterior of that subject; a subject not in the fit raises unless
+        ``allow_new_levels=True``.
+        """
         from memoe.moe.predict import predict_memoe
 
-        return predict_memoe(self, newdata, kind)
+        return predict_memoe(
+            self, newdata, kind=kind, re_form=re_form, type=type, allow_new_levels=allow_new_levels
+        )
 
     def save(self, path) -> None:
         """Save the fit to one ``.memoe`` file (JSON + npz in a zip, no pickle); see :func:`memoe.persist.save`.

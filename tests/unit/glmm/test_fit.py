@@ -191,11 +191,13 @@ def test_predict(cbpp, cbpp_fit):
     X = cbpp_fit.design.X
     np.testing.assert_allclose(pop, X @ cbpp_fit.fixef.to_numpy())
     np.testing.assert_allclose(cbpp_fit.predict(re_form=None, type="link"), pop)
-    # a herd not seen in the fit gets the population-level prediction
+    # a herd not seen in the fit is refused by default, population level with allow_new_levels=True
     new = cbpp.iloc[:2].copy()
     new["herd"] = new["herd"].cat.add_categories(["99"])
     new.loc[new.index[0], "herd"] = "99"
-    p = cbpp_fit.predict(new, type="link")
+    with pytest.raises(memoe.errors.DataError, match=r"'herd' has 1 new level.*'99'"):
+        cbpp_fit.predict(new, type="link")
+    p = cbpp_fit.predict(new, type="link", allow_new_levels=True)
     assert p.iloc[0] == pytest.approx(pop.iloc[0], abs=1e-12)
     assert p.iloc[1] == pytest.approx(eta.iloc[1], abs=1e-12)
     with pytest.raises(memoe.errors.MemoeError, match="type must be"):
@@ -215,7 +217,7 @@ def test_predict_replays_formula_offsets():
 def test_predict_rejects_bad_newdata(cbpp_fit):
     with pytest.raises(memoe.errors.DataError, match="pandas DataFrame, got dict"):
         cbpp_fit.predict({"period": [1]})
-    with pytest.raises(memoe.errors.DataError, match="lack grouping column"):
+    with pytest.raises(memoe.errors.DataError, match=r"lacks column .herd. used in the grouping factor"):
         cbpp_fit.predict(pd.DataFrame({"period": pd.Categorical(["1"], categories=["1", "2", "3", "4"])}))
 
 

@@ -153,7 +153,11 @@ def test_predict_replays_the_design_on_new_data():
     np.testing.assert_allclose(fit.predict(df, level=0).to_numpy(), fit.fitted_marginal.to_numpy(), rtol=1e-12)
     new = df.iloc[:3].copy()
     new["Mare"] = pd.Categorical(["unseen"] * 3)
-    np.testing.assert_allclose(fit.predict(new).to_numpy(), fit.fitted_marginal.to_numpy()[:3], rtol=1e-12)
+    with pytest.raises(memoe.errors.DataError, match=r"'Mare' has 1 new level.*'unseen'"):
+        fit.predict(new)
+    np.testing.assert_allclose(
+        fit.predict(new, allow_new_levels=True).to_numpy(), fit.fitted_marginal.to_numpy()[:3], rtol=1e-12
+    )
 
 
 def test_symm_visit_positions_with_missed_visits():

@@ -55,7 +55,7 @@ def test_summary_text(sim2_fit):
 
 def test_predictions(sim2_fit, sim2):
     fit = sim2_fit
-    pop = fit.predict(sim2.drop(columns="y"))
+    pop = fit.predict(sim2.drop(columns="y"), re_form=None)
     subj = fit.predict(sim2)
     per_class = fit.predict(sim2, kind="class")
     assert pop.index.equals(sim2.index) and per_class.shape == (len(sim2), 2)
@@ -65,9 +65,11 @@ def test_predictions(sim2_fit, sim2):
     mse_pop = np.mean((sim2["y"] - pop) ** 2)
     mse_subj = np.mean((sim2["y"] - subj) ** 2)
     assert mse_subj < 0.5 * mse_pop
-    # a subject with no observed response is predicted from the gate alone
+    # kind="subject": a subject with no observed response in newdata is predicted from the gate alone
     new = sim2[sim2["id"] == 1].assign(y=np.nan)
-    np.testing.assert_allclose(fit.predict(new), fit.predict(new, kind="population"))
+    np.testing.assert_allclose(fit.predict(new, kind="subject"), fit.predict(new, kind="population"))
+    # the default uses the fit's posterior of that subject instead: the same as with its history
+    np.testing.assert_allclose(fit.predict(new), subj[new.index], rtol=1e-10)
     # future visits are predicted from the subject's history
     hist = sim2[sim2["id"] == 2]
     future = hist.iloc[-1:].assign(time=5.0, y=np.nan)

@@ -51,17 +51,54 @@ class FixedDesign:
 
     def matrix_for(self, data: pd.DataFrame) -> np.ndarray:
         """The same columns evaluated on new data."""
-        full = evaluate_matrix(self.spec, data)
+        full = evaluate_matrix(self.spec, data, "the fixed effects")
         return full[:, self.kept]
 
 
-def evaluate_matrix(spec: ModelSpec, data: pd.DataFrame) -> np.ndarray:
-    """Evaluate a stored formulaic spec on (new) data as a float array."""
+def evaluate_matrix(spec: ModelSpec, data: pd.DataFrame, where: str | None = None) -> np.ndarray:
+    """Evaluate a stored formulaic spec on (new) data as a float array.
+
+    Factor levels are matched by value (``"8"``, ``8.0`` and ``8`` are one level) through
+    :func:`memoe.core.design.newdata.replay_frame`; ``data`` is not modified.
+
+    Parameters
+    ----------
+    spec : formulaic ModelSpec
+    data : pandas.DataFrame
+    where : str, optional
+        What the spec encodes, for messages (``"the fixed effects"``); default: the spec's formula.
+
+    Returns
+    -------
+    numpy.ndarray, shape (len(data), ncol)
+        NaN rows where a used value is missing (a missing factor level included: formulaic alone
+        would encode it as the reference level).
+
+    Raises
+    ------
+    DataError
+        A used column is absent, or the spec cannot be evaluated.
+    NewLevelError
+        A factor has a level the fit has not seen (R: "factor x has new levels").
+    """
+    from formulaic.errors import DataMismatchWarning
+
+    from memoe.core.design.newdata import replay_frame
+
+    frame, missing = replay_frame(spec, data, where or f"the formula '{spec.formula}'")
     try:
-        mm = spec.get_model_matrix(data, output="numpy", na_action="ignore", context={"factor": factor})
+        with warnings.catch_warnings():
+            # levels were checked by replay_frame; formulaic's warning would only repeat missing rows
+            warnings.simplefilter("ignore", DataMismatchWarning)
+            mm = spec.get_model_matrix(frame, output="numpy", na_action="ignore", context={"factor": factor})
     except Exception as exc:
         raise DataError(f"cannot evaluate {spec.formula} on the new data: {exc}") from None
-    return np.asarray(mm, dtype=float)
+    X = np.array(mm, dtype=float)
+    if X.shape[0] != len(data):
+        raise DataError(f"evaluating {spec.formula} on the new data gave {X.shape[0]} rows for {len(data)}")
+    if missing.any():
+        X[missing] = np.nan
+    return X
 
 
 def _clearly_full_rank(X: np.ndarray) -> bool:
