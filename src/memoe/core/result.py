@@ -379,7 +379,8 @@ class FitResult(ABC):
             fixed.insert(0, "group", None)
             fixed.insert(0, "effect", "fixed")
             if conf_int:
-                ci = wald_interval(table, level)
+                # the family's Wald intervals, so tidy's conf_low/conf_high equal confint()
+                ci = self._confint_wald(level, **kwargs)
                 fixed["conf_low"] = ci["lower"].to_numpy()
                 fixed["conf_high"] = ci["upper"].to_numpy()
             parts.append(fixed)

@@ -391,11 +391,11 @@ class MarginalResult(FitResult):
     @staticmethod
     def _check_ddf(ddf: str, robust: str | None) -> None:
         if ddf not in _DDF:
-            raise ArgumentError(f"ddf must be one of {list(_DDF)} for gls/lme fits, got {ddf!r}")
+            raise ArgumentError(f"ddf={ddf!r} is not available for gls/lme fits; choose one of {list(_DDF)}")
         if robust is not None and ddf == "satterthwaite":
             raise ArgumentError(
-                "robust standard errors combine with ddf='nlme' or 'asymptotic'; the Satterthwaite df are those "
-                "of the model-based covariance"
+                f"robust={robust!r} cannot be combined with ddf='satterthwaite' (its df are those of the "
+                "model-based covariance); use ddf='nlme' or 'asymptotic'"
             )
 
     def coef_table(self, ddf: str = "nlme", robust: str | None = None) -> pd.DataFrame:
@@ -415,7 +415,8 @@ class MarginalResult(FitResult):
         Returns
         -------
         pandas.DataFrame
-            ``attrs["statistic"]`` is ``"t"`` (``"z"`` for ``"asymptotic"``), ``attrs["ddf"]`` the df method.
+            ``attrs["statistic"]`` is ``"t"`` (``"z"`` for ``"asymptotic"``), ``attrs["ddf"]`` the df method
+            (and ``attrs["robust"]`` the sandwich type when ``robust`` is given).
         """
         self._check_ddf(ddf, robust)
         est = self.fixef.to_numpy()
@@ -423,8 +424,11 @@ class MarginalResult(FitResult):
         if robust is not None:
             se = np.sqrt(np.clip(np.diag(self.vcov(robust=robust).to_numpy()), 0.0, None))
             if ddf == "asymptotic":
-                return coef_frame(est, se, names, statistic="z", ddf="asymptotic")
-            return coef_frame(est, se, names, statistic="t", df=np.asarray(self.df_coef, dtype=float), ddf="nlme")
+                out = coef_frame(est, se, names, statistic="z", ddf="asymptotic")
+            else:
+                out = coef_frame(est, se, names, statistic="t", df=np.asarray(self.df_coef, dtype=float), ddf="nlme")
+            out.attrs["robust"] = str(robust).upper()
+            return out
         if ddf == "nlme":
             se = np.sqrt(np.diag(self.vcov_tests))
             return coef_frame(est, se, names, statistic="t", df=np.asarray(self.df_coef, dtype=float), ddf="nlme")
