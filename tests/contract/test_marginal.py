@@ -258,6 +258,23 @@ def test_tidy(fit):
     assert list(t2.columns) == [*TIDY_COLUMNS, "conf_low", "conf_high"]
 
 
+@pytest.mark.parametrize("which", ["gls", "slope"])
+def test_tidy_ran_pars_intervals_are_nlmes(which):
+    fit = gls_fit() if which == "gls" else lme_slope()
+    t = fit.tidy(effects="ran_pars", conf_int=True, level=0.9).set_index("term")
+    iv = fit.intervals(0.9)
+    assert t.loc["sd__Observation", "conf_low"] == iv.loc[("sigma", "sigma"), "lower"]
+    assert t.loc["Phi" if which == "gls" else "sd__Days", "conf_high"] == (
+        iv.loc[("corStruct", "Phi"), "upper"] if which == "gls" else iv.loc[("reStruct", "sd(Days)"), "upper"]
+    )
+    if which == "gls":
+        assert t.loc["varIdent(Sex=Female)", "conf_low"] == iv.loc[("varStruct", "Female"), "lower"]
+        assert np.isnan(t.loc["varIdent(Sex=Male)", "conf_low"])  # the reference stratum's ratio is fixed
+    else:
+        assert t.loc["cor__(Intercept).Days", "conf_low"] == iv.loc[("reStruct", "cor((Intercept),Days)"), "lower"]
+    assert np.all((t["conf_low"] <= t["estimate"]) | t["conf_low"].isna())
+
+
 def test_tidy_random_correlation_names():
     rp = lme_slope().tidy(effects="ran_pars")
     assert rp["term"].tolist() == ["sd__(Intercept)", "sd__Days", "cor__(Intercept).Days", "sd__Observation"]

@@ -534,6 +534,28 @@ class MarginalResult(FitResult):
             rows += [("Residual", f"varIdent({by}={k})", float(v)) for k, v in self.var_params.items()]
         return pd.DataFrame(rows, columns=["group", "term", "estimate"])
 
+    def _ran_pars_confint(self, rp: pd.DataFrame, level: float) -> pd.DataFrame:
+        """Intervals of the variance parameters from nlme's ``intervals`` (Wald on nlme's unconstrained
+        scales, mapped back); the reference stratum's SD ratio is fixed at 1 and gets NaN."""
+        iv = self.intervals(level)
+        by = self.model.weights.by if self.model.weights is not None else None
+        for (part, param), row in iv.iterrows():
+            if part == "reStruct":
+                # "sd(Days)" -> "sd__Days"; "cor((Intercept),Days)" -> "cor__(Intercept).Days"
+                inner = param[param.index("(") + 1 : -1]
+                term = f"sd__{inner}" if param.startswith("sd(") else "cor__" + ".".join(inner.split(",", 1))
+            elif part == "corStruct":
+                term = param
+            elif part == "varStruct":
+                term = f"varIdent({by}={param})"
+            elif part == "sigma":
+                term = "sd__Observation"
+            else:  # "fixed": tidy's fixed rows use confint
+                continue
+            rp.loc[rp["term"] == term, "conf_low"] = float(row["lower"])
+            rp.loc[rp["term"] == term, "conf_high"] = float(row["upper"])
+        return rp
+
     def summary(self):
         """nlme's ``print(summary(fit))``: a :class:`~memoe.marginal.summary.MarginalSummary` whose ``str``
         is the text and ``tables`` the DataFrames."""
