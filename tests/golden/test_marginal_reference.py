@@ -120,8 +120,8 @@ def test_fixef_vcov_sigma(case):
     fit, r = fitted(case), results(case)
     assert _rel(fit.fixef, list(r["fixef"].values())) < 1e-4
     V = r_matrix(r["vcov"]).to_numpy()
-    assert _rel(fit.bse(), np.sqrt(np.diag(V))) < 1e-3
-    assert _rel(fit.vcov.to_numpy(), V) < 2e-3
+    assert _rel(fit.bse, np.sqrt(np.diag(V))) < 1e-3
+    assert _rel(fit.vcov().to_numpy(), V) < 2e-3
     assert fit.sigma == pytest.approx(r["sigma"], rel=1e-3)
 
 
@@ -144,8 +144,8 @@ def test_coef_table(case):
     fit, r = fitted(case), results(case)
     ref = pd.DataFrame(r["coef_table"])
     ct = fit.coef_table()
-    assert _rel(ct["t-value"], ref["t_value"]) < 1e-3
-    assert _rel(ct["p-value"], ref["p_value"]) < 2e-2  # tiny p-values amplify the t slack
+    assert _rel(ct["statistic"], ref["t_value"]) < 1e-3
+    assert _rel(ct["p_value"], ref["p_value"]) < 2e-2  # tiny p-values amplify the t slack
     expected_df = ref["df"] if "df" in ref else np.full(len(ref), r["residual_df"])
     np.testing.assert_array_equal(ct["df"].to_numpy(), np.asarray(expected_df, dtype=float))
 
@@ -218,7 +218,7 @@ def test_cluster_robust_vcov(case, kind):
     """clubSandwich's ``vcovCR`` (clusters = the grouping factor); measured agreement 2e-6 or better."""
     fit, r = fitted(case), results(case)["clubSandwich"]
     ref = r_matrix(r[kind]).to_numpy()
-    ours = fit.vcov_robust(kind).to_numpy()
+    ours = fit.vcov(robust=kind).to_numpy()
     assert np.max(np.abs(ours - ref)) < 1e-4 * np.max(np.abs(ref))
     assert _rel(np.sqrt(np.diag(ours)), np.sqrt(np.diag(ref))) < 1e-4
 
@@ -245,12 +245,12 @@ def test_random_effects(case):
     cov = r_matrix(vc["cov"])
     assert _rel(fit.ranef_cov.to_numpy(), cov.to_numpy()) < 2e-3
     ref = pd.DataFrame(next(iter(r["ranef"].values()))).set_index("group")
-    ours = fit.ranef
+    ours = fit.ranef[fit.design.blocks[0].factor.name]
     assert [str(v) for v in ours.index] == list(ref.index)
     for col in ref.columns:
         scale = np.max(np.abs(ref[col]))
         assert np.max(np.abs(ours[col].to_numpy() - ref[col].to_numpy())) < 1e-3 * scale
-    assert fit.ngroups == next(iter(r["ngroups"].values()))
+    assert fit.ngroups.to_dict() == r["ngroups"]
 
 
 def test_summary_layout():

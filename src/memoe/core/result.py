@@ -343,6 +343,19 @@ class FitResult(ABC):
         ``sd__Observation`` in group ``Residual``). Families without random effects return no rows."""
         return pd.DataFrame(columns=["group", "term", "estimate"])
 
+    def _ran_pars_confint(self, rp: pd.DataFrame, level: float) -> pd.DataFrame:
+        """``rp`` (the rows of :meth:`_ran_pars`) with ``conf_low`` and ``conf_high`` at ``level``:
+        estimate +- z * std_error where ``std_error`` is given, NaN otherwise. A family with its own
+        intervals for the variance parameters (e.g. nlme's ``intervals``) overrides this."""
+        if "std_error" in rp:
+            z = stats.norm.ppf(0.5 + level / 2.0)
+            rp["conf_low"] = rp["estimate"] - z * rp["std_error"]
+            rp["conf_high"] = rp["estimate"] + z * rp["std_error"]
+        else:
+            rp["conf_low"] = np.nan
+            rp["conf_high"] = np.nan
+        return rp
+
     def tidy(
         self,
         effects: str | Iterable[str] = ("fixed", "ran_pars"),
@@ -379,7 +392,8 @@ class FitResult(ABC):
             fixed.insert(0, "group", None)
             fixed.insert(0, "effect", "fixed")
             if conf_int:
-                ci = wald_interval(table, level)
+                # the family's Wald intervals, so tidy's conf_low/conf_high equal confint()
+                ci = self._confint_wald(level, **kwargs)
                 fixed["conf_low"] = ci["lower"].to_numpy()
                 fixed["conf_high"] = ci["upper"].to_numpy()
             parts.append(fixed)
@@ -388,13 +402,7 @@ class FitResult(ABC):
             if len(rp):
                 rp.insert(0, "effect", "ran_pars")
                 if conf_int and "conf_low" not in rp:
-                    if "std_error" in rp:
-                        z = stats.norm.ppf(0.5 + level / 2.0)
-                        rp["conf_low"] = rp["estimate"] - z * rp["std_error"]
-                        rp["conf_high"] = rp["estimate"] + z * rp["std_error"]
-                    else:
-                        rp["conf_low"] = np.nan
-                        rp["conf_high"] = np.nan
+                    rp = self._ran_pars_confint(rp, level)
                 parts.append(rp)
         columns = TIDY_COLUMNS + (["conf_low", "conf_high"] if conf_int else [])
         parts = [p for p in parts if len(p)]

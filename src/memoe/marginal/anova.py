@@ -18,6 +18,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from memoe.errors import ArgumentError
+
 __all__ = ["anova_table"]
 
 
@@ -59,7 +61,7 @@ def anova_table(fit, type: str = "sequential") -> pd.DataFrame:
         Index = term labels (R's); columns ``numDF, denDF, F-value, p-value``.
     """
     if type not in ("sequential", "marginal"):
-        raise ValueError(f"type must be 'sequential' or 'marginal', got {type!r}")
+        raise ArgumentError(f"anova type must be 'sequential' or 'marginal' for gls/lme fits, got {type!r}")
     labels, cols, den = _term_columns(fit)
     rows = []
     if type == "sequential":

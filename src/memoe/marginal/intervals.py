@@ -1,7 +1,8 @@
 """Approximate confidence intervals, as nlme's ``intervals(fit, which = "all")``.
 
-* fixed effects: ``beta +- t_{df, (1 + level) / 2} SE`` with the df of the t table and the SEs of
-  ``vcov`` (for ``lme`` ML fits nlme's intervals use the uninflated SEs, its t table the inflated ones);
+* fixed effects: ``fit.confint(level)``, i.e. ``beta +- t_{df, (1 + level) / 2} SE`` with the df of
+  the t table and the SEs of ``vcov()`` (for ``lme`` ML fits nlme's intervals use the uninflated SEs,
+  its t table the inflated ones);
 * covariance parameters: Wald intervals on nlme's unconstrained scales, mapped back. nlme's ``apVar``
   is the inverse of minus the Hessian of the log-likelihood (REML log-likelihood for REML fits; beta
   profiled, sigma not) in the *natural* parametrisation
@@ -122,10 +123,11 @@ def intervals(fit, level: float = 0.95) -> pd.DataFrame:
         ``sigma``; columns ``lower, est., upper``.
     """
     rows: list[tuple[str, str, float, float, float]] = []
-    # the t table's df, but vcov's SEs: nlme's intervals do not inflate lme ML fits as summary does
-    qt = stats.t.ppf(0.5 + level / 2, fit.df_coef)
-    for name, est, se, q in zip(fit.design.fixef_names, fit.fixef, fit.bse(), qt, strict=True):
-        rows.append(("fixed", name, est - q * se, est, est + q * se))
+    # fit.confint: the t table's df, but vcov's SEs (nlme's intervals do not inflate lme ML fits as
+    # summary does); one computation, so confint() and intervals() agree exactly
+    ci = fit.confint(level)
+    for name, est in fit.fixef.items():
+        rows.append(("fixed", name, float(ci.at[name, "lower"]), est, float(ci.at[name, "upper"])))
 
     P = fit.model.problem
     ll, n_re, nu, nv = _loglik_function(fit)

@@ -21,6 +21,7 @@ from memoe.core.design.fixed import build_fixed
 from memoe.core.design.frame import build_frame, numeric_response
 from memoe.core.design.random import build_random
 from memoe.core.formula.parse import parse_formula
+from memoe.core.frames import to_pandas
 from memoe.core.linalg.threads import blas_threads
 from memoe.core.optim import minimize_bounded
 from memoe.errors import ConvergenceWarning, DataError, FormulaError
@@ -59,6 +60,7 @@ class _MarginalModel:
             raise TypeError(f"correlation must be a memoe.marginal structure such as AR1(), got {correlation!r}")
         if weights is not None and not isinstance(weights, VarIdent):
             raise TypeError(f"weights must be a memoe.marginal variance function such as VarIdent(by), got {weights!r}")
+        data = to_pandas(data, "data")  # polars / pyarrow tables give the numbers of the pandas one
         self.formula = formula
         self.correlation = correlation
         self.weights = weights

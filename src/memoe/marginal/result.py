@@ -1,28 +1,41 @@
-"""The frozen result of a ``gls`` / ``lme`` fit with residual structures (nlme's ``gls`` / ``lme`` objects)."""
+"""The frozen result of a ``gls`` / ``lme`` fit with residual structures (nlme's ``gls`` / ``lme`` objects).
+
+:class:`MarginalResult` is a :class:`~memoe.core.result.FitResult`: ``params``/``bse`` Series,
+``vcov(robust=None | "CR0".."CR3")``, ``confint``, ``coef_table(ddf=...)`` with the standard columns,
+``residuals(type=...)``, ``tidy``/``glance``/``augment``; plus nlme's own extractors (``intervals``,
+``anova``, ``cor_params``, ``var_params``, ``residual_correlation``, ``marginal_covariance``).
+"""
 
 from __future__ import annotations
 
 import math
 from functools import cached_property
 from types import SimpleNamespace
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
+from memoe.core.linalg.batched import batched_cholesky, batched_forward_solve
+from memoe.core.result import FitResult, coef_frame, wald_interval
+from memoe.errors import ArgumentError
 from memoe.marginal.problem import MarginalSolution
 
 __all__ = ["MarginalResult"]
 
+_DDF = ("nlme", "satterthwaite", "asymptotic")
+# lme4's isSingular tolerance on the diagonal of the relative covariance factor
+_SINGULAR_TOL = 1e-4
 
-class MarginalResult:
+
+class MarginalResult(FitResult):
     """A fitted ``gls`` or ``lme`` model with residual correlation / variance structures.
 
     Attributes
     ----------
     model : GLS or LME
     design : memoe.core.design.Design
-    reml : bool
     feval : int
         Objective evaluations.
     seconds : float
@@ -30,12 +43,16 @@ class MarginalResult:
     messages : list of str
     """
 
+    robust_types: ClassVar[tuple[str | None, ...]] = (None, "CR0", "CR1", "CR1S", "CR2", "CR3")
+    residual_types: ClassVar[tuple[str, ...]] = ("response", "pearson", "normalized", "marginal")
+    confint_methods: ClassVar[tuple[str, ...]] = ("wald",)
+
     def __init__(
         self, model, solution: MarginalSolution, reml: bool, feval: int, seconds: float, messages: list[str]
     ) -> None:
         self.model = model
         self.design = model.design
-        self.reml = bool(reml)
+        self._reml = bool(reml)
         self.feval = int(feval)
         self.seconds = float(seconds)
         self.messages = list(messages)
@@ -43,8 +60,16 @@ class MarginalResult:
 
     # ------------------------------------------------------------------ parameters
     @property
+    def family(self) -> str:  # type: ignore[override]  # "gls" or "lme", per instance
+        return self.model.kind
+
+    @property
     def kind(self) -> str:
         return self.model.kind
+
+    @property
+    def reml(self) -> bool:
+        return self._reml
 
     @property
     def method(self) -> str:
@@ -53,6 +78,15 @@ class MarginalResult:
     @property
     def converged(self) -> bool:
         return not self.messages
+
+    @property
+    def singular(self) -> bool:
+        """``lme``: the random-effects covariance is on the boundary (a diagonal entry of its relative
+        Cholesky factor below 1e-4, lme4's ``isSingular``); ``gls``: False."""
+        if not self.design.blocks:
+            return False
+        lower = self.design.theta_map.lower_bounds
+        return bool(np.any(self.theta.to_numpy()[lower == 0] < _SINGULAR_TOL))
 
     @property
     def params_unconstrained(self) -> np.ndarray:
@@ -64,45 +98,53 @@ class MarginalResult:
         return pd.Series(self._s.beta, index=self.design.fixef_names, name="fixef")
 
     @property
+    def params(self) -> pd.Series:
+        """The fixed effects (the coefficients of :meth:`coef_table` and :meth:`vcov`)."""
+        return self.fixef.rename("params")
+
+    @property
+    def response_name(self) -> str:
+        return self.design.spec.response
+
+    @property
     def sigma(self) -> float:
         """Residual SD (of the reference stratum when there is a variance function)."""
         return self._s.sigma
 
     @cached_property
-    def vcov(self) -> pd.DataFrame:
-        """sigma^2 (X' W^{-1} X)^{-1}, as nlme's ``vcov``.
-
-        nlme's ``gls`` scales by the residual variance with N - p in the denominator even for ML fits
-        (``varBeta`` is computed from the REML-type estimate; the printed sigma is the ML one), so
-        ML ``gls`` standard errors are sqrt(N / (N - p)) times the plug-in ones. ``lme`` ML fits use
-        the ML sigma.
-        """
+    def _vcov_model(self) -> pd.DataFrame:
         names = self.design.fixef_names
         s2 = self.sigma**2
         if self.kind == "gls" and not self.reml:
             s2 *= self.nobs / (self.nobs - self.design.p)
         return pd.DataFrame(s2 * self._s.vcov_unscaled, index=names, columns=names)
 
+    def _vcov(self, robust: str | None) -> pd.DataFrame:
+        """``None``: sigma^2 (X' W^{-1} X)^{-1}, as nlme's ``vcov``; otherwise clubSandwich's ``vcovCR``.
+
+        nlme's ``gls`` scales by the residual variance with N - p in the denominator even for ML fits
+        (``varBeta`` is computed from the REML-type estimate; the printed sigma is the ML one), so
+        ML ``gls`` standard errors are sqrt(N / (N - p)) times the plug-in ones. ``lme`` ML fits use
+        the ML sigma. The cluster-robust types (``"CR0"``, ``"CR1"``, ``"CR1S"``, ``"CR2"``, ``"CR3"``)
+        use the groups of the residual structure as clusters (:mod:`memoe.marginal.sandwich`).
+        """
+        if robust is None:
+            return self._vcov_model.copy()
+        from memoe.marginal.sandwich import vcov_cr
+
+        return vcov_cr(self, type=robust)
+
     @property
     def vcov_tests(self) -> np.ndarray:
         """The covariance nlme's t tables and F tests use (p, p).
 
-        ``vcov`` except for ``lme`` ML fits, where nlme's ``summary`` and ``anova`` inflate it by
+        ``vcov()`` except for ``lme`` ML fits, where nlme's ``summary`` and ``anova`` inflate it by
         N / (N - p) (``vcov(fit)`` itself is not inflated; ``gls`` ML has the factor in ``vcov``).
         """
-        V = self.vcov.to_numpy()
+        V = self._vcov_model.to_numpy()
         if self.kind == "lme" and not self.reml:
             return V * (self.nobs / (self.nobs - self.design.p))
         return V
-
-    def vcov_robust(self, type: str = "CR2") -> pd.DataFrame:
-        """Cluster-robust covariance (clubSandwich's ``vcovCR``; clusters = the structure's groups)."""
-        from memoe.marginal.sandwich import vcov_cr
-
-        return vcov_cr(self, type=type)
-
-    def bse(self) -> pd.Series:
-        return pd.Series(np.sqrt(np.diag(self.vcov.to_numpy())), index=self.design.fixef_names, name="Std.Error")
 
     @property
     def theta(self) -> pd.Series:
@@ -157,21 +199,48 @@ class MarginalResult:
         return pd.DataFrame(rows, columns=["grp", "var1", "var2", "vcov", "sdcor"])
 
     @cached_property
-    def ranef(self) -> pd.DataFrame:
-        """BLUPs D Z_i' W_i^{-1} (y_i - X_i beta): DataFrame levels x terms (empty for ``gls``)."""
+    def ranef(self) -> dict[str, pd.DataFrame]:
+        """BLUPs D Z_i' W_i^{-1} (y_i - X_i beta): {grouping factor: DataFrame levels x terms} (``gls``: {})."""
         if not self.design.blocks:
-            return pd.DataFrame()
+            return {}
         blk = self.design.blocks[0]
-        return pd.DataFrame(
+        frame = pd.DataFrame(
             self._s.b, index=pd.Index(blk.factor.levels, name=blk.factor.name), columns=list(blk.columns)
         )
+        return {blk.factor.name: frame}
+
+    @cached_property
+    def ranef_condsd(self) -> dict[str, pd.DataFrame]:
+        """Conditional SDs of the BLUPs, same layout as :attr:`ranef` (lme4's ``condVar``).
+
+        Var(b_i | y_i) = sigma^2 (D - D Z_i' W_i^{-1} Z_i D) at the estimates (beta treated as known,
+        as lme4's ``condVar``), with W_i = L_i L_i' the relative marginal covariance of the group:
+        D - M' M with M = L_i^{-1} Z_i D, batched over the groups of one size.
+        """
+        if not self.design.blocks:
+            return {}
+        P = self.model.problem
+        D = self._s.D
+        q = D.shape[0]
+        out = np.empty((self.model.layout.ngroups, q))
+        for k, (bucket, W) in enumerate(zip(self.model.layout.buckets, P.covariances(self._s.params), strict=True)):
+            M = batched_forward_solve(batched_cholesky(W), P._Z[k] @ D)
+            cond = D[None, :, :] - np.swapaxes(M, 1, 2) @ M
+            # a boundary fit can leave -1e-17 on the diagonal: the SD is 0 there
+            out[bucket.groups] = np.sqrt(np.clip(np.diagonal(cond, axis1=1, axis2=2), 0.0, None))
+        blk = self.design.blocks[0]
+        frame = pd.DataFrame(
+            self.sigma * out, index=pd.Index(blk.factor.levels, name=blk.factor.name), columns=list(blk.columns)
+        )
+        return {blk.factor.name: frame}
 
     def _group_block(self, group, what: str) -> np.ndarray:
         """The (n_i, n_i) matrix ``what`` ("cor" or "cov") of one group of the residual structure."""
         lay = self.model.layout
         labels = [str(v) for v in lay.levels]
         if str(group) not in labels:
-            raise KeyError(f"group {group!r} is not a level of {lay.name!r}")
+            shown = ", ".join(repr(v) for v in labels[:8]) + (", ..." if len(labels) > 8 else "")
+            raise ArgumentError(f"group {group!r} is not a level of {lay.name!r}; its levels are {shown}")
         code = labels.index(str(group))
         P = self.model.problem
         params = self._s.params
@@ -186,7 +255,7 @@ class MarginalResult:
                 _, u, _ = P.split(params)
                 C = P.cor.blocks(u)[k]
                 return np.array(np.broadcast_to(C, (bucket.size, bucket.n, bucket.n))[g])
-        raise KeyError(group)  # pragma: no cover - every level has a bucket
+        raise AssertionError(group)  # pragma: no cover - every level has a bucket
 
     def residual_correlation(self, group) -> np.ndarray:
         """Within-group residual correlation matrix C_i of ``group`` (nlme's ``corMatrix``), rows in visit order."""
@@ -206,8 +275,13 @@ class MarginalResult:
         return self.design.frame.n_dropped
 
     @property
-    def ngroups(self) -> int:
-        return self.model.layout.ngroups
+    def ngroups(self) -> pd.Series:
+        """Groups of the random-effects factor (``lme``) or of the residual structure (``gls`` with a
+        grouped structure); empty for ``gls`` with independent rows or one whole-data group."""
+        name = self.model.layout.name
+        if name is None:
+            return pd.Series(dtype=int, name="ngroups")
+        return pd.Series({name: int(self.model.layout.ngroups)}, dtype=int, name="ngroups")
 
     @property
     def df_model(self) -> int:
@@ -218,10 +292,6 @@ class MarginalResult:
     def loglik(self) -> float:
         """Log-likelihood (REML log-likelihood for REML fits, with nlme's constants)."""
         return -0.5 * self._s.deviance
-
-    @property
-    def aic(self) -> float:
-        return -2.0 * self.loglik + 2.0 * self.df_model
 
     @property
     def bic(self) -> float:
@@ -247,15 +317,39 @@ class MarginalResult:
         """Population-level fitted values X beta (nlme's level 0)."""
         return self._align(self._s.fitted_marginal, "fitted_marginal")
 
-    @property
-    def resid_marginal(self) -> pd.Series:
-        return self._align(self.design.y - self._s.fitted_marginal, "resid_marginal")
+    def _residuals(self, kind: str) -> pd.Series:
+        """nlme's ``residuals(fit, type = ...)`` at the innermost level (``marginal``: level 0).
 
-    @property
-    def resid_pearson(self) -> pd.Series:
-        """Residuals divided by their SD sigma * s (nlme's ``type = "pearson"``)."""
-        r = self.design.y - self._s.fitted_conditional
-        return self._align(r / (self.sigma * self._s.ratios), "resid_pearson")
+        ``pearson``: the response residual over its SD sigma * s (variance function); ``normalized``:
+        the Pearson residuals of each group whitened by the lower Cholesky factor of the group's
+        residual correlation C_i = L_i L_i' (L_i^{-1} r_i, nlme's ``recalc`` with the ``corFactor``),
+        batched over the groups of one size; ``marginal``: y - X beta.
+        """
+        y = self.design.y
+        if kind == "marginal":
+            return self._align(y - self._s.fitted_marginal, "resid_marginal")
+        pearson = (y - self._s.fitted_conditional) / (self.sigma * self._s.ratios)
+        if kind == "pearson":
+            return self._align(pearson, "resid_pearson")
+        P = self.model.problem
+        if P.cor is None:
+            return self._align(pearson, "resid_normalized")
+        lay = self.model.layout
+        _, u, _ = P.split(self._s.params)
+        pieces = []
+        for bucket, C in zip(lay.buckets, P.cor.blocks(u), strict=True):
+            C = np.ascontiguousarray(np.broadcast_to(C, (bucket.size, bucket.n, bucket.n)))
+            r = pearson[bucket.rows][:, :, None]
+            pieces.append(batched_forward_solve(batched_cholesky(C), r)[:, :, 0])
+        return self._align(lay.scatter(pieces, self.nobs), "resid_normalized")
+
+    def _augment_data(self) -> pd.DataFrame:
+        """The used columns on the input's index (dropped rows NaN: the fit keeps only the kept rows)."""
+        frame = self.design.frame
+        return frame.data.reindex(frame.index)
+
+    def _population_prediction(self, newdata: pd.DataFrame | None) -> pd.Series:
+        return self.predict(newdata, level=0)
 
     def predict(
         self,
@@ -344,8 +438,18 @@ class MarginalResult:
         shim = SimpleNamespace(design=self.design)
         return containment_df(shim, fixed_terms(shim)).coef
 
-    def coef_table(self, ddf: str = "nlme") -> pd.DataFrame:
-        """Estimate, Std.Error, df, t-value, p-value (two-sided t).
+    @staticmethod
+    def _check_ddf(ddf: str, robust: str | None) -> None:
+        if ddf not in _DDF:
+            raise ArgumentError(f"ddf={ddf!r} is not available for gls/lme fits; choose one of {list(_DDF)}")
+        if robust is not None and ddf == "satterthwaite":
+            raise ArgumentError(
+                f"robust={robust!r} cannot be combined with ddf='satterthwaite' (its df are those of the "
+                "model-based covariance); use ddf='nlme' or 'asymptotic'"
+            )
+
+    def coef_table(self, ddf: str = "nlme", robust: str | None = None) -> pd.DataFrame:
+        """The t table with the standard columns ``estimate, std_error, statistic, df, p_value``.
 
         Parameters
         ----------
@@ -354,28 +458,55 @@ class MarginalResult:
             containment df for ``lme``; for ``lme`` ML fits the SEs carry nlme's sqrt(N / (N - p)).
             ``"satterthwaite"``: SEs from sigma^2 (X' W^-1 X)^-1 and Satterthwaite df, as lmerTest and
             R's mmrm (:mod:`memoe.marginal.satterthwaite`). ``"asymptotic"``: the same SEs, normal
-            reference (df shown as inf).
+            reference (df inf).
+        robust : {"CR0", "CR1", "CR1S", "CR2", "CR3"}, optional
+            Cluster-robust SEs (:meth:`vcov`), with ``ddf="nlme"`` (its df) or ``"asymptotic"``.
+
+        Returns
+        -------
+        pandas.DataFrame
+            ``attrs["statistic"]`` is ``"t"`` (``"z"`` for ``"asymptotic"``), ``attrs["ddf"]`` the df method
+            (and ``attrs["robust"]`` the sandwich type when ``robust`` is given).
         """
+        self._check_ddf(ddf, robust)
         est = self.fixef.to_numpy()
+        names = self.design.fixef_names
+        if robust is not None:
+            se = np.sqrt(np.clip(np.diag(self.vcov(robust=robust).to_numpy()), 0.0, None))
+            if ddf == "asymptotic":
+                out = coef_frame(est, se, names, statistic="z", ddf="asymptotic")
+            else:
+                out = coef_frame(est, se, names, statistic="t", df=np.asarray(self.df_coef, dtype=float), ddf="nlme")
+            out.attrs["robust"] = str(robust).upper()
+            return out
         if ddf == "nlme":
             se = np.sqrt(np.diag(self.vcov_tests))
-            df = np.asarray(self.df_coef, dtype=float)
-        elif ddf in ("satterthwaite", "asymptotic"):
-            inputs = self._satterthwaite
-            se = np.sqrt(np.diag(inputs.C))
-            if ddf == "satterthwaite":
-                from memoe.marginal.satterthwaite import satterthwaite_df
+            return coef_frame(est, se, names, statistic="t", df=np.asarray(self.df_coef, dtype=float), ddf="nlme")
+        inputs = self._satterthwaite
+        se = np.sqrt(np.diag(inputs.C))
+        if ddf == "asymptotic":
+            return coef_frame(est, se, names, statistic="z", ddf="asymptotic")
+        from memoe.marginal.satterthwaite import satterthwaite_df
 
-                df = satterthwaite_df(inputs, np.eye(len(est)))
-            else:
-                df = np.full(len(est), np.inf)
-        else:
-            raise ValueError(f"ddf must be 'nlme', 'satterthwaite' or 'asymptotic', got {ddf!r}")
-        t = est / se
-        p = 2.0 * stats.t.sf(np.abs(t), df)
-        return pd.DataFrame(
-            {"Estimate": est, "Std.Error": se, "df": df, "t-value": t, "p-value": p}, index=self.design.fixef_names
-        )
+        df = satterthwaite_df(inputs, np.eye(len(est)))
+        return coef_frame(est, se, names, statistic="t", df=df, ddf="satterthwaite")
+
+    def _confint_wald(self, level: float, ddf: str = "nlme", robust: str | None = None) -> pd.DataFrame:
+        """Wald intervals of the fixed effects; with ``ddf="nlme"`` those of nlme's ``intervals``.
+
+        nlme's ``intervals`` use the t table's df with the SEs of ``vcov`` (not the N / (N - p)
+        inflated ones its ``summary`` prints for ``lme`` ML fits).
+        """
+        self._check_ddf(ddf, robust)
+        if ddf != "nlme":
+            return wald_interval(self.coef_table(ddf=ddf, robust=robust), level)
+        est = self.fixef.to_numpy()
+        se = np.sqrt(np.clip(np.diag(self.vcov(robust=robust).to_numpy()), 0.0, None))
+        q = stats.t.ppf(0.5 + level / 2.0, np.asarray(self.df_coef, dtype=float))
+        out = pd.DataFrame({"lower": est - q * se, "upper": est + q * se}, index=self.design.fixef_names)
+        out.attrs["level"] = level
+        out.attrs["method"] = "wald"
+        return out
 
     @cached_property
     def _satterthwaite(self):
@@ -397,7 +528,7 @@ class MarginalResult:
         from memoe.marginal.satterthwaite import satterthwaite_f
 
         if ddf not in ("satterthwaite", "asymptotic"):
-            raise ValueError(f"ddf must be 'satterthwaite' or 'asymptotic', got {ddf!r}")
+            raise ArgumentError(f"ddf must be 'satterthwaite' or 'asymptotic' for test(), got {ddf!r}")
         names = list(self.design.fixef_names)
         hyp = as_hypothesis(hypothesis, names)
         L, rhs = reduce_rank(hyp)
@@ -419,25 +550,68 @@ class MarginalResult:
         return anova_table(self, type=type)
 
     def intervals(self, level: float = 0.95) -> pd.DataFrame:
-        """Approximate confidence intervals of all parameters, as nlme's ``intervals(fit, which = "all")``."""
+        """Approximate confidence intervals of all parameters, as nlme's ``intervals(fit, which = "all")``.
+
+        Columns ``lower, est., upper`` (nlme's); the ``fixed`` rows equal :meth:`confint` at ``level``.
+        """
+        from memoe.core.result import check_level
         from memoe.marginal.intervals import intervals
 
-        return intervals(self, level=level)
+        return intervals(self, level=check_level(level))
+
+    def _ran_pars(self) -> pd.DataFrame:
+        """broom.mixed's variance parameters, then the residual structure's.
+
+        ``lme``: ``sd__<term>`` and ``cor__<term1>.<term2>`` of the grouping factor; every fit:
+        ``sd__Observation`` (sigma) in group ``Residual``, followed by the correlation parameters on
+        nlme's natural scale under their nlme names (``Phi``, ``range``, ``nugget``, ``cor(1,2)``,
+        ``Rho``) and the SD ratios of the variance function as ``varIdent(<by>=<level>)``, all in group
+        ``Residual``.
+        """
+        rows: list[tuple[str, str, float]] = []
+        vc = self.varcorr
+        for r in vc.itertuples(index=False):
+            if r.grp == "Residual":
+                continue
+            if r.var2 is None or pd.isna(r.var2):
+                rows.append((r.grp, f"sd__{r.var1}", float(r.sdcor)))
+            else:
+                rows.append((r.grp, f"cor__{r.var1}.{r.var2}", float(r.sdcor)))
+        rows.append(("Residual", "sd__Observation", float(self.sigma)))
+        rows += [("Residual", str(k), float(v)) for k, v in self.cor_params.items()]
+        if len(self.var_params):
+            by = self.model.weights.by
+            rows += [("Residual", f"varIdent({by}={k})", float(v)) for k, v in self.var_params.items()]
+        return pd.DataFrame(rows, columns=["group", "term", "estimate"])
+
+    def _ran_pars_confint(self, rp: pd.DataFrame, level: float) -> pd.DataFrame:
+        """Intervals of the variance parameters from nlme's ``intervals`` (Wald on nlme's unconstrained
+        scales, mapped back); the reference stratum's SD ratio is fixed at 1 and gets NaN."""
+        iv = self.intervals(level)
+        by = self.model.weights.by if self.model.weights is not None else None
+        for (part, param), row in iv.iterrows():
+            if part == "reStruct":
+                # "sd(Days)" -> "sd__Days"; "cor((Intercept),Days)" -> "cor__(Intercept).Days"
+                inner = param[param.index("(") + 1 : -1]
+                term = f"sd__{inner}" if param.startswith("sd(") else "cor__" + ".".join(inner.split(",", 1))
+            elif part == "corStruct":
+                term = param
+            elif part == "varStruct":
+                term = f"varIdent({by}={param})"
+            elif part == "sigma":
+                term = "sd__Observation"
+            else:  # "fixed": tidy's fixed rows use confint
+                continue
+            rp.loc[rp["term"] == term, "conf_low"] = float(row["lower"])
+            rp.loc[rp["term"] == term, "conf_high"] = float(row["upper"])
+        return rp
 
     def summary(self):
-        """nlme's ``print(summary(fit))`` layout (an object whose ``str`` is the text)."""
+        """nlme's ``print(summary(fit))``: a :class:`~memoe.marginal.summary.MarginalSummary` whose ``str``
+        is the text and ``tables`` the DataFrames."""
         from memoe.marginal.summary import MarginalSummary
 
         return MarginalSummary(self)
-
-    def save(self, path) -> None:
-        """Save the fit to one ``.memoe`` file (JSON + npz in a zip, no pickle); see :func:`memoe.persist.save`.
-
-        ``memoe.persist.load(path)`` gives it back with the same numbers.
-        """
-        from memoe.persist import save
-
-        save(self, path)
 
     def __repr__(self) -> str:
         return (

@@ -1,9 +1,17 @@
-"""Text summary laid out as nlme's ``print(summary(gls_fit))`` / ``print(summary(lme_fit))``."""
+"""nlme's ``print(summary(gls_fit))`` / ``print(summary(lme_fit))`` as a :class:`~memoe.core.summary.Summary`.
+
+``str(fit.summary())`` is nlme's text; ``fit.summary().tables`` the same numbers as DataFrames (the
+coefficient table with the standard columns of :func:`memoe.core.result.coef_frame`).
+"""
 
 from __future__ import annotations
 
+from functools import cached_property
+
 import numpy as np
 import pandas as pd
+
+from memoe.core.summary import Summary
 
 __all__ = ["MarginalSummary"]
 
@@ -26,12 +34,85 @@ def _frame_lines(frame: pd.DataFrame) -> list[str]:
     return frame.to_string().splitlines()
 
 
-class MarginalSummary:
-    """nlme's summary print of a :class:`~memoe.marginal.result.MarginalResult`; ``str()`` gives the text."""
+class MarginalSummary(Summary):
+    """nlme's summary of a :class:`~memoe.marginal.result.MarginalResult`: ``str()`` gives the text,
+    :attr:`tables` the DataFrames.
+
+    Parameters
+    ----------
+    fit : MarginalResult
+    """
 
     def __init__(self, fit) -> None:
         self.fit = fit
 
+    # ------------------------------------------------------------------ the numbers, computed once
+    @cached_property
+    def _coef(self) -> pd.DataFrame:
+        return self.fit.coef_table()
+
+    @cached_property
+    def _fit_stats(self) -> pd.DataFrame:
+        f = self.fit
+        return pd.DataFrame({"AIC": [f.aic], "BIC": [f.bic], "logLik": [f.loglik]}, index=[""])
+
+    @cached_property
+    def _random_sd(self) -> pd.DataFrame | None:
+        f = self.fit
+        if f.kind != "lme":
+            return None
+        cols = list(f.ranef_cov.columns)
+        sd = np.sqrt(np.diag(f.ranef_cov.to_numpy()))
+        return pd.DataFrame([[*list(sd), f.sigma]], index=["StdDev:"], columns=[*cols, "Residual"])
+
+    @cached_property
+    def _random_corr(self) -> pd.DataFrame | None:
+        f = self.fit
+        if f.kind != "lme" or f.ranef_cov.shape[0] < 2:
+            return None
+        cov = f.ranef_cov.to_numpy()
+        sd = np.sqrt(np.diag(cov))
+        cols = list(f.ranef_cov.columns)
+        return pd.DataFrame(cov / np.outer(sd, sd), index=cols, columns=cols)
+
+    @cached_property
+    def _fixef_corr(self) -> pd.DataFrame | None:
+        V = self.fit.vcov().to_numpy()
+        if V.shape[0] < 2:
+            return None
+        sd = np.sqrt(np.diag(V))
+        names = list(self._coef.index)
+        return pd.DataFrame(V / np.outer(sd, sd), index=names, columns=names)
+
+    @cached_property
+    def _resid_quantiles(self) -> pd.Series:
+        r = self.fit.residuals("pearson").dropna().to_numpy()
+        q = np.quantile(r, [0.0, 0.25, 0.5, 0.75, 1.0])
+        return pd.Series(q, index=["Min", "Q1", "Med", "Q3", "Max"], name="pearson")
+
+    @property
+    def tables(self) -> dict[str, pd.DataFrame]:
+        """``fit`` (AIC, BIC, logLik), ``coefficients`` (columns ``estimate, std_error, statistic, df,
+        p_value``), ``fixef_correlation``, ``residuals`` (quantiles of the Pearson residuals) and, where
+        the model has them, ``random_effects`` (SDs), ``random_correlation``, ``correlation_structure``
+        and ``variance_function`` (parameters on nlme's natural scale)."""
+        f = self.fit
+        out: dict[str, pd.DataFrame] = {"fit": self._fit_stats.reset_index(drop=True)}
+        if self._random_sd is not None:
+            out["random_effects"] = self._random_sd.reset_index(drop=True)
+        if self._random_corr is not None:
+            out["random_correlation"] = self._random_corr
+        if len(f.cor_params):
+            out["correlation_structure"] = f.cor_params.rename("estimate").to_frame()
+        if len(f.var_params):
+            out["variance_function"] = f.var_params.rename("estimate").to_frame()
+        out["coefficients"] = self._coef.copy()
+        if self._fixef_corr is not None:
+            out["fixef_correlation"] = self._fixef_corr
+        out["residuals"] = self._resid_quantiles.to_frame()
+        return out
+
+    # ------------------------------------------------------------------ nlme's text
     def _header(self) -> list[str]:
         f = self.fit
         how = "REML" if f.reml else "maximum likelihood"
@@ -42,27 +123,21 @@ class MarginalSummary:
         name = f.design.frame.data.attrs.get("name")
         if name:
             lines.append(f"  Data: {name}")
-        stats = pd.DataFrame({"AIC": [f.aic], "BIC": [f.bic], "logLik": [f.loglik]}, index=[""])
-        lines += ["  " + s for s in stats.to_string(float_format=lambda v: f"{v:.7g}").splitlines()]
+        lines += ["  " + s for s in self._fit_stats.to_string(float_format=lambda v: f"{v:.7g}").splitlines()]
         return lines
 
     def _random(self) -> list[str]:
         f = self.fit
-        if f.kind != "lme":
+        if self._random_sd is None:
             return []
         grp = f.design.blocks[0].factor.name
         cols = list(f.ranef_cov.columns)
         lhs = " + ".join("1" if c == "(Intercept)" else c for c in cols)
-        sd = np.sqrt(np.diag(f.ranef_cov.to_numpy()))
-        table = pd.DataFrame([[*list(sd), f.sigma]], index=["StdDev:"], columns=[*cols, "Residual"])
         lines = ["", "Random effects:", f" Formula: ~{lhs} | {grp}"]
-        lines += [" " + s for s in table.to_string(float_format=lambda v: f"{v:.7g}").splitlines()]
-        if len(cols) > 1:
-            cov = f.ranef_cov.to_numpy()
-            corr = cov / np.outer(sd, sd)
+        lines += [" " + s for s in self._random_sd.to_string(float_format=lambda v: f"{v:.7g}").splitlines()]
+        if self._random_corr is not None:
             lines.append(" Corr (random effects):")
-            c = pd.DataFrame(np.round(corr, 3), index=cols, columns=cols)
-            lines += [" " + s for s in c.to_string().splitlines()]
+            lines += [" " + s for s in np.round(self._random_corr, 3).to_string().splitlines()]
         return lines
 
     def _structures(self) -> list[str]:
@@ -81,22 +156,21 @@ class MarginalSummary:
 
     def _coefficients(self) -> list[str]:
         f = self.fit
-        ct = f.coef_table()
+        ct = self._coef
         out = pd.DataFrame(index=ct.index)
-        out["Value"] = ct["Estimate"].map(lambda v: f"{v:.7g}")
-        out["Std.Error"] = ct["Std.Error"].map(lambda v: f"{v:.7g}")
+        out["Value"] = ct["estimate"].map(lambda v: f"{v:.7g}")
+        out["Std.Error"] = ct["std_error"].map(lambda v: f"{v:.7g}")
         if f.kind == "lme":
             out["DF"] = ct["df"].map(lambda v: f"{v:.0f}")
-        out["t-value"] = ct["t-value"].map(lambda v: f"{v:.7g}")
-        out["p-value"] = ct["p-value"].map(lambda v: f"{v:.4f}")
+        out["t-value"] = ct["statistic"].map(lambda v: f"{v:.7g}")
+        # nlme prints round(p, 4), not format.pval
+        out["p-value"] = ct["p_value"].map(lambda v: f"{v:.4f}")
         head = (
             "Coefficients:" if f.kind == "gls" else f"Fixed effects:  {f.design.spec.response} ~ {f.design.spec.fixed}"
         )
         lines = ["", head, *_frame_lines(out)]
-        V = f.vcov.to_numpy()
-        if V.shape[0] > 1:
-            sd = np.sqrt(np.diag(V))
-            corr = V / np.outer(sd, sd)
+        if self._fixef_corr is not None:
+            corr = self._fixef_corr.to_numpy()
             names = list(ct.index)
             c = pd.DataFrame(index=names[1:], columns=names[:-1], dtype=object)
             for i in range(1, len(names)):
@@ -107,11 +181,8 @@ class MarginalSummary:
         return lines
 
     def _residuals(self) -> list[str]:
-        f = self.fit
-        r = f.resid_pearson.dropna().to_numpy()
-        q = np.quantile(r, [0.0, 0.25, 0.5, 0.75, 1.0])
-        title = "Standardized residuals:" if f.kind == "gls" else "Standardized Within-Group Residuals:"
-        return ["", title, *_series_block(pd.Series(q, index=["Min", "Q1", "Med", "Q3", "Max"]))]
+        title = "Standardized residuals:" if self.fit.kind == "gls" else "Standardized Within-Group Residuals:"
+        return ["", title, *_series_block(self._resid_quantiles.rename(None))]
 
     def _footer(self) -> list[str]:
         f = self.fit
@@ -121,15 +192,12 @@ class MarginalSummary:
                 f"Residual standard error: {_fmt(f.sigma, 6)} ",
                 f"Degrees of freedom: {f.nobs} total; {f.nobs - f.design.p} residual",
             ]
-        return ["", f"Number of Observations: {f.nobs}", f"Number of Groups: {f.ngroups} "]
+        return ["", f"Number of Observations: {f.nobs}", f"Number of Groups: {int(f.ngroups.iloc[0])} "]
 
-    def __str__(self) -> str:
+    def text(self) -> str:
         parts = self._header() + self._random() + self._structures() + self._coefficients()
         parts += self._residuals() + self._footer()
         return "\n".join(parts)
 
-    def __repr__(self) -> str:
-        return str(self)
-
     def _repr_pretty_(self, p, cycle) -> None:  # IPython
-        p.text(str(self))
+        p.text(self.text())
