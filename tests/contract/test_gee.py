@@ -63,7 +63,7 @@ def test_params_bse_vcov(fit):
     np.testing.assert_array_equal(fit.vcov(robust="naive"), fit.vbeta_naive)
     assert not np.allclose(fit.vcov(robust="naive"), v)
     np.testing.assert_array_equal(fit.bse, np.sqrt(np.diag(fit.vbeta)))
-    with pytest.raises(ArgumentError, match="robust='CR2'.*sandwich"):
+    with pytest.raises(ArgumentError, match=r"robust='CR2'.*sandwich"):
         fit.vcov(robust="CR2")
 
 
@@ -86,7 +86,7 @@ def test_coef_table_and_confint(fit):
 
 def test_no_likelihood_but_qic(fit):
     for attr in ("loglik", "aic", "bic", "deviance"):
-        with pytest.raises(MemoeError, match="not likelihood-based.*qic"):
+        with pytest.raises(MemoeError, match=r"not likelihood-based.*qic"):
             getattr(fit, attr)
     ic = fit.information_criteria()
     pd.testing.assert_series_equal(ic, fit.qic())

@@ -77,8 +77,9 @@ def cluster_layout(kept: pd.DataFrame, group: str, time: str | None, corstr: str
     Raises
     ------
     DataError
-        A time value repeated within a cluster; a correlation no cluster can inform (every cluster of
-        one row with a non-independence structure; unstructured wave pairs never observed together).
+        Fewer than 2 clusters; a time value repeated within a cluster; a correlation no cluster can
+        inform (every cluster of one row with a non-independence structure; unstructured wave pairs
+        never observed together).
     """
     # cluster order: first appearance (so contiguous data keep geepack's order exactly)
     gf = make_grouping_factor(kept, (group,))
@@ -121,6 +122,12 @@ def cluster_layout(kept: pd.DataFrame, group: str, time: str | None, corstr: str
     else:
         waves = np.arange(len(order)) - np.repeat(starts, sizes) + 1
     T = int(waves.max())
+    if len(starts) < 2:
+        # the sandwich is a sum over clusters: one cluster gives a rank-one "covariance"
+        raise DataError(
+            f"group column {group!r} has a single cluster ({gf.levels[0]!r}) in the rows used; "
+            "a GEE needs at least 2 clusters (and many for reliable sandwich standard errors)"
+        )
     if corstr != "independence" and sizes.max() == 1:
         raise DataError(
             f"every cluster of {group!r} has one row, so the {corstr} working correlation cannot be estimated; "
