@@ -314,8 +314,9 @@ def test_non_contiguous_groups_are_grouped_with_warning():
     key = rng.permutation(len(df))
     key = np.sort(key.reshape(27, 4), axis=1).ravel()
     shuffled = df.iloc[np.argsort(key)]
-    with pytest.warns(GEEOrderWarning, match="not contiguous"):
+    with pytest.warns(GEEOrderWarning, match="not contiguous") as rec:
         fit = gee("distance ~ age * Sex", shuffled, group="Subject", corstr="ar1").fit()
+    assert rec[0].filename == __file__  # the warning points at the caller's line
     assert np.allclose(fit.params, ref.params, rtol=1e-12)
     assert np.allclose(fit.vcov(), ref.vcov(), rtol=1e-10)
     # per-row output follows the input rows
