@@ -1,5 +1,14 @@
-"""Generalised estimating equations (geepack's ``geeglm``)."""
+"""Generalised estimating equations (geepack's ``geeglm``).
 
-from memoe.gee.model import GEE, GEEOrderWarning, GEEResult, gee
+Modules: :mod:`~memoe.gee.model` (the model and geepack's iteration), :mod:`~memoe.gee.clusters`,
+:mod:`~memoe.gee.correlation`, :mod:`~memoe.gee.families`, :mod:`~memoe.gee.variance`,
+:mod:`~memoe.gee.result`, :mod:`~memoe.gee.summary`, :mod:`~memoe.gee.validation`,
+:mod:`~memoe.gee.persist`.
+"""
 
-__all__ = ["GEE", "GEEOrderWarning", "GEEResult", "gee"]
+from memoe.gee.clusters import GEEOrderWarning
+from memoe.gee.model import GEE, gee
+from memoe.gee.result import GEEResult
+from memoe.gee.summary import GEESummary
+
+__all__ = ["GEE", "GEEOrderWarning", "GEEResult", "GEESummary", "gee"]

@@ -23,7 +23,9 @@ from memoe.core.persist.common import (
     restore_frame_record,
 )
 from memoe.core.persist.frames import decode_frame, encode_frame
-from memoe.gee.model import GEE, GEEOrderWarning, GEEResult
+from memoe.gee.clusters import GEEOrderWarning
+from memoe.gee.model import GEE
+from memoe.gee.result import GEEResult
 
 __all__ = ["decode_gee", "encode_gee"]
 
@@ -59,7 +61,7 @@ def encode_gee(fit: GEEResult, arrays: dict[str, np.ndarray]) -> dict:
             "scale": float(fit.scale),
             "alpha": plain(fit.alpha.to_dict()),
             "nobs": fit.nobs,
-            "ngroups": fit.ngroups,
+            "ngroups": int(fit.model.n_clusters),
         },
     }
 
