@@ -60,7 +60,7 @@ def predict_lmm(fit, newdata: pd.DataFrame | None = None, re_form: str | None = 
     X = d.fixed.matrix_for(newdata)
     eta = X @ fit.fixef.to_numpy()
     if re_form == "full":
-        for blk, b in zip(d.blocks, fit._solution.b, strict=True):
+        for blk, b in zip(d.blocks, fit.state.b, strict=True):
             codes = group_codes_for(blk, newdata)
             Z = block_matrix_for(blk, newdata)
             seen = codes >= 0
