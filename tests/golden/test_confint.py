@@ -76,7 +76,7 @@ def test_wald_intervals():
     assert list(fit.confint(parm=["Days", "sigma"]).index) == ["Days", "sigma"]
     with pytest.raises(MemoeError, match="unknown parameter"):
         fit.confint(parm="Day")
-    with pytest.raises(MemoeError, match="jackknife.*not available"):
+    with pytest.raises(MemoeError, match=r"jackknife.*not available"):
         fit.confint(method="jackknife")
 
 
