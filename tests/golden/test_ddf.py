@@ -58,7 +58,7 @@ def _at_theta(case: str, which: str) -> LmmResult:
         res = reference(case)["results"]
         src = res["theta"] if which == "default" else res["tight_refit"]["theta"]
         theta = np.array([src[n] for n in fit.theta.index], dtype=float)
-        _FITS[key] = LmmResult(fit.model, fit.reml, theta, fit.opt, fit.convergence, fit.is_singular, [])
+        _FITS[key] = LmmResult(fit.model, fit.reml, theta, fit.opt, fit.convergence, fit.singular, [])
     return _FITS[key]
 
 
@@ -69,7 +69,7 @@ def _point(case: str, which: str) -> LmmResult:
 _VALUES: dict[tuple[str, str], dict[str, np.ndarray]] = {}
 
 # (our column, reference key, tolerance class)
-COEF_COLS = [("Std. Error", "std_error", "exact"), ("t value", "t_value", "exact"), ("Pr(>|t|)", "p_value", "p")]
+COEF_COLS = [("std_error", "std_error", "exact"), ("statistic", "t_value", "exact"), ("p_value", "p_value", "p")]
 ANOVA_COLS = [
     ("Sum Sq", "sum_sq", "exact"),
     ("Mean Sq", "mean_sq", "exact"),

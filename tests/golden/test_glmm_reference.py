@@ -143,7 +143,7 @@ def test_names_counts_and_information(case):
     # AIC/BIC are -2 logLik + penalties with lme4's parameter count and log(nobs)
     assert fit.aic == pytest.approx(-2 * fit.loglik + 2 * r["df"], abs=1e-9)
     assert fit.bic == pytest.approx(-2 * fit.loglik + np.log(r["nobs"]) * r["df"], abs=1e-9)
-    assert fit.converged and not fit.is_singular
+    assert fit.converged and not fit.singular
     assert fit.vcov_source == "hessian"
 
 
@@ -195,7 +195,7 @@ def test_vcov_and_coef_table(case):
     r = reference(case)["results"]
     fit, _ = fitted(case)
     v = r_matrix(r["vcov"])
-    ours = fit.vcov.loc[v.index, v.columns].to_numpy()
+    ours = fit.vcov().loc[v.index, v.columns].to_numpy()
     scale = np.sqrt(np.outer(np.diag(v), np.diag(v)))
     assert np.max(np.abs(ours - v.to_numpy()) / scale) < 1e-3
     assert rel(fit.bse[v.index], np.sqrt(np.diag(v))) < 1e-3
@@ -203,10 +203,10 @@ def test_vcov_and_coef_table(case):
     assert rel(np.sqrt(np.diag(fit.vcov_rx.loc[vrx.index, vrx.columns])), np.sqrt(np.diag(vrx))) < 1e-3
     ct = pd.DataFrame(r["coef_table"]).set_index("term")
     mine = fit.coef_table().loc[ct.index]
-    assert rel(mine["Estimate"], ct["estimate"]) < 1e-4
-    assert rel(mine["Std. Error"], ct["std_error"]) < 1e-3
-    assert rel(mine["z value"], ct["z_value"]) < 1e-3
-    assert rel(mine["Pr(>|z|)"], ct["p_value"]) < 1e-2
+    assert rel(mine["estimate"], ct["estimate"]) < 1e-4
+    assert rel(mine["std_error"], ct["std_error"]) < 1e-3
+    assert rel(mine["statistic"], ct["z_value"]) < 1e-3
+    assert rel(mine["p_value"], ct["p_value"]) < 1e-2
 
 
 @pytest.mark.parametrize("case", EXACT)
@@ -264,7 +264,7 @@ def test_cbpp_laplace_exact_deviance_and_optimum():
     r = reference(LAPLACE_CBPP)["results"]
     fit, _ = fitted(LAPLACE_CBPP)
     res = at_reference(LAPLACE_CBPP)
-    exact_at_lme4 = laplace_deviance(model(LAPLACE_CBPP).problem, res.state)
+    exact_at_lme4 = laplace_deviance(model(LAPLACE_CBPP).problem, res.state.pirls)
     # lme4's stale factor inflates its value at its own estimates by 5.6e-4
     assert 3e-4 < -2 * r["loglik"] - exact_at_lme4 < 1e-3
     # our optimum of the exact criterion is at least as good as lme4's point, and close to it

@@ -24,7 +24,7 @@ def at_reference_theta(case: str):
 
     fit = fitted_case(case)
     theta = pd.Series(reference(case)["results"]["theta"])[fit.theta.index].to_numpy()
-    return LmmResult(fit.model, fit.reml, theta, fit.opt, fit.convergence, fit.is_singular, fit.messages)
+    return LmmResult(fit.model, fit.reml, theta, fit.opt, fit.convergence, fit.singular, fit.messages)
 
 
 def _rel(a, b, floor=1e-8):
@@ -69,7 +69,7 @@ def test_fixed_effects_and_se(case):
     vc = r_matrix(r["vcov"])
     at_ref = at_reference_theta(case)
     assert _rel(at_ref.fixef[list(r["fixef"])], pd.Series(r["fixef"]), 1.0) < 1e-6
-    assert _rel(at_ref.vcov.loc[vc.index, vc.columns].to_numpy(), vc.to_numpy(), 1e-8) < 1e-5
+    assert _rel(at_ref.vcov().loc[vc.index, vc.columns].to_numpy(), vc.to_numpy(), 1e-8) < 1e-5
     assert _rel(at_ref.bse, np.sqrt(np.diag(vc.to_numpy()))) < 1e-5
     # at our own (tighter) optimum the standard errors stay within the default fit's slack
     assert _rel(fit.bse, np.sqrt(np.diag(vc.to_numpy()))) < _default_slack(reference(case))
@@ -140,7 +140,7 @@ def test_fitted_at_our_optimum_within_default_slack(case):
 @pytest.mark.parametrize("case", ["dyestuff2_reml", "dyestuff2_ml"])
 def test_singular_fit_detected(case):
     fit = fitted_case(case)
-    assert fit.is_singular
+    assert fit.singular
     assert fit.theta.iloc[0] == 0.0
     assert any("singular" in m for m in fit.messages)
 
@@ -148,5 +148,5 @@ def test_singular_fit_detected(case):
 @pytest.mark.parametrize("case", [c for c in CASES if not c.startswith("dyestuff2")])
 def test_regular_fits_not_singular_and_converged(case):
     fit = fitted_case(case)
-    assert not fit.is_singular
+    assert not fit.singular
     assert fit.converged, fit.messages

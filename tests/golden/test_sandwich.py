@@ -61,8 +61,8 @@ def test_reference_designs_are_theta_invariant(case):
     fit = fitted_case(case)
     base = vcov_cr(fit, "CR2").to_numpy()
     slack = reference(case)["results"]["tight_refit"]["max_abs_diff_theta"]
-    for k in range(len(fit._theta)):
-        theta = fit._theta.copy()
+    for k in range(len(fit.state.theta)):
+        theta = fit.state.theta.copy()
         theta[k] += 1e-3
         change = _rel(vcov_cr(fit, "CR2", theta=theta), base) / 1e-3
         assert change < 1e-6
@@ -131,7 +131,7 @@ def test_dense_oracle_unbalanced(unbalanced, formula, type):
     oracle = _dense_cr(fit, codes, type)
     assert _rel(vcov_cr(fit, type), oracle) < 1e-9
     # here the working covariance matters: CR2 moves with theta
-    theta = fit._theta * 1.5
+    theta = fit.state.theta * 1.5
     assert _rel(vcov_cr(fit, "CR2", theta=theta), vcov_cr(fit, "CR2")) > 1e-4
 
 
@@ -149,7 +149,7 @@ def test_cr2_is_unbiased_under_the_working_model(unbalanced):
     """E[CR2] = M (the model-based covariance / sigma^2) when r ~ (I - H) V (I - H)' (Pustejovsky & Tipton)."""
     fit = _fit("Reaction ~ Days + (Days | Subject)", unbalanced)
     ca = cluster_arrays(fit)
-    M = fit._solution.vcov_unscaled
+    M = fit.state.vcov_unscaled
     # E[r_j r_j'] = V_j - X_j M X_j'; the estimator is quadratic in r, so summing it over the columns
     # of a square root of that matrix gives its expectation
     B = ca.V - np.einsum("jap,pq,jbq->jab", ca.X, M, ca.X)

@@ -82,7 +82,7 @@ def test_errors_share_a_base_class(df):
         memoe.lmm("Reaction ~ nope + (1 | Subject)", data=df)
     with pytest.raises(FormulaError):
         memoe.lmm(42, data=df)  # type: ignore[arg-type]
-    with pytest.raises(DataError, match="pandas DataFrame"):
+    with pytest.raises(MemoeError, match="data must be a table"):
         memoe.lmm("Reaction ~ Days + (1 | Subject)", data={"Reaction": [1.0]})  # type: ignore[arg-type]
 
 
@@ -119,4 +119,4 @@ def test_singular_fit_warns(df):
     d2 = memoe.datasets.load("Dyestuff2")
     with pytest.warns(memoe.errors.SingularFitWarning, match="boundary \\(singular\\) fit"):
         fit = memoe.lmm("Yield ~ 1 + (1 | Batch)", data=d2).fit()
-    assert fit.is_singular
+    assert fit.singular

@@ -264,13 +264,13 @@ def test_marginal_refuses_to_save_a_structure_it_cannot_rebuild(orth, tmp_path):
 # ---------------------------------------------------------------------------------------------- GLMM
 def assert_same_glmm(a: GlmmResult, b: GlmmResult, newdata: pd.DataFrame) -> None:
     assert type(b) is GlmmResult and b.model.formula == a.model.formula
-    assert (str(a.family), a.nAGQ, a.method, a.is_singular, a.converged, a.messages, a.vcov_source) == (
-        str(b.family), b.nAGQ, b.method, b.is_singular, b.converged, b.messages, b.vcov_source
+    assert (str(a.family), a.nAGQ, a.method, a.singular, a.converged, a.messages, a.vcov_source) == (
+        str(b.family), b.nAGQ, b.method, b.singular, b.converged, b.messages, b.vcov_source
     )
     close(a.fixef, b.fixef, "fixef")
     close(a.params, b.params, "params")
     close(a.theta, b.theta, "theta")
-    close(a.vcov, b.vcov, "vcov")
+    close(a.vcov(), b.vcov(), "vcov")
     close(a.vcov_rx, b.vcov_rx, "vcov_rx")
     if a.vcov_hessian is None:
         assert b.vcov_hessian is None

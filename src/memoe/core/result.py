@@ -393,7 +393,7 @@ class FitResult(ABC):
             fixed.insert(0, "effect", "fixed")
             if conf_int:
                 # the family's Wald intervals, so tidy's conf_low/conf_high equal confint()
-                ci = self._confint_wald(level, **kwargs)
+                ci = self._confint_wald(level, **kwargs).reindex(table.index)
                 fixed["conf_low"] = ci["lower"].to_numpy()
                 fixed["conf_high"] = ci["upper"].to_numpy()
             parts.append(fixed)
@@ -442,9 +442,13 @@ class FitResult(ABC):
     def _augment_data(self) -> pd.DataFrame:
         """The data the model was fitted to (all input rows, original index)."""
         data = getattr(getattr(self, "model", None), "data", None)
-        if not isinstance(data, pd.DataFrame):
-            raise MemoeError(f"{type_name(self)} does not keep its data; pass newdata to augment()")
-        return data
+        if isinstance(data, pd.DataFrame):
+            return data
+        frame = getattr(getattr(self, "design", None), "frame", None)
+        if frame is not None and isinstance(getattr(frame, "data", None), pd.DataFrame):
+            # the model frame (the used columns, as broom.mixed's augment), on every input row
+            return model_frame_rows(frame)
+        raise MemoeError(f"{type_name(self)} does not keep its data; pass newdata to augment()")
 
     def _augment_extra(self) -> dict[str, pd.Series]:
         """Extra per-row columns for :meth:`augment` on the fitted data (``.hat``, ``.cooksd``, ...)."""
@@ -507,6 +511,22 @@ def wald_interval(table: pd.DataFrame, level: float) -> pd.DataFrame:
     out.attrs["level"] = level
     out.attrs["method"] = "wald"
     return out
+
+
+def model_frame_rows(frame) -> pd.DataFrame:
+    """A model frame's kept rows spread back over every input row (all-missing rows where one was dropped).
+
+    ``frame`` is a :class:`memoe.core.design.frame.ModelFrame` (``data``, ``row_mask``, ``index``).
+    """
+    data = frame.data
+    if len(data) == len(frame.index):
+        return data
+    mask = np.asarray(frame.row_mask, dtype=bool)
+    # each dropped row borrows a kept row's position and is then blanked, so dtypes survive where they can
+    pos = np.clip(np.cumsum(mask) - 1, 0, max(len(data) - 1, 0))
+    out = data.iloc[pos].copy()
+    out.index = frame.index
+    return out.mask(np.repeat(~mask[:, None], out.shape[1], axis=1))
 
 
 def type_name(obj: Any) -> str:

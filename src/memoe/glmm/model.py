@@ -14,16 +14,16 @@ checks and its default covariance of the fixed effects.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
+from memoe.core.frames import to_pandas
 from memoe.core.linalg.threads import blas_threads
 from memoe.core.optim import check_convergence, finite_difference_derivatives, minimize_bounded
 from memoe.core.optim.checks import ConvergenceReport
-from memoe.errors import ConvergenceWarning, SingularFitWarning
+from memoe.core.optim.finish import finish_fit, is_boundary
 from memoe.glmm.agq import agq_deviance, check_agq
 from memoe.glmm.design import GlmmDesign, build_glmm_design
 from memoe.glmm.families import Family, get_family
@@ -97,6 +97,7 @@ class GLMM:
     """
 
     def __init__(self, formula: str, data: pd.DataFrame, family: str | Family = "binomial", weights=None, offset=None):
+        data = to_pandas(data, "data")  # polars / pyarrow tables too
         self.formula = formula
         self.family = get_family(family)
         self.data_name = data.attrs.get("name") if isinstance(data, pd.DataFrame) else None
@@ -187,24 +188,12 @@ class GLMM:
         f0 = stage2.opt.fmin if stage2 is not None and np.array_equal(np.concatenate([theta, beta]), stage2.opt.x) \
             else None
         report, hessian = self._check(f, theta, beta, lower, control, f0)
-        singular = bool(np.any(theta[tmap.lower_bounds == 0] < control.singular_tol))
-        messages = list(report.messages)
-        if singular:
-            messages.append("boundary (singular) fit: see help('isSingular')")
+        singular = is_boundary(theta, tmap.lower_bounds, control.singular_tol)
+        messages = finish_fit(report, singular=singular, names=tmap.names, values=theta, warn=warn)
         result = GlmmResult(
             model=self, nAGQ=nAGQ, theta=theta, beta=beta, u_start=state1.u, stage1=stage1, stage2=stage2,
             convergence=report, hessian=hessian, singular=singular, messages=messages,
         )
-        if warn:
-            for msg in report.messages:
-                warnings.warn(msg, ConvergenceWarning, stacklevel=3)
-            if singular:
-                warnings.warn(
-                    "boundary (singular) fit: a random-effects covariance is (nearly) singular; theta = "
-                    + ", ".join(f"{n}={t:.3g}" for n, t in zip(tmap.names, theta, strict=True)),
-                    SingularFitWarning,
-                    stacklevel=3,
-                )
         return result
 
     def result_at(self, theta, beta, nAGQ: int = 1, hessian: bool = True, control: GlmmControl | None = None):
@@ -223,7 +212,7 @@ class GLMM:
         u0 = np.zeros(self.problem.q)
         lower = np.concatenate([tmap.lower_bounds, np.full(self.design.p, -np.inf)])
         f = self.objective(max(int(nAGQ), 1), u0=u0) if hessian and nAGQ > 0 else None
-        singular = bool(np.any(theta[tmap.lower_bounds == 0] < control.singular_tol))
+        singular = is_boundary(theta, tmap.lower_bounds, control.singular_tol)
         with blas_threads(1):
             report, H = self._check(f, theta, beta, lower, control, None)
             return GlmmResult(

@@ -71,8 +71,8 @@ def _decode_stage(spec: dict | None, key: str, arrays: dict[str, np.ndarray]) ->
 def encode_glmm(fit: GlmmResult, arrays: dict[str, np.ndarray]) -> dict:
     """The ``model`` and ``fit`` parts of ``meta.json`` for a GLMM fit; arrays go to ``arrays``."""
     model, design, gd = fit.model, fit.design, fit.model.gdesign
-    arrays["fit.theta"] = np.asarray(fit._theta, dtype=float)
-    arrays["fit.beta"] = np.asarray(fit._beta, dtype=float)
+    arrays["fit.theta"] = np.asarray(fit.state.theta, dtype=float)
+    arrays["fit.beta"] = np.asarray(fit.state.beta, dtype=float)
     arrays["model.prior_weights"] = np.asarray(gd.prior_weights, dtype=float)
     arrays["model.offset"] = np.asarray(gd.offset, dtype=float)
     if fit.hessian is not None:
@@ -95,7 +95,7 @@ def encode_glmm(fit: GlmmResult, arrays: dict[str, np.ndarray]) -> dict:
             "stage2": _encode_stage(fit.stage2, "fit.stage2", arrays),
             "convergence": encode_dataclass(fit.convergence, "fit.convergence", arrays),
             "hessian": fit.hessian is not None,
-            "singular": fit.is_singular,
+            "singular": fit.singular,
             "messages": list(fit.messages),
             "loglik": float(fit.loglik),
         },

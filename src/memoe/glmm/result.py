@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from functools import cached_property
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
+from memoe.core.result import FitResult, coef_frame
+from memoe.core.state import GlmmState, frozen_array
 from memoe.glmm.agq import agq_deviance
 from memoe.glmm.laplace import laplace_deviance
-from memoe.glmm.pirls import PirlsState
+from memoe.lmm.result import ran_pars_frame
 
 __all__ = ["GlmmResult", "vcov_from_hessian"]
 
@@ -45,23 +45,36 @@ def vcov_from_hessian(hessian: np.ndarray | None, ntheta: int) -> np.ndarray | N
     return v
 
 
-class GlmmResult:
-    """A fitted GLMM.
+class GlmmResult(FitResult):
+    """A fitted GLMM (lme4's ``glmerMod``).
+
+    The shared interface (``params``, ``bse``, ``vcov()``, ``confint()``, ``coef_table()``, ``tidy()``,
+    ``glance()``, ``augment()``, ``residuals(type=)``, ``save()``) comes from
+    :class:`~memoe.core.result.FitResult`.
 
     Attributes
     ----------
     model : memoe.glmm.model.GLMM
+    family : memoe.glmm.families.Family
+        The response family and link (lme4's ``family(fit)``); the class attribute ``family`` is
+        ``"glmm"`` as for every result.
     nAGQ : int
     stage1, stage2 : StageResult
         The two optimisations (``stage2`` is None for ``nAGQ = 0``).
     convergence : ConvergenceReport
     hessian : numpy.ndarray or None, shape (ntheta + p, ntheta + p)
         Finite-difference Hessian of the stage-2 deviance at the optimum.
-    is_singular : bool
     messages : list of str
-    state : PirlsState
-        PIRLS at the estimates (conditional modes, mu, working weights, log det(L L')).
+    state : GlmmState
+        The public fit state: theta, beta, PIRLS at the estimates (conditional modes, eta, mu, working
+        weights) and the minimised deviance.
     """
+
+    family = "glmm"
+    robust_types = (None,)
+    # lme4's residuals.glmResp types, deviance first (its default)
+    residual_types = ("deviance", "pearson", "working", "response")
+    confint_methods = ("wald",)
 
     def __init__(self, model, nAGQ, theta, beta, u_start, stage1, stage2, convergence, hessian, singular, messages):
         self.model = model
@@ -72,31 +85,33 @@ class GlmmResult:
         self.opt = stage2.opt if stage2 is not None else (stage1.opt if stage1 is not None else None)
         self.convergence = convergence
         self.hessian = hessian
-        self.is_singular = bool(singular)
+        self._singular = bool(singular)
         self.messages = list(messages)
-        self._theta = np.asarray(theta, dtype=float).copy()
-        self._beta = np.asarray(beta, dtype=float).copy()
+        theta = frozen_array(theta)
         problem = model.problem
         if self.nAGQ == 0:
             # beta is part of the conditional modes here (lme4's nAGQ = 0)
-            self.state: PirlsState = problem.solve(self._theta, beta=None)
-            self._beta = self.state.beta.copy()
+            pirls = problem.solve(theta, beta=None)
+            beta = pirls.beta
         else:
-            self.state = problem.solve(self._theta, beta=self._beta, u0=u_start)
-        if not self.state.converged:
+            pirls = problem.solve(theta, beta=np.asarray(beta, dtype=float).copy(), u0=u_start)
+        if not pirls.converged:
             self.messages.append(
-                f"PIRLS did not converge at the estimates ({self.state.iterations} iterations): "
+                f"PIRLS did not converge at the estimates ({pirls.iterations} iterations): "
                 "the conditional modes and the deviance are approximate"
             )
+        if self.nAGQ > 1:
+            criterion = agq_deviance(problem, pirls, theta, self.nAGQ)
+        else:
+            criterion = laplace_deviance(problem, pirls)
+        self.state = GlmmState(
+            theta=theta, beta=frozen_array(beta), nAGQ=self.nAGQ, pirls=pirls, criterion=float(criterion)
+        )
         if hessian is not None and self.vcov_hessian is None:
             self.messages.append(
                 "variance-covariance matrix computed from finite-difference Hessian is not positive definite "
                 "or contains NA values: falling back to var-cov estimated from RX"
             )
-        if self.nAGQ > 1:
-            self._criterion = agq_deviance(problem, self.state, self._theta, self.nAGQ)
-        else:
-            self._criterion = laplace_deviance(problem, self.state)
 
     # ------------------------------------------------------------------ parameters
     @property
@@ -110,6 +125,12 @@ class GlmmResult:
         return self.convergence.converged
 
     @property
+    def singular(self) -> bool:
+        """Boundary (singular) fit: a diagonal entry of a relative covariance factor is below 1e-4
+        (lme4's ``isSingular``)."""
+        return self._singular
+
+    @property
     def reml(self) -> bool:
         """Always False: GLMMs are fitted by maximum likelihood (lets ``memoe.compare`` run LRTs)."""
         return False
@@ -117,16 +138,17 @@ class GlmmResult:
     @cached_property
     def fixef(self) -> pd.Series:
         """Fixed effects, indexed by R's coefficient names."""
-        return pd.Series(self._beta.copy(), index=self.design.fixef_names, name="Estimate")
+        return pd.Series(np.array(self.state.beta), index=self.design.fixef_names, name="estimate")
 
     @property
     def params(self) -> pd.Series:
+        """The fixed effects (:attr:`fixef`)."""
         return self.fixef
 
     @cached_property
     def theta(self) -> pd.Series:
         """Relative covariance factor entries (lme4's order and names); sigma = 1 for these families."""
-        return pd.Series(self._theta.copy(), index=self.design.theta_map.names, name="theta")
+        return pd.Series(np.array(self.state.theta), index=self.design.theta_map.names, name="theta")
 
     @cached_property
     def vcov_rx(self) -> pd.DataFrame:
@@ -134,9 +156,9 @@ class GlmmResult:
 
         lme4's ``vcov(fit, use.hessian = FALSE)``.
         """
-        st, problem = self.state, self.model.problem
+        st, problem = self.state.pirls, self.model.problem
         z = st.eta - problem.offset + (problem.y - st.mu) / problem.family.mu_eta(st.eta)
-        sol = problem.wls_problem(st.w, z, with_beta=True).solve(self._theta, reml=False)
+        sol = problem.wls_problem(st.w, z, with_beta=True).solve(self.state.theta, reml=False)
         names = self.design.fixef_names
         return pd.DataFrame(sol.vcov_unscaled, index=names, columns=names)
 
@@ -152,24 +174,19 @@ class GlmmResult:
         names = self.design.fixef_names
         return pd.DataFrame(v, index=names, columns=names)
 
-    @property
-    def vcov(self) -> pd.DataFrame:
-        """lme4's default covariance of the fixed effects for GLMMs: :attr:`vcov_hessian`,
-        or :attr:`vcov_rx` when the Hessian is unavailable or not positive definite (as lme4)."""
+    def _vcov(self, robust: str | None) -> pd.DataFrame:
+        """lme4's default covariance of the fixed effects for GLMMs: :attr:`vcov_hessian`, or
+        :attr:`vcov_rx` when the Hessian is unavailable or not positive definite (as lme4)."""
         vh = self.vcov_hessian
-        return self.vcov_rx if vh is None else vh
+        return (self.vcov_rx if vh is None else vh).copy()
 
     @property
     def vcov_source(self) -> str:
-        """``"hessian"`` or ``"RX"``: which covariance :attr:`vcov` is."""
+        """``"hessian"`` or ``"RX"``: which covariance :meth:`vcov` returns."""
         return "RX" if self.vcov_hessian is None else "hessian"
 
-    @cached_property
-    def bse(self) -> pd.Series:
-        return pd.Series(np.sqrt(np.diag(self.vcov.to_numpy())), index=self.design.fixef_names, name="Std. Error")
-
     def relative_factors(self) -> list[np.ndarray]:
-        return self.design.theta_map.lambdas(self._theta)
+        return self.design.theta_map.lambdas(self.state.theta)
 
     def term_covariances(self) -> list[np.ndarray]:
         """Covariance matrix of each lme4 random-effects term (sigma = 1)."""
@@ -194,16 +211,19 @@ class GlmmResult:
                     rows.append((t.name, t.columns[j], t.columns[i], cov[i, j], cov[i, j] / den if den > 0 else np.nan))
         return pd.DataFrame(rows, columns=["grp", "var1", "var2", "vcov", "sdcor"])
 
+    def _ran_pars(self) -> pd.DataFrame:
+        return ran_pars_frame(self.varcorr)
+
     # ------------------------------------------------------------------ fit statistics
     @property
     def criterion(self) -> float:
         """The minimised objective: Laplace (with normalising constants) or AGQ deviance = -2 logLik."""
-        return self._criterion
+        return self.state.criterion
 
     @property
     def loglik(self) -> float:
         """lme4's ``logLik``. For ``nAGQ > 1`` it omits the family's normalising constants, as lme4."""
-        return -0.5 * self._criterion
+        return -0.5 * self.state.criterion
 
     @property
     def deviance(self) -> float:
@@ -211,27 +231,15 @@ class GlmmResult:
 
         Not -2 logLik (that is :attr:`criterion`, shown as 'deviance' in :meth:`summary` as lme4 does).
         """
-        return float(self.state.dev_resid.sum())
+        return float(self.state.pirls.dev_resid.sum())
 
     @property
     def df_model(self) -> int:
         return self.design.p + self.design.theta_map.size
 
     @property
-    def aic(self) -> float:
-        return self._criterion + 2.0 * self.df_model
-
-    @property
-    def bic(self) -> float:
-        return self._criterion + math.log(self.nobs) * self.df_model
-
-    @property
     def nobs(self) -> int:
         return self.design.n
-
-    @property
-    def df_resid(self) -> int:
-        return self.nobs - self.df_model
 
     @property
     def n_dropped(self) -> int:
@@ -239,7 +247,8 @@ class GlmmResult:
 
     @property
     def ngroups(self) -> pd.Series:
-        return pd.Series({b.factor.name: b.nlevels for b in self.design.blocks}, name="ngroups")
+        """Number of levels per grouping factor (lme4's ``ngrps``)."""
+        return pd.Series({b.factor.name: b.nlevels for b in self.design.blocks}, name="ngroups", dtype=int)
 
     # ------------------------------------------------------------------ random effects
     def _per_block_frame(self, arrays: list[np.ndarray]) -> dict[str, pd.DataFrame]:
@@ -254,21 +263,24 @@ class GlmmResult:
     def ranef(self) -> dict[str, pd.DataFrame]:
         """Conditional modes per grouping factor: DataFrame levels x terms."""
         problem = self.model.problem
-        b = [uk @ lam.T for uk, lam in zip(problem.split_u(self.state.u), self.relative_factors(), strict=True)]
+        u = problem.split_u(self.state.pirls.u)
+        b = [uk @ lam.T for uk, lam in zip(u, self.relative_factors(), strict=True)]
         return self._per_block_frame(b)
 
     @cached_property
     def ranef_condvar(self) -> dict[str, np.ndarray]:
         """Conditional covariances ``Lambda (L L')^-1 Lambda'`` per level (lme4's ``condVar``)."""
-        st, problem = self.state, self.model.problem
-        z = st.eta - problem.offset - problem.X @ self._beta + (problem.y - st.mu) / problem.family.mu_eta(st.eta)
+        st, problem = self.state.pirls, self.model.problem
+        beta = self.state.beta
+        z = st.eta - problem.offset - problem.X @ beta + (problem.y - st.mu) / problem.family.mu_eta(st.eta)
         pls = problem.wls_problem(st.w, z, with_beta=False)
-        sol = dataclasses.replace(pls.solve(self._theta, reml=False), sigma=1.0)
+        sol = dataclasses.replace(pls.solve(self.state.theta, reml=False), sigma=1.0)
         cv = pls.conditional_variances(sol)
         return {blk.factor.name: v for blk, v in zip(self.design.blocks, cv, strict=True)}
 
     @cached_property
     def ranef_condsd(self) -> dict[str, pd.DataFrame]:
+        """Conditional standard deviations of the modes, same layout as ``ranef``."""
         arrays = [np.sqrt(np.diagonal(v, axis1=1, axis2=2)) for v in self.ranef_condvar.values()]
         return self._per_block_frame(arrays)
 
@@ -279,42 +291,46 @@ class GlmmResult:
     @property
     def fitted(self) -> pd.Series:
         """Conditional means on the response scale (proportions for binomial), NaN for dropped rows."""
-        return self._align(self.state.mu, "fitted")
+        return self._align(self.state.pirls.mu, "fitted")
 
     @property
     def linear_predictor(self) -> pd.Series:
-        return self._align(self.state.eta, "eta")
-
-    def residuals(self, type: str = "deviance") -> pd.Series:
-        """Residuals as lme4's ``residuals(fit, type)``: deviance (default), pearson, response, working."""
-        problem, st = self.model.problem, self.state
-        y, mu, wt = problem.y, st.mu, problem.wt
-        if type == "deviance":
-            r = np.sign(y - mu) * np.sqrt(np.maximum(st.dev_resid, 0.0))
-        elif type == "pearson":
-            r = (y - mu) * np.sqrt(wt) / np.sqrt(self.family.variance(mu))
-        elif type == "response":
-            r = y - mu
-        elif type == "working":
-            r = (y - mu) / self.family.mu_eta(st.eta)
-        else:
-            from memoe.errors import MemoeError
-
-            raise MemoeError(f"unknown residual type {type!r}; use deviance, pearson, response or working")
-        return self._align(r, f"resid_{type}")
+        """Conditional linear predictor (with offset), NaN for dropped rows."""
+        return self._align(self.state.pirls.eta, "eta")
 
     @property
     def resid(self) -> pd.Series:
-        """Deviance residuals (lme4's default for GLMMs), aligned to the input rows."""
-        return self.residuals("deviance")
+        """Response residuals ``y - mu`` (proportions for binomial), aligned to the input rows.
+
+        lme4's default residuals for GLMMs are the deviance residuals: :meth:`residuals` with no type.
+        """
+        return self._align(self.model.problem.y - self.state.pirls.mu, "resid")
+
+    def _residuals(self, kind: str) -> pd.Series:
+        """lme4's ``residuals(fit, type)`` for ``"deviance"``, ``"pearson"`` and ``"working"``."""
+        problem, st = self.model.problem, self.state.pirls
+        y, mu, wt = problem.y, st.mu, problem.wt
+        if kind == "deviance":
+            r = np.sign(y - mu) * np.sqrt(np.maximum(st.dev_resid, 0.0))
+        elif kind == "pearson":
+            r = (y - mu) * np.sqrt(wt) / np.sqrt(self.family.variance(mu))
+        else:  # working: the PIRLS working residual on the link scale
+            r = (y - mu) / self.family.mu_eta(st.eta)
+        return self._align(r, f"resid_{kind}")
+
+    @property
+    def response_name(self) -> str:
+        """The response as written in the formula (the column ``augment(newdata)`` reads)."""
+        return self.design.spec.response
 
     # ------------------------------------------------------------------ tables
     def coef_table(self) -> pd.DataFrame:
-        """Wald z table: Estimate, Std. Error, z value, Pr(>|z|) (lme4's ``summary`` coefficients)."""
-        est, se = self.fixef, self.bse
-        z = est / se
-        p = 2.0 * stats.norm.sf(np.abs(z.to_numpy()))
-        return pd.DataFrame({"Estimate": est, "Std. Error": se, "z value": z, "Pr(>|z|)": p}, index=est.index)
+        """Wald z tests of the fixed effects (lme4's ``summary`` coefficients).
+
+        Columns ``estimate, std_error, statistic, df, p_value`` (``df`` infinite); ``attrs["statistic"]``
+        is ``"z"``.
+        """
+        return coef_frame(self.fixef, self.bse, self.fixef.index, statistic="z", ddf="asymptotic")
 
     def predict(
         self,
@@ -336,19 +352,10 @@ class GlmmResult:
         )
 
     def summary(self):
-        """lme4-style ``summary(glmerMod)``; ``print(fit.summary())``."""
+        """lme4-style ``summary(glmerMod)``; ``print(fit.summary())``, tables in ``.tables``."""
         from memoe.glmm.summary import GlmmSummary
 
         return GlmmSummary(self)
-
-    def save(self, path) -> None:
-        """Save the fit to one ``.memoe`` file (JSON + npz in a zip, no pickle); see :func:`memoe.persist.save`.
-
-        ``memoe.persist.load(path)`` gives it back with the same numbers.
-        """
-        from memoe.persist import save
-
-        save(self, path)
 
     def __repr__(self) -> str:
         return (

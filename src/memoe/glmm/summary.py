@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 
 from memoe.core.rformat import (
+    SIGNIF_LEGEND,
     decimals_for,
     fixef_correlation_block,
     format_column,
@@ -13,19 +14,34 @@ from memoe.core.rformat import (
     format_table,
     signif_stars,
 )
+from memoe.core.summary import Summary
 
 __all__ = ["GlmmSummary"]
 
 
-class GlmmSummary:
-    """Text summary of a :class:`~memoe.glmm.result.GlmmResult` (``str()`` or ``print``)."""
+class GlmmSummary(Summary):
+    """lme4's ``summary(glmerMod)``: ``str()`` gives the text, :attr:`tables` the DataFrames."""
 
     def __init__(self, fit) -> None:
         self.fit = fit
 
     @property
     def coefficients(self) -> pd.DataFrame:
+        """The coefficient table (standard columns, z statistics)."""
         return self.fit.coef_table()
+
+    @property
+    def tables(self) -> dict[str, pd.DataFrame]:
+        """``coefficients``, ``random_effects`` (lme4's VarCorr data frame), ``ngroups`` and ``fit`` (AIC,
+        BIC, logLik, deviance = -2 logLik as lme4 prints it, df_resid)."""
+        f = self.fit
+        stats = {"AIC": f.aic, "BIC": f.bic, "logLik": f.loglik, "deviance": f.criterion, "df_resid": f.df_resid}
+        return {
+            "coefficients": self.coefficients,
+            "random_effects": f.varcorr,
+            "ngroups": f.ngroups.to_frame(),
+            "fit": pd.DataFrame([stats]),
+        }
 
     def _header(self) -> list[str]:
         f = self.fit
@@ -77,25 +93,24 @@ class GlmmSummary:
     def _fixed_block(self) -> list[str]:
         f = self.fit
         ct = self.coefficients
-        dec = decimals_for(ct["Std. Error"], 4, anchor="min")
-        p = ct["Pr(>|z|)"].to_numpy()
+        dec = decimals_for(ct["std_error"], 4, anchor="min")
+        p = ct["p_value"].to_numpy()
         shown = pd.DataFrame(
             {
-                "Estimate": [f"{v:.{dec}f}" for v in ct["Estimate"]],
-                "Std. Error": [f"{v:.{dec}f}" for v in ct["Std. Error"]],
-                "z value": [f"{v:.3f}" for v in ct["z value"]],
+                "Estimate": [f"{v:.{dec}f}" for v in ct["estimate"]],
+                "Std. Error": [f"{v:.{dec}f}" for v in ct["std_error"]],
+                "z value": [f"{v:.3f}" for v in ct["statistic"]],
                 "Pr(>|z|)": format_pval(p),
                 # R prints the codes as a left-justified column ("** " under "***")
                 "": [c.ljust(3) for c in signif_stars(p)],
             },
             index=ct.index,
         )
-        out = ["Fixed effects:", format_table(shown), "---",
-               "Signif. codes:  0 '***' 0.001 '**' 0.01 '*' 0.05 '.' 0.1 ' ' 1"]
-        out += fixef_correlation_block(f.vcov.to_numpy(), list(f.fixef.index))
+        out = ["Fixed effects:", format_table(shown), "---", SIGNIF_LEGEND]
+        out += fixef_correlation_block(f.vcov().to_numpy(), list(f.fixef.index))
         return out
 
-    def __str__(self) -> str:
+    def text(self) -> str:
         f = self.fit
         out = self._header()
         r = f.residuals("pearson").dropna().to_numpy()
@@ -120,11 +135,3 @@ class GlmmSummary:
             out.append("")
             out.extend(f.messages)
         return "\n".join(out).rstrip() + "\n"
-
-    def __repr__(self) -> str:
-        return self.__str__()
-
-    def _repr_html_(self) -> str:
-        import html
-
-        return f"<pre>{html.escape(str(self))}</pre>"

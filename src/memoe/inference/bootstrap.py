@@ -151,13 +151,13 @@ def bootstrap(
     d = fit.design
     space = VarParSpace.from_design(d)
     task = _Task(
-        mean=d.X @ fit._solution.beta if d.p else np.zeros(d.n),
+        mean=d.X @ fit.state.beta if d.p else np.zeros(d.n),
         X=d.X,
         Z=[b.Z for b in d.blocks],
         codes=[b.factor.codes for b in d.blocks],
         nlevels=[b.nlevels for b in d.blocks],
         theta_map=d.theta_map,
-        theta=np.asarray(fit._theta, dtype=float),
+        theta=np.asarray(fit.state.theta, dtype=float),
         sigma=float(fit.sigma),
         reml=bool(fit.reml),
         space=space,
@@ -186,7 +186,7 @@ def bootstrap(
     if n_failed:
         warnings.warn(f"{n_failed} of {nsim} bootstrap refits failed; they are left out", MemoeWarning, stacklevel=2)
     estimates = pd.Series(
-        np.concatenate([space.phi(fit._theta, fit.sigma), fit._solution.beta]), index=names, name="estimate"
+        np.concatenate([space.phi(fit.state.theta, fit.sigma), fit.state.beta]), index=names, name="estimate"
     )
     return BootstrapResult(
         estimates=estimates, replicates=pd.DataFrame(reps, columns=names), seed=seed, n_failed=n_failed

@@ -118,7 +118,7 @@ def ingredient(fit, name: str):
 def vcov_matrix(fit, robust: str | None) -> np.ndarray:
     """Model-based or cluster-robust covariance of beta, shape (p, p), in ``fit.fixef`` order."""
     if robust is None:
-        return np.asarray(fit.vcov.to_numpy(), dtype=float)
+        return np.asarray(fit.vcov().to_numpy(), dtype=float)
     try:
         from memoe.inference.sandwich import vcov_cr
     except ImportError:  # pragma: no cover - the sandwich module ships with memoe
@@ -154,7 +154,7 @@ def _containment_for_rows(fit, L: np.ndarray) -> np.ndarray:
 def t_tests(fit, L: np.ndarray, method: str, robust: str | None = None) -> TTests:
     """t (or z) tests of ``l' beta = 0`` for each row ``l`` of ``L`` (shape (c, p))."""
     L = np.atleast_2d(np.asarray(L, dtype=float))
-    beta = fit._solution.beta
+    beta = fit.state.beta
     est = L @ beta
     if method == "kenward-roger":
         if robust:
@@ -234,7 +234,7 @@ def f_test(
     """
     L = np.atleast_2d(np.asarray(L, dtype=float))
     rhs = np.asarray(rhs, dtype=float)
-    beta = fit._solution.beta
+    beta = fit.state.beta
     if method == "kenward-roger":
         if robust:
             raise HypothesisError("Kenward-Roger's method defines its own covariance; it cannot use robust=")

@@ -270,7 +270,7 @@ def marginal_moments(fit, beta: np.ndarray | None = None) -> MarginalMoments:
     """
     d = fit.design
     p = d.p
-    beta = fit._solution.beta if beta is None else np.asarray(beta, dtype=float)
+    beta = fit.state.beta if beta is None else np.asarray(beta, dtype=float)
     e = d.y - (d.X @ beta if p else 0.0)
     layout_name = "blocked" if len(d.blocks) == 1 else "dense"
     L = _blocked_layout(fit, e) if layout_name == "blocked" else _dense_layout(fit, e)

@@ -60,12 +60,12 @@ class Profiler:
         self.design = fit.design
         self.problem = fit.model.problem
         self.space = VarParSpace.from_design(self.design)
-        self.phi_hat = self.space.phi(fit._theta, fit.sigma)
-        self.beta_hat = np.asarray(fit._solution.beta, dtype=float)
+        self.phi_hat = self.space.phi(fit.state.theta, fit.sigma)
+        self.beta_hat = np.asarray(fit.state.beta, dtype=float)
         self.names = list(self.space.names) + list(self.design.fixef_names)
         self.estimates = np.concatenate([self.phi_hat, self.beta_hat])
         self.dev_min = float(fit.deviance)
-        se = np.sqrt(np.diag(fit.vcov.to_numpy())) if self.design.p else np.zeros(0)
+        se = np.sqrt(np.diag(fit.vcov().to_numpy())) if self.design.p else np.zeros(0)
         self._beta_se = se
         # optimum of the other parameters at each profiled value, for warm starts
         self._argmin: dict[int, dict[float, np.ndarray]] = {}
@@ -128,7 +128,7 @@ class Profiler:
             theta_map=d.theta_map,
         )
         i = self.space.size + j
-        theta0 = self._warm_start(i, value, self.fit._theta)
+        theta0 = self._warm_start(i, value, self.fit.state.theta)
         lower = d.theta_map.lower_bounds
         opt = minimize_bounded(lambda t: problem.deviance(t, False), theta0, lower, ftol_abs=1e-11, xtol_abs=1e-9)
         self._argmin.setdefault(i, {})[value] = opt.x.copy()

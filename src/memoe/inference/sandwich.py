@@ -145,8 +145,8 @@ def cluster_arrays(fit, cluster=None, theta: np.ndarray | None = None) -> Cluste
     m = int(sizes.max())
 
     if theta is None:
-        theta = fit._theta
-        beta = fit._solution.beta
+        theta = fit.state.theta
+        beta = fit.state.beta
     else:
         beta = fit.model.problem.solve(np.asarray(theta, float), fit.reml).beta
     lambdas = d.theta_map.lambdas(np.asarray(theta, float))
@@ -267,7 +267,7 @@ def vcov_cr(fit, type: str = "CR2", cluster=None, theta: np.ndarray | None = Non
     if ca.J < 2:
         raise MemoeError("cluster-robust covariances need at least 2 clusters")
     if theta is None:
-        M = fit._solution.vcov_unscaled
+        M = fit.state.vcov_unscaled
     else:
         M = fit.model.problem.solve(np.asarray(theta, float), fit.reml).vcov_unscaled
     v = sandwich_from_clusters(ca, M, type)

@@ -148,7 +148,7 @@ def varpar_inference(fit, mom: MarginalMoments) -> VarparInference:
     dPhi = -np.einsum("ab,rbc,cd->rad", Phi, mom.P, Phi, optimize=True)
     jac = np.einsum("rt,rab->tab", J, dPhi)
     names = [*fit.design.theta_map.names, "sigma"]
-    varpar = np.append(fit._theta, fit.sigma)
+    varpar = np.append(fit.state.theta, fit.sigma)
     return VarparInference(
         names=names,
         varpar=varpar,

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 
+from memoe.core.result import coef_frame
 from memoe.inference.ddf import normalize_ddf, note, t_tests
 from memoe.inference.frames import InferenceFrame
 
@@ -33,8 +33,9 @@ def coef_table(fit, ddf: str = "residual", robust: str | None = None) -> Inferen
     Returns
     -------
     InferenceFrame
-        Rows = coefficient names; columns ``Estimate, Std. Error, df, t value, Pr(>|t|)`` (``z value,
-        Pr(>|z|)`` and no df for ``"asymptotic"``). ``attrs["ddf"]`` names the method and the printed
+        Rows = coefficient names; the standard columns ``estimate, std_error, statistic, df, p_value``
+        (:func:`memoe.core.result.coef_frame`; ``df`` infinite and z statistics for ``"asymptotic"``).
+        ``attrs["statistic"]`` is ``"t"`` or ``"z"``, ``attrs["ddf"]`` names the method, and the printed
         table ends with a note saying which approximation was used.
 
     Notes
@@ -47,9 +48,9 @@ def coef_table(fit, ddf: str = "residual", robust: str | None = None) -> Inferen
     Examples
     --------
     >>> fit.coef_table(ddf="satterthwaite")  # doctest: +SKIP
-                   Estimate  Std. Error         df    t value      Pr(>|t|)
-    (Intercept)  251.405105    6.824554  17.000019  36.838321  1.170841e-17
-    Days          10.467286    1.545789  16.999983   6.771482  3.263820e-06
+                   estimate  std_error         df  statistic       p_value
+    (Intercept)  251.405105   6.824554  17.000019  36.838321  1.170841e-17
+    Days          10.467286   1.545789  16.999983   6.771482  3.263820e-06
     ---
     Satterthwaite's method for denominator degrees of freedom (as lmerTest)
     """
@@ -58,9 +59,6 @@ def coef_table(fit, ddf: str = "residual", robust: str | None = None) -> Inferen
     names = list(fit.fixef.index)
     p = len(names)
     res = t_tests(fit, np.eye(p), method, robust)
-    if method == "asymptotic":
-        cols = {"Estimate": res.estimate, "Std. Error": res.se, "z value": res.stat, "Pr(>|z|)": res.p}
-    else:
-        cols = {"Estimate": res.estimate, "Std. Error": res.se, "df": res.df, "t value": res.stat, "Pr(>|t|)": res.p}
-    frame = pd.DataFrame(cols, index=pd.Index(names))
-    return InferenceFrame.build(frame, ddf=method, note=note(method, robust), robust=robust)
+    statistic = "z" if method == "asymptotic" else "t"
+    frame = coef_frame(res.estimate, res.se, names, statistic=statistic, df=res.df, ddf=method)
+    return InferenceFrame.build(frame, ddf=method, note=note(method, robust), robust=robust, statistic=statistic)

@@ -7,18 +7,18 @@ lme4's bounds) plus convergence and boundary checks, and a frozen :class:`LmmRes
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 from memoe.core.design import Design, build_design
+from memoe.core.frames import to_pandas
 from memoe.core.linalg.threads import blas_threads
 from memoe.core.optim import check_convergence, finite_difference_derivatives, minimize_bounded
 from memoe.core.optim.checks import ConvergenceReport
+from memoe.core.optim.finish import finish_fit, is_boundary
 from memoe.core.optim.start import variance_component_start
-from memoe.errors import ConvergenceWarning, SingularFitWarning
 from memoe.lmm.objective import PLSProblem
 
 __all__ = ["LMM", "SINGULAR_TOL", "lmm"]
@@ -66,6 +66,7 @@ class LMM:
     """
 
     def __init__(self, formula: str, data: pd.DataFrame) -> None:
+        data = to_pandas(data, "data")  # polars / pyarrow tables too
         self.formula = formula
         self.data_name = data.attrs.get("name") if isinstance(data, pd.DataFrame) else None
         self.design: Design = build_design(formula, data)
@@ -144,24 +145,14 @@ class LMM:
                 # exact zeros on the boundary as lme4 reports them when the optimiser sits there
                 theta[(lower == 0) & (np.abs(theta) < 1e-12)] = 0.0
                 report = self._check(f, theta, lower, control, opt)
-                singular = bool(np.any(theta[lower == 0] < control.singular_tol))
-                messages = list(report.messages)
+                singular = is_boundary(theta, lower, control.singular_tol)
+                messages = finish_fit(report, singular=singular, names=tmap.names, values=theta, warn=warn)
                 result = LmmResult(
                     model=self, reml=reml, theta=theta, opt=opt, convergence=report, singular=singular,
-                    messages=messages + (["boundary (singular) fit: see help('isSingular')"] if singular else []),
+                    messages=messages,
                 )
         finally:
             self.problem.blas_threads = problem_threads
-        if warn:
-            for msg in report.messages:
-                warnings.warn(msg, ConvergenceWarning, stacklevel=2)
-            if singular:
-                warnings.warn(
-                    "boundary (singular) fit: a random-effects covariance is (nearly) singular; theta = "
-                    + ", ".join(f"{n}={t:.3g}" for n, t in zip(tmap.names, theta, strict=True)),
-                    SingularFitWarning,
-                    stacklevel=2,
-                )
         return result
 
     def _check(self, f, theta: np.ndarray, lower: np.ndarray, control: FitControl, opt=None) -> ConvergenceReport:

@@ -30,7 +30,7 @@ __all__ = ["decode_lmm", "encode_lmm"]
 def encode_lmm(fit: LmmResult, arrays: dict[str, np.ndarray]) -> dict:
     """The ``model`` and ``fit`` parts of ``meta.json`` for an LMM fit; arrays go to ``arrays``."""
     model, design = fit.model, fit.design
-    arrays["fit.theta"] = np.asarray(fit._theta, dtype=float)
+    arrays["fit.theta"] = np.asarray(fit.state.theta, dtype=float)
     return {
         "model": {
             "class": "LMM",
@@ -43,7 +43,7 @@ def encode_lmm(fit: LmmResult, arrays: dict[str, np.ndarray]) -> dict:
         },
         "fit": {
             "reml": fit.reml,
-            "singular": fit.is_singular,
+            "singular": fit.singular,
             "messages": list(fit.messages),
             "opt": encode_dataclass(fit.opt, "fit.opt", arrays),
             "convergence": encode_dataclass(fit.convergence, "fit.convergence", arrays),
@@ -51,7 +51,7 @@ def encode_lmm(fit: LmmResult, arrays: dict[str, np.ndarray]) -> dict:
         },
         # for a human reading meta.json; loading recomputes them from theta
         "estimates": {
-            "theta": plain(fit._theta),
+            "theta": plain(fit.state.theta),
             "fixef": plain(fit.fixef.to_dict()),
             "sigma": float(fit.sigma),
             "nobs": fit.nobs,

@@ -133,14 +133,14 @@ def predict_lmm(
             return fit.fitted.rename("predicted")
         eta = d.X @ beta if d.p else np.zeros(d.n)
         if any(m.any() for m in masks):
-            eta = eta + random_part(d.blocks, fit._solution.b, masks, None, allow)[0]
+            eta = eta + random_part(d.blocks, fit.state.b, masks, None, allow)[0]
         return fit._align(eta, "predicted")
     require_dataframe(newdata)
     X = d.fixed.matrix_for(newdata)
     eta = X @ beta if X.shape[1] else np.zeros(len(newdata))
     bad = nonfinite_rows(X)
     if any(m.any() for m in masks):
-        contrib, bad_z = random_part(d.blocks, fit._solution.b, masks, newdata, allow)
+        contrib, bad_z = random_part(d.blocks, fit.state.b, masks, newdata, allow)
         eta = eta + contrib
         bad = bad | bad_z
     return pd.Series(warn_nonfinite(eta, bad), index=newdata.index, name="predicted")

@@ -2,32 +2,62 @@
 
 from __future__ import annotations
 
-import math
 from functools import cached_property
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from memoe.core.optim import OptSummary
 from memoe.core.optim.checks import ConvergenceReport
-from memoe.core.vcov import VcovFrame
+from memoe.core.result import FitResult
+from memoe.core.state import LmmState, frozen_array
 
-__all__ = ["LmmResult"]
+__all__ = ["LmmResult", "ran_pars_frame"]
 
 
-class LmmResult:
+def ran_pars_frame(varcorr: pd.DataFrame) -> pd.DataFrame:
+    """broom.mixed's variance-parameter rows from an lme4-style ``as.data.frame(VarCorr(fit))``.
+
+    Standard deviations are ``sd__<column>``, correlations ``cor__<column1>.<column2>``, the group is
+    lme4's VarCorr name (``Subject``, ``Subject.1`` for a repeated group); the residual row becomes
+    ``sd__Observation`` in group ``Residual``.
+    """
+    rows = []
+    for grp, var1, var2, sdcor in varcorr[["grp", "var1", "var2", "sdcor"]].itertuples(index=False):
+        if grp == "Residual":
+            rows.append(("Residual", "sd__Observation", sdcor))
+        elif var2 is None or (isinstance(var2, float) and np.isnan(var2)):
+            rows.append((grp, f"sd__{var1}", sdcor))
+        else:
+            rows.append((grp, f"cor__{var1}.{var2}", sdcor))
+    return pd.DataFrame(rows, columns=["group", "term", "estimate"])
+
+
+class LmmResult(FitResult):
     """A fitted linear mixed model (lme4's ``merMod``).
+
+    The shared interface (``params``, ``bse``, ``vcov()``, ``confint()``, ``coef_table()``, ``tidy()``,
+    ``glance()``, ``augment()``, ``residuals(type=)``, ``save()``) comes from
+    :class:`~memoe.core.result.FitResult`; this class adds lme4's extractors (``fixef``, ``ranef``,
+    ``ranef_condsd``, ``theta``, ``varcorr``, ``test``, ``anova``).
 
     Attributes
     ----------
     model : memoe.lmm.LMM
-    reml : bool
+    state : LmmState
+        The public fit state (theta, beta, sigma, the PLS solution) that inference reads.
     opt : OptSummary
     convergence : ConvergenceReport
-    is_singular : bool
     messages : list of str
         Convergence and boundary messages, as lme4 stores them.
     """
+
+    family = "lmm"
+    # the estimators of memoe.inference.sandwich (clubSandwich's vcovCR)
+    robust_types = (None, "CR0", "CR1", "CR1S", "CR2", "CR3")
+    residual_types = ("response", "pearson", "marginal")
+    confint_methods = ("wald", "profile", "bootstrap")
 
     def __init__(
         self,
@@ -41,15 +71,18 @@ class LmmResult:
     ) -> None:
         self.model = model
         self.design = model.design
-        self.reml = bool(reml)
         self.opt = opt
         self.convergence = convergence
-        self.is_singular = bool(singular)
+        self._singular = bool(singular)
         self.messages = list(messages)
-        self._theta = np.asarray(theta, dtype=float)
-        self._solution = model.problem.solve(self._theta, self.reml)
+        theta = frozen_array(theta)
+        self.state = LmmState(theta=theta, reml=bool(reml), solution=model.problem.solve(theta, bool(reml)))
 
     # ------------------------------------------------------------------ parameters
+    @property
+    def reml(self) -> bool:
+        return self.state.reml
+
     @property
     def method(self) -> str:
         return "REML" if self.reml else "ML"
@@ -58,47 +91,44 @@ class LmmResult:
     def converged(self) -> bool:
         return self.convergence.converged
 
+    @property
+    def singular(self) -> bool:
+        """Boundary (singular) fit: a diagonal entry of a relative covariance factor is below 1e-4
+        (lme4's ``isSingular``)."""
+        return self._singular
+
     @cached_property
     def fixef(self) -> pd.Series:
         """Fixed-effects estimates, indexed by R's coefficient names."""
-        return pd.Series(self._solution.beta, index=self.design.fixef_names, name="Estimate")
+        return pd.Series(self.state.beta, index=self.design.fixef_names, name="estimate")
 
     @property
     def params(self) -> pd.Series:
-        """Alias of :attr:`fixef` (statsmodels' name)."""
+        """The fixed effects (:attr:`fixef`)."""
         return self.fixef
 
-    @cached_property
+    @property
     def sigma(self) -> float:
         """Residual standard deviation."""
-        return self._solution.sigma
+        return self.state.sigma
 
     @cached_property
     def theta(self) -> pd.Series:
         """Relative covariance factor entries in lme4's order and names."""
-        return pd.Series(self._theta.copy(), index=self.design.theta_map.names, name="theta")
+        return pd.Series(np.array(self.state.theta), index=self.design.theta_map.names, name="theta")
 
-    @cached_property
-    def vcov(self) -> VcovFrame:
-        """Covariance of the fixed effects, ``sigma^2 (R_X' R_X)^-1``; call it for robust versions."""
+    def _vcov(self, robust: str | None) -> pd.DataFrame:
+        """``sigma^2 (R_X' R_X)^-1`` (lme4's ``vcov``), or clubSandwich's cluster-robust ``vcovCR``."""
+        if robust is not None:
+            from memoe.inference.sandwich import vcov_cr
+
+            return vcov_cr(self, robust)
         names = self.design.fixef_names
-        v = self.sigma**2 * self._solution.vcov_unscaled
-        frame = pd.DataFrame(v, index=names, columns=names)
-        return VcovFrame.wrap(frame, self._robust_vcov)
-
-    def _robust_vcov(self, robust: str | None = None, **kwargs) -> pd.DataFrame:
-        from memoe.inference.sandwich import vcov_cr
-
-        return vcov_cr(self, robust or "CR2", **kwargs)
-
-    @cached_property
-    def bse(self) -> pd.Series:
-        """Standard errors of the fixed effects."""
-        return pd.Series(np.sqrt(np.diag(self.vcov.to_numpy())), index=self.design.fixef_names, name="Std. Error")
+        return pd.DataFrame(self.sigma**2 * self.state.vcov_unscaled, index=names, columns=names)
 
     def relative_factors(self) -> list[np.ndarray]:
         """lambda of each factor block (relative covariance factors)."""
-        return self.design.theta_map.lambdas(self._theta)
+        return self.design.theta_map.lambdas(self.state.theta)
 
     def term_covariances(self) -> list[np.ndarray]:
         """Covariance matrix of each lme4 random-effects term (natural scale)."""
@@ -129,35 +159,24 @@ class LmmResult:
         rows.append(("Residual", None, None, self.sigma**2, self.sigma))
         return pd.DataFrame(rows, columns=["grp", "var1", "var2", "vcov", "sdcor"])
 
+    def _ran_pars(self) -> pd.DataFrame:
+        return ran_pars_frame(self.varcorr)
+
     # ------------------------------------------------------------------ fit statistics
-    @cached_property
+    @property
     def loglik(self) -> float:
         """Log-likelihood (the REML log-likelihood for REML fits, as lme4's ``logLik``)."""
-        return -0.5 * self._solution.deviance
-
-    @property
-    def deviance(self) -> float:
-        """-2 log-likelihood for ML fits; the REML criterion for REML fits (the objective minimised)."""
-        return self._solution.deviance
+        return -0.5 * self.state.deviance
 
     @property
     def reml_criterion(self) -> float | None:
         """lme4's ``REMLcrit``; ``None`` for ML fits."""
-        return self._solution.deviance if self.reml else None
+        return self.state.deviance if self.reml else None
 
     @property
     def df_model(self) -> int:
         """Number of parameters: fixed effects + theta + residual variance."""
         return self.design.p + self.design.theta_map.size + 1
-
-    @property
-    def aic(self) -> float:
-        return -2.0 * self.loglik + 2.0 * self.df_model
-
-    @property
-    def bic(self) -> float:
-        """BIC with log(nobs), as lme4 (also for REML fits)."""
-        return -2.0 * self.loglik + math.log(self.nobs) * self.df_model
 
     @property
     def nobs(self) -> int:
@@ -171,11 +190,7 @@ class LmmResult:
     @property
     def ngroups(self) -> pd.Series:
         """Number of levels per grouping factor (lme4's ``ngrps``)."""
-        return pd.Series({b.factor.name: b.nlevels for b in self.design.blocks}, name="ngroups")
-
-    @property
-    def df_resid(self) -> int:
-        return self.nobs - self.df_model
+        return pd.Series({b.factor.name: b.nlevels for b in self.design.blocks}, name="ngroups", dtype=int)
 
     # ------------------------------------------------------------------ random effects
     def _per_block_frame(self, arrays: list[np.ndarray]) -> dict[str, pd.DataFrame]:
@@ -189,12 +204,12 @@ class LmmResult:
     @cached_property
     def ranef(self) -> dict[str, pd.DataFrame]:
         """BLUPs (conditional modes) per grouping factor: DataFrame levels x terms."""
-        return self._per_block_frame(self._solution.b)
+        return self._per_block_frame(self.state.b)
 
     @cached_property
     def ranef_condvar(self) -> dict[str, np.ndarray]:
         """Conditional covariance matrices of the random effects, arrays (levels, q, q) per factor."""
-        cv = self.model.problem.conditional_variances(self._solution)
+        cv = self.model.problem.conditional_variances(self.state.solution)
         return {blk.factor.name: v for blk, v in zip(self.design.blocks, cv, strict=True)}
 
     @cached_property
@@ -210,8 +225,8 @@ class LmmResult:
     @cached_property
     def _fitted_values(self) -> np.ndarray:
         d = self.design
-        eta = d.X @ self._solution.beta if d.p else np.zeros(d.n)
-        for blk, b in zip(d.blocks, self._solution.b, strict=True):
+        eta = d.X @ self.state.beta if d.p else np.zeros(d.n)
+        for blk, b in zip(d.blocks, self.state.b, strict=True):
             # column by column: n-vector temporaries instead of an (n, q) gather of b
             for a in range(blk.q):
                 eta += blk.Z[:, a] * b[blk.factor.codes, a]
@@ -224,16 +239,27 @@ class LmmResult:
 
     @property
     def fittedvalues(self) -> pd.Series:
+        """statsmodels' name of :attr:`fitted`."""
         return self.fitted
 
     @property
     def resid(self) -> pd.Series:
-        """Conditional response residuals aligned to the input rows (NaN where dropped)."""
+        """Conditional response residuals ``y - X beta - Z b`` aligned to the input rows (NaN where dropped)."""
         return self._align(self.design.y - self._fitted_values, "resid")
 
+    def _residuals(self, kind: str) -> pd.Series:
+        d = self.design
+        if kind == "pearson":
+            # standardised by sigma: nlme's type = "pearson", lme4's residuals(fit, "pearson", scaled = TRUE)
+            return self._align((d.y - self._fitted_values) / self.sigma, "resid_pearson")
+        # "marginal": y - X beta (population level, no random effects)
+        eta = d.X @ self.state.beta if d.p else np.zeros(d.n)
+        return self._align(d.y - eta, "resid_marginal")
+
     @property
-    def residuals(self) -> pd.Series:
-        return self.resid
+    def response_name(self) -> str:
+        """The response as written in the formula (the column ``augment(newdata)`` reads)."""
+        return self.design.spec.response
 
     def predict(
         self,
@@ -252,11 +278,17 @@ class LmmResult:
 
         return predict_lmm(self, newdata, re_form=re_form, type=type, allow_new_levels=allow_new_levels)
 
-    # ------------------------------------------------------------------ tables
+    # ------------------------------------------------------------------ tables and tests
     def coef_table(self, ddf: str = "residual", robust: str | None = None) -> pd.DataFrame:
-        """Fixed-effects table: Estimate, Std. Error, df, t value, p value.
+        """Fixed-effects table with columns ``estimate, std_error, statistic, df, p_value``.
 
-        ``ddf`` in {"residual", "containment", "satterthwaite", "kenward-roger", "asymptotic"}.
+        Parameters
+        ----------
+        ddf : {"residual", "containment", "satterthwaite", "kenward-roger", "asymptotic"}
+            Denominator degrees of freedom of the t tests (``"asymptotic"``: z tests, ``df`` infinite);
+            ``attrs["ddf"]`` names the method, ``attrs["statistic"]`` is ``"t"`` or ``"z"``.
+        robust : str, optional
+            A cluster-robust covariance (one of :attr:`robust_types`) for the standard errors.
         """
         from memoe.inference import coef_table
 
@@ -274,29 +306,26 @@ class LmmResult:
 
         return anova(self, ddf=ddf, type=type)
 
-    def information_criteria(self) -> pd.Series:
-        """AIC, AICc, BIC, HQIC and CAIC with the N convention stated."""
-        from memoe.inference import information_criteria
+    def _confint_wald(self, level: float, parm=None, **kwargs: Any) -> pd.DataFrame:
+        # lme4's confint(method = "Wald"): normal quantiles, NaN rows for the variance parameters
+        return self._lme4_confint("wald", level, parm=parm, **kwargs)
 
-        return information_criteria(self)
+    def _confint_other(self, method: str, level: float, parm=None, **kwargs: Any) -> pd.DataFrame:
+        return self._lme4_confint(method, level, parm=parm, **kwargs)
 
-    def confint(self, method: str = "wald", level: float = 0.95, **kwargs) -> pd.DataFrame:
-        """Confidence intervals: ``method`` in {"wald", "profile", "bootstrap"}."""
+    def _lme4_confint(self, method: str, level: float, parm=None, **kwargs: Any) -> pd.DataFrame:
+        """lme4's ``confint.merMod`` rows (``sd_(Intercept)|Subject``, ..., ``sigma``, fixed effects),
+        with ``lower``/``upper`` columns; see :func:`memoe.inference.confint.confint` for ``parm`` and the
+        bootstrap's arguments (``nsim``, ``seed``, ``n_jobs``, ``progress``)."""
         from memoe.inference import confint
 
-        return confint(self, method=method, level=level, **kwargs)
-
-    def save(self, path) -> None:
-        """Save the fit to one ``.memoe`` file (JSON + npz in a zip, no pickle); see :func:`memoe.persist.save`.
-
-        ``memoe.persist.load(path)`` gives it back with the same numbers.
-        """
-        from memoe.persist import save
-
-        save(self, path)
+        ci = confint(self, method=method, level=level, parm=parm, **kwargs)
+        out = pd.DataFrame(ci.to_numpy(dtype=float), index=ci.index, columns=["lower", "upper"])
+        out.attrs.update({"level": level, "method": method})
+        return out
 
     def summary(self):
-        """lme4-style summary; ``print(fit.summary())``."""
+        """lme4-style summary; ``print(fit.summary())``, tables in ``fit.summary().tables``."""
         from memoe.lmm.summary import LmmSummary
 
         return LmmSummary(self)
@@ -304,5 +333,5 @@ class LmmResult:
     def __repr__(self) -> str:
         return (
             f"<LmmResult {self.method} {self.model.formula!r} nobs={self.nobs} "
-            f"loglik={self.loglik:.4f} singular={self.is_singular}>"
+            f"loglik={self.loglik:.4f} singular={self.singular}>"
         )

@@ -6,29 +6,37 @@ import numpy as np
 import pandas as pd
 
 from memoe.core.rformat import decimals_for, fixef_correlation_block, format_column, format_table
+from memoe.core.summary import Summary
 
 __all__ = ["LmmSummary"]
 
 
-def _sig(x: float, digits: int = 5) -> str:
-    if x is None or (isinstance(x, float) and np.isnan(x)):
-        return ""
-    return f"{x:.{digits}g}"
-
-
-class LmmSummary:
-    """Text summary of an :class:`~memoe.lmm.result.LmmResult` (``str()`` or ``print``)."""
+class LmmSummary(Summary):
+    """lme4's ``summary(merMod)``: ``str()`` gives the text, :attr:`tables` the DataFrames."""
 
     def __init__(self, fit) -> None:
         self.fit = fit
 
-    # the pieces are exposed as DataFrames for programmatic use
     @property
     def coefficients(self) -> pd.DataFrame:
+        """The fixed-effects table as lme4 prints it: standard columns, t statistics without df."""
+        # lme4 prints no df or p-value; the model-based SE and t = estimate / SE are those of every ddf
+        return self.fit.coef_table(ddf="asymptotic")[["estimate", "std_error", "statistic"]]
+
+    @property
+    def tables(self) -> dict[str, pd.DataFrame]:
+        """``coefficients`` (estimate, std_error, statistic), ``random_effects`` (lme4's VarCorr data
+        frame), ``ngroups`` and ``fit`` (AIC, BIC, logLik, deviance, df_resid or the REML criterion)."""
         f = self.fit
-        return pd.DataFrame(
-            {"Estimate": f.fixef, "Std. Error": f.bse, "t value": f.fixef / f.bse}, index=f.fixef.index
-        )
+        stats = {"AIC": f.aic, "BIC": f.bic, "logLik": f.loglik, "deviance": f.deviance, "df_resid": f.df_resid}
+        if f.reml:
+            stats = {"REML": f.deviance}
+        return {
+            "coefficients": self.coefficients,
+            "random_effects": f.varcorr,
+            "ngroups": f.ngroups.to_frame(),
+            "fit": pd.DataFrame([stats]),
+        }
 
     def _random_effects_block(self) -> list[str]:
         f = self.fit
@@ -60,7 +68,7 @@ class LmmSummary:
             lines.append((" " + " ".join(cells)).rstrip())
         return lines
 
-    def __str__(self) -> str:
+    def text(self) -> str:
         f = self.fit
         out = []
         kind = "REML" if f.reml else "maximum likelihood"
@@ -96,17 +104,17 @@ class LmmSummary:
             out.append("Fixed effects:")
             ct = self.coefficients
             # printCoefmat: estimates and SEs share decimals set by the smallest SE (4 digits)
-            dec = decimals_for(ct["Std. Error"], 4, anchor="min")
+            dec = decimals_for(ct["std_error"], 4, anchor="min")
             shown = pd.DataFrame(
                 {
-                    "Estimate": [f"{v:.{dec}f}" for v in ct["Estimate"]],
-                    "Std. Error": [f"{v:.{dec}f}" for v in ct["Std. Error"]],
-                    "t value": [f"{v:.3f}" for v in ct["t value"]],
+                    "Estimate": [f"{v:.{dec}f}" for v in ct["estimate"]],
+                    "Std. Error": [f"{v:.{dec}f}" for v in ct["std_error"]],
+                    "t value": [f"{v:.3f}" for v in ct["statistic"]],
                 },
                 index=ct.index,
             )
             out.append(format_table(shown))
-            out.extend(fixef_correlation_block(f.vcov.to_numpy(), list(f.fixef.index)))
+            out.extend(fixef_correlation_block(f.vcov().to_numpy(), list(f.fixef.index)))
         if f.design.fixed.dropped:
             out.append(f"fit warnings:\nfixed-effect model matrix is rank deficient so dropping "
                        f"{len(f.design.fixed.dropped)} columns / coefficients: {f.design.fixed.dropped}")
@@ -114,11 +122,3 @@ class LmmSummary:
             out.append("optimizer (nlopt LN_BOBYQA) convergence code: 0 (OK)" if f.converged else "")
             out.extend(f.messages)
         return "\n".join(out).rstrip() + "\n"
-
-    def __repr__(self) -> str:
-        return self.__str__()
-
-    def _repr_html_(self) -> str:
-        import html
-
-        return f"<pre>{html.escape(str(self))}</pre>"

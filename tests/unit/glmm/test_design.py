@@ -116,7 +116,7 @@ def test_unknown_family_and_bad_arguments(cbpp):
         glmm(CBPP, cbpp, offset=np.zeros(3))
     with pytest.raises(DataError, match="non-negative"):
         glmm(CBPP, cbpp, weights=-np.ones(len(cbpp)))
-    with pytest.raises(DataError, match="pandas DataFrame"):
+    with pytest.raises(MemoeError, match="data must be a table"):
         glmm(CBPP, cbpp.to_dict())
 
 

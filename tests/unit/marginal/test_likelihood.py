@@ -117,7 +117,7 @@ def test_lme_equals_lmm_when_residuals_are_independent(reml):
     assert fit.loglik == pytest.approx(ref.loglik, abs=1e-6)
     np.testing.assert_allclose(fit.fixef.to_numpy(), ref.fixef.to_numpy(), rtol=1e-6)
     assert fit.sigma == pytest.approx(ref.sigma, rel=1e-5)
-    np.testing.assert_allclose(fit.vcov().to_numpy(), ref.vcov.to_numpy(), rtol=1e-4)
+    np.testing.assert_allclose(fit.vcov().to_numpy(), ref.vcov().to_numpy(), rtol=1e-4)
     b_ref = ref.ranef["Subject"].to_numpy()
     # BLUPs inherit the optimiser slack on Orthodont's flat ridge: compare on the scale of each column
     assert np.all(np.abs(fit.ranef["Subject"].to_numpy() - b_ref) <= 1e-4 * np.abs(b_ref).max(axis=0))

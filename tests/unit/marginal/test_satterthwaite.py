@@ -77,9 +77,9 @@ def test_result_methods_use_satterthwaite():
     lmm = memoe.lmm(formula, df).fit()
     ours = fit.coef_table(ddf="satterthwaite")
     expected = lmm.coef_table(ddf="satterthwaite")
-    np.testing.assert_allclose(ours["std_error"], expected["Std. Error"], rtol=1e-5)
+    np.testing.assert_allclose(ours["std_error"], expected["std_error"], rtol=1e-5)
     np.testing.assert_allclose(ours["df"], expected["df"], rtol=1e-4)
-    np.testing.assert_allclose(ours["p_value"], expected["Pr(>|t|)"], rtol=1e-3)
+    np.testing.assert_allclose(ours["p_value"], expected["p_value"], rtol=1e-3)
     # nlme's containment table stays the default
     assert fit.coef_table()["df"].tolist() == [79.0, 79.0, 25.0, 79.0]
     hyp = "SexFemale = 0, age:SexFemale = 0"
