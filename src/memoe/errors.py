@@ -70,3 +70,11 @@ class EmptyExpertWarning(MemoeWarning):
 
 class NonIntegerResponseWarning(MemoeWarning):
     """Counts (Poisson) or numbers of successes (binomial) are not whole numbers, as R warns."""
+
+
+class ArgumentError(MemoeError, ValueError):
+    """A function argument has the wrong value or is out of range; the message names it and what is accepted."""
+
+
+class ArgumentTypeError(ArgumentError, TypeError):
+    """A function argument has the wrong type; the message names it, the type given and the types accepted."""
