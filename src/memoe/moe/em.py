@@ -158,15 +158,19 @@ def polish(problem: MoEProblem, run: EMRun, max_iter: int = 500, gtol: float = 1
 
     st = problem.structure
     psi0 = st.pack(run.params)
+    floor = getattr(problem.expert, "sigma_floor", 0.0)
 
     def f(psi):
+        # below the residual-SD floor an expert collapses onto exactly fitted subjects (likelihood
+        # unbounded): treat it as infeasible so the line search backs off
+        if np.any(st.unpack(psi).sigma < floor):
+            return 1e300, np.zeros_like(psi)
         ll, g = problem.loglik_and_score(psi)
         if not np.isfinite(ll):
             return 1e300, np.zeros_like(psi)
         return -ll, -g
 
     res = minimize(f, psi0, jac=True, method="BFGS", options={"maxiter": max_iter, "gtol": gtol * problem.N})
-    floor = getattr(problem.expert, "sigma_floor", 0.0)
     # a step below the residual-SD floor is a collapse onto exactly fitted subjects, not an improvement
     if np.all(np.isfinite(res.x)) and -res.fun > run.loglik and np.all(st.unpack(res.x).sigma >= floor):
         params = st.unpack(res.x)

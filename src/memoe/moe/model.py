@@ -245,10 +245,12 @@ class MEMoE:
         result = MEMoEResult(self, params, estep, ms, order)
         result.degenerate_experts = _degenerate_experts(self, params)
         if result.degenerate_experts:
+            mass = estep.mass
+            which = ", ".join(f"expert {k} (mass {mass[k - 1]:.3g} subjects)" for k in result.degenerate_experts)
             warnings.warn(
-                f"expert(s) {result.degenerate_experts} have their residual SD at the floor "
-                f"{self.problem.expert.sigma_floor:.3g}: they fit a few subjects' trajectories exactly, where the "
-                "likelihood is unbounded; use fewer experts, sigma='common', or check those subjects' responses",
+                f"{which}: residual SD at the floor {self.problem.expert.sigma_floor:.3g}; the expert fits a few "
+                "subjects' trajectories exactly, where the likelihood is unbounded; use fewer experts, "
+                "sigma='common', or check those subjects' responses",
                 DegenerateExpertWarning,
                 stacklevel=caller_stacklevel(),
             )
@@ -359,4 +361,4 @@ def _check_previous(previous, model: MEMoE) -> None:
 def _degenerate_experts(model: MEMoE, params: MoEParams) -> list[int]:
     """Experts (1-based) whose residual SD sits at the expert's floor (see GaussianExpert.sigma_floor)."""
     floor = model.problem.expert.sigma_floor
-    return [k + 1 for k in np.flatnonzero(np.asarray(params.sigma) <= floor * (1.0 + 1e-6))]
+    return [int(k) + 1 for k in np.flatnonzero(np.asarray(params.sigma) <= floor * (1.0 + 1e-6))]
