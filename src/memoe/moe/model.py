@@ -243,7 +243,6 @@ class MEMoE:
         params = run.params.permute(order)
         estep = self.problem.e_step(params)
         result = MEMoEResult(self, params, estep, ms, order)
-        result.degenerate_experts = _degenerate_experts(self, params)
         if result.degenerate_experts:
             mass = estep.mass
             which = ", ".join(f"expert {k} (mass {mass[k - 1]:.3g} subjects)" for k in result.degenerate_experts)
