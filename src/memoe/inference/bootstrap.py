@@ -22,9 +22,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from memoe.core.arguments import check_int, check_optional_bool, check_seed
 from memoe.core.covariance import ThetaMap
 from memoe.core.optim import minimize_bounded
-from memoe.errors import MemoeError, MemoeWarning
+from memoe.core.warnings import caller_stacklevel
+from memoe.errors import ArgumentTypeError, MemoeError, MemoeWarning
 from memoe.inference.varpar import VarParSpace
 from memoe.lmm.objective import PLSProblem
 
@@ -120,7 +122,7 @@ def bootstrap(
     nsim: int = 500,
     seed: int | None = None,
     n_jobs: int | None = 2,
-    progress: bool = True,
+    progress: bool | None = None,
     chunksize: int | None = None,
 ) -> BootstrapResult:
     """Parametric bootstrap of a linear mixed model.
@@ -130,24 +132,42 @@ def bootstrap(
     fit : LmmResult
     nsim : int, default 500
         Number of simulated data sets.
-    seed : int, optional
+    seed : int >= 0 or numpy.random.SeedSequence, optional
         Seed of the ``SeedSequence`` that seeds every replicate (None: fresh entropy, not reproducible).
-    n_jobs : int or None, default 2
+    n_jobs : int >= 1 or None, default 2
         Worker processes; 1 runs in this process, None uses all CPUs.
-    progress : bool, default True
-        Show a tqdm progress bar.
-    chunksize : int, optional
+    progress : bool, optional
+        Show a tqdm progress bar; None (default): when stderr is a terminal.
+    chunksize : int >= 1, optional
         Replicates per task sent to a worker (default: about 4 tasks per worker).
 
     Returns
     -------
     BootstrapResult
+
+    Raises
+    ------
+    ArgumentError, ArgumentTypeError
+        An argument of the wrong type or out of range, or ``fit`` not a linear mixed model fit.
     """
     from tqdm.auto import tqdm
 
-    nsim = int(nsim)
-    if nsim < 1:
-        raise MemoeError(f"nsim must be a positive integer, got {nsim}")
+    nsim = check_int(nsim, "nsim", minimum=1)
+    if isinstance(seed, np.random.Generator):
+        raise ArgumentTypeError(
+            "seed must be None, a non-negative integer or a numpy SeedSequence (a Generator cannot seed the "
+            "per-replicate SeedSequence children that make results independent of the workers)"
+        )
+    seed = check_seed(seed)
+    if n_jobs is not None:
+        n_jobs = check_int(n_jobs, "n_jobs", minimum=1)
+    if chunksize is not None:
+        chunksize = check_int(chunksize, "chunksize", minimum=1)
+    progress = check_optional_bool(progress, "progress")
+    if getattr(fit, "family", None) != "lmm":
+        raise ArgumentTypeError(
+            f"bootstrap takes a linear mixed model fit (memoe.lmm(...).fit()), got {type(fit).__name__}"
+        )
     d = fit.design
     space = VarParSpace.from_design(d)
     task = _Task(
@@ -162,14 +182,16 @@ def bootstrap(
         reml=bool(fit.reml),
         space=space,
     )
-    seeds = np.random.SeedSequence(seed).spawn(nsim)
+    root = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
+    seeds = root.spawn(nsim)
     workers = (os.cpu_count() or 1) if n_jobs is None else max(1, int(n_jobs))
     workers = min(workers, nsim)
     size = chunksize or max(1, math.ceil(nsim / (4 * workers)))
     starts = list(range(0, nsim, size))
     names = list(space.names) + list(d.fixef_names)
     reps = np.full((nsim, len(names)), np.nan)
-    with tqdm(total=nsim, disable=not progress, desc="bootstrap", unit="fit") as bar:
+    # disable=None: tqdm shows the bar only when stderr is a terminal (so tests and CI print nothing)
+    with tqdm(total=nsim, disable=None if progress is None else not progress, desc="bootstrap", unit="fit") as bar:
         if workers == 1:
             for s in starts:
                 _, block = _run_chunk(task, s, seeds[s : s + size])
@@ -184,7 +206,10 @@ def bootstrap(
                     bar.update(len(block))
     n_failed = int(np.sum(np.any(np.isnan(reps), axis=1)))
     if n_failed:
-        warnings.warn(f"{n_failed} of {nsim} bootstrap refits failed; they are left out", MemoeWarning, stacklevel=2)
+        warnings.warn(
+            f"{n_failed} of {nsim} bootstrap refits failed; they are left out", MemoeWarning,
+            stacklevel=caller_stacklevel(),
+        )
     estimates = pd.Series(
         np.concatenate([space.phi(fit.state.theta, fit.sigma), fit.state.beta]), index=names, name="estimate"
     )

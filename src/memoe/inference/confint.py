@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from memoe.errors import MemoeError
+from memoe.errors import ArgumentError, ArgumentTypeError
 
 __all__ = ["confint", "percent_labels", "select_parameters"]
 
@@ -43,12 +43,14 @@ def select_parameters(all_names: list[str], parm) -> list[str]:
         parm = [parm]
     out = []
     for p in parm:
-        if isinstance(p, (int, np.integer)):
+        if isinstance(p, (int, np.integer)) and not isinstance(p, bool):
+            if not -len(all_names) <= int(p) < len(all_names):
+                raise ArgumentError(f"parameter position {int(p)} out of range: there are {len(all_names)} parameters")
             out.append(all_names[int(p)])
         elif p in all_names:
             out.append(p)
         else:
-            raise MemoeError(f"unknown parameter {p!r}; choose from {', '.join(all_names)}")
+            raise ArgumentError(f"unknown parameter {p!r}; choose from {', '.join(all_names)}")
     return out
 
 
@@ -85,7 +87,8 @@ def confint(fit, method: str = "wald", level: float = 0.95, parm=None, **kwargs)
         effects); default all.
     **kwargs
         For ``"bootstrap"``: ``nsim`` (default 500), ``seed``, ``n_jobs`` (default 2), ``progress``
-        (default True); see :func:`memoe.inference.bootstrap.bootstrap`.
+        (default: when stderr is a terminal); see :func:`memoe.inference.bootstrap.bootstrap`. For
+        ``"profile"``: ``progress``.
 
     Returns
     -------
@@ -103,22 +106,30 @@ def confint(fit, method: str = "wald", level: float = 0.95, parm=None, **kwargs)
                                        2.5 %      97.5 %
     sd_(Intercept)|Subject         14.381...   37.716...
     """
-    if not 0 < level < 1:
-        raise MemoeError(f"level must be in (0, 1), got {level}")
-    m = str(method).lower()
+    from memoe.inference.profile import check_level
+
+    level = check_level(level)
+    if not isinstance(method, str):
+        raise ArgumentTypeError(f"method must be one of {', '.join(METHODS)} (a string), got {method!r}")
+    m = method.lower()
     if m == "boot":
         m = "bootstrap"
     if m not in METHODS:
-        raise MemoeError(f"unknown confint method {method!r}; choose one of {', '.join(METHODS)}")
+        raise ArgumentError(f"unknown confint method {method!r}; choose one of {', '.join(METHODS)}")
     names = select_parameters(_all_names(fit), parm)
-    if m != "bootstrap" and kwargs:
-        raise TypeError(f"unexpected arguments for method {m!r}: {', '.join(kwargs)}")
+    allowed = {"bootstrap": None, "profile": {"progress"}, "wald": set()}[m]
+    extra = [] if allowed is None else [k for k in kwargs if k not in allowed]
+    if extra:
+        raise ArgumentTypeError(
+            f"unexpected arguments for method {m!r}: {', '.join(extra)} "
+            f"(accepted: {', '.join(sorted(allowed)) or 'none'})"
+        )
     if m == "wald":
         return _wald(fit, level, names)
     if m == "profile":
         from memoe.inference.profile import profile_confint
 
-        return profile_confint(fit, level=level, parm=names)
+        return profile_confint(fit, level=level, parm=names, **kwargs)
     from memoe.inference.bootstrap import bootstrap
 
     boot = bootstrap(fit, **kwargs)

@@ -17,10 +17,12 @@ from typing import ClassVar
 import numpy as np
 import pandas as pd
 
+from memoe.core.arguments import check_bool
+from memoe.core.warnings import caller_stacklevel
 from memoe.errors import MemoeWarning, ModelComparisonError
-from memoe.inference.chibar import ChiBarSquare, boundary_null
+from memoe.inference.chibar import ChiBarSquare, boundary_null, random_structure
 
-__all__ = ["REFIT_MESSAGE", "ComparisonTable", "compare"]
+__all__ = ["REFIT_MESSAGE", "ComparisonTable", "compare", "nesting"]
 
 REFIT_MESSAGE = "refitting model(s) with ML (instead of REML)"
 COLUMNS = ["npar", "AIC", "BIC", "logLik", "deviance", "Chisq", "Df", "Pr(>Chisq)", "null"]
@@ -31,11 +33,12 @@ class ComparisonTable(pd.DataFrame):
 
     Columns: ``npar, AIC, BIC, logLik, deviance, Chisq, Df, Pr(>Chisq)`` as lme4, ``null`` (the reference
     distribution of the row's statistic) and, with ``boundary=True``, ``Pr(>Chisq) naive`` (the plain
-    chi-square p-value, for contrast). ``notes`` and ``fits`` (the fits compared, refitted if need be,
-    in row order) are attributes.
+    chi-square p-value, for contrast). ``notes``, ``fits`` (the fits compared, refitted if need be,
+    in row order) and ``nested`` (per row: whether the previous row's model is nested in it; None for the
+    first row) are attributes.
     """
 
-    _metadata: ClassVar[list[str]] = ["header", "notes", "fits"]
+    _metadata: ClassVar[list[str]] = ["header", "notes", "fits", "nested"]
 
     @property
     def _constructor(self):
@@ -108,6 +111,101 @@ def _check_same_data(fits: list, names: list[str]) -> None:
             )
 
 
+def _family(fit) -> str:
+    """``"gaussian/identity"`` for LMM and marginal fits, ``"binomial/logit"`` etc. for GLMMs."""
+    fam = getattr(fit, "family", None)
+    if fam is None:
+        return "gaussian/identity"
+    link = getattr(getattr(fam, "link", None), "name", "?")
+    return f"{getattr(fam, 'name', type(fam).__name__)}/{link}"
+
+
+def _in_span(A: np.ndarray, B: np.ndarray) -> bool:
+    """Every column of A lies in the column space of B (relative residual of the projection below 1e-7)."""
+    if A.shape[1] == 0:
+        return True
+    if B.shape[1] == 0:
+        return False
+    coef, *_ = np.linalg.lstsq(B, A, rcond=None)
+    res = np.linalg.norm(A - B @ coef, axis=0)
+    # lstsq's residual is round-off of order eps * cond(B) * |A|; 1e-7 leaves room for cond(B) up to ~1e8
+    return bool(np.all(res <= 1e-7 * np.maximum(np.linalg.norm(A, axis=0), 1e-300)))
+
+
+def _random_nested(small, big) -> tuple[bool, str]:
+    """The smaller fit's random-effects covariance model is a special case of the larger one's.
+
+    By parameter meaning (the same (group, column) variances and covariances, as lme4 names them), or
+    else per grouping factor by column space: the smaller model's columns for a factor lie in the span
+    of the larger model's columns for it, and the larger model has one unstructured block there (an
+    unstructured covariance contains every covariance of columns in its span, e.g. ``(f | g)`` and
+    ``(0 + f | g)`` are the same model).
+    """
+    s0, s1 = random_structure(small), random_structure(big)
+    if s0.variances <= s1.variances and s0.covariances <= s1.covariances:
+        return True, ""
+    d0, d1 = small.design, big.design
+    for b0 in d0.blocks:
+        g = b0.factor.name
+        cands = [b for b in d1.blocks if b.factor.name == g]
+        terms = [t for t in d1.terms if t.group == g]
+        unstructured = len(terms) == 1 and len(cands) == 1
+        if not (unstructured and np.array_equal(cands[0].factor.codes, b0.factor.codes) and _in_span(b0.Z, cands[0].Z)):
+            only = sorted(f"{gg}:{c}" for gg, c in s0.variances - s1.variances if gg == g) or [g]
+            return False, f"random effects {', '.join(only)} of the smaller model are not in the larger one"
+    return True, ""
+
+
+def _residual_nested(small, big) -> tuple[bool, str]:
+    """Residual correlation / variance structures (gls / lme fits): None, equal, or AR1/CompSymm inside Symm."""
+    from memoe.marginal.correlation import AR1, CompSymm, Symm
+
+    c0 = getattr(small.model, "correlation", None)
+    c1 = getattr(big.model, "correlation", None)
+    if c0 is not None and c0 != c1:
+        inside_symm = (
+            isinstance(c1, Symm) and isinstance(c0, AR1 | CompSymm) and c0.group == c1.group
+            and getattr(c0, "visit", None) == c1.visit
+        )
+        if not inside_symm:
+            return False, f"residual correlations {c0!r} and {c1!r} are not nested"
+    w0, w1 = getattr(small.model, "weights", None), getattr(big.model, "weights", None)
+    if w0 is not None and w0 != w1:
+        return False, f"variance functions {w0!r} and {w1!r} are not nested"
+    return True, ""
+
+
+def nesting(small, big) -> tuple[bool, str]:
+    """Whether ``small`` is a special case of ``big`` (same family; fixed effects, random effects and
+    residual structure each contained), and if not, why.
+
+    Parameters
+    ----------
+    small, big : fitted models
+        ``small`` has no more parameters than ``big``.
+
+    Returns
+    -------
+    nested : bool
+    reason : str
+        Empty when nested.
+    """
+    f0, f1 = _family(small), _family(big)
+    if f0 != f1:
+        return False, f"different response families ({f0} and {f1})"
+    X0, X1 = small.design.X, big.design.X
+    if not _in_span(X0, X1):
+        coef, *_ = np.linalg.lstsq(X1, X0, rcond=None) if X1.shape[1] else (np.zeros((0, X0.shape[1])),)
+        res = np.linalg.norm(X0 - X1 @ coef, axis=0) if X1.shape[1] else np.linalg.norm(X0, axis=0)
+        names = [n for n, r, a in zip(small.design.fixef_names, res, np.linalg.norm(X0, axis=0), strict=True)
+                 if r > 1e-7 * max(a, 1e-300)]
+        return False, f"fixed effects {names} of the smaller model are not in the span of the larger model's"
+    ok, why = _random_nested(small, big)
+    if not ok:
+        return ok, why
+    return _residual_nested(small, big)
+
+
 def _same_fixed(fits: list) -> bool:
     X0, names0 = fits[0].design.X, list(fits[0].design.fixef_names)
     return all(
@@ -156,6 +254,13 @@ def compare(*fits, boundary: bool = False, refit: bool = True, names: list[str] 
         Fewer than two models, different data, REML fits with different fixed effects and ``refit=False``,
         a mix of REML and ML fits with ``refit=False``, or (``boundary=True``) non-nested random effects.
 
+    Warns
+    -----
+    MemoeWarning
+        When two consecutive models are not nested (see :func:`nesting`): their row keeps AIC, BIC and
+        logLik but no Chisq or p-value, and a note says why (lme4's ``anova`` would report a chi-square
+        p-value that has no meaning).
+
     Notes
     -----
     ``Chisq = 2 max(0, logLik_k - logLik_{k-1})``, ``Df = npar_k - npar_{k-1}``; the p-value is missing when
@@ -169,20 +274,33 @@ def compare(*fits, boundary: bool = False, refit: bool = True, names: list[str] 
     >>> m1 = memoe.lmm("Reaction ~ Days + (Days || Subject)", df).fit(reml=False)  # doctest: +SKIP
     >>> memoe.compare(m0, m1, boundary=True)  # doctest: +SKIP
     """
+    boundary = check_bool(boundary, "boundary")
+    refit = check_bool(refit, "refit")
     fits_l, names_l = _unpack(fits, names)
     if len(fits_l) < 2:
         raise ModelComparisonError("compare() needs at least two fitted models")
+    dup = sorted({n for n in names_l if names_l.count(n) > 1})
+    if dup:
+        raise ModelComparisonError(f"model names must be distinct; {dup} repeated")
     for f, n in zip(fits_l, names_l, strict=True):
+        if type(f).__name__ == "MEMoEResult":
+            raise ModelComparisonError(
+                f"{n!r} is a mixture of experts: mixtures with different numbers of experts are not nested in the "
+                "regular sense (the LRT has no chi-square null); compare them with memoe.select_k (BIC, ICL)"
+            )
         if not hasattr(f, "loglik") or not hasattr(f, "design"):
-            raise ModelComparisonError(f"{n!r} is not a fitted mixed model ({type(f).__name__})")
+            raise ModelComparisonError(
+                f"{n!r} is not a fitted likelihood model ({type(f).__name__}); compare() takes LMM, GLMM, gls and "
+                "lme fits"
+            )
     _check_same_data(fits_l, names_l)
 
     notes: list[str] = []
     reml = [bool(f.reml) for f in fits_l]
     if any(reml):
         if refit:
-            warnings.warn(REFIT_MESSAGE, MemoeWarning, stacklevel=3)
-            fits_l = [f.model.fit(reml=False) if r else f for f, r in zip(fits_l, reml, strict=True)]
+            warnings.warn(REFIT_MESSAGE, MemoeWarning, stacklevel=caller_stacklevel())
+            fits_l = [_refit_ml(f, n) if r else f for f, n, r in zip(fits_l, names_l, reml, strict=True)]
             notes.append(REFIT_MESSAGE)
         elif not all(reml):
             raise ModelComparisonError(
@@ -211,10 +329,28 @@ def compare(*fits, boundary: bool = False, refit: bool = True, names: list[str] 
     p = np.full(len(fits_o), np.nan)
     p_naive = np.full(len(fits_o), np.nan)
     nulls: list[str] = [""]
+    nested: list[bool | None] = [None]
+    not_nested: list[str] = []
     for k in range(1, len(fits_o)):
         dk = int(df[k])
+        if boundary and dk > 0:
+            boundary_null(fits_o[k - 1], fits_o[k], dk)  # refuses non-nested random effects, as documented
+        ok, why = nesting(fits_o[k - 1], fits_o[k])
+        nested.append(ok)
+        if not ok:
+            # lme4's anova would still report a chi-square p-value here; it has no meaning for non-nested models
+            chisq[k] = np.nan
+            nulls.append("")
+            msg = (
+                f"{names_o[k - 1]} and {names_o[k]} are not nested ({why}): the likelihood-ratio test is not valid, "
+                "no p-value; compare them by AIC / BIC"
+            )
+            notes.append(msg)
+            not_nested.append(msg)
+            continue
         if dk == 0:
             nulls.append("")
+            notes.append(f"{names_o[k - 1]} and {names_o[k]} have the same number of parameters: no test")
             continue
         p_naive[k] = float(ChiBarSquare.plain(dk).sf(chisq[k]))
         if boundary:
@@ -229,6 +365,8 @@ def compare(*fits, boundary: bool = False, refit: bool = True, names: list[str] 
                 f"{names_o[k]} has a lower log-likelihood than {names_o[k - 1]} although it has more parameters: "
                 "the models are not nested, or a fit did not converge"
             )
+    if not_nested:
+        warnings.warn("; ".join(not_nested), MemoeWarning, stacklevel=caller_stacklevel())
     if not boundary and any(np.isfinite(p)):
         notes.append(
             "p-values from chi2(Df); conservative when the smaller model puts a variance on the boundary "
@@ -258,4 +396,16 @@ def compare(*fits, boundary: bool = False, refit: bool = True, names: list[str] 
     table.header = header
     table.notes = notes
     table.fits = fits_o
+    table.nested = nested
     return table
+
+
+def _refit_ml(fit, name: str):
+    """The ML refit of a REML fit (ModelComparisonError if the fit cannot be refitted, e.g. loaded from disk)."""
+    model = getattr(fit, "model", None)
+    if model is None or not hasattr(model, "fit"):
+        raise ModelComparisonError(
+            f"{name!r} is a REML fit that cannot be refitted by ML here (no model attached); refit it with "
+            "reml=False, or pass refit=False if the fixed effects are identical"
+        )
+    return model.fit(reml=False)

@@ -24,15 +24,32 @@ import warnings
 import numpy as np
 from scipy import optimize, stats
 
+from memoe.core.arguments import check_optional_bool
 from memoe.core.optim import minimize_bounded
-from memoe.errors import ConvergenceError, MemoeWarning
+from memoe.core.warnings import caller_stacklevel
+from memoe.errors import ArgumentError, ConvergenceError, MemoeWarning
 from memoe.inference.varpar import COR, SIGMA, VarParSpace
 from memoe.lmm.deviance import LOG_2PI, profiled_deviance
 from memoe.lmm.objective import PLSProblem
 
-__all__ = ["Profiler", "profile_confint"]
+__all__ = ["ProfileParameterError", "Profiler", "check_level", "profile_confint"]
 
 MAX_STEPS = 40
+
+
+def check_level(level) -> float:
+    """A confidence level strictly between 0 and 1 (``0.95``, not ``95``)."""
+    import numbers
+
+    if isinstance(level, bool) or not isinstance(level, numbers.Real):
+        from memoe.errors import ArgumentTypeError
+
+        raise ArgumentTypeError(
+            f"level must be a number in (0, 1) such as 0.95, got {level!r} ({type(level).__name__})"
+        )
+    if not 0 < float(level) < 1:
+        raise ArgumentError(f"level must be in (0, 1) such as 0.95, got {level!r}")
+    return float(level)
 
 
 class Profiler:
@@ -153,7 +170,9 @@ class Profiler:
         try:
             return self.names.index(name)
         except ValueError:
-            raise KeyError(f"unknown parameter {name!r}; profiled parameters are {', '.join(self.names)}") from None
+            raise ProfileParameterError(
+                f"unknown parameter {name!r}; profiled parameters are {', '.join(self.names)}"
+            ) from None
 
     # ------------------------------------------------------------------ limits
     def _bounds(self, i: int) -> tuple[float, float]:
@@ -206,11 +225,20 @@ class Profiler:
             step = direction * min(max(abs(step), 0.05 * abs(x1 - x0)), 4.0 * abs(x1 - x0) + abs(h))
             x0, g0 = x1, g1
             x1 = x1 + step
-        warnings.warn(f"profile of {name} did not reach zeta = {z:.3g}", MemoeWarning, stacklevel=2)
+        warnings.warn(
+            f"profile of {name} did not reach zeta = {z:.3g}", MemoeWarning, stacklevel=caller_stacklevel()
+        )
         return math.nan
 
 
-def profile_confint(fit, level: float = 0.95, parm: list[str] | None = None):
+class ProfileParameterError(ArgumentError, KeyError):
+    """An unknown parameter name was asked for (still a KeyError for callers that catch that)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+def profile_confint(fit, level: float = 0.95, parm: list[str] | None = None, progress: bool | None = None):
     """Profile-likelihood confidence intervals (lme4's ``confint(fit, method = "profile", oldNames = FALSE)``).
 
     Parameters
@@ -219,6 +247,8 @@ def profile_confint(fit, level: float = 0.95, parm: list[str] | None = None):
     level : float
     parm : list of str, optional
         Parameter names (default all, in lme4's order).
+    progress : bool, optional
+        tqdm progress bar over the parameters; None (default): shown when stderr is a terminal.
 
     Returns
     -------
@@ -226,16 +256,21 @@ def profile_confint(fit, level: float = 0.95, parm: list[str] | None = None):
         Rows named by parameter, columns ``"2.5 %"`` and ``"97.5 %"`` (for ``level=0.95``).
     """
     import pandas as pd
+    from tqdm.auto import tqdm
 
     from memoe.inference.confint import percent_labels
 
-    if not 0 < level < 1:
-        raise ValueError("level must be in (0, 1)")
+    level = check_level(level)
+    progress = check_optional_bool(progress, "progress")
     prof = Profiler(fit)
     names = prof.names if parm is None else list(parm)
+    for name in names:
+        prof._index(name)  # unknown names fail before any profiling
     z = stats.norm.ppf(0.5 + level / 2)
     rows = []
-    for name in names:
+    # disable=None: shown only when stderr is a terminal
+    bar = tqdm(names, desc="profile", unit="par", leave=False, disable=None if progress is None else not progress)
+    for name in bar:
         try:
             rows.append((prof.limit(name, -z), prof.limit(name, z)))
         except (np.linalg.LinAlgError, ValueError) as exc:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from memoe.errors import DataError
+from memoe.errors import ArgumentError, ArgumentTypeError, DataError, MemoeWarning
 from memoe.marginal.layout import GroupLayout
 
 __all__ = ["AR1", "CAR1", "BoundCorrelation", "CompSymm", "CorStruct", "Exp", "Symm"]
@@ -107,6 +107,18 @@ class CorStruct(ABC):
     visit: str | None = None
     label = "correlation"
 
+    def __post_init__(self) -> None:
+        """Refuse column arguments that are not column names (dataclass subclasses call this)."""
+        name = type(self).__name__
+        for attr in ("group", "time", "visit"):
+            v = getattr(self, attr, None)
+            if v is not None and not isinstance(v, str):
+                raise ArgumentTypeError(
+                    f"{name}({attr}=...) must be a column name (str) or None, got {v!r} ({type(v).__name__})"
+                )
+            if isinstance(v, str) and not v.strip():
+                raise ArgumentError(f"{name}({attr}=...) must be a non-empty column name")
+
     def columns(self) -> list[str]:
         """Data columns the structure reads (besides the grouping column)."""
         return [c for c in (self.time, self.visit) if c is not None]
@@ -184,6 +196,20 @@ def _visit_codes(frame: pd.DataFrame, visit: str, what: str) -> tuple[np.ndarray
     return codes.astype(np.int64), pd.Index(values)
 
 
+def _check_integer_like(frame: pd.DataFrame, visit: str, what: str) -> None:
+    """A numeric visit column must hold whole numbers: a continuous time is not a visit index."""
+    col = frame[visit]
+    if pd.api.types.is_numeric_dtype(col) and col.dtype != bool:
+        v = col.to_numpy(dtype=float)
+        bad = ~np.isfinite(v) | (v != np.round(v))
+        if np.any(bad):
+            raise DataError(
+                f"column {visit!r} (the {what}) must hold integer visit numbers (or labels: strings, a Categorical); "
+                f"it has {int(bad.sum())} non-integer value(s), e.g. {v[bad][0]:g}. For a continuous time use "
+                "CAR1(time) or Exp(time)"
+            )
+
+
 def _check_unique_within(layout: GroupLayout, pos: np.ndarray, visit: str, what: str) -> None:
     for b in layout.buckets:
         pb = np.sort(pos[b.rows], axis=1)
@@ -255,6 +281,11 @@ class CAR1(CorStruct):
 
     label = "Continuous AR(1)"
 
+    def __post_init__(self) -> None:
+        if self.time is None:
+            raise ArgumentTypeError("CAR1(time=...) needs the numeric time column, e.g. CAR1('Time', 'Subject')")
+        super().__post_init__()
+
     def param_names(self, m: int) -> list[str]:
         return ["Phi"]
 
@@ -291,6 +322,13 @@ class Exp(CorStruct):
     nugget: bool = False
 
     label = "Exponential spatial correlation"
+
+    def __post_init__(self) -> None:
+        if self.time is None:
+            raise ArgumentTypeError("Exp(time=...) needs the numeric distance column, e.g. Exp('Time', 'Subject')")
+        if not isinstance(self.nugget, bool | np.bool_):
+            raise ArgumentTypeError(f"Exp(nugget=...) must be True or False, got {self.nugget!r}")
+        super().__post_init__()
 
     def param_names(self, m: int) -> list[str]:
         return ["range", "nugget"] if self.nugget else ["range"]
@@ -409,6 +447,8 @@ class Symm(CorStruct):
     def dimension(self, layout: GroupLayout, frame: pd.DataFrame) -> int:
         if self.visit is None:
             return layout.max_size
+        if self.visit in frame.columns:
+            _check_integer_like(frame, self.visit, "visit of Symm")
         return len(_visit_codes(frame, self.visit, "visit of Symm")[1])
 
     def prepare(self, layout: GroupLayout, frame: pd.DataFrame) -> list[np.ndarray]:
@@ -464,3 +504,83 @@ class CompSymm(CorStruct):
     def start_candidates(self, aux: list[np.ndarray], m: int) -> list[np.ndarray]:
         lo = -1.0 / (m - 1) if m > 1 else -1.0
         return [np.array([_logit((r - lo) / (1.0 - lo))]) for r in (0.0, 0.2, 0.5, 0.8)]
+
+
+#: largest number of correlation parameters accepted (Symm with 46 visit positions has 1035): beyond it
+#: the derivative-free optimiser needs hours and the (m, m) parameter bookkeeping gigabytes
+MAX_CORRELATION_PARAMETERS = 1000
+#: above this many correlation parameters a fit is slow (minutes); a warning says so
+SLOW_CORRELATION_PARAMETERS = 100
+
+
+def _pair_counts(cor: BoundCorrelation, layout: GroupLayout) -> np.ndarray:
+    """How many groups observe each pair of visit positions together, shape (m, m) (Symm's positions)."""
+    m = cor.m
+    cnt = np.zeros((m, m))
+    for b, pos in zip(layout.buckets, cor.aux, strict=True):
+        p = np.broadcast_to(np.asarray(pos), (b.size, b.n))
+        ii = np.broadcast_to(p[:, :, None], (b.size, b.n, b.n)).ravel()
+        jj = np.broadcast_to(p[:, None, :], (b.size, b.n, b.n)).ravel()
+        np.add.at(cnt, (ii, jj), 1.0)
+    return cnt
+
+
+def check_correlation_identifiable(cor: BoundCorrelation, layout: GroupLayout, group: str | None) -> None:
+    """Refuse a correlation structure the data cannot identify, or one too large to fit.
+
+    Rules (each refusal is a :class:`DataError` with the counts):
+
+    * some group must have at least two rows (a correlation needs pairs of rows);
+    * at most :data:`MAX_CORRELATION_PARAMETERS` parameters (``Symm`` over m positions has
+      ``m (m - 1) / 2``);
+    * no more parameters than within-group pairs of rows, ``sum_i n_i (n_i - 1) / 2``;
+    * ``Symm``: every pair of visit positions is observed together in at least one group (otherwise
+      its correlation is not informed by any data).
+
+    Above :data:`SLOW_CORRELATION_PARAMETERS` parameters a warning says the fit will be slow.
+    """
+    import warnings
+
+    from memoe.core.warnings import caller_stacklevel
+
+    name = type(cor.structure).__name__
+    where = f"groups of {group!r}" if group else "the data (one group: no group column given)"
+    if layout.max_size < 2:
+        raise DataError(
+            f"{name}: every one of the {layout.ngroups} {where} has a single row; a within-group correlation needs "
+            "groups with at least two rows (check the group column)"
+        )
+    k = cor.size
+    pairs = int(sum(b.size * b.n * (b.n - 1) // 2 for b in layout.buckets))
+    if isinstance(cor.structure, Symm):
+        m = cor.m
+        if k > MAX_CORRELATION_PARAMETERS:
+            raise DataError(
+                f"Symm over {m} visit positions has m (m - 1) / 2 = {m} * {m - 1} / 2 = {k} correlation parameters, "
+                f"more than the limit of {MAX_CORRELATION_PARAMETERS} (the fit would take hours); use a structured "
+                "correlation (AR1, CAR1(time), Exp(time), CompSymm), a coarser visit variable, or check that "
+                f"the visit / group column is right ({where})"
+            )
+        if k > pairs:
+            raise DataError(
+                f"Symm over {m} visit positions has {k} correlation parameters but the {where} hold only {pairs} "
+                "within-group pairs of rows; use a structured correlation (AR1, CAR1, CompSymm)"
+            )
+        cnt = _pair_counts(cor, layout)
+        iu = np.triu_indices(m, 1)
+        never = np.flatnonzero(cnt[iu] == 0)
+        if never.size:
+            a, b = iu[0][never[0]] + 1, iu[1][never[0]] + 1
+            raise DataError(
+                f"Symm: {never.size} of the {k} pairs of visit positions are never observed in the same group "
+                f"(e.g. positions {a} and {b}: {cor.names[never[0]]}), so their correlations are not identified; "
+                "use a structured correlation (AR1 with visit=, CAR1) or merge visits"
+            )
+    elif k > pairs:
+        raise DataError(f"{name} has {k} correlation parameters but the {where} hold only {pairs} pairs of rows")
+    if k > SLOW_CORRELATION_PARAMETERS:
+        warnings.warn(
+            f"{name} has {k} correlation parameters: the fit may take several minutes",
+            MemoeWarning,
+            stacklevel=caller_stacklevel(),
+        )

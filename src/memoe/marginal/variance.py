@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from memoe.errors import DataError
+from memoe.errors import ArgumentError, ArgumentTypeError, DataError
 
 __all__ = ["BoundVariance", "VarIdent"]
 
@@ -78,6 +78,14 @@ class VarIdent:
 
     label = "Different standard deviations per stratum"
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.by, str):
+            raise ArgumentTypeError(
+                f"VarIdent(by=...) must be the stratum column name (str), got {self.by!r} ({type(self.by).__name__})"
+            )
+        if not self.by.strip():
+            raise ArgumentError("VarIdent(by=...) must be a non-empty column name")
+
     def columns(self) -> list[str]:
         return [self.by]
 
@@ -97,3 +105,43 @@ class VarIdent:
         if len(levels) < 2:
             raise DataError(f"column {self.by!r} (the strata of VarIdent) has a single value; VarIdent needs two")
         return BoundVariance(function=self, strata=codes, levels=levels)
+
+
+#: fewest rows per VarIdent stratum: an SD ratio from fewer rows has under 2 residual degrees of freedom
+MIN_STRATUM_ROWS = 3
+#: a numeric stratum column with non-integer values and more distinct values than this is continuous
+CONTINUOUS_LEVELS = 20
+
+
+def check_variance_identifiable(var: BoundVariance, by: str, column: pd.Series) -> None:
+    """Refuse a ``VarIdent`` whose strata the data cannot identify.
+
+    Rules (stated in the messages): the stratum column must not be continuous (numeric with
+    non-integer values and more than :data:`CONTINUOUS_LEVELS` distinct values: one SD per value is one
+    parameter per handful of rows); every stratum needs at least :data:`MIN_STRATUM_ROWS` rows (so at
+    most ``nobs / 3`` strata).
+
+    Raises
+    ------
+    DataError
+        Naming the column, the number of strata and the smallest strata.
+    """
+    nobs = len(var.strata)
+    nlev = len(var.levels)
+    if pd.api.types.is_numeric_dtype(column) and column.dtype != bool and nlev > CONTINUOUS_LEVELS:
+        v = column.to_numpy(dtype=float)
+        if np.any(v != np.round(v)):
+            raise DataError(
+                f"VarIdent({by!r}): column {by!r} looks continuous ({nlev} distinct non-integer values in {nobs} "
+                "rows); VarIdent estimates one SD ratio per distinct value. Use a grouping column with few levels "
+                f"(e.g. pd.cut of {by!r})"
+            )
+    counts = np.bincount(var.strata, minlength=nlev)
+    small = np.flatnonzero(counts < MIN_STRATUM_ROWS)
+    if small.size:
+        show = ", ".join(f"{var.levels[i]!s} ({counts[i]} row{'s' if counts[i] != 1 else ''})" for i in small[:5])
+        raise DataError(
+            f"VarIdent({by!r}): {small.size} of its {nlev} strata have fewer than {MIN_STRATUM_ROWS} rows ({show}"
+            f"{', ...' if small.size > 5 else ''}); each stratum's SD ratio needs at least {MIN_STRATUM_ROWS} rows "
+            f"(so at most {nobs // MIN_STRATUM_ROWS} strata for {nobs} rows). Merge strata or use a coarser column"
+        )

@@ -22,7 +22,7 @@ from memoe.core.linalg.sufficient import group_crossprod
 from memoe.errors import DataError, FormulaError
 from memoe.lmm.objective import PLSProblem
 
-__all__ = ["MoEDesign", "SubjectStats", "build_moe_design", "subject_stats"]
+__all__ = ["MoEDesign", "SubjectStats", "build_moe_design", "check_response", "subject_stats"]
 
 
 @dataclass(frozen=True)
@@ -297,6 +297,44 @@ def build_moe_design(formula: str, data: pd.DataFrame, gating: str | None, group
         data=frame_rows,
         n_dropped=int((~keep).sum()) + design.frame.n_dropped,
     )
+
+
+def check_response(md: MoEDesign) -> None:
+    """Refuse responses whose Gaussian likelihood is unbounded for every parameter value path.
+
+    * a constant response: any expert fits it exactly and ``sigma -> 0`` sends the log-likelihood
+      to ``+inf`` (a fit would report a huge, meaningless logLik);
+    * a response that each subject's random effects reproduce exactly (e.g. constant within every
+      subject with a random intercept): the residual variance is then not identified, ``sigma -> 0``.
+
+    The second check is the within-subject residual sum of squares of y on Z_i, summed over
+    subjects, ``sum_i (y_i'y_i - y_i'Z_i (Z_i'Z_i)^+ Z_i'y_i)``, from the subject statistics
+    (batched, no loop over subjects), compared with the total sum of squares about the mean.
+
+    Raises
+    ------
+    DataError
+        Naming the response column.
+    """
+    y = md.design.y
+    name = md.design.spec.response
+    if y.size and np.all(y == y[0]):
+        raise DataError(
+            f"the response {name!r} is constant (every value is {y[0]:g}): a mixture of Gaussian experts fits it "
+            "with zero residual variance and an unbounded likelihood; there is nothing to cluster"
+        )
+    st = md.stats
+    if st.q == 0:
+        return
+    tss = float(np.sum((y - y.mean()) ** 2))
+    within = st.yy - np.einsum("na,nab,nb->n", st.Zy, np.linalg.pinv(st.ZZ, hermitian=True), st.Zy)
+    # relative to the total SS: round-off in yy - Zy'(ZZ)^+ Zy is about eps * yy per subject
+    if float(within.sum()) <= 1e-10 * max(tss, float(st.yy.sum())):
+        raise DataError(
+            f"the response {name!r} is reproduced exactly by each subject's random effects "
+            f"({', '.join(md.z_names)} per {md.group!r}; e.g. constant within every subject): the residual "
+            "variance is zero and the likelihood unbounded; drop random effects or check the response"
+        )
 
 
 def gating_matrix(mdesign: MoEDesign, subj_frame: pd.DataFrame) -> np.ndarray:

@@ -7,10 +7,13 @@ log-likelihood never decreases; a decrease beyond round-off is recorded on the r
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from memoe.core.arguments import check_int
+from memoe.errors import ArgumentError, ArgumentTypeError
 from memoe.moe.experts import MStepControl
 from memoe.moe.params import MoEParams
 from memoe.moe.problem import EStep, MoEProblem
@@ -41,6 +44,23 @@ class EMControl:
     tol_par: float = 1e-6
     min_mass: float | None = None
     mstep: MStepControl | None = None
+
+    def __post_init__(self) -> None:
+        check_int(self.max_iter, "EMControl.max_iter", minimum=1)
+        _check_nonneg(self.tol, "EMControl.tol")
+        _check_nonneg(self.tol_par, "EMControl.tol_par")
+        if self.min_mass is not None:
+            _check_nonneg(self.min_mass, "EMControl.min_mass")
+        if self.mstep is not None and not isinstance(self.mstep, MStepControl):
+            raise ArgumentTypeError(f"EMControl.mstep must be an MStepControl or None, got {type(self.mstep).__name__}")
+
+
+def _check_nonneg(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (float(value) >= 0):
+        raise ArgumentError(f"{name} must be a non-negative number, got {value!r}")
+    if not np.isfinite(float(value)):
+        raise ArgumentError(f"{name} must be finite, got {value!r}")
+    return float(value)
 
 
 @dataclass
@@ -138,15 +158,21 @@ def polish(problem: MoEProblem, run: EMRun, max_iter: int = 500, gtol: float = 1
 
     st = problem.structure
     psi0 = st.pack(run.params)
+    floor = getattr(problem.expert, "sigma_floor", 0.0)
 
     def f(psi):
+        # below the residual-SD floor an expert collapses onto exactly fitted subjects (likelihood
+        # unbounded): treat it as infeasible so the line search backs off
+        if np.any(st.unpack(psi).sigma < floor):
+            return 1e300, np.zeros_like(psi)
         ll, g = problem.loglik_and_score(psi)
         if not np.isfinite(ll):
             return 1e300, np.zeros_like(psi)
         return -ll, -g
 
     res = minimize(f, psi0, jac=True, method="BFGS", options={"maxiter": max_iter, "gtol": gtol * problem.N})
-    if np.all(np.isfinite(res.x)) and -res.fun > run.loglik:
+    # a step below the residual-SD floor is a collapse onto exactly fitted subjects, not an improvement
+    if np.all(np.isfinite(res.x)) and -res.fun > run.loglik and np.all(st.unpack(res.x).sigma >= floor):
         params = st.unpack(res.x)
         e = problem.e_step(params)
         run.params, run.estep, run.loglik = params, e, e.loglik

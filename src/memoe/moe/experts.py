@@ -13,14 +13,17 @@ All per-subject work is a batched small-matrix computation over the statistics o
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 
+from memoe.core.arguments import check_int
 from memoe.core.covariance import ThetaMap
 from memoe.core.linalg.batched import batched_backward_solve_t, batched_cholesky, batched_forward_solve
 from memoe.core.optim import minimize_bounded
+from memoe.errors import ArgumentError
 from memoe.lmm.objective import PLSProblem
 from memoe.moe.data import SubjectStats
 from memoe.moe.kernels import bmtm, bmv, btmv, congruence, logdet_chol, right_const, rowdot
@@ -69,6 +72,13 @@ class MStepControl:
     ftol_abs: float = 1e-9
     xtol_abs: float = 1e-7
 
+    def __post_init__(self) -> None:
+        check_int(self.maxeval, "MStepControl.maxeval", minimum=1)
+        for name in ("ftol_abs", "xtol_abs"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, numbers.Real) or not (0 <= float(v) < np.inf):
+                raise ArgumentError(f"MStepControl.{name} must be a non-negative finite number, got {v!r}")
+
 
 class Expert(Protocol):
     """What the EM needs from an expert family."""
@@ -84,6 +94,20 @@ class Expert(Protocol):
     def m_step(self, weights: np.ndarray, start: ExpertParams, step: float | None = None) -> ExpertParams:
         """Parameters that increase ``sum_i weights_i * l_i`` from ``start``."""
         ...
+
+
+def _sigma_floor(stats: SubjectStats) -> float:
+    """Smallest residual SD an expert may take: 1e-5 of the pooled OLS residual SD.
+
+    Far below any residual SD a real data set estimates (the pooled residual also carries the
+    between-subject variation), yet it keeps the log-likelihood bounded when an expert would
+    otherwise collapse onto a few subjects that its random effects reproduce exactly.
+    """
+    XX, Xy = stats.XX.sum(axis=0), stats.Xy.sum(axis=0)
+    b = np.linalg.lstsq(XX, Xy, rcond=None)[0]
+    rss = max(float(stats.yy.sum() - b @ Xy), 0.0)
+    sd = math.sqrt(rss / max(float(stats.n.sum()), 1.0))
+    return 1e-5 * sd if sd > 0 else 1e-300
 
 
 class GaussianExpert:
@@ -123,6 +147,7 @@ class GaussianExpert:
         self.theta_map = theta_map
         self.control = control or MStepControl()
         self._XX_flat = stats.XX.reshape(stats.N, -1)
+        self.sigma_floor = _sigma_floor(stats)
 
     # ------------------------------------------------------------------ E-step kernel
     def _rss(self, beta: np.ndarray) -> np.ndarray:
@@ -236,7 +261,9 @@ class GaussianExpert:
         M, m, yy = self._gls(lam, w)
         beta = np.linalg.solve(M, m)
         pwrss = max(yy - float(beta @ m), 1e-300)
-        return beta, math.sqrt(pwrss / float(w @ self.stats.n))
+        # the floor keeps an expert that collapses onto a few exactly fitted subjects (sigma -> 0,
+        # likelihood -> +inf) finite; the model reports such experts (DegenerateExpertWarning)
+        return beta, max(math.sqrt(pwrss / float(w @ self.stats.n)), self.sigma_floor)
 
     # ------------------------------------------------------------------ M-step
     def m_step(

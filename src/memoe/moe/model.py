@@ -8,25 +8,44 @@ multi-start EM with each subject's exact marginal likelihood in the E-step.
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 
 import numpy as np
 import pandas as pd
 from formulaic import model_matrix
 
+from memoe.core.arguments import (
+    check_bool,
+    check_choice,
+    check_int,
+    check_optional_bool,
+    check_positive_float,
+    check_seed,
+    check_str,
+)
 from memoe.core.formula.names import r_column_name
-from memoe.errors import ConvergenceWarning, FormulaError
-from memoe.moe.data import MoEDesign, build_moe_design
+from memoe.core.warnings import caller_stacklevel
+from memoe.errors import (
+    ArgumentError,
+    ArgumentTypeError,
+    ConvergenceWarning,
+    EmptyExpertWarning,
+    FormulaError,
+)
+from memoe.moe.data import MoEDesign, build_moe_design, check_response
 from memoe.moe.experts import GaussianExpert, MStepControl
 from memoe.moe.multistart import ORDER_RULES, MultiStartControl, canonical_order, fit_multistart
 from memoe.moe.params import MoEParams
 from memoe.moe.problem import MoEProblem
 from memoe.moe.structure import COV_OPTIONS, SIGMA_OPTIONS, Structure
 
-__all__ = ["MEMoE", "MoE"]
+__all__ = ["DegenerateExpertWarning", "MEMoE", "MoE"]
 
-# above this many subject-starts a fit shows a progress bar unless told otherwise
-_PROGRESS_WORK = 200_000
+
+class DegenerateExpertWarning(EmptyExpertWarning):
+    """An expert's residual SD reached its floor: it fits a handful of subjects exactly (unbounded likelihood)."""
+
 
 
 class MEMoE:
@@ -82,16 +101,25 @@ class MEMoE:
         order: str | None = "intercept",
         mstep: MStepControl | None = None,
     ) -> None:
+        formula = check_str(formula, "formula", "y ~ time + (time | id)")
+        if gating is not None:
+            gating = check_str(gating, "gating", "~ w1 + w2")
+        if mixture is not None:
+            mixture = check_str(mixture, "mixture", "~ time")
+        if group is not None:
+            group = check_str(group, "group", "id")
         if data is None:
-            raise FormulaError("data must be given")
-        if int(k) != k or k < 1:
-            raise ValueError(f"k must be a positive integer, got {k!r}")
-        if random_cov not in COV_OPTIONS:
-            raise ValueError(f"random_cov must be one of {COV_OPTIONS}, got {random_cov!r}")
-        if sigma not in SIGMA_OPTIONS:
-            raise ValueError(f"sigma must be one of {SIGMA_OPTIONS}, got {sigma!r}")
-        if order not in ORDER_RULES:
-            raise ValueError(f"order must be one of {ORDER_RULES}, got {order!r}")
+            raise ArgumentTypeError("data must be given: a pandas DataFrame with the response, covariates and subject")
+        if not isinstance(data, pd.DataFrame):
+            raise ArgumentTypeError(f"data must be a pandas DataFrame, got {type(data).__name__}")
+        k = check_int(k, "k", minimum=1)  # the number of experts
+        check_choice(random_cov, "random_cov", COV_OPTIONS)
+        check_choice(sigma, "sigma", SIGMA_OPTIONS)
+        check_choice(order, "order", ORDER_RULES)
+        if mstep is not None and not isinstance(mstep, MStepControl):
+            raise ArgumentTypeError(
+                f"mstep must be a memoe.moe.experts.MStepControl or None, got {type(mstep).__name__}"
+            )
         self.formula = formula
         self.gating = gating
         self.k = int(k)
@@ -101,6 +129,8 @@ class MEMoE:
         self.order = order
         self.mdesign: MoEDesign = build_moe_design(formula, data, gating, group)
         md = self.mdesign
+        check_response(md)
+        _check_k(self.k, md)
         specific = self._specific_mask(mixture, data)
         tmap = md.design.theta_map
         q = md.Z.shape[1]
@@ -151,39 +181,59 @@ class MEMoE:
         start: MoEParams | None = None,
         previous=None,
         se: bool = True,
+        tol: float | None = None,
+        maxiter: int | None = None,
     ):
         """Estimate by multi-start EM.
 
         Parameters
         ----------
         n_starts : int
-            Starting points (k-means on two-stage OLS coefficients, random soft assignments, and
-            splits of ``previous``); ignored for k = 1.
-        seed : int, optional
+            Starting points, at least 1 (k-means on two-stage OLS coefficients, random soft
+            assignments, and splits of ``previous``); ignored for k = 1.
+        seed : int >= 0, numpy.random.SeedSequence or numpy.random.Generator, optional
             Makes the fit deterministic.
         progress : bool, optional
-            tqdm progress bar; default on for long fits.
+            tqdm progress bars over the starts; None (default): shown when stderr is a terminal.
         control : MultiStartControl, optional
             Exploratory run length, how many runs go to convergence, the EM stopping rule.
         start : MoEParams, optional
-            An extra user-supplied start.
+            An extra user-supplied start (shapes of this model: K experts, p fixed effects, ...).
         previous : MEMoEResult, optional
             A fit with k - 1 experts on the same data: its posterior seeds "split" starts.
         se : bool
             Compute standard errors now (they are otherwise computed on first use).
+        tol : float, optional
+            Relative log-likelihood change that ends the runs to convergence (overrides
+            ``control.em.tol``).
+        maxiter : int, optional
+            EM iterations of the runs to convergence (overrides ``control.em.max_iter``).
 
         Returns
         -------
         MEMoEResult
+
+        Raises
+        ------
+        ArgumentError, ArgumentTypeError
+            An argument of the wrong type or out of range; the message names it.
         """
         from memoe.moe.result import MEMoEResult
 
-        if progress is None:
-            progress = n_starts * self.n_subjects * self.k >= _PROGRESS_WORK
+        n_starts = check_int(n_starts, "n_starts", minimum=1)
+        seed = check_seed(seed)
+        progress = check_optional_bool(progress, "progress")
+        se = check_bool(se, "se")
+        if control is not None and not isinstance(control, MultiStartControl):
+            raise ArgumentTypeError(
+                f"control must be a memoe.moe.multistart.MultiStartControl or None, got {type(control).__name__}"
+            )
+        control = _with_em_overrides(control, tol, maxiter)
+        if start is not None:
+            _check_start(start, self)
         prev_tau = None
         if previous is not None:
-            if previous.k != self.k - 1 or previous.n_subjects != self.n_subjects:
-                raise ValueError("previous must be a fit with k - 1 experts on the same subjects")
+            _check_previous(previous, self)
             prev_tau = previous.posterior.to_numpy()
         ms = fit_multistart(
             self.problem, n_starts, seed, control, previous_tau=prev_tau, start_params=start, progress=progress
@@ -193,14 +243,24 @@ class MEMoE:
         params = run.params.permute(order)
         estep = self.problem.e_step(params)
         result = MEMoEResult(self, params, estep, ms, order)
+        if result.degenerate_experts:
+            mass = estep.mass
+            which = ", ".join(f"expert {k} (mass {mass[k - 1]:.3g} subjects)" for k in result.degenerate_experts)
+            warnings.warn(
+                f"{which}: residual SD at the floor {self.problem.expert.sigma_floor:.3g}; the expert fits a few "
+                "subjects' trajectories exactly, where the likelihood is unbounded; use fewer experts, "
+                "sigma='common', or check those subjects' responses",
+                DegenerateExpertWarning,
+                stacklevel=caller_stacklevel(),
+            )
         # a run stopped by an emptied expert is reported by EmptyExpertWarning instead
         if not result.converged and not result.empty_experts:
             warnings.warn(
                 f"EM did not converge: the best start stopped after {result.n_iter} iterations "
-                f"(last log-likelihood change {_last_change(result.trace):.3g}); raise control.em.max_iter "
-                "or check the model",
+                f"(last log-likelihood change {_last_change(result.trace):.3g}); raise maxiter "
+                "(control.em.max_iter) or check the model",
                 ConvergenceWarning,
-                stacklevel=2,
+                stacklevel=caller_stacklevel(),
             )
         if se:
             _ = result.inference
@@ -222,6 +282,8 @@ class MoE(MEMoE):
     """
 
     def __init__(self, formula: str, gating: str | None = None, k: int = 2, data=None, *, group: str, **kw) -> None:
+        formula = check_str(formula, "formula", "y ~ time + x")
+        group = check_str(group, "group", "id")
         if "|" in formula:
             raise FormulaError("MoE experts are regressions: give the formula without (terms | group) parts")
         super().__init__(formula, gating, k, data, group=group, **kw)
@@ -229,3 +291,73 @@ class MoE(MEMoE):
 
 def _last_change(trace: list[float]) -> float:
     return float(trace[-1] - trace[-2]) if len(trace) > 1 else float("nan")
+
+
+def _check_k(k: int, md: MoEDesign) -> None:
+    """Refuse more experts than the subjects can fill.
+
+    EM declares an expert empty when its posterior mass falls below ``max(2, p)`` subjects (see
+    :class:`~memoe.moe.em.EMControl`), so k experts need at least that many subjects each, and never
+    as many experts as subjects.
+    """
+    N, p = md.N, md.design.p
+    if k > 1 and k >= N:
+        raise ArgumentError(
+            f"k = {k} experts for {N} subjects: k must be smaller than the number of subjects "
+            "(each expert needs several subjects to estimate its parameters)"
+        )
+    per = max(2, p)
+    if k > 1 and k * per > N:
+        raise ArgumentError(
+            f"k = {k} experts need at least k * max(2, p) = {k} * {per} = {k * per} subjects (p = {p} fixed "
+            f"effects; below that posterior mass EM declares an expert empty), the data have {N}; use fewer experts"
+        )
+
+
+def _with_em_overrides(control: MultiStartControl | None, tol, maxiter) -> MultiStartControl | None:
+    if tol is None and maxiter is None:
+        return control
+    ctl = control or MultiStartControl()
+    em = ctl.em
+    if tol is not None:
+        em = dataclasses.replace(em, tol=check_positive_float(tol, "tol"))
+    if maxiter is not None:
+        em = dataclasses.replace(em, max_iter=check_int(maxiter, "maxiter", minimum=1))
+    return dataclasses.replace(ctl, em=em)
+
+
+def _check_start(start, model: MEMoE) -> None:
+    """A user start must have this model's shapes and finite values with positive SDs."""
+    if not isinstance(start, MoEParams):
+        raise ArgumentTypeError(f"start must be a memoe.moe.params.MoEParams or None, got {type(start).__name__}")
+    st = model.structure
+    want = {"gamma": (st.K, st.r), "beta": (st.K, st.p), "L": (st.K, st.q, st.q), "sigma": (st.K,)}
+    for name, shape in want.items():
+        a = np.asarray(getattr(start, name))
+        if a.shape != shape:
+            raise ArgumentError(
+                f"start.{name} has shape {a.shape}, this model (k = {st.K}, {st.p} fixed effects, {st.q} random "
+                f"effects, {st.r} gating columns) needs {shape}"
+            )
+        if not np.all(np.isfinite(a)):
+            raise ArgumentError(f"start.{name} has non-finite values")
+    if np.any(np.asarray(start.sigma) <= 0):
+        raise ArgumentError(f"start.sigma must be positive, got {np.asarray(start.sigma).tolist()}")
+
+
+def _check_previous(previous, model: MEMoE) -> None:
+    from memoe.moe.result import MEMoEResult
+
+    if not isinstance(previous, MEMoEResult):
+        raise ArgumentTypeError(f"previous must be a MEMoE fit (MEMoEResult) or None, got {type(previous).__name__}")
+    if previous.k != model.k - 1 or previous.n_subjects != model.n_subjects:
+        raise ArgumentError(
+            f"previous must be a fit with k - 1 = {model.k - 1} experts on the same {model.n_subjects} subjects; "
+            f"it has k = {previous.k} and {previous.n_subjects} subjects"
+        )
+
+
+def _degenerate_experts(model: MEMoE, params: MoEParams) -> list[int]:
+    """Experts (1-based) whose residual SD sits at the expert's floor (see GaussianExpert.sigma_floor)."""
+    floor = model.problem.expert.sigma_floor
+    return [int(k) + 1 for k in np.flatnonzero(np.asarray(params.sigma) <= floor * (1.0 + 1e-6))]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 import warnings
 from dataclasses import dataclass, field
 
@@ -9,7 +10,9 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import linear_sum_assignment
 
-from memoe.errors import EmptyExpertWarning
+from memoe.core.arguments import check_bool, check_int, check_seed
+from memoe.core.warnings import caller_stacklevel
+from memoe.errors import ArgumentError, ArgumentTypeError, EmptyExpertWarning
 from memoe.moe.em import EMControl, EMRun, polish, run_em
 from memoe.moe.experts import MStepControl
 from memoe.moe.init import kmeans_tau, random_tau, split_tau, start_plan, two_stage_features
@@ -54,6 +57,24 @@ class MultiStartControl:
     em: EMControl = field(default_factory=lambda: EMControl(tol=1e-8, tol_par=1e-4))
     polish: bool = True
     same_partition: float = 0.99
+
+    def __post_init__(self) -> None:
+        check_int(self.short_iter, "MultiStartControl.short_iter", minimum=1)
+        check_int(self.n_polish, "MultiStartControl.n_polish", minimum=1)
+        check_bool(self.polish, "MultiStartControl.polish")
+        for name in ("short_tol", "at_best_tol"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, numbers.Real) or not (0 <= float(v) < np.inf):
+                raise ArgumentError(f"MultiStartControl.{name} must be a non-negative finite number, got {v!r}")
+        sp = self.same_partition
+        if isinstance(sp, bool) or not isinstance(sp, numbers.Real) or not (0 < float(sp) <= 1):
+            raise ArgumentError(f"MultiStartControl.same_partition must be in (0, 1], got {sp!r}")
+        if not isinstance(self.short_mstep, MStepControl):
+            raise ArgumentTypeError(
+                f"MultiStartControl.short_mstep must be an MStepControl, got {type(self.short_mstep).__name__}"
+            )
+        if not isinstance(self.em, EMControl):
+            raise ArgumentTypeError(f"MultiStartControl.em must be an EMControl, got {type(self.em).__name__}")
 
 
 @dataclass
@@ -116,7 +137,7 @@ def fit_multistart(
     control: MultiStartControl | None = None,
     previous_tau: np.ndarray | None = None,
     start_params: MoEParams | None = None,
-    progress: bool = False,
+    progress: bool | None = False,
 ) -> MultiStartResult:
     """Multi-start EM.
 
@@ -131,12 +152,13 @@ def fit_multistart(
         Posterior of a (K-1)-expert fit: adds one "split" start per expert.
     start_params : MoEParams, optional
         A user start, run as an additional start.
-    progress : bool
-        Show a tqdm progress bar.
+    progress : bool or None
+        Show tqdm progress bars (starts, then runs to convergence); None: when stderr is a terminal.
     """
+    n_starts = check_int(n_starts, "n_starts", minimum=1)
     ctl = control or MultiStartControl()
-    rng = np.random.default_rng(seed)
-    plan = start_plan(max(1, n_starts), problem.K, previous_tau is not None)
+    rng = np.random.default_rng(check_seed(seed))
+    plan = start_plan(n_starts, problem.K, previous_tau is not None)
     features = two_stage_features(problem.expert.stats) if problem.K > 1 else None
     short = EMControl(
         max_iter=ctl.short_iter, tol=ctl.short_tol, tol_par=0.0, min_mass=ctl.em.min_mass, mstep=ctl.short_mstep
@@ -162,7 +184,7 @@ def fit_multistart(
     pool = ok if ok else list(range(len(runs)))
     chosen = sorted(pool, key=lambda i: -runs[i].loglik)[: max(1, ctl.n_polish)]
     polished = np.zeros(len(runs), dtype=bool)
-    bar = _bar(len(chosen), progress and problem.K > 1, "EM to convergence")
+    bar = _bar(len(chosen), progress if problem.K > 1 else False, "EM to convergence")
     for i in chosen:
         r0 = runs[i]
         if not r0.converged and not r0.empty:
@@ -199,12 +221,21 @@ def fit_multistart(
         }
     )
     if n_empty:
-        msg = f"{n_empty} of {len(runs)} EM start(s) lost an expert (posterior mass below the minimum)"
+        min_mass = ctl.em.min_mass if ctl.em.min_mass is not None else max(2.0, float(problem.structure.p))
+        msg = (
+            f"{n_empty} of {len(runs)} EM start(s) lost an expert (posterior mass below {min_mass:g} subjects' "
+            "worth)"
+        )
         if best.empty:
-            msg += f"; the selected fit has empty expert(s) {[k + 1 for k in best.empty]}: consider fewer experts"
+            mass = best.estep.mass
+            lost = ", ".join(f"expert {k + 1} (mass {mass[k]:.3g})" for k in best.empty)
+            msg += (
+                f"; the selected fit has empty expert(s): {lost} of {problem.N} subjects (numbered as estimated, "
+                "see fit.empty_experts for the reported order): consider fewer experts"
+            )
         else:
             msg += " and were discarded"
-        warnings.warn(msg, EmptyExpertWarning, stacklevel=3)
+        warnings.warn(msg, EmptyExpertWarning, stacklevel=caller_stacklevel())
     return MultiStartResult(
         best=best,
         starts=starts,
@@ -253,9 +284,10 @@ class _NoBar:
         pass
 
 
-def _bar(total: int, show: bool, desc: str):
-    if not show:
+def _bar(total: int, show: bool | None, desc: str):
+    """A tqdm bar; ``show=None`` lets tqdm decide (shown when stderr is a terminal, so tests and CI print nothing)."""
+    if show is False:
         return _NoBar()
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, leave=False)
+    return tqdm(total=total, desc=desc, leave=False, disable=None if show is None else False)

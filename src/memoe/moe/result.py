@@ -65,6 +65,13 @@ class MEMoEResult:
 
     # ------------------------------------------------------------------ sizes and criteria
     @property
+    def degenerate_experts(self) -> list[int]:
+        """Experts (1-based) whose residual SD sits at its floor: they fit a few subjects exactly (normally empty)."""
+        from memoe.moe.model import _degenerate_experts
+
+        return _degenerate_experts(self.model, self.params)
+
+    @property
     def n_subjects(self) -> int:
         return self.model.mdesign.N
 
