@@ -170,6 +170,10 @@ def compare(*fits, boundary: bool = False, refit: bool = True, names: list[str] 
     >>> memoe.compare(m0, m1, boundary=True)  # doctest: +SKIP
     """
     fits_l, names_l = _unpack(fits, names)
+    if any(getattr(f, "family", None) in ("memoe", "moe") for f in fits_l):
+        from memoe.inference.compare_mixtures import compare_mixtures  # criteria only: no regular LRT for K
+
+        return compare_mixtures(fits_l, names_l, boundary=boundary, refit=refit)
     if len(fits_l) < 2:
         raise ModelComparisonError("compare() needs at least two fitted models")
     for f, n in zip(fits_l, names_l, strict=True):
