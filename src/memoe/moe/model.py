@@ -15,6 +15,7 @@ import pandas as pd
 from formulaic import model_matrix
 
 from memoe.core.formula.names import r_column_name
+from memoe.core.frames import to_pandas
 from memoe.errors import ConvergenceWarning, FormulaError
 from memoe.moe.data import MoEDesign, build_moe_design
 from memoe.moe.experts import GaussianExpert, MStepControl
@@ -84,6 +85,7 @@ class MEMoE:
     ) -> None:
         if data is None:
             raise FormulaError("data must be given")
+        data = to_pandas(data, "data")  # polars / pyarrow tables give the numbers of the pandas one
         if int(k) != k or k < 1:
             raise ValueError(f"k must be a positive integer, got {k!r}")
         if random_cov not in COV_OPTIONS:
