@@ -329,3 +329,16 @@ def test_compare_refits_reml_lmm_with_a_warning():
     with pytest.raises(ModelComparisonError, match="REML"):
         memoe.compare(memoe_fit(), lmm, refit=False)
     assert tab.loc["model2", "k"] == 1
+
+
+def test_singular_when_an_expert_covariance_is_on_the_boundary():
+    import copy
+
+    fit = memoe_fit()
+    assert not fit.singular
+    L = fit.estimates.L.copy()
+    L[1, 1, 1] = 1e-6 * fit.estimates.sigma[1]  # expert 2's slope SD (given the intercept) at ~0
+    boundary = copy.copy(fit)
+    boundary.estimates = fit.estimates.replace(L=L)
+    assert boundary.singular and boundary.glance()["singular"].iloc[0]
+    assert moe_fit().singular is False
