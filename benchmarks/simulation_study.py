@@ -93,13 +93,13 @@ def matched_table(fit, true_class: np.ndarray, se: bool) -> tuple[pd.DataFrame |
     acc = float(np.mean(perm[est] == true_class))
     ari = adjusted_rand(est, true_class)
     order = np.argsort(perm)  # true expert j is estimated expert order[j]
-    params = fit.params.permute(order)
+    params = fit.estimates.permute(order)
     m = fit.model
     md, st = m.mdesign, m.structure
     names = natural_names(st, md.fixef_names, md.z_names, md.gating_names)
     if se:
         inf = compute_inference(m.problem, params, names, st.names(md.fixef_names, md.z_names, md.gating_names))
-        return inf.table(), acc, ari
+        return inf.standard_errors(), acc, ari
     from memoe.moe.inference import natural_values
 
     return pd.Series(natural_values(st, params), index=names), acc, ari

@@ -59,17 +59,18 @@ def test_estimates_match_flexmix(case):
     _, _, flex, fit = case
     # canonical order (increasing intercept) coincides with flexmix's matched labels here
     for k, comp in enumerate(flex["components_matched"]):
-        np.testing.assert_allclose(fit.params.beta[k], list(comp["fixef"].values()), atol=2e-3)
+        np.testing.assert_allclose(fit.estimates.beta[k], list(comp["fixef"].values()), atol=2e-3)
         G = np.array(comp["ranef_cov"]["values"])
-        np.testing.assert_allclose(fit.params.G[k], G, atol=5e-3)
-        assert abs(fit.params.sigma[k] - comp["sigma"]) < 1e-3
+        np.testing.assert_allclose(fit.estimates.G[k], G, atol=5e-3)
+        assert abs(fit.estimates.sigma[k] - comp["sigma"]) < 1e-3
     g = np.array(flex["gating_matched"]["coefficients"]["values"])
-    np.testing.assert_allclose(fit.params.gamma, g, atol=5e-3)
+    np.testing.assert_allclose(fit.estimates.gamma, g, atol=5e-3)
 
 
 def test_truth_inside_robust_intervals(case):
     _, truth, _, fit = case
-    tab = fit.params_table
+    tab = fit.confint(0.95, robust="sandwich")
+    tab.index = fit.summary().table.index  # (part, expert, term), as the truth is keyed
     experts = truth["parameters"]["experts"]
     true = {}
     for k, e in enumerate(experts, start=1):
@@ -84,8 +85,8 @@ def test_truth_inside_robust_intervals(case):
             true[("gating", g["expert"], n)] = g[n]
     assert set(true) == set(tab.index)
     t = pd.Series(true).reindex(tab.index)
-    inside = (tab["lower 95%"] <= t) & (t <= tab["upper 95%"])
+    inside = (tab["lower"] <= t) & (t <= tab["upper"])
     # 17 parameters: at most one miss (the w2 gating effect, estimated near 0 in this sample by
     # every method, is the expected one)
     assert inside.sum() >= len(inside) - 1, tab[~inside]
-    assert (tab["se_robust"] > 0).all() and (tab["se_model"] > 0).all()
+    assert (fit.coef_table(robust="sandwich")["std_error"] > 0).all() and (fit.bse > 0).all()

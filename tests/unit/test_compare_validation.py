@@ -95,15 +95,6 @@ def test_invalid_inputs(sleep, base):
         memoe.compare(base, base, refit=None)
 
 
-def test_mixtures_are_refused_with_a_pointer_to_select_k():
-    df, _ = memoe.simulate.memoe_data(40, k=1, seed=3)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        m1 = memoe.MEMoE("y ~ time + (1 | id)", k=1, data=df).fit(n_starts=1, seed=1, progress=False, se=False)
-    with pytest.raises(ModelComparisonError, match=r"mixture of experts.*select_k"):
-        memoe.compare(m1, m1)
-
-
 def test_different_data_is_refused(sleep, base):
     fewer = _fit("Reaction ~ Days + (1 | Subject)", sleep.iloc[:170])
     with pytest.raises(ModelComparisonError, match="180 and 170 observations") as info:

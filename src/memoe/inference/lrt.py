@@ -277,6 +277,10 @@ def compare(*fits, boundary: bool = False, refit: bool = True, names: list[str] 
     boundary = check_bool(boundary, "boundary")
     refit = check_bool(refit, "refit")
     fits_l, names_l = _unpack(fits, names)
+    if any(getattr(f, "family", None) in ("memoe", "moe") for f in fits_l):
+        from memoe.inference.compare_mixtures import compare_mixtures  # criteria only: no regular LRT for K
+
+        return compare_mixtures(fits_l, names_l, boundary=boundary, refit=refit)
     if len(fits_l) < 2:
         raise ModelComparisonError("compare() needs at least two fitted models")
     dup = sorted({n for n in names_l if names_l.count(n) > 1})

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy.special import ndtr, ndtri
 
 from memoe.errors import ConvergenceWarning
 from memoe.moe.params import MoEParams
@@ -101,32 +100,13 @@ class MoEInference:
         idx = self.natural.index
         return pd.DataFrame(J @ V @ J.T, index=idx, columns=idx)
 
-    def table(self, level: float = 0.95) -> pd.DataFrame:
-        """Estimates with model-based and robust SEs, robust Wald z, p value and CI.
-
-        Variance parameters (SDs, correlations, sigma) get SEs and CIs but no test (a test of a
-        variance on the boundary is not a Wald test).
-        """
-        est = self.natural.to_numpy()
+    def standard_errors(self) -> pd.DataFrame:
+        """Estimates with model-based and sandwich standard errors (columns ``estimate, se_model,
+        se_robust``), indexed like :attr:`natural`. Tests and intervals: ``MEMoEResult.coef_table``."""
         se_m = np.sqrt(np.clip(np.diag(self.vcov_natural(False).to_numpy()), 0, None))
         se_r = np.sqrt(np.clip(np.diag(self.vcov_natural(True).to_numpy()), 0, None))
-        zq = float(ndtri(0.5 + level / 2.0))
-        testable = self.natural.index.get_level_values("part").isin(["gating", "fixed"])
-        with np.errstate(divide="ignore", invalid="ignore"):
-            z = np.where(testable, est / se_r, np.nan)
-        p = 2.0 * ndtr(-np.abs(z))
-        pct = f"{100 * level:g}%"
         return pd.DataFrame(
-            {
-                "estimate": est,
-                "se_model": se_m,
-                "se_robust": se_r,
-                "z": z,
-                "p": p,
-                f"lower {pct}": est - zq * se_r,
-                f"upper {pct}": est + zq * se_r,
-            },
-            index=self.natural.index,
+            {"estimate": self.natural.to_numpy(), "se_model": se_m, "se_robust": se_r}, index=self.natural.index
         )
 
 

@@ -25,6 +25,7 @@ from memoe.core.arguments import (
     check_str,
 )
 from memoe.core.formula.names import r_column_name
+from memoe.core.frames import to_pandas
 from memoe.core.warnings import caller_stacklevel
 from memoe.errors import (
     ArgumentError,
@@ -110,8 +111,7 @@ class MEMoE:
             group = check_str(group, "group", "id")
         if data is None:
             raise ArgumentTypeError("data must be given: a pandas DataFrame with the response, covariates and subject")
-        if not isinstance(data, pd.DataFrame):
-            raise ArgumentTypeError(f"data must be a pandas DataFrame, got {type(data).__name__}")
+        data = to_pandas(data, "data")  # polars / pyarrow tables give the numbers of the pandas one
         k = check_int(k, "k", minimum=1)  # the number of experts
         check_choice(random_cov, "random_cov", COV_OPTIONS)
         check_choice(sigma, "sigma", SIGMA_OPTIONS)

@@ -50,7 +50,7 @@ def encode_memoe(fit: MEMoEResult, arrays: dict[str, np.ndarray]) -> dict:
     model = fit.model
     md = model.mdesign
     for name in _PARAMS:
-        arrays[f"fit.params.{name}"] = np.asarray(getattr(fit.params, name), dtype=float)
+        arrays[f"fit.params.{name}"] = np.asarray(getattr(fit.estimates, name), dtype=float)
     arrays["fit.trace"] = np.asarray(fit.trace, dtype=float)
     return {
         "model": {
@@ -87,7 +87,7 @@ def encode_memoe(fit: MEMoEResult, arrays: dict[str, np.ndarray]) -> dict:
             "starts": encode_frame(fit.starts, "starts", arrays, "the starts table"),
         },
         # for a human reading meta.json; loading uses the arrays
-        "estimates": {name: plain(getattr(fit.params, name)) for name in _PARAMS},
+        "estimates": {name: plain(getattr(fit.estimates, name)) for name in _PARAMS},
     }
 
 

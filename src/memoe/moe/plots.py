@@ -86,7 +86,7 @@ def plot_trajectories(fit, time: str | None = None, max_subjects: int | None = 3
     X = md.design.fixed.matrix_for(grid)
     for k in range(fit.k):
         share = float(fit.posterior[k + 1].mean())
-        ax.plot(grid[time], X @ fit.params.beta[k], color=colors[k % len(colors)], lw=3,
+        ax.plot(grid[time], X @ fit.estimates.beta[k], color=colors[k % len(colors)], lw=3,
                 label=f"expert {k + 1} ({100 * share:.0f}%)")
     ax.set_xlabel(time)
     ax.set_ylabel(md.design.spec.response)

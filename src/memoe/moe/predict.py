@@ -23,12 +23,13 @@ from memoe.core.design.newdata import (
     require_dataframe,
     warn_nonfinite,
 )
+from memoe.core.linalg.batched import batched_cholesky, batched_forward_solve
 from memoe.moe.data import check_constant_within, gating_matrix, subject_stats
 from memoe.moe.experts import GaussianExpert
 from memoe.moe.gating import gate_log_probs
-from memoe.moe.kernels import logsumexp_rows
+from memoe.moe.kernels import congruence, logsumexp_rows
 
-__all__ = ["fitted_memoe", "predict_memoe"]
+__all__ = ["fit_blup_condsd", "fit_blups", "fitted_memoe", "predict_memoe"]
 
 KINDS = ("auto", "population", "subject", "class")
 
@@ -55,12 +56,34 @@ def _new_design(fit, data: pd.DataFrame):
     return X, Z, codes, pd.Index(labels, name=md.group), W
 
 
-def _fit_blups(fit) -> list[np.ndarray]:
-    """BLUPs ``b_ik`` of the fit's subjects under each expert, (N, q) each."""
+def fit_blups(fit) -> list[np.ndarray]:
+    """BLUPs ``b_ik = E(b_i | y_i, z_i = k)`` of the fit's subjects under each expert, (N, q) each."""
     md = fit.model.mdesign
     expert = GaussianExpert(md.stats, None, None)
     problem = fit.model.problem
-    return [expert.blup(problem.expert_params(fit.params, k)) for k in range(fit.k)]
+    return [expert.blup(problem.expert_params(fit.estimates, k)) for k in range(fit.k)]
+
+
+def fit_blup_condsd(fit) -> list[np.ndarray]:
+    """Conditional SDs ``sqrt(diag Var(b_i | y_i, z_i = k))`` of the fit's subjects under each expert, (N, q) each.
+
+    Notes
+    -----
+    ``Var(b_i | y_i, z_i = k) = sigma_k^2 Lambda_k S_ik^-1 Lambda_k'`` (lme4's ``condVar``) with
+    ``Lambda_k = L_k / sigma_k`` and ``S_ik = I + Lambda_k' Z_i'Z_i Lambda_k = C C'``; its diagonal is the
+    column sums of squares of ``C^-1 Lambda_k'``, batched over subjects.
+    """
+    st = fit.model.mdesign.stats
+    idx = np.arange(st.q)
+    out = []
+    for k in range(fit.k):
+        lam = fit.estimates.relative_factor(k)
+        S = congruence(st.ZZ, lam)
+        S[:, idx, idx] += 1.0
+        C = batched_cholesky(S)
+        M = batched_forward_solve(C, np.ascontiguousarray(np.broadcast_to(lam.T, (st.N, st.q, st.q))))
+        out.append(float(fit.estimates.sigma[k]) * np.sqrt(np.einsum("naj,naj->nj", M, M)))
+    return out
 
 
 def fitted_memoe(fit) -> pd.Series:
@@ -70,10 +93,10 @@ def fitted_memoe(fit) -> pd.Series:
     the same values.
     """
     md = fit.model.mdesign
-    means = md.design.X @ fit.params.beta.T
+    means = md.design.X @ fit.estimates.beta.T
     tau = fit._estep.tau
     pred = np.zeros(md.design.n)
-    for k, b in enumerate(_fit_blups(fit)):
+    for k, b in enumerate(fit_blups(fit)):
         pred += tau[md.codes, k] * (means[:, k] + np.einsum("nq,nq->n", md.Z, b[md.codes]))
     return pd.Series(pred, index=md.data.index, name="predicted")
 
@@ -139,7 +162,7 @@ def predict_memoe(
         return fitted_memoe(fit)
     data = md.data if newdata is None else require_dataframe(newdata)
     X, Z, codes, labels, W = _new_design(fit, data)
-    params = fit.params
+    params = fit.estimates
     K = fit.k
     means = X @ params.beta.T  # (n, K)
     has_id = codes >= 0
@@ -195,7 +218,7 @@ def predict_memoe(
                 # subjects without history in newdata: the fit's posterior and BLUPs
                 fit_tau = fit._estep.tau
                 tau = np.where(stored[:, None], fit_tau[np.maximum(fit_idx, 0)], tau)
-                fit_b = _fit_blups(fit)
+                fit_b = fit_blups(fit)
                 blups = [np.where(stored[:, None], fb[np.maximum(fit_idx, 0)], b) for fb, b in zip(fit_b, blups,
                                                                                                     strict=True)]
             pop_only = ~has_hist & new_subject

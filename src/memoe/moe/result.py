@@ -1,35 +1,52 @@
-"""The frozen result of a MEMoE fit: estimates, posterior, classification, criteria, SEs, predictions."""
+"""The frozen result of a MEMoE (or MoE) fit on the shared result interface.
+
+Every parameter of a mixture is named ``part[expert]:term`` (``gating[2]:w1``, ``fixed[1]:time``,
+``sd[1]:(Intercept)``, ``corr[1]:(Intercept):time``, ``sigma[1]``): :attr:`MEMoEResult.params`,
+:meth:`~MEMoEResult.vcov`, :meth:`~MEMoEResult.coef_table` and :meth:`~MEMoEResult.confint` use these
+names, and :meth:`~MEMoEResult.test` reads them. The structured estimates (arrays in canonical expert
+order) are :attr:`MEMoEResult.estimates`.
+"""
 
 from __future__ import annotations
 
 import math
 from functools import cached_property
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
 
-from memoe.moe.inference import MoEInference, compute_inference, natural_names
+from memoe.core.result import FitResult, coef_frame
+from memoe.errors import MemoeError
+from memoe.moe.inference import MoEInference, compute_inference, natural_names, natural_values
 from memoe.moe.multistart import MultiStartResult
 from memoe.moe.params import MoEParams
 from memoe.moe.problem import EStep
+from memoe.moe.wald import flat_names
 
 __all__ = ["MEMoEResult"]
 
+# lme4's isSingular tolerance on the diagonal of the relative covariance factor Lambda = L / sigma
+SINGULAR_TOL = 1e-4
+# parts of the natural parameters that are variance parameters (no Wald test on the boundary)
+_VARIANCE_PARTS = ("sd", "corr", "sigma")
 
-class MEMoEResult:
-    """A fitted Mixed-Effects Mixture of Experts.
+
+class MEMoEResult(FitResult):
+    """A fitted Mixed-Effects Mixture of Experts (or, for :class:`~memoe.moe.model.MoE`, of regressions).
+
+    The shared extractors (``bse``, ``confint``, ``tidy``, ``glance``, ``augment``, ``aic``, ``save``)
+    come from :class:`~memoe.core.result.FitResult`; this class adds the mixture's own.
 
     Attributes
     ----------
     model : MEMoE
-    params : MoEParams
-        Estimates in canonical expert order.
+    estimates : MoEParams
+        Estimates as arrays in canonical expert order (``gamma``, ``beta``, ``L``, ``sigma``);
+        :attr:`params` is the same as a labelled Series.
     k : int
-    loglik : float
-        Observed-data (marginal) log-likelihood.
     n_iter : int
         EM iterations of the selected run.
-    converged : bool
     starts : pandas.DataFrame
         Record of every start (see :class:`~memoe.moe.multistart.MultiStartResult`).
     n_at_best : int
@@ -44,15 +61,19 @@ class MEMoEResult:
         Log-likelihood at each EM iteration of the selected run (non-decreasing).
     """
 
+    robust_types: ClassVar[tuple[str | None, ...]] = (None, "sandwich")
+    residual_types: ClassVar[tuple[str, ...]] = ("response",)
+    confint_methods: ClassVar[tuple[str, ...]] = ("wald",)
+
     def __init__(self, model, params: MoEParams, estep: EStep, ms: MultiStartResult, order: np.ndarray) -> None:
         self.model = model
-        self.params = params
+        self.estimates = params
         self._estep = estep
         self.k = model.k
-        self.loglik = estep.loglik
+        self._loglik = float(estep.loglik)
         run = ms.best
         self.n_iter = run.n_iter
-        self.converged = run.converged
+        self._converged = bool(run.converged)
         self.trace = list(run.trace)
         self.max_decrease = run.max_decrease
         self.starts = ms.starts
@@ -63,13 +84,31 @@ class MEMoEResult:
         inv = np.argsort(order)
         self.empty_experts = sorted(int(inv[k]) + 1 for k in run.empty)
 
+    # ------------------------------------------------------------------ identity
+    @property
+    def family(self) -> str:  # type: ignore[override]  # "memoe" or "moe", per instance
+        return "moe" if type(self.model).__name__ == "MoE" else "memoe"
+
+    @property
+    def response_name(self) -> str:
+        return self.model.mdesign.design.spec.response
+
+    @property
+    def converged(self) -> bool:
+        return self._converged
+
+    @property
+    def loglik(self) -> float:
+        """Observed-data (marginal) log-likelihood."""
+        return self._loglik
+
     # ------------------------------------------------------------------ sizes and criteria
     @property
     def degenerate_experts(self) -> list[int]:
         """Experts (1-based) whose residual SD sits at its floor: they fit a few subjects exactly (normally empty)."""
         from memoe.moe.model import _degenerate_experts
 
-        return _degenerate_experts(self.model, self.params)
+        return _degenerate_experts(self.model, self.estimates)
 
     @property
     def n_subjects(self) -> int:
@@ -85,13 +124,25 @@ class MEMoEResult:
         return self.model.mdesign.n_dropped
 
     @property
+    def ngroups(self) -> pd.Series:
+        """``{subject column: number of subjects}``."""
+        return pd.Series({self.model.mdesign.group: self.n_subjects}, dtype=int, name="ngroups")
+
+    @property
     def npar(self) -> int:
         """Free parameters: gating, fixed effects, covariance entries, residual SDs."""
         return self.model.structure.size
 
     @property
-    def aic(self) -> float:
-        return -2.0 * self.loglik + 2.0 * self.npar
+    def df_model(self) -> int:
+        """The number of free parameters (:attr:`npar`), the penalty count of AIC / BIC."""
+        return self.npar
+
+    @property
+    def n_fixef(self) -> int:
+        """Free fixed-effects coefficients (shared coefficients counted once)."""
+        st = self.model.structure
+        return int(st.K * np.sum(st.specific) + np.sum(~np.asarray(st.specific)))
 
     @property
     def bic(self) -> float:
@@ -131,6 +182,36 @@ class MEMoEResult:
             }
         )
 
+    def information_criteria(self) -> pd.Series:
+        """AIC, AICc, BIC, HQIC, CAIC and ICL with N = the number of subjects (the independent units).
+
+        Returns
+        -------
+        memoe.inference.criteria.CriteriaSeries
+            ``logLik, npar, N, AIC, AICc, BIC, HQIC, CAIC, ICL``; ``BIC`` equals :attr:`bic`.
+        """
+        from memoe.inference.criteria import CriteriaSeries
+
+        ll, k, N = self.loglik, self.npar, self.n_subjects
+        dev = -2.0 * ll
+        values = {
+            "logLik": ll,
+            "npar": float(k),
+            "N": float(N),
+            "AIC": dev + 2.0 * k,
+            "AICc": dev + 2.0 * k + (2.0 * k * (k + 1) / (N - k - 1) if N - k - 1 > 0 else math.inf),
+            "BIC": self.bic,
+            "HQIC": dev + 2.0 * k * math.log(math.log(N)) if math.e < N else math.nan,
+            "CAIC": dev + k * (math.log(N) + 1.0),
+            "ICL": self.icl,
+        }
+        out = CriteriaSeries(values, name="criteria")
+        out.convention = (
+            f"N = {N} subjects (the independent units of a mixture; lcmm's convention), k = {k} free parameters; "
+            "ICL = BIC + 2 x classification entropy"
+        )
+        return out
+
     # ------------------------------------------------------------------ posterior and classes
     @cached_property
     def posterior(self) -> pd.DataFrame:
@@ -162,7 +243,7 @@ class MEMoEResult:
         """
         cls = self._estep.tau.argmax(axis=1)
         rows = []
-        for k in range(self.k):
+        for k in range(self.k):  # a loop over the K classes, not the subjects
             m = cls == k
             mean = self._estep.tau[m].mean(axis=0) if m.any() else np.full(self.k, np.nan)
             rows.append([int(m.sum()), 100.0 * m.mean(), *mean])
@@ -178,66 +259,270 @@ class MEMoEResult:
                                for k in range(self.k)] for t in thresholds}
         return pd.DataFrame(out, index=pd.Index(range(1, self.k + 1), name="class"))
 
-    # ------------------------------------------------------------------ estimates
-    @property
-    def gating(self) -> pd.DataFrame:
-        """Gating coefficients, experts x covariates (expert 1 = reference, zeros)."""
+    # ------------------------------------------------------------------ parameters
+    @cached_property
+    def _natural_index(self) -> pd.MultiIndex:
+        """``(part, expert, term)`` labels of the natural parameters, in :attr:`params` order."""
         md = self.model.mdesign
-        return pd.DataFrame(
-            self.params.gamma, index=pd.Index(range(1, self.k + 1), name="expert"), columns=md.gating_names
-        )
+        return natural_names(self.model.structure, md.fixef_names, md.z_names, md.gating_names)
+
+    @cached_property
+    def params(self) -> pd.Series:
+        """Every natural-scale parameter, named ``part[expert]:term``.
+
+        Order: gating coefficients of experts 2..K (expert 1 is the reference), then per expert its
+        fixed effects, random-effect SDs, correlations and residual SD (``sigma[k]``). Parameters the
+        model ties together (shared fixed effects, a common covariance or residual SD) repeat the value.
+        """
+        values = natural_values(self.model.structure, self.estimates)
+        return pd.Series(values, index=pd.Index(flat_names(self._natural_index)), name="estimate")
 
     @property
-    def fixef(self) -> pd.DataFrame:
-        """Fixed effects, experts x coefficients."""
-        md = self.model.mdesign
-        return pd.DataFrame(self.params.beta, index=pd.Index(range(1, self.k + 1), name="expert"),
-                            columns=md.fixef_names)
-
-    @property
-    def ranef_cov(self) -> list[pd.DataFrame]:
-        """Random-effects covariance matrix G_k of each expert."""
-        z = self.model.mdesign.z_names
-        return [pd.DataFrame(G, index=z, columns=z) for G in self.params.G]
-
-    @property
-    def sigma(self) -> pd.Series:
-        return pd.Series(self.params.sigma, index=pd.Index(range(1, self.k + 1), name="expert"), name="sigma")
+    def param_names(self) -> list[str]:
+        """``part[expert]:term`` names of :attr:`params`, as :meth:`test` reads them."""
+        return list(self.params.index)
 
     @cached_property
     def inference(self) -> MoEInference:
         """Observed information, sandwich and delta-method covariances (computed once)."""
         md = self.model.mdesign
         st = self.model.structure
-        names = natural_names(st, md.fixef_names, md.z_names, md.gating_names)
         psi_names = st.names(md.fixef_names, md.z_names, md.gating_names)
-        return compute_inference(self.model.problem, self.params, names, psi_names)
+        return compute_inference(self.model.problem, self.estimates, self._natural_index, psi_names)
+
+    def _vcov(self, robust: str | None) -> pd.DataFrame:
+        """Delta-method covariance of :attr:`params`: inverse observed information, or the sandwich
+        ``A^-1 B A^-1`` with ``B`` the sum of the per-subject score outer products."""
+        V = self.inference.vcov_natural(robust == "sandwich").to_numpy().copy()
+        names = self.params.index
+        return pd.DataFrame(V, index=names, columns=names)
+
+    def coef_table(self, robust: str | None = None) -> pd.DataFrame:
+        """Every parameter with standard error, Wald z and p value (standard columns).
+
+        Parameters
+        ----------
+        robust : {None, "sandwich"}
+            Model-based SEs (inverse observed information, the default, as :attr:`bse`) or the sandwich.
+
+        Returns
+        -------
+        pandas.DataFrame
+            Columns ``estimate, std_error, statistic, df, p_value`` indexed by ``part[expert]:term``;
+            ``attrs``: ``statistic="z"``, ``ddf="asymptotic"``, ``robust``. Variance parameters (SDs,
+            correlations, sigma) get SEs but no test (a variance on the boundary is not a Wald test):
+            their ``statistic`` and ``p_value`` are NaN.
+        """
+        V = self.vcov(robust)
+        se = np.sqrt(np.clip(np.diag(V.to_numpy()), 0.0, None))
+        table = coef_frame(self.params.to_numpy(), se, self.params.index, statistic="z", ddf="asymptotic")
+        variance = self._natural_index.get_level_values("part").isin(_VARIANCE_PARTS)
+        table.loc[variance, ["statistic", "p_value"]] = np.nan
+        table.attrs["robust"] = None if robust is None else "sandwich"
+        return table
 
     @property
-    def params_table(self) -> pd.DataFrame:
-        """Every natural-scale parameter with model-based and robust SEs, robust Wald z, p and 95% CI."""
-        return self.inference.table()
-
-    def conf_int(self, level: float = 0.95) -> pd.DataFrame:
-        """Robust Wald confidence intervals on the natural scale."""
-        t = self.inference.table(level)
-        return t.iloc[:, -2:]
-
-    def vcov(self, robust: bool = True) -> pd.DataFrame:
-        """Covariance of the natural-scale estimates (robust sandwich or model-based)."""
-        return self.inference.vcov_natural(robust)
+    def fixef(self) -> pd.Series:
+        """Fixed effects of every expert, named ``fixed[k]:term`` (the ``fixed`` rows of :attr:`params`);
+        :attr:`fixef_table` has them as a terms x experts table."""
+        return self.params[self._natural_index.get_level_values("part") == "fixed"]
 
     @property
-    def param_names(self) -> list[str]:
-        """``part[expert]:term`` names of the natural-scale parameters, as :meth:`test` reads them."""
-        from memoe.moe.wald import flat_names
+    def fixef_table(self) -> pd.DataFrame:
+        """Fixed effects, experts x coefficients."""
+        md = self.model.mdesign
+        return pd.DataFrame(self.estimates.beta, index=pd.Index(range(1, self.k + 1), name="expert"),
+                            columns=md.fixef_names)
 
-        return flat_names(self.inference.natural.index)
+    @property
+    def gating(self) -> pd.DataFrame:
+        """Gating coefficients, experts x covariates (expert 1 = reference, zeros)."""
+        md = self.model.mdesign
+        return pd.DataFrame(
+            self.estimates.gamma, index=pd.Index(range(1, self.k + 1), name="expert"), columns=md.gating_names
+        )
 
-    def test(self, hypothesis, robust: bool = True):
+    @property
+    def ranef_cov(self) -> list[pd.DataFrame]:
+        """Random-effects covariance matrix G_k of each expert."""
+        z = self.model.mdesign.z_names
+        return [pd.DataFrame(G, index=z, columns=z) for G in self.estimates.G]
+
+    @property
+    def sigmas(self) -> pd.Series:
+        """Residual SD of each expert."""
+        return pd.Series(self.estimates.sigma, index=pd.Index(range(1, self.k + 1), name="expert"), name="sigma")
+
+    @property
+    def sigma(self) -> float:
+        """The residual SD when the experts share it (``sigma="common"`` or K = 1), else NaN (see :attr:`sigmas`)."""
+        s = self.estimates.sigma
+        return float(s[0]) if self.k == 1 or self.model.structure.sigma == "common" else math.nan
+
+    @property
+    def singular(self) -> bool:
+        """Some expert's random-effects covariance is on the boundary: a diagonal entry of its relative
+        Cholesky factor ``L_k / sigma_k`` below 1e-4 (lme4's ``isSingular`` rule)."""
+        if not self.model.mdesign.z_names:
+            return False
+        rel = self.estimates.L / self.estimates.sigma[:, None, None]
+        return bool(np.any(np.abs(np.diagonal(rel, axis1=1, axis2=2)) < SINGULAR_TOL))
+
+    # ------------------------------------------------------------------ random effects
+    def _require_random(self) -> None:
+        if not self.model.mdesign.z_names:
+            raise MemoeError(
+                f"{type(self.model).__name__} experts are regressions without random effects: there are no "
+                "ranef; use a MEMoE with a (terms | subject) part for per-expert BLUPs"
+            )
+
+    def _per_expert(self, arrays: list[np.ndarray]) -> dict[int, dict[str, pd.DataFrame]]:
+        md = self.model.mdesign
+        return {
+            k + 1: {md.group: pd.DataFrame(a, index=md.subjects, columns=list(md.z_names))}
+            for k, a in enumerate(arrays)
+        }
+
+    @cached_property
+    def ranef(self) -> dict[int, dict[str, pd.DataFrame]]:
+        """Each expert's BLUPs of every subject: ``{expert: {subject column: DataFrame subjects x terms}}``.
+
+        ``ranef[k]`` are the conditional means ``E(b_i | y_i, z_i = k)``, the subject's random effects if
+        it belongs to expert k (what :meth:`predict` weights by the posterior); see
+        :attr:`ranef_posterior` for the posterior-weighted BLUPs.
+        """
+        from memoe.moe.predict import fit_blups
+
+        self._require_random()
+        return self._per_expert(fit_blups(self))
+
+    @cached_property
+    def ranef_condsd(self) -> dict[int, dict[str, pd.DataFrame]]:
+        """Conditional SDs ``sqrt(diag Var(b_i | y_i, z_i = k))`` of the per-expert BLUPs, laid out as :attr:`ranef`."""
+        from memoe.moe.predict import fit_blup_condsd
+
+        self._require_random()
+        return self._per_expert(fit_blup_condsd(self))
+
+    @cached_property
+    def ranef_posterior(self) -> dict[str, pd.DataFrame]:
+        """Posterior-weighted BLUPs ``sum_k tau_ik E(b_i | y_i, z_i = k)``: ``{subject column: DataFrame}``."""
+        from memoe.moe.predict import fit_blups
+
+        self._require_random()
+        md = self.model.mdesign
+        tau = self._estep.tau
+        b = sum(tau[:, [k]] * bk for k, bk in enumerate(fit_blups(self)))
+        return {md.group: pd.DataFrame(b, index=md.subjects, columns=list(md.z_names))}
+
+    def _ran_pars(self) -> pd.DataFrame:
+        """Each expert's random-effect SDs and correlations (group ``<subject>[k]``) and residual SD (group
+        ``Residual[k]``, term ``sd__Observation``), broom.mixed's names, with model-based SEs."""
+        table = self.coef_table()
+        idx = self._natural_index
+        group = self.model.mdesign.group
+        rows = []
+        for (part, expert, term), name in zip(idx, table.index, strict=True):
+            if part == "sd":
+                rows.append((f"{group}[{expert}]", f"sd__{term}", name))
+            elif part == "corr":
+                # natural term "a:b" (a, b random-effect columns) -> broom.mixed's "cor__a.b"
+                rows.append((f"{group}[{expert}]", "cor__" + self._corr_pair(term), name))
+            elif part == "sigma":
+                rows.append((f"Residual[{expert}]", "sd__Observation", name))
+        if not rows:
+            return pd.DataFrame(columns=["group", "term", "estimate", "std_error"])
+        names = [r[2] for r in rows]
+        return pd.DataFrame(
+            {
+                "group": [r[0] for r in rows],
+                "term": [r[1] for r in rows],
+                "estimate": table.loc[names, "estimate"].to_numpy(),
+                "std_error": table.loc[names, "std_error"].to_numpy(),
+            }
+        )
+
+    def _corr_pair(self, term: str) -> str:
+        """``"a:b"`` -> ``"a.b"`` for two random-effect column names (which may contain ``:``)."""
+        z = self.model.mdesign.z_names
+        for a in z:
+            if term.startswith(a + ":") and term[len(a) + 1 :] in z:
+                return f"{a}.{term[len(a) + 1:]}"
+        return term.replace(":", ".", 1)
+
+    # ------------------------------------------------------------------ fitted values and residuals
+    def _align(self, values: np.ndarray, name: str) -> pd.Series:
+        """Values of the kept rows on the rows given to the expert formula, NaN for dropped rows."""
+        return self.model.mdesign.design.frame.align(values, name)
+
+    @cached_property
+    def _fitted_kept(self) -> np.ndarray:
+        from memoe.moe.predict import fitted_memoe
+
+        return fitted_memoe(self).to_numpy()
+
+    @property
+    def fitted(self) -> pd.Series:
+        """Posterior-weighted fitted values ``sum_k tau_ik (X_ij beta_k + Z_ij b_ik)`` (= ``predict()`` on
+        the fitted data), aligned to the input rows (NaN for rows dropped for missing values).
+
+        Rows with a missing subject id or gating covariate are removed before the expert formula sees
+        the data and are not in the index.
+        """
+        return self._align(self._fitted_kept, "fitted")
+
+    @property
+    def resid(self) -> pd.Series:
+        """Response residuals ``y - fitted``, aligned like :attr:`fitted`."""
+        return self._align(self.model.mdesign.design.y - self._fitted_kept, "resid")
+
+    def augment(self, newdata: pd.DataFrame | None = None) -> pd.DataFrame:
+        """broom.mixed's ``augment``: the data with ``.fitted`` (posterior-weighted, as :attr:`fitted`),
+        ``.resid`` and ``.fixed`` (gate-weighted population mean).
+
+        Without ``newdata``: the rows used in the fit (the model keeps no copy of rows dropped for missing
+        values; pass ``newdata=data`` to get every row, NaN where a value is missing).
+        """
+        if newdata is not None:
+            return super().augment(newdata)
+        md = self.model.mdesign
+        out = md.data.copy()
+        out[".fitted"] = self._fitted_kept
+        out[".resid"] = md.design.y - self._fitted_kept
+        out[".fixed"] = self.predict(md.data, re_form=None).to_numpy()
+        return out
+
+    # ------------------------------------------------------------------ verbs
+    def tidy(
+        self,
+        effects: Any = ("fixed", "ran_pars"),
+        conf_int: bool = False,
+        level: float = 0.95,
+        **kwargs: Any,
+    ) -> pd.DataFrame:
+        """broom.mixed's ``tidy`` (see :meth:`memoe.core.result.FitResult.tidy`).
+
+        ``fixed`` rows are the gating and fixed-effects coefficients (terms ``gating[k]:w``,
+        ``fixed[k]:x``); ``ran_pars`` rows each expert's SDs, correlations and residual SD (groups
+        ``<subject>[k]`` and ``Residual[k]``). ``robust="sandwich"`` (through ``kwargs``) uses the
+        sandwich SEs for the fixed rows.
+        """
+        out = super().tidy(effects, conf_int=conf_int, level=level, **kwargs)
+        variance = (out["effect"] == "fixed") & out["term"].str.match(r"^(sd|corr|sigma)\[")
+        return out[~variance].reset_index(drop=True)
+
+    def glance(self) -> pd.DataFrame:
+        """broom's one-row summary plus ``k`` (experts), ``ICL`` and ``entropy`` (relative entropy)."""
+        row = super().glance()
+        row["k"] = self.k
+        row["ICL"] = self.icl
+        row["entropy"] = self.entropy
+        return row
+
+    def test(self, hypothesis, robust: str | None = "sandwich"):
         """Wald chi-square test of a linear hypothesis, e.g. ``"fixed[1]:x = fixed[2]:x"``.
 
-        See :func:`memoe.moe.wald.wald_test`; ``robust=False`` uses the inverse observed information.
+        See :func:`memoe.moe.wald.wald_test`; ``robust=None`` uses the inverse observed information.
         """
         from memoe.moe.wald import wald_test
 
@@ -245,7 +530,8 @@ class MEMoEResult:
 
     # ------------------------------------------------------------------ output
     def summary(self):
-        """Gating coefficients and each expert's LMM with model-based and robust SEs, and fit criteria."""
+        """Gating coefficients and each expert's LMM with model-based and robust SEs, and fit criteria:
+        a :class:`~memoe.moe.summary.MEMoESummary` (``str()`` the text, ``.tables`` the DataFrames)."""
         from memoe.moe.summary import MEMoESummary
 
         return MEMoESummary(self)
@@ -263,22 +549,16 @@ class MEMoEResult:
         ``kind`` keeps its meanings (``"population"``, ``"subject"``, ``"class"``); the default
         ``"auto"`` with ``re_form="full"`` conditions on each subject's history in ``newdata`` or, without
         one, on the fit's posterior of that subject; a subject not in the fit raises unless
-        ``allow_new_levels=True``.
+        ``allow_new_levels=True``. ``newdata`` may be a pandas or polars DataFrame or a pyarrow Table.
         """
+        from memoe.core.frames import to_pandas
         from memoe.moe.predict import predict_memoe
 
+        if newdata is not None:
+            newdata = to_pandas(newdata, "newdata")
         return predict_memoe(
             self, newdata, kind=kind, re_form=re_form, type=type, allow_new_levels=allow_new_levels
         )
-
-    def save(self, path) -> None:
-        """Save the fit to one ``.memoe`` file (JSON + npz in a zip, no pickle); see :func:`memoe.persist.save`.
-
-        ``memoe.persist.load(path)`` gives it back with the same numbers.
-        """
-        from memoe.persist import save
-
-        save(self, path)
 
     def plot_trajectories(self, time: str | None = None, **kwargs):
         """Expert mean trajectories over the subjects' trajectories coloured by MAP class."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from memoe.core.summary import Summary
+
 __all__ = ["MEMoESummary"]
 
 
@@ -19,11 +21,18 @@ def _fmt_table(df: pd.DataFrame, digits: int = 4) -> str:
     return df.map(f).to_string()
 
 
-class MEMoESummary:
-    """Summary tables of a :class:`~memoe.moe.result.MEMoEResult`; ``print()`` it.
+class MEMoESummary(Summary):
+    """Summary of a :class:`~memoe.moe.result.MEMoEResult`: ``str()`` the text, :attr:`tables` the DataFrames.
+
+    The printed table of each part has model-based and sandwich SEs and robust Wald z, p and 95% CI,
+    read from the fit's standard outputs (:meth:`~memoe.moe.result.MEMoEResult.coef_table` with
+    ``robust=None`` and ``"sandwich"``, and :meth:`~memoe.core.result.FitResult.confint`).
 
     Attributes
     ----------
+    table : pandas.DataFrame
+        Every parameter, index ``(part, expert, term)``: ``estimate, se_model, se_robust, z, p,
+        lower 95%, upper 95%``.
     criteria : pandas.Series
     gating : pandas.DataFrame
         Gating coefficients (experts 2..K against expert 1) with model-based and robust SEs.
@@ -34,8 +43,24 @@ class MEMoESummary:
 
     def __init__(self, fit) -> None:
         self.fit = fit
-        tab = fit.inference.table()
+        model = fit.coef_table()
+        robust = fit.coef_table(robust="sandwich")
+        ci = fit.confint(0.95, robust="sandwich")
+        tab = pd.DataFrame(
+            {
+                "estimate": model["estimate"].to_numpy(),
+                "se_model": model["std_error"].to_numpy(),
+                "se_robust": robust["std_error"].to_numpy(),
+                "z": robust["statistic"].to_numpy(),
+                "p": robust["p_value"].to_numpy(),
+                "lower 95%": ci["lower"].to_numpy(),
+                "upper 95%": ci["upper"].to_numpy(),
+            },
+            index=fit._natural_index,
+        )
         self.table = tab
+        self._coef = model
+        self._coef_robust = robust
         self.criteria = fit.criteria()
         parts = tab.index.get_level_values("part")
         self.gating = tab[parts == "gating"].droplevel("part")
@@ -45,7 +70,26 @@ class MEMoESummary:
         }
         self.classification = fit.classification_table()
 
-    def __str__(self) -> str:
+    @property
+    def tables(self) -> dict[str, pd.DataFrame]:
+        """``criteria`` (one row), ``coefficients`` and ``coefficients_robust`` (standard columns
+        ``estimate, std_error, statistic, df, p_value``, rows ``part[expert]:term``), ``gating`` and
+        ``expert_<k>`` (the printed tables) and ``classification``."""
+        out = {
+            "criteria": self.criteria.to_frame().T.reset_index(drop=True),
+            "coefficients": self._coef,
+            "coefficients_robust": self._coef_robust,
+        }
+        if self.fit.k > 1:
+            out["gating"] = self.gating
+        out.update({f"expert_{k}": t for k, t in self.experts.items()})
+        out["classification"] = self.classification
+        return out
+
+    def text(self) -> str:
+        return self._text()
+
+    def _text(self) -> str:
         fit = self.fit
         m = fit.model
         st = m.structure
@@ -79,6 +123,3 @@ class MEMoESummary:
         if fit.k > 1:
             lines += ["", "Posterior classification (rows: MAP class):", _fmt_table(self.classification)]
         return "\n".join(lines)
-
-    def __repr__(self) -> str:
-        return self.__str__()

@@ -8,9 +8,10 @@ every gating equation), so hypotheses name parameters as ``part[expert]:term``::
     "sigma[1] = sigma[2]"                       equal residual SDs
 
 The statistic is ``W = (L psi - r)' (L V L')^- (L psi - r)`` referred to chi-square with
-``rank(L V L')`` degrees of freedom, with ``V`` the sandwich (default) or the inverse observed
-information. Both are large-sample approximations; there is no finite-sample df correction for
-mixtures, and hypotheses putting a variance on the boundary (an SD = 0) are not Wald tests.
+``rank(L V L')`` degrees of freedom, with ``V`` the sandwich (``robust="sandwich"``, default) or the
+inverse observed information (``robust=None``). Both are large-sample approximations; there is no
+finite-sample df correction for mixtures, and hypotheses putting a variance on the boundary (an SD = 0)
+are not Wald tests.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ def flat_names(index: pd.MultiIndex) -> list[str]:
     return out
 
 
-def wald_test(fit, hypothesis, robust: bool = True) -> InferenceFrame:
+def wald_test(fit, hypothesis, robust: str | None = "sandwich") -> InferenceFrame:
     """Wald chi-square test of ``L psi = rhs`` for a fitted MEMoE.
 
     Parameters
@@ -43,8 +44,8 @@ def wald_test(fit, hypothesis, robust: bool = True) -> InferenceFrame:
     hypothesis : str, array-like, pandas Series / DataFrame, dict or ``(L, rhs)``
         Equations in the ``part[expert]:term`` names (see the module docstring; ``fit.param_names``
         lists them), or a contrast with one column per natural parameter.
-    robust : bool
-        Sandwich covariance (default) or the inverse observed information.
+    robust : {"sandwich", None}
+        Sandwich covariance (default) or the inverse observed information (None).
 
     Returns
     -------
@@ -58,11 +59,11 @@ def wald_test(fit, hypothesis, robust: bool = True) -> InferenceFrame:
         Unknown parameter name (the message lists them), malformed equation, or a contrast whose
         covariance is zero (e.g. comparing parameters that the model constrains to be equal).
     """
-    V = fit.vcov(robust=robust)
-    names = flat_names(V.index)
+    V = fit.vcov(robust=robust)  # validates robust; labelled part[expert]:term
+    names = list(V.index)
     hyp = as_hypothesis(hypothesis, names)
     L, rhs = reduce_rank(hyp)
-    psi = fit.inference.natural.to_numpy()
+    psi = fit.params.to_numpy()
     diff = L @ psi - rhs
     Vn = V.to_numpy()
     M = L @ Vn @ L.T
@@ -84,7 +85,7 @@ def wald_test(fit, hypothesis, robust: bool = True) -> InferenceFrame:
         {"Chisq": [stat], "Df": [df], "Pr(>Chisq)": [float(chi2.sf(stat, df))]},
         index=pd.Index([hyp.label]),
     )
-    which = "sandwich A^-1 B A^-1" if robust else "inverse observed information"
+    which = "sandwich A^-1 B A^-1" if robust is not None else "inverse observed information"
     note = f"Wald chi-square test with the {which} covariance (large-sample approximation)"
     if df < L.shape[0]:
         note += f"; {L.shape[0] - df} equation(s) redundant under the model's constraints"
@@ -96,5 +97,5 @@ def wald_test(fit, hypothesis, robust: bool = True) -> InferenceFrame:
         L=pd.DataFrame(hyp.L, index=hyp.labels, columns=names),
         rhs=hyp.rhs.copy(),
         estimate=hyp.L @ psi,
-        vcov="robust" if robust else "model",
+        vcov="robust" if robust is not None else "model",
     )

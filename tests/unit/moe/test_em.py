@@ -90,5 +90,5 @@ def test_fit_is_deterministic_given_seed(sim2):
         a = memoe.MEMoE(FORMULA, gating=GATING, k=2, data=sim2).fit(n_starts=3, seed=7, progress=False, se=False)
         b = memoe.MEMoE(FORMULA, gating=GATING, k=2, data=sim2).fit(n_starts=3, seed=7, progress=False, se=False)
     assert a.loglik == b.loglik
-    np.testing.assert_array_equal(a.params.beta, b.params.beta)
+    np.testing.assert_array_equal(a.estimates.beta, b.estimates.beta)
     assert a.starts["strategy"].tolist() == ["kmeans", "random", "random"]

@@ -57,10 +57,10 @@ def test_newton_never_decreases_the_objective_under_separation():
 def test_memoe_recovers_gating_on_a_large_sample():
     data, truth = memoe.simulate.memoe_data(2500, k=2, visits=(5, 8), seed=12)
     fit = memoe.MEMoE(FORMULA, gating=GATING, k=2, data=data).fit(n_starts=2, seed=1, progress=False)
-    tab = fit.params_table.loc["gating"]
+    tab = fit.coef_table(robust="sandwich").loc[["gating[2]:(Intercept)", "gating[2]:w1", "gating[2]:w2"]]
     true = np.array(truth["gamma"][1])
     est = tab["estimate"].to_numpy()
-    se = tab["se_robust"].to_numpy()
+    se = tab["std_error"].to_numpy()
     assert np.all(np.abs(est - true) < 4 * se), (est, true, se)
     assert np.all(se < 0.15)
 

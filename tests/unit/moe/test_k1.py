@@ -23,9 +23,9 @@ def test_k1_equals_ml_lmm(formula, dataset, sim2):
     lmm = memoe.lmm(formula, data).fit(reml=False, warn=False)
     fit = memoe.MEMoE(formula, gating=None, k=1, data=data).fit(progress=False)
     assert abs(fit.loglik - lmm.loglik) < 1e-8
-    np.testing.assert_allclose(fit.params.beta[0], lmm.fixef.to_numpy(), atol=1e-6)
-    assert abs(fit.params.sigma[0] - lmm.sigma) < 1e-6 * max(1.0, lmm.sigma)
-    G = fit.params.G[0]
+    np.testing.assert_allclose(fit.estimates.beta[0], lmm.fixef.to_numpy(), atol=1e-6)
+    assert abs(fit.estimates.sigma[0] - lmm.sigma) < 1e-6 * max(1.0, lmm.sigma)
+    G = fit.estimates.G[0]
     G_lmm = lmm.term_covariances()[0]
     # the likelihood is flat along the covariance: compare on the scale of G (1e-6 relative)
     np.testing.assert_allclose(G, G_lmm, atol=1e-6 * np.abs(G_lmm).max())

@@ -41,16 +41,16 @@ def test_parameter_counts(option_fits):
 
 
 def test_sharing_is_imposed(option_fits):
-    G = option_fits["common"].params.G
+    G = option_fits["common"].estimates.G
     np.testing.assert_allclose(G[1], G[0])
     np.testing.assert_allclose(G[2], G[0])
-    Gp = option_fits["proportional"].params.G
+    Gp = option_fits["proportional"].estimates.G
     ratio = Gp[1] / Gp[0]
     np.testing.assert_allclose(ratio, ratio[0, 0], rtol=1e-10)
     f = option_fits["common_all"]
-    assert np.ptp(f.params.sigma) == 0.0
-    assert np.ptp(f.params.beta[:, 2]) == 0.0  # x is shared
-    assert np.ptp(f.params.beta[:, 1]) > 0.1  # time is class-specific
+    assert np.ptp(f.estimates.sigma) == 0.0
+    assert np.ptp(f.estimates.beta[:, 2]) == 0.0  # x is shared
+    assert np.ptp(f.estimates.beta[:, 1]) > 0.1  # time is class-specific
 
 
 def test_nested_options_order_the_likelihood(option_fits):
@@ -63,24 +63,24 @@ def test_coupled_fit_has_consistent_inference(option_fits):
     f = option_fits["common_all"]
     inf = f.inference
     assert inf.score_norm < 0.05
-    tab = f.params_table
+    tab = f.coef_table(robust="sandwich")
     # a shared coefficient has the same estimate and SE under every expert
-    x = tab.xs("x", level="term").loc["fixed"]
-    assert np.ptp(x["estimate"]) == 0 and np.ptp(x["se_robust"]) < 1e-8
+    x = tab.loc[[f"fixed[{k}]:x" for k in range(1, f.k + 1)]]
+    assert np.ptp(x["estimate"]) == 0 and np.ptp(x["std_error"]) < 1e-8
 
 
 def test_moe_baseline_with_one_expert_is_ols(sim2):
     fit = memoe.MoE("y ~ time + x", gating=None, k=1, data=sim2, group="id").fit(progress=False)
     ols = sm.OLS(sim2["y"], sm.add_constant(sim2[["time", "x"]])).fit()
     assert abs(fit.loglik - ols.llf) < 1e-8
-    np.testing.assert_allclose(fit.params.beta[0], ols.params.to_numpy(), atol=1e-8)
+    np.testing.assert_allclose(fit.estimates.beta[0], ols.params.to_numpy(), atol=1e-8)
 
 
 def test_moe_baseline_mixture(sim2):
     fit = memoe.MoE("y ~ time + x", gating=GATING, k=2, data=sim2, group="id").fit(n_starts=3, seed=1, progress=False)
     assert fit.npar == 3 + 2 * 3 + 2
     assert fit.model.structure.q == 0
-    assert np.isfinite(fit.params_table["se_robust"]).all()
+    assert np.isfinite(fit.coef_table(robust="sandwich")["std_error"]).all()
     with pytest.raises(FormulaError, match="without"):
         memoe.MoE(FORMULA, gating=GATING, k=2, data=sim2, group="id")
 

@@ -47,10 +47,10 @@ def test_summary_text(sim2_fit):
     text = str(sim2_fit.summary())
     for piece in ("Gating", "Expert 1", "Expert 2", "se_robust", "BIC", "ICL", "entropy", "Posterior classification"):
         assert piece in text
-    tab = sim2_fit.params_table
+    tab = sim2_fit.summary().table
     assert {"estimate", "se_model", "se_robust", "z", "p", "lower 95%", "upper 95%"} <= set(tab.columns)
-    ci = sim2_fit.conf_int(0.9)
-    assert (ci.iloc[:, 0] < tab["estimate"]).all()
+    ci = sim2_fit.confint(0.9, robust="sandwich")
+    assert (ci["lower"].to_numpy() < tab["estimate"].to_numpy()).all()
 
 
 def test_predictions(sim2_fit, sim2):
