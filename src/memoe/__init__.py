@@ -7,6 +7,7 @@ from memoe.inference import compare
 from memoe.lmm import LMM, lmm
 from memoe.marginal import gls, lme
 from memoe.moe import MEMoE, MoE, select_k
+from memoe.persist import load
 
 __version__ = "0.1.0"
 
@@ -26,6 +27,7 @@ __all__ = [
     "gls",
     "lme",
     "lmm",
+    "load",
     "marginal",
     "persist",
     "select_k",

@@ -48,6 +48,10 @@ class PersistenceError(MemoeError, ValueError):
     """A fit cannot be saved (unsupported content) or a file cannot be loaded (wrong type or version)."""
 
 
+class PersistenceTypeError(PersistenceError, TypeError):
+    """``memoe.persist.save`` / ``load`` got an object that is neither a path nor a binary file (or bytes)."""
+
+
 class MemoeWarning(UserWarning):
     """Base class of memoe warnings."""
 

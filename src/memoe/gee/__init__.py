@@ -6,6 +6,8 @@ Modules: :mod:`~memoe.gee.model` (the model and geepack's iteration), :mod:`~mem
 :mod:`~memoe.gee.persist`.
 """
 
+# registers the family's .memoe codec with memoe.core.persist (which imports no family)
+from memoe.gee import persist as _persist  # noqa: F401
 from memoe.gee.clusters import GEEOrderWarning
 from memoe.gee.model import GEE, gee
 from memoe.gee.result import GEEResult

@@ -17,17 +17,21 @@ import numpy as np
 from memoe.core.persist.archive import PersistenceError
 from memoe.core.persist.common import (
     LOGLIK_RTOL,
+    check_columns,
     check_equal,
     encode_frame_record,
     plain,
     restore_frame_record,
+    saved_columns,
 )
+from memoe.core.persist.formula_check import check_formula
 from memoe.core.persist.frames import decode_frame, encode_frame
+from memoe.core.persist.registry import register_codec
 from memoe.gee.clusters import GEEOrderWarning
 from memoe.gee.model import GEE
 from memoe.gee.result import GEEResult
 
-__all__ = ["decode_gee", "encode_gee"]
+__all__ = ["check_gee", "decode_gee", "encode_gee"]
 
 
 def encode_gee(fit: GEEResult, arrays: dict[str, np.ndarray]) -> dict:
@@ -64,6 +68,19 @@ def encode_gee(fit: GEEResult, arrays: dict[str, np.ndarray]) -> dict:
             "ngroups": int(fit.model.n_clusters),
         },
     }
+
+
+def check_gee(meta: dict) -> None:
+    """Refuse a file whose formula, group or time are outside the allow-list (before evaluating)."""
+    m = meta["model"]
+    columns = saved_columns(m)
+    check_formula(m.get("formula"), columns, what="the saved GEE formula")
+    check_columns(m, {"group": "the group", "time": "the time"}, columns, "GEE")
+    if m.get("group") is None:
+        raise PersistenceError("the saved GEE has no group column")
+    for option in ("family", "corstr"):
+        if not isinstance(m.get(option), str):
+            raise PersistenceError(f"the saved GEE's {option} must be a string, the file holds {m.get(option)!r:.80}")
 
 
 def decode_gee(meta: dict, arrays: dict[str, np.ndarray]) -> GEEResult:
@@ -104,3 +121,9 @@ def _check_bse(saved: np.ndarray, rebuilt: np.ndarray) -> None:
             f"the rebuilt fit has robust standard errors {rebuilt.tolist()!r}, the saved fit {saved.tolist()!r}: "
             "the file does not reproduce its fit (edited file or a changed memoe engine)"
         )
+
+
+register_codec(
+    "GEEResult", result_type=GEEResult, model_types={"GEE": GEE}, encode=encode_gee, decode=decode_gee,
+    check=check_gee, description="GEEResult (of memoe.gee)",
+)

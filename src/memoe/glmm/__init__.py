@@ -9,6 +9,8 @@ weights, offset), ``pirls`` (conditional modes), ``laplace`` and ``agq`` (the de
 ``model`` (the two-stage fit), ``result`` and ``summary``.
 """
 
+# registers the family's .memoe codec with memoe.core.persist (which imports no family)
+from memoe.glmm import persist as _persist  # noqa: F401
 from memoe.glmm.agq import QuadratureError, gh_rule
 from memoe.glmm.families import (
     Binomial,

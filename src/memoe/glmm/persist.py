@@ -32,14 +32,17 @@ from memoe.core.persist.common import (
     encode_model_frame,
     plain,
     restore_model_frame,
+    saved_columns,
 )
+from memoe.core.persist.formula_check import check_formula
 from memoe.core.persist.frames import decode_frame, encode_frame
+from memoe.core.persist.registry import register_codec
 from memoe.glmm.families import Binomial, Poisson, get_family
 from memoe.glmm.model import GLMM, StageResult
 from memoe.glmm.pirls import PirlsProblem
 from memoe.glmm.result import GlmmResult
 
-__all__ = ["decode_glmm", "encode_glmm"]
+__all__ = ["check_glmm", "decode_glmm", "encode_glmm"]
 
 # the families a file may name, by R's name
 FAMILIES = {"binomial": Binomial, "poisson": Poisson}
@@ -143,6 +146,17 @@ def _rebuild_model(m: dict, arrays: dict[str, np.ndarray]) -> GLMM:
     return model
 
 
+def check_glmm(meta: dict) -> None:
+    """Refuse a file whose formula has pieces outside the allow-list or an unknown family (before evaluating)."""
+    m = meta["model"]
+    check_formula(m.get("formula"), saved_columns(m), what="the saved GLMM formula")
+    fam = m.get("family")
+    if not isinstance(fam, dict) or not isinstance(fam.get("link"), str):
+        raise PersistenceError(f"the saved family {repr(fam)[:80]} is not a record with a name and a link name")
+    if fam.get("name") not in FAMILIES:
+        raise PersistenceError(f"unknown family {repr(fam.get('name'))[:80]} (this memoe knows {sorted(FAMILIES)})")
+
+
 def decode_glmm(meta: dict, arrays: dict[str, np.ndarray]) -> GlmmResult:
     """Rebuild the model and the result at the saved (theta, beta) with the saved fit record."""
     m, f = meta["model"], meta["fit"]
@@ -174,3 +188,9 @@ def decode_glmm(meta: dict, arrays: dict[str, np.ndarray]) -> GlmmResult:
     fit.messages = list(f["messages"])
     check_loglik(f["loglik"], fit.loglik)
     return fit
+
+
+register_codec(
+    "GlmmResult", result_type=GlmmResult, model_types={"GLMM": GLMM}, encode=encode_glmm, decode=decode_glmm,
+    check=check_glmm, description="GlmmResult (of memoe.glmm)",
+)

@@ -12,19 +12,22 @@ import numpy as np
 from memoe.core.linalg.threads import blas_threads
 from memoe.core.optim import ConvergenceReport, OptSummary
 from memoe.core.persist.common import (
-    check_equal,
+        check_equal,
     check_loglik,
     decode_dataclass,
     encode_dataclass,
     encode_model_frame,
     plain,
     restore_model_frame,
+    saved_columns,
 )
+from memoe.core.persist.formula_check import check_formula
 from memoe.core.persist.frames import decode_frame, encode_frame
+from memoe.core.persist.registry import register_codec
 from memoe.lmm.model import LMM
 from memoe.lmm.result import LmmResult
 
-__all__ = ["decode_lmm", "encode_lmm"]
+__all__ = ["check_lmm", "decode_lmm", "encode_lmm"]
 
 
 def encode_lmm(fit: LmmResult, arrays: dict[str, np.ndarray]) -> dict:
@@ -59,6 +62,12 @@ def encode_lmm(fit: LmmResult, arrays: dict[str, np.ndarray]) -> dict:
     }
 
 
+def check_lmm(meta: dict) -> None:
+    """Refuse a file whose formula has pieces outside the allow-list (before anything evaluates it)."""
+    m = meta["model"]
+    check_formula(m.get("formula"), saved_columns(m), what="the saved LMM formula")
+
+
 def decode_lmm(meta: dict, arrays: dict[str, np.ndarray]) -> LmmResult:
     """Rebuild the model from the saved formula and data and the result at the saved theta."""
     m, f = meta["model"], meta["fit"]
@@ -82,3 +91,9 @@ def decode_lmm(meta: dict, arrays: dict[str, np.ndarray]) -> LmmResult:
         )
     check_loglik(f["loglik"], fit.loglik)
     return fit
+
+
+register_codec(
+    "LmmResult", result_type=LmmResult, model_types={"LMM": LMM}, encode=encode_lmm, decode=decode_lmm,
+    check=check_lmm, description="LmmResult (of memoe.lmm)",
+)

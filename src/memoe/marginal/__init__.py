@@ -10,6 +10,8 @@ nlme. See :mod:`memoe.marginal.problem` for the objective.
 ...           ovary, correlation=AR1()).fit(reml=True)  # doctest: +SKIP
 """
 
+# registers the family's .memoe codec with memoe.core.persist (which imports no family)
+from memoe.marginal import persist as _persist  # noqa: F401
 from memoe.marginal.correlation import AR1, CAR1, CompSymm, CorStruct, Exp, Symm
 from memoe.marginal.model import GLS, LME, gls, lme
 from memoe.marginal.result import MarginalResult

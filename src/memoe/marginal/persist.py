@@ -22,14 +22,24 @@ from memoe.core.persist.common import (
     encode_model_frame,
     plain,
     restore_model_frame,
+    saved_columns,
 )
+from memoe.core.persist.formula_check import check_column, check_formula
 from memoe.core.persist.frames import decode_frame, encode_frame
+from memoe.core.persist.registry import register_codec
 from memoe.marginal.correlation import AR1, CAR1, CompSymm, CorStruct, Exp, Symm
 from memoe.marginal.model import GLS, LME
 from memoe.marginal.result import MarginalResult
 from memoe.marginal.variance import VarIdent
 
-__all__ = ["MODEL_CLASSES", "decode_marginal", "decode_structure", "encode_marginal", "encode_structure"]
+__all__ = [
+    "MODEL_CLASSES",
+    "check_marginal",
+    "decode_marginal",
+    "decode_structure",
+    "encode_marginal",
+    "encode_structure",
+]
 
 MODEL_CLASSES = {"GLS": GLS, "LME": LME}
 # every structure a file may name: plain frozen dataclasses whose fields are strings, None or booleans
@@ -102,6 +112,29 @@ def encode_marginal(fit: MarginalResult, arrays: dict[str, np.ndarray]) -> dict:
     }
 
 
+def check_marginal(meta: dict) -> None:
+    """Refuse a file whose formula or structure fields are outside the allow-list (before evaluating).
+
+    A structure's string fields (``group``, ``time``, ``visit``, ``by``) name data columns: each must
+    be a saved column; its other fields must be booleans or numbers.
+    """
+    m = meta["model"]
+    columns = saved_columns(m)
+    check_formula(m.get("formula"), columns, what=f"the saved {m['class']} formula")
+    for key, what in (("correlation", "correlation structure"), ("weights", "variance function")):
+        spec = m.get(key)
+        if spec is None:
+            continue
+        fields = spec.get("fields") if isinstance(spec, dict) else None
+        if not isinstance(fields, dict):
+            raise PersistenceError(f"the saved {what} is not a record with fields: {repr(spec)[:80]}")
+        for field, value in fields.items():
+            if isinstance(value, str):
+                check_column(value, columns, what=f"the field {field!r} of the saved {what}")
+            elif value is not None and not isinstance(value, bool | int | float):
+                raise PersistenceError(f"the field {field!r} of the saved {what} is a {type(value).__name__}")
+
+
 def decode_marginal(meta: dict, arrays: dict[str, np.ndarray]) -> MarginalResult:
     """Rebuild the structures, the model and the result at the saved parameters."""
     m, f = meta["model"], meta["fit"]
@@ -136,3 +169,9 @@ def decode_marginal(meta: dict, arrays: dict[str, np.ndarray]) -> MarginalResult
     )
     check_loglik(f["loglik"], fit.loglik)
     return fit
+
+
+register_codec(
+    "MarginalResult", result_type=MarginalResult, model_types=MODEL_CLASSES, encode=encode_marginal,
+    decode=decode_marginal, check=check_marginal, description="MarginalResult (of memoe.gls / memoe.lme)",
+)

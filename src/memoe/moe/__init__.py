@@ -8,6 +8,8 @@ scores) -> ``em`` (one run) -> ``init`` and ``multistart`` (starts, label order)
 ``selection`` (:func:`select_k`).
 """
 
+# registers the family's .memoe codec with memoe.core.persist (which imports no family)
+from memoe.moe import persist as _persist  # noqa: F401
 from memoe.moe.model import MEMoE, MoE
 from memoe.moe.selection import select_k
 

@@ -13,7 +13,9 @@ import dataclasses
 import numpy as np
 import pandas as pd
 
+from memoe.core.persist.archive import PersistenceError
 from memoe.core.persist.common import (
+    check_columns,
     check_equal,
     check_loglik,
     decode_dataclass,
@@ -21,8 +23,11 @@ from memoe.core.persist.common import (
     encode_model_frame,
     plain,
     restore_model_frame,
+    saved_columns,
 )
+from memoe.core.persist.formula_check import check_formula
 from memoe.core.persist.frames import decode_frame, encode_frame
+from memoe.core.persist.registry import register_codec
 from memoe.moe.em import EMRun
 from memoe.moe.experts import MStepControl
 from memoe.moe.model import MEMoE, MoE
@@ -30,7 +35,7 @@ from memoe.moe.multistart import MultiStartResult
 from memoe.moe.params import MoEParams
 from memoe.moe.result import MEMoEResult
 
-__all__ = ["MODEL_CLASSES", "decode_memoe", "encode_memoe"]
+__all__ = ["MODEL_CLASSES", "check_memoe", "decode_memoe", "encode_memoe"]
 
 MODEL_CLASSES = {"MEMoE": MEMoE, "MoE": MoE}
 _PARAMS = ("gamma", "beta", "L", "sigma")
@@ -112,6 +117,23 @@ def _rebuild_model(m: dict, arrays: dict[str, np.ndarray]) -> MEMoE:
     return model
 
 
+def check_memoe(meta: dict) -> None:
+    """Refuse a file whose formulas or group are outside the allow-list (before evaluating).
+
+    The expert formula, the gating formula (``None`` for a model without one) and the subject column.
+    """
+    m = meta["model"]
+    columns = saved_columns(m)
+    check_formula(m.get("formula"), columns, what=f"the saved {m['class']} formula")
+    if m.get("gating") is not None:
+        check_formula(m.get("gating"), columns, what=f"the saved {m['class']} gating formula")
+    check_columns(m, {"group": "the group"}, columns, m["class"])
+    for option in ("mixture", "random_cov", "sigma", "order"):
+        value = m.get(option)
+        if value is not None and not isinstance(value, str | bool | int | float):
+            raise PersistenceError(f"the saved {m['class']} option {option} is a {type(value).__name__}")
+
+
 def decode_memoe(meta: dict, arrays: dict[str, np.ndarray]) -> MEMoEResult:
     """Rebuild the model, the final E-step at the saved parameters, and the result."""
     m, f = meta["model"], meta["fit"]
@@ -141,3 +163,9 @@ def decode_memoe(meta: dict, arrays: dict[str, np.ndarray]) -> MEMoEResult:
     fit = MEMoEResult(model, params, estep, ms, np.arange(model.k))
     check_loglik(f["loglik"], fit.loglik)
     return fit
+
+
+register_codec(
+    "MEMoEResult", result_type=MEMoEResult, model_types=MODEL_CLASSES, encode=encode_memoe, decode=decode_memoe,
+    check=check_memoe, description="MEMoEResult (of memoe.MEMoE / memoe.MoE)",
+)

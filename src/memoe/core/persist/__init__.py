@@ -6,16 +6,20 @@ A ``.memoe`` file is a zip archive of two members:
   formula(s) and options, the fit's record (convergence, messages, multi-start table), the
   categorical levels and string columns of the data, and a readable copy of the estimates;
 * ``arrays.npz``: ``numpy.savez`` arrays (parameters, numeric data columns, categorical codes,
-  optimiser record), read back with ``allow_pickle=False``.
+  optimiser record).
 
-Nothing is pickled, so loading a file cannot run code. The fitted numbers are not stored as the
-source of truth: loading rebuilds the model from the saved formula and data columns and constructs
-the result at the saved parameters without optimising, so every extractor of the loaded fit is the
-same code path as the original and gives the same numbers; the saved log-likelihood is checked (for a
-GEE, which has none, the robust standard errors). Structure objects (GLMM family and link,
-correlation structures, variance functions) are stored as plain JSON descriptions and rebuilt on load.
-The codecs: :mod:`memoe.lmm.persist`, :mod:`~memoe.moe.persist`, :mod:`~memoe.glmm.persist`,
-:mod:`~memoe.marginal.persist`, :mod:`~memoe.gee.persist`.
+A file from someone else is data: loading it never unpickles, never evaluates anything but
+allow-listed formula pieces (:mod:`~memoe.core.persist.formula_check`, applied before the model is
+rebuilt), caps every size before allocating (:class:`~memoe.core.persist.archive.Limits`), and
+reports every problem as a :class:`~memoe.errors.PersistenceError`. The fitted numbers are not
+stored as the source of truth: loading rebuilds the model from the saved formula and data columns
+and constructs the result at the saved parameters without optimising, so every extractor of the
+loaded fit is the same code path as the original and gives the same numbers; the saved
+log-likelihood is checked (for a GEE, which has none, the robust standard errors).
+
+Each family registers its codec (:mod:`~memoe.core.persist.registry`) from its own ``persist``
+module: :mod:`memoe.lmm.persist`, :mod:`~memoe.moe.persist`, :mod:`~memoe.glmm.persist`,
+:mod:`~memoe.marginal.persist`, :mod:`~memoe.gee.persist`. This package imports no family.
 """
 
 from __future__ import annotations
@@ -25,17 +29,29 @@ import datetime as _dt
 import numpy as np
 
 from memoe.core.persist.archive import (
+    DEFAULT_LIMITS,
     FORMAT_NAME,
     FORMAT_VERSION,
+    Limits,
     PathOrFile,
     PersistenceError,
+    Source,
     read_archive,
     write_archive,
 )
+from memoe.core.persist.registry import codec_for_fit, codec_named, register_codec, registered
+from memoe.errors import MemoeError, PersistenceTypeError
 
-__all__ = ["FORMAT_VERSION", "PersistenceError", "load", "save"]
-
-_RESULT_CLASSES = ("LmmResult", "MEMoEResult", "GlmmResult", "MarginalResult", "GEEResult")
+__all__ = [
+    "DEFAULT_LIMITS",
+    "FORMAT_VERSION",
+    "Limits",
+    "PersistenceError",
+    "PersistenceTypeError",
+    "load",
+    "register_codec",
+    "save",
+]
 
 
 def save(fit, path: PathOrFile) -> None:
@@ -52,6 +68,8 @@ def save(fit, path: PathOrFile) -> None:
 
     Raises
     ------
+    PersistenceTypeError
+        ``path`` is not a path or a binary file object.
     PersistenceError
         Another kind of object, or a data column holding values that JSON cannot represent.
 
@@ -64,26 +82,33 @@ def save(fit, path: PathOrFile) -> None:
     >>> memoe.persist.load(path).fixef.equals(fit.fixef)
     True
     """
-    kind, encode = _encoder(fit)
+    codec = codec_for_fit(fit)
+    if codec is None:
+        kinds = ", ".join(c.description for c in registered())
+        raise PersistenceError(f"memoe.persist saves {kinds} fits, not {type(fit).__name__}")
     arrays: dict[str, np.ndarray] = {}
-    body = encode(fit, arrays)
+    body = codec.encode(fit, arrays)
     meta = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
         "memoe_version": _memoe_version(),
         "saved_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-        "class": kind,
+        "class": codec.name,
         **body,
     }
     write_archive(path, meta, arrays)
 
 
-def load(path: PathOrFile):
-    """Load a fit saved by :func:`save`.
+def load(source: Source, *, limits: Limits | None = None):
+    """Load a fit saved by :func:`save`; safe on files from others (no code runs, sizes are capped).
 
     Parameters
     ----------
-    path : str, path-like or binary file object
+    source : str, path-like, bytes-like or binary file object
+        A path, the file's contents (``bytes``, ``bytearray``, ``memoryview``) or a binary file object
+        open for reading (not closed here).
+    limits : Limits, optional
+        Size caps (:data:`DEFAULT_LIMITS`: 2 GiB decompressed, JSON 64 levels deep, ...).
 
     Returns
     -------
@@ -92,84 +117,55 @@ def load(path: PathOrFile):
 
     Raises
     ------
+    PersistenceTypeError
+        ``source`` is none of the accepted types (e.g. None, a number, a text-mode file).
     PersistenceError
-        Not a memoe file, an unsupported or newer format version, content that would need unpickling,
-        or a file whose rebuilt fit does not reproduce the saved log-likelihood (GEE: standard errors).
+        Anything else that stops the load: not a memoe file, an unsupported or newer format version,
+        a size beyond ``limits``, content that would need unpickling, a formula with pieces outside the
+        allow-list, missing or mistyped entries, or a file whose rebuilt fit does not reproduce the
+        saved log-likelihood (GEE: standard errors).
     """
-    meta, arrays = read_archive(path)
+    meta, arrays = read_archive(source, limits)
+    name = _describe(source)
     kind = meta.get("class")
-    if kind == "LmmResult":
-        from memoe.lmm.persist import decode_lmm
-
-        return decode_lmm(meta, arrays)
-    if kind == "MEMoEResult":
-        from memoe.moe.persist import MODEL_CLASSES, decode_memoe
-
-        model_class = meta.get("model", {}).get("class")
-        if model_class not in MODEL_CLASSES:
-            raise PersistenceError(
-                f"unsupported model class {model_class!r} (this memoe loads {sorted(MODEL_CLASSES)})"
-            )
-        return decode_memoe(meta, arrays)
-    if kind == "GlmmResult":
-        from memoe.glmm.persist import decode_glmm
-
-        return decode_glmm(meta, arrays)
-    if kind == "MarginalResult":
-        from memoe.marginal.persist import MODEL_CLASSES as MARGINAL_CLASSES
-        from memoe.marginal.persist import decode_marginal
-
-        model_class = meta.get("model", {}).get("class")
-        if model_class not in MARGINAL_CLASSES:
-            raise PersistenceError(
-                f"unsupported model class {model_class!r} (this memoe loads {sorted(MARGINAL_CLASSES)})"
-            )
-        return decode_marginal(meta, arrays)
-    if kind == "GEEResult":
-        from memoe.gee.persist import decode_gee
-
-        return decode_gee(meta, arrays)
-    raise PersistenceError(f"unsupported result class {kind!r} (this memoe loads {list(_RESULT_CLASSES)})")
+    codec = codec_named(kind)
+    if codec is None:
+        known = [c.name for c in registered()]
+        raise PersistenceError(f"unsupported result class {_short(kind)} (this memoe loads {known})")
+    model = meta.get("model")
+    if not isinstance(model, dict):
+        raise PersistenceError(f"{name}: the saved {kind} has no 'model' record (found {type(model).__name__})")
+    model_class = model.get("class")
+    if not isinstance(model_class, str) or model_class not in codec.model_types:
+        raise PersistenceError(
+            f"unsupported model class {_short(model_class)} for {kind} (this memoe loads {sorted(codec.model_types)})"
+        )
+    try:
+        # before anything evaluates a string from the file
+        codec.check(meta)
+        return codec.decode(meta, arrays)
+    except PersistenceError:
+        raise
+    except MemoeError as exc:
+        raise PersistenceError(f"{name}: the saved {kind} cannot be rebuilt: {exc}") from exc
+    except Exception as exc:
+        raise PersistenceError(
+            f"{name}: the saved {kind} is malformed or inconsistent ({type(exc).__name__}: {_clip(str(exc))})"
+        ) from exc
 
 
-def _encoder(fit):
-    # exact classes only: a subclass may hold state this format does not keep
-    from memoe.gee.model import GEE, GEEResult
-    from memoe.glmm.model import GLMM
-    from memoe.glmm.result import GlmmResult
-    from memoe.lmm.model import LMM
-    from memoe.lmm.result import LmmResult
-    from memoe.marginal.result import MarginalResult
-    from memoe.moe.result import MEMoEResult
+def _describe(source: object) -> str:
+    if isinstance(source, bytes | bytearray | memoryview):
+        return "<bytes>"
+    return repr(str(getattr(source, "name", source)))
 
-    if type(fit) is LmmResult and type(fit.model) is LMM:
-        from memoe.lmm.persist import encode_lmm
 
-        return "LmmResult", encode_lmm
-    if type(fit) is MEMoEResult:
-        from memoe.moe.persist import MODEL_CLASSES, encode_memoe
+def _short(value: object) -> str:
+    return _clip(repr(value), 80)
 
-        if type(fit.model) in MODEL_CLASSES.values():
-            return "MEMoEResult", encode_memoe
-    if type(fit) is GlmmResult and type(fit.model) is GLMM:
-        from memoe.glmm.persist import encode_glmm
 
-        return "GlmmResult", encode_glmm
-    if type(fit) is MarginalResult:
-        from memoe.marginal.persist import MODEL_CLASSES as MARGINAL_CLASSES
-        from memoe.marginal.persist import encode_marginal
-
-        if type(fit.model) in MARGINAL_CLASSES.values():
-            return "MarginalResult", encode_marginal
-    if type(fit) is GEEResult and type(fit.model) is GEE:
-        from memoe.gee.persist import encode_gee
-
-        return "GEEResult", encode_gee
-    raise PersistenceError(
-        f"memoe.persist saves LmmResult (of memoe.lmm), MEMoEResult (of memoe.MEMoE / memoe.MoE), GlmmResult "
-        f"(of memoe.glmm), MarginalResult (of memoe.gls / memoe.lme) and GEEResult (of memoe.gee) fits, "
-        f"not {type(fit).__name__}"
-    )
+def _clip(text: str, n: int = 300) -> str:
+    return text if len(text) <= n else text[: n - 3] + "..."
 
 
 def _memoe_version() -> str:

@@ -9,9 +9,11 @@ import numpy as np
 from memoe.core.design import Design
 from memoe.core.design.frame import ModelFrame
 from memoe.core.persist.archive import PersistenceError
+from memoe.core.persist.formula_check import check_column
 from memoe.core.persist.frames import decode_index, encode_index
 
 __all__ = [
+    "check_columns",
     "check_equal",
     "check_loglik",
     "decode_dataclass",
@@ -21,6 +23,7 @@ __all__ = [
     "plain",
     "restore_frame_record",
     "restore_model_frame",
+    "saved_columns",
 ]
 
 # a rebuilt fit must reproduce the saved log-likelihood to this relative accuracy: the same code on the
@@ -112,6 +115,31 @@ def restore_model_frame(design: Design, spec: dict, key: str, arrays: dict[str, 
     if len(frame.data) != design.n:
         raise PersistenceError(f"the rebuilt model frame has {len(frame.data)} rows, the design {design.n}")
     return dataclasses.replace(design, frame=frame)
+
+
+def saved_columns(model: dict, key: str = "data") -> list[str]:
+    """Names of the columns of the saved data ``model[key]`` (an :func:`~memoe.core.persist.frames.encode_frame` spec).
+
+    The names the saved formulas may read; refuses a malformed spec before anything uses it.
+    """
+    spec = model.get(key) if isinstance(model, dict) else None
+    columns = spec.get("columns") if isinstance(spec, dict) else None
+    if not isinstance(columns, list) or not all(isinstance(c, dict) and "name" in c for c in columns):
+        raise PersistenceError(f"the saved model has no readable {key!r} record (a list of columns with names)")
+    names = [c["name"] for c in columns]
+    bad = [n for n in names if not isinstance(n, str | int | float | bool) and n is not None]
+    if bad:
+        raise PersistenceError(f"the saved data have column names of unsupported types: {bad[:3]!r}")
+    return [str(n) for n in names]
+
+
+def check_columns(model: dict, fields: dict[str, str], columns: list[str], what: str) -> None:
+    """Refuse saved column-name fields (``{"group": "the group of ..."}``) that are not saved columns.
+
+    ``None`` is accepted (an optional column); anything else must be a string naming a saved column.
+    """
+    for field, desc in fields.items():
+        check_column(model.get(field), columns, what=f"{desc} of the saved {what}")
 
 
 def check_equal(what: str, saved, rebuilt) -> None:

@@ -20,6 +20,12 @@ __all__ = ["decode_frame", "decode_index", "decode_values", "encode_frame", "enc
 
 # numpy dtype kinds stored as arrays: bool, int, uint, float, complex, timedelta, datetime
 _ARRAY_KINDS = "biufcmM"
+# dtypes a "json" column may name in a file: pandas resolves a dtype string through its registry of
+# extension types, so a file gets only the plain ones a DataFrame column of JSON scalars can have
+_JSON_DTYPES = frozenset({
+    "object", "str", "string", "string[python]", "string[pyarrow]", "boolean", "Int8", "Int16", "Int32", "Int64",
+    "UInt8", "UInt16", "UInt32", "UInt64", "Float32", "Float64",
+})
 
 
 def _json_scalar(v, where: str):
@@ -67,6 +73,11 @@ def decode_values(spec: dict, key: str, arrays: dict[str, np.ndarray]):
         dtype = pd.CategoricalDtype(categories=categories, ordered=spec["ordered"])
         return pd.Categorical.from_codes(arrays[f"{key}.codes"], dtype=dtype)
     if kind == "json":
+        if spec["dtype"] not in _JSON_DTYPES:
+            allowed = sorted(_JSON_DTYPES)
+            raise PersistenceError(f"a saved column has the dtype {spec['dtype']!r}; a file may use {allowed}")
+        if not isinstance(spec["values"], list):
+            raise PersistenceError(f"a saved column's values are a {type(spec['values']).__name__}, not a list")
         if spec["dtype"] == "object":
             # element by element: pandas would turn a list of lists into a 2-d array
             out = np.empty(len(spec["values"]), dtype=object)
