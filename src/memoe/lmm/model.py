@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from memoe.core.design import Design, build_design
+from memoe.core.design.scaling import choose_scaling
 from memoe.core.linalg.threads import blas_threads
 from memoe.core.optim import check_convergence, finite_difference_derivatives, minimize_bounded
 from memoe.core.optim.checks import ConvergenceReport
@@ -77,6 +78,9 @@ class LMM:
             nlevels=[b.nlevels for b in d.blocks],
             Z=[b.Z for b in d.blocks],
             theta_map=d.theta_map,
+            # epoch-time covariates or a response shifted by 1e12 are fitted on centred, scaled
+            # columns and mapped back exactly (None for ordinary data: nothing changes)
+            scaling=choose_scaling(d.X, d.y),
         )
 
     # ------------------------------------------------------------------
