@@ -84,6 +84,10 @@ class DataTypeError(DataError, ArgumentTypeError):
     """``data`` is not a data frame (a dict, list or array was given)."""
 
 
+class FormulaTypeError(FormulaError, ArgumentTypeError):
+    """The formula is not a string."""
+
+
 class UnknownColumnError(FormulaError, DataError):
     """The formula names a column the data do not have (both a formula and a data problem)."""
 

@@ -7,7 +7,6 @@ lme4's bounds) plus convergence and boundary checks, and a frozen :class:`LmmRes
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,9 +16,11 @@ from memoe.core.design import Design, build_design
 from memoe.core.design.scaling import choose_scaling
 from memoe.core.linalg.threads import blas_threads
 from memoe.core.optim import check_convergence, finite_difference_derivatives, minimize_bounded
+from memoe.core.optim.arguments import check_bool, check_control, check_start
 from memoe.core.optim.checks import ConvergenceReport
 from memoe.core.optim.start import variance_component_start
-from memoe.errors import ConvergenceWarning, SingularFitWarning
+from memoe.errors import ArgumentError, ConvergenceWarning, FormulaTypeError, SingularFitWarning
+from memoe.errors import warn as emit_warning
 from memoe.lmm.objective import PLSProblem
 
 __all__ = ["LMM", "SINGULAR_TOL", "lmm"]
@@ -67,6 +68,10 @@ class LMM:
     """
 
     def __init__(self, formula: str, data: pd.DataFrame) -> None:
+        if not isinstance(formula, str):
+            raise FormulaTypeError(
+                f"formula must be a string such as 'y ~ x + (1 | g)', got {type(formula).__name__}"
+            )
         self.formula = formula
         self.data_name = data.attrs.get("name") if isinstance(data, pd.DataFrame) else None
         self.design: Design = build_design(formula, data)
@@ -106,22 +111,36 @@ class LMM:
         ----------
         reml : bool, default True
             REML criterion (lme4's default) or maximum likelihood.
-        start : array-like, optional
-            Starting theta (lme4 order); default identity relative factors.
-        control : FitControl, optional
+        start : array-like or dict, optional
+            Starting theta (lme4 order, or a dict by theta name); default identity relative factors.
+        control : FitControl or dict, optional
+            A dict holds FitControl's field names, e.g. ``{"maxeval": 500}``.
         warn : bool, default True
             Emit convergence and singular-fit warnings (they are always recorded on the result).
 
         Returns
         -------
         LmmResult
+
+        Raises
+        ------
+        ArgumentError, ArgumentTypeError
+            An argument of the wrong type or out of range (``reml="no"``, a ``start`` of the wrong
+            length or below the bounds, an unknown ``control`` setting).
         """
         from memoe.lmm.result import LmmResult
 
-        control = control or FitControl()
+        reml = check_bool(reml, "reml")
+        warn = check_bool(warn, "warn")
+        control = check_control(control, FitControl)
+        bt = control.blas_threads
+        int_ok = isinstance(bt, (int, np.integer)) and not isinstance(bt, bool) and bt >= 1
+        if not (bt is None or bt == "auto" or int_ok):
+            raise ArgumentError(f"control['blas_threads'] must be 'auto', None or an integer >= 1, got {bt!r}")
         tmap = self.design.theta_map
+        start = check_start(start, tmap.names, tmap.lower_bounds)
         f = self.objective(reml)
-        x0 = tmap.initial() if start is None else np.asarray(start, dtype=float)
+        x0 = tmap.initial() if start is None else start
         step = None
         if start is None and len(self.design.blocks) > 1:
             # crossed/nested scalar random effects: every evaluation factors a dense block, so a
@@ -158,13 +177,12 @@ class LMM:
             self.problem.blas_threads = problem_threads
         if warn:
             for msg in report.messages:
-                warnings.warn(msg, ConvergenceWarning, stacklevel=2)
+                emit_warning(msg, ConvergenceWarning)
             if singular:
-                warnings.warn(
+                emit_warning(
                     "boundary (singular) fit: a random-effects covariance is (nearly) singular; theta = "
                     + ", ".join(f"{n}={t:.3g}" for n, t in zip(tmap.names, theta, strict=True)),
                     SingularFitWarning,
-                    stacklevel=2,
                 )
         return result
 
