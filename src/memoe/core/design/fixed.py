@@ -133,6 +133,10 @@ def build_fixed(formula_rhs: str, data: pd.DataFrame) -> FixedDesign:
     X = np.asarray(mm, dtype=float)
     spec = mm.model_spec
     names = [r_column_name(c) for c in spec.column_names]
+    # R codes a logical predictor as a factor with FALSE as reference: column ``xTRUE`` (same 0/1 values)
+    logical = {str(c) for c in data.columns if data[c].dtype == bool}
+    if logical:
+        names = [":".join(f"{part}TRUE" if part in logical else part for part in nm.split(":")) for nm in names]
     if not np.all(np.isfinite(X)):
         bad = [names[j] for j in range(X.shape[1]) if not np.all(np.isfinite(X[:, j]))]
         raise DataError(
