@@ -208,3 +208,11 @@ def test_convergence_warning_points_at_the_fit_line(sleep):
     with pytest.warns(MemoeWarning) as rec:
         memoe.lmm(F, sleep).fit(control={"maxeval": 5})
     assert rec and all(r.filename == __file__ for r in rec)
+
+
+def test_rank_deficiency_warning_points_at_the_caller(sleep):
+    from memoe.errors import RankDeficiencyWarning
+
+    with pytest.warns(RankDeficiencyWarning, match="Days2") as rec:
+        memoe.lmm("Reaction ~ Days + Days2 + (1 | Subject)", sleep.assign(Days2=2 * sleep.Days))
+    assert rec[0].filename == __file__

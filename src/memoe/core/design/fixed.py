@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -13,7 +12,7 @@ from formulaic.transforms import C
 
 from memoe.core.design.scaling import choose_scaling
 from memoe.core.formula.names import r_column_name
-from memoe.errors import DataError, FormulaError, RankDeficiencyWarning
+from memoe.errors import DataError, FormulaError, RankDeficiencyWarning, warn
 
 __all__ = ["FixedDesign", "build_fixed", "evaluate_matrix"]
 
@@ -156,11 +155,10 @@ def build_fixed(formula_rhs: str, data: pd.DataFrame) -> FixedDesign:
     kept = np.array([j for j in range(X.shape[1]) if j not in drop], dtype=int)
     dropped = [names[j] for j in drop]
     if drop:
-        warnings.warn(
+        warn(
             f"fixed-effect model matrix is rank deficient so dropping {len(drop)} "
             f"column{'s' if len(drop) > 1 else ''} / coefficient{'s' if len(drop) > 1 else ''}: {dropped}",
             RankDeficiencyWarning,
-            stacklevel=3,
         )
         X = np.ascontiguousarray(X[:, kept])
     return FixedDesign(X=X, names=[names[j] for j in kept], spec=spec, kept=kept, dropped=dropped)
