@@ -77,8 +77,59 @@ class NonIntegerResponseWarning(MemoeWarning):
 
 
 class ArgumentError(MemoeError, ValueError):
-    """A function argument has the wrong value or is out of range; the message names it and what is accepted."""
+    """A function argument has a value outside what it accepts (the message names the argument)."""
 
 
 class ArgumentTypeError(ArgumentError, TypeError):
-    """A function argument has the wrong type; the message names it, the type given and the types accepted."""
+    """A function argument has the wrong type (e.g. ``reml="no"``); the message names the argument."""
+
+
+class DataTypeError(DataError, ArgumentTypeError):
+    """``data`` is not a data frame (a dict, list or array was given)."""
+
+
+class FormulaTypeError(FormulaError, ArgumentTypeError):
+    """The formula is not a string."""
+
+
+class UnknownColumnError(FormulaError, DataError):
+    """The formula names a column the data do not have (both a formula and a data problem)."""
+
+
+class PredictorScaleWarning(MemoeWarning):
+    """A predictor is on a scale (offset, units) that makes the fit numerically fragile; centre or rescale it."""
+
+
+class SeparationWarning(MemoeWarning):
+    """Complete or quasi-complete separation: some fixed effects diverge (R: "fitted probabilities 0 or 1")."""
+
+
+def caller_stacklevel() -> int:
+    """The ``stacklevel`` that makes a warning point at the first frame outside the memoe package.
+
+    Counted from the caller of this function, so ``warnings.warn(msg, cat, stacklevel=caller_stacklevel())``
+    written anywhere inside memoe reports the user's line, however deep the call.
+    """
+    import os
+    import sys
+
+    package_dir = os.path.dirname(os.path.abspath(__file__))
+    frame = sys._getframe(1)  # the function that wants to warn: stacklevel 1
+    level = 1
+    while frame is not None:
+        filename = os.path.abspath(frame.f_code.co_filename)
+        if not filename.startswith(package_dir + os.sep):
+            return level
+        frame = frame.f_back
+        level += 1
+    return level
+
+
+def warn(message: str, category: type[Warning] = MemoeWarning, *, stacklevel: int | None = None) -> None:
+    """``warnings.warn`` pointing at the user's line (the first frame outside memoe) unless ``stacklevel`` is given."""
+    import warnings
+
+    if stacklevel is None:
+        # counted from this function, which is the one calling warnings.warn
+        stacklevel = caller_stacklevel()
+    warnings.warn(message, category, stacklevel=stacklevel)

@@ -12,7 +12,7 @@ from typing import Any
 
 import pandas as pd
 
-from memoe.errors import ArgumentTypeError, DataError
+from memoe.errors import DataError, DataTypeError
 
 __all__ = ["is_supported_table", "to_pandas"]
 
@@ -43,8 +43,8 @@ def to_pandas(data: Any, argument: str = "data") -> pd.DataFrame:
 
     Raises
     ------
-    ArgumentTypeError
-        ``data`` is not a table (a dict, list, array, None, ...).
+    DataTypeError
+        ``data`` is not a table (also an ArgumentTypeError and a DataError) (a dict, list, array, None, ...).
     DataError
         The table cannot be converted (the message says why).
     """
@@ -64,6 +64,6 @@ def to_pandas(data: Any, argument: str = "data") -> pd.DataFrame:
             return pd.api.interchange.from_dataframe(data)
     except Exception as exc:  # the converters raise their own types; the user gets one memoe error
         raise DataError(f"{argument}: cannot convert the {type(data).__name__} to pandas: {exc}") from exc
-    raise ArgumentTypeError(
+    raise DataTypeError(
         f"{argument} must be a table (pandas or polars DataFrame, pyarrow Table), got {type(data).__name__}"
     )

@@ -16,13 +16,15 @@ import pandas as pd
 
 from memoe.core.design import Design
 from memoe.core.design.fixed import build_fixed
-from memoe.core.design.frame import build_frame, formula_variables, numeric_response
+from memoe.core.design.frame import as_data_frame, build_frame, formula_variables, numeric_response
 from memoe.core.design.random import build_random
 from memoe.core.formula.parse import parse_formula, split_top_level
 from memoe.errors import DataError, FormulaError, IdentifiabilityError
 from memoe.glmm.families import Family
 
-__all__ = ["GlmmDesign", "build_glmm_design", "check_identifiable", "split_cbind", "split_offsets"]
+__all__ = [
+    "GlmmDesign", "build_glmm_design", "check_identifiable", "separating_direction", "split_cbind", "split_offsets",
+]
 
 _CBIND = re.compile(r"^cbind\s*\((.*)\)$", re.DOTALL)
 _OFFSET = re.compile(r"^offset\s*\((.*)\)$", re.DOTALL)
@@ -161,7 +163,11 @@ def _vector_arg(value, data: pd.DataFrame, what: str) -> tuple[np.ndarray | None
         if value not in data.columns:
             raise DataError(f"{what} column {value!r} is not in the data")
         return None, value
-    arr = np.asarray(value, dtype=float).ravel()
+    try:
+        arr = np.asarray(value, dtype=float).ravel()
+    except (TypeError, ValueError):
+        raise DataError(f"{what} must be a column name or numbers, one per data row; got {type(value).__name__}") \
+            from None
     if arr.shape != (len(data),):
         raise DataError(f"{what} must have one value per data row ({len(data)}), got shape {arr.shape}")
     return arr, None
@@ -194,8 +200,7 @@ def build_glmm_design(
         raise FormulaError(
             f"formula {spec.text!r} has no random-effects term such as (1 | group); a GLMM needs at least one"
         )
-    if not isinstance(data, pd.DataFrame):
-        raise DataError(f"data must be a pandas DataFrame, got {type(data).__name__}")
+    data = as_data_frame(data)
     pair = split_cbind(spec.response)
     exprs = [_as_expr(e) for e in pair] if pair else [spec.response]
     w_arr, w_col = _vector_arg(weights, data, "weights")
@@ -208,7 +213,7 @@ def build_glmm_design(
         formula_variables(f"{e} ~ 1", "the response")
     for e in offset_terms:
         extra += [v for v in formula_variables(f"{_as_expr(e)} ~ 1", "an offset term") if v not in extra]
-    frame = build_frame(frame_spec, data, extra=extra)
+    frame = build_frame(frame_spec, data, extra=extra, responses=exprs)
     fd = frame.data
     mask = frame.row_mask
     values = [_response_values(fd, e, family) for e in exprs]
@@ -220,7 +225,13 @@ def build_glmm_design(
     )
     off = np.zeros(len(fd)) if offset is None else (fd[o_col].to_numpy(dtype=float) if o_col else o_arr[mask])
     if not np.all(np.isfinite(prior)) or np.any(prior < 0):
-        raise DataError("weights must be finite and non-negative")
+        n_bad = int(np.sum(~np.isfinite(prior) | (prior < 0)))
+        raise DataError(
+            f"weights{f' (column {w_col!r})' if w_col else ''} must be finite and non-negative; "
+            f"{n_bad} of {len(prior)} values are not (e.g. {prior[~np.isfinite(prior) | (prior < 0)][0]:g})"
+        )
+    if not np.any(prior > 0):
+        raise DataError(f"weights{f' (column {w_col!r})' if w_col else ''} are all zero: no observation is used")
     for e in offset_terms:
         off = off + numeric_response(fd, _as_expr(e))
     if not np.all(np.isfinite(off)):
@@ -243,3 +254,49 @@ def build_glmm_design(
         design=design, y=y, wt=wt, n=n, offset=off, prior_weights=prior, binomial_matrix=pair is not None,
         offset_terms=offset_terms,
     )
+
+
+# An LP optimum below this (with unit-scaled columns and coefficients in [-1, 1]) counts as zero
+SEPARATION_TOL = 1e-7
+
+
+def separating_direction(X: np.ndarray, y: np.ndarray, wt: np.ndarray) -> np.ndarray | None:
+    """A direction of the fixed effects along which a binomial likelihood increases forever, or None.
+
+    Complete or quasi-complete separation (Albert & Anderson 1984; Konis's ``detectseparation``):
+    some ``d != 0`` has ``x_i'd >= 0`` on every all-success row, ``x_i'd <= 0`` on every all-failure
+    row and ``x_i'd = 0`` on rows with both outcomes. Then ``beta + t d`` improves the likelihood for
+    every ``t`` (whatever the random effects do, as they are penalised and ``d`` is not), so the
+    estimates run off to infinity. Found by the linear programme
+    ``max sum_i s_i x_i'd`` over those constraints and ``|d_j| <= 1``, on columns scaled to unit size.
+
+    Returns
+    -------
+    numpy.ndarray of shape (p,) or None
+        The direction on the original columns (zero entries: coefficients not involved).
+    """
+    from scipy.optimize import linprog
+
+    used = wt > 0
+    X, y = X[used], y[used]
+    n, p = X.shape
+    if n == 0 or p == 0:
+        return None
+    scale = np.abs(X).max(axis=0)
+    scale[scale == 0] = 1.0
+    Xs = X / scale
+    succ, fail = y >= 1.0, y <= 0.0
+    mixed = ~(succ | fail)
+    sign = np.where(succ, 1.0, -1.0)
+    sep_rows = ~mixed
+    c = -(sign[sep_rows] @ Xs[sep_rows])
+    A_ub = -(sign[sep_rows, None] * Xs[sep_rows])
+    A_eq = Xs[mixed] if mixed.any() else None
+    res = linprog(
+        c, A_ub=A_ub, b_ub=np.zeros(int(sep_rows.sum())), A_eq=A_eq,
+        b_eq=np.zeros(int(mixed.sum())) if mixed.any() else None, bounds=[(-1.0, 1.0)] * p, method="highs",
+    )
+    if res.status != 0 or not (-res.fun > SEPARATION_TOL * np.sqrt(n)):
+        return None
+    d = np.where(np.abs(res.x) > 1e-6, res.x, 0.0)
+    return d / scale

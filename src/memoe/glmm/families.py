@@ -8,14 +8,13 @@ starting values (``family$initialize``) and the checks on the response.
 
 from __future__ import annotations
 
-import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import numpy as np
 from scipy import special
 
-from memoe.errors import DataError, FamilyError, NonIntegerResponseWarning
+from memoe.errors import DataError, FamilyError, NonIntegerResponseWarning, warn
 
 __all__ = [
     "Binomial",
@@ -243,12 +242,17 @@ class Binomial(Family):
                 y = np.where(n > 0, succ / n, 0.0)
             wt = weights * n
             m = succ
-        if np.any(np.abs(m - np.round(m)) > 1e-3):
-            warnings.warn(
-                f"non-integer #successes in a binomial glm! (response {response!r})",
-                NonIntegerResponseWarning,
-                stacklevel=4,
+        used = wt > 0
+        if used.any() and (np.all(y[used] == 0.0) or np.all(y[used] == 1.0)):
+            # every outcome the same: the intercept runs off to -+inf (R fits with "fitted probabilities
+            # numerically 0 or 1"); there is nothing to model
+            which = "failures (0)" if np.all(y[used] == 0.0) else "successes (1)"
+            raise DataError(
+                f"binomial response {response!r} is constant: all {int(used.sum())} rows with positive weight are "
+                f"{which}; nothing to model"
             )
+        if np.any(np.abs(m - np.round(m)) > 1e-3):
+            warn(f"non-integer #successes in a binomial glm! (response {response!r})", NonIntegerResponseWarning)
         return y, wt, n
 
 
@@ -286,12 +290,17 @@ class Poisson(Family):
                 f"negative values not allowed for the 'Poisson' family: response {response!r} has "
                 f"{int(np.sum(y < 0))} negative values"
             )
+        used = weights > 0
+        if used.any() and np.all(y[used] == 0.0):
+            raise DataError(
+                f"Poisson response {response!r} is 0 in all {int(used.sum())} rows with positive weight; "
+                "nothing to model (the log rate runs off to -inf)"
+            )
         if np.any(np.abs(y - np.round(y)) > 1e-7):
-            warnings.warn(
+            warn(
                 f"non-integer counts in the Poisson response {response!r}: the log-likelihood uses "
                 "lgamma(y + 1) (R's dpois gives -Inf with a warning)",
                 NonIntegerResponseWarning,
-                stacklevel=4,
             )
         return y, weights.astype(float), np.ones_like(y)
 

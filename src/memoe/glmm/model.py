@@ -14,6 +14,7 @@ checks and its default covariance of the fixed effects.
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,10 +23,13 @@ import pandas as pd
 from memoe.core.frames import to_pandas
 from memoe.core.linalg.threads import blas_threads
 from memoe.core.optim import check_convergence, finite_difference_derivatives, minimize_bounded
+from memoe.core.optim.arguments import check_bool, check_control, check_start
 from memoe.core.optim.checks import ConvergenceReport
 from memoe.core.optim.finish import finish_fit, is_boundary
+from memoe.errors import ArgumentTypeError, FormulaTypeError, SeparationWarning
+from memoe.errors import warn as emit_warning
 from memoe.glmm.agq import agq_deviance, check_agq
-from memoe.glmm.design import GlmmDesign, build_glmm_design
+from memoe.glmm.design import GlmmDesign, build_glmm_design, separating_direction
 from memoe.glmm.families import Family, get_family
 from memoe.glmm.laplace import joint_objective, laplace_deviance, theta_objective
 from memoe.glmm.pirls import PirlsProblem, PirlsState
@@ -97,6 +101,10 @@ class GLMM:
     """
 
     def __init__(self, formula: str, data: pd.DataFrame, family: str | Family = "binomial", weights=None, offset=None):
+        if not isinstance(formula, str):
+            raise FormulaTypeError(
+                f"formula must be a string such as 'y ~ x + (1 | g)', got {type(formula).__name__}"
+            )
         data = to_pandas(data, "data")  # polars / pyarrow tables too
         self.formula = formula
         self.family = get_family(family)
@@ -104,6 +112,22 @@ class GLMM:
         self.gdesign: GlmmDesign = build_glmm_design(formula, data, self.family, weights=weights, offset=offset)
         self.design = self.gdesign.design
         self.problem = PirlsProblem(self.gdesign, self.family)
+        self._separation: tuple[np.ndarray | None] | None = None
+
+    def separation(self) -> list[str]:
+        """Fixed effects that diverge under complete or quasi-complete separation (empty if none).
+
+        Binomial family only; see :func:`memoe.glmm.design.separating_direction`.
+        """
+        if self.family.name != "binomial":
+            return []
+        if self._separation is None:
+            g = self.gdesign
+            self._separation = (separating_direction(self.design.X, g.y, g.wt),)
+        d = self._separation[0]
+        if d is None:
+            return []
+        return [n for n, v in zip(self.design.fixef_names, d, strict=True) if v != 0.0]
 
     # ------------------------------------------------------------------ objectives
     def deviance_function(self, nAGQ: int = 1):
@@ -146,20 +170,31 @@ class GLMM:
         nAGQ : int, default 1
             0: theta only (beta from PIRLS); 1: Laplace; > 1: adaptive Gauss-Hermite quadrature
             with that many nodes (one scalar random-effects term only).
-        start : array-like, optional
-            Starting theta (lme4 order); default identity relative factors.
-        control : GlmmControl, optional
+        start : array-like or dict, optional
+            Starting theta (lme4 order, or a dict by theta name); default identity relative factors.
+        control : GlmmControl or dict, optional
+            A dict holds GlmmControl's field names.
         warn : bool, default True
-            Emit convergence and singular-fit warnings (always recorded on the result).
+            Emit convergence, singular-fit and separation warnings (always recorded on the result).
 
         Returns
         -------
         GlmmResult
+
+        Raises
+        ------
+        ArgumentError, ArgumentTypeError, QuadratureError
         """
+        if isinstance(nAGQ, (bool, np.bool_)) or not isinstance(nAGQ, numbers.Integral):
+            raise ArgumentTypeError(f"nAGQ must be an integer (0, 1 or more nodes), got {nAGQ!r}")
         check_agq(self.problem, nAGQ)
+        warn = check_bool(warn, "warn")
+        control = check_control(control, GlmmControl)
+        tmap = self.design.theta_map
+        start = check_start(start, tmap.names, tmap.lower_bounds)
         # many small factorisations: BLAS threads cost more than they save (memoe.core.linalg.threads)
         with blas_threads(1):
-            return self._fit(int(nAGQ), start, control or GlmmControl(), warn)
+            return self._fit(int(nAGQ), start, control, warn)
 
     def _fit(self, nAGQ: int, start, control: GlmmControl, warn: bool):
         from memoe.glmm.result import GlmmResult
@@ -194,6 +229,16 @@ class GLMM:
             model=self, nAGQ=nAGQ, theta=theta, beta=beta, u_start=state1.u, stage1=stage1, stage2=stage2,
             convergence=report, hessian=hessian, singular=singular, messages=messages,
         )
+        separated = self.separation()
+        if separated:
+            msg = (
+                "complete or quasi-complete separation: the likelihood keeps increasing along the fixed effects "
+                f"{separated} (fitted probabilities numerically 0 or 1); their estimates and standard errors "
+                "are not finite in the limit"
+            )
+            result.messages.append(msg)
+            if warn:
+                emit_warning(msg, SeparationWarning)
         return result
 
     def result_at(self, theta, beta, nAGQ: int = 1, hessian: bool = True, control: GlmmControl | None = None):

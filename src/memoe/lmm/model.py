@@ -13,12 +13,15 @@ import numpy as np
 import pandas as pd
 
 from memoe.core.design import Design, build_design
+from memoe.core.design.scaling import choose_scaling
 from memoe.core.frames import to_pandas
 from memoe.core.linalg.threads import blas_threads
 from memoe.core.optim import check_convergence, finite_difference_derivatives, minimize_bounded
+from memoe.core.optim.arguments import check_bool, check_control, check_start
 from memoe.core.optim.checks import ConvergenceReport
 from memoe.core.optim.finish import finish_fit, is_boundary
 from memoe.core.optim.start import variance_component_start
+from memoe.errors import ArgumentError, FormulaTypeError
 from memoe.lmm.objective import PLSProblem
 
 __all__ = ["LMM", "SINGULAR_TOL", "lmm"]
@@ -66,6 +69,10 @@ class LMM:
     """
 
     def __init__(self, formula: str, data: pd.DataFrame) -> None:
+        if not isinstance(formula, str):
+            raise FormulaTypeError(
+                f"formula must be a string such as 'y ~ x + (1 | g)', got {type(formula).__name__}"
+            )
         data = to_pandas(data, "data")  # polars / pyarrow tables too
         self.formula = formula
         self.data_name = data.attrs.get("name") if isinstance(data, pd.DataFrame) else None
@@ -78,6 +85,9 @@ class LMM:
             nlevels=[b.nlevels for b in d.blocks],
             Z=[b.Z for b in d.blocks],
             theta_map=d.theta_map,
+            # epoch-time covariates or a response shifted by 1e12 are fitted on centred, scaled
+            # columns and mapped back exactly (None for ordinary data: nothing changes)
+            scaling=choose_scaling(d.X, d.y),
         )
 
     # ------------------------------------------------------------------
@@ -103,22 +113,36 @@ class LMM:
         ----------
         reml : bool, default True
             REML criterion (lme4's default) or maximum likelihood.
-        start : array-like, optional
-            Starting theta (lme4 order); default identity relative factors.
-        control : FitControl, optional
+        start : array-like or dict, optional
+            Starting theta (lme4 order, or a dict by theta name); default identity relative factors.
+        control : FitControl or dict, optional
+            A dict holds FitControl's field names, e.g. ``{"maxeval": 500}``.
         warn : bool, default True
             Emit convergence and singular-fit warnings (they are always recorded on the result).
 
         Returns
         -------
         LmmResult
+
+        Raises
+        ------
+        ArgumentError, ArgumentTypeError
+            An argument of the wrong type or out of range (``reml="no"``, a ``start`` of the wrong
+            length or below the bounds, an unknown ``control`` setting).
         """
         from memoe.lmm.result import LmmResult
 
-        control = control or FitControl()
+        reml = check_bool(reml, "reml")
+        warn = check_bool(warn, "warn")
+        control = check_control(control, FitControl)
+        bt = control.blas_threads
+        int_ok = isinstance(bt, (int, np.integer)) and not isinstance(bt, bool) and bt >= 1
+        if not (bt is None or bt == "auto" or int_ok):
+            raise ArgumentError(f"control['blas_threads'] must be 'auto', None or an integer >= 1, got {bt!r}")
         tmap = self.design.theta_map
+        start = check_start(start, tmap.names, tmap.lower_bounds)
         f = self.objective(reml)
-        x0 = tmap.initial() if start is None else np.asarray(start, dtype=float)
+        x0 = tmap.initial() if start is None else start
         step = None
         if start is None and len(self.design.blocks) > 1:
             # crossed/nested scalar random effects: every evaluation factors a dense block, so a

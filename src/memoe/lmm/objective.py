@@ -23,6 +23,7 @@ import scipy.sparse as sp
 from scipy.linalg import lapack
 
 from memoe.core.covariance import ThetaMap
+from memoe.core.design.scaling import LinearScaling
 from memoe.core.linalg.batched import batched_backward_solve_t, batched_forward_solve
 from memoe.core.linalg.crossed import RestSchur
 from memoe.core.linalg.soa import soa_cholesky, soa_congruence, soa_forward_solve, soa_lincomb, soa_logdet_chol
@@ -123,6 +124,9 @@ class PLSProblem:
     Z : list of numpy.ndarray, each shape (n, q_k)
         Raw random-effects columns of each block.
     theta_map : ThetaMap
+    scaling : LinearScaling, optional
+        Fit on centred and scaled ``[X y]`` (see :mod:`memoe.core.design.scaling`); every public
+        output (deviance, factor, solution, statistics) is mapped back to the original columns.
 
     Notes
     -----
@@ -141,7 +145,12 @@ class PLSProblem:
         nlevels: list[int],
         Z: list[np.ndarray],
         theta_map: ThetaMap,
+        scaling: LinearScaling | None = None,
     ) -> None:
+        self.scaling = scaling
+        if scaling is not None:
+            X, y = scaling.scaled(X, y)
+            self._B = scaling.B
         self.n = len(y)
         self.p = X.shape[1]
         self.m = self.p + 1
@@ -189,13 +198,17 @@ class PLSProblem:
     @property
     def ZtXY1(self) -> np.ndarray:
         """Per-level ``Z_1j' [X_j y_j]``, shape (l1, q1, p + 1) (read-only view)."""
-        return _readonly(np.moveaxis(self._zxy, -1, 0))
+        zxy = np.moveaxis(self._zxy, -1, 0)
+        return _readonly(zxy if self.scaling is None else zxy @ self._B)
 
     @property
     def XYtXY_level(self) -> np.ndarray | None:
         """Per-level ``[X_j y_j]' [X_j y_j]``, shape (l1, p + 1, p + 1); None with several factors."""
         xyxy = self._xyxy_level()
-        return None if xyxy is None else _readonly(np.moveaxis(xyxy, -1, 0))
+        if xyxy is None:
+            return None
+        xyxy = np.moveaxis(xyxy, -1, 0)
+        return _readonly(xyxy if self.scaling is None else self._B.T @ xyxy @ self._B)
 
     def _xyxy_level(self) -> np.ndarray | None:
         if self._xyxy is None and not self.multi:
@@ -362,7 +375,37 @@ class PLSProblem:
         return ok, logdet_Z, logdet_X, pwrss
 
     def factorize(self, theta: np.ndarray) -> Factorization:
-        """Blocked Cholesky factor at ``theta`` (set theta -> update L)."""
+        """Blocked Cholesky factor at ``theta`` (set theta -> update L), for the original ``[X y]``."""
+        return self._unscaled(self._factorize(theta))
+
+    def _unscaled(self, f: Factorization) -> Factorization:
+        """The factor of the original ``[X y] = [X_s y_s] B`` from that of the scaled columns.
+
+        ``L`` becomes ``blockdiag(I, B') L`` (still lower triangular: B is upper triangular), so the
+        [X y] rows of the factor, ``log det(R_X' R_X)`` and the penalised RSS follow exactly.
+        """
+        sc = self.scaling
+        if sc is None:
+            return f
+        B, mz = self._B, self.mz
+        Lr = f.Lr.copy()
+        Lr[mz:, :] = B.T @ f.Lr[mz:, :]
+        return Factorization(
+            lambdas=f.lambdas,
+            L1=f.L1,
+            C=f.C @ B,
+            G=f.G,
+            Lr=Lr,
+            logdet_level=f.logdet_level,
+            logdet_Z=f.logdet_Z,
+            logdet_X=f.logdet_X + 2.0 * sc.log_abs_det_A,
+            pwrss=f.pwrss * sc.y_scale**2,
+            n_eff=f.n_eff,
+            ok=f.ok,
+        )
+
+    def _factorize(self, theta: np.ndarray) -> Factorization:
+        """The factor of the (possibly scaled) columns the problem works on."""
         with blas_threads(self.blas_threads):
             lambdas, L, C, logdet_level, logdet_Z, c, info = self._reduced(theta, keep=True)
             ok, logdet_Z, logdet_X, pwrss = self._finish(logdet_Z, c, info)
@@ -402,7 +445,10 @@ class PLSProblem:
         ok, logdet_Z, logdet_X, pwrss = self._finish(logdet_Z, c, info)
         if not ok:
             return np.inf
-        return profiled_deviance(logdet_Z, logdet_X, pwrss, self._n_eff, self.p, reml)
+        dev = profiled_deviance(logdet_Z, logdet_X, pwrss, self._n_eff, self.p, reml)
+        if self.scaling is not None:
+            dev += self.scaling.deviance_shift(self._n_eff, self.p, reml)
+        return dev
 
     # ------------------------------------------------------------------ solution
     def solve(self, theta: np.ndarray, reml: bool) -> PLSSolution:
@@ -411,7 +457,23 @@ class PLSProblem:
             return self._solve(theta, reml)
 
     def _solve(self, theta: np.ndarray, reml: bool) -> PLSSolution:
-        f = self.factorize(theta)
+        sol = self._solve_scaled(theta, reml)
+        sc = self.scaling
+        if sc is None:
+            return sol
+        s = sc.y_scale
+        return PLSSolution(
+            beta=sc.beta(sol.beta),
+            u=[s * uk for uk in sol.u],
+            b=[s * bk for bk in sol.b],
+            sigma=s * sol.sigma,
+            deviance=sol.deviance + sc.deviance_shift(sol.factor.n_eff, self.p, reml),
+            RX_inv_t=sc.solve_A(sol.RX_inv_t),
+            factor=self._unscaled(sol.factor),
+        )
+
+    def _solve_scaled(self, theta: np.ndarray, reml: bool) -> PLSSolution:
+        f = self._factorize(theta)
         mz, p = self.mz, self.p
         Lr = f.Lr
         LXX = Lr[mz : mz + p, mz : mz + p]

@@ -110,7 +110,7 @@ def test_moe_requires_group_string(small):
 # -- degenerate responses -------------------------------------------------------------------
 def test_constant_response_is_refused(small):
     df = small.assign(y=3.0)
-    _refuses(DataError, r"response 'y' is constant \(every value is 3\)", memoe.MEMoE, F, gating=G, data=df, frame=df)
+    _refuses(DataError, r"response 'y' is constant", memoe.MEMoE, F, gating=G, data=df, frame=df)
     _refuses(DataError, r"response 'y' is constant", memoe.MoE, "y ~ time", data=df, group="id")
 
 

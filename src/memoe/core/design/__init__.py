@@ -9,7 +9,7 @@ import pandas as pd
 
 from memoe.core.covariance import ThetaMap
 from memoe.core.design.fixed import FixedDesign, build_fixed
-from memoe.core.design.frame import ModelFrame, build_frame, numeric_response
+from memoe.core.design.frame import ModelFrame, build_frame, check_response_varies, numeric_response
 from memoe.core.design.grouping import GroupingFactor, make_grouping_factor
 from memoe.core.design.random import FactorBlock, ReTerm, build_random
 from memoe.core.formula.parse import FormulaSpec, parse_formula
@@ -97,9 +97,17 @@ def build_design(formula: str | FormulaSpec, data: pd.DataFrame, require_random:
     y = numeric_response(frame.data, spec.response)
     if not np.all(np.isfinite(y)):
         raise DataError(f"response {spec.response!r} has {int((~np.isfinite(y)).sum())} non-finite values")
+    check_response_varies(y, spec.response)
     fixed = build_fixed(spec.fixed, frame.data)
     n = len(y)
     if fixed.X.shape[0] != n:
         raise DataError(f"fixed-effects matrix has {fixed.X.shape[0]} rows but the response has {n}")
+    if fixed.p >= n:
+        # REML needs n - p > 0 residual degrees of freedom, ML a residual variance
+        raise DataError(
+            f"the fixed effects have {fixed.p} linearly independent columns for {n} observations "
+            f"({frame.n_dropped} rows dropped for missing values); a linear mixed model needs more "
+            "observations than fixed-effects coefficients"
+        )
     terms, blocks, theta_map = build_random(spec.random, frame.data, n)
     return Design(spec=spec, frame=frame, y=y, fixed=fixed, terms=terms, blocks=blocks, theta_map=theta_map)

@@ -11,8 +11,9 @@ from formulaic import model_matrix
 from formulaic.model_spec import ModelSpec
 from formulaic.transforms import C
 
+from memoe.core.design.scaling import choose_scaling
 from memoe.core.formula.names import r_column_name
-from memoe.errors import DataError, FormulaError, RankDeficiencyWarning
+from memoe.errors import DataError, FormulaError, RankDeficiencyWarning, warn
 
 __all__ = ["FixedDesign", "build_fixed", "evaluate_matrix"]
 
@@ -48,6 +49,11 @@ class FixedDesign:
     spec: ModelSpec
     kept: np.ndarray
     dropped: list[str]
+
+    @property
+    def p(self) -> int:
+        """Number of kept columns."""
+        return self.X.shape[1]
 
     def matrix_for(self, data: pd.DataFrame) -> np.ndarray:
         """The same columns evaluated on new data."""
@@ -164,18 +170,33 @@ def build_fixed(formula_rhs: str, data: pd.DataFrame) -> FixedDesign:
     X = np.asarray(mm, dtype=float)
     spec = mm.model_spec
     names = [r_column_name(c) for c in spec.column_names]
+    # R codes a logical predictor as a factor with FALSE as reference: column ``xTRUE`` (same 0/1 values)
+    logical = {str(c) for c in data.columns if data[c].dtype == bool}
+    if logical:
+        names = [":".join(f"{part}TRUE" if part in logical else part for part in nm.split(":")) for nm in names]
     if not np.all(np.isfinite(X)):
         bad = [names[j] for j in range(X.shape[1]) if not np.all(np.isfinite(X[:, j]))]
-        raise DataError(f"fixed-effects columns {bad} contain infinite values")
-    drop = aliased_columns(X)
+        raise DataError(
+            f"fixed-effects columns {bad} contain infinite or undefined values (e.g. log(0) or a division by "
+            "zero in the formula); only finite values are accepted"
+        )
+    n, p = X.shape
+    if p > n:
+        raise DataError(
+            f"the fixed effects {formula_rhs!r} give {p} columns ({', '.join(names[:6])}{', ...' if p > 6 else ''}) "
+            f"but there are only {n} observations; more coefficients than rows cannot be estimated"
+        )
+    # aliasing is a property of the column space: decide it on centred/scaled columns when they
+    # need it, so that Days + 1.7e9 is not mistaken for a multiple of the intercept
+    scaling = choose_scaling(X, np.zeros(n))
+    drop = aliased_columns(X if scaling is None else scaling.scaled(X, np.zeros(n))[0])
     kept = np.array([j for j in range(X.shape[1]) if j not in drop], dtype=int)
     dropped = [names[j] for j in drop]
     if drop:
-        warnings.warn(
+        warn(
             f"fixed-effect model matrix is rank deficient so dropping {len(drop)} "
             f"column{'s' if len(drop) > 1 else ''} / coefficient{'s' if len(drop) > 1 else ''}: {dropped}",
             RankDeficiencyWarning,
-            stacklevel=3,
         )
         X = np.ascontiguousarray(X[:, kept])
     return FixedDesign(X=X, names=[names[j] for j in kept], spec=spec, kept=kept, dropped=dropped)

@@ -10,9 +10,9 @@ import pandas as pd
 from formulaic import Formula
 
 from memoe.core.formula.parse import FormulaSpec
-from memoe.errors import DataError, FormulaError
+from memoe.errors import DataError, DataTypeError, FormulaError, UnknownColumnError
 
-__all__ = ["R_FUNCTIONS", "ModelFrame", "build_frame", "formula_variables"]
+__all__ = ["R_FUNCTIONS", "ModelFrame", "as_data_frame", "build_frame", "check_columns_usable", "formula_variables"]
 
 # R functions memoe evaluates in formulas (see memoe.core.design.fixed), not data columns
 R_FUNCTIONS = frozenset({"factor"})
@@ -66,10 +66,108 @@ def _check_columns(df: pd.DataFrame, names: Iterable[str], what: dict[str, str])
         shown = ", ".join(repr(c) for c in list(df.columns)[:12])
         more = "" if len(df.columns) <= 12 else f", ... ({len(df.columns)} columns)"
         details = "; ".join(f"{m!r} (used in {what.get(m, 'the formula')})" for m in missing)
-        raise DataError(f"unknown column {details}; the data have {shown}{more}")
+        raise UnknownColumnError(f"unknown column {details}; the data have {shown}{more}")
 
 
-def build_frame(spec: FormulaSpec, data: pd.DataFrame, extra: Iterable[str] = ()) -> ModelFrame:
+def as_data_frame(data) -> pd.DataFrame:
+    """``data`` as a pandas DataFrame, or a :class:`~memoe.errors.DataTypeError` naming what was given.
+
+    Other frame libraries are accepted when ``memoe.core.frames`` (their conversion layer) exists.
+    """
+    if isinstance(data, pd.DataFrame):
+        return data
+    try:
+        from memoe.core import frames  # type: ignore[attr-defined]
+    except ImportError:
+        frames = None
+    convert = getattr(frames, "to_pandas", None) or getattr(frames, "as_pandas", None) if frames else None
+    if convert is not None:
+        converted = convert(data)
+        if isinstance(converted, pd.DataFrame):
+            return converted
+    raise DataTypeError(
+        f"data must be a pandas DataFrame, got {type(data).__module__}.{type(data).__name__}; "
+        "build one with pandas.DataFrame(...)"
+    )
+
+
+def _mixed_types(col: pd.Series) -> list[str]:
+    """Kinds of the non-missing values of an object column when it mixes text, numbers and others."""
+    values = col.dropna()
+    if len(values) == 0:
+        return []
+    kinds = set()
+    for t in values.map(type).unique():
+        if issubclass(t, str):
+            kinds.add("str")
+        elif issubclass(t, (bool, np.bool_)):
+            kinds.add("bool")
+        elif issubclass(t, (int, float, np.integer, np.floating)):
+            kinds.add("number")
+        else:
+            kinds.add(t.__name__)
+    return sorted(kinds) if len(kinds) > 1 else []
+
+
+def check_columns_usable(frame: pd.DataFrame, where: dict[str, str] | None = None) -> None:
+    """Refuse column types and values that would be silently misread (R's ``model.frame`` checks).
+
+    Complex numbers (their imaginary part would be dropped), object columns mixing types (e.g.
+    numbers and text: is it a factor or a covariate?), and infinite values (R: "NA/NaN/Inf in 'x'").
+    Missing values are allowed: they are dropped and counted afterwards.
+
+    Raises
+    ------
+    DataError
+        Naming the column, its dtype and what is accepted.
+    """
+    where = where or {}
+    for name in frame.columns:
+        col = frame[name]
+        place = where.get(name, "the formula")
+        kind = col.dtype.kind if isinstance(col.dtype, np.dtype) else ""
+        if kind == "c":
+            raise DataError(
+                f"column {name!r} (used in {place}) is complex (dtype {col.dtype}); only real numbers, "
+                "logicals and factors are accepted (use its .real or abs() explicitly)"
+            )
+        if kind == "O":
+            mixed = _mixed_types(col)
+            if mixed:
+                raise DataError(
+                    f"column {name!r} (used in {place}) has dtype object with values of mixed types "
+                    f"({', '.join(mixed)}); convert it to numbers or to a categorical (factor) first"
+                )
+        if kind == "f":
+            n_inf = int(np.isinf(col.to_numpy()).sum())
+            if n_inf:
+                raise DataError(
+                    f"column {name!r} (used in {place}) has {n_inf} infinite value{'s' if n_inf > 1 else ''} "
+                    "(NA/NaN/Inf in R's terms); only finite values or missing values (dropped) are accepted"
+                )
+
+
+def _check_response_not_predictor(responses: Iterable[str], spec: FormulaSpec) -> None:
+    """A response that is also a predictor fits a degenerate model (R's lm warns; lme4 fails later)."""
+    rhs: list[tuple[str, list[str]]] = [("the fixed effects", formula_variables(spec.fixed, "the fixed-effects part"))]
+    for term in spec.random:
+        rhs.append((f"random term {term.text!r}", formula_variables(term.lhs, f"random-effects term {term.text!r}")))
+    for expr in responses:
+        rvars = formula_variables(expr + " ~ 1", "the response")
+        if len(rvars) != 1:
+            continue
+        v = rvars[0]
+        for place, names in rhs:
+            if v in names:
+                raise FormulaError(
+                    f"the response {expr!r} also appears on the right-hand side ({place} use {v!r}); "
+                    "a variable cannot explain itself: remove it from the predictors"
+                )
+
+
+def build_frame(
+    spec: FormulaSpec, data: pd.DataFrame, extra: Iterable[str] = (), responses: Iterable[str] | None = None
+) -> ModelFrame:
     """Select the used columns, check them, and drop rows with missing values.
 
     Parameters
@@ -78,14 +176,18 @@ def build_frame(spec: FormulaSpec, data: pd.DataFrame, extra: Iterable[str] = ()
     data : pandas.DataFrame
     extra : iterable of str
         Further columns that must be complete (e.g. gating covariates of a mixture).
+    responses : iterable of str, optional
+        Response expressions that must not reappear as predictors (default ``[spec.response]``;
+        the GLMM passes the two parts of ``cbind(successes, failures)``).
 
     Raises
     ------
     DataError
-        Unknown column, non-numeric response, or no rows left.
+        Unknown or duplicated column, unusable column type, infinite values, or no rows left.
+    FormulaError
+        The response is also a predictor.
     """
-    if not isinstance(data, pd.DataFrame):
-        raise DataError(f"data must be a pandas DataFrame, got {type(data).__name__}")
+    data = as_data_frame(data)
     if len(data) == 0:
         raise DataError("data has 0 rows")
     where: dict[str, str] = {}
@@ -104,8 +206,16 @@ def build_frame(spec: FormulaSpec, data: pd.DataFrame, extra: Iterable[str] = ()
         add(term.group_factors, f"the grouping factor of {term.text!r}")
     add(extra, "the gating model")
     _check_columns(data, used, where)
+    duplicated = sorted({str(c) for c in data.columns[data.columns.duplicated()] if c in used})
+    if duplicated:
+        raise DataError(
+            f"the data have several columns named {', '.join(repr(c) for c in duplicated)} (used in the formula); "
+            "column names must be unique: rename or drop the duplicates"
+        )
+    _check_response_not_predictor([spec.response] if responses is None else responses, spec)
 
     frame = data[used]
+    check_columns_usable(frame, where)
     na = frame.isna()
     dropped_by_column = {c: int(k) for c, k in na.sum().items() if k}
     mask = ~na.any(axis=1).to_numpy()
@@ -122,6 +232,24 @@ def build_frame(spec: FormulaSpec, data: pd.DataFrame, extra: Iterable[str] = ()
         n_dropped=n_dropped,
         dropped_by_column=dropped_by_column,
     )
+
+
+def check_response_varies(y: np.ndarray, response: str) -> None:
+    """Refuse a constant response: every model would fit it exactly and the scale would be zero.
+
+    Constant up to rounding: the range is within a few ulps of the values themselves.
+
+    Raises
+    ------
+    DataError
+    """
+    if len(y) == 0:
+        return
+    lo, hi = float(np.min(y)), float(np.max(y))
+    if hi - lo <= 8.0 * np.finfo(float).eps * max(abs(lo), abs(hi)):
+        raise DataError(
+            f"response {response!r} is constant (value {lo:.10g} in all {len(y)} rows used); nothing to model"
+        )
 
 
 def numeric_response(frame: pd.DataFrame, response: str) -> np.ndarray:

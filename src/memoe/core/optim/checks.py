@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -105,6 +106,15 @@ def check_convergence(
     g = gradient[free]
     H = hessian[np.ix_(free, free)]
     scaled = 0.0
+    if len(g) and not (np.all(np.isfinite(g)) and np.all(np.isfinite(H))):
+        # the deviance is infinite or undefined next to the optimum (e.g. a factorisation failed):
+        # there is no Hessian to check, which is itself a convergence failure, not a LinAlgError
+        messages.append(
+            "Model failed to converge: the objective is not finite around the estimates, so the gradient and "
+            "Hessian cannot be checked (rescale or centre the variables?)"
+        )
+        return ConvergenceReport(converged=False, messages=messages, gradient=gradient, hessian=hessian,
+                                 max_scaled_gradient=math.inf)
     if len(g):
         try:
             R = np.linalg.cholesky(H)
