@@ -99,3 +99,21 @@ def fitted_case(case: str):
 @pytest.fixture
 def sleepstudy() -> pd.DataFrame:
     return reference_data("sleepstudy_corr_slope_reml")
+
+
+def pytest_report_header(config) -> list[str]:
+    """Which numerical kernels ran: the golden tolerances must hold whatever they are (issue 8)."""
+    import ctypes
+    import os
+
+    lines = [f"numpy {np.__version__}; NPY_DISABLE_CPU_FEATURES={os.environ.get('NPY_DISABLE_CPU_FEATURES', '')!r}"]
+    try:
+        libs = Path(np.__file__).parent.parent / "numpy.libs"
+        lib = next(libs.glob("*openblas*"))
+        corename = ctypes.CDLL(str(lib)).scipy_openblas_get_corename64_
+        corename.restype = ctypes.c_char_p
+        threads = os.environ.get("OPENBLAS_NUM_THREADS")
+        lines.append(f"OpenBLAS kernel {corename().decode()}; OPENBLAS_NUM_THREADS={threads}")
+    except (StopIteration, OSError, AttributeError):  # another BLAS build: nothing to report
+        pass
+    return lines
