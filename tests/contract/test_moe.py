@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 import warnings
 from functools import cache
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -22,7 +21,6 @@ from memoe.core.summary import Summary
 from memoe.errors import ArgumentError, MemoeError, MemoeWarning, ModelComparisonError
 from memoe.inference.compare_mixtures import MixtureComparison
 
-SIM2 = Path(__file__).parents[1] / "data" / "memoe_sim2" / "memoe_sim2.csv"
 FORMULA = "y ~ time + x + (time | id)"
 GATING = "~ w1 + w2"
 # relative accuracy of identities computed two ways
@@ -31,7 +29,7 @@ EXACT = 1e-10
 
 @cache
 def sim2() -> pd.DataFrame:
-    return pd.read_csv(SIM2)
+    return memoe.datasets.load("memoe_sim2")
 
 
 def _fit(model, **kw):

@@ -1,6 +1,7 @@
 """MEMoE on the simulated mixture of LMM experts against its truth and the flexmix peer fit.
 
-Reference: tests/data/memoe_sim2 (generate.py, numpy default_rng(7); flexmix 2.3.18
+Reference: tests/data/memoe_sim2 (data: the bundled ``memoe.datasets.load("memoe_sim2")``, made by
+generate.py, numpy default_rng(7); flexmix 2.3.18
 ``FLXMRlmm(random = ~ time)`` + ``FLXPmultinom(~ w1 + w2)``, best of 5 starts polished to 1e-10).
 """
 
@@ -22,7 +23,7 @@ HERE = Path(__file__).parents[1] / "data" / "memoe_sim2"
 
 @pytest.fixture(scope="module")
 def case():
-    data = pd.read_csv(HERE / "memoe_sim2.csv")
+    data = memoe.datasets.load("memoe_sim2")
     truth = json.loads((HERE / "memoe_sim2_truth.json").read_text())
     flex = json.loads((HERE / "memoe_sim2_flexmix.json").read_text())["results"]
     with warnings.catch_warnings():

@@ -114,7 +114,7 @@ def test_response_checks(orth):
         _model(orth, family="binomial")
     with pytest.raises(DataError, match=r"must be non-negative for the poisson family.*1 values are negative"):
         _model(orth.assign(n=np.r_[-1.0, np.round(orth["distance"].to_numpy()[1:])]), "n ~ age", family="poisson")
-    with pytest.raises(DataError, match="'d'.*1 infinite value"):
+    with pytest.raises(DataError, match=r"'d'.*1 infinite value"):
         _model(orth.assign(d=np.r_[np.inf, orth["distance"].to_numpy()[1:]]), "d ~ age")
 
 

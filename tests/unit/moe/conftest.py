@@ -3,21 +3,19 @@
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 
 import pandas as pd
 import pytest
 
 import memoe
 
-SIM2 = Path(__file__).parents[2] / "data" / "memoe_sim2" / "memoe_sim2.csv"
 FORMULA = "y ~ time + x + (time | id)"
 GATING = "~ w1 + w2"
 
 
 @pytest.fixture(scope="session")
 def sim2() -> pd.DataFrame:
-    return pd.read_csv(SIM2)
+    return memoe.datasets.load("memoe_sim2")
 
 
 @pytest.fixture(scope="session")

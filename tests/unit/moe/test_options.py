@@ -32,6 +32,7 @@ def option_fits(small3):
     return fits
 
 
+@pytest.mark.slow  # its module fixture fits every option combination: 12-20 s
 def test_parameter_counts(option_fits):
     # gating 2 x 3; fixed 3 x 3 (or 1 shared + 3 x 2); covariance 3 x 3 / 3 + 2 / 3; sigma 3 / 1
     assert option_fits["class"].npar == 6 + 9 + 9 + 3
