@@ -92,6 +92,7 @@ class _MarginalModel:
         y = numeric_response(frame.data, spec.response)
         if not np.all(np.isfinite(y)):
             raise DataError(f"response {spec.response!r} has {int((~np.isfinite(y)).sum())} non-finite values")
+        _check_response_scale(y, spec.response)
         fixed = build_fixed(spec.fixed, frame.data)
         n = len(y)
         if spec.random:
@@ -316,3 +317,22 @@ def lme(formula: str, data: pd.DataFrame, correlation: CorStruct | None = None, 
     The residual structure acts within the groups of the (single) random-effects grouping factor.
     """
     return LME(formula, data, correlation=correlation, weights=weights)
+
+
+# the marginal likelihood works with squares and products of y: beyond this magnitude they overflow
+# (1e150 squared is 1e300) or underflow, and no starting covariance is positive definite
+_Y_MAGNITUDE = 1e150
+
+
+def _check_response_scale(y: np.ndarray, name: str) -> None:
+    """Refuse a response whose spread cannot be squared in double precision (e.g. a response times 1e300)."""
+    if not len(y):
+        return
+    big = float(np.max(np.abs(y)))
+    spread = float(np.ptp(y))
+    if big > _Y_MAGNITUDE or 0.0 < spread < 1.0 / _Y_MAGNITUDE:
+        raise DataError(
+            f"response {name!r} has values of magnitude {big:.3g} and range {spread:.3g}: its squares over- or "
+            f"underflow double precision; rescale it (e.g. divide by a power of ten) to a range within "
+            f"[1e-150, 1e150]"
+        )

@@ -315,6 +315,13 @@ def replay_frame(spec, data: pd.DataFrame, where: str) -> tuple[pd.DataFrame, np
     used = sorted(str(v) for v in spec.required_variables if str(v) not in _NOT_COLUMNS)
     require_columns(data, used, f"{where} ({spec.formula})")
     frame = data[used].copy()
+    for name, dtype in frame.dtypes.items():
+        # numpy would drop the imaginary part with only a ComplexWarning: a silently wrong prediction
+        if isinstance(dtype, np.dtype) and dtype.kind == "c":
+            raise DataError(
+                f"column {name!r} of the new data (used in {where}) is complex (dtype {dtype}); "
+                "only real numbers, logicals and factors are accepted (use its .real or abs() explicitly)"
+            )
     missing = np.zeros(len(data), dtype=bool)
     state = getattr(spec, "encoder_state", {}) or {}
     numeric_exprs = [str(e) for e, (kind, _) in state.items() if getattr(kind, "value", kind) != "categorical"]

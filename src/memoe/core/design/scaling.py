@@ -123,6 +123,18 @@ def _intercept_column(X: np.ndarray) -> int | None:
     return None
 
 
+def _spread(D: np.ndarray) -> np.ndarray:
+    """Root mean square of each column of ``D``, computed on ``D / max|D|``.
+
+    The plain ``sqrt(mean(D**2))`` underflows to 0 for values near 1e-300 (a response times 1e-300)
+    and overflows for values near 1e300, which would leave exactly the columns that need scaling unscaled.
+    """
+    with np.errstate(invalid="ignore", over="ignore"):
+        m = np.max(np.abs(D), axis=0) if D.shape[0] else np.zeros(D.shape[1])
+        safe = np.where((m > 0) & np.isfinite(m), m, 1.0)
+        return safe * np.sqrt(np.mean((D / safe) ** 2, axis=0))
+
+
 def choose_scaling(X: np.ndarray, y: np.ndarray, force: bool = False) -> LinearScaling | None:
     """The centring and scaling of ``[X y]``, or None when the data are already well scaled.
 
@@ -137,23 +149,26 @@ def choose_scaling(X: np.ndarray, y: np.ndarray, force: bool = False) -> LinearS
     if n == 0:
         return None
     k = _intercept_column(X)
+    Y = np.asarray(y, dtype=float)[:, None]
     if k is not None:
         center = X.mean(axis=0)
-        spread = X.std(axis=0)
+        spread = _spread(X - center)
         center[k] = 0.0
         spread[k] = 1.0
-        y_center = float(y.mean())
-        y_spread = float(y.std())
+        y_center = float(Y.mean())
+        y_spread = float(_spread(Y - y_center)[0])
     else:
         center = np.zeros(p)
-        spread = np.sqrt((X * X).mean(axis=0))
+        spread = _spread(X)
         y_center = 0.0
-        y_spread = float(np.sqrt(np.mean(y * y)))
+        y_spread = float(_spread(Y)[0])
     # a constant (or zero) column is aliased; the rank check deals with it, scaling must not divide by 0
     bad = ~(spread > 0) | ~np.isfinite(spread)
     center[bad] = 0.0
     spread[bad] = 1.0
-    if not (y_spread > 0 and math.isfinite(y_spread)):
+    # a response whose sum of squares overflows (values near 1e300) cannot be mapped back (pwrss scales by
+    # s_y^2): leave it unscaled, so the fit refuses it as non-finite instead of overflowing later
+    if not (y_spread > 0 and math.isfinite(y_spread * y_spread * max(n, 1))):
         y_center, y_spread = 0.0, 1.0
 
     def needed(c, s) -> bool:
