@@ -33,7 +33,7 @@ import pytest
 import memoe
 from memoe.core.result import COEF_COLUMNS, GLANCE_COLUMNS, TIDY_COLUMNS, FitResult
 from memoe.core.summary import Summary
-from memoe.errors import MemoeError, ModelComparisonError
+from memoe.errors import MemoeError
 from memoe.marginal import AR1
 
 EXACT = 1e-10
@@ -113,15 +113,15 @@ FAMILIES: dict[str, Family] = {
         covariates=("x", "x"),
     ),
     "gls": Family(
-        fit=lambda d: memoe.gls(ORTHO, d, correlation=AR1("Subject")).fit(reml=False),
-        nested=lambda d: memoe.gls("distance ~ age", d, correlation=AR1("Subject")).fit(reml=False),
+        fit=lambda d: memoe.gls(ORTHO, d, correlation=AR1("Subject", visit="age")).fit(reml=False),
+        nested=lambda d: memoe.gls("distance ~ age", d, correlation=AR1("Subject", visit="age")).fit(reml=False),
         data=lambda: memoe.datasets.load("Orthodont"),
         response="distance",
         covariates=("age", "Sex"),
     ),
     "lme": Family(
-        fit=lambda d: memoe.lme(f"{ORTHO} + (1 | Subject)", d, correlation=AR1()).fit(reml=False),
-        nested=lambda d: memoe.lme("distance ~ age + (1 | Subject)", d, correlation=AR1()).fit(reml=False),
+        fit=lambda d: memoe.lme(f"{ORTHO} + (1 | Subject)", d, correlation=AR1(visit="age")).fit(reml=False),
+        nested=lambda d: memoe.lme("distance ~ age + (1 | Subject)", d, correlation=AR1(visit="age")).fit(reml=False),
         data=lambda: memoe.datasets.load("Orthodont"),
         response="distance",
         covariates=("age", "Sex"),
@@ -286,7 +286,10 @@ def test_fitted_resid_residuals_aligned(name, fit):
         r = fit.residuals(type=kind)
         _aligned(r, d)
         assert r.notna().all(), kind
-    _close(fit.residuals(), fit.resid)
+    # the default type is the family's first (lme4: deviance residuals for a GLMM); "response" is y - fitted
+    _close(fit.residuals(), fit.residuals(type=fit.residual_types[0]))
+    if "response" in fit.residual_types:
+        _close(fit.residuals(type="response"), fit.resid)
 
 
 def test_predict_on_training_data_is_fitted(name, fit):
@@ -360,9 +363,10 @@ def test_row_permutation_invariance(name, fit):
     _close(other.params, fit.params, PARAMS_RTOL)
     if FAMILIES[name].likelihood:
         assert other.loglik == pytest.approx(fit.loglik, rel=LOGLIK_RTOL)
-    # per-row outputs follow their rows
+    # per-row outputs follow their rows; they involve the variance parameters, which the optimisers fix
+    # only to their own tolerance (~1e-6 relative on theta where the criterion is flat), hence 1e-5
     _aligned(other.fitted, data(name, "shuffled"))
-    _close(other.fitted.loc[fit.fitted.index], fit.fitted, PARAMS_RTOL)
+    _close(other.fitted.loc[fit.fitted.index], fit.fitted, 1e-5)
 
 
 def test_nan_rows_are_aligned(name):
@@ -392,7 +396,8 @@ def test_polars_and_pyarrow_input(name, fit, kind):
 def test_compare_nested_fits(name, fit):
     small = fitted_model(name, "nested")
     if not FAMILIES[name].likelihood:
-        with pytest.raises(ModelComparisonError, match="(?i)gee|likelihood"):
+        # the refusal names GEE and says what to use instead (QIC)
+        with pytest.raises(MemoeError, match=r"GEE.*likelihood.*qic"):
             memoe.compare(small, fit)
         return
     with warnings.catch_warnings():
