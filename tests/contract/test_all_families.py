@@ -404,3 +404,16 @@ def test_compare_nested_fits(name, fit):
         warnings.simplefilter("ignore")
         table_ = memoe.compare(small, fit)
     assert isinstance(table_, pd.DataFrame) and len(table_) == 2
+
+
+def test_nan_rows_survive_save_load(name, tmp_path):
+    """A loaded fit keeps the input's index and its dropped rows (also rows the expert formula of a
+    mixture never saw: a missing subject id or gating covariate)."""
+    f = fitted_model(name, "holes")
+    path = tmp_path / f"{name}-holes.memoe"
+    f.save(path)
+    back = memoe.load(path)
+    assert back.n_dropped == f.n_dropped == 5
+    pd.testing.assert_index_equal(back.fitted.index, f.fitted.index)
+    _close(back.fitted, f.fitted)
+    _close(back.augment()[".resid"], f.augment()[".resid"])
