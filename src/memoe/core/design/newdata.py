@@ -23,7 +23,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from memoe.errors import DataError, MemoeError, MemoeWarning
+from memoe.errors import DataError, DataTypeError, MemoeError, MemoeWarning
 
 __all__ = [
     "NewLevelError",
@@ -266,8 +266,13 @@ def require_dataframe(newdata) -> pd.DataFrame:
     """``newdata`` as a pandas DataFrame: polars and pyarrow tables are converted (as the ``data`` of a fit,
     so predictions on them equal those on the pandas equivalent); anything else raises a
     :class:`~memoe.errors.DataTypeError` (a :class:`DataError`) naming ``newdata``."""
-    from memoe.core.frames import to_pandas
+    from memoe.core.frames import is_supported_table, to_pandas
 
+    if not is_supported_table(newdata):
+        raise DataTypeError(
+            f"newdata must be a pandas DataFrame, got {type(newdata).__name__} "
+            "(a polars DataFrame or a pyarrow Table is accepted too)"
+        )
     return to_pandas(newdata, "newdata")
 
 
