@@ -373,7 +373,7 @@ class GEEResult(FitResult):
         if newdata is None:
             eta = self._per_row(self.model._X @ self.beta, "link")
             return eta if type == "link" else self.fitted
-        require_dataframe(newdata)
+        newdata = require_dataframe(newdata)
         X = self.model._fixed.matrix_for(newdata)
         eta = warn_nonfinite(X @ self.beta, nonfinite_rows(X))
         out = eta if type == "link" else _linkinv(self.model.family, eta)

@@ -95,7 +95,7 @@ def predict_glmm(
                 eta = eta + random_part(d.blocks, b, masks, None, allow)[0]
         values = eta if type == "link" else fit.family.linkinv(eta)
         return fit._align(values, "predicted")
-    require_dataframe(newdata)
+    newdata = require_dataframe(newdata)
     X = d.fixed.matrix_for(newdata)
     off = _offset_for(fit, newdata, offset)
     eta = X @ beta + off

@@ -135,7 +135,7 @@ def predict_lmm(
         if any(m.any() for m in masks):
             eta = eta + random_part(d.blocks, fit.state.b, masks, None, allow)[0]
         return fit._align(eta, "predicted")
-    require_dataframe(newdata)
+    newdata = require_dataframe(newdata)
     X = d.fixed.matrix_for(newdata)
     eta = X @ beta if X.shape[1] else np.zeros(len(newdata))
     bad = nonfinite_rows(X)

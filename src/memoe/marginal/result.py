@@ -416,7 +416,7 @@ class MarginalResult(FitResult):
             if use_re:
                 eta = eta + random_part(d.blocks, b, masks, None, allow)[0]
             return self._align(eta, "predicted")
-        require_dataframe(newdata)
+        newdata = require_dataframe(newdata)
         X = d.fixed.matrix_for(newdata)
         eta = X @ self._s.beta if X.shape[1] else np.zeros(len(newdata))
         bad = nonfinite_rows(X)

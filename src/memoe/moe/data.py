@@ -140,6 +140,12 @@ class MoEDesign:
     n_dropped : int
         Input rows removed because a used column (response, covariates, gating covariates, subject)
         was missing.
+    input_index : pandas.Index or None
+        Index of every input row (also those dropped for a missing subject id or gating covariate,
+        which the expert formula never sees), so per-row outputs line up with the user's table.
+        None means the same as the expert frame's index (files written before it was recorded).
+    input_rows : numpy.ndarray of bool or None
+        Which input rows reached the expert formula (subject id and gating covariates present).
     """
 
     design: Design
@@ -156,10 +162,39 @@ class MoEDesign:
     pls: PLSProblem | None
     data: pd.DataFrame
     n_dropped: int = 0
+    input_index: pd.Index | None = None
+    input_rows: np.ndarray | None = None
 
     @property
     def N(self) -> int:
         return len(self.subjects)
+
+    @property
+    def _has_gating_drops(self) -> bool:
+        return self.input_rows is not None and not bool(np.all(self.input_rows))
+
+    @property
+    def row_index(self) -> pd.Index:
+        """Index of every input row (per-row outputs are indexed by it)."""
+        return self.input_index if self._has_gating_drops else self.design.frame.index
+
+    @property
+    def used_rows(self) -> np.ndarray:
+        """Boolean mask over :attr:`row_index`: the rows used in the fit (the rows of :attr:`data`)."""
+        used = np.asarray(self.design.frame.row_mask, dtype=bool)
+        if not self._has_gating_drops:
+            return used
+        full = np.zeros(len(self.input_rows), dtype=bool)
+        full[self.input_rows] = used
+        return full
+
+    def align(self, values: np.ndarray, name: str) -> pd.Series:
+        """Per-row values of the used rows on every input row, NaN where a row was dropped (``na.exclude``)."""
+        if not self._has_gating_drops:
+            return self.design.frame.align(values, name)
+        full = np.full(len(self.input_index), np.nan)
+        full[self.used_rows] = values
+        return pd.Series(full, index=self.input_index, name=name)
 
     @property
     def fixef_names(self) -> list[str]:
@@ -246,6 +281,7 @@ def build_moe_design(formula: str, data: pd.DataFrame, gating: str | None, group
     if needed:
         raise DataError(f"unknown column(s) {needed} (gating covariates / subject); the data have {list(data.columns)}")
     keep = ~data[[*gvars, *subject_vars]].isna().any(axis=1)
+    input_index = data.index
     data = data.loc[keep] if not keep.all() else data
     design = build_design(spec, data, require_random=bool(spec.random))
     if len(design.blocks) > 1:
@@ -296,6 +332,8 @@ def build_moe_design(formula: str, data: pd.DataFrame, gating: str | None, group
         pls=pls,
         data=frame_rows,
         n_dropped=int((~keep).sum()) + design.frame.n_dropped,
+        input_index=input_index,
+        input_rows=np.asarray(keep, dtype=bool),
     )
 
 

@@ -26,7 +26,7 @@ from memoe.core.persist.common import (
     saved_columns,
 )
 from memoe.core.persist.formula_check import check_formula
-from memoe.core.persist.frames import decode_frame, encode_frame
+from memoe.core.persist.frames import decode_frame, decode_index, encode_frame, encode_index
 from memoe.core.persist.registry import register_codec
 from memoe.moe.em import EMRun
 from memoe.moe.experts import MStepControl
@@ -48,6 +48,30 @@ def _used_data(model: MEMoE) -> pd.DataFrame:
     subject = list(spec.random[0].group_factors) if spec.random else [md.group]
     used = {*md.design.frame.data.columns, *md.gating_vars, *subject}
     return md.data[[c for c in md.data.columns if c in used]]
+
+
+def _encode_input_rows(md, arrays: dict[str, np.ndarray]) -> dict | None:
+    if md.input_rows is None or bool(np.all(md.input_rows)):
+        return None
+    arrays["model.input_rows"] = np.asarray(md.input_rows, dtype=bool)
+    return {"index": encode_index(md.input_index, "model.input_index", arrays)}
+
+
+def _decode_input_rows(spec: dict | None, design, arrays: dict[str, np.ndarray]) -> dict:
+    """``input_index`` and ``input_rows`` of the saved design (empty when no row was dropped before the
+    expert formula), checked against the restored expert frame."""
+    if spec is None:
+        return {}
+    if not isinstance(spec, dict) or "model.input_rows" not in arrays:
+        raise PersistenceError("the saved model's record of the input rows is malformed")
+    rows = np.asarray(arrays["model.input_rows"])
+    index = decode_index(spec["index"], "model.input_index", arrays)
+    if rows.dtype != bool or rows.ndim != 1 or len(rows) != len(index) or int(rows.sum()) != len(design.frame.index):
+        raise PersistenceError(
+            f"the saved input-row record ({len(rows)} rows, {int(np.sum(rows))} kept) does not match the saved "
+            f"model frame ({len(design.frame.index)} rows)"
+        )
+    return {"input_index": index, "input_rows": rows}
 
 
 def encode_memoe(fit: MEMoEResult, arrays: dict[str, np.ndarray]) -> dict:
@@ -75,6 +99,9 @@ def encode_memoe(fit: MEMoEResult, arrays: dict[str, np.ndarray]) -> dict:
             "data": encode_frame(_used_data(model), "data", arrays, "the model data"),
             "frame": encode_model_frame(md.design, "frame", arrays),
             "n_dropped": int(md.n_dropped),
+            # rows dropped before the expert formula (missing subject id / gating covariate): per-row
+            # outputs of the loaded fit keep the input's index; None when there were none
+            "input_rows": _encode_input_rows(md, arrays),
             "specific": plain(model.structure.specific),
             "fixef_names": list(md.fixef_names),
             "gating_names": list(md.gating_names),
@@ -110,7 +137,9 @@ def _rebuild_model(m: dict, arrays: dict[str, np.ndarray]) -> MEMoE:
     model = cls(m["formula"], m["gating"], m["k"], data, **kwargs)
     md = model.mdesign
     design = restore_model_frame(md.design, m["frame"], "frame", arrays)
-    model.mdesign = dataclasses.replace(md, design=design, n_dropped=int(m["n_dropped"]))
+    model.mdesign = dataclasses.replace(
+        md, design=design, n_dropped=int(m["n_dropped"]), **_decode_input_rows(m.get("input_rows"), design, arrays)
+    )
     check_equal("fixed-effects names", m["fixef_names"], md.fixef_names)
     check_equal("gating names", m["gating_names"], md.gating_names)
     check_equal("class-specific fixed effects", m["specific"], model.structure.specific)

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import math
 from functools import cached_property
+from types import SimpleNamespace
 from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
 
-from memoe.core.result import FitResult, coef_frame
+from memoe.core.result import FitResult, coef_frame, model_frame_rows
 from memoe.errors import MemoeError
 from memoe.moe.inference import MoEInference, compute_inference, natural_names, natural_values
 from memoe.moe.multistart import MultiStartResult
@@ -452,8 +453,9 @@ class MEMoEResult(FitResult):
 
     # ------------------------------------------------------------------ fitted values and residuals
     def _align(self, values: np.ndarray, name: str) -> pd.Series:
-        """Values of the kept rows on the rows given to the expert formula, NaN for dropped rows."""
-        return self.model.mdesign.design.frame.align(values, name)
+        """Values of the used rows on every input row, NaN for dropped rows (also those dropped for a
+        missing subject id or gating covariate, which the expert formula never sees)."""
+        return self.model.mdesign.align(values, name)
 
     @cached_property
     def _fitted_kept(self) -> np.ndarray:
@@ -464,10 +466,8 @@ class MEMoEResult(FitResult):
     @property
     def fitted(self) -> pd.Series:
         """Posterior-weighted fitted values ``sum_k tau_ik (X_ij beta_k + Z_ij b_ik)`` (= ``predict()`` on
-        the fitted data), aligned to the input rows (NaN for rows dropped for missing values).
-
-        Rows with a missing subject id or gating covariate are removed before the expert formula sees
-        the data and are not in the index.
+        the fitted data), aligned to the input rows (NaN for rows dropped for missing values, including a
+        missing subject id or gating covariate).
         """
         return self._align(self._fitted_kept, "fitted")
 
@@ -480,17 +480,16 @@ class MEMoEResult(FitResult):
         """broom.mixed's ``augment``: the data with ``.fitted`` (posterior-weighted, as :attr:`fitted`),
         ``.resid`` and ``.fixed`` (gate-weighted population mean).
 
-        Without ``newdata``: the rows used in the fit (the model keeps no copy of rows dropped for missing
-        values; pass ``newdata=data`` to get every row, NaN where a value is missing).
+        Without ``newdata``: every input row with the input's index, as the other families; rows dropped
+        for missing values are all-missing (the model keeps no copy of them; pass ``newdata=data`` to see
+        their values).
         """
-        if newdata is not None:
-            return super().augment(newdata)
+        return super().augment(newdata)
+
+    def _augment_data(self) -> pd.DataFrame:
+        """The used rows spread over every input row (all-missing where a row was dropped)."""
         md = self.model.mdesign
-        out = md.data.copy()
-        out[".fitted"] = self._fitted_kept
-        out[".resid"] = md.design.y - self._fitted_kept
-        out[".fixed"] = self.predict(md.data, re_form=None).to_numpy()
-        return out
+        return model_frame_rows(SimpleNamespace(data=md.data, row_mask=md.used_rows, index=md.row_index))
 
     # ------------------------------------------------------------------ verbs
     def tidy(
@@ -556,9 +555,11 @@ class MEMoEResult(FitResult):
 
         if newdata is not None:
             newdata = to_pandas(newdata, "newdata")
-        return predict_memoe(
-            self, newdata, kind=kind, re_form=re_form, type=type, allow_new_levels=allow_new_levels
-        )
+        out = predict_memoe(self, newdata, kind=kind, re_form=re_form, type=type, allow_new_levels=allow_new_levels)
+        if newdata is None and isinstance(out, pd.Series):
+            # the fitted data: one value per input row, as fitted (NaN where a row was dropped)
+            out = self._align(out.to_numpy(), out.name)
+        return out
 
     def plot_trajectories(self, time: str | None = None, **kwargs):
         """Expert mean trajectories over the subjects' trajectories coloured by MAP class."""

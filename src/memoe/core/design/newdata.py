@@ -23,7 +23,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from memoe.errors import DataError, MemoeError, MemoeWarning
+from memoe.errors import DataError, DataTypeError, MemoeError, MemoeWarning
 
 __all__ = [
     "NewLevelError",
@@ -263,10 +263,17 @@ def _interaction_codes(columns: list[str], fit_levels: pd.Index, data: pd.DataFr
 
 # ---------------------------------------------------------------------------------------------- frames
 def require_dataframe(newdata) -> pd.DataFrame:
-    """Refuse anything but a pandas DataFrame for ``newdata``."""
-    if not isinstance(newdata, pd.DataFrame):
-        raise DataError(f"newdata must be a pandas DataFrame, got {newdata.__class__.__name__}")
-    return newdata
+    """``newdata`` as a pandas DataFrame: polars and pyarrow tables are converted (as the ``data`` of a fit,
+    so predictions on them equal those on the pandas equivalent); anything else raises a
+    :class:`~memoe.errors.DataTypeError` (a :class:`DataError`) naming ``newdata``."""
+    from memoe.core.frames import is_supported_table, to_pandas
+
+    if not is_supported_table(newdata):
+        raise DataTypeError(
+            f"newdata must be a pandas DataFrame, got {type(newdata).__name__} "
+            "(a polars DataFrame or a pyarrow Table is accepted too)"
+        )
+    return to_pandas(newdata, "newdata")
 
 
 def require_columns(data: pd.DataFrame, columns: Iterable[str], where: str) -> None:
