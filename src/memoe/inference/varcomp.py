@@ -49,8 +49,8 @@ __all__ = [
     "BOUNDARY_NOTE",
     "VarCompCov",
     "add_varcomp_inference",
-    "fill_lme4_wald",
     "central_hessian",
+    "fill_lme4_wald",
     "glmm_varcomp",
     "lmm_deviance_z",
     "lmm_varcomp",
@@ -144,7 +144,8 @@ def _lmm_layout(design):
     space = VarParSpace.from_design(design)
     index, kinds = [], []
     for ti in space.terms:
-        pos = {(int(r), int(c)): ti.theta_slice.start + k for k, (r, c) in enumerate(zip(ti.rows, ti.cols, strict=True))}
+        pairs = zip(ti.rows, ti.cols, strict=True)
+        pos = {(int(r), int(c)): ti.theta_slice.start + k for k, (r, c) in enumerate(pairs)}
         for i in range(ti.q):
             index.append(pos[(i, i)])
             kinds.append("sd")
