@@ -211,8 +211,45 @@ class GlmmResult(FitResult):
                     rows.append((t.name, t.columns[j], t.columns[i], cov[i, j], cov[i, j] / den if den > 0 else np.nan))
         return pd.DataFrame(rows, columns=["grp", "var1", "var2", "vcov", "sdcor"])
 
+    @cached_property
+    def varcomp(self):
+        """SEs of the SDs and correlations from the (theta, beta) Hessian
+        (:func:`memoe.inference.varcomp.glmm_varcomp`); NaN without a Hessian (``nAGQ = 0``)."""
+        from memoe.inference.varcomp import glmm_varcomp
+
+        return glmm_varcomp(self)
+
     def _ran_pars(self) -> pd.DataFrame:
-        return ran_pars_frame(self.varcorr)
+        """broom.mixed's variance parameters with delta-method SEs, Wald z and boundary-aware p-values."""
+        from memoe.inference.varcomp import add_varcomp_inference
+
+        return add_varcomp_inference(ran_pars_frame(self.varcorr), self.varcomp)
+
+    def _ran_pars_confint(self, rp: pd.DataFrame, level: float) -> pd.DataFrame:
+        """Log-SD / Fisher-z Wald intervals (:func:`memoe.inference.varcomp.varpar_wald_interval`)."""
+        from memoe.inference.varcomp import ran_pars_confint
+
+        return ran_pars_confint(rp, level)
+
+    def coef(self) -> dict[str, pd.DataFrame]:
+        """Subject-specific coefficients on the link scale, lme4's ``coef()``: {grouping factor: levels x
+        fixed effects}."""
+        from memoe.inference.coefficients import subject_coefficients
+
+        return subject_coefficients(self.fixef, self.ranef)
+
+    def icc(self, by_group: bool = False):
+        """Adjusted and conditional ICC on the latent scale (Nakagawa et al. 2017): the residual variance
+        is the distribution-specific one (see :mod:`memoe.inference.variance_decomposition`)."""
+        from memoe.inference.variance_decomposition import icc
+
+        return icc(self, by_group=by_group)
+
+    def r2(self) -> pd.Series:
+        """Nakagawa-Schielzeth marginal and conditional R² on the latent scale."""
+        from memoe.inference.variance_decomposition import r2
+
+        return r2(self)
 
     # ------------------------------------------------------------------ fit statistics
     @property

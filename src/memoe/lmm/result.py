@@ -56,7 +56,7 @@ class LmmResult(FitResult):
     family = "lmm"
     # the estimators of memoe.inference.sandwich (clubSandwich's vcovCR)
     robust_types = (None, "CR0", "CR1", "CR1S", "CR2", "CR3")
-    residual_types = ("response", "pearson", "marginal")
+    residual_types = ("response", "pearson", "normalized", "marginal")
     confint_methods = ("wald", "profile", "bootstrap")
 
     def __init__(
@@ -159,8 +159,45 @@ class LmmResult(FitResult):
         rows.append(("Residual", None, None, self.sigma**2, self.sigma))
         return pd.DataFrame(rows, columns=["grp", "var1", "var2", "vcov", "sdcor"])
 
+    @cached_property
+    def varcomp(self):
+        """Delta-method SEs of the SDs, correlations and sigma (:func:`memoe.inference.varcomp.lmm_varcomp`)."""
+        from memoe.inference.varcomp import lmm_varcomp
+
+        return lmm_varcomp(self)
+
     def _ran_pars(self) -> pd.DataFrame:
-        return ran_pars_frame(self.varcorr)
+        """broom.mixed's variance parameters with SEs, Wald z and boundary-aware p-values
+        (see :mod:`memoe.inference.varcomp`)."""
+        from memoe.inference.varcomp import add_varcomp_inference
+
+        return add_varcomp_inference(ran_pars_frame(self.varcorr), self.varcomp)
+
+    def _ran_pars_confint(self, rp: pd.DataFrame, level: float) -> pd.DataFrame:
+        """Log-SD / Fisher-z Wald intervals, the same as :meth:`confint` ``(method="wald")``."""
+        from memoe.inference.varcomp import ran_pars_confint
+
+        return ran_pars_confint(rp, level)
+
+    def coef(self) -> dict[str, pd.DataFrame]:
+        """Subject-specific coefficients, lme4's ``coef()``: {grouping factor: levels x fixed effects},
+        the fixed effect plus the BLUP where the coefficient varies by the factor."""
+        from memoe.inference.coefficients import subject_coefficients
+
+        return subject_coefficients(self.fixef, self.ranef)
+
+    def icc(self, by_group: bool = False):
+        """Adjusted and conditional ICC (Nakagawa et al. 2017; see
+        :func:`memoe.inference.variance_decomposition.icc`)."""
+        from memoe.inference.variance_decomposition import icc
+
+        return icc(self, by_group=by_group)
+
+    def r2(self) -> pd.Series:
+        """Nakagawa-Schielzeth marginal and conditional R² (:func:`memoe.inference.variance_decomposition.r2`)."""
+        from memoe.inference.variance_decomposition import r2
+
+        return r2(self)
 
     # ------------------------------------------------------------------ fit statistics
     @property
@@ -249,9 +286,11 @@ class LmmResult(FitResult):
 
     def _residuals(self, kind: str) -> pd.Series:
         d = self.design
-        if kind == "pearson":
+        if kind in ("pearson", "normalized"):
+            # with independent residuals (R = sigma^2 I) whitening by R's Cholesky factor is division by
+            # sigma, so nlme's "normalized" equals "pearson" here
             # standardised by sigma: nlme's type = "pearson", lme4's residuals(fit, "pearson", scaled = TRUE)
-            return self._align((d.y - self._fitted_values) / self.sigma, "resid_pearson")
+            return self._align((d.y - self._fitted_values) / self.sigma, f"resid_{kind}")
         # "marginal": y - X beta (population level, no random effects)
         eta = d.X @ self.state.beta if d.p else np.zeros(d.n)
         return self._align(d.y - eta, "resid_marginal")
@@ -307,8 +346,13 @@ class LmmResult(FitResult):
         return anova(self, ddf=ddf, type=type)
 
     def _confint_wald(self, level: float, parm=None, **kwargs: Any) -> pd.DataFrame:
-        # lme4's confint(method = "Wald"): normal quantiles, NaN rows for the variance parameters
-        return self._lme4_confint("wald", level, parm=parm, **kwargs)
+        # lme4's confint(method = "Wald") rows; lme4 leaves the variance parameters NA, memoe fills them
+        # with delta-method intervals on the log-SD / Fisher-z scale (memoe.inference.varcomp)
+        from memoe.inference.varcomp import fill_lme4_wald
+        from memoe.inference.varpar import VarParSpace
+
+        ci = self._lme4_confint("wald", level, parm=parm, **kwargs)
+        return fill_lme4_wald(ci, VarParSpace.from_design(self.design).names, self.varcomp, level)
 
     def _confint_other(self, method: str, level: float, parm=None, **kwargs: Any) -> pd.DataFrame:
         return self._lme4_confint(method, level, parm=parm, **kwargs)

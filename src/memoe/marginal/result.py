@@ -582,7 +582,55 @@ class MarginalResult(FitResult):
         if len(self.var_params):
             by = self.model.weights.by
             rows += [("Residual", f"varIdent({by}={k})", float(v)) for k, v in self.var_params.items()]
-        return pd.DataFrame(rows, columns=["group", "term", "estimate"])
+        return self._ran_pars_inference(pd.DataFrame(rows, columns=["group", "term", "estimate"]))
+
+    @cached_property
+    def varcomp(self) -> dict:
+        """nlme's ``apVar`` on the natural scale: {(part, param): (estimate, std_error, kind)}
+        (:func:`memoe.inference.varcomp.marginal_varcomp`)."""
+        from memoe.inference.varcomp import marginal_varcomp
+
+        return marginal_varcomp(self)
+
+    def _ran_pars_inference(self, rp: pd.DataFrame) -> pd.DataFrame:
+        """``rp`` with delta-method SEs, Wald z and boundary-aware p-values (:mod:`memoe.inference.varcomp`)."""
+        from memoe.inference.varcomp import VarCompCov, add_varcomp_inference
+
+        by = self.model.weights.by if self.model.weights is not None else None
+        lookup = {}
+        for (part, param), value in self.varcomp.items():
+            if part == "reStruct":
+                inner = param[param.index("(") + 1 : -1]
+                term = f"sd__{inner}" if param.startswith("sd(") else "cor__" + ".".join(inner.split(",", 1))
+            elif part == "varStruct":
+                term = f"varIdent({by}={param})"
+            elif part == "sigma":
+                term = "sd__Observation"
+            else:
+                term = param
+            lookup[term] = value
+        se = np.array([lookup.get(t, (np.nan, np.nan, "other"))[1] for t in rp["term"]], dtype=float)
+        kind = np.array([lookup.get(t, (np.nan, np.nan, "other"))[2] for t in rp["term"]], dtype=object)
+        return add_varcomp_inference(rp, VarCompCov(rp["estimate"].to_numpy(float), se, kind))
+
+    def coef(self) -> dict[str, pd.DataFrame]:
+        """Subject-specific coefficients, nlme's ``coef.lme``: {grouping factor: levels x fixed effects}
+        (``gls``: {})."""
+        from memoe.inference.coefficients import subject_coefficients
+
+        return subject_coefficients(self.fixef, self.ranef)
+
+    def icc(self, by_group: bool = False):
+        """Adjusted and conditional ICC (Nakagawa et al. 2017); ``lme`` only (gls has no random effects)."""
+        from memoe.inference.variance_decomposition import icc
+
+        return icc(self, by_group=by_group)
+
+    def r2(self) -> pd.Series:
+        """Nakagawa-Schielzeth marginal and conditional R² (gls: both equal var_fixed / total)."""
+        from memoe.inference.variance_decomposition import r2
+
+        return r2(self)
 
     def _ran_pars_confint(self, rp: pd.DataFrame, level: float) -> pd.DataFrame:
         """Intervals of the variance parameters from nlme's ``intervals`` (Wald on nlme's unconstrained

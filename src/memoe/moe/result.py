@@ -443,6 +443,27 @@ class MEMoEResult(FitResult):
             }
         )
 
+    def coef(self) -> dict[int, dict[str, pd.DataFrame]]:
+        """Each expert's subject-specific coefficients: ``{expert: {subject column: DataFrame subjects x fixed
+        effects}}``, the expert's fixed effects plus its BLUPs (:attr:`ranef`) where a coefficient is random."""
+        from memoe.inference.coefficients import subject_coefficients
+
+        table = self.fixef_table
+        return {k: subject_coefficients(table.loc[k], self.ranef[k]) for k in table.index}
+
+    def icc(self, by_group: bool = False) -> pd.DataFrame:
+        """Adjusted and conditional ICC of each expert, posterior-weighted over the rows
+        (:func:`memoe.inference.variance_decomposition.expert_decomposition`)."""
+        from memoe.inference.variance_decomposition import icc
+
+        return icc(self, by_group=by_group)
+
+    def r2(self) -> pd.DataFrame:
+        """Nakagawa-Schielzeth marginal and conditional R² of each expert (posterior-weighted)."""
+        from memoe.inference.variance_decomposition import r2
+
+        return r2(self)
+
     def _corr_pair(self, term: str) -> str:
         """``"a:b"`` -> ``"a.b"`` for two random-effect column names (which may contain ``:``)."""
         z = self.model.mdesign.z_names
