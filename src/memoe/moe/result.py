@@ -560,18 +560,6 @@ class MEMoEResult(FitResult):
             self, newdata, kind=kind, re_form=re_form, type=type, allow_new_levels=allow_new_levels
         )
 
-    def plot_trajectories(self, time: str | None = None, **kwargs):
-        """Expert mean trajectories over the subjects' trajectories coloured by MAP class."""
-        from memoe.moe.plots import plot_trajectories
-
-        return plot_trajectories(self, time=time, **kwargs)
-
-    def plot_posterior(self, **kwargs):
-        """Histogram of each subject's largest posterior probability."""
-        from memoe.moe.plots import plot_posterior
-
-        return plot_posterior(self, **kwargs)
-
     def __repr__(self) -> str:
         return (
             f"<MEMoEResult k={self.k} subjects={self.n_subjects} loglik={self.loglik:.4f} "
