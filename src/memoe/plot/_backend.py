@@ -10,7 +10,16 @@ import numpy as np
 
 from memoe.errors import ArgumentError, ArgumentTypeError
 
-__all__ = ["auto_alpha", "check_max", "colors", "new_figure", "normal_quantiles", "sample_indices", "subject_segments"]
+__all__ = [
+    "auto_alpha",
+    "bold",
+    "check_max",
+    "colors",
+    "new_figure",
+    "normal_quantiles",
+    "sample_indices",
+    "subject_segments",
+]
 
 
 def new_figure(nrows: int = 1, ncols: int = 1, figsize: tuple[float, float] = (7.0, 4.5), ax=None):
@@ -32,9 +41,20 @@ def colors() -> list[str]:
     return list(matplotlib.rcParams["axes.prop_cycle"].by_key()["color"])
 
 
-def auto_alpha(n: int) -> float:
-    """Transparency for ``n`` overlaid marks: opaque for a few, faint for thousands (dense regions stay visible)."""
-    return float(np.clip(20.0 / np.sqrt(max(n, 1)), 0.05, 0.8))
+def auto_alpha(n: int, lines: bool = False) -> float:
+    """Transparency for ``n`` overlaid marks: opaque for a few, faint for thousands (dense regions stay visible).
+
+    Lines cover far more of the axes than points, so they fade sooner.
+    """
+    scale = 5.0 if lines else 20.0
+    return float(np.clip(scale / np.sqrt(max(n, 1)), 0.03, 0.8))
+
+
+def bold(lw: float = 3.0) -> dict:
+    """Line style of a curve drawn over many others: thick, with a white outline that separates it from them."""
+    from matplotlib import patheffects
+
+    return {"lw": lw, "path_effects": [patheffects.withStroke(linewidth=lw + 2.0, foreground="white")]}
 
 
 def check_max(value, argument: str) -> int | None:

@@ -163,9 +163,9 @@ class FitView:
             candidates.append(self.fit.model.time)
         candidates += formula_variables(self.spec.fixed, "fixed part")
         for c in candidates:
-            if c in self.data.columns and pd.api.types.is_numeric_dtype(self.data[c]) and c != self.response:
-                if self.data[c].nunique() > 1:
-                    return c
+            usable = c in self.data.columns and c != self.response and pd.api.types.is_numeric_dtype(self.data[c])
+            if usable and self.data[c].nunique() > 1:
+                return c
         raise MemoeError(
             f"no numeric covariate of {self.formula!r} to use as the time axis; pass time='<column>'"
         )

@@ -18,6 +18,7 @@ import pandas as pd
 from memoe.errors import ArgumentError, MemoeError
 from memoe.plot._backend import (
     auto_alpha,
+    bold,
     check_max,
     colors,
     new_figure,
@@ -163,7 +164,7 @@ class PlotAccessor:
                 a.scatter(f[shown][m], r[shown][m], s=8, alpha=alpha, color=colors()[i % len(colors())],
                           rasterized=True, linewidths=0, label=str(level))
             a.legend(title=by, markerscale=2)
-        a.axhline(0.0, color="0.3", lw=0.8)
+        a.axhline(0.0, color="0.3", lw=0.8, label="_zero")
         if smoother and len(ok) > 3:
             from statsmodels.nonparametric.smoothers_lowess import lowess
 
@@ -426,7 +427,7 @@ class PlotAccessor:
         subjects = sample_indices(len(g.levels), max_subjects, seed)
         fig, axes = new_figure(ax=ax)
         a = axes[0, 0]
-        alpha = auto_alpha(len(subjects)) if alpha is None else float(alpha)
+        alpha = auto_alpha(len(subjects), lines=True) if alpha is None else float(alpha)
         self._subject_lines(a, g, t, values, subjects, by, alpha)
         grid = v.grid(time, by)
         pop = self._fit.predict(grid, re_form=None)
@@ -436,7 +437,7 @@ class PlotAccessor:
         for i, level in enumerate(levels):
             sl = slice(i * n, (i + 1) * n)
             color = "black" if by is None else colors()[i % len(colors())]
-            a.plot(grid[time].to_numpy()[sl], pop[sl], color=color, lw=3,
+            a.plot(grid[time].to_numpy()[sl], pop[sl], color=color, **bold(),
                    label="population" if by is None else f"population: {by} = {level}")
         a.set_xlabel(time)
         a.set_ylabel(v.response if y == "observed" else f"fitted {v.response}")
@@ -525,8 +526,7 @@ class PlotAccessor:
             if newdata is None:
                 chosen = sample_indices(len(g.levels), max_subjects, seed)
                 rows = np.isin(g.codes, chosen)
-                sub = v.data[rows]
-                a.scatter(sub[time], v.y[rows], s=12, color="0.3", alpha=0.7, zorder=3, label="observed")
+                sub = v.data[rows].assign(__observed__=v.y[rows])
             else:
                 sub = pop_frame if g.name in pop_frame.columns else pop_frame.iloc[:0]
             for j, (name, rows_j) in enumerate(sub.groupby(g.name, observed=True, sort=True)):
@@ -537,6 +537,8 @@ class PlotAccessor:
                 color = colors()[(j + len(levels)) % len(colors())]
                 tt = rows_j[time].to_numpy(dtype=float)
                 a.plot(tt, est, color=color, lw=1.5, ls="--", label=f"{g.name} {name}")
+                if "__observed__" in rows_j:
+                    a.scatter(tt, rows_j["__observed__"], s=14, color=color, zorder=3)
                 if lo is not None and hi is not None:
                     a.fill_between(tt, lo, hi, color=color, alpha=0.12, lw=0)
                     banded = True

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 
 from memoe.errors import ArgumentError, MemoeError
-from memoe.plot._backend import auto_alpha, check_max, colors, new_figure, sample_indices, subject_segments
+from memoe.plot._backend import auto_alpha, bold, check_max, colors, new_figure, sample_indices, subject_segments
 from memoe.plot._view import FitView
 
 __all__ = ["class_trajectories", "gate_effects", "posterior"]
@@ -35,7 +35,7 @@ def class_trajectories(fit, time: str | None = None, y: str = "observed", max_su
     fig, axes = new_figure(ax=ax)
     a = axes[0, 0]
     pal = colors()
-    alpha = auto_alpha(len(subjects)) if alpha is None else float(alpha)
+    alpha = auto_alpha(len(subjects), lines=True) if alpha is None else float(alpha)
     for k in range(fit.k):
         chosen = subjects[cls[subjects] == k]
         segs = subject_segments(md.codes, t, values, chosen)
@@ -45,7 +45,7 @@ def class_trajectories(fit, time: str | None = None, y: str = "observed", max_su
     X = md.design.fixed.matrix_for(grid)
     share = fit.posterior.mean(axis=0).to_numpy()
     for k in range(fit.k):
-        a.plot(grid[time], X @ fit.estimates.beta[k], color=pal[k % len(pal)], lw=3,
+        a.plot(grid[time], X @ fit.estimates.beta[k], color=pal[k % len(pal)], **bold(),
                label=f"expert {k + 1} ({100 * share[k]:.0f}%)")
     a.set_xlabel(time)
     a.set_ylabel(view.response if y == "observed" else f"fitted {view.response}")

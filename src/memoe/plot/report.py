@@ -131,7 +131,8 @@ def report_html(fit, title: str | None = None, figures: bool = True, dpi: int = 
         try:
             vc = variance_components_table(fit)
             body += ["<h2>Variance components</h2>", _table(vc),
-                     f"<p>ICC = {vc.attrs['icc']:.4f} (between / (between + within); within = {e(vc.attrs['within'])})</p>"]
+                     f"<p>ICC = {vc.attrs['icc']:.4f} (between / (between + within); "
+                     f"within = {e(vc.attrs['within'])})</p>"]
         except MemoeError as exc:
             body.append(f"<div class='note warn'>{e(str(exc))}</div>")
     if figures:
