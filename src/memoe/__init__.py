@@ -8,6 +8,7 @@ from memoe.lmm import LMM, lmm
 from memoe.marginal import gls, lme
 from memoe.moe import MEMoE, MoE, select_k
 from memoe.persist import load
+from memoe.plot import report
 
 __version__ = "0.1.0"
 
@@ -30,6 +31,7 @@ __all__ = [
     "load",
     "marginal",
     "persist",
+    "report",
     "select_k",
     "simulate",
 ]

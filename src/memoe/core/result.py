@@ -486,6 +486,15 @@ class FitResult(ABC):
         """Prediction without random effects (the same as :meth:`predict` for marginal families)."""
         return self.predict(newdata, re_form=None)
 
+    # ------------------------------------------------------------------ figures
+    @property
+    def plot(self):
+        """The fit's figures: ``fit.plot.residuals()``, ``.qq()``, ``.trajectories()``, ... (see
+        :class:`memoe.plot.PlotAccessor`; ``fit.plot.available()`` lists those that apply)."""
+        from memoe.plot import PlotAccessor
+
+        return PlotAccessor(self)
+
     # ------------------------------------------------------------------ persistence
     def save(self, path) -> None:
         """Save the fit to one ``.memoe`` file (JSON + npz in a zip, no pickle).

@@ -582,18 +582,6 @@ class MEMoEResult(FitResult):
             out = self._align(out.to_numpy(), out.name)
         return out
 
-    def plot_trajectories(self, time: str | None = None, **kwargs):
-        """Expert mean trajectories over the subjects' trajectories coloured by MAP class."""
-        from memoe.moe.plots import plot_trajectories
-
-        return plot_trajectories(self, time=time, **kwargs)
-
-    def plot_posterior(self, **kwargs):
-        """Histogram of each subject's largest posterior probability."""
-        from memoe.moe.plots import plot_posterior
-
-        return plot_posterior(self, **kwargs)
-
     def __repr__(self) -> str:
         return (
             f"<MEMoEResult k={self.k} subjects={self.n_subjects} loglik={self.loglik:.4f} "

@@ -90,16 +90,14 @@ def test_select_k_table(sim2):
 
 
 def test_plots(sim2_fit):
-    import matplotlib
+    """The MEMoE figures live on fit.plot (tests/unit/test_plots.py checks their content)."""
+    from matplotlib.collections import LineCollection
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ax = sim2_fit.plot_trajectories(max_subjects=40)
-    assert len(ax.get_lines()) == 40 + 2
-    ax2 = sim2_fit.plot_posterior()
+    ax = sim2_fit.plot.trajectories(max_subjects=40).axes[0]
+    assert sum(len(c.get_segments()) for c in ax.collections if isinstance(c, LineCollection)) == 40
+    assert len(ax.get_lines()) == 2
+    ax2 = sim2_fit.plot.posterior().axes[0]
     assert ax2.get_xlabel() == "maximum posterior probability"
-    plt.close("all")
 
 
 def test_bad_arguments(sim2):
