@@ -9,6 +9,7 @@ and 1 for a fit that failed; ``--debug`` adds the traceback. Warnings are one li
 
 from __future__ import annotations
 
+import contextlib
 import re
 import sys
 import traceback
@@ -87,10 +88,8 @@ def main(argv: list[str] | None = None) -> int:
             import os
 
             devnull = os.open(os.devnull, os.O_WRONLY)
-            try:
+            with contextlib.suppress(OSError, ValueError):  # in-process callers may have replaced sys.stdout
                 os.dup2(devnull, sys.stdout.fileno())
-            except (OSError, ValueError):  # in-process callers may have replaced sys.stdout
-                pass
             return 1
         except KeyboardInterrupt:
             print(f"{prog}: interrupted", file=sys.stderr)

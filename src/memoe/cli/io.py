@@ -80,6 +80,10 @@ def read_table(path: str | os.PathLike, option: str = "--data") -> pd.DataFrame:
     except Exception as exc:  # pyarrow raises its own ArrowInvalid / OSError for a non-Parquet file
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DataError(f"{option} '{p}' is not a table ({kind}): {reason}") from None
+    if kind in ("csv", "tsv") and not isinstance(df.index, pd.RangeIndex):
+        # pandas turns the surplus leading fields of rows longer than the header into an index: ragged text
+        raise DataError(f"{option} '{p}' is not a table ({kind.upper()}): its rows have more fields than its header "
+                        f"({df.shape[1]} column{'s' if df.shape[1] != 1 else ''})")
     if df.shape[1] == 0 or df.shape[0] == 0:
         raise DataError(f"{option} '{p}' is not a table: it has {df.shape[0]} rows and {df.shape[1]} columns")
     return df

@@ -15,7 +15,9 @@ from memoe.marginal import AR1, CAR1, CompSymm, CorStruct, Exp, Symm, VarIdent
 
 __all__ = ["CORRELATION_FORMS", "WEIGHTS_FORMS", "parse_correlation", "parse_weights"]
 
-CORRELATION_FORMS = "ar1, ar1(visit | id), car1(time | id), exp(time | id), exp(time | id, nugget), symm(visit | id), compsymm(| id)"
+CORRELATION_FORMS = (
+    "ar1, ar1(visit | id), car1(time | id), exp(time | id), exp(time | id, nugget), symm(visit | id), compsymm(| id)"
+)
 WEIGHTS_FORMS = "varident(column)"
 
 _CALL = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(?:\((.*)\))?\s*$", re.DOTALL)
@@ -49,7 +51,10 @@ def _column(name: str, option: str, text: str) -> str:
 
 
 def _form(args: str, option: str, text: str) -> tuple[str | None, str | None]:
-    """``"Time | Rat"`` -> ``("Time", "Rat")``; ``"~ 1 | Rat"`` / ``"| Rat"`` -> ``(None, "Rat")``; ``"Time"`` -> ``("Time", None)``."""
+    """``"Time | Rat"`` -> ``("Time", "Rat")``; ``"~ 1 | Rat"`` / ``"| Rat"`` -> ``(None, "Rat")``.
+
+    ``"Time"`` -> ``("Time", None)``.
+    """
     args = args.strip().removeprefix("~").strip()
     if "|" in args:
         lhs, _, rhs = args.partition("|")
@@ -95,7 +100,9 @@ def parse_correlation(text: str) -> CorStruct:
     if key == "exp" and len(parts) > 1:
         extra = [p.lower() for p in parts[1:]]
         if extra not in (["nugget"], ["nugget=true"]):
-            raise ArgumentError(f"{option} {text!r}: exp() takes (time | group) and optionally 'nugget', got {parts[1:]}")
+            raise ArgumentError(
+                f"{option} {text!r}: exp() takes (time | group) and optionally 'nugget', got {parts[1:]}"
+            )
         nugget = True
         parts = parts[:1]
     if len(parts) > 1:

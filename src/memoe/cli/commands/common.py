@@ -60,7 +60,9 @@ def run_report(fit: Any, path: str) -> None:
     except ImportError as exc:
         missing = getattr(exc, "name", None) or str(exc)
         if missing and not str(missing).startswith("memoe"):
-            raise ArgumentError(f"writing a report needs the plotting dependencies ({missing} is not installed)") from None
+            raise ArgumentError(
+                f"writing a report needs the plotting dependencies ({missing} is not installed)"
+            ) from None
         raise ArgumentError("writing a report needs memoe.report (memoe.plot.report), which this installation of memoe "
                             "does not have") from None
     report(fit, path)
