@@ -40,7 +40,10 @@ __all__ = ["predict_interval_marginal", "predict_marginal", "residual_ratios", "
 def _resolve_level(re_form, level):
     if level is not None:
         if isinstance(level, bool) or level not in (0, 1):
-            raise PredictArgumentError(f"level must be 0 (population) or 1 (with the BLUPs), got {level!r}")
+            raise PredictArgumentError(
+                f"level must be 0 (population) or 1 (with the BLUPs), or a coverage strictly between 0 and 1 "
+                f"together with interval=, got {level!r}"
+            )
         if re_form != "full":
             raise PredictArgumentError("give either level= (nlme's name) or re_form=, not both")
         re_form = None if level == 0 else "full"

@@ -401,7 +401,7 @@ class MarginalResult(FitResult):
         from memoe.marginal.predict import _resolve_level, predict_interval_marginal, predict_marginal
 
         coverage = 0.95
-        if level is not None and not isinstance(level, bool) and level not in (0, 1):
+        if isinstance(level, (float, np.floating)) and 0.0 < level < 1.0:
             coverage, level = level, None
             if interval is None:
                 raise PredictArgumentError(
