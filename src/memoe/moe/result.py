@@ -543,8 +543,15 @@ class MEMoEResult(FitResult):
         type: str = "response",
         allow_new_levels: bool = False,
         kind: str = "auto",
+        interval: str | None = None,
+        level: float = 0.95,
     ) -> pd.Series | pd.DataFrame:
         """Predictions; see :func:`memoe.moe.predict.predict_memoe`.
+
+        ``interval`` must be None: a MEMoE prediction is a posterior- (or gate-) weighted mixture of
+        the experts' predictions, not a normal quantity with one standard error, so ``"confidence"`` /
+        ``"prediction"`` raise a :class:`~memoe.errors.MemoeError` (``level`` is accepted for the shared
+        interface). Use ``kind="class"`` for the per-expert means.
 
         ``kind`` keeps its meanings (``"population"``, ``"subject"``, ``"class"``); the default
         ``"auto"`` with ``re_form="full"`` conditions on each subject's history in ``newdata`` or, without
@@ -552,7 +559,18 @@ class MEMoEResult(FitResult):
         ``allow_new_levels=True``. ``newdata`` may be a pandas or polars DataFrame or a pyarrow Table.
         """
         from memoe.core.frames import to_pandas
+        from memoe.inference.prediction import check_interval
         from memoe.moe.predict import predict_memoe
+
+        interval, level = check_interval(interval, level)
+        if interval is not None:
+            from memoe.core.design.newdata import PredictArgumentError
+
+            raise PredictArgumentError(
+                f"interval={interval!r} is not available for a MEMoE fit: its prediction is a mixture over the "
+                "experts (weighted by the gates or the subject's posterior), not normal with one standard error; "
+                "use interval=None, or kind='class' for the per-expert means"
+            )
 
         if newdata is not None:
             newdata = to_pandas(newdata, "newdata")
