@@ -154,8 +154,12 @@ def predict_lmm(
     return pd.Series(warn_nonfinite(eta, bad), index=newdata.index, name="predicted")
 
 
-def _rows(fit, newdata: pd.DataFrame | None, allow: bool):
-    """Fixed-effects rows, per-block codes and raw Z of the rows to predict."""
+def _rows(fit, newdata: pd.DataFrame | None, allow: bool, masks):
+    """Fixed-effects rows, per-block codes and raw Z of the rows to predict.
+
+    A block that does not enter the prediction is not matched (its grouping column may be absent or
+    hold new levels, as for the point prediction); its codes are -1 (a new level).
+    """
     d = fit.design
     if newdata is None:
         X = d.X
@@ -163,7 +167,11 @@ def _rows(fit, newdata: pd.DataFrame | None, allow: bool):
         Z = [blk.Z for blk in d.blocks]
     else:
         X = d.fixed.matrix_for(newdata)
-        codes = [group_codes_for(blk, newdata, allow) for blk in d.blocks]
+        n = len(newdata)
+        codes = [
+            group_codes_for(blk, newdata, allow) if m.any() else np.full(n, -1, dtype=np.int64)
+            for blk, m in zip(d.blocks, masks, strict=True)
+        ]
         Z = [block_matrix_for(blk, newdata) for blk in d.blocks]
     return X, codes, [np.nan_to_num(z.reshape(len(X), -1)) for z in Z]
 
@@ -189,7 +197,7 @@ def pls_interval_parts(fit, solution, problem, sigma2: float, V_beta: np.ndarray
     """
     d = fit.design
     masks = re_columns(rf, d)
-    X, codes, Z = _rows(fit, newdata, allow)
+    X, codes, Z = _rows(fit, newdata, allow, masks)
     lambdas = solution.factor.lambdas
     extra = np.zeros(len(X))
     if any(m.any() for m in masks):
