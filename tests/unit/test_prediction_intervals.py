@@ -231,6 +231,8 @@ def test_memoe_interval_is_refused():
     )
     with pytest.raises(MemoeError, match="mixture"):
         fit.predict(interval="prediction")
+    with pytest.raises(MemoeError, match="mixture"):
+        fit.predict_subject(df, df)
     assert isinstance(fit.predict(), pd.Series)
 
 

@@ -578,6 +578,19 @@ class MEMoEResult(FitResult):
             self, newdata, kind=kind, re_form=re_form, type=type, allow_new_levels=allow_new_levels
         )
 
+    def predict_subject(self, history, times, **kwargs):
+        """Not yet available for MEMoE fits (the conditional law given a history is a posterior-weighted
+        mixture of the experts' conditional normals, not one normal); raises. ``predict(newdata,
+        kind="subject")`` gives the mixture's mean from a history (rows with a missing response are the
+        future rows)."""
+        from memoe.errors import MemoeError
+
+        raise MemoeError(
+            "predict_subject (SD and intervals of a dynamic prediction) is not available for MEMoE fits yet: the "
+            "prediction is a mixture over the experts. Use predict(newdata, kind='subject') for its mean, with "
+            "the future rows' response missing"
+        )
+
     def plot_trajectories(self, time: str | None = None, **kwargs):
         """Expert mean trajectories over the subjects' trajectories coloured by MAP class."""
         from memoe.moe.plots import plot_trajectories
