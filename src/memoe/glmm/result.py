@@ -376,16 +376,43 @@ class GlmmResult(FitResult):
         type: str = "response",
         allow_new_levels: bool = False,
         offset=None,
-    ) -> pd.Series:
+        interval: str | None = None,
+        level: float = 0.95,
+    ) -> pd.Series | pd.DataFrame:
         """Predictions on the response (default) or link scale; see :func:`memoe.glmm.predict.predict_glmm`.
 
         Grouping ids are matched by value; a level not seen in the fit raises unless
         ``allow_new_levels=True`` (then its random effects are 0, as lme4).
-        """
-        from memoe.glmm.predict import predict_glmm
 
-        return predict_glmm(
-            self, newdata, re_form=re_form, type=type, allow_new_levels=allow_new_levels, offset=offset
+        ``interval="confidence"`` / ``"prediction"`` returns a DataFrame ``fit, se_fit, lower, upper``:
+        the interval is computed on the link scale and transformed to the response scale by the
+        inverse link (``se_fit`` stays on the link scale); see
+        :func:`memoe.glmm.predict.predict_interval_glmm` for the variances. ``"prediction"`` is for
+        the mean of a new group (it adds ``z' G z`` of the random effects left out), not for a new
+        observation.
+        """
+        from memoe.glmm.predict import predict_glmm, predict_interval_glmm
+        from memoe.inference.prediction import check_interval
+
+        interval, level = check_interval(interval, level)
+        if interval is None:
+            return predict_glmm(
+                self, newdata, re_form=re_form, type=type, allow_new_levels=allow_new_levels, offset=offset
+            )
+        from memoe.core.design.newdata import check_type
+
+        check_type(type)
+        return predict_interval_glmm(self, newdata, re_form, type, interval, level, allow_new_levels, offset)
+
+    def predict_subject(self, history, times, **kwargs):
+        """Not available for GLMMs: the conditional distribution of future rows given a history is not
+        normal (it needs the posterior of the random effects given the history's counts); raises."""
+        from memoe.errors import FamilyError
+
+        raise FamilyError(
+            f"predict_subject is defined for Gaussian models (lmm, gls, lme): the {self.family} GLMM's "
+            "future rows given a history are not normal. Use predict(newdata, re_form='full') for the "
+            "subjects of the fit"
         )
 
     def summary(self):

@@ -24,8 +24,16 @@ from memoe.core.design.newdata import (
     require_dataframe,
     warn_nonfinite,
 )
+from memoe.inference.prediction import pls_prediction_variance
 
-__all__ = ["block_matrix_for", "group_codes_for", "predict_lmm", "random_part"]
+__all__ = [
+    "block_matrix_for",
+    "group_codes_for",
+    "predict_interval_lmm",
+    "predict_lmm",
+    "random_part",
+    "subject_model_lmm",
+]
 
 
 def group_codes_for(block, data: pd.DataFrame, allow_new_levels: bool = True) -> np.ndarray:
@@ -144,3 +152,123 @@ def predict_lmm(
         eta = eta + contrib
         bad = bad | bad_z
     return pd.Series(warn_nonfinite(eta, bad), index=newdata.index, name="predicted")
+
+
+def _rows(fit, newdata: pd.DataFrame | None, allow: bool, masks):
+    """Fixed-effects rows, per-block codes and raw Z of the rows to predict.
+
+    A block that does not enter the prediction is not matched (its grouping column may be absent or
+    hold new levels, as for the point prediction); its codes are -1 (a new level).
+    """
+    d = fit.design
+    if newdata is None:
+        X = d.X
+        codes = [blk.factor.codes for blk in d.blocks]
+        Z = [blk.Z for blk in d.blocks]
+    else:
+        X = d.fixed.matrix_for(newdata)
+        n = len(newdata)
+        codes = [
+            group_codes_for(blk, newdata, allow) if m.any() else np.full(n, -1, dtype=np.int64)
+            for blk, m in zip(d.blocks, masks, strict=True)
+        ]
+        Z = [block_matrix_for(blk, newdata) for blk in d.blocks]
+    return X, codes, [np.nan_to_num(z.reshape(len(X), -1)) for z in Z]
+
+
+def fixed_variance(X: np.ndarray, V: np.ndarray) -> np.ndarray:
+    """``x' V x`` per row."""
+    if not X.shape[1]:
+        return np.zeros(X.shape[0])
+    return np.einsum("ij,jk,ik->i", X, V, X)
+
+
+def prior_variance(Z: np.ndarray, lam: np.ndarray, scale2: float) -> np.ndarray:
+    """``scale2 * z' Lambda Lambda' z`` per row: the unconditional variance of ``z' b``."""
+    a = Z @ lam
+    return scale2 * np.einsum("ij,ij->i", a, a)
+
+
+def pls_interval_parts(fit, solution, problem, sigma2: float, V_beta: np.ndarray, newdata, rf, allow: bool):
+    """Variances of the predicted linear predictor (``se_fit^2``) and what a prediction interval adds.
+
+    Shared by the LMM (``solution`` of the fit) and the GLMM (the weighted PLS problem at the
+    estimates, ``sigma2 = 1``).
+    """
+    d = fit.design
+    masks = re_columns(rf, d)
+    X, codes, Z = _rows(fit, newdata, allow, masks)
+    lambdas = solution.factor.lambdas
+    extra = np.zeros(len(X))
+    if any(m.any() for m in masks):
+        Zm = [z * m[None, :] for z, m in zip(Z, masks, strict=True)]
+        var = sigma2 * pls_prediction_variance(solution.factor, problem, np.nan_to_num(X), codes, Zm)
+        for k, (c, zm) in enumerate(zip(codes, Zm, strict=True)):
+            # a new level's random effect is independent of the data: its prior variance adds exactly
+            unseen = c < 0
+            if unseen.any():
+                var[unseen] += prior_variance(zm[unseen], lambdas[k], sigma2)
+    else:
+        var = fixed_variance(X, V_beta)
+    for k, (z, m) in enumerate(zip(Z, masks, strict=True)):
+        if (~m).any():
+            # columns left out of the prediction enter a prediction interval by their prior variance
+            extra += prior_variance(z * (~m)[None, :], lambdas[k], sigma2)
+    return var, extra
+
+
+def predict_interval_lmm(
+    fit,
+    newdata: pd.DataFrame | None,
+    re_form: str | None,
+    interval: str,
+    level: float,
+    allow_new_levels: bool,
+) -> pd.DataFrame:
+    """``fit, se_fit, lower, upper`` of an LMM prediction (see :meth:`LmmResult.predict`)."""
+    from memoe.inference.prediction import interval_frame
+
+    pred = predict_lmm(fit, newdata, re_form=re_form, allow_new_levels=allow_new_levels)
+    rf = parse_re_form(re_form)
+    allow = check_allow_new_levels(allow_new_levels)
+    var, extra = pls_interval_parts(
+        fit, fit.state.solution, fit.model.problem, fit.sigma**2, fit.vcov().to_numpy(), newdata, rf, allow
+    )
+    if interval == "prediction":
+        extra = extra + fit.sigma**2
+    else:
+        extra = 0.0 * extra
+    if newdata is None:
+        var, extra = fit._align(var, "v").to_numpy(), fit._align(extra, "e").to_numpy()
+    values = pred.to_numpy(dtype=float)
+    se = np.where(np.isfinite(values), np.sqrt(var), np.nan)
+    out = interval_frame(values, se, pred.index, level, extra_var=extra)
+    out.attrs["interval"] = interval
+    return out
+
+
+def subject_model_lmm(fit):
+    """The :class:`~memoe.inference.prediction.SubjectModel` of an LMM with one grouping factor."""
+    from memoe.errors import MemoeError
+    from memoe.inference.prediction import SubjectModel
+
+    d = fit.design
+    if len(d.blocks) != 1:
+        names = [b.factor.name for b in d.blocks]
+        raise MemoeError(
+            f"predict_subject needs a single grouping factor of subjects; this fit has {names}. "
+            "Use predict() for crossed or nested designs."
+        )
+    blk = d.blocks[0]
+    lam = fit.relative_factors()[0]
+    s2 = fit.sigma**2
+    return SubjectModel(
+        group=blk.factor.name,
+        response=d.spec.response,
+        beta=fit.fixef.to_numpy(),
+        G=s2 * lam @ lam.T,
+        sigma2=s2,
+        fixed=d.fixed.matrix_for,
+        zmat=lambda frame: block_matrix_for(blk, frame).reshape(len(frame), -1),
+        nugget=1.0,
+    )

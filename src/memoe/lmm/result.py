@@ -306,16 +306,90 @@ class LmmResult(FitResult):
         re_form: str | None = "full",
         type: str = "response",
         allow_new_levels: bool = False,
-    ) -> pd.Series:
+        interval: str | None = None,
+        level: float = 0.95,
+    ) -> pd.Series | pd.DataFrame:
         """Predictions: with the random effects (``re_form="full"``) or population-level (``None`` / ``"~0"``).
 
         Grouping ids are matched by value; a level not seen in the fit raises unless
         ``allow_new_levels=True`` (then its random effects are 0, as lme4). See
         :func:`memoe.lmm.predict.predict_lmm`.
-        """
-        from memoe.lmm.predict import predict_lmm
 
-        return predict_lmm(self, newdata, re_form=re_form, type=type, allow_new_levels=allow_new_levels)
+        Parameters
+        ----------
+        interval : {None, "confidence", "prediction"}
+            ``None``: the Series of predictions. Otherwise a DataFrame ``fit, se_fit, lower, upper``
+            (index like ``newdata``) with normal quantiles at ``level``:
+
+            * population level (``re_form=None``): ``se_fit^2 = x' V_beta x``; a prediction interval
+              adds ``z' G z + sigma^2`` (a new observation of a new group);
+            * conditional (``re_form="full"``): ``se_fit^2 = Var(x' beta_hat + z' b_hat - x' beta - z' b)``,
+              exact from the joint prediction-error covariance of ``(beta, b)`` (Henderson's ``C^-1``,
+              read off the blocked PLS factor, batched over levels); a prediction interval adds
+              ``sigma^2``. A new level (``allow_new_levels=True``) adds its prior variance ``z' G z``;
+              random-effects terms left out by a partial ``re_form`` enter a prediction interval with
+              their prior variance.
+
+            The variance parameters are treated as known (as lme4's ``predictInterval`` and nlme).
+        level : float
+            Coverage of the interval.
+        """
+        from memoe.inference.prediction import check_interval
+        from memoe.lmm.predict import predict_interval_lmm, predict_lmm
+
+        interval, level = check_interval(interval, level)
+        if interval is None:
+            return predict_lmm(self, newdata, re_form=re_form, type=type, allow_new_levels=allow_new_levels)
+        from memoe.core.design.newdata import check_type
+
+        check_type(type)
+        return predict_interval_lmm(self, newdata, re_form, interval, level, allow_new_levels)
+
+    def predict_subject(
+        self,
+        history: pd.DataFrame,
+        times,
+        interval: str = "prediction",
+        level: float = 0.95,
+        time: str | None = None,
+    ) -> pd.DataFrame:
+        """Dynamic prediction of subjects (seen in the fit or new) from their observed rows.
+
+        The rows of ``times`` of each subject are predicted by the conditional normal given the
+        subject's rows in ``history`` under the fitted marginal model ``y_i ~ N(X_i beta, Z_i G Z_i' +
+        sigma^2 I)``: ``E[y_t | y_h] = x_t' beta + Sigma_th Sigma_hh^-1 (y_h - X_h beta)`` with the
+        plug-in estimates (seed 001's ``E[Omega_i(t) | Y_i]``; the stored BLUPs are not used, so a
+        subject of the fit is predicted from the rows given). Batched over subjects with the same
+        numbers of history and target rows.
+
+        Parameters
+        ----------
+        history : pandas.DataFrame
+            Observed rows: the grouping column, the response and the covariates. Several subjects at
+            once; rows with a missing response or covariate are ignored.
+        times : pandas.DataFrame or array-like
+            The target rows (grouping column and covariates); a subject without history gets the
+            population mean ``x' beta`` with the marginal variance. An array of times needs
+            ``time=``: every subject of ``history`` is then predicted at each time, its other
+            covariates copied from its last history row.
+        interval : {"prediction", "confidence"}
+            ``"prediction"``: ``sd`` is the SD of a new observation ``y_i(t)``; ``"confidence"``: of
+            the subject's mean trajectory ``x' beta + z' b_i`` (the residual, measurement error,
+            left out).
+        level : float
+        time : str, optional
+            The time column (reported in the output; needed when ``times`` is an array).
+
+        Returns
+        -------
+        pandas.DataFrame
+            Index like ``times`` (a RangeIndex for an array): the grouping column, ``time`` when given,
+            ``fit, sd, lower, upper``.
+        """
+        from memoe.inference.prediction import predict_subject
+        from memoe.lmm.predict import subject_model_lmm
+
+        return predict_subject(subject_model_lmm(self), history, times, interval=interval, level=level, time=time)
 
     # ------------------------------------------------------------------ tables and tests
     def coef_table(self, ddf: str = "residual", robust: str | None = None) -> pd.DataFrame:

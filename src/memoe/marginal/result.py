@@ -357,8 +357,9 @@ class MarginalResult(FitResult):
         re_form: str | None = "full",
         type: str = "response",
         allow_new_levels: bool = False,
-        level: int | None = None,
-    ) -> pd.Series:
+        level: float | None = None,
+        interval: str | None = None,
+    ) -> pd.Series | pd.DataFrame:
         """Predicted means, as nlme's ``predict(fit, newdata, level = ...)`` with lme4's arguments.
 
         Parameters
@@ -370,61 +371,78 @@ class MarginalResult(FitResult):
             ``lme``: ``"full"`` is ``X beta + Z b`` with the BLUPs (nlme's ``level = 1``), ``None`` /
             ``"~0"`` is ``X beta`` (``level = 0``), a formula of some of the fit's random-effects
             terms uses only those. ``gls`` has no random effects: every accepted value gives ``X beta``.
-            The residual correlation does not enter (as in nlme).
+            The residual correlation does not enter (as in nlme; :meth:`predict_subject` uses it).
         type : {"response", "link"}
             The same (identity link).
         allow_new_levels : bool
             ``False``: a group not in the fit raises
             :class:`~memoe.core.design.newdata.NewLevelError`; ``True``: it gets ``X beta``.
-        level : {0, 1}, optional
-            nlme's name: ``0`` is ``re_form=None``, ``1`` is ``re_form="full"``; give one of the two.
+        level : {0, 1} or float, optional
+            ``0`` or ``1``: nlme's grouping level (``0`` is ``re_form=None``, ``1`` is ``re_form="full"``;
+            give one of the two). A number strictly between 0 and 1: the coverage of ``interval``
+            (default 0.95), as the ``level`` of the other families' ``predict``.
+        interval : {None, "confidence", "prediction"}
+            ``None``: the Series. Otherwise a DataFrame ``fit, se_fit, lower, upper`` with normal
+            quantiles. Population level: ``se_fit^2 = x' V_beta x``; conditional (``lme``):
+            ``Var(x' beta_hat + z' b_hat - x' beta - z' b)``, exact with the residual structure
+            (see :mod:`memoe.marginal.predict`). A prediction interval adds the variance of a new
+            observation not explained by the prediction: ``z' G z`` of the random effects left out and
+            the residual variance ``sigma^2 s^2`` (variance function included; its correlation with the
+            group's observed residuals is ignored here, :meth:`predict_subject` conditions on it).
+            ``V_beta`` is :meth:`vcov`; the variance parameters are treated as known.
 
         Returns
         -------
-        pandas.Series
+        pandas.Series or pandas.DataFrame
             Indexed like ``newdata``; NaN where a needed value is missing or infinite (with a warning).
         """
-        from memoe.core.design.newdata import (
-            PredictArgumentError,
-            check_allow_new_levels,
-            check_type,
-            nonfinite_rows,
-            parse_re_form,
-            re_columns,
-            require_dataframe,
-            warn_nonfinite,
-        )
-        from memoe.lmm.predict import random_part
+        from memoe.core.design.newdata import PredictArgumentError
+        from memoe.inference.prediction import check_interval
+        from memoe.marginal.predict import _resolve_level, predict_interval_marginal, predict_marginal
 
-        if level is not None:
-            if isinstance(level, bool) or level not in (0, 1):
-                raise PredictArgumentError(f"level must be 0 (population) or 1 (with the BLUPs), got {level!r}")
-            if re_form != "full":
-                raise PredictArgumentError("give either level= (nlme's name) or re_form=, not both")
-            re_form = None if level == 0 else "full"
-        rf = parse_re_form(re_form)
+        coverage = 0.95
+        if isinstance(level, (float, np.floating)) and 0.0 < level < 1.0:
+            coverage, level = level, None
+            if interval is None:
+                raise PredictArgumentError(
+                    f"level={coverage!r} is a coverage, which needs interval='confidence' or 'prediction'; "
+                    "nlme's grouping level is 0 or 1"
+                )
+        interval, conf_level = check_interval(interval, coverage)
+        if interval is None:
+            return predict_marginal(self, newdata, re_form, type, allow_new_levels, level)
+        from memoe.core.design.newdata import check_type
+
         check_type(type)
-        allow = check_allow_new_levels(allow_new_levels)
-        d = self.design
-        masks = re_columns(rf, d)
-        b = [self._s.b] if d.blocks else []
-        use_re = any(m.any() for m in masks)
-        if newdata is None:
-            if rf == "full":
-                return self.fitted.rename("predicted")
-            eta = np.array(self._s.fitted_marginal, dtype=float)
-            if use_re:
-                eta = eta + random_part(d.blocks, b, masks, None, allow)[0]
-            return self._align(eta, "predicted")
-        newdata = require_dataframe(newdata)
-        X = d.fixed.matrix_for(newdata)
-        eta = X @ self._s.beta if X.shape[1] else np.zeros(len(newdata))
-        bad = nonfinite_rows(X)
-        if use_re:
-            contrib, bad_z = random_part(d.blocks, b, masks, newdata, allow)
-            eta = eta + contrib
-            bad = bad | bad_z
-        return pd.Series(warn_nonfinite(eta, bad), index=newdata.index, name="predicted")
+        re_form = _resolve_level(re_form, level)
+        return predict_interval_marginal(self, newdata, re_form, interval, conf_level, allow_new_levels)
+
+    def predict_subject(
+        self,
+        history: pd.DataFrame,
+        times,
+        interval: str = "prediction",
+        level: float = 0.95,
+        time: str | None = None,
+    ) -> pd.DataFrame:
+        """Dynamic prediction of subjects from their observed rows, with the residual correlation.
+
+        The target rows of each subject (group of the residual structure) are predicted by the
+        conditional normal given the subject's ``history`` rows under the fitted marginal model
+        ``V_i = Z_i G Z_i' + sigma^2 S_i C_i S_i`` (AR(1), CAR(1), exponential with nugget, ...):
+        seed 001's ``E[Omega_i(t) | Y_i]`` with the serial process ``W_i(t)``, plug-in estimates.
+        ``interval="prediction"``: ``sd`` of a new observation ``y_i(t)``; ``"confidence"``: of the
+        latent ``x' beta + Omega_i(t)`` (the measurement error, i.e. the nugget share of the residual
+        variance -- all of it without a correlation structure, ``1 - Rho`` for compound symmetry --
+        left out). The structure's coordinate of the target rows is their time column (CAR1, Exp),
+        visit column (AR1 / Symm with ``visit``), or else their position after the history rows.
+        An array of ``times`` sets the structure's time column (or ``time=``) on copies of each
+        subject's last history row. See :meth:`memoe.lmm.LmmResult.predict_subject` for the rest.
+        """
+        from memoe.inference.prediction import predict_subject
+        from memoe.marginal.predict import subject_model
+
+        return predict_subject(subject_model(self), history, times, interval=interval, level=level, time=time)
 
     # ------------------------------------------------------------------ tables
     @cached_property

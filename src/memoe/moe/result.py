@@ -563,8 +563,15 @@ class MEMoEResult(FitResult):
         type: str = "response",
         allow_new_levels: bool = False,
         kind: str = "auto",
+        interval: str | None = None,
+        level: float = 0.95,
     ) -> pd.Series | pd.DataFrame:
         """Predictions; see :func:`memoe.moe.predict.predict_memoe`.
+
+        ``interval`` must be None: a MEMoE prediction is a posterior- (or gate-) weighted mixture of
+        the experts' predictions, not a normal quantity with one standard error, so ``"confidence"`` /
+        ``"prediction"`` raise a :class:`~memoe.errors.MemoeError` (``level`` is accepted for the shared
+        interface). Use ``kind="class"`` for the per-expert means.
 
         ``kind`` keeps its meanings (``"population"``, ``"subject"``, ``"class"``); the default
         ``"auto"`` with ``re_form="full"`` conditions on each subject's history in ``newdata`` or, without
@@ -572,7 +579,18 @@ class MEMoEResult(FitResult):
         ``allow_new_levels=True``. ``newdata`` may be a pandas or polars DataFrame or a pyarrow Table.
         """
         from memoe.core.frames import to_pandas
+        from memoe.inference.prediction import check_interval
         from memoe.moe.predict import predict_memoe
+
+        interval, level = check_interval(interval, level)
+        if interval is not None:
+            from memoe.core.design.newdata import PredictArgumentError
+
+            raise PredictArgumentError(
+                f"interval={interval!r} is not available for a MEMoE fit: its prediction is a mixture over the "
+                "experts (weighted by the gates or the subject's posterior), not normal with one standard error; "
+                "use interval=None, or kind='class' for the per-expert means"
+            )
 
         if newdata is not None:
             newdata = to_pandas(newdata, "newdata")
@@ -581,6 +599,19 @@ class MEMoEResult(FitResult):
             # the fitted data: one value per input row, as fitted (NaN where a row was dropped)
             out = self._align(out.to_numpy(), out.name)
         return out
+
+    def predict_subject(self, history, times, **kwargs):
+        """Not yet available for MEMoE fits (the conditional law given a history is a posterior-weighted
+        mixture of the experts' conditional normals, not one normal); raises. ``predict(newdata,
+        kind="subject")`` gives the mixture's mean from a history (rows with a missing response are the
+        future rows)."""
+        from memoe.errors import MemoeError
+
+        raise MemoeError(
+            "predict_subject (SD and intervals of a dynamic prediction) is not available for MEMoE fits yet: the "
+            "prediction is a mixture over the experts. Use predict(newdata, kind='subject') for its mean, with "
+            "the future rows' response missing"
+        )
 
     def __repr__(self) -> str:
         return (
