@@ -6,17 +6,15 @@ statistics of :class:`SubjectStats` (never the rows).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-from formulaic import model_matrix
 from formulaic.model_spec import ModelSpec
 
 from memoe.core.design import Design, build_design, make_grouping_factor
-from memoe.core.design.fixed import evaluate_matrix
+from memoe.core.design.fixed import evaluate_matrix, model_matrix_with_contrasts
 from memoe.core.design.frame import formula_variables
-from memoe.core.formula.names import r_column_name
 from memoe.core.formula.parse import parse_formula
 from memoe.core.linalg.sufficient import group_crossprod
 from memoe.errors import DataError, FormulaError
@@ -140,6 +138,8 @@ class MoEDesign:
     n_dropped : int
         Input rows removed because a used column (response, covariates, gating covariates, subject)
         was missing.
+    contrasts : dict
+        The contrast of every factor of the expert and gating formulas (R's default or the argument).
     """
 
     design: Design
@@ -156,6 +156,7 @@ class MoEDesign:
     pls: PLSProblem | None
     data: pd.DataFrame
     n_dropped: int = 0
+    contrasts: dict[str, str] = field(default_factory=dict)
 
     @property
     def N(self) -> int:
@@ -203,7 +204,9 @@ def check_constant_within(data: pd.DataFrame, codes: np.ndarray, labels: pd.Inde
             )
 
 
-def build_moe_design(formula: str, data: pd.DataFrame, gating: str | None, group: str | None = None) -> MoEDesign:
+def build_moe_design(
+    formula: str, data: pd.DataFrame, gating: str | None, group: str | None = None, contrasts=None
+) -> MoEDesign:
     """Build the expert and gating designs of a mixture of experts.
 
     Parameters
@@ -216,6 +219,9 @@ def build_moe_design(formula: str, data: pd.DataFrame, gating: str | None, group
         One-sided formula of baseline covariates, e.g. ``"~ w1 + w2"``; None for constant proportions.
     group : str, optional
         Subject column when the formula has no random-effects term.
+    contrasts : dict, optional
+        Factor column -> ``"treatment"``, ``"sum"``, ``"helmert"`` or ``"poly"``, for the expert and
+        the gating formula alike; default R's (see :mod:`memoe.core.design.contrasts`).
 
     Raises
     ------
@@ -247,7 +253,8 @@ def build_moe_design(formula: str, data: pd.DataFrame, gating: str | None, group
         raise DataError(f"unknown column(s) {needed} (gating covariates / subject); the data have {list(data.columns)}")
     keep = ~data[[*gvars, *subject_vars]].isna().any(axis=1)
     data = data.loc[keep] if not keep.all() else data
-    design = build_design(spec, data, require_random=bool(spec.random))
+    design = build_design(spec, data, require_random=bool(spec.random), contrasts=contrasts)
+    used_contrasts = dict(design.fixed.contrasts)
     if len(design.blocks) > 1:
         raise FormulaError(f"a mixture of experts needs a single grouping factor; formula {formula!r} has several")
     frame_rows = data.loc[design.frame.row_mask] if design.frame.n_dropped else data
@@ -265,12 +272,8 @@ def build_moe_design(formula: str, data: pd.DataFrame, gating: str | None, group
     if rhs is None:
         W, gnames, gspec = np.ones((N, 1)), ["(Intercept)"], None
     else:
-        try:
-            mm = model_matrix(rhs, subj_frame, output="numpy", na_action="ignore")
-        except Exception as exc:
-            raise FormulaError(f"cannot build the gating design {gating!r}: {exc}") from None
-        W, gspec = np.asarray(mm, dtype=float), mm.model_spec
-        gnames = [r_column_name(c) for c in gspec.column_names]
+        W, gspec, gnames, gcontr = model_matrix_with_contrasts(rhs, subj_frame, contrasts, "the gating design")
+        used_contrasts.update(gcontr)
     if np.linalg.matrix_rank(W) < W.shape[1]:
         raise DataError(f"the gating design {gating!r} is rank deficient over subjects (columns {gnames})")
     if design.blocks:
@@ -296,6 +299,7 @@ def build_moe_design(formula: str, data: pd.DataFrame, gating: str | None, group
         pls=pls,
         data=frame_rows,
         n_dropped=int((~keep).sum()) + design.frame.n_dropped,
+        contrasts=used_contrasts,
     )
 
 

@@ -73,7 +73,10 @@ class Design:
 
 
 def build_design(
-    formula: str | FormulaSpec, data: pd.DataFrame, require_random: bool = True, contrasts: Mapping[str, str] | None = None
+    formula: str | FormulaSpec,
+    data: pd.DataFrame,
+    require_random: bool = True,
+    contrasts: Mapping[str, str] | None = None,
 ) -> Design:
     """Parse ``formula``, build the model frame, fixed design and random-effects blocks.
 

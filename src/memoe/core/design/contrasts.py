@@ -211,7 +211,7 @@ def factor_variables(rhs: str, data: pd.DataFrame) -> dict[str, bool]:
 def _is_factor_dtype(col: pd.Series) -> bool:
     dt = col.dtype
     # booleans are 0/1 numbers to formulaic (memoe names their column xTRUE, as R); contrasts do not apply
-    return isinstance(dt, pd.CategoricalDtype) or dt == object or pd.api.types.is_string_dtype(dt)
+    return isinstance(dt, pd.CategoricalDtype) or pd.api.types.is_object_dtype(dt) or pd.api.types.is_string_dtype(dt)
 
 
 def _is_ordered(col: pd.Series) -> bool:
