@@ -13,6 +13,7 @@ import pandas as pd
 from formulaic.model_spec import ModelSpec
 
 from memoe.core.design import Design, build_design, make_grouping_factor
+from memoe.core.design.contrasts import check_contrasts_argument
 from memoe.core.design.fixed import evaluate_matrix, model_matrix_with_contrasts
 from memoe.core.design.frame import formula_variables
 from memoe.core.formula.parse import parse_formula
@@ -253,7 +254,15 @@ def build_moe_design(
         raise DataError(f"unknown column(s) {needed} (gating covariates / subject); the data have {list(data.columns)}")
     keep = ~data[[*gvars, *subject_vars]].isna().any(axis=1)
     data = data.loc[keep] if not keep.all() else data
-    design = build_design(spec, data, require_random=bool(spec.random), contrasts=contrasts)
+    user = check_contrasts_argument(contrasts)
+    unknown = [c for c in user if c not in data.columns]
+    if unknown:
+        raise DataError(f"contrasts names {unknown}, not columns of the data (columns: {list(data.columns)[:12]})")
+    # one dict serves both formulas: each gets the factors it uses (a gating-only factor is not the experts')
+    expert_vars = set(formula_variables(spec.fixed, "the expert formula"))
+    design = build_design(
+        spec, data, require_random=bool(spec.random), contrasts={c: v for c, v in user.items() if c in expert_vars}
+    )
     used_contrasts = dict(design.fixed.contrasts)
     if len(design.blocks) > 1:
         raise FormulaError(f"a mixture of experts needs a single grouping factor; formula {formula!r} has several")
@@ -272,7 +281,8 @@ def build_moe_design(
     if rhs is None:
         W, gnames, gspec = np.ones((N, 1)), ["(Intercept)"], None
     else:
-        W, gspec, gnames, gcontr = model_matrix_with_contrasts(rhs, subj_frame, contrasts, "the gating design")
+        gating_user = {c: v for c, v in user.items() if c in gvars}
+        W, gspec, gnames, gcontr = model_matrix_with_contrasts(rhs, subj_frame, gating_user, "the gating design")
         used_contrasts.update(gcontr)
     if np.linalg.matrix_rank(W) < W.shape[1]:
         raise DataError(f"the gating design {gating!r} is rank deficient over subjects (columns {gnames})")

@@ -256,8 +256,8 @@ def resolve_contrasts(
     for name in user:
         if name not in data.columns:
             raise DataError(
-                f"{what} names {name!r}, which is not a column of the data; contrasts are set for factor columns "
-                f"of the formula (columns: {', '.join(map(str, list(data.columns)[:10]))}"
+                f"{what} names {name!r}, which is not a variable of the formula {' / '.join(rhs_list)!r}; "
+                f"contrasts are set for its factor columns ({', '.join(map(str, list(data.columns)[:10]))}"
                 f"{', ...' if data.shape[1] > 10 else ''})"
             )
         if name not in factors and name in numeric_refs:
