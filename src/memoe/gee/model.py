@@ -110,7 +110,7 @@ def gee(
     ----------
     formula : str
         ``"y ~ x1 * f"``: response and fixed effects in memoe's (formulaic) syntax with R's
-        treatment contrasts and coefficient names. No random-effects terms.
+        contrasts (see ``contrasts``) and coefficient names. No random-effects terms.
     data : pandas.DataFrame, polars.DataFrame or pyarrow.Table
     group : str
         Column of cluster ids (geeglm's ``id``). Rows with a missing id are dropped, as rows with a
