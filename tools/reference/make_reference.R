@@ -578,9 +578,10 @@ make_case <- function(case_id, dataset, r_call, package, method, results, fit_in
 }
 
 ## Standard LMM case via lme4::lmer, with lmerTest / pbkrtest / clubSandwich
+## `extra`: NULL or a function of the fit returning a list of additional top-level entries
 lmer_case <- function(case_id, dataset, r_call, description, cluster = NULL,
                       inference = TRUE, profile = FALSE, rows = TRUE, ranefs = TRUE,
-                      timing_runs = 0L, tight = TRUE, notes = NULL) {
+                      timing_runs = 0L, tight = TRUE, notes = NULL, extra = NULL) {
   rc <- run_call(r_call)
   fit <- rc$value
   if (timing_runs > 0) {
@@ -640,7 +641,7 @@ lmer_case <- function(case_id, dataset, r_call, description, cluster = NULL,
             fit_info = fitinfo_lmer(fit, rc), description = description,
             extra_calls = extra_calls, notes = notes,
             contrasts = contrast_info(attr(getME(fit, "X"), "contrasts"), model.frame(fit)),
-            packages = pk)
+            packages = pk, extra = if (is.null(extra)) NULL else extra(fit))
 }
 glmer_case <- function(case_id, dataset, r_call, description, timing_runs = 0L, rows = TRUE, notes = NULL) {
   rc <- run_call(r_call)
@@ -1060,6 +1061,58 @@ gee_case("orthodont_gee_ar1", "Orthodont",
 
 ## ---------------------------------------------- simulated MoE (visible) --
 memoe_flexmix_case("memoe_sim2", "memoe_sim2", K = 2L, nrep = 5L)
+
+## ------------------------------------------- contrasts (issue 15) --
+## Ordered factors get contr.poly by default; sum and Helmert contrasts set by
+## lmer's `contrasts =` argument. Simulated (R's RNG, seed 15): 24 subjects,
+## 6 observations each; `dose` is an ordered factor with non-alphabetical
+## levels, `dept` an unordered factor, `x` a covariate.
+local({
+  set.seed(15)
+  ns <- 24L; m <- 6L; n <- ns * m
+  subj <- factor(sprintf("s%02d", rep(seq_len(ns), each = m)))
+  dose <- factor(sample(c("none", "low", "mid", "high", "max"), n, replace = TRUE),
+                 levels = c("none", "low", "mid", "high", "max"), ordered = TRUE)
+  dept <- factor(sample(c("chem", "bio", "phys"), n, replace = TRUE), levels = c("bio", "chem", "phys"))
+  x <- round(rnorm(n), 3)
+  b <- rnorm(ns, sd = 0.8)
+  eff_dose <- c(none = 0, low = 0.6, mid = 1.0, high = 1.2, max = 1.1)[as.character(dose)]
+  eff_dept <- c(bio = 0, chem = 0.5, phys = -0.4)[as.character(dept)]
+  y <- round(2 + eff_dose + eff_dept + 0.3 * x + 0.25 * x * (dept == "phys") + b[as.integer(subj)] +
+             rnorm(n, sd = 0.6), 4)
+  register_dataset("contrasts_sim", data.frame(y = y, dose = dose, dept = dept, x = x, subj = subj),
+                   "Simulated LMM data with an ordered factor (dose) and an unordered factor (dept)",
+                   "make_reference.R, set.seed(15); see the contrasts section")
+})
+## predictions on new data (fixed-effects only and with the subjects' BLUPs);
+## the new rows list `dose` in another order than its levels
+contrasts_predictions <- function(fit) {
+  nd <- data.frame(dose = factor(c("max", "none", "mid", "low", "high", "mid"),
+                                 levels = levels(contrasts_sim$dose), ordered = TRUE),
+                   dept = factor(c("phys", "bio", "chem", "bio", "phys", "chem"), levels = levels(contrasts_sim$dept)),
+                   x = c(-1.5, 0, 0.25, 1, 2, -0.5),
+                   subj = c("s01", "s02", "s03", "s24", "s10", "s05"))
+  list(predictions = list(
+    newdata = df_records(nd),
+    population = arr(as.double(predict(fit, newdata = nd, re.form = NA))),
+    conditional = arr(as.double(predict(fit, newdata = nd)))))
+}
+for (reml in c(TRUE, FALSE)) {
+  lmer_case(paste0("contrasts_ordered_", if (reml) "reml" else "ml"), "contrasts_sim",
+            sprintf("lmer(y ~ dose + dept * x + (1 | subj), data = contrasts_sim, REML = %s)", reml),
+            description = "ordered factor (contr.poly by default) and unordered factor (contr.treatment)",
+            inference = FALSE, extra = contrasts_predictions)
+}
+lmer_case("contrasts_sum_helmert_reml", "contrasts_sim",
+          paste("lmer(y ~ dose + dept * x + (1 | subj), data = contrasts_sim, REML = TRUE,",
+                "contrasts = list(dept = 'contr.sum', dose = 'contr.helmert'))"),
+          description = "contrasts set by the argument: contr.sum for dept, contr.helmert for the ordered dose",
+          inference = FALSE, extra = contrasts_predictions)
+lmer_case("contrasts_treatment_helmert_reml", "contrasts_sim",
+          paste("lmer(y ~ dose + dept * x + (1 | subj), data = contrasts_sim, REML = TRUE,",
+                "contrasts = list(dose = 'contr.treatment', dept = 'contr.helmert'))"),
+          description = "contr.treatment for the ordered dose (overrides contr.poly), contr.helmert for dept",
+          inference = FALSE, extra = contrasts_predictions)
 
 write_index()
 cat("done\n")

@@ -102,6 +102,7 @@ def gee(
     corstr: str = "independence",
     time: str | None = None,
     scale_fix: bool = False,
+    contrasts: dict[str, str] | None = None,
 ) -> GEE:
     """A marginal model fitted by generalised estimating equations, as R's ``geepack::geeglm``.
 
@@ -109,7 +110,7 @@ def gee(
     ----------
     formula : str
         ``"y ~ x1 * f"``: response and fixed effects in memoe's (formulaic) syntax with R's
-        treatment contrasts and coefficient names. No random-effects terms.
+        contrasts (see ``contrasts``) and coefficient names. No random-effects terms.
     data : pandas.DataFrame, polars.DataFrame or pyarrow.Table
     group : str
         Column of cluster ids (geeglm's ``id``). Rows with a missing id are dropped, as rows with a
@@ -127,6 +128,9 @@ def gee(
         independence GLM (``geese.fit`` computes that start and never reads ``scale.value``; the
         C++ skips the scale update). For binary data this is close to, but not exactly, 1. This
         follows geepack's source; no R reference case covers it.
+    contrasts : dict, optional
+        R's ``contrasts=``: factor column -> ``"treatment"``, ``"sum"``, ``"helmert"`` or ``"poly"``.
+        Default (None) is R's: treatment for unordered factors, poly for ordered Categoricals.
 
     Returns
     -------
@@ -141,7 +145,9 @@ def gee(
         Naming the term or column at fault (unknown column, non-numeric, constant or out-of-support
         response, repeated times, a correlation no cluster can inform).
     """
-    return GEE(formula, data, group, family=family, corstr=corstr, time=time, scale_fix=scale_fix)
+    return GEE(
+        formula, data, group, family=family, corstr=corstr, time=time, scale_fix=scale_fix, contrasts=contrasts
+    )
 
 
 class GEE:
@@ -170,6 +176,7 @@ class GEE:
         corstr: str = "independence",
         time: str | None = None,
         scale_fix: bool = False,
+        contrasts: dict[str, str] | None = None,
     ) -> None:
         if not isinstance(formula, str):
             raise ArgumentTypeError(f"formula must be a string such as 'y ~ x', got {type(formula).__name__}")
@@ -196,13 +203,15 @@ class GEE:
         kept = frame.data
         y = numeric_response(kept, spec.response)
         check_response(y, spec.response, family)
-        fixed = build_fixed(spec.fixed, kept)
+        fixed = build_fixed(spec.fixed, kept, contrasts)
         if not fixed.names:
             raise FormulaError(f"formula {formula!r} has no fixed-effects columns; a GEE needs at least one (e.g. 1)")
         layout = cluster_layout(kept, group, time, corstr)
 
         self.names = list(fixed.names)
         self._fixed = fixed
+        # the contrast of every factor (R's default or the argument); the codec saves it
+        self.contrasts: dict[str, str] = dict(fixed.contrasts)
         self.response = spec.response
         self._order = layout.order
         self._X = np.ascontiguousarray(fixed.X[layout.order])

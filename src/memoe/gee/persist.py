@@ -14,6 +14,7 @@ import warnings
 
 import numpy as np
 
+from memoe.core.design.contrasts import check_saved_contrasts
 from memoe.core.persist.archive import PersistenceError
 from memoe.core.persist.common import (
     LOGLIK_RTOL,
@@ -53,6 +54,7 @@ def encode_gee(fit: GEEResult, arrays: dict[str, np.ndarray]) -> dict:
             "data": encode_frame(model._frame.data, "data", arrays, "the model frame"),
             "frame": encode_frame_record(model._frame, "frame", arrays),
             "names": list(model.names),
+            "contrasts": dict(model.contrasts),
         },
         "fit": {
             "phi": float(fit.phi),
@@ -75,6 +77,7 @@ def check_gee(meta: dict) -> None:
     m = meta["model"]
     columns = saved_columns(m)
     check_formula(m.get("formula"), columns, what="the saved GEE formula")
+    check_saved_contrasts(m.get("contrasts"), columns, what="the saved GEE contrasts")
     check_columns(m, {"group": "the group", "time": "the time"}, columns, "GEE")
     if m.get("group") is None:
         raise PersistenceError("the saved GEE has no group column")
@@ -95,6 +98,7 @@ def decode_gee(meta: dict, arrays: dict[str, np.ndarray]) -> GEEResult:
         model = GEE(
             m["formula"], data, m["group"], family=m["family"], corstr=m["corstr"], time=m["time"],
             scale_fix=m["scale_fix"],
+            contrasts=m.get("contrasts"),
         )
     model._frame = restore_frame_record(model._frame, m["frame"], "frame", arrays)
     check_equal("coefficient names", m["names"], model.names)

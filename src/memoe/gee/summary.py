@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from memoe.core.design.contrasts import contrasts_footer
 from memoe.core.rformat import SIGNIF_LEGEND, format_pval, format_table, r_format, signif_stars
 from memoe.core.summary import Summary
 
@@ -104,4 +105,7 @@ class GEESummary(Summary):
             lines.append(f"({fit.n_dropped} rows dropped for missing values)")
         if not fit.converged:
             lines.append(f"Warning: not converged in {fit.n_iter} iterations")
+        contrasts = contrasts_footer(m.contrasts)
+        if contrasts:
+            lines.append(contrasts)
         return "\n".join(lines)

@@ -179,6 +179,7 @@ def build_glmm_design(
     family: Family,
     weights=None,
     offset=None,
+    contrasts=None,
 ) -> GlmmDesign:
     """Parse the formula, build the design and the family's response vectors.
 
@@ -190,6 +191,9 @@ def build_glmm_design(
     family : Family
     weights, offset : str or array-like, optional
         A column of ``data`` or one value per row of ``data``.
+    contrasts : dict, optional
+        Factor column -> ``"treatment"``, ``"sum"``, ``"helmert"`` or ``"poly"`` (R's ``contrasts=``);
+        default R's (see :mod:`memoe.core.design.contrasts`).
 
     Raises
     ------
@@ -242,7 +246,7 @@ def build_glmm_design(
     else:
         y, wt, n = family.prepare(values[0], prior, None, spec.response)
     spec = dataclasses.replace(spec, fixed=fixed)
-    fixed_design = build_fixed(fixed, fd)
+    fixed_design = build_fixed(fixed, fd, contrasts)
     # the LMM's rules (nlevels < nobs, nRE < nobs) assume a residual variance; the GLMM's own
     # (fixed-scale) rules are checked below
     terms, blocks, theta_map = build_random(spec.random, fd, len(y), residual_scale=False)

@@ -89,6 +89,9 @@ class GLMM:
         Prior weights (a column name or one value per row).
     offset : str or array-like, optional
         Offset on the linear-predictor scale (e.g. ``np.log(exposure)``).
+    contrasts : dict, optional
+        R's ``contrasts=``: factor column -> ``"treatment"``, ``"sum"``, ``"helmert"`` or ``"poly"``.
+        Default (None) is R's: treatment for unordered factors, poly for ordered Categoricals.
 
     Examples
     --------
@@ -100,7 +103,10 @@ class GLMM:
     -92.026
     """
 
-    def __init__(self, formula: str, data: pd.DataFrame, family: str | Family = "binomial", weights=None, offset=None):
+    def __init__(
+        self, formula: str, data: pd.DataFrame, family: str | Family = "binomial", weights=None, offset=None,
+        contrasts: dict[str, str] | None = None,
+    ):
         if not isinstance(formula, str):
             raise FormulaTypeError(
                 f"formula must be a string such as 'y ~ x + (1 | g)', got {type(formula).__name__}"
@@ -109,8 +115,12 @@ class GLMM:
         self.formula = formula
         self.family = get_family(family)
         self.data_name = data.attrs.get("name") if isinstance(data, pd.DataFrame) else None
-        self.gdesign: GlmmDesign = build_glmm_design(formula, data, self.family, weights=weights, offset=offset)
+        self.gdesign: GlmmDesign = build_glmm_design(
+            formula, data, self.family, weights=weights, offset=offset, contrasts=contrasts
+        )
         self.design = self.gdesign.design
+        # the contrast of every factor (R's default or the argument); the codec saves it
+        self.contrasts: dict[str, str] = dict(self.design.fixed.contrasts)
         self.problem = PirlsProblem(self.gdesign, self.family)
         self._separation: tuple[np.ndarray | None] | None = None
 
@@ -288,6 +298,9 @@ class GLMM:
         )
 
 
-def glmm(formula: str, data: pd.DataFrame, family: str | Family = "binomial", weights=None, offset=None) -> GLMM:
+def glmm(
+    formula: str, data: pd.DataFrame, family: str | Family = "binomial", weights=None, offset=None,
+    contrasts: dict[str, str] | None = None,
+) -> GLMM:
     """Specify a GLMM with an lme4 formula; call ``.fit(nAGQ=1)`` to estimate it. See :class:`GLMM`."""
-    return GLMM(formula, data, family=family, weights=weights, offset=offset)
+    return GLMM(formula, data, family=family, weights=weights, offset=offset, contrasts=contrasts)

@@ -21,6 +21,7 @@ import dataclasses
 
 import numpy as np
 
+from memoe.core.design.contrasts import check_saved_contrasts
 from memoe.core.linalg.threads import blas_threads
 from memoe.core.optim import ConvergenceReport, OptSummary
 from memoe.core.persist.archive import PersistenceError
@@ -90,6 +91,7 @@ def encode_glmm(fit: GlmmResult, arrays: dict[str, np.ndarray]) -> dict:
             "frame": encode_model_frame(design, "frame", arrays),
             "offset_terms": list(gd.offset_terms),
             "fixef_names": list(design.fixef_names),
+            "contrasts": dict(design.fixed.contrasts),
             "theta_names": list(design.theta_map.names),
         },
         "fit": {
@@ -127,6 +129,7 @@ def _rebuild_model(m: dict, arrays: dict[str, np.ndarray]) -> GLMM:
         m["formula"], data, family,
         weights=None if np.all(prior == 1.0) else prior,
         offset=None if m["offset_terms"] or not np.any(offset != 0.0) else offset,
+        contrasts=m.get("contrasts"),
     )
     if not np.array_equal(model.gdesign.offset, offset):
         if not m["offset_terms"]:
@@ -134,7 +137,10 @@ def _rebuild_model(m: dict, arrays: dict[str, np.ndarray]) -> GLMM:
         # an offset= argument on top of offset(...) terms: recover the argument; if the float sum does not
         # come back bit for bit, the model uses the saved total (what the fit used)
         weights = None if np.all(prior == 1.0) else prior
-        model = GLMM(m["formula"], data, family, weights=weights, offset=offset - model.gdesign.offset)
+        model = GLMM(
+            m["formula"], data, family, weights=weights, offset=offset - model.gdesign.offset,
+            contrasts=m.get("contrasts"),
+        )
         if not np.array_equal(model.gdesign.offset, offset):
             model.gdesign = dataclasses.replace(model.gdesign, offset=offset)
             model.problem = PirlsProblem(model.gdesign, model.family)
@@ -150,6 +156,7 @@ def check_glmm(meta: dict) -> None:
     """Refuse a file whose formula has pieces outside the allow-list or an unknown family (before evaluating)."""
     m = meta["model"]
     check_formula(m.get("formula"), saved_columns(m), what="the saved GLMM formula")
+    check_saved_contrasts(m.get("contrasts"), saved_columns(m), what="the saved GLMM contrasts")
     fam = m.get("family")
     if not isinstance(fam, dict) or not isinstance(fam.get("link"), str):
         raise PersistenceError(f"the saved family {repr(fam)[:80]} is not a record with a name and a link name")

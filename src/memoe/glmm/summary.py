@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from memoe.core.design.contrasts import contrasts_footer
 from memoe.core.rformat import (
     SIGNIF_LEGEND,
     decimals_for,
@@ -128,6 +129,9 @@ class GlmmSummary(Summary):
         out.append("")
         if len(f.fixef):
             out.extend(self._fixed_block())
+        contrasts = contrasts_footer(f.design.fixed.contrasts)
+        if contrasts:
+            out.append(contrasts)
         if f.design.fixed.dropped:
             out.append(f"fit warnings:\nfixed-effect model matrix is rank deficient so dropping "
                        f"{len(f.design.fixed.dropped)} columns / coefficients: {f.design.fixed.dropped}")

@@ -58,6 +58,10 @@ class LMM:
         ``(0 + x | g)``, ``(x || g)``, ``(1 | a/b)``, ``(1 | a:b)``, several terms, crossed factors.
     data : pandas.DataFrame
         Rows with a missing value in any used column are dropped (counted on the result).
+    contrasts : dict, optional
+        R's ``contrasts=``: factor column -> ``"treatment"``, ``"sum"``, ``"helmert"`` or ``"poly"``
+        (or ``"contr.sum"``, ...). Default (None) is R's: treatment contrasts for unordered factors,
+        polynomial contrasts (``x.L``, ``x.Q``, ...) for ordered Categoricals.
 
     Examples
     --------
@@ -68,7 +72,7 @@ class LMM:
     1743.6283
     """
 
-    def __init__(self, formula: str, data: pd.DataFrame) -> None:
+    def __init__(self, formula: str, data: pd.DataFrame, contrasts: dict[str, str] | None = None) -> None:
         if not isinstance(formula, str):
             raise FormulaTypeError(
                 f"formula must be a string such as 'y ~ x + (1 | g)', got {type(formula).__name__}"
@@ -76,7 +80,10 @@ class LMM:
         data = to_pandas(data, "data")  # polars / pyarrow tables too
         self.formula = formula
         self.data_name = data.attrs.get("name") if isinstance(data, pd.DataFrame) else None
-        self.design: Design = build_design(formula, data)
+        self.design: Design = build_design(formula, data, contrasts=contrasts)
+        # the contrast of every factor (the default's choice included); the design's spec replays it
+        # in predict, and the codec saves it
+        self.contrasts: dict[str, str] = dict(self.design.fixed.contrasts)
         d = self.design
         self.problem = PLSProblem(
             y=d.y,
@@ -195,10 +202,10 @@ class LMM:
         return f"LMM({self.formula!r}, nobs={d.n}, groups={ {b.factor.name: b.nlevels for b in d.blocks} })"
 
 
-def lmm(formula: str, data: pd.DataFrame) -> LMM:
+def lmm(formula: str, data: pd.DataFrame, contrasts: dict[str, str] | None = None) -> LMM:
     """Specify a linear mixed model with an lme4 formula; call ``.fit(reml=...)`` to estimate it.
 
     See :class:`LMM`.
     """
-    return LMM(formula, data)
+    return LMM(formula, data, contrasts=contrasts)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from memoe.core.design.contrasts import check_saved_contrasts
 from memoe.core.linalg.threads import blas_threads
 from memoe.core.optim import ConvergenceReport, OptSummary
 from memoe.core.persist.common import (
@@ -42,6 +43,7 @@ def encode_lmm(fit: LmmResult, arrays: dict[str, np.ndarray]) -> dict:
             "data": encode_frame(design.frame.data, "data", arrays, "the model frame"),
             "frame": encode_model_frame(design, "frame", arrays),
             "fixef_names": list(design.fixef_names),
+            "contrasts": dict(design.fixed.contrasts),
             "theta_names": list(design.theta_map.names),
         },
         "fit": {
@@ -66,6 +68,7 @@ def check_lmm(meta: dict) -> None:
     """Refuse a file whose formula has pieces outside the allow-list (before anything evaluates it)."""
     m = meta["model"]
     check_formula(m.get("formula"), saved_columns(m), what="the saved LMM formula")
+    check_saved_contrasts(m.get("contrasts"), saved_columns(m), what="the saved LMM contrasts")
 
 
 def decode_lmm(meta: dict, arrays: dict[str, np.ndarray]) -> LmmResult:
@@ -74,7 +77,7 @@ def decode_lmm(meta: dict, arrays: dict[str, np.ndarray]) -> LmmResult:
     data = decode_frame(m["data"], "data", arrays)
     if m.get("data_name") is not None:
         data.attrs["name"] = m["data_name"]
-    model = LMM(m["formula"], data)
+    model = LMM(m["formula"], data, contrasts=m.get("contrasts"))
     model.design = restore_model_frame(model.design, m["frame"], "frame", arrays)
     check_equal("fixed-effects names", m["fixef_names"], model.design.fixef_names)
     check_equal("theta names", m["theta_names"], model.design.theta_map.names)

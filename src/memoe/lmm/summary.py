@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from memoe.core.design.contrasts import contrasts_footer
 from memoe.core.rformat import decimals_for, fixef_correlation_block, format_column, format_table
 from memoe.core.summary import Summary
 
@@ -115,6 +116,9 @@ class LmmSummary(Summary):
             )
             out.append(format_table(shown))
             out.extend(fixef_correlation_block(f.vcov().to_numpy(), list(f.fixef.index)))
+        contrasts = contrasts_footer(f.design.fixed.contrasts)
+        if contrasts:
+            out.append(contrasts)
         if f.design.fixed.dropped:
             out.append(f"fit warnings:\nfixed-effect model matrix is rank deficient so dropping "
                        f"{len(f.design.fixed.dropped)} columns / coefficients: {f.design.fixed.dropped}")

@@ -57,6 +57,7 @@ class _MarginalModel:
         data: pd.DataFrame,
         correlation: CorStruct | None = None,
         weights: VarIdent | None = None,
+        contrasts: dict[str, str] | None = None,
     ) -> None:
         formula = check_str(formula, "formula", "y ~ time")
         data = to_pandas(data, "data")
@@ -93,7 +94,9 @@ class _MarginalModel:
         if not np.all(np.isfinite(y)):
             raise DataError(f"response {spec.response!r} has {int((~np.isfinite(y)).sum())} non-finite values")
         _check_response_scale(y, spec.response)
-        fixed = build_fixed(spec.fixed, frame.data)
+        fixed = build_fixed(spec.fixed, frame.data, contrasts)
+        # the contrast of every factor (R's default or the argument); the codec saves it
+        self.contrasts: dict[str, str] = dict(fixed.contrasts)
         n = len(y)
         if spec.random:
             terms, blocks, theta_map = build_random(spec.random, frame.data, n)
@@ -290,7 +293,10 @@ class LME(_MarginalModel):
     kind = "lme"
 
 
-def gls(formula: str, data: pd.DataFrame, correlation: CorStruct | None = None, weights: VarIdent | None = None) -> GLS:
+def gls(
+    formula: str, data: pd.DataFrame, correlation: CorStruct | None = None, weights: VarIdent | None = None,
+    contrasts: dict[str, str] | None = None,
+) -> GLS:
     """nlme's ``gls``: ``y ~ fixed`` with correlated and/or heteroscedastic residuals.
 
     Parameters
@@ -302,21 +308,28 @@ def gls(formula: str, data: pd.DataFrame, correlation: CorStruct | None = None, 
         ``AR1``, ``CAR1``, ``Exp``, ``Symm`` or ``CompSymm`` (with its ``group``; no group = the whole
         data set is one group).
     weights : VarIdent, optional
+    contrasts : dict, optional
+        R's ``contrasts=``: factor column -> ``"treatment"``, ``"sum"``, ``"helmert"`` or ``"poly"``.
+        Default (None) is R's: treatment for unordered factors, poly for ordered Categoricals.
 
     Returns
     -------
     GLS
         Call ``.fit(reml=True)``.
     """
-    return GLS(formula, data, correlation=correlation, weights=weights)
+    return GLS(formula, data, correlation=correlation, weights=weights, contrasts=contrasts)
 
 
-def lme(formula: str, data: pd.DataFrame, correlation: CorStruct | None = None, weights: VarIdent | None = None) -> LME:
+def lme(
+    formula: str, data: pd.DataFrame, correlation: CorStruct | None = None, weights: VarIdent | None = None,
+    contrasts: dict[str, str] | None = None,
+) -> LME:
     """nlme's ``lme`` with random effects in lme4 syntax, e.g. ``"y ~ t + (1 | id)"``, and a residual structure.
 
     The residual structure acts within the groups of the (single) random-effects grouping factor.
+    ``contrasts`` as in :func:`gls`.
     """
-    return LME(formula, data, correlation=correlation, weights=weights)
+    return LME(formula, data, correlation=correlation, weights=weights, contrasts=contrasts)
 
 
 # the marginal likelihood works with squares and products of y: beyond this magnitude they overflow

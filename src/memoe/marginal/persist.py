@@ -14,6 +14,7 @@ import dataclasses
 
 import numpy as np
 
+from memoe.core.design.contrasts import check_saved_contrasts
 from memoe.core.linalg.threads import blas_threads
 from memoe.core.persist.archive import PersistenceError
 from memoe.core.persist.common import (
@@ -90,6 +91,7 @@ def encode_marginal(fit: MarginalResult, arrays: dict[str, np.ndarray]) -> dict:
             "data": encode_frame(design.frame.data, "data", arrays, "the model frame"),
             "frame": encode_model_frame(design, "frame", arrays),
             "fixef_names": list(design.fixef_names),
+            "contrasts": dict(design.fixed.contrasts),
             "theta_names": list(design.theta_map.names),
             "n_params": int(model.problem.size),
         },
@@ -121,6 +123,7 @@ def check_marginal(meta: dict) -> None:
     m = meta["model"]
     columns = saved_columns(m)
     check_formula(m.get("formula"), columns, what=f"the saved {m['class']} formula")
+    check_saved_contrasts(m.get("contrasts"), columns, what=f"the saved {m['class']} contrasts")
     for key, what in (("correlation", "correlation structure"), ("weights", "variance function")):
         spec = m.get(key)
         if spec is None:
@@ -148,7 +151,7 @@ def decode_marginal(meta: dict, arrays: dict[str, np.ndarray]) -> MarginalResult
     weights = decode_structure(m["weights"], "variance function")
     if weights is not None and not isinstance(weights, VarIdent):
         raise PersistenceError(f"the saved variance function {weights!r} is not a variance function")
-    model = cls(m["formula"], data, correlation=correlation, weights=weights)
+    model = cls(m["formula"], data, correlation=correlation, weights=weights, contrasts=m.get("contrasts"))
     model.design = restore_model_frame(model.design, m["frame"], "frame", arrays)
     check_equal("fixed-effects names", m["fixef_names"], model.design.fixef_names)
     check_equal("theta names", m["theta_names"], model.design.theta_map.names)

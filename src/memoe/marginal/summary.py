@@ -11,6 +11,7 @@ from functools import cached_property
 import numpy as np
 import pandas as pd
 
+from memoe.core.design.contrasts import contrasts_footer
 from memoe.core.summary import Summary
 
 __all__ = ["MarginalSummary"]
@@ -197,6 +198,9 @@ class MarginalSummary(Summary):
     def text(self) -> str:
         parts = self._header() + self._random() + self._structures() + self._coefficients()
         parts += self._residuals() + self._footer()
+        contrasts = contrasts_footer(self.fit.design.fixed.contrasts)
+        if contrasts:
+            parts.append(contrasts)
         return "\n".join(parts)
 
     def _repr_pretty_(self, p, cycle) -> None:  # IPython

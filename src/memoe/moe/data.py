@@ -6,17 +6,16 @@ statistics of :class:`SubjectStats` (never the rows).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-from formulaic import model_matrix
 from formulaic.model_spec import ModelSpec
 
 from memoe.core.design import Design, build_design, make_grouping_factor
-from memoe.core.design.fixed import evaluate_matrix
+from memoe.core.design.contrasts import check_contrasts_argument
+from memoe.core.design.fixed import evaluate_matrix, model_matrix_with_contrasts
 from memoe.core.design.frame import formula_variables
-from memoe.core.formula.names import r_column_name
 from memoe.core.formula.parse import parse_formula
 from memoe.core.linalg.sufficient import group_crossprod
 from memoe.errors import DataError, FormulaError
@@ -146,6 +145,8 @@ class MoEDesign:
         None means the same as the expert frame's index (files written before it was recorded).
     input_rows : numpy.ndarray of bool or None
         Which input rows reached the expert formula (subject id and gating covariates present).
+    contrasts : dict
+        The contrast of every factor of the expert and gating formulas (R's default or the argument).
     """
 
     design: Design
@@ -164,6 +165,7 @@ class MoEDesign:
     n_dropped: int = 0
     input_index: pd.Index | None = None
     input_rows: np.ndarray | None = None
+    contrasts: dict[str, str] = field(default_factory=dict)
 
     @property
     def N(self) -> int:
@@ -238,7 +240,9 @@ def check_constant_within(data: pd.DataFrame, codes: np.ndarray, labels: pd.Inde
             )
 
 
-def build_moe_design(formula: str, data: pd.DataFrame, gating: str | None, group: str | None = None) -> MoEDesign:
+def build_moe_design(
+    formula: str, data: pd.DataFrame, gating: str | None, group: str | None = None, contrasts=None
+) -> MoEDesign:
     """Build the expert and gating designs of a mixture of experts.
 
     Parameters
@@ -251,6 +255,9 @@ def build_moe_design(formula: str, data: pd.DataFrame, gating: str | None, group
         One-sided formula of baseline covariates, e.g. ``"~ w1 + w2"``; None for constant proportions.
     group : str, optional
         Subject column when the formula has no random-effects term.
+    contrasts : dict, optional
+        Factor column -> ``"treatment"``, ``"sum"``, ``"helmert"`` or ``"poly"``, for the expert and
+        the gating formula alike; default R's (see :mod:`memoe.core.design.contrasts`).
 
     Raises
     ------
@@ -283,7 +290,16 @@ def build_moe_design(formula: str, data: pd.DataFrame, gating: str | None, group
     keep = ~data[[*gvars, *subject_vars]].isna().any(axis=1)
     input_index = data.index
     data = data.loc[keep] if not keep.all() else data
-    design = build_design(spec, data, require_random=bool(spec.random))
+    user = check_contrasts_argument(contrasts)
+    unknown = [c for c in user if c not in data.columns]
+    if unknown:
+        raise DataError(f"contrasts names {unknown}, not columns of the data (columns: {list(data.columns)[:12]})")
+    # one dict serves both formulas: each gets the factors it uses (a gating-only factor is not the experts')
+    expert_vars = set(formula_variables(spec.fixed, "the expert formula"))
+    design = build_design(
+        spec, data, require_random=bool(spec.random), contrasts={c: v for c, v in user.items() if c in expert_vars}
+    )
+    used_contrasts = dict(design.fixed.contrasts)
     if len(design.blocks) > 1:
         raise FormulaError(f"a mixture of experts needs a single grouping factor; formula {formula!r} has several")
     frame_rows = data.loc[design.frame.row_mask] if design.frame.n_dropped else data
@@ -301,12 +317,9 @@ def build_moe_design(formula: str, data: pd.DataFrame, gating: str | None, group
     if rhs is None:
         W, gnames, gspec = np.ones((N, 1)), ["(Intercept)"], None
     else:
-        try:
-            mm = model_matrix(rhs, subj_frame, output="numpy", na_action="ignore")
-        except Exception as exc:
-            raise FormulaError(f"cannot build the gating design {gating!r}: {exc}") from None
-        W, gspec = np.asarray(mm, dtype=float), mm.model_spec
-        gnames = [r_column_name(c) for c in gspec.column_names]
+        gating_user = {c: v for c, v in user.items() if c in gvars}
+        W, gspec, gnames, gcontr = model_matrix_with_contrasts(rhs, subj_frame, gating_user, "the gating design")
+        used_contrasts.update(gcontr)
     if np.linalg.matrix_rank(W) < W.shape[1]:
         raise DataError(f"the gating design {gating!r} is rank deficient over subjects (columns {gnames})")
     if design.blocks:
@@ -334,6 +347,7 @@ def build_moe_design(formula: str, data: pd.DataFrame, gating: str | None, group
         n_dropped=int((~keep).sum()) + design.frame.n_dropped,
         input_index=input_index,
         input_rows=np.asarray(keep, dtype=bool),
+        contrasts=used_contrasts,
     )
 
 

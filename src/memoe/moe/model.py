@@ -13,7 +13,6 @@ import warnings
 
 import numpy as np
 import pandas as pd
-from formulaic import model_matrix
 
 from memoe.core.arguments import (
     check_bool,
@@ -24,7 +23,7 @@ from memoe.core.arguments import (
     check_seed,
     check_str,
 )
-from memoe.core.formula.names import r_column_name
+from memoe.core.design.fixed import model_matrix_with_contrasts
 from memoe.core.frames import to_pandas
 from memoe.core.warnings import caller_stacklevel
 from memoe.errors import (
@@ -78,6 +77,10 @@ class MEMoE:
         (default), by decreasing size, or as estimated.
     mstep : MStepControl, optional
         Settings of each expert's BOBYQA M-step.
+    contrasts : dict, optional
+        R's ``contrasts=``: factor column -> ``"treatment"``, ``"sum"``, ``"helmert"`` or ``"poly"``,
+        for the expert, gating and mixture formulas alike. Default (None) is R's: treatment for
+        unordered factors, poly for ordered Categoricals.
 
     Examples
     --------
@@ -101,6 +104,7 @@ class MEMoE:
         group: str | None = None,
         order: str | None = "intercept",
         mstep: MStepControl | None = None,
+        contrasts: dict[str, str] | None = None,
     ) -> None:
         formula = check_str(formula, "formula", "y ~ time + (time | id)")
         if gating is not None:
@@ -127,7 +131,9 @@ class MEMoE:
         self.random_cov = random_cov
         self.sigma_option = sigma
         self.order = order
-        self.mdesign: MoEDesign = build_moe_design(formula, data, gating, group)
+        self.mdesign: MoEDesign = build_moe_design(formula, data, gating, group, contrasts=contrasts)
+        # the contrast of every factor of the expert and gating formulas; the codec saves it
+        self.contrasts: dict[str, str] = dict(self.mdesign.contrasts)
         md = self.mdesign
         check_response(md)
         _check_k(self.k, md)
@@ -156,11 +162,8 @@ class MEMoE:
         if mixture is None:
             return np.ones(len(names), dtype=bool)
         rhs = mixture.split("~", 1)[-1].strip() or "1"
-        try:
-            mm = model_matrix(rhs, data.head(50), output="numpy", na_action="ignore")
-        except Exception as exc:
-            raise FormulaError(f"cannot build the mixture formula {mixture!r}: {exc}") from None
-        wanted = [r_column_name(c) for c in mm.model_spec.column_names]
+        # the fit's contrasts, so that 'dose' names the same columns (dose.L, ...) as in the experts
+        _, _, wanted, _ = model_matrix_with_contrasts(rhs, data.head(50), self.contrasts, "the mixture formula")
         unknown = [w for w in wanted if w not in names]
         if unknown:
             raise FormulaError(f"mixture terms {unknown} are not fixed effects of {self.formula!r} (these are {names})")

@@ -13,6 +13,7 @@ import dataclasses
 import numpy as np
 import pandas as pd
 
+from memoe.core.design.contrasts import check_saved_contrasts
 from memoe.core.persist.archive import PersistenceError
 from memoe.core.persist.common import (
     check_columns,
@@ -91,6 +92,7 @@ def encode_memoe(fit: MEMoEResult, arrays: dict[str, np.ndarray]) -> dict:
             "random_cov": model.random_cov,
             "sigma": model.sigma_option,
             "order": model.order,
+            "contrasts": dict(model.contrasts),
             # the subject column is an argument only for regression experts (else the formula names it)
             "group": None if md.design.blocks else md.group,
             "mstep": encode_dataclass(model.problem.expert.control, "mstep", arrays),
@@ -131,6 +133,7 @@ def _rebuild_model(m: dict, arrays: dict[str, np.ndarray]) -> MEMoE:
     kwargs = dict(
         mixture=m["mixture"], random_cov=m["random_cov"], sigma=m["sigma"], order=m["order"],
         mstep=decode_dataclass(MStepControl, m["mstep"], "mstep", arrays),
+        contrasts=m.get("contrasts"),
     )
     if m["group"] is not None:
         kwargs["group"] = m["group"]
@@ -156,6 +159,7 @@ def check_memoe(meta: dict) -> None:
     check_formula(m.get("formula"), columns, what=f"the saved {m['class']} formula")
     if m.get("gating") is not None:
         check_formula(m.get("gating"), columns, what=f"the saved {m['class']} gating formula")
+    check_saved_contrasts(m.get("contrasts"), columns, what=f"the saved {m['class']} contrasts")
     check_columns(m, {"group": "the group"}, columns, m["class"])
     for option in ("mixture", "random_cov", "sigma", "order"):
         value = m.get(option)

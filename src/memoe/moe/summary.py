@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from memoe.core.design.contrasts import contrasts_footer
 from memoe.core.summary import Summary
 
 __all__ = ["MEMoESummary"]
@@ -122,4 +123,7 @@ class MEMoESummary(Summary):
         ]
         if fit.k > 1:
             lines += ["", "Posterior classification (rows: MAP class):", _fmt_table(self.classification)]
+        contrasts = contrasts_footer(m.contrasts)
+        if contrasts:
+            lines += ["", contrasts]
         return "\n".join(lines)

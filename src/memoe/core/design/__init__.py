@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -71,7 +72,12 @@ class Design:
         return self.fixed.names
 
 
-def build_design(formula: str | FormulaSpec, data: pd.DataFrame, require_random: bool = True) -> Design:
+def build_design(
+    formula: str | FormulaSpec,
+    data: pd.DataFrame,
+    require_random: bool = True,
+    contrasts: Mapping[str, str] | None = None,
+) -> Design:
     """Parse ``formula``, build the model frame, fixed design and random-effects blocks.
 
     Parameters
@@ -80,6 +86,9 @@ def build_design(formula: str | FormulaSpec, data: pd.DataFrame, require_random:
     data : pandas.DataFrame
     require_random : bool
         Raise if the formula has no ``(lhs | group)`` term.
+    contrasts : mapping, optional
+        Factor column -> ``"treatment"``, ``"sum"``, ``"helmert"`` or ``"poly"`` for the fixed
+        effects (see :mod:`memoe.core.design.contrasts`); default R's.
 
     Raises
     ------
@@ -98,7 +107,7 @@ def build_design(formula: str | FormulaSpec, data: pd.DataFrame, require_random:
     if not np.all(np.isfinite(y)):
         raise DataError(f"response {spec.response!r} has {int((~np.isfinite(y)).sum())} non-finite values")
     check_response_varies(y, spec.response)
-    fixed = build_fixed(spec.fixed, frame.data)
+    fixed = build_fixed(spec.fixed, frame.data, contrasts)
     n = len(y)
     if fixed.X.shape[0] != n:
         raise DataError(f"fixed-effects matrix has {fixed.X.shape[0]} rows but the response has {n}")

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -11,11 +12,12 @@ from formulaic import model_matrix
 from formulaic.model_spec import ModelSpec
 from formulaic.transforms import C
 
+from memoe.core.design.contrasts import apply_contrasts, resolve_contrasts
 from memoe.core.design.scaling import choose_scaling
 from memoe.core.formula.names import r_column_name
 from memoe.errors import DataError, FormulaError, RankDeficiencyWarning, warn
 
-__all__ = ["FixedDesign", "build_fixed", "evaluate_matrix"]
+__all__ = ["FixedDesign", "build_fixed", "evaluate_matrix", "factor_levels", "model_matrix_with_contrasts"]
 
 # R's factor(x) in a formula: formulaic evaluates it in this module's namespace, and the column
 # names it produces (``factor(age)[T.10]``) become R's (``factor(age)10``)
@@ -42,6 +44,9 @@ class FixedDesign:
         Indices of kept columns among the formulaic columns.
     dropped : list of str
         Names of aliased columns that were dropped.
+    contrasts : dict
+        The contrast of each factor variable (``{"lectage": "poly", "service": "treatment"}``): R's
+        default or the ``contrasts=`` argument; the spec replays it on new data.
     """
 
     X: np.ndarray
@@ -49,6 +54,7 @@ class FixedDesign:
     spec: ModelSpec
     kept: np.ndarray
     dropped: list[str]
+    contrasts: dict[str, str] = field(default_factory=dict)
 
     @property
     def p(self) -> int:
@@ -161,15 +167,62 @@ def aliased_columns(X: np.ndarray, tol: float = RANK_TOL) -> list[int]:
     return dropped
 
 
-def build_fixed(formula_rhs: str, data: pd.DataFrame) -> FixedDesign:
-    """Build the fixed-effects matrix for ``formula_rhs`` (formulaic syntax) on ``data``."""
+def factor_levels(spec: ModelSpec) -> dict[str, list]:
+    """The levels of each categorical expression of a formulaic spec (``{"C(d, contr.sum)": [...]}``)."""
+    state = getattr(spec, "encoder_state", {}) or {}
+    return {
+        str(expr): list(st["categories"])
+        for expr, (kind, st) in state.items()
+        if getattr(kind, "value", kind) == "categorical" and "categories" in st
+    }
+
+
+def model_matrix_with_contrasts(
+    rhs: str, data: pd.DataFrame, contrasts: Mapping[str, str] | None = None, what: str = "the fixed effects"
+) -> tuple[np.ndarray, ModelSpec, list[str], dict[str, str]]:
+    """Formulaic model matrix of ``rhs`` with R's contrasts, and R's column names.
+
+    Parameters
+    ----------
+    rhs : str
+        Right-hand side in formulaic syntax.
+    data : pandas.DataFrame
+    contrasts : mapping, optional
+        Column -> contrast (``"treatment"``, ``"sum"``, ``"helmert"``, ``"poly"`` or R's
+        ``"contr.*"`` names). Default: treatment for unordered factors, poly for ordered ones.
+    what : str
+        What ``rhs`` encodes, for messages.
+
+    Returns
+    -------
+    X : numpy.ndarray
+    spec : formulaic ModelSpec
+        Replays the encoding, contrasts included, on new data.
+    names : list of str
+        R's column names (``x.L``, ``dept1``, ``a:b``).
+    resolved : dict
+        The contrast of each factor variable.
+    """
+    resolved = resolve_contrasts([rhs], data, contrasts)
+    coded = apply_contrasts(rhs, resolved)
     try:
-        mm = model_matrix(formula_rhs, data, output="numpy", na_action="ignore")
+        mm = model_matrix(coded, data, output="numpy", na_action="ignore")
     except Exception as exc:
-        raise FormulaError(f"cannot build the fixed effects {formula_rhs!r}: {exc}") from None
-    X = np.asarray(mm, dtype=float)
+        raise FormulaError(f"cannot build {what} {rhs!r}: {exc}") from None
     spec = mm.model_spec
-    names = [r_column_name(c) for c in spec.column_names]
+    levels = factor_levels(spec)
+    names = [r_column_name(c, levels) for c in spec.column_names]
+    return np.asarray(mm, dtype=float), spec, names, resolved
+
+
+def build_fixed(formula_rhs: str, data: pd.DataFrame, contrasts: Mapping[str, str] | None = None) -> FixedDesign:
+    """Build the fixed-effects matrix for ``formula_rhs`` (formulaic syntax) on ``data``.
+
+    ``contrasts`` maps factor columns to ``"treatment"``, ``"sum"``, ``"helmert"`` or ``"poly"``
+    (R's ``contrasts=`` argument); default R's: treatment for unordered factors, poly for ordered
+    Categoricals. See :mod:`memoe.core.design.contrasts`.
+    """
+    X, spec, names, resolved = model_matrix_with_contrasts(formula_rhs, data, contrasts)
     # R codes a logical predictor as a factor with FALSE as reference: column ``xTRUE`` (same 0/1 values)
     logical = {str(c) for c in data.columns if data[c].dtype == bool}
     if logical:
@@ -199,4 +252,6 @@ def build_fixed(formula_rhs: str, data: pd.DataFrame) -> FixedDesign:
             RankDeficiencyWarning,
         )
         X = np.ascontiguousarray(X[:, kept])
-    return FixedDesign(X=X, names=[names[j] for j in kept], spec=spec, kept=kept, dropped=dropped)
+    return FixedDesign(
+        X=X, names=[names[j] for j in kept], spec=spec, kept=kept, dropped=dropped, contrasts=resolved
+    )
