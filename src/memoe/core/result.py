@@ -65,11 +65,12 @@ _STATISTICS = ("t", "z", "chisq")
 def check_level(level: Any) -> float:
     """A confidence level strictly between 0 and 1, or an :class:`~memoe.errors.ArgumentError`."""
     if isinstance(level, bool) or not isinstance(level, (int, float, np.integer, np.floating)):
-        raise ArgumentTypeError(f"level must be a number between 0 and 1, got {type(level).__name__}")
-    level = float(level)
-    if not 0.0 < level < 1.0:
-        raise ArgumentError(f"level must be strictly between 0 and 1 (e.g. 0.95), got {level}")
-    return level
+        raise ArgumentTypeError(
+            f"level must be a number in (0, 1) such as 0.95, got {level!r} ({type(level).__name__})"
+        )
+    if not 0.0 < float(level) < 1.0:
+        raise ArgumentError(f"level must be in (0, 1) such as 0.95, got {level!r}")
+    return float(level)
 
 
 def coef_frame(

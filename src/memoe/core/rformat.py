@@ -14,6 +14,7 @@ __all__ = [
     "format_column",
     "format_pval",
     "format_table",
+    "percent_labels",
     "r_abbreviate",
     "r_format",
     "signif_stars",
@@ -169,3 +170,9 @@ def signif_stars(p) -> list[str]:
 
 
 SIGNIF_LEGEND = "Signif. codes:  0 '***' 0.001 '**' 0.01 '*' 0.05 '.' 0.1 ' ' 1"
+
+
+def percent_labels(level: float) -> tuple[str, str]:
+    """Column names of the limits as R's ``format.perc`` (3 significant digits): ``("2.5 %", "97.5 %")``."""
+    a = (1 - level) / 2
+    return f"{100 * a:.3g} %", f"{100 * (1 - a):.3g} %"

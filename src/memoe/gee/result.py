@@ -19,7 +19,7 @@ import copy
 import math
 import warnings
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -29,10 +29,7 @@ from memoe.errors import ConvergenceWarning, MemoeError
 from memoe.gee.correlation import WorkingCorrelation
 from memoe.gee.families import linkinv as _linkinv
 from memoe.gee.families import mu_eta, quasi_loglik, variance
-
-if TYPE_CHECKING:
-    from memoe.gee.model import GEE
-    from memoe.gee.summary import GEESummary
+from memoe.gee.summary import GEESummary
 
 __all__ = ["GEEResult"]
 
@@ -79,7 +76,7 @@ class GEEResult(FitResult):
 
     def __init__(
         self,
-        model: GEE,
+        model: Any,  # the GEE that was fitted (not imported: memoe.gee.model imports this module)
         beta: np.ndarray,
         phi: float,
         alpha_vec: np.ndarray,
@@ -405,8 +402,6 @@ class GEEResult(FitResult):
 
     def summary(self) -> GEESummary:
         """geepack's ``print(summary(geeglm))`` as a :class:`~memoe.gee.summary.GEESummary`."""
-        from memoe.gee.summary import GEESummary
-
         return GEESummary(self)
 
     def __repr__(self) -> str:

@@ -16,17 +16,12 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from memoe.core.rformat import percent_labels
 from memoe.errors import ArgumentError, ArgumentTypeError
 
-__all__ = ["confint", "percent_labels", "select_parameters"]
+__all__ = ["confint", "select_parameters"]
 
 METHODS = ("wald", "profile", "bootstrap")
-
-
-def percent_labels(level: float) -> tuple[str, str]:
-    """Column names of the limits as R's ``format.perc`` (3 significant digits): ``("2.5 %", "97.5 %")``."""
-    a = (1 - level) / 2
-    return f"{100 * a:.3g} %", f"{100 * (1 - a):.3g} %"
 
 
 def select_parameters(all_names: list[str], parm) -> list[str]:
@@ -106,7 +101,7 @@ def confint(fit, method: str = "wald", level: float = 0.95, parm=None, **kwargs)
                                        2.5 %      97.5 %
     sd_(Intercept)|Subject         14.381...   37.716...
     """
-    from memoe.inference.profile import check_level
+    from memoe.core.result import check_level
 
     level = check_level(level)
     if not isinstance(method, str):

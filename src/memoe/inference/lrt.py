@@ -18,13 +18,12 @@ import numpy as np
 import pandas as pd
 
 from memoe.core.arguments import check_bool
-from memoe.core.warnings import caller_stacklevel
-from memoe.errors import MemoeWarning, ModelComparisonError
+from memoe.errors import MemoeWarning, ModelComparisonError, caller_stacklevel
 from memoe.inference.chibar import ChiBarSquare, boundary_null, random_structure
+from memoe.inference.compare_mixtures import REFIT_MESSAGE, compare_mixtures
 
 __all__ = ["REFIT_MESSAGE", "ComparisonTable", "compare", "nesting"]
 
-REFIT_MESSAGE = "refitting model(s) with ML (instead of REML)"
 COLUMNS = ["npar", "AIC", "BIC", "logLik", "deviance", "Chisq", "Df", "Pr(>Chisq)", "null"]
 
 
@@ -278,8 +277,7 @@ def compare(*fits, boundary: bool = False, refit: bool = True, names: list[str] 
     refit = check_bool(refit, "refit")
     fits_l, names_l = _unpack(fits, names)
     if any(getattr(f, "family", None) in ("memoe", "moe") for f in fits_l):
-        from memoe.inference.compare_mixtures import compare_mixtures  # criteria only: no regular LRT for K
-
+        # criteria only: no regular LRT for K
         return compare_mixtures(fits_l, names_l, boundary=boundary, refit=refit)
     if len(fits_l) < 2:
         raise ModelComparisonError("compare() needs at least two fitted models")

@@ -290,19 +290,19 @@ class LmmResult(FitResult):
         robust : str, optional
             A cluster-robust covariance (one of :attr:`robust_types`) for the standard errors.
         """
-        from memoe.inference import coef_table
+        from memoe.inference.tables import coef_table
 
         return coef_table(self, ddf=ddf, robust=robust)
 
     def test(self, hypothesis, ddf: str = "satterthwaite", robust: str | None = None):
         """F test of ``L beta = 0`` from a string (``"Days = 0"``) or a contrast matrix."""
-        from memoe.inference import test
+        from memoe.inference.hypothesis import test
 
         return test(self, hypothesis, ddf=ddf, robust=robust)
 
     def anova(self, ddf: str = "satterthwaite", type: int = 3) -> pd.DataFrame:
         """F tests of the fixed-effects terms as lmerTest's ``anova``."""
-        from memoe.inference import anova
+        from memoe.inference.anova import anova
 
         return anova(self, ddf=ddf, type=type)
 
@@ -317,7 +317,7 @@ class LmmResult(FitResult):
         """lme4's ``confint.merMod`` rows (``sd_(Intercept)|Subject``, ..., ``sigma``, fixed effects),
         with ``lower``/``upper`` columns; see :func:`memoe.inference.confint.confint` for ``parm`` and the
         bootstrap's arguments (``nsim``, ``seed``, ``n_jobs``, ``progress``)."""
-        from memoe.inference import confint
+        from memoe.inference.confint import confint
 
         ci = confint(self, method=method, level=level, parm=parm, **kwargs)
         out = pd.DataFrame(ci.to_numpy(dtype=float), index=ci.index, columns=["lower", "upper"])

@@ -26,13 +26,13 @@ from memoe.core.arguments import (
 )
 from memoe.core.formula.names import r_column_name
 from memoe.core.frames import to_pandas
-from memoe.core.warnings import caller_stacklevel
 from memoe.errors import (
     ArgumentError,
     ArgumentTypeError,
     ConvergenceWarning,
     EmptyExpertWarning,
     FormulaError,
+    caller_stacklevel,
 )
 from memoe.moe.data import MoEDesign, build_moe_design, check_response
 from memoe.moe.experts import GaussianExpert, MStepControl
@@ -355,9 +355,3 @@ def _check_previous(previous, model: MEMoE) -> None:
             f"previous must be a fit with k - 1 = {model.k - 1} experts on the same {model.n_subjects} subjects; "
             f"it has k = {previous.k} and {previous.n_subjects} subjects"
         )
-
-
-def _degenerate_experts(model: MEMoE, params: MoEParams) -> list[int]:
-    """Experts (1-based) whose residual SD sits at the expert's floor (see GaussianExpert.sigma_floor)."""
-    floor = model.problem.expert.sigma_floor
-    return [int(k) + 1 for k in np.flatnonzero(np.asarray(params.sigma) <= floor * (1.0 + 1e-6))]

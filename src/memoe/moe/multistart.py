@@ -11,8 +11,7 @@ import pandas as pd
 from scipy.optimize import linear_sum_assignment
 
 from memoe.core.arguments import check_bool, check_int, check_seed
-from memoe.core.warnings import caller_stacklevel
-from memoe.errors import ArgumentError, ArgumentTypeError, EmptyExpertWarning
+from memoe.errors import ArgumentError, ArgumentTypeError, EmptyExpertWarning, caller_stacklevel
 from memoe.moe.em import EMControl, EMRun, polish, run_em
 from memoe.moe.experts import MStepControl
 from memoe.moe.init import kmeans_tau, random_tau, split_tau, start_plan, two_stage_features

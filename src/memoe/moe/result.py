@@ -106,9 +106,9 @@ class MEMoEResult(FitResult):
     @property
     def degenerate_experts(self) -> list[int]:
         """Experts (1-based) whose residual SD sits at its floor: they fit a few subjects exactly (normally empty)."""
-        from memoe.moe.model import _degenerate_experts
-
-        return _degenerate_experts(self.model, self.estimates)
+        floor = self.model.problem.expert.sigma_floor
+        sigma = np.asarray(self.estimates.sigma)
+        return [int(k) + 1 for k in np.flatnonzero(sigma <= floor * (1.0 + 1e-6))]
 
     @property
     def n_subjects(self) -> int:

@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import math
 import re
-import sys
 import warnings
 from collections.abc import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
 
-from memoe.errors import DataError, MemoeError, MemoeWarning
+from memoe.errors import DataError, MemoeError, MemoeWarning, caller_stacklevel
 
 __all__ = [
     "NewLevelError",
@@ -59,19 +58,6 @@ class PredictArgumentError(MemoeError, ValueError):
 
 class NonFinitePredictorWarning(MemoeWarning):
     """Rows whose predictors are infinite were predicted as NaN."""
-
-
-def caller_stacklevel() -> int:
-    """``stacklevel`` for :func:`warnings.warn` that points at the first frame outside the memoe package."""
-    frame = sys._getframe(1)
-    level = 1
-    while frame is not None:
-        name = frame.f_globals.get("__name__", "")
-        if not (name == "memoe" or name.startswith("memoe.")):
-            return level
-        frame = frame.f_back
-        level += 1
-    return level
 
 
 # ---------------------------------------------------------------------------------------------- levels
