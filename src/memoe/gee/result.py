@@ -24,6 +24,15 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 
+from memoe.core.design.newdata import (
+    PredictArgumentError,
+    check_allow_new_levels,
+    check_type,
+    nonfinite_rows,
+    parse_re_form,
+    require_dataframe,
+    warn_nonfinite,
+)
 from memoe.core.result import GLANCE_COLUMNS, FitResult, coef_frame
 from memoe.errors import ConvergenceWarning, MemoeError
 from memoe.gee.correlation import WorkingCorrelation
@@ -350,16 +359,6 @@ class GEEResult(FitResult):
         pandas.Series
             Indexed as ``newdata``; NaN where a predictor is missing or infinite (with a warning).
         """
-        from memoe.core.design.newdata import (
-            PredictArgumentError,
-            check_allow_new_levels,
-            check_type,
-            nonfinite_rows,
-            parse_re_form,
-            require_dataframe,
-            warn_nonfinite,
-        )
-
         check_type(type)
         rf = parse_re_form(re_form)
         if rf not in ("full", None):

@@ -12,6 +12,8 @@ from memoe.core.result import FitResult, coef_frame
 from memoe.core.state import GlmmState, frozen_array
 from memoe.glmm.agq import agq_deviance
 from memoe.glmm.laplace import laplace_deviance
+from memoe.glmm.predict import predict_glmm
+from memoe.glmm.summary import GlmmSummary
 from memoe.lmm.result import ran_pars_frame
 
 __all__ = ["GlmmResult", "vcov_from_hessian"]
@@ -345,16 +347,12 @@ class GlmmResult(FitResult):
         Grouping ids are matched by value; a level not seen in the fit raises unless
         ``allow_new_levels=True`` (then its random effects are 0, as lme4).
         """
-        from memoe.glmm.predict import predict_glmm
-
         return predict_glmm(
             self, newdata, re_form=re_form, type=type, allow_new_levels=allow_new_levels, offset=offset
         )
 
     def summary(self):
         """lme4-style ``summary(glmerMod)``; ``print(fit.summary())``, tables in ``.tables``."""
-        from memoe.glmm.summary import GlmmSummary
-
         return GlmmSummary(self)
 
     def __repr__(self) -> str:

@@ -25,6 +25,7 @@ import pandas as pd
 from memoe.core.arguments import check_int, check_optional_bool, check_seed
 from memoe.core.covariance import ThetaMap
 from memoe.core.optim import minimize_bounded
+from memoe.core.rformat import percent_labels
 from memoe.errors import ArgumentTypeError, MemoeError, MemoeWarning, caller_stacklevel
 from memoe.inference.varpar import VarParSpace
 from memoe.lmm.objective import PLSProblem
@@ -103,8 +104,6 @@ class BootstrapResult:
 
     def confint(self, level: float = 0.95) -> pd.DataFrame:
         """Percentile intervals (quantiles with linear interpolation, R's type 7), failed replicates dropped."""
-        from memoe.core.rformat import percent_labels
-
         a = (1 - level) / 2
         lo, hi = percent_labels(level)
         reps = self.replicates.to_numpy()

@@ -19,6 +19,7 @@ from typing import ClassVar
 import numpy as np
 import pandas as pd
 
+from memoe.core.rformat import format_column, format_table
 from memoe.errors import MemoeWarning, ModelComparisonError, caller_stacklevel
 
 __all__ = ["NON_REGULAR_NOTE", "REFIT_MESSAGE", "MixtureComparison", "compare_mixtures", "is_mixture"]
@@ -62,8 +63,6 @@ class MixtureComparison(pd.DataFrame):
         return pd.DataFrame
 
     def __str__(self) -> str:
-        from memoe.core.rformat import format_column, format_table
-
         show = pd.DataFrame(index=self.index)
         show["k"] = [str(int(v)) for v in self["k"]]
         show["npar"] = [str(int(v)) for v in self["npar"]]

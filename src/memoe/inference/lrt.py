@@ -18,9 +18,11 @@ import numpy as np
 import pandas as pd
 
 from memoe.core.arguments import check_bool
+from memoe.core.rformat import format_column, format_table
 from memoe.errors import MemoeWarning, ModelComparisonError, caller_stacklevel
 from memoe.inference.chibar import ChiBarSquare, boundary_null, random_structure
 from memoe.inference.compare_mixtures import REFIT_MESSAGE, compare_mixtures
+from memoe.marginal.correlation import AR1, CompSymm, Symm
 
 __all__ = ["REFIT_MESSAGE", "ComparisonTable", "compare", "nesting"]
 
@@ -45,8 +47,6 @@ class ComparisonTable(pd.DataFrame):
         return pd.DataFrame
 
     def __str__(self) -> str:
-        from memoe.core.rformat import format_table
-
         show = pd.DataFrame(index=self.index)
         show["npar"] = [str(int(v)) for v in self["npar"]]
         for c in ("AIC", "BIC", "logLik", "deviance", "Chisq"):
@@ -70,8 +70,6 @@ class ComparisonTable(pd.DataFrame):
 
 def _fmt_column(values: np.ndarray) -> list[str]:
     """Common decimals per column, 5 significant digits for the largest entry (R's ``format``)."""
-    from memoe.core.rformat import format_column
-
     return [s if np.isfinite(v) else "" for s, v in zip(format_column(values, 5), values, strict=True)]
 
 
@@ -157,8 +155,6 @@ def _random_nested(small, big) -> tuple[bool, str]:
 
 def _residual_nested(small, big) -> tuple[bool, str]:
     """Residual correlation / variance structures (gls / lme fits): None, equal, or AR1/CompSymm inside Symm."""
-    from memoe.marginal.correlation import AR1, CompSymm, Symm
-
     c0 = getattr(small.model, "correlation", None)
     c1 = getattr(big.model, "correlation", None)
     if c0 is not None and c0 != c1:

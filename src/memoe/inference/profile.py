@@ -22,10 +22,12 @@ import math
 import warnings
 
 import numpy as np
+import pandas as pd
 from scipy import optimize, stats
 
-from memoe.core.arguments import check_optional_bool
+from memoe.core.arguments import check_level, check_optional_bool
 from memoe.core.optim import minimize_bounded
+from memoe.core.rformat import percent_labels
 from memoe.errors import ArgumentError, ConvergenceError, MemoeWarning, caller_stacklevel
 from memoe.inference.varpar import COR, SIGMA, VarParSpace
 from memoe.lmm.deviance import LOG_2PI, profiled_deviance
@@ -239,11 +241,8 @@ def profile_confint(fit, level: float = 0.95, parm: list[str] | None = None, pro
     pandas.DataFrame
         Rows named by parameter, columns ``"2.5 %"`` and ``"97.5 %"`` (for ``level=0.95``).
     """
-    import pandas as pd
     from tqdm.auto import tqdm
 
-    from memoe.core.result import check_level
-    from memoe.core.rformat import percent_labels
 
     level = check_level(level)
     progress = check_optional_bool(progress, "progress")

@@ -33,6 +33,7 @@ from memoe.errors import (
     FormulaError,
     caller_stacklevel,
 )
+from memoe.lmm.model import lmm
 from memoe.marginal.correlation import CorStruct, check_correlation_identifiable
 from memoe.marginal.layout import GroupLayout, make_layout
 from memoe.marginal.problem import MarginalProblem
@@ -158,7 +159,6 @@ class _MarginalModel:
         if not d.blocks:
             beta, *_ = np.linalg.lstsq(d.X, d.y, rcond=None)
             return np.zeros(0), d.y - d.X @ beta
-        from memoe.lmm.model import lmm
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

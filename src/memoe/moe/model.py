@@ -39,6 +39,7 @@ from memoe.moe.experts import GaussianExpert, MStepControl
 from memoe.moe.multistart import ORDER_RULES, MultiStartControl, canonical_order, fit_multistart
 from memoe.moe.params import MoEParams
 from memoe.moe.problem import MoEProblem
+from memoe.moe.result import MEMoEResult
 from memoe.moe.structure import COV_OPTIONS, SIGMA_OPTIONS, Structure
 
 __all__ = ["DegenerateExpertWarning", "MEMoE", "MoE"]
@@ -218,8 +219,6 @@ class MEMoE:
         ArgumentError, ArgumentTypeError
             An argument of the wrong type or out of range; the message names it.
         """
-        from memoe.moe.result import MEMoEResult
-
         n_starts = check_int(n_starts, "n_starts", minimum=1)
         seed = check_seed(seed)
         progress = check_optional_bool(progress, "progress")
@@ -346,8 +345,6 @@ def _check_start(start, model: MEMoE) -> None:
 
 
 def _check_previous(previous, model: MEMoE) -> None:
-    from memoe.moe.result import MEMoEResult
-
     if not isinstance(previous, MEMoEResult):
         raise ArgumentTypeError(f"previous must be a MEMoE fit (MEMoEResult) or None, got {type(previous).__name__}")
     if previous.k != model.k - 1 or previous.n_subjects != model.n_subjects:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from formulaic import Formula
+from formulaic import Formula, model_matrix
 
 from memoe.core.formula.parse import FormulaSpec
 from memoe.errors import DataError, DataTypeError, FormulaError, UnknownColumnError
@@ -264,7 +264,6 @@ def numeric_response(frame: pd.DataFrame, response: str) -> np.ndarray:
                 f"(first value {col.iloc[0]!r})"
             )
         return col.to_numpy(dtype=float)
-    from formulaic import model_matrix
 
     try:
         mm = model_matrix(f"{response} ~ 1", frame, na_action="ignore")

@@ -21,7 +21,10 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
+from formulaic import model_matrix
 
+from memoe.core.formula.names import r_column_name
+from memoe.core.formula.parse import parse_formula
 from memoe.errors import DataError, MemoeError, MemoeWarning, caller_stacklevel
 
 __all__ = [
@@ -444,10 +447,7 @@ def re_columns(re_form: str | None, design) -> list[np.ndarray]:
     masks = [np.zeros(b.q, dtype=bool) for b in blocks]
     if re_form is None:
         return masks
-    from formulaic import model_matrix
 
-    from memoe.core.formula.names import r_column_name
-    from memoe.core.formula.parse import parse_formula
 
     text = re_form if "~" in re_form else "~ " + re_form
     try:
