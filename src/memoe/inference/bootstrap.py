@@ -148,6 +148,7 @@ def bootstrap(
     ArgumentError, ArgumentTypeError
         An argument of the wrong type or out of range, or ``fit`` not a linear mixed model fit.
     """
+    # deferred: tqdm.auto probes for Jupyter widgets when imported; pay that only when a bar is shown
     from tqdm.auto import tqdm
 
     nsim = check_int(nsim, "nsim", minimum=1)

@@ -19,7 +19,7 @@ from typing import ClassVar
 import numpy as np
 import pandas as pd
 
-from memoe.core.rformat import format_column, format_table
+from memoe.core.rformat import format_column, table_with_notes
 from memoe.errors import MemoeWarning, ModelComparisonError, caller_stacklevel
 
 __all__ = ["NON_REGULAR_NOTE", "REFIT_MESSAGE", "MixtureComparison", "compare_mixtures", "is_mixture"]
@@ -69,13 +69,7 @@ class MixtureComparison(pd.DataFrame):
         for c in ("logLik", "AIC", "BIC", "ICL"):
             show[c] = format_column(self[c].to_numpy(dtype=float), 5)
         show["entropy"] = [f"{v:.4f}" for v in self["entropy"]]
-        lines = list(getattr(self, "header", None) or [])
-        lines.append(format_table(show))
-        notes = getattr(self, "notes", None) or []
-        if notes:
-            lines.append("")
-            lines.extend(f"Note: {n}" for n in notes)
-        return "\n".join(lines)
+        return table_with_notes(show, getattr(self, "header", None), getattr(self, "notes", None))
 
     def __repr__(self) -> str:
         return self.__str__()

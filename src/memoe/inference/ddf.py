@@ -28,6 +28,7 @@ from memoe.errors import HypothesisError
 from memoe.inference.containment import containment_df
 from memoe.inference.kenward_roger import kenward_roger, kr_df_1d, kr_ftest
 from memoe.inference.marginal import marginal_moments
+from memoe.inference.sandwich import vcov_cr
 from memoe.inference.satterthwaite import satterthwaite_f, satterthwaite_t, varpar_inference
 from memoe.inference.terms import fixed_terms
 
@@ -115,10 +116,6 @@ def vcov_matrix(fit, robust: str | None) -> np.ndarray:
     """Model-based or cluster-robust covariance of beta, shape (p, p), in ``fit.fixef`` order."""
     if robust is None:
         return np.asarray(fit.vcov().to_numpy(), dtype=float)
-    try:
-        from memoe.inference.sandwich import vcov_cr
-    except ImportError:  # pragma: no cover - the sandwich module ships with memoe
-        raise HypothesisError("cluster-robust covariances need memoe.inference.sandwich (vcov_cr)") from None
     V = vcov_cr(fit, robust)
     names = list(fit.fixef.index)
     return np.asarray(V.loc[names, names].to_numpy(), dtype=float)

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from memoe.core.arguments import check_bool
-from memoe.core.rformat import format_column, format_table
+from memoe.core.rformat import format_column, table_with_notes
 from memoe.errors import MemoeWarning, ModelComparisonError, caller_stacklevel
 from memoe.inference.chibar import ChiBarSquare, boundary_null, random_structure
 from memoe.inference.compare_mixtures import REFIT_MESSAGE, compare_mixtures
@@ -56,13 +56,7 @@ class ComparisonTable(pd.DataFrame):
         for c in p_cols:
             show[c] = [_fmt_p(v) for v in self[c]]
         show["null"] = [str(v) if v else "" for v in self["null"]]
-        lines = list(getattr(self, "header", None) or [])
-        lines.append(format_table(show))
-        notes = getattr(self, "notes", None) or []
-        if notes:
-            lines.append("")
-            lines.extend(f"Note: {n}" for n in notes)
-        return "\n".join(lines)
+        return table_with_notes(show, getattr(self, "header", None), getattr(self, "notes", None))
 
     def __repr__(self) -> str:
         return self.__str__()

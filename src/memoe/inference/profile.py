@@ -241,6 +241,7 @@ def profile_confint(fit, level: float = 0.95, parm: list[str] | None = None, pro
     pandas.DataFrame
         Rows named by parameter, columns ``"2.5 %"`` and ``"97.5 %"`` (for ``level=0.95``).
     """
+    # deferred: tqdm.auto probes for Jupyter widgets when imported; pay that only when a bar is shown
     from tqdm.auto import tqdm
 
 

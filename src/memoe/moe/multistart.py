@@ -287,6 +287,7 @@ def _bar(total: int, show: bool | None, desc: str):
     """A tqdm bar; ``show=None`` lets tqdm decide (shown when stderr is a terminal, so tests and CI print nothing)."""
     if show is False:
         return _NoBar()
+    # deferred: tqdm.auto probes for Jupyter widgets when imported; pay that only when a bar is shown
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, leave=False, disable=None if show is None else False)

@@ -61,7 +61,7 @@ def plot_trajectories(fit, time: str | None = None, max_subjects: int | None = 3
     The class curves are ``X(t) beta_k`` on a grid of ``time`` with the other covariates held at their
     means (categorical ones at their most frequent level).
     """
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # deferred: pyplot takes ~0.5 s to import and picks a GUI backend
 
     md = fit.model.mdesign
     time = time or _time_variable(fit)
@@ -102,7 +102,7 @@ def plot_posterior(fit, bins: int = 20, ax=None):
     -------
     matplotlib Axes
     """
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # deferred: pyplot takes ~0.5 s to import and picks a GUI backend
 
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 4))
