@@ -15,7 +15,7 @@ from memoe.core.rformat import (
     signif_stars,
     varcorr_lines,
 )
-from memoe.core.summary import Summary
+from memoe.core.summary import Summary, observation_lines
 
 __all__ = ["GlmmSummary"]
 
@@ -114,10 +114,7 @@ class GlmmSummary(Summary):
         out.append("")
         out.append("Random effects:")
         out.extend(self._random_effects_block())
-        groups = ", ".join(f"{k}, {v}" for k, v in f.ngroups.items())
-        out.append(f"Number of obs: {f.nobs}, groups:  {groups}")
-        if f.n_dropped:
-            out.append(f"({f.n_dropped} observation{'s' if f.n_dropped != 1 else ''} deleted due to missingness)")
+        out.extend(observation_lines(f))
         out.append("")
         if len(f.fixef):
             out.extend(self._fixed_block())

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 
 from memoe.core.rformat import decimals_for, fixef_correlation_block, format_column, format_table, varcorr_lines
-from memoe.core.summary import Summary
+from memoe.core.summary import Summary, observation_lines
 
 __all__ = ["LmmSummary"]
 
@@ -86,10 +86,7 @@ class LmmSummary(Summary):
         out.append("")
         out.append("Random effects:")
         out.extend(self._random_effects_block())
-        groups = ", ".join(f"{k}, {v}" for k, v in f.ngroups.items())
-        out.append(f"Number of obs: {f.nobs}, groups:  {groups}")
-        if f.n_dropped:
-            out.append(f"({f.n_dropped} observation{'s' if f.n_dropped != 1 else ''} deleted due to missingness)")
+        out.extend(observation_lines(f))
         out.append("")
         if len(f.fixef):
             out.append("Fixed effects:")
