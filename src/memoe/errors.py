@@ -7,6 +7,12 @@ row count or level at fault.
 
 from __future__ import annotations
 
+import sys
+import warnings
+
+#: the top-level package name: frames whose module is this package or below it are memoe's own
+_PACKAGE = __name__.split(".", 1)[0]
+
 
 class MemoeError(Exception):
     """Base class of every memoe error."""
@@ -107,28 +113,29 @@ class SeparationWarning(MemoeWarning):
 def caller_stacklevel() -> int:
     """The ``stacklevel`` that makes a warning point at the first frame outside the memoe package.
 
-    Counted from the caller of this function, so ``warnings.warn(msg, cat, stacklevel=caller_stacklevel())``
-    written anywhere inside memoe reports the user's line, however deep the call.
-    """
-    import os
-    import sys
+    Counted from the caller of this function (level 1 is the function that calls :func:`warnings.warn`),
+    so ``warnings.warn(msg, cat, stacklevel=caller_stacklevel())`` written anywhere inside memoe reports the
+    user's line, however deep the call (``fit()``, ``memoe.compare(...)``, a bootstrap refit, EM iterations).
 
-    package_dir = os.path.dirname(os.path.abspath(__file__))
+    Returns
+    -------
+    int
+        At least 1: the number of frames from the warning function to the first non-memoe frame.
+    """
+    # frames are recognised by module name, not file path, so symlinked or zipped installs behave the same
     frame = sys._getframe(1)  # the function that wants to warn: stacklevel 1
     level = 1
     while frame is not None:
-        filename = os.path.abspath(frame.f_code.co_filename)
-        if not filename.startswith(package_dir + os.sep):
+        module = frame.f_globals.get("__name__", "")
+        if module != _PACKAGE and not module.startswith(_PACKAGE + "."):
             return level
         frame = frame.f_back
         level += 1
-    return level
+    return max(level - 1, 1)
 
 
 def warn(message: str, category: type[Warning] = MemoeWarning, *, stacklevel: int | None = None) -> None:
     """``warnings.warn`` pointing at the user's line (the first frame outside memoe) unless ``stacklevel`` is given."""
-    import warnings
-
     if stacklevel is None:
         # counted from this function, which is the one calling warnings.warn
         stacklevel = caller_stacklevel()

@@ -18,11 +18,11 @@ from scipy import stats
 
 import memoe
 from memoe.core.optim import ConvergenceReport
-from memoe.core.optim.finish import SINGULAR_MESSAGE, caller_stacklevel, finish_fit, is_boundary
+from memoe.core.optim.finish import SINGULAR_MESSAGE, finish_fit, is_boundary
 from memoe.core.result import COEF_COLUMNS, GLANCE_COLUMNS, TIDY_COLUMNS, FitResult
 from memoe.core.state import LmmState
 from memoe.core.summary import Summary
-from memoe.errors import ArgumentError, ConvergenceWarning, MemoeError, SingularFitWarning
+from memoe.errors import ArgumentError, ConvergenceWarning, MemoeError, SingularFitWarning, caller_stacklevel
 
 FORMULA = "Reaction ~ Days + (Days | Subject)"
 

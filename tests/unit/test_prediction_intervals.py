@@ -217,7 +217,7 @@ def test_bad_interval_and_level_are_refused():
     fit = fitted_case("sleepstudy_corr_slope_reml")
     with pytest.raises(PredictArgumentError, match="'confidence' or 'prediction'"):
         fit.predict(interval="credible")
-    with pytest.raises(ArgumentError, match="strictly between 0 and 1"):
+    with pytest.raises(ArgumentError, match=r"level must be in \(0, 1\)"):
         fit.predict(interval="confidence", level=95)
     with pytest.raises(PredictArgumentError, match="type"):
         fit.predict(interval="confidence", type="mean")

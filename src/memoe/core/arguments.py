@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 
@@ -20,6 +21,7 @@ __all__ = [
     "check_choice",
     "check_int",
     "check_int_list",
+    "check_level",
     "check_optional_bool",
     "check_positive_float",
     "check_seed",
@@ -137,3 +139,14 @@ def check_int_list(values, name: str, minimum: int = 1) -> list[int]:
     if dup:
         raise ArgumentError(f"{name} has repeated value(s) {dup}; give each number once")
     return sorted(out)
+
+
+def check_level(level: Any) -> float:
+    """A confidence level strictly between 0 and 1, or an :class:`~memoe.errors.ArgumentError`."""
+    if isinstance(level, bool) or not isinstance(level, (int, float, np.integer, np.floating)):
+        raise ArgumentTypeError(
+            f"level must be a number in (0, 1) such as 0.95, got {level!r} ({type(level).__name__})"
+        )
+    if not 0.0 < float(level) < 1.0:
+        raise ArgumentError(f"level must be in (0, 1) such as 0.95, got {level!r}")
+    return float(level)

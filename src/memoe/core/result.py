@@ -34,7 +34,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from memoe.errors import ArgumentError, ArgumentTypeError, MemoeError
+from memoe.core.arguments import check_level
+from memoe.core.frames import to_pandas
+from memoe.errors import ArgumentError, MemoeError
 
 __all__ = [
     "COEF_COLUMNS",
@@ -60,16 +62,6 @@ GLANCE_COLUMNS = [
     "singular",
 ]
 _STATISTICS = ("t", "z", "chisq")
-
-
-def check_level(level: Any) -> float:
-    """A confidence level strictly between 0 and 1, or an :class:`~memoe.errors.ArgumentError`."""
-    if isinstance(level, bool) or not isinstance(level, (int, float, np.integer, np.floating)):
-        raise ArgumentTypeError(f"level must be a number between 0 and 1, got {type(level).__name__}")
-    level = float(level)
-    if not 0.0 < level < 1.0:
-        raise ArgumentError(f"level must be strictly between 0 and 1 (e.g. 0.95), got {level}")
-    return level
 
 
 def coef_frame(
@@ -307,6 +299,7 @@ class FitResult(ABC):
     def information_criteria(self) -> pd.Series:
         """AIC, AICc, BIC, HQIC and CAIC with the sample-size convention stated (see
         :mod:`memoe.inference.criteria`)."""
+        # deferred: importing memoe.inference runs its package __init__, whose modules build on this one
         from memoe.inference.criteria import information_criteria
 
         return information_criteria(self)
@@ -462,8 +455,6 @@ class FitResult(ABC):
         response is present). Rows dropped for missing values get NaN. The data are copied, never
         changed in place.
         """
-        from memoe.core.frames import to_pandas
-
         if newdata is None:
             out = self._augment_data().copy()
             out[".fitted"] = self.fitted.to_numpy()
@@ -501,6 +492,7 @@ class FitResult(ABC):
 
         ``memoe.load(path)`` gives it back with the same numbers; see :mod:`memoe.persist`.
         """
+        # deferred: memoe.core.persist registers every family's codec, and those import their result classes
         from memoe.core.persist import save
 
         save(self, path)

@@ -14,9 +14,12 @@ __all__ = [
     "format_column",
     "format_pval",
     "format_table",
+    "percent_labels",
     "r_abbreviate",
     "r_format",
     "signif_stars",
+    "table_with_notes",
+    "varcorr_lines",
 ]
 
 _DBL_EPS = float(np.finfo(float).eps)
@@ -169,3 +172,49 @@ def signif_stars(p) -> list[str]:
 
 
 SIGNIF_LEGEND = "Signif. codes:  0 '***' 0.001 '**' 0.01 '*' 0.05 '.' 0.1 ' ' 1"
+
+
+def percent_labels(level: float) -> tuple[str, str]:
+    """Column names of the limits as R's ``format.perc`` (3 significant digits): ``("2.5 %", "97.5 %")``."""
+    a = (1 - level) / 2
+    return f"{100 * a:.3g} %", f"{100 * (1 - a):.3g} %"
+
+
+def varcorr_lines(rows: list[list[str]], max_q: int) -> list[str]:
+    """lme4's printed ``VarCorr`` block from formatted cells, one row per random-effect column.
+
+    Parameters
+    ----------
+    rows : list of list of str
+        ``[group (or ""), name, variance, std. dev., correlations...]``; shorter rows are padded.
+    max_q : int
+        Largest number of columns of one term: ``max_q - 1`` correlation columns are headed ``Corr``.
+
+    Returns
+    -------
+    list of str
+        Header then rows, ``Groups`` and ``Name`` left-aligned, the numbers right-aligned, as lme4.
+    """
+    header = ["Groups", "Name", "Variance", "Std.Dev."] + (["Corr"] + [""] * (max_q - 2) if max_q > 1 else [])
+    width = len(header)
+    rows = [r + [""] * (width - len(r)) for r in rows]
+    colw = [max(len(header[j]), *(len(r[j]) for r in rows)) for j in range(width)]
+    lines = [(" " + " ".join(h.ljust(colw[j]) for j, h in enumerate(header))).rstrip()]
+    for r in rows:
+        cells = [r[0].ljust(colw[0]), r[1].ljust(colw[1])] + [r[j].rjust(colw[j]) for j in range(2, width)]
+        lines.append((" " + " ".join(cells)).rstrip())
+    return lines
+
+
+def table_with_notes(show: pd.DataFrame, header: list[str] | None = None, notes: list[str] | None = None) -> str:
+    """A formatted table (:func:`format_table`) with header lines above and ``Note:`` lines below.
+
+    The printed form of the comparison tables (``memoe.compare``): the models compared above, why a
+    p-value is or is not given below.
+    """
+    lines = list(header or [])
+    lines.append(format_table(show))
+    if notes:
+        lines.append("")
+        lines.extend(f"Note: {n}" for n in notes)
+    return "\n".join(lines)

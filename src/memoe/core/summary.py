@@ -11,7 +11,19 @@ from abc import ABC, abstractmethod
 
 import pandas as pd
 
-__all__ = ["Summary"]
+__all__ = ["Summary", "observation_lines"]
+
+
+def observation_lines(fit) -> list[str]:
+    """lme4's ``Number of obs: n, groups:  g, m`` line, and the count of rows dropped for missing values.
+
+    ``fit`` is a mixed-model result with ``nobs``, ``ngroups`` (a Series per grouping factor) and ``n_dropped``.
+    """
+    groups = ", ".join(f"{k}, {v}" for k, v in fit.ngroups.items())
+    lines = [f"Number of obs: {fit.nobs}, groups:  {groups}"]
+    if fit.n_dropped:
+        lines.append(f"({fit.n_dropped} observation{'s' if fit.n_dropped != 1 else ''} deleted due to missingness)")
+    return lines
 
 
 class Summary(ABC):

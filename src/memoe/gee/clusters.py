@@ -16,8 +16,7 @@ import numpy as np
 import pandas as pd
 
 from memoe.core.design.grouping import make_grouping_factor
-from memoe.errors import DataError, MemoeWarning
-from memoe.gee.validation import caller_stacklevel
+from memoe.errors import DataError, MemoeWarning, caller_stacklevel
 
 __all__ = ["Batch", "ClusterLayout", "GEEOrderWarning", "cluster_layout", "make_batches", "unstructured_index"]
 

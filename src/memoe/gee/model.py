@@ -76,13 +76,12 @@ from memoe.core.design.fixed import build_fixed
 from memoe.core.design.frame import build_frame, numeric_response
 from memoe.core.formula.parse import parse_formula
 from memoe.core.frames import to_pandas
-from memoe.errors import ArgumentTypeError, ConvergenceError, ConvergenceWarning, FormulaError
+from memoe.errors import ArgumentTypeError, ConvergenceError, ConvergenceWarning, FormulaError, caller_stacklevel
 from memoe.gee.clusters import GEEOrderWarning, cluster_layout, make_batches
 from memoe.gee.correlation import WorkingCorrelation
 from memoe.gee.families import LINKS, linkinv, pearson_pieces, variance
 from memoe.gee.result import GEEResult
 from memoe.gee.validation import (
-    caller_stacklevel,
     check_columns,
     check_family_corstr,
     check_fit_arguments,

@@ -19,20 +19,26 @@ import copy
 import math
 import warnings
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
 
+from memoe.core.design.newdata import (
+    PredictArgumentError,
+    check_allow_new_levels,
+    check_type,
+    nonfinite_rows,
+    parse_re_form,
+    require_dataframe,
+    warn_nonfinite,
+)
 from memoe.core.result import GLANCE_COLUMNS, FitResult, coef_frame
 from memoe.errors import ConvergenceWarning, MemoeError
 from memoe.gee.correlation import WorkingCorrelation
 from memoe.gee.families import linkinv as _linkinv
 from memoe.gee.families import mu_eta, quasi_loglik, variance
-
-if TYPE_CHECKING:
-    from memoe.gee.model import GEE
-    from memoe.gee.summary import GEESummary
+from memoe.gee.summary import GEESummary
 
 __all__ = ["GEEResult"]
 
@@ -79,7 +85,7 @@ class GEEResult(FitResult):
 
     def __init__(
         self,
-        model: GEE,
+        model: Any,  # the GEE that was fitted (not imported: memoe.gee.model imports this module)
         beta: np.ndarray,
         phi: float,
         alpha_vec: np.ndarray,
@@ -353,16 +359,6 @@ class GEEResult(FitResult):
         pandas.Series
             Indexed as ``newdata``; NaN where a predictor is missing or infinite (with a warning).
         """
-        from memoe.core.design.newdata import (
-            PredictArgumentError,
-            check_allow_new_levels,
-            check_type,
-            nonfinite_rows,
-            parse_re_form,
-            require_dataframe,
-            warn_nonfinite,
-        )
-
         check_type(type)
         rf = parse_re_form(re_form)
         if rf not in ("full", None):
@@ -405,8 +401,6 @@ class GEEResult(FitResult):
 
     def summary(self) -> GEESummary:
         """geepack's ``print(summary(geeglm))`` as a :class:`~memoe.gee.summary.GEESummary`."""
-        from memoe.gee.summary import GEESummary
-
         return GEESummary(self)
 
     def __repr__(self) -> str:

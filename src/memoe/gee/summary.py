@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import math
 from functools import cached_property
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from memoe.core.design.contrasts import contrasts_footer
+from memoe.core.result import FitResult
 from memoe.core.rformat import SIGNIF_LEGEND, format_pval, format_table, r_format, signif_stars
 from memoe.core.summary import Summary
-
-if TYPE_CHECKING:
-    from memoe.gee.result import GEEResult
 
 __all__ = ["GEESummary"]
 
@@ -29,7 +26,7 @@ class GEESummary(Summary):
     ``correlation`` (empty for independence) and ``clusters``.
     """
 
-    def __init__(self, fit: GEEResult) -> None:
+    def __init__(self, fit: FitResult) -> None:  # a GEEResult (which imports this module)
         self.fit = fit
 
     @cached_property

@@ -9,7 +9,6 @@ Every refusal is a :class:`~memoe.errors.MemoeError` naming the argument or colu
 from __future__ import annotations
 
 import math
-import sys
 from typing import Any
 
 import numpy as np
@@ -20,27 +19,11 @@ from memoe.gee.correlation import CORSTRS
 from memoe.gee.families import FAMILIES
 
 __all__ = [
-    "caller_stacklevel",
     "check_choice",
     "check_columns",
     "check_fit_arguments",
     "check_response",
 ]
-
-
-def caller_stacklevel() -> int:
-    """The ``stacklevel`` for :func:`warnings.warn` that points at the first frame outside memoe.
-
-    Counted from the function that calls :func:`warnings.warn` (the caller of this helper), so a
-    warning raised deep inside the package still shows the user's line, whichever entry point
-    (``gee()``, ``GEE()``, ``fit()``, ``memoe.load``) was used.
-    """
-    frame = sys._getframe(1)
-    level = 1
-    while frame is not None and frame.f_globals.get("__name__", "").split(".")[0] == "memoe":
-        frame = frame.f_back
-        level += 1
-    return level
 
 
 def check_choice(value: Any, argument: str, choices: tuple[str, ...]) -> str:

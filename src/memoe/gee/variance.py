@@ -8,15 +8,12 @@ jackknife variances (``std.err = "jack"``, ``"j1s"``, ``"fij"``) are not impleme
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any
 
 import numpy as np
 
 from memoe.errors import ConvergenceError
 from memoe.gee.families import linkinv, pearson_pieces, variance_mu
-
-if TYPE_CHECKING:
-    from memoe.gee.model import GEE
 
 __all__ = ["gee_variance", "solve_or_raise"]
 
@@ -36,8 +33,11 @@ def _inv(H: np.ndarray, what: str) -> np.ndarray:
         raise ConvergenceError(f"singular information matrix for {what}") from None
 
 
-def gee_variance(model: GEE, beta: np.ndarray, phi: float, alpha: np.ndarray) -> dict[str, np.ndarray]:
+def gee_variance(model: Any, beta: np.ndarray, phi: float, alpha: np.ndarray) -> dict[str, np.ndarray]:
     """geepack's ``gee_var``: the joint sandwich over (beta, phi, alpha), blocks as ``HiandGi``.
+
+    ``model`` is the :class:`~memoe.gee.model.GEE` being fitted (typed ``Any``: the model module imports
+    this one, so importing it back, even for the annotation, would make a cycle).
 
     Returns
     -------

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from scipy.optimize import linprog
 
 from memoe.core.design import Design
 from memoe.core.design.fixed import build_fixed
@@ -279,8 +280,6 @@ def separating_direction(X: np.ndarray, y: np.ndarray, wt: np.ndarray) -> np.nda
     numpy.ndarray of shape (p,) or None
         The direction on the original columns (zero entries: coefficients not involved).
     """
-    from scipy.optimize import linprog
-
     used = wt > 0
     X, y = X[used], y[used]
     n, p = X.shape

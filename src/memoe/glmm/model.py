@@ -33,6 +33,7 @@ from memoe.glmm.design import GlmmDesign, build_glmm_design, separating_directio
 from memoe.glmm.families import Family, get_family
 from memoe.glmm.laplace import joint_objective, laplace_deviance, theta_objective
 from memoe.glmm.pirls import PirlsProblem, PirlsState
+from memoe.glmm.result import GlmmResult
 
 __all__ = ["GLMM", "GlmmControl", "glmm"]
 
@@ -207,8 +208,6 @@ class GLMM:
             return self._fit(int(nAGQ), start, control, warn)
 
     def _fit(self, nAGQ: int, start, control: GlmmControl, warn: bool):
-        from memoe.glmm.result import GlmmResult
-
         tmap = self.design.theta_map
         k, p = tmap.size, self.design.p
         stage1, state1 = self._stage1(control, start)
@@ -257,8 +256,6 @@ class GLMM:
         PIRLS starts from zero modes; with ``hessian`` the finite-difference Hessian (and so the
         Hessian-based ``vcov`` and the convergence checks) is computed there.
         """
-        from memoe.glmm.result import GlmmResult
-
         check_agq(self.problem, nAGQ)
         control = control or GlmmControl()
         tmap = self.design.theta_map

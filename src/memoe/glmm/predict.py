@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from memoe.core.design.frame import numeric_response
+from memoe.core.design.frame import formula_variables, numeric_response
 from memoe.core.design.newdata import (
     check_allow_new_levels,
     check_type,
@@ -17,6 +17,7 @@ from memoe.core.design.newdata import (
     warn_nonfinite,
 )
 from memoe.errors import DataError
+from memoe.glmm.design import _as_expr
 from memoe.lmm.predict import random_part
 
 __all__ = ["predict_glmm", "predict_interval_glmm"]
@@ -24,8 +25,6 @@ __all__ = ["predict_glmm", "predict_interval_glmm"]
 
 def _offset_for(fit, newdata: pd.DataFrame, offset) -> np.ndarray:
     """The formula's ``offset(...)`` terms evaluated on ``newdata`` plus an explicit ``offset``."""
-    from memoe.core.design.frame import formula_variables
-    from memoe.glmm.design import _as_expr
 
     out = np.zeros(len(newdata))
     for expr in fit.model.gdesign.offset_terms:

@@ -12,6 +12,8 @@ from memoe.core.result import FitResult, coef_frame
 from memoe.core.state import GlmmState, frozen_array
 from memoe.glmm.agq import agq_deviance
 from memoe.glmm.laplace import laplace_deviance
+from memoe.glmm.predict import predict_glmm
+from memoe.glmm.summary import GlmmSummary
 from memoe.lmm.result import ran_pars_frame
 
 __all__ = ["GlmmResult", "vcov_from_hessian"]
@@ -391,7 +393,7 @@ class GlmmResult(FitResult):
         the mean of a new group (it adds ``z' G z`` of the random effects left out), not for a new
         observation.
         """
-        from memoe.glmm.predict import predict_glmm, predict_interval_glmm
+        from memoe.glmm.predict import predict_interval_glmm
         from memoe.inference.prediction import check_interval
 
         interval, level = check_interval(interval, level)
@@ -417,8 +419,6 @@ class GlmmResult(FitResult):
 
     def summary(self):
         """lme4-style ``summary(glmerMod)``; ``print(fit.summary())``, tables in ``.tables``."""
-        from memoe.glmm.summary import GlmmSummary
-
         return GlmmSummary(self)
 
     def __repr__(self) -> str:

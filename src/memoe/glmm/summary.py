@@ -14,8 +14,9 @@ from memoe.core.rformat import (
     format_pval,
     format_table,
     signif_stars,
+    varcorr_lines,
 )
-from memoe.core.summary import Summary
+from memoe.core.summary import Summary, observation_lines
 
 __all__ = ["GlmmSummary"]
 
@@ -81,15 +82,7 @@ class GlmmSummary(Summary):
                 ]
                 rows.append([t.group if i == 0 else "", name, var_txt[k], sd_txt[k], *corr])
                 k += 1
-        header = ["Groups", "Name", "Variance", "Std.Dev."] + (["Corr"] + [""] * (max_q - 2) if max_q > 1 else [])
-        width = len(header)
-        rows = [r + [""] * (width - len(r)) for r in rows]
-        colw = [max(len(header[j]), *(len(r[j]) for r in rows)) for j in range(width)]
-        lines = [(" " + " ".join(h.ljust(colw[j]) for j, h in enumerate(header))).rstrip()]
-        for r in rows:
-            cells = [r[0].ljust(colw[0]), r[1].ljust(colw[1])] + [r[j].rjust(colw[j]) for j in range(2, width)]
-            lines.append((" " + " ".join(cells)).rstrip())
-        return lines
+        return varcorr_lines(rows, max_q)
 
     def _fixed_block(self) -> list[str]:
         f = self.fit
@@ -122,10 +115,7 @@ class GlmmSummary(Summary):
         out.append("")
         out.append("Random effects:")
         out.extend(self._random_effects_block())
-        groups = ", ".join(f"{k}, {v}" for k, v in f.ngroups.items())
-        out.append(f"Number of obs: {f.nobs}, groups:  {groups}")
-        if f.n_dropped:
-            out.append(f"({f.n_dropped} observation{'s' if f.n_dropped != 1 else ''} deleted due to missingness)")
+        out.extend(observation_lines(f))
         out.append("")
         if len(f.fixef):
             out.extend(self._fixed_block())

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from memoe.core.design.fixed import aliased_columns
 from memoe.inference.terms import FixedTerms, factor_values
 
 __all__ = ["doolittle", "type1_contrasts", "type3_contrasts", "zapsmall"]
@@ -155,8 +156,6 @@ def type3_contrasts(fit, terms: FixedTerms) -> dict[str, np.ndarray]:
     if same_coding:
         XT = X
     else:
-        from memoe.core.design.fixed import aliased_columns
-
         keep = np.setdiff1d(np.arange(XT.shape[1]), aliased_columns(XT))
         XT, xt_term_arr = XT[:, keep], xt_term_arr[keep]
         xt_keys = [xt_keys[j] for j in keep]

@@ -25,8 +25,8 @@ import pandas as pd
 from memoe.core.arguments import check_int, check_optional_bool, check_seed
 from memoe.core.covariance import ThetaMap
 from memoe.core.optim import minimize_bounded
-from memoe.core.warnings import caller_stacklevel
-from memoe.errors import ArgumentTypeError, MemoeError, MemoeWarning
+from memoe.core.rformat import percent_labels
+from memoe.errors import ArgumentTypeError, MemoeError, MemoeWarning, caller_stacklevel
 from memoe.inference.varpar import VarParSpace
 from memoe.lmm.objective import PLSProblem
 
@@ -104,8 +104,6 @@ class BootstrapResult:
 
     def confint(self, level: float = 0.95) -> pd.DataFrame:
         """Percentile intervals (quantiles with linear interpolation, R's type 7), failed replicates dropped."""
-        from memoe.inference.confint import percent_labels
-
         a = (1 - level) / 2
         lo, hi = percent_labels(level)
         reps = self.replicates.to_numpy()
@@ -150,6 +148,7 @@ def bootstrap(
     ArgumentError, ArgumentTypeError
         An argument of the wrong type or out of range, or ``fit`` not a linear mixed model fit.
     """
+    # deferred: tqdm.auto probes for Jupyter widgets when imported; pay that only when a bar is shown
     from tqdm.auto import tqdm
 
     nsim = check_int(nsim, "nsim", minimum=1)

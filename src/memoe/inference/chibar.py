@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import stats
+from scipy.optimize import brentq
 
 from memoe.errors import ModelComparisonError
 
@@ -67,8 +68,6 @@ class ChiBarSquare:
 
     def isf(self, alpha: float) -> float:
         """Critical value ``c`` with ``P(T >= c) = alpha`` (for ``alpha`` below the point mass)."""
-        from scipy.optimize import brentq
-
         if not 0 < alpha < 1:
             raise ValueError("alpha must be in (0, 1)")
         hi = max(stats.chi2.isf(alpha / 10, max(max(self.dfs), 1)), 1.0)

@@ -19,10 +19,14 @@ from typing import ClassVar
 import numpy as np
 import pandas as pd
 
-from memoe.core.design.newdata import caller_stacklevel
-from memoe.errors import MemoeWarning, ModelComparisonError
+from memoe.core.rformat import format_column, table_with_notes
+from memoe.errors import MemoeWarning, ModelComparisonError, caller_stacklevel
 
-__all__ = ["NON_REGULAR_NOTE", "MixtureComparison", "compare_mixtures", "is_mixture"]
+__all__ = ["NON_REGULAR_NOTE", "REFIT_MESSAGE", "MixtureComparison", "compare_mixtures", "is_mixture"]
+
+#: the note and warning when REML fits are refitted by ML before a comparison (lme4's words); defined here,
+#: the lower of the two comparison modules, so that :mod:`memoe.inference.lrt` imports it without a cycle
+REFIT_MESSAGE = "refitting model(s) with ML (instead of REML)"
 
 COLUMNS = ["k", "npar", "logLik", "AIC", "BIC", "ICL", "entropy"]
 
@@ -59,21 +63,13 @@ class MixtureComparison(pd.DataFrame):
         return pd.DataFrame
 
     def __str__(self) -> str:
-        from memoe.core.rformat import format_column, format_table
-
         show = pd.DataFrame(index=self.index)
         show["k"] = [str(int(v)) for v in self["k"]]
         show["npar"] = [str(int(v)) for v in self["npar"]]
         for c in ("logLik", "AIC", "BIC", "ICL"):
             show[c] = format_column(self[c].to_numpy(dtype=float), 5)
         show["entropy"] = [f"{v:.4f}" for v in self["entropy"]]
-        lines = list(getattr(self, "header", None) or [])
-        lines.append(format_table(show))
-        notes = getattr(self, "notes", None) or []
-        if notes:
-            lines.append("")
-            lines.extend(f"Note: {n}" for n in notes)
-        return "\n".join(lines)
+        return table_with_notes(show, getattr(self, "header", None), getattr(self, "notes", None))
 
     def __repr__(self) -> str:
         return self.__str__()
@@ -90,10 +86,10 @@ def _response(fit) -> tuple[np.ndarray, pd.Index, str]:
 
 def _check_fits(fits: list, names: list[str]) -> None:
     """Mixtures and Gaussian LMMs only, fitted to the same rows and response."""
-    from memoe.lmm.result import LmmResult
-
     for f, n in zip(fits, names, strict=True):
-        if not (is_mixture(f) or isinstance(f, LmmResult)):
+        # LMM fits are recognised by their family tag, not by class, so this module need not import memoe.lmm
+        # (whose result imports memoe.inference)
+        if not (is_mixture(f) or getattr(f, "family", None) == "lmm"):
             raise ModelComparisonError(
                 f"{n!r} ({type(f).__name__}) cannot be compared with mixture fits: compare() takes MEMoE / MoE "
                 "fits and LMM fits (memoe.lmm, a one-expert mixture) of the same response"
@@ -172,8 +168,6 @@ def compare_mixtures(fits: list, names: list[str], boundary: bool = False, refit
                 f"{bad} are REML fits: a REML likelihood is not comparable with a mixture's likelihood; "
                 "use refit=True or fit with reml=False"
             )
-        from memoe.inference.lrt import REFIT_MESSAGE
-
         warnings.warn(REFIT_MESSAGE, MemoeWarning, stacklevel=caller_stacklevel())
         fits = [f.model.fit(reml=False) if r else f for f, r in zip(fits, reml, strict=True)]
         notes.append(REFIT_MESSAGE)

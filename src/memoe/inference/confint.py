@@ -16,17 +16,16 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from memoe.core.arguments import check_level
+from memoe.core.rformat import percent_labels
 from memoe.errors import ArgumentError, ArgumentTypeError
+from memoe.inference.bootstrap import bootstrap
+from memoe.inference.profile import profile_confint
+from memoe.inference.varpar import VarParSpace
 
-__all__ = ["confint", "percent_labels", "select_parameters"]
+__all__ = ["confint", "select_parameters"]
 
 METHODS = ("wald", "profile", "bootstrap")
-
-
-def percent_labels(level: float) -> tuple[str, str]:
-    """Column names of the limits as R's ``format.perc`` (3 significant digits): ``("2.5 %", "97.5 %")``."""
-    a = (1 - level) / 2
-    return f"{100 * a:.3g} %", f"{100 * (1 - a):.3g} %"
 
 
 def select_parameters(all_names: list[str], parm) -> list[str]:
@@ -55,8 +54,6 @@ def select_parameters(all_names: list[str], parm) -> list[str]:
 
 
 def _wald(fit, level: float, names: list[str]) -> pd.DataFrame:
-    from memoe.inference.varpar import VarParSpace
-
     space = VarParSpace.from_design(fit.design)
     z = stats.norm.ppf(0.5 + level / 2)
     lo, hi = percent_labels(level)
@@ -68,8 +65,6 @@ def _wald(fit, level: float, names: list[str]) -> pd.DataFrame:
 
 
 def _all_names(fit) -> list[str]:
-    from memoe.inference.varpar import VarParSpace
-
     return VarParSpace.from_design(fit.design).names + list(fit.design.fixef_names)
 
 
@@ -106,8 +101,6 @@ def confint(fit, method: str = "wald", level: float = 0.95, parm=None, **kwargs)
                                        2.5 %      97.5 %
     sd_(Intercept)|Subject         14.381...   37.716...
     """
-    from memoe.inference.profile import check_level
-
     level = check_level(level)
     if not isinstance(method, str):
         raise ArgumentTypeError(f"method must be one of {', '.join(METHODS)} (a string), got {method!r}")
@@ -127,10 +120,7 @@ def confint(fit, method: str = "wald", level: float = 0.95, parm=None, **kwargs)
     if m == "wald":
         return _wald(fit, level, names)
     if m == "profile":
-        from memoe.inference.profile import profile_confint
-
         return profile_confint(fit, level=level, parm=names, **kwargs)
-    from memoe.inference.bootstrap import bootstrap
 
     boot = bootstrap(fit, **kwargs)
     return boot.confint(level=level).loc[names]

@@ -25,6 +25,12 @@ import numpy as np
 from scipy import stats
 
 from memoe.errors import HypothesisError
+from memoe.inference.containment import containment_df
+from memoe.inference.kenward_roger import kenward_roger, kr_df_1d, kr_ftest
+from memoe.inference.marginal import marginal_moments
+from memoe.inference.sandwich import vcov_cr
+from memoe.inference.satterthwaite import satterthwaite_f, satterthwaite_t, varpar_inference
+from memoe.inference.terms import fixed_terms
 
 __all__ = ["DDF_METHODS", "FTest", "TTests", "f_test", "ingredient", "normalize_ddf", "note", "t_tests"]
 
@@ -86,12 +92,8 @@ def ingredient(fit, name: str):
     store = _CACHE.setdefault(fit, {})
     if name not in store:
         if name == "moments":
-            from memoe.inference.marginal import marginal_moments
-
             store[name] = marginal_moments(fit)
         elif name == "varpar":
-            from memoe.inference.satterthwaite import varpar_inference
-
             store[name] = varpar_inference(fit, ingredient(fit, "moments"))
         elif name == "kr":
             if not fit.reml:
@@ -99,16 +101,11 @@ def ingredient(fit, name: str):
                     "Kenward-Roger's method is only available for REML fits (as in lmerTest and pbkrtest); "
                     "refit with reml=True"
                 )
-            from memoe.inference.kenward_roger import kenward_roger
 
             store[name] = kenward_roger(ingredient(fit, "moments"))
         elif name == "terms":
-            from memoe.inference.terms import fixed_terms
-
             store[name] = fixed_terms(fit)
         elif name == "containment":
-            from memoe.inference.containment import containment_df
-
             store[name] = containment_df(fit, ingredient(fit, "terms"))
         else:  # pragma: no cover - programming error
             raise KeyError(name)
@@ -119,10 +116,6 @@ def vcov_matrix(fit, robust: str | None) -> np.ndarray:
     """Model-based or cluster-robust covariance of beta, shape (p, p), in ``fit.fixef`` order."""
     if robust is None:
         return np.asarray(fit.vcov().to_numpy(), dtype=float)
-    try:
-        from memoe.inference.sandwich import vcov_cr
-    except ImportError:  # pragma: no cover - the sandwich module ships with memoe
-        raise HypothesisError("cluster-robust covariances need memoe.inference.sandwich (vcov_cr)") from None
     V = vcov_cr(fit, robust)
     names = list(fit.fixef.index)
     return np.asarray(V.loc[names, names].to_numpy(), dtype=float)
@@ -159,7 +152,6 @@ def t_tests(fit, L: np.ndarray, method: str, robust: str | None = None) -> TTest
     if method == "kenward-roger":
         if robust:
             raise HypothesisError("Kenward-Roger's method defines its own covariance; it cannot use robust=")
-        from memoe.inference.kenward_roger import kr_df_1d
 
         kr = ingredient(fit, "kr")
         se = np.sqrt(np.einsum("cp,pq,cq->c", L, kr.PhiA, L))
@@ -168,8 +160,6 @@ def t_tests(fit, L: np.ndarray, method: str, robust: str | None = None) -> TTest
         V = vcov_matrix(fit, robust)
         se = np.sqrt(np.einsum("cp,pq,cq->c", L, V, L))
         if method == "satterthwaite":
-            from memoe.inference.satterthwaite import satterthwaite_t
-
             df = satterthwaite_t(ingredient(fit, "varpar"), L)
         elif method == "residual":
             df = np.full(L.shape[0], float(fit.nobs - fit.design.p))
@@ -238,13 +228,10 @@ def f_test(
     if method == "kenward-roger":
         if robust:
             raise HypothesisError("Kenward-Roger's method defines its own covariance; it cannot use robust=")
-        from memoe.inference.kenward_roger import kr_ftest
 
         res = kr_ftest(ingredient(fit, "kr"), L, beta, rhs)
         return FTest(F=res.F, ndf=res.ndf, ddf=res.ddf, p=f_p_value(res.F, res.ndf, res.ddf), scale=res.scale)
     if method == "satterthwaite" and not robust:
-        from memoe.inference.satterthwaite import satterthwaite_f
-
         F, q, ddf = satterthwaite_f(ingredient(fit, "varpar"), L, beta, rhs)
         return FTest(F=F, ndf=q, ddf=ddf, p=f_p_value(F, q, ddf))
     V = vcov_matrix(fit, robust)
@@ -252,8 +239,6 @@ def f_test(
     diff = L @ beta - rhs
     F = float(diff @ np.linalg.solve(L @ V @ L.T, diff)) / q
     if method == "satterthwaite":
-        from memoe.inference.satterthwaite import satterthwaite_f
-
         ddf = satterthwaite_f(ingredient(fit, "varpar"), L, beta, rhs)[2]
     elif method == "residual":
         ddf = float(fit.nobs - fit.design.p)

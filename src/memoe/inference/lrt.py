@@ -18,13 +18,14 @@ import numpy as np
 import pandas as pd
 
 from memoe.core.arguments import check_bool
-from memoe.core.warnings import caller_stacklevel
-from memoe.errors import MemoeWarning, ModelComparisonError
+from memoe.core.rformat import format_column, table_with_notes
+from memoe.errors import MemoeWarning, ModelComparisonError, caller_stacklevel
 from memoe.inference.chibar import ChiBarSquare, boundary_null, random_structure
+from memoe.inference.compare_mixtures import REFIT_MESSAGE, compare_mixtures
+from memoe.marginal.correlation import AR1, CompSymm, Symm
 
 __all__ = ["REFIT_MESSAGE", "ComparisonTable", "compare", "nesting"]
 
-REFIT_MESSAGE = "refitting model(s) with ML (instead of REML)"
 COLUMNS = ["npar", "AIC", "BIC", "logLik", "deviance", "Chisq", "Df", "Pr(>Chisq)", "null"]
 
 
@@ -46,8 +47,6 @@ class ComparisonTable(pd.DataFrame):
         return pd.DataFrame
 
     def __str__(self) -> str:
-        from memoe.core.rformat import format_table
-
         show = pd.DataFrame(index=self.index)
         show["npar"] = [str(int(v)) for v in self["npar"]]
         for c in ("AIC", "BIC", "logLik", "deviance", "Chisq"):
@@ -57,13 +56,7 @@ class ComparisonTable(pd.DataFrame):
         for c in p_cols:
             show[c] = [_fmt_p(v) for v in self[c]]
         show["null"] = [str(v) if v else "" for v in self["null"]]
-        lines = list(getattr(self, "header", None) or [])
-        lines.append(format_table(show))
-        notes = getattr(self, "notes", None) or []
-        if notes:
-            lines.append("")
-            lines.extend(f"Note: {n}" for n in notes)
-        return "\n".join(lines)
+        return table_with_notes(show, getattr(self, "header", None), getattr(self, "notes", None))
 
     def __repr__(self) -> str:
         return self.__str__()
@@ -71,8 +64,6 @@ class ComparisonTable(pd.DataFrame):
 
 def _fmt_column(values: np.ndarray) -> list[str]:
     """Common decimals per column, 5 significant digits for the largest entry (R's ``format``)."""
-    from memoe.core.rformat import format_column
-
     return [s if np.isfinite(v) else "" for s, v in zip(format_column(values, 5), values, strict=True)]
 
 
@@ -158,8 +149,6 @@ def _random_nested(small, big) -> tuple[bool, str]:
 
 def _residual_nested(small, big) -> tuple[bool, str]:
     """Residual correlation / variance structures (gls / lme fits): None, equal, or AR1/CompSymm inside Symm."""
-    from memoe.marginal.correlation import AR1, CompSymm, Symm
-
     c0 = getattr(small.model, "correlation", None)
     c1 = getattr(big.model, "correlation", None)
     if c0 is not None and c0 != c1:
@@ -278,8 +267,7 @@ def compare(*fits, boundary: bool = False, refit: bool = True, names: list[str] 
     refit = check_bool(refit, "refit")
     fits_l, names_l = _unpack(fits, names)
     if any(getattr(f, "family", None) in ("memoe", "moe") for f in fits_l):
-        from memoe.inference.compare_mixtures import compare_mixtures  # criteria only: no regular LRT for K
-
+        # criteria only: no regular LRT for K
         return compare_mixtures(fits_l, names_l, boundary=boundary, refit=refit)
     if len(fits_l) < 2:
         raise ModelComparisonError("compare() needs at least two fitted models")

@@ -22,34 +22,20 @@ import math
 import warnings
 
 import numpy as np
+import pandas as pd
 from scipy import optimize, stats
 
-from memoe.core.arguments import check_optional_bool
+from memoe.core.arguments import check_level, check_optional_bool
 from memoe.core.optim import minimize_bounded
-from memoe.core.warnings import caller_stacklevel
-from memoe.errors import ArgumentError, ConvergenceError, MemoeWarning
+from memoe.core.rformat import percent_labels
+from memoe.errors import ArgumentError, ConvergenceError, MemoeWarning, caller_stacklevel
 from memoe.inference.varpar import COR, SIGMA, VarParSpace
 from memoe.lmm.deviance import LOG_2PI, profiled_deviance
 from memoe.lmm.objective import PLSProblem
 
-__all__ = ["ProfileParameterError", "Profiler", "check_level", "profile_confint"]
+__all__ = ["ProfileParameterError", "Profiler", "profile_confint"]
 
 MAX_STEPS = 40
-
-
-def check_level(level) -> float:
-    """A confidence level strictly between 0 and 1 (``0.95``, not ``95``)."""
-    import numbers
-
-    if isinstance(level, bool) or not isinstance(level, numbers.Real):
-        from memoe.errors import ArgumentTypeError
-
-        raise ArgumentTypeError(
-            f"level must be a number in (0, 1) such as 0.95, got {level!r} ({type(level).__name__})"
-        )
-    if not 0 < float(level) < 1:
-        raise ArgumentError(f"level must be in (0, 1) such as 0.95, got {level!r}")
-    return float(level)
 
 
 class Profiler:
@@ -255,10 +241,9 @@ def profile_confint(fit, level: float = 0.95, parm: list[str] | None = None, pro
     pandas.DataFrame
         Rows named by parameter, columns ``"2.5 %"`` and ``"97.5 %"`` (for ``level=0.95``).
     """
-    import pandas as pd
+    # deferred: tqdm.auto probes for Jupyter widgets when imported; pay that only when a bar is shown
     from tqdm.auto import tqdm
 
-    from memoe.inference.confint import percent_labels
 
     level = check_level(level)
     progress = check_optional_bool(progress, "progress")

@@ -23,6 +23,7 @@ from memoe.core.optim.finish import finish_fit, is_boundary
 from memoe.core.optim.start import variance_component_start
 from memoe.errors import ArgumentError, FormulaTypeError
 from memoe.lmm.objective import PLSProblem
+from memoe.lmm.result import LmmResult
 
 __all__ = ["LMM", "SINGULAR_TOL", "lmm"]
 
@@ -137,8 +138,6 @@ class LMM:
             An argument of the wrong type or out of range (``reml="no"``, a ``start`` of the wrong
             length or below the bounds, an unknown ``control`` setting).
         """
-        from memoe.lmm.result import LmmResult
-
         reml = check_bool(reml, "reml")
         warn = check_bool(warn, "warn")
         control = check_control(control, FitControl)

@@ -12,6 +12,13 @@ from memoe.core.optim import OptSummary
 from memoe.core.optim.checks import ConvergenceReport
 from memoe.core.result import FitResult
 from memoe.core.state import LmmState, frozen_array
+from memoe.inference.anova import anova
+from memoe.inference.confint import confint
+from memoe.inference.hypothesis import test
+from memoe.inference.sandwich import vcov_cr
+from memoe.inference.tables import coef_table
+from memoe.lmm.predict import predict_lmm
+from memoe.lmm.summary import LmmSummary
 
 __all__ = ["LmmResult", "ran_pars_frame"]
 
@@ -120,8 +127,6 @@ class LmmResult(FitResult):
     def _vcov(self, robust: str | None) -> pd.DataFrame:
         """``sigma^2 (R_X' R_X)^-1`` (lme4's ``vcov``), or clubSandwich's cluster-robust ``vcovCR``."""
         if robust is not None:
-            from memoe.inference.sandwich import vcov_cr
-
             return vcov_cr(self, robust)
         names = self.design.fixef_names
         return pd.DataFrame(self.sigma**2 * self.state.vcov_unscaled, index=names, columns=names)
@@ -335,7 +340,7 @@ class LmmResult(FitResult):
             Coverage of the interval.
         """
         from memoe.inference.prediction import check_interval
-        from memoe.lmm.predict import predict_interval_lmm, predict_lmm
+        from memoe.lmm.predict import predict_interval_lmm
 
         interval, level = check_interval(interval, level)
         if interval is None:
@@ -403,20 +408,14 @@ class LmmResult(FitResult):
         robust : str, optional
             A cluster-robust covariance (one of :attr:`robust_types`) for the standard errors.
         """
-        from memoe.inference import coef_table
-
         return coef_table(self, ddf=ddf, robust=robust)
 
     def test(self, hypothesis, ddf: str = "satterthwaite", robust: str | None = None):
         """F test of ``L beta = 0`` from a string (``"Days = 0"``) or a contrast matrix."""
-        from memoe.inference import test
-
         return test(self, hypothesis, ddf=ddf, robust=robust)
 
     def anova(self, ddf: str = "satterthwaite", type: int = 3) -> pd.DataFrame:
         """F tests of the fixed-effects terms as lmerTest's ``anova``."""
-        from memoe.inference import anova
-
         return anova(self, ddf=ddf, type=type)
 
     def _confint_wald(self, level: float, parm=None, **kwargs: Any) -> pd.DataFrame:
@@ -435,8 +434,6 @@ class LmmResult(FitResult):
         """lme4's ``confint.merMod`` rows (``sd_(Intercept)|Subject``, ..., ``sigma``, fixed effects),
         with ``lower``/``upper`` columns; see :func:`memoe.inference.confint.confint` for ``parm`` and the
         bootstrap's arguments (``nsim``, ``seed``, ``n_jobs``, ``progress``)."""
-        from memoe.inference import confint
-
         ci = confint(self, method=method, level=level, parm=parm, **kwargs)
         out = pd.DataFrame(ci.to_numpy(dtype=float), index=ci.index, columns=["lower", "upper"])
         out.attrs.update({"level": level, "method": method})
@@ -444,8 +441,6 @@ class LmmResult(FitResult):
 
     def summary(self):
         """lme4-style summary; ``print(fit.summary())``, tables in ``fit.summary().tables``."""
-        from memoe.lmm.summary import LmmSummary
-
         return LmmSummary(self)
 
     def __repr__(self) -> str:

@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 
 from memoe.core.design.contrasts import contrasts_footer
-from memoe.core.rformat import decimals_for, fixef_correlation_block, format_column, format_table
-from memoe.core.summary import Summary
+from memoe.core.rformat import decimals_for, fixef_correlation_block, format_column, format_table, varcorr_lines
+from memoe.core.summary import Summary, observation_lines
 
 __all__ = ["LmmSummary"]
 
@@ -58,16 +58,7 @@ class LmmSummary(Summary):
                 rows.append([t.group if i == 0 else "", name, var_txt[k], sd_txt[k], *corr])
                 k += 1
         rows.append(["Residual", "", var_txt[-1], sd_txt[-1]])
-        ncorr = max_q - 1
-        header = ["Groups", "Name", "Variance", "Std.Dev."] + (["Corr"] + [""] * (ncorr - 1) if ncorr else [])
-        width = len(header)
-        rows = [r + [""] * (width - len(r)) for r in rows]
-        colw = [max(len(header[j]), *(len(r[j]) for r in rows)) for j in range(width)]
-        lines = [(" " + " ".join(h.ljust(colw[j]) for j, h in enumerate(header))).rstrip()]
-        for r in rows:
-            cells = [r[0].ljust(colw[0]), r[1].ljust(colw[1])] + [r[j].rjust(colw[j]) for j in range(2, width)]
-            lines.append((" " + " ".join(cells)).rstrip())
-        return lines
+        return varcorr_lines(rows, max_q)
 
     def text(self) -> str:
         f = self.fit
@@ -96,10 +87,7 @@ class LmmSummary(Summary):
         out.append("")
         out.append("Random effects:")
         out.extend(self._random_effects_block())
-        groups = ", ".join(f"{k}, {v}" for k, v in f.ngroups.items())
-        out.append(f"Number of obs: {f.nobs}, groups:  {groups}")
-        if f.n_dropped:
-            out.append(f"({f.n_dropped} observation{'s' if f.n_dropped != 1 else ''} deleted due to missingness)")
+        out.extend(observation_lines(f))
         out.append("")
         if len(f.fixef):
             out.append("Fixed effects:")

@@ -19,14 +19,14 @@ import pandas as pd
 from scipy import stats
 
 from memoe.errors import ArgumentError
+from memoe.inference.containment import containment_df
+from memoe.inference.terms import fixed_terms
 
 __all__ = ["anova_table"]
 
 
 def _term_columns(fit) -> tuple[list[str], list[np.ndarray], np.ndarray]:
     """Term labels (the intercept first), their columns in X and their denominator df."""
-    from memoe.inference.containment import containment_df
-    from memoe.inference.terms import fixed_terms
 
     shim = SimpleNamespace(design=fit.design)
     ft = fixed_terms(shim)

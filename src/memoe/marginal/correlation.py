@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from memoe.errors import ArgumentError, ArgumentTypeError, DataError, MemoeWarning
+from memoe.errors import ArgumentError, ArgumentTypeError, DataError, MemoeWarning, warn
 from memoe.marginal.layout import GroupLayout
 
 __all__ = ["AR1", "CAR1", "BoundCorrelation", "CompSymm", "CorStruct", "Exp", "Symm"]
@@ -539,10 +539,6 @@ def check_correlation_identifiable(cor: BoundCorrelation, layout: GroupLayout, g
 
     Above :data:`SLOW_CORRELATION_PARAMETERS` parameters a warning says the fit will be slow.
     """
-    import warnings
-
-    from memoe.core.warnings import caller_stacklevel
-
     name = type(cor.structure).__name__
     where = f"groups of {group!r}" if group else "the data (one group: no group column given)"
     if layout.max_size < 2:
@@ -579,8 +575,4 @@ def check_correlation_identifiable(cor: BoundCorrelation, layout: GroupLayout, g
     elif k > pairs:
         raise DataError(f"{name} has {k} correlation parameters but the {where} hold only {pairs} pairs of rows")
     if k > SLOW_CORRELATION_PARAMETERS:
-        warnings.warn(
-            f"{name} has {k} correlation parameters: the fit may take several minutes",
-            MemoeWarning,
-            stacklevel=caller_stacklevel(),
-        )
+        warn(f"{name} has {k} correlation parameters: the fit may take several minutes", MemoeWarning)

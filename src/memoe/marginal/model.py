@@ -25,8 +25,15 @@ from memoe.core.formula.parse import parse_formula
 from memoe.core.frames import to_pandas
 from memoe.core.linalg.threads import blas_threads
 from memoe.core.optim import minimize_bounded
-from memoe.core.warnings import caller_stacklevel
-from memoe.errors import ArgumentError, ArgumentTypeError, ConvergenceWarning, DataError, FormulaError
+from memoe.errors import (
+    ArgumentError,
+    ArgumentTypeError,
+    ConvergenceWarning,
+    DataError,
+    FormulaError,
+    caller_stacklevel,
+)
+from memoe.lmm.model import lmm
 from memoe.marginal.correlation import CorStruct, check_correlation_identifiable
 from memoe.marginal.layout import GroupLayout, make_layout
 from memoe.marginal.problem import MarginalProblem
@@ -156,7 +163,6 @@ class _MarginalModel:
         if not d.blocks:
             beta, *_ = np.linalg.lstsq(d.X, d.y, rcond=None)
             return np.zeros(0), d.y - d.X @ beta
-        from memoe.lmm.model import lmm
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

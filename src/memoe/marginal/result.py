@@ -17,10 +17,22 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from memoe.core.design.newdata import (
+    PredictArgumentError,
+    check_type,
+)
 from memoe.core.linalg.batched import batched_cholesky, batched_forward_solve
-from memoe.core.result import FitResult, coef_frame, wald_interval
+from memoe.core.result import FitResult, check_level, coef_frame, wald_interval
 from memoe.errors import ArgumentError
+from memoe.inference.containment import containment_df
+from memoe.inference.contrasts import as_hypothesis, reduce_rank
+from memoe.inference.terms import fixed_terms
+from memoe.marginal.anova import anova_table
+from memoe.marginal.intervals import intervals
 from memoe.marginal.problem import MarginalSolution
+from memoe.marginal.sandwich import vcov_cr
+from memoe.marginal.satterthwaite import satterthwaite_df, satterthwaite_f, satterthwaite_inputs
+from memoe.marginal.summary import MarginalSummary
 
 __all__ = ["MarginalResult"]
 
@@ -130,7 +142,6 @@ class MarginalResult(FitResult):
         """
         if robust is None:
             return self._vcov_model.copy()
-        from memoe.marginal.sandwich import vcov_cr
 
         return vcov_cr(self, type=robust)
 
@@ -396,7 +407,6 @@ class MarginalResult(FitResult):
         pandas.Series or pandas.DataFrame
             Indexed like ``newdata``; NaN where a needed value is missing or infinite (with a warning).
         """
-        from memoe.core.design.newdata import PredictArgumentError
         from memoe.inference.prediction import check_interval
         from memoe.marginal.predict import _resolve_level, predict_interval_marginal, predict_marginal
 
@@ -411,7 +421,6 @@ class MarginalResult(FitResult):
         interval, conf_level = check_interval(interval, coverage)
         if interval is None:
             return predict_marginal(self, newdata, re_form, type, allow_new_levels, level)
-        from memoe.core.design.newdata import check_type
 
         check_type(type)
         re_form = _resolve_level(re_form, level)
@@ -450,8 +459,6 @@ class MarginalResult(FitResult):
         """Denominator df per coefficient: N - p for ``gls``, nlme's containment df for ``lme``."""
         if not self.design.blocks:
             return np.full(self.design.p, float(self.nobs - self.design.p))
-        from memoe.inference.containment import containment_df
-        from memoe.inference.terms import fixed_terms
 
         shim = SimpleNamespace(design=self.design)
         return containment_df(shim, fixed_terms(shim)).coef
@@ -504,7 +511,6 @@ class MarginalResult(FitResult):
         se = np.sqrt(np.diag(inputs.C))
         if ddf == "asymptotic":
             return coef_frame(est, se, names, statistic="z", ddf="asymptotic")
-        from memoe.marginal.satterthwaite import satterthwaite_df
 
         df = satterthwaite_df(inputs, np.eye(len(est)))
         return coef_frame(est, se, names, statistic="t", df=df, ddf="satterthwaite")
@@ -528,8 +534,6 @@ class MarginalResult(FitResult):
 
     @cached_property
     def _satterthwaite(self):
-        from memoe.marginal.satterthwaite import satterthwaite_inputs
-
         return satterthwaite_inputs(self)
 
     def test(self, hypothesis, ddf: str = "satterthwaite") -> pd.DataFrame:
@@ -542,8 +546,6 @@ class MarginalResult(FitResult):
             contrast matrix with one column per coefficient.
         ddf : {"satterthwaite", "asymptotic"}
         """
-        from memoe.inference.contrasts import as_hypothesis, reduce_rank
-        from memoe.marginal.satterthwaite import satterthwaite_f
 
         if ddf not in ("satterthwaite", "asymptotic"):
             raise ArgumentError(f"ddf must be 'satterthwaite' or 'asymptotic' for test(), got {ddf!r}")
@@ -563,8 +565,6 @@ class MarginalResult(FitResult):
 
     def anova(self, type: str = "sequential") -> pd.DataFrame:
         """F tests by term as nlme's ``anova(fit, type = ...)`` (``"sequential"`` or ``"marginal"``)."""
-        from memoe.marginal.anova import anova_table
-
         return anova_table(self, type=type)
 
     def intervals(self, level: float = 0.95) -> pd.DataFrame:
@@ -572,8 +572,6 @@ class MarginalResult(FitResult):
 
         Columns ``lower, est., upper`` (nlme's); the ``fixed`` rows equal :meth:`confint` at ``level``.
         """
-        from memoe.core.result import check_level
-        from memoe.marginal.intervals import intervals
 
         return intervals(self, level=check_level(level))
 
@@ -675,8 +673,6 @@ class MarginalResult(FitResult):
     def summary(self):
         """nlme's ``print(summary(fit))``: a :class:`~memoe.marginal.summary.MarginalSummary` whose ``str``
         is the text and ``tables`` the DataFrames."""
-        from memoe.marginal.summary import MarginalSummary
-
         return MarginalSummary(self)
 
     def __repr__(self) -> str:

@@ -11,6 +11,7 @@ import numbers
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy.optimize import minimize
 
 from memoe.core.arguments import check_int
 from memoe.errors import ArgumentError, ArgumentTypeError
@@ -154,8 +155,6 @@ def polish(problem: MoEProblem, run: EMRun, max_iter: int = 500, gtol: float = 1
     gtol : float
         Stop when the largest absolute score is below ``gtol * (number of subjects)``.
     """
-    from scipy.optimize import minimize
-
     st = problem.structure
     psi0 = st.pack(run.params)
     floor = getattr(problem.expert, "sigma_floor", 0.0)

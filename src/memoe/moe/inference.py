@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from memoe.errors import ConvergenceWarning
+from memoe.errors import ConvergenceWarning, caller_stacklevel
 from memoe.moe.params import MoEParams
 from memoe.moe.problem import MoEProblem
 from memoe.moe.structure import Structure
@@ -146,7 +146,7 @@ def compute_inference(
             "the observed information is not positive definite (a boundary estimate, an empty expert or "
             "a saddle point): standard errors are unreliable",
             ConvergenceWarning,
-            stacklevel=3,
+            stacklevel=caller_stacklevel(),
         )
     Vr = Ainv @ B @ Ainv
     J = _jacobian(lambda x: natural_values(st, st.unpack(x)), psi, 1e-7)

@@ -25,19 +25,20 @@ from memoe.core.arguments import (
 )
 from memoe.core.design.fixed import model_matrix_with_contrasts
 from memoe.core.frames import to_pandas
-from memoe.core.warnings import caller_stacklevel
 from memoe.errors import (
     ArgumentError,
     ArgumentTypeError,
     ConvergenceWarning,
     EmptyExpertWarning,
     FormulaError,
+    caller_stacklevel,
 )
 from memoe.moe.data import MoEDesign, build_moe_design, check_response
 from memoe.moe.experts import GaussianExpert, MStepControl
 from memoe.moe.multistart import ORDER_RULES, MultiStartControl, canonical_order, fit_multistart
 from memoe.moe.params import MoEParams
 from memoe.moe.problem import MoEProblem
+from memoe.moe.result import MEMoEResult
 from memoe.moe.structure import COV_OPTIONS, SIGMA_OPTIONS, Structure
 
 __all__ = ["DegenerateExpertWarning", "MEMoE", "MoE"]
@@ -221,8 +222,6 @@ class MEMoE:
         ArgumentError, ArgumentTypeError
             An argument of the wrong type or out of range; the message names it.
         """
-        from memoe.moe.result import MEMoEResult
-
         n_starts = check_int(n_starts, "n_starts", minimum=1)
         seed = check_seed(seed)
         progress = check_optional_bool(progress, "progress")
@@ -349,8 +348,6 @@ def _check_start(start, model: MEMoE) -> None:
 
 
 def _check_previous(previous, model: MEMoE) -> None:
-    from memoe.moe.result import MEMoEResult
-
     if not isinstance(previous, MEMoEResult):
         raise ArgumentTypeError(f"previous must be a MEMoE fit (MEMoEResult) or None, got {type(previous).__name__}")
     if previous.k != model.k - 1 or previous.n_subjects != model.n_subjects:
@@ -358,9 +355,3 @@ def _check_previous(previous, model: MEMoE) -> None:
             f"previous must be a fit with k - 1 = {model.k - 1} experts on the same {model.n_subjects} subjects; "
             f"it has k = {previous.k} and {previous.n_subjects} subjects"
         )
-
-
-def _degenerate_experts(model: MEMoE, params: MoEParams) -> list[int]:
-    """Experts (1-based) whose residual SD sits at the expert's floor (see GaussianExpert.sigma_floor)."""
-    floor = model.problem.expert.sigma_floor
-    return [int(k) + 1 for k in np.flatnonzero(np.asarray(params.sigma) <= floor * (1.0 + 1e-6))]

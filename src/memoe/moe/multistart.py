@@ -11,8 +11,7 @@ import pandas as pd
 from scipy.optimize import linear_sum_assignment
 
 from memoe.core.arguments import check_bool, check_int, check_seed
-from memoe.core.warnings import caller_stacklevel
-from memoe.errors import ArgumentError, ArgumentTypeError, EmptyExpertWarning
+from memoe.errors import ArgumentError, ArgumentTypeError, EmptyExpertWarning, caller_stacklevel
 from memoe.moe.em import EMControl, EMRun, polish, run_em
 from memoe.moe.experts import MStepControl
 from memoe.moe.init import kmeans_tau, random_tau, split_tau, start_plan, two_stage_features
@@ -288,6 +287,7 @@ def _bar(total: int, show: bool | None, desc: str):
     """A tqdm bar; ``show=None`` lets tqdm decide (shown when stderr is a terminal, so tests and CI print nothing)."""
     if show is False:
         return _NoBar()
+    # deferred: tqdm.auto probes for Jupyter widgets when imported; pay that only when a bar is shown
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, leave=False, disable=None if show is None else False)

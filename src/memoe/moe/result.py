@@ -17,13 +17,17 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 
+from memoe.core.frames import to_pandas
 from memoe.core.result import FitResult, coef_frame, model_frame_rows
 from memoe.errors import MemoeError
+from memoe.inference.criteria import CriteriaSeries
 from memoe.moe.inference import MoEInference, compute_inference, natural_names, natural_values
 from memoe.moe.multistart import MultiStartResult
 from memoe.moe.params import MoEParams
+from memoe.moe.predict import fit_blup_condsd, fit_blups, fitted_memoe, predict_memoe
 from memoe.moe.problem import EStep
-from memoe.moe.wald import flat_names
+from memoe.moe.summary import MEMoESummary
+from memoe.moe.wald import flat_names, wald_test
 
 __all__ = ["MEMoEResult"]
 
@@ -107,9 +111,9 @@ class MEMoEResult(FitResult):
     @property
     def degenerate_experts(self) -> list[int]:
         """Experts (1-based) whose residual SD sits at its floor: they fit a few subjects exactly (normally empty)."""
-        from memoe.moe.model import _degenerate_experts
-
-        return _degenerate_experts(self.model, self.estimates)
+        floor = self.model.problem.expert.sigma_floor
+        sigma = np.asarray(self.estimates.sigma)
+        return [int(k) + 1 for k in np.flatnonzero(sigma <= floor * (1.0 + 1e-6))]
 
     @property
     def n_subjects(self) -> int:
@@ -191,8 +195,6 @@ class MEMoEResult(FitResult):
         memoe.inference.criteria.CriteriaSeries
             ``logLik, npar, N, AIC, AICc, BIC, HQIC, CAIC, ICL``; ``BIC`` equals :attr:`bic`.
         """
-        from memoe.inference.criteria import CriteriaSeries
-
         ll, k, N = self.loglik, self.npar, self.n_subjects
         dev = -2.0 * ll
         values = {
@@ -392,24 +394,18 @@ class MEMoEResult(FitResult):
         it belongs to expert k (what :meth:`predict` weights by the posterior); see
         :attr:`ranef_posterior` for the posterior-weighted BLUPs.
         """
-        from memoe.moe.predict import fit_blups
-
         self._require_random()
         return self._per_expert(fit_blups(self))
 
     @cached_property
     def ranef_condsd(self) -> dict[int, dict[str, pd.DataFrame]]:
         """Conditional SDs ``sqrt(diag Var(b_i | y_i, z_i = k))`` of the per-expert BLUPs, laid out as :attr:`ranef`."""
-        from memoe.moe.predict import fit_blup_condsd
-
         self._require_random()
         return self._per_expert(fit_blup_condsd(self))
 
     @cached_property
     def ranef_posterior(self) -> dict[str, pd.DataFrame]:
         """Posterior-weighted BLUPs ``sum_k tau_ik E(b_i | y_i, z_i = k)``: ``{subject column: DataFrame}``."""
-        from memoe.moe.predict import fit_blups
-
         self._require_random()
         md = self.model.mdesign
         tau = self._estep.tau
@@ -480,8 +476,6 @@ class MEMoEResult(FitResult):
 
     @cached_property
     def _fitted_kept(self) -> np.ndarray:
-        from memoe.moe.predict import fitted_memoe
-
         return fitted_memoe(self).to_numpy()
 
     @property
@@ -544,16 +538,12 @@ class MEMoEResult(FitResult):
 
         See :func:`memoe.moe.wald.wald_test`; ``robust=None`` uses the inverse observed information.
         """
-        from memoe.moe.wald import wald_test
-
         return wald_test(self, hypothesis, robust=robust)
 
     # ------------------------------------------------------------------ output
     def summary(self):
         """Gating coefficients and each expert's LMM with model-based and robust SEs, and fit criteria:
         a :class:`~memoe.moe.summary.MEMoESummary` (``str()`` the text, ``.tables`` the DataFrames)."""
-        from memoe.moe.summary import MEMoESummary
-
         return MEMoESummary(self)
 
     def predict(
@@ -578,9 +568,7 @@ class MEMoEResult(FitResult):
         one, on the fit's posterior of that subject; a subject not in the fit raises unless
         ``allow_new_levels=True``. ``newdata`` may be a pandas or polars DataFrame or a pyarrow Table.
         """
-        from memoe.core.frames import to_pandas
         from memoe.inference.prediction import check_interval
-        from memoe.moe.predict import predict_memoe
 
         interval, level = check_interval(interval, level)
         if interval is not None:

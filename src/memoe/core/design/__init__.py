@@ -14,7 +14,7 @@ from memoe.core.design.frame import ModelFrame, build_frame, check_response_vari
 from memoe.core.design.grouping import GroupingFactor, make_grouping_factor
 from memoe.core.design.random import FactorBlock, ReTerm, build_random
 from memoe.core.formula.parse import FormulaSpec, parse_formula
-from memoe.errors import DataError
+from memoe.errors import DataError, FormulaError
 
 __all__ = [
     "Design",
@@ -96,8 +96,6 @@ def build_design(
     """
     spec = formula if isinstance(formula, FormulaSpec) else parse_formula(formula)
     if require_random and not spec.random:
-        from memoe.errors import FormulaError
-
         raise FormulaError(
             f"formula {spec.text!r} has no random-effects term such as (1 | group); "
             "a linear mixed model needs at least one"

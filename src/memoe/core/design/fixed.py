@@ -9,10 +9,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 from formulaic import model_matrix
+from formulaic.errors import DataMismatchWarning
 from formulaic.model_spec import ModelSpec
 from formulaic.transforms import C
 
 from memoe.core.design.contrasts import apply_contrasts, resolve_contrasts
+from memoe.core.design.newdata import replay_frame
 from memoe.core.design.scaling import choose_scaling
 from memoe.core.formula.names import r_column_name
 from memoe.errors import DataError, FormulaError, RankDeficiencyWarning, warn
@@ -93,10 +95,6 @@ def evaluate_matrix(spec: ModelSpec, data: pd.DataFrame, where: str | None = Non
     NewLevelError
         A factor has a level the fit has not seen (R: "factor x has new levels").
     """
-    from formulaic.errors import DataMismatchWarning
-
-    from memoe.core.design.newdata import replay_frame
-
     frame, missing = replay_frame(spec, data, where or f"the formula '{spec.formula}'")
     try:
         with warnings.catch_warnings():

@@ -7,9 +7,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from formulaic import Formula
+from formulaic import Formula, model_matrix
 
 from memoe.core.formula.parse import FormulaSpec
+from memoe.core.frames import to_pandas
 from memoe.errors import DataError, DataTypeError, FormulaError, UnknownColumnError
 
 __all__ = ["R_FUNCTIONS", "ModelFrame", "as_data_frame", "build_frame", "check_columns_usable", "formula_variables"]
@@ -72,19 +73,13 @@ def _check_columns(df: pd.DataFrame, names: Iterable[str], what: dict[str, str])
 def as_data_frame(data) -> pd.DataFrame:
     """``data`` as a pandas DataFrame, or a :class:`~memoe.errors.DataTypeError` naming what was given.
 
-    Other frame libraries are accepted when ``memoe.core.frames`` (their conversion layer) exists.
+    Other frame libraries (polars, pyarrow, the interchange protocol) are converted by :mod:`memoe.core.frames`.
     """
     if isinstance(data, pd.DataFrame):
         return data
-    try:
-        from memoe.core import frames  # type: ignore[attr-defined]
-    except ImportError:
-        frames = None
-    convert = getattr(frames, "to_pandas", None) or getattr(frames, "as_pandas", None) if frames else None
-    if convert is not None:
-        converted = convert(data)
-        if isinstance(converted, pd.DataFrame):
-            return converted
+    converted = to_pandas(data)  # polars, pyarrow, interchange-protocol tables; refuses the rest by name
+    if isinstance(converted, pd.DataFrame):
+        return converted
     raise DataTypeError(
         f"data must be a pandas DataFrame, got {type(data).__module__}.{type(data).__name__}; "
         "build one with pandas.DataFrame(...)"
@@ -264,7 +259,6 @@ def numeric_response(frame: pd.DataFrame, response: str) -> np.ndarray:
                 f"(first value {col.iloc[0]!r})"
             )
         return col.to_numpy(dtype=float)
-    from formulaic import model_matrix
 
     try:
         mm = model_matrix(f"{response} ~ 1", frame, na_action="ignore")

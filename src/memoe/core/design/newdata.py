@@ -16,14 +16,16 @@ from __future__ import annotations
 
 import math
 import re
-import sys
 import warnings
 from collections.abc import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
+from formulaic import model_matrix
 
-from memoe.errors import DataError, DataTypeError, MemoeError, MemoeWarning
+from memoe.core.formula.names import r_column_name
+from memoe.core.formula.parse import parse_formula
+from memoe.errors import DataError, DataTypeError, MemoeError, MemoeWarning, caller_stacklevel
 
 __all__ = [
     "NewLevelError",
@@ -59,19 +61,6 @@ class PredictArgumentError(MemoeError, ValueError):
 
 class NonFinitePredictorWarning(MemoeWarning):
     """Rows whose predictors are infinite were predicted as NaN."""
-
-
-def caller_stacklevel() -> int:
-    """``stacklevel`` for :func:`warnings.warn` that points at the first frame outside the memoe package."""
-    frame = sys._getframe(1)
-    level = 1
-    while frame is not None:
-        name = frame.f_globals.get("__name__", "")
-        if not (name == "memoe" or name.startswith("memoe.")):
-            return level
-        frame = frame.f_back
-        level += 1
-    return level
 
 
 # ---------------------------------------------------------------------------------------------- levels
@@ -472,10 +461,7 @@ def re_columns(re_form: str | None, design) -> list[np.ndarray]:
     masks = [np.zeros(b.q, dtype=bool) for b in blocks]
     if re_form is None:
         return masks
-    from formulaic import model_matrix
 
-    from memoe.core.formula.names import r_column_name
-    from memoe.core.formula.parse import parse_formula
 
     text = re_form if "~" in re_form else "~ " + re_form
     try:

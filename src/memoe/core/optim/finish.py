@@ -11,7 +11,7 @@ module turns that into what lme4 records and says:
   ``"boundary (singular) fit: see help('isSingular')"``), and the warnings: a
   :class:`~memoe.errors.ConvergenceWarning` per convergence message and one
   :class:`~memoe.errors.SingularFitWarning` naming the variance parameters at fault, each pointing at
-  the user's line (:func:`caller_stacklevel`), whatever the depth of the call inside memoe.
+  the user's line (:func:`memoe.errors.caller_stacklevel`), whatever the depth of the call inside memoe.
 
 How a family uses it (after optimising, before or after building its result)::
 
@@ -26,40 +26,18 @@ recorded, not warned, as lme4 does.
 
 from __future__ import annotations
 
-import sys
 import warnings
 from collections.abc import Iterable, Sequence
 
 import numpy as np
 
 from memoe.core.optim.checks import ConvergenceReport
-from memoe.errors import ConvergenceWarning, SingularFitWarning
+from memoe.errors import ConvergenceWarning, SingularFitWarning, caller_stacklevel
 
-__all__ = ["SINGULAR_MESSAGE", "caller_stacklevel", "finish_fit", "is_boundary"]
+__all__ = ["SINGULAR_MESSAGE", "finish_fit", "is_boundary"]
 
 #: lme4's message for a boundary fit (the text ``summary`` prints)
 SINGULAR_MESSAGE = "boundary (singular) fit: see help('isSingular')"
-
-_PACKAGE = __name__.split(".", 1)[0]
-
-
-def caller_stacklevel() -> int:
-    """The ``stacklevel`` that makes a warning point at the first line outside memoe.
-
-    Call it in the function that calls :func:`warnings.warn`; level 1 is that function, and each memoe
-    frame above it adds one, so the warning is attributed to the user's code however deep inside memoe
-    it is raised (``model.fit()``, ``memoe.compare(...)``, a bootstrap refit, ...).
-    """
-    frame = sys._getframe(1)
-    level = 1
-    while frame is not None:
-        module = frame.f_globals.get("__name__", "")
-        if module != _PACKAGE and not module.startswith(_PACKAGE + "."):
-            return level
-        frame = frame.f_back
-        level += 1
-    return level
-
 
 def is_boundary(values: np.ndarray, lower: np.ndarray, tol: float) -> bool:
     """lme4's ``isSingular``: a parameter bounded below at zero is within ``tol`` of the bound.
