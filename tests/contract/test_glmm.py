@@ -35,7 +35,7 @@ def fit(cbpp):
 
 def test_is_a_fit_result_with_series_params(fit):
     assert isinstance(fit, FitResult) and type(fit).family == "glmm"
-    assert fit.family.name == "binomial"  # the response family, as lme4's family(fit)
+    assert fit.family == "glmm" and fit.response_family.name == "binomial"  # lme4's family(fit)
     assert isinstance(fit.params, pd.Series) and len(fit.params) == 4
     assert isinstance(fit.bse, pd.Series) and fit.bse.index.equals(fit.params.index)
     assert fit.ngroups.to_dict() == {"herd": 15} and fit.singular is False and fit.reml is False

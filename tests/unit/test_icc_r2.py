@@ -107,7 +107,7 @@ def test_unsupported_link_and_bad_argument(slope_fit):
     gt = memoe.datasets.load("grouseticks")
     fit = memoe.GLMM("TICKS ~ 1 + (1 | BROOD)", gt, family="poisson").fit()
     # the refusal only reads the family: swap in an identity link rather than fit one (it may not converge)
-    fit.family = get_family("poisson", "identity")
+    fit.response_family = get_family("poisson", "identity")
     with pytest.raises(FamilyError, match="identity"):
         fit.icc()
     with pytest.raises(ArgumentTypeError, match="by_group"):

@@ -264,8 +264,8 @@ def test_marginal_refuses_to_save_a_structure_it_cannot_rebuild(orth, tmp_path):
 # ---------------------------------------------------------------------------------------------- GLMM
 def assert_same_glmm(a: GlmmResult, b: GlmmResult, newdata: pd.DataFrame) -> None:
     assert type(b) is GlmmResult and b.model.formula == a.model.formula
-    assert (str(a.family), a.nAGQ, a.method, a.singular, a.converged, a.messages, a.vcov_source) == (
-        str(b.family), b.nAGQ, b.method, b.singular, b.converged, b.messages, b.vcov_source
+    assert (str(a.response_family), a.nAGQ, a.method, a.singular, a.converged, a.messages, a.vcov_source) == (
+        str(b.response_family), b.nAGQ, b.method, b.singular, b.converged, b.messages, b.vcov_source
     )
     close(a.fixef, b.fixef, "fixef")
     close(a.params, b.params, "params")
@@ -347,7 +347,7 @@ def test_glmm_probit_weights_offsets_and_dropped_rows(cbpp, tmp_path):
                          offset=np.linspace(-0.1, 0.1, len(df))).fit()
     assert fit.n_dropped == 2
     back = roundtrip(fit, tmp_path)
-    assert back.family.link.name == "probit"
+    assert back.response_family.link.name == "probit"
     np.testing.assert_array_equal(back.model.gdesign.offset, fit.model.gdesign.offset)
     np.testing.assert_array_equal(back.model.gdesign.prior_weights, fit.model.gdesign.prior_weights)
     assert_same_glmm(fit, back, df.dropna().iloc[::6])

@@ -92,7 +92,7 @@ def predict_glmm(
             eta = problem.offset + problem.X @ beta
             if any(m.any() for m in masks):
                 eta = eta + random_part(d.blocks, b, masks, None, allow)[0]
-        values = eta if type == "link" else fit.family.linkinv(eta)
+        values = eta if type == "link" else fit.response_family.linkinv(eta)
         return fit._align(values, "predicted")
     newdata = require_dataframe(newdata)
     X = d.fixed.matrix_for(newdata)
@@ -104,7 +104,7 @@ def predict_glmm(
         eta = eta + contrib
         bad = bad | bad_z
     eta = warn_nonfinite(eta, bad)
-    values = eta if type == "link" else fit.family.linkinv(eta)
+    values = eta if type == "link" else fit.response_family.linkinv(eta)
     return pd.Series(values, index=newdata.index, name="predicted")
 
 
@@ -147,7 +147,7 @@ def predict_interval_glmm(
         var, extra = fit._align(var, "v").to_numpy(), fit._align(extra, "e").to_numpy()
     values = eta.to_numpy(dtype=float)
     se = np.where(np.isfinite(values), np.sqrt(var), np.nan)
-    linkinv = None if type == "link" else fit.family.linkinv
+    linkinv = None if type == "link" else fit.response_family.linkinv
     out = interval_frame(values, se, eta.index, level, extra_var=extra, linkinv=linkinv)
     out.attrs.update({"interval": interval, "scale": type})
     return out

@@ -81,7 +81,8 @@ class GlmmResult(FitResult):
     def __init__(self, model, nAGQ, theta, beta, u_start, stage1, stage2, convergence, hessian, singular, messages):
         self.model = model
         self.design = model.design
-        self.family = model.family
+        # the response distribution (lme4's family(fit)); `family` is the model family, "glmm"
+        self.response_family = model.family
         self.nAGQ = int(nAGQ)
         self.stage1, self.stage2 = stage1, stage2
         self.opt = stage2.opt if stage2 is not None else (stage1.opt if stage1 is not None else None)
@@ -352,9 +353,9 @@ class GlmmResult(FitResult):
         if kind == "deviance":
             r = np.sign(y - mu) * np.sqrt(np.maximum(st.dev_resid, 0.0))
         elif kind == "pearson":
-            r = (y - mu) * np.sqrt(wt) / np.sqrt(self.family.variance(mu))
+            r = (y - mu) * np.sqrt(wt) / np.sqrt(self.response_family.variance(mu))
         else:  # working: the PIRLS working residual on the link scale
-            r = (y - mu) / self.family.mu_eta(st.eta)
+            r = (y - mu) / self.response_family.mu_eta(st.eta)
         return self._align(r, f"resid_{kind}")
 
     @property
@@ -412,7 +413,7 @@ class GlmmResult(FitResult):
         from memoe.errors import FamilyError
 
         raise FamilyError(
-            f"predict_subject is defined for Gaussian models (lmm, gls, lme): the {self.family} GLMM's "
+            f"predict_subject is defined for Gaussian models (lmm, gls, lme): the {self.response_family} GLMM's "
             "future rows given a history are not normal. Use predict(newdata, re_form='full') for the "
             "subjects of the fit"
         )
@@ -423,6 +424,6 @@ class GlmmResult(FitResult):
 
     def __repr__(self) -> str:
         return (
-            f"<GlmmResult {self.family} {self.method}: logLik={self.loglik:.4f}, "
+            f"<GlmmResult {self.response_family} {self.method}: logLik={self.loglik:.4f}, "
             f"fixef={dict(self.fixef.round(4))}, theta={dict(self.theta.round(4))}>"
         )

@@ -52,7 +52,7 @@ class GlmmSummary(Summary):
         else:
             how = f"Adaptive Gauss-Hermite Quadrature, nAGQ = {f.nAGQ}"
         out = [f"Generalized linear mixed model fit by maximum likelihood ({how}) ['GlmmResult']"]
-        out.append(f" Family: {f.family.name}  ( {f.family.link.name} )")
+        out.append(f" Family: {f.response_family.name}  ( {f.response_family.link.name} )")
         out.append(f"Formula: {f.model.formula}")
         if f.model.data_name:
             out.append(f"   Data: {f.model.data_name}")

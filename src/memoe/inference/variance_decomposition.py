@@ -106,7 +106,7 @@ def _random_lme4(design, covariances: list[np.ndarray]) -> pd.Series:
 
 
 def _glmm_residual(fit) -> tuple[float, str]:
-    fam = fit.family
+    fam = fit.response_family
     link = fam.link.name
     if fam.name == "binomial":
         table = {"logit": (math.pi**2 / 3.0, "pi^2/3"), "probit": (1.0, "1"), "cloglog": (math.pi**2 / 6.0, "pi^2/6")}
@@ -147,11 +147,9 @@ def variance_decomposition(fit) -> VarianceDecomposition:
     MemoeError
         For a family without this decomposition (GEE, mixtures: use the per-expert fits).
     """
-    from memoe.glmm.result import GlmmResult
-    from memoe.lmm.result import LmmResult
-    from memoe.marginal.result import MarginalResult
-
-    if isinstance(fit, LmmResult):
+    # dispatch on the shared interface's family name: importing the result classes here would make
+    # every result module depend on this one and back
+    if getattr(fit, "family", None) == "lmm":
         d = fit.design
         return VarianceDecomposition(
             var_fixed=_var_fixed(d, fit.state.beta),
@@ -159,7 +157,7 @@ def variance_decomposition(fit) -> VarianceDecomposition:
             var_residual=float(fit.sigma) ** 2,
             residual_note="residual variance sigma^2",
         )
-    if isinstance(fit, GlmmResult):
+    if getattr(fit, "family", None) == "glmm":
         d = fit.design
         res, note = _glmm_residual(fit)
         return VarianceDecomposition(
@@ -168,7 +166,7 @@ def variance_decomposition(fit) -> VarianceDecomposition:
             var_residual=res,
             residual_note=note,
         )
-    if isinstance(fit, MarginalResult):
+    if getattr(fit, "family", None) in ("gls", "lme"):
         d = fit.design
         rand = pd.Series(dtype=float, name="var_random")
         if d.blocks:
@@ -234,9 +232,7 @@ def expert_decomposition(fit) -> pd.DataFrame:
 
 
 def _is_mixture(fit) -> bool:
-    from memoe.moe.result import MEMoEResult
-
-    return isinstance(fit, MEMoEResult)
+    return getattr(fit, "family", None) in ("memoe", "moe")
 
 
 def _mixture_icc(fit) -> pd.DataFrame:

@@ -43,7 +43,7 @@ class FitView:
 
     def __init__(self, fit) -> None:
         self.fit = fit
-        self.family: str = str(fit.family if isinstance(fit.family, str) else type(fit).family)
+        self.family: str = str(fit.family)
 
     # ------------------------------------------------------------------ rows and formula
     @cached_property

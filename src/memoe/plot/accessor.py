@@ -234,7 +234,7 @@ class PlotAccessor:
 
         One panel per grouping factor and term; ``max_groups`` draws a random subset of the groups.
         """
-        from memoe.core.result import check_level
+        from memoe.core.arguments import check_level
 
         v = self._view
         v.require_ranef("caterpillar")
@@ -491,7 +491,7 @@ class PlotAccessor:
         seed : int
         ax : matplotlib Axes, optional
         """
-        from memoe.core.result import check_level
+        from memoe.core.arguments import check_level
 
         v = self._view
         level = check_level(level)

@@ -31,7 +31,7 @@ def _term_covariance(varcorr: pd.DataFrame, name: str, columns: tuple[str, ...])
 
 def _latent_within(fit, between: float) -> tuple[float, str]:
     """The distribution-specific (latent-scale) residual variance of a GLMM (Nakagawa, Johnson & Schielzeth 2017)."""
-    fam = fit.family
+    fam = fit.response_family
     name, link = getattr(fam, "name", "?"), getattr(getattr(fam, "link", None), "name", "?")
     if name == "binomial":
         if link == "logit":

@@ -73,8 +73,8 @@ def _model_call(fit, view: FitView) -> str:
     if fam == "gee":
         parts.append(f"family = {model.family!r}, id = {model.group!r}, corstr = {model.corstr!r}")
     if fam == "glmm":
-        link = getattr(getattr(fit.family, "link", None), "name", "?")
-        parts.append(f"family = {getattr(fit.family, 'name', '?')}({link}), nAGQ = {fit.nAGQ}")
+        link = getattr(getattr(fit.response_family, "link", None), "name", "?")
+        parts.append(f"family = {getattr(fit.response_family, 'name', '?')}({link}), nAGQ = {fit.nAGQ}")
     if fam in ("gls", "lme") and getattr(model, "correlation", None) is not None:
         parts.append(f"correlation = {model.correlation!r}")
     method = getattr(fit, "method", None)
@@ -105,9 +105,8 @@ def _notes(fit) -> list[tuple[str, str]]:
 
 def report_html(fit, title: str | None = None, figures: bool = True, dpi: int = 96, max_subjects: int = 200) -> str:
     """The report page as an HTML string (see :func:`report`)."""
-    from memoe.core.result import FitResult
-
-    if not isinstance(fit, FitResult):
+    # duck-typed on the shared result interface (importing FitResult here would close an import cycle)
+    if not (hasattr(fit, "summary") and hasattr(fit, "glance") and hasattr(fit, "params")):
         raise ArgumentTypeError(f"report needs a fitted model (a memoe FitResult), got {type(fit).__name__}")
     view = FitView(fit)
     title = title or f"{type(fit).__name__} report: {view.formula}"
