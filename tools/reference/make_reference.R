@@ -33,6 +33,11 @@ suppressPackageStartupMessages({
 
 ## Work in OUTDIR (first trailing argument) or else in the directory that
 ## holds this script, so every path is relative.
+SCRIPT_DIR <- local({
+  a <- commandArgs(trailingOnly = FALSE)
+  f <- sub("^--file=", "", a[grep("^--file=", a)])
+  if (length(f) == 1 && nzchar(f)) normalizePath(dirname(f)) else getwd()
+})
 local({
   out <- commandArgs(trailingOnly = TRUE)
   a <- commandArgs(trailingOnly = FALSE)
@@ -1113,6 +1118,13 @@ lmer_case("contrasts_treatment_helmert_reml", "contrasts_sim",
                 "contrasts = list(dose = 'contr.treatment', dept = 'contr.helmert'))"),
           description = "contr.treatment for the ordered dose (overrides contr.poly), contr.helmert for dept",
           inference = FALSE, extra = contrasts_predictions)
+
+## Topic scripts: each file in cases/ adds its cases with the helpers above
+## (one file per feature, so features extend the corpus without touching this file).
+for (case_file in sort(list.files(file.path(SCRIPT_DIR, "cases"), pattern = "[.]R$", full.names = TRUE))) {
+  cat("--", basename(case_file), "\n")
+  source(case_file, local = new.env(parent = globalenv()))
+}
 
 write_index()
 cat("done\n")
