@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 import nlopt
 import numpy as np
 
+from memoe.core.optim.progress import EvaluationBar
+
 __all__ = ["OptSummary", "minimize_bounded"]
 
 _RESULT_NAMES = {
@@ -69,11 +71,15 @@ def minimize_bounded(
     xtol_rel: float = 0.0,
     maxeval: int = 100_000,
     initial_step: float | np.ndarray | None = None,
+    progress: bool | None = False,
+    desc: str = "optimising",
 ) -> OptSummary:
     """Minimise ``fun`` subject to ``lower <= x <= upper`` with BOBYQA.
 
     The default tolerances are those of lme4's "tight" refits (lme4's defaults stop short of the
     optimum by up to 1e-3 in theta on flat ridges); the objective here is cheap enough to afford them.
+    ``progress`` (True, False, or None for "when stderr is a terminal") shows a bar of evaluations
+    labelled ``desc`` once the run has lasted a couple of seconds (:mod:`memoe.core.optim.progress`).
     """
     x0 = np.asarray(x0, dtype=float)
     k = len(x0)
@@ -90,6 +96,7 @@ def minimize_bounded(
             v = 1e300
         if v < best[0]:
             best[0], best[1] = v, x.copy()
+        bar.update(best[0])
         return v
 
     t0 = time.perf_counter()
@@ -111,6 +118,7 @@ def minimize_bounded(
         # a scalar or one step per parameter (nlopt rescales the variables accordingly)
         opt.set_initial_step(np.broadcast_to(np.asarray(initial_step, dtype=float), (k,)).copy())
     start = np.clip(x0, lb, upper)
+    bar = EvaluationBar(progress, desc)
     try:
         x = opt.optimize(start)
         code = opt.last_optimize_result()
@@ -119,6 +127,8 @@ def minimize_bounded(
     except (RuntimeError, ValueError) as exc:  # nlopt failure: keep the best point seen
         x, code = best[1], -1
         _ = exc
+    finally:
+        bar.close()
     x = np.asarray(x, dtype=float)
     # nlopt returns the best point it evaluated; re-evaluate only if it is not the one recorded
     fmin = best[0] if best[0] < 1e300 and np.array_equal(x, best[1]) else float(fun(x))
