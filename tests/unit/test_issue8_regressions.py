@@ -234,3 +234,12 @@ def test_reported_calls_are_memoe_errors(sleep, call):
         call(sleep)
     assert len(str(info.value)) > 20
     pd.testing.assert_frame_equal(sleep, before)
+
+
+def test_compare_refuses_gee_fits_with_a_comparison_error():
+    data = memoe.datasets.load("Orthodont")
+    g = memoe.gee("distance ~ age", data, group="Subject").fit()
+    m = memoe.lmm("distance ~ age + (1 | Subject)", data).fit(reml=False)
+    for fits in [(g, m), (m, g), (g, g)]:
+        with pytest.raises(memoe.errors.ModelComparisonError, match="GEE.*qic"):
+            memoe.compare(*fits)

@@ -275,6 +275,11 @@ def compare(*fits, boundary: bool = False, refit: bool = True, names: list[str] 
     if dup:
         raise ModelComparisonError(f"model names must be distinct; {dup} repeated")
     for f, n in zip(fits_l, names_l, strict=True):
+        if getattr(f, "family", None) == "gee":
+            raise ModelComparisonError(
+                f"{n!r} is a GEE fit: a GEE is not likelihood-based (no log-likelihood), so it cannot enter a "
+                "likelihood-ratio test or an AIC/BIC table; compare GEE fits with fit.qic() (QIC, QICu, CIC)"
+            )
         if type(f).__name__ == "MEMoEResult":
             raise ModelComparisonError(
                 f"{n!r} is a mixture of experts: mixtures with different numbers of experts are not nested in the "
