@@ -68,6 +68,12 @@ class LmmSummary(Summary):
         out.append(f"Formula: {f.model.formula}")
         if f.model.data_name:
             out.append(f"   Data: {f.model.data_name}")
+        # lme4 names the weights= and offset= arguments as written (values given directly: "(weights)")
+        d = f.design
+        if d.weights_column is not None:
+            out.append(f"Weights: {d.weights_column}")
+        if d.offset_column is not None:
+            out.append(f" Offset: {d.offset_column}")
         out.append("")
         if f.reml:
             out.append(f"REML criterion at convergence: {f.deviance:.1f}")

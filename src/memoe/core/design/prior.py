@@ -23,6 +23,7 @@ __all__ = [
     "attach_vector",
     "check_prior_weights",
     "evaluate_offset",
+    "newdata_offset",
     "split_offsets",
 ]
 
@@ -168,3 +169,37 @@ def evaluate_offset(frame: pd.DataFrame, exprs: tuple[str, ...], column: str | N
             raise DataError(f"offset column {column!r} has {int((~np.isfinite(v)).sum())} non-finite values")
         total = total + v
     return total
+
+
+def newdata_offset(design, newdata: pd.DataFrame) -> np.ndarray | float:
+    """The formula's ``offset(expr)`` terms of a fitted design evaluated on new data (0 without any).
+
+    As lme4's ``predict.merMod``: the ``offset=`` argument of the fit is not replayed on new data.
+
+    Raises
+    ------
+    DataError
+        A column an offset term reads is absent from ``newdata`` or not numeric.
+    """
+    from memoe.core.design.frame import formula_variables
+
+    terms = getattr(design, "offset_terms", ())
+    if not terms:
+        return 0.0
+    for e in terms:
+        missing = [v for v in formula_variables(f"{as_expression(e)} ~ 1", f"offset({e})") if v not in newdata.columns]
+        if missing:
+            raise DataError(
+                f"newdata lacks the column{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))} "
+                f"of the offset term offset({e})"
+            )
+    # missing values give NaN predictions, as for any other covariate
+    out = np.zeros(len(newdata))
+    for e in terms:
+        if e in newdata.columns:
+            out = out + numeric_column(newdata, e, f"the offset term offset({e}): the")
+        else:
+            from memoe.core.design.frame import numeric_response
+
+            out = out + numeric_response(newdata, as_expression(e))
+    return out
