@@ -7,9 +7,8 @@ lme4's bounds) plus convergence and boundary checks, and a frozen :class:`LmmRes
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import dataclasses
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -26,8 +25,8 @@ from memoe.core.design.prior import (
     numeric_column,
     split_offsets,
 )
-from memoe.core.formula.parse import parse_formula
 from memoe.core.design.scaling import choose_scaling
+from memoe.core.formula.parse import parse_formula
 from memoe.core.frames import to_pandas
 from memoe.core.linalg.threads import blas_threads
 from memoe.core.optim import check_convergence, finite_difference_derivatives, minimize_bounded

@@ -13,7 +13,6 @@ import numpy as np
 import pandas as pd
 
 from memoe.core.design.fixed import evaluate_matrix
-from memoe.core.design.prior import newdata_offset
 from memoe.core.design.newdata import (
     MISSING,
     check_allow_new_levels,
@@ -25,6 +24,7 @@ from memoe.core.design.newdata import (
     require_dataframe,
     warn_nonfinite,
 )
+from memoe.core.design.prior import newdata_offset
 from memoe.inference.prediction import pls_prediction_variance
 
 __all__ = [

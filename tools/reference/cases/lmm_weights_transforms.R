@@ -85,7 +85,11 @@ lmlist_results <- function(fit) {
   for (i in seq_along(dn[[1]])) for (j in seq_along(dn[[3]]))
     cis[[length(cis) + 1]] <- list(group = dn[[1]][i], term = dn[[3]][j], lower = ci[i, 1, j], upper = ci[i, 2, j])
   list(coef = df_records(cbind(group = rownames(cf), cf)), coefficients = tab, confint = cis,
-       confint_level = 0.95, pooled_sd = s$RSE, pooled_df = s$df.residual, r_squared = arr(s$r.squared))
+       confint_level = 0.95, pooled_sd = s$RSE, pooled_df = s$df.residual, r_squared = arr(s$r.squared),
+       loglik = as.numeric(logLik(fit)), loglik_df = attr(logLik(fit), "df"),
+       fixef = jvec(fixef(fit)), fitted = arr(as.double(fitted(fit))),
+       predict_newdata = list(newdata = df_records(nd_weighted()[, c("Days", "Subject")]),
+                              predicted = arr(as.double(predict(fit, newdata = nd_weighted())))))
 }
 for (spec in list(
   list(id = "lmlist_sleepstudy", call = "lme4::lmList(Reaction ~ Days | Subject, data = sleep_weighted)",
