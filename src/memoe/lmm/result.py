@@ -191,6 +191,23 @@ class LmmResult(FitResult):
 
         return subject_coefficients(self.fixef, self.ranef)
 
+    def caic(self, method: str = "greven-kneib"):
+        """Conditional AIC: ``-2`` conditional log-likelihood ``+ 2 (rho + 1)``.
+
+        ``method="greven-kneib"`` (default): Greven & Kneib (2010) with the correction for the estimated
+        covariance parameters, as R's ``cAIC4::cAIC``; ``"vaida-blanchard"``: the hat-matrix trace with the
+        covariance parameters treated as known (Vaida & Blanchard 2005). Not the "CAIC" (consistent AIC)
+        of :meth:`information_criteria`. See :mod:`memoe.inference.caic`.
+
+        Returns
+        -------
+        memoe.inference.caic.ConditionalAIC
+            ``caic``, ``loglik_conditional``, ``df``, ``rho``, ``trace_H``, ``correction``; ``.as_series()``.
+        """
+        from memoe.inference.caic import caic
+
+        return caic(self, method=method)
+
     def icc(self, by_group: bool = False):
         """Adjusted and conditional ICC (Nakagawa et al. 2017; see
         :func:`memoe.inference.variance_decomposition.icc`)."""
