@@ -241,7 +241,9 @@ def predict_interval_lmm(
         fit, fit.state.solution, fit.model.problem, fit.sigma**2, fit.vcov().to_numpy(), newdata, rf, allow
     )
     if interval == "prediction":
-        extra = extra + fit.sigma**2
+        # a new observation has variance sigma^2 / w: the prior weights of the fitted rows, 1 for new data
+        w = fit.design.prior_weights if newdata is None else None
+        extra = extra + (fit.sigma**2 if w is None else fit.sigma**2 / w)
     else:
         extra = 0.0 * extra
     if newdata is None:

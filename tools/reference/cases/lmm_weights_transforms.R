@@ -40,7 +40,7 @@ for (reml in c(TRUE, FALSE)) {
   lmer_case(paste0("lmm_weights_offset_", if (reml) "reml" else "ml"), "sleep_weighted",
             sprintf("lmer(Reaction ~ Days + offset(o) + (Days | Subject), data = sleep_weighted, weights = w, REML = %s)", reml),
             description = "prior weights and a formula offset, correlated random slope (one grouping factor)",
-            extra = weighted_extra)
+            profile = !reml, extra = weighted_extra)
 }
 lmer_case("lmm_weights_crossed_reml", "sleep_weighted",
           "lmer(Reaction ~ Days + (1 | Subject) + (1 | fday), data = sleep_weighted, weights = w, offset = o, REML = TRUE)",
