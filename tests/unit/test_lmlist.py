@@ -148,3 +148,13 @@ def test_no_residual_df_is_refused():
         warnings.simplefilter("ignore")
         with pytest.raises(MemoeError, match="degrees of freedom"):
             memoe.lmlist("Reaction ~ Days | Subject", df)
+
+
+def test_save_load_round_trip(fit, tmp_path):
+    path = tmp_path / "lmlist.memoe"
+    fit.save(str(path))
+    back = memoe.load(str(path))
+    assert type(back) is type(fit)
+    np.testing.assert_array_equal(back.coef().to_numpy(), fit.coef().to_numpy())
+    assert back.loglik == fit.loglik and back.sigma == fit.sigma
+    pd.testing.assert_frame_equal(back.group_table(), fit.group_table())
