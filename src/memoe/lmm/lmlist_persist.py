@@ -6,7 +6,6 @@ the per-group least squares (no optimiser: the same numbers) and checks the log-
 
 from __future__ import annotations
 
-
 import numpy as np
 
 from memoe.core.persist.common import (
