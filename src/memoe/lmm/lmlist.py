@@ -87,10 +87,21 @@ class LmList:
         self.y = numeric_response(fd, response)
         if not np.all(np.isfinite(self.y)):
             raise DataError(f"response {response!r} has {int((~np.isfinite(self.y)).sum())} non-finite values")
-        self.X, self.spec, self.names, self.contrasts = model_matrix_with_contrasts(terms, fd, what="the model")
+        self.spec = spec
+        self.X, self.model_spec, self.names, self.contrasts = model_matrix_with_contrasts(terms, fd, what="the model")
         if self.X.shape[1] == 0:
             raise FormulaError(f"formula {formula!r} gives no coefficients to fit per group")
         self.factor = make_grouping_factor(fd, group_factors)
+
+    @property
+    def n(self) -> int:
+        """Number of rows used."""
+        return len(self.y)
+
+    @property
+    def terms(self) -> tuple:
+        """No random-effects terms (the groups' coefficients are fixed per group)."""
+        return ()
 
 
 def _batched_ls(X: np.ndarray, y: np.ndarray, codes: np.ndarray, ngroups: int):
@@ -161,6 +172,8 @@ class LmListResult(FitResult):
 
     def __init__(self, model: LmList) -> None:
         self.model = model
+        # the shared interface reads the model frame (augment, alignment) from ``design.frame``
+        self.design = model
         m = model
         G = m.factor.nlevels
         codes = m.factor.codes
@@ -351,21 +364,34 @@ class LmListResult(FitResult):
     def resid(self) -> pd.Series:
         return self.model.frame.align(self.model.y - self._fitted, "resid")
 
-    def predict(self, newdata: pd.DataFrame | None = None, **kwargs: Any) -> pd.Series:
+    def predict(self, newdata: pd.DataFrame | None = None, re_form: str | None = "full") -> pd.Series:
         """Predictions from each row's own group fit (lme4's ``predict(lmList, newdata)``).
 
-        Coefficients that are not estimable in a group count as 0 (R's ``predict.lm`` on a rank-deficient
-        fit); a group not in the fit raises :class:`~memoe.core.design.newdata.NewLevelError`.
+        Parameters
+        ----------
+        newdata : pandas.DataFrame, optional
+            Default: the fitted rows. Predictions come back in ``newdata``'s row order (lme4 returns
+            them grouped).
+        re_form : {"full", None, "~0"}
+            ``"full"``: each group's coefficients (coefficients not estimable in a group count as 0, as
+            R's ``predict.lm`` on a rank-deficient fit; a group not in the fit raises
+            :class:`~memoe.core.design.newdata.NewLevelError`); ``None`` / ``"~0"``: the mean
+            coefficients :attr:`fixef` (the first-stage estimate of the population line).
         """
-        if kwargs:
-            raise ArgumentError(f"predict() of an lmList takes only newdata; got {sorted(kwargs)}")
-        if newdata is None:
-            return self.fitted.rename("predicted")
         from memoe.core.design.fixed import evaluate_matrix
-        from memoe.core.design.newdata import group_codes
+        from memoe.core.design.newdata import group_codes, parse_re_form
 
+        rf = parse_re_form(re_form)
+        if rf not in ("full", None):
+            raise ArgumentError(f"re_form must be 'full', None or '~0' for an lmList, got {re_form!r}")
+        if newdata is None:
+            if rf == "full":
+                return self.fitted.rename("predicted")
+            return self.model.frame.align(self.model.X @ np.nan_to_num(self.fixef.to_numpy()), "predicted")
         newdata = require_dataframe(newdata)
-        X = evaluate_matrix(self.model.spec, newdata, "the model")
+        X = evaluate_matrix(self.model.model_spec, newdata, "the model")
+        if rf is None:
+            return pd.Series(X @ np.nan_to_num(self.fixef.to_numpy()), index=newdata.index, name="predicted")
         codes = group_codes(self.model.factor.name, self.groups, newdata, False)
         ok = codes >= 0
         out = np.full(len(newdata), np.nan)
