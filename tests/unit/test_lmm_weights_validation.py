@@ -37,7 +37,7 @@ def test_bad_weight_values_are_refused_naming_the_column(ss, weights, match):
 def test_weights_array_of_wrong_length_or_type(ss):
     with pytest.raises(DataError, match="one value per data row"):
         memoe.lmm(F, ss, weights=np.ones(3))
-    with pytest.raises(DataError, match="weights.*numeric"):
+    with pytest.raises(DataError, match=r"weights.*numeric"):
         memoe.lmm(F, ss, weights="txt")
     with pytest.raises(DataError, match="'nope' is not in the data"):
         memoe.lmm(F, ss, weights="nope")
@@ -56,7 +56,7 @@ def test_missing_weight_drops_the_row_as_r_does(ss):
 
 
 def test_non_numeric_offset_is_refused(ss):
-    with pytest.raises(DataError, match="offset.*'txt'.*numeric"):
+    with pytest.raises(DataError, match=r"offset.*'txt'.*numeric"):
         memoe.lmm("Reaction ~ Days + offset(txt) + (1 | Subject)", ss)
     with pytest.raises(DataError, match="offset column 'txt' must be numeric"):
         memoe.lmm(F, ss, offset="txt")
