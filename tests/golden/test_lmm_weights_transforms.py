@@ -213,3 +213,23 @@ def test_weighted_profile_intervals_of_the_variance_parameters():
     for name in ["(Intercept)", "Days"]:
         width, wald_width = ci.loc[name].diff().iloc[-1], wald.loc[name].diff().iloc[-1]
         assert 0.9 < width / wald_width < 1.1
+
+
+def test_weighted_kenward_roger_is_pbkrtest_on_the_whitened_model():
+    """pbkrtest ignores prior weights (its V has an identity residual block), so the reference is pbkrtest's
+    KR of the same model written on whitened rows without weights (``lmm_weights_whitened_reml``)."""
+    white = reference("lmm_weights_whitened_reml")["results"]
+    at_ref = at_reference_theta("lmm_weights_offset_reml")
+    # the whitened fit has the weighted fit's theta (its optimum differs only by optimiser slack)
+    theta_w = np.array(list(white["theta"].values()))
+    fit = fitted("lmm_weights_offset_reml")
+    at_white = LmmResult(fit.model, True, theta_w, fit.opt, fit.convergence, fit.singular, fit.messages)
+    kr = at_white.coef_table(ddf="kenward-roger")
+    ref = pd.DataFrame(white["kenward_roger"]["coef"]).set_index("term")
+    assert _rel(kr["estimate"], ref["estimate"]) < 1e-6
+    assert _rel(kr["std_error"], ref["std_error"], 1e-8) < 1e-4
+    assert _rel(kr["df"], ref["df"]) < 1e-4
+    # and the weighted fit's log-likelihood is the whitened one's plus 0.5 sum(log w)
+    w = reference_data("lmm_weights_offset_reml")["w"].to_numpy()
+    assert abs(at_white.loglik - (white["loglik"] + 0.5 * np.log(w).sum())) < 1e-6
+    assert at_ref.coef_table(ddf="kenward-roger")["df"].notna().all()

@@ -75,7 +75,7 @@ def test_against_lme4(case, which, request):
     assert res.loglik == pytest.approx(r["loglik"], abs=1e-8)
     assert res.df_model == r["loglik_df"]
     _close(res.fixef[list(r["fixef"])], list(r["fixef"].values()), 1e-8)
-    _close(res.fitted, r["fitted"], 1e-8)
+    _close(res.fitted, r["fitted_values"], 1e-8)
     nd = pd.DataFrame(r["predict_newdata"]["newdata"])
     # lme4 returns the predictions grouped (groups in order of first appearance); memoe in row order
     first = {g: i for i, g in reversed(list(enumerate(nd["Subject"])))}

@@ -87,7 +87,7 @@ lmlist_results <- function(fit) {
   list(coef = df_records(cbind(group = rownames(cf), cf)), coefficients = tab, confint = cis,
        confint_level = 0.95, pooled_sd = s$RSE, pooled_df = s$df.residual, r_squared = arr(s$r.squared),
        loglik = as.numeric(logLik(fit)), loglik_df = attr(logLik(fit), "df"),
-       fixef = jvec(fixef(fit)), fitted = arr(as.double(fitted(fit))),
+       fixef = jvec(fixef(fit)), fitted_values = arr(as.double(fitted(fit))),
        predict_newdata = list(newdata = df_records(nd_weighted()[, c("Days", "Subject")]),
                               predicted = arr(as.double(predict(fit, newdata = nd_weighted())))))
 }
@@ -100,3 +100,20 @@ for (spec in list(
   make_case(spec$id, "sleep_weighted", spec$call, "lme4", "OLS", lmlist_results(rc$value),
             description = spec$desc)
 }
+
+## Kenward-Roger of a weighted fit: pbkrtest builds V with an identity residual block, ignoring the
+## prior weights. The same model written without weights, on the whitened rows sqrt(w) (y - o),
+## sqrt(w), sqrt(w) Days, has the weighted model's V up to the scaling W^(1/2), so pbkrtest's KR of
+## this fit is the KR of the weighted model.
+local({
+  d <- sleep_weighted
+  sw <- sqrt(d$w)
+  register_dataset("sleep_whitened",
+                   data.frame(yw = sw * (d$Reaction - d$o), sw = sw, swd = sw * d$Days, Subject = d$Subject),
+                   "sleep_weighted whitened by sqrt(w): yw = sqrt(w) (Reaction - o), sw = sqrt(w), swd = sqrt(w) Days",
+                   "derived from sleep_weighted in lmm_weights_transforms.R")
+})
+lmer_case("lmm_weights_whitened_reml", "sleep_whitened",
+          "lmer(yw ~ 0 + sw + swd + (0 + sw + swd | Subject), data = sleep_whitened, REML = TRUE)",
+          description = "the weighted REML fit of lmm_weights_offset_reml written on whitened rows (no weights): its pbkrtest KR is the weighted model's",
+          rows = FALSE)
