@@ -477,7 +477,7 @@ def lmlist(formula: str, data: pd.DataFrame, pool: bool = True) -> LmListResult:
     >>> import memoe
     >>> ss = memoe.datasets.load("sleepstudy")
     >>> fits = memoe.lmlist("Reaction ~ Days | Subject", ss)
-    >>> round(fits.coef().loc["308", "Days"], 4)
+    >>> round(float(fits.coef().loc["308", "Days"]), 4)
     21.7647
     >>> round(fits.sigma, 4)
     25.5918
