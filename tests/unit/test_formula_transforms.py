@@ -142,3 +142,30 @@ def test_persistence_allow_list_accepts_transforms(formula):
 def test_persistence_allow_list_refuses_code_in_transforms(formula):
     with pytest.raises(PersistenceError):
         check_formula(formula, ["y", "x"])
+
+
+def test_learned_state_is_saved_as_data_and_checked_on_load(ss, tmp_path):
+    import json
+    import zipfile
+
+    fit = memoe.lmm("Reaction ~ poly(Days, 2) + (scale(Days) | Subject)", ss).fit()
+    path = tmp_path / "fit.memoe"
+    fit.save(str(path))
+    back = memoe.load(str(path))
+    nd = pd.DataFrame({"Days": [2.5, 11.0], "Subject": ["308", "309"]})
+    np.testing.assert_allclose(back.predict(nd), fit.predict(nd), rtol=1e-12)
+    with zipfile.ZipFile(path) as z:
+        names = z.namelist()
+        meta_name = next(n for n in names if n.endswith(".json"))
+        meta = json.loads(z.read(meta_name))
+    state = meta["model"]["transform_state"]
+    assert state["fixed"]["poly(Days, 2)"]["alpha"]["0"] == pytest.approx(4.5)
+    assert state["random:Subject:0"]["scale(Days)"]["center"] == pytest.approx(4.5)
+    # a file whose saved state does not match its rows is refused
+    meta["model"]["transform_state"]["fixed"]["poly(Days, 2)"]["alpha"]["0"] = 4.0
+    bad = tmp_path / "bad.memoe"
+    with zipfile.ZipFile(path) as z, zipfile.ZipFile(bad, "w") as out:
+        for n in names:
+            out.writestr(n, json.dumps(meta) if n == meta_name else z.read(n))
+    with pytest.raises(PersistenceError, match="transforms"):
+        memoe.load(str(bad))

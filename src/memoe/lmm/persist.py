@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from memoe.core.design.contrasts import check_saved_contrasts
+from memoe.core.design.prior import same_transform_states, transform_states
 from memoe.core.linalg.threads import blas_threads
 from memoe.core.optim import ConvergenceReport, OptSummary
 from memoe.core.persist.common import (
@@ -25,6 +26,7 @@ from memoe.core.persist.common import (
 from memoe.core.persist.formula_check import check_column, check_formula
 from memoe.core.persist.frames import decode_frame, encode_frame
 from memoe.core.persist.registry import register_codec
+from memoe.errors import PersistenceError
 from memoe.lmm.model import LMM
 from memoe.lmm.result import LmmResult
 
@@ -48,6 +50,9 @@ def encode_lmm(fit: LmmResult, arrays: dict[str, np.ndarray]) -> dict:
             # model-frame columns of the weights= / offset= arguments (saved with the data), or None
             "weights": design.weights_column,
             "offset": design.offset_column,
+            # what the stateful transforms (scale, poly, bs, ...) learned: re-learned from the saved rows on
+            # load and compared, so the file holds numbers to check, never code
+            "transform_state": transform_states(design),
         },
         "fit": {
             "reml": fit.reml,
@@ -86,6 +91,12 @@ def decode_lmm(meta: dict, arrays: dict[str, np.ndarray]) -> LmmResult:
     model.design = restore_model_frame(model.design, m["frame"], "frame", arrays)
     check_equal("fixed-effects names", m["fixef_names"], model.design.fixef_names)
     check_equal("theta names", m["theta_names"], model.design.theta_map.names)
+    saved_state = m.get("transform_state")
+    if saved_state is not None and not same_transform_states(saved_state, transform_states(model.design)):
+        raise PersistenceError(
+            "the formula's transforms (scale, poly, bs, ...) learned on the saved rows differ from the saved "
+            "state: the file does not reproduce its fit"
+        )
     # the same BLAS setting as LMM.fit when it builds its result
     with blas_threads(model.problem.blas_threads):
         fit = LmmResult(

@@ -24,6 +24,8 @@ __all__ = [
     "check_prior_weights",
     "evaluate_offset",
     "newdata_offset",
+    "same_transform_states",
+    "transform_states",
     "split_offsets",
 ]
 
@@ -203,3 +205,48 @@ def newdata_offset(design, newdata: pd.DataFrame) -> np.ndarray | float:
 
             out = out + numeric_response(newdata, as_expression(e))
     return out
+
+
+def _plain_state(value):
+    """A formulaic transform state as JSON data (numbers, lists, dicts with string keys)."""
+    if isinstance(value, dict):
+        return {str(k): _plain_state(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [_plain_state(v) for v in value]
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value)
+    return None if value is None else str(value)
+
+
+def transform_states(design) -> dict:
+    """The learned state of every stateful transform of a design (``scale``'s centre and SD, ``poly``'s
+    recurrence coefficients, ``bs``'s knots), as plain data keyed by where the transform sits.
+
+    Savers write it next to the data; loaders re-learn the transforms from the saved rows and compare
+    (:func:`same_transform_states`), so a file never supplies code, only numbers to check.
+    """
+    out = {}
+    state = getattr(design.fixed.spec, "transform_state", None) or {}
+    if state:
+        out["fixed"] = _plain_state(state)
+    for blk in design.blocks:
+        for i, (spec, _) in enumerate(blk.specs):
+            st = getattr(spec, "transform_state", None) or {}
+            if st:
+                out[f"random:{blk.factor.name}:{i}"] = _plain_state(st)
+    return out
+
+
+def same_transform_states(saved, rebuilt, rtol: float = 1e-12) -> bool:
+    """Whether two :func:`transform_states` agree (numbers to ``rtol``)."""
+    if isinstance(saved, dict) and isinstance(rebuilt, dict):
+        return saved.keys() == rebuilt.keys() and all(same_transform_states(saved[k], rebuilt[k], rtol) for k in saved)
+    if isinstance(saved, list) and isinstance(rebuilt, list):
+        return len(saved) == len(rebuilt) and all(same_transform_states(a, b, rtol) for a, b in zip(saved, rebuilt))
+    if isinstance(saved, (int, float)) and isinstance(rebuilt, (int, float)) and not isinstance(saved, bool):
+        return abs(saved - rebuilt) <= rtol * max(abs(saved), abs(rebuilt), 1e-300) or saved == rebuilt
+    return saved == rebuilt
