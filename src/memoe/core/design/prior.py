@@ -25,8 +25,8 @@ __all__ = [
     "evaluate_offset",
     "newdata_offset",
     "same_transform_states",
-    "transform_states",
     "split_offsets",
+    "transform_states",
 ]
 
 # R's model-frame names of the weights= and offset= arguments
