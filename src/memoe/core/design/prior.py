@@ -246,7 +246,9 @@ def same_transform_states(saved, rebuilt, rtol: float = 1e-12) -> bool:
     if isinstance(saved, dict) and isinstance(rebuilt, dict):
         return saved.keys() == rebuilt.keys() and all(same_transform_states(saved[k], rebuilt[k], rtol) for k in saved)
     if isinstance(saved, list) and isinstance(rebuilt, list):
-        return len(saved) == len(rebuilt) and all(same_transform_states(a, b, rtol) for a, b in zip(saved, rebuilt))
+        if len(saved) != len(rebuilt):
+            return False
+        return all(same_transform_states(a, b, rtol) for a, b in zip(saved, rebuilt, strict=True))
     if isinstance(saved, (int, float)) and isinstance(rebuilt, (int, float)) and not isinstance(saved, bool):
         return abs(saved - rebuilt) <= rtol * max(abs(saved), abs(rebuilt), 1e-300) or saved == rebuilt
     return saved == rebuilt
