@@ -233,3 +233,11 @@ def test_weighted_kenward_roger_is_pbkrtest_on_the_whitened_model():
     w = reference_data("lmm_weights_offset_reml")["w"].to_numpy()
     assert abs(at_white.loglik - (white["loglik"] + 0.5 * np.log(w).sum())) < 1e-6
     assert at_ref.coef_table(ddf="kenward-roger")["df"].notna().all()
+
+
+def test_summary_scaled_residuals_are_lme4s_weighted_pearson():
+    ref = reference("lmm_weights_offset_reml")
+    at_ref = at_reference_theta("lmm_weights_offset_reml")
+    q = np.quantile(np.array(ref["residuals_pearson"]) / ref["results"]["sigma"], [0, 0.25, 0.5, 0.75, 1])
+    line = str(at_ref.summary()).split("Scaled residuals:")[1].strip().splitlines()[1]
+    np.testing.assert_allclose([float(v) for v in line.split()], q, atol=6e-5)

@@ -84,7 +84,8 @@ class LmmSummary(Summary):
             )
             out.append(format_table(tab, index=False))
         out.append("")
-        r = f.resid.dropna().to_numpy() / f.sigma
+        # lme4: residuals(fit, "pearson", scaled = TRUE), sqrt(w) (y - mu) / sigma with prior weights
+        r = f.residuals("pearson").dropna().to_numpy()
         q = np.quantile(r, [0, 0.25, 0.5, 0.75, 1.0])
         out.append("Scaled residuals: ")
         out.append(
