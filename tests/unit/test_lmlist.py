@@ -124,14 +124,11 @@ def test_unpooled_table_uses_each_groups_sigma(fit):
 
 
 def test_plot_draws_one_panel_per_coefficient(fit):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    fig = fit.plot()
+    fig = fit.plot.intervals()
     assert len(fig.axes) == 2
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
+    assert [a.get_title() for a in fig.axes] == ["(Intercept)", "Days"]
+    assert "intervals" in fit.plot.available() and "residuals" in fit.plot.available()
+    assert len(fit.plot.residuals().axes) >= 1
 
 
 def test_bad_formulas_are_refused():

@@ -64,7 +64,7 @@ class LmList:
 
     Notes
     -----
-    The fixed-effects columns are built once on all rows (R's levels and contrasts); a column that is
+    The model columns are built once on all rows (R's levels and contrasts); a column that is
     aliased within a group (a covariate constant in that group, a factor level absent from it, or too
     few rows) gets an ``NA`` coefficient there, as ``lm`` gives with its pivoted QR (criterion of R's
     ``dqrdc2``, tolerance 1e-7). lme4 fits each group on its own subset of the model frame, so a factor
@@ -160,7 +160,7 @@ class LmListResult(FitResult):
     ``coef()`` is lme4's ``coef(lmList)`` (groups x coefficients, NaN where a coefficient is not
     estimable in a group); :meth:`coef_table` and :meth:`group_table` give lme4's
     ``summary(lmList)$coefficients`` (estimate, SE, t, p per group and coefficient, pooled residual SD
-    by default); :meth:`confint` is ``confint(lmList)``; ``plot()`` draws the intervals per group.
+    by default); :meth:`confint` is ``confint(lmList)``; ``plot.intervals()`` draws the intervals per group.
 
     ``params`` flattens the coefficients as ``"<term>|<group>"``; ``fixef`` is lme4's ``fixef(lmList)``
     (the mean over groups of each coefficient). ``loglik`` is lme4's ``logLik(lmList)``: one Gaussian
@@ -357,6 +357,11 @@ class LmListResult(FitResult):
 
     # ------------------------------------------------------------------ per-row values
     @property
+    def response_name(self) -> str:
+        """The response as written in the formula (the column ``augment(newdata)`` reads)."""
+        return self.model.response
+
+    @property
     def fitted(self) -> pd.Series:
         return self.model.frame.align(self._fitted, "fitted")
 
@@ -401,35 +406,71 @@ class LmListResult(FitResult):
     def summary(self) -> LmListSummary:
         return LmListSummary(self)
 
-    def plot(self, level: float = 0.95, pool: bool = False, ax=None):
-        """The confidence intervals of every coefficient per group (lme4's ``plot(confint(lmList))``).
+    @property
+    def plot(self):
+        """The fit's figures (:class:`memoe.plot.PlotAccessor`) plus ``fit.plot.intervals()``: the confidence
+        intervals of every coefficient per group (lme4's ``plot(confint(lmList))``)."""
+        return LmListPlotAccessor(self)
 
-        One panel per coefficient, groups on the vertical axis. Returns the matplotlib Figure.
+    def __repr__(self) -> str:
+        return f"<LmListResult {self.model.formula!r} groups={len(self.groups)} nobs={self.nobs}>"
+
+
+def _accessor_base():
+    from memoe.plot import PlotAccessor
+
+    return PlotAccessor
+
+
+class LmListPlotAccessor:
+    """``fit.plot`` of an lmList: the shared figures (residuals, qq, ...) and :meth:`intervals`."""
+
+    def __init__(self, fit: LmListResult) -> None:
+        self._fit = fit
+        self._base = _accessor_base()(fit)
+
+    def __getattr__(self, name: str):
+        return getattr(self._base, name)
+
+    def __dir__(self):
+        return sorted(set(dir(self._base)) | {"intervals"})
+
+    def available(self) -> list[str]:
+        """Names of the figures that apply to this fit."""
+        return [*self._base.available(), "intervals"]
+
+    def intervals(self, level: float = 0.95, pool: bool = False, ax=None):
+        """Per-group estimates and confidence intervals, one panel per coefficient, groups on the y axis.
+
+        Parameters
+        ----------
+        level : float
+        pool : bool
+            Intervals from the pooled residual SD (default: each group's own ``confint.lm``, as lme4).
+        ax : matplotlib Axes, optional
+            Only for a model with one coefficient.
+
+        Returns
+        -------
+        matplotlib.figure.Figure
         """
-        import matplotlib.pyplot as plt
+        from memoe.plot._backend import new_figure
 
-        ci = self.confint_frame(level=level, pool=pool)
-        names = self.model.names
-        if ax is None:
-            fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 0.25 * len(self.groups) + 1.5),
-                                     sharey=True, squeeze=False)
-            axes = axes[0]
-        else:
-            axes = np.atleast_1d(ax)
-            fig = axes[0].figure
-        ypos = np.arange(len(self.groups))
-        for a, term in zip(axes, names, strict=False):
+        fit = self._fit
+        ci = fit.confint_frame(level=level, pool=pool)
+        names = fit.model.names
+        groups = fit.groups
+        fig, axes = new_figure(1, len(names), figsize=(3.2 * len(names), 0.25 * len(groups) + 1.5), ax=ax)
+        ypos = np.arange(len(groups))
+        for a, term in zip(axes[0], names, strict=True):
             sub = ci.xs(term, level="term")
             a.hlines(ypos, sub["lower"], sub["upper"], color="C0")
             a.plot(sub["estimate"], ypos, "o", color="C0", ms=4)
             a.set_title(term)
             a.set_yticks(ypos)
-            a.set_yticklabels([str(g) for g in self.groups])
-        axes[0].set_ylabel(str(self.groups.name))
+            a.set_yticklabels([str(g) for g in groups])
+        axes[0][0].set_ylabel(str(groups.name))
         return fig
-
-    def __repr__(self) -> str:
-        return f"<LmListResult {self.model.formula!r} groups={len(self.groups)} nobs={self.nobs}>"
 
 
 class LmListSummary(Summary):
