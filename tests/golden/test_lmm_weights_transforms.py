@@ -30,6 +30,7 @@ CASES = {
     "lmm_weights_offset_ml": ("Reaction ~ Days + offset(o) + (Days | Subject)", {"weights": "w"}, False),
     "lmm_weights_crossed_reml": ("Reaction ~ Days + (1 | Subject) + (1 | fday)", {"weights": "w", "offset": "o"}, True),
     "lmm_weights_only_ml": ("Reaction ~ Days + (Days || Subject)", {"weights": "w"}, False),
+    "lmm_weights_factor_reml": ("Reaction ~ Days * phase + (1 | Subject)", {"weights": "w"}, True),
     "lmm_poly_reml": ("Reaction ~ poly(Days, 2) + (Days | Subject)", {}, True),
     "lmm_scale_ml": ("Reaction ~ scale(Days) + (scale(Days) | Subject)", {}, False),
     "lmm_doublebar_factor_reml": ("Reaction ~ Days + phase + (Days + phase || Subject)", {}, True),
@@ -136,6 +137,12 @@ def test_weighted_satterthwaite(case):
     ref = pd.DataFrame(r["satterthwaite"]["coef"]).set_index("term")
     assert _rel(tab["std_error"], ref["std_error"], 1e-8) < 1e-4
     assert _rel(tab["df"], ref["df"]) < 1e-4
+    for kind in (1, 3):
+        aov = at_ref.anova(type=kind)
+        ref_aov = pd.DataFrame(r["satterthwaite"][f"anova_type{kind}"]).set_index("term")
+        assert list(aov.index) == list(ref_aov.index)
+        assert _rel(aov["F value"], ref_aov["f_value"]) < 1e-4
+        assert _rel(aov["DenDF"], ref_aov["den_df"]) < 1e-4
 
 
 @pytest.mark.parametrize("case", WEIGHTED)

@@ -117,3 +117,7 @@ lmer_case("lmm_weights_whitened_reml", "sleep_whitened",
           "lmer(yw ~ 0 + sw + swd + (0 + sw + swd | Subject), data = sleep_whitened, REML = TRUE)",
           description = "the weighted REML fit of lmm_weights_offset_reml written on whitened rows (no weights): its pbkrtest KR is the weighted model's",
           rows = FALSE)
+lmer_case("lmm_weights_factor_reml", "sleep_weighted",
+          "lmer(Reaction ~ Days * phase + (1 | Subject), data = sleep_weighted, weights = w, REML = TRUE)",
+          description = "prior weights with a 3-level factor and its interaction: multi-df anova (types 1 and 3)",
+          extra = weighted_extra)
