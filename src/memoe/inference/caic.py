@@ -27,8 +27,9 @@ With ``V0 = I + Z Lambda Lambda' Z'`` (residual variance ``sigma^2 / w`` on the 
 ``s_j = -tr(K V0_j) / 2 + N e' V0_j e / (2 q)`` with ``K = P0`` (REML) or ``V0^-1`` (ML) and
 ``V0_j = dV0 / d theta_j``; its derivatives are written out in :func:`_score_derivatives`.
 
-The computation is dense in the number of observations (``n x n`` matrices), as in cAIC4; fits
-with more than :data:`MAX_DENSE_N` observations are refused.
+No ``n x n`` matrix is formed (cAIC4 forms them): ``V0^-1`` is applied by Woodbury's identity and
+every trace lives in the random-effects space. Dense ``(Q, Q)`` and ``(n, Q)`` arrays remain (``Q``
+random effects in all): fits beyond :data:`MAX_DENSE_Q` or :data:`MAX_DENSE_NQ` entries are refused.
 """
 
 from __future__ import annotations
@@ -38,12 +39,15 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 
 from memoe.errors import ArgumentError, MemoeError
 
-__all__ = ["MAX_DENSE_N", "ConditionalAIC", "caic"]
+__all__ = ["MAX_DENSE_NQ", "MAX_DENSE_Q", "ConditionalAIC", "caic"]
 
-MAX_DENSE_N = 4000
+# dense (Q, Q) and (n, Q) arrays: Q random effects in all, n observations
+MAX_DENSE_Q = 5000
+MAX_DENSE_NQ = 5e7
 METHODS = ("greven-kneib", "vaida-blanchard")
 # a diagonal theta below this is on the boundary (lme4's isSingular tolerance)
 BOUNDARY_TOL = 1e-4
@@ -97,70 +101,91 @@ class ConditionalAIC:
                 f"{self.correction:.4f}, + 1 for sigma)")
 
 
-def _dense_parts(fit):
-    """Working ``X``, ``y``, dense ``Z``, ``Lambda`` and ``d Lambda / d theta_j`` of an LMM fit."""
+def _parts(fit):
+    """Working ``X``, ``y``, sparse ``Z``, ``Lambda`` and ``d Lambda / d theta_j`` of an LMM fit."""
     d = fit.design
     n = d.n
     cols, offsets = [], [0]
+    rows = np.arange(n)
     for blk in d.blocks:
         q, lk = blk.q, blk.nlevels
-        Zk = np.zeros((n, lk * q))
-        rows = np.arange(n)
-        for a in range(q):
-            Zk[rows, blk.factor.codes * q + a] = blk.Z[:, a]
-        cols.append(Zk)
+        r = np.repeat(rows, q)
+        c = (blk.factor.codes[:, None] * q + np.arange(q)[None, :]).ravel()
+        cols.append(sp.csr_matrix((np.asarray(blk.Z, dtype=float).ravel(), (r, c)), shape=(n, lk * q)))
         offsets.append(offsets[-1] + lk * q)
-    Z = np.hstack(cols)
+    Z = sp.hstack(cols, format="csr")
     lambdas = fit.relative_factors()
-    Q = Z.shape[1]
-    Lam = np.zeros((Q, Q))
-    for k, blk in enumerate(d.blocks):
-        Lam[offsets[k]:offsets[k + 1], offsets[k]:offsets[k + 1]] = np.kron(np.eye(blk.nlevels), lambdas[k])
+    Lam = sp.block_diag([sp.kron(sp.identity(blk.nlevels), lambdas[k]) for k, blk in enumerate(d.blocks)],
+                        format="csr")
     tmap = d.theta_map
     dLam = []
     for b, i, j in zip(tmap.block, tmap.row, tmap.col, strict=True):
         E = np.zeros((d.blocks[b].q, d.blocks[b].q))
         E[i, j] = 1.0
-        D = np.zeros((Q, Q))
-        D[offsets[b]:offsets[b + 1], offsets[b]:offsets[b + 1]] = np.kron(np.eye(d.blocks[b].nlevels), E)
-        dLam.append(D)
+        parts = [sp.csr_matrix((blk.nlevels * blk.q, blk.nlevels * blk.q)) for blk in d.blocks]
+        parts[b] = sp.kron(sp.identity(d.blocks[b].nlevels), E, format="csr")
+        dLam.append(sp.block_diag(parts, format="csr"))
     return d.X, d.y, Z, Lam, dLam
 
 
 def _score_derivatives(X, y, Z, Lam, dLam, free, reml: bool):
-    """``tr(H)``, the score's derivative in theta (Hs), in y (Sy) and ``G = [P0 V0_j e]`` for free theta."""
+    """``tr(H)``, the score's derivative in theta (Hs), in y (Sy) and ``G = [P0 V0_j e]`` for free theta.
+
+    Nothing of size n x n is formed: ``V0^-1 B = B - A M^-1 A' B`` with ``A = Z Lambda`` and
+    ``M = I + A'A`` (Woodbury), and every trace and quadratic form of ``V0_j = Z D_j Z'``
+    (``D_j = E_j Lambda' + Lambda E_j'``) is taken in the random-effects space through ``Z' K Z``.
+    """
     n, p = X.shape
-    ZL = Z @ Lam
-    V0 = np.eye(n) + ZL @ ZL.T
-    cV = np.linalg.cholesky(V0)
-    V0inv = np.linalg.solve(cV.T, np.linalg.solve(cV, np.eye(n)))
-    VX = V0inv @ X
-    P0 = V0inv - VX @ np.linalg.solve(X.T @ VX, VX.T) if p else V0inv
-    e = P0 @ y
+    A = (Z @ Lam).toarray()
+    AtA = A.T @ A
+    Mc = np.linalg.cholesky(np.eye(AtA.shape[0]) + AtA)
+
+    def m_solve(B):
+        return np.linalg.solve(Mc.T, np.linalg.solve(Mc, B))
+
+    def v_inv(B):
+        return B - A @ m_solve(A.T @ B)
+
+    VX = v_inv(X) if p else np.zeros((n, 0))
+    XVX = X.T @ VX
+
+    def p0(B):
+        out = v_inv(B)
+        if p:
+            out = out - VX @ np.linalg.solve(XVX, VX.T @ B)
+        return out
+
+    Zd = Z.toarray()
+    PZ = p0(Zd)
+    ZPZ = Zd.T @ PZ
+    ZKZ = ZPZ if reml else Zd.T @ v_inv(Zd)
+    e = p0(y[:, None])[:, 0]
     q = float(y @ e)
     N = n - p if reml else n
-    K = P0 if reml else V0inv
+    # tr(P0) = tr(V0^-1) - tr((X'V0^-1 X)^-1 X'V0^-2 X),  tr(V0^-1) = n - tr(M^-1 A'A)
+    tr_vinv = n - float(np.trace(m_solve(AtA)))
+    tr_p0 = tr_vinv - (float(np.trace(np.linalg.solve(XVX, VX.T @ VX))) if p else 0.0)
     idx = np.flatnonzero(free)
-    Vd = [Z @ (dLam[j] @ Lam.T + Lam @ dLam[j].T) @ Z.T for j in idx]
-    KV = [K @ V for V in Vd]
-    PV = [P0 @ V for V in Vd]
-    a = np.array([e @ V @ e for V in Vd])
-    G = np.column_stack([PVj @ e for PVj in PV]) if len(idx) else np.zeros((n, 0))
-    Ze = Z.T @ e
-    ZKZ = Z.T @ K @ Z
+    Lt = Lam.T
+    D = [(dLam[j] @ Lt + Lam @ dLam[j].T).toarray() for j in idx]
+    Ze = Zd.T @ e
+    DZe = [Dj @ Ze for Dj in D]
+    a = np.array([Ze @ v for v in DZe])
+    G = np.column_stack([PZ @ v for v in DZe]) if len(idx) else np.zeros((n, 0))
+    KD = [ZKZ @ Dj for Dj in D]
     m = len(idx)
     Hs = np.zeros((m, m))
     for r in range(m):
         for c in range(r, m):
             jr, jc = idx[r], idx[c]
-            Vdd = dLam[jr] @ dLam[jc].T + dLam[jc] @ dLam[jr].T  # Z' (d2 V0 / d theta_r d theta_c) Z
-            tr1 = float(np.sum(KV[c] * KV[r].T))
+            Vdd = (dLam[jr] @ dLam[jc].T + dLam[jc] @ dLam[jr].T).toarray()  # Z' (d2 V0 / d theta_r d theta_c) Z
+            tr1 = float(np.sum(KD[c] * KD[r].T))
             tr2 = float(np.sum(ZKZ * Vdd))
-            quad = -2.0 * float(e @ Vd[c] @ G[:, r]) + float(Ze @ Vdd @ Ze)
+            quad = -2.0 * float(DZe[c] @ ZPZ @ DZe[r]) + float(Ze @ Vdd @ Ze)
             Hs[r, c] = Hs[c, r] = 0.5 * tr1 - 0.5 * tr2 + 0.5 * N * (quad / q + a[r] * a[c] / q**2)
     Sy = (N * (G / q - np.outer(e, a) / q**2)).T if m else np.zeros((0, n))
-    score = np.array([-0.5 * np.trace(KV[r]) + 0.5 * N * a[r] / q for r in range(m)])
-    return float(n - np.trace(P0)), Hs, Sy, G, e, score
+    score = np.array([-0.5 * np.trace(KD[r]) + 0.5 * N * a[r] / q for r in range(m)])
+    return float(n - tr_p0), Hs, Sy, G, e, score
 
 
 def caic(fit, method: str = "greven-kneib") -> ConditionalAIC:
@@ -183,7 +208,7 @@ def caic(fit, method: str = "greven-kneib") -> ConditionalAIC:
     ArgumentError
         An unknown method.
     MemoeError
-        More than :data:`MAX_DENSE_N` observations.
+        More random effects or entries than :data:`MAX_DENSE_Q` / :data:`MAX_DENSE_NQ`.
 
     Examples
     --------
@@ -197,12 +222,14 @@ def caic(fit, method: str = "greven-kneib") -> ConditionalAIC:
     if key not in METHODS:
         raise ArgumentError(f"method={method!r} is not a conditional AIC memoe computes; choose one of {list(METHODS)}")
     n = fit.design.n
-    if n > MAX_DENSE_N:
+    nre = sum(b.nlevels * b.q for b in fit.design.blocks)
+    if nre > MAX_DENSE_Q or n * nre > MAX_DENSE_NQ:
         raise MemoeError(
-            f"the conditional AIC is computed with dense {n} x {n} matrices (as cAIC4); this fit has {n} observations, "
-            f"more than the {MAX_DENSE_N} memoe accepts"
+            f"the conditional AIC works with dense matrices of the random effects ({nre} x {nre}) and of "
+            f"observations x random effects ({n} x {nre}); memoe accepts at most {MAX_DENSE_Q} random effects "
+            f"and {MAX_DENSE_NQ:.0e} entries"
         )
-    X, y, Z, Lam, dLam = _dense_parts(fit)
+    X, y, Z, Lam, dLam = _parts(fit)
     tmap = fit.design.theta_map
     theta = np.asarray(fit.state.theta, dtype=float)
     # boundary parameters (a zero variance) stay at the boundary for small changes of y
