@@ -39,6 +39,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import scipy.linalg as sla
 import scipy.sparse as sp
 
 from memoe.errors import ArgumentError, MemoeError
@@ -138,10 +139,10 @@ def _score_derivatives(X, y, Z, Lam, dLam, free, reml: bool):
     n, p = X.shape
     A = (Z @ Lam).toarray()
     AtA = A.T @ A
-    Mc = np.linalg.cholesky(np.eye(AtA.shape[0]) + AtA)
+    Mc = sla.cho_factor(np.eye(AtA.shape[0]) + AtA, lower=True)
 
     def m_solve(B):
-        return np.linalg.solve(Mc.T, np.linalg.solve(Mc, B))
+        return sla.cho_solve(Mc, B)
 
     def v_inv(B):
         return B - A @ m_solve(A.T @ B)
