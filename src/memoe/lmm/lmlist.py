@@ -23,7 +23,6 @@ from memoe.core.design.newdata import require_dataframe
 from memoe.core.formula.parse import FormulaSpec, split_top_level
 from memoe.core.frames import to_pandas
 from memoe.core.result import FitResult
-from memoe.core.summary import Summary
 from memoe.errors import ArgumentError, DataError, FormulaError, FormulaTypeError
 
 __all__ = ["LmList", "LmListResult", "lmlist"]
@@ -403,99 +402,22 @@ class LmListResult(FitResult):
         out[ok] = np.einsum("np,np->n", X[ok], np.nan_to_num(self.beta)[codes[ok]])
         return pd.Series(out, index=newdata.index, name="predicted")
 
-    def summary(self) -> LmListSummary:
+    def summary(self):
+        """``summary(lmList)``: per-group coefficient tables with the pooled residual SD."""
+        from memoe.lmm.lmlist_summary import LmListSummary
+
         return LmListSummary(self)
 
     @property
     def plot(self):
         """The fit's figures (:class:`memoe.plot.PlotAccessor`) plus ``fit.plot.intervals()``: the confidence
         intervals of every coefficient per group (lme4's ``plot(confint(lmList))``)."""
+        from memoe.lmm.lmlist_summary import LmListPlotAccessor
+
         return LmListPlotAccessor(self)
 
     def __repr__(self) -> str:
         return f"<LmListResult {self.model.formula!r} groups={len(self.groups)} nobs={self.nobs}>"
-
-
-def _accessor_base():
-    from memoe.plot import PlotAccessor
-
-    return PlotAccessor
-
-
-class LmListPlotAccessor:
-    """``fit.plot`` of an lmList: the shared figures (residuals, qq, ...) and :meth:`intervals`."""
-
-    def __init__(self, fit: LmListResult) -> None:
-        self._fit = fit
-        self._base = _accessor_base()(fit)
-
-    def __getattr__(self, name: str):
-        return getattr(self._base, name)
-
-    def __dir__(self):
-        return sorted(set(dir(self._base)) | {"intervals"})
-
-    def available(self) -> list[str]:
-        """Names of the figures that apply to this fit."""
-        return [*self._base.available(), "intervals"]
-
-    def intervals(self, level: float = 0.95, pool: bool = False, ax=None):
-        """Per-group estimates and confidence intervals, one panel per coefficient, groups on the y axis.
-
-        Parameters
-        ----------
-        level : float
-        pool : bool
-            Intervals from the pooled residual SD (default: each group's own ``confint.lm``, as lme4).
-        ax : matplotlib Axes, optional
-            Only for a model with one coefficient.
-
-        Returns
-        -------
-        matplotlib.figure.Figure
-        """
-        from memoe.plot._backend import new_figure
-
-        fit = self._fit
-        ci = fit.confint_frame(level=level, pool=pool)
-        names = fit.model.names
-        groups = fit.groups
-        fig, axes = new_figure(1, len(names), figsize=(3.2 * len(names), 0.25 * len(groups) + 1.5), ax=ax)
-        ypos = np.arange(len(groups))
-        for a, term in zip(axes[0], names, strict=True):
-            sub = ci.xs(term, level="term")
-            a.hlines(ypos, sub["lower"], sub["upper"], color="C0")
-            a.plot(sub["estimate"], ypos, "o", color="C0", ms=4)
-            a.set_title(term)
-            a.set_yticks(ypos)
-            a.set_yticklabels([str(g) for g in groups])
-        axes[0][0].set_ylabel(str(groups.name))
-        return fig
-
-
-class LmListSummary(Summary):
-    """``summary(lmList)``: per-group coefficient tables with the pooled residual SD."""
-
-    def __init__(self, fit: LmListResult) -> None:
-        self.fit = fit
-
-    @property
-    def tables(self) -> dict[str, pd.DataFrame]:
-        return {"coefficients": self.fit.group_table(), "coef": self.fit.coef()}
-
-    def text(self) -> str:
-        f = self.fit
-        out = [f"Call: lmList(formula = {f.model.formula})", "Coefficients:"]
-        tab = f.group_table()
-        for term in f.model.names:
-            sub = tab.xs(term, level="term")[["estimate", "std_error", "statistic", "p_value"]]
-            sub.columns = ["Estimate", "Std. Error", "t value", "Pr(>|t|)"]
-            out.append(f"   {term} ")
-            out.append(sub.to_string(float_format=lambda v: f"{v:.6g}"))
-        pooled = "pooled" if f.model.pool else "per-group"
-        out.append("")
-        out.append(f"Residual standard error: {f.pooled_sd:.6g} on {f.pooled_df} degrees of freedom ({pooled} SEs)")
-        return "\n".join(out) + "\n"
 
 
 def lmlist(formula: str, data: pd.DataFrame, pool: bool = True) -> LmListResult:
