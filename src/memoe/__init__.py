@@ -4,7 +4,7 @@ from memoe import datasets, errors, marginal, persist, simulate
 from memoe.gee import GEE, gee
 from memoe.glmm import GLMM, GlmmResult, glmm
 from memoe.inference import compare
-from memoe.lmm import LMM, lmm
+from memoe.lmm import LMM, lmlist, lmm
 from memoe.marginal import gls, lme
 from memoe.moe import MEMoE, MoE, select_k
 from memoe.persist import load
@@ -27,6 +27,7 @@ __all__ = [
     "glmm",
     "gls",
     "lme",
+    "lmlist",
     "lmm",
     "load",
     "marginal",

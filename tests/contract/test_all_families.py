@@ -99,6 +99,22 @@ FAMILIES: dict[str, Family] = {
         response="Reaction",
         covariates=("Days", "Days"),
     ),
+    "lmm_weighted": Family(
+        fit=lambda d: memoe.lmm("Reaction ~ Days + offset(o) + (Days | Subject)", data=d, weights="w").fit(reml=False),
+        nested=lambda d: memoe.lmm("Reaction ~ Days + offset(o) + (1 | Subject)", data=d, weights="w").fit(reml=False),
+        data=lambda: memoe.datasets.load("sleepstudy").assign(
+            w=lambda x: 1.0 + (x["Days"] % 3) / 2.0, o=lambda x: np.sin(x["Days"].to_numpy(float))
+        ),
+        response="Reaction",
+        covariates=("Days", "w"),
+    ),
+    "lmlist": Family(
+        fit=lambda d: memoe.lmlist("Reaction ~ Days | Subject", d),
+        nested=lambda d: memoe.lmlist("Reaction ~ 1 | Subject", d),
+        data=lambda: memoe.datasets.load("sleepstudy"),
+        response="Reaction",
+        covariates=("Days", "Days"),
+    ),
     "glmm_binomial": Family(
         fit=lambda d: memoe.glmm("cbind(incidence, size - incidence) ~ period + (1 | herd)", d, "binomial").fit(),
         nested=lambda d: memoe.glmm("cbind(incidence, size - incidence) ~ 1 + (1 | herd)", d, "binomial").fit(),

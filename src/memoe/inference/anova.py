@@ -36,7 +36,12 @@ def term_contrasts(fit, type: int | str = 3) -> dict[str, np.ndarray]:
     """The contrast matrix (k, p) of each fixed-effects term (lmerTest's ``get_contrasts_type1/3``)."""
     t = _normalize_type(type)
     terms = ingredient(fit, "terms")
-    return type1_contrasts(fit.design.X, terms) if t == 1 else type3_contrasts(fit, terms)
+    if t != 1:
+        return type3_contrasts(fit, terms)
+    # lmerTest builds the sequential contrasts from the model matrix as given (unweighted X'X), also
+    # with prior weights: undo the LMM's working sqrt(w) scaling of X
+    raw = getattr(fit.design, "raw_rows", None)
+    return type1_contrasts(fit.design.X if raw is None else raw(fit.design.X), terms)
 
 
 def anova(fit, ddf: str = "satterthwaite", type: int | str = 3) -> InferenceFrame:

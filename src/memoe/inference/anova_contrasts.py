@@ -116,7 +116,9 @@ def _contains(terms: FixedTerms) -> list[list[int]]:
 
 def type3_contrasts(fit, terms: FixedTerms) -> dict[str, np.ndarray]:
     """Type III contrasts as lmerTest computes them, one (k, p) matrix per term."""
-    X = fit.design.X
+    # the model matrix as given (an LMM with prior weights works on sqrt(w)-scaled rows)
+    raw = getattr(fit.design, "raw_rows", None)
+    X = fit.design.X if raw is None else raw(fit.design.X)
     p = X.shape[1]
     if p <= 1 or len(terms.terms) <= 1:
         return type1_contrasts(X, terms)

@@ -129,6 +129,7 @@ class Profiler:
             nlevels=[b.nlevels for b in d.blocks],
             Z=[b.Z for b in d.blocks],
             theta_map=d.theta_map,
+            log_weights=self.problem.log_weights,
         )
         i = self.space.size + j
         theta0 = self._warm_start(i, value, self.fit.state.theta)

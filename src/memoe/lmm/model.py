@@ -7,13 +7,26 @@ lme4's bounds) plus convergence and boundary checks, and a frozen :class:`LmmRes
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 from memoe.core.design import Design, build_design
+from memoe.core.design.frame import formula_variables
+from memoe.core.design.prior import (
+    OFFSET_COLUMN,
+    WEIGHTS_COLUMN,
+    as_expression,
+    attach_vector,
+    check_prior_weights,
+    evaluate_offset,
+    numeric_column,
+    split_offsets,
+)
 from memoe.core.design.scaling import choose_scaling
+from memoe.core.formula.parse import parse_formula
 from memoe.core.frames import to_pandas
 from memoe.core.linalg.threads import blas_threads
 from memoe.core.optim import check_convergence, finite_difference_derivatives, minimize_bounded
@@ -63,6 +76,29 @@ class LMM:
         R's ``contrasts=``: factor column -> ``"treatment"``, ``"sum"``, ``"helmert"`` or ``"poly"``
         (or ``"contr.sum"``, ...). Default (None) is R's: treatment contrasts for unordered factors,
         polynomial contrasts (``x.L``, ``x.Q``, ...) for ordered Categoricals.
+    weights : str or array-like, optional
+        lme4's prior weights: a column of ``data`` or one positive value per row. Observation ``i``
+        has residual variance ``sigma^2 / w_i``; the log-likelihood includes ``0.5 sum(log w_i)`` as
+        lme4's ``logLik`` does. Rows with a missing weight are dropped (R's model frame); zero,
+        negative or infinite weights are refused (lme4 refuses negative ones and reports a
+        log-likelihood of ``-Inf`` for zero ones).
+    offset : str or array-like, optional
+        A known term added to the linear predictor (a column or one value per row), as lme4's
+        ``offset=``; added to the formula's ``offset(expr)`` terms. ``predict(newdata)`` evaluates
+        the formula's offset terms (and an ``offset=`` *column*) on the new data; prior weights do
+        not affect predictions.
+
+    Notes
+    -----
+    Stateful transforms of formulaic (``scale(x)``, ``center(x)``, ``poly(x, 2)`` = R's orthogonal
+    ``poly``, ``bs(x, df=4)``, ``cr(x, df=4)``) are learned on the fitting data and replayed on new
+    data by ``predict``, in the fixed part and inside random-effects terms.
+
+    ``(x || g)`` follows lme4: the term is split into one term per formula term of ``x``
+    (``(1 | g) + (0 + x | g)``); for a factor ``f`` the piece ``(0 + f | g)`` keeps a full covariance
+    matrix among the indicator columns of all levels of ``f`` (lme4 only removes correlations
+    *between* the pieces). Independent per-level variances need ``dummy()`` terms in lme4 and are
+    not offered here.
 
     Examples
     --------
@@ -73,7 +109,9 @@ class LMM:
     1743.6283
     """
 
-    def __init__(self, formula: str, data: pd.DataFrame, contrasts: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, formula: str, data: pd.DataFrame, contrasts: dict[str, str] | None = None, weights=None, offset=None
+    ) -> None:
         if not isinstance(formula, str):
             raise FormulaTypeError(
                 f"formula must be a string such as 'y ~ x + (1 | g)', got {type(formula).__name__}"
@@ -81,7 +119,7 @@ class LMM:
         data = to_pandas(data, "data")  # polars / pyarrow tables too
         self.formula = formula
         self.data_name = data.attrs.get("name") if isinstance(data, pd.DataFrame) else None
-        self.design: Design = build_design(formula, data, contrasts=contrasts)
+        self.design: Design = _build_lmm_design(formula, data, contrasts, weights, offset)
         # the contrast of every factor (the default's choice included); the design's spec replays it
         # in predict, and the codec saves it
         self.contrasts: dict[str, str] = dict(self.design.fixed.contrasts)
@@ -96,6 +134,7 @@ class LMM:
             # epoch-time covariates or a response shifted by 1e12 are fitted on centred, scaled
             # columns and mapped back exactly (None for ordinary data: nothing changes)
             scaling=choose_scaling(d.X, d.y),
+            log_weights=d.log_weights,
         )
 
     # ------------------------------------------------------------------
@@ -201,10 +240,43 @@ class LMM:
         return f"LMM({self.formula!r}, nobs={d.n}, groups={ {b.factor.name: b.nlevels for b in d.blocks} })"
 
 
-def lmm(formula: str, data: pd.DataFrame, contrasts: dict[str, str] | None = None) -> LMM:
+def _build_lmm_design(formula: str, data: pd.DataFrame, contrasts, weights, offset) -> Design:
+    """``build_design`` plus lme4's prior weights and offsets (the working design of :class:`Design`)."""
+    spec = parse_formula(formula)
+    fixed, offset_terms = split_offsets(spec.fixed)
+    if weights is not None or offset is not None or offset_terms:
+        data = data if isinstance(data, pd.DataFrame) else to_pandas(data, "data")
+    data, w_col = attach_vector(data, weights, WEIGHTS_COLUMN, "weights") if weights is not None else (data, None)
+    data, o_col = attach_vector(data, offset, OFFSET_COLUMN, "offset") if offset is not None else (data, None)
+    extra = [c for c in (w_col, o_col) if c is not None]
+    for e in offset_terms:
+        extra += [v for v in formula_variables(f"{as_expression(e)} ~ 1", f"the offset term offset({e})")
+                  if v not in extra]
+    spec = dataclasses.replace(spec, fixed=fixed)
+    design = build_design(spec, data, contrasts=contrasts, extra=extra)
+    fd = design.frame.data
+    w = None
+    if w_col is not None:
+        w = numeric_column(fd, w_col, "weights")
+        check_prior_weights(w, None if w_col == WEIGHTS_COLUMN else w_col)
+    off = evaluate_offset(fd, offset_terms, o_col)
+    return design.with_prior(w, off, offset_terms, weights_column=w_col, offset_column=o_col)
+
+
+def lmm(
+    formula: str, data: pd.DataFrame, contrasts: dict[str, str] | None = None, weights=None, offset=None
+) -> LMM:
     """Specify a linear mixed model with an lme4 formula; call ``.fit(reml=...)`` to estimate it.
 
-    See :class:`LMM`.
+    R: ``lme4::lmer(formula, data, weights = , offset = , contrasts = )``. See :class:`LMM`.
+
+    Examples
+    --------
+    >>> import memoe
+    >>> ss = memoe.datasets.load("sleepstudy")
+    >>> fit = memoe.lmm("Reaction ~ poly(Days, 2) + (1 | Subject)", ss).fit()
+    >>> list(fit.params.index)
+    ['(Intercept)', 'poly(Days, 2)1', 'poly(Days, 2)2']
     """
-    return LMM(formula, data, contrasts=contrasts)
+    return LMM(formula, data, contrasts=contrasts, weights=weights, offset=offset)
 

@@ -127,6 +127,10 @@ class PLSProblem:
     scaling : LinearScaling, optional
         Fit on centred and scaled ``[X y]`` (see :mod:`memoe.core.design.scaling`); every public
         output (deviance, factor, solution, statistics) is mapped back to the original columns.
+    log_weights : float
+        ``sum(log w)`` of lme4's prior weights when ``y``, ``X`` and ``Z`` are the working rows
+        ``sqrt(w) y`` etc.; the deviance is lme4's ``ldL2 - ldW + ...`` (this term is included in
+        ``Factorization.logdet_Z``).
 
     Notes
     -----
@@ -146,8 +150,12 @@ class PLSProblem:
         Z: list[np.ndarray],
         theta_map: ThetaMap,
         scaling: LinearScaling | None = None,
+        log_weights: float = 0.0,
     ) -> None:
         self.scaling = scaling
+        # lme4's ldW = sum(log w) of prior weights: the deviance subtracts it (y, X, Z are the working
+        # sqrt(w)-scaled rows); folded into logdet_Z so every deviance built from a factor includes it
+        self.log_weights = float(log_weights)
         if scaling is not None:
             X, y = scaling.scaled(X, y)
             self._B = scaling.B
@@ -367,6 +375,7 @@ class PLSProblem:
         d = np.diagonal(c)
         ok = info == 0 and math.isfinite(logdet_Z) and bool(np.all(np.isfinite(d)))
         mz, p = self.mz, self.p
+        logdet_Z -= self.log_weights
         with np.errstate(divide="ignore", invalid="ignore"):
             if mz:
                 logdet_Z += 2.0 * float(np.log(d[:mz]).sum())

@@ -24,6 +24,7 @@ from memoe.core.design.newdata import (
     require_dataframe,
     warn_nonfinite,
 )
+from memoe.core.design.prior import newdata_offset
 from memoe.inference.prediction import pls_prediction_variance
 
 __all__ = [
@@ -142,10 +143,13 @@ def predict_lmm(
         eta = d.X @ beta if d.p else np.zeros(d.n)
         if any(m.any() for m in masks):
             eta = eta + random_part(d.blocks, fit.state.b, masks, None, allow)[0]
-        return fit._align(eta, "predicted")
+        # the working rows carry sqrt(w); the offset is part of every prediction (lme4's mu)
+        return fit._align(fit._data_scale(eta), "predicted")
     newdata = require_dataframe(newdata)
     X = d.fixed.matrix_for(newdata)
     eta = X @ beta if X.shape[1] else np.zeros(len(newdata))
+    # lme4 evaluates the formula's offset(...) terms on new data; the offset= argument is not replayed
+    eta = eta + newdata_offset(d, newdata)
     bad = nonfinite_rows(X)
     if any(m.any() for m in masks):
         contrib, bad_z = random_part(d.blocks, fit.state.b, masks, newdata, allow)
@@ -162,9 +166,11 @@ def _rows(fit, newdata: pd.DataFrame | None, allow: bool, masks):
     """
     d = fit.design
     if newdata is None:
-        X = d.X
+        # the data's rows, not the working sqrt(w)-scaled ones
+        raw = getattr(d, "raw_rows", lambda v: v)
+        X = raw(d.X)
         codes = [blk.factor.codes for blk in d.blocks]
-        Z = [blk.Z for blk in d.blocks]
+        Z = [raw(blk.Z) for blk in d.blocks]
     else:
         X = d.fixed.matrix_for(newdata)
         n = len(newdata)
@@ -235,7 +241,9 @@ def predict_interval_lmm(
         fit, fit.state.solution, fit.model.problem, fit.sigma**2, fit.vcov().to_numpy(), newdata, rf, allow
     )
     if interval == "prediction":
-        extra = extra + fit.sigma**2
+        # a new observation has variance sigma^2 / w: the prior weights of the fitted rows, 1 for new data
+        w = fit.design.prior_weights if newdata is None else None
+        extra = extra + (fit.sigma**2 if w is None else fit.sigma**2 / w)
     else:
         extra = 0.0 * extra
     if newdata is None:

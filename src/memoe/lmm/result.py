@@ -191,6 +191,23 @@ class LmmResult(FitResult):
 
         return subject_coefficients(self.fixef, self.ranef)
 
+    def caic(self, method: str = "greven-kneib"):
+        """Conditional AIC: ``-2`` conditional log-likelihood ``+ 2 (rho + 1)``.
+
+        ``method="greven-kneib"`` (default): Greven & Kneib (2010) with the correction for the estimated
+        covariance parameters, as R's ``cAIC4::cAIC``; ``"vaida-blanchard"``: the hat-matrix trace with the
+        covariance parameters treated as known (Vaida & Blanchard 2005). Not the "CAIC" (consistent AIC)
+        of :meth:`information_criteria`. See :mod:`memoe.inference.caic`.
+
+        Returns
+        -------
+        memoe.inference.caic.ConditionalAIC
+            ``caic``, ``loglik_conditional``, ``df``, ``rho``, ``trace_H``, ``correction``; ``.as_series()``.
+        """
+        from memoe.inference.caic import caic
+
+        return caic(self, method=method)
+
     def icc(self, by_group: bool = False):
         """Adjusted and conditional ICC (Nakagawa et al. 2017; see
         :func:`memoe.inference.variance_decomposition.icc`)."""
@@ -265,7 +282,8 @@ class LmmResult(FitResult):
         return self.design.frame.align(values, name)
 
     @cached_property
-    def _fitted_values(self) -> np.ndarray:
+    def _working_fitted(self) -> np.ndarray:
+        """``X beta + Z b`` on the working rows (``sqrt(w)`` scaled, offset removed; see ``Design``)."""
         d = self.design
         eta = d.X @ self.state.beta if d.p else np.zeros(d.n)
         for blk, b in zip(d.blocks, self.state.b, strict=True):
@@ -274,9 +292,19 @@ class LmmResult(FitResult):
                 eta += blk.Z[:, a] * b[blk.factor.codes, a]
         return eta
 
+    def _data_scale(self, working: np.ndarray) -> np.ndarray:
+        """A working linear predictor back on the data's scale, with the offset (lme4's ``mu``)."""
+        d = self.design
+        eta = d.raw_rows(working)
+        return eta if d.offset is None else eta + d.offset
+
+    @cached_property
+    def _fitted_values(self) -> np.ndarray:
+        return self._data_scale(self._working_fitted)
+
     @property
     def fitted(self) -> pd.Series:
-        """Conditional fitted values ``X beta + Z b`` aligned to the input rows (NaN where dropped)."""
+        """Conditional fitted values ``X beta + Z b`` (+ offset) aligned to the input rows (NaN where dropped)."""
         return self._align(self._fitted_values, "fitted")
 
     @property
@@ -286,19 +314,32 @@ class LmmResult(FitResult):
 
     @property
     def resid(self) -> pd.Series:
-        """Conditional response residuals ``y - X beta - Z b`` aligned to the input rows (NaN where dropped)."""
-        return self._align(self.design.y - self._fitted_values, "resid")
+        """Conditional response residuals ``y - mu`` aligned to the input rows (NaN where dropped);
+        lme4's ``residuals(fit)`` (type ``"response"``, prior weights not applied)."""
+        return self._align(self.design.response - self._fitted_values, "resid")
 
     def _residuals(self, kind: str) -> pd.Series:
         d = self.design
         if kind in ("pearson", "normalized"):
-            # with independent residuals (R = sigma^2 I) whitening by R's Cholesky factor is division by
-            # sigma, so nlme's "normalized" equals "pearson" here
-            # standardised by sigma: nlme's type = "pearson", lme4's residuals(fit, "pearson", scaled = TRUE)
-            return self._align((d.y - self._fitted_values) / self.sigma, f"resid_{kind}")
-        # "marginal": y - X beta (population level, no random effects)
+            # with independent residuals (R = sigma^2 / w) whitening is sqrt(w) / sigma, so nlme's
+            # "normalized" equals "pearson" here; lme4's residuals(fit, "pearson", scaled = TRUE):
+            # sqrt(w) (y - mu) / sigma, which is the working residual over sigma
+            return self._align((d.y - self._working_fitted) / self.sigma, f"resid_{kind}")
+        # "marginal": y - X beta - offset (population level, no random effects)
         eta = d.X @ self.state.beta if d.p else np.zeros(d.n)
-        return self._align(d.y - eta, "resid_marginal")
+        return self._align(d.response - self._data_scale(eta), "resid_marginal")
+
+    @property
+    def prior_weights(self) -> pd.Series | None:
+        """lme4's ``weights(fit)``: the prior weights aligned to the input rows (None without weights)."""
+        w = self.design.prior_weights
+        return None if w is None else self._align(w, "weights")
+
+    @property
+    def offset(self) -> pd.Series | None:
+        """The offset of each row (formula ``offset()`` terms plus ``offset=``), None without one."""
+        o = self.design.offset
+        return None if o is None else self._align(o, "offset")
 
     @property
     def response_name(self) -> str:

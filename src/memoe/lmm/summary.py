@@ -68,6 +68,12 @@ class LmmSummary(Summary):
         out.append(f"Formula: {f.model.formula}")
         if f.model.data_name:
             out.append(f"   Data: {f.model.data_name}")
+        # lme4 names the weights= and offset= arguments as written (values given directly: "(weights)")
+        d = f.design
+        if d.weights_column is not None:
+            out.append(f"Weights: {d.weights_column}")
+        if d.offset_column is not None:
+            out.append(f" Offset: {d.offset_column}")
         out.append("")
         if f.reml:
             out.append(f"REML criterion at convergence: {f.deviance:.1f}")
@@ -78,7 +84,8 @@ class LmmSummary(Summary):
             )
             out.append(format_table(tab, index=False))
         out.append("")
-        r = f.resid.dropna().to_numpy() / f.sigma
+        # lme4: residuals(fit, "pearson", scaled = TRUE), sqrt(w) (y - mu) / sigma with prior weights
+        r = f.residuals("pearson").dropna().to_numpy()
         q = np.quantile(r, [0, 0.25, 0.5, 0.75, 1.0])
         out.append("Scaled residuals: ")
         out.append(

@@ -19,13 +19,45 @@ __all__ = ["R_FUNCTIONS", "ModelFrame", "as_data_frame", "build_frame", "check_c
 R_FUNCTIONS = frozenset({"factor"})
 
 
+def _factor_variables(factor) -> set[str]:
+    """Data variables of one formulaic factor, stateful transforms (``poly(x, 2)``, ``scale(x)``) included.
+
+    formulaic's own ``required_variables`` asks a stateful transform for its variables by evaluating
+    the call's arguments without the data, which fails (``NameError``) and leaves the set empty; so
+    the expression's names are read here without treating any call as special.
+    """
+    from formulaic.transforms import TRANSFORMS
+    from formulaic.utils.variables import Variable, get_required_variables
+
+    own = {str(v) for v in factor.required_variables}
+    expr = getattr(factor, "expr", None)
+    kind = getattr(getattr(factor, "eval_method", None), "value", None)
+    if own or expr is None or kind != "python":
+        return own
+    try:
+        found = get_required_variables(expr, {})
+    except Exception:  # malformed code: formulaic reports it when it evaluates the term
+        return own
+    # a dotted value name is an R-style column (``poly(x.y, 2)``), not an attribute of ``x``
+    return {
+        str(v) for v in found
+        if Variable.Role.VALUE in v.roles and str(v.root) not in TRANSFORMS and not str(v).startswith("contr.")
+    }
+
+
 def formula_variables(rhs_or_formula: str, where: str) -> list[str]:
     """Variables a formulaic expression reads from the data (functions such as ``np.log`` excluded)."""
     try:
         f = Formula(rhs_or_formula)
     except Exception as exc:  # formulaic's parse errors are varied; name the part that failed
         raise FormulaError(f"cannot parse {where} {rhs_or_formula!r}: {exc}") from None
-    return sorted(str(v) for v in f.required_variables if str(v) not in R_FUNCTIONS)
+    names = {str(v) for v in f.required_variables}
+    parts = [f.lhs, f.rhs] if hasattr(f, "lhs") else [f]
+    for part in parts:
+        for term in part:
+            for factor in term.factors:
+                names |= _factor_variables(factor)
+    return sorted(n for n in names if n not in R_FUNCTIONS)
 
 
 @dataclass(frozen=True)
@@ -199,7 +231,7 @@ def build_frame(
     for term in spec.random:
         add(formula_variables(term.lhs, f"random-effects term {term.text!r}"), f"random term {term.text!r}")
         add(term.group_factors, f"the grouping factor of {term.text!r}")
-    add(extra, "the gating model")
+    add(extra, "the weights, offset or gating model")
     _check_columns(data, used, where)
     duplicated = sorted({str(c) for c in data.columns[data.columns.duplicated()] if c in used})
     if duplicated:

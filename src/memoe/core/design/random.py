@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-from formulaic import model_matrix
+from formulaic import Formula, model_matrix
 from formulaic.model_spec import ModelSpec
 
 from memoe.core.covariance import ThetaMap
@@ -78,27 +78,42 @@ class FactorBlock:
         return self.factor.nlevels
 
 
-def _lhs_pieces(
-    term: RandomTermSpec, data: pd.DataFrame
-) -> list[tuple[ModelSpec, np.ndarray, list[str], np.ndarray]]:
-    """Model matrix of a term's left-hand side, split by formula term when uncorrelated (``||``)."""
+def _term_matrix(rhs: str, term: RandomTermSpec, data: pd.DataFrame) -> tuple[ModelSpec, np.ndarray, list[str]]:
     try:
-        mm = model_matrix(term.lhs, data, output="numpy", na_action="ignore")
+        mm = model_matrix(rhs, data, output="numpy", na_action="ignore")
     except Exception as exc:
         raise FormulaError(f"cannot build the random-effects term {term.text!r}: {exc}") from None
     spec = mm.model_spec
-    Z = np.asarray(mm, dtype=float)
-    names = [r_column_name(c) for c in spec.column_names]
-    if Z.shape[1] == 0:
-        raise FormulaError(f"random-effects term {term.text!r} has no columns")
-    all_columns = np.arange(Z.shape[1])
+    return spec, np.asarray(mm, dtype=float), [r_column_name(c) for c in spec.column_names]
+
+
+def _lhs_pieces(
+    term: RandomTermSpec, data: pd.DataFrame
+) -> list[tuple[ModelSpec, np.ndarray, list[str], np.ndarray]]:
+    """Model matrix of a term's left-hand side; ``||`` split into lme4's pieces.
+
+    lme4's ``expandDoubleVerts`` turns ``(a + f || g)`` into ``(1 | g) + (0 + a | g) + (0 + f | g)``:
+    every formula term of the left-hand side gets its own model matrix *without an intercept*, so a
+    factor ``f`` contributes an indicator column for every level, with a full covariance matrix
+    among them (only correlations between the pieces are removed).
+    """
     if not term.uncorrelated:
-        return [(spec, Z, names, all_columns)]
+        spec, Z, names = _term_matrix(term.lhs, term, data)
+        if Z.shape[1] == 0:
+            raise FormulaError(f"random-effects term {term.text!r} has no columns")
+        return [(spec, Z, names, np.arange(Z.shape[1]))]
+    try:
+        parsed = Formula(term.lhs)
+    except Exception as exc:
+        raise FormulaError(f"cannot read the left-hand side of random-effects term {term.text!r}: {exc}") from None
     pieces = []
-    for sl in spec.term_slices.values():
-        idx = all_columns[sl]
-        if len(idx):
-            pieces.append((spec, Z[:, idx], [names[i] for i in idx], idx))
+    for t in parsed:
+        rhs = "1" if str(t) == "1" else f"0 + {t}"
+        spec, Z, names = _term_matrix(rhs, term, data)
+        if Z.shape[1]:
+            pieces.append((spec, Z, names, np.arange(Z.shape[1])))
+    if not pieces:
+        raise FormulaError(f"random-effects term {term.text!r} has no columns")
     return pieces
 
 
