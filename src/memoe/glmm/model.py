@@ -30,7 +30,7 @@ from memoe.errors import ArgumentTypeError, FormulaTypeError, SeparationWarning
 from memoe.errors import warn as emit_warning
 from memoe.glmm.agq import agq_deviance, check_agq
 from memoe.glmm.design import GlmmDesign, build_glmm_design, separating_direction
-from memoe.glmm.families import Family, get_family
+from memoe.glmm.families import Family, NegativeBinomial, get_family
 from memoe.glmm.laplace import joint_objective, laplace_deviance, theta_objective
 from memoe.glmm.pirls import PirlsProblem, PirlsState
 from memoe.glmm.result import GlmmResult
@@ -65,11 +65,27 @@ class GlmmControl:
 
 @dataclass(frozen=True)
 class StageResult:
-    """One optimisation stage: its optimiser summary and the parameters it reached."""
+    """One optimisation stage: its optimiser summary and the parameters it reached.
+
+    ``family_theta``: the negative binomial theta the stage reached when it is estimated (else None).
+    """
 
     opt: object
     theta: np.ndarray
     beta: np.ndarray
+    family_theta: float | None = None
+
+
+#: bounds on log(theta) of an estimated negative binomial: beyond e^20 the family is Poisson to rounding
+NB_LOG_THETA_BOUNDS = (-20.0, 20.0)
+
+
+def nb_start_theta(y: np.ndarray, wt: np.ndarray) -> float:
+    """A moment start for the NB2 theta: ``mean^2 / (var - mean)``, clipped to [0.05, 100]."""
+    used = wt > 0
+    m = float(np.average(y[used], weights=wt[used]))
+    v = float(np.average((y[used] - m) ** 2, weights=wt[used]))
+    return float(np.clip(m * m / (v - m), 0.05, 100.0)) if v > m * (1.0 + 1e-8) else 100.0
 
 
 class GLMM:
@@ -115,6 +131,8 @@ class GLMM:
         data = to_pandas(data, "data")  # polars / pyarrow tables too
         self.formula = formula
         self.family = get_family(family)
+        #: NB2 with theta estimated (lme4's glmer.nb, glmmTMB's nbinom2): log(theta) joins both optimisations
+        self.nb_estimated = isinstance(self.family, NegativeBinomial) and self.family.theta is None
         self.data_name = data.attrs.get("name") if isinstance(data, pd.DataFrame) else None
         self.gdesign: GlmmDesign = build_glmm_design(
             formula, data, self.family, weights=weights, offset=offset, contrasts=contrasts
@@ -122,7 +140,10 @@ class GLMM:
         self.design = self.gdesign.design
         # the contrast of every factor (R's default or the argument); the codec saves it
         self.contrasts: dict[str, str] = dict(self.design.fixed.contrasts)
-        self.problem = PirlsProblem(self.gdesign, self.family)
+        working = self.family
+        if self.nb_estimated:
+            working = self.family.with_theta(nb_start_theta(self.gdesign.y, self.gdesign.wt))
+        self.problem = PirlsProblem(self.gdesign, working)
         self._separation: tuple[np.ndarray | None] | None = None
 
     def separation(self) -> list[str]:
@@ -156,16 +177,44 @@ class GLMM:
         return joint_objective(self.problem, u0, self.deviance_function(nAGQ))
 
     # ------------------------------------------------------------------ fitting
+    def set_family_theta(self, theta: float) -> None:
+        """Set the working NB theta of the PIRLS problem (only for an estimated negative binomial)."""
+        self.problem.family = self.family.with_theta(theta)
+
+    def with_family_parameter(self, f):
+        """``x -> f(x[:-1])`` with the NB theta ``exp(x[-1])`` set first (estimated negative binomial)."""
+        lo, hi = NB_LOG_THETA_BOUNDS
+
+        def g(x: np.ndarray) -> float:
+            lt = float(x[-1])
+            if not (lo <= lt <= hi):
+                return np.inf
+            self.set_family_theta(np.exp(lt))
+            return f(np.asarray(x[:-1], dtype=float))
+
+        return g
+
     def _stage1(self, control: GlmmControl, start: np.ndarray | None) -> tuple[StageResult, PirlsState]:
         tmap = self.design.theta_map
         f = theta_objective(self.problem)
         x0 = tmap.initial() if start is None else np.asarray(start, dtype=float)
+        lower = tmap.lower_bounds
+        nb_theta = None
+        if self.nb_estimated:
+            # glmer.nb alternates theta and the rest; optimising log(theta) with them reaches the same optimum
+            f = self.with_family_parameter(f)
+            x0 = np.concatenate([x0, [np.log(self.problem.family.theta)]])
+            lower = np.concatenate([lower, [NB_LOG_THETA_BOUNDS[0]]])
         opt = minimize_bounded(
-            f, x0, tmap.lower_bounds, ftol_abs=control.stage1_ftol_abs, xtol_abs=control.stage1_xtol_abs,
+            f, x0, lower, ftol_abs=control.stage1_ftol_abs, xtol_abs=control.stage1_xtol_abs,
             maxeval=control.maxeval,
         )
-        state = self.problem.solve(opt.x, beta=None)
-        return StageResult(opt, opt.x.copy(), state.beta.copy()), state
+        theta = opt.x[: tmap.size].copy()
+        if self.nb_estimated:
+            nb_theta = float(np.exp(opt.x[-1]))
+            self.set_family_theta(nb_theta)
+        state = self.problem.solve(theta, beta=None)
+        return StageResult(opt, theta, state.beta.copy(), nb_theta), state
 
     def fit(
         self,
@@ -210,7 +259,13 @@ class GLMM:
     def _fit(self, nAGQ: int, start, control: GlmmControl, warn: bool):
         tmap = self.design.theta_map
         k, p = tmap.size, self.design.p
+        if k == 0:
+            from memoe.glmm.glm import fit_glm
+
+            return fit_glm(self, control, warn)
+        nb = self.nb_estimated
         stage1, state1 = self._stage1(control, start)
+        nb_hessian = None
         if nAGQ == 0:
             theta, beta, stage2 = stage1.theta.copy(), stage1.beta.copy(), None
             f = None
@@ -219,24 +274,40 @@ class GLMM:
             f = self.objective(nAGQ, u0=state1.u)
             x0 = np.concatenate([stage1.theta, stage1.beta])
             lower = np.concatenate([tmap.lower_bounds, np.full(p, -np.inf)])
+            fopt, lopt = f, lower
+            if nb:
+                fopt = self.with_family_parameter(f)
+                x0 = np.concatenate([x0, [np.log(stage1.family_theta)]])
+                lopt = np.concatenate([lower, [NB_LOG_THETA_BOUNDS[0]]])
             # steps of 10% of each start value (at least 0.05): theta and beta live on similar scales
             step = np.maximum(0.1 * np.abs(x0), 0.05)
             opt = minimize_bounded(
-                f, x0, lower, ftol_abs=control.ftol_abs, xtol_abs=control.xtol_abs, maxeval=control.maxeval,
+                fopt, x0, lopt, ftol_abs=control.ftol_abs, xtol_abs=control.xtol_abs, maxeval=control.maxeval,
                 initial_step=step,
             )
             x = opt.x.copy()
             x[:k][(tmap.lower_bounds == 0) & (np.abs(x[:k]) < 1e-12)] = 0.0
-            theta, beta = x[:k], x[k:]
-            stage2 = StageResult(opt, theta.copy(), beta.copy())
+            theta, beta = x[:k], x[k : k + p]
+            nb_theta = None
+            if nb:
+                nb_theta = float(np.exp(x[-1]))
+                if control.calc_derivs and len(x) <= MAX_PARAMS_FOR_DERIVS:
+                    # the joint Hessian in (theta, beta, log theta_NB): the SE of log(theta), as glmmTMB reports
+                    with np.errstate(all="ignore"):
+                        _, nb_hessian = finite_difference_derivatives(
+                            fopt, x, lopt, delta=control.hessian_delta, f0=opt.fmin if np.array_equal(x, opt.x) else None
+                        )
+                self.set_family_theta(nb_theta)
+            stage2 = StageResult(opt, theta.copy(), beta.copy(), nb_theta)
         f0 = stage2.opt.fmin if stage2 is not None and np.array_equal(np.concatenate([theta, beta]), stage2.opt.x) \
             else None
+        # with theta_NB estimated the (theta, beta) Hessian is at the estimated theta_NB, as glmer.nb's final fit
         report, hessian = self._check(f, theta, beta, lower, control, f0)
         singular = is_boundary(theta, tmap.lower_bounds, control.singular_tol)
         messages = finish_fit(report, singular=singular, names=tmap.names, values=theta, warn=warn)
         result = GlmmResult(
             model=self, nAGQ=nAGQ, theta=theta, beta=beta, u_start=state1.u, stage1=stage1, stage2=stage2,
-            convergence=report, hessian=hessian, singular=singular, messages=messages,
+            convergence=report, hessian=hessian, singular=singular, messages=messages, nb_hessian=nb_hessian,
         )
         separated = self.separation()
         if separated:

@@ -78,11 +78,17 @@ class GlmmResult(FitResult):
     residual_types = ("deviance", "pearson", "working", "response")
     confint_methods = ("wald",)
 
-    def __init__(self, model, nAGQ, theta, beta, u_start, stage1, stage2, convergence, hessian, singular, messages):
+    def __init__(
+        self, model, nAGQ, theta, beta, u_start, stage1, stage2, convergence, hessian, singular, messages,
+        nb_hessian=None,
+    ):
         self.model = model
         self.design = model.design
-        # the response distribution (lme4's family(fit)); `family` is the model family, "glmm"
-        self.response_family = model.family
+        # the response distribution (lme4's family(fit)) as fitted (an estimated NB theta is set in it);
+        # `family` is the model family, "glmm"
+        self.response_family = model.problem.family
+        #: Hessian of the deviance in (theta, beta, log theta_NB) when the NB theta was estimated
+        self.nb_hessian = None if nb_hessian is None else np.asarray(nb_hessian, dtype=float)
         self.nAGQ = int(nAGQ)
         self.stage1, self.stage2 = stage1, stage2
         self.opt = stage2.opt if stage2 is not None else (stage1.opt if stage1 is not None else None)
@@ -163,7 +169,8 @@ class GlmmResult(FitResult):
         z = st.eta - problem.offset + (problem.y - st.mu) / problem.family.mu_eta(st.eta)
         sol = problem.wls_problem(st.w, z, with_beta=True).solve(self.state.theta, reml=False)
         names = self.design.fixef_names
-        return pd.DataFrame(sol.vcov_unscaled, index=names, columns=names)
+        # lme4's vcov.merMod: sigma^2 (R_X' R_X)^-1, sigma = 1 without a scale
+        return pd.DataFrame(self.sigma**2 * sol.vcov_unscaled, index=names, columns=names)
 
     @cached_property
     def vcov_hessian(self) -> pd.DataFrame | None:
@@ -275,7 +282,49 @@ class GlmmResult(FitResult):
 
     @property
     def df_model(self) -> int:
-        return self.design.p + self.design.theta_map.size
+        """Estimated parameters: fixed effects, theta, and the dispersion (Gamma, inverse Gaussian, Gaussian:
+        lme4's ``useSc``) or the estimated negative binomial theta (glmmTMB's count)."""
+        extra = int(self.response_family.has_dispersion) + int(getattr(self.model, "nb_estimated", False))
+        return self.design.p + self.design.theta_map.size + extra
+
+    # ------------------------------------------------------------------ dispersion
+    @property
+    def sigma(self) -> float:
+        """lme4's ``sigma()``: 1 for binomial, Poisson and negative binomial; for families with a scale
+        (Gamma, inverse Gaussian, Gaussian) ``sqrt((sum r_P^2 + ||u||^2) / n)`` with ``r_P`` the Pearson
+        residuals (lme4 1.1's ``sigmaML`` of a GLMM: the penalised weighted residual sum of squares over n)."""
+        if not self.response_family.has_dispersion:
+            return 1.0
+        st, problem = self.state.pirls, self.model.problem
+        r2 = problem.wt * (problem.y - st.mu) ** 2 / self.response_family.variance(st.mu)
+        return float(np.sqrt((r2.sum() + st.sqrL) / self.nobs))
+
+    @property
+    def dispersion(self) -> float:
+        """The dispersion the Laplace likelihood profiles: ``sum(d_i) / sum(wt)`` at the conditional modes
+        (R's ``family$aic``; 1 for binomial, Poisson and negative binomial)."""
+        problem, st = self.model.problem, self.state.pirls
+        return self.response_family.dispersion_ml(problem.y, st.mu, problem.wt)
+
+    @property
+    def family_theta(self) -> float | None:
+        """The negative binomial theta (``var = mu + mu^2 / theta``; lme4's ``getME(fit, "glmer.nb.theta")``,
+        glmmTMB's ``sigma()``); None for other families."""
+        return getattr(self.response_family, "theta", None)
+
+    @property
+    def family_theta_se(self) -> pd.Series | None:
+        """SEs of ``log(theta)`` (glmmTMB's ``betadisp``) and of ``theta`` (delta method) from the joint
+        Hessian of the deviance in (theta, beta, log theta_NB); None when theta was fixed or no Hessian."""
+        H = self.nb_hessian
+        if H is None or self.family_theta is None:
+            return None
+        try:
+            v = 2.0 * np.linalg.inv(H)[-1, -1]
+        except np.linalg.LinAlgError:
+            v = np.nan
+        se_log = float(np.sqrt(v)) if np.isfinite(v) and v > 0 else np.nan
+        return pd.Series({"log_theta": se_log, "theta": self.family_theta * se_log}, name="std_error")
 
     @property
     def nobs(self) -> int:
