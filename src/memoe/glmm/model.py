@@ -14,6 +14,7 @@ checks and its default covariance of the fixed effects.
 
 from __future__ import annotations
 
+import dataclasses
 import numbers
 from dataclasses import dataclass
 
@@ -26,7 +27,7 @@ from memoe.core.optim import check_convergence, finite_difference_derivatives, m
 from memoe.core.optim.arguments import check_bool, check_control, check_start
 from memoe.core.optim.checks import ConvergenceReport
 from memoe.core.optim.finish import finish_fit, is_boundary
-from memoe.errors import ArgumentTypeError, FormulaTypeError, SeparationWarning
+from memoe.errors import ArgumentError, ArgumentTypeError, FormulaTypeError, SeparationWarning
 from memoe.errors import warn as emit_warning
 from memoe.glmm.agq import agq_deviance, check_agq
 from memoe.glmm.design import GlmmDesign, build_glmm_design, separating_direction
@@ -194,6 +195,54 @@ class GLMM:
 
         return g
 
+    def _minimize_restarting(self, f, x0, lower, step, control: GlmmControl, max_restarts: int = 10):
+        """BOBYQA on the stage-2 deviance, restarted from its result while trial points hit infinite values.
+
+        Links with a restricted domain (inverse, 1/mu^2, identity) give an infinite deviance wherever a mean
+        leaves (0, inf); BOBYQA's quadratic model then shrinks its trust region and can stop short of the
+        optimum ("xtol reached"). A restart with smaller first steps continues from there; it stops when a
+        restart no longer lowers the deviance by ``ftol_abs``.
+        """
+        hits = [0]
+
+        def counted(x):
+            v = f(x)
+            if not np.isfinite(v):
+                hits[0] += 1
+            return v
+
+        def run(start, st):
+            return minimize_bounded(
+                counted, start, lower, ftol_abs=control.ftol_abs, xtol_abs=control.xtol_abs,
+                maxeval=control.maxeval, initial_step=st,
+            )
+
+        opt = run(x0, step)
+        for _ in range(max_restarts):
+            if not hits[0]:
+                break
+            hits[0] = 0
+            step = 0.25 * step
+            again = run(opt.x, step)
+            improved = again.fmin < opt.fmin - control.ftol_abs
+            total = opt.feval + again.feval
+            opt = dataclasses.replace(again if improved else opt, x0=opt.x0, feval=total)
+            if not improved:
+                break
+        return opt
+
+    def _beta_scale(self, theta: np.ndarray, state: PirlsState) -> np.ndarray | None:
+        """Standard errors of beta at a PIRLS state (dispersion-scaled RX factor), None if unavailable."""
+        P = self.problem
+        try:
+            z = state.eta - P.offset + (P.y - state.mu) / P.family.mu_eta(state.eta)
+            sol = P.wls_problem(state.w, z, with_beta=True).solve(theta, reml=False)
+            phi = P.family.dispersion_ml(P.y, state.mu, P.wt)
+            se = np.sqrt(phi * np.diag(sol.vcov_unscaled))
+        except (np.linalg.LinAlgError, ValueError, FloatingPointError):
+            return None
+        return se if np.all(np.isfinite(se)) and np.all(se > 0) else None
+
     def _stage1(self, control: GlmmControl, start: np.ndarray | None) -> tuple[StageResult, PirlsState]:
         tmap = self.design.theta_map
         f = theta_objective(self.problem)
@@ -281,10 +330,14 @@ class GLMM:
                 lopt = np.concatenate([lower, [NB_LOG_THETA_BOUNDS[0]]])
             # steps of 10% of each start value (at least 0.05): theta and beta live on similar scales
             step = np.maximum(0.1 * np.abs(x0), 0.05)
-            opt = minimize_bounded(
-                fopt, x0, lopt, ftol_abs=control.ftol_abs, xtol_abs=control.xtol_abs, maxeval=control.maxeval,
-                initial_step=step,
-            )
+            if self.problem.family.has_dispersion:
+                # the coefficients of Gamma / inverse Gaussian models live on the scale of their links (1/mu
+                # is ~0.01 for a mean of 100): first steps of one standard error keep the linear predictor
+                # inside the link's domain, where fixed steps of 0.05 can leave it (mu < 0) and stall BOBYQA
+                se = self._beta_scale(stage1.theta, state1)
+                if se is not None:
+                    step[k : k + p] = se
+            opt = self._minimize_restarting(fopt, x0, lopt, step, control)
             x = opt.x.copy()
             x[:k][(tmap.lower_bounds == 0) & (np.abs(x[:k]) < 1e-12)] = 0.0
             theta, beta = x[:k], x[k : k + p]
@@ -321,14 +374,22 @@ class GLMM:
                 emit_warning(msg, SeparationWarning)
         return result
 
-    def result_at(self, theta, beta, nAGQ: int = 1, hessian: bool = True, control: GlmmControl | None = None):
+    def result_at(
+        self, theta, beta, nAGQ: int = 1, hessian: bool = True, control: GlmmControl | None = None,
+        family_theta: float | None = None,
+    ):
         """The result object at given (theta, beta), without optimising (e.g. at another program's estimates).
 
         PIRLS starts from zero modes; with ``hessian`` the finite-difference Hessian (and so the
-        Hessian-based ``vcov`` and the convergence checks) is computed there.
+        Hessian-based ``vcov`` and the convergence checks) is computed there. ``family_theta``: the
+        negative binomial theta (required when it is estimated).
         """
         check_agq(self.problem, nAGQ)
         control = control or GlmmControl()
+        if self.nb_estimated:
+            if family_theta is None:
+                raise ArgumentError("result_at of a negative binomial GLMM with theta estimated needs family_theta=")
+            self.set_family_theta(float(family_theta))
         tmap = self.design.theta_map
         theta = np.asarray(theta, dtype=float)
         beta = np.asarray(beta, dtype=float)
