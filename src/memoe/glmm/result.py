@@ -273,6 +273,13 @@ class GlmmResult(FitResult):
         return -0.5 * self.state.criterion
 
     @property
+    def comparable_loglik(self) -> float:
+        """The Laplace log-likelihood without R's aic ``+ 2`` of the families with a scale (Gamma, inverse
+        Gaussian, Gaussian), so that it compares with a GLM's ``logLik`` (:func:`memoe.compare` uses it);
+        equal to :attr:`loglik` for binomial, Poisson and negative binomial."""
+        return self.loglik + 0.5 * self.response_family.aic_constant
+
+    @property
     def deviance(self) -> float:
         """lme4's ``deviance(fit)`` for GLMMs: the sum of the squared conditional deviance residuals.
 

@@ -104,7 +104,8 @@ def _check_same_data(fits: list, names: list[str]) -> None:
 
 def _family(fit) -> str:
     """``"gaussian/identity"`` for LMM and marginal fits, ``"binomial/logit"`` etc. for GLMMs."""
-    fam = getattr(fit, "family", None)
+    # GLMM / GLM results keep the response family in response_family (their `family` is "glmm")
+    fam = getattr(fit, "response_family", None)
     if fam is None:
         return "gaussian/identity"
     link = getattr(getattr(fam, "link", None), "name", "?")
@@ -312,7 +313,9 @@ def compare(*fits, boundary: bool = False, refit: bool = True, names: list[str] 
     order = np.argsort(npar, kind="stable")
     fits_o = [fits_l[i] for i in order]
     names_o = [names_l[i] for i in order]
-    llk = np.array([f.loglik for f in fits_o])
+    # GLMMs of Gamma-type families: lme4's logLik carries R's aic "+ 2" for the profiled dispersion; the
+    # comparison uses the log-likelihood itself, which is what a GLM's logLik is (comparable_loglik)
+    llk = np.array([getattr(f, "comparable_loglik", f.loglik) for f in fits_o])
     npar = npar[order]
     dllk = np.diff(llk)
     chisq = np.concatenate([[np.nan], 2.0 * np.maximum(0.0, dllk)])

@@ -69,7 +69,10 @@ glmer_family_case <- function(case_id, dataset, r_call, description, profile = F
       list(param = rownames(ci)[i], lower = ci[i, 1], upper = ci[i, 2])))
     extra_calls$confint_profile <- pc
   }
-  tcall <- if (nb) sub("\\)\\s*$", paste0(", nb.control = ", TIGHT_GLMER, ", tol = 1e-10)"), r_call)
+  ## glmer.nb's own tol= does not reach optimize() in lme4 1.1-31 (it is passed on to glmer): refine theta
+  ## with lme4:::optTheta at tol 1e-10 from the default fit
+  tcall <- if (nb) sprintf("lme4:::optTheta(.fit, interval = log(getME(.fit, 'glmer.nb.theta')) + c(-0.5, 0.5), tol = 1e-10, control = %s)",
+                           sub("tolPwrss = 1e-13", "tolPwrss = 1e-10", TIGHT_GLMER))
            else with_control(r_call, TIGHT_GLMER)
   rt <- try_text(tcall)
   if (inherits(rt, "failed")) {
@@ -132,8 +135,8 @@ tmb_case <- function(case_id, dataset, r_call, description) {
     loglik = as.numeric(ll), df = as.numeric(attr(ll, "df")),
     aic = AIC(fit), bic = BIC(fit), nobs = nobs(fit),
     nb_theta = sigma(fit),
-    log_theta = unname(par[names(par) == "betadisp"][1]),
-    log_theta_se = unname(sqrt(diag(sdr$cov.fixed))[names(par) == "betadisp"][1]),
+    log_theta = unname(par[names(par) %in% c("betad", "betadisp")][1]),
+    log_theta_se = unname(sqrt(diag(sdr$cov.fixed))[names(par) %in% c("betad", "betadisp")][1]),
     re_sd = jvec(vapply(vc, function(v) attr(v, "stddev")[[1]], 0)),
     log_re_sd = unname(par[names(par) == "theta"]),
     log_re_sd_se = unname(sqrt(diag(sdr$cov.fixed))[names(par) == "theta"]),
@@ -172,6 +175,14 @@ glm_case <- function(case_id, dataset, r_call, description, glmer_call = NULL) {
     theta = if (inherits(fit, "negbin")) fit$theta else NULL,
     theta_se = if (inherits(fit, "negbin")) fit$SE.theta else NULL)
   extra_calls <- list(fit = r_call)
+  ## glm.fit stops when the deviance changes by < 1e-8 relative: a tight refit shows the exact MLE
+  tcall <- sub("\\)\\s*$", ", control = glm.control(epsilon = 1e-15, maxit = 200))", r_call)
+  ft <- run_call(tcall)$value
+  res$tight_refit <- list(r_call = tcall, coef = jvec(coef(ft)), loglik = as.numeric(logLik(ft)),
+                          deviance = deviance(ft), std_error = jvec(sqrt(diag(vcov(ft)))),
+                          theta = if (inherits(ft, "negbin")) ft$theta else NULL,
+                          theta_se = if (inherits(ft, "negbin")) ft$SE.theta else NULL)
+  extra_calls$tight_refit <- tcall
   if (!is.null(glmer_call)) {
     ## the chi-bar-square test of sigma_u^2 = 0: 0.5 chi2(0) + 0.5 chi2(1)
     g1 <- run_call(glmer_call)$value
