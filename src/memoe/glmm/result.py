@@ -10,6 +10,7 @@ import pandas as pd
 
 from memoe.core.result import FitResult, coef_frame
 from memoe.core.state import GlmmState, frozen_array
+from memoe.errors import ArgumentTypeError
 from memoe.glmm.agq import agq_deviance
 from memoe.glmm.laplace import laplace_deviance
 from memoe.glmm.predict import predict_glmm
@@ -76,7 +77,7 @@ class GlmmResult(FitResult):
     robust_types = (None,)
     # lme4's residuals.glmResp types, deviance first (its default)
     residual_types = ("deviance", "pearson", "working", "response")
-    confint_methods = ("wald",)
+    confint_methods = ("wald", "profile", "bootstrap")
 
     def __init__(
         self, model, nAGQ, theta, beta, u_start, stage1, stage2, convergence, hessian, singular, messages,
@@ -240,6 +241,62 @@ class GlmmResult(FitResult):
         from memoe.inference.varcomp import ran_pars_confint
 
         return ran_pars_confint(rp, level)
+
+    # ------------------------------------------------------------------ intervals and tests
+    def profiler(self):
+        """A :class:`memoe.glmm.inference.GlmmProfiler` of this fit's deviance."""
+        from memoe.glmm.inference import GlmmProfiler
+
+        return GlmmProfiler(self)
+
+    def _confint_other(self, method: str, level: float, parm=None, **kwargs) -> pd.DataFrame:
+        """lme4's ``confint.merMod`` for ``"profile"`` (rows ``sd_...|group``, ``cor_...``, fixed effects) and
+        ``"bootstrap"`` (parametric, percentile; ``nsim`` default 500, ``seed``, ``progress``); columns
+        ``lower``/``upper``. ``parm``: names, positions, ``"theta_"`` or ``"beta_"`` (default all)."""
+        from memoe.glmm.inference import glmm_bootstrap
+        from memoe.inference.confint import select_parameters
+        from memoe.inference.profile import profile_confint
+
+        if method == "profile":
+            extra = [k for k in kwargs if k != "progress"]
+            if extra:
+                raise ArgumentTypeError(f"unexpected arguments for method 'profile': {', '.join(extra)} "
+                                        "(accepted: progress)")
+            names = select_parameters(self.profiler().names, parm)
+            ci = profile_confint(self, level=level, parm=names, **kwargs)
+        else:
+            boot = glmm_bootstrap(self, **kwargs)
+            names = select_parameters(list(boot.estimates.index), parm)
+            ci = boot.confint(level=level).loc[names]
+        out = pd.DataFrame(ci.to_numpy(dtype=float), index=ci.index, columns=["lower", "upper"])
+        out.attrs.update({"level": level, "method": method})
+        return out
+
+    def bootstrap(self, nsim: int = 500, seed=None, progress: bool | None = None):
+        """Parametric bootstrap replicates (:func:`memoe.glmm.inference.glmm_bootstrap`)."""
+        from memoe.glmm.inference import glmm_bootstrap
+
+        return glmm_bootstrap(self, nsim=nsim, seed=seed, progress=progress)
+
+    def test(self, hypothesis, ddf: str = "asymptotic"):
+        """Wald test of a linear hypothesis about the fixed effects, e.g. ``fit.test("period2 = 0")`` or
+        ``"period2 = period3, period4 = 0"``; a contrast vector/matrix is accepted too.
+
+        ``ddf="asymptotic"``: Wald chi-square (``Chisq`` on ``NumDF`` df; ``F value`` = Chisq / NumDF) with
+        :meth:`vcov`, the z test of lme4's summary for one coefficient. See
+        :func:`memoe.glmm.inference.glmm_test`.
+        """
+        from memoe.glmm.inference import glmm_test
+
+        return glmm_test(self, hypothesis, ddf=ddf)
+
+    def anova(self, type: int | str = 3, ddf: str = "asymptotic"):
+        """Wald chi-square tests of the fixed-effects terms: type III (marginal, default) or I (sequential);
+        see :func:`memoe.glmm.inference.glmm_anova`. Likelihood-ratio tests between nested fits:
+        :func:`memoe.compare`."""
+        from memoe.glmm.inference import glmm_anova
+
+        return glmm_anova(self, type=type, ddf=ddf)
 
     def coef(self) -> dict[str, pd.DataFrame]:
         """Subject-specific coefficients on the link scale, lme4's ``coef()``: {grouping factor: levels x
