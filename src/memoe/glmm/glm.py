@@ -186,5 +186,60 @@ class GlmResult(GlmmResult):
             mu = fam.linkinv(P.offset)
         return float(fam.dev_resids(P.y, mu, P.wt).sum())
 
+    def summary(self):
+        """R's ``summary.glm`` layout (coefficients, dispersion, deviances, AIC); ``.tables`` as for GLMMs."""
+        return GlmSummary(self)
+
     def __repr__(self) -> str:
         return f"<GlmResult {self.response_family}: logLik={self.loglik:.4f}, coef={dict(self.fixef.round(4))}>"
+
+
+class GlmSummary:
+    """R's ``summary.glm`` layout: coefficients, dispersion, null and residual deviance, AIC."""
+
+    def __new__(cls, fit):
+        from memoe.glmm.summary import GlmmSummary
+
+        class _GlmSummary(GlmmSummary):
+            def text(self) -> str:
+                from memoe.core.rformat import SIGNIF_LEGEND, decimals_for, format_pval, format_table, signif_stars
+
+                f = self.fit
+                fam = f.response_family
+                out = [f"Generalized linear model fit by maximum likelihood (IRLS) ['GlmResult']",
+                       f" Family: {fam.r_name}  ( {fam.link.name} )", f"Formula: {f.model.formula}"]
+                if f.model.data_name:
+                    out.append(f"   Data: {f.model.data_name}")
+                out.append("")
+                ct = f.coef_table()
+                stat = "t" if ct.attrs.get("statistic") == "t" else "z"
+                dec = decimals_for(ct["std_error"], 4, anchor="min")
+                p = ct["p_value"].to_numpy()
+                shown = pd.DataFrame(
+                    {"Estimate": [f"{v:.{dec}f}" for v in ct["estimate"]],
+                     "Std. Error": [f"{v:.{dec}f}" for v in ct["std_error"]],
+                     f"{stat} value": [f"{v:.3f}" for v in ct["statistic"]],
+                     f"Pr(>|{stat}|)": format_pval(p), "": [c.ljust(3) for c in signif_stars(p)]},
+                    index=ct.index,
+                )
+                out += ["Coefficients:", format_table(shown), "---", SIGNIF_LEGEND, ""]
+                if fam.has_dispersion:
+                    out.append(f"(Dispersion parameter for {fam.name} family taken to be {f.dispersion_pearson:.6g})")
+                else:
+                    out.append(f"(Dispersion parameter for {fam.r_name} family taken to be 1)")
+                out.append("")
+                n_used = int(np.sum(f.model.problem.wt > 0))
+                has_int = "(Intercept)" in f.design.fixef_names
+                out.append(f"    Null deviance: {f.null_deviance:.{4}f}  on {n_used - int(has_int)}  degrees of freedom")
+                out.append(f"Residual deviance: {f.deviance:.{4}f}  on {int(f.df_resid)}  degrees of freedom")
+                out.append(f"AIC: {f.aic:.5g}")
+                if f.family_theta is not None and f.family_theta_se is not None:
+                    out += ["", f"              Theta:  {f.family_theta:.4g}",
+                            f"          Std. Err.:  {f.family_theta_se['theta']:.4g}"]
+                out.append("")
+                out.append(f"Number of IRLS iterations: {f.iterations}")
+                if f.messages:
+                    out += [""] + list(f.messages)
+                return "\n".join(out).rstrip() + "\n"
+
+        return _GlmSummary(fit)
