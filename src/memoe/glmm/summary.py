@@ -31,7 +31,7 @@ def dispersion_lines(fit) -> list[str]:
     fam = fit.response_family
     if fam.has_dispersion:
         return [
-            f"Dispersion: sigma = {fit.sigma:.4g} (lme4's sigma(): sqrt(Pearson RSS + ||u||^2) / n); "
+            f"Dispersion: sigma = {fit.sigma:.4g} (lme4's sigma(): sqrt((Pearson RSS + ||u||^2) / n)); "
             f"the Laplace likelihood profiles phi = deviance / n = {fit.dispersion:.4g}"
         ]
     th = fit.family_theta
