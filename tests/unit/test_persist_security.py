@@ -468,7 +468,7 @@ def test_load_from_bytes_file_objects_and_paths(saved, sleep_fit):
 # ---------------------------------------------------------------------------------------------- the registry
 def test_every_family_registers_its_codec_and_memoe_load_is_the_loader():
     names = {c.name for c in registered()}
-    assert names == {"LmmResult", "GlmmResult", "MEMoEResult", "MarginalResult", "GEEResult"}
+    assert names == {"LmmResult", "GlmmResult", "GlmResult", "MEMoEResult", "MarginalResult", "GEEResult"}
     assert memoe.load is load and "load" in memoe.__all__
 
 

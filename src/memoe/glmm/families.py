@@ -8,8 +8,8 @@ starting values (``family$initialize``) and the checks on the response.
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
 import dataclasses
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -209,6 +209,11 @@ class Family(ABC):
         """Check the response and return ``(y, wt, n)`` as R's ``family$initialize`` leaves them."""
 
     @property
+    def label(self) -> str:
+        """The family's name in messages (``Poisson``, ``negative binomial``)."""
+        return {"poisson": "Poisson", "negative_binomial": "negative binomial"}.get(self.name, self.name)
+
+    @property
     def r_name(self) -> str:
         """R's ``family$family`` string (``"Gamma"``, ``"inverse.gaussian"``, ``"Negative Binomial(1.234)"``)."""
         return self.name
@@ -336,18 +341,18 @@ class Poisson(Family):
             raise DataError(f"cbind() responses are for the binomial family, not {self.name} ({response!r})")
         if np.any(y < 0):
             raise DataError(
-                f"negative values not allowed for the '{self.name}' family: response {response!r} has "
+                f"negative values not allowed for the '{self.label}' family: response {response!r} has "
                 f"{int(np.sum(y < 0))} negative values"
             )
         used = weights > 0
         if used.any() and np.all(y[used] == 0.0):
             raise DataError(
-                f"{self.name} response {response!r} is 0 in all {int(used.sum())} rows with positive weight; "
+                f"{self.label} response {response!r} is 0 in all {int(used.sum())} rows with positive weight; "
                 "nothing to model (the log rate runs off to -inf)"
             )
         if np.any(np.abs(y - np.round(y)) > 1e-7):
             warn(
-                f"non-integer counts in the {self.name} response {response!r}: the log-likelihood uses "
+                f"non-integer counts in the {self.label} response {response!r}: the log-likelihood uses "
                 "lgamma(y + 1) (R's dpois gives -Inf with a warning)",
                 NonIntegerResponseWarning,
             )
@@ -453,13 +458,14 @@ class InverseGaussian(Family):
 
 @dataclass(frozen=True)
 class Gaussian(Family):
-    """Gaussian family with a non-identity link, R's ``gaussian(link = "log")`` (``log``, ``inverse``).
+    """Gaussian family with a non-identity link, R's ``gaussian(link = "log")`` (``log``, ``inverse``; the
+    default identity link is refused by :func:`get_family`).
 
     With the identity link a GLMM is a linear mixed model: use :func:`memoe.lmm` (lme4's ``glmer``
     hands it to ``lmer`` too).
     """
 
-    link: Link = Link("log")
+    link: Link = Link("identity")
     name: str = "gaussian"
     allowed_links: tuple[str, ...] = ("log", "inverse", "identity")
     has_dispersion: ClassVar[bool] = True
@@ -605,9 +611,9 @@ def get_family(family: str | Family, link: str | None = None) -> Family:
         Unknown family or a link the family does not support.
     """
     if isinstance(family, Family):
-        if link is None:
-            return family
-        return dataclasses.replace(family, link=get_link(link))
+        fam = family if link is None else dataclasses.replace(family, link=get_link(link))
+        _refuse_gaussian_identity(fam)
+        return fam
     if not isinstance(family, str):
         raise FamilyError(
             f"family must be a name ({', '.join(FAMILY_NAMES)}) or a Family such as Gamma(link='log'), "
@@ -619,9 +625,13 @@ def get_family(family: str | Family, link: str | None = None) -> Family:
         raise FamilyError(f"unknown family {family!r}; available: {', '.join(FAMILY_NAMES)}{hint}")
     cls = _FAMILIES[key]
     fam = cls() if link is None else cls(link=get_link(link))
+    _refuse_gaussian_identity(fam)
+    return fam
+
+
+def _refuse_gaussian_identity(fam: Family) -> None:
     if isinstance(fam, Gaussian) and fam.link.name == "identity":
         raise FamilyError(
             "family 'gaussian' with the identity link is a linear mixed model: use memoe.lmm (lme4's glmer "
             "passes it to lmer); memoe.glmm takes gaussian with link='log' or 'inverse'"
         )
-    return fam

@@ -206,7 +206,7 @@ class GlmSummary:
 
                 f = self.fit
                 fam = f.response_family
-                out = [f"Generalized linear model fit by maximum likelihood (IRLS) ['GlmResult']",
+                out = ["Generalized linear model fit by maximum likelihood (IRLS) ['GlmResult']",
                        f" Family: {fam.r_name}  ( {fam.link.name} )", f"Formula: {f.model.formula}"]
                 if f.model.data_name:
                     out.append(f"   Data: {f.model.data_name}")
@@ -230,7 +230,8 @@ class GlmSummary:
                 out.append("")
                 n_used = int(np.sum(f.model.problem.wt > 0))
                 has_int = "(Intercept)" in f.design.fixef_names
-                out.append(f"    Null deviance: {f.null_deviance:.{4}f}  on {n_used - int(has_int)}  degrees of freedom")
+                df_null = n_used - int(has_int)
+                out.append(f"    Null deviance: {f.null_deviance:.4f}  on {df_null}  degrees of freedom")
                 out.append(f"Residual deviance: {f.deviance:.{4}f}  on {int(f.df_resid)}  degrees of freedom")
                 out.append(f"AIC: {f.aic:.5g}")
                 if f.family_theta is not None and f.family_theta_se is not None:
@@ -239,7 +240,7 @@ class GlmSummary:
                 out.append("")
                 out.append(f"Number of IRLS iterations: {f.iterations}")
                 if f.messages:
-                    out += [""] + list(f.messages)
+                    out += ["", *f.messages]
                 return "\n".join(out).rstrip() + "\n"
 
         return _GlmSummary(fit)

@@ -95,7 +95,7 @@ class GlmmProfiler(Profiler):
     def profile_deviance(self, name: str, value: float) -> float:
         """Minimum deviance with parameter ``name`` fixed at ``value``."""
         i = self._index(name)
-        k, p = self.space.size, self.design.p
+        p = self.design.p
         v0 = np.concatenate([self.estimates, [self._lt_hat] if self._nb else []])
         scale = np.concatenate([self._scales(), self._beta_se, [1.0] if self._nb else []])
         lower = np.concatenate([self.space.lower, np.full(p, -np.inf), [-20.0] if self._nb else []])

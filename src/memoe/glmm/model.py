@@ -347,8 +347,9 @@ class GLMM:
                 if control.calc_derivs and len(x) <= MAX_PARAMS_FOR_DERIVS:
                     # the joint Hessian in (theta, beta, log theta_NB): the SE of log(theta), as glmmTMB reports
                     with np.errstate(all="ignore"):
+                        f0 = opt.fmin if np.array_equal(x, opt.x) else None
                         _, nb_hessian = finite_difference_derivatives(
-                            fopt, x, lopt, delta=control.hessian_delta, f0=opt.fmin if np.array_equal(x, opt.x) else None
+                            fopt, x, lopt, delta=control.hessian_delta, f0=f0
                         )
                 self.set_family_theta(nb_theta)
             stage2 = StageResult(opt, theta.copy(), beta.copy(), nb_theta)

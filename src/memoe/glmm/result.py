@@ -171,7 +171,8 @@ class GlmmResult(FitResult):
         sol = problem.wls_problem(st.w, z, with_beta=True).solve(self.state.theta, reml=False)
         names = self.design.fixef_names
         # lme4's vcov.merMod: sigma^2 (R_X' R_X)^-1, sigma = 1 without a scale
-        return pd.DataFrame(self.sigma**2 * sol.vcov_unscaled, index=names, columns=names)
+        s2 = self.sigma**2 if self.response_family.has_dispersion else 1.0
+        return pd.DataFrame(s2 * sol.vcov_unscaled, index=names, columns=names)
 
     @cached_property
     def vcov_hessian(self) -> pd.DataFrame | None:
@@ -354,11 +355,11 @@ class GlmmResult(FitResult):
     # ------------------------------------------------------------------ dispersion
     @property
     def sigma(self) -> float:
-        """lme4's ``sigma()``: 1 for binomial, Poisson and negative binomial; for families with a scale
-        (Gamma, inverse Gaussian, Gaussian) ``sqrt((sum r_P^2 + ||u||^2) / n)`` with ``r_P`` the Pearson
-        residuals (lme4 1.1's ``sigmaML`` of a GLMM: the penalised weighted residual sum of squares over n)."""
+        """lme4's ``sigma()``: NaN for binomial, Poisson and negative binomial (scale fixed at 1); for the
+        families with a scale (Gamma, inverse Gaussian, Gaussian) ``sqrt((sum r_P^2 + ||u||^2) / n)``,
+        ``r_P`` the Pearson residuals (lme4 1.1's ``sigmaML`` of a GLMM: penalised weighted RSS over n)."""
         if not self.response_family.has_dispersion:
-            return 1.0
+            return np.nan
         st, problem = self.state.pirls, self.model.problem
         r2 = problem.wt * (problem.y - st.mu) ** 2 / self.response_family.variance(st.mu)
         return float(np.sqrt((r2.sum() + st.sqrL) / self.nobs))
