@@ -29,7 +29,7 @@ from memoe.core.optim.checks import ConvergenceReport
 from memoe.core.optim.finish import finish_fit, is_boundary
 from memoe.errors import ArgumentError, ArgumentTypeError, FormulaTypeError, SeparationWarning
 from memoe.errors import warn as emit_warning
-from memoe.glmm.agq import agq_deviance, check_agq
+from memoe.glmm.agq import QuadratureError, agq_deviance, check_agq
 from memoe.glmm.design import GlmmDesign, build_glmm_design, separating_direction
 from memoe.glmm.families import Family, NegativeBinomial, get_family
 from memoe.glmm.laplace import joint_objective, laplace_deviance, theta_objective
@@ -297,6 +297,12 @@ class GLMM:
         if isinstance(nAGQ, (bool, np.bool_)) or not isinstance(nAGQ, numbers.Integral):
             raise ArgumentTypeError(f"nAGQ must be an integer (0, 1 or more nodes), got {nAGQ!r}")
         check_agq(self.problem, nAGQ)
+        if nAGQ > 1 and self.nb_estimated:
+            # the AGQ deviance (lme4's) drops the family's normalising constants, which depend on the NB theta
+            raise QuadratureError(
+                "nAGQ > 1 cannot estimate the negative binomial theta (the quadrature deviance leaves out the "
+                "terms that depend on it); use nAGQ=1, or fix theta with NegativeBinomial(theta=...)"
+            )
         warn = check_bool(warn, "warn")
         control = check_control(control, GlmmControl)
         tmap = self.design.theta_map
