@@ -109,6 +109,27 @@ class Link:
             return 2.0 * eta
         return np.ones_like(np.asarray(eta, dtype=float))
 
+    def mu_eta2(self, eta: np.ndarray) -> np.ndarray:
+        """``d^2 mu / d eta^2`` (the observed information of non-canonical links needs it)."""
+        eta = np.asarray(eta, dtype=float)
+        if self.name == "logit":
+            mu = self.linkinv(eta)
+            return self.mu_eta(eta) * (1.0 - 2.0 * mu)
+        if self.name == "probit":
+            return -eta * np.exp(-0.5 * eta * eta) / np.sqrt(2 * np.pi)
+        if self.name == "cloglog":
+            e = np.exp(np.minimum(eta, 700.0))
+            return self.mu_eta(eta) * (1.0 - e)
+        if self.name == "log":
+            return np.maximum(np.exp(eta), _EPS)
+        if self.name == "inverse":
+            return 2.0 / eta**3
+        if self.name == "1/mu^2":
+            return 0.75 * eta**-2.5
+        if self.name == "sqrt":
+            return np.full_like(eta, 2.0)
+        return np.zeros_like(eta)
+
 
 _LINKS = ("logit", "probit", "cloglog", "log", "identity", "inverse", "1/mu^2", "sqrt")
 
@@ -181,6 +202,20 @@ class Family(ABC):
     def variance(self, mu: np.ndarray) -> np.ndarray:
         """Variance function V(mu)."""
 
+    def variance_deriv(self, mu: np.ndarray) -> np.ndarray:
+        """``dV / dmu`` (for the observed information); families override it."""
+        raise FamilyError(f"the {self.name} family has no variance derivative")
+
+    def observed_weights(self, y: np.ndarray, mu: np.ndarray, eta: np.ndarray, wt: np.ndarray) -> np.ndarray:
+        """``-d^2 log f(y | eta) / d eta^2`` per row (dispersion 1): the observed information in eta.
+
+        ``wt [mu'^2 / V - (y - mu) (mu'' / V - mu'^2 V' / V^2)]``; equal to the Fisher working weight
+        ``wt mu'^2 / V`` for canonical links (binomial logit, Poisson log), not for NB2 with the log link.
+        """
+        d1, d2 = self.link.mu_eta(eta), self.link.mu_eta2(eta)
+        V, dV = self.variance(mu), self.variance_deriv(mu)
+        return wt * (d1 * d1 / V - (y - mu) * (d2 / V - d1 * d1 * dV / (V * V)))
+
     @abstractmethod
     def dev_resids(self, y: np.ndarray, mu: np.ndarray, wt: np.ndarray) -> np.ndarray:
         """Unit deviances ``d_i`` (squared deviance residuals), shape (n,)."""
@@ -242,6 +277,9 @@ class Binomial(Family):
 
     def variance(self, mu: np.ndarray) -> np.ndarray:
         return mu * (1.0 - mu)
+
+    def variance_deriv(self, mu: np.ndarray) -> np.ndarray:
+        return 1.0 - 2.0 * mu
 
     def dev_resids(self, y: np.ndarray, mu: np.ndarray, wt: np.ndarray) -> np.ndarray:
         if y.size and np.all((y == 0.0) | (y == 1.0)):
@@ -321,6 +359,9 @@ class Poisson(Family):
     def variance(self, mu: np.ndarray) -> np.ndarray:
         return mu
 
+    def variance_deriv(self, mu: np.ndarray) -> np.ndarray:
+        return np.ones_like(mu)
+
     def dev_resids(self, y: np.ndarray, mu: np.ndarray, wt: np.ndarray) -> np.ndarray:
         return 2.0 * wt * (_ylogy(y, mu) - (y - mu))
 
@@ -394,6 +435,9 @@ class Gamma(Family):
     def variance(self, mu: np.ndarray) -> np.ndarray:
         return mu * mu
 
+    def variance_deriv(self, mu: np.ndarray) -> np.ndarray:
+        return 2.0 * mu
+
     def dev_resids(self, y: np.ndarray, mu: np.ndarray, wt: np.ndarray) -> np.ndarray:
         with np.errstate(divide="ignore", invalid="ignore"):
             r = y / mu
@@ -434,6 +478,9 @@ class InverseGaussian(Family):
     def variance(self, mu: np.ndarray) -> np.ndarray:
         return mu**3
 
+    def variance_deriv(self, mu: np.ndarray) -> np.ndarray:
+        return 3.0 * mu * mu
+
     def dev_resids(self, y: np.ndarray, mu: np.ndarray, wt: np.ndarray) -> np.ndarray:
         return wt * (y - mu) ** 2 / (y * mu * mu)
 
@@ -473,6 +520,9 @@ class Gaussian(Family):
 
     def variance(self, mu: np.ndarray) -> np.ndarray:
         return np.ones_like(mu)
+
+    def variance_deriv(self, mu: np.ndarray) -> np.ndarray:
+        return np.zeros_like(mu)
 
     def dev_resids(self, y: np.ndarray, mu: np.ndarray, wt: np.ndarray) -> np.ndarray:
         return wt * (y - mu) ** 2
@@ -555,6 +605,9 @@ class NegativeBinomial(Family):
 
     def variance(self, mu: np.ndarray) -> np.ndarray:
         return mu + mu * mu / self._th()
+
+    def variance_deriv(self, mu: np.ndarray) -> np.ndarray:
+        return 1.0 + 2.0 * mu / self._th()
 
     def dev_resids(self, y: np.ndarray, mu: np.ndarray, wt: np.ndarray) -> np.ndarray:
         th = self._th()

@@ -32,7 +32,13 @@ from memoe.errors import warn as emit_warning
 from memoe.glmm.agq import QuadratureError, agq_deviance, check_agq
 from memoe.glmm.design import GlmmDesign, build_glmm_design, separating_direction
 from memoe.glmm.families import Family, NegativeBinomial, get_family
-from memoe.glmm.laplace import joint_objective, laplace_deviance, theta_objective
+from memoe.glmm.laplace import (
+    LAPLACE_KINDS,
+    joint_objective,
+    laplace_deviance,
+    observed_laplace_deviance,
+    theta_objective,
+)
 from memoe.glmm.pirls import PirlsProblem, PirlsState
 from memoe.glmm.result import GlmmResult
 
@@ -163,19 +169,36 @@ class GLMM:
         return [n for n, v in zip(self.design.fixef_names, d, strict=True) if v != 0.0]
 
     # ------------------------------------------------------------------ objectives
-    def deviance_function(self, nAGQ: int = 1):
-        """``(problem, state, theta) -> deviance`` for the second stage."""
+    def deviance_function(self, nAGQ: int = 1, laplace: str = "expected"):
+        """``(problem, state, theta) -> deviance`` for the second stage (``laplace``: see :meth:`fit`)."""
+        if nAGQ <= 1 and laplace == "observed":
+            return observed_laplace_deviance
         if nAGQ <= 1:
             return lambda problem, state, theta: laplace_deviance(problem, state)
         return lambda problem, state, theta: agq_deviance(problem, state, theta, nAGQ)
 
-    def objective(self, nAGQ: int = 1, u0: np.ndarray | None = None):
+    def objective(self, nAGQ: int = 1, u0: np.ndarray | None = None, laplace: str = "expected"):
         """The stage-2 deviance as a function of ``x = (theta, beta)``.
 
         ``u0`` is the PIRLS start of every evaluation (default: zero).
         """
         u0 = np.zeros(self.problem.q) if u0 is None else u0
-        return joint_objective(self.problem, u0, self.deviance_function(nAGQ))
+        return joint_objective(self.problem, u0, self.deviance_function(nAGQ, laplace))
+
+    def _check_laplace(self, laplace, nAGQ: int) -> str:
+        if not isinstance(laplace, str) or laplace.lower() not in LAPLACE_KINDS:
+            raise ArgumentError(f"laplace must be one of {', '.join(LAPLACE_KINDS)}, got {laplace!r}")
+        laplace = laplace.lower()
+        if laplace == "observed":
+            if nAGQ != 1:
+                raise ArgumentError(f"laplace='observed' is a Laplace approximation: it needs nAGQ=1, got {nAGQ}")
+            if self.family.has_dispersion:
+                raise ArgumentError(
+                    f"laplace='observed' (glmmTMB's approximation) is available for families with a fixed scale "
+                    f"(binomial, poisson, negative_binomial), not {self.family}: lme4's {self.family.name} GLMM "
+                    "does not scale the random effects by the dispersion as glmmTMB does"
+                )
+        return laplace
 
     # ------------------------------------------------------------------ fitting
     def set_family_theta(self, theta: float) -> None:
@@ -271,6 +294,7 @@ class GLMM:
         start: np.ndarray | None = None,
         control: GlmmControl | None = None,
         warn: bool = True,
+        laplace: str = "expected",
     ):
         """Estimate the model as lme4's ``glmer`` (two stages, BOBYQA with lme4's bounds).
 
@@ -285,6 +309,12 @@ class GLMM:
             A dict holds GlmmControl's field names.
         warn : bool, default True
             Emit convergence, singular-fit and separation warnings (always recorded on the result).
+        laplace : {"expected", "observed"}, default "expected"
+            The curvature in the Laplace approximation's ``log det``: the expected (Fisher) working weights
+            of PIRLS (lme4's ``glmer`` / ``glmer.nb``), or the observed information at the modes (glmmTMB /
+            TMB). They coincide for canonical links (binomial logit, Poisson log) and differ for NB2 with
+            the log link. With ``"observed"`` and an estimated NB theta the fixed effects' covariance is
+            glmmTMB's: from the joint Hessian in (theta, beta, log theta_NB).
 
         Returns
         -------
@@ -297,6 +327,7 @@ class GLMM:
         if isinstance(nAGQ, (bool, np.bool_)) or not isinstance(nAGQ, numbers.Integral):
             raise ArgumentTypeError(f"nAGQ must be an integer (0, 1 or more nodes), got {nAGQ!r}")
         check_agq(self.problem, nAGQ)
+        laplace = self._check_laplace(laplace, int(nAGQ))
         if nAGQ > 1 and self.nb_estimated:
             # the AGQ deviance (lme4's) drops the family's normalising constants, which depend on the NB theta
             raise QuadratureError(
@@ -309,9 +340,9 @@ class GLMM:
         start = check_start(start, tmap.names, tmap.lower_bounds)
         # many small factorisations: BLAS threads cost more than they save (memoe.core.linalg.threads)
         with blas_threads(1):
-            return self._fit(int(nAGQ), start, control, warn)
+            return self._fit(int(nAGQ), start, control, warn, laplace)
 
-    def _fit(self, nAGQ: int, start, control: GlmmControl, warn: bool):
+    def _fit(self, nAGQ: int, start, control: GlmmControl, warn: bool, laplace: str = "expected"):
         tmap = self.design.theta_map
         k, p = tmap.size, self.design.p
         if k == 0:
@@ -326,7 +357,7 @@ class GLMM:
             f = None
             lower = tmap.lower_bounds
         else:
-            f = self.objective(nAGQ, u0=state1.u)
+            f = self.objective(nAGQ, u0=state1.u, laplace=laplace)
             x0 = np.concatenate([stage1.theta, stage1.beta])
             lower = np.concatenate([tmap.lower_bounds, np.full(p, -np.inf)])
             fopt, lopt = f, lower
@@ -368,6 +399,7 @@ class GLMM:
         result = GlmmResult(
             model=self, nAGQ=nAGQ, theta=theta, beta=beta, u_start=state1.u, stage1=stage1, stage2=stage2,
             convergence=report, hessian=hessian, singular=singular, messages=messages, nb_hessian=nb_hessian,
+            laplace=laplace,
         )
         separated = self.separation()
         if separated:
@@ -383,7 +415,7 @@ class GLMM:
 
     def result_at(
         self, theta, beta, nAGQ: int = 1, hessian: bool = True, control: GlmmControl | None = None,
-        family_theta: float | None = None,
+        family_theta: float | None = None, laplace: str = "expected",
     ):
         """The result object at given (theta, beta), without optimising (e.g. at another program's estimates).
 
@@ -392,6 +424,7 @@ class GLMM:
         negative binomial theta (required when it is estimated).
         """
         check_agq(self.problem, nAGQ)
+        laplace = self._check_laplace(laplace, max(int(nAGQ), 1))
         control = control or GlmmControl()
         if self.nb_estimated:
             if family_theta is None:
@@ -402,13 +435,13 @@ class GLMM:
         beta = np.asarray(beta, dtype=float)
         u0 = np.zeros(self.problem.q)
         lower = np.concatenate([tmap.lower_bounds, np.full(self.design.p, -np.inf)])
-        f = self.objective(max(int(nAGQ), 1), u0=u0) if hessian and nAGQ > 0 else None
+        f = self.objective(max(int(nAGQ), 1), u0=u0, laplace=laplace) if hessian and nAGQ > 0 else None
         singular = is_boundary(theta, tmap.lower_bounds, control.singular_tol)
         with blas_threads(1):
             report, H = self._check(f, theta, beta, lower, control, None)
             return GlmmResult(
                 model=self, nAGQ=int(nAGQ), theta=theta, beta=beta, u_start=u0, stage1=None, stage2=None,
-                convergence=report, hessian=H, singular=singular, messages=list(report.messages),
+                convergence=report, hessian=H, singular=singular, messages=list(report.messages), laplace=laplace,
             )
 
     def _check(self, f, theta, beta, lower, control: GlmmControl, f0: float | None):

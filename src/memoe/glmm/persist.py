@@ -127,6 +127,7 @@ def encode_glmm(fit: GlmmResult, arrays: dict[str, np.ndarray]) -> dict:
             "messages": list(fit.messages),
             "loglik": float(fit.loglik),
             "family_theta": fit.family_theta,
+            "laplace": fit.laplace,
             "nb_hessian": getattr(fit, "nb_hessian", None) is not None,
         },
         # for a human reading meta.json; loading recomputes them from theta and beta
@@ -222,6 +223,7 @@ def decode_glmm(meta: dict, arrays: dict[str, np.ndarray]) -> GlmmResult:
         fit = GlmmResult(
             model=model, nAGQ=f["nAGQ"], theta=theta, beta=beta, u_start=u_start, stage1=stage1, stage2=stage2,
             convergence=convergence, hessian=hessian, singular=f["singular"], messages=[], nb_hessian=nb_hessian,
+            laplace=_laplace(f),
         )
     # the result appends its own notes (PIRLS, Hessian) to the fitter's messages: keep the saved list
     added = fit.messages
@@ -230,6 +232,13 @@ def decode_glmm(meta: dict, arrays: dict[str, np.ndarray]) -> GlmmResult:
     fit.messages = list(f["messages"])
     check_loglik(f["loglik"], fit.loglik)
     return fit
+
+
+def _laplace(f: dict) -> str:
+    kind = f.get("laplace", "expected")
+    if kind not in ("expected", "observed"):
+        raise PersistenceError(f"unknown Laplace approximation {repr(kind)[:40]} (expected or observed)")
+    return kind
 
 
 def _nb_theta(model: GLMM, f: dict) -> float | None:

@@ -12,7 +12,7 @@ from memoe.core.result import FitResult, coef_frame
 from memoe.core.state import GlmmState, frozen_array
 from memoe.errors import ArgumentTypeError
 from memoe.glmm.agq import agq_deviance
-from memoe.glmm.laplace import laplace_deviance
+from memoe.glmm.laplace import laplace_deviance, observed_laplace_deviance
 from memoe.glmm.predict import predict_glmm
 from memoe.glmm.summary import GlmmSummary
 from memoe.lmm.result import ran_pars_frame
@@ -81,9 +81,11 @@ class GlmmResult(FitResult):
 
     def __init__(
         self, model, nAGQ, theta, beta, u_start, stage1, stage2, convergence, hessian, singular, messages,
-        nb_hessian=None,
+        nb_hessian=None, laplace: str = "expected",
     ):
         self.model = model
+        #: "expected" (lme4) or "observed" (glmmTMB) information in the Laplace approximation
+        self.laplace = laplace
         self.design = model.design
         # the response distribution (lme4's family(fit)) as fitted (an estimated NB theta is set in it);
         # `family` is the model family, "glmm"
@@ -112,6 +114,8 @@ class GlmmResult(FitResult):
             )
         if self.nAGQ > 1:
             criterion = agq_deviance(problem, pirls, theta, self.nAGQ)
+        elif self.laplace == "observed":
+            criterion = observed_laplace_deviance(problem, pirls, theta)
         else:
             criterion = laplace_deviance(problem, pirls)
         self.state = GlmmState(
@@ -180,7 +184,13 @@ class GlmmResult(FitResult):
 
         ``None`` when the Hessian was not computed or is not positive definite.
         """
-        v = vcov_from_hessian(self.hessian, self.design.theta_map.size)
+        k, p = self.design.theta_map.size, self.design.p
+        if self.laplace == "observed" and self.nb_hessian is not None:
+            # glmmTMB: the fixed effects' covariance from the joint Hessian, log theta_NB included
+            full = vcov_from_hessian(self.nb_hessian, 0)
+            v = None if full is None else full[k : k + p, k : k + p]
+        else:
+            v = vcov_from_hessian(self.hessian, k)
         if v is None:
             return None
         names = self.design.fixef_names

@@ -234,3 +234,50 @@ def test_cli_accepts_new_families(tmp_path, gsim):
                  "-o", str(out)]) == 0
     t = pd.read_csv(out)
     assert t.loc[t["term"] == "x", "estimate"].iloc[0] == pytest.approx(0.5505, abs=1e-3)
+
+
+def test_observed_information_weights():
+    """The observed weights are the second derivative of -log f in eta (numerically), and the Fisher
+    weights for canonical links."""
+    rng = np.random.default_rng(5)
+    y = rng.poisson(3.0, 20).astype(float)
+    eta = rng.normal(1.0, 0.3, 20)
+    wt = np.ones(20)
+    nb = NegativeBinomial(theta=1.5)
+    h = 1e-4
+
+    def nll(e):
+        mu = np.exp(e)
+        return -stats.nbinom.logpmf(y, 1.5, 1.5 / (1.5 + mu))
+
+    numeric = (nll(eta + h) - 2 * nll(eta) + nll(eta - h)) / h**2
+    np.testing.assert_allclose(nb.observed_weights(y, np.exp(eta), eta, wt), numeric, rtol=1e-5)
+    pois = get_family("poisson")
+    mu = np.exp(eta)
+    np.testing.assert_allclose(pois.observed_weights(y, mu, eta, wt), mu, rtol=1e-12)
+    b = get_family("binomial")
+    p = 1 / (1 + np.exp(-eta))
+    np.testing.assert_allclose(b.observed_weights(np.round(p), p, eta, wt), p * (1 - p), rtol=1e-10)
+
+
+def test_observed_laplace_refusals(gsim, nbsim):
+    with pytest.raises(memoe.errors.ArgumentError, match="fixed scale"):
+        glmm("y ~ x + (1 | g)", gsim, Gamma(link="log")).fit(laplace="observed")
+    with pytest.raises(memoe.errors.ArgumentError, match="needs nAGQ=1"):
+        glmm("y ~ x + (1 | g)", nbsim, "poisson").fit(nAGQ=3, laplace="observed")
+    with pytest.raises(memoe.errors.ArgumentError, match="laplace must be one of expected, observed"):
+        glmm("y ~ x + (1 | g)", nbsim, "poisson").fit(laplace="exact")
+
+
+def test_observed_laplace_equals_expected_for_canonical_links(nbsim):
+    m = glmm("y ~ x + (1 | g)", nbsim, "poisson")
+    a, b = m.fit(), m.fit(laplace="observed")
+    assert a.loglik == pytest.approx(b.loglik, abs=1e-9)
+
+
+def test_observed_laplace_fit_saves(nbsim, tmp_path):
+    fit = glmm("y ~ x + (1 | g)", nbsim, "nbinom2").fit(laplace="observed")
+    fit.save(tmp_path / "o.memoe")
+    back = memoe.load(tmp_path / "o.memoe")
+    assert back.laplace == "observed" and back.loglik == fit.loglik
+    pd.testing.assert_series_equal(back.bse, fit.bse)
