@@ -107,8 +107,13 @@ class GLMM:
         ``offset(expr)`` terms are read as R does (e.g. ``+ offset(np.log(exposure))``).
     data : pandas.DataFrame
     family : str or Family, default "binomial"
-        ``"binomial"`` (logit link), ``"poisson"`` (log link) or a :class:`~memoe.glmm.families.Family`
-        such as ``Binomial(link=get_link("probit"))``.
+        ``"binomial"`` (logit link), ``"poisson"`` (log), ``"Gamma"`` (inverse; lme4's dispersion handling),
+        ``"inverse_gaussian"`` (1/mu^2), ``"negative_binomial"`` / ``"nbinom2"`` (NB2, log link, theta
+        estimated as lme4's ``glmer.nb``), R's spellings (``"inverse.gaussian"``, ``"gamma"``) too, or a
+        :class:`~memoe.glmm.families.Family` with its link, e.g. ``Gamma(link="log")``,
+        ``Gaussian(link="log")``, ``NegativeBinomial(theta=2.0)`` (theta fixed).
+        Without a random-effects term in ``formula`` the model is the GLM (R's ``glm`` / MASS's ``glm.nb``),
+        fitted by IRLS: :class:`~memoe.glmm.glm.GlmResult`.
     weights : str or array-like, optional
         Prior weights (a column name or one value per row).
     offset : str or array-like, optional
