@@ -20,8 +20,11 @@ local({
   lam <- 6; nu <- rnorm(G * m)^2
   xx <- mu + mu^2 * nu / (2 * lam) - mu / (2 * lam) * sqrt(4 * mu * lam * nu + mu^2 * nu^2)
   yig <- ifelse(runif(G * m) <= mu / (mu + xx), xx, mu^2 / xx)
-  register_dataset("glmm_gamma_sim", data.frame(y = y, yig = round(yig, 6), x = x, trt = trt, g = g),
-                   "Simulated positive responses with a random intercept: y ~ Gamma(shape 4), yig ~ inverse Gaussian (lambda 6), log mean 1 + 0.5 x + 0.3 [trt = b] + u_g, u_g ~ N(0, 0.4^2)",
+  ## prior weights and an offset for the weighted / offset cases (drawn last: the columns above are unchanged)
+  w <- round(runif(G * m, 0.5, 2), 4)
+  off <- round(runif(G * m, -0.2, 0.2), 4)
+  register_dataset("glmm_gamma_sim", data.frame(y = y, yig = round(yig, 6), x = x, trt = trt, g = g, w = w, off = off),
+                   "Simulated positive responses with a random intercept: y ~ Gamma(shape 4), yig ~ inverse Gaussian (lambda 6), log mean 1 + 0.5 x + 0.3 [trt = b] + u_g, u_g ~ N(0, 0.4^2); w (prior weights) and off (offset) are unrelated uniform draws for the weighted cases",
                    "simulated in tools/reference/cases/glmm_families.R (set.seed(1101))")
 })
 ## negative binomial counts (40 groups x 10 rows), theta = 2
@@ -107,6 +110,12 @@ glmer_family_case("gamma_inverse_glmer", "glmm_gamma_sim",
 glmer_family_case("invgauss_log_glmer", "glmm_gamma_sim",
   "glmer(yig ~ x + trt + (1 | g), data = glmm_gamma_sim, family = inverse.gaussian(link = 'log'))",
   "inverse Gaussian GLMM, log link, random intercept (lme4 glmer, Laplace)")
+glmer_family_case("gamma_log_weights_glmer", "glmm_gamma_sim",
+  "glmer(y ~ x + trt + (1 | g), data = glmm_gamma_sim, family = Gamma(link = 'log'), weights = w)",
+  "Gamma GLMM, log link, with prior weights (the dispersion is sum(wt d_i) / sum(wt))")
+glmer_family_case("gaussian_log_offset_glmer", "glmm_gamma_sim",
+  "glmer(y ~ x + trt + (1 | g) + offset(off), data = glmm_gamma_sim, family = gaussian(link = 'log'), weights = w)",
+  "Gaussian GLMM with a log link, prior weights and an offset (lme4's Laplace with the Gaussian aic)")
 glmer_family_case("nb_sim_glmer_nb", "glmm_nb_sim",
   "glmer.nb(y ~ x + (1 | g), data = glmm_nb_sim)",
   "negative binomial (NB2) GLMM by lme4::glmer.nb (theta by alternating profile optimisation)", nb = TRUE)
@@ -211,6 +220,12 @@ glm_case("gamma_log_glm", "glmm_gamma_sim",
 glm_case("invgauss_log_glm", "glmm_gamma_sim",
          "glm(yig ~ x + trt, data = glmm_gamma_sim, family = inverse.gaussian(link = 'log'))",
          "inverse Gaussian GLM, log link (no random effects)")
+glm_case("gaussian_log_offset_glm", "glmm_gamma_sim",
+         "glm(y ~ x + trt + offset(off), data = glmm_gamma_sim, family = gaussian(link = 'log'), weights = w)",
+         "Gaussian GLM with a log link, prior weights and an offset")
+glm_case("gamma_log_weights_glm", "glmm_gamma_sim",
+         "glm(y ~ x + trt, data = glmm_gamma_sim, family = Gamma(link = 'log'), weights = w)",
+         "Gamma GLM, log link, prior weights")
 glm_case("nb_sim_glm_nb", "glmm_nb_sim",
          "MASS::glm.nb(y ~ x, data = glmm_nb_sim)",
          "negative binomial GLM by MASS::glm.nb (no random effects)")
