@@ -281,3 +281,15 @@ def test_observed_laplace_fit_saves(nbsim, tmp_path):
     back = memoe.load(tmp_path / "o.memoe")
     assert back.laplace == "observed" and back.loglik == fit.loglik
     pd.testing.assert_series_equal(back.bse, fit.bse)
+
+
+def test_compare_gamma_glm_with_glmm_uses_the_loglikelihood(gsim, gamma_fit):
+    glm = glmm("y ~ x + trt", gsim, Gamma(link="log")).fit()
+    table = memoe.compare(glm, gamma_fit, boundary=True)
+    # lme4's GLMM logLik keeps R's aic "+ 2"; the test statistic uses the likelihood itself
+    assert table["Chisq"].iloc[1] == pytest.approx(2 * (gamma_fit.loglik + 1.0 - glm.loglik), rel=1e-12)
+    assert table["logLik"].iloc[1] == pytest.approx(gamma_fit.comparable_loglik)
+    assert any("aic '+ 2'" in n for n in table.notes)
+    with pytest.warns(memoe.errors.MemoeWarning, match="different response families"):
+        other = memoe.compare(glmm("y ~ x + trt", gsim, "Gamma").fit(), gamma_fit)
+    assert np.isnan(other["Pr(>Chisq)"].iloc[1])
