@@ -61,12 +61,13 @@ class Link:
             return np.log(-np.log1p(-mu))
         if self.name == "log":
             return np.log(mu)
-        if self.name == "inverse":
-            return 1.0 / mu
-        if self.name == "1/mu^2":
-            return 1.0 / (mu * mu)
-        if self.name == "sqrt":
-            return np.sqrt(mu)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            if self.name == "inverse":
+                return 1.0 / mu
+            if self.name == "1/mu^2":
+                return 1.0 / (mu * mu)
+            if self.name == "sqrt":
+                return np.sqrt(mu)
         return np.asarray(mu, dtype=float)
 
     def linkinv(self, eta: np.ndarray) -> np.ndarray:
@@ -81,10 +82,12 @@ class Link:
             return np.clip(-np.expm1(-np.exp(eta)), _EPS, 1 - _EPS)
         if self.name == "log":
             return np.maximum(np.exp(eta), _EPS)
-        if self.name == "inverse":
-            return 1.0 / eta
-        if self.name == "1/mu^2":
-            return 1.0 / np.sqrt(eta)
+        # eta outside the link's domain gives inf / nan means: PIRLS' step halving rejects them
+        with np.errstate(divide="ignore", invalid="ignore"):
+            if self.name == "inverse":
+                return 1.0 / eta
+            if self.name == "1/mu^2":
+                return 1.0 / np.sqrt(eta)
         if self.name == "sqrt":
             return eta * eta
         return np.asarray(eta, dtype=float)
@@ -101,10 +104,11 @@ class Link:
             return np.maximum(np.exp(eta) * np.exp(-np.exp(eta)), _EPS)
         if self.name == "log":
             return np.maximum(np.exp(eta), _EPS)
-        if self.name == "inverse":
-            return -1.0 / (eta * eta)
-        if self.name == "1/mu^2":
-            return -1.0 / (2.0 * eta**1.5)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            if self.name == "inverse":
+                return -1.0 / (eta * eta)
+            if self.name == "1/mu^2":
+                return -1.0 / (2.0 * eta**1.5)
         if self.name == "sqrt":
             return 2.0 * eta
         return np.ones_like(np.asarray(eta, dtype=float))
@@ -122,10 +126,11 @@ class Link:
             return self.mu_eta(eta) * (1.0 - e)
         if self.name == "log":
             return np.maximum(np.exp(eta), _EPS)
-        if self.name == "inverse":
-            return 2.0 / eta**3
-        if self.name == "1/mu^2":
-            return 0.75 * eta**-2.5
+        with np.errstate(divide="ignore", invalid="ignore"):
+            if self.name == "inverse":
+                return 2.0 / eta**3
+            if self.name == "1/mu^2":
+                return 0.75 * eta**-2.5
         if self.name == "sqrt":
             return np.full_like(eta, 2.0)
         return np.zeros_like(eta)
@@ -482,7 +487,9 @@ class InverseGaussian(Family):
         return 3.0 * mu * mu
 
     def dev_resids(self, y: np.ndarray, mu: np.ndarray, wt: np.ndarray) -> np.ndarray:
-        return wt * (y - mu) ** 2 / (y * mu * mu)
+        # mu outside (0, inf) (a trial step of PIRLS) gives inf / nan, which the step halving rejects
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            return wt * (y - mu) ** 2 / (y * mu * mu)
 
     def loglik_constants(self, y: np.ndarray, wt: np.ndarray, n: np.ndarray):
         return float(np.sum(wt * np.log(y)))
@@ -492,7 +499,8 @@ class InverseGaussian(Family):
         slogy = self.loglik_constants(y, wt, n) if constants is None else constants
         wsum = float(wt.sum())
         dev = float(self.dev_resids(y, mu, wt).sum())
-        aic = wsum * (np.log(dev / wsum * 2.0 * np.pi) + 1.0) + 3.0 * slogy + self.aic_constant
+        with np.errstate(divide="ignore", invalid="ignore"):
+            aic = wsum * (np.log(dev / wsum * 2.0 * np.pi) + 1.0) + 3.0 * slogy + self.aic_constant
         return -0.5 * aic
 
     def mustart(self, y: np.ndarray, wt: np.ndarray, n: np.ndarray) -> np.ndarray:
@@ -536,7 +544,8 @@ class Gaussian(Family):
         slogw = self.loglik_constants(y, wt, n) if constants is None else constants
         nn = float(np.sum(wt > 0))
         dev = float(self.dev_resids(y, mu, wt).sum())
-        return -0.5 * (nn * (np.log(2.0 * np.pi * dev / nn) + 1.0) + self.aic_constant - slogw)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return -0.5 * (nn * (np.log(2.0 * np.pi * dev / nn) + 1.0) + self.aic_constant - slogw)
 
     def dispersion_ml(self, y: np.ndarray, mu: np.ndarray, wt: np.ndarray) -> float:
         return float(self.dev_resids(y, mu, wt).sum() / np.sum(wt > 0))
@@ -611,7 +620,8 @@ class NegativeBinomial(Family):
 
     def dev_resids(self, y: np.ndarray, mu: np.ndarray, wt: np.ndarray) -> np.ndarray:
         th = self._th()
-        return 2.0 * wt * (_ylogy(y, mu) - (y + th) * np.log((y + th) / (mu + th)))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return 2.0 * wt * (_ylogy(y, mu) - (y + th) * np.log((y + th) / (mu + th)))
 
     def loglik_constants(self, y: np.ndarray, wt: np.ndarray, n: np.ndarray):
         return special.gammaln(y + 1.0)
@@ -620,10 +630,11 @@ class NegativeBinomial(Family):
         # -negative.binomial(theta)$aic / 2 = sum wt dnbinom(y, size = theta, mu = mu, log = TRUE)
         th = self._th()
         lfact = self.loglik_constants(y, wt, n) if constants is None else constants
-        ll = (
-            special.gammaln(th + y) - special.gammaln(th) - lfact + th * np.log(th)
-            + special.xlogy(y, mu) - (y + th) * np.log(mu + th)
-        )
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ll = (
+                special.gammaln(th + y) - special.gammaln(th) - lfact + th * np.log(th)
+                + special.xlogy(y, mu) - (y + th) * np.log(mu + th)
+            )
         return float(np.sum(wt * ll))
 
     def mustart(self, y: np.ndarray, wt: np.ndarray, n: np.ndarray) -> np.ndarray:

@@ -24,7 +24,7 @@ from scipy import optimize, special
 
 from memoe.core.optim.checks import ConvergenceReport
 from memoe.core.result import coef_frame
-from memoe.errors import ConvergenceWarning
+from memoe.errors import ConvergenceError, ConvergenceWarning
 from memoe.errors import warn as emit_warning
 from memoe.glmm.result import GlmmResult
 
@@ -62,6 +62,13 @@ def fit_glm(model, control, warn: bool) -> GlmResult:
         theta = float(np.exp(np.clip(res.x, -20.0, 20.0)))
         model.set_family_theta(theta)
     state = P.solve(empty, beta=None)
+    no_valid = ConvergenceError(
+        f"IRLS found no valid coefficients for the {P.family} GLM: the linear predictor leaves the link's "
+        "domain from the family's starting means (R's glm: 'no valid set of coefficients has been found'); "
+        "try another link (e.g. link='log')"
+    )
+    if not np.all(np.isfinite(state.beta)):
+        raise no_valid
     if model.nb_estimated:
         theta_se = nb_theta_se(P.y, state.mu, P.wt, P.family.theta)
     messages = []
@@ -70,7 +77,10 @@ def fit_glm(model, control, warn: bool) -> GlmResult:
         if warn:
             emit_warning(messages[-1], ConvergenceWarning)
     report = ConvergenceReport(converged=bool(state.converged), messages=list(messages))
-    return GlmResult(model, state.beta, report, messages, theta_se=theta_se, iterations=state.iterations)
+    result = GlmResult(model, state.beta, report, messages, theta_se=theta_se, iterations=state.iterations)
+    if not np.isfinite(result.loglik):
+        raise no_valid
+    return result
 
 
 class GlmResult(GlmmResult):

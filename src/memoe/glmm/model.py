@@ -27,7 +27,14 @@ from memoe.core.optim import check_convergence, finite_difference_derivatives, m
 from memoe.core.optim.arguments import check_bool, check_control, check_start
 from memoe.core.optim.checks import ConvergenceReport
 from memoe.core.optim.finish import finish_fit, is_boundary
-from memoe.errors import ArgumentError, ArgumentTypeError, FormulaTypeError, SeparationWarning
+from memoe.errors import (
+    ArgumentError,
+    ArgumentTypeError,
+    ConvergenceError,
+    FormulaTypeError,
+    MemoeError,
+    SeparationWarning,
+)
 from memoe.errors import warn as emit_warning
 from memoe.glmm.agq import QuadratureError, agq_deviance, check_agq
 from memoe.glmm.design import GlmmDesign, build_glmm_design, separating_direction
@@ -263,11 +270,12 @@ class GLMM:
         """Standard errors of beta at a PIRLS state (dispersion-scaled RX factor), None if unavailable."""
         P = self.problem
         try:
-            z = state.eta - P.offset + (P.y - state.mu) / P.family.mu_eta(state.eta)
-            sol = P.wls_problem(state.w, z, with_beta=True).solve(theta, reml=False)
-            phi = P.family.dispersion_ml(P.y, state.mu, P.wt)
-            se = np.sqrt(phi * np.diag(sol.vcov_unscaled))
-        except (np.linalg.LinAlgError, ValueError, FloatingPointError):
+            with np.errstate(all="ignore"):
+                z = state.eta - P.offset + (P.y - state.mu) / P.family.mu_eta(state.eta)
+                sol = P.wls_problem(state.w, z, with_beta=True).solve(theta, reml=False)
+                phi = P.family.dispersion_ml(P.y, state.mu, P.wt)
+                se = np.sqrt(phi * np.diag(sol.vcov_unscaled))
+        except (np.linalg.LinAlgError, ValueError, FloatingPointError, MemoeError):
             return None
         return se if np.all(np.isfinite(se)) and np.all(se > 0) else None
 
@@ -356,6 +364,12 @@ class GLMM:
             return fit_glm(self, control, warn)
         nb = self.nb_estimated
         stage1, state1 = self._stage1(control, start)
+        if not (np.isfinite(stage1.opt.fmin) and stage1.opt.fmin < 1e299):
+            raise ConvergenceError(
+                f"PIRLS found no finite deviance for the {self.problem.family} model at any theta tried (the linear "
+                "predictor leaves the domain of the link, as lme4's 'PIRLS loop resulted in NaN value'); try another "
+                "link (e.g. link='log') or starting values"
+            )
         nb_hessian = None
         if nAGQ == 0:
             theta, beta, stage2 = stage1.theta.copy(), stage1.beta.copy(), None
@@ -406,6 +420,11 @@ class GLMM:
             convergence=report, hessian=hessian, singular=singular, messages=messages, nb_hessian=nb_hessian,
             laplace=laplace,
         )
+        if not np.isfinite(result.criterion):
+            raise ConvergenceError(
+                f"the {self.problem.family} GLMM has no finite Laplace deviance at its estimates (PIRLS left the "
+                "link's domain); try another link (e.g. link='log') or starting values"
+            )
         separated = self.separation()
         if separated:
             msg = (
@@ -454,7 +473,9 @@ class GLMM:
         if f is None or not control.calc_derivs or len(lower) > MAX_PARAMS_FOR_DERIVS:
             return ConvergenceReport(converged=True), None
         x = np.concatenate([theta, beta])
-        grad, hess = finite_difference_derivatives(f, x, lower, delta=control.hessian_delta, f0=f0)
+        # infinite deviances next to the estimates (a link's domain) make inf - inf: caught below as non-finite
+        with np.errstate(invalid="ignore", over="ignore"):
+            grad, hess = finite_difference_derivatives(f, x, lower, delta=control.hessian_delta, f0=f0)
         k = len(theta)
         free = np.ones(len(x), dtype=bool)
         free[:k] = ~((lower[:k] == 0) & (theta < control.singular_tol))

@@ -293,3 +293,16 @@ def test_compare_gamma_glm_with_glmm_uses_the_loglikelihood(gsim, gamma_fit):
     with pytest.warns(memoe.errors.MemoeWarning, match="different response families"):
         other = memoe.compare(glmm("y ~ x + trt", gsim, "Gamma").fit(), gamma_fit)
     assert np.isnan(other["Pr(>Chisq)"].iloc[1])
+
+
+def test_hopeless_links_are_refused_not_nan(gsim):
+    """R's glm stops with 'no valid set of coefficients has been found' when IRLS leaves the link's domain
+    from the starting means; memoe raises a ConvergenceError instead of returning NaN estimates."""
+    with pytest.raises(memoe.errors.ConvergenceError, match=r"no valid coefficients .*inverse.gaussian"):
+        glmm("yig ~ x + trt", gsim, "inverse_gaussian").fit(warn=False)
+    with pytest.raises(memoe.errors.ConvergenceError, match=r"no finite deviance .*Gamma \( inverse \)"):
+        glmm("yig ~ x + trt + (1 | g)", gsim, "Gamma").fit(warn=False)
+    # the canonical Gamma GLM on Gamma data is fine (R: 0.3155058526847, -0.1113918398521, -0.0517079112787)
+    fit = glmm("y ~ x + trt", gsim, "Gamma").fit()
+    np.testing.assert_allclose(fit.fixef, [0.3155058526847, -0.1113918398521, -0.0517079112787], rtol=1e-9)
+    assert fit.loglik == pytest.approx(-499.3835466606287, abs=1e-9)
