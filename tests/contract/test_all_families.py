@@ -34,6 +34,7 @@ import memoe
 from memoe.core.result import COEF_COLUMNS, GLANCE_COLUMNS, TIDY_COLUMNS, FitResult
 from memoe.core.summary import Summary
 from memoe.errors import MemoeError
+from memoe.glmm.families import get_family
 from memoe.marginal import AR1
 
 EXACT = 1e-10
@@ -127,6 +128,29 @@ FAMILIES: dict[str, Family] = {
         nested=lambda d: memoe.glmm("count ~ 1 + (1 | g)", d, "poisson").fit(),
         data=_poisson_data,
         response="count",
+        covariates=("x", "x"),
+    ),
+    # issue 11: a GLM (no random effects), a Gamma GLMM with lme4's dispersion, an NB2 GLMM with theta estimated
+    "glm_binomial": Family(
+        fit=lambda d: memoe.glmm("cbind(incidence, size - incidence) ~ period", d, "binomial").fit(),
+        nested=lambda d: memoe.glmm("cbind(incidence, size - incidence) ~ 1", d, "binomial").fit(),
+        # augment() returns the model's columns: the fixture holds only those
+        data=lambda: memoe.datasets.load("cbpp").drop(columns="herd"),
+        response="incidence",
+        covariates=("period", "period"),
+    ),
+    "glmm_gamma": Family(
+        fit=lambda d: memoe.glmm("y ~ x + trt + (1 | g)", d, get_family("Gamma", "log")).fit(),
+        nested=lambda d: memoe.glmm("y ~ x + (1 | g)", d, get_family("Gamma", "log")).fit(),
+        data=lambda: memoe.datasets.load("glmm_gamma_sim")[["y", "x", "trt", "g"]],
+        response="y",
+        covariates=("x", "trt"),
+    ),
+    "glmm_nb": Family(
+        fit=lambda d: memoe.glmm("y ~ x + (1 | g)", d, "negative_binomial").fit(),
+        nested=lambda d: memoe.glmm("y ~ 1 + (1 | g)", d, "negative_binomial").fit(),
+        data=lambda: memoe.datasets.load("glmm_nb_sim"),
+        response="y",
         covariates=("x", "x"),
     ),
     "gls": Family(

@@ -61,13 +61,15 @@ def test_coef_table_z(fit):
     np.testing.assert_allclose(ct["p_value"], 2 * stats.norm.sf(np.abs(ct["statistic"])), rtol=1e-12)
 
 
-def test_confint_wald_only(fit):
+def test_confint_wald_and_methods(fit):
     ci = fit.confint(level=0.9)
     assert list(ci.columns) == ["lower", "upper"] and ci.index.equals(fit.params.index)
     z = stats.norm.ppf(0.95)
     np.testing.assert_allclose(ci["upper"], fit.params + z * fit.bse, rtol=1e-12)
-    with pytest.raises(ArgumentError, match=r"method=.profile.*wald"):
-        fit.confint(method="profile")
+    # issue 11: profile and bootstrap intervals join wald; anything else is refused with the list
+    assert fit.confint_methods == ("wald", "profile", "bootstrap")
+    with pytest.raises(ArgumentError, match=r"method=.kenward.*wald.*profile.*bootstrap"):
+        fit.confint(method="kenward")
 
 
 def test_tidy_and_glance(fit):

@@ -468,7 +468,9 @@ def test_load_from_bytes_file_objects_and_paths(saved, sleep_fit):
 # ---------------------------------------------------------------------------------------------- the registry
 def test_every_family_registers_its_codec_and_memoe_load_is_the_loader():
     names = {c.name for c in registered()}
-    assert names == {"LmmResult", "LmListResult", "GlmmResult", "MEMoEResult", "MarginalResult", "GEEResult"}
+    assert names == {
+        "LmmResult", "LmListResult", "GlmmResult", "GlmResult", "MEMoEResult", "MarginalResult", "GEEResult"
+    }
     assert memoe.load is load and "load" in memoe.__all__
 
 

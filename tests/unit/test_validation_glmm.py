@@ -112,7 +112,7 @@ def test_family_of_wrong_type(binary):
 
 
 def test_unknown_family(binary):
-    _refused("y ~ x + (1 | g)", binary, FamilyError, "unknown family 'gamma'", family="gamma")
+    _refused("y ~ x + (1 | g)", binary, FamilyError, "unknown family 'weibull'", family="weibull")
 
 
 @pytest.mark.parametrize("nAGQ, exc, pattern", [

@@ -191,8 +191,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("fit", "fit a linear (default) or generalized linear mixed model (lme4 formula)",
             [base, data, outputs], fitting.cmd_fit)
     p.add_argument("formula", help="lme4 formula, e.g. 'y ~ t + (t | id)'")
-    p.add_argument("--family", choices=["gaussian", "binomial", "poisson"], default="gaussian",
-                   help="gaussian: LMM (default); binomial / poisson: GLMM as lme4's glmer")
+    p.add_argument("--family", type=str.lower, default="gaussian",
+                   choices=["gaussian", "binomial", "poisson", "gamma", "inverse_gaussian", "inverse.gaussian",
+                            "negative_binomial", "nbinom2"],
+                   help="gaussian: LMM (default); binomial / poisson / Gamma / inverse_gaussian / negative_binomial "
+                   "(NB2, theta estimated as glmer.nb): GLMM as lme4's glmer (a GLM without random-effects terms)")
+    p.add_argument("--link", help="GLMM link (R's names: logit, probit, cloglog, log, identity, inverse, 1/mu^2); "
+                   "default the family's canonical one; with --family gaussian a non-identity link fits a GLMM")
     p.add_argument("--nagq", type=_nonnegative_int, help="GLMM: 0, 1 (Laplace, default) or adaptive Gauss-Hermite "
                    "nodes for one scalar random-effects term")
     _ml(p, "REML (the LMM default)")

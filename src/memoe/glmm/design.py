@@ -201,10 +201,7 @@ def build_glmm_design(
     FormulaError, DataError, IdentifiabilityError
     """
     spec = parse_formula(formula)
-    if not spec.random:
-        raise FormulaError(
-            f"formula {spec.text!r} has no random-effects term such as (1 | group); a GLMM needs at least one"
-        )
+    # no random-effects term: the GLM (R's glm), fitted by IRLS, the null model of sigma_u^2 = 0
     data = as_data_frame(data)
     pair = split_cbind(spec.response)
     exprs = [_as_expr(e) for e in pair] if pair else [spec.response]

@@ -21,12 +21,36 @@ import numpy as np
 
 from memoe.glmm.pirls import PirlsProblem, PirlsState
 
-__all__ = ["joint_objective", "laplace_deviance", "theta_objective"]
+__all__ = ["LAPLACE_KINDS", "joint_objective", "laplace_deviance", "observed_laplace_deviance", "theta_objective"]
+
+#: lme4's expected (Fisher) working weights in log det, or glmmTMB's observed information
+LAPLACE_KINDS = ("expected", "observed")
 
 
 def laplace_deviance(problem: PirlsProblem, state: PirlsState) -> float:
     """``-2 log p(y | mu) + ||u||^2 + log det(L L')`` at a PIRLS solution."""
     return problem.loglik_terms(state.mu) + state.sqrL + state.ldL2
+
+
+def observed_laplace_deviance(problem: PirlsProblem, state: PirlsState, theta: np.ndarray) -> float:
+    """The Laplace deviance with ``log det(Lambda' Z' W_obs Z Lambda + I)``, ``W_obs`` the observed information
+    of the conditional log-likelihood in eta at the modes (glmmTMB / TMB's Laplace approximation).
+
+    The modes are the same as lme4's (PIRLS solves the same penalised likelihood); only the curvature
+    differs, and only for non-canonical links (NB2 with the log link). ``inf`` where ``W_obs`` makes the
+    matrix indefinite.
+    """
+    w = problem.family.observed_weights(problem.y, state.mu, state.eta, problem.wt)
+    if not np.all(np.isfinite(w)):
+        return np.inf
+    try:
+        with np.errstate(all="ignore"):
+            _, _, ldL2 = problem.wls(np.asarray(theta, dtype=float), w, np.zeros(problem.n), with_beta=False)
+    except (np.linalg.LinAlgError, ValueError, FloatingPointError):
+        return np.inf
+    if not np.isfinite(ldL2):
+        return np.inf
+    return problem.loglik_terms(state.mu) + state.sqrL + ldL2
 
 
 def theta_objective(problem: PirlsProblem, eta0: np.ndarray | None = None) -> Callable[[np.ndarray], float]:

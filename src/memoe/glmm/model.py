@@ -14,6 +14,7 @@ checks and its default covariance of the fixed effects.
 
 from __future__ import annotations
 
+import dataclasses
 import numbers
 from dataclasses import dataclass
 
@@ -26,12 +27,25 @@ from memoe.core.optim import check_convergence, finite_difference_derivatives, m
 from memoe.core.optim.arguments import check_bool, check_control, check_start
 from memoe.core.optim.checks import ConvergenceReport
 from memoe.core.optim.finish import finish_fit, is_boundary
-from memoe.errors import ArgumentTypeError, FormulaTypeError, SeparationWarning
+from memoe.errors import (
+    ArgumentError,
+    ArgumentTypeError,
+    ConvergenceError,
+    FormulaTypeError,
+    MemoeError,
+    SeparationWarning,
+)
 from memoe.errors import warn as emit_warning
-from memoe.glmm.agq import agq_deviance, check_agq
+from memoe.glmm.agq import QuadratureError, agq_deviance, check_agq
 from memoe.glmm.design import GlmmDesign, build_glmm_design, separating_direction
-from memoe.glmm.families import Family, get_family
-from memoe.glmm.laplace import joint_objective, laplace_deviance, theta_objective
+from memoe.glmm.families import Family, NegativeBinomial, get_family
+from memoe.glmm.laplace import (
+    LAPLACE_KINDS,
+    joint_objective,
+    laplace_deviance,
+    observed_laplace_deviance,
+    theta_objective,
+)
 from memoe.glmm.pirls import PirlsProblem, PirlsState
 from memoe.glmm.result import GlmmResult
 
@@ -65,11 +79,27 @@ class GlmmControl:
 
 @dataclass(frozen=True)
 class StageResult:
-    """One optimisation stage: its optimiser summary and the parameters it reached."""
+    """One optimisation stage: its optimiser summary and the parameters it reached.
+
+    ``family_theta``: the negative binomial theta the stage reached when it is estimated (else None).
+    """
 
     opt: object
     theta: np.ndarray
     beta: np.ndarray
+    family_theta: float | None = None
+
+
+#: bounds on log(theta) of an estimated negative binomial: beyond e^20 the family is Poisson to rounding
+NB_LOG_THETA_BOUNDS = (-20.0, 20.0)
+
+
+def nb_start_theta(y: np.ndarray, wt: np.ndarray) -> float:
+    """A moment start for the NB2 theta: ``mean^2 / (var - mean)``, clipped to [0.05, 100]."""
+    used = wt > 0
+    m = float(np.average(y[used], weights=wt[used]))
+    v = float(np.average((y[used] - m) ** 2, weights=wt[used]))
+    return float(np.clip(m * m / (v - m), 0.05, 100.0)) if v > m * (1.0 + 1e-8) else 100.0
 
 
 class GLMM:
@@ -84,8 +114,13 @@ class GLMM:
         ``offset(expr)`` terms are read as R does (e.g. ``+ offset(np.log(exposure))``).
     data : pandas.DataFrame
     family : str or Family, default "binomial"
-        ``"binomial"`` (logit link), ``"poisson"`` (log link) or a :class:`~memoe.glmm.families.Family`
-        such as ``Binomial(link=get_link("probit"))``.
+        ``"binomial"`` (logit link), ``"poisson"`` (log), ``"Gamma"`` (inverse; lme4's dispersion handling),
+        ``"inverse_gaussian"`` (1/mu^2), ``"negative_binomial"`` / ``"nbinom2"`` (NB2, log link, theta
+        estimated as lme4's ``glmer.nb``), R's spellings (``"inverse.gaussian"``, ``"gamma"``) too, or a
+        :class:`~memoe.glmm.families.Family` with its link, e.g. ``Gamma(link="log")``,
+        ``Gaussian(link="log")``, ``NegativeBinomial(theta=2.0)`` (theta fixed).
+        Without a random-effects term in ``formula`` the model is the GLM (R's ``glm`` / MASS's ``glm.nb``),
+        fitted by IRLS: :class:`~memoe.glmm.glm.GlmResult`.
     weights : str or array-like, optional
         Prior weights (a column name or one value per row).
     offset : str or array-like, optional
@@ -115,6 +150,8 @@ class GLMM:
         data = to_pandas(data, "data")  # polars / pyarrow tables too
         self.formula = formula
         self.family = get_family(family)
+        #: NB2 with theta estimated (lme4's glmer.nb, glmmTMB's nbinom2): log(theta) joins both optimisations
+        self.nb_estimated = isinstance(self.family, NegativeBinomial) and self.family.theta is None
         self.data_name = data.attrs.get("name") if isinstance(data, pd.DataFrame) else None
         self.gdesign: GlmmDesign = build_glmm_design(
             formula, data, self.family, weights=weights, offset=offset, contrasts=contrasts
@@ -122,7 +159,10 @@ class GLMM:
         self.design = self.gdesign.design
         # the contrast of every factor (R's default or the argument); the codec saves it
         self.contrasts: dict[str, str] = dict(self.design.fixed.contrasts)
-        self.problem = PirlsProblem(self.gdesign, self.family)
+        working = self.family
+        if self.nb_estimated:
+            working = self.family.with_theta(nb_start_theta(self.gdesign.y, self.gdesign.wt))
+        self.problem = PirlsProblem(self.gdesign, working)
         self._separation: tuple[np.ndarray | None] | None = None
 
     def separation(self) -> list[str]:
@@ -141,31 +181,125 @@ class GLMM:
         return [n for n, v in zip(self.design.fixef_names, d, strict=True) if v != 0.0]
 
     # ------------------------------------------------------------------ objectives
-    def deviance_function(self, nAGQ: int = 1):
-        """``(problem, state, theta) -> deviance`` for the second stage."""
+    def deviance_function(self, nAGQ: int = 1, laplace: str = "expected"):
+        """``(problem, state, theta) -> deviance`` for the second stage (``laplace``: see :meth:`fit`)."""
+        if nAGQ <= 1 and laplace == "observed":
+            return observed_laplace_deviance
         if nAGQ <= 1:
             return lambda problem, state, theta: laplace_deviance(problem, state)
         return lambda problem, state, theta: agq_deviance(problem, state, theta, nAGQ)
 
-    def objective(self, nAGQ: int = 1, u0: np.ndarray | None = None):
+    def objective(self, nAGQ: int = 1, u0: np.ndarray | None = None, laplace: str = "expected"):
         """The stage-2 deviance as a function of ``x = (theta, beta)``.
 
         ``u0`` is the PIRLS start of every evaluation (default: zero).
         """
         u0 = np.zeros(self.problem.q) if u0 is None else u0
-        return joint_objective(self.problem, u0, self.deviance_function(nAGQ))
+        return joint_objective(self.problem, u0, self.deviance_function(nAGQ, laplace))
+
+    def _check_laplace(self, laplace, nAGQ: int) -> str:
+        if not isinstance(laplace, str) or laplace.lower() not in LAPLACE_KINDS:
+            raise ArgumentError(f"laplace must be one of {', '.join(LAPLACE_KINDS)}, got {laplace!r}")
+        laplace = laplace.lower()
+        if laplace == "observed":
+            if nAGQ != 1:
+                raise ArgumentError(f"laplace='observed' is a Laplace approximation: it needs nAGQ=1, got {nAGQ}")
+            if self.family.has_dispersion:
+                raise ArgumentError(
+                    f"laplace='observed' (glmmTMB's approximation) is available for families with a fixed scale "
+                    f"(binomial, poisson, negative_binomial), not {self.family}: lme4's {self.family.name} GLMM "
+                    "does not scale the random effects by the dispersion as glmmTMB does"
+                )
+        return laplace
 
     # ------------------------------------------------------------------ fitting
+    def set_family_theta(self, theta: float) -> None:
+        """Set the working NB theta of the PIRLS problem (only for an estimated negative binomial)."""
+        self.problem.family = self.family.with_theta(theta)
+
+    def with_family_parameter(self, f):
+        """``x -> f(x[:-1])`` with the NB theta ``exp(x[-1])`` set first (estimated negative binomial)."""
+        lo, hi = NB_LOG_THETA_BOUNDS
+
+        def g(x: np.ndarray) -> float:
+            lt = float(x[-1])
+            if not (lo <= lt <= hi):
+                return np.inf
+            self.set_family_theta(np.exp(lt))
+            return f(np.asarray(x[:-1], dtype=float))
+
+        return g
+
+    def _minimize_restarting(self, f, x0, lower, step, control: GlmmControl, max_restarts: int = 10):
+        """BOBYQA on the stage-2 deviance, restarted from its result while trial points hit infinite values.
+
+        Links with a restricted domain (inverse, 1/mu^2, identity) give an infinite deviance wherever a mean
+        leaves (0, inf); BOBYQA's quadratic model then shrinks its trust region and can stop short of the
+        optimum ("xtol reached"). A restart with smaller first steps continues from there; it stops when a
+        restart no longer lowers the deviance by ``ftol_abs``.
+        """
+        hits = [0]
+
+        def counted(x):
+            v = f(x)
+            if not np.isfinite(v):
+                hits[0] += 1
+            return v
+
+        def run(start, st):
+            return minimize_bounded(
+                counted, start, lower, ftol_abs=control.ftol_abs, xtol_abs=control.xtol_abs,
+                maxeval=control.maxeval, initial_step=st,
+            )
+
+        opt = run(x0, step)
+        for _ in range(max_restarts):
+            if not hits[0]:
+                break
+            hits[0] = 0
+            step = 0.25 * step
+            again = run(opt.x, step)
+            improved = again.fmin < opt.fmin - control.ftol_abs
+            total = opt.feval + again.feval
+            opt = dataclasses.replace(again if improved else opt, x0=opt.x0, feval=total)
+            if not improved:
+                break
+        return opt
+
+    def _beta_scale(self, theta: np.ndarray, state: PirlsState) -> np.ndarray | None:
+        """Standard errors of beta at a PIRLS state (dispersion-scaled RX factor), None if unavailable."""
+        P = self.problem
+        try:
+            with np.errstate(all="ignore"):
+                z = state.eta - P.offset + (P.y - state.mu) / P.family.mu_eta(state.eta)
+                sol = P.wls_problem(state.w, z, with_beta=True).solve(theta, reml=False)
+                phi = P.family.dispersion_ml(P.y, state.mu, P.wt)
+                se = np.sqrt(phi * np.diag(sol.vcov_unscaled))
+        except (np.linalg.LinAlgError, ValueError, FloatingPointError, MemoeError):
+            return None
+        return se if np.all(np.isfinite(se)) and np.all(se > 0) else None
+
     def _stage1(self, control: GlmmControl, start: np.ndarray | None) -> tuple[StageResult, PirlsState]:
         tmap = self.design.theta_map
         f = theta_objective(self.problem)
         x0 = tmap.initial() if start is None else np.asarray(start, dtype=float)
+        lower = tmap.lower_bounds
+        nb_theta = None
+        if self.nb_estimated:
+            # glmer.nb alternates theta and the rest; optimising log(theta) with them reaches the same optimum
+            f = self.with_family_parameter(f)
+            x0 = np.concatenate([x0, [np.log(self.problem.family.theta)]])
+            lower = np.concatenate([lower, [NB_LOG_THETA_BOUNDS[0]]])
         opt = minimize_bounded(
-            f, x0, tmap.lower_bounds, ftol_abs=control.stage1_ftol_abs, xtol_abs=control.stage1_xtol_abs,
+            f, x0, lower, ftol_abs=control.stage1_ftol_abs, xtol_abs=control.stage1_xtol_abs,
             maxeval=control.maxeval,
         )
-        state = self.problem.solve(opt.x, beta=None)
-        return StageResult(opt, opt.x.copy(), state.beta.copy()), state
+        theta = opt.x[: tmap.size].copy()
+        if self.nb_estimated:
+            nb_theta = float(np.exp(opt.x[-1]))
+            self.set_family_theta(nb_theta)
+        state = self.problem.solve(theta, beta=None)
+        return StageResult(opt, theta, state.beta.copy(), nb_theta), state
 
     def fit(
         self,
@@ -173,6 +307,7 @@ class GLMM:
         start: np.ndarray | None = None,
         control: GlmmControl | None = None,
         warn: bool = True,
+        laplace: str = "expected",
     ):
         """Estimate the model as lme4's ``glmer`` (two stages, BOBYQA with lme4's bounds).
 
@@ -187,6 +322,12 @@ class GLMM:
             A dict holds GlmmControl's field names.
         warn : bool, default True
             Emit convergence, singular-fit and separation warnings (always recorded on the result).
+        laplace : {"expected", "observed"}, default "expected"
+            The curvature in the Laplace approximation's ``log det``: the expected (Fisher) working weights
+            of PIRLS (lme4's ``glmer`` / ``glmer.nb``), or the observed information at the modes (glmmTMB /
+            TMB). They coincide for canonical links (binomial logit, Poisson log) and differ for NB2 with
+            the log link. With ``"observed"`` and an estimated NB theta the fixed effects' covariance is
+            glmmTMB's: from the joint Hessian in (theta, beta, log theta_NB).
 
         Returns
         -------
@@ -199,45 +340,91 @@ class GLMM:
         if isinstance(nAGQ, (bool, np.bool_)) or not isinstance(nAGQ, numbers.Integral):
             raise ArgumentTypeError(f"nAGQ must be an integer (0, 1 or more nodes), got {nAGQ!r}")
         check_agq(self.problem, nAGQ)
+        laplace = self._check_laplace(laplace, int(nAGQ))
+        if nAGQ > 1 and self.nb_estimated:
+            # the AGQ deviance (lme4's) drops the family's normalising constants, which depend on the NB theta
+            raise QuadratureError(
+                "nAGQ > 1 cannot estimate the negative binomial theta (the quadrature deviance leaves out the "
+                "terms that depend on it); use nAGQ=1, or fix theta with NegativeBinomial(theta=...)"
+            )
         warn = check_bool(warn, "warn")
         control = check_control(control, GlmmControl)
         tmap = self.design.theta_map
         start = check_start(start, tmap.names, tmap.lower_bounds)
         # many small factorisations: BLAS threads cost more than they save (memoe.core.linalg.threads)
         with blas_threads(1):
-            return self._fit(int(nAGQ), start, control, warn)
+            return self._fit(int(nAGQ), start, control, warn, laplace)
 
-    def _fit(self, nAGQ: int, start, control: GlmmControl, warn: bool):
+    def _fit(self, nAGQ: int, start, control: GlmmControl, warn: bool, laplace: str = "expected"):
         tmap = self.design.theta_map
         k, p = tmap.size, self.design.p
+        if k == 0:
+            from memoe.glmm.glm import fit_glm
+
+            return fit_glm(self, control, warn)
+        nb = self.nb_estimated
         stage1, state1 = self._stage1(control, start)
+        if not (np.isfinite(stage1.opt.fmin) and stage1.opt.fmin < 1e299):
+            raise ConvergenceError(
+                f"PIRLS found no finite deviance for the {self.problem.family} model at any theta tried (the linear "
+                "predictor leaves the domain of the link, as lme4's 'PIRLS loop resulted in NaN value'); try another "
+                "link (e.g. link='log') or starting values"
+            )
+        nb_hessian = None
         if nAGQ == 0:
             theta, beta, stage2 = stage1.theta.copy(), stage1.beta.copy(), None
             f = None
             lower = tmap.lower_bounds
         else:
-            f = self.objective(nAGQ, u0=state1.u)
+            f = self.objective(nAGQ, u0=state1.u, laplace=laplace)
             x0 = np.concatenate([stage1.theta, stage1.beta])
             lower = np.concatenate([tmap.lower_bounds, np.full(p, -np.inf)])
+            fopt, lopt = f, lower
+            if nb:
+                fopt = self.with_family_parameter(f)
+                x0 = np.concatenate([x0, [np.log(stage1.family_theta)]])
+                lopt = np.concatenate([lower, [NB_LOG_THETA_BOUNDS[0]]])
             # steps of 10% of each start value (at least 0.05): theta and beta live on similar scales
             step = np.maximum(0.1 * np.abs(x0), 0.05)
-            opt = minimize_bounded(
-                f, x0, lower, ftol_abs=control.ftol_abs, xtol_abs=control.xtol_abs, maxeval=control.maxeval,
-                initial_step=step,
-            )
+            if self.problem.family.has_dispersion:
+                # the coefficients of Gamma / inverse Gaussian models live on the scale of their links (1/mu
+                # is ~0.01 for a mean of 100): first steps of one standard error keep the linear predictor
+                # inside the link's domain, where fixed steps of 0.05 can leave it (mu < 0) and stall BOBYQA
+                se = self._beta_scale(stage1.theta, state1)
+                if se is not None:
+                    step[k : k + p] = se
+            opt = self._minimize_restarting(fopt, x0, lopt, step, control)
             x = opt.x.copy()
             x[:k][(tmap.lower_bounds == 0) & (np.abs(x[:k]) < 1e-12)] = 0.0
-            theta, beta = x[:k], x[k:]
-            stage2 = StageResult(opt, theta.copy(), beta.copy())
+            theta, beta = x[:k], x[k : k + p]
+            nb_theta = None
+            if nb:
+                nb_theta = float(np.exp(x[-1]))
+                if control.calc_derivs and len(x) <= MAX_PARAMS_FOR_DERIVS:
+                    # the joint Hessian in (theta, beta, log theta_NB): the SE of log(theta), as glmmTMB reports
+                    with np.errstate(all="ignore"):
+                        f0 = opt.fmin if np.array_equal(x, opt.x) else None
+                        _, nb_hessian = finite_difference_derivatives(
+                            fopt, x, lopt, delta=control.hessian_delta, f0=f0
+                        )
+                self.set_family_theta(nb_theta)
+            stage2 = StageResult(opt, theta.copy(), beta.copy(), nb_theta)
         f0 = stage2.opt.fmin if stage2 is not None and np.array_equal(np.concatenate([theta, beta]), stage2.opt.x) \
             else None
+        # with theta_NB estimated the (theta, beta) Hessian is at the estimated theta_NB, as glmer.nb's final fit
         report, hessian = self._check(f, theta, beta, lower, control, f0)
         singular = is_boundary(theta, tmap.lower_bounds, control.singular_tol)
         messages = finish_fit(report, singular=singular, names=tmap.names, values=theta, warn=warn)
         result = GlmmResult(
             model=self, nAGQ=nAGQ, theta=theta, beta=beta, u_start=state1.u, stage1=stage1, stage2=stage2,
-            convergence=report, hessian=hessian, singular=singular, messages=messages,
+            convergence=report, hessian=hessian, singular=singular, messages=messages, nb_hessian=nb_hessian,
+            laplace=laplace,
         )
+        if not np.isfinite(result.criterion):
+            raise ConvergenceError(
+                f"the {self.problem.family} GLMM has no finite Laplace deviance at its estimates (PIRLS left the "
+                "link's domain); try another link (e.g. link='log') or starting values"
+            )
         separated = self.separation()
         if separated:
             msg = (
@@ -250,26 +437,35 @@ class GLMM:
                 emit_warning(msg, SeparationWarning)
         return result
 
-    def result_at(self, theta, beta, nAGQ: int = 1, hessian: bool = True, control: GlmmControl | None = None):
+    def result_at(
+        self, theta, beta, nAGQ: int = 1, hessian: bool = True, control: GlmmControl | None = None,
+        family_theta: float | None = None, laplace: str = "expected",
+    ):
         """The result object at given (theta, beta), without optimising (e.g. at another program's estimates).
 
         PIRLS starts from zero modes; with ``hessian`` the finite-difference Hessian (and so the
-        Hessian-based ``vcov`` and the convergence checks) is computed there.
+        Hessian-based ``vcov`` and the convergence checks) is computed there. ``family_theta``: the
+        negative binomial theta (required when it is estimated).
         """
         check_agq(self.problem, nAGQ)
+        laplace = self._check_laplace(laplace, max(int(nAGQ), 1))
         control = control or GlmmControl()
+        if self.nb_estimated:
+            if family_theta is None:
+                raise ArgumentError("result_at of a negative binomial GLMM with theta estimated needs family_theta=")
+            self.set_family_theta(float(family_theta))
         tmap = self.design.theta_map
         theta = np.asarray(theta, dtype=float)
         beta = np.asarray(beta, dtype=float)
         u0 = np.zeros(self.problem.q)
         lower = np.concatenate([tmap.lower_bounds, np.full(self.design.p, -np.inf)])
-        f = self.objective(max(int(nAGQ), 1), u0=u0) if hessian and nAGQ > 0 else None
+        f = self.objective(max(int(nAGQ), 1), u0=u0, laplace=laplace) if hessian and nAGQ > 0 else None
         singular = is_boundary(theta, tmap.lower_bounds, control.singular_tol)
         with blas_threads(1):
             report, H = self._check(f, theta, beta, lower, control, None)
             return GlmmResult(
                 model=self, nAGQ=int(nAGQ), theta=theta, beta=beta, u_start=u0, stage1=None, stage2=None,
-                convergence=report, hessian=H, singular=singular, messages=list(report.messages),
+                convergence=report, hessian=H, singular=singular, messages=list(report.messages), laplace=laplace,
             )
 
     def _check(self, f, theta, beta, lower, control: GlmmControl, f0: float | None):
@@ -277,7 +473,9 @@ class GLMM:
         if f is None or not control.calc_derivs or len(lower) > MAX_PARAMS_FOR_DERIVS:
             return ConvergenceReport(converged=True), None
         x = np.concatenate([theta, beta])
-        grad, hess = finite_difference_derivatives(f, x, lower, delta=control.hessian_delta, f0=f0)
+        # infinite deviances next to the estimates (a link's domain) make inf - inf: caught below as non-finite
+        with np.errstate(invalid="ignore", over="ignore"):
+            grad, hess = finite_difference_derivatives(f, x, lower, delta=control.hessian_delta, f0=f0)
         k = len(theta)
         free = np.ones(len(x), dtype=bool)
         free[:k] = ~((lower[:k] == 0) & (theta < control.singular_tol))

@@ -38,23 +38,43 @@ from memoe.core.persist.common import (
 from memoe.core.persist.formula_check import check_formula
 from memoe.core.persist.frames import decode_frame, encode_frame
 from memoe.core.persist.registry import register_codec
-from memoe.glmm.families import Binomial, Poisson, get_family
+from memoe.errors import MemoeError
+from memoe.glmm.families import Binomial, Gamma, Gaussian, InverseGaussian, NegativeBinomial, Poisson, get_family
+from memoe.glmm.glm import GlmResult, nb_theta_se
 from memoe.glmm.model import GLMM, StageResult
 from memoe.glmm.pirls import PirlsProblem
 from memoe.glmm.result import GlmmResult
 
-__all__ = ["check_glmm", "decode_glmm", "encode_glmm"]
+__all__ = ["check_glmm", "decode_glm", "decode_glmm", "encode_glmm"]
 
-# the families a file may name, by R's name
-FAMILIES = {"binomial": Binomial, "poisson": Poisson}
+# the families a file may name, by memoe's family name
+FAMILIES = {
+    "binomial": Binomial, "poisson": Poisson, "Gamma": Gamma, "inverse.gaussian": InverseGaussian,
+    "gaussian": Gaussian, "negative_binomial": NegativeBinomial,
+}
 
 
-def _encode_family(family) -> dict:
+def _encode_family(model) -> dict:
+    family = model.family
     if FAMILIES.get(family.name) is not type(family):
         raise PersistenceError(
             f"the family {family} is not one of memoe's families {sorted(FAMILIES)} and cannot be saved"
         )
-    return {"name": family.name, "link": family.link.name}
+    out = {"name": family.name, "link": family.link.name}
+    if isinstance(family, NegativeBinomial):
+        # the model's theta: None when estimated (the estimate is saved with the fit)
+        out["theta"] = family.theta
+    return out
+
+
+def _family_from(fam: dict):
+    family = get_family(fam["name"], fam["link"])
+    theta = fam.get("theta")
+    if isinstance(family, NegativeBinomial) and theta is not None:
+        if not isinstance(theta, (int, float)) or isinstance(theta, bool) or not np.isfinite(theta) or theta <= 0:
+            raise PersistenceError(f"the saved negative binomial theta {theta!r} is not a positive number")
+        family = family.with_theta(float(theta))
+    return family
 
 
 def _encode_stage(stage: StageResult | None, key: str, arrays: dict[str, np.ndarray]) -> dict | None:
@@ -62,14 +82,15 @@ def _encode_stage(stage: StageResult | None, key: str, arrays: dict[str, np.ndar
         return None
     arrays[f"{key}.theta"] = np.asarray(stage.theta, dtype=float)
     arrays[f"{key}.beta"] = np.asarray(stage.beta, dtype=float)
-    return {"opt": encode_dataclass(stage.opt, f"{key}.opt", arrays)}
+    return {"opt": encode_dataclass(stage.opt, f"{key}.opt", arrays), "family_theta": stage.family_theta}
 
 
 def _decode_stage(spec: dict | None, key: str, arrays: dict[str, np.ndarray]) -> StageResult | None:
     if spec is None:
         return None
     opt = decode_dataclass(OptSummary, spec["opt"], f"{key}.opt", arrays)
-    return StageResult(opt, arrays[f"{key}.theta"], arrays[f"{key}.beta"])
+    ft = spec.get("family_theta")
+    return StageResult(opt, arrays[f"{key}.theta"], arrays[f"{key}.beta"], None if ft is None else float(ft))
 
 
 def encode_glmm(fit: GlmmResult, arrays: dict[str, np.ndarray]) -> dict:
@@ -81,11 +102,13 @@ def encode_glmm(fit: GlmmResult, arrays: dict[str, np.ndarray]) -> dict:
     arrays["model.offset"] = np.asarray(gd.offset, dtype=float)
     if fit.hessian is not None:
         arrays["fit.hessian"] = np.asarray(fit.hessian, dtype=float)
+    if getattr(fit, "nb_hessian", None) is not None:
+        arrays["fit.nb_hessian"] = np.asarray(fit.nb_hessian, dtype=float)
     return {
         "model": {
             "class": "GLMM",
             "formula": model.formula,
-            "family": _encode_family(model.family),
+            "family": _encode_family(model),
             "data_name": model.data_name,
             "data": encode_frame(design.frame.data, "data", arrays, "the model frame"),
             "frame": encode_model_frame(design, "frame", arrays),
@@ -103,6 +126,9 @@ def encode_glmm(fit: GlmmResult, arrays: dict[str, np.ndarray]) -> dict:
             "singular": fit.singular,
             "messages": list(fit.messages),
             "loglik": float(fit.loglik),
+            "family_theta": fit.family_theta,
+            "laplace": fit.laplace,
+            "nb_hessian": getattr(fit, "nb_hessian", None) is not None,
         },
         # for a human reading meta.json; loading recomputes them from theta and beta
         "estimates": {
@@ -120,7 +146,7 @@ def _rebuild_model(m: dict, arrays: dict[str, np.ndarray]) -> GLMM:
     fam = m["family"]
     if fam["name"] not in FAMILIES:
         raise PersistenceError(f"unknown family {fam['name']!r} (this memoe knows {sorted(FAMILIES)})")
-    family = get_family(fam["name"], fam["link"])
+    family = _family_from(fam)
     prior = arrays["model.prior_weights"]
     offset = arrays["model.offset"]
     # the offset= argument is the saved total when the formula has no offset(...) terms; with terms the
@@ -162,6 +188,10 @@ def check_glmm(meta: dict) -> None:
         raise PersistenceError(f"the saved family {repr(fam)[:80]} is not a record with a name and a link name")
     if fam.get("name") not in FAMILIES:
         raise PersistenceError(f"unknown family {repr(fam.get('name'))[:80]} (this memoe knows {sorted(FAMILIES)})")
+    try:
+        _family_from(fam)
+    except MemoeError as exc:
+        raise PersistenceError(f"the saved family {repr(fam)[:80]} is not valid: {exc}") from None
 
 
 def decode_glmm(meta: dict, arrays: dict[str, np.ndarray]) -> GlmmResult:
@@ -176,17 +206,24 @@ def decode_glmm(meta: dict, arrays: dict[str, np.ndarray]) -> GlmmResult:
     stage1 = _decode_stage(f["stage1"], "fit.stage1", arrays)
     stage2 = _decode_stage(f["stage2"], "fit.stage2", arrays)
     hessian = arrays["fit.hessian"] if f["hessian"] else None
+    nb_hessian = arrays["fit.nb_hessian"] if f.get("nb_hessian") else None
+    final_theta = _nb_theta(model, f)
     convergence = decode_dataclass(ConvergenceReport, f["convergence"], "fit.convergence", arrays)
     # GLMM.fit and GLMM.result_at build their results with one BLAS thread
     with blas_threads(1):
         # GLMM.fit starts the final PIRLS from the stage-1 modes, result_at from zero
         if stage1 is not None:
+            if model.nb_estimated:
+                model.set_family_theta(stage1.family_theta)
             u_start = model.problem.solve(stage1.theta, beta=None).u
         else:
             u_start = np.zeros(model.problem.q)
+        if final_theta is not None:
+            model.set_family_theta(final_theta)
         fit = GlmmResult(
             model=model, nAGQ=f["nAGQ"], theta=theta, beta=beta, u_start=u_start, stage1=stage1, stage2=stage2,
-            convergence=convergence, hessian=hessian, singular=f["singular"], messages=[],
+            convergence=convergence, hessian=hessian, singular=f["singular"], messages=[], nb_hessian=nb_hessian,
+            laplace=_laplace(f),
         )
     # the result appends its own notes (PIRLS, Hessian) to the fitter's messages: keep the saved list
     added = fit.messages
@@ -197,6 +234,48 @@ def decode_glmm(meta: dict, arrays: dict[str, np.ndarray]) -> GlmmResult:
     return fit
 
 
+def _laplace(f: dict) -> str:
+    kind = f.get("laplace", "expected")
+    if kind not in ("expected", "observed"):
+        raise PersistenceError(f"unknown Laplace approximation {repr(kind)[:40]} (expected or observed)")
+    return kind
+
+
+def _nb_theta(model: GLMM, f: dict) -> float | None:
+    """The estimated negative binomial theta of the saved fit (None unless the model estimates it)."""
+    if not model.nb_estimated:
+        return None
+    t = f.get("family_theta")
+    if not isinstance(t, (int, float)) or isinstance(t, bool) or not np.isfinite(t) or t <= 0:
+        raise PersistenceError(f"the saved fit's negative binomial theta {t!r} is not a positive number")
+    return float(t)
+
+
+def decode_glm(meta: dict, arrays: dict[str, np.ndarray]) -> GlmResult:
+    """Rebuild a GLM (no random effects) at the saved coefficients."""
+    m, f = meta["model"], meta["fit"]
+    model = _rebuild_model(m, arrays)
+    beta = arrays["fit.beta"]
+    if model.design.theta_map.size or beta.shape != (model.design.p,):
+        raise PersistenceError(f"the saved coefficients {beta.shape} do not fit the rebuilt GLM")
+    theta = _nb_theta(model, f)
+    if theta is not None:
+        model.set_family_theta(theta)
+    convergence = decode_dataclass(ConvergenceReport, f["convergence"], "fit.convergence", arrays)
+    with blas_threads(1):
+        fit = GlmResult(model, beta, convergence, list(f["messages"]))
+        if theta is not None:
+            P = model.problem
+            fit._theta_se = nb_theta_se(P.y, fit.state.pirls.mu, P.wt, theta)
+    fit.messages = list(f["messages"])
+    check_loglik(f["loglik"], fit.loglik)
+    return fit
+
+
+register_codec(
+    "GlmResult", result_type=GlmResult, model_types={"GLMM": GLMM}, encode=encode_glmm, decode=decode_glm,
+    check=check_glmm, description="GlmResult (of memoe.glmm without random effects)",
+)
 register_codec(
     "GlmmResult", result_type=GlmmResult, model_types={"GLMM": GLMM}, encode=encode_glmm, decode=decode_glmm,
     check=check_glmm, description="GlmmResult (of memoe.glmm)",

@@ -167,6 +167,8 @@ class PirlsProblem:
         self, theta: np.ndarray, w: np.ndarray, z: np.ndarray, with_beta: bool
     ) -> tuple[np.ndarray, np.ndarray, float]:
         """One weighted PLS step at ``theta``: flat ``u``, ``beta`` (empty without X), ``log det(L L')``."""
+        if self.q == 0:
+            return np.zeros(0), self._wls_fixed(w, z) if with_beta else np.zeros(0), 0.0
         if self.dense is not None:
             return self.dense.solve(theta, w, z, with_beta)
         if self.single is not None:
@@ -174,6 +176,12 @@ class PirlsProblem:
         sol = self.wls_problem(w, z, with_beta).solve(theta, reml=False)
         u = np.concatenate([uk.ravel() for uk in sol.u]) if self.q else np.zeros(0)
         return u, sol.beta, float(sol.factor.logdet_Z)
+
+    def _wls_fixed(self, w: np.ndarray, z: np.ndarray) -> np.ndarray:
+        """IRLS step without random effects (R's glm.fit): ``beta = (X' W X)^-1 X' W z`` by QR of ``W^1/2 X``."""
+        sw = np.sqrt(w)
+        q, r = np.linalg.qr(self.X * sw[:, None])
+        return np.linalg.solve(r, q.T @ (sw * z)) if self.p else np.zeros(0)
 
     def _safe_wls(self, theta, w, z, joint: bool):
         """:meth:`wls`, or None when the factorisation fails or the solution is not finite."""

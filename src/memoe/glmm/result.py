@@ -10,8 +10,9 @@ import pandas as pd
 
 from memoe.core.result import FitResult, coef_frame
 from memoe.core.state import GlmmState, frozen_array
+from memoe.errors import ArgumentTypeError
 from memoe.glmm.agq import agq_deviance
-from memoe.glmm.laplace import laplace_deviance
+from memoe.glmm.laplace import laplace_deviance, observed_laplace_deviance
 from memoe.glmm.predict import predict_glmm
 from memoe.glmm.summary import GlmmSummary
 from memoe.lmm.result import ran_pars_frame
@@ -76,13 +77,21 @@ class GlmmResult(FitResult):
     robust_types = (None,)
     # lme4's residuals.glmResp types, deviance first (its default)
     residual_types = ("deviance", "pearson", "working", "response")
-    confint_methods = ("wald",)
+    confint_methods = ("wald", "profile", "bootstrap")
 
-    def __init__(self, model, nAGQ, theta, beta, u_start, stage1, stage2, convergence, hessian, singular, messages):
+    def __init__(
+        self, model, nAGQ, theta, beta, u_start, stage1, stage2, convergence, hessian, singular, messages,
+        nb_hessian=None, laplace: str = "expected",
+    ):
         self.model = model
+        #: "expected" (lme4) or "observed" (glmmTMB) information in the Laplace approximation
+        self.laplace = laplace
         self.design = model.design
-        # the response distribution (lme4's family(fit)); `family` is the model family, "glmm"
-        self.response_family = model.family
+        # the response distribution (lme4's family(fit)) as fitted (an estimated NB theta is set in it);
+        # `family` is the model family, "glmm"
+        self.response_family = model.problem.family
+        #: Hessian of the deviance in (theta, beta, log theta_NB) when the NB theta was estimated
+        self.nb_hessian = None if nb_hessian is None else np.asarray(nb_hessian, dtype=float)
         self.nAGQ = int(nAGQ)
         self.stage1, self.stage2 = stage1, stage2
         self.opt = stage2.opt if stage2 is not None else (stage1.opt if stage1 is not None else None)
@@ -105,6 +114,8 @@ class GlmmResult(FitResult):
             )
         if self.nAGQ > 1:
             criterion = agq_deviance(problem, pirls, theta, self.nAGQ)
+        elif self.laplace == "observed":
+            criterion = observed_laplace_deviance(problem, pirls, theta)
         else:
             criterion = laplace_deviance(problem, pirls)
         self.state = GlmmState(
@@ -163,7 +174,9 @@ class GlmmResult(FitResult):
         z = st.eta - problem.offset + (problem.y - st.mu) / problem.family.mu_eta(st.eta)
         sol = problem.wls_problem(st.w, z, with_beta=True).solve(self.state.theta, reml=False)
         names = self.design.fixef_names
-        return pd.DataFrame(sol.vcov_unscaled, index=names, columns=names)
+        # lme4's vcov.merMod: sigma^2 (R_X' R_X)^-1, sigma = 1 without a scale
+        s2 = self.sigma**2 if self.response_family.has_dispersion else 1.0
+        return pd.DataFrame(s2 * sol.vcov_unscaled, index=names, columns=names)
 
     @cached_property
     def vcov_hessian(self) -> pd.DataFrame | None:
@@ -171,7 +184,13 @@ class GlmmResult(FitResult):
 
         ``None`` when the Hessian was not computed or is not positive definite.
         """
-        v = vcov_from_hessian(self.hessian, self.design.theta_map.size)
+        k, p = self.design.theta_map.size, self.design.p
+        if self.laplace == "observed" and self.nb_hessian is not None:
+            # glmmTMB: the fixed effects' covariance from the joint Hessian, log theta_NB included
+            full = vcov_from_hessian(self.nb_hessian, 0)
+            v = None if full is None else full[k : k + p, k : k + p]
+        else:
+            v = vcov_from_hessian(self.hessian, k)
         if v is None:
             return None
         names = self.design.fixef_names
@@ -234,6 +253,62 @@ class GlmmResult(FitResult):
 
         return ran_pars_confint(rp, level)
 
+    # ------------------------------------------------------------------ intervals and tests
+    def profiler(self):
+        """A :class:`memoe.glmm.inference.GlmmProfiler` of this fit's deviance."""
+        from memoe.glmm.inference import GlmmProfiler
+
+        return GlmmProfiler(self)
+
+    def _confint_other(self, method: str, level: float, parm=None, **kwargs) -> pd.DataFrame:
+        """lme4's ``confint.merMod`` for ``"profile"`` (rows ``sd_...|group``, ``cor_...``, fixed effects) and
+        ``"bootstrap"`` (parametric, percentile; ``nsim`` default 500, ``seed``, ``progress``); columns
+        ``lower``/``upper``. ``parm``: names, positions, ``"theta_"`` or ``"beta_"`` (default all)."""
+        from memoe.glmm.inference import glmm_bootstrap
+        from memoe.inference.confint import select_parameters
+        from memoe.inference.profile import profile_confint
+
+        if method == "profile":
+            extra = [k for k in kwargs if k != "progress"]
+            if extra:
+                raise ArgumentTypeError(f"unexpected arguments for method 'profile': {', '.join(extra)} "
+                                        "(accepted: progress)")
+            names = select_parameters(self.profiler().names, parm)
+            ci = profile_confint(self, level=level, parm=names, **kwargs)
+        else:
+            boot = glmm_bootstrap(self, **kwargs)
+            names = select_parameters(list(boot.estimates.index), parm)
+            ci = boot.confint(level=level).loc[names]
+        out = pd.DataFrame(ci.to_numpy(dtype=float), index=ci.index, columns=["lower", "upper"])
+        out.attrs.update({"level": level, "method": method})
+        return out
+
+    def bootstrap(self, nsim: int = 500, seed=None, progress: bool | None = None):
+        """Parametric bootstrap replicates (:func:`memoe.glmm.inference.glmm_bootstrap`)."""
+        from memoe.glmm.inference import glmm_bootstrap
+
+        return glmm_bootstrap(self, nsim=nsim, seed=seed, progress=progress)
+
+    def test(self, hypothesis, ddf: str = "asymptotic"):
+        """Wald test of a linear hypothesis about the fixed effects, e.g. ``fit.test("period2 = 0")`` or
+        ``"period2 = period3, period4 = 0"``; a contrast vector/matrix is accepted too.
+
+        ``ddf="asymptotic"``: Wald chi-square (``Chisq`` on ``NumDF`` df; ``F value`` = Chisq / NumDF) with
+        :meth:`vcov`, the z test of lme4's summary for one coefficient. See
+        :func:`memoe.glmm.inference.glmm_test`.
+        """
+        from memoe.glmm.inference import glmm_test
+
+        return glmm_test(self, hypothesis, ddf=ddf)
+
+    def anova(self, type: int | str = 3, ddf: str = "asymptotic"):
+        """Wald chi-square tests of the fixed-effects terms: type III (marginal, default) or I (sequential);
+        see :func:`memoe.glmm.inference.glmm_anova`. Likelihood-ratio tests between nested fits:
+        :func:`memoe.compare`."""
+        from memoe.glmm.inference import glmm_anova
+
+        return glmm_anova(self, type=type, ddf=ddf)
+
     def coef(self) -> dict[str, pd.DataFrame]:
         """Subject-specific coefficients on the link scale, lme4's ``coef()``: {grouping factor: levels x
         fixed effects}."""
@@ -266,6 +341,13 @@ class GlmmResult(FitResult):
         return -0.5 * self.state.criterion
 
     @property
+    def comparable_loglik(self) -> float:
+        """The Laplace log-likelihood without R's aic ``+ 2`` of the families with a scale (Gamma, inverse
+        Gaussian, Gaussian), so that it compares with a GLM's ``logLik`` (:func:`memoe.compare` uses it);
+        equal to :attr:`loglik` for binomial, Poisson and negative binomial."""
+        return self.loglik + 0.5 * self.response_family.aic_constant
+
+    @property
     def deviance(self) -> float:
         """lme4's ``deviance(fit)`` for GLMMs: the sum of the squared conditional deviance residuals.
 
@@ -275,7 +357,49 @@ class GlmmResult(FitResult):
 
     @property
     def df_model(self) -> int:
-        return self.design.p + self.design.theta_map.size
+        """Estimated parameters: fixed effects, theta, and the dispersion (Gamma, inverse Gaussian, Gaussian:
+        lme4's ``useSc``) or the estimated negative binomial theta (glmmTMB's count)."""
+        extra = int(self.response_family.has_dispersion) + int(getattr(self.model, "nb_estimated", False))
+        return self.design.p + self.design.theta_map.size + extra
+
+    # ------------------------------------------------------------------ dispersion
+    @property
+    def sigma(self) -> float:
+        """lme4's ``sigma()``: NaN for binomial, Poisson and negative binomial (scale fixed at 1); for the
+        families with a scale (Gamma, inverse Gaussian, Gaussian) ``sqrt((sum r_P^2 + ||u||^2) / n)``,
+        ``r_P`` the Pearson residuals (lme4 1.1's ``sigmaML`` of a GLMM: penalised weighted RSS over n)."""
+        if not self.response_family.has_dispersion:
+            return np.nan
+        st, problem = self.state.pirls, self.model.problem
+        r2 = problem.wt * (problem.y - st.mu) ** 2 / self.response_family.variance(st.mu)
+        return float(np.sqrt((r2.sum() + st.sqrL) / self.nobs))
+
+    @property
+    def dispersion(self) -> float:
+        """The dispersion the Laplace likelihood profiles: ``sum(d_i) / sum(wt)`` at the conditional modes
+        (R's ``family$aic``; 1 for binomial, Poisson and negative binomial)."""
+        problem, st = self.model.problem, self.state.pirls
+        return self.response_family.dispersion_ml(problem.y, st.mu, problem.wt)
+
+    @property
+    def family_theta(self) -> float | None:
+        """The negative binomial theta (``var = mu + mu^2 / theta``; lme4's ``getME(fit, "glmer.nb.theta")``,
+        glmmTMB's ``sigma()``); None for other families."""
+        return getattr(self.response_family, "theta", None)
+
+    @property
+    def family_theta_se(self) -> pd.Series | None:
+        """SEs of ``log(theta)`` (glmmTMB's ``betadisp``) and of ``theta`` (delta method) from the joint
+        Hessian of the deviance in (theta, beta, log theta_NB); None when theta was fixed or no Hessian."""
+        H = self.nb_hessian
+        if H is None or self.family_theta is None:
+            return None
+        try:
+            v = 2.0 * np.linalg.inv(H)[-1, -1]
+        except np.linalg.LinAlgError:
+            v = np.nan
+        se_log = float(np.sqrt(v)) if np.isfinite(v) and v > 0 else np.nan
+        return pd.Series({"log_theta": se_log, "theta": self.family_theta * se_log}, name="std_error")
 
     @property
     def nobs(self) -> int:

@@ -18,7 +18,29 @@ from memoe.core.rformat import (
 )
 from memoe.core.summary import Summary, observation_lines
 
-__all__ = ["GlmmSummary"]
+__all__ = ["GlmmSummary", "dispersion_lines"]
+
+
+def rows_possible(fit) -> bool:
+    return bool(fit.design.terms)
+
+
+def dispersion_lines(fit) -> list[str]:
+    """The dispersion of a family with a scale (lme4's ``sigma()`` and the one the Laplace likelihood
+    profiles) or the negative binomial theta (with its SE when estimated)."""
+    fam = fit.response_family
+    if fam.has_dispersion:
+        return [
+            f"Dispersion: sigma = {fit.sigma:.4g} (lme4's sigma(): sqrt((Pearson RSS + ||u||^2) / n)); "
+            f"the Laplace likelihood profiles phi = deviance / n = {fit.dispersion:.4g}"
+        ]
+    th = fit.family_theta
+    if th is None:
+        return []
+    se = fit.family_theta_se
+    if se is None:
+        return [f"Negative binomial theta = {th:.4g} (fixed)"]
+    return [f"Negative binomial theta = {th:.4g} (SE {se['theta']:.3g}; log(theta) SE {se['log_theta']:.3g})"]
 
 
 class GlmmSummary(Summary):
@@ -52,7 +74,7 @@ class GlmmSummary(Summary):
         else:
             how = f"Adaptive Gauss-Hermite Quadrature, nAGQ = {f.nAGQ}"
         out = [f"Generalized linear mixed model fit by maximum likelihood ({how}) ['GlmmResult']"]
-        out.append(f" Family: {f.response_family.name}  ( {f.response_family.link.name} )")
+        out.append(f" Family: {f.response_family.r_name}  ( {f.response_family.link.name} )")
         out.append(f"Formula: {f.model.formula}")
         if f.model.data_name:
             out.append(f"   Data: {f.model.data_name}")
@@ -73,6 +95,8 @@ class GlmmSummary(Summary):
         # R's format(digits = 4): enough decimals for 4 significant digits of the smallest value
         var_txt = format_column(variances, 4, anchor="min")
         sd_txt = format_column(np.sqrt(variances), 4, anchor="min")
+        if not rows_possible(f):
+            return [" none (a GLM without random effects)"]
         rows, k = [], 0
         for t, cov in zip(f.design.terms, covs, strict=True):
             sd = np.sqrt(np.diag(cov))
@@ -100,6 +124,9 @@ class GlmmSummary(Summary):
             },
             index=ct.index,
         )
+        if f.response_family.has_dispersion:
+            # lme4 labels the Wald statistic of a family with a scale "t value" (p-values still normal)
+            shown = shown.rename(columns={"z value": "t value"})
         out = ["Fixed effects:", format_table(shown), "---", SIGNIF_LEGEND]
         out += fixef_correlation_block(f.vcov().to_numpy(), list(f.fixef.index))
         return out
@@ -116,6 +143,7 @@ class GlmmSummary(Summary):
         out.append("Random effects:")
         out.extend(self._random_effects_block())
         out.extend(observation_lines(f))
+        out.extend(dispersion_lines(f))
         out.append("")
         if len(f.fixef):
             out.extend(self._fixed_block())

@@ -104,7 +104,8 @@ def _check_same_data(fits: list, names: list[str]) -> None:
 
 def _family(fit) -> str:
     """``"gaussian/identity"`` for LMM and marginal fits, ``"binomial/logit"`` etc. for GLMMs."""
-    fam = getattr(fit, "family", None)
+    # GLMM / GLM results keep the response family in response_family (their `family` is "glmm")
+    fam = getattr(fit, "response_family", None)
     if fam is None:
         return "gaussian/identity"
     link = getattr(getattr(fam, "link", None), "name", "?")
@@ -317,7 +318,14 @@ def compare(*fits, boundary: bool = False, refit: bool = True, names: list[str] 
     order = np.argsort(npar, kind="stable")
     fits_o = [fits_l[i] for i in order]
     names_o = [names_l[i] for i in order]
-    llk = np.array([f.loglik for f in fits_o])
+    # GLMMs of Gamma-type families: lme4's logLik carries R's aic "+ 2" for the profiled dispersion; the
+    # comparison uses the log-likelihood itself, which is what a GLM's logLik is (comparable_loglik)
+    llk = np.array([getattr(f, "comparable_loglik", f.loglik) for f in fits_o])
+    if any(v != f.loglik for v, f in zip(llk, fits_o, strict=True)):
+        notes.append(
+            "logLik of the GLMMs with a dispersion (Gamma, inverse Gaussian, Gaussian) is shown without lme4's "
+            "aic '+ 2', so that it compares with a GLM's logLik (R's glm); AIC / BIC are lme4's"
+        )
     npar = npar[order]
     dllk = np.diff(llk)
     chisq = np.concatenate([[np.nan], 2.0 * np.maximum(0.0, dllk)])

@@ -248,7 +248,8 @@ def profile_confint(fit, level: float = 0.95, parm: list[str] | None = None, pro
 
     level = check_level(level)
     progress = check_optional_bool(progress, "progress")
-    prof = Profiler(fit)
+    # a family with its own deviance (GLMMs) supplies a Profiler subclass
+    prof = fit.profiler() if hasattr(fit, "profiler") else Profiler(fit)
     names = prof.names if parm is None else list(parm)
     for name in names:
         prof._index(name)  # unknown names fail before any profiling

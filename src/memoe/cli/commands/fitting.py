@@ -21,10 +21,14 @@ def _reml(args: argparse.Namespace, default: bool = True) -> bool:
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
-    """LMM (``--family gaussian``, the default) or GLMM (``--family binomial|poisson``)."""
+    """LMM (``--family gaussian``, the default) or GLMM / GLM (``--family binomial|poisson|gamma|inverse_gaussian|
+    negative_binomial``, ``--link``)."""
     import memoe
 
     family = (args.family or "gaussian").lower()
+    link = getattr(args, "link", None)
+    if family == "gaussian" and link not in (None, "identity"):
+        family = "gaussian_glmm"
     if family == "gaussian":
         if args.nagq is not None:
             raise ArgumentError("--nagq applies to a GLMM (--family binomial or poisson), not to the gaussian LMM")
@@ -35,7 +39,10 @@ def cmd_fit(args: argparse.Namespace) -> int:
             raise ArgumentError(f"--reml applies to a gaussian LMM; a {family} GLMM is fitted by maximum likelihood")
         data = load_data(args)
         nagq = 1 if args.nagq is None else args.nagq
-        fit = memoe.glmm(args.formula, data, family).fit(nAGQ=nagq)
+        from memoe.glmm.families import get_family
+
+        fam = get_family("gaussian" if family == "gaussian_glmm" else family, link)
+        fit = memoe.glmm(args.formula, data, fam).fit(nAGQ=nagq)
     return finish(fit, args)
 
 
