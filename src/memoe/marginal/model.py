@@ -36,7 +36,7 @@ from memoe.errors import (
 from memoe.lmm.model import lmm
 from memoe.marginal.correlation import CorStruct, check_correlation_identifiable
 from memoe.marginal.layout import GroupLayout, make_layout
-from memoe.marginal.problem import MarginalProblem
+from memoe.marginal.problem import MarginalProblem, RandomLevel
 from memoe.marginal.result import MarginalResult
 from memoe.marginal.variance import VarIdent, check_variance_identifiable
 
@@ -46,6 +46,40 @@ __all__ = ["GLS", "LME", "gls", "lme"]
 def _empty_theta_map() -> ThetaMap:
     e = np.zeros(0, dtype=int)
     return ThetaMap(block=e, row=e, col=e, block_sizes=(), names=[])
+
+
+def nesting_order(blocks: list, formula: str) -> list[int]:
+    """Indices of the factor blocks from the outermost grouping level to the innermost.
+
+    nlme's ``lme`` takes nested grouping factors only: each level of an inner factor must lie
+    within one level of the factor outside it. The levels are ordered by their number of groups
+    (fewest = outermost; ties keep the formula's order) and the nesting is checked on the data, after
+    the interaction coding (``Dog:Side`` has one level per Dog and Side pair).
+
+    Raises
+    ------
+    FormulaError
+        Two factors that are not nested (crossed, or partly crossed), naming a level that falls in
+        two outer levels.
+    """
+    order = sorted(range(len(blocks)), key=lambda k: blocks[k].nlevels)
+    for a, b in zip(order[:-1], order[1:], strict=False):
+        outer, inner = blocks[a].factor, blocks[b].factor
+        # the outer level of each inner level; nested iff every inner level meets one outer level
+        first = np.full(inner.nlevels, -1, dtype=np.int64)
+        first[inner.codes[::-1]] = outer.codes[::-1]
+        bad = np.flatnonzero(first[inner.codes] != outer.codes)
+        if bad.size:
+            r = bad[0]
+            lev = inner.levels[inner.codes[r]]
+            two = [outer.levels[first[inner.codes[r]]], outer.levels[outer.codes[r]]]
+            raise FormulaError(
+                f"lme takes nested grouping factors, but {inner.name!r} is not nested in {outer.name!r}: its level "
+                f"{lev!r} occurs within {outer.name!r} levels {two[0]!r} and {two[1]!r} (formula {formula!r}). Write the "
+                f"inner factor as an interaction, e.g. (1 | {outer.name}:{inner.name}) or (1 | {outer.name}/{inner.name}), "
+                "if its levels are meant per outer group; use memoe.lmm for crossed designs"
+            )
+    return order
 
 
 def _steps(x: np.ndarray, rel: float, floor: float) -> np.ndarray:
@@ -107,42 +141,57 @@ class _MarginalModel:
         n = len(y)
         if spec.random:
             terms, blocks, theta_map = build_random(spec.random, frame.data, n)
-            if len(blocks) != 1:
-                names = [b.factor.name for b in blocks]
-                raise FormulaError(
-                    f"lme with a residual structure supports one grouping factor; formula {formula!r} has {names}"
-                )
         else:
             terms, blocks, theta_map = [], [], _empty_theta_map()
         self.design = Design(spec=spec, frame=frame, y=y, fixed=fixed, terms=terms, blocks=blocks, theta_map=theta_map)
+        # grouping levels, outermost first (block indices into design.blocks, which lme4 orders innermost first)
+        self.level_blocks: list[int] = nesting_order(blocks, formula)
         self.layout = self._layout(frame.data)
-        cor = None if correlation is None else correlation.bind(self.layout, frame.data)
+        # the residual structure acts within the innermost groups (nlme)
+        self.cor_layout = self.layout
+        if len(self.level_blocks) > 1:
+            f = blocks[self.level_blocks[-1]].factor
+            self.cor_layout = make_layout(f.codes, f.levels, f.name)
+        cor = None if correlation is None else correlation.bind(self.cor_layout, frame.data)
         var = None if weights is None else weights.bind(frame.data)
         if cor is not None:
-            check_correlation_identifiable(cor, self.layout, group=self.layout.name)
+            check_correlation_identifiable(cor, self.cor_layout, group=self.cor_layout.name)
         if var is not None:
             check_variance_identifiable(var, weights.by, frame.data[weights.by])
+        levels = [
+            RandomLevel(name=blocks[k].factor.name, Z=np.asarray(blocks[k].Z, dtype=float), codes=blocks[k].factor.codes,
+                        nlevels=blocks[k].nlevels, block=k)
+            for k in self.level_blocks
+        ]
         self.problem = MarginalProblem(
             y,
             fixed.X,
             self.layout,
-            Z=blocks[0].Z if blocks else None,
             theta_map=theta_map if blocks else None,
             cor=cor,
             var=var,
+            levels=levels,
+            cor_layout=self.cor_layout if len(levels) > 1 else None,
         )
+
+    @property
+    def level_names(self) -> list[str]:
+        """Grouping factors of the random effects, outermost first (nlme's levels 1, 2, ...)."""
+        return [self.design.blocks[k].factor.name for k in self.level_blocks]
 
     def _layout(self, frame: pd.DataFrame) -> GroupLayout:
         d = self.design
         group = None if self.correlation is None else self.correlation.group
         if d.blocks:
-            f = d.blocks[0].factor
-            if group is not None and group != f.name:
+            outer = d.blocks[self.level_blocks[0]].factor
+            inner = d.blocks[self.level_blocks[-1]].factor
+            if group is not None and group != inner.name:
                 raise FormulaError(
-                    f"the correlation structure's group {group!r} differs from the random-effects grouping "
-                    f"factor {f.name!r}; nlme's lme needs the residual structure within the innermost groups"
+                    f"the correlation structure's group {group!r} differs from the innermost random-effects grouping "
+                    f"factor {inner.name!r}; nlme's lme needs the residual structure within the innermost groups "
+                    f"(give group=None or group={inner.name!r})"
                 )
-            return make_layout(f.codes, f.levels, f.name)
+            return make_layout(outer.codes, outer.levels, outer.name)
         n = d.n
         if self.correlation is None:
             # independent residuals: every row is a group of one (a diagonal W)
@@ -182,7 +231,7 @@ class _MarginalModel:
         v0 = np.zeros(0) if P.var is None else P.var.start(resid)
         cands = [np.zeros(0)]
         if P.cor is not None:
-            cands = P.cor.starts(self.layout, resid / P.ratios(v0))
+            cands = P.cor.starts(self.cor_layout, resid / P.ratios(v0))
         best, best_f = None, np.inf
         for u in cands:
             x = np.concatenate([theta0, u, v0])
