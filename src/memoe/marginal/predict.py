@@ -34,20 +34,58 @@ from memoe.core.linalg.batched import batched_cholesky, batched_forward_solve
 from memoe.errors import DataError, MemoeError
 from memoe.lmm.predict import block_matrix_for, fixed_variance, group_codes_for, random_part
 
-__all__ = ["predict_interval_marginal", "predict_marginal", "residual_ratios", "subject_model"]
+__all__ = [
+    "check_level_number",
+    "level_terms",
+    "predict_interval_marginal",
+    "predict_marginal",
+    "residual_ratios",
+    "subject_model",
+]
 
 
-def _resolve_level(re_form, level):
-    if level is not None:
-        if isinstance(level, bool) or level not in (0, 1):
-            raise PredictArgumentError(
-                f"level must be 0 (population) or 1 (with the BLUPs), or a coverage strictly between 0 and 1 "
-                f"together with interval=, got {level!r}"
-            )
-        if re_form != "full":
-            raise PredictArgumentError("give either level= (nlme's name) or re_form=, not both")
-        re_form = None if level == 0 else "full"
-    return re_form
+def check_level_number(level, nlevels: int) -> int:
+    """nlme's grouping level: an int from 0 (population) to ``nlevels`` (innermost)."""
+    if isinstance(level, bool) or not isinstance(level, (int, np.integer)) or not 0 <= int(level) <= max(nlevels, 1):
+        top = max(nlevels, 1)
+        raise PredictArgumentError(
+            f"level must be a grouping level 0 (population) .. {top} (with the BLUPs of levels 1..{top}), "
+            f"or a coverage strictly between 0 and 1 together with interval=, got {level!r}"
+        )
+    return int(level)
+
+
+def _resolve_level(re_form, level, nlevels: int = 1) -> tuple[str | None, int | None]:
+    """(re_form, deepest level kept) from nlme's ``level=`` or lme4's ``re_form=``.
+
+    ``level=0`` is ``re_form=None``; ``level=k >= 1`` keeps the random effects of grouping levels
+    1..k (outermost first), ``level=nlevels`` all of them (``re_form="full"``).
+    """
+    if level is None:
+        return re_form, None
+    k = check_level_number(level, nlevels)
+    if re_form != "full":
+        raise PredictArgumentError("give either level= (nlme's name) or re_form=, not both")
+    if k == 0:
+        return None, None
+    return "full", (k if k < nlevels else None)
+
+
+def _level_masks(fit, rf, keep: int | None) -> list[np.ndarray]:
+    """:func:`re_columns` with the blocks of the levels deeper than ``keep`` switched off."""
+    masks = re_columns(rf, fit.design)
+    if keep is not None:
+        for k in fit.model.level_blocks[keep:]:
+            masks[k] = np.zeros_like(masks[k])
+    return masks
+
+
+def _blups_by_block(fit) -> list[np.ndarray]:
+    """The BLUPs of each factor block in ``design.blocks`` order (the solution stores them by level)."""
+    out: list[np.ndarray] = [np.zeros((0, 0))] * len(fit.design.blocks)
+    for k, b in zip(fit.model.level_blocks, fit._s.bs, strict=True):
+        out[k] = b
+    return out
 
 
 def predict_marginal(
@@ -59,17 +97,17 @@ def predict_marginal(
     level: int | None = None,
 ) -> pd.Series:
     """Point predictions (see :meth:`memoe.marginal.result.MarginalResult.predict`)."""
-    re_form = _resolve_level(re_form, level)
+    d = fit.design
+    re_form, keep = _resolve_level(re_form, level, len(fit.level_names))
     rf = parse_re_form(re_form)
     check_type(type)
     allow = check_allow_new_levels(allow_new_levels)
-    d = fit.design
-    masks = re_columns(rf, d)
+    masks = _level_masks(fit, rf, keep)
     s = fit._s
-    b = [s.b] if d.blocks else []
+    b = _blups_by_block(fit)
     use_re = any(m.any() for m in masks)
     if newdata is None:
-        if rf == "full":
+        if rf == "full" and keep is None:
             return fit.fitted.rename("predicted")
         eta = np.array(s.fitted_marginal, dtype=float)
         if use_re:
@@ -108,21 +146,49 @@ def residual_ratios(fit, frame: pd.DataFrame | None) -> np.ndarray:
     return np.where(codes >= 0, r[np.maximum(codes, 0)], np.nan)
 
 
-def _group_terms(fit) -> tuple[np.ndarray, np.ndarray]:
-    """Per group ``K_i = X_i' W_i^-1 Z_i D`` (ngroups, p, q) and ``D - D Z_i' W_i^-1 Z_i D`` (ngroups, q, q)."""
+def level_terms(fit) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per grouping level (outermost first), per group j of the level within outer group i:
+    ``K_j = X_i' W_i^-1 Z_j D`` (ngroups, p, q) and ``S_j = D - D Z_j' W_i^-1 Z_j D`` (ngroups, q, q).
+
+    Z_j is the level's design restricted to the rows of group j (zero elsewhere in group i). With
+    ``U = M_q * W_i^-1`` (M_q the same-group mask of the level, all ones for the outermost level),
+    ``Z_j' W_i^-1 Z_j = sum_{a in j} z_a (U z)_a'`` and ``X_i' W_i^-1 Z_j = sum_{b in j} (W_i^-1 X_i)_b z_b'``:
+    row-wise outer products summed per group with one ``bincount`` per entry, batched over the outer
+    groups of one size.
+    """
     P = fit.model.problem
     lay = fit.model.layout
-    D = fit._s.D
-    p, q = fit.design.p, D.shape[0]
-    K = np.zeros((lay.ngroups, p, q))
-    S = np.zeros((lay.ngroups, q, q))
+    p = fit.design.p
+    out = []
+    sums = [(np.zeros((lv.nlevels, p * lv.q)), np.zeros((lv.nlevels, lv.q * lv.q))) for lv in P.levels]
     for k, (bucket, W) in enumerate(zip(lay.buckets, P.covariances(fit._s.params), strict=True)):
         L = batched_cholesky(np.ascontiguousarray(W))
-        M = batched_forward_solve(L, np.ascontiguousarray(P._Z[k] @ D))
-        H = batched_forward_solve(L, np.ascontiguousarray(P._XY[k][:, :, :p]))
-        K[bucket.groups] = np.swapaxes(H, 1, 2) @ M
-        S[bucket.groups] = D[None] - np.swapaxes(M, 1, 2) @ M
-    return K, S
+        Linv = batched_forward_solve(L, np.ascontiguousarray(np.broadcast_to(np.eye(bucket.n), W.shape)))
+        Winv = np.swapaxes(Linv, 1, 2) @ Linv
+        WX = Winv @ P._XY[k][:, :, :p]  # (G, n, p)
+        for q, lv in enumerate(P.levels):
+            Z = P._Zq[q][k]  # (G, n, q)
+            mask = P._mask[q]
+            U = (Winv if mask is None else Winv * mask[k]) @ Z  # (G, n, q)
+            codes = lv.codes[bucket.rows].ravel()
+            kx = np.einsum("gnp,gnq->gnpq", WX, Z).reshape(-1, p * lv.q)
+            zz = np.einsum("gna,gnb->gnab", Z, U).reshape(-1, lv.q * lv.q)
+            Ksum, Psum = sums[q]
+            for j in range(kx.shape[1]):
+                Ksum[:, j] += np.bincount(codes, weights=kx[:, j], minlength=lv.nlevels)
+            for j in range(zz.shape[1]):
+                Psum[:, j] += np.bincount(codes, weights=zz[:, j], minlength=lv.nlevels)
+    for lv, D, (Ksum, Psum) in zip(P.levels, fit._s.Ds, sums, strict=True):
+        K = Ksum.reshape(-1, p, lv.q) @ D
+        Pm = Psum.reshape(-1, lv.q, lv.q)
+        Pm = 0.5 * (Pm + np.swapaxes(Pm, 1, 2))
+        out.append((K, D[None] - D[None] @ Pm @ D[None]))
+    return out
+
+
+def _group_terms(fit) -> tuple[np.ndarray, np.ndarray]:
+    """Per group ``K_i = X_i' W_i^-1 Z_i D`` (ngroups, p, q) and ``D - D Z_i' W_i^-1 Z_i D`` (ngroups, q, q)."""
+    return level_terms(fit)[0]
 
 
 def predict_interval_marginal(
@@ -140,6 +206,14 @@ def predict_interval_marginal(
     rf = parse_re_form(re_form)
     allow = check_allow_new_levels(allow_new_levels)
     d = fit.design
+    if fit.nested and rf is not None:
+        # the BLUPs of nested levels are correlated given y; their joint prediction-error covariance
+        # is not formed here, and a per-level formula would understate the interval
+        raise MemoeError(
+            f"interval={interval!r} with random effects is not available for an lme with nested grouping levels "
+            f"{fit.level_names}; use level=0 (population intervals), or memoe.lmm with the same random-effects "
+            "terms for conditional intervals"
+        )
     s2 = fit.sigma**2
     Vb = fit.vcov().to_numpy()
     masks = re_columns(rf, d)
@@ -193,6 +267,11 @@ def subject_model(fit):
     P = fit.model.problem
     lay = fit.model.layout
     d = fit.design
+    if fit.nested:
+        raise MemoeError(
+            f"predict_subject conditions on a subject's rows under one grouping factor; this lme has nested levels "
+            f"{fit.level_names}; use predict(newdata, level=...) for the BLUP predictions at each level"
+        )
     if lay.name is None:
         raise MemoeError(
             "predict_subject needs groups of correlated rows (subjects): this gls fit has independent residuals "
