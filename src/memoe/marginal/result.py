@@ -685,9 +685,8 @@ class MarginalResult(FitResult):
         by = self.model.weights.by if self.model.weights is not None else None
         lookup = {}
         for (part, param), value in self.varcomp.items():
-            if part == "reStruct":
-                inner = param[param.index("(") + 1 : -1]
-                term = f"sd__{inner}" if param.startswith("sd(") else "cor__" + ".".join(inner.split(",", 1))
+            if part.startswith("reStruct"):
+                term = self._re_term(part, param)
             elif part == "varStruct":
                 term = f"varIdent({by}={param})"
             elif part == "sigma":
@@ -695,8 +694,9 @@ class MarginalResult(FitResult):
             else:
                 term = param
             lookup[term] = value
-        se = np.array([lookup.get(t, (np.nan, np.nan, "other"))[1] for t in rp["term"]], dtype=float)
-        kind = np.array([lookup.get(t, (np.nan, np.nan, "other"))[2] for t in rp["term"]], dtype=object)
+        keys = [self._rp_key(g, t) for g, t in zip(rp["group"], rp["term"], strict=True)]
+        se = np.array([lookup.get(t, (np.nan, np.nan, "other"))[1] for t in keys], dtype=float)
+        kind = np.array([lookup.get(t, (np.nan, np.nan, "other"))[2] for t in keys], dtype=object)
         return add_varcomp_inference(rp, VarCompCov(rp["estimate"].to_numpy(float), se, kind))
 
     def coef(self) -> dict[str, pd.DataFrame]:
@@ -740,11 +740,10 @@ class MarginalResult(FitResult):
         scales, mapped back); the reference stratum's SD ratio is fixed at 1 and gets NaN."""
         iv = self.intervals(level)
         by = self.model.weights.by if self.model.weights is not None else None
+        keys = [self._rp_key(g, t) for g, t in zip(rp["group"], rp["term"], strict=True)]
         for (part, param), row in iv.iterrows():
-            if part == "reStruct":
-                # "sd(Days)" -> "sd__Days"; "cor((Intercept),Days)" -> "cor__(Intercept).Days"
-                inner = param[param.index("(") + 1 : -1]
-                term = f"sd__{inner}" if param.startswith("sd(") else "cor__" + ".".join(inner.split(",", 1))
+            if part.startswith("reStruct"):
+                term = self._re_term(part, param)
             elif part == "corStruct":
                 term = param
             elif part == "varStruct":
@@ -753,9 +752,23 @@ class MarginalResult(FitResult):
                 term = "sd__Observation"
             else:  # "fixed": tidy's fixed rows use confint
                 continue
-            rp.loc[rp["term"] == term, "conf_low"] = float(row["lower"])
-            rp.loc[rp["term"] == term, "conf_high"] = float(row["upper"])
+            hit = np.array([k == term for k in keys], dtype=bool)
+            rp.loc[hit, "conf_low"] = float(row["lower"])
+            rp.loc[hit, "conf_high"] = float(row["upper"])
         return rp
+
+    def _re_term(self, part: str, param: str) -> str:
+        """tidy's key of an ``intervals`` / ``varcomp`` random-effects row: ``sd(Days)`` -> ``sd__Days``,
+        ``cor((Intercept),Days)`` -> ``cor__(Intercept).Days``; prefixed ``<factor>|`` for nested levels."""
+        inner = param[param.index("(") + 1 : -1]
+        term = f"sd__{inner}" if param.startswith("sd(") else "cor__" + ".".join(inner.split(",", 1))
+        return f"{part[len('reStruct.'):]}|{term}" if part.startswith("reStruct.") else term
+
+    def _rp_key(self, group: str, term: str) -> str:
+        """The key of a ``_ran_pars`` row in :meth:`_re_term`'s convention."""
+        if self.nested and group in self.level_names:
+            return f"{group}|{term}"
+        return term
 
     def summary(self):
         """nlme's ``print(summary(fit))``: a :class:`~memoe.marginal.summary.MarginalSummary` whose ``str``

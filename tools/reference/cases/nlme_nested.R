@@ -9,6 +9,8 @@
 ##   coef_levels    coef(fit, level = q) per level (records with the group label);
 ##   ddf            the t table's and anova's containment df (fixDF);
 ##   predictions    predict(fit, newdata, level = 0:Q) on a few rows;
+##   lmer_equivalent  (no residual structure) the same marginal model by lmerTest::lmer: its
+##                  logLik and Satterthwaite t table;
 ##   tight_refit    the best of the default fit and two refits with other optimiser
 ##                  settings (the "tight optimum" the tests compare estimates with).
 ## nlme labels inner groups "outer/inner" (1/L); memoe's factor Dog:Side labels
@@ -51,7 +53,7 @@ nested_levels <- function(fit) {
     }), lev[-1])
   )
 }
-nested_case <- function(case_id, dataset, r_call, description, newdata = NULL, notes = NULL) {
+nested_case <- function(case_id, dataset, r_call, description, newdata = NULL, notes = NULL, lmer_call = NULL) {
   rc <- run_call(r_call)
   fit <- rc$value
   assign(".fit", fit, envir = globalenv())
@@ -85,6 +87,13 @@ nested_case <- function(case_id, dataset, r_call, description, newdata = NULL, n
     coef_table = coef_records(summary(tr)$tTable, COEF_MAP_NLME),
     fitted_levels = nested_levels(tr)$fitted_levels
   )
+  if (!is.null(lmer_call)) {
+    ## the same marginal model through lme4 (no residual structure): lmerTest's Satterthwaite df
+    lm <- run_call(lmer_call)$value
+    ct <- coef(summary(lm))
+    res$lmer_equivalent <- list(r_call = lmer_call, loglik = as.numeric(logLik(lm)),
+                                satterthwaite = coef_records(ct, COEF_MAP_LMERTEST))
+  }
   make_case(case_id, dataset, r_call, "nlme", fit$method, res,
             fit_info = fitinfo_nlme(fit, rc), description = description,
             extra_calls = list(fit = paste(".fit <-", r_call), tight_refit = tight_call),
@@ -103,7 +112,8 @@ for (m in c("REML", "ML")) {
   nested_case(paste0("pixel_lme_nested_", tolower(m)), "Pixel",
               sprintf("lme(pixel ~ day + I(day^2), data = Pixel, random = list(Dog = ~ day, Side = ~ 1), method = \"%s\")", m),
               description = "Pixel: random intercept and slope on day per Dog, random intercept per Side within Dog",
-              newdata = pixel_new)
+              newdata = pixel_new,
+              lmer_call = sprintf("lmerTest::lmer(pixel ~ day + I(day^2) + (day | Dog) + (1 | Dog:Side), data = Pixel, REML = %s)", m == "REML"))
 }
 nested_case("pixel_lme_nested_ar1_reml", "Pixel",
             "lme(pixel ~ day + I(day^2), data = Pixel, random = list(Dog = ~ day, Side = ~ 1), correlation = corAR1(), method = \"REML\")",
@@ -115,9 +125,11 @@ nested_case("pixel_lme_nested_varident_ml", "Pixel",
 nested_case("oats_lme_nested_reml", "Oats",
             "lme(yield ~ nitro + Variety, data = Oats, random = ~ 1 | Block/Variety, method = \"REML\")",
             description = "Oats split plot: random intercepts for Block and Variety within Block",
+            lmer_call = "lmerTest::lmer(yield ~ nitro + Variety + (1 | Block/Variety), data = Oats, REML = TRUE)",
             newdata = data.frame(Block = factor(c("I", "VI", "III"), levels = levels(Oats$Block), ordered = is.ordered(Oats$Block)),
                                  Variety = factor(c("Victory", "Marvellous", "Golden Rain"), levels = levels(Oats$Variety)),
                                  nitro = c(0.1, 0.3, 0.6)))
 nested_case("pastes_lme_nested_ml", "Pastes",
             "lme(strength ~ 1, data = Pastes, random = ~ 1 | batch/cask, method = \"ML\")",
-            description = "Pastes: casks within batches, random intercepts at both levels, ML")
+            description = "Pastes: casks within batches, random intercepts at both levels, ML",
+            lmer_call = "lmerTest::lmer(strength ~ 1 + (1 | batch/cask), data = Pastes, REML = FALSE)")
