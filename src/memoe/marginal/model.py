@@ -9,6 +9,7 @@ BOBYQA (:func:`memoe.core.optim.minimize_bounded`) minimises it; :class:`Margina
 
 from __future__ import annotations
 
+import itertools
 import time
 import warnings
 
@@ -43,18 +44,24 @@ from memoe.marginal.variance import VarIdent, check_variance_identifiable
 __all__ = ["GLS", "LME", "gls", "lme"]
 
 
+# largest dense block (random effects outside the largest factor) for which the start comes from memoe.lmm
+_LMM_START_MAX_DENSE = 3000
+
+
 def _empty_theta_map() -> ThetaMap:
     e = np.zeros(0, dtype=int)
     return ThetaMap(block=e, row=e, col=e, block_sizes=(), names=[])
 
 
-def nesting_order(blocks: list, formula: str) -> list[int]:
+def nesting_order(blocks: list, formula: str, written: list[str] | None = None) -> list[int]:
     """Indices of the factor blocks from the outermost grouping level to the innermost.
 
     nlme's ``lme`` takes nested grouping factors only: each level of an inner factor must lie
     within one level of the factor outside it. The levels are ordered by their number of groups
     (fewest = outermost; ties keep the formula's order) and the nesting is checked on the data, after
     the interaction coding (``Dog:Side`` has one level per Dog and Side pair).
+
+    ``written`` (the grouping factors in the formula's order) only orders the names in the message.
 
     Raises
     ------
@@ -63,7 +70,7 @@ def nesting_order(blocks: list, formula: str) -> list[int]:
         two outer levels.
     """
     order = sorted(range(len(blocks)), key=lambda k: blocks[k].nlevels)
-    for a, b in zip(order[:-1], order[1:], strict=False):
+    for a, b in itertools.pairwise(order):
         outer, inner = blocks[a].factor, blocks[b].factor
         # the outer level of each inner level; nested iff every inner level meets one outer level
         first = np.full(inner.nlevels, -1, dtype=np.int64)
@@ -73,11 +80,16 @@ def nesting_order(blocks: list, formula: str) -> list[int]:
             r = bad[0]
             lev = inner.levels[inner.codes[r]]
             two = [outer.levels[first[inner.codes[r]]], outer.levels[outer.codes[r]]]
+            # suggest the factor written first as the outer one (the usual intent of (1 | a) + (1 | b))
+            names = [outer.name, inner.name]
+            if written and all(n in written for n in names):
+                names.sort(key=written.index)
             raise FormulaError(
                 f"lme takes nested grouping factors, but {inner.name!r} is not nested in {outer.name!r}: its level "
-                f"{lev!r} occurs within {outer.name!r} levels {two[0]!r} and {two[1]!r} (formula {formula!r}). Write the "
-                f"inner factor as an interaction, e.g. (1 | {outer.name}:{inner.name}) or (1 | {outer.name}/{inner.name}), "
-                "if its levels are meant per outer group; use memoe.lmm for crossed designs"
+                f"{lev!r} occurs within {outer.name!r} levels {two[0]!r} and {two[1]!r} (formula {formula!r}). If the "
+                "levels of one factor are meant within each level of the other, write the inner one as an "
+                f"interaction, e.g. (1 | {names[0]}:{names[1]}), or (1 | {names[0]}/{names[1]}) for both levels; use "
+                "memoe.lmm for crossed designs"
             )
     return order
 
@@ -121,8 +133,11 @@ class _MarginalModel:
         if self.kind == "lme" and not spec.random:
             raise FormulaError(f"lme formula {formula!r} has no random-effects term such as (1 | group)")
         extra: list[str] = []
+        # a nested lme's innermost group may be an interaction (Dog:Side), named like its bar term
+        re_groups = {":".join(t.group_factors) for t in spec.random}
         if correlation is not None:
-            extra += correlation.columns() + ([correlation.group] if correlation.group else [])
+            group_column = correlation.group and correlation.group not in re_groups
+            extra += correlation.columns() + ([correlation.group] if group_column else [])
         if weights is not None:
             extra += weights.columns()
         for c in extra:
@@ -145,7 +160,7 @@ class _MarginalModel:
             terms, blocks, theta_map = [], [], _empty_theta_map()
         self.design = Design(spec=spec, frame=frame, y=y, fixed=fixed, terms=terms, blocks=blocks, theta_map=theta_map)
         # grouping levels, outermost first (block indices into design.blocks, which lme4 orders innermost first)
-        self.level_blocks: list[int] = nesting_order(blocks, formula)
+        self.level_blocks: list[int] = nesting_order(blocks, formula, [":".join(t.group_factors) for t in spec.random])
         self.layout = self._layout(frame.data)
         # the residual structure acts within the innermost groups (nlme)
         self.cor_layout = self.layout
@@ -159,8 +174,10 @@ class _MarginalModel:
         if var is not None:
             check_variance_identifiable(var, weights.by, frame.data[weights.by])
         levels = [
-            RandomLevel(name=blocks[k].factor.name, Z=np.asarray(blocks[k].Z, dtype=float), codes=blocks[k].factor.codes,
-                        nlevels=blocks[k].nlevels, block=k)
+            RandomLevel(
+                name=blocks[k].factor.name, Z=np.asarray(blocks[k].Z, dtype=float), codes=blocks[k].factor.codes,
+                nlevels=blocks[k].nlevels, block=k,
+            )
             for k in self.level_blocks
         ]
         self.problem = MarginalProblem(
@@ -209,9 +226,14 @@ class _MarginalModel:
         residuals); ``gls``: ordinary least squares.
         """
         d = self.design
-        if not d.blocks:
+        # memoe.lmm factors the random effects of every factor but the largest as one dense matrix: for
+        # nested designs with many groups (10,000 schools) that matrix would not fit in memory, so the
+        # start is then lme4's default theta (identity relative factors) with the OLS residuals
+        dense = sum(b.q * b.nlevels for b in d.blocks[1:])
+        if not d.blocks or dense > _LMM_START_MAX_DENSE:
             beta, *_ = np.linalg.lstsq(d.X, d.y, rcond=None)
-            return np.zeros(0), d.y - d.X @ beta
+            theta0 = d.theta_map.initial() if d.blocks else np.zeros(0)
+            return theta0, d.y - d.X @ beta
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -232,8 +232,9 @@ class MarginalProblem:
         blocks = self.cor.blocks(u)
         if self._cor_index is None:
             return blocks
+        inner = self.cor_layout.buckets
         flat = np.concatenate(
-            [np.broadcast_to(C, (b.size, b.n, b.n)).ravel() for b, C in zip(self.cor_layout.buckets, blocks, strict=True)]
+            [np.broadcast_to(C, (b.size, b.n, b.n)).ravel() for b, C in zip(inner, blocks, strict=True)]
         )
         return [np.where(idx >= 0, flat[np.maximum(idx, 0)], 0.0) for idx in self._cor_index]
 
