@@ -365,7 +365,7 @@ class GLS(_MarginalModel):
 
 
 class LME(_MarginalModel):
-    """Linear mixed model with one grouping factor and a residual structure (nlme's ``lme``)."""
+    """Linear mixed model with one grouping factor or several nested ones and a residual structure (nlme's ``lme``)."""
 
     kind = "lme"
 
@@ -403,8 +403,49 @@ def lme(
 ) -> LME:
     """nlme's ``lme`` with random effects in lme4 syntax, e.g. ``"y ~ t + (1 | id)"``, and a residual structure.
 
-    The residual structure acts within the groups of the (single) random-effects grouping factor.
-    ``contrasts`` as in :func:`gls`.
+    Replicates R's ``nlme::lme(fixed, data, random, correlation, weights, method)``.
+
+    Parameters
+    ----------
+    formula : str
+        Fixed part and random-effects terms. One grouping factor (``(t | id)``) or several *nested*
+        ones: nlme's ``random = list(Dog = ~ day, Side = ~ 1)`` is ``(day | Dog) + (1 | Dog:Side)``,
+        ``random = ~ 1 | Block/Variety`` is ``(1 | Block/Variety)`` (lme4's expansion into
+        ``(1 | Block) + (1 | Variety:Block)``). Nesting is checked on the data: every level of an
+        inner factor must lie within one level of the factor outside it (levels are ordered by
+        their number of groups). Crossed factors are refused; fit them with :func:`memoe.lmm`.
+    data : pandas.DataFrame
+    correlation : CorStruct, optional
+        Acts within the innermost groups, as in nlme (its ``group`` may be left ``None`` or name the
+        innermost factor, e.g. ``"Dog:Side"``).
+    weights : VarIdent, optional
+        Variance function of the residuals.
+    contrasts : dict, optional
+        As in :func:`gls`.
+
+    Returns
+    -------
+    LME
+        Call ``.fit(reml=True)``. The result's ``ranef``, ``coef()``, ``ranef_covs``, ``ngroups``
+        and ``fitted_levels`` have one entry per grouping level (outermost first) and
+        ``predict(newdata, level=k)`` is nlme's ``predict(fit, newdata, level = k)``.
+
+    Notes
+    -----
+    The outermost groups are independent: ``V_i = sum_q Z_iq (I kron G_q) Z_iq' + sigma^2 S_i C_i S_i``
+    with the inner levels' random effects block-diagonal within group i and ``C_i`` block-diagonal
+    over the innermost groups; V_i is formed and factored in batches of equal-size outer groups
+    (:mod:`memoe.marginal.problem`).
+
+    Examples
+    --------
+    >>> import memoe
+    >>> pixel = memoe.datasets.load("Pixel")
+    >>> fit = memoe.lme("pixel ~ day + I(day**2) + (day | Dog) + (1 | Dog:Side)", pixel).fit()
+    >>> round(fit.loglik, 3)
+    -412.605
+    >>> list(fit.ranef)
+    ['Dog', 'Dog:Side']
     """
     return LME(formula, data, correlation=correlation, weights=weights, contrasts=contrasts)
 

@@ -220,3 +220,12 @@ def test_tidy_and_varcorr_have_one_group_per_level():
     sd = rp[rp["term"] == "sd__(Intercept)"]
     assert np.all(sd["conf_low"].to_numpy() < sd["estimate"].to_numpy())
     assert np.all(np.isfinite(sd["std_error"].to_numpy()))
+
+
+def test_save_load_with_the_innermost_group_named(tmp_path):
+    fit = lme("y ~ t + (1 | school) + (1 | school:cls)", _data(), correlation=AR1(group="school:cls")).fit()
+    fit.save(tmp_path / "f.memoe")
+    back = memoe.load(tmp_path / "f.memoe")
+    assert back.loglik == pytest.approx(fit.loglik, abs=1e-10)
+    assert back.model.correlation == fit.model.correlation
+    np.testing.assert_allclose(back.fitted_levels.to_numpy(), fit.fitted_levels.to_numpy(), rtol=1e-10)
