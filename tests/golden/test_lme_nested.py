@@ -228,10 +228,14 @@ def test_containment_ddf(case):
     np.testing.assert_array_equal(ct["df"].to_numpy(), np.asarray(list(r["ddf"]["coef"].values()), dtype=float))
     ref = pd.DataFrame(r["coef_table"])
     assert _rel(ct["statistic"], ref["t_value"]) < 1e-4
-    an = fit.anova()
-    np.testing.assert_array_equal(an["denDF"].to_numpy(), np.asarray(list(r["ddf"]["terms"].values()), dtype=float))
-    ref_an = pd.DataFrame(r["anova_sequential"])
-    assert _rel(an["F-value"], ref_an["f_value"]) < 1e-4
+    for kind in ("sequential", "marginal"):
+        an = fit.anova(kind)
+        ref_an = pd.DataFrame(r[f"anova_{kind}"])
+        np.testing.assert_array_equal(an["denDF"].to_numpy(), ref_an["den_df"].to_numpy(dtype=float))
+        assert _rel(an["F-value"], ref_an["f_value"]) < 1e-4
+    np.testing.assert_array_equal(
+        fit.anova()["denDF"].to_numpy(), np.asarray(list(r["ddf"]["terms"].values()), dtype=float)
+    )
 
 
 @pytest.mark.parametrize("case", NAMES)

@@ -111,7 +111,7 @@ def make_layout(codes: np.ndarray, levels: pd.Index, name: str | None) -> GroupL
     return GroupLayout(name=name, codes=codes, levels=levels, buckets=buckets, position=position)
 
 
-def cross_bucket_index(outer: GroupLayout, inner: GroupLayout) -> list[np.ndarray]:
+def cross_bucket_index(outer: GroupLayout, inner: GroupLayout, shared: list[bool] | None = None) -> list[np.ndarray]:
     """Where each within-outer-group pair of rows sits in the inner layout's stacked blocks.
 
     The residual correlation of a nested ``lme`` acts within the innermost groups (nlme's rule): it is
@@ -125,6 +125,10 @@ def cross_bucket_index(outer: GroupLayout, inner: GroupLayout) -> list[np.ndarra
     ----------
     outer, inner : GroupLayout
         Every inner group lies within one outer group.
+    shared : list of bool, optional
+        Per bucket of ``inner``: its correlation matrices are one (1, m, m) block shared by all its
+        groups (position-based structures such as AR(1) over the row order); such a bucket occupies
+        m * m entries of the vector, not G' m m.
 
     Returns
     -------
@@ -137,11 +141,12 @@ def cross_bucket_index(outer: GroupLayout, inner: GroupLayout) -> list[np.ndarra
     offset_of = np.empty(ng, dtype=np.int64)
     start = 0
     for k, b in enumerate(inner.buckets):
+        one = bool(shared[k]) if shared is not None else False
         bucket_of[b.groups] = k
-        slot_of[b.groups] = np.arange(b.size)
+        slot_of[b.groups] = 0 if one else np.arange(b.size)
         size_of[b.groups] = b.n
         offset_of[b.groups] = start
-        start += b.size * b.n * b.n
+        start += (1 if one else b.size) * b.n * b.n
     out = []
     for b in outer.buckets:
         g = inner.codes[b.rows]  # (G, n) inner group of each row

@@ -184,7 +184,12 @@ class MarginalProblem:
         ]
         self._identity = [np.eye(b.n)[None, :, :] for b in layout.buckets]
         self.cor_layout = layout if cor_layout is None else cor_layout
-        self._cor_index = None if cor_layout is None or cor is None else cross_bucket_index(layout, cor_layout)
+        self._cor_index = None
+        self._cor_shared: list[bool] = []
+        if cor_layout is not None and cor is not None:
+            # inner buckets whose correlation is one (1, m, m) block (AR(1) over positions, CompSymm)
+            self._cor_shared = [np.asarray(a).shape[0] == 1 for a in cor.aux]
+            self._cor_index = cross_bucket_index(layout, cor_layout, self._cor_shared)
         self._patterns = self._find_patterns()
 
     # -- parameter vector ------------------------------------------------------------------------
@@ -229,14 +234,19 @@ class MarginalProblem:
         """
         if self.cor is None:
             return self._identity
-        blocks = self.cor.blocks(u)
         if self._cor_index is None:
-            return blocks
-        inner = self.cor_layout.buckets
-        flat = np.concatenate(
-            [np.broadcast_to(C, (b.size, b.n, b.n)).ravel() for b, C in zip(inner, blocks, strict=True)]
-        )
+            return self.cor.blocks(u)
+        flat = self._inner_correlations(u)
         return [np.where(idx >= 0, flat[np.maximum(idx, 0)], 0.0) for idx in self._cor_index]
+
+    def _inner_correlations(self, u: np.ndarray) -> np.ndarray:
+        """The innermost groups' correlation blocks flattened in the order of ``_cor_index``."""
+        inner = self.cor_layout.buckets
+        blocks = self.cor.blocks(u)
+        return np.concatenate([
+            (np.asarray(C)[:1] if one else np.broadcast_to(C, (b.size, b.n, b.n))).ravel()
+            for b, C, one in zip(inner, blocks, self._cor_shared, strict=True)
+        ])
 
     def _add_random(self, W: np.ndarray, k: int, lams: list[np.ndarray], sel=slice(None)) -> np.ndarray:
         """W + sum_q [same level-q group] (Z_q lam_q)(Z_q lam_q)' for the groups ``sel`` of bucket k."""
@@ -286,9 +296,12 @@ class MarginalProblem:
                     parts.append(self._mask[q][k].reshape(G, -1).astype(float))
             aux = None
             if self.cor is not None and self._cor_index is not None:
-                # nested: the correlation's inputs live on the inner groups' buckets
-                return None
-            if self.cor is not None:
+                # nested: the correlation lives on the inner groups' buckets; when every inner block is
+                # shared (position-based), an outer group's C_i is fixed by its innermost same-group mask
+                # (already in the key), otherwise the groups differ and the per-group path is used
+                if not all(self._cor_shared):
+                    return None
+            elif self.cor is not None:
                 aux = np.asarray(self.cor.aux[k])
                 if aux.shape[0] == G and G > 1:
                     parts.append(aux.reshape(G, -1).astype(float))
@@ -316,6 +329,8 @@ class MarginalProblem:
                 Xu = XY[inv == j]
                 T[j] = (Xu.T @ Xu).reshape(n, kk, n, kk)
             aux_rep = None if aux is None else (aux if aux.shape[0] == 1 else aux[rep])
+            if self._cor_index is not None:
+                aux_rep = self._cor_index[k][rep]  # nested: gather indices of the patterns' C_i
             out.append((rep, counts, T, aux_rep, np.eye(n)[None, :, :]))
         return out if any(o is not None for o in out) else None
 
@@ -327,13 +342,21 @@ class MarginalProblem:
         kk = self.p + 1
         A = np.zeros((kk, kk))
         logdet = 0.0
+        flat = None if self._cor_index is None else self._inner_correlations(u)
+
+        def gather(idx: np.ndarray) -> np.ndarray:
+            return np.where(idx >= 0, flat[np.maximum(idx, 0)], 0.0)
+
         for k, (bucket, pattern) in enumerate(zip(self.layout.buckets, self._patterns, strict=True)):
             if pattern is None:
                 # this bucket group by group, as _whiten
                 s = s_all[bucket.rows]
-                C = self._identity[k] if self.cor is None else self.cor.structure.correlation(
-                    u, self.cor.aux[k], self.cor.m
-                )
+                if self.cor is None:
+                    C = self._identity[k]
+                elif flat is not None:
+                    C = gather(self._cor_index[k])
+                else:
+                    C = self.cor.structure.correlation(u, self.cor.aux[k], self.cor.m)
                 W = self._add_random(s[:, :, None] * C * s[:, None, :], k, lams)
                 L = batched_cholesky(W)
                 ld = batched_logdet_chol(L)
@@ -345,7 +368,12 @@ class MarginalProblem:
                 continue
             rep, counts, T, aux_rep, eye = pattern
             s = s_all[bucket.rows[rep]]
-            C = eye if self.cor is None else self.cor.structure.correlation(u, aux_rep, self.cor.m)
+            if self.cor is None:
+                C = eye
+            elif flat is not None:
+                C = gather(aux_rep)
+            else:
+                C = self.cor.structure.correlation(u, aux_rep, self.cor.m)
             W = self._add_random(s[:, :, None] * C * s[:, None, :], k, lams, rep)
             L = batched_cholesky(W)
             ld = batched_logdet_chol(L)

@@ -229,3 +229,27 @@ def test_save_load_with_the_innermost_group_named(tmp_path):
     assert back.loglik == pytest.approx(fit.loglik, abs=1e-10)
     assert back.model.correlation == fit.model.correlation
     np.testing.assert_allclose(back.fitted_levels.to_numpy(), fit.fitted_levels.to_numpy(), rtol=1e-10)
+
+
+@pytest.mark.parametrize("kw", [{}, {"correlation": AR1()}, {"correlation": AR1(), "weights": VarIdent("g")}])
+def test_pattern_path_equals_per_group_path(kw):
+    """Many outer groups of few shapes (a balanced design) take the per-pattern path, also with AR(1)
+    within the innermost groups; its criterion equals the per-group one (and the dense one)."""
+    rng = np.random.default_rng(4)
+    G = 60
+    rows = []
+    for s in range(G):
+        for c in range(1 + s % 2):
+            for v in range(3):
+                rows.append((s, c, float(v), "ab"[(s + v) % 2]))
+    df = pd.DataFrame(rows, columns=["school", "cls", "t", "g"])
+    df["y"] = rng.normal(size=len(df)) + rng.normal(size=G)[df["school"]] + df["t"]
+    m = lme("y ~ t + (t | school) + (1 | school:cls)", df, **kw)
+    P = m.problem
+    assert P._patterns is not None
+    x = _params(m)
+    for reml in (True, False):
+        _, XYt, logdet = P._whiten(x)
+        per_group = P._criterion(P._reduce(XYt), logdet, reml)
+        assert P.deviance(x, reml) == pytest.approx(per_group, rel=1e-11)
+        assert P.deviance(x, reml) == pytest.approx(_dense(m, x, reml)[0], rel=1e-11)
