@@ -49,7 +49,7 @@ def check_level_number(level, nlevels: int) -> int:
     if isinstance(level, bool) or not isinstance(level, (int, np.integer)) or not 0 <= int(level) <= max(nlevels, 1):
         top = max(nlevels, 1)
         raise PredictArgumentError(
-            f"level must be a grouping level 0 (population) .. {top} (with the BLUPs of levels 1..{top}), "
+            f"level must be 0 (population) to {top} (a grouping level: with the BLUPs of levels 1..{top}), "
             f"or a coverage strictly between 0 and 1 together with interval=, got {level!r}"
         )
     return int(level)

@@ -175,7 +175,7 @@ def test_correlation_group_must_be_the_innermost_factor():
 def test_level_arguments_and_unavailable_pieces_are_refused():
     fit = lme("y ~ t + (t | school) + (1 | school:cls)", _data()).fit()
     nd = _data().head(4)
-    with pytest.raises(PredictArgumentError, match=r"0 \(population\) \.\. 2"):
+    with pytest.raises(PredictArgumentError, match=r"level must be 0 \(population\) to 2"):
         fit.predict(nd, level=3)
     with pytest.raises(PredictArgumentError, match="either level="):
         fit.predict(nd, level=1, re_form=None)
