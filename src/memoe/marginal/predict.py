@@ -36,6 +36,7 @@ from memoe.lmm.predict import block_matrix_for, fixed_variance, group_codes_for,
 
 __all__ = [
     "check_level_number",
+    "level_cross_terms",
     "level_terms",
     "predict_interval_marginal",
     "predict_marginal",
@@ -186,6 +187,40 @@ def level_terms(fit) -> list[tuple[np.ndarray, np.ndarray]]:
     return out
 
 
+def level_cross_terms(fit) -> dict[tuple[int, int], tuple[np.ndarray, np.ndarray]]:
+    """Cross terms of nested levels q < r: per group g of level r, ``-D_q Z_a' W_i^-1 Z_g D_r``
+    (ngroups_r, q_q, q_r) with a the level-q group containing g, and the code of a (ngroups_r,).
+
+    ``Z_a' W_i^-1 Z_g = sum_{b in g} t_b z_b'`` with ``t = (M_q * W_i^-1) Z_q`` (M_q the level-q
+    same-group mask; all ones for the outermost level), summed per group with ``bincount``.
+    """
+    P = fit.model.problem
+    lay = fit.model.layout
+    nl = len(P.levels)
+    pairs = [(q, r) for r in range(nl) for q in range(r)]
+    sums = {(q, r): np.zeros((P.levels[r].nlevels, P.levels[q].q * P.levels[r].q)) for q, r in pairs}
+    for k, (bucket, W) in enumerate(zip(lay.buckets, P.covariances(fit._s.params), strict=True)):
+        L = batched_cholesky(np.ascontiguousarray(W))
+        Linv = batched_forward_solve(L, np.ascontiguousarray(np.broadcast_to(np.eye(bucket.n), W.shape)))
+        Winv = np.swapaxes(Linv, 1, 2) @ Linv
+        for q, r in pairs:
+            mask = P._mask[q]
+            t = (Winv if mask is None else Winv * mask[k]) @ P._Zq[q][k]  # (G, n, q_q)
+            prod = np.einsum("gna,gnb->gnab", t, P._Zq[r][k]).reshape(-1, P.levels[q].q * P.levels[r].q)
+            codes = P.levels[r].codes[bucket.rows].ravel()
+            acc = sums[(q, r)]
+            for j in range(prod.shape[1]):
+                acc[:, j] += np.bincount(codes, weights=prod[:, j], minlength=P.levels[r].nlevels)
+    out = {}
+    for q, r in pairs:
+        lq, lr = P.levels[q], P.levels[r]
+        first = np.zeros(lr.nlevels, dtype=np.int64)
+        first[lr.codes[::-1]] = np.arange(len(lr.codes))[::-1]
+        C = sums[(q, r)].reshape(-1, lq.q, lr.q)
+        out[(q, r)] = (-(fit._s.Ds[q][None] @ C @ fit._s.Ds[r][None]), lq.codes[first])
+    return out
+
+
 def _group_terms(fit) -> tuple[np.ndarray, np.ndarray]:
     """Per group ``K_i = X_i' W_i^-1 Z_i D`` (ngroups, p, q) and ``D - D Z_i' W_i^-1 Z_i D`` (ngroups, q, q)."""
     return level_terms(fit)[0]
@@ -198,52 +233,69 @@ def predict_interval_marginal(
     interval: str,
     level: float,
     allow_new_levels: bool,
+    keep: int | None = None,
 ) -> pd.DataFrame:
-    """``fit, se_fit, lower, upper`` (see :meth:`memoe.marginal.result.MarginalResult.predict`)."""
+    """``fit, se_fit, lower, upper`` (see :meth:`memoe.marginal.result.MarginalResult.predict`).
+
+    ``keep``: with nested levels, the deepest grouping level whose BLUPs enter (None: all).
+    """
     from memoe.inference.prediction import interval_frame
 
-    pred = predict_marginal(fit, newdata, re_form=re_form, allow_new_levels=allow_new_levels)
+    if keep is None:
+        pred = predict_marginal(fit, newdata, re_form=re_form, allow_new_levels=allow_new_levels)
+    else:
+        pred = predict_marginal(fit, newdata, allow_new_levels=allow_new_levels, level=keep)
+
     rf = parse_re_form(re_form)
     allow = check_allow_new_levels(allow_new_levels)
     d = fit.design
-    if fit.nested and rf is not None:
-        # the BLUPs of nested levels are correlated given y; their joint prediction-error covariance
-        # is not formed here, and a per-level formula would understate the interval
-        raise MemoeError(
-            f"interval={interval!r} with random effects is not available for an lme with nested grouping levels "
-            f"{fit.level_names}; use level=0 (population intervals), or memoe.lmm with the same random-effects "
-            "terms for conditional intervals"
-        )
     s2 = fit.sigma**2
     Vb = fit.vcov().to_numpy()
-    masks = re_columns(rf, d)
-    if newdata is None:
-        X = d.X
-        codes = d.blocks[0].factor.codes if d.blocks else None
-        Z = d.blocks[0].Z if d.blocks else None
-    else:
-        X = d.fixed.matrix_for(newdata)
-        codes = group_codes_for(d.blocks[0], newdata, allow) if d.blocks else None
-        Z = block_matrix_for(d.blocks[0], newdata).reshape(len(X), -1) if d.blocks else None
+    masks = _level_masks(fit, rf, keep)
+    X = d.X if newdata is None else d.fixed.matrix_for(newdata)
     X = np.nan_to_num(X)
     extra = np.zeros(len(X))
-    if d.blocks:
-        D = fit._s.D
+    # per grouping level (outermost first): group codes of the rows, the used and the left-out columns of z
+    per = []
+    for k in fit.model.level_blocks:
+        blk = d.blocks[k]
+        if newdata is None:
+            codes, Z = blk.factor.codes, blk.Z
+        else:
+            codes = group_codes_for(blk, newdata, allow)
+            Z = block_matrix_for(blk, newdata).reshape(len(X), -1)
         Z = np.nan_to_num(Z)
-        mask = masks[0]
-        Zm, Zu = Z * mask[None, :], Z * (~mask)[None, :]
-        if mask.any():
-            K, S = _group_terms(fit)
+        per.append((codes, Z * masks[k][None, :], Z * (~masks[k])[None, :]))
+    Ds = fit._s.Ds
+    if any(masks[k].any() for k in fit.model.level_blocks):
+        a = X.copy()
+        re_var = np.zeros(len(X))
+        for (codes, Zm, _), (K, S), D in zip(per, level_terms(fit), Ds, strict=True):
             seen = codes >= 0
             c = np.where(seen, codes, 0)
-            a = X - np.where(seen[:, None], np.einsum("npq,nq->np", K[c], Zm), 0.0)
+            a -= np.where(seen[:, None], np.einsum("npq,nq->np", K[c], Zm), 0.0)
             Sr = np.where(seen[:, None, None], S[c], D[None])
-            var = fixed_variance(a, Vb) + s2 * np.einsum("ni,nij,nj->n", Zm, Sr, Zm)
-        else:
-            var = fixed_variance(X, Vb)
-        extra += s2 * np.einsum("ni,ij,nj->n", Zu, D, Zu)
+            re_var += np.einsum("ni,nij,nj->n", Zm, Sr, Zm)
+        # nested levels: the BLUPs of a group and of the groups containing it are correlated given y
+        for (q, r), (Cqr, anc) in (level_cross_terms(fit) if len(per) > 1 else {}).items():
+            cq, cr = per[q][0], per[r][0]
+            both = (cq >= 0) & (cr >= 0)
+            wrong = both & (anc[np.maximum(cr, 0)] != cq)
+            if np.any(wrong):
+                bad = int(np.flatnonzero(wrong)[0])
+                label = d.blocks[fit.model.level_blocks[r]].factor.levels[cr[bad]]
+                raise DataError(
+                    f"row {bad} of newdata names the group {label!r} of {fit.level_names[r]!r}, which lies in another "
+                    f"{fit.level_names[q]!r} group than the row's; nested groups must keep their outer group"
+                )
+            Cr = Cqr[np.where(both, cr, 0)]
+            re_var += 2.0 * np.where(both, np.einsum("ni,nij,nj->n", per[q][1], Cr, per[r][1]), 0.0)
+        var = fixed_variance(a, Vb) + s2 * re_var
     else:
         var = fixed_variance(X, Vb)
+    for (_, _, Zu), D in zip(per, Ds, strict=True):
+        # random effects left out of the prediction (re_form, level=): their variance in a new observation
+        extra += s2 * np.einsum("ni,ij,nj->n", Zu, D, Zu)
     if interval == "prediction":
         # a new observation's residual: sigma^2 s^2 (its correlation with the observed residuals of the
         # group is what predict_subject uses)

@@ -456,13 +456,13 @@ class MarginalResult(FitResult):
             Q (``re_form="full"``); with nested levels (outermost first) ``level=k`` adds the BLUPs of
             levels 1..k, as nlme's ``predict(fit, level = k)``. Give ``level`` or ``re_form``, not both.
             A number strictly between 0 and 1: the coverage of ``interval`` (default 0.95), as the
-            ``level`` of the other families' ``predict``. Intervals of nested fits are available at
-            level 0 only.
+            ``level`` of the other families' ``predict``.
         interval : {None, "confidence", "prediction"}
             ``None``: the Series. Otherwise a DataFrame ``fit, se_fit, lower, upper`` with normal
             quantiles. Population level: ``se_fit^2 = x' V_beta x``; conditional (``lme``):
             ``Var(x' beta_hat + z' b_hat - x' beta - z' b)``, exact with the residual structure
-            (see :mod:`memoe.marginal.predict`). A prediction interval adds the variance of a new
+            and, for nested levels, the correlation of a group's BLUPs with those of the groups
+            containing it (see :mod:`memoe.marginal.predict`). A prediction interval adds the variance of a new
             observation not explained by the prediction: ``z' G z`` of the random effects left out and
             the residual variance ``sigma^2 s^2`` (variance function included; its correlation with the
             group's observed residuals is ignored here, :meth:`predict_subject` conditions on it).
@@ -490,11 +490,7 @@ class MarginalResult(FitResult):
 
         check_type(type)
         re_form, keep = _resolve_level(re_form, level, len(self.level_names))
-        if keep is not None:
-            raise PredictArgumentError(
-                f"interval= at the intermediate grouping level {level} of a nested lme is not available; use level=0"
-            )
-        return predict_interval_marginal(self, newdata, re_form, interval, conf_level, allow_new_levels)
+        return predict_interval_marginal(self, newdata, re_form, interval, conf_level, allow_new_levels, keep)
 
     def predict_subject(
         self,

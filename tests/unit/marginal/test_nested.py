@@ -179,8 +179,11 @@ def test_level_arguments_and_unavailable_pieces_are_refused():
         fit.predict(nd, level=3)
     with pytest.raises(PredictArgumentError, match="either level="):
         fit.predict(nd, level=1, re_form=None)
-    with pytest.raises(MemoeError, match="nested grouping levels"):
-        fit.predict(nd, interval="confidence")
+    # an inner group not in the fit: refused, or its prior variance with allow_new_levels
+    with pytest.raises(MemoeError, match="c9"):
+        fit.predict(nd.assign(cls="c9"), interval="confidence")
+    new = fit.predict(nd.assign(cls="c9"), interval="confidence", allow_new_levels=True)
+    np.testing.assert_allclose(new["fit"], fit.predict(nd, level=1), rtol=1e-12)
     ci = fit.predict(nd, level=0, interval="confidence")
     assert np.all(ci["lower"] < ci["fit"])
     with pytest.raises(ArgumentError, match="ranef_covs"):
@@ -253,3 +256,72 @@ def test_pattern_path_equals_per_group_path(kw):
         per_group = P._criterion(P._reduce(XYt), logdet, reml)
         assert P.deviance(x, reml) == pytest.approx(per_group, rel=1e-11)
         assert P.deviance(x, reml) == pytest.approx(_dense(m, x, reml)[0], rel=1e-11)
+
+
+def _dense_pev(fit) -> np.ndarray:
+    """sigma^2 [z'(G - G Z'W^-1 Z G) z] + a' V_beta a, a = x - X'W^-1 Z G z, for the fit's own rows
+    (all random effects of every level in one dense Z and block-diagonal G)."""
+    P = fit.model.problem
+    theta, u, v = P.split(fit.params_unconstrained)
+    Zs, Gs = [], []
+    for lv, lam in zip(P.levels, P.level_factors(theta), strict=True):
+        Zf = np.zeros((P.N, lv.nlevels * lv.q))
+        for j in range(lv.q):
+            Zf[np.arange(P.N), lv.codes * lv.q + j] = lv.Z[:, j]
+        Zs.append(Zf)
+        Gs.append(np.kron(np.eye(lv.nlevels), lam @ lam.T))
+    Z = np.hstack(Zs)
+    G = np.zeros((Z.shape[1], Z.shape[1]))
+    o = 0
+    for g in Gs:
+        G[o : o + len(g), o : o + len(g)] = g
+        o += len(g)
+    W = np.zeros((P.N, P.N))
+    for k, (b, Wk) in enumerate(zip(P.layout.buckets, P.covariances(fit.params_unconstrained), strict=True)):
+        for gi in range(b.size):
+            W[np.ix_(b.rows[gi], b.rows[gi])] = Wk[gi]
+    Wi = np.linalg.inv(W)
+    S = G - G @ Z.T @ Wi @ Z @ G
+    A = P.X - (P.X.T @ Wi @ Z @ G @ Z.T).T
+    Vb = fit.vcov().to_numpy()
+    return fit.sigma**2 * np.einsum("ni,ij,nj->n", Z, S, Z) + np.einsum("ni,ij,nj->n", A, Vb, A)
+
+
+@pytest.mark.parametrize("kw", [{}, {"correlation": AR1()}])
+def test_conditional_intervals_have_the_dense_prediction_error_variance(kw):
+    """predict(interval=...) with the BLUPs of all nested levels: the exact prediction-error variance,
+    cross terms between a group's BLUPs and those of the groups containing it included."""
+    fit = lme("y ~ t + (t | school) + (1 | school:cls) + (1 | school:cls:stu)", _data(), **kw).fit()
+    ci = fit.predict(interval="confidence")
+    np.testing.assert_allclose(ci["se_fit"].to_numpy() ** 2, _dense_pev(fit), rtol=1e-8)
+    pi = fit.predict(interval="prediction")
+    np.testing.assert_allclose(pi["fit"], fit.fitted, rtol=1e-12)
+    assert np.all(pi["upper"] - pi["lower"] > ci["upper"] - ci["lower"])
+    # an intermediate level: the left-out level's variance enters the prediction interval only
+    mid = fit.predict(_data(), interval="confidence", level=2)
+    np.testing.assert_allclose(mid["fit"], fit.predict(_data(), level=2), rtol=1e-12)
+
+
+def test_conditional_intervals_equal_lmm_at_the_same_theta():
+    from memoe.marginal.result import MarginalResult
+
+    formula = "y ~ t + (t | school) + (1 | school:cls)"
+    lfit = memoe.lmm(formula, _data()).fit()
+    m = lme(formula, _data())
+    sol = m.problem.solve(np.asarray(lfit.theta, dtype=float), True)
+    fit = MarginalResult(m, sol, reml=True, feval=0, seconds=0.0, messages=[])
+    nd = _data().head(9)
+    for iv in ("confidence", "prediction"):
+        for re_form in ("full", "~ (t | school)"):
+            a, b = fit.predict(nd, interval=iv, re_form=re_form), lfit.predict(nd, interval=iv, re_form=re_form)
+            np.testing.assert_allclose(a["se_fit"], b["se_fit"], rtol=1e-7)
+            np.testing.assert_allclose(a["upper"], b["upper"], rtol=1e-9)
+
+
+def test_interval_refuses_an_inner_group_moved_to_another_outer_group():
+    df = _data().assign(cls_id=lambda d: d["school"] + "-" + d["cls"])
+    fit = lme("y ~ t + (1 | school) + (1 | cls_id)", df).fit()
+    row = df.head(1).copy()
+    other = next(s for s in df["school"].unique() if s != row["school"].iloc[0])
+    with pytest.raises(memoe.errors.DataError, match="lies in another 'school' group"):
+        fit.predict(row.assign(school=other), interval="confidence")
