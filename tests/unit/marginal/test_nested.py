@@ -262,7 +262,7 @@ def _dense_pev(fit) -> np.ndarray:
     """sigma^2 [z'(G - G Z'W^-1 Z G) z] + a' V_beta a, a = x - X'W^-1 Z G z, for the fit's own rows
     (all random effects of every level in one dense Z and block-diagonal G)."""
     P = fit.model.problem
-    theta, u, v = P.split(fit.params_unconstrained)
+    theta, _, _ = P.split(fit.params_unconstrained)
     Zs, Gs = [], []
     for lv, lam in zip(P.levels, P.level_factors(theta), strict=True):
         Zf = np.zeros((P.N, lv.nlevels * lv.q))
@@ -277,7 +277,7 @@ def _dense_pev(fit) -> np.ndarray:
         G[o : o + len(g), o : o + len(g)] = g
         o += len(g)
     W = np.zeros((P.N, P.N))
-    for k, (b, Wk) in enumerate(zip(P.layout.buckets, P.covariances(fit.params_unconstrained), strict=True)):
+    for b, Wk in zip(P.layout.buckets, P.covariances(fit.params_unconstrained), strict=True):
         for gi in range(b.size):
             W[np.ix_(b.rows[gi], b.rows[gi])] = Wk[gi]
     Wi = np.linalg.inv(W)
