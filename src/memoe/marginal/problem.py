@@ -101,6 +101,12 @@ class MarginalSolution:
     effects : numpy.ndarray, shape (p,)
         R_X' beta: the whitened response projected on the orthogonalised columns of X~ (their squares
         are the sequential sums of squares).
+    Ds, bs : tuple of numpy.ndarray
+        D_q (q_q, q_q) and the BLUPs (ngroups_q, q_q) of every grouping level, outermost first
+        (``D``, ``b`` are ``Ds[0]``, ``bs[0]``).
+    fitted_levels : tuple of numpy.ndarray, shape (N,) each
+        X beta plus the random effects of levels 1..k, for k = 1 .. number of levels (the last is
+        ``fitted_conditional``).
     """
 
     params: np.ndarray
@@ -117,9 +123,6 @@ class MarginalSolution:
     Ds: tuple = ()
     bs: tuple = ()
     fitted_levels: tuple = ()
-
-    # Ds, bs: D and the BLUPs of every level, outermost first (D, b are Ds[0], bs[0]);
-    # fitted_levels: X beta + the random effects of levels 1..k, for k = 1 .. number of levels
 
 
 class MarginalProblem:
