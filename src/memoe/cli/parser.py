@@ -122,8 +122,9 @@ weights:     varident(column)
     "lme": """examples:
   memoe lme "follicles ~ Time + (1 | Mare)" --data ovary.csv --correlation ar1
   memoe lme "weight ~ Time + (1 | Rat)" --data bw.csv --correlation "exp(Time | Rat, nugget)" --save bw.memoe
+  memoe lme "pixel ~ day + I(day**2) + (day | Dog) + (1 | Dog:Side)" --data pixel.csv --correlation ar1
 
-In lme the correlation's group defaults to the random-effects grouping factor.
+In lme the correlation's group defaults to the (innermost, for nested levels) random-effects grouping factor.
 """,
     "gee": """examples:
   memoe gee "distance ~ age * Sex" --data orth.csv --group Subject --corstr ar1

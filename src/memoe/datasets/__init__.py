@@ -36,7 +36,7 @@ def load(name: str) -> pd.DataFrame:
     ----------
     name : str
         One of :func:`names` (``sleepstudy``, ``Dyestuff``, ``Dyestuff2``, ``Penicillin``, ``Pastes``,
-        ``Orthodont``, ``Ovary``, ``BodyWeight``, ``cbpp``, ``grouseticks``, ``memoe_sim2``).
+        ``Orthodont``, ``Ovary``, ``BodyWeight``, ``cbpp``, ``grouseticks``, ``memoe_sim2``, ``Pixel``, ``Oats``).
 
     Returns
     -------

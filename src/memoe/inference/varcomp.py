@@ -274,7 +274,7 @@ def marginal_varcomp(fit) -> dict[tuple[str, str], tuple[float, float, str]]:
     ``part`` and ``param`` are those of :func:`memoe.marginal.intervals.intervals` (``reStruct``
     ``sd(Days)``, ``corStruct`` ``Phi``, ``varStruct`` level, ``sigma`` ``sigma``).
     """
-    from memoe.marginal.intervals import _hessian, _loglik_function, _re_natural
+    from memoe.marginal.intervals import _hessian, _loglik_function, _re_natural, _re_parts, _re_sizes
 
     P = fit.model.problem
     ll, n_re, nu, nv = _loglik_function(fit)
@@ -286,14 +286,15 @@ def marginal_varcomp(fit) -> dict[tuple[str, str], tuple[float, float, str]]:
     else:  # an SD at exactly 0 (log = -inf): no information about it
         cov = np.full((len(z), len(z)), np.nan)
     out: dict[tuple[str, str], tuple[float, float, str]] = {}
-    q = fit.ranef_cov.shape[0] if n_re else 0
-    for k, name in enumerate(re_names):
-        if k < q:
+    # per grouping level (several for a nested lme: part "reStruct.<factor>"), q SDs then the correlations
+    parts = [p for p, size in zip(_re_parts(fit), _re_sizes(fit), strict=True) for _ in range(size)] if n_re else []
+    for k, (name, part) in enumerate(zip(re_names, parts, strict=True)):
+        if name.startswith("sd("):
             est = float(np.exp(z[k]))
-            out[("reStruct", name)] = (est, est * math.sqrt(max(cov[k, k], 0.0)), "sd")
+            out[(part, name)] = (est, est * math.sqrt(max(cov[k, k], 0.0)), "sd")
         else:
             est = float(np.tanh(z[k]))
-            out[("reStruct", name)] = (est, (1.0 - est**2) * math.sqrt(max(cov[k, k], 0.0)), "cor")
+            out[(part, name)] = (est, (1.0 - est**2) * math.sqrt(max(cov[k, k], 0.0)), "cor")
     if nu:
         cor = P.cor
         base = np.asarray(cor.natural(u), dtype=float)

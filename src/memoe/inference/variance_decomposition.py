@@ -169,7 +169,10 @@ def variance_decomposition(fit) -> VarianceDecomposition:
     if getattr(fit, "family", None) in ("gls", "lme"):
         d = fit.design
         rand = pd.Series(dtype=float, name="var_random")
-        if d.blocks:
+        if getattr(fit, "nested", False):
+            # nested lme: one variance per grouping level, as for the LMM's several factors
+            rand = _random_lme4(d, fit.term_covariances())
+        elif d.blocks:
             blk = d.blocks[0]
             rand = pd.Series(
                 {blk.factor.name: _term_variance(np.asarray(blk.Z, dtype=float), fit.ranef_cov.to_numpy())},

@@ -29,33 +29,54 @@ _LOG2PI = float(np.log(2.0 * np.pi))
 
 
 def _re_natural(fit) -> tuple[np.ndarray, list[str]]:
-    """[log sd..., atanh(corr)...] of the random effects and their nlme labels."""
-    cov = fit.ranef_cov.to_numpy()
-    cols = list(fit.ranef_cov.columns)
-    sd = np.sqrt(np.diag(cov))
-    q = len(cols)
-    z, names = list(np.log(sd)), [f"sd({c})" for c in cols]
-    for j in range(q):
-        for i in range(j + 1, q):
-            z.append(np.arctanh(cov[i, j] / (sd[i] * sd[j])))
-            names.append(f"cor({cols[j]},{cols[i]})")
+    """[log sd..., atanh(corr)...] of the random effects, level by level (outermost first), and their
+    nlme labels (``sd(day)``, ``cor((Intercept),day)``)."""
+    z: list[float] = []
+    names: list[str] = []
+    for frame in fit.ranef_covs.values():
+        cov = frame.to_numpy()
+        cols = list(frame.columns)
+        sd = np.sqrt(np.diag(cov))
+        q = len(cols)
+        z += list(np.log(sd))
+        names += [f"sd({c})" for c in cols]
+        for j in range(q):
+            for i in range(j + 1, q):
+                z.append(np.arctanh(cov[i, j] / (sd[i] * sd[j])))
+                names.append(f"cor({cols[j]},{cols[i]})")
     return np.array(z), names
 
 
+def _re_sizes(fit) -> list[int]:
+    """Number of natural parameters (q SDs + q (q - 1) / 2 correlations) of each level."""
+    return [f.shape[0] * (f.shape[0] + 1) // 2 for f in fit.ranef_covs.values()]
+
+
+def _re_parts(fit) -> list[str]:
+    """The ``part`` label of each level's rows: ``reStruct`` for one level, ``reStruct.<factor>`` for several."""
+    names = list(fit.ranef_covs)
+    return ["reStruct"] if len(names) == 1 else [f"reStruct.{g}" for g in names]
+
+
 def _theta_from_natural(fit, z_re: np.ndarray, sigma: float) -> np.ndarray:
-    """lme4's theta from [log sd, atanh corr] and sigma (D = Cov / sigma^2 = lam lam')."""
-    q = fit.ranef_cov.shape[0]
-    sd = np.exp(z_re[:q])
-    R = np.eye(q)
-    k = q
-    for j in range(q):
-        for i in range(j + 1, q):
-            R[i, j] = R[j, i] = np.tanh(z_re[k])
-            k += 1
-    D = (sd[:, None] * R * sd[None, :]) / sigma**2
-    lam = np.linalg.cholesky(D)
+    """lme4's theta from [log sd, atanh corr] of every level and sigma (D_q = Cov_q / sigma^2 = lam lam')."""
     tmap = fit.design.theta_map
-    return lam[tmap.row, tmap.col]
+    lams = [np.zeros((q, q)) for q in tmap.block_sizes]
+    start = 0
+    for blk_index, frame in zip(fit.model.level_blocks, fit.ranef_covs.values(), strict=True):
+        q = frame.shape[0]
+        zq = z_re[start : start + q * (q + 1) // 2]
+        start += q * (q + 1) // 2
+        sd = np.exp(zq[:q])
+        R = np.eye(q)
+        k = q
+        for j in range(q):
+            for i in range(j + 1, q):
+                R[i, j] = R[j, i] = np.tanh(zq[k])
+                k += 1
+        D = (sd[:, None] * R * sd[None, :]) / sigma**2
+        lams[blk_index] = np.linalg.cholesky(D)
+    return tmap.theta_of(lams)
 
 
 def _loglik_function(fit):
@@ -119,8 +140,9 @@ def intervals(fit, level: float = 0.95) -> pd.DataFrame:
     Returns
     -------
     pandas.DataFrame
-        MultiIndex (part, param) with parts ``fixed``, ``reStruct``, ``corStruct``, ``varStruct``,
-        ``sigma``; columns ``lower, est., upper``.
+        MultiIndex (part, param) with parts ``fixed``, ``reStruct`` (``reStruct.<factor>`` per level,
+        outermost first, when there are nested levels), ``corStruct``, ``varStruct``, ``sigma``;
+        columns ``lower, est., upper``.
     """
     rows: list[tuple[str, str, float, float, float]] = []
     # fit.confint: the t table's df, but vcov's SEs (nlme's intervals do not inflate lme ML fits as
@@ -142,10 +164,13 @@ def intervals(fit, level: float = 0.95) -> pd.DataFrame:
     qn = stats.norm.ppf(0.5 + level / 2)
     lo, hi = z - qn * se, z + qn * se
 
-    q = fit.ranef_cov.shape[0] if n_re else 0
-    for k, name in enumerate(re_names):
-        g = np.exp if k < q else np.tanh
-        rows.append(("reStruct", name, g(lo[k]), g(z[k]), g(hi[k])))
+    k = 0
+    for part, size, frame in zip(_re_parts(fit), _re_sizes(fit), fit.ranef_covs.values(), strict=True) if n_re else ():
+        q = frame.shape[0]
+        for j in range(size):
+            g = np.exp if j < q else np.tanh
+            rows.append((part, re_names[k], g(lo[k]), g(z[k]), g(hi[k])))
+            k += 1
     if nu:
         cor = P.cor
         for k, name in enumerate(cor.names):

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-__all__ = ["Bucket", "GroupLayout", "make_layout"]
+__all__ = ["Bucket", "GroupLayout", "cross_bucket_index", "make_layout"]
 
 
 @dataclass(frozen=True)
@@ -109,3 +109,50 @@ def make_layout(codes: np.ndarray, levels: pd.Index, name: str | None) -> GroupL
         rows = order[starts[groups][:, None] + np.arange(n)[None, :]]
         buckets.append(Bucket(rows=rows, groups=groups))
     return GroupLayout(name=name, codes=codes, levels=levels, buckets=buckets, position=position)
+
+
+def cross_bucket_index(outer: GroupLayout, inner: GroupLayout, shared: list[bool] | None = None) -> list[np.ndarray]:
+    """Where each within-outer-group pair of rows sits in the inner layout's stacked blocks.
+
+    The residual correlation of a nested ``lme`` acts within the innermost groups (nlme's rule): it is
+    computed batched on ``inner``'s buckets, one (G', m, m) array per bucket, but the marginal
+    covariance is factored per *outer* group. With the inner blocks flattened and concatenated in
+    bucket order, entry ``[g, a, b]`` of the result is the position of the (a, b) entry of outer
+    group g's block-diagonal correlation matrix in that vector, or -1 where rows a and b lie in
+    different inner groups (correlation 0). One gather then builds every outer block.
+
+    Parameters
+    ----------
+    outer, inner : GroupLayout
+        Every inner group lies within one outer group.
+    shared : list of bool, optional
+        Per bucket of ``inner``: its correlation matrices are one (1, m, m) block shared by all its
+        groups (position-based structures such as AR(1) over the row order); such a bucket occupies
+        m * m entries of the vector, not G' m m.
+
+    Returns
+    -------
+    list of numpy.ndarray of int, shape (G, n, n) per bucket of ``outer``
+    """
+    ng = inner.ngroups
+    bucket_of = np.empty(ng, dtype=np.int64)
+    slot_of = np.empty(ng, dtype=np.int64)
+    size_of = np.empty(ng, dtype=np.int64)
+    offset_of = np.empty(ng, dtype=np.int64)
+    start = 0
+    for k, b in enumerate(inner.buckets):
+        one = bool(shared[k]) if shared is not None else False
+        bucket_of[b.groups] = k
+        slot_of[b.groups] = 0 if one else np.arange(b.size)
+        size_of[b.groups] = b.n
+        offset_of[b.groups] = start
+        start += (1 if one else b.size) * b.n * b.n
+    out = []
+    for b in outer.buckets:
+        g = inner.codes[b.rows]  # (G, n) inner group of each row
+        pos = inner.position[b.rows]
+        m = size_of[g]
+        base = offset_of[g] + slot_of[g] * m * m  # start of the row's inner block
+        idx = base[:, :, None] + pos[:, :, None] * m[:, :, None] + pos[:, None, :]
+        out.append(np.where(g[:, :, None] == g[:, None, :], idx, -1))
+    return out

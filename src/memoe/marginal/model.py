@@ -9,6 +9,7 @@ BOBYQA (:func:`memoe.core.optim.minimize_bounded`) minimises it; :class:`Margina
 
 from __future__ import annotations
 
+import itertools
 import time
 import warnings
 
@@ -36,16 +37,61 @@ from memoe.errors import (
 from memoe.lmm.model import lmm
 from memoe.marginal.correlation import CorStruct, check_correlation_identifiable
 from memoe.marginal.layout import GroupLayout, make_layout
-from memoe.marginal.problem import MarginalProblem
+from memoe.marginal.problem import MarginalProblem, RandomLevel
 from memoe.marginal.result import MarginalResult
 from memoe.marginal.variance import VarIdent, check_variance_identifiable
 
 __all__ = ["GLS", "LME", "gls", "lme"]
 
 
+# largest dense block (random effects outside the largest factor) for which the start comes from memoe.lmm
+_LMM_START_MAX_DENSE = 3000
+
+
 def _empty_theta_map() -> ThetaMap:
     e = np.zeros(0, dtype=int)
     return ThetaMap(block=e, row=e, col=e, block_sizes=(), names=[])
+
+
+def nesting_order(blocks: list, formula: str, written: list[str] | None = None) -> list[int]:
+    """Indices of the factor blocks from the outermost grouping level to the innermost.
+
+    nlme's ``lme`` takes nested grouping factors only: each level of an inner factor must lie
+    within one level of the factor outside it. The levels are ordered by their number of groups
+    (fewest = outermost; ties keep the formula's order) and the nesting is checked on the data, after
+    the interaction coding (``Dog:Side`` has one level per Dog and Side pair).
+
+    ``written`` (the grouping factors in the formula's order) only orders the names in the message.
+
+    Raises
+    ------
+    FormulaError
+        Two factors that are not nested (crossed, or partly crossed), naming a level that falls in
+        two outer levels.
+    """
+    order = sorted(range(len(blocks)), key=lambda k: blocks[k].nlevels)
+    for a, b in itertools.pairwise(order):
+        outer, inner = blocks[a].factor, blocks[b].factor
+        # the outer level of each inner level; nested iff every inner level meets one outer level
+        first = np.full(inner.nlevels, -1, dtype=np.int64)
+        first[inner.codes[::-1]] = outer.codes[::-1]
+        bad = np.flatnonzero(first[inner.codes] != outer.codes)
+        if bad.size:
+            r = bad[0]
+            lev = inner.levels[inner.codes[r]]
+            two = [outer.levels[first[inner.codes[r]]], outer.levels[outer.codes[r]]]
+            # suggest the factor written first as the outer one (the usual intent of (1 | a) + (1 | b))
+            names = [outer.name, inner.name]
+            if written and all(n in written for n in names):
+                names.sort(key=written.index)
+            raise FormulaError(
+                f"lme takes nested grouping factors, but {inner.name!r} is not nested in {outer.name!r}: its level "
+                f"{lev!r} occurs within {outer.name!r} levels {two[0]!r} and {two[1]!r} (formula {formula!r}). If the "
+                "levels of one factor are meant within each level of the other, write the inner one as an "
+                f"interaction, e.g. (1 | {names[0]}:{names[1]}), or (1 | {names[0]}/{names[1]}) for both levels; use "
+                "memoe.lmm for crossed designs"
+            )
+    return order
 
 
 def _steps(x: np.ndarray, rel: float, floor: float) -> np.ndarray:
@@ -87,8 +133,11 @@ class _MarginalModel:
         if self.kind == "lme" and not spec.random:
             raise FormulaError(f"lme formula {formula!r} has no random-effects term such as (1 | group)")
         extra: list[str] = []
+        # a nested lme's innermost group may be an interaction (Dog:Side), named like its bar term
+        re_groups = {":".join(t.group_factors) for t in spec.random}
         if correlation is not None:
-            extra += correlation.columns() + ([correlation.group] if correlation.group else [])
+            group_column = correlation.group and correlation.group not in re_groups
+            extra += correlation.columns() + ([correlation.group] if group_column else [])
         if weights is not None:
             extra += weights.columns()
         for c in extra:
@@ -107,42 +156,59 @@ class _MarginalModel:
         n = len(y)
         if spec.random:
             terms, blocks, theta_map = build_random(spec.random, frame.data, n)
-            if len(blocks) != 1:
-                names = [b.factor.name for b in blocks]
-                raise FormulaError(
-                    f"lme with a residual structure supports one grouping factor; formula {formula!r} has {names}"
-                )
         else:
             terms, blocks, theta_map = [], [], _empty_theta_map()
         self.design = Design(spec=spec, frame=frame, y=y, fixed=fixed, terms=terms, blocks=blocks, theta_map=theta_map)
+        # grouping levels, outermost first (block indices into design.blocks, which lme4 orders innermost first)
+        self.level_blocks: list[int] = nesting_order(blocks, formula, [":".join(t.group_factors) for t in spec.random])
         self.layout = self._layout(frame.data)
-        cor = None if correlation is None else correlation.bind(self.layout, frame.data)
+        # the residual structure acts within the innermost groups (nlme)
+        self.cor_layout = self.layout
+        if len(self.level_blocks) > 1:
+            f = blocks[self.level_blocks[-1]].factor
+            self.cor_layout = make_layout(f.codes, f.levels, f.name)
+        cor = None if correlation is None else correlation.bind(self.cor_layout, frame.data)
         var = None if weights is None else weights.bind(frame.data)
         if cor is not None:
-            check_correlation_identifiable(cor, self.layout, group=self.layout.name)
+            check_correlation_identifiable(cor, self.cor_layout, group=self.cor_layout.name)
         if var is not None:
             check_variance_identifiable(var, weights.by, frame.data[weights.by])
+        levels = [
+            RandomLevel(
+                name=blocks[k].factor.name, Z=np.asarray(blocks[k].Z, dtype=float), codes=blocks[k].factor.codes,
+                nlevels=blocks[k].nlevels, block=k,
+            )
+            for k in self.level_blocks
+        ]
         self.problem = MarginalProblem(
             y,
             fixed.X,
             self.layout,
-            Z=blocks[0].Z if blocks else None,
             theta_map=theta_map if blocks else None,
             cor=cor,
             var=var,
+            levels=levels,
+            cor_layout=self.cor_layout if len(levels) > 1 else None,
         )
+
+    @property
+    def level_names(self) -> list[str]:
+        """Grouping factors of the random effects, outermost first (nlme's levels 1, 2, ...)."""
+        return [self.design.blocks[k].factor.name for k in self.level_blocks]
 
     def _layout(self, frame: pd.DataFrame) -> GroupLayout:
         d = self.design
         group = None if self.correlation is None else self.correlation.group
         if d.blocks:
-            f = d.blocks[0].factor
-            if group is not None and group != f.name:
+            outer = d.blocks[self.level_blocks[0]].factor
+            inner = d.blocks[self.level_blocks[-1]].factor
+            if group is not None and group != inner.name:
                 raise FormulaError(
-                    f"the correlation structure's group {group!r} differs from the random-effects grouping "
-                    f"factor {f.name!r}; nlme's lme needs the residual structure within the innermost groups"
+                    f"the correlation structure's group {group!r} differs from the innermost random-effects grouping "
+                    f"factor {inner.name!r}; nlme's lme needs the residual structure within the innermost groups "
+                    f"(give group=None or group={inner.name!r})"
                 )
-            return make_layout(f.codes, f.levels, f.name)
+            return make_layout(outer.codes, outer.levels, outer.name)
         n = d.n
         if self.correlation is None:
             # independent residuals: every row is a group of one (a diagonal W)
@@ -160,9 +226,14 @@ class _MarginalModel:
         residuals); ``gls``: ordinary least squares.
         """
         d = self.design
-        if not d.blocks:
+        # memoe.lmm factors the random effects of every factor but the largest as one dense matrix: for
+        # nested designs with many groups (10,000 schools) that matrix would not fit in memory, so the
+        # start is then lme4's default theta (identity relative factors) with the OLS residuals
+        dense = sum(b.q * b.nlevels for b in d.blocks[1:])
+        if not d.blocks or dense > _LMM_START_MAX_DENSE:
             beta, *_ = np.linalg.lstsq(d.X, d.y, rcond=None)
-            return np.zeros(0), d.y - d.X @ beta
+            theta0 = d.theta_map.initial() if d.blocks else np.zeros(0)
+            return theta0, d.y - d.X @ beta
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -182,7 +253,7 @@ class _MarginalModel:
         v0 = np.zeros(0) if P.var is None else P.var.start(resid)
         cands = [np.zeros(0)]
         if P.cor is not None:
-            cands = P.cor.starts(self.layout, resid / P.ratios(v0))
+            cands = P.cor.starts(self.cor_layout, resid / P.ratios(v0))
         best, best_f = None, np.inf
         for u in cands:
             x = np.concatenate([theta0, u, v0])
@@ -294,7 +365,7 @@ class GLS(_MarginalModel):
 
 
 class LME(_MarginalModel):
-    """Linear mixed model with one grouping factor and a residual structure (nlme's ``lme``)."""
+    """Linear mixed model with one grouping factor or several nested ones and a residual structure (nlme's ``lme``)."""
 
     kind = "lme"
 
@@ -332,8 +403,49 @@ def lme(
 ) -> LME:
     """nlme's ``lme`` with random effects in lme4 syntax, e.g. ``"y ~ t + (1 | id)"``, and a residual structure.
 
-    The residual structure acts within the groups of the (single) random-effects grouping factor.
-    ``contrasts`` as in :func:`gls`.
+    Replicates R's ``nlme::lme(fixed, data, random, correlation, weights, method)``.
+
+    Parameters
+    ----------
+    formula : str
+        Fixed part and random-effects terms. One grouping factor (``(t | id)``) or several *nested*
+        ones: nlme's ``random = list(Dog = ~ day, Side = ~ 1)`` is ``(day | Dog) + (1 | Dog:Side)``,
+        ``random = ~ 1 | Block/Variety`` is ``(1 | Block/Variety)`` (lme4's expansion into
+        ``(1 | Block) + (1 | Variety:Block)``). Nesting is checked on the data: every level of an
+        inner factor must lie within one level of the factor outside it (levels are ordered by
+        their number of groups). Crossed factors are refused; fit them with :func:`memoe.lmm`.
+    data : pandas.DataFrame
+    correlation : CorStruct, optional
+        Acts within the innermost groups, as in nlme (its ``group`` may be left ``None`` or name the
+        innermost factor, e.g. ``"Dog:Side"``).
+    weights : VarIdent, optional
+        Variance function of the residuals.
+    contrasts : dict, optional
+        As in :func:`gls`.
+
+    Returns
+    -------
+    LME
+        Call ``.fit(reml=True)``. The result's ``ranef``, ``coef()``, ``ranef_covs``, ``ngroups``
+        and ``fitted_levels`` have one entry per grouping level (outermost first) and
+        ``predict(newdata, level=k)`` is nlme's ``predict(fit, newdata, level = k)``.
+
+    Notes
+    -----
+    The outermost groups are independent: ``V_i = sum_q Z_iq (I kron G_q) Z_iq' + sigma^2 S_i C_i S_i``
+    with the inner levels' random effects block-diagonal within group i and ``C_i`` block-diagonal
+    over the innermost groups; V_i is formed and factored in batches of equal-size outer groups
+    (:mod:`memoe.marginal.problem`).
+
+    Examples
+    --------
+    >>> import memoe
+    >>> pixel = memoe.datasets.load("Pixel")
+    >>> fit = memoe.lme("pixel ~ day + I(day**2) + (day | Dog) + (1 | Dog:Side)", pixel).fit()
+    >>> round(fit.loglik, 3)
+    -412.605
+    >>> list(fit.ranef)
+    ['Dog', 'Dog:Side']
     """
     return LME(formula, data, correlation=correlation, weights=weights, contrasts=contrasts)
 

@@ -118,7 +118,8 @@ def check_marginal(meta: dict) -> None:
     """Refuse a file whose formula or structure fields are outside the allow-list (before evaluating).
 
     A structure's string fields (``group``, ``time``, ``visit``, ``by``) name data columns: each must
-    be a saved column; its other fields must be booleans or numbers.
+    be a saved column (a ``group`` may be an interaction ``a:b`` of saved columns, the innermost
+    level of a nested ``lme``); its other fields must be booleans or numbers.
     """
     m = meta["model"]
     columns = saved_columns(m)
@@ -132,7 +133,11 @@ def check_marginal(meta: dict) -> None:
         if not isinstance(fields, dict):
             raise PersistenceError(f"the saved {what} is not a record with fields: {repr(spec)[:80]}")
         for field, value in fields.items():
-            if isinstance(value, str):
+            if isinstance(value, str) and field == "group" and ":" in value:
+                # a nested lme's innermost group is an interaction of saved columns (``Dog:Side``)
+                for part in value.split(":"):
+                    check_column(part, columns, what=f"a factor of the field 'group' of the saved {what}")
+            elif isinstance(value, str):
                 check_column(value, columns, what=f"the field {field!r} of the saved {what}")
             elif value is not None and not isinstance(value, bool | int | float):
                 raise PersistenceError(f"the field {field!r} of the saved {what} is a {type(value).__name__}")

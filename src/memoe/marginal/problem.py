@@ -5,7 +5,13 @@ For group i with rows y_i (n_i), fixed design X_i and random-effects design Z_i,
     Var(y_i) = sigma^2 W_i,    W_i = Z_i D Z_i' + S_i C_i S_i,
 
 with D = lam lam' the relative covariance of the random effects (lam from lme4's theta), C_i the
-correlation structure and S_i = diag(s_i) the variance function's SD ratios. With
+correlation structure and S_i = diag(s_i) the variance function's SD ratios.
+
+Nested grouping levels (nlme's ``random = list(Dog = ~ day, Side = ~ 1)``): the groups i are those
+of the outermost factor, and level q contributes ``Z_iq (I kron D_q) Z_iq'``, block-diagonal over
+the level-q groups within i. Entry (a, b) of that term is ``[g_q(a) = g_q(b)] z_qa' D_q z_qb``, so
+W_i is built densely with one (G, n, n) mask per inner level and bucket, no per-group loop; C_i is
+block-diagonal over the innermost groups (:func:`memoe.marginal.layout.cross_bucket_index`). With
 W_i = L_i L_i' (Cholesky) and the whitened [X~ y~]_i = L_i^{-1} [X y]_i, beta and sigma^2 are
 profiled out as in nlme (Pinheiro & Bates 2000, sec. 2.4 and 5.1):
 
@@ -33,14 +39,42 @@ from memoe.core.linalg.batched import (
     batched_logdet_chol,
 )
 from memoe.marginal.correlation import BoundCorrelation
-from memoe.marginal.layout import GroupLayout
+from memoe.marginal.layout import GroupLayout, cross_bucket_index
 from memoe.marginal.variance import BoundVariance
 
-__all__ = ["MarginalProblem", "MarginalSolution"]
+__all__ = ["MarginalProblem", "MarginalSolution", "RandomLevel"]
 
 _LOG2PI = float(np.log(2.0 * np.pi))
 # per size bucket, the per-pattern Gram matrices may hold at most this many doubles (64 MiB)
 _PATTERN_MAX_ENTRIES = 2**23
+
+
+@dataclass(frozen=True)
+class RandomLevel:
+    """One grouping level of the random effects.
+
+    Attributes
+    ----------
+    name : str
+        Grouping factor (``"Dog"``, ``"Dog:Side"``).
+    Z : numpy.ndarray, shape (N, q)
+        Random-effects columns of the level.
+    codes : numpy.ndarray of int, shape (N,)
+        Group of each row at this level.
+    nlevels : int
+    block : int
+        Index of the level's relative factor in ``ThetaMap.lambdas``.
+    """
+
+    name: str
+    Z: np.ndarray
+    codes: np.ndarray
+    nlevels: int
+    block: int
+
+    @property
+    def q(self) -> int:
+        return self.Z.shape[1]
 
 
 @dataclass(frozen=True)
@@ -58,15 +92,21 @@ class MarginalSolution:
     vcov_unscaled : numpy.ndarray, shape (p, p)
         (X' W^{-1} X)^{-1}; vcov = sigma^2 vcov_unscaled.
     D : numpy.ndarray, shape (q, q)
-        Relative random-effects covariance (empty without random effects).
+        Relative random-effects covariance of the outermost level (empty without random effects).
     b : numpy.ndarray, shape (ngroups, q)
-        BLUPs, one row per group code.
+        BLUPs of the outermost level, one row per group code.
     fitted_marginal, fitted_conditional : numpy.ndarray, shape (N,)
     ratios : numpy.ndarray, shape (N,)
         Residual SD ratios of the rows (1 without a variance function).
     effects : numpy.ndarray, shape (p,)
         R_X' beta: the whitened response projected on the orthogonalised columns of X~ (their squares
         are the sequential sums of squares).
+    Ds, bs : tuple of numpy.ndarray
+        D_q (q_q, q_q) and the BLUPs (ngroups_q, q_q) of every grouping level, outermost first
+        (``D``, ``b`` are ``Ds[0]``, ``bs[0]``).
+    fitted_levels : tuple of numpy.ndarray, shape (N,) each
+        X beta plus the random effects of levels 1..k, for k = 1 .. number of levels (the last is
+        ``fitted_conditional``).
     """
 
     params: np.ndarray
@@ -80,6 +120,9 @@ class MarginalSolution:
     fitted_conditional: np.ndarray
     ratios: np.ndarray
     effects: np.ndarray
+    Ds: tuple = ()
+    bs: tuple = ()
+    fitted_levels: tuple = ()
 
 
 class MarginalProblem:
@@ -90,12 +133,19 @@ class MarginalProblem:
     y : numpy.ndarray, shape (N,)
     X : numpy.ndarray, shape (N, p)
     layout : GroupLayout
-        Groups of the residual structure (for ``lme``: the random-effects grouping factor).
+        Independent groups: for ``lme`` the outermost grouping factor, for ``gls`` the groups of the
+        residual structure.
     Z : numpy.ndarray, shape (N, q), optional
-        Random-effects design of the single grouping factor.
+        Random-effects design of a single grouping factor (the groups of ``layout``).
     theta_map : ThetaMap, optional
     cor : BoundCorrelation, optional
+        Bound to ``cor_layout`` when given, else to ``layout``.
     var : BoundVariance, optional
+    levels : list of RandomLevel, optional
+        Nested grouping levels, outermost (``layout``'s groups) first; replaces ``Z``.
+    cor_layout : GroupLayout, optional
+        The innermost groups, within which the residual correlation acts, when they differ from
+        ``layout``'s.
     """
 
     def __init__(
@@ -107,12 +157,19 @@ class MarginalProblem:
         theta_map: ThetaMap | None = None,
         cor: BoundCorrelation | None = None,
         var: BoundVariance | None = None,
+        levels: list[RandomLevel] | None = None,
+        cor_layout: GroupLayout | None = None,
     ) -> None:
         self.y = np.asarray(y, dtype=float)
         self.X = np.asarray(X, dtype=float)
         self.N, self.p = self.X.shape
         self.layout = layout
-        self.Z = None if Z is None else np.asarray(Z, dtype=float)
+        if levels is None and Z is not None:
+            Zf = np.asarray(Z, dtype=float)
+            levels = [RandomLevel(name=str(layout.name), Z=Zf, codes=layout.codes, nlevels=layout.ngroups, block=0)]
+        self.levels: list[RandomLevel] = list(levels or [])
+        # the outermost level's design (single-level callers read it)
+        self.Z = self.levels[0].Z if self.levels else None
         self.theta_map = theta_map
         self.cor = cor
         self.var = var
@@ -123,7 +180,19 @@ class MarginalProblem:
         # per-bucket data, gathered once (structure-of-arrays over the groups of one size)
         self._XY = layout.gather(XY)
         self._Z = None if self.Z is None else layout.gather(self.Z)
+        # per level, per bucket: Z rows (G, n, q) and, for the inner levels, the same-group mask (G, n, n)
+        self._Zq = [layout.gather(lv.Z) for lv in self.levels]
+        self._mask = [None] + [
+            [c[:, :, None] == c[:, None, :] for c in layout.gather(lv.codes)] for lv in self.levels[1:]
+        ]
         self._identity = [np.eye(b.n)[None, :, :] for b in layout.buckets]
+        self.cor_layout = layout if cor_layout is None else cor_layout
+        self._cor_index = None
+        self._cor_shared: list[bool] = []
+        if cor_layout is not None and cor is not None:
+            # inner buckets whose correlation is one (1, m, m) block (AR(1) over positions, CompSymm)
+            self._cor_shared = [np.asarray(a).shape[0] == 1 for a in cor.aux]
+            self._cor_index = cross_bucket_index(layout, cor_layout, self._cor_shared)
         self._patterns = self._find_patterns()
 
     # -- parameter vector ------------------------------------------------------------------------
@@ -141,30 +210,67 @@ class MarginalProblem:
         lo_theta = np.zeros(0) if self.theta_map is None else self.theta_map.lower_bounds
         return np.concatenate([lo_theta, np.full(self.n_cor + self.n_var, -np.inf)])
 
+    def level_factors(self, theta: np.ndarray) -> list[np.ndarray]:
+        """Relative covariance factor lam_q of each level, outermost first."""
+        if self.theta_map is None or not self.levels:
+            return []
+        lams = self.theta_map.lambdas(theta)
+        return [lams[lv.block] for lv in self.levels]
+
+    def relative_covariances(self, theta: np.ndarray) -> list[np.ndarray]:
+        """D_q = lam_q lam_q' of each level, outermost first."""
+        return [lam @ lam.T for lam in self.level_factors(theta)]
+
     def relative_covariance(self, theta: np.ndarray) -> np.ndarray:
-        """D = lam lam' (q, q) from lme4's theta (empty (0, 0) without random effects)."""
-        if self.theta_map is None:
-            return np.zeros((0, 0))
-        lam = self.theta_map.lambdas(theta)[0]
-        return lam @ lam.T
+        """D = lam lam' (q, q) of the outermost level (empty (0, 0) without random effects)."""
+        Ds = self.relative_covariances(theta)
+        return Ds[0] if Ds else np.zeros((0, 0))
 
     def ratios(self, v: np.ndarray) -> np.ndarray:
         return np.ones(self.N) if self.var is None else self.var.ratios(v)
+
+    def correlation_blocks(self, u: np.ndarray) -> list[np.ndarray]:
+        """Per bucket of ``layout`` the residual correlation matrices C_i, each (G, n, n) or (1, n, n).
+
+        Nested fits: computed on the innermost groups' buckets, then gathered into the block-diagonal
+        C_i of each outer group (:func:`memoe.marginal.layout.cross_bucket_index`).
+        """
+        if self.cor is None:
+            return self._identity
+        if self._cor_index is None:
+            return self.cor.blocks(u)
+        flat = self._inner_correlations(u)
+        return [np.where(idx >= 0, flat[np.maximum(idx, 0)], 0.0) for idx in self._cor_index]
+
+    def _inner_correlations(self, u: np.ndarray) -> np.ndarray:
+        """The innermost groups' correlation blocks flattened in the order of ``_cor_index``."""
+        inner = self.cor_layout.buckets
+        blocks = self.cor.blocks(u)
+        return np.concatenate([
+            (np.asarray(C)[:1] if one else np.broadcast_to(C, (b.size, b.n, b.n))).ravel()
+            for b, C, one in zip(inner, blocks, self._cor_shared, strict=True)
+        ])
+
+    def _add_random(self, W: np.ndarray, k: int, lams: list[np.ndarray], sel=slice(None)) -> np.ndarray:
+        """W + sum_q [same level-q group] (Z_q lam_q)(Z_q lam_q)' for the groups ``sel`` of bucket k."""
+        for q, lam in enumerate(lams):
+            ZL = self._Zq[q][k][sel] @ lam
+            ZZ = ZL @ np.swapaxes(ZL, 1, 2)
+            mask = self._mask[q]
+            W = W + (ZZ if mask is None else ZZ * mask[k][sel])
+        return W
 
     def covariances(self, params: np.ndarray) -> list[np.ndarray]:
         """Per bucket the relative marginal covariances W_i, each (G, n, n)."""
         theta, u, v = self.split(params)
         s_all = self.ratios(v)
-        cors = self._identity if self.cor is None else self.cor.blocks(u)
-        lam = None if self.theta_map is None else self.theta_map.lambdas(theta)[0]
+        cors = self.correlation_blocks(u)
+        lams = self.level_factors(theta)
         out = []
         for k, bucket in enumerate(self.layout.buckets):
             s = s_all[bucket.rows]
             W = s[:, :, None] * cors[k] * s[:, None, :]
-            if lam is not None:
-                ZL = self._Z[k] @ lam
-                W = W + ZL @ np.swapaxes(ZL, 1, 2)
-            out.append(W)
+            out.append(self._add_random(W, k, lams))
         return out
 
     # -- groups that share their covariance ----------------------------------------------------
@@ -187,10 +293,18 @@ class MarginalProblem:
         for k, b in enumerate(self.layout.buckets):
             G, n = b.rows.shape
             parts = []
-            if self._Z is not None:
-                parts.append(self._Z[k].reshape(G, -1))
+            for q in range(len(self.levels)):
+                parts.append(self._Zq[q][k].reshape(G, -1))
+                if self._mask[q] is not None:
+                    parts.append(self._mask[q][k].reshape(G, -1).astype(float))
             aux = None
-            if self.cor is not None:
+            if self.cor is not None and self._cor_index is not None:
+                # nested: the correlation lives on the inner groups' buckets; when every inner block is
+                # shared (position-based), an outer group's C_i is fixed by its innermost same-group mask
+                # (already in the key), otherwise the groups differ and the per-group path is used
+                if not all(self._cor_shared):
+                    return None
+            elif self.cor is not None:
                 aux = np.asarray(self.cor.aux[k])
                 if aux.shape[0] == G and G > 1:
                     parts.append(aux.reshape(G, -1).astype(float))
@@ -218,6 +332,8 @@ class MarginalProblem:
                 Xu = XY[inv == j]
                 T[j] = (Xu.T @ Xu).reshape(n, kk, n, kk)
             aux_rep = None if aux is None else (aux if aux.shape[0] == 1 else aux[rep])
+            if self._cor_index is not None:
+                aux_rep = self._cor_index[k][rep]  # nested: gather indices of the patterns' C_i
             out.append((rep, counts, T, aux_rep, np.eye(n)[None, :, :]))
         return out if any(o is not None for o in out) else None
 
@@ -225,21 +341,26 @@ class MarginalProblem:
         """:meth:`deviance` from the per-pattern statistics (see :meth:`_find_patterns`)."""
         theta, u, v = self.split(params)
         s_all = self.ratios(v)
-        lam = None if self.theta_map is None else self.theta_map.lambdas(theta)[0]
+        lams = self.level_factors(theta)
         kk = self.p + 1
         A = np.zeros((kk, kk))
         logdet = 0.0
+        flat = None if self._cor_index is None else self._inner_correlations(u)
+
+        def gather(idx: np.ndarray) -> np.ndarray:
+            return np.where(idx >= 0, flat[np.maximum(idx, 0)], 0.0)
+
         for k, (bucket, pattern) in enumerate(zip(self.layout.buckets, self._patterns, strict=True)):
             if pattern is None:
                 # this bucket group by group, as _whiten
                 s = s_all[bucket.rows]
-                C = self._identity[k] if self.cor is None else self.cor.structure.correlation(
-                    u, self.cor.aux[k], self.cor.m
-                )
-                W = s[:, :, None] * C * s[:, None, :]
-                if lam is not None:
-                    ZL = self._Z[k] @ lam
-                    W = W + ZL @ np.swapaxes(ZL, 1, 2)
+                if self.cor is None:
+                    C = self._identity[k]
+                elif flat is not None:
+                    C = gather(self._cor_index[k])
+                else:
+                    C = self.cor.structure.correlation(u, self.cor.aux[k], self.cor.m)
+                W = self._add_random(s[:, :, None] * C * s[:, None, :], k, lams)
                 L = batched_cholesky(W)
                 ld = batched_logdet_chol(L)
                 if not np.all(np.isfinite(ld)):
@@ -250,11 +371,13 @@ class MarginalProblem:
                 continue
             rep, counts, T, aux_rep, eye = pattern
             s = s_all[bucket.rows[rep]]
-            C = eye if self.cor is None else self.cor.structure.correlation(u, aux_rep, self.cor.m)
-            W = s[:, :, None] * C * s[:, None, :]
-            if lam is not None:
-                ZL = self._Z[k][rep] @ lam
-                W = W + ZL @ np.swapaxes(ZL, 1, 2)
+            if self.cor is None:
+                C = eye
+            elif flat is not None:
+                C = gather(aux_rep)
+            else:
+                C = self.cor.structure.correlation(u, aux_rep, self.cor.m)
+            W = self._add_random(s[:, :, None] * C * s[:, None, :], k, lams, rep)
             L = batched_cholesky(W)
             ld = batched_logdet_chol(L)
             if not np.all(np.isfinite(ld)):
@@ -336,22 +459,30 @@ class MarginalProblem:
         RXinv = sla.solve_triangular(RX, np.eye(p), lower=True)
         vcov_unscaled = RXinv.T @ RXinv
         theta, _, v = self.split(params)
-        D = self.relative_covariance(theta)
-        q = D.shape[0]
+        Ds = self.relative_covariances(theta)
         fitted_m = self.X @ beta
-        b = np.zeros((self.layout.ngroups, q))
-        zb_pieces = []
+        # per level: sum over the rows of each group of z_a (W_i^-1 r_i)_a, then b = D_q (that sum)
+        acc = [np.zeros((lv.nlevels, lv.q)) for lv in self.levels]
         for k, bucket in enumerate(self.layout.buckets):
-            if q == 0:
-                zb_pieces.append(np.zeros(bucket.rows.shape))
-                continue
+            if not self.levels:
+                break
             # W^-1 r_i from the whitened residual: L^-T (L^-1 r_i)
             e = XYt[k][:, :, p] - XYt[k][:, :, :p] @ beta
             Winv_r = batched_backward_solve_t(Ls[k], e[:, :, None])[:, :, 0]
-            bk = np.einsum("ab,gnb,gn->ga", D, self._Z[k], Winv_r)  # D Z_i' W_i^-1 r_i
-            b[bucket.groups] = bk
-            zb_pieces.append(np.einsum("gnq,gq->gn", self._Z[k], bk))
-        fitted_c = fitted_m + self.layout.scatter(zb_pieces, self.N)
+            for q, lv in enumerate(self.levels):
+                contrib = (self._Zq[q][k] * Winv_r[:, :, None]).reshape(-1, lv.q)
+                codes = lv.codes[bucket.rows].ravel()
+                for j in range(lv.q):  # q columns (a handful), each one bincount over the rows
+                    acc[q][:, j] += np.bincount(codes, weights=contrib[:, j], minlength=lv.nlevels)
+        bs = [a @ D for a, D in zip(acc, Ds, strict=True)]
+        fitted_levels = []
+        eta = fitted_m.copy()
+        for lv, b in zip(self.levels, bs, strict=True):
+            eta = eta + np.einsum("nq,nq->n", lv.Z, b[lv.codes])
+            fitted_levels.append(eta.copy())
+        fitted_c = fitted_levels[-1] if fitted_levels else fitted_m
+        D = Ds[0] if Ds else np.zeros((0, 0))
+        b = bs[0] if bs else np.zeros((self.layout.ngroups, 0))
         return MarginalSolution(
             params=params,
             deviance=self._criterion(R, logdet, reml),
@@ -364,4 +495,7 @@ class MarginalProblem:
             fitted_conditional=fitted_c,
             ratios=self.ratios(v),
             effects=R[p, :p].copy(),
+            Ds=tuple(Ds),
+            bs=tuple(bs),
+            fitted_levels=tuple(fitted_levels),
         )

@@ -182,23 +182,67 @@ class MarginalResult(FitResult):
         _, _, v = P.split(self._s.params)
         return P.var.natural(v)
 
+    # ------------------------------------------------------------------ random effects by level
+    @property
+    def level_names(self) -> list[str]:
+        """Grouping factors of the random effects, outermost first (nlme's levels 1, 2, ...; ``gls``: [])."""
+        return list(self.model.level_names) if self.design.blocks else []
+
+    @property
+    def nested(self) -> bool:
+        """Several nested grouping levels (nlme's ``random = list(Dog = ~ day, Side = ~ 1)``)."""
+        return len(self.level_names) > 1
+
+    def _level_blocks(self) -> list:
+        return [self.design.blocks[k] for k in self.model.level_blocks]
+
+    @cached_property
+    def ranef_covs(self) -> dict[str, pd.DataFrame]:
+        """Covariance of the random effects of each grouping level, sigma^2 D_q (nlme's Psi per level),
+        outermost first: {grouping factor: DataFrame q x q}."""
+        return {
+            blk.factor.name: pd.DataFrame(self.sigma**2 * D, index=list(blk.columns), columns=list(blk.columns))
+            for blk, D in zip(self._level_blocks(), self._s.Ds, strict=True)
+        }
+
     @cached_property
     def ranef_cov(self) -> pd.DataFrame:
-        """Covariance of the random effects, sigma^2 D (nlme's Psi)."""
+        """Covariance of the random effects, sigma^2 D (nlme's Psi), of a single grouping factor.
+
+        Nested fits have one per level: :attr:`ranef_covs`.
+        """
+        if self.nested:
+            raise ArgumentError(
+                f"this lme has {len(self.level_names)} grouping levels {self.level_names}; ranef_cov is the covariance "
+                "of a single grouping factor's random effects: use ranef_covs (one DataFrame per level)"
+            )
         cols = list(self.design.blocks[0].columns) if self.design.blocks else []
         return pd.DataFrame(self.sigma**2 * self._s.D, index=cols, columns=cols)
+
+    def relative_factors(self) -> list[np.ndarray]:
+        """lambda of each factor block in the order of ``design.blocks`` (as :class:`memoe.lmm.LmmResult`)."""
+        return self.design.theta_map.lambdas(self.theta.to_numpy())
+
+    def term_covariances(self) -> list[np.ndarray]:
+        """Covariance matrix of each lme4 random-effects term (natural scale), as the LMM's."""
+        lambdas = self.relative_factors()
+        out = []
+        for t in self.design.terms:
+            lam = lambdas[t.block][t.offset : t.offset + t.q, t.offset : t.offset + t.q]
+            out.append(self.sigma**2 * lam @ lam.T)
+        return out
 
     @cached_property
     def varcorr(self) -> pd.DataFrame:
         """Variance components in the layout of lme4's ``as.data.frame(VarCorr(fit))``.
 
-        Columns ``grp, var1, var2, vcov, sdcor``; the residual row last (its SD is sigma).
+        Columns ``grp, var1, var2, vcov, sdcor``; one group of rows per grouping level (outermost
+        first), the residual row last (its SD is sigma).
         """
         rows = []
-        if self.design.blocks:
-            grp = self.design.blocks[0].factor.name
-            cov = self.ranef_cov.to_numpy()
-            cols = list(self.ranef_cov.columns)
+        for grp, frame in self.ranef_covs.items():
+            cov = frame.to_numpy()
+            cols = list(frame.columns)
             sd = np.sqrt(np.diag(cov))
             for i, c in enumerate(cols):
                 rows.append((grp, c, None, cov[i, i], sd[i]))
@@ -211,39 +255,33 @@ class MarginalResult(FitResult):
 
     @cached_property
     def ranef(self) -> dict[str, pd.DataFrame]:
-        """BLUPs D Z_i' W_i^{-1} (y_i - X_i beta): {grouping factor: DataFrame levels x terms} (``gls``: {})."""
-        if not self.design.blocks:
-            return {}
-        blk = self.design.blocks[0]
-        frame = pd.DataFrame(
-            self._s.b, index=pd.Index(blk.factor.levels, name=blk.factor.name), columns=list(blk.columns)
-        )
-        return {blk.factor.name: frame}
+        """BLUPs D_q Z_iq' W_i^{-1} (y_i - X_i beta) per grouping level: {grouping factor: DataFrame
+        levels x terms}, outermost first (``gls``: {})."""
+        return {
+            blk.factor.name: pd.DataFrame(
+                b, index=pd.Index(blk.factor.levels, name=blk.factor.name), columns=list(blk.columns)
+            )
+            for blk, b in zip(self._level_blocks(), self._s.bs, strict=True)
+        }
 
     @cached_property
     def ranef_condsd(self) -> dict[str, pd.DataFrame]:
         """Conditional SDs of the BLUPs, same layout as :attr:`ranef` (lme4's ``condVar``).
 
-        Var(b_i | y_i) = sigma^2 (D - D Z_i' W_i^{-1} Z_i D) at the estimates (beta treated as known,
-        as lme4's ``condVar``), with W_i = L_i L_i' the relative marginal covariance of the group:
-        D - M' M with M = L_i^{-1} Z_i D, batched over the groups of one size.
+        Var(b_j | y_i) = sigma^2 (D_q - D_q Z_jq' W_i^{-1} Z_jq D_q) at the estimates (beta treated as
+        known, as lme4's ``condVar``) for group j of level q within outer group i
+        (:func:`memoe.marginal.predict.level_terms`, batched over the outer groups of one size).
         """
-        if not self.design.blocks:
-            return {}
-        P = self.model.problem
-        D = self._s.D
-        q = D.shape[0]
-        out = np.empty((self.model.layout.ngroups, q))
-        for k, (bucket, W) in enumerate(zip(self.model.layout.buckets, P.covariances(self._s.params), strict=True)):
-            M = batched_forward_solve(batched_cholesky(W), P._Z[k] @ D)
-            cond = D[None, :, :] - np.swapaxes(M, 1, 2) @ M
+        from memoe.marginal.predict import level_terms
+
+        out = {}
+        for blk, (_, S) in zip(self._level_blocks(), level_terms(self), strict=True):
             # a boundary fit can leave -1e-17 on the diagonal: the SD is 0 there
-            out[bucket.groups] = np.sqrt(np.clip(np.diagonal(cond, axis1=1, axis2=2), 0.0, None))
-        blk = self.design.blocks[0]
-        frame = pd.DataFrame(
-            self.sigma * out, index=pd.Index(blk.factor.levels, name=blk.factor.name), columns=list(blk.columns)
-        )
-        return {blk.factor.name: frame}
+            sd = np.sqrt(np.clip(np.diagonal(S, axis1=1, axis2=2), 0.0, None))
+            out[blk.factor.name] = pd.DataFrame(
+                self.sigma * sd, index=pd.Index(blk.factor.levels, name=blk.factor.name), columns=list(blk.columns)
+            )
+        return out
 
     def _group_block(self, group, what: str) -> np.ndarray:
         """The (n_i, n_i) matrix ``what`` ("cor" or "cov") of one group of the residual structure."""
@@ -264,7 +302,7 @@ class MarginalResult(FitResult):
                 if P.cor is None:
                     return np.eye(bucket.n)
                 _, u, _ = P.split(params)
-                C = P.cor.blocks(u)[k]
+                C = P.correlation_blocks(u)[k]
                 return np.array(np.broadcast_to(C, (bucket.size, bucket.n, bucket.n))[g])
         raise AssertionError(group)  # pragma: no cover - every level has a bucket
 
@@ -287,8 +325,12 @@ class MarginalResult(FitResult):
 
     @property
     def ngroups(self) -> pd.Series:
-        """Groups of the random-effects factor (``lme``) or of the residual structure (``gls`` with a
-        grouped structure); empty for ``gls`` with independent rows or one whole-data group."""
+        """Groups of each random-effects grouping level, outermost first (``lme``), or of the residual
+        structure (``gls`` with a grouped structure); empty for ``gls`` with independent rows or one
+        whole-data group."""
+        if self.design.blocks:
+            # one entry per grouping level, outermost first (nlme's "Number of Groups")
+            return pd.Series({b.factor.name: int(b.nlevels) for b in self._level_blocks()}, dtype=int, name="ngroups")
         name = self.model.layout.name
         if name is None:
             return pd.Series(dtype=int, name="ngroups")
@@ -328,6 +370,27 @@ class MarginalResult(FitResult):
         """Population-level fitted values X beta (nlme's level 0)."""
         return self._align(self._s.fitted_marginal, "fitted_marginal")
 
+    @property
+    def fitted_levels(self) -> pd.DataFrame:
+        """Fitted values at every grouping level, nlme's ``fitted(fit, level = 0:Q)``.
+
+        Column ``fixed`` is X beta (level 0); the column of level k (named by its grouping factor,
+        outermost first) adds the BLUPs of levels 1..k. The last column is :attr:`fitted`.
+        """
+        cols = {"fixed": self._s.fitted_marginal}
+        for name, values in zip(self.level_names, self._s.fitted_levels, strict=True):
+            cols[name] = values
+        return pd.DataFrame({k: self._align(v, k) for k, v in cols.items()})
+
+    def residuals_at(self, level: int) -> pd.Series:
+        """Response residuals at grouping level ``level`` (0 = population, ``len(level_names)`` =
+        innermost, the default of :meth:`residuals`), nlme's ``residuals(fit, level = level)``."""
+        from memoe.marginal.predict import check_level_number
+
+        k = check_level_number(level, len(self.level_names))
+        fitted = self.fitted_levels.iloc[:, k]
+        return (self._align(self.design.y, "y") - fitted).rename("resid")
+
     def _residuals(self, kind: str) -> pd.Series:
         """nlme's ``residuals(fit, type = ...)`` at the innermost level (``marginal``: level 0).
 
@@ -348,7 +411,7 @@ class MarginalResult(FitResult):
         lay = self.model.layout
         _, u, _ = P.split(self._s.params)
         pieces = []
-        for bucket, C in zip(lay.buckets, P.cor.blocks(u), strict=True):
+        for bucket, C in zip(lay.buckets, P.correlation_blocks(u), strict=True):
             C = np.ascontiguousarray(np.broadcast_to(C, (bucket.size, bucket.n, bucket.n)))
             r = pearson[bucket.rows][:, :, None]
             pieces.append(batched_forward_solve(batched_cholesky(C), r)[:, :, 0])
@@ -388,15 +451,18 @@ class MarginalResult(FitResult):
         allow_new_levels : bool
             ``False``: a group not in the fit raises
             :class:`~memoe.core.design.newdata.NewLevelError`; ``True``: it gets ``X beta``.
-        level : {0, 1} or float, optional
-            ``0`` or ``1``: nlme's grouping level (``0`` is ``re_form=None``, ``1`` is ``re_form="full"``;
-            give one of the two). A number strictly between 0 and 1: the coverage of ``interval``
-            (default 0.95), as the ``level`` of the other families' ``predict``.
+        level : int or float, optional
+            An integer: nlme's grouping level, ``0`` (``re_form=None``) to the number of grouping levels
+            Q (``re_form="full"``); with nested levels (outermost first) ``level=k`` adds the BLUPs of
+            levels 1..k, as nlme's ``predict(fit, level = k)``. Give ``level`` or ``re_form``, not both.
+            A number strictly between 0 and 1: the coverage of ``interval`` (default 0.95), as the
+            ``level`` of the other families' ``predict``.
         interval : {None, "confidence", "prediction"}
             ``None``: the Series. Otherwise a DataFrame ``fit, se_fit, lower, upper`` with normal
             quantiles. Population level: ``se_fit^2 = x' V_beta x``; conditional (``lme``):
             ``Var(x' beta_hat + z' b_hat - x' beta - z' b)``, exact with the residual structure
-            (see :mod:`memoe.marginal.predict`). A prediction interval adds the variance of a new
+            and, for nested levels, the correlation of a group's BLUPs with those of the groups
+            containing it (see :mod:`memoe.marginal.predict`). A prediction interval adds the variance of a new
             observation not explained by the prediction: ``z' G z`` of the random effects left out and
             the residual variance ``sigma^2 s^2`` (variance function included; its correlation with the
             group's observed residuals is ignored here, :meth:`predict_subject` conditions on it).
@@ -416,15 +482,15 @@ class MarginalResult(FitResult):
             if interval is None:
                 raise PredictArgumentError(
                     f"level={coverage!r} is a coverage, which needs interval='confidence' or 'prediction'; "
-                    "nlme's grouping level is 0 or 1"
+                    f"nlme's grouping level is an integer 0 .. {max(len(self.level_names), 1)}"
                 )
         interval, conf_level = check_interval(interval, coverage)
         if interval is None:
             return predict_marginal(self, newdata, re_form, type, allow_new_levels, level)
 
         check_type(type)
-        re_form = _resolve_level(re_form, level)
-        return predict_interval_marginal(self, newdata, re_form, interval, conf_level, allow_new_levels)
+        re_form, keep = _resolve_level(re_form, level, len(self.level_names))
+        return predict_interval_marginal(self, newdata, re_form, interval, conf_level, allow_new_levels, keep)
 
     def predict_subject(
         self,
@@ -615,9 +681,8 @@ class MarginalResult(FitResult):
         by = self.model.weights.by if self.model.weights is not None else None
         lookup = {}
         for (part, param), value in self.varcomp.items():
-            if part == "reStruct":
-                inner = param[param.index("(") + 1 : -1]
-                term = f"sd__{inner}" if param.startswith("sd(") else "cor__" + ".".join(inner.split(",", 1))
+            if part.startswith("reStruct"):
+                term = self._re_term(part, param)
             elif part == "varStruct":
                 term = f"varIdent({by}={param})"
             elif part == "sigma":
@@ -625,16 +690,34 @@ class MarginalResult(FitResult):
             else:
                 term = param
             lookup[term] = value
-        se = np.array([lookup.get(t, (np.nan, np.nan, "other"))[1] for t in rp["term"]], dtype=float)
-        kind = np.array([lookup.get(t, (np.nan, np.nan, "other"))[2] for t in rp["term"]], dtype=object)
+        keys = [self._rp_key(g, t) for g, t in zip(rp["group"], rp["term"], strict=True)]
+        se = np.array([lookup.get(t, (np.nan, np.nan, "other"))[1] for t in keys], dtype=float)
+        kind = np.array([lookup.get(t, (np.nan, np.nan, "other"))[2] for t in keys], dtype=object)
         return add_varcomp_inference(rp, VarCompCov(rp["estimate"].to_numpy(float), se, kind))
 
     def coef(self) -> dict[str, pd.DataFrame]:
         """Subject-specific coefficients, nlme's ``coef.lme``: {grouping factor: levels x fixed effects}
-        (``gls``: {})."""
+        (``gls``: {}). With nested levels the coefficients of a level-k group add the BLUPs of levels
+        1..k (nlme's ``coef(fit, level = k)``), outermost level first."""
         from memoe.inference.coefficients import subject_coefficients
 
-        return subject_coefficients(self.fixef, self.ranef)
+        coefs = subject_coefficients(self.fixef, self.ranef)
+        if not self.nested:
+            return coefs
+        # nlme's coef(fit, level = k): a group of level k also carries the BLUPs of the groups that
+        # contain it (levels 1..k-1), found through any one of its rows
+        blocks = self._level_blocks()
+        fixef = self.fixef.to_numpy()
+        out: dict[str, pd.DataFrame] = {}
+        for k, blk in enumerate(blocks):
+            frame = coefs[blk.factor.name]
+            first = np.full(blk.nlevels, -1, dtype=np.int64)
+            first[blk.factor.codes[::-1]] = np.arange(len(blk.factor.codes))[::-1]
+            for outer in blocks[:k]:
+                outer_coef = coefs[outer.factor.name].to_numpy() - fixef[None, :]
+                frame = frame + outer_coef[outer.factor.codes[first]]
+            out[blk.factor.name] = frame
+        return out
 
     def icc(self, by_group: bool = False):
         """Adjusted and conditional ICC (Nakagawa et al. 2017); ``lme`` only (gls has no random effects)."""
@@ -653,11 +736,10 @@ class MarginalResult(FitResult):
         scales, mapped back); the reference stratum's SD ratio is fixed at 1 and gets NaN."""
         iv = self.intervals(level)
         by = self.model.weights.by if self.model.weights is not None else None
+        keys = [self._rp_key(g, t) for g, t in zip(rp["group"], rp["term"], strict=True)]
         for (part, param), row in iv.iterrows():
-            if part == "reStruct":
-                # "sd(Days)" -> "sd__Days"; "cor((Intercept),Days)" -> "cor__(Intercept).Days"
-                inner = param[param.index("(") + 1 : -1]
-                term = f"sd__{inner}" if param.startswith("sd(") else "cor__" + ".".join(inner.split(",", 1))
+            if part.startswith("reStruct"):
+                term = self._re_term(part, param)
             elif part == "corStruct":
                 term = param
             elif part == "varStruct":
@@ -666,9 +748,23 @@ class MarginalResult(FitResult):
                 term = "sd__Observation"
             else:  # "fixed": tidy's fixed rows use confint
                 continue
-            rp.loc[rp["term"] == term, "conf_low"] = float(row["lower"])
-            rp.loc[rp["term"] == term, "conf_high"] = float(row["upper"])
+            hit = np.array([k == term for k in keys], dtype=bool)
+            rp.loc[hit, "conf_low"] = float(row["lower"])
+            rp.loc[hit, "conf_high"] = float(row["upper"])
         return rp
+
+    def _re_term(self, part: str, param: str) -> str:
+        """tidy's key of an ``intervals`` / ``varcomp`` random-effects row: ``sd(Days)`` -> ``sd__Days``,
+        ``cor((Intercept),Days)`` -> ``cor__(Intercept).Days``; prefixed ``<factor>|`` for nested levels."""
+        inner = param[param.index("(") + 1 : -1]
+        term = f"sd__{inner}" if param.startswith("sd(") else "cor__" + ".".join(inner.split(",", 1))
+        return f"{part[len('reStruct.'):]}|{term}" if part.startswith("reStruct.") else term
+
+    def _rp_key(self, group: str, term: str) -> str:
+        """The key of a ``_ran_pars`` row in :meth:`_re_term`'s convention."""
+        if self.nested and group in self.level_names:
+            return f"{group}|{term}"
+        return term
 
     def summary(self):
         """nlme's ``print(summary(fit))``: a :class:`~memoe.marginal.summary.MarginalSummary` whose ``str``

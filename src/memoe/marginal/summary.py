@@ -58,23 +58,49 @@ class MarginalSummary(Summary):
         return pd.DataFrame({"AIC": [f.aic], "BIC": [f.bic], "logLik": [f.loglik]}, index=[""])
 
     @cached_property
-    def _random_sd(self) -> pd.DataFrame | None:
+    def _random_levels(self) -> list[tuple[str, pd.DataFrame, pd.DataFrame | None]]:
+        """Per grouping level (outermost first): factor, SDs (one row ``StdDev:``) and correlations."""
         f = self.fit
         if f.kind != "lme":
+            return []
+        out = []
+        covs = f.ranef_covs
+        for k, (grp, frame) in enumerate(covs.items()):
+            cov = frame.to_numpy()
+            cols = list(frame.columns)
+            sd = np.sqrt(np.diag(cov))
+            last = k == len(covs) - 1
+            # nlme prints the residual SD next to the innermost level's SDs
+            sd_frame = pd.DataFrame(
+                [[*list(sd), f.sigma]] if last else [list(sd)],
+                index=["StdDev:"],
+                columns=[*cols, "Residual"] if last else cols,
+            )
+            corr = pd.DataFrame(cov / np.outer(sd, sd), index=cols, columns=cols) if len(cols) > 1 else None
+            out.append((grp, sd_frame, corr))
+        return out
+
+    @cached_property
+    def _random_sd(self) -> pd.DataFrame | None:
+        """SDs of every level's random effects and the residual SD, one row ``StdDev:``; columns
+        ``<factor>: <term>`` when there are several levels."""
+        levels = self._random_levels
+        if not levels:
             return None
-        cols = list(f.ranef_cov.columns)
-        sd = np.sqrt(np.diag(f.ranef_cov.to_numpy()))
-        return pd.DataFrame([[*list(sd), f.sigma]], index=["StdDev:"], columns=[*cols, "Residual"])
+        if len(levels) == 1:
+            return levels[0][1]
+        parts = []
+        for grp, sd, _ in levels:
+            parts.append(sd.rename(columns=lambda c, g=grp: c if c == "Residual" else f"{g}: {c}"))
+        return pd.concat(parts, axis=1)
 
     @cached_property
     def _random_corr(self) -> pd.DataFrame | None:
-        f = self.fit
-        if f.kind != "lme" or f.ranef_cov.shape[0] < 2:
+        levels = self._random_levels
+        if len(levels) != 1:
+            # several levels: one correlation table per level (see tables["random_correlation_<factor>"])
             return None
-        cov = f.ranef_cov.to_numpy()
-        sd = np.sqrt(np.diag(cov))
-        cols = list(f.ranef_cov.columns)
-        return pd.DataFrame(cov / np.outer(sd, sd), index=cols, columns=cols)
+        return levels[0][2]
 
     @cached_property
     def _fixef_corr(self) -> pd.DataFrame | None:
@@ -103,6 +129,10 @@ class MarginalSummary(Summary):
             out["random_effects"] = self._random_sd.reset_index(drop=True)
         if self._random_corr is not None:
             out["random_correlation"] = self._random_corr
+        if len(self._random_levels) > 1:
+            for grp, _, corr in self._random_levels:
+                if corr is not None:
+                    out[f"random_correlation_{grp}"] = corr
         if len(f.cor_params):
             out["correlation_structure"] = f.cor_params.rename("estimate").to_frame()
         if len(f.var_params):
@@ -128,17 +158,24 @@ class MarginalSummary(Summary):
         return lines
 
     def _random(self) -> list[str]:
-        f = self.fit
-        if self._random_sd is None:
+        """nlme's "Random effects:" block: one ``Formula: ~terms | group`` per level, outermost first;
+        inner levels are written ``Side %in% Dog`` as nlme does."""
+        levels = self._random_levels
+        if not levels:
             return []
-        grp = f.design.blocks[0].factor.name
-        cols = list(f.ranef_cov.columns)
-        lhs = " + ".join("1" if c == "(Intercept)" else c for c in cols)
-        lines = ["", "Random effects:", f" Formula: ~{lhs} | {grp}"]
-        lines += [" " + s for s in self._random_sd.to_string(float_format=lambda v: f"{v:.7g}").splitlines()]
-        if self._random_corr is not None:
-            lines.append(" Corr (random effects):")
-            lines += [" " + s for s in np.round(self._random_corr, 3).to_string().splitlines()]
+        lines = ["", "Random effects:"]
+        for k, ((_, sd, corr), label) in enumerate(zip(levels, self._level_labels(), strict=True)):
+            cols = [c for c in sd.columns if c != "Residual"]
+            lhs = " + ".join("1" if c == "(Intercept)" else c for c in cols)
+            if k:
+                lines.append("")
+            lines.append(f" Formula: ~{lhs} | {label}")
+            if len(levels) > 1 and corr is not None:
+                lines.append(" Structure: General positive-definite, Log-Cholesky parametrization")
+            lines += [" " + s for s in sd.to_string(float_format=lambda v: f"{v:.7g}").splitlines()]
+            if corr is not None:
+                lines.append(" Corr (random effects):")
+                lines += [" " + s for s in np.round(corr, 3).to_string().splitlines()]
         return lines
 
     def _structures(self) -> list[str]:
@@ -147,7 +184,7 @@ class MarginalSummary(Summary):
         lines: list[str] = []
         if P.cor is not None:
             s = P.cor.structure
-            lines += ["", f"Correlation Structure: {s.label}", f" Formula: {s.formula(f.model.layout.name)}"]
+            lines += ["", f"Correlation Structure: {s.label}", f" Formula: {s.formula(self._structure_group())}"]
             lines += [" Parameter estimate(s):", *_series_block(f.cor_params)]
         if P.var is not None:
             v = P.var.function
@@ -193,7 +230,34 @@ class MarginalSummary(Summary):
                 f"Residual standard error: {_fmt(f.sigma, 6)} ",
                 f"Degrees of freedom: {f.nobs} total; {f.nobs - f.design.p} residual",
             ]
+        if len(f.ngroups) > 1:
+            # nlme: "Number of Groups:" then the counts per level under their labels
+            counts = pd.Series(f.ngroups.to_numpy(), index=self._level_labels())
+            return ["", f"Number of Observations: {f.nobs}", "Number of Groups: ", *_series_block(counts)]
         return ["", f"Number of Observations: {f.nobs}", f"Number of Groups: {int(f.ngroups.iloc[0])} "]
+
+    def _structure_group(self) -> str | None:
+        """The groups of the residual structure as nlme writes them: ``Dog/Side`` for nested levels."""
+        f = self.fit
+        if not f.nested:
+            return f.model.layout.name
+        seen: list[str] = []
+        for grp in f.level_names:
+            parts = grp.split(":")
+            seen.append(":".join(p for p in parts if p not in seen) or grp)
+        return "/".join(seen)
+
+    def _level_labels(self) -> list[str]:
+        """nlme's level labels: ``Dog``, ``Side %in% Dog``, ``c %in% b %in% a`` (the factor's own part,
+        then the levels that contain it, innermost first); from the interaction names ``Dog:Side``."""
+        out: list[str] = []
+        seen: list[str] = []  # own parts of the levels so far, outermost first
+        for grp in self.fit.level_names:
+            parts = grp.split(":")
+            own = ":".join(p for p in parts if p not in seen) or grp
+            out.append(" %in% ".join([own, *reversed(seen)]))
+            seen.append(own)
+        return out
 
     def text(self) -> str:
         parts = self._header() + self._random() + self._structures() + self._coefficients()

@@ -25,6 +25,7 @@ Also :func:`check_column`, for string fields naming one column (grouping, time, 
 from __future__ import annotations
 
 import ast
+import keyword
 import re
 from collections.abc import Collection
 
@@ -88,6 +89,13 @@ def check_formula(text: object, columns: Collection[str], *, what: str = "formul
         raise PersistenceError(f"{what} has {len(text)} characters; at most {MAX_FORMULA_CHARS} are accepted")
     cols = {str(c) for c in columns}
     python, quoted = _to_python(text, cols, what)
+    # a column named like a Python keyword (nlme's Oats has ``yield``) cannot be parsed as a name:
+    # it reads as that column through a placeholder, as a backquoted name does
+    for kw in keyword.kwlist:
+        if kw in cols and re.search(rf"(?<![\w.]){kw}(?![\w])", python):
+            key = f"memoe_quoted_{len(quoted)}"
+            quoted[key] = kw
+            python = re.sub(rf"(?<![\w.]){kw}(?![\w])", f" {key} ", python)
     sides = python.split("~")
     if len(sides) > 2:
         raise PersistenceError(f"{what} {_show(text)} has more than one '~'")
