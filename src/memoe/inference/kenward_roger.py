@@ -38,7 +38,16 @@ import numpy as np
 
 from memoe.inference.marginal import MarginalMoments
 
-__all__ = ["KRTest", "KenwardRoger", "kenward_roger", "kr_adjust", "kr_df_1d", "kr_ftest", "kr_information", "kr_weights"]
+__all__ = [
+    "KRTest",
+    "KenwardRoger",
+    "kenward_roger",
+    "kr_adjust",
+    "kr_df_1d",
+    "kr_ftest",
+    "kr_information",
+    "kr_weights",
+]
 
 # pbkrtest switches to a generalised inverse of IE2 when its smallest |eigenvalue| is below this
 _COND_TOL = 1e-10
