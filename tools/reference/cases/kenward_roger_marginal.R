@@ -44,11 +44,12 @@ krm_symm_u <- function(R) {
 }
 
 ## the marginal model of an nlme fit as a function of phi
-krm_model <- function(fit, data, group, cor = "none", var_by = NULL, re_formula = NULL) {
+krm_model <- function(fit, data, group, cor = "none", var_by = NULL, re_formula = NULL, visit = NULL) {
   X <- model.matrix(if (inherits(fit, "lme")) fit$terms else formula(fit), data)
   beta <- if (inherits(fit, "lme")) fixef(fit) else coef(fit)
   grp <- as.character(data[[group]])
-  pos <- ave(seq_along(grp), grp, FUN = seq_along)
+  ## position within the group (row order), or the integer visit (nlme's corSymm(form = ~ visit | g))
+  pos <- if (is.null(visit)) ave(seq_along(grp), grp, FUN = seq_along) else as.integer(data[[visit]])
   same <- outer(grp, grp, "==")
   m <- max(pos)
   s2 <- sigma(fit)^2
@@ -201,11 +202,11 @@ krm_pbkrtest <- function(lmer_call, tests) {
 }
 
 krm_case <- function(case_id, dataset, r_call, description, group, cor = "none", var_by = NULL,
-                     re_formula = NULL, lmer_call = NULL) {
+                     re_formula = NULL, lmer_call = NULL, data_expr = dataset, visit = NULL, notes = NULL) {
   rc <- run_call(r_call)
   fit <- rc$value
-  data <- get(dataset, envir = globalenv())
-  mod <- krm_model(fit, data, group, cor = cor, var_by = var_by, re_formula = re_formula)
+  data <- eval(parse(text = data_expr), envir = globalenv())
+  mod <- krm_model(fit, data, group, cor = cor, var_by = var_by, re_formula = re_formula, visit = visit)
   tests <- krm_term_tests(mod$X)
   res <- list(loglik = as.numeric(logLik(fit)), sigma = sigma(fit), fixef = jvec(mod$beta),
               kenward_roger_marginal = krm_compute(mod, tests))
@@ -216,7 +217,7 @@ krm_case <- function(case_id, dataset, r_call, description, group, cor = "none",
   }
   make_case(case_id, dataset, r_call, "nlme", fit$method, res,
             fit_info = fitinfo_nlme(fit, rc), description = description, extra_calls = extra,
-            notes = c("kenward_roger_marginal: pbkrtest's Kenward-Roger algebra applied densely to the marginal model of the nlme fit at nlme's estimates (see tools/reference/cases/kenward_roger_marginal.R); se_kr / PhiA include the second-derivative term R_rs in the parameterisation phi_names, se_kr_linear / PhiA_linear omit it; df, ddf and scale are pbkrtest's (Lb_ddf, .KR_adjust) from Phi, P_r and W.",
+            notes = c(notes, "kenward_roger_marginal: pbkrtest's Kenward-Roger algebra applied densely to the marginal model of the nlme fit at nlme's estimates (see tools/reference/cases/kenward_roger_marginal.R); se_kr / PhiA include the second-derivative term R_rs in the parameterisation phi_names, se_kr_linear / PhiA_linear omit it; df, ddf and scale are pbkrtest's (Lb_ddf, .KR_adjust) from Phi, P_r and W.",
                       "ftests: each fixed-effects term's columns = 0 and all non-intercept columns = 0; L rows in the column order of coef$term.",
                       if (!is.null(lmer_call)) "pbkrtest_lmer: pbkrtest::vcovAdj, Lb_ddf and KRmodcomp on the equivalent lmer fit (the same marginal model)."),
             contrasts = contrast_info(fit$contrasts), packages = c("nlme", "pbkrtest"))
@@ -246,3 +247,15 @@ krm_case("kr_orthodont_lme_ar1", "Orthodont",
          "lme(distance ~ age * Sex, random = ~ 1 | Subject, correlation = corAR1(), data = Orthodont, method = \"REML\")",
          "lme with random intercept and AR(1) residuals within Subject; Kenward-Roger on the marginal model",
          group = "Subject", cor = "ar1", re_formula = ~ 1)
+
+## unbalanced designs: groups of several sizes (several size buckets on the Python side)
+ORTH_UNB <- "transform(Orthodont, visit = as.integer(age / 2 - 3))[-c(4, 7, 14, 22, 35, 61, 78, 90, 103), ]"
+krm_case("kr_orthodont_gls_symm_missing_visits", "Orthodont",
+         paste0("gls(distance ~ age * Sex, data = ", ORTH_UNB, ", correlation = corSymm(form = ~ visit | Subject), weights = varIdent(form = ~ 1 | age), method = \"REML\")"),
+         "MMRM-type gls with missed visits: unstructured correlation over visit = age / 2 - 3, per-age variances",
+         group = "Subject", cor = "symm", var_by = "age", data_expr = ORTH_UNB, visit = "visit",
+         notes = "data: Orthodont with visit = age / 2 - 3 and rows 4, 7, 14, 22, 35, 61, 78, 90, 103 (1-based) dropped")
+krm_case("kr_ovary_gls_ar1", "Ovary",
+         "gls(follicles ~ sin(2 * pi * Time) + cos(2 * pi * Time), data = Ovary, correlation = corAR1(form = ~ 1 | Mare), method = \"REML\")",
+         "gls with AR(1) within Mare (groups of different sizes); Kenward-Roger on the marginal model",
+         group = "Mare", cor = "ar1")
