@@ -53,6 +53,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from memoe.core.linalg.batched import batched_cholesky, batched_forward_solve
 from memoe.errors import HypothesisError
 from memoe.inference.kenward_roger import KenwardRoger, kr_adjust, kr_information, kr_weights
 
@@ -180,32 +181,34 @@ def kr_pieces(fit) -> MarginalKRPieces:
     P = np.zeros((K, p, p))
     Q = np.zeros((K, K, p, p))
     Ktrace = np.zeros((K, K))
-    Bs, Vinvs = [], []
+    Bs = []
     for k in range(len(layout.buckets)):
         Vk = s2 * R0[k]
         if Zb is not None:
             Vk = Vk + Zb[k] @ G @ np.swapaxes(Zb[k], 1, 2)
-        Vinv = np.linalg.inv(Vk)
-        Vinv = 0.5 * (Vinv + np.swapaxes(Vinv, 1, 2))
-        B = Vinv @ Xb[k]  # V_i^-1 X_i, (Gk, n, p)
-        XVX += np.einsum("gnp,gnq->pq", Xb[k], B)
+        # whitened form: V_i = L_i L_i', Xt = L_i^-1 X_i, M_r = L_i^-1 V_r L_i^-T (symmetric), so
+        # P_r = -Xt' M_r Xt, Q_rs = (M_r Xt)' (M_s Xt), tr(V^-1 V_r V^-1 V_s) = <M_r, M_s>: the sums over
+        # the groups become two GEMMs over the flattened stacks
+        Lk = batched_cholesky(Vk)
+        Linv = batched_forward_solve(Lk, np.ascontiguousarray(np.broadcast_to(np.eye(Vk.shape[1]), Vk.shape)))
+        Xt = Linv @ Xb[k]  # (Gk, n, p)
+        XVX += np.einsum("gnp,gnq->pq", Xt, Xt)
         parts = []
         if Zb is not None:
-            parts.append(np.einsum("gaq,rqs,gbs->rgab", Zb[k], E, Zb[k], optimize=True))
+            ZtL = Linv @ Zb[k]  # L_i^-1 Z_i
+            parts.append(np.einsum("gaq,rqs,gbs->rgab", ZtL, E, ZtL, optimize=True))
+        LinvT = np.swapaxes(Linv, 1, 2)
         if n_psi:
-            parts.append(s2 * np.stack([dR[j][k] for j in range(n_psi)]))
-        parts.append(R0[k][None])
-        dV = np.concatenate(parts)  # (K, Gk, n, n)
-        C = dV @ B  # V_r V_i^-1 X_i
-        D = Vinv[None] @ C
-        P -= np.einsum("gap,rgaq->rpq", B, C, optimize=True)
-        Cm = C.transpose(0, 3, 1, 2).reshape(K * p, -1)
-        Dm = D.transpose(0, 3, 1, 2).reshape(K * p, -1)
-        Q += (Cm @ Dm.T).reshape(K, p, K, p).transpose(0, 2, 1, 3)
-        A = Vinv[None] @ dV
-        Ktrace += A.reshape(K, -1) @ np.swapaxes(A, 2, 3).reshape(K, -1).T
-        Bs.append(B)
-        Vinvs.append(Vinv)
+            parts.append(s2 * (Linv[None] @ np.stack([dR[j][k] for j in range(n_psi)]) @ LinvT[None]))
+        parts.append((Linv @ R0[k] @ LinvT)[None])
+        M = np.concatenate(parts)  # (K, Gk, n, n)
+        T = M @ Xt[None]  # (K, Gk, n, p)
+        P -= np.einsum("gap,rgaq->rpq", Xt, T, optimize=True)
+        Tm = T.transpose(0, 3, 1, 2).reshape(K * p, -1)
+        Q += (Tm @ Tm.T).reshape(K, p, K, p).transpose(0, 2, 1, 3)
+        Mm = M.reshape(K, -1)
+        Ktrace += Mm @ Mm.T
+        Bs.append(LinvT @ Xt)  # V_i^-1 X_i
     Phi = np.linalg.inv(XVX)
     Phi = 0.5 * (Phi + Phi.T)
     Q = 0.5 * (Q + Q.transpose(1, 0, 2, 3).transpose(0, 1, 3, 2))
