@@ -80,7 +80,7 @@ def time_mmrm(subjects: int, visits: int, repeat: int) -> None:
     t_fit = time.perf_counter() - t0
 
     def kr():
-        fit.__dict__.pop("_kr_pieces", None)
+        fit.__dict__.pop("_kr_cache", None)
         fit.coef_table(ddf="kenward-roger")
         fit.coef_table(ddf="kenward-roger-linear")
 

@@ -23,8 +23,10 @@ With ``Phi = (sum_i X_i' V_i^-1 X_i)^-1`` and ``V_r = dV / dphi_r`` (Kenward & R
     W    =  2 IE2^-1,  IE2_rs = sum_i tr(V_i^-1 V_r V_i^-1 V_s) - 2 tr(Phi Q_rs) + tr(Phi P_r Phi P_s)
     Phi_A = Phi + 2 Phi [sum_rs W_rs (Q_rs - P_r Phi P_s - R_rs / 4)] Phi
 
-``W`` is the inverse of the *expected* REML information (pbkrtest's ``vcovAdj``; R's mmrm uses the
-observed Hessian instead, which differs by O(1/n)). Two variants, as mmrm's ``method``:
+``W`` is by default the inverse of the *expected* REML information (pbkrtest's ``vcovAdj``, and
+:mod:`memoe.inference.kenward_roger` for ``memoe.lmm``); ``information="observed"`` uses the observed
+Hessian of the REML criterion instead, as R's mmrm (``theta_vcov``) and SAS; the two differ by O(1/n).
+Two variants, as mmrm's ``method``:
 
 * ``"kenward-roger"``: with ``R_rs``. For a covariance nonlinear in its parameters (correlation
   structures, variance functions) ``R_rs`` and hence ``Phi_A`` depend on the parameterisation; the
@@ -86,6 +88,8 @@ class MarginalKRPieces:
         The K variance parameters phi.
     phi : numpy.ndarray, shape (K,)
         Their values.
+    information : str
+        ``"expected"`` or ``"observed"``: the information matrix behind ``W``.
     """
 
     Phi: np.ndarray
@@ -95,6 +99,7 @@ class MarginalKRPieces:
     WR: np.ndarray
     names: list[str]
     phi: np.ndarray
+    information: str = "expected"
 
 
 def _names(fit, tmap) -> list[str]:
@@ -111,13 +116,24 @@ def _names(fit, tmap) -> list[str]:
     return [*out, "residual"]
 
 
-def kr_pieces(fit) -> MarginalKRPieces:
+def kr_pieces(fit, information: str = "expected") -> MarginalKRPieces:
     """``Phi``, ``P_r``, ``Q_rs``, ``W`` and ``sum W_rs R_rs`` of a REML ``gls`` / ``lme`` fit.
 
     Parameters
     ----------
     fit : MarginalResult
         Fitted by REML.
+    information : {"expected", "observed"}
+        ``W = 2 H^-1`` with ``H`` the expected (pbkrtest) or the observed (R's mmrm, SAS) Hessian of
+        the REML criterion ``-2 l_R`` in ``phi``. Observed (Notes)::
+
+            H_rs = tr(Pm V_rs) - y' Pm V_rs Pm y - tr(Pm V_r Pm V_s) + 2 y' Pm V_r Pm V_s Pm y
+
+        ``Pm y = V^-1 (y - X beta)``; the first two terms, linear in the second derivatives ``V_rs``,
+        are ``sum_i <V_rs,i, V_i^-1 - r_i r_i' - B_i Phi B_i'>`` (``B_i = V_i^-1 X_i``), a scalar whose
+        ``psi`` Hessian is taken by central differences. At an interior optimum the observed Hessian
+        transforms with the parameterisation, so the linear variant then equals mmrm's
+        ``"Kenward-Roger-Linear"`` whatever mmrm's parameterisation.
 
     Returns
     -------
@@ -133,6 +149,8 @@ def kr_pieces(fit) -> MarginalKRPieces:
     >>> kr_pieces(fit).P.shape  # 6 correlation, 3 variance parameters, sigma^2; 4 fixed effects
     (10, 4, 4)
     """
+    if information not in ("expected", "observed"):
+        raise HypothesisError(f"information={information!r}: choose 'expected' (pbkrtest) or 'observed' (mmrm, SAS)")
     if not fit.reml:
         raise HypothesisError(
             "Kenward-Roger's method is only available for REML fits (as in pbkrtest and R's mmrm); "
@@ -181,7 +199,10 @@ def kr_pieces(fit) -> MarginalKRPieces:
     P = np.zeros((K, p, p))
     Q = np.zeros((K, K, p, p))
     Ktrace = np.zeros((K, K))
-    Bs = []
+    ZZ = np.zeros((K, K))  # r' V_r V^-1 V_s r
+    XtZ = np.zeros((p, K))  # X' V^-1 V_r r
+    Bs, Vinvs, rs = [], [], []
+    eb = layout.gather(problem.y - problem.X @ fit.fixef.to_numpy())
     for k in range(len(layout.buckets)):
         Vk = s2 * R0[k]
         if Zb is not None:
@@ -209,10 +230,22 @@ def kr_pieces(fit) -> MarginalKRPieces:
         Mm = M.reshape(K, -1)
         Ktrace += Mm @ Mm.T
         Bs.append(LinvT @ Xt)  # V_i^-1 X_i
+        et = (Linv @ eb[k][:, :, None])[:, :, 0]  # L_i^-1 e_i
+        z = np.einsum("rgab,gb->rga", M, et).reshape(K, -1)  # L_i^-1 V_r V_i^-1 e_i
+        ZZ += z @ z.T
+        XtZ += Xt.reshape(-1, p).T @ z.T
+        if information == "observed":
+            Vinvs.append(LinvT @ Linv)
+            rs.append((LinvT @ et[:, :, None])[:, :, 0])  # V_i^-1 e_i
     Phi = np.linalg.inv(XVX)
     Phi = 0.5 * (Phi + Phi.T)
     Q = 0.5 * (Q + Q.transpose(1, 0, 2, 3).transpose(0, 1, 3, 2))
-    W = kr_weights(kr_information(Phi, P, Q, Ktrace))
+    IE2 = kr_information(Phi, P, Q, Ktrace)
+    if information == "observed":
+        H = _observed_hessian(IE2, ZZ, XtZ, Phi, Bs, Vinvs, rs, dR, resid_cov, psi, sc, s2, n_theta)
+        W = kr_weights(H)
+    else:
+        W = kr_weights(IE2)
 
     # sum_rs W_rs R_rs: only the (sigma^2, psi_j) and (psi_j, psi_k) second derivatives are non-zero
     WR = np.zeros((p, p))
@@ -235,7 +268,42 @@ def kr_pieces(fit) -> MarginalKRPieces:
                 S = S + 2.0 * w_sp[j] * dR[j][k]
             WR += np.einsum("gap,gab,gbq->pq", B, S, B, optimize=True)
     phi = np.concatenate([g_values, psi, [s2]])
-    return MarginalKRPieces(Phi=Phi, P=P, Q=Q, W=W, WR=0.5 * (WR + WR.T), names=_names(fit, tmap), phi=phi)
+    return MarginalKRPieces(
+        Phi=Phi, P=P, Q=Q, W=W, WR=0.5 * (WR + WR.T), names=_names(fit, tmap), phi=phi, information=information
+    )
+
+
+def _observed_hessian(IE2, ZZ, XtZ, Phi, Bs, Vinvs, rs, dR, resid_cov, psi, sc, s2, n_theta) -> np.ndarray:
+    """Observed Hessian of ``-2 l_R`` in phi (see :func:`kr_pieces`), shape (K, K)."""
+    K = IE2.shape[0]
+    Y = ZZ - XtZ.T @ Phi @ XtZ  # y' Pm V_r Pm V_s Pm y
+    H = 2.0 * Y - IE2
+    n_psi = psi.size
+    if n_psi:
+        # S_i = V_i^-1 - r_i r_i' - B_i Phi B_i': <d^2 V_i, S_i> summed is the second-derivative term
+        S = [Vi - r[:, :, None] * r[:, None, :] - B @ Phi @ np.swapaxes(B, 1, 2)
+             for Vi, r, B in zip(Vinvs, rs, Bs, strict=True)]
+
+        def f(x: np.ndarray) -> float:  # sum_i <S_i C_i S_i (psi), S_i>
+            return float(sum(np.sum(R * Sk) for R, Sk in zip(resid_cov(psi + sc * x), S, strict=True)))
+
+        h = _H2
+        f0 = f(np.zeros(n_psi))
+        T = np.empty((n_psi, n_psi))
+        eye = np.eye(n_psi) * h
+        for i in range(n_psi):
+            T[i, i] = (f(eye[i]) - 2.0 * f0 + f(-eye[i])) / h**2
+            for j in range(i):
+                T[i, j] = T[j, i] = (
+                    f(eye[i] + eye[j]) - f(eye[i] - eye[j]) - f(-eye[i] + eye[j]) + f(-eye[i] - eye[j])
+                ) / (4.0 * h * h)
+        ip = slice(n_theta, n_theta + n_psi)
+        H[ip, ip] += s2 * T / np.outer(sc, sc)
+        # d^2 V / dsigma^2 dpsi_j = d(S C S) / dpsi_j
+        g = np.array([sum(float(np.sum(dR[j][k] * Sk)) for k, Sk in enumerate(S)) for j in range(n_psi)])
+        H[K - 1, ip] += g
+        H[ip, K - 1] += g
+    return 0.5 * (H + H.T)
 
 
 def kenward_roger_marginal(pieces: MarginalKRPieces, variant: str) -> KenwardRoger:

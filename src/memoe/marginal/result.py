@@ -495,7 +495,7 @@ class MarginalResult(FitResult):
             )
         return name
 
-    def coef_table(self, ddf: str = "nlme", robust: str | None = None) -> pd.DataFrame:
+    def coef_table(self, ddf: str = "nlme", robust: str | None = None, information: str = "expected") -> pd.DataFrame:
         """The t table with the standard columns ``estimate, std_error, statistic, df, p_value``.
 
         Parameters
@@ -511,6 +511,9 @@ class MarginalResult(FitResult):
             ``"asymptotic"``: the model-based SEs, normal reference (df inf).
         robust : {"CR0", "CR1", "CR1S", "CR2", "CR3"}, optional
             Cluster-robust SEs (:meth:`vcov`), with ``ddf="nlme"`` (its df) or ``"asymptotic"``.
+        information : {"expected", "observed"}
+            Kenward-Roger only: the information matrix of the variance parameters (:meth:`kenward_roger`;
+            ``"observed"`` with ``ddf="kenward-roger-linear"`` reproduces R's mmrm ``"Kenward-Roger-Linear"``).
 
         Returns
         -------
@@ -522,7 +525,7 @@ class MarginalResult(FitResult):
         est = self.fixef.to_numpy()
         names = self.design.fixef_names
         if ddf in KR_VARIANTS:
-            kr = self.kenward_roger(linear=ddf == "kenward-roger-linear")
+            kr = self.kenward_roger(linear=ddf == "kenward-roger-linear", information=information)
             se = np.sqrt(np.clip(np.diag(kr.PhiA), 0.0, None))
             df = kr_df_1d(kr, np.eye(len(est)))
             return coef_frame(est, se, names, statistic="t", df=df, ddf=ddf)
@@ -545,7 +548,9 @@ class MarginalResult(FitResult):
         df = satterthwaite_df(inputs, np.eye(len(est)))
         return coef_frame(est, se, names, statistic="t", df=df, ddf="satterthwaite")
 
-    def _confint_wald(self, level: float, ddf: str = "nlme", robust: str | None = None) -> pd.DataFrame:
+    def _confint_wald(
+        self, level: float, ddf: str = "nlme", robust: str | None = None, information: str = "expected"
+    ) -> pd.DataFrame:
         """Wald intervals of the fixed effects; with ``ddf="nlme"`` those of nlme's ``intervals``.
 
         nlme's ``intervals`` use the t table's df with the SEs of ``vcov`` (not the N / (N - p)
@@ -553,7 +558,7 @@ class MarginalResult(FitResult):
         """
         ddf = self._check_ddf(ddf, robust)
         if ddf != "nlme":
-            return wald_interval(self.coef_table(ddf=ddf, robust=robust), level)
+            return wald_interval(self.coef_table(ddf=ddf, robust=robust, information=information), level)
         est = self.fixef.to_numpy()
         se = np.sqrt(np.clip(np.diag(self.vcov(robust=robust).to_numpy()), 0.0, None))
         q = stats.t.ppf(0.5 + level / 2.0, np.asarray(self.df_coef, dtype=float))
@@ -567,10 +572,10 @@ class MarginalResult(FitResult):
         return satterthwaite_inputs(self)
 
     @cached_property
-    def _kr_pieces(self):
-        return kr_pieces(self)
+    def _kr_cache(self) -> dict:
+        return {}
 
-    def kenward_roger(self, linear: bool = False):
+    def kenward_roger(self, linear: bool = False, information: str = "expected"):
         """The Kenward-Roger adjusted covariance of the fixed effects and the pieces of its df.
 
         Parameters
@@ -578,6 +583,10 @@ class MarginalResult(FitResult):
         linear : bool
             ``False``: with the second-derivative term (R's mmrm ``"Kenward-Roger"``); ``True``:
             without it (mmrm's ``"Kenward-Roger-Linear"``, independent of the parameterisation).
+        information : {"expected", "observed"}
+            The information matrix whose inverse is the covariance W of the variance parameters:
+            ``"expected"`` as pbkrtest (and ``memoe.lmm``), ``"observed"`` (the Hessian of the REML
+            criterion) as R's mmrm and SAS.
 
         Returns
         -------
@@ -591,13 +600,20 @@ class MarginalResult(FitResult):
         ...                 weights=VarIdent("age")).fit()                                   # doctest: +SKIP
         >>> fit.kenward_roger().PhiA                                                          # doctest: +SKIP
         """
-        return kenward_roger_marginal(self._kr_pieces, "kenward-roger-linear" if linear else "kenward-roger")
+        if information not in self._kr_cache:
+            self._kr_cache[information] = kr_pieces(self, information=information)
+        return kenward_roger_marginal(
+            self._kr_cache[information], "kenward-roger-linear" if linear else "kenward-roger"
+        )
 
-    def _f_test(self, L: np.ndarray, rhs: np.ndarray, ddf: str) -> tuple[float, int, float, float]:
+    def _f_test(
+        self, L: np.ndarray, rhs: np.ndarray, ddf: str, information: str = "expected"
+    ) -> tuple[float, int, float, float]:
         """(F, numerator df, denominator df, p) of ``L beta = rhs`` (``L`` of full row rank)."""
         beta = self.fixef.to_numpy()
         if ddf in KR_VARIANTS:
-            res = kr_ftest(self.kenward_roger(linear=ddf == "kenward-roger-linear"), L, beta, rhs)
+            kr = self.kenward_roger(linear=ddf == "kenward-roger-linear", information=information)
+            res = kr_ftest(kr, L, beta, rhs)
             fstat, q, den = res.F, res.ndf, res.ddf
         else:
             # L beta = rhs  <=>  L (beta - b0) = 0 for any b0 with L b0 = rhs
@@ -608,7 +624,7 @@ class MarginalResult(FitResult):
         p = float(stats.chi2.sf(q * fstat, q)) if not np.isfinite(den) else float(stats.f.sf(fstat, q, den))
         return float(fstat), int(q), float(den), p
 
-    def test(self, hypothesis, ddf: str = "satterthwaite") -> pd.DataFrame:
+    def test(self, hypothesis, ddf: str = "satterthwaite", information: str = "expected") -> pd.DataFrame:
         """F test of ``L beta = rhs`` (lmerTest's ``contestMD``, pbkrtest's ``KRmodcomp``).
 
         Parameters
@@ -621,6 +637,8 @@ class MarginalResult(FitResult):
             (Fai & Cornelius). ``"kenward-roger"`` / ``"kenward-roger-linear"``: Wald F with the
             adjusted covariance, scaled, with Kenward-Roger's df (R's mmrm ``df_md`` and pbkrtest's
             ``KRmodcomp``; ``F value`` is the scaled statistic). ``"asymptotic"``: chi-square / q.
+        information : {"expected", "observed"}
+            Kenward-Roger only (:meth:`kenward_roger`).
 
         Returns
         -------
@@ -631,14 +649,14 @@ class MarginalResult(FitResult):
         names = list(self.design.fixef_names)
         hyp = as_hypothesis(hypothesis, names)
         L, rhs = reduce_rank(hyp)
-        fstat, q, den, p = self._f_test(L, rhs, ddf)
+        fstat, q, den, p = self._f_test(L, rhs, ddf, information)
         out = pd.DataFrame(
             {"F value": [fstat], "NumDF": [q], "DenDF": [den], "Pr(>F)": [p]}, index=pd.Index([hyp.label])
         )
         out.attrs["ddf"] = ddf
         return out
 
-    def anova(self, type: str | None = None, ddf: str = "nlme") -> pd.DataFrame:
+    def anova(self, type: str | None = None, ddf: str = "nlme", information: str = "expected") -> pd.DataFrame:
         """F tests by term.
 
         Parameters
@@ -649,6 +667,8 @@ class MarginalResult(FitResult):
             ``"nlme"``: nlme's ``anova(fit, type = ...)`` (N - p or containment df). The others test
             each term's coefficients = 0 (``type="marginal"`` only, each term adjusted for all others,
             as lmerTest's type III on these columns) with :meth:`test`'s method.
+        information : {"expected", "observed"}
+            Kenward-Roger only (:meth:`kenward_roger`).
 
         Returns
         -------
@@ -669,7 +689,7 @@ class MarginalResult(FitResult):
         rows = []
         for idx in cols:
             L = np.eye(p)[idx]
-            rows.append(self._f_test(L, np.zeros(len(idx)), ddf))
+            rows.append(self._f_test(L, np.zeros(len(idx)), ddf, information))
         out = pd.DataFrame(
             {
                 "numDF": [r[1] for r in rows],

@@ -124,6 +124,52 @@ def test_batched_pieces_equal_the_dense_oracle():
     assert np.abs(np.diag(full) / np.diag(lin) - 1).max() > 1e-4
 
 
+@pytest.mark.slow
+def test_observed_information_is_the_hessian_of_the_reml_criterion():
+    """information="observed": W = 2 H^-1 with H the Hessian of -2 l_R in phi, here by central
+    differences of the dense REML criterion (beta profiled by GLS)."""
+    fit = _fit()
+    pc = kr_pieces(fit, information="observed")
+    problem, layout = fit.model.problem, fit.model.layout
+    X, y = problem.X, problem.y
+    N = X.shape[0]
+    tmap, nth, q = problem.theta_map, problem.n_theta, problem.Z.shape[1]
+
+    def crit(phi):
+        g, psi, s2 = phi[:nth], phi[nth:-1], phi[-1]
+        Gm = np.zeros((q, q))
+        Gm[tmap.row, tmap.col] = g
+        Gm[tmap.col, tmap.row] = g
+        V = np.zeros((N, N))
+        for b, R in zip(layout.buckets, problem.covariances(np.concatenate([np.zeros(nth), psi])), strict=True):
+            Zb = problem.Z[b.rows]
+            V[b.rows[:, :, None], b.rows[:, None, :]] = s2 * R + Zb @ Gm @ np.swapaxes(Zb, 1, 2)
+        Vi = np.linalg.inv(V)
+        A = X.T @ Vi @ X
+        beta = np.linalg.solve(A, X.T @ Vi @ y)
+        e = y - X @ beta
+        return np.linalg.slogdet(V)[1] + np.linalg.slogdet(A)[1] + e @ Vi @ e
+
+    phi = pc.phi
+    K = phi.size
+    h = 1e-3 * np.maximum(np.abs(phi), 1.0)
+    E = np.diag(h)
+
+    def hess(E):
+        H = np.empty((K, K))
+        for i in range(K):
+            for j in range(i + 1):
+                H[i, j] = H[j, i] = (crit(phi + E[i] + E[j]) - crit(phi + E[i] - E[j]) - crit(phi - E[i] + E[j])
+                                     + crit(phi - E[i] - E[j])) / (4 * E[i, i] * E[j, j])
+        return H
+
+    H = (4 * hess(E / 2) - hess(E)) / 3
+    np.testing.assert_allclose(pc.W, 2 * np.linalg.inv(H), rtol=2e-4, atol=1e-6 * np.abs(pc.W).max())
+    expected = kr_pieces(fit)
+    assert np.abs(pc.W / expected.W - 1).max() > 1e-3  # observed and expected information differ here
+    np.testing.assert_allclose(pc.P, expected.P, rtol=1e-12)
+
+
 def test_kr_adjust_R_and_WR_agree():
     rng = np.random.default_rng(0)
     K, p = 3, 2

@@ -14,6 +14,8 @@
 ##   IE2_rs = tr(Pm V_r Pm V_s) with Pm = V^-1 - V^-1 X Phi X' V^-1, W = 2 IE2^-1 (pbkrtest::vcovAdj),
 ##   PhiA_linear = Phi + 2 Phi sum W_rs (Q_rs - P_r Phi P_s) Phi      ("kenward-roger-linear")
 ##   PhiA        = PhiA_linear - Phi sum W_rs R_rs Phi / 2             ("kenward-roger")
+## and again with W_observed = 2 H^-1, H the (central-difference) Hessian of the REML criterion
+## -2 l_R(phi) (R's mmrm convention; memoe's information = "observed").
 ## and the denominator df / F scaling from pbkrtest's own code (pbkrtest::Lb_ddf and
 ## pbkrtest:::.KR_adjust with attributes P and W set on PhiA).
 ## gls with corCompSymm and lme with random effects only are lmer models: those cases also store
@@ -108,7 +110,8 @@ krm_model <- function(fit, data, group, cor = "none", var_by = NULL, re_formula 
   }
   phi <- c(gvals, psi_cor, psi_var, s2)
   names(phi) <- c(gnames, if (ncor) paste0("cor", seq_len(ncor)), if (nvar) paste0("var: log ratio ", names(psi_var)), "residual")
-  list(X = X, beta = beta, Vfun = Vfun, phi = phi)
+  list(X = X, y = as.numeric(model.response(model.frame(if (inherits(fit, "lme")) fit$terms else formula(fit), data))),
+       beta = beta, Vfun = Vfun, phi = phi)
 }
 
 ## first and second derivatives of V by central differences, one Richardson step
@@ -166,11 +169,34 @@ krm_compute <- function(mod, tests) {
     list(label = nm, L = jmat(L), ndf = a$ndf, ddf = a$ddf, scale = a$F.scaling,
          F_kr = a$Fstat, F_kr_linear = b$Fstat, p_kr = a$p.value, p_kr_linear = b$p.value)
   })
+  ## the same with W from the observed information (R's mmrm convention)
+  Wo <- 2 * solve(krm_observed_hessian(mod))
+  Uo <- matrix(0, ncol(X), ncol(X)); URo <- Uo
+  for (r in seq_len(K)) for (s in seq_len(K)) {
+    Qrs <- t(VX) %*% dd$d1[[r]] %*% Vi %*% dd$d1[[s]] %*% VX
+    Rrs <- t(VX) %*% dd$d2[[(r - 1) * K + s]] %*% VX
+    Uo <- Uo + Wo[r, s] * (Qrs - P[[r]] %*% Phi %*% P[[s]])
+    URo <- URo + Wo[r, s] * Rrs
+  }
+  PhiAo_lin <- Phi + 2 * Phi %*% Uo %*% Phi
+  PhiAo <- PhiAo_lin - 0.5 * Phi %*% URo %*% Phi
+  attr(PhiAo, "P") <- attr(PhiAo_lin, "P") <- P
+  attr(PhiAo, "W") <- attr(PhiAo_lin, "W") <- Wo
+  dfo <- vapply(seq_len(p), function(j) pbkrtest::Lb_ddf(diag(p)[j, , drop = FALSE], Phi, PhiAo), 0)
+  fto <- lapply(names(tests), function(nm) {
+    L <- tests[[nm]]
+    a <- pbkrtest:::.KR_adjust(PhiAo, Phi, L, beta, numeric(p))
+    b <- pbkrtest:::.KR_adjust(PhiAo_lin, Phi, L, beta, numeric(p))
+    list(label = nm, ndf = a$ndf, ddf = a$ddf, scale = a$F.scaling, F_kr = a$Fstat, F_kr_linear = b$Fstat)
+  })
+  observed <- list(W = jmat(Wo), se_kr = arr(sqrt(diag(PhiAo))), se_kr_linear = arr(sqrt(diag(PhiAo_lin))),
+                   df = arr(dfo), ftests = fto)
   list(parameterisation = "phi = (G entries on the variance scale, memoe's unconstrained psi, sigma^2)",
        phi_names = arr(names(phi)), phi = arr(unname(phi)),
        coef = list(term = arr(colnames(X)), estimate = arr(unname(beta)), se = arr(sqrt(diag(Phi))),
                    se_kr = arr(sqrt(diag(PhiA))), se_kr_linear = arr(sqrt(diag(PhiA_lin))), df = arr(df)),
-       W = jmat(W), PhiA = jmat(PhiA), PhiA_linear = jmat(PhiA_lin), ftests = ft)
+       W = jmat(W), PhiA = jmat(PhiA), PhiA_linear = jmat(PhiA_lin), ftests = ft,
+       observed_information = observed)
 }
 
 ## one restriction matrix per fixed-effects term (its columns = 0), plus all non-intercept columns
@@ -184,6 +210,29 @@ krm_term_tests <- function(X) {
   }
   out[["all slopes"]] <- diag(p)[-1, , drop = FALSE]
   out
+}
+
+## observed Hessian of the REML criterion -2 l_R(phi) (beta profiled by GLS), central differences
+## with one Richardson step: W_observed = 2 H^-1 (R's mmrm: the inverse Hessian of -l_R)
+krm_observed_hessian <- function(mod) {
+  X <- mod$X; y <- mod$y; phi <- mod$phi; K <- length(phi); sc <- pmax(abs(phi), 1)
+  crit <- function(ph) {
+    V <- mod$Vfun(ph); cV <- chol(V)
+    Xt <- backsolve(cV, X, transpose = TRUE); yt <- backsolve(cV, y, transpose = TRUE)
+    A <- crossprod(Xt); b <- solve(A, crossprod(Xt, yt)); e <- yt - Xt %*% b
+    2 * sum(log(diag(cV))) + as.numeric(determinant(A)$modulus) + sum(e^2)
+  }
+  e <- function(i, h) { v <- numeric(K); v[i] <- h; v }
+  hess <- function(f) {
+    H <- matrix(0, K, K)
+    for (i in seq_len(K)) for (j in i:K) {
+      hi <- f * sc[i]; hj <- f * sc[j]
+      H[i, j] <- H[j, i] <- (crit(phi + e(i, hi) + e(j, hj)) - crit(phi + e(i, hi) - e(j, hj)) -
+                               crit(phi - e(i, hi) + e(j, hj)) + crit(phi - e(i, hi) - e(j, hj))) / (4 * hi * hj)
+    }
+    H
+  }
+  (4 * hess(5e-4) - hess(1e-3)) / 3
 }
 
 ## pbkrtest on the equivalent lmer fit
