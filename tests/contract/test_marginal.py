@@ -126,8 +126,8 @@ def test_coef_table_robust(fit):
 
 
 def test_coef_table_refuses_unknown_ddf(fit):
-    with pytest.raises(ArgumentError, match=r"'kenward-roger'.*nlme"):
-        fit.coef_table(ddf="kenward-roger")
+    with pytest.raises(ArgumentError, match=r"'kenward-rogers'.*nlme"):
+        fit.coef_table(ddf="kenward-rogers")
 
 
 @pytest.mark.parametrize("reml", [True, False])

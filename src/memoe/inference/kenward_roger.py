@@ -22,6 +22,12 @@ scaled F with its p-value. A one-row contrast in lmerTest's coefficient table us
 
 pbkrtest inverts the n x n marginal covariance; here every term comes from
 :func:`memoe.inference.marginal.marginal_moments` (batched per subject for one grouping factor).
+
+The algebra is shared with the ``gls`` / ``lme`` path (:mod:`memoe.marginal.kenward_roger`), whose
+covariance may be nonlinear in its parameters: :func:`kr_adjust` takes ``(Phi, P, Q, W)`` and the
+optional second-derivative term ``R_rs = X' V^-1 (d^2 V / dphi_r dphi_s) V^-1 X`` (Kenward & Roger
+1997, eq. 3: ``Phi_A = Phi + 2 Phi [sum W_rs (Q_rs - P_r Phi P_s - R_rs / 4)] Phi``); :func:`kr_df_1d`
+and :func:`kr_ftest` need only ``Phi``, ``P``, ``W`` and ``Phi_A``.
 """
 
 from __future__ import annotations
@@ -32,7 +38,16 @@ import numpy as np
 
 from memoe.inference.marginal import MarginalMoments
 
-__all__ = ["KRTest", "KenwardRoger", "kenward_roger", "kr_df_1d", "kr_ftest"]
+__all__ = [
+    "KRTest",
+    "KenwardRoger",
+    "kenward_roger",
+    "kr_adjust",
+    "kr_df_1d",
+    "kr_ftest",
+    "kr_information",
+    "kr_weights",
+]
 
 # pbkrtest switches to a generalised inverse of IE2 when its smallest |eigenvalue| is below this
 _COND_TOL = 1e-10
@@ -62,18 +77,80 @@ class KenwardRoger:
     names: list[str]
 
 
-def kenward_roger(mom: MarginalMoments) -> KenwardRoger:
-    """pbkrtest's ``vcovAdj`` from the marginal moments of a REML fit."""
-    Phi, P, Q = mom.Phi, mom.P, mom.Q
-    IE2 = mom.reml_information()
+def kr_weights(IE2: np.ndarray) -> np.ndarray:
+    """``W = 2 IE2^-1``, the asymptotic covariance of the variance parameters (pbkrtest).
+
+    ``IE2 = tr(P G_r P G_s)`` is twice the expected REML information; pbkrtest switches to a
+    generalised inverse when its smallest absolute eigenvalue is below 1e-10 (a boundary fit).
+    """
     IE2 = 0.5 * (IE2 + IE2.T)
-    condi = float(np.min(np.abs(np.linalg.eigvalsh(IE2))))
+    condi = float(np.min(np.abs(np.linalg.eigvalsh(IE2)))) if IE2.size else 1.0
     W = 2.0 * (np.linalg.inv(IE2) if condi > _COND_TOL else np.linalg.pinv(IE2))
-    W = 0.5 * (W + W.T)
+    return 0.5 * (W + W.T)
+
+
+def kr_information(Phi: np.ndarray, P: np.ndarray, Q: np.ndarray, Ktrace: np.ndarray) -> np.ndarray:
+    """pbkrtest's ``IE2[r, s] = tr(V^-1 G_r V^-1 G_s) - 2 tr(Phi Q_rs) + tr(Phi P_r Phi P_s)``, shape (R, R).
+
+    Equals ``tr(Pm G_r Pm G_s)`` with ``Pm = V^-1 - V^-1 X Phi X' V^-1`` (twice the expected REML
+    information of the variance parameters).
+    """
+    PhiP = np.einsum("ab,rbc->rac", Phi, P)
+    t2 = np.einsum("rab,sba->rs", PhiP, PhiP)
+    tQ = np.einsum("ab,rsba->rs", Phi, Q)
+    return Ktrace - 2.0 * tQ + t2
+
+
+def kr_adjust(
+    Phi: np.ndarray,
+    P: np.ndarray,
+    Q: np.ndarray,
+    W: np.ndarray,
+    R: np.ndarray | None = None,
+    WR: np.ndarray | None = None,
+    names: list[str] | None = None,
+) -> KenwardRoger:
+    """The Kenward-Roger adjusted covariance of beta (Kenward & Roger 1997, eq. 3; pbkrtest, mmrm).
+
+    Parameters
+    ----------
+    Phi : numpy.ndarray, shape (p, p)
+        ``(X' V^-1 X)^-1``.
+    P : numpy.ndarray, shape (R, p, p)
+        ``P_r = -X' V^-1 V_r V^-1 X`` (``V_r = dV / dphi_r``).
+    Q : numpy.ndarray, shape (R, R, p, p)
+        ``Q_rs = X' V^-1 V_r V^-1 V_s V^-1 X``.
+    W : numpy.ndarray, shape (R, R)
+        Asymptotic covariance of the variance parameters.
+    R : numpy.ndarray, shape (R, R, p, p), optional
+        ``R_rs = X' V^-1 (d^2 V / dphi_r dphi_s) V^-1 X``; omitted (zero) for a covariance linear in phi
+        and in the "linear" approximation.
+    WR : numpy.ndarray, shape (p, p), optional
+        ``sum_rs W_rs R_rs`` already contracted (instead of ``R``).
+    names : list of str, optional
+        Variance parameter names.
+
+    Returns
+    -------
+    KenwardRoger
+        ``PhiA = Phi + 2 Phi [sum_rs W_rs (Q_rs - P_r Phi P_s - R_rs / 4)] Phi``.
+    """
     PPhiP = np.einsum("rab,bc,scd->rsad", P, Phi, P, optimize=True)
     U = np.einsum("rs,rsab->ab", W, Q - PPhiP)
+    if R is not None:
+        U = U - 0.25 * np.einsum("rs,rsab->ab", W, R)
+    if WR is not None:
+        U = U - 0.25 * WR
     PhiA = Phi + 2.0 * Phi @ U @ Phi
-    return KenwardRoger(Phi=Phi, PhiA=0.5 * (PhiA + PhiA.T), P=P, W=W, names=mom.params.names)
+    return KenwardRoger(
+        Phi=Phi, PhiA=0.5 * (PhiA + PhiA.T), P=P, W=W, names=list(names) if names is not None else []
+    )
+
+
+def kenward_roger(mom: MarginalMoments) -> KenwardRoger:
+    """pbkrtest's ``vcovAdj`` from the marginal moments of a REML fit (natural parameters: linear, R = 0)."""
+    W = kr_weights(mom.reml_information())
+    return kr_adjust(mom.Phi, mom.P, mom.Q, W, names=mom.params.names)
 
 
 def _ddf_from_A(A1: np.ndarray | float, A2: np.ndarray | float, q: int) -> tuple[np.ndarray, np.ndarray]:

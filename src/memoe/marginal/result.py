@@ -26,9 +26,11 @@ from memoe.core.result import FitResult, check_level, coef_frame, wald_interval
 from memoe.errors import ArgumentError
 from memoe.inference.containment import containment_df
 from memoe.inference.contrasts import as_hypothesis, reduce_rank
+from memoe.inference.kenward_roger import kr_df_1d, kr_ftest
 from memoe.inference.terms import fixed_terms
-from memoe.marginal.anova import anova_table
+from memoe.marginal.anova import _term_columns, anova_table
 from memoe.marginal.intervals import intervals
+from memoe.marginal.kenward_roger import KR_VARIANTS, kenward_roger_marginal, kr_pieces
 from memoe.marginal.problem import MarginalSolution
 from memoe.marginal.sandwich import vcov_cr
 from memoe.marginal.satterthwaite import satterthwaite_df, satterthwaite_f, satterthwaite_inputs
@@ -36,7 +38,18 @@ from memoe.marginal.summary import MarginalSummary
 
 __all__ = ["MarginalResult"]
 
-_DDF = ("nlme", "satterthwaite", "asymptotic")
+_DDF = ("nlme", "satterthwaite", "kenward-roger", "kenward-roger-linear", "asymptotic")
+# accepted spellings (lower case, "_" and " " read as "-") -> the canonical name
+_DDF_ALIASES = {
+    "nlme": "nlme",
+    "satterthwaite": "satterthwaite",
+    "asymptotic": "asymptotic",
+    "kenward-roger": "kenward-roger",
+    "kenwardroger": "kenward-roger",
+    "kr": "kenward-roger",
+    "kenward-roger-linear": "kenward-roger-linear",
+    "kr-linear": "kenward-roger-linear",
+}
 # lme4's isSingular tolerance on the diagonal of the relative covariance factor
 _SINGULAR_TOL = 1e-4
 
@@ -530,28 +543,43 @@ class MarginalResult(FitResult):
         return containment_df(shim, fixed_terms(shim)).coef
 
     @staticmethod
-    def _check_ddf(ddf: str, robust: str | None) -> None:
-        if ddf not in _DDF:
-            raise ArgumentError(f"ddf={ddf!r} is not available for gls/lme fits; choose one of {list(_DDF)}")
-        if robust is not None and ddf == "satterthwaite":
-            raise ArgumentError(
-                f"robust={robust!r} cannot be combined with ddf='satterthwaite' (its df are those of the "
-                "model-based covariance); use ddf='nlme' or 'asymptotic'"
-            )
+    def _normalize_ddf(ddf: str, allowed: tuple[str, ...] = _DDF) -> str:
+        """The canonical ddf name (``"KR"``, ``"Kenward-Roger"``, ``"kenward_roger_linear"``, ... accepted)."""
+        key = str(ddf).strip().lower().replace("_", "-").replace(" ", "-") if isinstance(ddf, str) else None
+        name = _DDF_ALIASES.get(key) if key is not None else None
+        if name is None or name not in allowed:
+            raise ArgumentError(f"ddf={ddf!r} is not available here for gls/lme fits; choose one of {list(allowed)}")
+        return name
 
-    def coef_table(self, ddf: str = "nlme", robust: str | None = None) -> pd.DataFrame:
+    @classmethod
+    def _check_ddf(cls, ddf: str, robust: str | None) -> str:
+        name = cls._normalize_ddf(ddf)
+        if robust is not None and name not in ("nlme", "asymptotic"):
+            raise ArgumentError(
+                f"robust={robust!r} cannot be combined with ddf={ddf!r} (its df and covariance are those of "
+                "the model-based covariance); use ddf='nlme' or 'asymptotic'"
+            )
+        return name
+
+    def coef_table(self, ddf: str = "nlme", robust: str | None = None, information: str = "expected") -> pd.DataFrame:
         """The t table with the standard columns ``estimate, std_error, statistic, df, p_value``.
 
         Parameters
         ----------
-        ddf : {"nlme", "satterthwaite", "asymptotic"}
+        ddf : {"nlme", "satterthwaite", "kenward-roger", "kenward-roger-linear", "asymptotic"}
             ``"nlme"`` (default): nlme's ``summary(fit)$tTable``: df N - p for ``gls`` and nlme's
             containment df for ``lme``; for ``lme`` ML fits the SEs carry nlme's sqrt(N / (N - p)).
             ``"satterthwaite"``: SEs from sigma^2 (X' W^-1 X)^-1 and Satterthwaite df, as lmerTest and
-            R's mmrm (:mod:`memoe.marginal.satterthwaite`). ``"asymptotic"``: the same SEs, normal
-            reference (df inf).
+            R's mmrm (:mod:`memoe.marginal.satterthwaite`). ``"kenward-roger"`` (also ``"kr"``,
+            ``"Kenward-Roger"``): the Kenward-Roger adjusted SEs and df, as pbkrtest and R's mmrm;
+            ``"kenward-roger-linear"`` (``"Kenward-Roger-Linear"``): without the second-derivative term,
+            as mmrm's variant of that name (REML fits only; :mod:`memoe.marginal.kenward_roger`).
+            ``"asymptotic"``: the model-based SEs, normal reference (df inf).
         robust : {"CR0", "CR1", "CR1S", "CR2", "CR3"}, optional
             Cluster-robust SEs (:meth:`vcov`), with ``ddf="nlme"`` (its df) or ``"asymptotic"``.
+        information : {"expected", "observed"}
+            Kenward-Roger only: the information matrix of the variance parameters (:meth:`kenward_roger`;
+            ``"observed"`` with ``ddf="kenward-roger-linear"`` reproduces R's mmrm ``"Kenward-Roger-Linear"``).
 
         Returns
         -------
@@ -559,9 +587,14 @@ class MarginalResult(FitResult):
             ``attrs["statistic"]`` is ``"t"`` (``"z"`` for ``"asymptotic"``), ``attrs["ddf"]`` the df method
             (and ``attrs["robust"]`` the sandwich type when ``robust`` is given).
         """
-        self._check_ddf(ddf, robust)
+        ddf = self._check_ddf(ddf, robust)
         est = self.fixef.to_numpy()
         names = self.design.fixef_names
+        if ddf in KR_VARIANTS:
+            kr = self.kenward_roger(linear=ddf == "kenward-roger-linear", information=information)
+            se = np.sqrt(np.clip(np.diag(kr.PhiA), 0.0, None))
+            df = kr_df_1d(kr, np.eye(len(est)))
+            return coef_frame(est, se, names, statistic="t", df=df, ddf=ddf)
         if robust is not None:
             se = np.sqrt(np.clip(np.diag(self.vcov(robust=robust).to_numpy()), 0.0, None))
             if ddf == "asymptotic":
@@ -581,15 +614,17 @@ class MarginalResult(FitResult):
         df = satterthwaite_df(inputs, np.eye(len(est)))
         return coef_frame(est, se, names, statistic="t", df=df, ddf="satterthwaite")
 
-    def _confint_wald(self, level: float, ddf: str = "nlme", robust: str | None = None) -> pd.DataFrame:
+    def _confint_wald(
+        self, level: float, ddf: str = "nlme", robust: str | None = None, information: str = "expected"
+    ) -> pd.DataFrame:
         """Wald intervals of the fixed effects; with ``ddf="nlme"`` those of nlme's ``intervals``.
 
         nlme's ``intervals`` use the t table's df with the SEs of ``vcov`` (not the N / (N - p)
         inflated ones its ``summary`` prints for ``lme`` ML fits).
         """
-        self._check_ddf(ddf, robust)
+        ddf = self._check_ddf(ddf, robust)
         if ddf != "nlme":
-            return wald_interval(self.coef_table(ddf=ddf, robust=robust), level)
+            return wald_interval(self.coef_table(ddf=ddf, robust=robust, information=information), level)
         est = self.fixef.to_numpy()
         se = np.sqrt(np.clip(np.diag(self.vcov(robust=robust).to_numpy()), 0.0, None))
         q = stats.t.ppf(0.5 + level / 2.0, np.asarray(self.df_coef, dtype=float))
@@ -602,36 +637,136 @@ class MarginalResult(FitResult):
     def _satterthwaite(self):
         return satterthwaite_inputs(self)
 
-    def test(self, hypothesis, ddf: str = "satterthwaite") -> pd.DataFrame:
-        """F test of ``L beta = rhs`` with Satterthwaite denominator df (lmerTest's ``contestMD``).
+    @cached_property
+    def _kr_cache(self) -> dict:
+        return {}
+
+    def kenward_roger(self, linear: bool = False, information: str = "expected"):
+        """The Kenward-Roger adjusted covariance of the fixed effects and the pieces of its df.
+
+        Parameters
+        ----------
+        linear : bool
+            ``False``: with the second-derivative term (R's mmrm ``"Kenward-Roger"``); ``True``:
+            without it (mmrm's ``"Kenward-Roger-Linear"``, independent of the parameterisation).
+        information : {"expected", "observed"}
+            The information matrix whose inverse is the covariance W of the variance parameters:
+            ``"expected"`` as pbkrtest (and ``memoe.lmm``), ``"observed"`` (the Hessian of the REML
+            criterion) as R's mmrm and SAS.
+
+        Returns
+        -------
+        memoe.inference.kenward_roger.KenwardRoger
+            ``PhiA`` the adjusted covariance (pbkrtest's ``vcovAdj``), ``Phi`` the model-based one,
+            ``P`` and ``W`` (see :mod:`memoe.marginal.kenward_roger` for the parameterisation).
+
+        Examples
+        --------
+        >>> fit = memoe.gls("distance ~ age * Sex", orth, correlation=Symm("Subject"),
+        ...                 weights=VarIdent("age")).fit()                                   # doctest: +SKIP
+        >>> fit.kenward_roger().PhiA                                                          # doctest: +SKIP
+        """
+        if information not in self._kr_cache:
+            self._kr_cache[information] = kr_pieces(self, information=information)
+        return kenward_roger_marginal(
+            self._kr_cache[information], "kenward-roger-linear" if linear else "kenward-roger"
+        )
+
+    def _f_test(
+        self, L: np.ndarray, rhs: np.ndarray, ddf: str, information: str = "expected"
+    ) -> tuple[float, int, float, float]:
+        """(F, numerator df, denominator df, p) of ``L beta = rhs`` (``L`` of full row rank)."""
+        beta = self.fixef.to_numpy()
+        if ddf in KR_VARIANTS:
+            kr = self.kenward_roger(linear=ddf == "kenward-roger-linear", information=information)
+            res = kr_ftest(kr, L, beta, rhs)
+            fstat, q, den = res.F, res.ndf, res.ddf
+        else:
+            # L beta = rhs  <=>  L (beta - b0) = 0 for any b0 with L b0 = rhs
+            b0 = np.linalg.lstsq(L, rhs, rcond=None)[0]
+            fstat, q, den = satterthwaite_f(self._satterthwaite, L, beta - b0)
+            if ddf == "asymptotic":
+                den = np.inf
+        p = float(stats.chi2.sf(q * fstat, q)) if not np.isfinite(den) else float(stats.f.sf(fstat, q, den))
+        return float(fstat), int(q), float(den), p
+
+    def test(self, hypothesis, ddf: str = "satterthwaite", information: str = "expected") -> pd.DataFrame:
+        """F test of ``L beta = rhs`` (lmerTest's ``contestMD``, pbkrtest's ``KRmodcomp``).
 
         Parameters
         ----------
         hypothesis : str, array-like, pandas Series / DataFrame, dict or ``(L, rhs)``
             As :meth:`memoe.results.LmmResult.test`: ``"SexFemale = 0, age:SexFemale = 0"`` or a
             contrast matrix with one column per coefficient.
-        ddf : {"satterthwaite", "asymptotic"}
-        """
+        ddf : {"satterthwaite", "kenward-roger", "kenward-roger-linear", "asymptotic"}
+            ``"satterthwaite"``: Wald F with the model-based covariance and Satterthwaite df
+            (Fai & Cornelius). ``"kenward-roger"`` / ``"kenward-roger-linear"``: Wald F with the
+            adjusted covariance, scaled, with Kenward-Roger's df (R's mmrm ``df_md`` and pbkrtest's
+            ``KRmodcomp``; ``F value`` is the scaled statistic). ``"asymptotic"``: chi-square / q.
+        information : {"expected", "observed"}
+            Kenward-Roger only (:meth:`kenward_roger`).
 
-        if ddf not in ("satterthwaite", "asymptotic"):
-            raise ArgumentError(f"ddf must be 'satterthwaite' or 'asymptotic' for test(), got {ddf!r}")
+        Returns
+        -------
+        pandas.DataFrame
+            One row: ``F value, NumDF, DenDF, Pr(>F)``.
+        """
+        ddf = self._normalize_ddf(ddf, ("satterthwaite", *KR_VARIANTS, "asymptotic"))
         names = list(self.design.fixef_names)
         hyp = as_hypothesis(hypothesis, names)
         L, rhs = reduce_rank(hyp)
-        beta = self.fixef.to_numpy()
-        # L beta = rhs  <=>  L (beta - b0) = 0 for any b0 with L b0 = rhs
-        b0 = np.linalg.lstsq(L, rhs, rcond=None)[0]
-        fstat, q, den = satterthwaite_f(self._satterthwaite, L, beta - b0)
-        if ddf == "asymptotic":
-            den = np.inf
-        p = float(stats.chi2.sf(q * fstat, q)) if not np.isfinite(den) else float(stats.f.sf(fstat, q, den))
-        return pd.DataFrame(
+        fstat, q, den, p = self._f_test(L, rhs, ddf, information)
+        out = pd.DataFrame(
             {"F value": [fstat], "NumDF": [q], "DenDF": [den], "Pr(>F)": [p]}, index=pd.Index([hyp.label])
         )
+        out.attrs["ddf"] = ddf
+        return out
 
-    def anova(self, type: str = "sequential") -> pd.DataFrame:
-        """F tests by term as nlme's ``anova(fit, type = ...)`` (``"sequential"`` or ``"marginal"``)."""
-        return anova_table(self, type=type)
+    def anova(self, type: str | None = None, ddf: str = "nlme", information: str = "expected") -> pd.DataFrame:
+        """F tests by term.
+
+        Parameters
+        ----------
+        type : {"sequential", "marginal"}, optional
+            Default ``"sequential"`` with ``ddf="nlme"`` (nlme's ``anova(fit)``), else ``"marginal"``.
+        ddf : {"nlme", "satterthwaite", "kenward-roger", "kenward-roger-linear", "asymptotic"}
+            ``"nlme"``: nlme's ``anova(fit, type = ...)`` (N - p or containment df). The others test
+            each term's coefficients = 0 (``type="marginal"`` only, each term adjusted for all others,
+            as lmerTest's type III on these columns) with :meth:`test`'s method.
+        information : {"expected", "observed"}
+            Kenward-Roger only (:meth:`kenward_roger`).
+
+        Returns
+        -------
+        pandas.DataFrame
+            Index = term labels; columns ``numDF, denDF, F-value, p-value`` (nlme's).
+        """
+        ddf = self._normalize_ddf(ddf)
+        if ddf == "nlme":
+            return anova_table(self, type="sequential" if type is None else type)
+        type = "marginal" if type is None else type
+        if type != "marginal":
+            raise ArgumentError(
+                f"anova(type={type!r}) with ddf={ddf!r}: only type='marginal' is available with this ddf "
+                "(sequential tests use nlme's df: ddf='nlme')"
+            )
+        labels, cols, _ = _term_columns(self)
+        p = self.design.p
+        rows = []
+        for idx in cols:
+            L = np.eye(p)[idx]
+            rows.append(self._f_test(L, np.zeros(len(idx)), ddf, information))
+        out = pd.DataFrame(
+            {
+                "numDF": [r[1] for r in rows],
+                "denDF": [r[2] for r in rows],
+                "F-value": [r[0] for r in rows],
+                "p-value": [r[3] for r in rows],
+            },
+            index=labels,
+        )
+        out.attrs["ddf"] = ddf
+        return out
 
     def intervals(self, level: float = 0.95) -> pd.DataFrame:
         """Approximate confidence intervals of all parameters, as nlme's ``intervals(fit, which = "all")``.
@@ -766,10 +901,11 @@ class MarginalResult(FitResult):
             return f"{group}|{term}"
         return term
 
-    def summary(self):
+    def summary(self, ddf: str = "nlme"):
         """nlme's ``print(summary(fit))``: a :class:`~memoe.marginal.summary.MarginalSummary` whose ``str``
-        is the text and ``tables`` the DataFrames."""
-        return MarginalSummary(self)
+        is the text and ``tables`` the DataFrames; ``ddf`` as :meth:`coef_table` (the coefficient table's
+        SEs and df)."""
+        return MarginalSummary(self, ddf=self._normalize_ddf(ddf))
 
     def __repr__(self) -> str:
         return (

@@ -42,15 +42,18 @@ class MarginalSummary(Summary):
     Parameters
     ----------
     fit : MarginalResult
+    ddf : str
+        The coefficient table's method (:meth:`MarginalResult.coef_table`); nlme's by default.
     """
 
-    def __init__(self, fit) -> None:
+    def __init__(self, fit, ddf: str = "nlme") -> None:
         self.fit = fit
+        self.ddf = ddf
 
     # ------------------------------------------------------------------ the numbers, computed once
     @cached_property
     def _coef(self) -> pd.DataFrame:
-        return self.fit.coef_table()
+        return self.fit.coef_table(ddf=self.ddf)
 
     @cached_property
     def _fit_stats(self) -> pd.DataFrame:
@@ -198,8 +201,9 @@ class MarginalSummary(Summary):
         out = pd.DataFrame(index=ct.index)
         out["Value"] = ct["estimate"].map(lambda v: f"{v:.7g}")
         out["Std.Error"] = ct["std_error"].map(lambda v: f"{v:.7g}")
-        if f.kind == "lme":
-            out["DF"] = ct["df"].map(lambda v: f"{v:.0f}")
+        if f.kind == "lme" or self.ddf != "nlme":
+            # nlme prints integer containment df; the approximate methods' df are fractional
+            out["DF"] = ct["df"].map(lambda v: f"{v:.0f}" if self.ddf == "nlme" else f"{v:.4g}")
         out["t-value"] = ct["statistic"].map(lambda v: f"{v:.7g}")
         # nlme prints round(p, 4), not format.pval
         out["p-value"] = ct["p_value"].map(lambda v: f"{v:.4f}")
@@ -207,6 +211,8 @@ class MarginalSummary(Summary):
             "Coefficients:" if f.kind == "gls" else f"Fixed effects:  {f.design.spec.response} ~ {f.design.spec.fixed}"
         )
         lines = ["", head, *_frame_lines(out)]
+        if self.ddf != "nlme":
+            lines.append(f" (standard errors and df: {self.ddf})")
         if self._fixef_corr is not None:
             corr = self._fixef_corr.to_numpy()
             names = list(ct.index)

@@ -92,4 +92,4 @@ def test_result_methods_use_satterthwaite():
     t = (fit.fixef["age"] - 0.5) / ours.loc["age", "std_error"]
     assert shifted["F value"].iloc[0] == pytest.approx(t * t, rel=1e-8)
     with pytest.raises(ValueError, match="ddf"):
-        fit.coef_table(ddf="kenward-roger")
+        fit.coef_table(ddf="kenward-rogers")
