@@ -311,10 +311,11 @@ def marginal_varcomp(fit) -> dict[tuple[str, str], tuple[float, float, str]]:
             kind = "cor" if -1.0 < base[k] < 1.0 and name not in ("range", "nugget") else "sd"
             out[("corStruct", str(name))] = (float(base[k]), float(se[k]), kind)
     if nv:
+        nat, deriv, kinds = P.var.transform(z[n_re + nu : n_re + nu + nv])
         for k, name in enumerate(P.var.names):
             j = n_re + nu + k
-            est = float(np.exp(z[j]))
-            out[("varStruct", str(name))] = (est, est * math.sqrt(max(cov[j, j], 0.0)), "sd")
+            se = abs(float(deriv[k])) * math.sqrt(max(cov[j, j], 0.0))
+            out[("varStruct", str(name))] = (float(nat[k]), se, kinds[k])
     out[("sigma", "sigma")] = (float(fit.sigma), float(fit.sigma) * math.sqrt(max(cov[-1, -1], 0.0)), "sd")
     return out
 

@@ -156,9 +156,11 @@ def intervals(fit, level: float = 0.95) -> pd.DataFrame:
             vals = sorted([float(cor.natural(lo_u).iloc[k]), float(cor.natural(hi_u).iloc[k])])
             rows.append(("corStruct", name, vals[0], float(cor.natural(u).iloc[k]), vals[1]))
     if nv:
+        # each variance parameter maps elementwise from its unconstrained scale (exp for SD ratios)
+        sl = slice(n_re + nu, n_re + nu + nv)
+        nat_lo, nat, nat_hi = (P.var.transform(a[sl])[0] for a in (lo, z, hi))
         for k, name in enumerate(P.var.names):
-            j = n_re + nu + k
-            rows.append(("varStruct", name, np.exp(lo[j]), np.exp(z[j]), np.exp(hi[j])))
+            rows.append(("varStruct", name, nat_lo[k], nat[k], nat_hi[k]))
     rows.append(("sigma", "sigma", np.exp(lo[-1]), fit.sigma, np.exp(hi[-1])))
     frame = pd.DataFrame(rows, columns=["part", "param", "lower", "est.", "upper"]).set_index(["part", "param"])
     frame.attrs["level"] = level

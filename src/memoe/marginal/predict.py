@@ -93,19 +93,8 @@ def residual_ratios(fit, frame: pd.DataFrame | None) -> np.ndarray:
         return np.asarray(fit._s.ratios, dtype=float)
     if P.var is None:
         return np.ones(len(frame))
-    by = P.var.function.by
-    if by not in frame.columns:
-        raise DataError(f"the data have no column {by!r} (the strata of the variance function VarIdent)")
-    codes = match_levels(P.var.levels, frame[by])
-    if np.any(codes == -1):
-        bad = frame[by][codes == -1].iloc[0]
-        raise DataError(
-            f"column {by!r} (the strata of VarIdent) has the value {bad!r}, not a stratum of the fit; "
-            f"the strata are {[str(v) for v in P.var.levels][:12]}"
-        )
     _, _, v = P.split(fit._s.params)
-    r = np.exp(np.concatenate(([0.0], np.asarray(v, dtype=float))))
-    return np.where(codes >= 0, r[np.maximum(codes, 0)], np.nan)
+    return P.var.ratios_for(v, frame)
 
 
 def _group_terms(fit) -> tuple[np.ndarray, np.ndarray]:

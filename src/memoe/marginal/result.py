@@ -596,8 +596,8 @@ class MarginalResult(FitResult):
         rows.append(("Residual", "sd__Observation", float(self.sigma)))
         rows += [("Residual", str(k), float(v)) for k, v in self.cor_params.items()]
         if len(self.var_params):
-            by = self.model.weights.by
-            rows += [("Residual", f"varIdent({by}={k})", float(v)) for k, v in self.var_params.items()]
+            term = self.model.problem.var.term
+            rows += [("Residual", term(str(k)), float(v)) for k, v in self.var_params.items()]
         return self._ran_pars_inference(pd.DataFrame(rows, columns=["group", "term", "estimate"]))
 
     @cached_property
@@ -612,14 +612,14 @@ class MarginalResult(FitResult):
         """``rp`` with delta-method SEs, Wald z and boundary-aware p-values (:mod:`memoe.inference.varcomp`)."""
         from memoe.inference.varcomp import VarCompCov, add_varcomp_inference
 
-        by = self.model.weights.by if self.model.weights is not None else None
+        var = self.model.problem.var
         lookup = {}
         for (part, param), value in self.varcomp.items():
             if part == "reStruct":
                 inner = param[param.index("(") + 1 : -1]
                 term = f"sd__{inner}" if param.startswith("sd(") else "cor__" + ".".join(inner.split(",", 1))
             elif part == "varStruct":
-                term = f"varIdent({by}={param})"
+                term = var.term(param)
             elif part == "sigma":
                 term = "sd__Observation"
             else:
@@ -652,7 +652,7 @@ class MarginalResult(FitResult):
         """Intervals of the variance parameters from nlme's ``intervals`` (Wald on nlme's unconstrained
         scales, mapped back); the reference stratum's SD ratio is fixed at 1 and gets NaN."""
         iv = self.intervals(level)
-        by = self.model.weights.by if self.model.weights is not None else None
+        var = self.model.problem.var
         for (part, param), row in iv.iterrows():
             if part == "reStruct":
                 # "sd(Days)" -> "sd__Days"; "cor((Intercept),Days)" -> "cor__(Intercept).Days"
@@ -661,7 +661,7 @@ class MarginalResult(FitResult):
             elif part == "corStruct":
                 term = param
             elif part == "varStruct":
-                term = f"varIdent({by}={param})"
+                term = var.term(param)
             elif part == "sigma":
                 term = "sd__Observation"
             else:  # "fixed": tidy's fixed rows use confint
