@@ -33,6 +33,8 @@ from memoe.core.design.newdata import (
 from memoe.core.linalg.batched import batched_cholesky, batched_forward_solve
 from memoe.errors import DataError, MemoeError
 from memoe.lmm.predict import block_matrix_for, fixed_variance, group_codes_for, random_part
+from memoe.marginal.arma import ARMA
+from memoe.marginal.spatial import Spatial
 
 __all__ = ["predict_interval_marginal", "predict_marginal", "residual_ratios", "subject_model"]
 
@@ -197,8 +199,12 @@ def subject_model(fit):
         _, u, _ = P.split(fit._s.params)
         m = cor.m
         time = getattr(st, "time", None) or getattr(st, "visit", None)
-        if isinstance(st, (CAR1, Exp)) or (isinstance(st, AR1) and st.visit is not None):
-            col = st.time if isinstance(st, (CAR1, Exp)) else st.visit
+        if isinstance(st, Spatial) and len(st.covariates) > 1:
+            raise MemoeError(
+                f"predict_subject supports one position column; {type(st).__name__} uses {list(st.covariates)}"
+            )
+        if isinstance(st, (CAR1, Exp, Spatial)) or (isinstance(st, (AR1, ARMA)) and st.visit is not None):
+            col = st.time if isinstance(st, (CAR1, Exp, Spatial)) else st.visit
 
             def coord(frame, col=col):
                 if col not in frame.columns:
@@ -235,7 +241,7 @@ def subject_model(fit):
                 return st.correlation(u, np.abs(c[:, :, None] - c[:, None, :]), m)
 
         nat = st.natural(u, m)
-        if isinstance(st, Exp) and st.nugget:
+        if isinstance(st, (Exp, Spatial)) and st.nugget:
             nugget = float(nat[1])
         elif isinstance(st, CompSymm):
             nugget = float(1.0 - nat[0])
