@@ -123,7 +123,14 @@ class _MarginalModel:
         self.design = Design(spec=spec, frame=frame, y=y, fixed=fixed, terms=terms, blocks=blocks, theta_map=theta_map)
         self.layout = self._layout(frame.data)
         cor = None if correlation is None else correlation.bind(self.layout, frame.data)
-        var = None if weights is None else weights.bind(frame.data)
+        if weights is None:
+            var = None
+        elif isinstance(weights, VarIdent):
+            var = weights.bind(frame.data)
+        else:
+            # nlme sorts the rows by the grouping factor: its strata (and parameters) follow that order
+            order = None if self.layout.name is None else np.argsort(self.layout.codes, kind="stable")
+            var = weights.bind(frame.data, order)
         if cor is not None:
             check_correlation_identifiable(cor, self.layout, group=self.layout.name)
         if isinstance(weights, VarIdent):

@@ -76,14 +76,22 @@ def _numeric_covariate(frame: pd.DataFrame, name: str, what: str) -> np.ndarray:
     return v
 
 
-def _strata(frame: pd.DataFrame, by: str | None, what: str) -> tuple[np.ndarray, list[str]]:
-    """Stratum code of each row and the labels in order of first appearance (nlme's ``unique``)."""
+def _strata(
+    frame: pd.DataFrame, by: str | None, what: str, order: np.ndarray | None = None
+) -> tuple[np.ndarray, list[str]]:
+    """Stratum code of each row and the labels in order of first appearance (nlme's ``unique``).
+
+    ``order``: the row order nlme works in (gls / lme sort the rows by the grouping factor), so the
+    strata -- and the parameters -- come in nlme's order.
+    """
     if by is None:
         return np.zeros(len(frame), dtype=np.int64), []
     if by not in frame.columns:
         raise DataError(f"unknown column {by!r} (the strata of {what})")
     labels = frame[by].astype(str).to_numpy()
-    codes, uniq = pd.factorize(labels, sort=False)
+    seen = labels if order is None else labels[order]
+    uniq = list(dict.fromkeys(seen))
+    codes = pd.Index(uniq).get_indexer(labels)
     return codes.astype(np.int64), [str(u) for u in uniq]
 
 
@@ -182,11 +190,14 @@ class VarFunc(ABC):
             raise ArgumentError(f"{name}(fixed=...): const must be > 0")
         return out
 
-    def bind(self, frame: pd.DataFrame) -> BoundVarFunc:
-        """Read the covariate and strata of ``frame``; the fitted-value covariate starts at ``None``."""
+    def bind(self, frame: pd.DataFrame, order: np.ndarray | None = None) -> BoundVarFunc:
+        """Read the covariate and strata of ``frame``; the fitted-value covariate starts at ``None``.
+
+        ``order``: nlme's row order (by grouping factor), which fixes the order of the strata.
+        """
         name = type(self).__name__
         v = None if self.uses_fitted else _numeric_covariate(frame, self.form, f"variance covariate of {name}")
-        codes, levels = _strata(frame, getattr(self, "by", None), name)
+        codes, levels = _strata(frame, getattr(self, "by", None), name, order)
         fixed = self._fixed_table(levels)
         names = []
         for i, p in enumerate(self.par_names):
@@ -490,14 +501,14 @@ class VarFixed(VarFunc):
     def start_natural(self) -> list[float]:
         return []
 
-    def bind(self, frame: pd.DataFrame) -> BoundVarFunc:
+    def bind(self, frame: pd.DataFrame, order: np.ndarray | None = None) -> BoundVarFunc:
         v = _numeric_covariate(frame, self.form, "variance covariate of VarFixed")
         if np.any(v <= 0):
             raise DataError(
                 f"column {self.form!r} (the variance covariate of VarFixed) must be positive (the variance is "
                 f"proportional to it); it has {int((v <= 0).sum())} values <= 0, e.g. {v[v <= 0][0]:g}"
             )
-        return super().bind(frame)
+        return super().bind(frame, order)
 
     def _ratio(self, pars: np.ndarray, v: np.ndarray) -> np.ndarray:
         return np.sqrt(np.abs(v))
@@ -549,8 +560,9 @@ class VarComb:
     def formula(self) -> str:
         return "; ".join(f.formula() for f in self.functions)
 
-    def bind(self, frame: pd.DataFrame) -> BoundVarComb:
-        return BoundVarComb(function=self, parts=tuple(f.bind(frame) for f in self.functions))
+    def bind(self, frame: pd.DataFrame, order: np.ndarray | None = None) -> BoundVarComb:
+        parts = tuple(f.bind(frame, order) if isinstance(f, VarFunc) else f.bind(frame) for f in self.functions)
+        return BoundVarComb(function=self, parts=parts)
 
 
 @dataclass(frozen=True)
