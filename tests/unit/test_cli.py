@@ -234,7 +234,7 @@ def test_data_errors_are_one_line_with_status_2(files, capsys, tmp_path):
         (["fit", f, "--data", files["sleepstudy"], "--levels", "Subject=1,2"], "not among the levels"),
         (["fit", f, "--data", files["sleepstudy"], "--nagq", "3"], "--nagq applies to a GLMM"),
         (["fit", f, "--data", files["sleepstudy"], "--ml", "--reml"], "not allowed with argument"),
-        (["gls", "weight ~ Time", "--data", files["BodyWeight"], "--correlation", "corfoo(1)"], "unknown --correlation"),
+        (["gls", "weight ~ Time", "--data", files["BodyWeight"], "--correlation", "cor9(1)"], "unknown --correlation"),
         (["select-k", "y ~ time + (time | id)", "--k", "4:1", "--data", files["memoe_sim2"]], "1 <= lo <= hi"),
         (["demo", "--starts", "0"], "--starts: must be an integer >= 1, got 0"),
         (["show", tmp_path / "none.memoe"], "not found"),

@@ -9,10 +9,12 @@ import pytest
 from scipy import stats
 
 import memoe
+import memoe.datasets
 from memoe.cli.structures import parse_correlation, parse_weights
 from memoe.errors import ArgumentError, ArgumentTypeError, DataError, MemoeError
 from memoe.marginal import (
     ARMA,
+    CompSymm,
     Exp,
     Gaus,
     Lin,
@@ -305,3 +307,13 @@ def test_cli_correlation_refusals(text):
 def test_cli_weights_refusals(text):
     with pytest.raises(ArgumentError, match="--weights"):
         parse_weights(text)
+
+
+def test_strata_follow_nlme_row_order():
+    """nlme names the strata by first appearance in its working order: data order for an ungrouped gls,
+    rows sorted by the grouping factor otherwise (R: Female, Male and Male, Female on reversed Orthodont)."""
+    o = memoe.datasets.load("Orthodont").iloc[::-1].reset_index(drop=True)
+    m = gls("distance ~ age", o, weights=VarPower("age", by="Sex"))
+    assert m.problem.var.names == ["Female", "Male"]
+    m = gls("distance ~ age", o, weights=VarPower("age", by="Sex"), correlation=CompSymm("Subject"))
+    assert m.problem.var.names == ["Male", "Female"]
