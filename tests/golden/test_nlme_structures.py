@@ -229,3 +229,27 @@ def test_tidy_lists_structure_parameters():
     row = td.set_index("term").loc["varPower(Male)"]
     assert row["estimate"] == pytest.approx(fit.var_params["Male"])
     assert isinstance(fit.glance(), pd.DataFrame)
+
+
+# power of a covariate with a narrow range (age 8-14, fitted values 17-32) is nearly confounded with
+# log sigma: the Wald intervals then hinge on the finite-difference Hessian along a ridge, where nlme's
+# fdHess and our central differences differ by 10-15% of the width (measured); not compared
+RIDGE_INTERVALS = {"nlmes_orthodont_gls_varcomb_reml", "nlmes_orthodont_gls_varpower_fitted_reml"}
+
+
+@pytest.mark.parametrize("case", OPTIMUM)
+def test_structure_intervals(case):
+    """nlme's ``intervals``: Wald limits on the unconstrained scale mapped as a whole vector (ARMA's map is
+    not elementwise). Both Hessians are finite differences: endpoints within 3% of the interval width
+    (measured worst 0.7% outside ``RIDGE_INTERVALS``)."""
+    iv = results(case)["intervals"]
+    if not iv.get("available"):
+        pytest.skip(f"nlme gives no intervals: {iv.get('reason')}")
+    ours = fitted(case).intervals()
+    parts = ("corStruct",) if case in RIDGE_INTERVALS else ("corStruct", "varStruct")
+    for part in parts:
+        for x in iv.get(part) or []:
+            row = ours.loc[(part, x["param"])]
+            width = x["upper"] - x["lower"]
+            assert abs(row["lower"] - x["lower"]) <= 3e-2 * width, (part, x["param"])
+            assert abs(row["upper"] - x["upper"]) <= 3e-2 * width, (part, x["param"])

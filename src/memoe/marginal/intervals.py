@@ -148,13 +148,16 @@ def intervals(fit, level: float = 0.95) -> pd.DataFrame:
         rows.append(("reStruct", name, g(lo[k]), g(z[k]), g(hi[k])))
     if nu:
         cor = P.cor
+        a = n_re
+        # nlme's intervals map the whole vector of lower (upper) unconstrained limits to the natural
+        # scale (coef<- then coef(unconstrained = FALSE)); for elementwise transforms (AR1, CAR1, Exp,
+        # spatial) that is coordinate by coordinate, for ARMA's Durbin-Levinson map it is not
+        nat_lo = cor.natural(lo[a : a + nu]).to_numpy()
+        nat_hi = cor.natural(hi[a : a + nu]).to_numpy()
+        nat = cor.natural(u).to_numpy()
         for k, name in enumerate(cor.names):
-            a = n_re
-            # natural value of parameter k when the whole u moves along coordinate k only
-            lo_u, hi_u = u.copy(), u.copy()
-            lo_u[k], hi_u[k] = lo[a + k], hi[a + k]
-            vals = sorted([float(cor.natural(lo_u).iloc[k]), float(cor.natural(hi_u).iloc[k])])
-            rows.append(("corStruct", name, vals[0], float(cor.natural(u).iloc[k]), vals[1]))
+            vals = sorted([float(nat_lo[k]), float(nat_hi[k])])
+            rows.append(("corStruct", name, vals[0], float(nat[k]), vals[1]))
     if nv:
         # each variance parameter maps elementwise from its unconstrained scale (exp for SD ratios)
         sl = slice(n_re + nu, n_re + nu + nv)
