@@ -14,10 +14,10 @@ nlme. See :mod:`memoe.marginal.problem` for the objective.
 # registers the family's .memoe codec with memoe.core.persist (which imports no family)
 from memoe.marginal import persist as _persist  # noqa: F401
 from memoe.marginal.arma import ARMA
-from memoe.marginal.correlation import AR1, CAR1, CompSymm, CorStruct, Exp, Symm
+from memoe.marginal.correlation import AR1, CAR1, CompSymm, CorStruct, Symm
 from memoe.marginal.model import GLS, LME, gls, lme
 from memoe.marginal.result import MarginalResult
-from memoe.marginal.spatial import Gaus, Lin, Ratio, Spher
+from memoe.marginal.spatial import Exp, Gaus, Lin, Ratio, Spher
 from memoe.marginal.varfunc import VarComb, VarConstPower, VarExp, VarFixed, VarPower
 from memoe.marginal.variance import VarIdent
 

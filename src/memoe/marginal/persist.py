@@ -30,10 +30,10 @@ from memoe.core.persist.frames import decode_frame, encode_frame
 from memoe.core.persist.registry import register_codec
 from memoe.errors import MemoeError
 from memoe.marginal.arma import ARMA
-from memoe.marginal.correlation import AR1, CAR1, CompSymm, CorStruct, Exp, Symm
+from memoe.marginal.correlation import AR1, CAR1, CompSymm, CorStruct, Symm
 from memoe.marginal.model import GLS, LME
 from memoe.marginal.result import MarginalResult
-from memoe.marginal.spatial import Gaus, Lin, Ratio, Spher
+from memoe.marginal.spatial import Exp, Gaus, Lin, Ratio, Spher
 from memoe.marginal.varfunc import VarComb, VarConstPower, VarExp, VarFixed, VarFunc, VarPower
 from memoe.marginal.variance import VarIdent
 

@@ -31,7 +31,7 @@ from memoe.errors import ArgumentError, ArgumentTypeError, DataError
 from memoe.marginal.correlation import BoundCorrelation, CorStruct, _logistic, _logit, _numeric_column
 from memoe.marginal.layout import GroupLayout
 
-__all__ = ["METRICS", "Gaus", "Lin", "Ratio", "Spatial", "Spher", "spatial_distances"]
+__all__ = ["METRICS", "Exp", "Gaus", "Lin", "Ratio", "Spatial", "Spher", "spatial_distances"]
 
 METRICS = ("euclidean", "manhattan", "maximum")
 _UNSET = object()
@@ -63,8 +63,8 @@ def spatial_distances(
         if b.n > 1 and np.any(d[:, off] == 0):
             g = layout.levels[b.groups[np.flatnonzero(np.any(d[:, off] == 0, axis=1))[0]]]
             raise DataError(
-                f"the {what} ({', '.join(repr(c) for c in covariates)}) has two rows at distance 0 within group "
-                f"{g!r}; nlme's spatial structures cannot have zero distances"
+                f"the {what} ({', '.join(repr(c) for c in covariates)}) has repeated values within group {g!r} "
+                "(two rows at distance 0; nlme's spatial structures cannot have zero distances)"
             )
         out.append(d)
     return out
@@ -118,8 +118,10 @@ class Spatial(CorStruct):
                     f"{name}{tuple(covs)!r}: with several position columns pass the group by keyword, e.g. "
                     f"{name}('x', 'y', group='g'), or the columns as a tuple, {name}(('x', 'y'), 'g')"
                 )
-        if not covs:
-            raise ArgumentTypeError(f"{name} needs the numeric position column(s), e.g. {name}('Time', 'Rat')")
+        if not covs or any(c is None for c in covs):
+            raise ArgumentTypeError(
+                f"{name}(time=...) needs the numeric position column(s), e.g. {name}('Time', 'Rat')"
+            )
         for c in covs:
             if not isinstance(c, str):
                 raise ArgumentTypeError(f"{name}: position covariates must be column names (str), got {c!r}")
@@ -208,6 +210,38 @@ class Spatial(CorStruct):
                 out.extend(np.array([ur, float(_logit(nu))]) for nu in (0.05, 0.2, 0.5))
             else:
                 out.append(np.array([ur]))
+        return out
+
+
+@dataclass(frozen=True, init=False)
+class Exp(Spatial):
+    """nlme's ``corExp``: ``cor(d) = (1 - nugget) exp(-d / range)`` for ``d > 0`` (nugget 0 without one).
+
+    Parameters as :class:`Spatial` (``Exp("Time", "Rat", nugget=True)``).
+
+    Examples
+    --------
+    >>> memoe.lme("weight ~ Time * Diet + (Time | Rat)", bw, correlation=Exp("Time", nugget=True))  # doctest: +SKIP
+
+    Replicates R's ``nlme::corExp(form = ~ Time, nugget = TRUE)``.
+    """
+
+    label = "Exponential spatial correlation"
+
+    @staticmethod
+    def rho(x: np.ndarray) -> np.ndarray:
+        return np.exp(-x)
+
+    def start_candidates(self, aux: list[np.ndarray], m: int) -> list[np.ndarray]:
+        vals = np.concatenate([a[a > 0].ravel() for a in aux] + [np.ones(1)])
+        d = float(np.median(vals))
+        out = []
+        for rho in (0.2, 0.5, 0.8, 0.95):
+            r = np.log(-d / np.log(rho))  # range with correlation rho at the median distance
+            if self.nugget:
+                out.extend(np.array([r, float(_logit(nu))]) for nu in (0.05, 0.2, 0.5))
+            else:
+                out.append(np.array([r]))
         return out
 
 

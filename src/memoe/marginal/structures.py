@@ -1,8 +1,8 @@
 """All residual structures in one place: correlation structures and variance functions."""
 
 from memoe.marginal.arma import ARMA
-from memoe.marginal.correlation import AR1, CAR1, CompSymm, CorStruct, Exp, Symm
-from memoe.marginal.spatial import Gaus, Lin, Ratio, Spher
+from memoe.marginal.correlation import AR1, CAR1, CompSymm, CorStruct, Symm
+from memoe.marginal.spatial import Exp, Gaus, Lin, Ratio, Spher
 from memoe.marginal.varfunc import VarComb, VarConstPower, VarExp, VarFixed, VarPower
 from memoe.marginal.variance import VarIdent
 
