@@ -38,7 +38,8 @@ from memoe.marginal.correlation import CorStruct, check_correlation_identifiable
 from memoe.marginal.layout import GroupLayout, make_layout
 from memoe.marginal.problem import MarginalProblem
 from memoe.marginal.result import MarginalResult
-from memoe.marginal.varfunc import VarComb, VarFunc, iterate_fitted_covariate
+from memoe.marginal.varcomb import VarComb
+from memoe.marginal.varfunc import VarFunc, iterate_fitted_covariate
 from memoe.marginal.variance import VarIdent, check_variance_identifiable
 
 # every variance function gls / lme accept as weights=

@@ -34,7 +34,8 @@ from memoe.marginal.correlation import AR1, CAR1, CompSymm, CorStruct, Symm
 from memoe.marginal.model import GLS, LME
 from memoe.marginal.result import MarginalResult
 from memoe.marginal.spatial import Exp, Gaus, Lin, Ratio, Spher
-from memoe.marginal.varfunc import VarComb, VarConstPower, VarExp, VarFixed, VarFunc, VarPower
+from memoe.marginal.varcomb import VarComb
+from memoe.marginal.varfunc import VarConstPower, VarExp, VarFixed, VarFunc, VarPower
 from memoe.marginal.variance import VarIdent
 
 __all__ = [
