@@ -274,7 +274,7 @@ def marginal_varcomp(fit) -> dict[tuple[str, str], tuple[float, float, str]]:
     ``part`` and ``param`` are those of :func:`memoe.marginal.intervals.intervals` (``reStruct``
     ``sd(Days)``, ``corStruct`` ``Phi``, ``varStruct`` level, ``sigma`` ``sigma``).
     """
-    from memoe.marginal.intervals import _hessian, _loglik_function, _re_natural
+    from memoe.marginal.intervals import _hessian, _loglik_function, _re_natural, hessian_steps
 
     P = fit.model.problem
     ll, n_re, nu, nv = _loglik_function(fit)
@@ -282,7 +282,7 @@ def marginal_varcomp(fit) -> dict[tuple[str, str], tuple[float, float, str]]:
     z_re, re_names = _re_natural(fit) if n_re else (np.zeros(0), [])
     z = np.concatenate([z_re, u, v, [np.log(fit.sigma)]])
     if np.all(np.isfinite(z)):
-        cov = _inverse_or_nan(-_hessian(ll, z))
+        cov = _inverse_or_nan(-_hessian(ll, z, hessian_steps(fit, len(z))))
     else:  # an SD at exactly 0 (log = -inf): no information about it
         cov = np.full((len(z), len(z)), np.nan)
     out: dict[tuple[str, str], tuple[float, float, str]] = {}

@@ -10,7 +10,7 @@ register_dataset("Wheat2", nlme::Wheat2, "Wheat yield trial with field coordinat
                  "nlme::Wheat2 (groupedData converted to data.frame)")
 
 TIGHT_GLS <- "control = glsControl(tolerance = 1e-10, maxIter = 500, msMaxIter = 500)"
-TIGHT_LME <- "control = lmeControl(tolerance = 1e-10, maxIter = 500, msMaxIter = 500, niterEM = 0)"
+TIGHT_LME <- "control = lmeControl(tolerance = 1e-10, maxIter = 500, msMaxIter = 500)"
 OVARY_F <- "follicles ~ sin(2*pi*Time) + cos(2*pi*Time)"
 
 for (reml in c(TRUE, FALSE)) {
@@ -87,3 +87,23 @@ gls_case("nlmes_wheat2_gls_spher_nugget_start36_reml", "Wheat2",
          "gls(yield ~ variety - 1, data = Wheat2, correlation = corSpher(c(36, 0.18), form = ~ latitude + longitude, nugget = TRUE), method = \"REML\")",
          description = "Wheat2: as nlmes_wheat2_gls_spher_nugget_reml, started near the higher optimum (range 36, nugget 0.18)",
          notes = "From Pinheiro & Bates' start c(28, 0.2) nlme stops at a local optimum (logLik 0.19 lower); from c(36, 0.18) it reaches the global one.")
+
+## ---------------------------------------------------------------- combinations
+lme_case("nlmes_bodyweight_lme_varexp_fitted_ml", "BodyWeight",
+         sprintf("lme(weight ~ Time * Diet, data = BodyWeight, random = ~ 1 | Rat, weights = varExp(), method = \"ML\", %s)", TIGHT_LME),
+         description = "BodyWeight: random intercept, SD = sigma * exp(expon * fitted)")
+gls_case("nlmes_ovary_gls_arma01_reml", "Ovary",
+         sprintf("gls(%s, data = Ovary, correlation = corARMA(q = 1, form = ~ 1 | Mare), method = \"REML\")", OVARY_F),
+         description = "Ovary: MA(1) within Mare")
+lme_case("nlmes_ovary_lme_arma11_ml", "Ovary",
+         sprintf("lme(%s, data = Ovary, random = ~ 1 | Mare, correlation = corARMA(p = 1, q = 1), method = \"ML\")", OVARY_F),
+         description = "Ovary: random intercept, ARMA(1,1) within Mare")
+lme_case("nlmes_bodyweight_lme_ratio_nugget_reml", "BodyWeight",
+         "lme(weight ~ Time * Diet, data = BodyWeight, random = ~ 1 | Rat, correlation = corRatio(form = ~ Time, nugget = TRUE), method = \"REML\")",
+         description = "BodyWeight: random intercept, rational quadratic correlation with nugget in Time")
+gls_case("nlmes_orthodont_gls_ar1_varpower_fitted_ml", "Orthodont",
+         sprintf("gls(distance ~ age * Sex, data = Orthodont, correlation = corAR1(form = ~ 1 | Subject), weights = varPower(), method = \"ML\", %s)", TIGHT_GLS),
+         description = "Orthodont: AR(1) within Subject and variance a power of the fitted values")
+gls_case("nlmes_bodyweight_gls_gaus_varpower_time_reml", "BodyWeight",
+         "gls(weight ~ Time * Diet, data = BodyWeight, correlation = corGaus(form = ~ Time | Rat), weights = varPower(form = ~ Time), method = \"REML\")",
+         description = "BodyWeight: Gaussian correlation in Time within Rat and SD a power of Time")
