@@ -234,7 +234,7 @@ def test_data_errors_are_one_line_with_status_2(files, capsys, tmp_path):
         (["fit", f, "--data", files["sleepstudy"], "--levels", "Subject=1,2"], "not among the levels"),
         (["fit", f, "--data", files["sleepstudy"], "--nagq", "3"], "--nagq applies to a GLMM"),
         (["fit", f, "--data", files["sleepstudy"], "--ml", "--reml"], "not allowed with argument"),
-        (["gls", "weight ~ Time", "--data", files["BodyWeight"], "--correlation", "arma(1)"], "unknown --correlation"),
+        (["gls", "weight ~ Time", "--data", files["BodyWeight"], "--correlation", "cor9(1)"], "unknown --correlation"),
         (["select-k", "y ~ time + (time | id)", "--k", "4:1", "--data", files["memoe_sim2"]], "1 <= lo <= hi"),
         (["demo", "--starts", "0"], "--starts: must be an integer >= 1, got 0"),
         (["show", tmp_path / "none.memoe"], "not found"),
@@ -316,7 +316,7 @@ def test_parse_correlation(text, want):
     assert parse_correlation(text) == want
 
 
-@pytest.mark.parametrize("text", ["", "arma(1,1)", "car1", "car1(| Rat)", "exp(T | R, nuget)", "ar1(a | b | c)",
+@pytest.mark.parametrize("text", ["", "arma(1, 1, 1)", "car1", "car1(| Rat)", "exp(T | R, nuget)", "ar1(a | b | c)",
                                   "compsymm(t | id)", "ar1(1 +", "car1(Ti me | Rat)"])
 def test_parse_correlation_refuses(text):
     with pytest.raises(ArgumentError, match="--correlation"):
@@ -326,7 +326,7 @@ def test_parse_correlation_refuses(text):
 def test_parse_weights_ks_levels():
     assert parse_weights("varident(Diet)") == VarIdent("Diet")
     assert parse_weights("varIdent(~ 1 | Diet)") == VarIdent("Diet")
-    for bad in ("varpower(x)", "varident()", "varident(a | b)"):
+    for bad in ("varfoo(x)", "varident()", "varident(a | b)", "varfixed()"):
         with pytest.raises(ArgumentError, match="--weights"):
             parse_weights(bad)
     assert parse_ks("1:4") == [1, 2, 3, 4]

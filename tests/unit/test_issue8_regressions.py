@@ -241,5 +241,5 @@ def test_compare_refuses_gee_fits_with_a_comparison_error():
     g = memoe.gee("distance ~ age", data, group="Subject").fit()
     m = memoe.lmm("distance ~ age + (1 | Subject)", data).fit(reml=False)
     for fits in [(g, m), (m, g), (g, g)]:
-        with pytest.raises(memoe.errors.ModelComparisonError, match="GEE.*qic"):
+        with pytest.raises(memoe.errors.ModelComparisonError, match=r"GEE.*qic"):
             memoe.compare(*fits)

@@ -394,11 +394,11 @@ struct_info <- function(s, kind) {
     M <- corMatrix(s)[[which.max(vapply(corMatrix(s), nrow, 1L))]]
     idx <- which(upper.tri(M), arr.ind = TRUE); idx <- idx[order(idx[, 1], idx[, 2]), , drop = FALSE]
     sprintf("cor(%d,%d)", idx[, 1], idx[, 2])
-  } else paste0("p", seq_along(p))
+  } else sprintf("p%d", seq_along(p))
   out <- list(class = class(s)[1], formula = paste(deparse(formula(s)), collapse = " "),
               params = jvec(p, pn),
               params_unconstrained = jvec(coef(s, unconstrained = TRUE),
-                                          if (is.null(names(coef(s, TRUE)))) paste0("u", seq_along(coef(s, TRUE))) else names(coef(s, TRUE))))
+                                          if (is.null(names(coef(s, TRUE)))) sprintf("u%d", seq_along(coef(s, TRUE))) else names(coef(s, TRUE))))
   if (inherits(s, "corStruct")) {
     cms <- corMatrix(s)
     if (!is.list(cms)) cms <- list(cms)

@@ -211,8 +211,11 @@ def build_parser() -> argparse.ArgumentParser:
         p = add(name, help, [base, data, outputs], func)
         p.add_argument("formula", help="'y ~ x' (gls) or an lme4 formula 'y ~ x + (1 | id)' (lme)")
         p.add_argument("--correlation", metavar="STRUCT", help="e.g. 'car1(Time | Rat)', 'ar1', 'exp(Time | Rat, "
-                       "nugget)', 'symm(visit | id)', 'compsymm(| id)'")
-        p.add_argument("--weights", metavar="VARFUNC", help="variance function, e.g. 'varident(Diet)'")
+                       "nugget)', 'symm(visit | id)', 'compsymm(| id)', 'arma(| Mare, p=1, q=1)', "
+                       "'gaus(Time | Rat, nugget)', 'spher(x + y | g, metric=manhattan)', 'lin(...)', 'ratio(...)'")
+        p.add_argument("--weights", metavar="VARFUNC", help="variance function, e.g. 'varident(Diet)', 'varpower' "
+                       "(fitted values), 'varpower(age | Sex)', 'varexp(age)', 'varconstpower(age)', 'varfixed(w)', "
+                       "'varcomb(varident(Sex), varpower(age))'")
         _ml(p)
 
     p = add("gee", "fit a marginal model by generalized estimating equations (geepack's geeglm)",

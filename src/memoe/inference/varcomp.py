@@ -274,7 +274,14 @@ def marginal_varcomp(fit) -> dict[tuple[str, str], tuple[float, float, str]]:
     ``part`` and ``param`` are those of :func:`memoe.marginal.intervals.intervals` (``reStruct``
     ``sd(Days)``, ``corStruct`` ``Phi``, ``varStruct`` level, ``sigma`` ``sigma``).
     """
-    from memoe.marginal.intervals import _hessian, _loglik_function, _re_natural, _re_parts, _re_sizes
+    from memoe.marginal.intervals import (
+        _hessian,
+        _loglik_function,
+        _re_natural,
+        _re_parts,
+        _re_sizes,
+        hessian_steps,
+    )
 
     P = fit.model.problem
     ll, n_re, nu, nv = _loglik_function(fit)
@@ -282,7 +289,7 @@ def marginal_varcomp(fit) -> dict[tuple[str, str], tuple[float, float, str]]:
     z_re, re_names = _re_natural(fit) if n_re else (np.zeros(0), [])
     z = np.concatenate([z_re, u, v, [np.log(fit.sigma)]])
     if np.all(np.isfinite(z)):
-        cov = _inverse_or_nan(-_hessian(ll, z))
+        cov = _inverse_or_nan(-_hessian(ll, z, hessian_steps(fit, len(z))))
     else:  # an SD at exactly 0 (log = -inf): no information about it
         cov = np.full((len(z), len(z)), np.nan)
     out: dict[tuple[str, str], tuple[float, float, str]] = {}
@@ -312,10 +319,11 @@ def marginal_varcomp(fit) -> dict[tuple[str, str], tuple[float, float, str]]:
             kind = "cor" if -1.0 < base[k] < 1.0 and name not in ("range", "nugget") else "sd"
             out[("corStruct", str(name))] = (float(base[k]), float(se[k]), kind)
     if nv:
+        nat, deriv, kinds = P.var.transform(z[n_re + nu : n_re + nu + nv])
         for k, name in enumerate(P.var.names):
             j = n_re + nu + k
-            est = float(np.exp(z[j]))
-            out[("varStruct", str(name))] = (est, est * math.sqrt(max(cov[j, j], 0.0)), "sd")
+            se = abs(float(deriv[k])) * math.sqrt(max(cov[j, j], 0.0))
+            out[("varStruct", str(name))] = (float(nat[k]), se, kinds[k])
     out[("sigma", "sigma")] = (float(fit.sigma), float(fit.sigma) * math.sqrt(max(cov[-1, -1], 0.0)), "sd")
     return out
 

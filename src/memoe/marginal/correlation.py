@@ -23,7 +23,16 @@ import pandas as pd
 from memoe.errors import ArgumentError, ArgumentTypeError, DataError, MemoeWarning, warn
 from memoe.marginal.layout import GroupLayout
 
-__all__ = ["AR1", "CAR1", "BoundCorrelation", "CompSymm", "CorStruct", "Exp", "Symm"]
+__all__ = ["AR1", "CAR1", "BoundCorrelation", "CompSymm", "CorStruct", "Symm"]
+
+
+def __getattr__(name: str):
+    # Exp lives with the other spatial structures (memoe.marginal.spatial), which import this module
+    if name == "Exp":
+        from memoe.marginal.spatial import Exp
+
+        return Exp
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _logistic(u: np.ndarray) -> np.ndarray:
@@ -302,61 +311,6 @@ class CAR1(CorStruct):
         d = _median_lag(aux)
         # Phi such that the correlation at the median lag is rho
         return [np.array([_logit(rho ** (1.0 / d))]) for rho in (0.1, 0.3, 0.5, 0.7, 0.9, 0.97)]
-
-
-@dataclass(frozen=True)
-class Exp(CorStruct):
-    """nlme's ``corExp``: ``cor(d) = (1 - nugget) exp(-d / range)`` for ``d > 0`` (nugget 0 without one).
-
-    Parameters
-    ----------
-    time : str
-        Numeric position column; d is the absolute difference within a group.
-    group : str, optional
-    nugget : bool, default False
-        Estimate nlme's nugget (the correlation drops to 1 - nugget at any positive distance).
-    """
-
-    time: str
-    group: str | None = None
-    nugget: bool = False
-
-    label = "Exponential spatial correlation"
-
-    def __post_init__(self) -> None:
-        if self.time is None:
-            raise ArgumentTypeError("Exp(time=...) needs the numeric distance column, e.g. Exp('Time', 'Subject')")
-        if not isinstance(self.nugget, bool | np.bool_):
-            raise ArgumentTypeError(f"Exp(nugget=...) must be True or False, got {self.nugget!r}")
-        super().__post_init__()
-
-    def param_names(self, m: int) -> list[str]:
-        return ["range", "nugget"] if self.nugget else ["range"]
-
-    def prepare(self, layout: GroupLayout, frame: pd.DataFrame) -> list[np.ndarray]:
-        return _distances(layout, frame, self.time, "distance covariate of Exp")
-
-    def correlation(self, u: np.ndarray, aux: np.ndarray, m: int) -> np.ndarray:
-        c = np.exp(-aux / np.exp(u[0]))
-        if self.nugget:
-            n = aux.shape[-1]
-            c = (1.0 - _logistic(u[1])) * c
-            c[..., np.arange(n), np.arange(n)] = 1.0
-        return c
-
-    def natural(self, u: np.ndarray, m: int) -> np.ndarray:
-        return np.array([np.exp(u[0]), _logistic(u[1])]) if self.nugget else np.array([np.exp(u[0])])
-
-    def start_candidates(self, aux: list[np.ndarray], m: int) -> list[np.ndarray]:
-        d = _median_lag(aux)
-        out = []
-        for rho in (0.2, 0.5, 0.8, 0.95):
-            r = np.log(-d / np.log(rho))
-            if self.nugget:
-                out.extend(np.array([r, _logit(nu)]) for nu in (0.05, 0.2, 0.5))
-            else:
-                out.append(np.array([r]))
-        return out
 
 
 def symm_matrix(u: np.ndarray, m: int) -> np.ndarray:

@@ -113,20 +113,43 @@ def _loglik_function(fit):
     return ll, n_re, nu, nv
 
 
-def _hessian(f, x: np.ndarray, h: float = 1e-3) -> np.ndarray:
-    """Central second differences (step h on the unconstrained scales, which are O(1))."""
+def _hessian(f, x: np.ndarray, h: float | np.ndarray = 1e-3) -> np.ndarray:
+    """Central second differences (step h on the unconstrained scales, which are O(1); per coordinate
+    when ``h`` is an array, see :func:`hessian_steps`)."""
     k = len(x)
+    h = np.broadcast_to(np.asarray(h, dtype=float), (k,))
     H = np.empty((k, k))
     f0 = f(x)
     for i in range(k):
         ei = np.zeros(k)
-        ei[i] = h
-        H[i, i] = (f(x + ei) - 2 * f0 + f(x - ei)) / h**2
+        ei[i] = h[i]
+        H[i, i] = (f(x + ei) - 2 * f0 + f(x - ei)) / h[i] ** 2
         for j in range(i):
             ej = np.zeros(k)
-            ej[j] = h
-            H[i, j] = H[j, i] = (f(x + ei + ej) - f(x + ei - ej) - f(x - ei + ej) + f(x - ei - ej)) / (4 * h**2)
+            ej[j] = h[j]
+            H[i, j] = H[j, i] = (f(x + ei + ej) - f(x + ei - ej) - f(x - ei + ej) + f(x - ei - ej)) / (4 * h[i] * h[j])
     return H
+
+
+def hessian_steps(fit, n: int, h: float = 1e-3) -> np.ndarray:
+    """Steps for :func:`_hessian` on [re, correlation u, variance u, log sigma] (length ``n``).
+
+    ``h`` everywhere, except for variance parameters whose log SD ratio moves faster than the
+    parameter (``varExp``: by the covariate per unit exponent): there ``h`` divided by that rate, so
+    every step changes the SD ratios by about ``h`` on the log scale.
+    """
+    P = fit.model.problem
+    steps = np.full(n, h)
+    if P.var is not None and P.var.size:
+        _, _, v = P.split(fit.params_unconstrained)
+        base = np.log(P.var.ratios(v))
+        start = n - 1 - P.var.size
+        for k in range(P.var.size):
+            e = np.zeros(P.var.size)
+            e[k] = 1e-6
+            rate = float(np.max(np.abs(np.log(P.var.ratios(v + e)) - base))) / 1e-6
+            steps[start + k] = h / max(rate, 1.0)
+    return steps
 
 
 def intervals(fit, level: float = 0.95) -> pd.DataFrame:
@@ -156,7 +179,7 @@ def intervals(fit, level: float = 0.95) -> pd.DataFrame:
     _, u, v = P.split(fit.params_unconstrained)
     z_re, re_names = _re_natural(fit) if n_re else (np.zeros(0), [])
     z = np.concatenate([z_re, u, v, [np.log(fit.sigma)]])
-    H = _hessian(ll, z)
+    H = _hessian(ll, z, hessian_steps(fit, len(z)))
     try:
         se = np.sqrt(np.diag(np.linalg.inv(-H)))
     except np.linalg.LinAlgError:
@@ -173,17 +196,22 @@ def intervals(fit, level: float = 0.95) -> pd.DataFrame:
             k += 1
     if nu:
         cor = P.cor
+        a = n_re
+        # nlme's intervals map the whole vector of lower (upper) unconstrained limits to the natural
+        # scale (coef<- then coef(unconstrained = FALSE)); for elementwise transforms (AR1, CAR1, Exp,
+        # spatial) that is coordinate by coordinate, for ARMA's Durbin-Levinson map it is not
+        nat_lo = cor.natural(lo[a : a + nu]).to_numpy()
+        nat_hi = cor.natural(hi[a : a + nu]).to_numpy()
+        nat = cor.natural(u).to_numpy()
         for k, name in enumerate(cor.names):
-            a = n_re
-            # natural value of parameter k when the whole u moves along coordinate k only
-            lo_u, hi_u = u.copy(), u.copy()
-            lo_u[k], hi_u[k] = lo[a + k], hi[a + k]
-            vals = sorted([float(cor.natural(lo_u).iloc[k]), float(cor.natural(hi_u).iloc[k])])
-            rows.append(("corStruct", name, vals[0], float(cor.natural(u).iloc[k]), vals[1]))
+            vals = sorted([float(nat_lo[k]), float(nat_hi[k])])
+            rows.append(("corStruct", name, vals[0], float(nat[k]), vals[1]))
     if nv:
+        # each variance parameter maps elementwise from its unconstrained scale (exp for SD ratios)
+        sl = slice(n_re + nu, n_re + nu + nv)
+        nat_lo, nat, nat_hi = (P.var.transform(a[sl])[0] for a in (lo, z, hi))
         for k, name in enumerate(P.var.names):
-            j = n_re + nu + k
-            rows.append(("varStruct", name, np.exp(lo[j]), np.exp(z[j]), np.exp(hi[j])))
+            rows.append(("varStruct", name, nat_lo[k], nat[k], nat_hi[k]))
     rows.append(("sigma", "sigma", np.exp(lo[-1]), fit.sigma, np.exp(hi[-1])))
     frame = pd.DataFrame(rows, columns=["part", "param", "lower", "est.", "upper"]).set_index(["part", "param"])
     frame.attrs["level"] = level

@@ -39,7 +39,12 @@ from memoe.marginal.correlation import CorStruct, check_correlation_identifiable
 from memoe.marginal.layout import GroupLayout, make_layout
 from memoe.marginal.problem import MarginalProblem, RandomLevel
 from memoe.marginal.result import MarginalResult
+from memoe.marginal.varcomb import VarComb
+from memoe.marginal.varfunc import VarFunc, iterate_fitted_covariate
 from memoe.marginal.variance import VarIdent, check_variance_identifiable
+
+# every variance function gls / lme accept as weights=
+_VARIANCE_TYPES = (VarIdent, VarFunc, VarComb)
 
 __all__ = ["GLS", "LME", "gls", "lme"]
 
@@ -109,19 +114,21 @@ class _MarginalModel:
         formula: str,
         data: pd.DataFrame,
         correlation: CorStruct | None = None,
-        weights: VarIdent | None = None,
+        weights: VarIdent | VarFunc | VarComb | None = None,
         contrasts: dict[str, str] | None = None,
     ) -> None:
         formula = check_str(formula, "formula", "y ~ time")
         data = to_pandas(data, "data")
         if correlation is not None and not isinstance(correlation, CorStruct):
             raise ArgumentTypeError(
-                f"correlation must be a memoe.marginal structure (AR1, CAR1, Exp, Symm, CompSymm) such as "
+                f"correlation must be a memoe.marginal structure (AR1, CAR1, Exp, Symm, CompSymm, ARMA, Gaus, Spher, "
+                f"Lin, Ratio) such as "
                 f"AR1(group='id'), got {correlation!r} ({type(correlation).__name__})"
             )
-        if weights is not None and not isinstance(weights, VarIdent):
+        if weights is not None and not isinstance(weights, _VARIANCE_TYPES):
             raise ArgumentTypeError(
-                f"weights must be a memoe.marginal variance function such as VarIdent('by'), got {weights!r} "
+                f"weights must be a memoe.marginal variance function (VarIdent, VarPower, VarExp, VarConstPower, "
+                f"VarFixed, VarComb) such as VarIdent('by'), got {weights!r} "
                 f"({type(weights).__name__})"
             )
         self.formula = formula
@@ -168,10 +175,17 @@ class _MarginalModel:
             f = blocks[self.level_blocks[-1]].factor
             self.cor_layout = make_layout(f.codes, f.levels, f.name)
         cor = None if correlation is None else correlation.bind(self.cor_layout, frame.data)
-        var = None if weights is None else weights.bind(frame.data)
+        if weights is None:
+            var = None
+        elif isinstance(weights, VarIdent):
+            var = weights.bind(frame.data)
+        else:
+            # nlme sorts the rows by the grouping factor: its strata (and parameters) follow that order
+            order = None if self.layout.name is None else np.argsort(self.layout.codes, kind="stable")
+            var = weights.bind(frame.data, order)
         if cor is not None:
             check_correlation_identifiable(cor, self.cor_layout, group=self.cor_layout.name)
-        if var is not None:
+        if isinstance(weights, VarIdent):
             check_variance_identifiable(var, weights.by, frame.data[weights.by])
         levels = [
             RandomLevel(
@@ -250,6 +264,10 @@ class _MarginalModel:
         """
         P = self.problem
         theta0, resid = self._independence_fit(reml)
+        if P.var is not None and P.var.needs_fitted:
+            # nlme's first covariate: the fitted values of the fit with all variance weights 1
+            self._initial_fitted = self.design.y - resid
+            P.var = P.var.with_fitted(self._initial_fitted)
         v0 = np.zeros(0) if P.var is None else P.var.start(resid)
         cands = [np.zeros(0)]
         if P.cor is not None:
@@ -333,23 +351,35 @@ class _MarginalModel:
             return P.deviance(x, reml)
 
         lower = P.lower_bounds
-        # steps proportional to the parameters: theta entries differ by orders of magnitude when the
-        # random-effects columns do (intercept vs slope per day); a common step wastes evaluations
-        opt = minimize_bounded(f, x0, lower, initial_step=_steps(x0, 0.2, 0.02) if P.size else None)
-        # a restart from the optimum (as lme4 does at the boundary) guards against BOBYQA stopping
-        # on a poorly conditioned interpolation model
-        opt2 = minimize_bounded(f, opt.x, lower, initial_step=_steps(opt.x, 0.02, 0.002) if P.size else None)
-        x = opt2.x if opt2.fmin <= opt.fmin else opt.x
-        messages = []
-        if opt.return_code < 0 or opt2.return_code < 0:
-            messages.append(f"optimiser stopped: {opt.message} / {opt2.message}")
+
+        def optimise(x0: np.ndarray) -> tuple[np.ndarray, int, list[str]]:
+            # steps proportional to the parameters: theta entries differ by orders of magnitude when the
+            # random-effects columns do (intercept vs slope per day); a common step wastes evaluations
+            opt = minimize_bounded(f, x0, lower, initial_step=_steps(x0, 0.2, 0.02) if P.size else None)
+            # a restart from the optimum (as lme4 does at the boundary) guards against BOBYQA stopping
+            # on a poorly conditioned interpolation model
+            opt2 = minimize_bounded(f, opt.x, lower, initial_step=_steps(opt.x, 0.02, 0.002) if P.size else None)
+            x = opt2.x if opt2.fmin <= opt.fmin else opt.x
+            msgs = []
+            if opt.return_code < 0 or opt2.return_code < 0:
+                msgs.append(f"optimiser stopped: {opt.message} / {opt2.message}")
+            return x, opt.feval + opt2.feval, msgs
+
+        if P.var is not None and P.var.needs_fitted:
+            # nlme's alternation for a fitted-value variance covariate (memoe.marginal.varfunc)
+            if getattr(self, "_initial_fitted", None) is None or start is not None:
+                self._initial_fitted = P.solve(x0, reml).fitted_conditional
+            x, feval, messages = iterate_fitted_covariate(P, x0, reml, optimise, self._initial_fitted, self.kind)
+        else:
+            x, feval, messages = optimise(x0)
+        if messages:
             warnings.warn(f"{self.kind}: {messages[-1]}", ConvergenceWarning, stacklevel=caller_stacklevel())
         sol = P.solve(x, reml)
         return MarginalResult(
             model=self,
             solution=sol,
             reml=reml,
-            feval=opt.feval + opt2.feval,
+            feval=feval,
             seconds=time.perf_counter() - t0,
             messages=messages,
         )
@@ -371,7 +401,8 @@ class LME(_MarginalModel):
 
 
 def gls(
-    formula: str, data: pd.DataFrame, correlation: CorStruct | None = None, weights: VarIdent | None = None,
+    formula: str, data: pd.DataFrame, correlation: CorStruct | None = None,
+    weights: VarIdent | VarFunc | VarComb | None = None,
     contrasts: dict[str, str] | None = None,
 ) -> GLS:
     """nlme's ``gls``: ``y ~ fixed`` with correlated and/or heteroscedastic residuals.
@@ -382,9 +413,11 @@ def gls(
         Fixed part only (formulaic syntax, R's coefficient names).
     data : pandas.DataFrame
     correlation : CorStruct, optional
-        ``AR1``, ``CAR1``, ``Exp``, ``Symm`` or ``CompSymm`` (with its ``group``; no group = the whole
-        data set is one group).
-    weights : VarIdent, optional
+        ``AR1``, ``CAR1``, ``Exp``, ``Symm``, ``CompSymm``, ``ARMA``, ``Gaus``, ``Spher``, ``Lin`` or
+        ``Ratio`` (with its ``group``; no group = the whole data set is one group).
+    weights : VarIdent, VarPower, VarExp, VarConstPower, VarFixed or VarComb, optional
+        nlme's variance functions; those of the fitted values (``VarPower()``) are iterated to
+        nlme's fixed point (:func:`memoe.marginal.varfunc.iterate_fitted_covariate`).
     contrasts : dict, optional
         R's ``contrasts=``: factor column -> ``"treatment"``, ``"sum"``, ``"helmert"`` or ``"poly"``.
         Default (None) is R's: treatment for unordered factors, poly for ordered Categoricals.
@@ -398,7 +431,8 @@ def gls(
 
 
 def lme(
-    formula: str, data: pd.DataFrame, correlation: CorStruct | None = None, weights: VarIdent | None = None,
+    formula: str, data: pd.DataFrame, correlation: CorStruct | None = None,
+    weights: VarIdent | VarFunc | VarComb | None = None,
     contrasts: dict[str, str] | None = None,
 ) -> LME:
     """nlme's ``lme`` with random effects in lme4 syntax, e.g. ``"y ~ t + (1 | id)"``, and a residual structure.

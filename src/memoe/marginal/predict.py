@@ -33,6 +33,8 @@ from memoe.core.design.newdata import (
 from memoe.core.linalg.batched import batched_cholesky, batched_forward_solve
 from memoe.errors import DataError, MemoeError
 from memoe.lmm.predict import block_matrix_for, fixed_variance, group_codes_for, random_part
+from memoe.marginal.arma import ARMA
+from memoe.marginal.spatial import Spatial
 
 __all__ = [
     "check_level_number",
@@ -132,19 +134,8 @@ def residual_ratios(fit, frame: pd.DataFrame | None) -> np.ndarray:
         return np.asarray(fit._s.ratios, dtype=float)
     if P.var is None:
         return np.ones(len(frame))
-    by = P.var.function.by
-    if by not in frame.columns:
-        raise DataError(f"the data have no column {by!r} (the strata of the variance function VarIdent)")
-    codes = match_levels(P.var.levels, frame[by])
-    if np.any(codes == -1):
-        bad = frame[by][codes == -1].iloc[0]
-        raise DataError(
-            f"column {by!r} (the strata of VarIdent) has the value {bad!r}, not a stratum of the fit; "
-            f"the strata are {[str(v) for v in P.var.levels][:12]}"
-        )
     _, _, v = P.split(fit._s.params)
-    r = np.exp(np.concatenate(([0.0], np.asarray(v, dtype=float))))
-    return np.where(codes >= 0, r[np.maximum(codes, 0)], np.nan)
+    return P.var.ratios_for(v, frame)
 
 
 def level_terms(fit) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -339,8 +330,12 @@ def subject_model(fit):
         _, u, _ = P.split(fit._s.params)
         m = cor.m
         time = getattr(st, "time", None) or getattr(st, "visit", None)
-        if isinstance(st, (CAR1, Exp)) or (isinstance(st, AR1) and st.visit is not None):
-            col = st.time if isinstance(st, (CAR1, Exp)) else st.visit
+        if isinstance(st, Spatial) and len(st.covariates) > 1:
+            raise MemoeError(
+                f"predict_subject supports one position column; {type(st).__name__} uses {list(st.covariates)}"
+            )
+        if isinstance(st, (CAR1, Exp, Spatial)) or (isinstance(st, (AR1, ARMA)) and st.visit is not None):
+            col = st.time if isinstance(st, (CAR1, Exp, Spatial)) else st.visit
 
             def coord(frame, col=col):
                 if col not in frame.columns:
@@ -377,7 +372,7 @@ def subject_model(fit):
                 return st.correlation(u, np.abs(c[:, :, None] - c[:, None, :]), m)
 
         nat = st.natural(u, m)
-        if isinstance(st, Exp) and st.nugget:
+        if isinstance(st, (Exp, Spatial)) and st.nugget:
             nugget = float(nat[1])
         elif isinstance(st, CompSymm):
             nugget = float(1.0 - nat[0])

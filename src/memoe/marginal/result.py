@@ -797,8 +797,8 @@ class MarginalResult(FitResult):
         rows.append(("Residual", "sd__Observation", float(self.sigma)))
         rows += [("Residual", str(k), float(v)) for k, v in self.cor_params.items()]
         if len(self.var_params):
-            by = self.model.weights.by
-            rows += [("Residual", f"varIdent({by}={k})", float(v)) for k, v in self.var_params.items()]
+            term = self.model.problem.var.term
+            rows += [("Residual", term(str(k)), float(v)) for k, v in self.var_params.items()]
         return self._ran_pars_inference(pd.DataFrame(rows, columns=["group", "term", "estimate"]))
 
     @cached_property
@@ -813,13 +813,13 @@ class MarginalResult(FitResult):
         """``rp`` with delta-method SEs, Wald z and boundary-aware p-values (:mod:`memoe.inference.varcomp`)."""
         from memoe.inference.varcomp import VarCompCov, add_varcomp_inference
 
-        by = self.model.weights.by if self.model.weights is not None else None
+        var = self.model.problem.var
         lookup = {}
         for (part, param), value in self.varcomp.items():
             if part.startswith("reStruct"):
                 term = self._re_term(part, param)
             elif part == "varStruct":
-                term = f"varIdent({by}={param})"
+                term = var.term(param)
             elif part == "sigma":
                 term = "sd__Observation"
             else:
@@ -870,7 +870,7 @@ class MarginalResult(FitResult):
         """Intervals of the variance parameters from nlme's ``intervals`` (Wald on nlme's unconstrained
         scales, mapped back); the reference stratum's SD ratio is fixed at 1 and gets NaN."""
         iv = self.intervals(level)
-        by = self.model.weights.by if self.model.weights is not None else None
+        var = self.model.problem.var
         keys = [self._rp_key(g, t) for g, t in zip(rp["group"], rp["term"], strict=True)]
         for (part, param), row in iv.iterrows():
             if part.startswith("reStruct"):
@@ -878,7 +878,7 @@ class MarginalResult(FitResult):
             elif part == "corStruct":
                 term = param
             elif part == "varStruct":
-                term = f"varIdent({by}={param})"
+                term = var.term(param)
             elif part == "sigma":
                 term = "sd__Observation"
             else:  # "fixed": tidy's fixed rows use confint

@@ -190,9 +190,11 @@ class MarginalSummary(Summary):
             lines += ["", f"Correlation Structure: {s.label}", f" Formula: {s.formula(self._structure_group())}"]
             lines += [" Parameter estimate(s):", *_series_block(f.cor_params)]
         if P.var is not None:
-            v = P.var.function
-            lines += ["", "Variance function:", f" Structure: {v.label}", f" Formula: {v.formula()}"]
-            lines += [" Parameter estimates:", *_series_block(f.var_params)]
+            _, _, v = P.split(f.params_unconstrained)
+            head = ["Variance function:"]
+            if type(P.var.function).__name__ == "VarComb":
+                head.append(P.var.function.label)
+            lines += ["", *head, *P.var.summary_lines(v, _series_block)]
         return lines
 
     def _coefficients(self) -> list[str]:

@@ -51,6 +51,39 @@ class BoundVariance:
         vals = np.exp(np.concatenate(([0.0], np.asarray(u, dtype=float))))
         return pd.Series(vals, index=[str(v) for v in self.levels], dtype=float)
 
+    needs_fitted = False
+
+    def transform(self, u: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """Per entry of ``u``: the SD ratio, its derivative d ratio / d u, and the kind ("sd": log scale)."""
+        r = np.exp(np.asarray(u, dtype=float))
+        return r, r, ["sd"] * len(r)
+
+    def term(self, name: str) -> str:
+        """broom-style ``tidy()`` term of the SD ratio of stratum ``name``: ``varIdent(<by>=<name>)``."""
+        return f"varIdent({self.function.by}={name})"
+
+    def summary_lines(self, u: np.ndarray, block) -> list[str]:
+        """nlme's ``Variance function:`` block (without its header line)."""
+        v = self.function
+        return [f" Structure: {v.label}", f" Formula: {v.formula()}", " Parameter estimates:", *block(self.natural(u))]
+
+    def ratios_for(self, u: np.ndarray, frame: pd.DataFrame) -> np.ndarray:
+        """SD ratios of the rows of new data (strata matched to the fit's)."""
+        from memoe.core.design.newdata import match_levels
+
+        by = self.function.by
+        if by not in frame.columns:
+            raise DataError(f"the data have no column {by!r} (the strata of the variance function VarIdent)")
+        codes = match_levels(self.levels, frame[by])
+        if np.any(codes == -1):
+            bad = frame[by][codes == -1].iloc[0]
+            raise DataError(
+                f"column {by!r} (the strata of VarIdent) has the value {bad!r}, not a stratum of the fit; "
+                f"the strata are {[str(v) for v in self.levels][:12]}"
+            )
+        r = np.exp(np.concatenate(([0.0], np.asarray(u, dtype=float))))
+        return np.where(codes >= 0, r[np.maximum(codes, 0)], np.nan)
+
     def start(self, resid: np.ndarray | None = None) -> np.ndarray:
         """Log SD ratios: zeros, or the ratios of the residual SDs per stratum when residuals are given."""
         if resid is None:
