@@ -145,3 +145,36 @@ def test_every_public_name_is_in_the_api_reference():
         if not ok:
             missing.append(qual)
     assert missing == [], f"public names missing from docs/api/*.md: {missing}"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# figures: committed PNGs drawn by docs/gen_figures.py
+
+_FIGURE_LINK = re.compile(r"!\[[^\]]*\]\((?:\.\./)*figures/([\w-]+)\.png\)")
+
+
+def _linked_figures() -> set[str]:
+    return {name for p in _pages() for name in _FIGURE_LINK.findall(p.read_text(encoding="utf-8"))}
+
+
+def test_linked_figures_are_committed():
+    linked = _linked_figures()
+    assert linked, "no page shows a figure"
+    missing = sorted(n for n in linked if not (DOCS / "figures" / f"{n}.png").is_file())
+    assert missing == [], f"run `python docs/gen_figures.py`: missing {missing}"
+
+
+@pytest.mark.slow
+def test_gen_figures_draws_every_linked_figure(tmp_path):
+    import importlib.util
+
+    matplotlib.use("Agg")
+    spec = importlib.util.spec_from_file_location("gen_figures", DOCS / "gen_figures.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        written = {p.stem for p in module.main(tmp_path)}
+    for name in written:
+        assert (tmp_path / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    assert _linked_figures() <= written, sorted(_linked_figures() - written)
