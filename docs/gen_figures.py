@@ -15,7 +15,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import memoe  # noqa: E402
+import memoe
 
 #: the MEMoE tutorial's data and model; switching the tutorial to pbcseq changes these lines only
 TUTORIAL_DATA = "memoe_sim2"
