@@ -35,7 +35,36 @@ MAX_THETA_FOR_DERIVS = 30
 
 @dataclass(frozen=True)
 class FitControl:
-    """Optimiser and check settings for :meth:`LMM.fit`."""
+    """Optimiser and check settings for :meth:`LMM.fit`.
+
+    Attributes
+    ----------
+    ftol_abs : float, default 1e-12
+        Stop when the criterion changes by less (lme4's tight setting; lme4's default is 1e-8).
+    xtol_abs : float, default 1e-8
+        Stop when theta changes by less (lme4's ``xtol_abs``).
+    maxeval : int
+        Most objective evaluations.
+    calc_derivs : bool
+        Finite-difference gradient and Hessian at the optimum (lme4's ``checkConv``).
+    grad_tol, singular_tol : float
+        lme4's ``check.conv.grad`` and ``isSingular`` tolerances.
+    blas_threads : int, "auto" or None
+        BLAS threads while fitting ("auto": the problem's choice; None: the BLAS default).
+
+    R equivalent
+    ------------
+    ``lme4::lmerControl(optimizer = "bobyqa", optCtrl = list(ftol_abs = , xtol_abs = , maxeval = ))``.
+
+    Examples
+    --------
+    >>> import memoe
+    >>> from memoe.lmm import FitControl
+    >>> sleep = memoe.datasets.load("sleepstudy")
+    >>> fit = memoe.lmm("Reaction ~ Days + (Days | Subject)", sleep).fit(control=FitControl(ftol_abs=1e-10))
+    >>> fit.converged
+    True
+    """
 
     ftol_abs: float = 1e-12
     # lme4's xtol_abs: below it the criterion moves less than its rounding noise (InstEval: 41 -> 29 evaluations)
@@ -63,6 +92,11 @@ class LMM:
         R's ``contrasts=``: factor column -> ``"treatment"``, ``"sum"``, ``"helmert"`` or ``"poly"``
         (or ``"contr.sum"``, ...). Default (None) is R's: treatment contrasts for unordered factors,
         polynomial contrasts (``x.L``, ``x.Q``, ...) for ordered Categoricals.
+
+    R equivalent
+    ------------
+    ``lme4::lmer(formula, data, REML = TRUE)``; the stages are lme4's ``lFormula`` (this constructor),
+    ``mkLmerDevfun`` (:meth:`objective`), ``optimizeLmer`` and ``mkMerMod`` (:meth:`fit`).
 
     Examples
     --------
@@ -204,7 +238,30 @@ class LMM:
 def lmm(formula: str, data: pd.DataFrame, contrasts: dict[str, str] | None = None) -> LMM:
     """Specify a linear mixed model with an lme4 formula; call ``.fit(reml=...)`` to estimate it.
 
-    See :class:`LMM`.
+    Parameters
+    ----------
+    formula : str
+        lme4 syntax, e.g. ``"Reaction ~ Days + (Days | Subject)"`` (see :class:`LMM`).
+    data : pandas.DataFrame, polars.DataFrame or pyarrow.Table
+        Rows with a missing value in any used column are dropped (counted on the result).
+    contrasts : dict, optional
+        Factor column -> ``"treatment"``, ``"sum"``, ``"helmert"`` or ``"poly"`` (R's ``contrasts=``).
+
+    Returns
+    -------
+    LMM
+        The unfitted model; ``.fit(reml=True)`` returns an :class:`LmmResult`.
+
+    R equivalent
+    ------------
+    ``lme4::lmer(formula, data, REML = TRUE)`` (the model specification is ``lme4::lFormula``).
+
+    Examples
+    --------
+    >>> import memoe
+    >>> fit = memoe.lmm("Reaction ~ Days + (Days | Subject)", memoe.datasets.load("sleepstudy")).fit()
+    >>> fit.fixef.round(3).tolist()
+    [251.405, 10.467]
     """
     return LMM(formula, data, contrasts=contrasts)
 

@@ -288,13 +288,52 @@ class _MarginalModel:
 
 
 class GLS(_MarginalModel):
-    """Generalised least squares with a residual correlation structure and variance function (nlme's ``gls``)."""
+    """Generalised least squares with a residual correlation structure and variance function (nlme's ``gls``).
+
+    Parameters
+    ----------
+    formula, data, correlation, weights, contrasts
+        As :func:`gls` (which builds this class).
+
+    R equivalent
+    ------------
+    ``nlme::gls(model, data, correlation, weights, method = "REML")``.
+
+    Examples
+    --------
+    >>> import memoe
+    >>> from memoe.marginal import GLS, CAR1
+    >>> model = GLS("weight ~ Time * Diet", memoe.datasets.load("BodyWeight"), correlation=CAR1("Time", "Rat"))
+    >>> fit = model.fit(reml=False)
+    >>> fit.reml
+    False
+    """
 
     kind = "gls"
 
 
 class LME(_MarginalModel):
-    """Linear mixed model with one grouping factor and a residual structure (nlme's ``lme``)."""
+    """Linear mixed model with one grouping factor and a residual structure (nlme's ``lme``).
+
+    Parameters
+    ----------
+    formula, data, correlation, weights, contrasts
+        As :func:`lme` (which builds this class).
+
+    R equivalent
+    ------------
+    ``nlme::lme(fixed, data, random = ~ ... | group, correlation, weights, method = "REML")``.
+
+    Examples
+    --------
+    >>> import memoe
+    >>> from memoe.marginal import LME, AR1
+    >>> f = "follicles ~ np.sin(2*np.pi*Time) + np.cos(2*np.pi*Time) + (1 | Mare)"
+    >>> fit = LME(f, memoe.datasets.load("Ovary"), correlation=AR1()).fit()
+    >>> int(fit.ngroups["Mare"])
+    11
+
+    """
 
     kind = "lme"
 
@@ -322,6 +361,19 @@ def gls(
     -------
     GLS
         Call ``.fit(reml=True)``.
+
+    R equivalent
+    ------------
+    ``nlme::gls(model, data, correlation = corCAR1(form = ~ Time | Rat), weights = varIdent(...))``.
+
+    Examples
+    --------
+    >>> import memoe
+    >>> from memoe.marginal import CAR1
+    >>> bw = memoe.datasets.load("BodyWeight")
+    >>> fit = memoe.gls("weight ~ Time * Diet", bw, correlation=CAR1("Time", "Rat")).fit(reml=True)
+    >>> fit.coef_table().shape
+    (6, 5)
     """
     return GLS(formula, data, correlation=correlation, weights=weights, contrasts=contrasts)
 
@@ -334,6 +386,37 @@ def lme(
 
     The residual structure acts within the groups of the (single) random-effects grouping factor.
     ``contrasts`` as in :func:`gls`.
+
+    Parameters
+    ----------
+    formula : str
+        Fixed effects and one random-effects grouping factor in lme4 syntax, e.g. ``"y ~ t + (t | id)"``.
+    data : pandas.DataFrame, polars.DataFrame or pyarrow.Table
+    correlation : CorStruct, optional
+        ``AR1``, ``CAR1``, ``Exp``, ``Symm`` or ``CompSymm`` within the groups (default: independent).
+    weights : VarIdent, optional
+        A residual SD per stratum.
+    contrasts : dict, optional
+        Factor column -> ``"treatment"``, ``"sum"``, ``"helmert"`` or ``"poly"`` (R's ``contrasts=``).
+
+    Returns
+    -------
+    LME
+        Call ``.fit(reml=True)``.
+
+    R equivalent
+    ------------
+    ``nlme::lme(fixed, data, random = ~ 1 | Mare, correlation = corAR1())``.
+
+    Examples
+    --------
+    >>> import memoe
+    >>> from memoe.marginal import AR1
+    >>> ovary = memoe.datasets.load("Ovary")
+    >>> f = "follicles ~ np.sin(2*np.pi*Time) + np.cos(2*np.pi*Time) + (1 | Mare)"
+    >>> fit = memoe.lme(f, ovary, correlation=AR1()).fit()
+    >>> fit.ranef["Mare"].shape
+    (11, 1)
     """
     return LME(formula, data, correlation=correlation, weights=weights, contrasts=contrasts)
 
