@@ -121,6 +121,13 @@ def caller_stacklevel() -> int:
     -------
     int
         At least 1: the number of frames from the warning function to the first non-memoe frame.
+
+    Examples
+    --------
+    >>> import warnings
+    >>> from memoe.errors import MemoeWarning, caller_stacklevel
+    >>> def check(x):  # inside memoe, so the warning names the caller's line
+    ...     warnings.warn("x is small", MemoeWarning, stacklevel=caller_stacklevel())
     """
     # frames are recognised by module name, not file path, so symlinked or zipped installs behave the same
     frame = sys._getframe(1)  # the function that wants to warn: stacklevel 1
@@ -135,7 +142,26 @@ def caller_stacklevel() -> int:
 
 
 def warn(message: str, category: type[Warning] = MemoeWarning, *, stacklevel: int | None = None) -> None:
-    """``warnings.warn`` pointing at the user's line (the first frame outside memoe) unless ``stacklevel`` is given."""
+    """``warnings.warn`` pointing at the user's line (the first frame outside memoe) unless ``stacklevel`` is given.
+
+    Parameters
+    ----------
+    message : str
+    category : type of Warning, default MemoeWarning
+    stacklevel : int, optional
+        Passed to :func:`warnings.warn` as is; default: :func:`caller_stacklevel`.
+
+    Examples
+    --------
+    >>> import warnings
+    >>> from memoe.errors import SingularFitWarning, warn
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")
+    ...     warn("boundary (singular) fit", SingularFitWarning)
+    >>> caught[0].category.__name__
+    'SingularFitWarning'
+    """
+
     if stacklevel is None:
         # counted from this function, which is the one calling warnings.warn
         stacklevel = caller_stacklevel()

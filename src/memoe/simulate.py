@@ -93,6 +93,15 @@ def memoe_data(
     truth : dict
         ``K``, ``beta`` (K x 3), ``gamma`` (K x 3), ``G`` (K x 2 x 2), ``sd``, ``corr``, ``sigma``,
         ``names`` of the coefficients, ``true_class`` per subject, ``re_dist``.
+
+    Examples
+    --------
+    >>> import memoe
+    >>> df, truth = memoe.simulate.memoe_data(100, k=2, seed=1)
+    >>> df.columns.tolist()
+    ['id', 'time', 'x', 'w1', 'w2', 'y', 'true_class']
+    >>> truth["K"]
+    2
     """
     if k not in DEFAULTS and any(v is None for v in (beta, gamma, sd, corr, sigma)):
         raise ValueError(f"no default parameters for k={k}; give beta, gamma, sd, corr and sigma")

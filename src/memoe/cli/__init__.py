@@ -26,6 +26,23 @@ def one_line(message: Any) -> str:
 
     formulaic marks the offending token with colour codes and ``⧛ ... ⧚`` on a second line; that line
     is kept (as ``at: ...``) because it shows where the formula is wrong.
+
+    Parameters
+    ----------
+    message : object
+        An exception or message; ``str(message)`` is cleaned.
+
+    Returns
+    -------
+    str
+        One line of plain text (empty if the message was blank).
+
+    Examples
+    --------
+    >>> from memoe.cli import one_line
+    >>> one_line(ValueError("unknown column 'Dayz'"))
+    "unknown column 'Dayz'"
+
     """
     text = _ANSI.sub("", str(message)).replace("⧛", ">>").replace("⧚", "<<")
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
@@ -65,7 +82,14 @@ def main(argv: list[str] | None = None) -> int:
     -------
     int
         Exit status: 0 success, 1 a fit that failed, 2 a usage or data error.
+
+    Examples
+    --------
+    >>> from memoe.cli import main
+    >>> main(["datasets"])  # doctest: +SKIP
+    0
     """
+
     from memoe.cli.parser import UsageError, build_parser
 
     parser = build_parser()

@@ -17,12 +17,42 @@ _FACTORS = json.loads((resources.files(__package__) / "factors.json").read_text(
 
 
 def names() -> list[str]:
-    """Names of the bundled data sets."""
+    """Names of the bundled data sets.
+
+    Returns
+    -------
+    list of str
+        Sorted names, each accepted by :func:`load`.
+
+    Examples
+    --------
+    >>> import memoe
+    >>> "sleepstudy" in memoe.datasets.names()
+    True
+    """
     return sorted(_FACTORS)
 
 
 def describe(name: str) -> dict:
-    """Source, description and factor levels of a bundled data set."""
+    """Source, description and factor levels of a bundled data set.
+
+    Parameters
+    ----------
+    name : str
+        One of :func:`names`.
+
+    Returns
+    -------
+    dict
+        ``file`` (the CSV inside the package), ``source`` (the R object it copies), ``nrow`` and
+        ``factors`` (column -> levels in R's order).
+
+    Examples
+    --------
+    >>> import memoe
+    >>> memoe.datasets.describe("sleepstudy")["source"]
+    'lme4::sleepstudy'
+    """
     try:
         return _FACTORS[name]
     except KeyError:
@@ -41,8 +71,15 @@ def load(name: str) -> pd.DataFrame:
     Returns
     -------
     pandas.DataFrame
-        Factor columns as Categoricals with R's level order; ``df.name`` holds the name.
+        Factor columns as Categoricals with R's level order; ``df.attrs["name"]`` holds the name.
+
+    Examples
+    --------
+    >>> import memoe
+    >>> memoe.datasets.load("sleepstudy").shape
+    (180, 3)
     """
+
     meta = describe(name)
     path = resources.files(__package__) / "data" / meta["file"]
     factors = meta.get("factors", {})

@@ -143,6 +143,18 @@ def gee(
     FormulaError, DataError
         Naming the term or column at fault (unknown column, non-numeric, constant or out-of-support
         response, repeated times, a correlation no cluster can inform).
+
+    R equivalent
+    ------------
+    ``geepack::geeglm(formula, family, data, id = group, waves = time, corstr = corstr)``.
+
+    Examples
+    --------
+    >>> import memoe
+    >>> orth = memoe.datasets.load("Orthodont")
+    >>> fit = memoe.gee("distance ~ age * Sex", orth, group="Subject", corstr="exchangeable").fit()
+    >>> round(float(fit.alpha.iloc[0]), 4)
+    0.6178
     """
     return GEE(
         formula, data, group, family=family, corstr=corstr, time=time, scale_fix=scale_fix, contrasts=contrasts
@@ -152,7 +164,10 @@ def gee(
 class GEE:
     """A GEE model: the data in cluster order and the design; :meth:`fit` estimates it.
 
-    See :func:`gee` for the parameters.
+    Parameters
+    ----------
+    formula, data, group, family, corstr, time, scale_fix, contrasts
+        As :func:`gee` (which builds this class).
 
     Attributes
     ----------
@@ -164,7 +179,19 @@ class GEE:
         As given (``link`` is the family's canonical link).
     data : pandas.DataFrame
         The data as given (converted to pandas), for :meth:`GEEResult.augment`.
+
+    R equivalent
+    ------------
+    ``geepack::geeglm(...)``; see :func:`gee`.
+
+    Examples
+    --------
+    >>> import memoe
+    >>> model = memoe.GEE("distance ~ age", memoe.datasets.load("Orthodont"), group="Subject", corstr="ar1")
+    >>> model.n_clusters
+    27
     """
+
 
     def __init__(
         self,

@@ -76,7 +76,18 @@ class GEEResult(FitResult):
     -------
     qic()
         geepack's ``QIC`` (QIC, QICu, Quasi Lik, CIC, params, QICC).
+
+    Examples
+    --------
+    >>> import memoe
+    >>> orth = memoe.datasets.load("Orthodont")
+    >>> fit = memoe.gee("distance ~ age * Sex", orth, group="Subject", corstr="ar1").fit()
+    >>> fit.coef_table().columns.tolist()
+    ['estimate', 'std_error', 'statistic', 'df', 'p_value']
+    >>> round(fit.scale, 4) > 0
+    True
     """
+
 
     family: ClassVar[str] = "gee"
     robust_types: ClassVar[tuple[str | None, ...]] = ("sandwich", "naive", None)

@@ -24,7 +24,16 @@ class GEESummary(Summary):
     ``str()`` gives geepack's printed layout; :attr:`tables` holds ``coefficients`` (the standard
     :meth:`~memoe.gee.result.GEEResult.coef_table`), ``scale`` (empty when the scale is fixed),
     ``correlation`` (empty for independence) and ``clusters``.
+
+    Examples
+    --------
+    >>> import memoe
+    >>> orth = memoe.datasets.load("Orthodont")
+    >>> summary = memoe.gee("distance ~ age", orth, group="Subject", corstr="exchangeable").fit().summary()
+    >>> sorted(summary.tables)
+    ['clusters', 'coefficients', 'correlation', 'scale']
     """
+
 
     def __init__(self, fit: FitResult) -> None:  # a GEEResult (which imports this module)
         self.fit = fit

@@ -47,6 +47,17 @@ class Link:
     ----------
     name : str
         R's name (``logit``, ``probit``, ``cloglog``, ``log``, ``identity``).
+
+    R equivalent
+    ------------
+    ``stats::make.link(name)`` (``linkfun``, ``linkinv``, ``mu.eta``).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from memoe.glmm import Link
+    >>> Link("logit").linkinv(np.array([0.0])).tolist()
+    [0.5]
     """
 
     name: str
@@ -140,7 +151,28 @@ _LINKS = ("logit", "probit", "cloglog", "log", "identity", "inverse", "1/mu^2", 
 
 
 def get_link(name: str | Link) -> Link:
-    """A :class:`Link` by R's name."""
+    """A :class:`Link` by R's name.
+
+    Parameters
+    ----------
+    name : str or Link
+        ``"logit"``, ``"probit"``, ``"cloglog"``, ``"log"`` or ``"identity"``; a Link is returned as is.
+
+    Returns
+    -------
+    Link
+
+    Raises
+    ------
+    FamilyError
+        An unknown link name (the message lists the accepted ones).
+
+    Examples
+    --------
+    >>> from memoe.glmm import get_link
+    >>> get_link("probit").name
+    'probit'
+    """
     if isinstance(name, Link):
         return name
     if name not in _LINKS:
@@ -168,6 +200,17 @@ class Family(ABC):
 
     Subclasses implement :meth:`variance`, :meth:`dev_resids`, :meth:`loglik`,
     :meth:`mustart` and :meth:`prepare`.
+
+    Parameters
+    ----------
+    link : Link
+        The link function (each subclass has R's default).
+
+    Examples
+    --------
+    >>> from memoe.glmm import Family, get_family
+    >>> isinstance(get_family("poisson"), Family)
+    True
     """
 
     link: Link
@@ -274,6 +317,25 @@ class Binomial(Family):
 
     The response is a proportion ``y`` with weights ``wt`` = prior weights x trials. ``n`` holds the
     trials for ``cbind(successes, failures)`` responses and ones for 0/1 (or proportion) responses.
+
+    Parameters
+    ----------
+    link : Link, default Link("logit")
+        ``logit``, ``probit``, ``cloglog`` or ``log``.
+
+    R equivalent
+    ------------
+    ``stats::binomial(link = "logit")``.
+
+    Examples
+    --------
+    >>> import memoe
+    >>> from memoe.glmm import Binomial, Link
+    >>> cbpp = memoe.datasets.load("cbpp")
+    >>> f = "cbind(incidence, size - incidence) ~ period + (1 | herd)"
+    >>> fit = memoe.glmm(f, cbpp, Binomial(link=Link("probit"))).fit()
+    >>> fit.response_family.link.name
+    'probit'
     """
 
     link: Link = Link("logit")
@@ -355,7 +417,23 @@ class Binomial(Family):
 
 @dataclass(frozen=True)
 class Poisson(Family):
-    """Poisson family, R's ``poisson(link = "log")``."""
+    """Poisson family, R's ``poisson(link = "log")``.
+
+    Parameters
+    ----------
+    link : Link, default Link("log")
+        ``log`` or ``identity``.
+
+    R equivalent
+    ------------
+    ``stats::poisson(link = "log")``.
+
+    Examples
+    --------
+    >>> from memoe.glmm import Poisson
+    >>> Poisson().variance(2.0)
+    2.0
+    """
 
     link: Link = Link("log")
     name: str = "poisson"
@@ -669,7 +747,26 @@ FAMILY_NAMES = ("binomial", "poisson", "Gamma", "inverse_gaussian", "gaussian", 
 def get_family(family: str | Family, link: str | None = None) -> Family:
     """Resolve ``family`` (a name or a :class:`Family`) and an optional link name.
 
+    Parameters
+    ----------
+    family : str or Family
+        ``"binomial"`` or ``"poisson"`` (case-insensitive), or a Family instance.
+    link : str, optional
+        A link name the family accepts; default the family's canonical link.
+
+    Returns
+    -------
+    Family
+
+    Examples
+    --------
+    >>> from memoe.glmm import get_family
+    >>> fam = get_family("binomial", link="cloglog")
+    >>> (fam.name, fam.link.name)
+    ('binomial', 'cloglog')
+
     Raises
+
     ------
     FamilyError
         Unknown family or a link the family does not support.

@@ -63,6 +63,33 @@ class GlmmControl:
 
     The first stage only provides starting values, so it stops earlier; the second stage goes to
     the tight optimum (lme4's default Nelder-Mead stops when the deviance changes by 1e-5).
+
+    Attributes
+    ----------
+    stage1_ftol_abs, stage1_xtol_abs : float
+        Stopping tolerances of the nAGQ = 0 stage (theta only, beta from PIRLS).
+    ftol_abs, xtol_abs : float
+        Stopping tolerances of the final (theta, beta) stage.
+    maxeval : int
+        Most objective evaluations per stage.
+    calc_derivs : bool
+        Compute the finite-difference gradient and Hessian (convergence checks and ``vcov``).
+    grad_tol, singular_tol : float
+        lme4's ``check.conv.grad`` and ``isSingular`` tolerances.
+    hessian_delta : float
+        Finite-difference step of the Hessian (lme4's ``deriv12`` default).
+
+    R equivalent
+    ------------
+    ``lme4::glmerControl(optimizer = "bobyqa", optCtrl = list(...))``.
+
+    Examples
+    --------
+    >>> import memoe
+    >>> from memoe.glmm import GlmmControl
+    >>> cbpp = memoe.datasets.load("cbpp")
+    >>> f = "cbind(incidence, size - incidence) ~ period + (1 | herd)"
+    >>> fit = memoe.glmm(f, cbpp, "binomial").fit(control=GlmmControl(calc_derivs=False))
     """
 
     stage1_ftol_abs: float = 1e-8
@@ -128,6 +155,11 @@ class GLMM:
     contrasts : dict, optional
         R's ``contrasts=``: factor column -> ``"treatment"``, ``"sum"``, ``"helmert"`` or ``"poly"``.
         Default (None) is R's: treatment for unordered factors, poly for ordered Categoricals.
+
+    R equivalent
+    ------------
+    ``lme4::glmer(formula, data, family, weights, offset, nAGQ)`` (``nAGQ`` is an argument of
+    :meth:`fit`).
 
     Examples
     --------
@@ -497,5 +529,36 @@ def glmm(
     formula: str, data: pd.DataFrame, family: str | Family = "binomial", weights=None, offset=None,
     contrasts: dict[str, str] | None = None,
 ) -> GLMM:
-    """Specify a GLMM with an lme4 formula; call ``.fit(nAGQ=1)`` to estimate it. See :class:`GLMM`."""
+    """Specify a GLMM with an lme4 formula; call ``.fit(nAGQ=1)`` to estimate it. See :class:`GLMM`.
+
+    Parameters
+    ----------
+    formula : str
+        lme4 syntax with a ``cbind(successes, failures)``, 0/1, factor or count response.
+    data : pandas.DataFrame, polars.DataFrame or pyarrow.Table
+    family : str or Family, default "binomial"
+        ``"binomial"``, ``"poisson"`` or a :class:`Family` with a non-canonical link.
+    weights, offset : str or array-like, optional
+        Prior weights; an offset on the linear-predictor scale.
+    contrasts : dict, optional
+        Factor column -> ``"treatment"``, ``"sum"``, ``"helmert"`` or ``"poly"`` (R's ``contrasts=``).
+
+    Returns
+    -------
+    GLMM
+        The unfitted model; ``.fit(nAGQ=...)`` returns a :class:`GlmmResult`.
+
+    R equivalent
+    ------------
+    ``lme4::glmer(formula, data, family)``.
+
+    Examples
+    --------
+    >>> import memoe
+    >>> ticks = memoe.datasets.load("grouseticks")
+    >>> fit = memoe.glmm("TICKS ~ YEAR + HEIGHT_scaled + (1 | BROOD) + (1 | LOCATION)", ticks, "poisson").fit()
+    >>> fit.fixef.index.tolist()
+    ['(Intercept)', 'YEAR96', 'YEAR97', 'HEIGHT_scaled']
+    """
+
     return GLMM(formula, data, family=family, weights=weights, offset=offset, contrasts=contrasts)

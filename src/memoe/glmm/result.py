@@ -58,9 +58,9 @@ class GlmmResult(FitResult):
     Attributes
     ----------
     model : memoe.glmm.model.GLMM
-    family : memoe.glmm.families.Family
-        The response family and link (lme4's ``family(fit)``); the class attribute ``family`` is
-        ``"glmm"`` as for every result.
+    response_family : memoe.glmm.families.Family
+        The response family and link (lme4's ``family(fit)``); ``family`` is the string ``"glmm"``,
+        the family of models, as on every result.
     nAGQ : int
     stage1, stage2 : StageResult
         The two optimisations (``stage2`` is None for ``nAGQ = 0``).
@@ -71,7 +71,18 @@ class GlmmResult(FitResult):
     state : GlmmState
         The public fit state: theta, beta, PIRLS at the estimates (conditional modes, eta, mu, working
         weights) and the minimised deviance.
+
+    Examples
+    --------
+    >>> import memoe
+    >>> cbpp = memoe.datasets.load("cbpp")
+    >>> fit = memoe.glmm("cbind(incidence, size - incidence) ~ period + (1 | herd)", cbpp, "binomial").fit()
+    >>> fit.coef_table().attrs["statistic"]
+    'z'
+    >>> fit.ranef["herd"].shape
+    (15, 1)
     """
+
 
     family = "glmm"
     robust_types = (None,)

@@ -56,6 +56,10 @@ def anova(fit, ddf: str = "satterthwaite", type: int | str = 3) -> InferenceFram
         Type III: lmerTest's marginal contrasts (each term orthogonalised against the terms containing
         it, in treatment coding and mapped to the fit's coding); type I: sequential (Doolittle).
 
+    R equivalent
+    ------------
+    ``lmerTest::anova(fit, type = 3, ddf = "Satterthwaite")`` (``"Kenward-Roger"`` as pbkrtest's).
+
     Returns
     -------
     InferenceFrame
@@ -64,6 +68,14 @@ def anova(fit, ddf: str = "satterthwaite", type: int | str = 3) -> InferenceFram
         ``Sum Sq = NumDF Mean Sq`` (lmerTest's convention; for Kenward-Roger the unscaled F enters
         ``Mean Sq`` while ``F value`` and the p-value use the scaled F). Empty for an intercept-only
         model.
+
+    Examples
+    --------
+    >>> import memoe
+    >>> orth = memoe.datasets.load("Orthodont")
+    >>> fit = memoe.lmm("distance ~ age * Sex + (age | Subject)", orth).fit()
+    >>> memoe.inference.anova(fit, ddf="kenward-roger").index.tolist()
+    ['age', 'Sex', 'age:Sex']
     """
     method = normalize_ddf(ddf)
     t = _normalize_type(type)

@@ -90,6 +90,10 @@ def confint(fit, method: str = "wald", level: float = 0.95, parm=None, **kwargs)
     pandas.DataFrame
         Rows named as lme4's ``confint(oldNames = FALSE)``, columns e.g. ``"2.5 %"`` and ``"97.5 %"``.
 
+    R equivalent
+    ------------
+    ``lme4::confint.merMod(fit, method = "Wald" | "profile" | "boot", level, parm)``.
+
     Notes
     -----
     Profile intervals of REML fits are computed on the ML deviance, as lme4 does. Bootstrap intervals

@@ -59,6 +59,14 @@ def information_criteria(fit) -> CriteriaSeries:
     Notes
     -----
     AICc is undefined (``inf``) when ``N <= k + 1``; HQIC needs ``N > e`` for a positive penalty.
+
+    Examples
+    --------
+    >>> import memoe
+    >>> fit = memoe.lmm("Reaction ~ Days + (Days | Subject)", memoe.datasets.load("sleepstudy")).fit(reml=False)
+    >>> ic = memoe.inference.information_criteria(fit)
+    >>> round(float(ic["AIC"]), 2)
+    1763.94
     """
     ll = float(fit.loglik)
     k = int(fit.df_model)

@@ -35,6 +35,10 @@ def test(fit, hypothesis, ddf: str = "satterthwaite", robust: str | None = None)
         ``attrs``: ``ddf`` (method), ``note``, ``L`` (the contrast as a DataFrame), ``rhs``, and
         ``F_scaling`` (Kenward-Roger's scale factor, 1 otherwise).
 
+    R equivalent
+    ------------
+    ``lmerTest::contest(fit, L, ddf = "Satterthwaite")`` (``"Kenward-Roger"``: pbkrtest's ``KRmodcomp``).
+
     Raises
     ------
     HypothesisError

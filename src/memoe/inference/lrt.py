@@ -251,6 +251,10 @@ def compare(*fits, boundary: bool = False, refit: bool = True, names: list[str] 
         logLik but no Chisq or p-value, and a note says why (lme4's ``anova`` would report a chi-square
         p-value that has no meaning).
 
+    R equivalent
+    ------------
+    ``anova(fit0, fit1, ...)`` for ``merMod`` objects (lme4), which refits REML fits with ML.
+
     Notes
     -----
     ``Chisq = 2 max(0, logLik_k - logLik_{k-1})``, ``Df = npar_k - npar_{k-1}``; the p-value is missing when

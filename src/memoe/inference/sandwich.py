@@ -249,6 +249,10 @@ def vcov_cr(fit, type: str = "CR2", cluster=None, theta: np.ndarray | None = Non
     pandas.DataFrame, shape (p, p)
         Rows and columns named by the fixed effects.
 
+    R equivalent
+    ------------
+    ``clubSandwich::vcovCR(fit, type = "CR2")`` (CR0, CR1, CR1S, CR2, CR3).
+
     Notes
     -----
     The working covariance is the fitted one on the relative scale, ``V_j = I + Z_j Lambda Lambda' Z_j'``

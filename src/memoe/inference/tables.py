@@ -45,6 +45,11 @@ def coef_table(fit, ddf: str = "residual", robust: str | None = None) -> Inferen
     factors (crossed or nested) one dense block of all random effects is used (size = levels x
     columns summed over factors, limited to 4,000), which suits moderate designs only.
 
+    R equivalent
+    ------------
+    ``summary(fit, ddf = "Satterthwaite")$coefficients`` from lmerTest (``"Kenward-Roger"``: pbkrtest;
+    ``"asymptotic"``: lme4's ``summary(fit)$coefficients`` with normal p-values).
+
     Examples
     --------
     >>> fit.coef_table(ddf="satterthwaite")  # doctest: +SKIP

@@ -48,7 +48,36 @@ MAX_THETA_FOR_DERIVS = 30
 
 @dataclass(frozen=True)
 class FitControl:
-    """Optimiser and check settings for :meth:`LMM.fit`."""
+    """Optimiser and check settings for :meth:`LMM.fit`.
+
+    Attributes
+    ----------
+    ftol_abs : float, default 1e-12
+        Stop when the criterion changes by less (lme4's tight setting; lme4's default is 1e-8).
+    xtol_abs : float, default 1e-8
+        Stop when theta changes by less (lme4's ``xtol_abs``).
+    maxeval : int
+        Most objective evaluations.
+    calc_derivs : bool
+        Finite-difference gradient and Hessian at the optimum (lme4's ``checkConv``).
+    grad_tol, singular_tol : float
+        lme4's ``check.conv.grad`` and ``isSingular`` tolerances.
+    blas_threads : int, "auto" or None
+        BLAS threads while fitting ("auto": the problem's choice; None: the BLAS default).
+
+    R equivalent
+    ------------
+    ``lme4::lmerControl(optimizer = "bobyqa", optCtrl = list(ftol_abs = , xtol_abs = , maxeval = ))``.
+
+    Examples
+    --------
+    >>> import memoe
+    >>> from memoe.lmm import FitControl
+    >>> sleep = memoe.datasets.load("sleepstudy")
+    >>> fit = memoe.lmm("Reaction ~ Days + (Days | Subject)", sleep).fit(control=FitControl(ftol_abs=1e-10))
+    >>> fit.converged
+    True
+    """
 
     ftol_abs: float = 1e-12
     # lme4's xtol_abs: below it the criterion moves less than its rounding noise (InstEval: 41 -> 29 evaluations)
@@ -99,6 +128,11 @@ class LMM:
     matrix among the indicator columns of all levels of ``f`` (lme4 only removes correlations
     *between* the pieces). Independent per-level variances need ``dummy()`` terms in lme4 and are
     not offered here.
+
+    R equivalent
+    ------------
+    ``lme4::lmer(formula, data, REML = TRUE)``; the stages are lme4's ``lFormula`` (this constructor),
+    ``mkLmerDevfun`` (:meth:`objective`), ``optimizeLmer`` and ``mkMerMod`` (:meth:`fit`).
 
     Examples
     --------
@@ -268,7 +302,28 @@ def lmm(
 ) -> LMM:
     """Specify a linear mixed model with an lme4 formula; call ``.fit(reml=...)`` to estimate it.
 
-    R: ``lme4::lmer(formula, data, weights = , offset = , contrasts = )``. See :class:`LMM`.
+    Parameters
+    ----------
+    formula : str
+        lme4 syntax, e.g. ``"Reaction ~ Days + (Days | Subject)"`` (see :class:`LMM`).
+    data : pandas.DataFrame, polars.DataFrame or pyarrow.Table
+        Rows with a missing value in any used column are dropped (counted on the result).
+    contrasts : dict, optional
+        Factor column -> ``"treatment"``, ``"sum"``, ``"helmert"`` or ``"poly"`` (R's ``contrasts=``).
+    weights : str or array-like, optional
+        lme4's prior weights (a column or one positive value per row); see :class:`LMM`.
+    offset : str or array-like, optional
+        A known term added to the linear predictor (a column or one value per row), as lme4's ``offset=``.
+
+    Returns
+    -------
+    LMM
+        The unfitted model; ``.fit(reml=True)`` returns an :class:`LmmResult`.
+
+    R equivalent
+    ------------
+    ``lme4::lmer(formula, data, REML = TRUE, weights = , offset = , contrasts = )``
+    (the model specification is ``lme4::lFormula``).
 
     Examples
     --------

@@ -58,6 +58,15 @@ class LmmResult(FitResult):
     convergence : ConvergenceReport
     messages : list of str
         Convergence and boundary messages, as lme4 stores them.
+
+    Examples
+    --------
+    >>> import memoe
+    >>> fit = memoe.lmm("Reaction ~ Days + (Days | Subject)", memoe.datasets.load("sleepstudy")).fit()
+    >>> fit.varcorr["sdcor"].round(2).tolist()
+    [24.74, 5.92, 0.07, 25.59]
+    >>> fit.ranef["Subject"].shape
+    (18, 2)
     """
 
     family = "lmm"

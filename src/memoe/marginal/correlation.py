@@ -109,6 +109,12 @@ class CorStruct(ABC):
     visit : str or None
         Integer visit column for the discrete structures (``AR1``, ``Symm``), as nlme's
         ``form = ~ visit | group``; ``None``: the order of the rows within the group.
+
+    Examples
+    --------
+    >>> from memoe.marginal import AR1, CorStruct
+    >>> isinstance(AR1("Subject"), CorStruct)
+    True
     """
 
     group: str | None = None
@@ -246,6 +252,20 @@ class AR1(CorStruct):
         Grouping column (``lme``: defaults to the random-effects grouping factor).
     visit : str, optional
         Integer visit column (nlme's ``corAR1(form = ~ visit | group)``).
+
+    R equivalent
+    ------------
+    ``nlme::corAR1(form = ~ visit | group)``.
+
+    Examples
+    --------
+    >>> import memoe
+    >>> from memoe.marginal import AR1
+    >>> ovary = memoe.datasets.load("Ovary")
+    >>> f = "follicles ~ np.sin(2*np.pi*Time) + np.cos(2*np.pi*Time) + (1 | Mare)"
+    >>> fit = memoe.lme(f, ovary, correlation=AR1()).fit()
+    >>> round(float(fit.cor_params.iloc[0]), 3)
+    0.607
     """
 
     group: str | None = None
@@ -283,6 +303,19 @@ class CAR1(CorStruct):
     time : str
         Numeric time column (distinct within a group).
     group : str, optional
+
+    R equivalent
+    ------------
+    ``nlme::corCAR1(form = ~ time | group)``.
+
+    Examples
+    --------
+    >>> import memoe
+    >>> from memoe.marginal import CAR1
+    >>> bw = memoe.datasets.load("BodyWeight")
+    >>> fit = memoe.gls("weight ~ Time * Diet", bw, correlation=CAR1("Time", "Rat")).fit()
+    >>> fit.cor_params.index.tolist()
+    ['Phi']
     """
 
     time: str
@@ -388,6 +421,21 @@ class Symm(CorStruct):
     group : str, optional
     visit : str, optional
         Visit column (any sortable values or a Categorical; its distinct values are the positions).
+
+    R equivalent
+    ------------
+    ``nlme::corSymm(form = ~ visit | group)``; with ``weights=VarIdent(visit)`` the MMRM of R's ``mmrm``
+    (``us(visit | group)``).
+
+    Examples
+    --------
+    >>> import memoe
+    >>> from memoe.marginal import Symm, VarIdent
+    >>> orth = memoe.datasets.load("Orthodont")
+    >>> fit = memoe.gls("distance ~ factor(age) * Sex", orth, correlation=Symm("Subject", visit="age"),
+    ...                 weights=VarIdent("age")).fit()
+    >>> len(fit.cor_params)
+    6
     """
 
     group: str | None = None
@@ -434,6 +482,19 @@ class CompSymm(CorStruct):
     Parameters
     ----------
     group : str, optional
+
+    R equivalent
+    ------------
+    ``nlme::corCompSymm(form = ~ 1 | group)``.
+
+    Examples
+    --------
+    >>> import memoe
+    >>> from memoe.marginal import CompSymm
+    >>> orth = memoe.datasets.load("Orthodont")
+    >>> fit = memoe.gls("distance ~ age * Sex", orth, correlation=CompSymm("Subject")).fit()
+    >>> fit.cor_params.index.tolist()
+    ['Rho']
     """
 
     group: str | None = None

@@ -389,13 +389,52 @@ class _MarginalModel:
 
 
 class GLS(_MarginalModel):
-    """Generalised least squares with a residual correlation structure and variance function (nlme's ``gls``)."""
+    """Generalised least squares with a residual correlation structure and variance function (nlme's ``gls``).
+
+    Parameters
+    ----------
+    formula, data, correlation, weights, contrasts
+        As :func:`gls` (which builds this class).
+
+    R equivalent
+    ------------
+    ``nlme::gls(model, data, correlation, weights, method = "REML")``.
+
+    Examples
+    --------
+    >>> import memoe
+    >>> from memoe.marginal import GLS, CAR1
+    >>> model = GLS("weight ~ Time * Diet", memoe.datasets.load("BodyWeight"), correlation=CAR1("Time", "Rat"))
+    >>> fit = model.fit(reml=False)
+    >>> fit.reml
+    False
+    """
 
     kind = "gls"
 
 
 class LME(_MarginalModel):
-    """Linear mixed model with one grouping factor or several nested ones and a residual structure (nlme's ``lme``)."""
+    """Linear mixed model with one grouping factor or several nested ones and a residual structure (nlme's ``lme``).
+
+    Parameters
+    ----------
+    formula, data, correlation, weights, contrasts
+        As :func:`lme` (which builds this class).
+
+    R equivalent
+    ------------
+    ``nlme::lme(fixed, data, random = ~ ... | group, correlation, weights, method = "REML")``.
+
+    Examples
+    --------
+    >>> import memoe
+    >>> from memoe.marginal import LME, AR1
+    >>> f = "follicles ~ np.sin(2*np.pi*Time) + np.cos(2*np.pi*Time) + (1 | Mare)"
+    >>> fit = LME(f, memoe.datasets.load("Ovary"), correlation=AR1()).fit()
+    >>> int(fit.ngroups["Mare"])
+    11
+
+    """
 
     kind = "lme"
 
@@ -426,6 +465,19 @@ def gls(
     -------
     GLS
         Call ``.fit(reml=True)``.
+
+    R equivalent
+    ------------
+    ``nlme::gls(model, data, correlation = corCAR1(form = ~ Time | Rat), weights = varIdent(...))``.
+
+    Examples
+    --------
+    >>> import memoe
+    >>> from memoe.marginal import CAR1
+    >>> bw = memoe.datasets.load("BodyWeight")
+    >>> fit = memoe.gls("weight ~ Time * Diet", bw, correlation=CAR1("Time", "Rat")).fit(reml=True)
+    >>> fit.coef_table().shape
+    (6, 5)
     """
     return GLS(formula, data, correlation=correlation, weights=weights, contrasts=contrasts)
 
@@ -452,8 +504,8 @@ def lme(
     correlation : CorStruct, optional
         Acts within the innermost groups, as in nlme (its ``group`` may be left ``None`` or name the
         innermost factor, e.g. ``"Dog:Side"``).
-    weights : VarIdent, optional
-        Variance function of the residuals.
+    weights : VarIdent, VarPower, VarExp, VarConstPower, VarFixed or VarComb, optional
+        Variance function of the residuals (nlme's ``weights=``).
     contrasts : dict, optional
         As in :func:`gls`.
 
@@ -470,6 +522,11 @@ def lme(
     with the inner levels' random effects block-diagonal within group i and ``C_i`` block-diagonal
     over the innermost groups; V_i is formed and factored in batches of equal-size outer groups
     (:mod:`memoe.marginal.problem`).
+
+    R equivalent
+    ------------
+    ``nlme::lme(fixed, data, random = ~ 1 | Mare, correlation = corAR1())``; nested levels:
+    ``nlme::lme(fixed, data, random = list(Dog = ~ day, Side = ~ 1))``.
 
     Examples
     --------

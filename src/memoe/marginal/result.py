@@ -66,6 +66,22 @@ class MarginalResult(FitResult):
     seconds : float
         Fit time.
     messages : list of str
+
+    R equivalent
+    ------------
+    nlme's ``gls`` / ``lme`` objects with their extractors (``intervals``, ``anova``, ``coef(modelStruct)``).
+
+    Examples
+    --------
+    >>> import memoe
+    >>> from memoe.marginal import AR1
+    >>> ovary = memoe.datasets.load("Ovary")
+    >>> f = "follicles ~ np.sin(2*np.pi*Time) + np.cos(2*np.pi*Time) + (1 | Mare)"
+    >>> fit = memoe.lme(f, ovary, correlation=AR1()).fit()
+    >>> fit.residual_types
+    ('response', 'pearson', 'normalized', 'marginal')
+    >>> fit.intervals().shape[1]
+    3
     """
 
     robust_types: ClassVar[tuple[str | None, ...]] = (None, "CR0", "CR1", "CR1S", "CR2", "CR3")

@@ -105,6 +105,20 @@ class VarIdent:
     by : str
         Stratum column (any type: a Categorical keeps its category order, other values are sorted,
         as R's ``factor()``). The first stratum is the reference with ratio 1.
+
+    R equivalent
+    ------------
+    ``nlme::varIdent(form = ~ 1 | by)``.
+
+    Examples
+    --------
+    >>> import memoe
+    >>> from memoe.marginal import CAR1, VarIdent
+    >>> bw = memoe.datasets.load("BodyWeight")
+    >>> fit = memoe.gls("weight ~ Time * Diet", bw, correlation=CAR1("Time", "Rat"), weights=VarIdent("Diet")).fit()
+    >>> fit.var_params.index.tolist()     # SD ratios to the first stratum (1 for the reference)
+    ['1', '2', '3']
+
     """
 
     by: str

@@ -83,6 +83,12 @@ class MEMoE:
         for the expert, gating and mixture formulas alike. Default (None) is R's: treatment for
         unordered factors, poly for ordered Categoricals.
 
+    R equivalent
+    ------------
+    ``lcmm::hlme(fixed, mixture = , random = , subject = , ng = k, classmb = gating)`` (the latent-class
+    mixed model; ``random_cov="proportional"`` is ``nwg = TRUE``) and ``flexmix`` with
+    ``FLXMRlmm`` experts and a ``FLXPmultinom`` concomitant model.
+
     Examples
     --------
     >>> import memoe
@@ -281,6 +287,33 @@ class MoE(MEMoE):
     ``memoe.MoE("y ~ time + x", gating="~ w1 + w2", k=3, data=df, group="id")``: the same gate and EM
     as :class:`MEMoE`, each expert ``y_i ~ N(X_i beta_k, sigma_k^2 I)`` (no random effects), the
     subjects' visits still sharing one latent class.
+
+    Parameters
+    ----------
+    formula : str
+        The expert regression, without random-effects terms, e.g. ``"y ~ time + x"``.
+    gating : str or None
+        One-sided formula of baseline covariates (None: constant class proportions).
+    k : int
+        Number of experts.
+    data : pandas.DataFrame
+    group : str
+        Subject column: all visits of a subject share one latent class.
+    **kw
+        ``mixture``, ``sigma``, ``order``, ``mstep``, ``contrasts`` as in :class:`MEMoE`.
+
+    R equivalent
+    ------------
+    ``flexmix::flexmix(y ~ time + x | id, k = 2, model = FLXMRglm(), concomitant = FLXPmultinom(~ w1 + w2))``.
+
+    Examples
+    --------
+    >>> import memoe
+    >>> sim = memoe.datasets.load("memoe_sim2")
+    >>> fit = memoe.MoE("y ~ time + x", gating="~ w1 + w2", k=2, data=sim, group="id").fit(n_starts=3, seed=1,
+    ...                                                                                    progress=False)
+    >>> fit.posterior.shape
+    (300, 2)
     """
 
     def __init__(self, formula: str, gating: str | None = None, k: int = 2, data=None, *, group: str, **kw) -> None:

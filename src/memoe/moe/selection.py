@@ -61,11 +61,23 @@ def select_k(
     dict, optional
         The fits (with ``return_fits=True``).
 
+    R equivalent
+    ------------
+    lcmm's ``gridsearch`` over ``ng`` followed by ``summarytable(m1, m2, m3)``.
+
     Raises
     ------
     ArgumentError, ArgumentTypeError
         A bad ``ks``, ``n_starts``, ``seed``, ``progress`` or an unknown option; a K not smaller
         than the number of subjects (checked before any fit).
+
+    Examples
+    --------
+    >>> import memoe
+    >>> sim = memoe.datasets.load("memoe_sim2")
+    >>> table = memoe.select_k("y ~ time + (time | id)", gating="~ w1", data=sim, ks=[1, 2], n_starts=2, seed=1)
+    >>> table.index.tolist()
+    [1, 2]
     """
     ks_l = check_int_list(ks, "ks", minimum=1)
     n_starts = check_int(n_starts, "n_starts", minimum=1)

@@ -84,6 +84,14 @@ class PlotAccessor:
     ----------
     fit : FitResult
         Any fitted model (LMM, GLMM, gls, lme, GEE, MEMoE, MoE).
+
+    Examples
+    --------
+    >>> import memoe
+    >>> fit = memoe.lmm("Reaction ~ Days + (Days | Subject)", memoe.datasets.load("sleepstudy")).fit()
+    >>> "caterpillar" in fit.plot.available()
+    True
+    >>> fig = fit.plot.residuals()       # a matplotlib Figure; fig.savefig("residuals.png")
     """
 
     def __init__(self, fit) -> None:

@@ -59,12 +59,26 @@ def variance_components_table(fit) -> pd.DataFrame:
     extension of the ICC to random slopes). For a random-intercept model this is the intercept variance,
     and ``icc = var_between / (var_between + var_within)``. GLMMs use the latent-scale residual variance.
 
+    Parameters
+    ----------
+    fit : FitResult
+        A fit with random effects (LMM, GLMM, lme); not a MEMoE (each expert has its own variances).
+
     Returns
     -------
     pandas.DataFrame
         Index: the terms' names (lme4's VarCorr names) and ``"Residual"``; columns ``variance`` and
         ``share`` (variance over the total). ``attrs["icc"]`` is the total between share;
         ``attrs["within"]`` says how the within variance was obtained.
+
+    Examples
+    --------
+    >>> import memoe
+    >>> fit = memoe.lmm("Reaction ~ Days + (1 | Subject)", memoe.datasets.load("sleepstudy")).fit()
+    >>> vc = memoe.plot.variance_components_table(fit)
+    >>> round(float(vc.attrs["icc"]), 3)
+    0.589
+
     """
     view = FitView(fit)
     view.require_ranef("variance_components")

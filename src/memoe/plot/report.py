@@ -104,7 +104,33 @@ def _notes(fit) -> list[tuple[str, str]]:
 
 
 def report_html(fit, title: str | None = None, figures: bool = True, dpi: int = 96, max_subjects: int = 200) -> str:
-    """The report page as an HTML string (see :func:`report`)."""
+    """The report page as an HTML string (see :func:`report`).
+
+    Parameters
+    ----------
+    fit : FitResult
+        Any fitted memoe model.
+    title : str, optional
+    figures : bool
+        Embed the diagnostic figures (base64 PNG).
+    dpi : int
+        Resolution of the embedded figures.
+    max_subjects : int
+        Subjects drawn in the trajectory figure.
+
+    Returns
+    -------
+    str
+        A complete, self-contained HTML document (no external resources).
+
+    Examples
+    --------
+    >>> import memoe
+    >>> fit = memoe.lmm("Reaction ~ Days + (1 | Subject)", memoe.datasets.load("sleepstudy")).fit()
+    >>> page = memoe.plot.report_html(fit, figures=False)
+    >>> page.startswith("<!DOCTYPE html>")
+    True
+    """
     # duck-typed on the shared result interface (importing FitResult here would close an import cycle)
     if not (hasattr(fit, "summary") and hasattr(fit, "glance") and hasattr(fit, "params")):
         raise ArgumentTypeError(f"report needs a fitted model (a memoe FitResult), got {type(fit).__name__}")
@@ -176,6 +202,13 @@ def report(fit, path: str | os.PathLike, title: str | None = None, figures: bool
     -------
     pathlib.Path
         The path written.
+
+    Examples
+    --------
+    >>> import memoe
+    >>> fit = memoe.lmm("Reaction ~ Days + (Days | Subject)", memoe.datasets.load("sleepstudy")).fit()
+    >>> memoe.report(fit, "sleepstudy.html").name
+    'sleepstudy.html'
     """
     if not isinstance(path, (str, os.PathLike)):
         raise ArgumentTypeError(f"path must be a file path (str or path-like), got {type(path).__name__}")

@@ -124,6 +124,15 @@ def load(source: Source, *, limits: Limits | None = None):
         a size beyond ``limits``, content that would need unpickling, a formula with pieces outside the
         allow-list, missing or mistyped entries, or a file whose rebuilt fit does not reproduce the
         saved log-likelihood (GEE: standard errors).
+
+    Examples
+    --------
+    >>> import memoe
+    >>> fit = memoe.lmm("Reaction ~ Days + (Days | Subject)", memoe.datasets.load("sleepstudy")).fit()
+    >>> fit.save("sleep.memoe")
+    >>> same = memoe.load("sleep.memoe")
+    >>> bool((same.params == fit.params).all())
+    True
     """
     meta, arrays = read_archive(source, limits)
     name = _describe(source)

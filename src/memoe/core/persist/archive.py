@@ -85,6 +85,15 @@ class Limits:
         Members up to this size are exempt from ``max_ratio`` (small members compress well).
     max_json_depth : int
         Nesting depth of ``meta.json`` (a fit's metadata nests about 8 deep).
+
+    Examples
+    --------
+    >>> import memoe
+    >>> from memoe.persist import Limits
+    >>> fit = memoe.lmm("Reaction ~ Days + (1 | Subject)", memoe.datasets.load("sleepstudy")).fit()
+    >>> fit.save("sleep.memoe")
+    >>> memoe.load("sleep.memoe", limits=Limits(max_total_bytes=8 << 30)).nobs
+    180
     """
 
     max_total_bytes: int = 2 * _GiB
