@@ -36,3 +36,22 @@ def test_disabled_bar_has_no_tqdm(monkeypatch):
     bar.update(1.0)
     bar.close()
     assert bar._bar is None
+
+
+def test_gls_fit_shows_its_bar_and_can_switch_it_off(monkeypatch, capsys):
+    import memoe
+    from memoe.errors import ArgumentTypeError
+    from memoe.marginal import CAR1
+
+    monkeypatch.setattr(progress_module, "SHOW_AFTER_SECONDS", 0.0)
+    bw = memoe.datasets.load("BodyWeight")
+    model = memoe.gls("weight ~ Time * Diet", bw, correlation=CAR1("Time", "Rat"))
+    shown = model.fit(reml=True, progress=True)
+    assert "gls REML" in capsys.readouterr().err
+    quiet = model.fit(reml=True, progress=False)
+    assert capsys.readouterr().err == ""
+    assert abs(shown.loglik - quiet.loglik) < 1e-10
+    import pytest
+
+    with pytest.raises(ArgumentTypeError, match="progress"):
+        model.fit(progress="yes")
