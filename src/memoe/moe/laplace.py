@@ -96,6 +96,17 @@ class RowFamily:
             return
         self.canonical = (family.name, family.link.name) in (("binomial", "logit"), ("poisson", "log"))
         self.sat = _saturated(family, y, wt, ntrials)
+        # canonical links: log p = ll_const + wt (y eta - b(eta)); the constant is what the saturated
+        # log-likelihood leaves after its own y theta(y) - b(theta(y)) term
+        with np.errstate(divide="ignore", invalid="ignore"):
+            if family.name == "binomial":
+                yc = np.clip(y, 0.0, 1.0)
+                theta_y = np.where((yc > 0) & (yc < 1), np.log(yc) - np.log1p(-yc), 0.0)
+                b_y = np.where((yc > 0) & (yc < 1), -np.log1p(-yc), 0.0)
+                kern = np.where((yc > 0) & (yc < 1), y * theta_y - b_y, 0.0)
+            else:
+                kern = special.xlogy(y, y) - y
+        self.ll_const = self.sat - wt * kern
 
     def loglik(self, eta: np.ndarray, s2: np.ndarray | None) -> np.ndarray:
         """``log p(y_j | eta_j)`` with normalising constants, shape of ``eta``."""
@@ -113,12 +124,34 @@ class RowFamily:
             ll = -0.5 * (LOG_2PI + np.log(s2)) - 0.5 * r * r / s2
             return ll, r / s2, np.broadcast_to(1.0 / s2, eta.shape)
         fam = self.family
+        if self.canonical:
+            return self._first_canonical(eta)
         mu = fam.linkinv(eta)
         dmu = fam.mu_eta(eta)
         v = fam.variance(mu)
         ll = self.sat - 0.5 * fam.dev_resids(self.y, mu, self.wt)
         wd = self.wt * dmu / v
         return ll, wd * (self.y - mu), wd * dmu
+
+    def _first_canonical(self, eta: np.ndarray):
+        """Canonical links in closed form: ``d log p / d eta = wt (y - mu)`` and ``W = wt V(mu)``.
+
+        The same quantities as the general formulas (R's links clip eta at +-30 for the logit, mu at eps
+        for the log), with one exponential per entry instead of the general path's four transcendental
+        passes (the E-step's main cost).
+        """
+        y, wt = self.y, self.wt
+        if self.family.name == "binomial":
+            e = np.clip(eta, -30.0, 30.0)
+            # log(1 + exp(e)) without overflow, and mu = exp(e - softplus(e))
+            ex = np.exp(-np.abs(e))
+            sp = np.maximum(e, 0.0) + np.log1p(ex)
+            mu = np.exp(e - sp)
+            ll = self.ll_const + wt * (y * e - sp)
+            return ll, wt * (y - mu), wt * mu * (1.0 - mu)
+        e = np.maximum(eta, math.log(np.finfo(float).eps))
+        mu = np.exp(e)
+        return self.ll_const + wt * (y * e - mu), wt * (y - mu), wt * mu
 
     def second(self, eta: np.ndarray, s2: np.ndarray | None):
         """``(W_obs, dW/deta)``: observed weight ``-d^2 log p / d eta^2`` and the Fisher weight's slope."""
@@ -493,7 +526,8 @@ class LaplaceExpert:
 
     def loglik_all(self, params: MoEParams) -> np.ndarray:
         """``l_ik`` of every subject under every expert, shape (N, K)."""
-        return self.evaluate_params(params).loglik.T
+        # with the gradients: the M-step and the scores then reuse this evaluation (cache)
+        return self.evaluate_params(params, gradient=True).loglik.T
 
     def gradients_all(self, params: MoEParams) -> list[ExpertGradients]:
         """Per-expert :class:`ExpertGradients` (with ``dL``) at ``params``."""

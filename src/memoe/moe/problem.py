@@ -231,29 +231,48 @@ class MoEProblem:
         o = st.n_gate
         floor = float(getattr(self.expert, "sigma_floor", 0.0))
 
-        def fun(v: np.ndarray) -> tuple[float, np.ndarray]:
+        def evaluate(v: np.ndarray):
             psi = psi0.copy()
             psi[o:] = v
             p = st.unpack(psi)
             if np.any(p.sigma < floor) or not np.all(np.isfinite(v)):
-                return 1e300, np.zeros_like(v)
+                return None
             grads = self.expert_gradients(p)
             q = float(sum(tau[:, k] @ grads[k].loglik for k in range(self.K)))
-            if not np.isfinite(q):
-                return 1e300, np.zeros_like(v)
-            g = st.expert_scores(psi, tau, grads).sum(axis=0)
-            if not np.all(np.isfinite(g)):
-                return 1e300, np.zeros_like(v)
-            return -q, -g
+            S = st.expert_scores(psi, tau, grads)
+            if not (np.isfinite(q) and np.all(np.isfinite(S))):
+                return None
+            return q, S
 
         v0 = psi0[o:].copy()
-        f0, _ = fun(v0)
+        start = evaluate(v0)
+        if start is None:
+            return params
+        q0, S0 = start
+        # precondition by the BHHH matrix sum_i s_i s_i' (the weighted outer product of the per-subject
+        # scores, an estimate of the information): the first quasi-Newton step is then a scoring step,
+        # whatever the scales of beta and the covariance parameters
+        B = S0.T @ S0
+        B += 1e-8 * max(float(np.trace(B)) / max(len(v0), 1), 1e-12) * np.eye(len(v0))
+        try:
+            T = np.linalg.inv(np.linalg.cholesky(B)).T  # v = v0 + T w, T T' = B^-1
+        except np.linalg.LinAlgError:
+            T = np.eye(len(v0))
+
+        def fun(w: np.ndarray) -> tuple[float, np.ndarray]:
+            r = evaluate(v0 + T @ w)
+            if r is None:
+                return 1e300, np.zeros_like(w)
+            return -r[0], -(T.T @ r[1].sum(axis=0))
+
+        # a generalised M-step: a few quasi-Newton iterations (maxeval / 20), exact when maxeval is large
+        iters = max(1, int(ctl.maxeval) // 20)
         res = minimize(
-            fun, v0, jac=True, method="L-BFGS-B",
-            options={"maxfun": ctl.maxeval, "maxiter": ctl.maxeval, "ftol": 1e-15, "gtol": 1e-9 * max(1, self.N)},
+            fun, np.zeros(len(v0)), jac=True, method="L-BFGS-B",
+            options={"maxiter": iters, "maxfun": 2 * iters + 2, "ftol": 1e-15, "gtol": 1e-10},
         )
-        if np.all(np.isfinite(res.x)) and res.fun <= f0:
-            psi0[o:] = res.x
+        if np.all(np.isfinite(res.x)) and -res.fun >= q0:
+            psi0[o:] = v0 + T @ res.x
         return st.unpack(psi0)
 
     # ------------------------------------------------------------------ observed-data scores
