@@ -44,7 +44,7 @@ from memoe.moe.data import SubjectStats
 from memoe.moe.experts import ExpertGradients, ExpertParams, MStepControl, _sigma_floor
 from memoe.moe.params import MoEParams
 
-__all__ = ["FAMILIES", "LaplaceExpert", "LaplaceEval", "RowFamily", "resolve_family"]
+__all__ = ["FAMILIES", "LaplaceEval", "LaplaceExpert", "RowFamily", "resolve_family"]
 
 LOG_2PI = math.log(2.0 * math.pi)
 #: family names MEMoE accepts (``None`` and "gaussian" are the exact Gaussian path)
@@ -237,8 +237,9 @@ class LaplaceExpert:
         index of each row and number of subjects.
     family : Family or None
         None: Gaussian (then the residual SD is a parameter, as for :class:`GaussianExpert`).
-    stats : SubjectStats
-        Subject statistics of the linear design (start values).
+    stats : SubjectStats or None
+        Subject statistics of the linear design (k-means start features, the Gaussian SD floor); None
+        for an expert used only to evaluate (prediction from a history).
     wt, ntrials : numpy.ndarray, shape (n,), optional
         Prior weights x trials and trials (defaults ones).
     nAGQ : int
@@ -264,7 +265,7 @@ class LaplaceExpert:
         codes: np.ndarray,
         N: int,
         family: Family | None,
-        stats: SubjectStats,
+        stats: SubjectStats | None,
         wt: np.ndarray | None = None,
         ntrials: np.ndarray | None = None,
         nAGQ: int = 1,
@@ -289,7 +290,7 @@ class LaplaceExpert:
         self.family = family
         self.stats = stats
         self.control = control or MStepControl()
-        self.sigma_floor = _sigma_floor(stats) if family is None else 0.0
+        self.sigma_floor = _sigma_floor(stats) if family is None and stats is not None else 0.0
         self.nAGQ = check_nagq(nAGQ, self.q)
         # products of the random-effects columns, lower triangle, for the weighted cross-products
         self._ZZ = {(a, c): self.ZT[a] * self.ZT[c] for a in range(self.q) for c in range(a + 1)}
@@ -434,7 +435,7 @@ class LaplaceExpert:
         if not gradient:
             return LaplaceEval(**out)
         fam = self.fam
-        eta, d1, W, r, C = st["eta"], st["d1"], st["W"], st["r"], st["C"]
+        eta, d1, r, C = st["eta"], st["d1"], st["r"], st["C"]
         Wobs, dW = fam.second(eta, s2)
         eye = np.zeros((q, q, *h.shape))
         for a in range(q):
@@ -552,6 +553,26 @@ class LaplaceExpert:
     def modes(self, params: MoEParams) -> np.ndarray:
         """Conditional modes ``b_ik`` (random effects given membership in expert k), shape (K, N, q)."""
         return self.evaluate_params(params).b
+
+    def conditional_sd(self, params: MoEParams) -> np.ndarray:
+        """SDs of the Laplace posterior of each subject's random effects under each expert, (K, N, q).
+
+        ``sqrt(diag(Lambda H^-1 Lambda'))`` at the mode (glmer's ``condVar``).
+        """
+        ev = self.evaluate_params(params)
+        q = self.q
+        if q == 0:
+            return np.zeros((params.K, self.N, 0))
+        s2 = (np.asarray(params.sigma, dtype=float) ** 2)[:, None] if self.dispersion else None
+        with np.errstate(over="ignore", under="ignore", divide="ignore", invalid="ignore"):
+            st = self._modes(params.beta @ self.XT, params.L, s2, ev.u)
+        eye = np.zeros((q, q, params.K, self.N))
+        for a in range(q):
+            eye[a, a] = 1.0
+        Linv = soa_forward_solve(st["Lc"], eye)
+        Hinv = np.einsum("camn,cbmn->abmn", Linv, Linv)
+        P = np.einsum("mac,cdmn,mad->amn", params.L, Hinv, params.L)
+        return np.moveaxis(np.sqrt(np.clip(P, 0.0, None)), 0, -1)
 
     # ------------------------------------------------------------------ starts
     def initial(self, tau: np.ndarray, sd0: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -35,8 +35,8 @@ from memoe.errors import (
     FormulaError,
     caller_stacklevel,
 )
-from memoe.moe.data import MoEDesign, build_moe_design, check_response
 from memoe.glmm.families import Family
+from memoe.moe.data import MoEDesign, build_moe_design, check_response
 from memoe.moe.experts import GaussianExpert, MStepControl
 from memoe.moe.laplace import LaplaceExpert, check_nagq, resolve_family
 from memoe.moe.multistart import ORDER_RULES, MultiStartControl, canonical_order, fit_multistart
