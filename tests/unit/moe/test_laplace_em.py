@@ -342,3 +342,31 @@ def test_bad_arguments_are_refused():
         memoe.MEMoE(FORMULA, k=1, data=bad, family="binomial")
     with pytest.raises(DataError, match="negative"):
         memoe.MEMoE(FORMULA, k=1, data=df.assign(y=df.y - 1), family="poisson")
+
+
+def test_loglik_decrease_is_flagged():
+    """A log-likelihood decrease beyond round-off in the EM trace is reported (here forced by an M-step
+    that moves away from the optimum)."""
+    from memoe.errors import ConvergenceWarning
+
+    df, _ = simulate(40, "binomial", beta=[[0.0, 0.3, 0.3]], sds=[[0.5, 0.2]], seed=9)
+    m = memoe.MEMoE(FORMULA, k=1, data=df, family="binomial")
+    good = m.problem.m_step
+    m.problem.m_step = lambda tau, params, previous=None, control=None: (
+        good(tau, params, previous, control).replace(beta=params.beta + 0.5)
+    )
+    with pytest.warns(ConvergenceWarning, match="decreased"):
+        fit = m.fit(maxiter=3, progress=False, se=False)
+    assert fit.max_decrease > 0.1
+
+
+def test_family_object_with_another_link():
+    """A Family with a non-canonical link (probit): observed and Fisher weights differ; the fit's score at
+    the optimum is about zero (the exact gradient uses the observed weights for the mode's derivative)."""
+    df, _ = simulate(80, "binomial", beta=[[-0.5, 0.5, 0.5]], sds=[[0.6, 0.2]], seed=10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit = memoe.MEMoE(FORMULA, k=1, data=df, family=get_family("binomial", "probit")).fit(progress=False)
+    assert "( probit )" in str(fit.summary())
+    # relative to the scores' own spread (sqrt of the BHHH diagonal): converged to a tiny fraction of a SE
+    assert fit.inference.score_norm < 1e-3 * np.sqrt(np.max(np.diag(fit.inference.meat)))
