@@ -247,6 +247,23 @@ class LaplaceExpert:
     control : MStepControl, optional
         ``maxeval`` bounds the L-BFGS evaluations of each M-step.
 
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from memoe.glmm.families import get_family
+    >>> from memoe.moe.data import subject_stats
+    >>> rng = np.random.default_rng(1)
+    >>> codes = np.repeat(np.arange(50), 6)
+    >>> X = np.column_stack([np.ones(300), rng.normal(size=300)])
+    >>> Z = X[:, :1]
+    >>> y = (rng.uniform(size=300) < 0.5).astype(float)
+    >>> ex = LaplaceExpert(y, X, Z, codes, 50, get_family("binomial"), subject_stats(y, X, Z, codes, 50))
+    >>> ev = ex.evaluate(np.zeros((2, 2)), np.array([[[0.5]], [[1.0]]]))  # two experts at once
+    >>> ev.loglik.shape                                                     # (experts, subjects)
+    (2, 50)
+
+    The same integrals as lme4's ``glmer(y ~ x + (1 | id), family = binomial, nAGQ = 1)`` per subject.
+
     Notes
     -----
     The experts' M-step is joint (see :meth:`memoe.moe.problem.MoEProblem.m_step`): L-BFGS on the expert

@@ -370,3 +370,17 @@ def test_family_object_with_another_link():
     assert "( probit )" in str(fit.summary())
     # relative to the scores' own spread (sqrt of the BHHH diagonal): converged to a tiny fraction of a SE
     assert fit.inference.score_norm < 1e-3 * np.sqrt(np.max(np.diag(fit.inference.meat)))
+
+
+def test_cli_fits_binomial_memoe(tmp_path):
+    from memoe.cli import main
+
+    df, _ = simulate(60, "binomial", beta=[[-1.0, 0.8, 0.5], [1.0, -0.8, -0.5]], gamma=[[0, 0, 0], [0.2, 1, -0.5]],
+                     sds=[[0.8, 0.0], [0.6, 0.0]], seed=3, q=1)
+    df.to_csv(tmp_path / "b.csv", index=False)
+    rc = main(["memoe", "y ~ time + x + (1 | id)", "--gating", "~ w1 + w2", "--k", "2", "--family", "binomial",
+               "--nagq", "3", "--data", str(tmp_path / "b.csv"), "--starts", "1", "--seed", "1", "--quiet",
+               "--save", str(tmp_path / "b.memoe"), "-o", str(tmp_path / "g.json")])
+    assert rc == 0
+    back = memoe.load(tmp_path / "b.memoe")
+    assert back.family_name == "binomial" and back.nAGQ == 3
