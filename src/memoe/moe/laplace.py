@@ -532,7 +532,9 @@ class LaplaceExpert:
     # ------------------------------------------------------------------ the interface the EM uses
     def evaluate_params(self, params: MoEParams, gradient: bool = False) -> LaplaceEval:
         """:meth:`evaluate` at every expert of ``params``, warm-started and cached on the parameter values."""
-        key = b"".join(np.ascontiguousarray(a, dtype=float).tobytes() for a in (params.beta, params.L, params.sigma))
+        key = bytes([self.nAGQ]) + b"".join(
+            np.ascontiguousarray(a, dtype=float).tobytes() for a in (params.beta, params.L, params.sigma)
+        )
         if self._cache is not None and self._cache[0] == key and (not gradient or self._cache[1].beta is not None):
             return self._cache[1]
         u0 = self._u if self._u is not None and self._u.shape[1] == params.K else None
