@@ -438,6 +438,11 @@ class LaplaceExpert:
                 # a subject whose step keeps failing stays where it is
                 fac[fac < MIN_STEP] = 0.0
             u, eta, ll, d1, W, h = u_t, eta_t, ll_t, d1_t, W_t, h_t
+        else:
+            # iterations exhausted (a subject far from its mode): the pieces at the modes reached
+            r = np.stack([self._sum(d1 * self.ZT[a]) for a in range(self.q)])
+            C = self._cross(W)
+            Lc = soa_cholesky(self._congr(lam, C))
         return dict(u=u, eta=eta, ll=ll, d1=d1, W=W, h=h, r=r, C=C, Lc=Lc)
 
     def _laplace(self, eta0, lam, s2, st: dict, gradient: bool) -> LaplaceEval:
