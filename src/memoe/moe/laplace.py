@@ -354,17 +354,20 @@ class LaplaceExpert:
     def _agq(self, eta0, lam, s2, st: dict, gradient: bool) -> LaplaceEval:
         """Adaptive Gauss-Hermite for one scalar random effect (nodes at the mode, scaled by H^-1/2).
 
-        ``l = log s + log sum_k w_k exp(h(u + s z_k) + z_k^2 / 2)``, ``s = H^-1/2``; the gradient is the
-        same rule applied to Fisher's identity ``d l / d xi = E[d log p(y | u) / d xi | y]`` (nodes held).
+        ``l = log s + log sum_k w_k exp(h(u + s z_k) + z_k^2 / 2)``, ``s = H^-1/2``. Its exact gradient:
+        ``sum_k omega_k dh(u_k)/dxi`` (nodes held; Fisher's identity by the same rule) plus the moves of
+        the nodes, ``A du/dxi + (1/s + sum_k omega_k h'(u_k) z_k) ds/dxi`` with ``A = sum_k omega_k h'(u_k)``
+        (both vanish as the rule becomes exact); ``du/dxi`` is the mode's implicit derivative and
+        ``ds/dxi = s d(-log H / 2)/dxi``, the Laplace gradient's log-determinant part.
         """
         z, w = gh_rule(self.nAGQ)
         fam = self.fam
         u0, Lc = st["u"][0], st["Lc"][0, 0]  # (M, N); Lc = sqrt(H)
         sd = 1.0 / Lc
-        lam = lam[:, 0, 0][:, None]  # (M, 1)
+        lam1 = lam[:, 0, 0][:, None]  # (M, 1)
         zrow = self.ZT[0]
-        U = u0[None] + z[:, None, None] * sd[None]  # (K, M, N)
-        eta = eta0[None] + lam[None] * zrow * self._rows(U)
+        U = u0[None] + z[:, None, None] * sd[None]  # (nodes, M, N)
+        eta = eta0[None] + lam1[None] * zrow * self._rows(U)
         ll, d1, _ = fam.first(eta, s2)
         hk = self._sum(ll) - 0.5 * U * U
         a = np.log(w)[:, None, None] + hk + 0.5 * (z * z)[:, None, None]
@@ -372,18 +375,38 @@ class LaplaceExpert:
         ex = np.exp(a - amax)
         tot = ex.sum(axis=0)
         loglik = np.log(sd) + amax + np.log(tot)
-        out = dict(loglik=loglik, u=st["u"], b=(lam * u0)[:, :, None])
+        out = dict(loglik=loglik, u=st["u"], b=(lam1 * u0)[:, :, None])
         if not gradient:
             return LaplaceEval(**out)
-        om = ex / tot  # (K, M, N) posterior weights of the nodes
-        gb = self._sum(d1[:, None] * self.XT[None, :, None, :])  # (K, p, M, N)
-        out["beta"] = np.moveaxis(np.einsum("kmn,kpmn->pmn", om, gb), 0, -1)
-        gl = (om * self._sum(d1 * zrow) * U).sum(axis=0)
-        out["dL"] = gl[:, :, None, None]
+        om = ex / tot  # (nodes, M, N) posterior weights of the nodes
+        rz = self._sum(d1 * zrow)  # (nodes, M, N): sum_j d log p / d eta_j z_j at each node
+        gb = self._sum(d1[:, None] * self.XT[None, :, None, :])  # (nodes, p, M, N)
+        fixed_b = np.einsum("kmn,kpmn->pmn", om, gb)
+        fixed_l = (om * rz * U).sum(axis=0)
+        hprime = lam1[None] * rz - U  # h'(u_k)
+        A = (om * hprime).sum(axis=0)
+        Bs = 1.0 + sd * (om * hprime * z[:, None, None]).sum(axis=0)  # (1/s + sum omega h' z) * s
+        # Laplace pieces at the mode: the log-determinant part D = Laplace gradient - dh/dxi at the mode
+        lap = self._laplace(eta0, lam, s2, st, True)
+        eta_m, d1_m, r_m = st["eta"], st["d1"], st["r"][0]
+        Wobs, _ = fam.second(eta_m, s2)
+        Dl = lap.dL[:, :, 0, 0] - r_m * u0
+        hb = self._sum(d1_m[None] * self.XT[:, None, :])  # (p, M, N)
+        Db = np.moveaxis(lap.beta, -1, 0) - hb
+        Hobs = 1.0 + lam1 * lam1 * self._sum(Wobs * zrow * zrow)
+        du_b = -lam1[None] * self._sum((Wobs * zrow)[None] * self.XT[:, None, :]) / Hobs[None]
+        du_l = (r_m - lam1 * self._sum(Wobs * zrow * zrow) * u0) / Hobs
+        gbeta = fixed_b + A[None] * du_b + Bs[None] * Db
+        glam = fixed_l + A * du_l + Bs * Dl
+        out["beta"] = np.moveaxis(gbeta, 0, -1)
+        out["dL"] = glam[:, :, None, None]
         if self.dispersion:
             res = fam.y - eta
-            g2 = self._sum(-0.5 / s2 + 0.5 * res * res / s2**2)
-            out["s2"] = (om * g2).sum(axis=0)
+            fixed_s = (om * self._sum(-0.5 / s2 + 0.5 * res * res / s2**2)).sum(axis=0)
+            res_m = fam.y - eta_m
+            Ds = lap.s2 - self._sum(-0.5 / s2 + 0.5 * res_m * res_m / s2**2)
+            du_s = -(u0 / s2) / Hobs
+            out["s2"] = fixed_s + A * du_s + Bs * Ds
         return LaplaceEval(**out)
 
     # ------------------------------------------------------------------ the interface the EM uses

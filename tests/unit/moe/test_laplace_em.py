@@ -109,6 +109,46 @@ def test_laplace_gradients_match_central_differences(family):
             np.testing.assert_allclose(ev.s2[m], fd, atol=1e-6)
 
 
+@pytest.mark.parametrize(
+    "family", [None, get_family("binomial"), get_family("poisson"), get_family("binomial", "probit")],
+    ids=["gaussian", "binomial", "poisson", "probit"],
+)
+def test_agq_gradients_are_exact_with_few_nodes(family):
+    """Adaptive Gauss-Hermite with 3 nodes: the gradient includes the moves of the adaptive nodes (mode and
+    scale), so it is the exact derivative of the 3-node approximation, not only Fisher's identity at
+    held nodes (which differs by the quadrature error, ~1e-3 with 3 nodes). Tolerance as above."""
+    rng = np.random.default_rng(1)
+    N = 30
+    codes = np.repeat(np.arange(N), 5)
+    rng.shuffle(codes)
+    n = len(codes)
+    X = np.column_stack([np.ones(n), rng.uniform(0, 3, n)])
+    Z = np.ones((n, 1))
+    eta = X @ [-0.3, 0.4] + 1.5 * rng.normal(size=N)[codes]
+    if family is None:
+        y = eta + rng.normal(size=n)
+    elif family.name == "poisson":
+        y = rng.poisson(np.exp(0.5 * eta)).astype(float)
+    else:
+        y = (rng.uniform(size=n) < 1 / (1 + np.exp(-eta))).astype(float)
+    ex = LaplaceExpert(y, X, Z, codes, N, family, subject_stats(y, X, Z, codes, N), nAGQ=3)
+    beta, L, sig = np.array([[-0.2, 0.3]]), np.array([[[1.3]]]), np.array([0.9])
+    ev = ex.evaluate(beta, L, sig, gradient=True)
+    h = 1e-6
+    for j in range(2):
+        bp, bm = beta.copy(), beta.copy()
+        bp[0, j] += h
+        bm[0, j] -= h
+        fd = (ex.evaluate(bp, L, sig).loglik[0] - ex.evaluate(bm, L, sig).loglik[0]) / (2 * h)
+        np.testing.assert_allclose(ev.beta[0][:, j], fd, atol=1e-6)
+    fd = (ex.evaluate(beta, L + h, sig).loglik[0] - ex.evaluate(beta, L - h, sig).loglik[0]) / (2 * h)
+    np.testing.assert_allclose(ev.dL[0][:, 0, 0], fd, atol=1e-6)
+    if family is None:
+        sp, sm = np.sqrt(sig**2 + h), np.sqrt(sig**2 - h)
+        fd = (ex.evaluate(beta, L, sp).loglik[0] - ex.evaluate(beta, L, sm).loglik[0]) / (2 * h)
+        np.testing.assert_allclose(ev.s2[0], fd, atol=1e-6)
+
+
 def test_gaussian_laplace_is_exact_per_subject():
     """For a Gaussian response the Laplace approximation is exact: log-likelihoods and gradients equal the
     exact expert's to rounding (closed-form pipelines, relative 1e-9 of the scale)."""
