@@ -112,6 +112,13 @@ class MEMoE:
     >>> fit = memoe.MEMoE("y ~ time + x + (time | id)", gating="~ w1 + w2", k=2, data=df).fit(n_starts=4, seed=1)
     >>> fit.posterior.shape
     (200, 2)
+
+    Binary or count outcomes (Laplace-EM; ``nAGQ > 1`` for a random intercept only)::
+
+        fit = memoe.MEMoE("adherent ~ month + dose + (month | id)", gating="~ age + sex", k=3, data=df,
+                          family="binomial").fit(n_starts=20, seed=1)
+        fit.ranef[2]["id"]          # conditional modes if the subject belongs to expert 2
+        fit.predict(type="response")
     """
 
     def __init__(

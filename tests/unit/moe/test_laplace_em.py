@@ -220,8 +220,8 @@ def test_k1_agq_equals_glmm_agq():
 def test_laplace_estep_against_many_node_quadrature():
     """The Laplace E-step against adaptive Gauss-Hermite with many nodes (random intercept): the quadrature
     has converged (25 vs 50 nodes agree to 1e-9), the Laplace error is small and shrinks with the number
-    of visits (it is O(1 / n_i)), and the quadrature gradient (Fisher's identity at the nodes) matches
-    central differences of the quadrature log-likelihood."""
+    of visits (it is O(1 / n_i)), and the quadrature gradient matches central differences of the
+    quadrature log-likelihood."""
     fam = get_family("binomial")
     errs = []
     for visits in (10, 80):
