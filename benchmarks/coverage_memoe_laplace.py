@@ -45,11 +45,12 @@ def main() -> None:
     ap.add_argument("--subjects", type=int, default=300)
     args = ap.parse_args()
     truth = {f"gating[2]:{t}": GAMMA[1, j] for j, t in enumerate(["(Intercept)", "w1", "w2"])}
-    truth.update({f"fixed[{k + 1}]:{t}": BETA[k, j] for k in range(2) for j, t in enumerate(["(Intercept)", "time", "x"])})
+    terms = ["(Intercept)", "time", "x"]
+    truth.update({f"fixed[{k + 1}]:{t}": BETA[k, j] for k in range(2) for j, t in enumerate(terms)})
     rng = np.random.default_rng(2026)
     hits = {"model": [], "sandwich": []}
     t0 = time.perf_counter()
-    for _ in range(args.reps):
+    for rep in range(args.reps):
         df = simulate(args.subjects, rng)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -59,6 +60,8 @@ def main() -> None:
             tab = fit.coef_table(robust=robust)
             row = {n: abs(tab.loc[n, "estimate"] - v) <= 1.959964 * tab.loc[n, "std_error"] for n, v in truth.items()}
             hits[kind].append(row)
+        if (rep + 1) % 10 == 0:
+            print(f"  {rep + 1} replicates, {time.perf_counter() - t0:.0f} s", flush=True)
     elapsed = time.perf_counter() - t0
     out = pd.DataFrame({k: pd.DataFrame(v).mean() for k, v in hits.items()})
     print(f"{args.reps} replicates, {args.subjects} subjects x 8 visits, K = 2 binomial; {elapsed:.0f} s")
