@@ -282,8 +282,9 @@ class LaplaceExpert:
                 eta_t = eta0 + re
                 ll_t, d1_t, W_t = fam.first(eta_t, s2)
                 h_t = self._sum(ll_t) - 0.5 * np.einsum("amn,amn->mn", u_t, u_t)
-                # a rounding-level decrease near the mode is accepted
-                worse = ~(h_t >= h - 1e-12 * (1.0 + np.abs(h)))
+                # a rounding-level decrease near the mode is accepted; a subject whose step was given up
+                # (fac = 0) stays where it is, whatever its value (also a non-finite one)
+                worse = ~(h_t >= h - 1e-12 * (1.0 + np.abs(h))) & (fac > 0.0)
                 if not worse.any():
                     break
                 fac = np.where(worse, 0.5 * fac, fac)

@@ -424,3 +424,15 @@ def test_cli_fits_binomial_memoe(tmp_path):
     assert rc == 0
     back = memoe.load(tmp_path / "b.memoe")
     assert back.family_name == "binomial" and back.nAGQ == 3
+
+
+@pytest.mark.parametrize("name", ["poisson", "binomial"])
+def test_extreme_parameters_terminate(name):
+    """Overflowing linear predictors (an optimiser's wild trial point): PIRLS gives up on those subjects
+    (step halving below its floor) instead of looping; the M-step and finish treat the non-finite value
+    as infeasible."""
+    family = get_family(name)
+    y, X, Z, codes, N = _design(family)
+    ex = LaplaceExpert(y, X, Z, codes, N, family, subject_stats(y, X, Z, codes, N))
+    ev = ex.evaluate(np.array([[800.0, 5.0, 5.0]]), np.array([[[300.0, 0.0], [5.0, 900.0]]]), gradient=True)
+    assert ev.loglik.shape == (1, N)
