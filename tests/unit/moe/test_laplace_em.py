@@ -436,3 +436,6 @@ def test_extreme_parameters_terminate(name):
     ex = LaplaceExpert(y, X, Z, codes, N, family, subject_stats(y, X, Z, codes, N))
     ev = ex.evaluate(np.array([[800.0, 5.0, 5.0]]), np.array([[[300.0, 0.0], [5.0, 900.0]]]), gradient=True)
     assert ev.loglik.shape == (1, N)
+    # infinite linear predictors (0 * inf = NaN in the log-likelihood of some rows)
+    ev = ex.evaluate(np.array([[1e308, 1e308, 0.0]]), np.array([[[1.0, 0.0], [0.0, 1.0]]]))
+    assert ev.loglik.shape == (1, N)
