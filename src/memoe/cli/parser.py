@@ -103,6 +103,8 @@ def _memoe_options(p: argparse.ArgumentParser, k_help: str, k_type) -> None:
                    help="random-effects covariance across experts (default class)")
     g.add_argument("--sigma", choices=["class", "common"], default="class", help="residual SD across experts")
     g.add_argument("--group", metavar="COL", help="subject column (default: the random-effects grouping factor)")
+    g.add_argument("--family", choices=["gaussian", "binomial", "poisson"], default="gaussian",
+                   help="experts' response family (default gaussian; binomial / poisson: Laplace-EM)")
 
 
 _EXAMPLES = {
@@ -133,6 +135,7 @@ In lme the correlation's group defaults to the (innermost, for nested levels) ra
     "memoe": """examples:
   memoe memoe "y ~ time + x + (time | id)" --gating "~ w1 + w2" --k 2 --data sim.csv --starts 20 --seed 1
   memoe memoe "y ~ time + (time | id)" --k 3 --data sim.parquet --save k3.memoe -o glance.json --quiet
+  memoe memoe "y ~ time + x + (time | id)" --gating "~ w1" --k 2 --family binomial --data adherence.csv
 """,
     "select-k": """examples:
   memoe select-k "y ~ time + (time | id)" --gating "~ w1" --k 1:4 --data sim.csv --seed 1 -o ks.csv
@@ -233,6 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
             fitting.cmd_memoe)
     p.add_argument("formula", help="expert formula, e.g. 'y ~ time + x + (time | id)'")
     _memoe_options(p, "number of experts (>= 1)", _positive_int)
+    p.add_argument("--nagq", type=_positive_int, default=1,
+                   help="non-Gaussian experts: 1 (Laplace, default) or adaptive Gauss-Hermite nodes")
 
     p = add("select-k", "fit MEMoEs for several numbers of experts and tabulate AIC, BIC, ICL",
             [base, data, outputs], fitting.cmd_select_k)

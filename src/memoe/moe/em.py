@@ -139,7 +139,9 @@ def run_em(problem: MoEProblem, params: MoEParams, control: EMControl | None = N
     return run
 
 
-def polish(problem: MoEProblem, run: EMRun, max_iter: int = 500, gtol: float = 1e-5) -> EMRun:
+def polish(
+    problem: MoEProblem, run: EMRun, max_iter: int = 500, gtol: float = 1e-5, precondition: bool = False
+) -> EMRun:
     """Finish an EM run by quasi-Newton (BFGS) on the observed log-likelihood with the analytic score.
 
     EM converges linearly (slowly when the classes overlap) and its relative-change rule can stop
@@ -154,10 +156,24 @@ def polish(problem: MoEProblem, run: EMRun, max_iter: int = 500, gtol: float = 1
     max_iter : int
     gtol : float
         Stop when the largest absolute score is below ``gtol * (number of subjects)``.
+    precondition : bool
+        Work in coordinates ``psi = psi0 + T w`` with ``T T' = B^-1``, B the BHHH matrix (sum of the
+        per-subject score outer products) at the start: the first step is a scoring step and the
+        problem is well scaled. Stops when ``max |T' g| < sqrt(gtol)``, i.e. when the predicted gain
+        ``g' B^-1 g / 2`` is of order ``gtol`` (Laplace experts, whose evaluations are costly).
     """
     st = problem.structure
     psi0 = st.pack(run.params)
     floor = getattr(problem.expert, "sigma_floor", 0.0)
+    T = None
+    if precondition:
+        S = problem.subject_scores(run.params, run.estep)
+        B = S.T @ S
+        B += 1e-8 * max(float(np.trace(B)) / max(len(psi0), 1), 1e-12) * np.eye(len(psi0))
+        try:
+            T = np.linalg.inv(np.linalg.cholesky(B)).T
+        except np.linalg.LinAlgError:
+            T = None
 
     def f(psi):
         # below the residual-SD floor an expert collapses onto exactly fitted subjects (likelihood
@@ -169,10 +185,21 @@ def polish(problem: MoEProblem, run: EMRun, max_iter: int = 500, gtol: float = 1
             return 1e300, np.zeros_like(psi)
         return -ll, -g
 
-    res = minimize(f, psi0, jac=True, method="BFGS", options={"maxiter": max_iter, "gtol": gtol * problem.N})
+    if T is None:
+        res = minimize(f, psi0, jac=True, method="BFGS", options={"maxiter": max_iter, "gtol": gtol * problem.N})
+        x = res.x
+    else:
+
+        def fw(w):
+            v, g = f(psi0 + T @ w)
+            return v, T.T @ g
+
+        res = minimize(fw, np.zeros(len(psi0)), jac=True, method="BFGS",
+                       options={"maxiter": max_iter, "gtol": float(np.sqrt(gtol))})
+        x = psi0 + T @ res.x
     # a step below the residual-SD floor is a collapse onto exactly fitted subjects, not an improvement
-    if np.all(np.isfinite(res.x)) and -res.fun > run.loglik and np.all(st.unpack(res.x).sigma >= floor):
-        params = st.unpack(res.x)
+    if np.all(np.isfinite(x)) and -res.fun > run.loglik and np.all(st.unpack(x).sigma >= floor):
+        params = st.unpack(x)
         e = problem.e_step(params)
         run.params, run.estep, run.loglik = params, e, e.loglik
         run.trace.append(e.loglik)

@@ -56,12 +56,17 @@ class ExpertGradients:
         ``u_i = Z_i' V_i^-1 r_i``.
     s2 : numpy.ndarray, shape (N,)
         ``d l_i / d sigma^2 = (r_i' V_i^-2 r_i - tr V_i^-1) / 2``.
+    dL : numpy.ndarray, shape (N, q, q), optional
+        ``d l_i / d L`` with respect to every entry of the Cholesky factor ``L`` of G, given directly by
+        experts whose likelihood is computed in L (the Laplace experts); when set, the chain rule uses
+        it instead of ``2 (d l / d G) L`` (which it equals).
     """
 
     loglik: np.ndarray
     beta: np.ndarray
     G: np.ndarray
     s2: np.ndarray
+    dL: np.ndarray | None = None
 
 
 @dataclass(frozen=True)

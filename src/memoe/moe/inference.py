@@ -35,7 +35,8 @@ def natural_names(st: Structure, fixef: list[str], z_names: list[str], gate: lis
         rows += [("fixed", k + 1, n) for n in fixef]
         rows += [("sd", k + 1, z) for z in z_names]
         rows += [("corr", k + 1, f"{z_names[j]}:{z_names[i]}") for i, j in off]
-        rows += [("sigma", k + 1, "Residual")]
+        if st.dispersion:  # binomial / Poisson experts have no residual SD
+            rows += [("sigma", k + 1, "Residual")]
     return pd.MultiIndex.from_tuples(rows, names=["part", "expert", "term"])
 
 
@@ -47,7 +48,9 @@ def natural_values(st: Structure, params: MoEParams) -> np.ndarray:
     for k in range(st.K):
         sd = np.sqrt(np.diag(G[k])) if st.q else np.zeros(0)
         corr = [G[k][i, j] / (sd[i] * sd[j]) if sd[i] * sd[j] > 0 else np.nan for i, j in off]
-        out += [params.beta[k], sd, np.asarray(corr, dtype=float), np.array([params.sigma[k]])]
+        out += [params.beta[k], sd, np.asarray(corr, dtype=float)]
+        if st.dispersion:
+            out.append(np.array([params.sigma[k]]))
     return np.concatenate(out)
 
 

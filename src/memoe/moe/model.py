@@ -8,6 +8,7 @@ multi-start EM with each subject's exact marginal likelihood in the E-step.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import warnings
 
@@ -25,6 +26,7 @@ from memoe.core.arguments import (
 )
 from memoe.core.design.fixed import model_matrix_with_contrasts
 from memoe.core.frames import to_pandas
+from memoe.core.linalg.threads import blas_threads
 from memoe.errors import (
     ArgumentError,
     ArgumentTypeError,
@@ -33,8 +35,10 @@ from memoe.errors import (
     FormulaError,
     caller_stacklevel,
 )
+from memoe.glmm.families import Family
 from memoe.moe.data import MoEDesign, build_moe_design, check_response
 from memoe.moe.experts import GaussianExpert, MStepControl
+from memoe.moe.laplace import LaplaceExpert, check_nagq, resolve_family
 from memoe.moe.multistart import ORDER_RULES, MultiStartControl, canonical_order, fit_multistart
 from memoe.moe.params import MoEParams
 from memoe.moe.problem import MoEProblem
@@ -82,6 +86,24 @@ class MEMoE:
         R's ``contrasts=``: factor column -> ``"treatment"``, ``"sum"``, ``"helmert"`` or ``"poly"``,
         for the expert, gating and mixture formulas alike. Default (None) is R's: treatment for
         unordered factors, poly for ordered Categoricals.
+    family : {None, "gaussian", "binomial", "poisson"} or memoe.glmm.families.Family
+        Response family of the experts. None / ``"gaussian"``: linear mixed-model experts with the exact
+        marginal likelihood. ``"binomial"`` (0/1 outcomes or proportions, logit link) and ``"poisson"``
+        (counts, log link), or a :class:`~memoe.glmm.families.Family` with another link: GLMM experts
+        (glmer's), fitted by Laplace-EM (see :meth:`fit`'s ``nAGQ``); they have no residual SD.
+    laplace : bool
+        Run Gaussian experts through the generic Laplace-EM machinery (exact for a Gaussian response,
+        the same estimates as the default path, slower; for checking). Implied by a non-Gaussian family.
+
+    Notes
+    -----
+    Laplace-EM (non-Gaussian experts): the E-step uses each expert's Laplace approximation of every
+    subject's marginal likelihood (adaptive Gauss-Hermite with ``nAGQ > 1`` nodes for one scalar random
+    effect), batched over subjects and experts (:mod:`memoe.moe.laplace`); the M-step maximises the
+    posterior-weighted approximate log-likelihood over all experts' parameters by L-BFGS with its exact
+    gradient. EM is monotone in the approximate log-likelihood; a decrease beyond round-off is
+    reported by a :class:`~memoe.errors.ConvergenceWarning`. R has no MEMoE; each expert is
+    ``lme4::glmer(..., nAGQ)`` with per-subject weights.
 
     R equivalent
     ------------
@@ -96,6 +118,13 @@ class MEMoE:
     >>> fit = memoe.MEMoE("y ~ time + x + (time | id)", gating="~ w1 + w2", k=2, data=df).fit(n_starts=4, seed=1)
     >>> fit.posterior.shape
     (200, 2)
+
+    Binary or count outcomes (Laplace-EM; ``nAGQ > 1`` for a random intercept only)::
+
+        fit = memoe.MEMoE("adherent ~ month + dose + (month | id)", gating="~ age + sex", k=3, data=df,
+                          family="binomial").fit(n_starts=20, seed=1)
+        fit.ranef[2]["id"]          # conditional modes if the subject belongs to expert 2
+        fit.predict(type="response")
     """
 
     def __init__(
@@ -112,6 +141,8 @@ class MEMoE:
         order: str | None = "intercept",
         mstep: MStepControl | None = None,
         contrasts: dict[str, str] | None = None,
+        family=None,
+        laplace: bool = False,
     ) -> None:
         formula = check_str(formula, "formula", "y ~ time + (time | id)")
         if gating is not None:
@@ -127,6 +158,15 @@ class MEMoE:
         check_choice(random_cov, "random_cov", COV_OPTIONS)
         check_choice(sigma, "sigma", SIGMA_OPTIONS)
         check_choice(order, "order", ORDER_RULES)
+        laplace = check_bool(laplace, "laplace")
+        if family is not None and not isinstance(family, (str, Family)):
+            raise ArgumentTypeError(
+                f"family must be None, 'gaussian', 'binomial', 'poisson' or a memoe.glmm.families.Family, "
+                f"got {type(family).__name__}"
+            )
+        self.response_family: Family | None = resolve_family(family)
+        self.laplace = laplace or self.response_family is not None
+        self.nAGQ = 1
         if mstep is not None and not isinstance(mstep, MStepControl):
             raise ArgumentTypeError(
                 f"mstep must be a memoe.moe.experts.MStepControl or None, got {type(mstep).__name__}"
@@ -142,7 +182,8 @@ class MEMoE:
         # the contrast of every factor of the expert and gating formulas; the codec saves it
         self.contrasts: dict[str, str] = dict(self.mdesign.contrasts)
         md = self.mdesign
-        check_response(md)
+        if self.response_family is None:
+            check_response(md)
         _check_k(self.k, md)
         specific = self._specific_mask(mixture, data)
         tmap = md.design.theta_map
@@ -157,12 +198,21 @@ class MEMoE:
             sigma=sigma if self.k > 1 else "class",
             rows=tmap.row if q else np.zeros(0, dtype=int),
             cols=tmap.col if q else np.zeros(0, dtype=int),
+            dispersion=self.response_family is None,
         )
         if mstep is None and self.k == 1:
             # one expert: the M-step is the whole ML fit, so use the LMM's own tight tolerances
             mstep = MStepControl(maxeval=100_000, ftol_abs=1e-12, xtol_abs=1e-10)
-        expert = GaussianExpert(md.stats, md.pls, tmap if q else None, mstep)
+        if self.laplace:
+            expert = _laplace_expert(md, self.response_family, mstep)
+        else:
+            expert = GaussianExpert(md.stats, md.pls, tmap if q else None, mstep)
         self.problem = MoEProblem(md.W, expert, self.structure)
+
+    @property
+    def family_name(self) -> str:
+        """``"gaussian"``, ``"binomial"``, ``"poisson"`` (the experts' response family)."""
+        return "gaussian" if self.response_family is None else self.response_family.name
 
     def _specific_mask(self, mixture: str | None, data: pd.DataFrame) -> np.ndarray:
         names = self.mdesign.fixef_names
@@ -193,6 +243,7 @@ class MEMoE:
         se: bool = True,
         tol: float | None = None,
         maxiter: int | None = None,
+        nAGQ: int = 1,
     ):
         """Estimate by multi-start EM.
 
@@ -218,6 +269,12 @@ class MEMoE:
             ``control.em.tol``).
         maxiter : int, optional
             EM iterations of the runs to convergence (overrides ``control.em.max_iter``).
+        nAGQ : int
+            Non-Gaussian experts: 1 (default) Laplace-EM, each subject's marginal likelihood by the
+            Laplace approximation (glmer's ``nAGQ = 1``); > 1 adaptive Gauss-Hermite quadrature with that
+            many nodes (one scalar random effect only, as glmer). The log-likelihood then includes the
+            family's normalising constants (glmer's AGQ deviance omits them). Ignored by Gaussian
+            experts, whose likelihood is exact.
 
         Returns
         -------
@@ -229,6 +286,13 @@ class MEMoE:
             An argument of the wrong type or out of range; the message names it.
         """
         n_starts = check_int(n_starts, "n_starts", minimum=1)
+        if isinstance(nAGQ, bool) or not isinstance(nAGQ, int | np.integer):
+            raise ArgumentTypeError(f"nAGQ must be an integer (1 = Laplace, more = Gauss-Hermite nodes), got {nAGQ!r}")
+        if self.laplace:
+            self.problem.expert.nAGQ = check_nagq(nAGQ, self.structure.q)
+            self.nAGQ = int(nAGQ)
+        else:
+            check_int(nAGQ, "nAGQ", minimum=1)
         seed = check_seed(seed)
         progress = check_optional_bool(progress, "progress")
         se = check_bool(se, "se")
@@ -243,9 +307,12 @@ class MEMoE:
         if previous is not None:
             _check_previous(previous, self)
             prev_tau = previous.posterior.to_numpy()
-        ms = fit_multistart(
-            self.problem, n_starts, seed, control, previous_tau=prev_tau, start_params=start, progress=progress
-        )
+        # Laplace experts: many small BLAS calls (L-BFGS, tiny solves); a second BLAS thread costs more than
+        # it saves on a shared machine (memoe.core.linalg.threads)
+        with blas_threads(1) if self.laplace else contextlib.nullcontext():
+            ms = fit_multistart(
+                self.problem, n_starts, seed, control, previous_tau=prev_tau, start_params=start, progress=progress
+            )
         run = ms.best
         order = canonical_order(run.params, run.estep.mass, self.order, self.structure.specific)
         params = run.params.permute(order)
@@ -270,14 +337,23 @@ class MEMoE:
                 ConvergenceWarning,
                 stacklevel=caller_stacklevel(),
             )
+        if self.laplace and result.max_decrease > _decrease_tolerance(result.trace):
+            warnings.warn(
+                f"the {self.family_name} Laplace-EM log-likelihood decreased by {result.max_decrease:.3g} between "
+                f"iterations (more than round-off, {_decrease_tolerance(result.trace):.2g}): the conditional modes "
+                "or the M-step did not converge for some subjects; check fit.trace",
+                ConvergenceWarning,
+                stacklevel=caller_stacklevel(),
+            )
         if se:
             _ = result.inference
         return result
 
     def __repr__(self) -> str:
+        fam = "" if self.response_family is None else f", family={self.family_name!r}"
         return (
             f"MEMoE({self.formula!r}, gating={self.gating!r}, k={self.k}, subjects={self.n_subjects}, "
-            f"random_cov={self.random_cov!r}, sigma={self.sigma_option!r})"
+            f"random_cov={self.random_cov!r}, sigma={self.sigma_option!r}{fam})"
         )
 
 
@@ -322,6 +398,24 @@ class MoE(MEMoE):
         if "|" in formula:
             raise FormulaError("MoE experts are regressions: give the formula without (terms | group) parts")
         super().__init__(formula, gating, k, data, group=group, **kw)
+
+
+def _laplace_expert(md: MoEDesign, family: Family | None, mstep: MStepControl | None) -> LaplaceExpert:
+    """The Laplace expert on the design's rows; a non-Gaussian response is checked by the family (R's
+    ``family$initialize``: 0/1 or proportions for the binomial, non-negative counts for the Poisson)."""
+    y = md.design.y
+    n = len(y)
+    if family is None:
+        wt, ntrials = np.ones(n), np.ones(n)
+    else:
+        y, wt, ntrials = family.prepare(y, np.ones(n), None, md.design.spec.response)
+    return LaplaceExpert(y, md.design.X, md.Z, md.codes, md.N, family, md.stats, wt, ntrials, control=mstep)
+
+
+def _decrease_tolerance(trace: list[float]) -> float:
+    """Largest log-likelihood decrease attributable to round-off (modes converge to ~1e-10 relative)."""
+    scale = max((abs(v) for v in trace if np.isfinite(v)), default=1.0)
+    return 1e-8 * (1.0 + scale)
 
 
 def _last_change(trace: list[float]) -> float:

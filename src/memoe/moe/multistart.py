@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import numbers
 import warnings
 from dataclasses import dataclass, field
@@ -21,6 +22,9 @@ from memoe.moe.problem import MoEProblem
 __all__ = ["MultiStartControl", "MultiStartResult", "canonical_order", "fit_multistart", "partition_agreement"]
 
 ORDER_RULES = ("intercept", "size", None)
+# Laplace experts: EM iterations and relative tolerance of a continued run before the quasi-Newton finish
+JOINT_EM_ITER = 10
+JOINT_EM_TOL = 1e-6
 
 
 @dataclass(frozen=True)
@@ -156,6 +160,7 @@ def fit_multistart(
     """
     n_starts = check_int(n_starts, "n_starts", minimum=1)
     ctl = control or MultiStartControl()
+    joint = problem.joint
     rng = np.random.default_rng(check_seed(seed))
     plan = start_plan(n_starts, problem.K, previous_tau is not None)
     features = two_stage_features(problem.expert.stats) if problem.K > 1 else None
@@ -187,13 +192,19 @@ def fit_multistart(
     for i in chosen:
         r0 = runs[i]
         if not r0.converged and not r0.empty:
-            r = run_em(problem, r0.params, ctl.em)
+            # Laplace experts: EM only approaches the optimum (each iteration costs a quasi-Newton M-step),
+            # the preconditioned quasi-Newton finish converges
+            em_ctl = dataclasses.replace(ctl.em, max_iter=min(ctl.em.max_iter, JOINT_EM_ITER),
+                                         tol=max(ctl.em.tol, JOINT_EM_TOL)) if joint else ctl.em
+            r = run_em(problem, r0.params, em_ctl)
             r.n_iter += r0.n_iter
             r.trace = r0.trace + r.trace[1:]
             r.max_decrease = max(r.max_decrease, r0.max_decrease)
             runs[i] = r
         if ctl.polish and not runs[i].empty and problem.K > 1:
-            runs[i] = polish(problem, runs[i])
+            runs[i] = polish(problem, runs[i], precondition=joint)
+            if joint:
+                runs[i].converged = bool(runs[i].converged or runs[i].polish_converged)
         polished[i] = True
         bar.update(1)
     bar.close()

@@ -29,8 +29,10 @@ from memoe.core.persist.common import (
 from memoe.core.persist.formula_check import check_formula
 from memoe.core.persist.frames import decode_frame, decode_index, encode_frame, encode_index
 from memoe.core.persist.registry import register_codec
+from memoe.glmm.families import get_family
 from memoe.moe.em import EMRun
 from memoe.moe.experts import MStepControl
+from memoe.moe.laplace import check_nagq
 from memoe.moe.model import MEMoE, MoE
 from memoe.moe.multistart import MultiStartResult
 from memoe.moe.params import MoEParams
@@ -92,6 +94,11 @@ def encode_memoe(fit: MEMoEResult, arrays: dict[str, np.ndarray]) -> dict:
             "random_cov": model.random_cov,
             "sigma": model.sigma_option,
             "order": model.order,
+            # the experts' response family (None: Gaussian) and the E-step's quadrature nodes
+            "family": None if model.response_family is None else model.response_family.name,
+            "link": None if model.response_family is None else model.response_family.link.name,
+            "laplace": bool(model.laplace),
+            "nAGQ": int(model.nAGQ),
             "contrasts": dict(model.contrasts),
             # the subject column is an argument only for regression experts (else the formula names it)
             "group": None if md.design.blocks else md.group,
@@ -137,7 +144,14 @@ def _rebuild_model(m: dict, arrays: dict[str, np.ndarray]) -> MEMoE:
     )
     if m["group"] is not None:
         kwargs["group"] = m["group"]
+    if m.get("family") is not None:
+        kwargs["family"] = get_family(m["family"], m.get("link"))
+    if m.get("laplace"):
+        kwargs["laplace"] = True
     model = cls(m["formula"], m["gating"], m["k"], data, **kwargs)
+    if model.laplace:
+        model.problem.expert.nAGQ = check_nagq(int(m.get("nAGQ", 1)), model.structure.q)
+        model.nAGQ = int(m.get("nAGQ", 1))
     md = model.mdesign
     design = restore_model_frame(md.design, m["frame"], "frame", arrays)
     model.mdesign = dataclasses.replace(
@@ -161,6 +175,13 @@ def check_memoe(meta: dict) -> None:
         check_formula(m.get("gating"), columns, what=f"the saved {m['class']} gating formula")
     check_saved_contrasts(m.get("contrasts"), columns, what=f"the saved {m['class']} contrasts")
     check_columns(m, {"group": "the group"}, columns, m["class"])
+    for option in ("family", "link"):
+        value = m.get(option)
+        if value is not None and not isinstance(value, str):
+            raise PersistenceError(f"the saved {m['class']} option {option} is a {type(value).__name__}")
+    nagq = m.get("nAGQ", 1)
+    if isinstance(nagq, bool) or not isinstance(nagq, int):
+        raise PersistenceError(f"the saved {m['class']} nAGQ is not an integer: {nagq!r}")
     for option in ("mixture", "random_cov", "sigma", "order"):
         value = m.get(option)
         if value is not None and not isinstance(value, str | bool | int | float):

@@ -28,6 +28,7 @@ from memoe.moe.data import check_constant_within, gating_matrix, subject_stats
 from memoe.moe.experts import GaussianExpert
 from memoe.moe.gating import gate_log_probs
 from memoe.moe.kernels import congruence, logsumexp_rows
+from memoe.moe.laplace import LaplaceExpert
 
 __all__ = ["fit_blup_condsd", "fit_blups", "fitted_memoe", "predict_memoe"]
 
@@ -56,8 +57,24 @@ def _new_design(fit, data: pd.DataFrame):
     return X, Z, codes, pd.Index(labels, name=md.group), W
 
 
+def _nongaussian(fit) -> bool:
+    return getattr(fit.model, "response_family", None) is not None
+
+
+def _inverse_link(fit, type: str):
+    """eta -> the prediction scale: the response mean ``g^-1(eta)`` or eta itself (``type="link"``)."""
+    if type == "link" or not _nongaussian(fit):
+        return lambda eta: eta
+    return fit.model.response_family.linkinv
+
+
 def fit_blups(fit) -> list[np.ndarray]:
-    """BLUPs ``b_ik = E(b_i | y_i, z_i = k)`` of the fit's subjects under each expert, (N, q) each."""
+    """BLUPs ``b_ik = E(b_i | y_i, z_i = k)`` of the fit's subjects under each expert, (N, q) each.
+
+    Non-Gaussian experts: the conditional modes (glmer's ``ranef``), from the Laplace E-step.
+    """
+    if _nongaussian(fit):
+        return list(fit.model.problem.expert.modes(fit.estimates))
     md = fit.model.mdesign
     expert = GaussianExpert(md.stats, None, None)
     problem = fit.model.problem
@@ -73,6 +90,8 @@ def fit_blup_condsd(fit) -> list[np.ndarray]:
     ``Lambda_k = L_k / sigma_k`` and ``S_ik = I + Lambda_k' Z_i'Z_i Lambda_k = C C'``; its diagonal is the
     column sums of squares of ``C^-1 Lambda_k'``, batched over subjects.
     """
+    if _nongaussian(fit):
+        return list(fit.model.problem.expert.conditional_sd(fit.estimates))
     st = fit.model.mdesign.stats
     idx = np.arange(st.q)
     out = []
@@ -86,19 +105,60 @@ def fit_blup_condsd(fit) -> list[np.ndarray]:
     return out
 
 
-def fitted_memoe(fit) -> pd.Series:
-    """Posterior-weighted fitted values ``sum_k tau_ik (X_ij beta_k + Z_ij b_ik)`` of the fit's rows.
+def fitted_memoe(fit, type: str = "response") -> pd.Series:
+    """Posterior-weighted fitted values ``sum_k tau_ik g^-1(X_ij beta_k + Z_ij b_ik)`` of the fit's rows.
 
     Indexed like the rows used in the fit; ``predict_memoe(fit, data)`` on the fitted data gives
-    the same values.
+    the same values. ``type="link"`` weights the linear predictors instead (the same for Gaussian experts).
     """
     md = fit.model.mdesign
     means = md.design.X @ fit.estimates.beta.T
     tau = fit._estep.tau
+    inv = _inverse_link(fit, type)
     pred = np.zeros(md.design.n)
     for k, b in enumerate(fit_blups(fit)):
-        pred += tau[md.codes, k] * (means[:, k] + np.einsum("nq,nq->n", md.Z, b[md.codes]))
+        pred += tau[md.codes, k] * inv(means[:, k] + np.einsum("nq,nq->n", md.Z, b[md.codes]))
     return pd.Series(pred, index=md.data.index, name="predicted")
+
+
+def _history(fit, y, X, Z, codes, N, seen, log_gate):
+    """Posterior ``tau`` (N, K) and per-expert random effects (list of (N, q)) of new subjects given their
+    observed rows ``seen``; subjects without history get zeros (their tau is replaced by the caller)."""
+    params = fit.estimates
+    K = fit.k
+    problem = fit.model.problem
+    if not _nongaussian(fit):
+        stats = subject_stats(y[seen], X[seen], Z[seen], codes[seen], N)
+        expert = GaussianExpert(stats, None, None)
+        ll = np.column_stack([expert.subject_loglik(problem.expert_params(params, k)) for k in range(K)])
+        a = log_gate + ll
+        tau = np.exp(a - logsumexp_rows(a)[:, None])
+        return tau, [expert.blup(problem.expert_params(params, k)) for k in range(K)]
+    fam = fit.model.response_family
+    ys = y[seen]
+    if fam.name == "binomial" and np.any((ys < 0) | (ys > 1)):
+        bad = ys[(ys < 0) | (ys > 1)][0]
+        raise PredictArgumentError(f"binomial response history in newdata must be in [0, 1], found {bad:g}")
+    if fam.name == "poisson" and np.any(ys < 0):
+        raise PredictArgumentError("Poisson response history in newdata must be non-negative counts")
+    tau = np.exp(log_gate)
+    blups = [np.zeros((N, Z.shape[1])) for _ in range(K)]
+    has = np.bincount(codes[seen], minlength=N) > 0
+    if not has.any():
+        return tau, blups
+    which = np.flatnonzero(has)
+    remap = np.full(N, -1)
+    remap[which] = np.arange(len(which))
+    c = remap[codes[seen]]
+    # the fit's family and nAGQ on the history rows (subjects with history only, renumbered)
+    sub = LaplaceExpert(ys, X[seen], Z[seen], c, len(which), fam, None, nAGQ=fit.model.problem.expert.nAGQ)
+    ll = sub.loglik_all(params)
+    a = log_gate[which] + ll
+    tau[which] = np.exp(a - logsumexp_rows(a)[:, None])
+    modes = sub.modes(params)
+    for k in range(K):
+        blups[k][which] = modes[k]
+    return tau, blups
 
 
 def predict_memoe(
@@ -131,7 +191,9 @@ def predict_memoe(
         ``"full"``: with the subject's random effects and posterior (lme4's default); ``None`` /
         ``"~0"``: population level (the same as ``kind="population"``).
     type : {"response", "link"}
-        The same (Gaussian experts, identity link).
+        Non-Gaussian experts: ``"response"`` mixes the experts' means ``g^-1(eta_ijk)`` (probabilities,
+        rates), ``"link"`` their linear predictors ``eta_ijk``; the same for Gaussian experts (identity
+        link). Population level uses ``g^-1(X_ij beta_k)`` per expert, as glmer's ``re.form = NA``.
     allow_new_levels : bool
         For ``kind="auto"``, ``re_form="full"``: a subject not in the fit raises
         :class:`~memoe.core.design.newdata.NewLevelError` unless True; then it is predicted from its
@@ -158,8 +220,9 @@ def predict_memoe(
         if kind == "auto":
             kind = "population"
     md = fit.model.mdesign
+    inv = _inverse_link(fit, type)
     if newdata is None and kind == "auto":
-        return fitted_memoe(fit)
+        return fitted_memoe(fit, type)
     data = md.data if newdata is None else require_dataframe(newdata)
     X, Z, codes, labels, W = _new_design(fit, data)
     params = fit.estimates
@@ -169,13 +232,14 @@ def predict_memoe(
     safe = np.where(has_id, codes, 0)
     bad = nonfinite_rows(X, Z, W[safe] if len(W) else None)
     if kind == "class":
+        means = inv(means)
         means[~has_id] = np.nan
         means[bad] = np.nan
         warn_nonfinite(np.zeros(len(data)), bad)
         return pd.DataFrame(means, index=data.index, columns=pd.Index(range(1, K + 1), name="expert"))
     log_gate = gate_log_probs(W, params.gamma) if len(W) else np.zeros((0, K))
     gate = np.exp(log_gate)
-    population = (gate[safe] * means).sum(axis=1)
+    population = (gate[safe] * inv(means)).sum(axis=1)
     if kind == "population":
         pred = population
     else:
@@ -192,14 +256,8 @@ def predict_memoe(
             y = np.full(len(data), np.nan)
         seen = has_id & np.isfinite(y) & np.all(np.isfinite(X), axis=1) & np.all(np.isfinite(Z), axis=1)
         has_hist = np.bincount(codes[seen], minlength=N) > 0
-        # per new subject: k-th expert's posterior and BLUPs from its history in newdata
-        stats = subject_stats(y[seen], X[seen], Z[seen], codes[seen], N)
-        expert = GaussianExpert(stats, None, None)
-        problem = fit.model.problem
-        ll = np.column_stack([expert.subject_loglik(problem.expert_params(params, k)) for k in range(K)])
-        a = log_gate + ll
-        tau = np.exp(a - logsumexp_rows(a)[:, None])
-        blups = [expert.blup(problem.expert_params(params, k)) for k in range(K)]  # zero without history
+        # per new subject: k-th expert's posterior and BLUPs (modes) from its history in newdata
+        tau, blups = _history(fit, y, X, Z, codes, N, seen, log_gate)  # zero random effects without history
         src = safe
         if kind == "auto":
             fit_idx = match_levels(md.subjects, labels.to_numpy())
@@ -225,7 +283,7 @@ def predict_memoe(
             tau = np.where(pop_only[:, None], gate, tau)
         pred = np.zeros(len(data))
         for k in range(K):
-            pred += tau[src, k] * (means[:, k] + np.einsum("nq,nq->n", Z, blups[k][src]))
+            pred += tau[src, k] * inv(means[:, k] + np.einsum("nq,nq->n", Z, blups[k][src]))
     pred = np.array(pred, dtype=float)
     pred[~has_id] = np.nan
     return pd.Series(warn_nonfinite(pred, bad), index=data.index, name="predicted")

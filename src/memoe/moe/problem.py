@@ -75,10 +75,27 @@ class MoEProblem:
     def expert_params(params: MoEParams, k: int) -> ExpertParams:
         return ExpertParams(beta=params.beta[k], L=params.L[k], sigma=float(params.sigma[k]))
 
+    @property
+    def joint(self) -> bool:
+        """True for experts evaluated jointly (Laplace / AGQ experts: batched over experts, joint M-step)."""
+        return bool(getattr(self.expert, "joint", False))
+
+    def expert_logliks(self, params: MoEParams) -> np.ndarray:
+        """``log p_k(y_i)`` of every subject under every expert, shape (N, K)."""
+        if self.joint:
+            return self.expert.loglik_all(params)
+        return np.column_stack([self.expert.subject_loglik(self.expert_params(params, k)) for k in range(self.K)])
+
+    def expert_gradients(self, params: MoEParams) -> list:
+        """Per-expert :class:`~memoe.moe.experts.ExpertGradients` at ``params``."""
+        if self.joint:
+            return self.expert.gradients_all(params)
+        return [self.expert.subject_gradients(self.expert_params(params, k)) for k in range(self.K)]
+
     def e_step(self, params: MoEParams) -> EStep:
         """Posterior probabilities and the observed-data log-likelihood at ``params``."""
         lg = gate_log_probs(self.W, params.gamma)
-        ll = np.column_stack([self.expert.subject_loglik(self.expert_params(params, k)) for k in range(self.K)])
+        ll = self.expert_logliks(params)
         a = lg + ll
         lse = logsumexp_rows(a)
         with np.errstate(invalid="ignore"):
@@ -99,6 +116,8 @@ class MoEProblem:
         ``control`` overrides the expert's M-step settings.
         """
         gamma = gate_newton(self.W, tau, params.gamma)
+        if self.joint:
+            return self._joint_m_step(tau, params.replace(gamma=gamma), control)
         if self.structure.coupled:
             return self._coupled_m_step(tau, params.replace(gamma=gamma))
         beta, L, sigma = params.beta.copy(), params.L.copy(), params.sigma.copy()
@@ -114,6 +133,12 @@ class MoEProblem:
     def initial_params(self, tau: np.ndarray, control: MStepControl | None = None) -> MoEParams:
         """Parameters from a soft assignment: separate weighted fits, then the sharing imposed."""
         st = self.structure
+        if self.joint:
+            beta, L, sigma = self.expert.initial(tau)
+            params = MoEParams(gamma=gate_newton(self.W, tau, np.zeros((self.K, st.r))), beta=beta, L=L, sigma=sigma)
+            if st.coupled:
+                params = st.project(params, tau.sum(axis=0))
+            return self._joint_m_step(tau, params, control)
         start = MoEParams(
             gamma=np.zeros((self.K, st.r)),
             beta=np.zeros((self.K, st.p)),
@@ -134,9 +159,7 @@ class MoEProblem:
 
     def expert_q(self, tau: np.ndarray, params: MoEParams) -> float:
         """Expert part of the Q-function, ``sum_ik tau_ik log p_k(y_i)``."""
-        return float(
-            sum(tau[:, k] @ self.expert.subject_loglik(self.expert_params(params, k)) for k in range(self.K))
-        )
+        return float(np.sum(tau * self.expert_logliks(params)))
 
     def _coupled_m_step(self, tau: np.ndarray, params: MoEParams, maxiter: int = 5) -> MoEParams:
         """M-step when experts share parameters: exact joint GLS for beta, then L-BFGS on the variances.
@@ -189,6 +212,69 @@ class MoEProblem:
             params = st.unpack(psi0).replace(gamma=params.gamma)
         return params
 
+    def _joint_m_step(self, tau: np.ndarray, params: MoEParams, control: MStepControl | None = None) -> MoEParams:
+        """M-step of jointly evaluated (Laplace / AGQ) experts: L-BFGS on the expert part of psi.
+
+        Notes
+        -----
+        Maximises ``Q(psi_e) = sum_k sum_i tau_ik l_ik(psi_e)`` (the posterior-weighted marginal
+        log-likelihoods: each subject's whole contribution weighted by its posterior probability) with
+        the exact gradient ``sum_i`` of :meth:`Structure.expert_scores`, from the current values. The
+        experts' parameters are separable unless the structure shares them; one L-BFGS over all of
+        them evaluates every expert in one batched pass. ``control.maxeval`` bounds the evaluations
+        (a generalised EM step when it binds); the move is kept only if Q increased, so the EM stays
+        monotone up to the approximation.
+        """
+        st = self.structure
+        ctl = control or self.expert.control
+        psi0 = st.pack(params)
+        o = st.n_gate
+        floor = float(getattr(self.expert, "sigma_floor", 0.0))
+
+        def evaluate(v: np.ndarray):
+            psi = psi0.copy()
+            psi[o:] = v
+            p = st.unpack(psi)
+            if np.any(p.sigma < floor) or not np.all(np.isfinite(v)):
+                return None
+            grads = self.expert_gradients(p)
+            q = float(sum(tau[:, k] @ grads[k].loglik for k in range(self.K)))
+            S = st.expert_scores(psi, tau, grads)
+            if not (np.isfinite(q) and np.all(np.isfinite(S))):
+                return None
+            return q, S
+
+        v0 = psi0[o:].copy()
+        start = evaluate(v0)
+        if start is None:
+            return params
+        q0, S0 = start
+        # precondition by the BHHH matrix sum_i s_i s_i' (the weighted outer product of the per-subject
+        # scores, an estimate of the information): the first quasi-Newton step is then a scoring step,
+        # whatever the scales of beta and the covariance parameters
+        B = S0.T @ S0
+        B += 1e-8 * max(float(np.trace(B)) / max(len(v0), 1), 1e-12) * np.eye(len(v0))
+        try:
+            T = np.linalg.inv(np.linalg.cholesky(B)).T  # v = v0 + T w, T T' = B^-1
+        except np.linalg.LinAlgError:
+            T = np.eye(len(v0))
+
+        def fun(w: np.ndarray) -> tuple[float, np.ndarray]:
+            r = evaluate(v0 + T @ w)
+            if r is None:
+                return 1e300, np.zeros_like(w)
+            return -r[0], -(T.T @ r[1].sum(axis=0))
+
+        # a generalised M-step: a few quasi-Newton iterations (maxeval / 20), exact when maxeval is large
+        iters = max(1, int(ctl.maxeval) // 20)
+        res = minimize(
+            fun, np.zeros(len(v0)), jac=True, method="L-BFGS-B",
+            options={"maxiter": iters, "maxfun": 2 * iters + 2, "ftol": 1e-15, "gtol": 1e-10},
+        )
+        if np.all(np.isfinite(res.x)) and -res.fun >= q0:
+            psi0[o:] = v0 + T @ res.x
+        return st.unpack(psi0)
+
     # ------------------------------------------------------------------ observed-data scores
     def subject_scores(self, params: MoEParams, e: EStep | None = None) -> np.ndarray:
         """Per-subject observed-data scores ``d log p(y_i | w_i) / d psi``, shape (N, size).
@@ -202,7 +288,7 @@ class MoEProblem:
         e = e or self.e_step(params)
         psi = st.pack(params)
         gs = gate_scores(self.W, e.tau, np.exp(e.log_gate))
-        grads = [self.expert.subject_gradients(self.expert_params(params, k)) for k in range(self.K)]
+        grads = self.expert_gradients(params)
         es = st.expert_scores(psi, e.tau, grads)
         return np.hstack([gs, es])
 

@@ -94,6 +94,32 @@ class MEMoEResult(FitResult):
     def family(self) -> str:  # type: ignore[override]  # "memoe" or "moe", per instance
         return "moe" if type(self.model).__name__ == "MoE" else "memoe"
 
+    # ------------------------------------------------------------------ response family (Laplace-EM)
+    @property
+    def response_family(self):
+        """The experts' response :class:`~memoe.glmm.families.Family` (None: Gaussian experts)."""
+        return getattr(self.model, "response_family", None)
+
+    @property
+    def family_name(self) -> str:
+        """``"gaussian"``, ``"binomial"`` or ``"poisson"``."""
+        fam = self.response_family
+        return "gaussian" if fam is None else fam.name
+
+    @property
+    def nAGQ(self) -> int | None:
+        """Quadrature nodes of the E-step (1 = Laplace) when it is approximate; None for the exact Gaussian path."""
+        return int(self.model.nAGQ) if getattr(self.model, "laplace", False) else None
+
+    @property
+    def estimation(self) -> str:
+        """How the marginal likelihood was computed: ``"exact EM"``, ``"Laplace-EM (nAGQ = 1)"`` or
+        ``"adaptive Gauss-Hermite EM (nAGQ = n)"``."""
+        n = self.nAGQ
+        if n is None:
+            return "exact EM"
+        return "Laplace-EM (nAGQ = 1)" if n == 1 else f"adaptive Gauss-Hermite EM (nAGQ = {n})"
+
     @property
     def response_name(self) -> str:
         return self.model.mdesign.design.spec.response
@@ -360,6 +386,8 @@ class MEMoEResult(FitResult):
     def sigma(self) -> float:
         """The residual SD when the experts share it (``sigma="common"`` or K = 1), else NaN (see :attr:`sigmas`)."""
         s = self.estimates.sigma
+        if not self.model.structure.dispersion:
+            return 1.0  # binomial / Poisson experts: no residual SD (lme4's sigma() is 1)
         return float(s[0]) if self.k == 1 or self.model.structure.sigma == "common" else math.nan
 
     @property
@@ -391,8 +419,14 @@ class MEMoEResult(FitResult):
         """Each expert's BLUPs of every subject: ``{expert: {subject column: DataFrame subjects x terms}}``.
 
         ``ranef[k]`` are the conditional means ``E(b_i | y_i, z_i = k)``, the subject's random effects if
-        it belongs to expert k (what :meth:`predict` weights by the posterior); see
+        it belongs to expert k (what :meth:`predict` weights by the posterior); for binomial / Poisson
+        experts the conditional modes (glmer's ``ranef``) from the Laplace E-step. See
         :attr:`ranef_posterior` for the posterior-weighted BLUPs.
+
+        Examples
+        --------
+        >>> fit.ranef[2]["id"].head()            # doctest: +SKIP
+        >>> fit.ranef_posterior["id"].head()     # doctest: +SKIP
         """
         self._require_random()
         return self._per_expert(fit_blups(self))
@@ -452,13 +486,22 @@ class MEMoEResult(FitResult):
         (:func:`memoe.inference.variance_decomposition.expert_decomposition`)."""
         from memoe.inference.variance_decomposition import icc
 
+        self._require_gaussian("icc")
         return icc(self, by_group=by_group)
 
     def r2(self) -> pd.DataFrame:
         """Nakagawa-Schielzeth marginal and conditional R² of each expert (posterior-weighted)."""
         from memoe.inference.variance_decomposition import r2
 
+        self._require_gaussian("r2")
         return r2(self)
+
+    def _require_gaussian(self, what: str) -> None:
+        if self.response_family is not None:
+            raise MemoeError(
+                f"{what}() decomposes Gaussian variances; this MEMoE has {self.family_name} experts (no residual "
+                "variance on the response scale)"
+            )
 
     def _corr_pair(self, term: str) -> str:
         """``"a:b"`` -> ``"a.b"`` for two random-effect column names (which may contain ``:``)."""

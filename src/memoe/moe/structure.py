@@ -44,6 +44,9 @@ class Structure:
         Covariance and residual options (see module docstring).
     rows, cols : numpy.ndarray of int
         Free entries of each L (lme4's theta layout; ``(x || g)`` leaves zeros fixed).
+    dispersion : bool
+        The experts have a residual SD (Gaussian); False for binomial / Poisson experts, whose
+        ``sigma`` is fixed at 1 and has no entry in psi.
     """
 
     K: int
@@ -55,6 +58,7 @@ class Structure:
     sigma: str
     rows: np.ndarray
     cols: np.ndarray
+    dispersion: bool = True
 
     # ------------------------------------------------------------------ layout
     @property
@@ -90,6 +94,8 @@ class Structure:
 
     @property
     def n_sigma(self) -> int:
+        if not self.dispersion:
+            return 0
         return self.K if self.sigma == "class" else 1
 
     @property
@@ -170,7 +176,10 @@ class Structure:
                     L[k] = om[k] * L0
         o = self.offsets["sigma"]
         s = np.exp(psi[o : o + self.n_sigma])
-        sigma = s if self.sigma == "class" else np.repeat(s, K)
+        if not self.dispersion:
+            sigma = np.ones(K)
+        else:
+            sigma = s if self.sigma == "class" else np.repeat(s, K)
         return MoEParams(gamma=gamma, beta=beta, L=L, sigma=sigma)
 
     def omega(self, psi: np.ndarray) -> np.ndarray:
@@ -240,15 +249,17 @@ class Structure:
             diag = self.rows == self.cols
             for k in range(K):
                 base = params.L[k] / om[k]  # L of the parameterisation (common factor for shared options)
-                dL = 2.0 * om[k] ** 2 * right_const(grads[k].G, base)[:, self.rows, self.cols]
+                # d l / d base = omega_k d l / d L_k; with d l / d L_k = 2 (d l / d G_k) L_k
+                full = grads[k].dL if grads[k].dL is not None else 2.0 * right_const(grads[k].G, params.L[k])
+                dL = om[k] * full[:, self.rows, self.cols]
                 dL[:, diag] *= base[self.rows[diag], self.cols[diag]]
                 start = o + (k * self.nt if self.cov == "class" else 0)
                 out[:, start : start + self.nt] += tau[:, k : k + 1] * dL
                 if self.cov == "proportional" and k > 0:
-                    Gk = params.L[k] @ params.L[k].T
-                    out[:, o + self.nt + k - 1] += tau[:, k] * 2.0 * (grads[k].G.reshape(N, -1) @ Gk.ravel())
+                    # d l / d log omega_k = sum (d l / d L_k) * L_k = 2 tr((d l / d G_k) G_k)
+                    out[:, o + self.nt + k - 1] += tau[:, k] * (full.reshape(N, -1) @ params.L[k].ravel())
         o = self.offsets["sigma"]
-        for k in range(K):
+        for k in range(K if self.dispersion else 0):
             j = o + (k if self.sigma == "class" else 0)
             out[:, j] += tau[:, k] * 2.0 * params.sigma[k] ** 2 * grads[k].s2
         return out[:, self.n_gate :]
@@ -270,5 +281,6 @@ class Structure:
                 out += [f"{c}{k + 1}" for k in range(self.K) for c in chol]
             else:
                 out += chol + ([f"log_omega{k + 1}" for k in range(1, self.K)] if self.cov == "proportional" else [])
-        out += [f"log_sigma{k + 1}" for k in range(self.K)] if self.sigma == "class" else ["log_sigma"]
+        if self.dispersion:
+            out += [f"log_sigma{k + 1}" for k in range(self.K)] if self.sigma == "class" else ["log_sigma"]
         return out

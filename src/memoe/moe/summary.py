@@ -94,11 +94,18 @@ class MEMoESummary(Summary):
         fit = self.fit
         m = fit.model
         st = m.structure
+        link = fit.response_family.link.name if fit.response_family is not None else "identity"
+        method = (
+            "maximum likelihood (EM)" if fit.nAGQ is None
+            else f"maximum likelihood ({fit.estimation})"
+        )
         lines = [
-            "Mixed-Effects Mixture of Experts fit by maximum likelihood (EM)",
+            f"Mixed-Effects Mixture of Experts fit by {method}",
+            *([f" Family: {fit.family_name} ( {link} )"] if fit.nAGQ is not None else []),
             f" Formula: {m.formula}",
             f" Gating: {m.gating if m.gating is not None else 'none (constant class proportions)'}",
-            f" Experts: {fit.k}; random-effects covariance: {st.cov}; residual variance: {st.sigma}; "
+            f" Experts: {fit.k}; random-effects covariance: {st.cov}; "
+            f"residual variance: {st.sigma if st.dispersion else 'none'}; "
             f"class-specific fixed effects: "
             f"{', '.join(n for n, s in zip(m.mdesign.fixef_names, st.specific, strict=True) if s) or 'none'}",
             f" Subjects: {fit.n_subjects}; observations: {fit.nobs}"

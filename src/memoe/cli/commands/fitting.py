@@ -86,6 +86,8 @@ def cmd_gee(args: argparse.Namespace) -> int:
 
 def _memoe_options(args: argparse.Namespace) -> dict:
     kw = {"random_cov": args.random_cov, "sigma": args.sigma}
+    if getattr(args, "family", "gaussian") != "gaussian":
+        kw["family"] = args.family
     if args.mixture:
         kw["mixture"] = args.mixture
     if args.group:
@@ -99,7 +101,7 @@ def cmd_memoe(args: argparse.Namespace) -> int:
 
     data = load_data(args)
     model = memoe.MEMoE(args.formula, gating=args.gating, k=args.k, data=data, **_memoe_options(args))
-    fit = model.fit(n_starts=args.starts, seed=args.seed, progress=progress_flag(args))
+    fit = model.fit(n_starts=args.starts, seed=args.seed, progress=progress_flag(args), nAGQ=args.nagq)
     return finish(fit, args)
 
 
