@@ -13,6 +13,7 @@ import math
 import numpy as np
 from scipy import special
 
+from memoe.errors import FamilyError
 from memoe.glmm.families import Family, get_family
 
 __all__ = ["FAMILIES", "LOG_2PI", "RowFamily", "resolve_family"]
@@ -34,7 +35,14 @@ def resolve_family(family) -> Family | None:
         return None
     if isinstance(family, str) and family.strip().lower() in ("gaussian", "normal"):
         return None
-    return get_family(family)
+    fam = get_family(family)
+    if fam.name not in FAMILIES:
+        # the Laplace E-step has no dispersion parameter per expert (Gamma, inverse Gaussian, NB2 need one)
+        raise FamilyError(
+            f"MEMoE experts support the families {list(FAMILIES)}; family {family!r} ({fam.name}) is a GLMM family "
+            "with a dispersion parameter, not yet available for mixture experts (fit it with memoe.glmm)"
+        )
+    return fam
 
 
 class RowFamily:
