@@ -1,12 +1,13 @@
 """memoe: mixed-effects models and the Mixed-Effects Mixture of Experts (MEMoE) for longitudinal data."""
 
-from memoe import datasets, errors, marginal, persist, simulate
+from memoe import datasets, errors, marginal, metrics, persist, simulate
 from memoe.gee import GEE, gee
 from memoe.glmm import GLMM, GlmmResult, glmm
 from memoe.inference import compare
 from memoe.lmm import LMM, lmm
 from memoe.marginal import gls, lme
 from memoe.moe import MEMoE, MoE, select_k
+from memoe.moe.bootstrap import BootstrapLRT, bootstrap_lrt
 from memoe.persist import load
 from memoe.plot import report
 
@@ -14,12 +15,14 @@ __version__ = "0.1.0"
 
 __all__ = [
     "GEE",
+    "BootstrapLRT",
     "GLMM",
     "LMM",
     "GlmmResult",
     "MEMoE",
     "MoE",
     "__version__",
+    "bootstrap_lrt",
     "compare",
     "datasets",
     "errors",
@@ -30,6 +33,7 @@ __all__ = [
     "lmm",
     "load",
     "marginal",
+    "metrics",
     "persist",
     "report",
     "select_k",
