@@ -8,6 +8,7 @@ from memoe.lmm import LMM, lmm
 from memoe.marginal import gls, lme
 from memoe.moe import MEMoE, MoE, select_k
 from memoe.moe.bootstrap import BootstrapLRT, bootstrap_lrt
+from memoe.moe.simulation import Scenario, simulation_study
 from memoe.persist import load
 from memoe.plot import report
 
@@ -15,12 +16,13 @@ __version__ = "0.1.0"
 
 __all__ = [
     "GEE",
-    "BootstrapLRT",
     "GLMM",
     "LMM",
+    "BootstrapLRT",
     "GlmmResult",
     "MEMoE",
     "MoE",
+    "Scenario",
     "__version__",
     "bootstrap_lrt",
     "compare",
@@ -38,4 +40,5 @@ __all__ = [
     "report",
     "select_k",
     "simulate",
+    "simulation_study",
 ]

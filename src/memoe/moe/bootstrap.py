@@ -13,6 +13,7 @@ which the workers finish.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import warnings
@@ -127,10 +128,9 @@ def _run_chunk(task: _Task, start: int, seeds: list[np.random.SeedSequence]) -> 
         with warnings.catch_warnings():
             # convergence and empty-expert warnings of single replicates would flood the user's screen
             warnings.simplefilter("ignore")
-            try:
+            # a failed replicate stays NaN and is counted by the caller
+            with contextlib.suppress(MemoeError, np.linalg.LinAlgError, ValueError, FloatingPointError):
                 out[b] = _one(task, design, ss)
-            except (MemoeError, np.linalg.LinAlgError, ValueError, FloatingPointError):
-                pass  # a failed replicate stays NaN and is counted by the caller
     return start, out
 
 
@@ -240,7 +240,8 @@ def _as_mixture_pair(fit_small, fit_large, control):
     if gap > _LMM_MATCH_TOL * max(1.0, abs(float(fit_small.loglik))):
         raise ModelComparisonError(
             f"fit_small (an LMM, {fit_small.model.formula!r}, logLik {float(fit_small.loglik):.4f}) is not the "
-            f"one-expert version of fit_large ({fit_large.model.formula!r}: k = 1 gives logLik {float(one.loglik):.4f}); "
+            f"one-expert version of fit_large ({fit_large.model.formula!r}: k = 1 gives logLik "
+            f"{float(one.loglik):.4f}); "
             "fit the LMM with the same formula to the same rows"
         )
     notes.append(f"the LMM is the one-expert mixture {spec.cls}(k = 1) (logLik agrees to {gap:.1e})")
