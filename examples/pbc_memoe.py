@@ -13,8 +13,8 @@ marker of disease progression. Questions:
 
 Run: ``python examples/pbc_memoe.py [output_directory] [--nsim N] [--starts S]`` (default: a new temporary
 directory, N = 9 bootstrap replicates per test, S = 10 starts). The figures (PNG) are written there. With
-the defaults it runs in about a minute on 2 cores; ``--nsim 99`` gives the p-values quoted in the README
-(about 10 minutes for K = 1 vs 2 and 20 minutes for K = 2 vs 3 on 2 cores).
+the defaults it needs about 40 s of CPU (under a minute on 2 idle cores); ``--nsim 99`` gives the p-values
+quoted in the README (8 minutes for K = 1 vs 2 and 16 minutes for K = 2 vs 3 on a loaded 2-core VM).
 """
 
 from __future__ import annotations
