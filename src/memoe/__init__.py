@@ -1,12 +1,14 @@
 """memoe: mixed-effects models and the Mixed-Effects Mixture of Experts (MEMoE) for longitudinal data."""
 
-from memoe import datasets, errors, marginal, persist, simulate
+from memoe import datasets, errors, marginal, metrics, persist, simulate
 from memoe.gee import GEE, gee
 from memoe.glmm import GLMM, GlmmResult, glmm
 from memoe.inference import compare
 from memoe.lmm import LMM, lmlist, lmm
 from memoe.marginal import gls, lme
 from memoe.moe import MEMoE, MoE, select_k
+from memoe.moe.bootstrap import BootstrapLRT, bootstrap_lrt
+from memoe.moe.simulation import Scenario, simulation_study
 from memoe.persist import load
 from memoe.plot import report
 
@@ -16,10 +18,13 @@ __all__ = [
     "GEE",
     "GLMM",
     "LMM",
+    "BootstrapLRT",
     "GlmmResult",
     "MEMoE",
     "MoE",
+    "Scenario",
     "__version__",
+    "bootstrap_lrt",
     "compare",
     "datasets",
     "errors",
@@ -31,8 +36,10 @@ __all__ = [
     "lmm",
     "load",
     "marginal",
+    "metrics",
     "persist",
     "report",
     "select_k",
     "simulate",
+    "simulation_study",
 ]

@@ -2,6 +2,8 @@
 
 ``memoe.datasets.load("sleepstudy")`` returns a DataFrame whose factor columns are pandas
 Categoricals with R's level order, so coefficient names and reference levels match R.
+``memoe.datasets.load("pbcseq")`` is real longitudinal data for the MEMoE application (R's
+``survival::pbcseq``; provenance in ``describe("pbcseq")["source"]``).
 """
 
 from __future__ import annotations
@@ -66,18 +68,26 @@ def load(name: str) -> pd.DataFrame:
     ----------
     name : str
         One of :func:`names` (``sleepstudy``, ``Dyestuff``, ``Dyestuff2``, ``Penicillin``, ``Pastes``,
-        ``Orthodont``, ``Ovary``, ``BodyWeight``, ``cbpp``, ``grouseticks``, ``memoe_sim2``, ``Pixel``, ``Oats``).
+        ``Orthodont``, ``Ovary``, ``BodyWeight``, ``cbpp``, ``grouseticks``, ``memoe_sim2``, ``Pixel``, ``Oats``,
+        ``Wheat2``, ``glmm_gamma_sim``, ``glmm_nb_sim``, ``pbcseq``; see ``names()``).
 
     Returns
     -------
     pandas.DataFrame
         Factor columns as Categoricals with R's level order; ``df.attrs["name"]`` holds the name.
+        ``pbcseq`` (Mayo Clinic primary biliary cirrhosis, 312 patients, 1,945 visits): ``id``, ``years``
+        since entry, ``bili`` / ``logbili`` serum bilirubin (mg/dl) and its log, ``albumin``, ``protime``,
+        ``platelet`` and ``stage`` (NaN where missing), baseline ``age``, ``sex`` (m, f), ``trt``
+        (placebo, D-penicillamine), ``futime_years`` and ``status`` (censored, transplant, dead).
 
     Examples
     --------
     >>> import memoe
-    >>> memoe.datasets.load("sleepstudy").shape
-    (180, 3)
+    >>> pbc = memoe.datasets.load("pbcseq")
+    >>> pbc.shape, pbc["id"].nunique()
+    ((1945, 13), 312)
+
+    Replicates R's ``data(name)`` for the reference packages (lme4, nlme, survival).
     """
 
     meta = describe(name)

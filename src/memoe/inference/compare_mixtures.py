@@ -22,7 +22,14 @@ import pandas as pd
 from memoe.core.rformat import format_column, table_with_notes
 from memoe.errors import MemoeWarning, ModelComparisonError, caller_stacklevel
 
-__all__ = ["NON_REGULAR_NOTE", "REFIT_MESSAGE", "MixtureComparison", "compare_mixtures", "is_mixture"]
+__all__ = [
+    "NON_REGULAR_NOTE",
+    "REFIT_MESSAGE",
+    "MixtureComparison",
+    "check_same_data",
+    "compare_mixtures",
+    "is_mixture",
+]
 
 #: the note and warning when REML fits are refitted by ML before a comparison (lme4's words); defined here,
 #: the lower of the two comparison modules, so that :mod:`memoe.inference.lrt` imports it without a cycle
@@ -34,7 +41,7 @@ NON_REGULAR_NOTE = (
     "no likelihood-ratio p-value: the LRT for the number of experts is non-regular (under the smaller model "
     "the extra expert's proportion is on the boundary or its parameters are not identified), so 2 x the "
     "logLik gain is not chi-square distributed; choose K by BIC / ICL, or calibrate the LRT by a parametric "
-    "bootstrap (simulate from the smaller fit, refit both; McLachlan 1987)"
+    "bootstrap: memoe.bootstrap_lrt(fit_small, fit_large) (simulate from the smaller fit, refit both; McLachlan 1987)"
 )
 SAME_K_NOTE = (
     "no likelihood-ratio p-value: mixtures are not checked for nesting; test nested hypotheses within one "
@@ -84,8 +91,8 @@ def _response(fit) -> tuple[np.ndarray, pd.Index, str]:
     return d.y, d.frame.data.index, d.spec.response
 
 
-def _check_fits(fits: list, names: list[str]) -> None:
-    """Mixtures and Gaussian LMMs only, fitted to the same rows and response."""
+def check_same_data(fits: list, names: list[str]) -> None:
+    """Mixtures and Gaussian LMMs only, fitted to the same rows and response (else ModelComparisonError)."""
     for f, n in zip(fits, names, strict=True):
         # LMM fits are recognised by their family tag, not by class, so this module need not import memoe.lmm
         # (whose result imports memoe.inference)
@@ -152,7 +159,7 @@ def compare_mixtures(fits: list, names: list[str], boundary: bool = False, refit
     """
     if len(fits) < 2:
         raise ModelComparisonError("compare() needs at least two fitted models")
-    _check_fits(fits, names)
+    check_same_data(fits, names)
     if boundary:
         raise ModelComparisonError(
             "boundary=True (a chi-bar-square null for variances on the boundary) does not apply to mixtures: "

@@ -26,6 +26,7 @@ from memoe.moe.multistart import MultiStartResult
 from memoe.moe.params import MoEParams
 from memoe.moe.predict import fit_blup_condsd, fit_blups, fitted_memoe, predict_memoe
 from memoe.moe.problem import EStep
+from memoe.moe.simulate import simulate as _simulate
 from memoe.moe.summary import MEMoESummary
 from memoe.moe.wald import flat_names, wald_test
 
@@ -69,6 +70,7 @@ class MEMoEResult(FitResult):
     robust_types: ClassVar[tuple[str | None, ...]] = (None, "sandwich")
     residual_types: ClassVar[tuple[str, ...]] = ("response",)
     confint_methods: ClassVar[tuple[str, ...]] = ("wald",)
+    simulate = _simulate  # fit.simulate(nsim, seed): responses from the fitted gate and experts (moe/simulate.py)
 
     def __init__(self, model, params: MoEParams, estep: EStep, ms: MultiStartResult, order: np.ndarray) -> None:
         self.model = model
