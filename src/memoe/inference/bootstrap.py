@@ -13,10 +13,7 @@ the order in which chunks finish.
 from __future__ import annotations
 
 import contextlib
-import math
-import os
 import warnings
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -25,6 +22,7 @@ import pandas as pd
 from memoe.core.arguments import check_int, check_optional_bool, check_seed
 from memoe.core.covariance import ThetaMap
 from memoe.core.optim import minimize_bounded
+from memoe.core.replicates import run_replicates
 from memoe.core.rformat import percent_labels
 from memoe.errors import ArgumentTypeError, MemoeError, MemoeWarning, caller_stacklevel
 from memoe.inference.varpar import VarParSpace
@@ -183,26 +181,11 @@ def bootstrap(
     )
     root = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
     seeds = root.spawn(nsim)
-    workers = (os.cpu_count() or 1) if n_jobs is None else max(1, int(n_jobs))
-    workers = min(workers, nsim)
-    size = chunksize or max(1, math.ceil(nsim / (4 * workers)))
-    starts = list(range(0, nsim, size))
     names = list(space.names) + list(d.fixef_names)
     reps = np.full((nsim, len(names)), np.nan)
     # disable=None: tqdm shows the bar only when stderr is a terminal (so tests and CI print nothing)
     with tqdm(total=nsim, disable=None if progress is None else not progress, desc="bootstrap", unit="fit") as bar:
-        if workers == 1:
-            for s in starts:
-                _, block = _run_chunk(task, s, seeds[s : s + size])
-                reps[s : s + len(block)] = block
-                bar.update(len(block))
-        else:
-            with ProcessPoolExecutor(max_workers=workers) as pool:
-                futures = [pool.submit(_run_chunk, task, s, seeds[s : s + size]) for s in starts]
-                for fut in as_completed(futures):
-                    s, block = fut.result()
-                    reps[s : s + len(block)] = block
-                    bar.update(len(block))
+        run_replicates(_run_chunk, task, seeds, reps, n_jobs, chunksize, on_done=bar.update)
     n_failed = int(np.sum(np.any(np.isnan(reps), axis=1)))
     if n_failed:
         warnings.warn(

@@ -14,16 +14,14 @@ which the workers finish.
 from __future__ import annotations
 
 import contextlib
-import math
-import os
 import warnings
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
 from memoe.core.arguments import check_int, check_optional_bool, check_seed
+from memoe.core.replicates import run_replicates
 from memoe.errors import ArgumentTypeError, MemoeError, MemoeWarning, ModelComparisonError, caller_stacklevel
 from memoe.inference.compare_mixtures import REFIT_MESSAGE, check_same_data, is_mixture
 from memoe.moe.em import EMControl
@@ -379,25 +377,10 @@ def bootstrap_lrt(
     statistic = 2.0 * (float(fit_large.loglik) - float(small.loglik))
     root = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
     seeds = root.spawn(nsim)
-    workers = (os.cpu_count() or 1) if n_jobs is None else n_jobs
-    workers = min(workers, nsim)
-    size = chunksize or max(1, math.ceil(nsim / (4 * workers)))
-    starts = list(range(0, nsim, size))
     ll = np.full((nsim, 2), np.nan)
     bar = _bar(nsim, progress, "bootstrap LRT")
     try:
-        if workers == 1:
-            for s in starts:
-                _, block = _run_chunk(task, s, seeds[s : s + size])
-                ll[s : s + len(block)] = block
-                bar.update(len(block))
-        else:
-            with ProcessPoolExecutor(max_workers=workers) as pool:
-                futures = [pool.submit(_run_chunk, task, s, seeds[s : s + size]) for s in starts]
-                for fut in as_completed(futures):
-                    s, block = fut.result()
-                    ll[s : s + len(block)] = block
-                    bar.update(len(block))
+        run_replicates(_run_chunk, task, seeds, ll, n_jobs, chunksize, on_done=bar.update)
     finally:
         bar.close()
     t_star = 2.0 * (ll[:, 1] - ll[:, 0])
