@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["ThetaMap"]
+__all__ = ["ThetaMap", "term_covariances"]
 
 
 @dataclass(frozen=True)
@@ -62,3 +62,27 @@ class ThetaMap:
     def theta_of(self, lambdas: list[np.ndarray]) -> np.ndarray:
         """Inverse of :meth:`lambdas` (used to map starting values)."""
         return np.array([lambdas[b][i, j] for b, i, j in zip(self.block, self.row, self.col, strict=True)])
+
+
+def term_covariances(terms, lambdas: list[np.ndarray], sigma: float) -> list[np.ndarray]:
+    """Covariance matrix of each lme4 random-effects term on the natural scale.
+
+    Parameters
+    ----------
+    terms : sequence
+        The design's random-effects terms (each with ``block``, ``offset`` and ``q``).
+    lambdas : list of numpy.ndarray
+        Relative covariance factor of each block (:meth:`ThetaMap.lambdas`).
+    sigma : float
+        Residual standard deviation.
+
+    Returns
+    -------
+    list of numpy.ndarray
+        ``sigma^2 lambda_t lambda_t'`` for each term's slice of its block.
+    """
+    out = []
+    for t in terms:
+        lam = lambdas[t.block][t.offset : t.offset + t.q, t.offset : t.offset + t.q]
+        out.append(sigma**2 * lam @ lam.T)
+    return out

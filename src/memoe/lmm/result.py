@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from memoe.core.covariance import term_covariances
 from memoe.core.optim import OptSummary
 from memoe.core.optim.checks import ConvergenceReport
 from memoe.core.result import FitResult
@@ -146,12 +147,7 @@ class LmmResult(FitResult):
 
     def term_covariances(self) -> list[np.ndarray]:
         """Covariance matrix of each lme4 random-effects term (natural scale)."""
-        lambdas = self.relative_factors()
-        out = []
-        for t in self.design.terms:
-            lam = lambdas[t.block][t.offset : t.offset + t.q, t.offset : t.offset + t.q]
-            out.append(self.sigma**2 * lam @ lam.T)
-        return out
+        return term_covariances(self.design.terms, self.relative_factors(), self.sigma)
 
     @cached_property
     def varcorr(self) -> pd.DataFrame:

@@ -26,15 +26,6 @@ from memoe.marginal.layout import GroupLayout
 __all__ = ["AR1", "CAR1", "BoundCorrelation", "CompSymm", "CorStruct", "Symm"]
 
 
-def __getattr__(name: str):
-    # Exp lives with the other spatial structures (memoe.marginal.spatial), which import this module
-    if name == "Exp":
-        from memoe.marginal.spatial import Exp
-
-        return Exp
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 def _logistic(u: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-u))
 

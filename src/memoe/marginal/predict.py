@@ -305,7 +305,8 @@ def predict_interval_marginal(
 def subject_model(fit):
     """The :class:`~memoe.inference.prediction.SubjectModel` of a ``gls`` / ``lme`` fit."""
     from memoe.inference.prediction import SubjectModel
-    from memoe.marginal.correlation import AR1, CAR1, CompSymm, Exp, Symm, _visit_codes
+    from memoe.marginal.correlation import AR1, CAR1, CompSymm, Symm, _visit_codes
+    from memoe.marginal.spatial import Exp
 
     P = fit.model.problem
     lay = fit.model.layout

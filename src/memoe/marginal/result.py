@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from memoe.core.covariance import term_covariances
 from memoe.core.design.newdata import (
     PredictArgumentError,
     check_type,
@@ -254,12 +255,7 @@ class MarginalResult(FitResult):
 
     def term_covariances(self) -> list[np.ndarray]:
         """Covariance matrix of each lme4 random-effects term (natural scale), as the LMM's."""
-        lambdas = self.relative_factors()
-        out = []
-        for t in self.design.terms:
-            lam = lambdas[t.block][t.offset : t.offset + t.q, t.offset : t.offset + t.q]
-            out.append(self.sigma**2 * lam @ lam.T)
-        return out
+        return term_covariances(self.design.terms, self.relative_factors(), self.sigma)
 
     @cached_property
     def varcorr(self) -> pd.DataFrame:
