@@ -39,7 +39,7 @@ class DaskUnsupportedError(MemoeError, NotImplementedError):
 def _part_eta(pdf, s, design, lam1, beta, sigma, population: bool) -> pd.Series:
     from memoe.dask.spec import partition_arrays
 
-    y, X, Z, codes, levels, _, index = partition_arrays(pdf, design)
+    y, X, Z, codes, _, _, index = partition_arrays(pdf, design)
     eta = X @ beta if len(beta) else np.zeros(len(y))
     if not population and len(y):
         re = part_ranef(s, lam1, beta, sigma, design.columns, design.group)
@@ -64,8 +64,9 @@ class DaskLmmResult(LmmResult):
     """A :class:`memoe.lmm.LmmResult` of a Dask fit (see the module notes for what needs the data)."""
 
     def _stats_frame(self, population: bool = False):
-        import dask
         import dask.dataframe as dd
+
+        import dask
 
         d = self.design
         lam1 = self.relative_factors()[0]
@@ -86,7 +87,8 @@ class DaskLmmResult(LmmResult):
         d, lam1, beta, sigma, dask, dd = self._stats_frame()
         cols = list(d.columns) + [f"condsd_{c}" for c in d.columns]
         meta = pd.DataFrame({c: pd.Series(dtype=float) for c in cols})
-        parts = [dask.delayed(part_ranef)(s, lam1, beta, sigma, d.columns, d.group) for s in self.model.problem.stats.parts]
+        parts = [dask.delayed(part_ranef)(s, lam1, beta, sigma, d.columns, d.group)
+                 for s in self.model.problem.stats.parts]
         ddf = dd.from_delayed(parts, meta=meta, verify_meta=False)
         ddf = ddf[[f"condsd_{c}" for c in d.columns]] if condsd else ddf[list(d.columns)]
         if condsd:
@@ -99,7 +101,8 @@ class DaskLmmResult(LmmResult):
 
     @property
     def ranef_condvar(self):
-        raise DaskUnsupportedError("ranef_condvar (q x q per subject) is not gathered from a Dask fit; use ranef_condsd")
+        raise DaskUnsupportedError(
+            "ranef_condvar (q x q per subject) is not gathered from a Dask fit; use ranef_condsd")
 
     def _lazy_eta(self, population: bool):
         d, lam1, beta, sigma, dask, dd = self._stats_frame()
@@ -114,8 +117,9 @@ class DaskLmmResult(LmmResult):
         return self._lazy_eta(population=False)
 
     def _response(self):
-        import dask
         import dask.dataframe as dd
+
+        import dask
 
         ddf = self.model.ddf
         parts = [dask.delayed(_part_y)(p, self.design) for p in ddf.to_delayed()]

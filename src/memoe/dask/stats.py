@@ -17,7 +17,7 @@ import pandas as pd
 from memoe.core.linalg.batched import batched_backward_solve_t, batched_forward_solve
 from memoe.lmm.objective import PLSProblem
 
-__all__ = ["PartStats", "add_reduced", "part_first_block", "part_stats", "part_ranef"]
+__all__ = ["PartStats", "add_reduced", "part_first_block", "part_ranef", "part_stats"]
 
 
 @dataclass
