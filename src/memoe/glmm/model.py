@@ -498,4 +498,10 @@ def glmm(
     contrasts: dict[str, str] | None = None,
 ) -> GLMM:
     """Specify a GLMM with an lme4 formula; call ``.fit(nAGQ=1)`` to estimate it. See :class:`GLMM`."""
+    from memoe.dask import is_dask_dataframe
+
+    if is_dask_dataframe(data):  # out of core on Dask (memoe.dask), imported only for Dask input
+        from memoe.dask.glmm import DaskGLMM
+
+        return DaskGLMM(formula, data, family=family, weights=weights, offset=offset, contrasts=contrasts)
     return GLMM(formula, data, family=family, weights=weights, offset=offset, contrasts=contrasts)
