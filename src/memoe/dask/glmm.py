@@ -15,6 +15,7 @@ function's minimum as in memory; the estimates agree to the optimiser's toleranc
 from __future__ import annotations
 
 import math
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
@@ -45,8 +46,8 @@ class GlmmPart:
     """One partition's rows and PIRLS with beta held fixed (lme4's ``uOnly``), on a worker."""
 
     def __init__(self, pdf: pd.DataFrame, design, family) -> None:
-        y, X, Z, codes, levels, n_dropped, _ = partition_arrays(pdf, design)
-        self.levels, self.n_dropped, self.n = levels, n_dropped, len(y)
+        y, X, Z, codes, levels, n_dropped, index = partition_arrays(pdf, design)
+        self.levels, self.n_dropped, self.n, self.index = levels, n_dropped, len(y), index
         self.family = family
         self.X = X
         if self.n:
@@ -134,6 +135,21 @@ class GlmmPart:
             ll = -2.0 * self.family.loglik(self.y, mu, self.wt, self.ntrials, constants=self.consts)
         v = ll + float(u @ u) + ldL2
         return v if math.isfinite(v) else math.inf
+
+    def residuals(self, theta: np.ndarray, beta: np.ndarray, kind: str) -> pd.Series:
+        """Per-row ``"response"`` (``y - mu``), ``"pearson"`` or ``"deviance"`` residuals at the modes."""
+        if not self.n:
+            return pd.Series(dtype=float, name=f"resid_{kind}")
+        fam = self.family
+        with np.errstate(all="ignore"):
+            _, mu, _, _ = self.pirls(theta, beta)
+        if kind == "response":
+            r = self.y - mu
+        elif kind == "pearson":
+            r = (self.y - mu) * np.sqrt(self.wt / fam.variance(mu))
+        else:
+            r = np.sign(self.y - mu) * np.sqrt(np.maximum(fam.dev_resids(self.y, mu, self.wt), 0.0))
+        return pd.Series(r, index=self.index, name=f"resid_{kind}")
 
     def ranef(self, theta: np.ndarray, beta: np.ndarray, columns, group: str) -> pd.DataFrame:
         if not self.n:
@@ -325,9 +341,31 @@ class DaskGlmmResult(GlmmResult):
     def vcov_rx(self):
         self._refuse("vcov_rx")
 
-    @property
-    def deviance(self):
-        self._refuse("deviance (sum of conditional deviance residuals)")
+    def residuals(self, type: str = "deviance"):
+        """``"deviance"`` (lme4's default), ``"pearson"`` or ``"response"`` residuals: a lazy Dask Series
+        (NaN-dropped rows are absent)."""
+        import dask.dataframe as dd
+
+        import dask
+
+        if type not in ("deviance", "pearson", "response"):
+            raise DaskUnsupportedError(f"residuals(type={type!r}) is not available for a Dask GLMM fit; "
+                                       "use 'deviance', 'pearson' or 'response'")
+        theta, beta = np.array(self.state.theta), np.array(self.state.beta)
+        parts = [dask.delayed(GlmmPart.residuals)(s, theta, beta, type) for s in self.model.parts.parts]
+        return dd.from_delayed(parts, meta=pd.Series(dtype=float, name=f"resid_{type}"), verify_meta=False)
+
+    @cached_property
+    def deviance(self) -> float:
+        """lme4's ``deviance(fit)``: the sum of squared conditional deviance residuals (one distributed pass)."""
+        return float((self.residuals("deviance") ** 2).sum().compute())
+
+    def summary(self):
+        """lme4-style summary; the scaled-residual quantiles are Dask's approximate quantiles."""
+        from memoe.dask.result import SummaryView
+        from memoe.glmm.summary import GlmmSummary
+
+        return GlmmSummary(SummaryView(self))
 
     @property
     def nobs(self) -> int:

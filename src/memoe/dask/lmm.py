@@ -100,20 +100,24 @@ class DaskPLSProblem:
             self.bar.update(self._best)
         return dev
 
+    def factorize(self, theta: np.ndarray) -> Factorization:
+        """The reduced factor at theta: ``logdet_Z``, ``logdet_X``, ``pwrss``, ``Lr`` (no per-subject blocks)."""
+        lam1, ok, logdet_Z, logdet_X, pwrss, c, info = self._reduced(theta)
+        Lr = np.tril(c) if info == 0 else np.full(c.shape, np.nan)
+        return Factorization(
+            lambdas=[lam1], L1=np.zeros((0, 1, 1)), C=np.zeros((0, 1, self.p + 1)), G=None, Lr=Lr,
+            logdet_level=np.zeros(0), logdet_Z=logdet_Z, logdet_X=logdet_X, pwrss=pwrss, n_eff=float(self.n), ok=ok,
+        )
+
     def solve(self, theta: np.ndarray, reml: bool) -> PLSSolution:
         """beta, sigma, the criterion and ``R_X^-1`` at theta; ``u``/``b`` stay on the workers (empty here)."""
-        lam1, ok, logdet_Z, logdet_X, pwrss, c, info = self._reduced(theta)
-        p = self.p
-        Lr = np.tril(c) if info == 0 else np.full(c.shape, np.nan)
+        factor = self.factorize(theta)
+        p, Lr, pwrss = self.p, factor.Lr, factor.pwrss
         LXX, lyX = Lr[:p, :p], Lr[-1, :p]
         beta = sla.solve_triangular(LXX, lyX, trans="T", lower=True) if p else np.zeros(0)
         RX_inv_t = sla.solve_triangular(LXX, np.eye(p), lower=True).T if p else np.zeros((0, 0))
-        dev = profiled_deviance(logdet_Z, logdet_X, pwrss, float(self.n), p, reml)
+        dev = profiled_deviance(factor.logdet_Z, factor.logdet_X, pwrss, float(self.n), p, reml)
         sigma = sigma_hat(pwrss, float(self.n), p, reml)
-        factor = Factorization(
-            lambdas=[lam1], L1=np.zeros((0, 1, 1)), C=np.zeros((0, 1, p + 1)), G=None, Lr=Lr,
-            logdet_level=np.zeros(0), logdet_Z=logdet_Z, logdet_X=logdet_X, pwrss=pwrss, n_eff=float(self.n), ok=ok,
-        )
         return PLSSolution(beta=beta, u=[], b=[], sigma=sigma, deviance=dev, RX_inv_t=RX_inv_t, factor=factor)
 
 

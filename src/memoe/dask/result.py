@@ -60,6 +60,21 @@ def _part_y(pdf, design) -> pd.Series:
     return out
 
 
+class SummaryView:
+    """The fit as a summary reads it, with ``residuals(kind)`` replaced by the five quantiles of the lazy
+    residuals (Dask's approximate quantiles: one pass, nothing per row gathered)."""
+
+    def __init__(self, fit) -> None:
+        self._fit = fit
+
+    def __getattr__(self, name):
+        return getattr(self._fit, name)
+
+    def residuals(self, type: str = "response") -> pd.Series:
+        r = self._fit.residuals(type).dropna()
+        return r.quantile([0.0, 0.25, 0.5, 0.75, 1.0]).compute()
+
+
 class DaskLmmResult(LmmResult):
     """A :class:`memoe.lmm.LmmResult` of a Dask fit (see the module notes for what needs the data)."""
 
@@ -169,6 +184,15 @@ class DaskLmmResult(LmmResult):
             newdata = newdata.merge(b, left_on=d.group, right_index=True, how="left")
         return newdata.map_partitions(_predict_frame, d, beta, "joined" if ranef is not None else None,
                                       allow_new_levels, meta=pd.Series(dtype=float, name="predict"))
+
+    def summary(self):
+        """lme4-style summary; the scaled-residual quantiles are Dask's approximate quantiles."""
+        from memoe.lmm.summary import LmmSummary
+
+        return LmmSummary(SummaryView(self))
+
+    def anova(self, ddf: str = "residual", type: int = 3):
+        self._refuse("anova() (its contrasts are built from the model matrix)")
 
     # ------------------------------------------------------------------ need the rows in one process
     def _refuse(self, what: str):

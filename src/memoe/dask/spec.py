@@ -19,7 +19,7 @@ import pandas as pd
 from formulaic.model_spec import ModelSpec
 
 from memoe.core.covariance import ThetaMap
-from memoe.core.design.fixed import RANK_TOL, evaluate_matrix, model_matrix_with_contrasts
+from memoe.core.design.fixed import RANK_TOL, FixedDesign, evaluate_matrix, model_matrix_with_contrasts
 from memoe.core.design.frame import formula_variables
 from memoe.core.design.random import ReTerm, build_random
 from memoe.core.formula.parse import FormulaSpec, parse_formula
@@ -78,9 +78,22 @@ class DaskDesign:
     n_dropped: int = 0
     nlevels: int = 0
 
+    # no prior weights or offsets on the Dask path (refused): the attributes the in-memory Design has
+    weights_column = None
+    offset_column = None
+    offset_terms: tuple[str, ...] = ()
+    prior_weights = None
+    offset = None
+
     @property
     def fixef_names(self) -> list[str]:
         return [self.fixed_names_all[j] for j in self.kept]
+
+    @property
+    def fixed(self) -> FixedDesign:
+        """The fixed design without rows (``X`` has 0 rows): names, spec, contrasts, dropped columns."""
+        return FixedDesign(X=np.zeros((0, len(self.kept))), names=self.fixef_names, spec=self.fixed_spec,
+                           kept=self.kept, dropped=list(self.dropped), contrasts=dict(self.contrasts))
 
     @property
     def p(self) -> int:
