@@ -49,6 +49,9 @@ def test_dask_glmm_equals_memory(client, family, formula):
     _compare(fd, fm)
     re = fd.ranef["id"]
     np.testing.assert_allclose(re.to_numpy(), fm.ranef["id"].loc[re.index].to_numpy(), atol=1e-4)
+    r = fd.residuals("pearson").compute().sort_index()
+    np.testing.assert_allclose(r.to_numpy(), fm.residuals("pearson").dropna().to_numpy(), atol=1e-4)
+    assert fd.deviance == pytest.approx(fm.deviance, rel=1e-5)
     new = df.dropna().iloc[:40]
     p = fd.predict(dd.from_pandas(new, npartitions=2))
     assert isinstance(p, dd.Series)

@@ -92,6 +92,10 @@ def test_dask_lmm_lazy_outputs(client):
     np.testing.assert_allclose(fd.predict(unseen, allow_new_levels=True).to_numpy(), pop.to_numpy())
     with pytest.raises(DaskUnsupportedError, match="in memory"):
         fd.vcov(robust="CR2")
+    assert "Scaled residuals" in str(fd.summary())
+    np.testing.assert_allclose(fd.confint().to_numpy(), fm.confint().to_numpy(), atol=1e-5)
+    with pytest.raises(DaskUnsupportedError, match="in memory"):
+        fd.anova()
     ct = fd.coef_table()
     np.testing.assert_allclose(ct["std_error"].to_numpy(), fm.coef_table()["std_error"].to_numpy(), rtol=1e-6)
 
