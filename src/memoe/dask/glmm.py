@@ -29,6 +29,7 @@ from memoe.core.state import GlmmState, frozen_array
 from memoe.dask.lmm import DistributedStats
 from memoe.dask.result import PANDAS_LEVELS, DaskUnsupportedError
 from memoe.dask.spec import DaskFormulaError, learn_design, partition_arrays
+from memoe.dask.stats import tune_malloc
 from memoe.errors import DataError, IdentifiabilityError
 from memoe.glmm.families import get_family
 from memoe.glmm.model import GlmmControl, StageResult
@@ -127,6 +128,7 @@ class GlmmPart:
         """``-2 log p(y | mu) + ||u||^2 + log det(L L')`` of the partition (lme4's Laplace deviance)."""
         if not self.n:
             return 0.0
+        tune_malloc()
         with np.errstate(divide="ignore", over="ignore", invalid="ignore", under="ignore"):
             try:
                 u, mu, ldL2, _ = self.pirls(theta, beta)

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from memoe.core.linalg.batched import batched_backward_solve_t, batched_forward_solve
+from memoe.core.linalg.threads import blas_threads
 from memoe.lmm.objective import PLSProblem
 
 __all__ = ["PartStats", "add_reduced", "part_first_block", "part_ranef", "part_stats"]
@@ -66,12 +67,41 @@ def part_gram(s: PartStats) -> np.ndarray:
     return s.XYtXY
 
 
+# glibc's M_TRIM_THRESHOLD and M_MMAP_THRESHOLD (mallopt parameters)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+# Dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536, which also pins glibc's mmap threshold at
+# 128 kB: every temporary of the per-level kernels (~2 MB chunks) is then mmap-ed and unmapped at each
+# evaluation (measured 3x slower). Temporaries up to this size reuse the heap again.
+MALLOC_KEEP_BYTES = 32 * 2**20
+_malloc_tuned = False
+
+
+def tune_malloc() -> None:
+    """Let glibc keep evaluation-sized temporaries on the heap (once per worker process; no-op elsewhere)."""
+    global _malloc_tuned
+    if _malloc_tuned:
+        return
+    _malloc_tuned = True
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(_M_MMAP_THRESHOLD, MALLOC_KEEP_BYTES)
+        libc.mallopt(_M_TRIM_THRESHOLD, 2 * MALLOC_KEEP_BYTES)
+    except (OSError, AttributeError):  # not glibc: nothing to tune
+        pass
+
+
 def part_first_block(s: PartStats, lam1: np.ndarray) -> tuple[float, np.ndarray]:
     """``(sum_j log det(L_j L_j'), sum_j C_j' C_j)`` of the partition at ``lam1`` (see ``PLSProblem._first_block``)."""
     if s.problem is None:
         m = s.XYtXY.shape[0]
         return 0.0, np.zeros((m, m))
-    logdet, CtC, _ = s.problem._first_block(lam1, keep=False)
+    tune_malloc()
+    # one BLAS thread: worker processes share the cores, and threaded BLAS in each of them
+    # oversubscribes (measured 10x slower per partition with 2 workers on 2 cores)
+    with blas_threads(1):
+        logdet, CtC, _ = s.problem._first_block(lam1, keep=False)
     return logdet, CtC
 
 
@@ -94,7 +124,8 @@ def part_ranef(s: PartStats, lam1: np.ndarray, beta: np.ndarray, sigma: float, c
     cols = list(columns) + [f"condsd_{c}" for c in columns]
     if s.problem is None:
         return pd.DataFrame({c: pd.Series(dtype=float) for c in cols}, index=pd.Index(s.levels, name=group))
-    _, _, kept = s.problem._first_block(lam1, keep=True)
+    with blas_threads(1):
+        _, _, kept = s.problem._first_block(lam1, keep=True)
     L = np.ascontiguousarray(np.moveaxis(kept[0], -1, 0))
     C = np.moveaxis(kept[1], -1, 0)
     p = len(beta)
