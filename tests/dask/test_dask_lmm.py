@@ -59,6 +59,7 @@ def test_dask_lmm_equals_memory_unaligned(client, formula, reml):
     np.testing.assert_allclose(sd.to_numpy(), fm.ranef_condsd["id"].loc[sd.index].to_numpy(), rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_dask_lmm_single_subject_partition_no_shuffle(client):
     df = simulate(seed=3)
     ddf = single_subject_partitions(df)
@@ -69,6 +70,7 @@ def test_dask_lmm_single_subject_partition_no_shuffle(client):
     _compare(fd, fm)
 
 
+@pytest.mark.slow
 def test_dask_lmm_lazy_outputs(client):
     df = simulate(seed=4)
     ddf = dd.from_pandas(df, npartitions=3)
