@@ -154,3 +154,13 @@ def test_pandas_input_unchanged():
     df = simulate()
     assert type(memoe.lmm("y ~ t + (1 | id)", data=df)).__name__ == "LMM"
     assert isinstance(pd.DataFrame(), pd.DataFrame)
+
+
+def test_dask_lmm_aliased_column_dropped_as_in_memory(client):
+    df = simulate(seed=6).assign(x2=lambda d: 2.0 * d["x"])
+    ddf = dd.from_pandas(df, npartitions=3)
+    with pytest.warns(memoe.errors.RankDeficiencyWarning, match="x2"):
+        fd = memoe.lmm("y ~ t + x + x2 + (1 | id)", data=ddf).fit(control=TIGHT)
+    with pytest.warns(memoe.errors.RankDeficiencyWarning, match="x2"):
+        fm = memoe.lmm("y ~ t + x + x2 + (1 | id)", data=df).fit(control=TIGHT)
+    _compare(fd, fm)
