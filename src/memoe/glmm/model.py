@@ -560,5 +560,10 @@ def glmm(
     >>> fit.fixef.index.tolist()
     ['(Intercept)', 'YEAR96', 'YEAR97', 'HEIGHT_scaled']
     """
+    from memoe.dask import is_dask_dataframe
 
+    if is_dask_dataframe(data):  # out of core on Dask (memoe.dask), imported only for Dask input
+        from memoe.dask.glmm import DaskGLMM
+
+        return DaskGLMM(formula, data, family=family, weights=weights, offset=offset, contrasts=contrasts)
     return GLMM(formula, data, family=family, weights=weights, offset=offset, contrasts=contrasts)

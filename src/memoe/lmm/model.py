@@ -250,13 +250,17 @@ class LMM:
                 report = self._check(f, theta, lower, control, opt)
                 singular = is_boundary(theta, lower, control.singular_tol)
                 messages = finish_fit(report, singular=singular, names=tmap.names, values=theta, warn=warn)
-                result = LmmResult(
+                result = self._result(
                     model=self, reml=reml, theta=theta, opt=opt, convergence=report, singular=singular,
                     messages=messages,
                 )
         finally:
             self.problem.blas_threads = problem_threads
         return result
+
+    def _result(self, **kwargs) -> LmmResult:
+        # the Dask model (memoe.dask.lmm) returns its LmmResult subclass
+        return LmmResult(**kwargs)
 
     def _check(self, f, theta: np.ndarray, lower: np.ndarray, control: FitControl, opt=None) -> ConvergenceReport:
         k = len(theta)
@@ -333,5 +337,11 @@ def lmm(
     >>> list(fit.params.index)
     ['(Intercept)', 'poly(Days, 2)1', 'poly(Days, 2)2']
     """
+    from memoe.dask import is_dask_dataframe
+
+    if is_dask_dataframe(data):  # out of core on Dask (memoe.dask), imported only for Dask input
+        from memoe.dask.lmm import DaskLMM
+
+        return DaskLMM(formula, data, contrasts=contrasts, weights=weights, offset=offset)
     return LMM(formula, data, contrasts=contrasts, weights=weights, offset=offset)
 
