@@ -15,7 +15,7 @@ probabilities in a mixture) rescale each level's contribution, again without tou
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import scipy.linalg as sla
@@ -26,6 +26,7 @@ from memoe.core.covariance import ThetaMap
 from memoe.core.design.scaling import LinearScaling
 from memoe.core.linalg.batched import batched_backward_solve_t, batched_forward_solve
 from memoe.core.linalg.crossed import RestSchur
+from memoe.core.linalg.sparse_schur import SparseSchur, SparseSchurFactor, have_sparse_cholesky
 from memoe.core.linalg.soa import soa_cholesky, soa_congruence, soa_forward_solve, soa_lincomb, soa_logdet_chol
 from memoe.core.linalg.sufficient import GroupSums
 from memoe.core.linalg.threads import blas_threads
@@ -36,6 +37,14 @@ __all__ = ["Factorization", "PLSProblem", "PLSSolution"]
 
 # The dense Schur complement grows with the levels of the second and later factors.
 MAX_DENSE_REST = 30_000
+# From this many random effects after the first factor the sparse LDL' of M_zz is tried: below it a
+# dense factor of order m_z costs under a millisecond or two and the sparse machinery does not pay.
+SPARSE_MIN_REST = 500
+# The sparse path is chosen when its factor has at most this fraction of the entries of a dense
+# triangle (fill measured by one symbolic + numeric factorisation at the starting theta).
+SPARSE_MAX_FILL = 0.05
+# Largest factor (entries of L) the sparse path accepts: 12 bytes each, about 2.4 GB.
+MAX_SPARSE_NNZ = 200_000_000
 # Order of the dense Schur complement from which BLAS keeps its own thread count.
 AUTO_DENSE_THREADS = 2000
 # Bytes of per-level statistics and temporaries processed together, so that they stay in the
@@ -91,6 +100,8 @@ class Factorization:
     pwrss: float
     n_eff: float
     ok: bool
+    # on the sparse path: the LDL' of M_zz (then Lr is only the m x m [X y] corner of the factor)
+    sparse: SparseSchurFactor | None = None
 
 
 @dataclass(frozen=True)
@@ -151,7 +162,13 @@ class PLSProblem:
         theta_map: ThetaMap,
         scaling: LinearScaling | None = None,
         log_weights: float = 0.0,
+        schur: str = "auto",
     ) -> None:
+        if schur not in ("auto", "dense", "sparse"):
+            raise MemoeError(f"schur must be 'auto', 'dense' or 'sparse', got {schur!r}")
+        self.schur_request = schur
+        self.sparse: SparseSchur | None = None
+        self.weights: np.ndarray | None = None
         self.scaling = scaling
         # lme4's ldW = sum(log w) of prior weights: the deviance subtracts it (y, X, Z are the working
         # sqrt(w)-scaled rows); folded into logdet_Z so every deviance built from a factor includes it
@@ -237,11 +254,8 @@ class PLSProblem:
         del rest
         self.rest_offsets = np.cumsum([0] + [nlevels[k] * self.q[k] for k in range(1, len(Z))])
         self.mz = Zr.shape[1]
-        if self.mz > MAX_DENSE_REST:
-            raise MemoeError(
-                f"the grouping factors after the largest one have {self.mz} random effects in all; "
-                f"the dense part of the factorisation is limited to {MAX_DENSE_REST}"
-            )
+        if self.schur_request == "dense" and self.mz > MAX_DENSE_REST:
+            raise MemoeError(self._dense_limit_message())
         ZrT = Zr.T.tocsr()
         self.Z1tZr = (Z1s.T @ Zr).tocsr()
         ZrtZr = (ZrT @ Zr).tocsr()
@@ -252,6 +266,45 @@ class PLSProblem:
             self.Z1tZr, ZrtZr, ZrtXY, nlevels[0], q1, self.q[1:], self.nlevels[1:]
         )
         self.Z1tZr = self.rest.Z1tZr
+        self._choose_schur()
+
+    def _dense_limit_message(self) -> str:
+        return (
+            f"the grouping factors after the largest one have {self.mz} random effects in all; "
+            f"the dense part of the factorisation is limited to {MAX_DENSE_REST} and the sparse factor "
+            f"of this design has too much fill (more than {MAX_SPARSE_NNZ} entries"
+            + ("" if have_sparse_cholesky() else ", and the sparse backend 'qdldl' is not installed")
+            + ")"
+        )
+
+    def _choose_schur(self) -> None:
+        """Dense or sparse factor of the Schur complement, decided before any large allocation.
+
+        The sparse LDL' is tried from ``SPARSE_MIN_REST`` random effects on: it is kept when its factor
+        (measured at the starting theta, ones on the diagonal of every relative factor) holds at most
+        ``SPARSE_MAX_FILL`` of a dense triangle's entries, or whenever the dense matrix would exceed
+        ``MAX_DENSE_REST``; a design that fits neither is refused here, never in LAPACK.
+        """
+        mz = self.mz
+        want = self.schur_request
+        if want == "dense":
+            return
+        if want == "auto" and (mz < SPARSE_MIN_REST or not have_sparse_cholesky()):
+            if mz > MAX_DENSE_REST:
+                raise MemoeError(self._dense_limit_message())
+            return
+        sparse = SparseSchur(self.rest)
+        if want == "sparse":
+            self.sparse = sparse
+            return
+        lambdas = self.theta_map.lambdas(self.theta_map.initial())
+        _, _, (L, C, _) = self._first_block(lambdas[0], True)
+        W, _ = self._schur_inputs(lambdas[0], L, C)
+        nnz = sparse.factor_nnz(lambdas[1:], W)
+        if nnz <= MAX_SPARSE_NNZ and (nnz <= SPARSE_MAX_FILL * mz * (mz + 1) / 2 or mz > MAX_DENSE_REST):
+            self.sparse = sparse
+        elif mz > MAX_DENSE_REST:
+            raise MemoeError(self._dense_limit_message())
 
     @property
     def ZrtZr(self) -> sp.csr_matrix:
@@ -359,6 +412,9 @@ class PLSProblem:
         M_xy = self._wXYtXY - CtC
         if self.multi:
             W, TtC = self._schur_inputs(lam1, L, C)
+            if self.sparse is not None:
+                sf = self.sparse.factor(lambdas[1:], W, TtC, M_xy)
+                return lambdas, L, C, logdet_level, logdet_Z, sf.Lxy, 0 if sf.ok else 1, sf
             if keep:
                 M = self.rest.bordered(lambdas[1:], W, TtC, M_xy)
             else:
@@ -369,12 +425,16 @@ class PLSProblem:
             c, info = lapack.dpotrf(M.T, lower=1, clean=0, overwrite_a=1)
         else:
             c, info = lapack.dpotrf(M_xy, lower=1, clean=0, overwrite_a=1)
-        return lambdas, L, C, logdet_level, logdet_Z, c, info
+        return lambdas, L, C, logdet_level, logdet_Z, c, info, None
 
-    def _finish(self, logdet_Z: float, c: np.ndarray, info: int):
+    def _finish(self, logdet_Z: float, c: np.ndarray, info: int, sf: SparseSchurFactor | None = None):
         d = np.diagonal(c)
-        ok = info == 0 and math.isfinite(logdet_Z) and bool(np.all(np.isfinite(d)))
         mz, p = self.mz, self.p
+        if sf is not None:
+            # c is the [X y] corner only; M_zz's log-determinant comes from the LDL' factor
+            logdet_Z += sf.logdet_zz
+            mz = 0
+        ok = info == 0 and math.isfinite(logdet_Z) and bool(np.all(np.isfinite(d)))
         logdet_Z -= self.log_weights
         with np.errstate(divide="ignore", invalid="ignore"):
             if mz:
@@ -396,10 +456,11 @@ class PLSProblem:
         sc = self.scaling
         if sc is None:
             return f
-        B, mz = self._B, self.mz
+        B, mz = self._B, (0 if f.sparse is not None else self.mz)
         Lr = f.Lr.copy()
         Lr[mz:, :] = B.T @ f.Lr[mz:, :]
         return Factorization(
+            sparse=None if f.sparse is None else replace(f.sparse, Mzxy=f.sparse.Mzxy @ B, Lxy=Lr),
             lambdas=f.lambdas,
             L1=f.L1,
             C=f.C @ B,
@@ -416,11 +477,12 @@ class PLSProblem:
     def _factorize(self, theta: np.ndarray) -> Factorization:
         """The factor of the (possibly scaled) columns the problem works on."""
         with blas_threads(self.blas_threads):
-            lambdas, L, C, logdet_level, logdet_Z, c, info = self._reduced(theta, keep=True)
-            ok, logdet_Z, logdet_X, pwrss = self._finish(logdet_Z, c, info)
+            lambdas, L, C, logdet_level, logdet_Z, c, info, sf = self._reduced(theta, keep=True)
+            ok, logdet_Z, logdet_X, pwrss = self._finish(logdet_Z, c, info, sf)
             Lr = np.tril(c) if info == 0 else np.full(c.shape, np.nan)
             G = self._G(lambdas, L) if self.multi else None
         return Factorization(
+            sparse=sf,
             lambdas=lambdas,
             L1=np.moveaxis(L, -1, 0),
             C=np.moveaxis(C, -1, 0),
@@ -450,8 +512,8 @@ class PLSProblem:
     def deviance(self, theta: np.ndarray, reml: bool) -> float:
         """The objective: -2 log-likelihood (ML) or REML criterion at ``theta``."""
         with blas_threads(self.blas_threads):
-            *_, logdet_Z, c, info = self._reduced(theta, keep=False)
-        ok, logdet_Z, logdet_X, pwrss = self._finish(logdet_Z, c, info)
+            *_, logdet_Z, c, info, sf = self._reduced(theta, keep=False)
+        ok, logdet_Z, logdet_X, pwrss = self._finish(logdet_Z, c, info, sf)
         if not ok:
             return np.inf
         dev = profiled_deviance(logdet_Z, logdet_X, pwrss, self._n_eff, self.p, reml)
@@ -485,6 +547,8 @@ class PLSProblem:
         f = self._factorize(theta)
         mz, p = self.mz, self.p
         Lr = f.Lr
+        if f.sparse is not None:
+            return self._solve_sparse(f, reml)
         LXX = Lr[mz : mz + p, mz : mz + p]
         lyX = Lr[-1, mz : mz + p]
         beta = sla.solve_triangular(LXX, lyX, trans="T", lower=True) if p else np.zeros(0)
@@ -498,6 +562,23 @@ class PLSProblem:
             rhs1 = rhs1 - (f.G @ u_rest).reshape(rhs1.shape)
         u1 = batched_backward_solve_t(f.L1, rhs1[:, :, None])[:, :, 0]
         u = [u1]
+        for k in range(1, len(self.q)):
+            o0, o1 = self.rest_offsets[k - 1], self.rest_offsets[k]
+            u.append(u_rest[o0:o1].reshape(self.nlevels[k], self.q[k]))
+        b = [uk @ lam.T for uk, lam in zip(u, f.lambdas, strict=True)]
+        dev = profiled_deviance(f.logdet_Z, f.logdet_X, f.pwrss, f.n_eff, p, reml)
+        sigma = sigma_hat(f.pwrss, f.n_eff, p, reml)
+        return PLSSolution(beta=beta, u=u, b=b, sigma=sigma, deviance=dev, RX_inv_t=RX_inv_t, factor=f)
+
+    def _solve_sparse(self, f: Factorization, reml: bool) -> PLSSolution:
+        """:meth:`_solve_scaled` on the sparse path: ``u_r = M_zz^-1 (M_zy - M_zX beta)``."""
+        p, sf, Lr = self.p, f.sparse, f.Lr
+        LXX, lyX = Lr[:p, :p], Lr[-1, :p]
+        beta = sla.solve_triangular(LXX, lyX, trans="T", lower=True) if p else np.zeros(0)
+        RX_inv_t = sla.solve_triangular(LXX, np.eye(p), lower=True).T if p else np.zeros((0, 0))
+        u_rest = sf.solve(sf.Mzxy[:, -1] - sf.Mzxy[:, :p] @ beta)
+        rhs1 = f.C[:, :, -1] - f.C[:, :, :p] @ beta - (f.G @ u_rest).reshape(f.C.shape[0], -1)
+        u = [batched_backward_solve_t(f.L1, rhs1[:, :, None])[:, :, 0]]
         for k in range(1, len(self.q)):
             o0, o1 = self.rest_offsets[k - 1], self.rest_offsets[k]
             u.append(u_rest[o0:o1].reshape(self.nlevels[k], self.q[k]))
@@ -525,6 +606,18 @@ class PLSProblem:
         V1 = np.einsum("nki,nkj->nij", L1inv, L1inv)
         out = []
         mz = self.mz
+        if f.sparse is not None:
+            # Wr'Wr per level = blocks of (G' B^-1)' M_zz^-1 (G' B^-1); Vr = blocks of M_zz^-1
+            Binv = sp.bsr_matrix((L1inv, np.arange(l1), np.arange(l1 + 1)), shape=(l1 * q1, l1 * q1))
+            V1 = V1 + f.sparse.quadratic_blocks((Binv.T @ f.G).T, q1)
+            lam = f.lambdas
+            out.append(s2 * np.einsum("ab,nbc,dc->nad", lam[0], V1, lam[0]))
+            for k in range(1, len(self.q)):
+                o0, o1 = self.rest_offsets[k - 1], self.rest_offsets[k]
+                E = sp.identity(mz, format="csc")[:, o0:o1]
+                blocks = f.sparse.quadratic_blocks(E, self.q[k])
+                out.append(s2 * np.einsum("ab,nbc,dc->nad", lam[k], blocks, lam[k]))
+            return out
         if mz:
             L22 = f.Lr[:mz, :mz]
             # W = L22^-1 L21 blockdiag(L1^-1), with L21 = G'
