@@ -127,6 +127,14 @@ class SparseSchurFactor:
         ncol = Y.shape[1]
         k = ncol // block
         out = np.empty((k, block, block))
+        if self.L.nnz == 0 and sp.issparse(Y):
+            # M_zz diagonal (a nested design's outer factor): stay sparse, cost O(nnz(Y))
+            H = sp.diags(1.0 / np.sqrt(self.D)) @ sp.csc_matrix(Y)[self.perm]
+            for a in range(block):
+                for b in range(a, block):
+                    v = np.asarray(H[:, a::block].multiply(H[:, b::block]).sum(axis=0)).ravel()
+                    out[:, a, b] = out[:, b, a] = v
+            return out
         lower = self._lower_csr if self.L.nnz else None
         dinv = 1.0 / np.sqrt(self.D)
         step = max(block, (SOLVE_CHUNK // block) * block)
