@@ -30,9 +30,9 @@ def _nested(G: int, seed: int = 2) -> tuple[pd.DataFrame, str]:
     return pd.DataFrame({"y": y, "x": x, "g": g.astype(str), "h": h.astype(str)}), "y ~ x + (1 | g/h)"
 
 
-def _crossed(kind: str, seed: int = 3) -> tuple[pd.DataFrame, str]:
+def _crossed(kind: str, seed: int = 3, n: int = 3000, la: int = 400, lb: int = 900) -> tuple[pd.DataFrame, str]:
     rng = np.random.default_rng(seed)
-    n, la, lb, lc = 3000, 400, 900, 60
+    lc = 60
     a, b, c = rng.integers(0, la, n), rng.integers(0, lb, n), rng.integers(0, lc, n)
     x = rng.normal(size=n)
     y = (
@@ -104,7 +104,10 @@ def test_sparse_factor_is_ldlt_of_mzz():
     np.testing.assert_allclose(fs.Lr, fd.Lr[mz:, mz:], rtol=1e-9, atol=1e-12)
 
 
-@pytest.mark.parametrize("case", [CASES[0], CASES[2]], ids=["nested", "vector"])
+@pytest.mark.parametrize(
+    "case",
+    [pytest.param(CASES[0], id="nested"), pytest.param(_crossed("vector", n=1200, la=150, lb=300), id="vector", marks=pytest.mark.slow)],
+)
 def test_sparse_fit_equals_dense_fit(case, monkeypatch):
     df, formula = case
     fits = {}
