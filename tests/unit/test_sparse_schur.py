@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 
 import memoe
-from memoe.lmm import objective
 from memoe.errors import MemoeError
+from memoe.lmm import objective
 from memoe.lmm.objective import PLSProblem
 from tests.tolerances import ROUNDING
 
@@ -106,7 +106,10 @@ def test_sparse_factor_is_ldlt_of_mzz():
 
 @pytest.mark.parametrize(
     "case",
-    [pytest.param(CASES[0], id="nested"), pytest.param(_crossed("vector", n=1200, la=150, lb=300), id="vector", marks=pytest.mark.slow)],
+    [
+        pytest.param(CASES[0], id="nested"),
+        pytest.param(_crossed("vector", n=1200, la=150, lb=300), id="vector", marks=pytest.mark.slow),
+    ],
 )
 def test_sparse_fit_equals_dense_fit(case, monkeypatch):
     df, formula = case

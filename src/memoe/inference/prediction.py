@@ -158,7 +158,8 @@ def pls_prediction_variance(
             # the X rows of L below the first block are C_j'[:p]
             rhs[:, mz:] -= np.einsum("nqp,nq->np", f.C[cc[s:e], :, :p], w1[s:e])
         if f.sparse is not None:
-            # sparse path (Lr is the [X y] corner): ||L^-1 r||^2 = r_z' M_zz^-1 r_z + ||Lxy^-1 (r_x - M_xz M_zz^-1 r_z)||^2
+            # sparse path (Lr is the [X y] corner):
+            # ||L^-1 r||^2 = r_z' M_zz^-1 r_z + ||Lxy^-1 (r_x - M_xz M_zz^-1 r_z)||^2
             a = f.sparse.solve(rhs[:, :mz].T)
             var[s:e] += np.einsum("ij,ij->j", rhs[:, :mz].T, a)
             if p:

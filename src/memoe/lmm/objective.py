@@ -26,8 +26,8 @@ from memoe.core.covariance import ThetaMap
 from memoe.core.design.scaling import LinearScaling
 from memoe.core.linalg.batched import batched_backward_solve_t, batched_forward_solve
 from memoe.core.linalg.crossed import RestSchur
-from memoe.core.linalg.sparse_schur import SparseSchur, SparseSchurFactor, have_sparse_cholesky
 from memoe.core.linalg.soa import soa_cholesky, soa_congruence, soa_forward_solve, soa_lincomb, soa_logdet_chol
+from memoe.core.linalg.sparse_schur import SparseSchur, SparseSchurFactor, have_sparse_cholesky
 from memoe.core.linalg.sufficient import GroupSums
 from memoe.core.linalg.threads import blas_threads
 from memoe.errors import MemoeError
