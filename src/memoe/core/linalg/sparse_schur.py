@@ -232,9 +232,7 @@ class SparseSchur:
             return self._failed(Mzxy, M_xy)
         if not np.all(D > 0) or not np.all(np.isfinite(D)):
             return self._failed(Mzxy, M_xy)
-        f0 = SparseSchurFactor(
-            L=L, D=D, perm=np.asarray(perm), Mzxy=Mzxy, Lxy=np.empty((0, 0)), logdet_zz=0.0, ok=True
-        )
+        f0 = SparseSchurFactor(L=L, D=D, perm=np.asarray(perm), Mzxy=Mzxy, Lxy=np.empty((0, 0)), logdet_zz=0.0, ok=True)
         X = f0.solve(Mzxy)
         S = M_xy - Mzxy.T @ X
         c, info = lapack.dpotrf(0.5 * (S + S.T), lower=1, clean=1)
