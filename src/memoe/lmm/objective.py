@@ -45,6 +45,9 @@ SPARSE_MIN_REST = 500
 SPARSE_MAX_FILL = 0.05
 # Largest factor (entries of L) the sparse path accepts: 12 bytes each, about 2.4 GB.
 MAX_SPARSE_NNZ = 200_000_000
+# Largest M_zz the sparse path tries when its fill is unknown: its dense triangle stays below 2^31
+# entries, so the 32-bit counts of qdldl cannot overflow whatever the fill.
+MAX_SPARSE_REST = 65_000
 # Order of the dense Schur complement from which BLAS keeps its own thread count.
 AUTO_DENSE_THREADS = 2000
 # Bytes of per-level statistics and temporaries processed together, so that they stay in the
@@ -293,6 +296,16 @@ class PLSProblem:
             if mz > MAX_DENSE_REST:
                 raise MemoeError(self._dense_limit_message())
             return
+        if want == "auto":
+            # the factor holds at least the pattern of M_zz: a dense pattern rules the sparse path out
+            # without factoring (MovieLens-like crossings: one qdldl factor of a dense 3,706 matrix takes 20 s)
+            pattern = len(self.rest.pos) if self.rest.P is not None else None
+            dense_pattern = pattern is None or pattern > SPARSE_MAX_FILL * mz * (mz + 1) / 2
+            if dense_pattern and mz <= MAX_DENSE_REST:
+                return
+            # qdldl counts entries in 32-bit integers: beyond this order its factor could overflow them
+            if (pattern is not None and pattern > MAX_SPARSE_NNZ) or mz > MAX_SPARSE_REST:
+                raise MemoeError(self._dense_limit_message())
         sparse = SparseSchur(self.rest)
         if want == "sparse":
             self.sparse = sparse
