@@ -161,7 +161,8 @@ def test_refused_before_allocation_when_neither_path_fits(monkeypatch):
     monkeypatch.setattr(objective, "SPARSE_MIN_REST", 0)
     monkeypatch.setattr(objective, "MAX_DENSE_REST", 10)
     monkeypatch.setattr(objective, "MAX_SPARSE_NNZ", 10)
-    with pytest.raises(MemoeError, match=r"random effects in all.*limited to 10"):
+    monkeypatch.setattr(objective, "MAX_SPARSE_REST", 10)
+    with pytest.raises(MemoeError, match=r"random effects in all.*limited to 10.*sparse factor to 10"):
         memoe.lmm(formula, df)
 
 

@@ -21,6 +21,7 @@ import numpy as np
 import scipy.linalg as sla
 import scipy.sparse as sp
 from scipy.linalg import lapack
+from scipy.sparse.csgraph import connected_components
 
 from memoe.core.covariance import ThetaMap
 from memoe.core.design.scaling import LinearScaling
@@ -274,50 +275,53 @@ class PLSProblem:
     def _dense_limit_message(self) -> str:
         return (
             f"the grouping factors after the largest one have {self.mz} random effects in all; "
-            f"the dense part of the factorisation is limited to {MAX_DENSE_REST} and the sparse factor "
-            f"of this design has too much fill (more than {MAX_SPARSE_NNZ} entries"
-            + ("" if have_sparse_cholesky() else ", and the sparse backend 'qdldl' is not installed")
-            + ")"
+            f"the dense part of the factorisation is limited to {MAX_DENSE_REST}, and the sparse factor to "
+            f"{MAX_SPARSE_REST} random effects"
+            + ("" if have_sparse_cholesky() else " (the sparse backend 'qdldl' is not installed)")
+            + "; fit fewer levels of the later factors, or make the factor with the most random effects nested "
+            "within the others"
         )
 
     def _choose_schur(self) -> None:
         """Dense or sparse factor of the Schur complement, decided before any large allocation.
 
-        The sparse LDL' is tried from ``SPARSE_MIN_REST`` random effects on: it is kept when its factor
-        (measured at the starting theta, ones on the diagonal of every relative factor) holds at most
-        ``SPARSE_MAX_FILL`` of a dense triangle's entries, or whenever the dense matrix would exceed
-        ``MAX_DENSE_REST``; a design that fits neither is refused here, never in LAPACK.
+        The factor of ``M_zz`` cannot fill in across connected components of its graph (two random
+        effects are linked when they share a level of the first factor or a row), so
+        ``sum_c s_c (s_c + 1) / 2`` over the components' sizes bounds its entries without factoring.
+        Nested designs (the inner factor first) fall apart into one small component per outer group:
+        the sparse LDL' is taken when that bound is at most ``SPARSE_MAX_FILL`` of a dense triangle.
+        Crossed designs are one large component: dense BLAS beats a sparse factor with that much fill,
+        so they stay dense up to ``MAX_DENSE_REST``; beyond it the sparse factor is tried (up to
+        ``MAX_SPARSE_REST``, where qdldl's 32-bit counts are safe whatever the fill), else refused here,
+        never inside LAPACK.
         """
         mz = self.mz
         want = self.schur_request
         if want == "dense":
             return
-        if want == "auto" and (mz < SPARSE_MIN_REST or not have_sparse_cholesky()):
-            if mz > MAX_DENSE_REST:
-                raise MemoeError(self._dense_limit_message())
-            return
-        if want == "auto":
-            # the factor holds at least the pattern of M_zz: a dense pattern rules the sparse path out
-            # without factoring (MovieLens-like crossings: one qdldl factor of a dense 3,706 matrix takes 20 s)
-            pattern = len(self.rest.pos) if self.rest.P is not None else None
-            dense_pattern = pattern is None or pattern > SPARSE_MAX_FILL * mz * (mz + 1) / 2
-            if dense_pattern and mz <= MAX_DENSE_REST:
-                return
-            # qdldl counts entries in 32-bit integers: beyond this order its factor could overflow them
-            if (pattern is not None and pattern > MAX_SPARSE_NNZ) or mz > MAX_SPARSE_REST:
-                raise MemoeError(self._dense_limit_message())
-        sparse = SparseSchur(self.rest)
         if want == "sparse":
-            self.sparse = sparse
+            self.sparse = SparseSchur(self.rest)
             return
-        lambdas = self.theta_map.lambdas(self.theta_map.initial())
-        _, _, (L, C, _) = self._first_block(lambdas[0], True)
-        W, _ = self._schur_inputs(lambdas[0], L, C)
-        nnz = sparse.factor_nnz(lambdas[1:], W)
-        if nnz <= MAX_SPARSE_NNZ and (nnz <= SPARSE_MAX_FILL * mz * (mz + 1) / 2 or mz > MAX_DENSE_REST):
-            self.sparse = sparse
-        elif mz > MAX_DENSE_REST:
+        if mz >= SPARSE_MIN_REST and have_sparse_cholesky():
+            bound = self._fill_bound()
+            if bound <= SPARSE_MAX_FILL * mz * (mz + 1) / 2 and bound <= MAX_SPARSE_NNZ:
+                self.sparse = SparseSchur(self.rest)
+                return
+            if mz > MAX_DENSE_REST and mz <= MAX_SPARSE_REST:
+                self.sparse = SparseSchur(self.rest)
+                return
+        if mz > MAX_DENSE_REST:
             raise MemoeError(self._dense_limit_message())
+
+    def _fill_bound(self) -> int:
+        """Upper bound on the entries of the factor of ``M_zz``: its connected components' triangles."""
+        rest = self.rest
+        l1q1 = rest.Z1tZr.shape[0]
+        # bipartite graph: first-factor random effects <-> later random effects, plus Z_r'Z_r links
+        graph = sp.bmat([[None, rest.Z1tZr], [rest.Z1tZr.T, rest.ZrtZr]], format="csr")
+        _, labels = connected_components(graph, directed=False)
+        sizes = np.bincount(labels[l1q1:]).astype(np.int64)
+        return int((sizes * (sizes + 1) // 2).sum())
 
     @property
     def ZrtZr(self) -> sp.csr_matrix:

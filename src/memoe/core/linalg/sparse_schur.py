@@ -259,8 +259,3 @@ class SparseSchur:
             ok=False,
         )
 
-    def factor_nnz(self, lambdas_rest: list[np.ndarray], W: np.ndarray) -> int:
-        """Entries of the sparse factor ``L`` at the given theta (to choose between sparse and dense)."""
-        qdldl = _qdldl()
-        s = qdldl.Solver(self._mzz(lambdas_rest, W), upper=True)
-        return int(s.factors()[0].nnz)
