@@ -179,3 +179,11 @@ def test_bad_schur_argument():
             theta_map=d.theta_map,
             schur="banded",
         )
+
+
+def test_dense_path_refuses_what_memory_cannot_hold(monkeypatch):
+    """The dense Schur complement is sized against the available memory before it is allocated."""
+    df, formula = _crossed("scalar")
+    monkeypatch.setattr(objective, "_available_bytes", lambda: 1000.0)
+    with pytest.raises(MemoeError, match=r"dense Schur complement of \d+ random effects needs .* GiB"):
+        memoe.lmm(formula, df)

@@ -56,6 +56,31 @@ AUTO_DENSE_THREADS = 2000
 LEVEL_CHUNK_BYTES = 2**21
 
 
+def _available_bytes() -> float:
+    """MemAvailable from /proc/meminfo (inf where it cannot be read)."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return float(line.split()[1]) * 1024.0
+    except (OSError, ValueError, IndexError):
+        pass
+    return math.inf
+
+
+def check_memory(nbytes: float, what: str) -> None:
+    """Refuse (MemoeError) an allocation of ``nbytes`` that exceeds the memory available now.
+
+    A dense array larger than the free memory gets the process killed or crashes inside LAPACK;
+    refusing first names the step and the size instead.
+    """
+    avail = _available_bytes()
+    if nbytes > avail:
+        raise MemoeError(
+            f"{what} needs {nbytes / 2**30:.1f} GiB of dense memory but only {avail / 2**30:.1f} GiB is available"
+        )
+
+
 def _readonly(a: np.ndarray) -> np.ndarray:
     a = a.view()
     a.flags.writeable = False
@@ -312,6 +337,8 @@ class PLSProblem:
                 return
         if mz > MAX_DENSE_REST:
             raise MemoeError(self._dense_limit_message())
+        # the evaluation buffer plus LAPACK's factor of it (about two dense copies)
+        check_memory(2 * 8.0 * (mz + self.m) ** 2, f"the dense Schur complement of {mz} random effects")
 
     def _fill_bound(self) -> int:
         """Upper bound on the entries of the factor of ``M_zz``: its connected components' triangles."""
@@ -636,6 +663,8 @@ class PLSProblem:
                 out.append(s2 * np.einsum("ab,nbc,dc->nad", lam[k], blocks, lam[k]))
             return out
         if mz:
+            # W (m_z x l1 q1), L22^-1 and Vr are dense
+            check_memory(8.0 * mz * (l1 * q1 + 2 * mz), "the conditional variances (dense path)")
             L22 = f.Lr[:mz, :mz]
             # W = L22^-1 L21 blockdiag(L1^-1), with L21 = G'
             Binv = sp.bsr_matrix((L1inv, np.arange(l1), np.arange(l1 + 1)), shape=(l1 * q1, l1 * q1))
