@@ -4,7 +4,11 @@ The blocked Cholesky factor is organised as in MixedModels.jl. Columns are order
 ``[Z_1, Z_rest, X, y]`` where ``Z_1`` belongs to the grouping factor with the most levels.
 ``Lambda' Z_1' Z_1 Lambda + I`` is block diagonal (one q1 x q1 block per level), so it is factored
 by batched small Cholesky factorisations; what remains (the other random-effects columns, X and y)
-is the dense Schur complement ``M`` of size ``m_z + p + 1``, factored by LAPACK.
+is the dense Schur complement ``M`` of size ``m_z + p + 1``, factored by LAPACK. When the
+random effects of the later factors split into small connected components (nested designs with the
+inner factor first), ``M_zz`` is factored by a sparse LDL' instead
+(:mod:`memoe.core.linalg.sparse_schur`) and only the ``[X y]`` corner is dense; the choice is made
+once, before any large allocation (:meth:`PLSProblem._choose_schur`).
 
 Everything that depends only on the data (per-level cross-products of the first factor, sparse
 cross-products with the other factors) is computed once in ``__init__``; each evaluation of the
