@@ -175,6 +175,9 @@ class PLSProblem:
         ``sum(log w)`` of lme4's prior weights when ``y``, ``X`` and ``Z`` are the working rows
         ``sqrt(w) y`` etc.; the deviance is lme4's ``ldL2 - ldW + ...`` (this term is included in
         ``Factorization.logdet_Z``).
+    schur : {"auto", "dense", "sparse"}
+        How the Schur complement of the later factors is factored (see :meth:`_choose_schur`);
+        "auto" decides from the design, the others force a path (tests, benchmarks).
 
     Notes
     -----
