@@ -187,3 +187,19 @@ def test_dense_path_refuses_what_memory_cannot_hold(monkeypatch):
     monkeypatch.setattr(objective, "_available_bytes", lambda: 1000.0)
     with pytest.raises(MemoeError, match=r"dense Schur complement of \d+ random effects needs .* GiB"):
         memoe.lmm(formula, df)
+
+
+@pytest.mark.parametrize("case", CASES, ids=["nested", "crossed", "vector", "three-factor"])
+def test_fill_bound_bounds_the_factor(case):
+    """The components' triangles bound the entries of the sparse factor (what auto relies on)."""
+    _, sparse, theta = _problems(*case)
+    f = sparse._factorize(theta).sparse
+    mz = sparse.mz
+    assert f.L.nnz + mz <= sparse._fill_bound() <= mz * (mz + 1) // 2
+
+
+def test_auto_keeps_crossed_designs_dense():
+    dense, _, _ = _problems(*_crossed("scalar", la=600, lb=900))
+    assert dense.mz >= objective.SPARSE_MIN_REST
+    m = memoe.lmm(*_crossed("scalar", la=600, lb=900)[::-1])
+    assert m.problem.sparse is None
