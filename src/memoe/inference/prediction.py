@@ -134,7 +134,7 @@ def pls_prediction_variance(
     m = mz + p
     if m == 0:
         return var
-    Lr = f.Lr[:m, :m]
+    Lr = f.Lr[:m, :m] if f.sparse is None else None
     chunk = max(256, _ROW_CHUNK_ENTRIES // max(m, 1))
     for s in range(0, n, chunk):
         e = min(n, s + chunk)
@@ -157,6 +157,16 @@ def pls_prediction_variance(
                 rhs[:, mz:] = X[s:e]
             # the X rows of L below the first block are C_j'[:p]
             rhs[:, mz:] -= np.einsum("nqp,nq->np", f.C[cc[s:e], :, :p], w1[s:e])
+        if f.sparse is not None:
+            # sparse path (Lr is the [X y] corner):
+            # ||L^-1 r||^2 = r_z' M_zz^-1 r_z + ||Lxy^-1 (r_x - M_xz M_zz^-1 r_z)||^2
+            a = f.sparse.solve(rhs[:, :mz].T)
+            var[s:e] += np.einsum("ij,ij->j", rhs[:, :mz].T, a)
+            if p:
+                rx = rhs[:, mz:].T - f.sparse.Mzxy[:, :p].T @ a
+                w2 = sla.solve_triangular(f.Lr[:p, :p], rx, lower=True, check_finite=False)
+                var[s:e] += np.einsum("ij,ij->j", w2, w2)
+            continue
         w2 = sla.solve_triangular(Lr, rhs.T, lower=True, check_finite=False)
         var[s:e] += np.einsum("ij,ij->j", w2, w2)
     return var

@@ -4,7 +4,11 @@ The blocked Cholesky factor is organised as in MixedModels.jl. Columns are order
 ``[Z_1, Z_rest, X, y]`` where ``Z_1`` belongs to the grouping factor with the most levels.
 ``Lambda' Z_1' Z_1 Lambda + I`` is block diagonal (one q1 x q1 block per level), so it is factored
 by batched small Cholesky factorisations; what remains (the other random-effects columns, X and y)
-is the dense Schur complement ``M`` of size ``m_z + p + 1``, factored by LAPACK.
+is the dense Schur complement ``M`` of size ``m_z + p + 1``, factored by LAPACK. When the
+random effects of the later factors split into small connected components (nested designs with the
+inner factor first), ``M_zz`` is factored by a sparse LDL' instead
+(:mod:`memoe.core.linalg.sparse_schur`) and only the ``[X y]`` corner is dense; the choice is made
+once, before any large allocation (:meth:`PLSProblem._choose_schur`).
 
 Everything that depends only on the data (per-level cross-products of the first factor, sparse
 cross-products with the other factors) is computed once in ``__init__``; each evaluation of the
@@ -15,18 +19,20 @@ probabilities in a mixture) rescale each level's contribution, again without tou
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import scipy.linalg as sla
 import scipy.sparse as sp
 from scipy.linalg import lapack
+from scipy.sparse.csgraph import connected_components
 
 from memoe.core.covariance import ThetaMap
 from memoe.core.design.scaling import LinearScaling
 from memoe.core.linalg.batched import batched_backward_solve_t, batched_forward_solve
 from memoe.core.linalg.crossed import RestSchur
 from memoe.core.linalg.soa import soa_cholesky, soa_congruence, soa_forward_solve, soa_lincomb, soa_logdet_chol
+from memoe.core.linalg.sparse_schur import SparseSchur, SparseSchurFactor, have_sparse_cholesky
 from memoe.core.linalg.sufficient import GroupSums
 from memoe.core.linalg.threads import blas_threads
 from memoe.errors import MemoeError
@@ -36,11 +42,47 @@ __all__ = ["Factorization", "PLSProblem", "PLSSolution"]
 
 # The dense Schur complement grows with the levels of the second and later factors.
 MAX_DENSE_REST = 30_000
+# From this many random effects after the first factor the sparse LDL' of M_zz is tried: below it a
+# dense factor of order m_z costs under a millisecond or two and the sparse machinery does not pay.
+SPARSE_MIN_REST = 500
+# The sparse path is chosen when its factor has at most this fraction of the entries of a dense
+# triangle (fill measured by one symbolic + numeric factorisation at the starting theta).
+SPARSE_MAX_FILL = 0.05
+# Largest factor (entries of L) the sparse path accepts: 12 bytes each, about 2.4 GB.
+MAX_SPARSE_NNZ = 200_000_000
+# Largest M_zz the sparse path tries when its fill is unknown: its dense triangle stays below 2^31
+# entries, so the 32-bit counts of qdldl cannot overflow whatever the fill.
+MAX_SPARSE_REST = 65_000
 # Order of the dense Schur complement from which BLAS keeps its own thread count.
 AUTO_DENSE_THREADS = 2000
 # Bytes of per-level statistics and temporaries processed together, so that they stay in the
 # L2/L3 cache (for q1 = 2, p = 3 that is ~13,000 levels; 8,192 to 16,384 measured best).
 LEVEL_CHUNK_BYTES = 2**21
+
+
+def _available_bytes() -> float:
+    """MemAvailable from /proc/meminfo (inf where it cannot be read)."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return float(line.split()[1]) * 1024.0
+    except (OSError, ValueError, IndexError):
+        pass
+    return math.inf
+
+
+def check_memory(nbytes: float, what: str) -> None:
+    """Refuse (MemoeError) an allocation of ``nbytes`` that exceeds the memory available now.
+
+    A dense array larger than the free memory gets the process killed or crashes inside LAPACK;
+    refusing first names the step and the size instead.
+    """
+    avail = _available_bytes()
+    if nbytes > avail:
+        raise MemoeError(
+            f"{what} needs {nbytes / 2**30:.1f} GiB of dense memory but only {avail / 2**30:.1f} GiB is available"
+        )
 
 
 def _readonly(a: np.ndarray) -> np.ndarray:
@@ -91,6 +133,8 @@ class Factorization:
     pwrss: float
     n_eff: float
     ok: bool
+    # on the sparse path: the LDL' of M_zz (then Lr is only the m x m [X y] corner of the factor)
+    sparse: SparseSchurFactor | None = None
 
 
 @dataclass(frozen=True)
@@ -131,6 +175,9 @@ class PLSProblem:
         ``sum(log w)`` of lme4's prior weights when ``y``, ``X`` and ``Z`` are the working rows
         ``sqrt(w) y`` etc.; the deviance is lme4's ``ldL2 - ldW + ...`` (this term is included in
         ``Factorization.logdet_Z``).
+    schur : {"auto", "dense", "sparse"}
+        How the Schur complement of the later factors is factored (see :meth:`_choose_schur`);
+        "auto" decides from the design, the others force a path (tests, benchmarks).
 
     Notes
     -----
@@ -151,7 +198,13 @@ class PLSProblem:
         theta_map: ThetaMap,
         scaling: LinearScaling | None = None,
         log_weights: float = 0.0,
+        schur: str = "auto",
     ) -> None:
+        if schur not in ("auto", "dense", "sparse"):
+            raise MemoeError(f"schur must be 'auto', 'dense' or 'sparse', got {schur!r}")
+        self.schur_request = schur
+        self.sparse: SparseSchur | None = None
+        self.weights: np.ndarray | None = None
         self.scaling = scaling
         # lme4's ldW = sum(log w) of prior weights: the deviance subtracts it (y, X, Z are the working
         # sqrt(w)-scaled rows); folded into logdet_Z so every deviance built from a factor includes it
@@ -237,11 +290,8 @@ class PLSProblem:
         del rest
         self.rest_offsets = np.cumsum([0] + [nlevels[k] * self.q[k] for k in range(1, len(Z))])
         self.mz = Zr.shape[1]
-        if self.mz > MAX_DENSE_REST:
-            raise MemoeError(
-                f"the grouping factors after the largest one have {self.mz} random effects in all; "
-                f"the dense part of the factorisation is limited to {MAX_DENSE_REST}"
-            )
+        if self.schur_request == "dense" and self.mz > MAX_DENSE_REST:
+            raise MemoeError(self._dense_limit_message())
         ZrT = Zr.T.tocsr()
         self.Z1tZr = (Z1s.T @ Zr).tocsr()
         ZrtZr = (ZrT @ Zr).tocsr()
@@ -252,6 +302,60 @@ class PLSProblem:
             self.Z1tZr, ZrtZr, ZrtXY, nlevels[0], q1, self.q[1:], self.nlevels[1:]
         )
         self.Z1tZr = self.rest.Z1tZr
+        self._choose_schur()
+
+    def _dense_limit_message(self) -> str:
+        return (
+            f"the grouping factors after the largest one have {self.mz} random effects in all; "
+            f"the dense part of the factorisation is limited to {MAX_DENSE_REST}, and the sparse factor to "
+            f"{MAX_SPARSE_REST} random effects"
+            + ("" if have_sparse_cholesky() else " (the sparse backend 'qdldl' is not installed)")
+            + "; fit fewer levels of the later factors, or make the factor with the most random effects nested "
+            "within the others"
+        )
+
+    def _choose_schur(self) -> None:
+        """Dense or sparse factor of the Schur complement, decided before any large allocation.
+
+        The factor of ``M_zz`` cannot fill in across connected components of its graph (two random
+        effects are linked when they share a level of the first factor or a row), so
+        ``sum_c s_c (s_c + 1) / 2`` over the components' sizes bounds its entries without factoring.
+        Nested designs (the inner factor first) fall apart into one small component per outer group:
+        the sparse LDL' is taken when that bound is at most ``SPARSE_MAX_FILL`` of a dense triangle.
+        Crossed designs are one large component: dense BLAS beats a sparse factor with that much fill,
+        so they stay dense up to ``MAX_DENSE_REST``; beyond it the sparse factor is tried (up to
+        ``MAX_SPARSE_REST``, where qdldl's 32-bit counts are safe whatever the fill), else refused here,
+        never inside LAPACK.
+        """
+        mz = self.mz
+        want = self.schur_request
+        if want == "dense":
+            return
+        if want == "sparse":
+            self.sparse = SparseSchur(self.rest)
+            return
+        if mz >= SPARSE_MIN_REST and have_sparse_cholesky():
+            bound = self._fill_bound()
+            if bound <= SPARSE_MAX_FILL * mz * (mz + 1) / 2 and bound <= MAX_SPARSE_NNZ:
+                self.sparse = SparseSchur(self.rest)
+                return
+            if mz > MAX_DENSE_REST and mz <= MAX_SPARSE_REST:
+                self.sparse = SparseSchur(self.rest)
+                return
+        if mz > MAX_DENSE_REST:
+            raise MemoeError(self._dense_limit_message())
+        # the evaluation buffer plus LAPACK's factor of it (about two dense copies)
+        check_memory(2 * 8.0 * (mz + self.m) ** 2, f"the dense Schur complement of {mz} random effects")
+
+    def _fill_bound(self) -> int:
+        """Upper bound on the entries of the factor of ``M_zz``: its connected components' triangles."""
+        rest = self.rest
+        l1q1 = rest.Z1tZr.shape[0]
+        # bipartite graph: first-factor random effects <-> later random effects, plus Z_r'Z_r links
+        graph = sp.bmat([[None, rest.Z1tZr], [rest.Z1tZr.T, rest.ZrtZr]], format="csr")
+        _, labels = connected_components(graph, directed=False)
+        sizes = np.bincount(labels[l1q1:]).astype(np.int64)
+        return int((sizes * (sizes + 1) // 2).sum())
 
     @property
     def ZrtZr(self) -> sp.csr_matrix:
@@ -359,6 +463,9 @@ class PLSProblem:
         M_xy = self._wXYtXY - CtC
         if self.multi:
             W, TtC = self._schur_inputs(lam1, L, C)
+            if self.sparse is not None:
+                sf = self.sparse.factor(lambdas[1:], W, TtC, M_xy)
+                return lambdas, L, C, logdet_level, logdet_Z, sf.Lxy, 0 if sf.ok else 1, sf
             if keep:
                 M = self.rest.bordered(lambdas[1:], W, TtC, M_xy)
             else:
@@ -369,12 +476,16 @@ class PLSProblem:
             c, info = lapack.dpotrf(M.T, lower=1, clean=0, overwrite_a=1)
         else:
             c, info = lapack.dpotrf(M_xy, lower=1, clean=0, overwrite_a=1)
-        return lambdas, L, C, logdet_level, logdet_Z, c, info
+        return lambdas, L, C, logdet_level, logdet_Z, c, info, None
 
-    def _finish(self, logdet_Z: float, c: np.ndarray, info: int):
+    def _finish(self, logdet_Z: float, c: np.ndarray, info: int, sf: SparseSchurFactor | None = None):
         d = np.diagonal(c)
-        ok = info == 0 and math.isfinite(logdet_Z) and bool(np.all(np.isfinite(d)))
         mz, p = self.mz, self.p
+        if sf is not None:
+            # c is the [X y] corner only; M_zz's log-determinant comes from the LDL' factor
+            logdet_Z += sf.logdet_zz
+            mz = 0
+        ok = info == 0 and math.isfinite(logdet_Z) and bool(np.all(np.isfinite(d)))
         logdet_Z -= self.log_weights
         with np.errstate(divide="ignore", invalid="ignore"):
             if mz:
@@ -396,10 +507,11 @@ class PLSProblem:
         sc = self.scaling
         if sc is None:
             return f
-        B, mz = self._B, self.mz
+        B, mz = self._B, (0 if f.sparse is not None else self.mz)
         Lr = f.Lr.copy()
         Lr[mz:, :] = B.T @ f.Lr[mz:, :]
         return Factorization(
+            sparse=None if f.sparse is None else replace(f.sparse, Mzxy=f.sparse.Mzxy @ B, Lxy=Lr),
             lambdas=f.lambdas,
             L1=f.L1,
             C=f.C @ B,
@@ -416,11 +528,12 @@ class PLSProblem:
     def _factorize(self, theta: np.ndarray) -> Factorization:
         """The factor of the (possibly scaled) columns the problem works on."""
         with blas_threads(self.blas_threads):
-            lambdas, L, C, logdet_level, logdet_Z, c, info = self._reduced(theta, keep=True)
-            ok, logdet_Z, logdet_X, pwrss = self._finish(logdet_Z, c, info)
+            lambdas, L, C, logdet_level, logdet_Z, c, info, sf = self._reduced(theta, keep=True)
+            ok, logdet_Z, logdet_X, pwrss = self._finish(logdet_Z, c, info, sf)
             Lr = np.tril(c) if info == 0 else np.full(c.shape, np.nan)
             G = self._G(lambdas, L) if self.multi else None
         return Factorization(
+            sparse=sf,
             lambdas=lambdas,
             L1=np.moveaxis(L, -1, 0),
             C=np.moveaxis(C, -1, 0),
@@ -450,8 +563,8 @@ class PLSProblem:
     def deviance(self, theta: np.ndarray, reml: bool) -> float:
         """The objective: -2 log-likelihood (ML) or REML criterion at ``theta``."""
         with blas_threads(self.blas_threads):
-            *_, logdet_Z, c, info = self._reduced(theta, keep=False)
-        ok, logdet_Z, logdet_X, pwrss = self._finish(logdet_Z, c, info)
+            *_, logdet_Z, c, info, sf = self._reduced(theta, keep=False)
+        ok, logdet_Z, logdet_X, pwrss = self._finish(logdet_Z, c, info, sf)
         if not ok:
             return np.inf
         dev = profiled_deviance(logdet_Z, logdet_X, pwrss, self._n_eff, self.p, reml)
@@ -485,6 +598,8 @@ class PLSProblem:
         f = self._factorize(theta)
         mz, p = self.mz, self.p
         Lr = f.Lr
+        if f.sparse is not None:
+            return self._solve_sparse(f, reml)
         LXX = Lr[mz : mz + p, mz : mz + p]
         lyX = Lr[-1, mz : mz + p]
         beta = sla.solve_triangular(LXX, lyX, trans="T", lower=True) if p else np.zeros(0)
@@ -498,6 +613,23 @@ class PLSProblem:
             rhs1 = rhs1 - (f.G @ u_rest).reshape(rhs1.shape)
         u1 = batched_backward_solve_t(f.L1, rhs1[:, :, None])[:, :, 0]
         u = [u1]
+        for k in range(1, len(self.q)):
+            o0, o1 = self.rest_offsets[k - 1], self.rest_offsets[k]
+            u.append(u_rest[o0:o1].reshape(self.nlevels[k], self.q[k]))
+        b = [uk @ lam.T for uk, lam in zip(u, f.lambdas, strict=True)]
+        dev = profiled_deviance(f.logdet_Z, f.logdet_X, f.pwrss, f.n_eff, p, reml)
+        sigma = sigma_hat(f.pwrss, f.n_eff, p, reml)
+        return PLSSolution(beta=beta, u=u, b=b, sigma=sigma, deviance=dev, RX_inv_t=RX_inv_t, factor=f)
+
+    def _solve_sparse(self, f: Factorization, reml: bool) -> PLSSolution:
+        """:meth:`_solve_scaled` on the sparse path: ``u_r = M_zz^-1 (M_zy - M_zX beta)``."""
+        p, sf, Lr = self.p, f.sparse, f.Lr
+        LXX, lyX = Lr[:p, :p], Lr[-1, :p]
+        beta = sla.solve_triangular(LXX, lyX, trans="T", lower=True) if p else np.zeros(0)
+        RX_inv_t = sla.solve_triangular(LXX, np.eye(p), lower=True).T if p else np.zeros((0, 0))
+        u_rest = sf.solve(sf.Mzxy[:, -1] - sf.Mzxy[:, :p] @ beta)
+        rhs1 = f.C[:, :, -1] - f.C[:, :, :p] @ beta - (f.G @ u_rest).reshape(f.C.shape[0], -1)
+        u = [batched_backward_solve_t(f.L1, rhs1[:, :, None])[:, :, 0]]
         for k in range(1, len(self.q)):
             o0, o1 = self.rest_offsets[k - 1], self.rest_offsets[k]
             u.append(u_rest[o0:o1].reshape(self.nlevels[k], self.q[k]))
@@ -525,7 +657,21 @@ class PLSProblem:
         V1 = np.einsum("nki,nkj->nij", L1inv, L1inv)
         out = []
         mz = self.mz
+        if f.sparse is not None:
+            # Wr'Wr per level = blocks of (G' B^-1)' M_zz^-1 (G' B^-1); Vr = blocks of M_zz^-1
+            Binv = sp.bsr_matrix((L1inv, np.arange(l1), np.arange(l1 + 1)), shape=(l1 * q1, l1 * q1))
+            V1 = V1 + f.sparse.quadratic_blocks((Binv.T @ f.G).T, q1)
+            lam = f.lambdas
+            out.append(s2 * np.einsum("ab,nbc,dc->nad", lam[0], V1, lam[0]))
+            for k in range(1, len(self.q)):
+                o0, o1 = self.rest_offsets[k - 1], self.rest_offsets[k]
+                E = sp.identity(mz, format="csc")[:, o0:o1]
+                blocks = f.sparse.quadratic_blocks(E, self.q[k])
+                out.append(s2 * np.einsum("ab,nbc,dc->nad", lam[k], blocks, lam[k]))
+            return out
         if mz:
+            # W (m_z x l1 q1), L22^-1 and Vr are dense
+            check_memory(8.0 * mz * (l1 * q1 + 2 * mz), "the conditional variances (dense path)")
             L22 = f.Lr[:mz, :mz]
             # W = L22^-1 L21 blockdiag(L1^-1), with L21 = G'
             Binv = sp.bsr_matrix((L1inv, np.arange(l1), np.arange(l1 + 1)), shape=(l1 * q1, l1 * q1))

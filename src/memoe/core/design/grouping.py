@@ -59,14 +59,14 @@ def make_grouping_factor(data: pd.DataFrame, factors: tuple[str, ...]) -> Groupi
     codes, labels = _codes_of(data[factors[0]])
     if len(factors) == 1:
         return GroupingFactor(name=factors[0], codes=codes, levels=labels)
-    label_parts = [[str(v) for v in labels]]
+    label_parts = [list(map(str, labels))]
     combined = codes
     sizes = [len(labels)]
     for name in factors[1:]:
         c, lab = _codes_of(data[name])
         combined = combined * len(lab) + c
         sizes.append(len(lab))
-        label_parts.append([str(v) for v in lab])
+        label_parts.append(list(map(str, lab)))
     used, inverse = np.unique(combined, return_inverse=True)
     # decode the used combined codes into per-factor indices for labels
     parts = []
@@ -75,5 +75,8 @@ def make_grouping_factor(data: pd.DataFrame, factors: tuple[str, ...]) -> Groupi
         parts.append(rem % size)
         rem = rem // size
     parts.reverse()
-    labels_out = [":".join(label_parts[k][parts[k][i]] for k in range(len(factors))) for i in range(len(used))]
+    # object-array concatenation: one C loop per factor instead of a join per used level
+    labels_out = np.asarray(label_parts[0], dtype=object)[parts[0]]
+    for k in range(1, len(factors)):
+        labels_out = labels_out + ":" + np.asarray(label_parts[k], dtype=object)[parts[k]]
     return GroupingFactor(name=":".join(factors), codes=inverse.astype(np.int64), levels=pd.Index(labels_out))
