@@ -38,7 +38,7 @@ from memoe.errors import ArgumentError, FormulaTypeError
 from memoe.lmm.objective import PLSProblem
 from memoe.lmm.result import LmmResult
 
-__all__ = ["LMM", "SINGULAR_TOL", "lmm"]
+__all__ = ["LMM", "SINGULAR_TOL"]
 
 # lme4's isSingular() tolerance on the diagonal of the relative covariance factors
 SINGULAR_TOL = 1e-4
@@ -299,49 +299,3 @@ def _build_lmm_design(formula: str, data: pd.DataFrame, contrasts, weights, offs
         check_prior_weights(w, None if w_col == WEIGHTS_COLUMN else w_col)
     off = evaluate_offset(fd, offset_terms, o_col)
     return design.with_prior(w, off, offset_terms, weights_column=w_col, offset_column=o_col)
-
-
-def lmm(
-    formula: str, data: pd.DataFrame, contrasts: dict[str, str] | None = None, weights=None, offset=None
-) -> LMM:
-    """Specify a linear mixed model with an lme4 formula; call ``.fit(reml=...)`` to estimate it.
-
-    Parameters
-    ----------
-    formula : str
-        lme4 syntax, e.g. ``"Reaction ~ Days + (Days | Subject)"`` (see :class:`LMM`).
-    data : pandas.DataFrame, polars.DataFrame or pyarrow.Table
-        Rows with a missing value in any used column are dropped (counted on the result).
-    contrasts : dict, optional
-        Factor column -> ``"treatment"``, ``"sum"``, ``"helmert"`` or ``"poly"`` (R's ``contrasts=``).
-    weights : str or array-like, optional
-        lme4's prior weights (a column or one positive value per row); see :class:`LMM`.
-    offset : str or array-like, optional
-        A known term added to the linear predictor (a column or one value per row), as lme4's ``offset=``.
-
-    Returns
-    -------
-    LMM
-        The unfitted model; ``.fit(reml=True)`` returns an :class:`LmmResult`.
-
-    R equivalent
-    ------------
-    ``lme4::lmer(formula, data, REML = TRUE, weights = , offset = , contrasts = )``
-    (the model specification is ``lme4::lFormula``).
-
-    Examples
-    --------
-    >>> import memoe
-    >>> ss = memoe.datasets.load("sleepstudy")
-    >>> fit = memoe.lmm("Reaction ~ poly(Days, 2) + (1 | Subject)", ss).fit()
-    >>> list(fit.params.index)
-    ['(Intercept)', 'poly(Days, 2)1', 'poly(Days, 2)2']
-    """
-    from memoe.dask import is_dask_dataframe
-
-    if is_dask_dataframe(data):  # out of core on Dask (memoe.dask), imported only for Dask input
-        from memoe.dask.lmm import DaskLMM
-
-        return DaskLMM(formula, data, contrasts=contrasts, weights=weights, offset=offset)
-    return LMM(formula, data, contrasts=contrasts, weights=weights, offset=offset)
-

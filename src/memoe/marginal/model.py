@@ -34,7 +34,7 @@ from memoe.errors import (
     FormulaError,
     caller_stacklevel,
 )
-from memoe.lmm.model import lmm
+from memoe.lmm.factory import lmm
 from memoe.marginal.correlation import CorStruct, check_correlation_identifiable
 from memoe.marginal.layout import GroupLayout, make_layout
 from memoe.marginal.problem import MarginalProblem, RandomLevel
