@@ -291,6 +291,8 @@ class Gaus(Spatial):
 class Spher(Spatial):
     """nlme's ``corSpher``: ``1 - 1.5 x + 0.5 x^3`` for ``x = d / range < 1``, 0 beyond (times 1 - nugget).
 
+    The range is above the smallest within-group distance (nlme's).
+
     Parameters
     ----------
     *covariates : str
@@ -301,8 +303,6 @@ class Spher(Spatial):
         Estimate nlme's nugget.
     metric : {"euclidean", "manhattan", "maximum"}
         Distance between covariate vectors (R's ``dist``).
-
-    The range is above the smallest within-group distance (nlme's).
 
     R equivalent
     ------------
@@ -325,6 +325,8 @@ class Spher(Spatial):
 class Lin(Spatial):
     """nlme's ``corLin``: ``1 - d / range`` for ``d < range``, 0 beyond (times 1 - nugget).
 
+    The range is above the smallest within-group distance (nlme's).
+
     Parameters
     ----------
     *covariates : str
@@ -335,8 +337,6 @@ class Lin(Spatial):
         Estimate nlme's nugget.
     metric : {"euclidean", "manhattan", "maximum"}
         Distance between covariate vectors (R's ``dist``).
-
-    The range is above the smallest within-group distance (nlme's).
 
     R equivalent
     ------------
