@@ -17,10 +17,10 @@ matplotlib.use("Agg")
 
 import memoe
 
-#: the MEMoE tutorial's data and model; switching the tutorial to pbcseq changes these lines only
-TUTORIAL_DATA = "memoe_sim2"
-TUTORIAL_FORMULA = "y ~ time + x + (time | id)"
-TUTORIAL_GATING = "~ w1 + w2"
+#: the MEMoE tutorial's data and model (docs/tutorial_memoe.md, examples/pbc_memoe.py)
+TUTORIAL_DATA = "pbcseq"
+TUTORIAL_FORMULA = "logbili ~ years + (years | id)"
+TUTORIAL_GATING = "~ age + sex + trt"
 
 
 def figures() -> dict:
@@ -42,7 +42,7 @@ def figures() -> dict:
         "lmm_predictions": lambda: fit.plot.predictions(max_subjects=4),
         "memoe_posterior": lambda: mix.plot.posterior(),
         "memoe_gate_effects": lambda: mix.plot.gate_effects(),
-        "memoe_trajectories": lambda: mix.plot.trajectories(y="fitted"),
+        "memoe_trajectories": lambda: mix.plot.trajectories(time="years", y="fitted", max_subjects=312),
     }
 
 

@@ -27,7 +27,7 @@ _DIRECTIVE = re.compile(r"^::: ([\w.]+)", re.M)
 #: the modules whose ``__all__`` is the public API (``memoe.errors`` has none: its public classes count)
 PUBLIC_MODULES = ["memoe", "memoe.cli", "memoe.datasets", "memoe.gee", "memoe.glmm", "memoe.inference",
                   "memoe.lmm", "memoe.marginal", "memoe.moe", "memoe.persist", "memoe.plot", "memoe.simulate",
-                  "memoe.errors"]
+                  "memoe.metrics", "memoe.errors"]
 
 
 def _pages() -> list[Path]:

@@ -44,6 +44,15 @@ class LabelMatch:
         For a fit whose experts are 1..K and a truth labelled 1..K: ``order[j]`` is the 0-based expert
         matched to true class ``j + 1``, so ``fit.estimates.permute(order)`` lists the experts in the
         truth's order. None when the labels are not both 1..K with the same K.
+
+    Examples
+    --------
+    >>> from memoe.metrics import match_labels
+    >>> m = match_labels([2, 2, 1, 1, 1], [1, 1, 2, 2, 1])
+    >>> type(m).__name__, m.accuracy
+    ('LabelMatch', 0.8)
+    >>> m.labels.tolist()
+    [1, 1, 2, 2, 2]
     """
 
     mapping: dict

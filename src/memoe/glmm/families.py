@@ -502,6 +502,15 @@ class Gamma(Family):
     ``V(mu) = mu^2``; the dispersion ``phi`` (1 / shape) is a parameter. lme4's Laplace deviance uses R's
     ``Gamma()$aic`` with ``phi = sum(d_i) / sum(wt)`` at the conditional modes, plus 2.
 
+    Parameters
+    ----------
+    link : Link, default Link("inverse")
+        ``inverse``, ``log`` or ``identity``.
+
+    R equivalent
+    ------------
+    ``stats::Gamma(link = "inverse")`` (in ``lme4::glmer`` / ``glmmTMB::glmmTMB``).
+
     Examples
     --------
     >>> from memoe.glmm.families import Gamma
@@ -550,7 +559,24 @@ class Gamma(Family):
 @dataclass(frozen=True)
 class InverseGaussian(Family):
     """Inverse Gaussian family, R's ``inverse.gaussian(link = "1/mu^2")`` (links ``1/mu^2``, ``inverse``,
-    ``log``, ``identity``). ``V(mu) = mu^3``; dispersion profiled as for :class:`Gamma`."""
+    ``log``, ``identity``). ``V(mu) = mu^3``; dispersion profiled as for :class:`Gamma`.
+
+    Parameters
+    ----------
+    link : Link, default Link("1/mu^2")
+        ``1/mu^2``, ``inverse``, ``log`` or ``identity``.
+
+    R equivalent
+    ------------
+    ``stats::inverse.gaussian(link = "1/mu^2")``.
+
+    Examples
+    --------
+    >>> from memoe.glmm.families import InverseGaussian
+    >>> from memoe.glmm import Link
+    >>> str(InverseGaussian(link=Link("log")))
+    'inverse.gaussian ( log )'
+    """
 
     link: Link = Link("1/mu^2")
     name: str = "inverse.gaussian"
@@ -596,6 +622,22 @@ class Gaussian(Family):
 
     With the identity link a GLMM is a linear mixed model: use :func:`memoe.lmm` (lme4's ``glmer``
     hands it to ``lmer`` too).
+
+    Parameters
+    ----------
+    link : Link
+        ``log`` or ``inverse`` (the identity link is refused: use :func:`memoe.lmm`).
+
+    R equivalent
+    ------------
+    ``stats::gaussian(link = "log")``.
+
+    Examples
+    --------
+    >>> from memoe.glmm.families import Gaussian
+    >>> from memoe.glmm import Link
+    >>> str(Gaussian(link=Link("log")))
+    'gaussian ( log )'
     """
 
     link: Link = Link("identity")
@@ -651,6 +693,17 @@ class NegativeBinomial(Family):
     ``theta=None`` (the default, and the names ``"negative_binomial"``, ``"nbinom2"``): theta is
     estimated with the other parameters (lme4's ``glmer.nb``, glmmTMB's ``nbinom2``); a number fixes it
     (lme4's ``glmer(family = negative.binomial(theta))``).
+
+    Parameters
+    ----------
+    link : Link, default Link("log")
+        ``log``, ``sqrt`` or ``identity``.
+    theta : float, optional
+        Fixed shape; None estimates it.
+
+    R equivalent
+    ------------
+    ``lme4::glmer.nb``; ``glmmTMB::glmmTMB(family = nbinom2)``; ``MASS::negative.binomial(theta)``.
 
     Examples
     --------

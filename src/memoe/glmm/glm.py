@@ -90,6 +90,20 @@ class GlmResult(GlmmResult):
     ----------
     iterations : int
         IRLS iterations.
+
+    R equivalent
+    ------------
+    ``stats::glm(cbind(incidence, size - incidence) ~ period, binomial, cbpp)``; ``MASS::glm.nb``.
+
+    Examples
+    --------
+    >>> import memoe
+    >>> cbpp = memoe.datasets.load("cbpp")
+    >>> glm = memoe.glmm("cbind(incidence, size - incidence) ~ period", cbpp, "binomial").fit()
+    >>> type(glm).__name__, round(glm.loglik, 4)
+    ('GlmResult', -99.0292)
+    >>> glm.fixef.round(4).tolist()
+    [-1.269, -1.1708, -1.3014, -1.7823]
     """
 
     confint_methods = ("wald", "profile", "bootstrap")

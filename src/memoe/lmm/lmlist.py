@@ -68,6 +68,20 @@ class LmList:
     few rows) gets an ``NA`` coefficient there, as ``lm`` gives with its pivoted QR (criterion of R's
     ``dqrdc2``, tolerance 1e-7). lme4 fits each group on its own subset of the model frame, so a factor
     whose *reference* level is absent from a group is coded differently there by lme4.
+
+    R equivalent
+    ------------
+    ``lme4::lmList(Reaction ~ Days | Subject, sleepstudy)`` (the model half; :func:`lmlist` fits it).
+
+    Examples
+    --------
+    >>> import memoe
+    >>> from memoe.lmm import LmList, LmListResult
+    >>> model = LmList("Reaction ~ Days | Subject", memoe.datasets.load("sleepstudy"))
+    >>> model.names
+    ['(Intercept)', 'Days']
+    >>> round(float(LmListResult(model).fixef["Days"]), 4)
+    10.4673
     """
 
     def __init__(self, formula: str, data: pd.DataFrame, pool: bool = True) -> None:
@@ -164,6 +178,17 @@ class LmListResult(FitResult):
     ``params`` flattens the coefficients as ``"<term>|<group>"``; ``fixef`` is lme4's ``fixef(lmList)``
     (the mean over groups of each coefficient). ``loglik`` is lme4's ``logLik(lmList)``: one Gaussian
     likelihood with separate coefficients per group and the common (pooled) residual variance, ML.
+
+    Built by :func:`memoe.lmlist` (users do not construct it).
+
+    Examples
+    --------
+    >>> import memoe
+    >>> fits = memoe.lmlist("Reaction ~ Days | Subject", memoe.datasets.load("sleepstudy"))
+    >>> fits.coef_table().loc["Days|308", ["estimate", "std_error"]].round(4).tolist()
+    [21.7647, 2.8176]
+    >>> round(fits.loglik, 4)
+    -818.9351
     """
 
     family = "lmlist"
@@ -435,6 +460,10 @@ def lmlist(formula: str, data: pd.DataFrame, pool: bool = True) -> LmListResult:
     -------
     LmListResult
 
+    R equivalent
+    ------------
+    ``lme4::lmList(Reaction ~ Days | Subject, sleepstudy)``.
+
     Examples
     --------
     >>> import memoe
@@ -444,7 +473,5 @@ def lmlist(formula: str, data: pd.DataFrame, pool: bool = True) -> LmListResult:
     21.7647
     >>> round(fits.sigma, 4)
     25.5918
-
-    R: ``lme4::lmList(Reaction ~ Days | Subject, sleepstudy)``.
     """
     return LmListResult(LmList(formula, data, pool=pool))

@@ -111,12 +111,14 @@ class ARMA(CorStruct):
         Integer time column (nlme's ``form = ~ visit | group``; also accepted as ``time=``); default
         the order of the rows within the group.
 
+    R equivalent
+    ------------
+    ``nlme::corARMA(p = 1, q = 1, form = ~ 1 | Mare)``. As nlme, ARMA(1, 0) over
+    consecutive positions is reported as AR(1) with parameter ``Phi``.
+
     Examples
     --------
     >>> memoe.gls(f, ovary, correlation=ARMA(p=1, q=1, group="Mare"))  # doctest: +SKIP
-
-    Replicates R's ``nlme::corARMA(p = 1, q = 1, form = ~ 1 | Mare)``. As nlme, ARMA(1, 0) over
-    consecutive positions is reported as AR(1) with parameter ``Phi``.
     """
 
     p: int = 0

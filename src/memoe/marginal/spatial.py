@@ -217,13 +217,24 @@ class Spatial(CorStruct):
 class Exp(Spatial):
     """nlme's ``corExp``: ``cor(d) = (1 - nugget) exp(-d / range)`` for ``d > 0`` (nugget 0 without one).
 
-    Parameters as :class:`Spatial` (``Exp("Time", "Rat", nugget=True)``).
+    Parameters
+    ----------
+    *covariates : str
+        Numeric position column(s); a second positional string without ``group=`` is the group.
+    group : str, optional
+        Grouping column (``lme``: the random-effects grouping factor by default; ``gls``: one group).
+    nugget : bool, default False
+        Estimate nlme's nugget.
+    metric : {"euclidean", "manhattan", "maximum"}
+        Distance between covariate vectors (R's ``dist``).
+
+    R equivalent
+    ------------
+    ``nlme::corExp(form = ~ Time, nugget = TRUE)``.
 
     Examples
     --------
     >>> memoe.lme("weight ~ Time * Diet + (Time | Rat)", bw, correlation=Exp("Time", nugget=True))  # doctest: +SKIP
-
-    Replicates R's ``nlme::corExp(form = ~ Time, nugget = TRUE)``.
     """
 
     label = "Exponential spatial correlation"
@@ -249,13 +260,24 @@ class Exp(Spatial):
 class Gaus(Spatial):
     """nlme's ``corGaus``: ``cor(d) = (1 - nugget) exp(-(d / range)^2)``.
 
-    Parameters as :class:`Spatial`.
+    Parameters
+    ----------
+    *covariates : str
+        Numeric position column(s); a second positional string without ``group=`` is the group.
+    group : str, optional
+        Grouping column (``lme``: the random-effects grouping factor by default; ``gls``: one group).
+    nugget : bool, default False
+        Estimate nlme's nugget.
+    metric : {"euclidean", "manhattan", "maximum"}
+        Distance between covariate vectors (R's ``dist``).
+
+    R equivalent
+    ------------
+    ``nlme::corGaus(form = ~ Time | Rat, nugget = TRUE)``.
 
     Examples
     --------
     >>> memoe.gls("weight ~ Time * Diet", bw, correlation=Gaus("Time", "Rat", nugget=True))  # doctest: +SKIP
-
-    Replicates R's ``nlme::corGaus(form = ~ Time | Rat, nugget = TRUE)``.
     """
 
     label = "Gaussian spatial correlation"
@@ -269,13 +291,26 @@ class Gaus(Spatial):
 class Spher(Spatial):
     """nlme's ``corSpher``: ``1 - 1.5 x + 0.5 x^3`` for ``x = d / range < 1``, 0 beyond (times 1 - nugget).
 
-    Parameters as :class:`Spatial`; the range is above the smallest within-group distance (nlme's).
+    The range is above the smallest within-group distance (nlme's).
+
+    Parameters
+    ----------
+    *covariates : str
+        Numeric position column(s); a second positional string without ``group=`` is the group.
+    group : str, optional
+        Grouping column (``lme``: the random-effects grouping factor by default; ``gls``: one group).
+    nugget : bool, default False
+        Estimate nlme's nugget.
+    metric : {"euclidean", "manhattan", "maximum"}
+        Distance between covariate vectors (R's ``dist``).
+
+    R equivalent
+    ------------
+    ``nlme::corSpher(form = ~ Time | Rat)``.
 
     Examples
     --------
     >>> memoe.gls("weight ~ Time * Diet", bw, correlation=Spher("Time", "Rat"))  # doctest: +SKIP
-
-    Replicates R's ``nlme::corSpher(form = ~ Time | Rat)``.
     """
 
     label = "Spherical spatial correlation"
@@ -290,13 +325,26 @@ class Spher(Spatial):
 class Lin(Spatial):
     """nlme's ``corLin``: ``1 - d / range`` for ``d < range``, 0 beyond (times 1 - nugget).
 
-    Parameters as :class:`Spatial`; the range is above the smallest within-group distance (nlme's).
+    The range is above the smallest within-group distance (nlme's).
+
+    Parameters
+    ----------
+    *covariates : str
+        Numeric position column(s); a second positional string without ``group=`` is the group.
+    group : str, optional
+        Grouping column (``lme``: the random-effects grouping factor by default; ``gls``: one group).
+    nugget : bool, default False
+        Estimate nlme's nugget.
+    metric : {"euclidean", "manhattan", "maximum"}
+        Distance between covariate vectors (R's ``dist``).
+
+    R equivalent
+    ------------
+    ``nlme::corLin(form = ~ Time | Rat)``.
 
     Examples
     --------
     >>> memoe.gls("weight ~ Time * Diet", bw, correlation=Lin("Time", "Rat"))  # doctest: +SKIP
-
-    Replicates R's ``nlme::corLin(form = ~ Time | Rat)``.
     """
 
     label = "Linear spatial correlation"
@@ -311,13 +359,24 @@ class Lin(Spatial):
 class Ratio(Spatial):
     """nlme's ``corRatio``: ``cor(d) = (1 - nugget) / (1 + (d / range)^2)`` (rational quadratic).
 
-    Parameters as :class:`Spatial`.
+    Parameters
+    ----------
+    *covariates : str
+        Numeric position column(s); a second positional string without ``group=`` is the group.
+    group : str, optional
+        Grouping column (``lme``: the random-effects grouping factor by default; ``gls``: one group).
+    nugget : bool, default False
+        Estimate nlme's nugget.
+    metric : {"euclidean", "manhattan", "maximum"}
+        Distance between covariate vectors (R's ``dist``).
+
+    R equivalent
+    ------------
+    ``nlme::corRatio(form = ~ Time | Rat)``.
 
     Examples
     --------
     >>> memoe.gls("weight ~ Time * Diet", bw, correlation=Ratio("Time", "Rat"))  # doctest: +SKIP
-
-    Replicates R's ``nlme::corRatio(form = ~ Time | Rat)``.
     """
 
     label = "Rational quadratic spatial correlation"

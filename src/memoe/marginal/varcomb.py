@@ -25,11 +25,13 @@ class VarComb:
         At least two. Parameters are those of each function in turn; their names get the prefix
         ``A.``, ``B.``, ... as nlme's ``coef(varComb)``.
 
+    R equivalent
+    ------------
+    ``nlme::varComb(varIdent(form = ~ 1 | Sex), varPower(form = ~ age))``.
+
     Examples
     --------
     >>> VarComb(VarIdent("Sex"), VarPower("age"))  # doctest: +SKIP
-
-    Replicates R's ``nlme::varComb(varIdent(form = ~ 1 | Sex), varPower(form = ~ age))``.
     """
 
     functions: tuple

@@ -365,11 +365,13 @@ class VarPower(VarFunc):
     fixed : float or dict, optional
         Hold ``power`` at this value (a dict ``{stratum: value}`` with ``by``).
 
+    R equivalent
+    ------------
+    ``nlme::varPower(form = ~ v | by, fixed = ...)``.
+
     Examples
     --------
     >>> memoe.lme("weight ~ Time * Diet + (Time | Rat)", bw, weights=VarPower())  # doctest: +SKIP
-
-    Replicates R's ``nlme::varPower(form = ~ v | by, fixed = ...)``.
     """
 
     form: str | None = None
@@ -400,11 +402,13 @@ class VarExp(VarFunc):
     form, by, fixed
         As :class:`VarPower` (the parameter is ``expon``).
 
+    R equivalent
+    ------------
+    ``nlme::varExp(form = ~ v | by)``.
+
     Examples
     --------
     >>> memoe.gls("distance ~ age * Sex", orth, weights=VarExp("age"))  # doctest: +SKIP
-
-    Replicates R's ``nlme::varExp(form = ~ v | by)``.
     """
 
     form: str | None = None
@@ -437,11 +441,13 @@ class VarConstPower(VarFunc):
     fixed : dict, optional
         ``{"const": value}`` and/or ``{"power": value}`` (values may be ``{stratum: value}`` dicts).
 
+    R equivalent
+    ------------
+    ``nlme::varConstPower(form = ~ v | by)``; ``const`` is optimised on the log scale.
+
     Examples
     --------
     >>> memoe.gls("distance ~ age", orth, weights=VarConstPower("age"))  # doctest: +SKIP
-
-    Replicates R's ``nlme::varConstPower(form = ~ v | by)``; ``const`` is optimised on the log scale.
     """
 
     form: str | None = None
@@ -481,11 +487,13 @@ class VarFixed(VarFunc):
     form : str
         Positive numeric column (the SD ratio is ``sqrt(v)``).
 
+    R equivalent
+    ------------
+    ``nlme::varFixed(~ v)``.
+
     Examples
     --------
     >>> memoe.gls("y ~ x", df, weights=VarFixed("n_inv"))  # doctest: +SKIP
-
-    Replicates R's ``nlme::varFixed(~ v)``.
     """
 
     form: str = None  # type: ignore[assignment]

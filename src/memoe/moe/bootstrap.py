@@ -155,6 +155,16 @@ class BootstrapLRT:
     seed : int or None
     n_starts : int
         Starts of each refit.
+
+    Examples
+    --------
+    >>> import memoe
+    >>> sim = memoe.datasets.load("memoe_sim2")
+    >>> f1 = memoe.lmm("y ~ time + x + (time | id)", sim).fit(reml=False)  # doctest: +SKIP
+    >>> f2 = memoe.MEMoE("y ~ time + x + (time | id)", gating="~ w1 + w2", k=2, data=sim).fit(seed=1)  # doctest: +SKIP
+    >>> res = memoe.bootstrap_lrt(f1, f2, nsim=19, seed=1)  # doctest: +SKIP
+    >>> res.k_small, res.k_large, res.nsim  # doctest: +SKIP
+    (1, 2, 19)
     """
 
     statistic: float

@@ -72,6 +72,15 @@ class Scenario:
         ``"t"``: multivariate t random effects (``t_df`` df) with the same covariance (misspecified).
     t_df : float
     name : str
+
+    Examples
+    --------
+    >>> from memoe import Scenario
+    >>> data, truth = Scenario(n_subjects=50, k=2, name="small").simulate(seed=1)
+    >>> data.columns.tolist()
+    ['id', 'time', 'x', 'w1', 'w2', 'y', 'true_class']
+    >>> data["id"].nunique()
+    50
     """
 
     n_subjects: int = 300
