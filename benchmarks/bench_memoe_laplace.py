@@ -33,7 +33,7 @@ SDS = np.array([[0.8, 0.3], [0.6, 0.2], [0.7, 0.25]])
 def simulate(n_subjects: int, visits: int = 8, seed: int = 1) -> tuple[pd.DataFrame, np.ndarray]:
     """Binomial MEMoE data (vectorised); returns the data and the true classes (0-based)."""
     rng = np.random.default_rng(seed)
-    N, K = n_subjects, len(BETA)
+    N = n_subjects
     w1, w2 = rng.normal(size=N), rng.binomial(1, 0.5, N).astype(float)
     eta = np.column_stack([np.ones(N), w1, w2]) @ GAMMA.T
     pi = np.exp(eta - eta.max(axis=1, keepdims=True))
