@@ -20,7 +20,7 @@ import numpy as np
 
 from memoe.glmm.dense import DenseWpls, dense_size
 from memoe.glmm.design import GlmmDesign
-from memoe.glmm.families import Family
+from memoe.glmm.families import Binomial, Family, Poisson
 from memoe.glmm.single import MAX_Q, SingleWpls
 from memoe.lmm.objective import PLSProblem
 
@@ -105,6 +105,11 @@ class PirlsProblem:
         self.q = int(sum(self.sizes))
         self._noX = np.zeros((self.n, 0))
         self._loglik_constants = None  # response-only terms of the log-likelihood, computed once
+        # -2 log p(y | mu) - sum(unit deviances): constant in mu for the Poisson and (integer) binomial families
+        self._loglik_offset: tuple[Family, float | None] | None = None
+        # Poisson unit deviances: y log y once per data set instead of y log(y / mu) at every step
+        with np.errstate(divide="ignore", invalid="ignore"):
+            self._ylogy = np.where(self.y > 0, self.y * np.log(np.where(self.y > 0, self.y, 1.0)), 0.0)
         if dense is None:
             dense = dense_size(self.nlevels, self.qk, self.p) <= DENSE_MAX_ENTRIES
         dense = dense and len(self.qk) > 1
@@ -146,6 +151,14 @@ class PirlsProblem:
         """``d mu/d eta`` and the working weights ``wt (d mu/d eta)^2 / V(mu)``."""
         dmu = self.family.mu_eta(eta)
         return dmu, self.wt * dmu * dmu / self.family.variance(mu)
+
+    def dev_resids(self, mu: np.ndarray) -> np.ndarray:
+        """Unit deviances at ``mu`` (the family's, with the Poisson's ``y log y`` computed once)."""
+        fam = self.family
+        if type(fam) is Poisson:
+            # y log(y / mu) = y log y - y log mu; y = 0 rows give 0 * log(mu) = 0 for any finite positive mu
+            return 2.0 * self.wt * (self._ylogy - self.y * np.log(mu) - (self.y - mu))
+        return fam.dev_resids(self.y, mu, self.wt)
 
     def wls_problem(self, w: np.ndarray, z: np.ndarray, with_beta: bool) -> PLSProblem:
         """The LMM's penalised least-squares problem on rows scaled by ``sqrt(w)``.
@@ -201,6 +214,8 @@ class PirlsProblem:
         beta: np.ndarray | None,
         u0: np.ndarray | None = None,
         eta0: np.ndarray | None = None,
+        beta0: np.ndarray | None = None,
+        warm: bool = False,
     ) -> PirlsState:
         """Conditional modes at ``theta`` (and ``beta``), by PIRLS with step halving.
 
@@ -214,6 +229,13 @@ class PirlsProblem:
             Starting modes (default zero).
         eta0 : numpy.ndarray, shape (n,), optional
             Starting linear predictor of the joint update (default: the family's ``mustart``).
+        beta0 : numpy.ndarray, shape (p,), optional
+            Starting fixed effects of the joint update (with ``u0``: a warm start from an earlier
+            solution, which replaces ``eta0``).
+        warm : bool, default False
+            The start (``u0``, with ``beta0`` in the joint update) is an earlier solution: the iterations
+            may stop at the first step when it is already the mode. Otherwise at least two steps are taken,
+            which keeps the stopping error a smooth function of theta and beta (finite differences).
 
         Returns
         -------
@@ -223,28 +245,37 @@ class PirlsProblem:
         """
         # extreme linear predictors (separation) give inf/0 intermediates; they are caught below
         with np.errstate(divide="ignore", over="ignore", invalid="ignore", under="ignore"):
-            return self._solve(theta, beta, u0, eta0)
+            return self._solve(theta, beta, u0, eta0, beta0, warm)
 
-    def _solve(self, theta, beta, u0, eta0) -> PirlsState:
+    def _solve(self, theta, beta, u0, eta0, beta0=None, warm=False) -> PirlsState:
         theta = np.asarray(theta, dtype=float)
         joint = beta is None
         fam = self.family
         u = np.zeros(self.q) if u0 is None else np.asarray(u0, dtype=float).copy()
-        if joint:
+        # a start of the form X beta + Z Lambda u can be the mode already: convergence may be seen at step 1
+        warm = warm and u0 is not None and (not joint or beta0 is not None)
+        if joint and beta0 is not None:
+            b = np.asarray(beta0, dtype=float).copy()
+            fixed_eta = None
+            eta = self.offset + self.X @ b + self.re_predictor(theta, u)
+            mu = fam.linkinv(eta)
+            d = self.dev_resids(mu)
+            pdev = float(d.sum() + u @ u)
+        elif joint:
             b = np.zeros(self.p)
             if eta0 is None:
                 eta0 = fam.linkfun(fam.mustart(self.y, self.wt, self.ntrials))
             eta = np.asarray(eta0, dtype=float)
             fixed_eta = None
             mu = fam.linkinv(eta)
-            d = fam.dev_resids(self.y, mu, self.wt)
+            d = self.dev_resids(mu)
             pdev = np.inf  # the start need not be of the form X beta + Z Lambda u
         else:
             b = np.asarray(beta, dtype=float)
             fixed_eta = self.offset + self.X @ b
             eta = fixed_eta + self.re_predictor(theta, u)
             mu = fam.linkinv(eta)
-            d = fam.dev_resids(self.y, mu, self.wt)
+            d = self.dev_resids(mu)
             pdev = float(d.sum() + u @ u)
         # working response without the offset (and without X beta when beta is held fixed)
         base = self.offset if joint else fixed_eta
@@ -262,7 +293,7 @@ class PirlsProblem:
             b_new = beta_new if joint else b
             du = np.concatenate([u_new - u, b_new - b]) if joint else u_new - u
             scale = 1.0 + float(np.max(np.abs(np.concatenate([u, b])), initial=0.0))
-            if it > 1 and float(np.max(np.abs(du), initial=0.0)) < U_TOL * scale:
+            if (it > 1 or warm) and np.isfinite(pdev) and float(np.max(np.abs(du), initial=0.0)) < U_TOL * scale:
                 # the factor just computed is at the current (converged) modes
                 converged = True
                 break
@@ -273,7 +304,7 @@ class PirlsProblem:
                 fe = self.offset + self.X @ b_try if joint else fixed_eta
                 eta_try = fe + self.re_predictor(theta, u_try)
                 mu_try = fam.linkinv(eta_try)
-                d_try = fam.dev_resids(self.y, mu_try, self.wt)
+                d_try = self.dev_resids(mu_try)
                 pdev_try = float(d_try.sum() + u_try @ u_try)
                 # a rounding-level increase near the optimum is accepted
                 if pdev_try <= pdev + 1e-10 * (abs(pdev) if np.isfinite(pdev) else 0.0):
@@ -301,8 +332,41 @@ class PirlsProblem:
             converged=converged,
         )
 
-    def loglik_terms(self, mu: np.ndarray) -> float:
-        """``-2 log p(y | mu)`` with normalising constants (R's ``family$aic`` without the 2 k)."""
+    def loglik_terms(self, mu: np.ndarray, dev_resid: np.ndarray | None = None) -> float:
+        """``-2 log p(y | mu)`` with normalising constants (R's ``family$aic`` without the 2 k).
+
+        ``dev_resid``: the unit deviances at ``mu`` when known. For the Poisson and the binomial family with
+        integer counts ``-2 log p(y | mu) = sum d_i + C(y)``; ``C`` is computed once and the objective then
+        costs one sum instead of a second pass of logarithms over the data.
+        """
         if self._loglik_constants is None:
             self._loglik_constants = self.family.loglik_constants(self.y, self.wt, self.ntrials)
-        return -2.0 * self.family.loglik(self.y, mu, self.wt, self.ntrials, constants=self._loglik_constants)
+        fam = self.family
+        if dev_resid is not None:
+            if self._loglik_offset is None or self._loglik_offset[0] is not fam:
+                self._loglik_offset = (fam, None)
+                if self._deviance_offset_applies():
+                    full = -2.0 * fam.loglik(self.y, mu, self.wt, self.ntrials, constants=self._loglik_constants)
+                    dsum = float(dev_resid.sum())
+                    if np.isfinite(full) and np.isfinite(dsum):
+                        self._loglik_offset = (fam, full - dsum)
+                        return full
+            offset = self._loglik_offset[1]
+            if offset is not None:
+                return float(dev_resid.sum()) + offset
+        return -2.0 * fam.loglik(self.y, mu, self.wt, self.ntrials, constants=self._loglik_constants)
+
+    def _deviance_offset_applies(self) -> bool:
+        """Whether ``-2 log p(y | mu) - sum d_i`` is free of ``mu`` (R's binomial aic rounds ``m y``)."""
+        fam = self.family
+        if type(fam) is Poisson:
+            return True
+        if type(fam) is Binomial and fam.link.name in ("logit", "probit", "cloglog", "log"):
+            k, size, f, _ = self._loglik_constants
+            m = self.ntrials if np.any(self.ntrials > 1) else self.wt
+            with np.errstate(invalid="ignore"):
+                return bool(
+                    np.array_equal(k, m * self.y) and np.array_equal(size, m)
+                    and np.allclose(f * m, self.wt, rtol=1e-14, atol=0.0)
+                )
+        return False
