@@ -438,8 +438,9 @@ class GLMM:
                         )
                 self.set_family_theta(nb_theta)
             stage2 = StageResult(opt, theta.copy(), beta.copy(), nb_theta)
-        f0 = stage2.opt.fmin if stage2 is not None and not self._warm(control) and np.array_equal(np.concatenate([theta, beta]), stage2.opt.x) \
-            else None
+        # the optimiser's value is reused only when the Hessian's objective is the optimised one (no warm starts)
+        same_x = stage2 is not None and np.array_equal(np.concatenate([theta, beta]), stage2.opt.x)
+        f0 = stage2.opt.fmin if same_x and not self._warm(control) else None
         # with theta_NB estimated the (theta, beta) Hessian is at the estimated theta_NB, as glmer.nb's final fit
         report, hessian = self._check(f, theta, beta, lower, control, f0)
         singular = is_boundary(theta, tmap.lower_bounds, control.singular_tol)
