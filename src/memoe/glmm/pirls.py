@@ -20,7 +20,7 @@ import numpy as np
 
 from memoe.glmm.dense import DenseWpls, dense_size
 from memoe.glmm.design import GlmmDesign
-from memoe.glmm.families import Binomial, Family, Poisson
+from memoe.glmm.families import _THRESH, Binomial, Family, Poisson
 from memoe.glmm.single import MAX_Q, SingleWpls
 from memoe.lmm.objective import PLSProblem
 
@@ -149,8 +149,18 @@ class PirlsProblem:
 
     def _weights(self, eta: np.ndarray, mu: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``d mu/d eta`` and the working weights ``wt (d mu/d eta)^2 / V(mu)``."""
-        dmu = self.family.mu_eta(eta)
-        return dmu, self.wt * dmu * dmu / self.family.variance(mu)
+        fam = self.family
+        kind = type(fam)
+        if kind is Binomial and fam.link.name == "logit" and float(np.max(np.abs(eta), initial=0.0)) <= _THRESH:
+            # canonical link: d mu/d eta = V(mu) = mu (1 - mu), so the weight is wt mu (1 - mu); R's mu_eta
+            # differs from this only beyond its threshold (checked above), two passes instead of seven
+            dmu = mu * (1.0 - mu)
+            return dmu, self.wt * dmu
+        if kind is Poisson and fam.link.name == "log":
+            # d mu/d eta = mu = max(exp(eta), eps) = R's mu_eta, and V(mu) = mu
+            return mu, self.wt * mu
+        dmu = fam.mu_eta(eta)
+        return dmu, self.wt * dmu * dmu / fam.variance(mu)
 
     def dev_resids(self, mu: np.ndarray) -> np.ndarray:
         """Unit deviances at ``mu`` (the family's, with the Poisson's ``y log y`` computed once)."""
