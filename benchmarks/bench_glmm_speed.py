@@ -211,7 +211,8 @@ def main(argv: list[str] | None = None) -> int:
                     if tool == "memoe":
                         extra += f", CPU {r['cpu_seconds']:.3g} s, evaluations {r['evals']}"
                     elif r.get("warnings"):
-                        extra += f", warnings: {'; '.join(r['warnings'])[:120]}"
+                        msgs = [r["warnings"]] if isinstance(r["warnings"], str) else r["warnings"]
+                        extra += f", warnings: {'; '.join(msgs)[:160]}"
                 print(f"{w:14s} {tool:8s} {_fmt(r)}{extra}", flush=True)
             rows.append((w, len(df), out))
     print()

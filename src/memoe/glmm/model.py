@@ -424,10 +424,14 @@ class GLMM:
             if not self.problem.family.has_dispersion:
                 whiten = self._beta_whitening(stage1.theta, state1)
             if whiten is not None:
-                # BOBYQA on beta = beta_1 + C g, C C' = the first stage's covariance of beta: the coefficients
-                # become uncorrelated and of unit scale (an uncentred covariate's slope and the intercept are
-                # strongly correlated, which BOBYQA's quadratic model needs hundreds of evaluations to learn:
-                # VerbAgg 405 -> ~100); a linear change of variables, so the optimum is the same
+                # BOBYQA on beta = beta_1 + C g, C C' = the first stage's covariance of beta: the coefficients become
+                # uncorrelated and of unit scale (an uncentred covariate's slope and the intercept are strongly
+                # correlated, which BOBYQA's quadratic model needs hundreds of evaluations to learn: VerbAgg 405 ->
+                # 74); a linear change of variables, so the optimum is the same. The theta steps shrink by the
+                # typical ratio of standard error to the default step: BOBYQA's model works best when a first step
+                # changes the deviance by similar amounts in every coordinate (10^6 rows: SEs ~ 0.002, not 0.05)
+                se = np.sqrt(np.sum(whiten * whiten, axis=1))
+                step[:k] *= float(np.clip(np.median(se / step[k : k + p]), 1e-3, 1.0))
                 b1 = x0[k : k + p].copy()
                 f_orig = fopt
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from memoe.glmm.dense import DenseWpls, dense_size
 from memoe.glmm.design import GlmmDesign
-from memoe.glmm.families import _THRESH, Binomial, Family, Poisson
+from memoe.glmm.families import _EPS, _THRESH, Binomial, Family, Poisson
 from memoe.glmm.single import MAX_Q, SingleWpls
 from memoe.lmm.objective import PLSProblem
 
@@ -30,6 +30,7 @@ __all__ = ["PirlsProblem", "PirlsState"]
 # exact to rounding; the objective (and its finite-difference Hessian, step 1e-4) needs ~1e-11.
 U_TOL = 1e-10
 MAX_ITER = 60
+_LOG_EPS = float(np.log(_EPS))
 # step-halving gives up below this fraction of the Newton step (lme4: 0.001)
 MIN_STEP = 1e-3
 # several grouping factors use DenseWpls while its dense arrays stay below this many entries:
@@ -110,6 +111,10 @@ class PirlsProblem:
         # Poisson unit deviances: y log y once per data set instead of y log(y / mu) at every step
         with np.errstate(divide="ignore", invalid="ignore"):
             self._ylogy = np.where(self.y > 0, self.y * np.log(np.where(self.y > 0, self.y, 1.0)), 0.0)
+        self._ylogy_y = self._ylogy - self.y
+        self._two_wt = 2.0 * self.wt
+        # random-effects columns of ones (intercepts): the predictor needs no product with them
+        self._ones = [bool(np.all(ZT_a == 1.0)) for ZT in self._ZT for ZT_a in ZT]
         if dense is None:
             dense = dense_size(self.nlevels, self.qk, self.p) <= DENSE_MAX_ENTRIES
         dense = dense and len(self.qk) > 1
@@ -133,13 +138,21 @@ class PirlsProblem:
     def re_predictor(self, theta: np.ndarray, u: np.ndarray) -> np.ndarray:
         """``Z Lambda u``, shape (n,): each row reads its level's b = lambda u (no Python loop over rows)."""
         lambdas = self.theta_map.lambdas(theta)
-        out = np.zeros(self.n)
+        out = None
+        col = 0
         for uk, lam, ZT, codes in zip(self.split_u(u), lambdas, self._ZT, self.codes, strict=True):
             b = uk @ lam.T
             # column by column: contiguous gathers of one level vector instead of (n, q) row gathers
             for a in range(ZT.shape[0]):
-                out += ZT[a] * np.take(np.ascontiguousarray(b[:, a]), codes)
-        return out
+                g = np.take(np.ascontiguousarray(b[:, a]), codes)
+                if not self._ones[col]:
+                    g *= ZT[a]
+                col += 1
+                if out is None:
+                    out = g
+                else:
+                    out += g
+        return np.zeros(self.n) if out is None else out
 
     def working(self, eta: np.ndarray):
         """``mu``, ``d mu/d eta`` and the working weights at ``eta``."""
@@ -162,12 +175,23 @@ class PirlsProblem:
         dmu = fam.mu_eta(eta)
         return dmu, self.wt * dmu * dmu / fam.variance(mu)
 
-    def dev_resids(self, mu: np.ndarray) -> np.ndarray:
-        """Unit deviances at ``mu`` (the family's, with the Poisson's ``y log y`` computed once)."""
+    def dev_resids(self, mu: np.ndarray, eta: np.ndarray | None = None) -> np.ndarray:
+        """Unit deviances at ``mu`` (the family's, with the Poisson's ``y log y - y`` computed once).
+
+        ``eta``: the linear predictor of ``mu``; with the log link ``log mu = max(eta, log eps)`` needs no
+        logarithm (R's linkinv is ``max(exp(eta), eps)``).
+        """
         fam = self.family
         if type(fam) is Poisson:
-            # y log(y / mu) = y log y - y log mu; y = 0 rows give 0 * log(mu) = 0 for any finite positive mu
-            return 2.0 * self.wt * (self._ylogy - self.y * np.log(mu) - (self.y - mu))
+            # y log(y / mu) - (y - mu) = (y log y - y) - y log mu + mu; y = 0 rows give 0 for finite mu > 0
+            if eta is not None and fam.link.name == "log":
+                logmu = np.maximum(eta, _LOG_EPS)
+            else:
+                logmu = np.log(mu)
+            d = self._ylogy_y - self.y * logmu
+            d += mu
+            d *= self._two_wt
+            return d
         return fam.dev_resids(self.y, mu, self.wt)
 
     def wls_problem(self, w: np.ndarray, z: np.ndarray, with_beta: bool) -> PLSProblem:
@@ -269,7 +293,7 @@ class PirlsProblem:
             fixed_eta = None
             eta = self.offset + self.X @ b + self.re_predictor(theta, u)
             mu = fam.linkinv(eta)
-            d = self.dev_resids(mu)
+            d = self.dev_resids(mu, eta)
             pdev = float(d.sum() + u @ u)
         elif joint:
             b = np.zeros(self.p)
@@ -278,14 +302,14 @@ class PirlsProblem:
             eta = np.asarray(eta0, dtype=float)
             fixed_eta = None
             mu = fam.linkinv(eta)
-            d = self.dev_resids(mu)
+            d = self.dev_resids(mu, eta)
             pdev = np.inf  # the start need not be of the form X beta + Z Lambda u
         else:
             b = np.asarray(beta, dtype=float)
             fixed_eta = self.offset + self.X @ b
             eta = fixed_eta + self.re_predictor(theta, u)
             mu = fam.linkinv(eta)
-            d = self.dev_resids(mu)
+            d = self.dev_resids(mu, eta)
             pdev = float(d.sum() + u @ u)
         # working response without the offset (and without X beta when beta is held fixed)
         base = self.offset if joint else fixed_eta
@@ -314,7 +338,7 @@ class PirlsProblem:
                 fe = self.offset + self.X @ b_try if joint else fixed_eta
                 eta_try = fe + self.re_predictor(theta, u_try)
                 mu_try = fam.linkinv(eta_try)
-                d_try = self.dev_resids(mu_try)
+                d_try = self.dev_resids(mu_try, eta_try)
                 pdev_try = float(d_try.sum() + u_try @ u_try)
                 # a rounding-level increase near the optimum is accepted
                 if pdev_try <= pdev + 1e-10 * (abs(pdev) if np.isfinite(pdev) else 0.0):
@@ -326,7 +350,9 @@ class PirlsProblem:
                 # step halving failed (lme4 stops with an error): keep the best modes found
                 break
             u, b, eta, mu, d, pdev = u_try, b_try, eta_try, mu_try, d_try, pdev_try
-        dmu, w = self._weights(eta, mu)
+        if it == 0:
+            dmu, w = self._weights(eta, mu)
+        # otherwise every exit above leaves (dmu, w) at the current eta: computed at the top of the last iteration
         if not converged:
             step = self._safe_wls(theta, w, eta - base + (self.y - mu) / dmu, joint)
             ldL2 = np.inf if step is None else step[2]
