@@ -18,7 +18,6 @@ from scipy import special
 from memoe.glmm import GlmmControl, glmm
 from memoe.glmm.design import no_separation_certificate, separating_direction
 from memoe.glmm.families import Binomial, Poisson
-from memoe.glmm.pirls import PirlsProblem
 
 
 def _logistic_slope(seed: int = 3, groups: int = 40, per: int = 25) -> pd.DataFrame:
