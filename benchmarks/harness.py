@@ -25,7 +25,10 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
-__all__ = ["Timer", "have_r", "machine_facts", "run_r", "save_results"]
+__all__ = [
+    "Timer", "have_r", "machine_facts", "median_runs", "rscript_available", "run_r", "save_results", "timed",
+    "write_results",
+]
 
 
 @dataclass
@@ -127,3 +130,32 @@ def save_results(path: str, results: dict) -> None:
 
     with open(path, "w") as fh:
         json.dump(results, fh, indent=2, default=default)
+
+
+def timed(fn: Callable[[], object]) -> tuple[object, float, float]:
+    """``(result, wall seconds, CPU seconds of this process)`` of ``fn()``."""
+    c0, t0 = time.process_time(), time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t0, time.process_time() - c0
+
+
+def median_runs(fn: Callable[[], dict], repeats: int) -> dict:
+    """Run ``fn`` (returning a dict with ``seconds``) ``repeats`` times; the last run's fields, every
+    run's seconds in ``runs`` and their median in ``seconds``."""
+    runs = [fn() for _ in range(max(1, repeats))]
+    out = dict(runs[-1])
+    out["runs"] = [r.get("seconds") for r in runs]
+    secs = [s for s in out["runs"] if s is not None]
+    out["seconds"] = statistics.median(secs) if secs else None
+    return out
+
+
+def write_results(path: str, facts: dict, results: list[dict]) -> None:
+    """Write ``{"machine": facts, "results": results}`` as JSON."""
+    with open(path, "w") as fh:
+        json.dump({"machine": facts, "results": results}, fh, indent=1, default=str)
+
+
+def rscript_available() -> bool:
+    """Whether ``Rscript`` is on the PATH (same as :func:`have_r`)."""
+    return have_r()

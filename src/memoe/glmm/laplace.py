@@ -29,7 +29,7 @@ LAPLACE_KINDS = ("expected", "observed")
 
 def laplace_deviance(problem: PirlsProblem, state: PirlsState) -> float:
     """``-2 log p(y | mu) + ||u||^2 + log det(L L')`` at a PIRLS solution."""
-    return problem.loglik_terms(state.mu) + state.sqrL + state.ldL2
+    return problem.loglik_terms(state.mu, state.dev_resid) + state.sqrL + state.ldL2
 
 
 def observed_laplace_deviance(problem: PirlsProblem, state: PirlsState, theta: np.ndarray) -> float:
@@ -50,27 +50,37 @@ def observed_laplace_deviance(problem: PirlsProblem, state: PirlsState, theta: n
         return np.inf
     if not np.isfinite(ldL2):
         return np.inf
-    return problem.loglik_terms(state.mu) + state.sqrL + ldL2
+    return problem.loglik_terms(state.mu, state.dev_resid) + state.sqrL + ldL2
 
 
-def theta_objective(problem: PirlsProblem, eta0: np.ndarray | None = None) -> Callable[[np.ndarray], float]:
+def theta_objective(
+    problem: PirlsProblem, eta0: np.ndarray | None = None, warm: bool = False
+) -> Callable[[np.ndarray], float]:
     """lme4's first stage (``nAGQ = 0``): the Laplace deviance of theta with beta and u from PIRLS.
 
     Every evaluation restarts PIRLS from the same linear predictor ``eta0`` (lme4's ``lp0``), so
-    the objective is a deterministic function of theta.
+    the objective is a deterministic function of theta. With ``warm`` each evaluation starts from the
+    (beta, u) of the last evaluation that converged instead (MixedModels.jl's warm starts): PIRLS stops
+    at the same modes (to ``U_TOL``) in a few Newton steps instead of a full run from ``mustart``.
 
     Returns
     -------
     callable
         theta -> deviance (``inf`` when PIRLS fails).
     """
+    last: list = [None]
 
     def f(theta: np.ndarray) -> float:
         try:
-            st = problem.solve(theta, beta=None, eta0=eta0)
+            if warm and last[0] is not None:
+                st = problem.solve(theta, beta=None, u0=last[0][1], beta0=last[0][0], warm=True)
+            else:
+                st = problem.solve(theta, beta=None, eta0=eta0)
         except (np.linalg.LinAlgError, FloatingPointError, ValueError):
             return np.inf
         v = laplace_deviance(problem, st)
+        if warm and st.converged and np.isfinite(v):
+            last[0] = (st.beta, st.u)
         return v if np.isfinite(v) else np.inf
 
     return f
@@ -80,6 +90,7 @@ def joint_objective(
     problem: PirlsProblem,
     u0: np.ndarray,
     deviance: Callable[[PirlsProblem, PirlsState, np.ndarray], float],
+    warm: bool = False,
 ) -> Callable[[np.ndarray], float]:
     """lme4's second stage: a deviance of ``x = (theta, beta)`` with u from PIRLS (``uOnly``).
 
@@ -91,17 +102,24 @@ def joint_objective(
         objective deterministic for the optimiser and the finite-difference Hessian.
     deviance : callable
         ``(problem, state, theta) -> float``: Laplace or adaptive Gauss-Hermite.
+    warm : bool, default False
+        Start PIRLS from the modes of the last converged evaluation instead of ``u0``. PIRLS runs to
+        ``U_TOL`` (Newton, quadratic convergence), so the value differs from the cold start's only by
+        rounding, and successive BOBYQA points are close: one or two steps instead of four or more.
     """
     k = problem.theta_map.size
+    last = [u0]
 
     def f(x: np.ndarray) -> float:
         x = np.asarray(x, dtype=float)
         theta, beta = x[:k], x[k:]
         try:
-            st = problem.solve(theta, beta=beta, u0=u0)
+            st = problem.solve(theta, beta=beta, u0=last[0], warm=warm)
         except (np.linalg.LinAlgError, FloatingPointError, ValueError):
             return np.inf
         v = deviance(problem, st, theta)
+        if warm and st.converged and np.isfinite(v):
+            last[0] = st.u
         return v if np.isfinite(v) else np.inf
 
     return f

@@ -20,7 +20,7 @@ import numpy as np
 
 from memoe.glmm.dense import DenseWpls, dense_size
 from memoe.glmm.design import GlmmDesign
-from memoe.glmm.families import Family
+from memoe.glmm.families import _EPS, _THRESH, Binomial, Family, Poisson
 from memoe.glmm.single import MAX_Q, SingleWpls
 from memoe.lmm.objective import PLSProblem
 
@@ -30,6 +30,7 @@ __all__ = ["PirlsProblem", "PirlsState"]
 # exact to rounding; the objective (and its finite-difference Hessian, step 1e-4) needs ~1e-11.
 U_TOL = 1e-10
 MAX_ITER = 60
+_LOG_EPS = float(np.log(_EPS))
 # step-halving gives up below this fraction of the Newton step (lme4: 0.001)
 MIN_STEP = 1e-3
 # several grouping factors use DenseWpls while its dense arrays stay below this many entries:
@@ -105,6 +106,15 @@ class PirlsProblem:
         self.q = int(sum(self.sizes))
         self._noX = np.zeros((self.n, 0))
         self._loglik_constants = None  # response-only terms of the log-likelihood, computed once
+        # -2 log p(y | mu) - sum(unit deviances): constant in mu for the Poisson and (integer) binomial families
+        self._loglik_offset: tuple[Family, float | None] | None = None
+        # Poisson unit deviances: y log y once per data set instead of y log(y / mu) at every step
+        with np.errstate(divide="ignore", invalid="ignore"):
+            self._ylogy = np.where(self.y > 0, self.y * np.log(np.where(self.y > 0, self.y, 1.0)), 0.0)
+        self._ylogy_y = self._ylogy - self.y
+        self._two_wt = 2.0 * self.wt
+        # random-effects columns of ones (intercepts): the predictor needs no product with them
+        self._ones = [bool(np.all(ZT_a == 1.0)) for ZT in self._ZT for ZT_a in ZT]
         if dense is None:
             dense = dense_size(self.nlevels, self.qk, self.p) <= DENSE_MAX_ENTRIES
         dense = dense and len(self.qk) > 1
@@ -128,13 +138,21 @@ class PirlsProblem:
     def re_predictor(self, theta: np.ndarray, u: np.ndarray) -> np.ndarray:
         """``Z Lambda u``, shape (n,): each row reads its level's b = lambda u (no Python loop over rows)."""
         lambdas = self.theta_map.lambdas(theta)
-        out = np.zeros(self.n)
+        out = None
+        col = 0
         for uk, lam, ZT, codes in zip(self.split_u(u), lambdas, self._ZT, self.codes, strict=True):
             b = uk @ lam.T
             # column by column: contiguous gathers of one level vector instead of (n, q) row gathers
             for a in range(ZT.shape[0]):
-                out += ZT[a] * np.take(np.ascontiguousarray(b[:, a]), codes)
-        return out
+                g = np.take(np.ascontiguousarray(b[:, a]), codes)
+                if not self._ones[col]:
+                    g *= ZT[a]
+                col += 1
+                if out is None:
+                    out = g
+                else:
+                    out += g
+        return np.zeros(self.n) if out is None else out
 
     def working(self, eta: np.ndarray):
         """``mu``, ``d mu/d eta`` and the working weights at ``eta``."""
@@ -144,8 +162,37 @@ class PirlsProblem:
 
     def _weights(self, eta: np.ndarray, mu: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``d mu/d eta`` and the working weights ``wt (d mu/d eta)^2 / V(mu)``."""
-        dmu = self.family.mu_eta(eta)
-        return dmu, self.wt * dmu * dmu / self.family.variance(mu)
+        fam = self.family
+        kind = type(fam)
+        if kind is Binomial and fam.link.name == "logit" and float(np.max(np.abs(eta), initial=0.0)) <= _THRESH:
+            # canonical link: d mu/d eta = V(mu) = mu (1 - mu), so the weight is wt mu (1 - mu); R's mu_eta
+            # differs from this only beyond its threshold (checked above), two passes instead of seven
+            dmu = mu * (1.0 - mu)
+            return dmu, self.wt * dmu
+        if kind is Poisson and fam.link.name == "log":
+            # d mu/d eta = mu = max(exp(eta), eps) = R's mu_eta, and V(mu) = mu
+            return mu, self.wt * mu
+        dmu = fam.mu_eta(eta)
+        return dmu, self.wt * dmu * dmu / fam.variance(mu)
+
+    def dev_resids(self, mu: np.ndarray, eta: np.ndarray | None = None) -> np.ndarray:
+        """Unit deviances at ``mu`` (the family's, with the Poisson's ``y log y - y`` computed once).
+
+        ``eta``: the linear predictor of ``mu``; with the log link ``log mu = max(eta, log eps)`` needs no
+        logarithm (R's linkinv is ``max(exp(eta), eps)``).
+        """
+        fam = self.family
+        if type(fam) is Poisson:
+            # y log(y / mu) - (y - mu) = (y log y - y) - y log mu + mu; y = 0 rows give 0 for finite mu > 0
+            if eta is not None and fam.link.name == "log":
+                logmu = np.maximum(eta, _LOG_EPS)
+            else:
+                logmu = np.log(mu)
+            d = self._ylogy_y - self.y * logmu
+            d += mu
+            d *= self._two_wt
+            return d
+        return fam.dev_resids(self.y, mu, self.wt)
 
     def wls_problem(self, w: np.ndarray, z: np.ndarray, with_beta: bool) -> PLSProblem:
         """The LMM's penalised least-squares problem on rows scaled by ``sqrt(w)``.
@@ -201,6 +248,8 @@ class PirlsProblem:
         beta: np.ndarray | None,
         u0: np.ndarray | None = None,
         eta0: np.ndarray | None = None,
+        beta0: np.ndarray | None = None,
+        warm: bool = False,
     ) -> PirlsState:
         """Conditional modes at ``theta`` (and ``beta``), by PIRLS with step halving.
 
@@ -214,6 +263,13 @@ class PirlsProblem:
             Starting modes (default zero).
         eta0 : numpy.ndarray, shape (n,), optional
             Starting linear predictor of the joint update (default: the family's ``mustart``).
+        beta0 : numpy.ndarray, shape (p,), optional
+            Starting fixed effects of the joint update (with ``u0``: a warm start from an earlier
+            solution, which replaces ``eta0``).
+        warm : bool, default False
+            The start (``u0``, with ``beta0`` in the joint update) is an earlier solution: the iterations
+            may stop at the first step when it is already the mode. Otherwise at least two steps are taken,
+            which keeps the stopping error a smooth function of theta and beta (finite differences).
 
         Returns
         -------
@@ -223,28 +279,37 @@ class PirlsProblem:
         """
         # extreme linear predictors (separation) give inf/0 intermediates; they are caught below
         with np.errstate(divide="ignore", over="ignore", invalid="ignore", under="ignore"):
-            return self._solve(theta, beta, u0, eta0)
+            return self._solve(theta, beta, u0, eta0, beta0, warm)
 
-    def _solve(self, theta, beta, u0, eta0) -> PirlsState:
+    def _solve(self, theta, beta, u0, eta0, beta0=None, warm=False) -> PirlsState:
         theta = np.asarray(theta, dtype=float)
         joint = beta is None
         fam = self.family
         u = np.zeros(self.q) if u0 is None else np.asarray(u0, dtype=float).copy()
-        if joint:
+        # a start of the form X beta + Z Lambda u can be the mode already: convergence may be seen at step 1
+        warm = warm and u0 is not None and (not joint or beta0 is not None)
+        if joint and beta0 is not None:
+            b = np.asarray(beta0, dtype=float).copy()
+            fixed_eta = None
+            eta = self.offset + self.X @ b + self.re_predictor(theta, u)
+            mu = fam.linkinv(eta)
+            d = self.dev_resids(mu, eta)
+            pdev = float(d.sum() + u @ u)
+        elif joint:
             b = np.zeros(self.p)
             if eta0 is None:
                 eta0 = fam.linkfun(fam.mustart(self.y, self.wt, self.ntrials))
             eta = np.asarray(eta0, dtype=float)
             fixed_eta = None
             mu = fam.linkinv(eta)
-            d = fam.dev_resids(self.y, mu, self.wt)
+            d = self.dev_resids(mu, eta)
             pdev = np.inf  # the start need not be of the form X beta + Z Lambda u
         else:
             b = np.asarray(beta, dtype=float)
             fixed_eta = self.offset + self.X @ b
             eta = fixed_eta + self.re_predictor(theta, u)
             mu = fam.linkinv(eta)
-            d = fam.dev_resids(self.y, mu, self.wt)
+            d = self.dev_resids(mu, eta)
             pdev = float(d.sum() + u @ u)
         # working response without the offset (and without X beta when beta is held fixed)
         base = self.offset if joint else fixed_eta
@@ -262,7 +327,7 @@ class PirlsProblem:
             b_new = beta_new if joint else b
             du = np.concatenate([u_new - u, b_new - b]) if joint else u_new - u
             scale = 1.0 + float(np.max(np.abs(np.concatenate([u, b])), initial=0.0))
-            if it > 1 and float(np.max(np.abs(du), initial=0.0)) < U_TOL * scale:
+            if (it > 1 or warm) and np.isfinite(pdev) and float(np.max(np.abs(du), initial=0.0)) < U_TOL * scale:
                 # the factor just computed is at the current (converged) modes
                 converged = True
                 break
@@ -273,7 +338,7 @@ class PirlsProblem:
                 fe = self.offset + self.X @ b_try if joint else fixed_eta
                 eta_try = fe + self.re_predictor(theta, u_try)
                 mu_try = fam.linkinv(eta_try)
-                d_try = fam.dev_resids(self.y, mu_try, self.wt)
+                d_try = self.dev_resids(mu_try, eta_try)
                 pdev_try = float(d_try.sum() + u_try @ u_try)
                 # a rounding-level increase near the optimum is accepted
                 if pdev_try <= pdev + 1e-10 * (abs(pdev) if np.isfinite(pdev) else 0.0):
@@ -285,7 +350,9 @@ class PirlsProblem:
                 # step halving failed (lme4 stops with an error): keep the best modes found
                 break
             u, b, eta, mu, d, pdev = u_try, b_try, eta_try, mu_try, d_try, pdev_try
-        dmu, w = self._weights(eta, mu)
+        if it == 0:
+            dmu, w = self._weights(eta, mu)
+        # otherwise every exit above leaves (dmu, w) at the current eta: computed at the top of the last iteration
         if not converged:
             step = self._safe_wls(theta, w, eta - base + (self.y - mu) / dmu, joint)
             ldL2 = np.inf if step is None else step[2]
@@ -301,8 +368,41 @@ class PirlsProblem:
             converged=converged,
         )
 
-    def loglik_terms(self, mu: np.ndarray) -> float:
-        """``-2 log p(y | mu)`` with normalising constants (R's ``family$aic`` without the 2 k)."""
+    def loglik_terms(self, mu: np.ndarray, dev_resid: np.ndarray | None = None) -> float:
+        """``-2 log p(y | mu)`` with normalising constants (R's ``family$aic`` without the 2 k).
+
+        ``dev_resid``: the unit deviances at ``mu`` when known. For the Poisson and the binomial family with
+        integer counts ``-2 log p(y | mu) = sum d_i + C(y)``; ``C`` is computed once and the objective then
+        costs one sum instead of a second pass of logarithms over the data.
+        """
         if self._loglik_constants is None:
             self._loglik_constants = self.family.loglik_constants(self.y, self.wt, self.ntrials)
-        return -2.0 * self.family.loglik(self.y, mu, self.wt, self.ntrials, constants=self._loglik_constants)
+        fam = self.family
+        if dev_resid is not None:
+            if self._loglik_offset is None or self._loglik_offset[0] is not fam:
+                self._loglik_offset = (fam, None)
+                if self._deviance_offset_applies():
+                    full = -2.0 * fam.loglik(self.y, mu, self.wt, self.ntrials, constants=self._loglik_constants)
+                    dsum = float(dev_resid.sum())
+                    if np.isfinite(full) and np.isfinite(dsum):
+                        self._loglik_offset = (fam, full - dsum)
+                        return full
+            offset = self._loglik_offset[1]
+            if offset is not None:
+                return float(dev_resid.sum()) + offset
+        return -2.0 * fam.loglik(self.y, mu, self.wt, self.ntrials, constants=self._loglik_constants)
+
+    def _deviance_offset_applies(self) -> bool:
+        """Whether ``-2 log p(y | mu) - sum d_i`` is free of ``mu`` (R's binomial aic rounds ``m y``)."""
+        fam = self.family
+        if type(fam) is Poisson:
+            return True
+        if type(fam) is Binomial and fam.link.name in ("logit", "probit", "cloglog", "log"):
+            k, size, f, _ = self._loglik_constants
+            m = self.ntrials if np.any(self.ntrials > 1) else self.wt
+            with np.errstate(invalid="ignore"):
+                return bool(
+                    np.array_equal(k, m * self.y) and np.array_equal(size, m)
+                    and np.allclose(f * m, self.wt, rtol=1e-14, atol=0.0)
+                )
+        return False

@@ -53,6 +53,8 @@ class SingleWpls:
         # columns as contiguous rows: (n, q) column slices are strided and (n, q) @ (q, q) is slow
         self.ZT = np.ascontiguousarray(Z.T)
         self.XT = np.ascontiguousarray(X.T)
+        # columns of ones (random intercepts): their products with the weights need no multiplication
+        self._ones = [bool(np.all(ZT_a == 1.0)) for ZT_a in self.ZT]
         # rows sorted by level with every level present: per-level sums by reduceat (faster than bincount)
         c = self.codes
         self._starts = None
@@ -71,24 +73,22 @@ class SingleWpls:
         q, l1 = self.q, self.l1
         lam = self.theta_map.lambdas(theta)[0]
         ZT = self.ZT
-        # rows of (Z Lambda)' = Lambda' Z': V[a] = sum_b lam[b, a] Z[:, b] (lam lower triangular)
-        V = np.empty(ZT.shape)
-        for a in range(q):
-            np.multiply(ZT[a], lam[a, a], out=V[a])
-            for b in range(a + 1, q):
-                if lam[b, a] != 0.0:
-                    V[a] += lam[b, a] * ZT[b]
-        WV = V * w[None, :]
-        A = np.empty((q, q, l1))
+        # per-level weighted sums of the raw columns, S_j = Z_j' W_j Z_j and r_j = Z_j' W_j z_j, then
+        # A_j = Lambda' S_j Lambda + I on the small (q, q, levels) arrays: fewer passes over the rows than
+        # forming Z Lambda first, and a column of ones (the intercept) costs no product at all
+        WZ = [w if self._ones[a] else ZT[a] * w for a in range(q)]
+        S = np.empty((q, q, l1))
         buf = np.empty(ZT.shape[1])
         for a in range(q):
             for b in range(a + 1):
-                A[a, b] = self._sum(np.multiply(WV[a], V[b], out=buf))
-                A[b, a] = A[a, b]
-            A[a, a] += 1.0
-        rhs = np.empty((q, 1, l1))
+                S[a, b] = self._sum(WZ[a] if self._ones[b] else np.multiply(WZ[a], ZT[b], out=buf))
+                S[b, a] = S[a, b]
+        r = np.empty((q, l1))
         for a in range(q):
-            rhs[a, 0] = self._sum(np.multiply(WV[a], z, out=buf))
+            r[a] = self._sum(np.multiply(WZ[a], z, out=buf))
+        A = np.einsum("ca,cdl,db->abl", lam, S, lam)
+        A[np.arange(q), np.arange(q)] += 1.0
+        rhs = np.einsum("ca,cl->al", lam, r)[:, None, :]
         L = soa_cholesky(A)
         c = soa_forward_solve(L, rhs)  # (q, 1, l1)
         p = self.X.shape[1] if with_beta else 0
@@ -97,7 +97,8 @@ class SingleWpls:
             ZtWX = np.empty((q, p, l1))
             for a in range(q):
                 for j in range(p):
-                    ZtWX[a, j] = self._sum(np.multiply(WV[a], XT[j], out=buf))
+                    ZtWX[a, j] = self._sum(np.multiply(WZ[a], XT[j], out=buf))
+            ZtWX = np.einsum("ca,cjl->ajl", lam, ZtWX)
             G = soa_forward_solve(L, ZtWX)  # (q, p, l1)
             WXT = XT * w[None, :]
             S = WXT @ XT.T - np.einsum("ajg,akg->jk", G, G)

@@ -1,0 +1,241 @@
+"""GLMM speed against lme4 (``glmer``) and glmmTMB, same data, same run (issue 13).
+
+Workloads:
+
+* ``verbagg``: lme4's ``VerbAgg`` (written to CSV by R; simulated with the same shape where R is missing),
+  ``r2 ~ Anger + Gender + btype + situ + (1 | id) + (1 | item)``, binomial, Laplace: 7,584 rows, 316 x 24
+  crossed levels;
+* ``binslope``: ``y ~ trt + (trt | g)``, binary, a random slope on a binary covariate, 60 groups x 34 = 2,040 rows;
+* ``long_binomial``: ``y ~ t + x + (t | id)``, binary, 10,000 subjects x 10 = 100,000 rows;
+* ``pois1m``: ``y ~ x + (1 | id)``, Poisson, 100,000 subjects x 10 = 1,000,000 rows.
+
+What is timed: memoe ``memoe.glmm(formula, df, family).fit()`` from the DataFrame (design included), in this
+process after a warm-up fit on a subset; lme4 ``glmer(formula, d, family)`` and glmmTMB
+``glmmTMB(formula, d, family)`` (data read and factors made before the clock starts), in one Rscript per
+tool and workload, after a warm-up fit on a subset. Medians of ``--repeats`` runs (the two large workloads
+run ``--large-repeats`` times). CPU seconds of memoe's process are printed too: on a loaded shared machine
+the wall time includes time other processes took.
+
+Usage::
+
+    python benchmarks/bench_glmm_speed.py                       # all workloads, memoe + lme4 + glmmTMB
+    python benchmarks/bench_glmm_speed.py --workloads verbagg,binslope --tools memoe,lme4
+    python benchmarks/bench_glmm_speed.py --json glmm_speed.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import warnings
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import machine_facts, median_runs, rscript_available, run_r, timed, write_results
+
+# name: (formula, family, grouping columns, large)
+WORKLOADS = {
+    "verbagg": ("r2 ~ Anger + Gender + btype + situ + (1 | id) + (1 | item)", "binomial", ("id", "item"), False),
+    "binslope": ("y ~ trt + (trt | g)", "binomial", ("g",), False),
+    "long_binomial": ("y ~ t + x + (t | id)", "binomial", ("id",), True),
+    "pois1m": ("y ~ x + (1 | id)", "poisson", ("id",), True),
+}
+TOOLS = ("memoe", "lme4", "glmmTMB")
+
+
+# ---------------------------------------------------------------------------------------------- data
+def verbagg(tmp: str) -> pd.DataFrame:
+    """lme4's VerbAgg (r2 as 0/1), or a simulation of the same shape without R."""
+    path = os.path.join(tmp, "verbagg_src.csv")
+    if rscript_available():
+        out = run_r(
+            f'suppressMessages(library(lme4)); data(VerbAgg); write.csv(VerbAgg, "{path}", row.names = FALSE); '
+            'cat("{}\\n")'
+        )
+        if "skipped" not in out:
+            df = pd.read_csv(path)
+            df["r2"] = (df["r2"] == "Y").astype(float)
+            return df[["r2", "Anger", "Gender", "btype", "situ", "id", "item"]]
+    print("VerbAgg not available from R: simulating the same shape")
+    rng = np.random.default_rng(7584)
+    n_s, n_i = 316, 24
+    sid, item = np.repeat(np.arange(n_s), n_i), np.tile(np.arange(n_i), n_s)
+    anger = rng.integers(11, 40, n_s)[sid]
+    gender = np.where(rng.random(n_s) < 0.77, "F", "M")[sid]
+    btype = np.array(["curse", "scold", "shout"])[item % 3]
+    situ = np.where(item < 12, "other", "self")
+    eta = 0.2 + 0.06 * (anger - 20) + np.array([0.0, -1.0, -2.0])[item % 3] - 1.0 * (situ == "self")
+    eta = eta + rng.normal(0, 1.3, n_s)[sid] + rng.normal(0, 0.6, n_i)[item]
+    r2 = (rng.random(len(sid)) < 1 / (1 + np.exp(-eta))).astype(float)
+    return pd.DataFrame({"r2": r2, "Anger": anger, "Gender": gender, "btype": btype, "situ": situ,
+                         "id": sid, "item": item})
+
+
+def binslope(seed: int = 1) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    G, m = 60, 34
+    g = np.repeat(np.arange(G), m)
+    trt = rng.integers(0, 2, len(g)).astype(float)
+    b = rng.multivariate_normal([0.0, 0.0], [[1.0, 0.3], [0.3, 0.64]], G)
+    eta = -0.2 + 0.7 * trt + b[g, 0] + b[g, 1] * trt
+    y = (rng.random(len(g)) < 1 / (1 + np.exp(-eta))).astype(float)
+    return pd.DataFrame({"y": y, "trt": trt, "g": g})
+
+
+def long_binomial(N: int = 10_000, visits: int = 10, seed: int = 100_000) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    ids = np.repeat(np.arange(N), visits)
+    t = np.tile(np.arange(visits) / (visits - 1.0), N)
+    x = rng.standard_normal(N * visits)
+    b = rng.multivariate_normal([0.0, 0.0], [[1.0, 0.15], [0.15, 0.25]], size=N)
+    eta = -0.5 + 1.0 * t + 0.3 * x + b[ids, 0] + b[ids, 1] * t
+    return pd.DataFrame({"y": (rng.random(len(ids)) < 1 / (1 + np.exp(-eta))).astype(float), "t": t, "x": x,
+                         "id": ids})
+
+
+def pois1m(N: int = 100_000, visits: int = 10, seed: int = 2) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    ids = np.repeat(np.arange(N), visits)
+    x = rng.standard_normal(N * visits)
+    eta = 0.5 + 0.3 * x + rng.normal(0, 0.5, N)[ids]
+    return pd.DataFrame({"y": rng.poisson(np.exp(eta)).astype(float), "x": x, "id": ids})
+
+
+def make_data(workload: str, tmp: str) -> pd.DataFrame:
+    return {"verbagg": lambda: verbagg(tmp), "binslope": binslope, "long_binomial": long_binomial,
+            "pois1m": pois1m}[workload]()
+
+
+def warmup_subset(df: pd.DataFrame, groups: tuple[str, ...]) -> pd.DataFrame:
+    """A small subset with every crossed factor kept (first grouping factor's first levels)."""
+    g = groups[0]
+    keep = df[g].isin(pd.unique(df[g])[: max(20, min(200, df[g].nunique() // 10))])
+    return df[keep]
+
+
+# ---------------------------------------------------------------------------------------------- fitters
+def fit_memoe(df: pd.DataFrame, workload: str, repeats: int) -> dict:
+    import memoe
+
+    formula, family, groups, _ = WORKLOADS[workload]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        memoe.glmm(formula, warmup_subset(df, groups), family).fit()  # imports, first-call costs
+
+        def one():
+            fit, wall, cpu = timed(lambda: memoe.glmm(formula, df, family).fit())
+            return {"seconds": wall, "cpu_seconds": cpu, "loglik": float(fit.loglik),
+                    "converged": bool(fit.converged), "evals": [fit.stage1.opt.feval, fit.stage2.opt.feval]}
+
+        return median_runs(one, repeats)
+
+
+R_TEMPLATE = r"""
+suppressMessages({{library(lme4); library(glmmTMB); library(jsonlite)}})
+d <- read.csv("{path}")
+for (g in c({groups})) d[[g]] <- factor(d[[g]])
+for (v in c({factors})) d[[v]] <- factor(d[[v]])
+fam <- {family}()
+f <- {formula}
+fitter <- function(data) {call}
+sub <- d[d[[{first}]] %in% levels(d[[{first}]])[seq_len(min(nlevels(d[[{first}]]), 200))], ]
+invisible(suppressWarnings(suppressMessages(fitter(droplevels(sub)))))
+secs <- c(); msgs <- c()
+for (r in seq_len({repeats})) {{
+  gc()
+  t0 <- proc.time()[["elapsed"]]
+  m <- withCallingHandlers(fitter(d), warning = function(w) {{
+    msgs <<- c(msgs, conditionMessage(w)); invokeRestart("muffleWarning") }},
+    message = function(m) invokeRestart("muffleMessage"))
+  secs <- c(secs, proc.time()[["elapsed"]] - t0)
+}}
+cat(toJSON(list(seconds = median(secs), runs = secs, loglik = as.numeric(logLik(m)),
+                warnings = unique(msgs), version = as.character(packageVersion("{pkg}"))),
+           auto_unbox = TRUE, digits = NA), "\n")
+"""
+
+
+def fit_r(tool: str, workload: str, csv: str, repeats: int, timeout: float) -> dict | None:
+    formula, family, groups, _ = WORKLOADS[workload]
+    call = "glmer(f, data, family = fam)" if tool == "lme4" else "glmmTMB(f, data, family = fam)"
+    factors = '"Gender", "btype", "situ"' if workload == "verbagg" else ""
+    code = R_TEMPLATE.format(
+        path=csv, groups=", ".join(f'"{g}"' for g in groups), factors=factors, family=family, formula=formula,
+        call=call, first=f'"{groups[0]}"', repeats=repeats, pkg=tool,
+    )
+    return run_r(code, timeout=timeout)
+
+
+# ---------------------------------------------------------------------------------------------- driver
+def _fmt(r: dict | None) -> str:
+    if not r or "skipped" in r:
+        return "skipped: " + str((r or {}).get("skipped", "not run"))[:80]
+    return f"{r['seconds']:.3g} s"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--workloads", default=",".join(WORKLOADS), help=f"any of {', '.join(WORKLOADS)}")
+    ap.add_argument("--tools", default=",".join(TOOLS))
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--large-repeats", type=int, default=1, help="repeats of long_binomial and pois1m")
+    ap.add_argument("--timeout", type=float, default=900.0, help="per R tool and workload, seconds")
+    ap.add_argument("--json", help="write all results and the machine facts here")
+    args = ap.parse_args(argv)
+    workloads = [w for w in args.workloads.split(",") if w]
+    tools = [t for t in args.tools.split(",") if t]
+    facts = machine_facts()
+    print("machine:", facts)
+    results, rows = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for w in workloads:
+            df = make_data(w, tmp)
+            reps = args.large_repeats if WORKLOADS[w][3] else args.repeats
+            csv = os.path.join(tmp, f"{w}.csv")
+            if any(t != "memoe" for t in tools) and rscript_available():
+                df.to_csv(csv, index=False)
+            out = {}
+            for tool in tools:
+                r = fit_memoe(df, w, reps) if tool == "memoe" else fit_r(tool, w, csv, reps, args.timeout)
+                out[tool] = r
+                results.append({"workload": w, "rows": len(df), "tool": tool, **(r or {"skipped": True})})
+                extra = ""
+                if r and "loglik" in r:
+                    extra = f", logLik {r['loglik']:.6f}"
+                    if tool == "memoe":
+                        extra += f", CPU {r['cpu_seconds']:.3g} s, evaluations {r['evals']}"
+                    elif r.get("warnings"):
+                        msgs = [r["warnings"]] if isinstance(r["warnings"], str) else r["warnings"]
+                        extra += f", warnings: {'; '.join(msgs)[:160]}"
+                print(f"{w:14s} {tool:8s} {_fmt(r)}{extra}", flush=True)
+            rows.append((w, len(df), out))
+    print()
+    print("| workload | rows | memoe | lme4 | glmmTMB | lme4 / memoe | glmmTMB / memoe | logLik memoe - lme4 | "
+          "logLik memoe - glmmTMB |")
+    print("|" + "---|" * 9)
+    for w, n, out in rows:
+        m = out.get("memoe")
+
+        def ratio(t, m=m, out=out):
+            r = out.get(t)
+            ok = m and r and "seconds" in r and "seconds" in m
+            return f"{r['seconds'] / m['seconds']:.1f}x" if ok else "-"
+
+        def dll(t, m=m, out=out):
+            r = out.get(t)
+            ok = m and r and "loglik" in r and "loglik" in m
+            return f"{m['loglik'] - r['loglik']:+.2e}" if ok else "-"
+
+        print(f"| {w} | {n:,} | {_fmt(m) if m else '-'} | {_fmt(out.get('lme4'))} | {_fmt(out.get('glmmTMB'))} | "
+              f"{ratio('lme4')} | {ratio('glmmTMB')} | {dll('lme4')} | {dll('glmmTMB')} |")
+    if args.json:
+        write_results(args.json, facts, results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,133 @@
+"""The GLMM speed paths (issue 13) give the exact path's answers.
+
+* warm starts of PIRLS across evaluations reach the cold-start optimum;
+* the Poisson deviances from eta, the log-likelihood as deviance + constant and the canonical-link working
+  weights equal the families' general formulas;
+* the separation certificate never hides a separation the linear programme finds, and does skip it on a
+  well-posed fit;
+* the single-factor weighted PLS from raw per-level sums equals the general penalised least squares.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import special
+
+from memoe.glmm import GlmmControl, glmm
+from memoe.glmm.design import no_separation_certificate, separating_direction
+from memoe.glmm.families import Binomial, Poisson
+
+
+def _logistic_slope(seed: int = 3, groups: int = 40, per: int = 25) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    g = np.repeat(np.arange(groups), per)
+    trt = rng.integers(0, 2, len(g)).astype(float)
+    anger = rng.integers(10, 40, len(g)).astype(float)  # uncentred: intercept and slope strongly correlated
+    b = rng.multivariate_normal([0.0, 0.0], [[1.0, 0.3], [0.3, 0.5]], groups)
+    eta = -1.5 + 0.05 * anger + 0.7 * trt + b[g, 0] + b[g, 1] * trt
+    y = (rng.random(len(g)) < special.expit(eta)).astype(float)
+    return pd.DataFrame({"y": y, "trt": trt, "anger": anger, "g": g})
+
+
+def _poisson(seed: int = 5, groups: int = 200, per: int = 6) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    g = np.repeat(np.arange(groups), per)
+    x = rng.standard_normal(len(g))
+    eta = 0.3 + 0.4 * x + rng.normal(0, 0.6, groups)[g]
+    return pd.DataFrame({"y": rng.poisson(np.exp(eta)).astype(float), "x": x, "g": g})
+
+
+@pytest.mark.parametrize(
+    "formula, make, family",
+    [
+        ("y ~ trt + anger + (trt | g)", _logistic_slope, "binomial"),
+        ("y ~ x + (1 | g)", _poisson, "poisson"),
+    ],
+)
+def test_warm_starts_reach_the_cold_optimum(formula, make, family):
+    df = make()
+    warm = glmm(formula, df, family).fit(warn=False)
+    cold = glmm(formula, df, family).fit(warn=False, control=GlmmControl(warm_start=False))
+    # both stop within BOBYQA's ftol_abs (1e-11) of one optimum; a few 1e-9 of slack for PIRLS' stopping error
+    assert warm.loglik >= cold.loglik - 1e-8
+    assert abs(warm.loglik - cold.loglik) < 1e-6
+    # estimates within what a 1e-8 change of the deviance allows at this curvature (H ~ 10-1000): 1e-3
+    np.testing.assert_allclose(warm.fixef.to_numpy(), cold.fixef.to_numpy(), atol=2e-3)
+    np.testing.assert_allclose(warm.theta.to_numpy(), cold.theta.to_numpy(), atol=2e-3)
+    # the Hessian-based covariance comes from a deterministic objective either way
+    np.testing.assert_allclose(np.diag(warm.vcov()), np.diag(cold.vcov()), rtol=1e-2)
+
+
+def test_fast_family_paths_equal_the_general_formulas():
+    rng = np.random.default_rng(0)
+    df = _poisson()
+    m = glmm("y ~ x + (1 | g)", df, "poisson")
+    P = m.problem
+    eta = rng.normal(0.3, 1.0, P.n)
+    mu = Poisson().linkinv(eta)
+    general = Poisson().dev_resids(P.y, mu, P.wt)
+    np.testing.assert_allclose(P.dev_resids(mu, eta), general, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(P.dev_resids(mu), general, rtol=1e-12, atol=1e-12)
+    full = -2.0 * Poisson().loglik(P.y, mu, P.wt, P.ntrials)
+    first = P.loglik_terms(mu, general)  # sets the constant
+    mu2 = Poisson().linkinv(eta + 0.3)
+    assert first == pytest.approx(full, rel=1e-13)
+    assert P.loglik_terms(mu2, P.dev_resids(mu2)) == pytest.approx(
+        -2.0 * Poisson().loglik(P.y, mu2, P.wt, P.ntrials), rel=1e-12
+    )
+    # canonical logit weights: wt mu (1 - mu) = wt mu_eta^2 / V
+    b = glmm("y ~ trt + (1 | g)", _logistic_slope(), "binomial").problem
+    eta = rng.normal(0.0, 2.0, b.n)
+    mu = Binomial().linkinv(eta)
+    dmu, w = b._weights(eta, mu)
+    fam = Binomial()
+    np.testing.assert_allclose(dmu, fam.mu_eta(eta), rtol=1e-12)
+    np.testing.assert_allclose(w, b.wt * fam.mu_eta(eta) ** 2 / fam.variance(mu), rtol=1e-12)
+
+
+def test_single_factor_wpls_equals_the_general_solver():
+    df = _logistic_slope()
+    m = glmm("y ~ trt + anger + (trt | g)", df, "binomial")
+    P = m.problem
+    assert P.single is not None
+    rng = np.random.default_rng(1)
+    w = rng.uniform(0.05, 0.25, P.n)
+    z = rng.standard_normal(P.n)
+    theta = np.array([0.9, 0.2, 0.5])
+    for with_beta in (True, False):
+        u1, b1, ld1 = P.single.solve(theta, w, z, with_beta)
+        sol = P.wls_problem(w, z, with_beta).solve(theta, reml=False)
+        u2 = np.concatenate([uk.ravel() for uk in sol.u])
+        np.testing.assert_allclose(u1, u2, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(b1, sol.beta, rtol=1e-10, atol=1e-12)
+        assert ld1 == pytest.approx(float(sol.factor.logdet_Z), rel=1e-12)
+
+
+def test_separation_certificate_is_sound():
+    df = _logistic_slope()
+    m = glmm("y ~ trt + anger + (1 | g)", df, "binomial")
+    st = m.problem.solve(np.array([0.8]), beta=None)
+    assert st.converged
+    assert no_separation_certificate(m.design.X, m.gdesign.y, m.gdesign.wt, st.mu, m.family)
+    # a separated design: x > 0 exactly where y = 1; whatever means are offered, no certificate
+    sep = df.copy()
+    sep["x"] = np.where(sep["y"] > 0, 1.0, -1.0) * (1.0 + np.arange(len(sep)) % 3)
+    ms = glmm("y ~ x + (1 | g)", sep, "binomial")
+    assert separating_direction(ms.design.X, ms.gdesign.y, ms.gdesign.wt) is not None
+    for mu in (np.full(ms.problem.n, 0.5), np.clip(special.expit(sep["x"].to_numpy()), 1e-9, 1 - 1e-9)):
+        assert not no_separation_certificate(ms.design.X, ms.gdesign.y, ms.gdesign.wt, mu, ms.family)
+    with pytest.warns(Warning):
+        fit = ms.fit()
+    assert "x" in ms.separation()
+    assert any("separation" in msg for msg in fit.messages)
+
+
+def test_stage2_evaluations_on_correlated_coefficients():
+    """Uncentred covariate (intercept and slope correlated ~ -0.98): the whitened second stage needs far
+    fewer evaluations than BOBYQA on the raw coefficients, at no worse an optimum."""
+    df = _logistic_slope()
+    fit = glmm("y ~ trt + anger + (trt | g)", df, "binomial").fit(warn=False)
+    assert fit.stage2.opt.feval < 150
+    assert fit.converged
