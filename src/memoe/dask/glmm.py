@@ -31,8 +31,9 @@ from memoe.dask.result import PANDAS_LEVELS, DaskUnsupportedError
 from memoe.dask.spec import DaskFormulaError, learn_design, partition_arrays
 from memoe.dask.stats import tune_malloc
 from memoe.errors import DataError, IdentifiabilityError
+from memoe.glmm.control import GlmmControl
 from memoe.glmm.families import get_family
-from memoe.glmm.model import GlmmControl, StageResult
+from memoe.glmm.model import StageResult
 from memoe.glmm.pirls import MAX_ITER, MIN_STEP, U_TOL
 from memoe.glmm.result import GlmmResult
 from memoe.glmm.single import SingleWpls

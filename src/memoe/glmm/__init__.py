@@ -15,6 +15,8 @@ weights, offset), ``pirls`` (conditional modes), ``laplace`` and ``agq`` (the de
 # registers the family's .memoe codec with memoe.core.persist (which imports no family)
 from memoe.glmm import persist as _persist  # noqa: F401
 from memoe.glmm.agq import QuadratureError, gh_rule
+from memoe.glmm.control import GlmmControl
+from memoe.glmm.factory import glmm
 from memoe.glmm.families import (
     Binomial,
     Family,
@@ -30,7 +32,7 @@ from memoe.glmm.families import (
     get_link,
 )
 from memoe.glmm.glm import GlmResult
-from memoe.glmm.model import GLMM, GlmmControl, glmm
+from memoe.glmm.model import GLMM
 from memoe.glmm.result import GlmmResult
 
 __all__ = [

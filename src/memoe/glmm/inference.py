@@ -165,7 +165,7 @@ def simulate_response(fit, rng: np.random.Generator) -> np.ndarray:
 
 def _refit(fit, y: np.ndarray):
     """The fit's model refitted to response ``y`` (same design), from the fit's estimates."""
-    from memoe.glmm.model import GlmmControl
+    from memoe.glmm.control import GlmmControl
     from memoe.glmm.pirls import PirlsProblem
 
     model = copy.copy(fit.model)

@@ -37,6 +37,7 @@ from memoe.errors import (
 )
 from memoe.errors import warn as emit_warning
 from memoe.glmm.agq import QuadratureError, agq_deviance, check_agq
+from memoe.glmm.control import SINGULAR_TOL, GlmmControl
 from memoe.glmm.design import GlmmDesign, build_glmm_design, no_separation_certificate, separating_direction
 from memoe.glmm.families import Family, NegativeBinomial, get_family
 from memoe.glmm.laplace import (
@@ -49,62 +50,10 @@ from memoe.glmm.laplace import (
 from memoe.glmm.pirls import PirlsProblem, PirlsState
 from memoe.glmm.result import GlmmResult
 
-__all__ = ["GLMM", "GlmmControl", "glmm"]
+__all__ = ["GLMM", "SINGULAR_TOL", "GlmmControl"]
 
-# lme4's isSingular() tolerance
-SINGULAR_TOL = 1e-4
 # above this many (theta, beta) entries the O(k^2) finite-difference Hessian is skipped
 MAX_PARAMS_FOR_DERIVS = 40
-
-
-@dataclass(frozen=True)
-class GlmmControl:
-    """Optimiser and check settings for :meth:`GLMM.fit`.
-
-    The first stage only provides starting values, so it stops earlier; the second stage goes to
-    the tight optimum (lme4's default Nelder-Mead stops when the deviance changes by 1e-5).
-
-    Attributes
-    ----------
-    stage1_ftol_abs, stage1_xtol_abs : float
-        Stopping tolerances of the nAGQ = 0 stage (theta only, beta from PIRLS).
-    ftol_abs, xtol_abs : float
-        Stopping tolerances of the final (theta, beta) stage.
-    maxeval : int
-        Most objective evaluations per stage.
-    calc_derivs : bool
-        Compute the finite-difference gradient and Hessian (convergence checks and ``vcov``).
-    grad_tol, singular_tol : float
-        lme4's ``check.conv.grad`` and ``isSingular`` tolerances.
-    hessian_delta : float
-        Finite-difference step of the Hessian (lme4's ``deriv12`` default).
-
-    R equivalent
-    ------------
-    ``lme4::glmerControl(optimizer = "bobyqa", optCtrl = list(...))``.
-
-    Examples
-    --------
-    >>> import memoe
-    >>> from memoe.glmm import GlmmControl
-    >>> cbpp = memoe.datasets.load("cbpp")
-    >>> f = "cbind(incidence, size - incidence) ~ period + (1 | herd)"
-    >>> fit = memoe.glmm(f, cbpp, "binomial").fit(control=GlmmControl(calc_derivs=False))
-    """
-
-    stage1_ftol_abs: float = 1e-8
-    stage1_xtol_abs: float = 1e-6
-    ftol_abs: float = 1e-11
-    xtol_abs: float = 1e-8
-    maxeval: int = 100_000
-    calc_derivs: bool = True
-    grad_tol: float = 2e-3
-    singular_tol: float = SINGULAR_TOL
-    #: finite-difference step of the Hessian (lme4's deriv12 default)
-    hessian_delta: float = 1e-4
-    #: start PIRLS at every evaluation from the last evaluation's modes (same optimum, fewer PIRLS steps);
-    #: families with a dispersion (Gamma, inverse Gaussian: links with a restricted domain) always start cold
-    warm_start: bool = True
 
 
 @dataclass(frozen=True)
@@ -594,47 +543,3 @@ class GLMM:
             f"GLMM({self.formula!r}, family={self.family}, nobs={d.n}, "
             f"groups={ {b.factor.name: b.nlevels for b in d.blocks} })"
         )
-
-
-def glmm(
-    formula: str, data: pd.DataFrame, family: str | Family = "binomial", weights=None, offset=None,
-    contrasts: dict[str, str] | None = None,
-) -> GLMM:
-    """Specify a GLMM with an lme4 formula; call ``.fit(nAGQ=1)`` to estimate it. See :class:`GLMM`.
-
-    Parameters
-    ----------
-    formula : str
-        lme4 syntax with a ``cbind(successes, failures)``, 0/1, factor or count response.
-    data : pandas.DataFrame, polars.DataFrame or pyarrow.Table
-    family : str or Family, default "binomial"
-        ``"binomial"``, ``"poisson"`` or a :class:`Family` with a non-canonical link.
-    weights, offset : str or array-like, optional
-        Prior weights; an offset on the linear-predictor scale.
-    contrasts : dict, optional
-        Factor column -> ``"treatment"``, ``"sum"``, ``"helmert"`` or ``"poly"`` (R's ``contrasts=``).
-
-    Returns
-    -------
-    GLMM
-        The unfitted model; ``.fit(nAGQ=...)`` returns a :class:`GlmmResult`.
-
-    R equivalent
-    ------------
-    ``lme4::glmer(formula, data, family)``.
-
-    Examples
-    --------
-    >>> import memoe
-    >>> ticks = memoe.datasets.load("grouseticks")
-    >>> fit = memoe.glmm("TICKS ~ YEAR + HEIGHT_scaled + (1 | BROOD) + (1 | LOCATION)", ticks, "poisson").fit()
-    >>> fit.fixef.index.tolist()
-    ['(Intercept)', 'YEAR96', 'YEAR97', 'HEIGHT_scaled']
-    """
-    from memoe.dask import is_dask_dataframe
-
-    if is_dask_dataframe(data):  # out of core on Dask (memoe.dask), imported only for Dask input
-        from memoe.dask.glmm import DaskGLMM
-
-        return DaskGLMM(formula, data, family=family, weights=weights, offset=offset, contrasts=contrasts)
-    return GLMM(formula, data, family=family, weights=weights, offset=offset, contrasts=contrasts)
