@@ -8,6 +8,7 @@ log-likelihood never decreases; a decrease beyond round-off is recorded on the r
 from __future__ import annotations
 
 import numbers
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -94,9 +95,15 @@ class EMRun:
     max_decrease: float = 0.0
     polish_iter: int = 0
     polish_converged: bool = False
+    stopped: bool = False
 
 
-def run_em(problem: MoEProblem, params: MoEParams, control: EMControl | None = None) -> EMRun:
+def run_em(
+    problem: MoEProblem,
+    params: MoEParams,
+    control: EMControl | None = None,
+    stop: Callable[[int, list[float]], bool] | None = None,
+) -> EMRun:
     """Run EM from ``params`` until the stopping rule holds or an expert empties.
 
     Parameters
@@ -105,6 +112,9 @@ def run_em(problem: MoEProblem, params: MoEParams, control: EMControl | None = N
     params : MoEParams
         Start.
     control : EMControl, optional
+    stop : callable, optional
+        ``stop(iteration, trace)`` after every iteration; True ends the run there (``EMRun.stopped``):
+        the multi-start search abandons exploratory runs that cannot catch up with the best ones.
 
     Returns
     -------
@@ -134,6 +144,9 @@ def run_em(problem: MoEProblem, params: MoEParams, control: EMControl | None = N
         run.n_iter = it
         if abs(ll - ll_old) / (1.0 + abs(ll)) < ctl.tol and dpar < ctl.tol_par:
             run.converged = True
+            break
+        if stop is not None and it < ctl.max_iter and stop(it, trace):
+            run.stopped = True
             break
     run.params, run.estep, run.loglik = params, e, e.loglik
     return run

@@ -26,7 +26,7 @@ from memoe.core.optim import minimize_bounded
 from memoe.errors import ArgumentError
 from memoe.lmm.objective import PLSProblem
 from memoe.moe.data import SubjectStats
-from memoe.moe.kernels import bmtm, bmv, btmv, congruence, logdet_chol, right_const, rowdot
+from memoe.moe.kernels import bmtm, bmv, btmv, colmv, congruence, logdet_chol, right_const, rowdot
 
 __all__ = ["Expert", "ExpertGradients", "ExpertParams", "GaussianExpert", "MStepControl"]
 
@@ -157,7 +157,7 @@ class GaussianExpert:
     # ------------------------------------------------------------------ E-step kernel
     def _rss(self, beta: np.ndarray) -> np.ndarray:
         st = self.stats
-        return st.yy - 2.0 * (st.Xy @ beta) + self._XX_flat @ np.outer(beta, beta).ravel()
+        return st.yy - 2.0 * colmv(st.Xy, beta) + colmv(self._XX_flat, np.outer(beta, beta).ravel())
 
     def _factor(self, lam: np.ndarray) -> np.ndarray:
         """Cholesky factors of ``S_i = I + Lambda' Z_i'Z_i Lambda``, shape (N, q, q)."""
@@ -174,8 +174,8 @@ class GaussianExpert:
             return s2, rr, None, None, None, None, np.zeros(st.N)
         lam = theta.L / theta.sigma
         Lc = self._factor(lam)
-        Zr = st.Zy - (st.ZX.reshape(-1, st.p) @ theta.beta).reshape(st.N, st.q)
-        v = Zr @ lam
+        Zr = st.Zy - bmv(st.ZX, np.broadcast_to(theta.beta, (st.N, st.p)))
+        v = right_const(Zr[:, None, :], lam)[:, 0, :]
         c = batched_forward_solve(Lc, v[:, :, None])[:, :, 0]
         # diag(L_i) >= 1 because S_i >= I, so the product in logdet_chol cannot underflow
         return s2, rr, lam, Lc, Zr, (v, c), logdet_chol(Lc)

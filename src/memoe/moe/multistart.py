@@ -25,6 +25,9 @@ ORDER_RULES = ("intercept", "size", None)
 # Laplace experts: EM iterations and relative tolerance of a continued run before the quasi-Newton finish
 JOINT_EM_ITER = 10
 JOINT_EM_TOL = 1e-6
+# pruning of exploratory runs: iterations before a run may be judged, and the factor on its projected gain
+PRUNE_MIN_ITER = 3
+PRUNE_SAFETY = 4.0
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,13 @@ class MultiStartControl:
         Stopping rule of the runs to convergence.
     same_partition : float
         MAP agreement with the best run above which a start counts as finding the same solution.
+    prune : bool
+        Stop an exploratory run early when it is clearly dominated: once ``n_polish`` runs have
+        finished, a run whose log-likelihood plus ``PRUNE_SAFETY`` times its largest recent increase
+        per remaining iteration stays below the ``n_polish``-th best finished run cannot be among the
+        runs continued to convergence, so its remaining iterations are skipped (``starts.pruned``).
+        The runs continued, hence the optimum, are those of the unpruned search whenever the run's
+        increases keep shrinking (as EM's do away from saddle points).
     polish : bool
         Finish each run to convergence with BFGS on the observed log-likelihood (see
         :func:`memoe.moe.em.polish`); EM alone converges linearly, slowly when classes overlap.
@@ -60,11 +70,13 @@ class MultiStartControl:
     em: EMControl = field(default_factory=lambda: EMControl(tol=1e-8, tol_par=1e-4))
     polish: bool = True
     same_partition: float = 0.99
+    prune: bool = True
 
     def __post_init__(self) -> None:
         check_int(self.short_iter, "MultiStartControl.short_iter", minimum=1)
         check_int(self.n_polish, "MultiStartControl.n_polish", minimum=1)
         check_bool(self.polish, "MultiStartControl.polish")
+        check_bool(self.prune, "MultiStartControl.prune")
         for name in ("short_tol", "at_best_tol"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, numbers.Real) or not (0 <= float(v) < np.inf):
@@ -133,6 +145,21 @@ def _start_tau(problem: MoEProblem, strategy: str, rng, features, previous_tau) 
     return random_tau(N, K, rng)
 
 
+def _dominated(it: int, trace: list[float], done: list[EMRun], n_keep: int, max_iter: int) -> bool:
+    """True when an exploratory run cannot reach the ``n_keep`` best finished runs (see ``MultiStartControl.prune``).
+
+    The bound projects the largest of the last two increases over every remaining iteration, times
+    ``PRUNE_SAFETY``; EM's increases shrink as a run settles, so the projection overstates its gain.
+    """
+    if it < PRUNE_MIN_ITER or len(trace) < 3:
+        return False
+    finished = sorted((r.loglik for r in done if not r.empty and np.isfinite(r.loglik)), reverse=True)
+    if len(finished) < n_keep:
+        return False
+    step = max(trace[-1] - trace[-2], trace[-2] - trace[-3], 0.0)
+    return trace[-1] + PRUNE_SAFETY * step * (max_iter - it) < finished[n_keep - 1]
+
+
 def fit_multistart(
     problem: MoEProblem,
     n_starts: int,
@@ -172,13 +199,19 @@ def fit_multistart(
     runs: list[EMRun] = []
     strategies: list[str] = []
     bar = _bar(len(plan) + (start_params is not None), progress, "EM starts")
+    stop = None
+    if ctl.prune and problem.K > 1:
+
+        def stop(it: int, trace: list[float]) -> bool:
+            return _dominated(it, trace, runs, ctl.n_polish, short.max_iter)
+
     for strategy in plan:
         tau = _start_tau(problem, strategy, rng, features, previous_tau)
-        runs.append(run_em(problem, problem.initial_params(tau, short.mstep), short))
+        runs.append(run_em(problem, problem.initial_params(tau, short.mstep), short, stop))
         strategies.append(strategy)
         bar.update(1)
     if start_params is not None:
-        runs.append(run_em(problem, start_params, short))
+        runs.append(run_em(problem, start_params, short, stop))
         strategies.append("user")
         bar.update(1)
     bar.close()
@@ -221,6 +254,7 @@ def fit_multistart(
             "strategy": strategies,
             "short_loglik": short_ll,
             "short_iter": short_it,
+            "pruned": [r.stopped for r in runs],
             "polished": polished,
             "loglik": final,
             "n_iter": [r.n_iter for r in runs],
