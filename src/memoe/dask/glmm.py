@@ -27,7 +27,7 @@ from memoe.core.optim.finish import finish_fit, is_boundary
 from memoe.core.optim.progress import EvaluationBar
 from memoe.core.state import GlmmState, frozen_array
 from memoe.dask.lmm import DistributedStats
-from memoe.dask.result import PANDAS_LEVELS, DaskUnsupportedError
+from memoe.dask.result import PANDAS_LEVELS, DaskUnsupportedError, DesignCounts
 from memoe.dask.spec import DaskFormulaError, learn_design, partition_arrays
 from memoe.dask.stats import tune_malloc
 from memoe.errors import DataError, IdentifiabilityError
@@ -315,7 +315,7 @@ class DaskGLMM:
         return f"DaskGLMM({self.formula!r}, family={self.family}, nobs={d.n}, groups={{{d.group!r}: {d.nlevels}}})"
 
 
-class DaskGlmmResult(GlmmResult):
+class DaskGlmmResult(DesignCounts, GlmmResult):
     """A :class:`memoe.glmm.GlmmResult` of a Dask fit: estimates, Hessian ``vcov``, ``loglik`` and tables from the
     reduced quantities; ``ranef`` from one pass over the persisted partitions; ``predict(ddf)`` lazily.
     Methods needing the rows in one process (``vcov_rx``, residuals, ``deviance``) raise DaskUnsupportedError."""
@@ -369,18 +369,6 @@ class DaskGlmmResult(GlmmResult):
         from memoe.glmm.summary import GlmmSummary
 
         return GlmmSummary(SummaryView(self))
-
-    @property
-    def nobs(self) -> int:
-        return self.design.n
-
-    @property
-    def n_dropped(self) -> int:
-        return self.design.n_dropped
-
-    @property
-    def ngroups(self) -> pd.Series:
-        return pd.Series({self.design.group: self.design.nlevels}, name="ngroups", dtype=int)
 
     @property
     def ranef(self) -> dict:

@@ -32,7 +32,7 @@ __all__ = ["PANDAS_LEVELS", "DaskLmmResult", "DaskUnsupportedError"]
 PANDAS_LEVELS = 100_000
 
 
-class DaskUnsupportedError(MemoeError, NotImplementedError):
+class DaskUnsupportedError(MemoeError):
     """A method that needs every row of the data in one process, called on a Dask fit."""
 
 
@@ -75,7 +75,23 @@ class SummaryView:
         return r.quantile([0.0, 0.25, 0.5, 0.75, 1.0]).compute()
 
 
-class DaskLmmResult(LmmResult):
+class DesignCounts:
+    """``nobs``, ``n_dropped`` and ``ngroups`` of a Dask fit, from its design's counts (no pass over the data)."""
+
+    @property
+    def nobs(self) -> int:
+        return self.design.n
+
+    @property
+    def n_dropped(self) -> int:
+        return self.design.n_dropped
+
+    @property
+    def ngroups(self) -> pd.Series:
+        return pd.Series({self.design.group: self.design.nlevels}, name="ngroups", dtype=int)
+
+
+class DaskLmmResult(DesignCounts, LmmResult):
     """A :class:`memoe.lmm.LmmResult` of a Dask fit (see the module notes for what needs the data)."""
 
     def _stats_frame(self, population: bool = False):
@@ -218,18 +234,6 @@ class DaskLmmResult(LmmResult):
         if ddf not in ("residual", "asymptotic") or robust is not None:
             self._refuse(f"coef_table(ddf={ddf!r}, robust={robust!r})")
         return super().coef_table(ddf=ddf, robust=robust)
-
-    @property
-    def nobs(self) -> int:
-        return self.design.n
-
-    @property
-    def n_dropped(self) -> int:
-        return self.design.n_dropped
-
-    @property
-    def ngroups(self) -> pd.Series:
-        return pd.Series({self.design.group: self.design.nlevels}, name="ngroups", dtype=int)
 
     def __repr__(self) -> str:
         return (f"<DaskLmmResult {self.method} {self.model.formula!r} nobs={self.nobs} "

@@ -18,6 +18,7 @@ from scipy.optimize import linprog
 from memoe.core.design import Design
 from memoe.core.design.fixed import build_fixed
 from memoe.core.design.frame import as_data_frame, build_frame, formula_variables, numeric_response
+from memoe.core.design.prior import as_expression, split_offsets
 from memoe.core.design.random import build_random
 from memoe.core.formula.parse import parse_formula, split_top_level
 from memoe.errors import DataError, FormulaError, IdentifiabilityError
@@ -28,8 +29,6 @@ __all__ = [
 ]
 
 _CBIND = re.compile(r"^cbind\s*\((.*)\)$", re.DOTALL)
-_OFFSET = re.compile(r"^offset\s*\((.*)\)$", re.DOTALL)
-_NAME = re.compile(r"^[A-Za-z_.][A-Za-z0-9_.]*$")
 
 
 @dataclass(frozen=True)
@@ -110,39 +109,6 @@ def split_cbind(response: str) -> tuple[str, str] | None:
     return parts[0].strip(), parts[1].strip()
 
 
-def split_offsets(fixed: str) -> tuple[str, tuple[str, ...]]:
-    """Remove top-level ``offset(expr)`` terms from a fixed-effects formula (R's syntax).
-
-    Returns the remaining formula (``"1"`` if nothing is left) and the offset expressions.
-
-    Raises
-    ------
-    FormulaError
-        A subtracted offset term.
-    """
-    kept, offsets = [], []
-    for sep, piece in split_top_level(fixed, "+-", fixed):
-        m = _OFFSET.match(piece.strip())
-        if m:
-            if sep == "-":
-                raise FormulaError(f"an offset term cannot be subtracted: '- {piece.strip()}'")
-            offsets.append(m.group(1).strip())
-        elif piece.strip() or sep:
-            kept.append(f"{sep} {piece.strip()}" if sep else piece.strip())
-    rest = " ".join(kept).strip()
-    rest = rest[1:].strip() if rest.startswith("+") else rest
-    if not rest:
-        rest = "1"
-    elif rest.startswith("-"):
-        rest = "1 " + rest
-    return rest, tuple(offsets)
-
-
-def _as_expr(expr: str) -> str:
-    """A response expression formulaic evaluates arithmetically (``size - k`` -> ``I(size - k)``)."""
-    return expr if _NAME.match(expr) else f"I({expr})"
-
-
 def _response_values(frame: pd.DataFrame, expr: str, family: Family) -> np.ndarray:
     """A numeric response; for the binomial family a factor column is "success unless first level" (R)."""
     col = frame[expr] if expr in frame.columns else None
@@ -204,7 +170,7 @@ def build_glmm_design(
     # no random-effects term: the GLM (R's glm), fitted by IRLS, the null model of sigma_u^2 = 0
     data = as_data_frame(data)
     pair = split_cbind(spec.response)
-    exprs = [_as_expr(e) for e in pair] if pair else [spec.response]
+    exprs = [as_expression(e) for e in pair] if pair else [spec.response]
     w_arr, w_col = _vector_arg(weights, data, "weights")
     o_arr, o_col = _vector_arg(offset, data, "offset")
     fixed, offset_terms = split_offsets(spec.fixed)
@@ -214,7 +180,7 @@ def build_glmm_design(
     for e in exprs:
         formula_variables(f"{e} ~ 1", "the response")
     for e in offset_terms:
-        extra += [v for v in formula_variables(f"{_as_expr(e)} ~ 1", "an offset term") if v not in extra]
+        extra += [v for v in formula_variables(f"{as_expression(e)} ~ 1", "an offset term") if v not in extra]
     frame = build_frame(frame_spec, data, extra=extra, responses=exprs)
     fd = frame.data
     mask = frame.row_mask
@@ -235,7 +201,7 @@ def build_glmm_design(
     if not np.any(prior > 0):
         raise DataError(f"weights{f' (column {w_col!r})' if w_col else ''} are all zero: no observation is used")
     for e in offset_terms:
-        off = off + numeric_response(fd, _as_expr(e))
+        off = off + numeric_response(fd, as_expression(e))
     if not np.all(np.isfinite(off)):
         raise DataError("offset must be finite")
     if pair:

@@ -16,8 +16,8 @@ from memoe.core.design.newdata import (
     require_dataframe,
     warn_nonfinite,
 )
+from memoe.core.design.prior import as_expression
 from memoe.errors import DataError
-from memoe.glmm.design import _as_expr
 from memoe.lmm.predict import random_part
 
 __all__ = ["predict_glmm", "predict_interval_glmm"]
@@ -28,8 +28,8 @@ def _offset_for(fit, newdata: pd.DataFrame, offset) -> np.ndarray:
 
     out = np.zeros(len(newdata))
     for expr in fit.model.gdesign.offset_terms:
-        require_columns(newdata, formula_variables(_as_expr(expr) + " ~ 1", "the offset"), f"offset({expr})")
-        out = out + numeric_response(newdata, _as_expr(expr))
+        require_columns(newdata, formula_variables(as_expression(expr) + " ~ 1", "the offset"), f"offset({expr})")
+        out = out + numeric_response(newdata, as_expression(expr))
     if offset is None:
         return out
     if isinstance(offset, str):

@@ -22,6 +22,7 @@ the groups of the bucket; an evaluation only applies ``rho``.
 from __future__ import annotations
 
 import copy
+from abc import abstractmethod
 from dataclasses import dataclass
 
 import numpy as np
@@ -180,8 +181,9 @@ class Spatial(CorStruct):
         return r + self.min_distance if self.offset_range else r
 
     @staticmethod
-    def rho(x: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def rho(x: np.ndarray) -> np.ndarray:
+        """Correlation at scaled distance ``x = d / range`` (without the nugget); each structure defines it."""
 
     def correlation(self, u: np.ndarray, aux: np.ndarray, m: int) -> np.ndarray:
         c = self.rho(np.asarray(aux) / self._range(u))

@@ -187,7 +187,7 @@ def read_archive(source: Source, limits: Limits | None = None) -> tuple[dict, di
     try:
         try:
             zf = zipfile.ZipFile(fileobj, "r")
-        except Exception as exc:  # BadZipFile, NotImplementedError (zip version), EOFError, ...: not a zip we read
+        except Exception as exc:  # BadZipFile, an unsupported zip version, EOFError, ...: not a zip we read
             raise PersistenceError(f"{name!r} is not a memoe file (not a readable zip archive: {exc})") from None
         with zf:
             meta_info, arrays_info = _members(zf, name, limits)
@@ -361,7 +361,7 @@ def _read_arrays(raw: bytes, name: str, limits: Limits) -> dict[str, np.ndarray]
     """The arrays of the npz, each checked from its npy header before its data are read."""
     try:
         zf = zipfile.ZipFile(io.BytesIO(raw), "r")
-    except Exception as exc:  # BadZipFile, NotImplementedError (zip version), EOFError, ...
+    except Exception as exc:  # BadZipFile, an unsupported zip version, EOFError, ...
         raise PersistenceError(f"{name!r}: {ARRAYS} is not a readable npz archive: {exc}") from None
     out: dict[str, np.ndarray] = {}
     budget = limits.max_total_bytes
