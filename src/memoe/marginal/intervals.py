@@ -19,9 +19,13 @@ package's partial-correlation scale (nlme uses a spherical one), so their interv
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 from scipy import stats
+
+from memoe.errors import MemoeWarning
 
 __all__ = ["intervals"]
 
@@ -152,6 +156,27 @@ def hessian_steps(fit, n: int, h: float = 1e-3) -> np.ndarray:
     return steps
 
 
+def _standard_errors(H: np.ndarray, names: list[str]) -> np.ndarray:
+    """SEs from the inverse of minus the Hessian; NaN (with one warning naming them) for the parameters
+    whose approximate variance is not positive: the log-likelihood is flat or not concave there (a
+    boundary estimate, e.g. a range at the smallest distance). nlme stops with "Non-positive definite
+    approximate variance-covariance"; NaN limits keep the fixed-effect and other rows usable."""
+    try:
+        var = np.diag(np.linalg.inv(-H))
+    except np.linalg.LinAlgError:
+        var = np.full(len(names), np.nan)
+    bad = ~(np.isfinite(var) & (var > 0))
+    if bad.any():
+        warnings.warn(
+            "the approximate covariance of the variance parameters is not positive definite at the "
+            f"estimate (flat or non-concave log-likelihood in {[n for n, b in zip(names, bad, strict=True) if b]}): "
+            "their intervals are NaN",
+            MemoeWarning,
+            stacklevel=3,
+        )
+    return np.sqrt(np.where(bad, np.nan, var))
+
+
 def intervals(fit, level: float = 0.95) -> pd.DataFrame:
     """Approximate intervals of every parameter (nlme's ``intervals(fit, which = "all")``).
 
@@ -180,39 +205,40 @@ def intervals(fit, level: float = 0.95) -> pd.DataFrame:
     z_re, re_names = _re_natural(fit) if n_re else (np.zeros(0), [])
     z = np.concatenate([z_re, u, v, [np.log(fit.sigma)]])
     H = _hessian(ll, z, hessian_steps(fit, len(z)))
-    try:
-        se = np.sqrt(np.diag(np.linalg.inv(-H)))
-    except np.linalg.LinAlgError:
-        se = np.full(len(z), np.nan)
+    names = [*re_names, *(P.cor.names if nu else []), *(P.var.names if nv else []), "sigma"]
+    se = _standard_errors(H, names)
     qn = stats.norm.ppf(0.5 + level / 2)
     lo, hi = z - qn * se, z + qn * se
 
-    k = 0
-    for part, size, frame in zip(_re_parts(fit), _re_sizes(fit), fit.ranef_covs.values(), strict=True) if n_re else ():
-        q = frame.shape[0]
-        for j in range(size):
-            g = np.exp if j < q else np.tanh
-            rows.append((part, re_names[k], g(lo[k]), g(z[k]), g(hi[k])))
-            k += 1
-    if nu:
-        cor = P.cor
-        a = n_re
-        # nlme's intervals map the whole vector of lower (upper) unconstrained limits to the natural
-        # scale (coef<- then coef(unconstrained = FALSE)); for elementwise transforms (AR1, CAR1, Exp,
-        # spatial) that is coordinate by coordinate, for ARMA's Durbin-Levinson map it is not
-        nat_lo = cor.natural(lo[a : a + nu]).to_numpy()
-        nat_hi = cor.natural(hi[a : a + nu]).to_numpy()
-        nat = cor.natural(u).to_numpy()
-        for k, name in enumerate(cor.names):
-            vals = sorted([float(nat_lo[k]), float(nat_hi[k])])
-            rows.append(("corStruct", name, vals[0], float(nat[k]), vals[1]))
-    if nv:
-        # each variance parameter maps elementwise from its unconstrained scale (exp for SD ratios)
-        sl = slice(n_re + nu, n_re + nu + nv)
-        nat_lo, nat, nat_hi = (P.var.transform(a[sl])[0] for a in (lo, z, hi))
-        for k, name in enumerate(P.var.names):
-            rows.append(("varStruct", name, nat_lo[k], nat[k], nat_hi[k]))
-    rows.append(("sigma", "sigma", np.exp(lo[-1]), fit.sigma, np.exp(hi[-1])))
+    # limits far out on a log scale map to inf (an unbounded upper limit), not to an overflow error
+    with np.errstate(over="ignore"):
+        k = 0
+        levels = zip(_re_parts(fit), _re_sizes(fit), fit.ranef_covs.values(), strict=True) if n_re else ()
+        for part, size, frame in levels:
+            q = frame.shape[0]
+            for j in range(size):
+                g = np.exp if j < q else np.tanh
+                rows.append((part, re_names[k], g(lo[k]), g(z[k]), g(hi[k])))
+                k += 1
+        if nu:
+            cor = P.cor
+            a = n_re
+            # nlme's intervals map the whole vector of lower (upper) unconstrained limits to the natural
+            # scale (coef<- then coef(unconstrained = FALSE)); for elementwise transforms (AR1, CAR1, Exp,
+            # spatial) that is coordinate by coordinate, for ARMA's Durbin-Levinson map it is not
+            nat_lo = cor.natural(lo[a : a + nu]).to_numpy()
+            nat_hi = cor.natural(hi[a : a + nu]).to_numpy()
+            nat = cor.natural(u).to_numpy()
+            for k, name in enumerate(cor.names):
+                vals = sorted([float(nat_lo[k]), float(nat_hi[k])])
+                rows.append(("corStruct", name, vals[0], float(nat[k]), vals[1]))
+        if nv:
+            # each variance parameter maps elementwise from its unconstrained scale (exp for SD ratios)
+            sl = slice(n_re + nu, n_re + nu + nv)
+            nat_lo, nat, nat_hi = (P.var.transform(a[sl])[0] for a in (lo, z, hi))
+            for k, name in enumerate(P.var.names):
+                rows.append(("varStruct", name, nat_lo[k], nat[k], nat_hi[k]))
+        rows.append(("sigma", "sigma", np.exp(lo[-1]), fit.sigma, np.exp(hi[-1])))
     frame = pd.DataFrame(rows, columns=["part", "param", "lower", "est.", "upper"]).set_index(["part", "param"])
     frame.attrs["level"] = level
     return frame
