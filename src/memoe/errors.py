@@ -166,3 +166,10 @@ def warn(message: str, category: type[Warning] = MemoeWarning, *, stacklevel: in
         # counted from this function, which is the one calling warnings.warn
         stacklevel = caller_stacklevel()
     warnings.warn(message, category, stacklevel=stacklevel)
+
+
+class UnknownDatasetError(ArgumentError, KeyError):
+    """``memoe.datasets.load`` / ``describe`` got a name that is not a bundled data set (also a KeyError)."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; show it as written
+        return str(self.args[0]) if self.args else ""

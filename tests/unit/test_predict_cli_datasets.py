@@ -38,6 +38,10 @@ def test_datasets_have_r_levels():
     assert "sleepstudy" in memoe.datasets.names()
     with pytest.raises(KeyError, match="unknown data set"):
         memoe.datasets.load("nope")
+    with pytest.raises(memoe.errors.UnknownDatasetError, match="'nope'; available: .*sleepstudy"):
+        memoe.datasets.describe("nope")
+    with pytest.raises(memoe.errors.ArgumentTypeError, match="name must be a str"):
+        memoe.datasets.load(3)
 
 
 def test_cli_fit_and_error(tmp_path, capsys):

@@ -13,6 +13,8 @@ from importlib import resources
 
 import pandas as pd
 
+from memoe.errors import ArgumentTypeError, UnknownDatasetError
+
 __all__ = ["describe", "load", "names"]
 
 _FACTORS = json.loads((resources.files(__package__) / "factors.json").read_text())
@@ -55,10 +57,12 @@ def describe(name: str) -> dict:
     >>> memoe.datasets.describe("sleepstudy")["source"]
     'lme4::sleepstudy'
     """
+    if not isinstance(name, str):
+        raise ArgumentTypeError(f"name must be a str (one of {names()}), got {type(name).__name__}")
     try:
         return _FACTORS[name]
     except KeyError:
-        raise KeyError(f"unknown data set {name!r}; available: {names()}") from None
+        raise UnknownDatasetError(f"unknown data set {name!r}; available: {names()}") from None
 
 
 def load(name: str) -> pd.DataFrame:
