@@ -38,7 +38,7 @@ def test_datasets_have_r_levels():
     assert "sleepstudy" in memoe.datasets.names()
     with pytest.raises(KeyError, match="unknown data set"):
         memoe.datasets.load("nope")
-    with pytest.raises(memoe.errors.UnknownDatasetError, match="'nope'; available: .*sleepstudy"):
+    with pytest.raises(memoe.errors.UnknownDatasetError, match=r"'nope'; available: .*sleepstudy"):
         memoe.datasets.describe("nope")
     with pytest.raises(memoe.errors.ArgumentTypeError, match="name must be a str"):
         memoe.datasets.load(3)
