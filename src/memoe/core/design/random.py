@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -10,10 +11,11 @@ from formulaic import Formula, model_matrix
 from formulaic.model_spec import ModelSpec
 
 from memoe.core.covariance import ThetaMap
+from memoe.core.design.contrasts import apply_contrasts, resolve_contrasts
 from memoe.core.design.grouping import GroupingFactor, make_grouping_factor
 from memoe.core.formula.names import r_column_name
 from memoe.core.formula.parse import RandomTermSpec
-from memoe.errors import DataError, FormulaError, IdentifiabilityError, PredictorScaleWarning, warn
+from memoe.errors import DataError, FormulaError, IdentifiabilityError, MemoeError, PredictorScaleWarning, warn
 
 __all__ = ["FactorBlock", "ReTerm", "build_random"]
 
@@ -79,6 +81,10 @@ class FactorBlock:
 
 
 def _term_matrix(rhs: str, term: RandomTermSpec, data: pd.DataFrame) -> tuple[ModelSpec, np.ndarray, list[str]]:
+    # lme4 builds random-term matrices with R's default contrasts (its contrasts= argument reaches the
+    # fixed part only): treatment for unordered factors, contr.poly for ordered ones
+    with contextlib.suppress(MemoeError):  # a bad reference: formulaic's message below names the term
+        rhs = apply_contrasts(rhs, resolve_contrasts([rhs], data, None))
     try:
         mm = model_matrix(rhs, data, output="numpy", na_action="ignore")
     except Exception as exc:
