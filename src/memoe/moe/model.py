@@ -127,6 +127,15 @@ class MEMoE:
         fit.predict(type="response")
     """
 
+    def __new__(cls, formula=None, gating=None, k=2, data=None, *args, **kwargs):
+        from memoe.dask import is_dask_dataframe
+
+        if is_dask_dataframe(data):  # out of core on Dask (memoe.dask.moe), imported only for Dask input
+            from memoe.dask.moe import DaskMEMoE
+
+            return DaskMEMoE(formula, gating, k, data, *args, **kwargs)
+        return super().__new__(cls)
+
     def __init__(
         self,
         formula: str,
