@@ -99,14 +99,15 @@ class DaskMoEControl:
     newton_iter : int
         Newton iterations of the finish (0: none; standard errors then need one more pass).
     newton_tol : float
-        The Newton finish stops when the decrement ``g'A^-1 g / 2`` is below ``newton_tol * (1 + |loglik|)``.
+        The Newton finish stops when the decrement ``g'A^-1 g / 2`` is below ``newton_tol * (1 + |loglik|)`` or the
+        step is below 1e-10 of every estimate's scale (round-off level).
     """
 
     short_iter: int = 20
     em: EMControl = field(default_factory=lambda: EMControl(max_iter=2000, tol=1e-8, tol_par=1e-4))
     squarem: bool = True
     newton_iter: int = 20
-    newton_tol: float = 1e-15
+    newton_tol: float = 1e-20
 
     def __post_init__(self) -> None:
         check_int(self.short_iter, "DaskMoEControl.short_iter", minimum=0)
@@ -838,7 +839,8 @@ def _newton(model: DaskMEMoE, state: DaskFitState, ctl: DaskMoEControl, bar) -> 
         except np.linalg.LinAlgError:
             break  # not at a maximum's basin (saddle or boundary): keep the ECM solution
         dec = 0.5 * float(g @ step)
-        if dec < ctl.newton_tol * (1.0 + abs(ll)):
+        # quadratic convergence: a step below 1e-10 of every estimate's scale is at round-off
+        if dec < ctl.newton_tol * (1.0 + abs(ll)) or np.max(np.abs(step) / (np.abs(psi) + 1e-2)) < 1e-10:
             converged = True
             break
         t, accepted = 1.0, False

@@ -356,13 +356,14 @@ def ecm_step(problem: MoEProblem, params: MoEParams, e: EStep | None = None) -> 
 
 
 def newton_finish(
-    problem: MoEProblem, params: MoEParams, max_iter: int = 20, tol: float = 1e-15, rel: float = 1e-5
+    problem: MoEProblem, params: MoEParams, max_iter: int = 20, tol: float = 1e-20, rel: float = 1e-5
 ) -> tuple[MoEParams, float, int]:
     """Newton iterations on the observed log-likelihood from ``params`` (in memory), as the Dask fit finishes.
 
     The Hessian is the central difference of the analytic total score (the observed information of
     :func:`memoe.moe.inference.compute_inference`); a step is halved until the log-likelihood does not
-    decrease. Stops when the Newton decrement ``g'A^-1 g / 2`` is below ``tol * (1 + |loglik|)``.
+    decrease. Stops when the Newton decrement ``g'A^-1 g / 2`` is below ``tol * (1 + |loglik|)`` or the step is
+    below 1e-10 of every estimate's scale (round-off level).
 
     Parameters
     ----------
@@ -410,7 +411,7 @@ def newton_finish(
         except np.linalg.LinAlgError:
             break
         step = np.linalg.solve(c.T, np.linalg.solve(c, g))
-        if 0.5 * float(g @ step) < tol * (1.0 + abs(ll)):
+        if 0.5 * float(g @ step) < tol * (1.0 + abs(ll)) or np.max(np.abs(step) / (np.abs(psi) + 1e-2)) < 1e-10:
             break
         t, accepted = 1.0, False
         for _half in range(20):
