@@ -20,9 +20,10 @@ Estimation (the loop runs on the client; nothing per row or per subject comes ba
   (:class:`memoe.moe.em.EMControl`) holds;
 * Newton finish -- one pass returns the observed log-likelihood, the total score and the central
   differences of the score (the observed information, as :func:`memoe.moe.inference.compute_inference`
-  computes it) and the sum of per-subject score outer products (the sandwich's meat); Newton steps on
-  the observed log-likelihood (halved until it increases) converge quadratically to the maximum, and
-  the last pass's information and meat give the standard errors.
+  computes it) and the sum of per-subject score outer products (the sandwich's meat); chord-Newton
+  steps with that information (one score pass each, halved until the log-likelihood increases) take
+  the ECM solution to the maximum at round-off level. The result's standard errors come from one more
+  such pass at the final (canonically labelled) estimates.
 
 R has no distributed mixture of mixed models; the estimates are those of :class:`memoe.MEMoE` in memory
 (lcmm's ``hlme`` with ``classmb``).
@@ -267,6 +268,18 @@ def part_newton(s: MoEPart, psi: np.ndarray, rel: float) -> np.ndarray:
                 x[j] += sgn * h[j]
                 pert[row] = pr.score_psi(x)
         return np.concatenate([[e.loglik], S.sum(axis=0), pert.ravel(), (S.T @ S).ravel()])
+
+    return _single_thread(run)
+
+
+def part_score(s: MoEPart, psi: np.ndarray) -> np.ndarray:
+    """``[loglik, total score (d)]`` of the partition at ``psi``."""
+    if s.problem is None:
+        return np.zeros(1 + len(psi))
+
+    def run():
+        ll, g = s.problem.loglik_and_score(psi)
+        return np.concatenate([[ll], g])
 
     return _single_thread(run)
 
@@ -654,7 +667,9 @@ def _learn_gate(ddf, gating: str | None, design, contrasts) -> dict:
             levels[c] = (list(dt.categories), bool(dt.ordered))
         else:
             levels[c] = (sorted(ddf[c].dropna().unique().compute().tolist()), False)
-    head = ddf[[*gvars, design.group]].dropna().head(5000, npartitions=min(ddf.npartitions, 10))
+    clean = ddf[[*gvars, design.group]].dropna()
+    # the lowered partition count: read_parquet fuses files once the columns are projected
+    head = clean.head(5000, npartitions=min(clean.optimize().npartitions, 10))
     if len(head) == 0:
         raise DataError("no row with every gating covariate present in the first partitions of the Dask DataFrame")
     head = _with_levels(head.drop_duplicates(design.group), levels)
@@ -684,8 +699,6 @@ class DaskFitState:
     max_decrease: float
     starts: pd.DataFrame
     newton_iter: int = 0
-    information: np.ndarray | None = None
-    meat: np.ndarray | None = None
     score: np.ndarray | None = None
     round_trips: int = 0
     seconds_per_iter: float = float("nan")
@@ -808,27 +821,32 @@ def _run_to_convergence(model: DaskMEMoE, x0: MoEParams, ctl: DaskMoEControl, mi
 
 
 def _newton(model: DaskMEMoE, state: DaskFitState, ctl: DaskMoEControl, bar) -> None:
-    """Newton steps on the observed log-likelihood with the central-difference information (one pass each)."""
-    from memoe.dask.stats import add_reduced  # noqa: F401  (reduce sums flat vectors)
+    """Newton (chord) steps on the observed log-likelihood: the information once, then one score pass per step.
 
+    The central-difference information costs 2d score evaluations per subject; near the maximum (after ECM)
+    it changes little, so it is computed at the start and reused (the chord method: each step contracts the
+    error by a factor of order the distance to the maximum). It is recomputed when a step fails to ascend.
+    """
     st = model.structure
     d = st.size
     rel = 1e-5
 
-    def evaluate(psi):
+    def information(psi):
         out = model.stats.reduce(part_newton, psi, rel)
-        ll = float(out[0])
-        g = out[1 : 1 + d]
         pert = out[1 + d : 1 + d + 2 * d * d].reshape(2 * d, d)
         h = _steps(psi, rel)
         H = np.column_stack([(pert[2 * j] - pert[2 * j + 1]) / (2.0 * h[j]) for j in range(d)])
-        A = -(H + H.T) / 2.0
-        meat = out[1 + d + 2 * d * d :].reshape(d, d)
-        bar.update(-ll)
-        return ll, g, A, meat
+        bar.update(-float(out[0]))
+        return float(out[0]), out[1 : 1 + d], -(H + H.T) / 2.0
+
+    def score(psi):
+        out = model.stats.reduce(part_score, psi)
+        bar.update(-float(out[0]))
+        return float(out[0]), out[1:]
 
     psi = st.pack(state.params)
-    ll, g, A, meat = evaluate(psi)
+    ll, g, A = information(psi)
+    fresh = True
     converged = False
     it = 0
     while it < ctl.newton_iter:
@@ -839,7 +857,7 @@ def _newton(model: DaskMEMoE, state: DaskFitState, ctl: DaskMoEControl, bar) -> 
         except np.linalg.LinAlgError:
             break  # not at a maximum's basin (saddle or boundary): keep the ECM solution
         dec = 0.5 * float(g @ step)
-        # quadratic convergence: a step below 1e-10 of every estimate's scale is at round-off
+        # a step below 1e-10 of every estimate's scale is at round-off
         if dec < ctl.newton_tol * (1.0 + abs(ll)) or np.max(np.abs(step) / (np.abs(psi) + 1e-2)) < 1e-10:
             converged = True
             break
@@ -848,17 +866,24 @@ def _newton(model: DaskMEMoE, state: DaskFitState, ctl: DaskMoEControl, bar) -> 
             cand = psi + t * step
             x = st.unpack(cand)
             if np.all(np.isfinite(cand)) and np.all(x.sigma >= model.sigma_floor):
-                ll2, g2, A2, meat2 = evaluate(cand)
+                ll2, g2 = score(cand)
                 if np.isfinite(ll2) and ll2 >= ll:
-                    psi, ll, g, A, meat, accepted = cand, ll2, g2, A2, meat2, True
+                    psi, ll, g, accepted = cand, ll2, g2, True
                     state.trace.append(ll)
                     break
             t *= 0.5
+            if not fresh:
+                break  # a stale information: recompute it rather than halving
         if not accepted:
-            converged = dec < 1e-8 * (1.0 + abs(ll))  # no ascent left at rounding level
-            break
+            if fresh:
+                converged = dec < 1e-8 * (1.0 + abs(ll))  # no ascent left at rounding level
+                break
+            ll, g, A = information(psi)
+            fresh = True
+            continue
+        fresh = False
     state.params = st.unpack(psi)
     state.loglik = ll
     state.newton_iter = it
-    state.information, state.meat, state.score = A, meat, g
+    state.score = g
     state.converged = bool(state.converged or converged)
