@@ -102,7 +102,7 @@ def test_starts_do_not_depend_on_partitioning(client, data):
 def test_explicit_start_and_lazy_outputs(client, data, reference, monkeypatch):
     import memoe.dask.moe_result as mr
 
-    fit, p_ref, ll_ref = reference
+    fit, _, ll_ref = reference
     ddf = dd.from_pandas(data, npartitions=4, sort=False)
     m = memoe.MEMoE(FORMULA, gating=GATING, k=2, data=ddf)
     dfit2 = m.fit(n_starts=1, seed=0, start=fit.estimates, progress=False)
@@ -146,7 +146,7 @@ def test_refusals_of_data_and_results(client, data):
         memoe.MEMoE(FORMULA, gating=GATING, k=2, data=dd.from_pandas(bad, npartitions=3, sort=False))
     with pytest.raises(DaskUnsupportedError, match="regression experts"):
         memoe.MoE("y ~ time + x", gating=GATING, k=2, data=dd.from_pandas(data, npartitions=2), group="id")
-    with pytest.raises(memoe.errors.FormulaError, match="one grouping factor|grouping factors"):
+    with pytest.raises(memoe.errors.FormulaError, match=r"one grouping factor|grouping factors"):
         memoe.MEMoE("y ~ time + (1 | id) + (1 | w2)", gating=GATING, k=2, data=dd.from_pandas(data, npartitions=2))
     m = memoe.MEMoE(FORMULA, gating=GATING, k=2, data=dd.from_pandas(data, npartitions=2, sort=False))
     fit = m.fit(n_starts=1, seed=1, progress=False, control=QUICK)

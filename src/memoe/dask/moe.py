@@ -753,9 +753,8 @@ def _fit(model: DaskMEMoE, n_starts: int, seed: int, start: MoEParams | None, ct
             current[i] = model._update(v, current[i])
     finals = [t[-1] if t else -np.inf for t in traces]
     ok = [i for i in range(S) if not empty[i] and np.isfinite(finals[i])] or list(range(S))
-    best = max(ok, key=lambda i: finals[i]) if short else (S - 1 if start is not None and S == 1 else ok[0])
-    if not short and S > 1:
-        best = ok[0]
+    # the best exploratory run continues (without exploration: the first start, the user's when it is alone)
+    best = max(ok, key=lambda i: finals[i]) if short else ok[0]
     starts = pd.DataFrame({"strategy": labels, "short_loglik": finals, "empty": [bool(e) for e in empty]})
     t0 = time.perf_counter()
     params, trace, n_iter, converged, emp, maxdec = _run_to_convergence(model, current[best], ctl, min_mass, bar)
