@@ -48,7 +48,7 @@ def reference(data):
     """The in-memory fit, finished by Newton on the observed log-likelihood (its BFGS polish stops at a score of
     about 1e-3, too loose for a 1e-7 comparison of the estimates)."""
     m = memoe.MEMoE(FORMULA, gating=GATING, k=2, data=data)
-    fit = m.fit(n_starts=6, seed=1, progress=False)
+    fit = m.fit(n_starts=3, seed=1, progress=False)
     p, ll, _ = newton_finish(m.problem, fit.estimates)
     return fit, p, ll
 
@@ -65,7 +65,7 @@ def test_dask_memoe_equals_in_memory(client, data, reference, layout):
     m = memoe.MEMoE(FORMULA, gating=GATING, k=2, data=ddf)
     assert type(m).__name__ == "DaskMEMoE"
     assert m.shuffled == (layout == "unaligned")
-    dfit = m.fit(n_starts=2, seed=1, progress=False)
+    dfit = m.fit(n_starts=2, seed=1, progress=False, control=DaskMoEControl(short_iter=5))
     assert dfit.converged
     assert dfit.nobs == fit.nobs and dfit.n_subjects == fit.n_subjects and dfit.n_dropped == fit.n_dropped
     assert abs(dfit.loglik - ll_ref) < 1e-8 * abs(ll_ref)
