@@ -122,6 +122,17 @@ def test_explicit_start_and_lazy_outputs(client, data, reference, monkeypatch):
     np.testing.assert_allclose(got.loc[both].to_numpy(), ref.loc[both].to_numpy(), rtol=1e-3, atol=1e-3)
     pop = dfit2.predict(kind="population").compute()
     assert np.isfinite(pop.loc[both]).all()
+    # new data: the gate-weighted fixed part, lazily, as the in-memory prediction
+    new = data.head(40).assign(id=-1 - np.arange(40))
+    want = fit.predict(new, kind="population")
+    got = dfit2.predict(dd.from_pandas(new, npartitions=2), kind="population")
+    assert hasattr(got, "npartitions")
+    got = got.compute()
+    ok = want.dropna().index
+    np.testing.assert_allclose(got.loc[ok].to_numpy(), want.loc[ok].to_numpy(), rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(dfit2.predict(new, kind="population").loc[ok], got.loc[ok], rtol=1e-12)
+    with pytest.raises(DaskUnsupportedError, match="population"):
+        dfit2.predict(dd.from_pandas(new, npartitions=2))
 
 
 @pytest.mark.parametrize(

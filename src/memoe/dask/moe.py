@@ -364,6 +364,32 @@ def part_predict(pdf: pd.DataFrame, s: MoEPart, design, gate, params: MoEParams,
     return out
 
 
+def part_population(pdf: pd.DataFrame, design, gate, params: MoEParams) -> pd.Series:
+    """Gate-weighted population means ``sum_k pi_k(w) x'beta_k`` of any rows (no response or history needed);
+    NaN where a fixed-effect or gating covariate is missing."""
+    from memoe.core.design.fixed import evaluate_matrix
+    from memoe.core.design.frame import formula_variables
+    from memoe.moe.gating import gate_log_probs
+
+    out = pd.Series(np.nan, index=pdf.index, name="fitted")
+    cols = [*formula_variables(design.spec.fixed, "the fixed-effects part"), *gate["vars"]]
+    missing = [c for c in cols if c not in pdf.columns]
+    if missing:
+        raise DataError(f"newdata lacks column(s) {missing} that the fixed effects or the gate use")
+    mask = pdf[cols].notna().all(axis=1).to_numpy() if cols else np.ones(len(pdf), dtype=bool)
+    frame = pdf.loc[mask]
+    if len(frame) == 0:
+        return out
+    X = evaluate_matrix(design.fixed_spec, frame, "the fixed effects")[:, design.kept]
+    if gate["spec"] is None:
+        W = np.ones((len(frame), 1))
+    else:
+        W = evaluate_matrix(gate["spec"], _with_levels(frame, gate["levels"]), "the gating design")
+    pi = np.exp(gate_log_probs(W, params.gamma))
+    out.loc[frame.index] = np.einsum("nk,nk->n", pi, X @ params.beta.T)
+    return out
+
+
 # ---------------------------------------------------------------------------------------------- the model
 class _Stats:
     """Handles on the persisted partitions and the tree reductions over them."""
@@ -478,6 +504,7 @@ class DaskMEMoE:
         self.formula, self.gating, self.k, self.mixture = formula, gating, int(k), mixture
         self.random_cov, self.sigma_option, self.order = random_cov, sigma, order
         self.progress = check_optional_bool(progress, "progress")
+        self.data_in = data  # predict(newdata) recognises the fitted data by identity
         design = learn_design(data, formula, contrasts)
         if "offset(" in design.spec.fixed:
             from memoe.dask.spec import DaskFormulaError

@@ -173,47 +173,55 @@ class DaskMEMoEResult(MEMoEResult):
             out[k + 1] = {md.group: sub}
         return out
 
-    def _lazy_predict(self, ddf, level: str):
+    def _lazy_predict(self, level: str):
         import dask.dataframe as dd
 
         import dask
-        from memoe.dask.partition import align_by_subject
 
         m = self.model
-        if ddf is None:
-            ddf = m.ddf
-            parts, stats = ddf.to_delayed(), m.stats.parts
-        else:
-            ddf, _ = align_by_subject(ddf, m.design.group)
-            if ddf.npartitions != len(m.stats.parts) or ddf is not m.ddf:
-                raise DaskUnsupportedError(
-                    "predict(newdata) on Dask needs the fitted Dask DataFrame (each subject's posterior lives with its "
-                    "partition); pass the data the model was fitted on, or use newdata=None")
-            parts, stats = ddf.to_delayed(), m.stats.parts
         meta = pd.Series(dtype=float, name="fitted")
+        # the persisted statistics were built from these partitions, in this order
         out = [dask.delayed(part_predict)(p, s, m.design, m.gate, self.estimates, level)
-               for p, s in zip(parts, stats, strict=True)]
+               for p, s in zip(m.ddf.to_delayed(), m.stats.parts, strict=True)]
         return dd.from_delayed(out, meta=meta, verify_meta=False)
 
     @property
     def fitted(self):
         """Posterior-weighted fitted values of every row (a lazy Dask Series, NaN where a row was dropped)."""
-        return self._lazy_predict(None, "subject")
+        return self._lazy_predict("subject")
 
     def predict(self, newdata=None, re_form="full", type: str = "response", allow_new_levels: bool = False,
                 kind: str = "auto", interval=None, level: float = 0.95):
-        """Lazy predictions on the fitted Dask DataFrame: ``kind="subject"``/``"auto"`` posterior-weighted with the
-        BLUPs (as :attr:`fitted`), ``"population"`` (or ``re_form=None``) the gate-weighted fixed part."""
+        """Lazy predictions.
+
+        On the fitted data (``newdata`` None or the Dask DataFrame the model was given): ``kind="auto"`` /
+        ``"subject"`` the posterior-weighted means with each expert's BLUPs (as :attr:`fitted`),
+        ``"population"`` (or ``re_form=None``) the gate-weighted fixed part. On other data (a Dask or pandas
+        DataFrame): ``kind="population"`` only, partition by partition (a subject's posterior given a new
+        history needs its rows in one place: fit in memory for that).
+        """
         if interval is not None:
             raise DaskUnsupportedError("interval= is not available for MEMoE predictions (a mixture, see MEMoEResult)")
         if kind not in ("auto", "subject", "population"):
             raise DaskUnsupportedError(f"kind={kind!r} is not available on Dask; use 'auto', 'subject' or 'population'")
         population = kind == "population" or re_form is None
-        if newdata is not None and newdata is not self.model.ddf:
-            newdata = newdata if hasattr(newdata, "npartitions") else None
-            if newdata is None:
-                raise DaskUnsupportedError("predict(newdata) on a Dask fit takes the fitted Dask DataFrame")
-        return self._lazy_predict(None, "population" if population else "subject")
+        m = self.model
+        if newdata is None or newdata is m.ddf or newdata is m.data_in:
+            return self._lazy_predict("population" if population else "subject")
+        if not population:
+            raise DaskUnsupportedError(
+                "predict(newdata) on a Dask MEMoE fit gives kind='population' (the gate-weighted fixed part) for new "
+                "data; subject-level predictions condition on each subject's history, which needs its rows in one "
+                "place: pass kind='population', predict on the fitted data, or fit in memory")
+        from memoe.dask import is_dask_dataframe
+        from memoe.dask.moe import part_population
+
+        if is_dask_dataframe(newdata):
+            return newdata.map_partitions(part_population, m.design, m.gate, self.estimates,
+                                          meta=pd.Series(dtype=float, name="fitted"))
+        from memoe.core.frames import to_pandas
+
+        return part_population(to_pandas(newdata, "newdata"), m.design, m.gate, self.estimates)
 
     # ------------------------------------------------------------------ refused
     def _refuse(self, what: str):

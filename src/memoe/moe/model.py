@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 import warnings
 
 import numpy as np
@@ -407,6 +408,15 @@ class MoE(MEMoE):
         if "|" in formula:
             raise FormulaError("MoE experts are regressions: give the formula without (terms | group) parts")
         super().__init__(formula, gating, k, data, group=group, **kw)
+
+
+# MEMoE.__new__ (the Dask dispatch) would otherwise give the class a (formula=None, ..., *args, **kwargs) signature;
+# MoE, which defines its own __init__, must not inherit the attribute
+_init_sig = inspect.signature(MEMoE.__init__)
+MEMoE.__signature__ = _init_sig.replace(
+    parameters=list(_init_sig.parameters.values())[1:], return_annotation=inspect.Signature.empty
+)
+MoE.__signature__ = None
 
 
 def _laplace_expert(md: MoEDesign, family: Family | None, mstep: MStepControl | None) -> LaplaceExpert:
