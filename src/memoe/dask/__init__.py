@@ -1,6 +1,6 @@
 """Mixed models on Dask DataFrames: out of core, one grouping factor, per-subject statistics on the workers.
 
-``memoe.lmm(formula, data=ddf)`` and ``memoe.glmm(formula, data=ddf, family=...)`` dispatch here when
+``memoe.lmm(formula, data=ddf)``, ``memoe.glmm(formula, data=ddf, family=...)`` and ``memoe.MEMoE`` dispatch here when
 ``data`` is a Dask DataFrame (``pip install "memoe[dask]"``). The stages:
 
 * :mod:`memoe.dask.partition` -- shuffle once so that each subject lives in one partition (skipped
@@ -10,6 +10,8 @@
 * :mod:`memoe.dask.stats` -- per-subject sufficient statistics computed and persisted on the
   workers; each objective evaluation sends theta and gets small reduced arrays back;
 * :mod:`memoe.dask.lmm`, :mod:`memoe.dask.glmm` -- the models (the optimiser runs on the client);
+* :mod:`memoe.dask.moe` -- ``memoe.MEMoE(..., data=ddf)``: closed-form ECM (:mod:`memoe.moe.ecm`), one pass
+  per iteration for all starts, then a Newton finish; :mod:`memoe.dask.moe_result` its lazy result;
 * :mod:`memoe.dask.result` -- the result classes (subclasses of the in-memory ones) whose per-row and
   per-subject outputs are Dask collections.
 

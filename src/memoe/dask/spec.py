@@ -154,7 +154,8 @@ def learn_design(ddf, formula: str, contrasts=None, residual_scale: bool = True)
             levels[c] = (list(dt.categories), bool(dt.ordered))
         else:
             levels[c] = (sorted(clean[c].unique().compute().tolist()), False)
-    head = clean.head(HEAD_ROWS, npartitions=min(ddf.npartitions, 10))
+    # the lowered partition count: read_parquet fuses files once the columns are projected
+    head = clean.head(HEAD_ROWS, npartitions=min(clean.optimize().npartitions, 10))
     if len(head) == 0:
         raise DataError("no complete row (every used column present) in the first partitions of the Dask DataFrame")
     head = head.copy()

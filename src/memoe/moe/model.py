@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 import warnings
 
 import numpy as np
@@ -126,6 +127,15 @@ class MEMoE:
         fit.ranef[2]["id"]          # conditional modes if the subject belongs to expert 2
         fit.predict(type="response")
     """
+
+    def __new__(cls, formula=None, gating=None, k=2, data=None, *args, **kwargs):
+        from memoe.dask import is_dask_dataframe
+
+        if is_dask_dataframe(data):  # out of core on Dask (memoe.dask.moe), imported only for Dask input
+            from memoe.dask.moe import DaskMEMoE
+
+            return DaskMEMoE(formula, gating, k, data, *args, **kwargs)
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -398,6 +408,15 @@ class MoE(MEMoE):
         if "|" in formula:
             raise FormulaError("MoE experts are regressions: give the formula without (terms | group) parts")
         super().__init__(formula, gating, k, data, group=group, **kw)
+
+
+# MEMoE.__new__ (the Dask dispatch) would otherwise give the class a (formula=None, ..., *args, **kwargs) signature;
+# MoE, which defines its own __init__, must not inherit the attribute
+_init_sig = inspect.signature(MEMoE.__init__)
+MEMoE.__signature__ = _init_sig.replace(
+    parameters=list(_init_sig.parameters.values())[1:], return_annotation=inspect.Signature.empty
+)
+MoE.__signature__ = None
 
 
 def _laplace_expert(md: MoEDesign, family: Family | None, mstep: MStepControl | None) -> LaplaceExpert:
