@@ -695,9 +695,10 @@ class PLSProblem:
                 e = min(l1, s + chunk)
                 Lc, A = L[:, :, s:e], self._zz[:, :, s:e]
                 # m_j = S_j^-1 Lambda' a_j = L_j^-T (C_j bvec); u_j = a_j - A_j Lambda m_j, a_j = Z_j'r_j
-                cb = np.stack([soa_lincomb(bvec[None, :], C[i, :, s:e])[0] for i in range(q1)])
+                # (one-thread BLAS matrix-vector products over the m rows of each entry)
+                cb = np.stack([bvec @ C[i, :, s:e] for i in range(q1)])
                 mm = soa_backward_solve_t(Lc, cb[:, None, :])[:, 0, :]
-                u = np.stack([soa_lincomb(bvec[None, :], self._zxy[i, :, s:e])[0] for i in range(q1)])
+                u = np.stack([bvec @ self._zxy[i, :, s:e] for i in range(q1)])
                 lm = soa_lincomb(lam1, mm)
                 for i in range(q1):
                     for j in range(q1):
@@ -737,10 +738,65 @@ class PLSProblem:
         H = np.einsum("ijkl,sjk,tli->st", Ft, D, D)
         trFD = np.einsum("ij,sji->s", F, D)
         H -= np.outer(trFD, trFD) / n_w
+        beta, sigma = self.ml_profiled(f)
+        return MLDerivatives(gradient=grad, hessian=0.5 * (H + H.T), beta=beta, sigma=sigma)
+
+    def ml_profiled(self, f: MLFactor) -> tuple[np.ndarray, float]:
+        """Profiled ML fixed effects (original columns) and residual SD ``sqrt(pwrss / n_w)`` of a factor."""
         sc = self.scaling
         beta = f.beta_s if sc is None else sc.beta(f.beta_s)
-        sigma = math.sqrt(s2) * (1.0 if sc is None else sc.y_scale)
-        return MLDerivatives(gradient=grad, hessian=0.5 * (H + H.T), beta=beta, sigma=sigma)
+        sigma = math.sqrt(f.pwrss / self._n_eff) * (1.0 if sc is None else sc.y_scale)
+        return beta, sigma
+
+    def level_loglik(self, lam: np.ndarray, beta: np.ndarray, sigma: float) -> np.ndarray:
+        """Marginal log-likelihood of each level of the (single) grouping factor at natural parameters.
+
+        Parameters
+        ----------
+        lam : numpy.ndarray, shape (q1, q1)
+            Relative covariance factor (``G = sigma^2 lam lam'``).
+        beta : numpy.ndarray, shape (p,)
+            Fixed effects of the original columns.
+        sigma : float
+            Residual standard deviation.
+
+        Returns
+        -------
+        numpy.ndarray, shape (l1,)
+            ``log p(y_j)`` under ``y_j ~ N(X_j beta, sigma^2 (I + Z_j lam lam' Z_j'))``, unweighted.
+
+        Notes
+        -----
+        ``l_j = -[n_j log(2 pi sigma^2) + log|S_j| + (r_j'r_j - |c_j|^2) / sigma^2] / 2`` with
+        ``S_j = I + lam' A_j lam = L_j L_j'``, ``c_j = L_j^-1 lam' Z_j'r_j`` and ``r_j'r_j`` from the
+        per-level ``[X y]'[X y]``: the per-subject E-step of a Gaussian mixture of mixed models, on the
+        structure-of-arrays statistics in cache-sized chunks (the ``(N, q, q)`` layout was 3x slower).
+        The R equivalent is the per-subject ``mvtnorm::dmvnorm(y_j, X_j beta, V_j, log = TRUE)``.
+        """
+        if self.multi:
+            raise MemoeError("level_loglik needs a single grouping factor")
+        q1, m, l1 = self.q[0], self.m, self.nlevels[0]
+        bvec = np.append(-np.asarray(beta, dtype=float), 1.0)
+        if self.scaling is not None:
+            # [X y] bvec = [X_s y_s] (B bvec): the residuals of the scaled columns
+            bvec = self._B @ bvec
+        xyxy = self._xyxy_level().reshape(m * m, l1)
+        out = np.empty(l1)
+        s2 = float(sigma) ** 2
+        lamT = np.ascontiguousarray(lam.T)
+        chunk = max(1024, LEVEL_CHUNK_BYTES // (8 * q1 * (q1 + 2 * m)))
+        with blas_threads(self.blas_threads):
+            rr_all = np.outer(bvec, bvec).ravel() @ xyxy
+            for s in range(0, l1, chunk):
+                e = min(l1, s + chunk)
+                L = soa_cholesky(soa_congruence(lam, self._zz[:, :, s:e], 1.0))
+                a = np.stack([bvec @ self._zxy[i, :, s:e] for i in range(q1)])
+                c = soa_forward_solve(L, soa_lincomb(lamT, a)[:, None, :])[:, 0, :]
+                quad = rr_all[s:e] - np.einsum("in,in->n", c, c)
+                out[s:e] = soa_logdet_chol(L) + quad / s2
+        out += self.level_n * math.log(2.0 * math.pi * s2)
+        out *= -0.5
+        return out
 
     def deviance_and_gradient(self, theta: np.ndarray) -> tuple[float, np.ndarray]:
         """ML profiled deviance and its gradient in theta (one grouping factor; group weights allowed).

@@ -201,6 +201,9 @@ class GaussianExpert:
 
     def subject_loglik(self, theta: ExpertParams) -> np.ndarray:
         """Exact marginal log-likelihood of each subject under this expert, shape (N,)."""
+        if self.pls is not None:
+            # the core engine's structure-of-arrays statistics, processed in cache-sized chunks
+            return self.pls.level_loglik(theta.L / theta.sigma, theta.beta, float(theta.sigma))
         s2, rr, _, _, _, vc, logdet = self._core(theta)
         quad = rr if vc is None else rr - rowdot(vc[1], vc[1])
         return -0.5 * (self.stats.n * (LOG_2PI + math.log(s2)) + logdet + quad / s2)
@@ -410,11 +413,16 @@ def _fisher_scoring(pls: PLSProblem, tmap: ThetaMap, theta0: np.ndarray, ctl: MS
             t *= 0.5
         if new is None:
             break
-        f, d = new, pls.ml_derivatives(new)
-        if t * float(np.abs(step).max()) < ctl.xtol_abs:
+        gain = f.deviance - new.deviance
+        f, d = new, None
+        # converged (quadratically: the next gain would be smaller still) or out of evaluations: the
+        # derivatives at the new point are not needed, beta and sigma come with its factor
+        if gain < ctl.ftol_abs or t * float(np.abs(step).max()) < ctl.xtol_abs or evals >= ctl.maxeval:
             break
+        d = pls.ml_derivatives(f)
+    beta, sigma = pls.ml_profiled(f) if d is None else (d.beta, d.sigma)
     # lme4's layout: non-negative diagonal of Lambda (flip the sign of columns with a negative one)
     lam = tmap.lambdas(f.theta)
     for lk in lam:
         lk *= np.where(np.diag(lk) < 0, -1.0, 1.0)[None, :]
-    return tmap.theta_of(lam), d.beta, d.sigma
+    return tmap.theta_of(lam), beta, sigma

@@ -42,7 +42,8 @@ class MultiStartControl:
     short_tol : float
         Relative log-likelihood change that ends an exploratory run early.
     short_mstep : MStepControl
-        Coarse M-step of the exploratory runs (few optimiser evaluations: a generalised EM step).
+        Coarse M-step of the exploratory runs: by default one Fisher-scoring step per expert (two deviance
+        evaluations), a generalised EM step that increases the Q-function.
     n_polish : int
         Exploratory runs (best first) continued to convergence.
     at_best_tol : float
@@ -65,7 +66,7 @@ class MultiStartControl:
 
     short_iter: int = 10
     short_tol: float = 1e-7
-    short_mstep: MStepControl = field(default_factory=lambda: MStepControl(maxeval=20, ftol_abs=1e-6, xtol_abs=1e-4))
+    short_mstep: MStepControl = field(default_factory=lambda: MStepControl(maxeval=2, ftol_abs=1e-6, xtol_abs=1e-4))
     n_polish: int = 3
     at_best_tol: float = 1e-3
     em: EMControl = field(default_factory=lambda: EMControl(tol=1e-8, tol_par=1e-4))
