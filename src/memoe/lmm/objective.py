@@ -171,8 +171,9 @@ class MLFactor:
     theta : numpy.ndarray
     lam : numpy.ndarray, shape (q1, q1)
     deviance : float
-    L : numpy.ndarray, shape (q1, q1, l1)
-    C : numpy.ndarray, shape (q1, p + 1, l1)
+    L : numpy.ndarray, shape (q1, q1, l1), or None
+    C : numpy.ndarray, shape (q1, p + 1, l1), or None
+        Per-level factor and reduced ``[X y]`` (None unless kept).
     beta_s : numpy.ndarray, shape (p,)
         Profiled fixed effects of the (possibly scaled) columns the problem works on.
     pwrss : float
@@ -181,8 +182,8 @@ class MLFactor:
     theta: np.ndarray
     lam: np.ndarray
     deviance: float
-    L: np.ndarray
-    C: np.ndarray
+    L: np.ndarray | None
+    C: np.ndarray | None
     beta_s: np.ndarray
     pwrss: float
 
@@ -614,12 +615,15 @@ class PLSProblem:
             dev += self.scaling.deviance_shift(self._n_eff, self.p, reml)
         return dev
 
-    def ml_factor(self, theta: np.ndarray) -> MLFactor | None:
+    def ml_factor(self, theta: np.ndarray, keep: bool = True) -> MLFactor | None:
         """The ML profiled deviance at ``theta`` with what :meth:`ml_derivatives` needs (one grouping factor).
 
         Parameters
         ----------
         theta : numpy.ndarray, shape (ntheta,)
+        keep : bool
+            Keep the per-level factor (``L``, ``C``) that :meth:`ml_derivatives` needs; False saves
+            writing it when only the deviance and the profiled beta and sigma are wanted.
 
         Returns
         -------
@@ -638,8 +642,9 @@ class PLSProblem:
         p = self.p
         lam1 = self.theta_map.lambdas(theta)[0]
         with blas_threads(self.blas_threads):
-            logdet_Z, CtC, (L, C, _) = self._first_block(lam1, True)
+            logdet_Z, CtC, kept = self._first_block(lam1, keep)
             c, info = lapack.dpotrf(self._wXYtXY - CtC, lower=1, clean=0, overwrite_a=1)
+        L, C, _ = kept if keep else (None, None, None)
         ok, logdet_Z, _, pwrss = self._finish(logdet_Z, c, info)
         if not ok:
             return None
@@ -677,6 +682,8 @@ class PLSProblem:
         (one more pass over the levels). lme4 has no counterpart (its ``devfun`` is derivative-free);
         the gradient is that of ``devfun`` with ``REML = FALSE`` for one grouping factor.
         """
+        if f.L is None:
+            raise MemoeError("ml_derivatives needs a factor computed with ml_factor(theta, keep=True)")
         q1, m, l1 = self.q[0], self.m, self.nlevels[0]
         lam1, L, C = f.lam, f.L, f.C
         w = self.weights

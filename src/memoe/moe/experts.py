@@ -87,15 +87,20 @@ class MStepControl:
         expected Hessian (:meth:`memoe.lmm.objective.PLSProblem.ml_derivatives`); ``"bobyqa"``: the
         derivative-free optimiser lme4 uses. Both reach the same M-step optimum; Fisher scoring needs a
         few evaluations where BOBYQA needs tens.
+    gate_iter : int
+        Newton iterations of the gate's weighted multinomial logit per M-step (each increases its
+        part of the Q-function; the default converges it).
     """
 
     maxeval: int = 60
     ftol_abs: float = 1e-9
     xtol_abs: float = 1e-7
     optimizer: str = "fisher"
+    gate_iter: int = 25
 
     def __post_init__(self) -> None:
         check_int(self.maxeval, "MStepControl.maxeval", minimum=1)
+        check_int(self.gate_iter, "MStepControl.gate_iter", minimum=1)
         for name in ("ftol_abs", "xtol_abs"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, numbers.Real) or not (0 <= float(v) < np.inf):
@@ -405,8 +410,9 @@ def _fisher_scoring(pls: PLSProblem, tmap: ThetaMap, theta0: np.ndarray, ctl: MS
             break
         t, new = 1.0, None
         while evals < ctl.maxeval:
-            ft = pls.ml_factor(f.theta - t * step)
             evals += 1
+            # the last allowed evaluation never needs derivatives: skip keeping its per-level factor
+            ft = pls.ml_factor(f.theta - t * step, keep=evals < ctl.maxeval)
             if ft is not None and ft.deviance <= f.deviance - 1e-4 * t * dec:
                 new = ft
                 break

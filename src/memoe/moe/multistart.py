@@ -43,7 +43,7 @@ class MultiStartControl:
         Relative log-likelihood change that ends an exploratory run early.
     short_mstep : MStepControl
         Coarse M-step of the exploratory runs: by default one Fisher-scoring step per expert (two deviance
-        evaluations), a generalised EM step that increases the Q-function.
+        evaluations) and one Newton step of the gate, a generalised EM step that increases the Q-function.
     n_polish : int
         Exploratory runs (best first) continued to convergence.
     at_best_tol : float
@@ -66,7 +66,9 @@ class MultiStartControl:
 
     short_iter: int = 10
     short_tol: float = 1e-7
-    short_mstep: MStepControl = field(default_factory=lambda: MStepControl(maxeval=2, ftol_abs=1e-6, xtol_abs=1e-4))
+    short_mstep: MStepControl = field(
+        default_factory=lambda: MStepControl(maxeval=2, ftol_abs=1e-6, xtol_abs=1e-4, gate_iter=1)
+    )
     n_polish: int = 3
     at_best_tol: float = 1e-3
     em: EMControl = field(default_factory=lambda: EMControl(tol=1e-8, tol_par=1e-4))
