@@ -305,7 +305,7 @@ class GaussianExpert:
         step: float | None = None,
         control: MStepControl | None = None,
     ) -> ExpertParams:
-        """Increase ``sum_i weights_i l_i``: BOBYQA on the core engine's weighted profiled deviance.
+        """Increase ``sum_i weights_i l_i``: Fisher scoring (or BOBYQA) on the engine's weighted profiled deviance.
 
         Parameters
         ----------
@@ -314,17 +314,27 @@ class GaussianExpert:
         start : ExpertParams
             Warm start (its theta = ``L / sigma`` in lme4's layout).
         step : float, optional
-            Initial trust-region radius of BOBYQA; near convergence the EM passes the size of the
-            last change of theta, which saves most of the evaluations a default radius would spend.
+            Initial trust-region radius of BOBYQA (``MStepControl.optimizer="bobyqa"``); near
+            convergence the EM passes the size of the last change of theta. Fisher scoring sizes its
+            steps itself and ignores it.
         control : MStepControl, optional
             Overrides the expert's settings (exploratory runs use a coarse M-step).
+
+        Returns
+        -------
+        ExpertParams
 
         Notes
         -----
         ``PLSProblem.set_group_weights(w)`` scales each subject's whole log-likelihood, so
-        ``deviance(theta, reml=False) = -2 sum_i w_i l_i`` with beta and sigma profiled out. The
-        optimiser starts at the current theta and returns the best point it saw, and profiling beta
-        and sigma can only improve on the current values: the weighted objective never decreases.
+        ``deviance(theta, reml=False) = -2 sum_i w_i l_i`` with beta and sigma profiled out (flexmix's
+        ``FLXMRlmm`` M-step maximises the same weighted likelihood). Both optimisers start at the current
+        theta and keep only decreases of the deviance, and profiling beta and sigma can only improve on
+        the current values: the weighted objective never decreases (a generalised EM step).
+
+        Examples
+        --------
+        >>> new = expert.m_step(tau[:, 0], start)  # doctest: +SKIP
         """
         if self.pls is None:
             return self._wls(weights)
