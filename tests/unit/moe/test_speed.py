@@ -78,3 +78,69 @@ def test_pruning_keeps_the_optimum(small3):
 def test_prune_flag_validated():
     with pytest.raises(memoe.errors.MemoeError, match="prune"):
         MultiStartControl(prune="yes")
+
+
+# ---------------------------------------------------------------- Fisher-scoring M-step
+def _mstep_case(small3, k=0):
+    data, _ = small3
+    prob = memoe.MEMoE(FORMULA, gating=GATING, k=3, data=data).problem
+    tau = kmeans_tau(two_stage_features(prob.expert.stats), 3, np.random.default_rng(1))
+    params = prob.initial_params(tau)
+    return prob, tau[:, k], prob.expert_params(params, k)
+
+
+def _weighted_q(prob, w, th):
+    return float(w @ prob.expert.subject_loglik(th))
+
+
+def test_fisher_mstep_reaches_the_bobyqa_optimum(small3):
+    from memoe.moe.experts import MStepControl
+
+    prob, w, start = _mstep_case(small3)
+    tight = dict(maxeval=100_000, ftol_abs=1e-12, xtol_abs=1e-10)
+    a = prob.expert.m_step(w, start, None, MStepControl(optimizer="fisher", **tight))
+    b = prob.expert.m_step(w, start, None, MStepControl(optimizer="bobyqa", **tight))
+    qa, qb = _weighted_q(prob, w, a), _weighted_q(prob, w, b)
+    # both at the maximum of sum_i w_i l_i: equal to far below the optimisers' tolerance on -2 Q
+    assert qa == pytest.approx(qb, rel=1e-10, abs=1e-8)
+    assert qa >= qb - 1e-8
+    np.testing.assert_allclose(a.beta, b.beta, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(a.L, b.L, rtol=1e-4, atol=1e-5)
+    assert a.sigma == pytest.approx(b.sigma, rel=1e-5)
+    assert np.all(np.diag(a.L) >= 0)
+
+
+def test_single_fisher_step_never_decreases_q(small3):
+    from memoe.moe.experts import MStepControl
+
+    for k in range(3):
+        prob, w, start = _mstep_case(small3, k)
+        # a poor start (far from the weighted optimum) and a negative diagonal entry of L
+        bad = type(start)(beta=start.beta, L=np.array([[-2.0, 0.0], [0.5, 0.05]]), sigma=start.sigma * 2.0)
+        q0 = _weighted_q(prob, w, bad)
+        new = prob.expert.m_step(w, bad, None, MStepControl(maxeval=2))
+        assert _weighted_q(prob, w, new) >= q0
+        assert np.all(np.diag(new.L) >= 0)
+
+
+def test_mstep_optimizer_validated():
+    from memoe.moe.experts import MStepControl
+
+    with pytest.raises(memoe.errors.MemoeError, match=r"MStepControl.optimizer must be one of .*'nelder'"):
+        MStepControl(optimizer="nelder")
+
+
+def test_fisher_and_bobyqa_fits_reach_the_same_maximum(small3):
+    from memoe.moe.experts import MStepControl
+
+    data, _ = small3
+    fits = {}
+    for opt in ("fisher", "bobyqa"):
+        model = memoe.MEMoE(FORMULA, gating=GATING, k=3, data=data, mstep=MStepControl(optimizer=opt))
+        ctl = MultiStartControl(short_mstep=MStepControl(optimizer=opt, maxeval=2 if opt == "fisher" else 20,
+                                                         ftol_abs=1e-6, xtol_abs=1e-4))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fits[opt] = model.fit(n_starts=6, seed=2, progress=False, se=False, control=ctl)
+    # both polished to a score of order 1e-5 per subject
+    assert fits["fisher"].loglik == pytest.approx(fits["bobyqa"].loglik, abs=1e-4)
