@@ -167,7 +167,7 @@ class LMM:
             theta_map=d.theta_map,
             # epoch-time covariates or a response shifted by 1e12 are fitted on centred, scaled
             # columns and mapped back exactly (None for ordinary data: nothing changes)
-            scaling=choose_scaling(d.X, d.y),
+            scaling=choose_scaling(d.X, d.y, columns=d.fixed.spreads),
             log_weights=d.log_weights,
         )
 

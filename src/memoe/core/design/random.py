@@ -10,6 +10,7 @@ from formulaic import Formula, model_matrix
 from formulaic.model_spec import ModelSpec
 
 from memoe.core.covariance import ThetaMap
+from memoe.core.design.direct import SPEC_ROWS, ColumnCache, numeric_plan, numeric_terms, plain_numeric_formula
 from memoe.core.design.grouping import GroupingFactor, make_grouping_factor
 from memoe.core.formula.names import r_column_name
 from memoe.core.formula.parse import RandomTermSpec
@@ -78,7 +79,21 @@ class FactorBlock:
         return self.factor.nlevels
 
 
-def _term_matrix(rhs: str, term: RandomTermSpec, data: pd.DataFrame) -> tuple[ModelSpec, np.ndarray, list[str]]:
+def _term_matrix(
+    rhs: str, term: RandomTermSpec, data: pd.DataFrame, cache: ColumnCache | None = None
+) -> tuple[ModelSpec, np.ndarray, list[str]]:
+    if plain_numeric_formula(rhs, data):
+        # numeric columns (``(t | id)``): spec from a few rows, values straight from the data or, when the
+        # fixed part built the same columns, a view of the fixed-effects matrix (memoe.core.design.direct)
+        try:
+            head = model_matrix(rhs, data.iloc[:SPEC_ROWS], output="numpy", na_action="ignore")
+        except Exception as exc:
+            raise FormulaError(f"cannot build the random-effects term {term.text!r}: {exc}") from None
+        spec = head.model_spec
+        plan = numeric_plan(spec, data)
+        if plan is not None:
+            names = list(spec.column_names)
+            return spec, numeric_terms(plan, names, data, cache), [r_column_name(c) for c in names]
     try:
         mm = model_matrix(rhs, data, output="numpy", na_action="ignore")
     except Exception as exc:
@@ -88,7 +103,7 @@ def _term_matrix(rhs: str, term: RandomTermSpec, data: pd.DataFrame) -> tuple[Mo
 
 
 def _lhs_pieces(
-    term: RandomTermSpec, data: pd.DataFrame
+    term: RandomTermSpec, data: pd.DataFrame, cache: ColumnCache | None = None
 ) -> list[tuple[ModelSpec, np.ndarray, list[str], np.ndarray]]:
     """Model matrix of a term's left-hand side; ``||`` split into lme4's pieces.
 
@@ -98,7 +113,7 @@ def _lhs_pieces(
     among them (only correlations between the pieces are removed).
     """
     if not term.uncorrelated:
-        spec, Z, names = _term_matrix(term.lhs, term, data)
+        spec, Z, names = _term_matrix(term.lhs, term, data, cache)
         if Z.shape[1] == 0:
             raise FormulaError(f"random-effects term {term.text!r} has no columns")
         return [(spec, Z, names, np.arange(Z.shape[1]))]
@@ -109,7 +124,7 @@ def _lhs_pieces(
     pieces = []
     for t in parsed:
         rhs = "1" if str(t) == "1" else f"0 + {t}"
-        spec, Z, names = _term_matrix(rhs, term, data)
+        spec, Z, names = _term_matrix(rhs, term, data, cache)
         if Z.shape[1]:
             pieces.append((spec, Z, names, np.arange(Z.shape[1])))
     if not pieces:
@@ -174,12 +189,22 @@ def check_re_scale(term_text: str, names: list[str], Z: np.ndarray) -> None:
                  PredictorScaleWarning)
 
 
+def _stack(pieces: list[np.ndarray]) -> np.ndarray:
+    """The block's columns side by side (Fortran order when every piece is, as the direct path builds them)."""
+    if len(pieces) == 1:
+        return pieces[0]
+    if all(z.flags.f_contiguous for z in pieces):
+        return np.asfortranarray(np.concatenate(pieces, axis=1))
+    return np.column_stack(pieces)
+
+
 def build_random(
     terms: tuple[RandomTermSpec, ...],
     data: pd.DataFrame,
     nobs: int,
     residual_scale: bool = True,
     check_scale: bool = True,
+    cache: ColumnCache | None = None,
 ):
     """Build lme4 terms, merged factor blocks and the theta map.
 
@@ -188,6 +213,9 @@ def build_random(
     rules are checked by the caller (:func:`memoe.glmm.design.check_identifiable`).
 
     ``check_scale`` refuses random-effects columns with huge offsets or scales (:func:`check_re_scale`).
+
+    ``cache`` holds the plain numeric columns the fixed part built (:func:`memoe.core.design.fixed.build_fixed`):
+    a term whose columns are among them gets a view of the fixed-effects matrix instead of a copy.
 
     Terms are ordered as lme4 orders them (decreasing number of levels, stable); blocks are
     ordered by their first term in that order, so block 0 has the most levels.
@@ -223,7 +251,7 @@ def build_random(
                 f"number of levels of each grouping factor must be < number of observations "
                 f"(grouping factor {gname!r} has {f.nlevels} levels for {nobs} observations)"
             )
-        pieces = _lhs_pieces(term, data)
+        pieces = _lhs_pieces(term, data, cache)
         if check_scale:
             for _, Zp, names_p, _ in pieces:
                 check_re_scale(term.text, names_p, Zp)
@@ -281,7 +309,7 @@ def build_random(
     blocks = [
         FactorBlock(
             factor=factors[g],
-            Z=np.column_stack(block_Z[b]) if len(block_Z[b]) > 1 else block_Z[b][0],
+            Z=_stack(block_Z[b]),
             columns=tuple(block_cols[b]),
             specs=tuple(block_specs[b]),
         )
