@@ -14,8 +14,8 @@ from formulaic.model_spec import ModelSpec
 from formulaic.transforms import C
 
 from memoe.core.design.contrasts import apply_contrasts, resolve_contrasts
-from memoe.core.design.newdata import replay_frame
 from memoe.core.design.direct import SPEC_ROWS, ColumnCache, numeric_plan, numeric_terms, plain_numeric_formula
+from memoe.core.design.newdata import replay_frame
 from memoe.core.design.scaling import ColumnSpreads, choose_scaling, spreads_from_gram
 from memoe.core.formula.names import r_column_name
 from memoe.core.linalg.threads import blas_threads
@@ -122,7 +122,7 @@ def gram(X: np.ndarray) -> np.ndarray:
     On a (10^6, 3) matrix the six single-threaded dots take 1.5-6 ms against 10-20 ms for the BLAS
     ``X.T @ X`` (threaded or not), which is not tuned for so few columns.
     """
-    n, p = X.shape
+    p = X.shape[1]
     if not X.flags.f_contiguous or p > 16:
         return X.T @ X
     G = np.empty((p, p))

@@ -262,7 +262,7 @@ def choose_scaling(
     columns : ColumnSpreads, optional
         :func:`column_spreads` of ``X`` when already computed (the design keeps them).
     """
-    n, p = X.shape
+    n = X.shape[0]
     if n == 0:
         return None
     cs = columns
