@@ -221,17 +221,19 @@ def spreads_from_gram(X: np.ndarray, gram: np.ndarray) -> ColumnSpreads:
     """
     n, p = X.shape
     k = _intercept_column(X)
-    d = np.diag(gram).astype(float) / n
-    if k is not None:
-        center = gram[k].astype(float) / n
-        center[k] = 0.0
-        var = d - center * center
-        var[var < 1e-8 * d] = 0.0
-        spread = np.sqrt(var)
-        spread[k] = 1.0
-    else:
-        center = np.zeros(p)
-        spread = np.sqrt(d)
+    # overflowing entries (values near 1e300) give inf/nan spreads: choose_scaling then recomputes exactly
+    with np.errstate(over="ignore", invalid="ignore"):
+        d = np.diag(gram).astype(float) / n
+        if k is not None:
+            center = gram[k].astype(float) / n
+            center[k] = 0.0
+            var = d - center * center
+            var[~(var >= 1e-8 * d)] = 0.0
+            spread = np.sqrt(var)
+            spread[k] = 1.0
+        else:
+            center = np.zeros(p)
+            spread = np.sqrt(d)
     return ColumnSpreads(center=center, spread=spread, intercept=k, exact=False)
 
 
