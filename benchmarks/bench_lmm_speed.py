@@ -10,8 +10,11 @@ Workloads (``lmm_workloads.py``, deterministic seeds):
   6,040 x 3,706, log-normal degree skew).
 * ``crossed_1m``: 1,000,000 rows, 50,000 x 20,000 uniformly crossed levels (not in the default list).
 
-memoe: median of ``--repeats`` fits in this process after a small warm-up fit of the same formula
-(first-call costs), the path taken for the Schur complement (``dense``/``sparse``) reported.
+memoe: median wall and process-CPU seconds of ``--repeats`` fits in this process after a small warm-up fit
+of the same formula (first-call costs), the design alone, the number of evaluations, the path taken for the
+Schur complement (``dense``/``sparse``), and the memory added by one fit (peak RSS during the fit minus the
+RSS with the DataFrame loaded, after ``malloc_trim``; compared with rows x used columns x 8 bytes).
+The machine is shared: compare CPU seconds and ratios of one run; the load average is printed.
 lme4: one ``lmer(..., REML = TRUE)`` in a fresh Rscript, ``system.time`` of the call only.
 mixedlm: run when importable, else skipped with a message.
 
@@ -23,13 +26,16 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import gc
 import os
+import re
+import statistics
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from harness import Timer, have_r, machine_facts, run_r, save_results
+from harness import have_r, machine_facts, run_r, save_results, timed
 from lmm_workloads import SIMULATORS
 
 DEFAULT = ("long_1m", "nested", "insteval3", "movielens")
@@ -51,23 +57,69 @@ def _groups(formula: str) -> list[str]:
     return sorted(names)
 
 
+def _status() -> dict:
+    """Current and peak resident memory of this process (MiB), from /proc/self/status (Linux)."""
+    try:
+        with open("/proc/self/status") as fh:
+            text = fh.read()
+    except OSError:
+        return {}
+    return {k: int(re.search(rf"{k}:\s+(\d+)", text).group(1)) / 1024.0 for k in ("VmRSS", "VmHWM")}
+
+
+def _reset_peak() -> bool:
+    """Free what can be freed and reset the peak-RSS mark (``/proc/self/clear_refs`` = 5)."""
+    gc.collect()
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
 def bench_memoe(df, formula: str, repeats: int) -> dict:
+    """Median wall and process-CPU seconds of ``repeats`` end-to-end fits, the design alone, the fit alone,
+    evaluations, and the memory the first measured fit adds beyond the loaded DataFrame."""
     import memoe
     from memoe.lmm import objective
 
     memoe.lmm(formula, df.iloc[: min(len(df), 5000)]).fit()
-    design = Timer.measure(lambda: memoe.lmm(formula, df), repeats=repeats)
-    m = design.value
-    fit = Timer.measure(lambda: memoe.lmm(formula, df).fit(), repeats=repeats)
-    t0 = time.perf_counter()
-    m.fit()
-    model_only = time.perf_counter() - t0
+    used = [c for c in df.columns if re.search(rf"\b{re.escape(c)}\b", formula)]
+    used_mib = len(df) * len(used) * 8 / 2**20
+    mem = None
+    if _reset_peak():
+        base = _status()["VmRSS"]
+        fit = memoe.lmm(formula, df).fit()
+        mem = _status()["VmHWM"] - base
+        del fit
+    walls, cpus, dwalls, dcpus, fwalls = [], [], [], [], []
+    for _ in range(repeats):
+        m, dw, dc = timed(lambda: memoe.lmm(formula, df))
+        fit, fw, fc = timed(m.fit)
+        walls.append(dw + fw)
+        cpus.append(dc + fc)
+        dwalls.append(dw)
+        dcpus.append(dc)
+        fwalls.append(fw)
     return {
-        "time": fit.median,
-        "runs": fit.runs,
-        "design": design.median,
-        "fit_only": model_only,
-        "loglik": float(fit.value.loglik),
+        "time": statistics.median(walls),
+        "cpu": statistics.median(cpus),
+        "runs": walls,
+        "cpu_runs": cpus,
+        "design": statistics.median(dwalls),
+        "design_cpu": statistics.median(dcpus),
+        "fit_only": statistics.median(fwalls),
+        "evaluations": int(fit.opt.feval),
+        "loglik": float(fit.loglik),
+        "memory_added_mib": mem,
+        "used_columns_mib": used_mib,
         "schur": "none" if m.problem.mz == 0 else ("sparse" if m.problem.sparse is not None else "dense"),
         "mz": int(m.problem.mz),
         "limits": {"MAX_DENSE_REST": objective.MAX_DENSE_REST, "SPARSE_MAX_FILL": objective.SPARSE_MAX_FILL},
@@ -89,6 +141,7 @@ def main() -> None:
     ap.add_argument("--workloads", default=",".join(DEFAULT))
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--no-r", action="store_true")
+    ap.add_argument("--no-mixedlm", action="store_true")
     ap.add_argument("--r-timeout", type=float, default=900.0)
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
@@ -104,14 +157,17 @@ def main() -> None:
         else:
             code = R_CODE.format(groups="c(" + ",".join(f'"{g}"' for g in _groups(formula)) + ")", formula=formula)
             row["lme4"] = run_r(code, data=df, timeout=args.r_timeout)
-        row["mixedlm"] = bench_mixedlm(df, formula)
+        row["mixedlm"] = {"skipped": "--no-mixedlm"} if args.no_mixedlm else bench_mixedlm(df, formula)
         rows.append(row)
         me, r4 = row["memoe"], row["lme4"]
         ratio = f"{r4['time'] / me['time']:.1f}x" if "time" in r4 else r4.get("skipped", "")
         dll = f"{me['loglik'] - r4['loglik']:+.2e}" if "loglik" in r4 else "-"
+        mem = me["memory_added_mib"]
+        mem_txt = "-" if mem is None else f"{mem:.0f} MiB = {mem / me['used_columns_mib']:.2f}x used columns"
         print(
-            f"{name:10s} n={len(df):>9,d} memoe {me['time']:.3f} s (design {me['design']:.3f} s, "
-            f"{me['schur']} m_z={me['mz']})  lme4 {r4.get('time', float('nan')):.2f} s  "
+            f"{name:10s} n={len(df):>9,d} memoe {me['time']:.3f} s wall, {me['cpu']:.3f} s CPU (design "
+            f"{me['design']:.3f} s, {me['evaluations']} evaluations, memory added {mem_txt}, "
+            f"{me['schur']} m_z={me['mz']}, load {os.getloadavg()[0]:.1f})  lme4 {r4.get('time', float('nan')):.2f} s  "
             f"lme4/memoe {ratio}  logLik memoe-lme4 {dll}  mixedlm: {row['mixedlm'].get('skipped', row['mixedlm'])}",
             flush=True,
         )

@@ -13,8 +13,8 @@ about one evaluation:
 3. ``G_0 = mean(b_i b_i') - sigma_0^2 mean((Z_i'Z_i)^-1)`` (made positive definite), and
    ``theta_0 = chol(G_0 / sigma_0^2)`` in the entries the model's relative factor has.
 
-BOBYQA starts there with initial steps of about 10% of each entry: 82 -> ~50 evaluations on the
-benchmark, the same optimum (the criterion within 1e-8, theta within the optimiser's tolerance).
+BOBYQA starts there with initial steps of about ``1 / sqrt(levels)`` of each entry: 82 -> 32 evaluations
+on the benchmark, the same optimum (the criterion within 1e-8, theta within the optimiser's tolerance).
 The estimator is only a start: where it is not defined (too few levels with more rows than random
 effects, a singular ``X'X``, non-finite values) the identity start is kept.
 """
@@ -27,8 +27,11 @@ __all__ = ["one_factor_start"]
 
 # levels whose Z_i'Z_i has det / prod(diag) below this (nearly collinear columns) are left out of stage 2
 COLLINEAR = 1e-8
-# relative initial step of BOBYQA around the moment estimate, and its floor relative to the largest entry
-STEP = 0.1
+# relative initial step of BOBYQA around the moment estimate: about the estimator's relative standard
+# error 1 / sqrt(levels), between these bounds (y ~ t + x + (t | id): 39 evaluations with 0.1 at 10^5
+# levels, 32 with 0.003; 45 -> 37 at 10^3 levels with 0.03), and its floor relative to the largest entry
+STEP_MAX = 0.1
+STEP_MIN = 0.003
 STEP_FLOOR = 0.1
 # smallest relative variance the start gives a diagonal entry: BOBYQA needs room to move towards 0
 MIN_DIAG = 1e-2
@@ -168,5 +171,6 @@ def _start(problem, theta_map) -> tuple[np.ndarray, np.ndarray] | None:
     lower = theta_map.lower_bounds
     theta0 = np.maximum(theta0, lower)
     scale = float(np.abs(theta0).max())
-    step = STEP * np.maximum(np.abs(theta0), STEP_FLOOR * scale)
+    rel = min(STEP_MAX, max(STEP_MIN, 1.0 / np.sqrt(k)))
+    step = rel * np.maximum(np.abs(theta0), STEP_FLOOR * scale)
     return theta0, step
