@@ -110,14 +110,16 @@ def _start(problem, theta_map) -> tuple[np.ndarray, np.ndarray] | None:
         return None
     # structure-of-arrays (level index last): the problem's own layout, contiguous vectors per entry
     ZtZ = np.moveaxis(np.asarray(problem.ZtZ1, dtype=float), 0, -1)  # (q, q, l)
-    ZtXY = np.moveaxis(np.asarray(problem.ZtXY1, dtype=float), 0, -1)  # (q, m, l), original columns
-    q, m, l1 = ZtXY.shape
-    p = m - 1
-    M = np.asarray(problem.XYtXY, dtype=float)
+    ZtXY1 = np.asarray(problem.ZtXY1, dtype=float)  # (l, q, m), original columns
+    M = np.asarray(problem.XYtXY, dtype=float)  # on the problem's (possibly centred and scaled) columns
     sc = problem.scaling
     if sc is not None:
-        B = sc.B
-        M = B.T @ M @ B  # XYtXY is kept on the scaled columns, ZtXY1 on the original ones
+        # work on the scaled columns, where X'X is well conditioned: theta is relative to sigma, so the
+        # scaling of y cancels, and the centring of X only moves beta
+        ZtXY1 = ZtXY1 @ np.linalg.inv(sc.B)
+    ZtXY = np.moveaxis(ZtXY1, 0, -1)  # (q, m, l)
+    q, m, l1 = ZtXY.shape
+    p = m - 1
     n = float(problem.n)
     # stage 1: OLS of y on X
     if p:
