@@ -105,3 +105,20 @@ def test_prefetched_derivative_check_equals_the_serial_one(monkeypatch):
             serial = finite_difference_derivatives(f, th, lower)
             np.testing.assert_array_equal(serial[0], parallel[0])
             np.testing.assert_array_equal(serial[1], parallel[1])
+
+
+def test_check_threads_control(monkeypatch):
+    import importlib
+
+    model = importlib.import_module("memoe.lmm.model")
+    monkeypatch.setattr(model, "PARALLEL_CHECK_LEVELS", 0)
+    df = _long(300, seed=6)
+    serial = memoe.lmm("y ~ t + x + (t | id)", df).fit()
+    threaded = memoe.lmm("y ~ t + x + (t | id)", df).fit(control={"check_threads": 2})
+    np.testing.assert_array_equal(serial.opt.x, threaded.opt.x)
+    a, b = serial.convergence, threaded.convergence
+    assert a.converged == b.converged and a.messages == b.messages
+    np.testing.assert_array_equal(a.gradient, b.gradient)
+    np.testing.assert_array_equal(a.hessian, b.hessian)
+    with pytest.raises(memoe.errors.ArgumentError, match="check_threads"):
+        memoe.lmm("y ~ t + x + (t | id)", df).fit(control={"check_threads": 0})
