@@ -18,6 +18,7 @@ checks that both paths give identical matrices and names on many formulas.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 
 import numpy as np
@@ -52,21 +53,34 @@ def plain_numeric_formula(rhs: str, data: pd.DataFrame, contrasts: Mapping[str, 
     """
     if contrasts:
         return False
+    lookups = _lookups(rhs)
+    return lookups is not None and all(_numeric_column(data, name) for name in lookups)
+
+
+@functools.lru_cache(maxsize=512)
+def _lookups(rhs: str) -> tuple[str, ...] | None:
+    """The column names a formula only looks up (besides the intercept), or None when it does anything else.
+
+    Cached: a pure function of the string, and formulaic's parse costs ~1 ms (most of a small model's design).
+    """
     try:
         parsed = Formula(rhs)
     except Exception:  # formulaic reports the parse error on its own path
-        return False
+        return None
     if hasattr(parsed, "lhs"):
-        return False
+        return None
+    names: list[str] = []
     for term in parsed:
         for factor in term.factors:
             method = getattr(factor.eval_method, "value", factor.eval_method)
             if method == "literal":
                 if str(factor.expr) != "1":
-                    return False
-            elif method != "lookup" or not _numeric_column(data, str(factor.expr)):
-                return False
-    return True
+                    return None
+            elif method != "lookup":
+                return None
+            else:
+                names.append(str(factor.expr))
+    return tuple(names)
 
 
 def numeric_plan(spec: ModelSpec, data: pd.DataFrame) -> list[tuple[str, ...]] | None:
