@@ -21,6 +21,7 @@ mixedlm: run when importable, else skipped with a message.
 Usage::
 
     python benchmarks/bench_lmm_speed.py --workloads nested,insteval3 --repeats 3 --json out.json
+    python benchmarks/bench_lmm_speed.py --workloads long_1m --profile    # CPU and memory per stage
 """
 
 from __future__ import annotations
@@ -126,6 +127,85 @@ def bench_memoe(df, formula: str, repeats: int) -> dict:
     }
 
 
+# (module, function or class.method, label) of the stages timed by --profile
+STAGES = (
+    ("memoe.core.design", "build_frame", "model frame (columns, NA, checks)"),
+    ("memoe.core.design", "build_fixed", "fixed design X (scaling, rank check)"),
+    ("memoe.core.design", "build_random", "random design Z + grouping codes"),
+    ("memoe.lmm.model", "choose_scaling", "scaling check of [X y]"),
+    ("memoe.lmm.objective", "PLSProblem.__init__", "per-subject sufficient statistics"),
+    ("memoe.lmm.model", "one_factor_start", "moment start"),
+    ("memoe.lmm.objective", "PLSProblem.deviance", "objective evaluations"),
+    ("memoe.lmm.model", "finite_difference_derivatives", "derivative check (inside the evaluations)"),
+    ("memoe.lmm.model", "LmmResult", "result (solve at the optimum)"),
+)
+
+
+def profile_stages(df, formula: str, repeats: int) -> dict:
+    """Process CPU (ms, min over ``repeats`` fits) and tracemalloc memory (MiB held after / peak during) per stage.
+
+    Each stage function is wrapped by a timer for the run (and restored afterwards); nested stages are
+    counted in both. Returns ``{label: {"cpu_ms", "calls", "held_mib", "peak_mib"}}`` plus ``"total"``.
+    """
+    import functools
+    import importlib
+    import tracemalloc
+
+    import memoe
+
+    acc: dict = {}
+    restore = []
+    for modname, qual, label in STAGES:
+        mod = importlib.import_module(modname)
+        owner, name = (getattr(mod, qual.split(".")[0]), qual.split(".")[1]) if "." in qual else (mod, qual)
+        fn = getattr(owner, name, None)
+        if fn is None:
+            continue
+
+        def timed_stage(*a, _fn=fn, _label=label, **k):
+            held0 = 0
+            if tracemalloc.is_tracing():
+                held0 = tracemalloc.get_traced_memory()[0]
+                tracemalloc.reset_peak()  # the stage's own peak (a nested stage resets its parent's)
+            c0 = time.process_time()
+            out = _fn(*a, **k)
+            rec = acc.setdefault(_label, {"cpu_ms": 0.0, "calls": 0})
+            rec["cpu_ms"] += 1000 * (time.process_time() - c0)
+            rec["calls"] += 1
+            if tracemalloc.is_tracing():
+                held, peak = tracemalloc.get_traced_memory()
+                rec["held_mib"], rec["peak_mib"] = held / 2**20, peak / 2**20
+                rec["before_mib"] = held0 / 2**20
+            return out
+
+        setattr(owner, name, functools.wraps(fn)(timed_stage))
+        restore.append((owner, name, fn))
+    try:
+        memoe.lmm(formula, df.iloc[: min(len(df), 5000)]).fit()
+        best: dict = {}
+        for _ in range(repeats):
+            acc.clear()
+            c0 = time.process_time()
+            memoe.lmm(formula, df).fit()
+            acc["total"] = {"cpu_ms": 1000 * (time.process_time() - c0), "calls": 1}
+            for k, v in acc.items():
+                if k not in best or v["cpu_ms"] < best[k]["cpu_ms"]:
+                    best[k] = dict(v)
+        # memory: one more fit under tracemalloc (numpy reports its buffers to it)
+        acc.clear()
+        tracemalloc.start()
+        memoe.lmm(formula, df).fit()
+        tracemalloc.stop()
+        for k, v in acc.items():
+            for key in ("before_mib", "held_mib", "peak_mib"):
+                if key in v and k in best:
+                    best[k][key] = v[key]
+    finally:
+        for owner, name, fn in restore:
+            setattr(owner, name, fn)
+    return best
+
+
 def bench_mixedlm(df, formula: str) -> dict:
     try:
         import mixedlm
@@ -142,12 +222,25 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--no-r", action="store_true")
     ap.add_argument("--no-mixedlm", action="store_true")
+    ap.add_argument("--profile", action="store_true", help="memoe only: CPU and memory per stage")
     ap.add_argument("--r-timeout", type=float, default=900.0)
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     facts = machine_facts()
     print(f"# {facts['date']}  {facts['cpu']}  {facts['cores']} cores  load {facts['load']:.1f}")
     rows = []
+    if args.profile:
+        for name in args.workloads.split(","):
+            df, formula = SIMULATORS[name]()
+            prof = profile_stages(df, formula, args.repeats)
+            print(f"{name}: process CPU per stage (ms, min of {args.repeats}); tracemalloc MiB before / after / peak")
+            for label, v in prof.items():
+                mem = " / ".join(f"{v[k]:.1f}" for k in ("before_mib", "held_mib", "peak_mib") if k in v)
+                print(f"  {label:45s} {v['cpu_ms']:8.1f} ms  {v['calls']:4d} calls  {mem}")
+            rows.append({"workload": name, "profile": prof})
+        if args.json:
+            save_results(args.json, {"machine": facts, "rows": rows})
+        return
     for name in args.workloads.split(","):
         df, formula = SIMULATORS[name]()
         row = {"workload": name, "rows": len(df), "formula": formula}
