@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -14,6 +15,7 @@ from memoe.core.design.direct import SPEC_ROWS, ColumnCache, numeric_plan, numer
 from memoe.core.design.grouping import GroupingFactor, make_grouping_factor
 from memoe.core.formula.names import r_column_name
 from memoe.core.formula.parse import RandomTermSpec
+from memoe.core.linalg.threads import blas_threads
 from memoe.errors import DataError, FormulaError, IdentifiabilityError, PredictorScaleWarning, warn
 
 __all__ = ["FactorBlock", "ReTerm", "build_random"]
@@ -159,16 +161,22 @@ def check_re_scale(term_text: str, names: list[str], Z: np.ndarray) -> None:
     """
     if Z.shape[0] < 2:
         return
-    ones = [j for j in range(Z.shape[1]) if np.all(Z[:, j] == 1.0)]
+    n = Z.shape[0]
+    ones = [j for j in range(Z.shape[1]) if Z[0, j] == 1.0 and np.all(Z[:, j] == 1.0)]
     for j, name in enumerate(names):
         if j in ones:
             continue
         col = Z[:, j]
-        sd = float(col.std())
-        rms = float(np.sqrt(np.mean(col * col)))
+        mean = float(col.mean())
+        # one centred temporary and single-threaded dots (np.std and mean(col * col) made three
+        # temporaries and five passes: 0.19 s of CPU at 10^7 rows); the values only feed thresholds and messages
+        d = col - mean
+        with blas_threads(1):
+            sd = math.sqrt(float(d @ d) / n)
+            rms = sd if ones else math.sqrt(float(col @ col) / n)
+        del d
         if not (sd > 0 and np.isfinite(sd)):
             continue
-        mean = float(col.mean())
         ratio = abs(mean) / sd if ones else 0.0
         size = (sd if ones else rms)
         big = max(size, 1.0 / size)
