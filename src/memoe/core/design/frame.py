@@ -258,9 +258,17 @@ def build_frame(
 
     frame = data[used]
     check_columns_usable(frame, where)
-    na = frame.isna()
-    dropped_by_column = {c: int(k) for c, k in na.sum().items() if k}
-    mask = ~na.any(axis=1).to_numpy()
+    # missing values counted column by column (one n-vector at a time, not an (n, k) frame); the row mask
+    # is built only from the columns that have some
+    dropped_by_column = {}
+    for c in used:
+        k = int(frame[c].isna().sum())
+        if k:
+            dropped_by_column[c] = k
+    if dropped_by_column:
+        mask = ~frame[list(dropped_by_column)].isna().any(axis=1).to_numpy()
+    else:
+        mask = np.ones(len(frame), dtype=bool)
     n_dropped = int((~mask).sum())
     if not mask.any():
         raise DataError(
