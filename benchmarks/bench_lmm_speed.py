@@ -10,26 +10,33 @@ Workloads (``lmm_workloads.py``, deterministic seeds):
   6,040 x 3,706, log-normal degree skew).
 * ``crossed_1m``: 1,000,000 rows, 50,000 x 20,000 uniformly crossed levels (not in the default list).
 
-memoe: median of ``--repeats`` fits in this process after a small warm-up fit of the same formula
-(first-call costs), the path taken for the Schur complement (``dense``/``sparse``) reported.
+memoe: median wall and process-CPU seconds of ``--repeats`` fits in this process after a small warm-up fit
+of the same formula (first-call costs), the design alone, the number of evaluations, the path taken for the
+Schur complement (``dense``/``sparse``), and the memory added by one fit (peak RSS during the fit minus the
+RSS with the DataFrame loaded, after ``malloc_trim``; compared with rows x used columns x 8 bytes).
+The machine is shared: compare CPU seconds and ratios of one run; the load average is printed.
 lme4: one ``lmer(..., REML = TRUE)`` in a fresh Rscript, ``system.time`` of the call only.
 mixedlm: run when importable, else skipped with a message.
 
 Usage::
 
     python benchmarks/bench_lmm_speed.py --workloads nested,insteval3 --repeats 3 --json out.json
+    python benchmarks/bench_lmm_speed.py --workloads long_1m --profile    # CPU and memory per stage
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import os
+import re
+import statistics
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from harness import Timer, have_r, machine_facts, run_r, save_results
+from harness import have_r, machine_facts, run_r, save_results, timed
 from lmm_workloads import SIMULATORS
 
 DEFAULT = ("long_1m", "nested", "insteval3", "movielens")
@@ -51,27 +58,152 @@ def _groups(formula: str) -> list[str]:
     return sorted(names)
 
 
+def _status() -> dict:
+    """Current and peak resident memory of this process (MiB), from /proc/self/status (Linux)."""
+    try:
+        with open("/proc/self/status") as fh:
+            text = fh.read()
+    except OSError:
+        return {}
+    return {k: int(re.search(rf"{k}:\s+(\d+)", text).group(1)) / 1024.0 for k in ("VmRSS", "VmHWM")}
+
+
+def _reset_peak() -> bool:
+    """Free what can be freed and reset the peak-RSS mark (``/proc/self/clear_refs`` = 5)."""
+    gc.collect()
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
 def bench_memoe(df, formula: str, repeats: int) -> dict:
+    """Median wall and process-CPU seconds of ``repeats`` end-to-end fits, the design alone, the fit alone,
+    evaluations, and the memory the first measured fit adds beyond the loaded DataFrame."""
     import memoe
     from memoe.lmm import objective
 
     memoe.lmm(formula, df.iloc[: min(len(df), 5000)]).fit()
-    design = Timer.measure(lambda: memoe.lmm(formula, df), repeats=repeats)
-    m = design.value
-    fit = Timer.measure(lambda: memoe.lmm(formula, df).fit(), repeats=repeats)
-    t0 = time.perf_counter()
-    m.fit()
-    model_only = time.perf_counter() - t0
+    used = [c for c in df.columns if re.search(rf"\b{re.escape(c)}\b", formula)]
+    used_mib = len(df) * len(used) * 8 / 2**20
+    mem = None
+    if _reset_peak():
+        base = _status()["VmRSS"]
+        fit = memoe.lmm(formula, df).fit()
+        mem = _status()["VmHWM"] - base
+        del fit
+    walls, cpus, dwalls, dcpus, fwalls = [], [], [], [], []
+    for _ in range(repeats):
+        m, dw, dc = timed(lambda: memoe.lmm(formula, df))
+        fit, fw, fc = timed(m.fit)
+        walls.append(dw + fw)
+        cpus.append(dc + fc)
+        dwalls.append(dw)
+        dcpus.append(dc)
+        fwalls.append(fw)
     return {
-        "time": fit.median,
-        "runs": fit.runs,
-        "design": design.median,
-        "fit_only": model_only,
-        "loglik": float(fit.value.loglik),
+        "time": statistics.median(walls),
+        "cpu": statistics.median(cpus),
+        "runs": walls,
+        "cpu_runs": cpus,
+        "design": statistics.median(dwalls),
+        "design_cpu": statistics.median(dcpus),
+        "fit_only": statistics.median(fwalls),
+        "evaluations": int(fit.opt.feval),
+        "loglik": float(fit.loglik),
+        "memory_added_mib": mem,
+        "used_columns_mib": used_mib,
         "schur": "none" if m.problem.mz == 0 else ("sparse" if m.problem.sparse is not None else "dense"),
         "mz": int(m.problem.mz),
         "limits": {"MAX_DENSE_REST": objective.MAX_DENSE_REST, "SPARSE_MAX_FILL": objective.SPARSE_MAX_FILL},
     }
+
+
+# (module, function or class.method, label) of the stages timed by --profile
+STAGES = (
+    ("memoe.core.design", "build_frame", "model frame (columns, NA, checks)"),
+    ("memoe.core.design", "build_fixed", "fixed design X (scaling, rank check)"),
+    ("memoe.core.design", "build_random", "random design Z + grouping codes"),
+    ("memoe.lmm.model", "choose_scaling", "scaling check of [X y]"),
+    ("memoe.lmm.objective", "PLSProblem.__init__", "per-subject sufficient statistics"),
+    ("memoe.lmm.model", "one_factor_start", "moment start"),
+    ("memoe.lmm.objective", "PLSProblem.deviance", "objective evaluations"),
+    ("memoe.lmm.model", "finite_difference_derivatives", "derivative check (inside the evaluations)"),
+    ("memoe.lmm.model", "LmmResult", "result (solve at the optimum)"),
+)
+
+
+def profile_stages(df, formula: str, repeats: int) -> dict:
+    """Process CPU (ms, min over ``repeats`` fits) and tracemalloc memory (MiB held after / peak during) per stage.
+
+    Each stage function is wrapped by a timer for the run (and restored afterwards); nested stages are
+    counted in both. Returns ``{label: {"cpu_ms", "calls", "held_mib", "peak_mib"}}`` plus ``"total"``.
+    """
+    import functools
+    import importlib
+    import tracemalloc
+
+    import memoe
+
+    acc: dict = {}
+    restore = []
+    for modname, qual, label in STAGES:
+        mod = importlib.import_module(modname)
+        owner, name = (getattr(mod, qual.split(".")[0]), qual.split(".")[1]) if "." in qual else (mod, qual)
+        fn = getattr(owner, name, None)
+        if fn is None:
+            continue
+
+        def timed_stage(*a, _fn=fn, _label=label, **k):
+            held0 = 0
+            if tracemalloc.is_tracing():
+                held0 = tracemalloc.get_traced_memory()[0]
+                tracemalloc.reset_peak()  # the stage's own peak (a nested stage resets its parent's)
+            c0 = time.process_time()
+            out = _fn(*a, **k)
+            rec = acc.setdefault(_label, {"cpu_ms": 0.0, "calls": 0})
+            rec["cpu_ms"] += 1000 * (time.process_time() - c0)
+            rec["calls"] += 1
+            if tracemalloc.is_tracing():
+                held, peak = tracemalloc.get_traced_memory()
+                rec["held_mib"], rec["peak_mib"] = held / 2**20, peak / 2**20
+                rec["before_mib"] = held0 / 2**20
+            return out
+
+        setattr(owner, name, functools.wraps(fn)(timed_stage))
+        restore.append((owner, name, fn))
+    try:
+        memoe.lmm(formula, df.iloc[: min(len(df), 5000)]).fit()
+        best: dict = {}
+        for _ in range(repeats):
+            acc.clear()
+            c0 = time.process_time()
+            memoe.lmm(formula, df).fit()
+            acc["total"] = {"cpu_ms": 1000 * (time.process_time() - c0), "calls": 1}
+            for k, v in acc.items():
+                if k not in best or v["cpu_ms"] < best[k]["cpu_ms"]:
+                    best[k] = dict(v)
+        # memory: one more fit under tracemalloc (numpy reports its buffers to it)
+        acc.clear()
+        tracemalloc.start()
+        memoe.lmm(formula, df).fit()
+        tracemalloc.stop()
+        for k, v in acc.items():
+            for key in ("before_mib", "held_mib", "peak_mib"):
+                if key in v and k in best:
+                    best[k][key] = v[key]
+    finally:
+        for owner, name, fn in restore:
+            setattr(owner, name, fn)
+    return best
 
 
 def bench_mixedlm(df, formula: str) -> dict:
@@ -89,12 +221,26 @@ def main() -> None:
     ap.add_argument("--workloads", default=",".join(DEFAULT))
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--no-r", action="store_true")
+    ap.add_argument("--no-mixedlm", action="store_true")
+    ap.add_argument("--profile", action="store_true", help="memoe only: CPU and memory per stage")
     ap.add_argument("--r-timeout", type=float, default=900.0)
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     facts = machine_facts()
     print(f"# {facts['date']}  {facts['cpu']}  {facts['cores']} cores  load {facts['load']:.1f}")
     rows = []
+    if args.profile:
+        for name in args.workloads.split(","):
+            df, formula = SIMULATORS[name]()
+            prof = profile_stages(df, formula, args.repeats)
+            print(f"{name}: process CPU per stage (ms, min of {args.repeats}); tracemalloc MiB before / after / peak")
+            for label, v in prof.items():
+                mem = " / ".join(f"{v[k]:.1f}" for k in ("before_mib", "held_mib", "peak_mib") if k in v)
+                print(f"  {label:45s} {v['cpu_ms']:8.1f} ms  {v['calls']:4d} calls  {mem}")
+            rows.append({"workload": name, "profile": prof})
+        if args.json:
+            save_results(args.json, {"machine": facts, "rows": rows})
+        return
     for name in args.workloads.split(","):
         df, formula = SIMULATORS[name]()
         row = {"workload": name, "rows": len(df), "formula": formula}
@@ -104,14 +250,17 @@ def main() -> None:
         else:
             code = R_CODE.format(groups="c(" + ",".join(f'"{g}"' for g in _groups(formula)) + ")", formula=formula)
             row["lme4"] = run_r(code, data=df, timeout=args.r_timeout)
-        row["mixedlm"] = bench_mixedlm(df, formula)
+        row["mixedlm"] = {"skipped": "--no-mixedlm"} if args.no_mixedlm else bench_mixedlm(df, formula)
         rows.append(row)
         me, r4 = row["memoe"], row["lme4"]
         ratio = f"{r4['time'] / me['time']:.1f}x" if "time" in r4 else r4.get("skipped", "")
         dll = f"{me['loglik'] - r4['loglik']:+.2e}" if "loglik" in r4 else "-"
+        mem = me["memory_added_mib"]
+        mem_txt = "-" if mem is None else f"{mem:.0f} MiB = {mem / me['used_columns_mib']:.2f}x used columns"
         print(
-            f"{name:10s} n={len(df):>9,d} memoe {me['time']:.3f} s (design {me['design']:.3f} s, "
-            f"{me['schur']} m_z={me['mz']})  lme4 {r4.get('time', float('nan')):.2f} s  "
+            f"{name:10s} n={len(df):>9,d} memoe {me['time']:.3f} s wall, {me['cpu']:.3f} s CPU (design "
+            f"{me['design']:.3f} s, {me['evaluations']} evaluations, memory added {mem_txt}, "
+            f"{me['schur']} m_z={me['mz']}, load {os.getloadavg()[0]:.1f})  lme4 {r4.get('time', float('nan')):.2f} s  "
             f"lme4/memoe {ratio}  logLik memoe-lme4 {dll}  mixedlm: {row['mixedlm'].get('skipped', row['mixedlm'])}",
             flush=True,
         )

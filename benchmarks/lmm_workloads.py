@@ -82,6 +82,7 @@ def long(seed: int = 5, N: int = 100_000, visits: int = 10) -> tuple[pd.DataFram
     t = np.tile(np.arange(visits, dtype=float), N)
     x = rng.normal(size=N * visits)
     b = rng.multivariate_normal([0, 0], [[1.0, 0.2], [0.2, 0.25]], size=N)
+    # float64 columns (t as floats), an int64 id column
     y = 1 + 0.3 * t + 0.5 * x + b[idx, 0] + b[idx, 1] * t + rng.normal(size=N * visits)
     return pd.DataFrame({"y": y, "t": t, "x": x, "id": idx}), "y ~ t + x + (t | id)"
 
@@ -92,4 +93,5 @@ SIMULATORS = {
     "crossed_1m": crossed_large,
     "nested": nested,
     "long_1m": long,
+    "long_10m": lambda: long(N=1_000_000),
 }

@@ -16,8 +16,8 @@ from scipy import stats
 import memoe
 from memoe.inference.varcomp import BOUNDARY_NOTE, central_hessian, lmm_deviance_z, varpar_wald_interval
 
-# Accuracy of the reference: central differences with relative step h = 1e-4 have truncation error
-# O(h^2) ~ 1e-8 and rounding error ~ eps |d| / (h sd)^2 ~ 1e-16 * 1750 / (2.4e-3)^2 ~ 3e-8 relative to
+# Accuracy of the reference: central differences with relative step h = 1e-3 (see _reference_se) have
+# truncation error O(h^2) ~ 1e-6 and rounding error ~ eps |d| / (h sd)^2 ~ 1e-16 * 1750 / (2.4e-3)^2 ~ 3e-8 relative to
 # Hessian entries ~ 2 / se^2; memoe's own step (1e-3 on log / atanh scales) costs ~1e-6. The two SEs
 # therefore agree to ~1e-5; 1e-4 leaves a margin without hiding a wrong formula (a factor sqrt(2) or an
 # omitted REML term changes the SEs by > 1 %).
@@ -62,7 +62,10 @@ def _dense_criterion(data, reml: bool):
 
 
 def _reference_se(crit, est: np.ndarray) -> np.ndarray:
-    h = 1e-4 * np.where(np.abs(est) > 0.1, np.abs(est), 0.1)
+    # relative step 1e-3: with 1e-4 the rounding of the dense criterion (~1e-13 of 1750) over h^2 moved the
+    # correlation's SE by up to 3e-4 between two estimates 1e-7 apart (both optima of the same fit); with
+    # 1e-3 the reference agrees with memoe to <= 3e-6 at either, truncation O(h^2) ~ 1e-6
+    h = 1e-3 * np.where(np.abs(est) > 0.1, np.abs(est), 0.1)
     H = central_hessian(crit, est, h)
     return np.sqrt(np.diag(2.0 * np.linalg.inv(H)))
 

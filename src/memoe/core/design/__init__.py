@@ -108,7 +108,7 @@ class Design:
         if weights is not None:
             s = np.sqrt(weights)
             y = s * y
-            fixed = dataclasses.replace(fixed, X=np.ascontiguousarray(fixed.X * s[:, None]))
+            fixed = dataclasses.replace(fixed, X=np.ascontiguousarray(fixed.X * s[:, None]), spreads=None)
             blocks = [dataclasses.replace(b, Z=np.ascontiguousarray(b.Z * s[:, None])) for b in blocks]
         return dataclasses.replace(
             self, y=y, fixed=fixed, blocks=blocks, prior_weights=weights, offset=offset, offset_terms=offset_terms,
@@ -168,7 +168,9 @@ def build_design(
     if not np.all(np.isfinite(y)):
         raise DataError(f"response {spec.response!r} has {int((~np.isfinite(y)).sum())} non-finite values")
     check_response_varies(y, spec.response)
-    fixed = build_fixed(spec.fixed, frame.data, contrasts)
+    # columns of a plain numeric fixed part, reused (as views) by random-effects terms with the same columns
+    cache: dict = {}
+    fixed = build_fixed(spec.fixed, frame.data, contrasts, cache=cache)
     n = len(y)
     if fixed.X.shape[0] != n:
         raise DataError(f"fixed-effects matrix has {fixed.X.shape[0]} rows but the response has {n}")
@@ -179,5 +181,5 @@ def build_design(
             f"({frame.n_dropped} rows dropped for missing values); a linear mixed model needs more "
             "observations than fixed-effects coefficients"
         )
-    terms, blocks, theta_map = build_random(spec.random, frame.data, n)
+    terms, blocks, theta_map = build_random(spec.random, frame.data, n, cache=cache)
     return Design(spec=spec, frame=frame, y=y, fixed=fixed, terms=terms, blocks=blocks, theta_map=theta_map)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -48,16 +49,30 @@ def _factor_variables(factor) -> set[str]:
 def formula_variables(rhs_or_formula: str, where: str) -> list[str]:
     """Variables a formulaic expression reads from the data (functions such as ``np.log`` excluded)."""
     try:
+        return list(_formula_variables(rhs_or_formula))
+    except _ParseError as exc:
+        raise FormulaError(f"cannot parse {where} {rhs_or_formula!r}: {exc.args[0]}") from None
+
+
+class _ParseError(Exception):
+    pass
+
+
+@functools.lru_cache(maxsize=512)
+def _formula_variables(rhs_or_formula: str) -> tuple[str, ...]:
+    # a pure function of the string, asked 5-10 times per model (frame, checks, offsets, ...); formulaic's
+    # parse costs ~1 ms each, most of a small model's design time
+    try:
         f = Formula(rhs_or_formula)
     except Exception as exc:  # formulaic's parse errors are varied; name the part that failed
-        raise FormulaError(f"cannot parse {where} {rhs_or_formula!r}: {exc}") from None
+        raise _ParseError(str(exc)) from None
     names = {str(v) for v in f.required_variables}
     parts = [f.lhs, f.rhs] if hasattr(f, "lhs") else [f]
     for part in parts:
         for term in part:
             for factor in term.factors:
                 names |= _factor_variables(factor)
-    return sorted(n for n in names if n not in R_FUNCTIONS)
+    return tuple(sorted(n for n in names if n not in R_FUNCTIONS))
 
 
 @dataclass(frozen=True)
@@ -243,9 +258,17 @@ def build_frame(
 
     frame = data[used]
     check_columns_usable(frame, where)
-    na = frame.isna()
-    dropped_by_column = {c: int(k) for c, k in na.sum().items() if k}
-    mask = ~na.any(axis=1).to_numpy()
+    # missing values counted column by column (one n-vector at a time, not an (n, k) frame); the row mask
+    # is built only from the columns that have some
+    dropped_by_column = {}
+    for c in used:
+        k = int(frame[c].isna().sum())
+        if k:
+            dropped_by_column[c] = k
+    if dropped_by_column:
+        mask = ~frame[list(dropped_by_column)].isna().any(axis=1).to_numpy()
+    else:
+        mask = np.ones(len(frame), dtype=bool)
     n_dropped = int((~mask).sum())
     if not mask.any():
         raise DataError(

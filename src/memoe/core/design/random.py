@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -12,9 +13,11 @@ from formulaic.model_spec import ModelSpec
 
 from memoe.core.covariance import ThetaMap
 from memoe.core.design.contrasts import apply_contrasts, resolve_contrasts
+from memoe.core.design.direct import SPEC_ROWS, ColumnCache, numeric_plan, numeric_terms, plain_numeric_formula
 from memoe.core.design.grouping import GroupingFactor, make_grouping_factor
 from memoe.core.formula.names import r_column_name
 from memoe.core.formula.parse import RandomTermSpec
+from memoe.core.linalg.threads import blas_threads
 from memoe.errors import DataError, FormulaError, IdentifiabilityError, MemoeError, PredictorScaleWarning, warn
 
 __all__ = ["FactorBlock", "ReTerm", "build_random"]
@@ -80,7 +83,21 @@ class FactorBlock:
         return self.factor.nlevels
 
 
-def _term_matrix(rhs: str, term: RandomTermSpec, data: pd.DataFrame) -> tuple[ModelSpec, np.ndarray, list[str]]:
+def _term_matrix(
+    rhs: str, term: RandomTermSpec, data: pd.DataFrame, cache: ColumnCache | None = None
+) -> tuple[ModelSpec, np.ndarray, list[str]]:
+    if plain_numeric_formula(rhs, data):
+        # numeric columns (``(t | id)``): spec from a few rows, values straight from the data or, when the
+        # fixed part built the same columns, a view of the fixed-effects matrix (memoe.core.design.direct)
+        try:
+            head = model_matrix(rhs, data.iloc[:SPEC_ROWS], output="numpy", na_action="ignore")
+        except Exception as exc:
+            raise FormulaError(f"cannot build the random-effects term {term.text!r}: {exc}") from None
+        spec = head.model_spec
+        plan = numeric_plan(spec, data)
+        if plan is not None:
+            names = list(spec.column_names)
+            return spec, numeric_terms(plan, names, data, cache), [r_column_name(c) for c in names]
     # lme4 builds random-term matrices with R's default contrasts (its contrasts= argument reaches the
     # fixed part only): treatment for unordered factors, contr.poly for ordered ones
     with contextlib.suppress(MemoeError):  # a bad reference: formulaic's message below names the term
@@ -94,7 +111,7 @@ def _term_matrix(rhs: str, term: RandomTermSpec, data: pd.DataFrame) -> tuple[Mo
 
 
 def _lhs_pieces(
-    term: RandomTermSpec, data: pd.DataFrame
+    term: RandomTermSpec, data: pd.DataFrame, cache: ColumnCache | None = None
 ) -> list[tuple[ModelSpec, np.ndarray, list[str], np.ndarray]]:
     """Model matrix of a term's left-hand side; ``||`` split into lme4's pieces.
 
@@ -104,7 +121,7 @@ def _lhs_pieces(
     among them (only correlations between the pieces are removed).
     """
     if not term.uncorrelated:
-        spec, Z, names = _term_matrix(term.lhs, term, data)
+        spec, Z, names = _term_matrix(term.lhs, term, data, cache)
         if Z.shape[1] == 0:
             raise FormulaError(f"random-effects term {term.text!r} has no columns")
         return [(spec, Z, names, np.arange(Z.shape[1]))]
@@ -115,7 +132,7 @@ def _lhs_pieces(
     pieces = []
     for t in parsed:
         rhs = "1" if str(t) == "1" else f"0 + {t}"
-        spec, Z, names = _term_matrix(rhs, term, data)
+        spec, Z, names = _term_matrix(rhs, term, data, cache)
         if Z.shape[1]:
             pieces.append((spec, Z, names, np.arange(Z.shape[1])))
     if not pieces:
@@ -150,16 +167,22 @@ def check_re_scale(term_text: str, names: list[str], Z: np.ndarray) -> None:
     """
     if Z.shape[0] < 2:
         return
-    ones = [j for j in range(Z.shape[1]) if np.all(Z[:, j] == 1.0)]
+    n = Z.shape[0]
+    ones = [j for j in range(Z.shape[1]) if Z[0, j] == 1.0 and np.all(Z[:, j] == 1.0)]
     for j, name in enumerate(names):
         if j in ones:
             continue
         col = Z[:, j]
-        sd = float(col.std())
-        rms = float(np.sqrt(np.mean(col * col)))
+        mean = float(col.mean())
+        # one centred temporary and single-threaded dots (np.std and mean(col * col) made three
+        # temporaries and five passes: 0.19 s of CPU at 10^7 rows); the values only feed thresholds and messages
+        d = col - mean
+        with blas_threads(1):
+            sd = math.sqrt(float(d @ d) / n)
+            rms = sd if ones else math.sqrt(float(col @ col) / n)
+        del d
         if not (sd > 0 and np.isfinite(sd)):
             continue
-        mean = float(col.mean())
         ratio = abs(mean) / sd if ones else 0.0
         size = (sd if ones else rms)
         big = max(size, 1.0 / size)
@@ -180,12 +203,22 @@ def check_re_scale(term_text: str, names: list[str], Z: np.ndarray) -> None:
                  PredictorScaleWarning)
 
 
+def _stack(pieces: list[np.ndarray]) -> np.ndarray:
+    """The block's columns side by side (Fortran order when every piece is, as the direct path builds them)."""
+    if len(pieces) == 1:
+        return pieces[0]
+    if all(z.flags.f_contiguous for z in pieces):
+        return np.asfortranarray(np.concatenate(pieces, axis=1))
+    return np.column_stack(pieces)
+
+
 def build_random(
     terms: tuple[RandomTermSpec, ...],
     data: pd.DataFrame,
     nobs: int,
     residual_scale: bool = True,
     check_scale: bool = True,
+    cache: ColumnCache | None = None,
 ):
     """Build lme4 terms, merged factor blocks and the theta map.
 
@@ -194,6 +227,9 @@ def build_random(
     rules are checked by the caller (:func:`memoe.glmm.design.check_identifiable`).
 
     ``check_scale`` refuses random-effects columns with huge offsets or scales (:func:`check_re_scale`).
+
+    ``cache`` holds the plain numeric columns the fixed part built (:func:`memoe.core.design.fixed.build_fixed`):
+    a term whose columns are among them gets a view of the fixed-effects matrix instead of a copy.
 
     Terms are ordered as lme4 orders them (decreasing number of levels, stable); blocks are
     ordered by their first term in that order, so block 0 has the most levels.
@@ -229,7 +265,7 @@ def build_random(
                 f"number of levels of each grouping factor must be < number of observations "
                 f"(grouping factor {gname!r} has {f.nlevels} levels for {nobs} observations)"
             )
-        pieces = _lhs_pieces(term, data)
+        pieces = _lhs_pieces(term, data, cache)
         if check_scale:
             for _, Zp, names_p, _ in pieces:
                 check_re_scale(term.text, names_p, Zp)
@@ -287,7 +323,7 @@ def build_random(
     blocks = [
         FactorBlock(
             factor=factors[g],
-            Z=np.column_stack(block_Z[b]) if len(block_Z[b]) > 1 else block_Z[b][0],
+            Z=_stack(block_Z[b]),
             columns=tuple(block_cols[b]),
             specs=tuple(block_specs[b]),
         )
