@@ -35,7 +35,7 @@ from memoe.core.optim.checks import ConvergenceReport
 from memoe.core.optim.finish import finish_fit, is_boundary
 from memoe.core.optim.start import variance_component_start
 from memoe.errors import ArgumentError, FormulaTypeError
-from memoe.lmm.objective import PLSProblem
+from memoe.lmm.objective import SCHUR_PATHS, PLSProblem
 from memoe.lmm.result import LmmResult
 
 __all__ = ["LMM", "SINGULAR_TOL"]
@@ -64,6 +64,10 @@ class FitControl:
         lme4's ``check.conv.grad`` and ``isSingular`` tolerances.
     blas_threads : int, "auto" or None
         BLAS threads while fitting ("auto": the problem's choice; None: the BLAS default).
+    solver : {"auto", "dense", "sparse", "matrix-free"}
+        How the Schur complement of crossed/nested grouping factors is factored ("auto": chosen from the
+        design's fill, memory and flops; see :mod:`memoe.core.linalg.matrix_free` for the approximate
+        "matrix-free" path); the path taken is ``fit.model.problem.solver``.
 
     R equivalent
     ------------
@@ -89,6 +93,7 @@ class FitControl:
     # BLAS threads while fitting: "auto" = the problem's choice (1 unless the dense part of the
     # factor is large), None = leave the BLAS default, an int = that cap (see memoe.core.linalg.threads)
     blas_threads: int | str | None = "auto"
+    solver: str = "auto"
 
 
 class LMM:
@@ -218,6 +223,10 @@ class LMM:
         int_ok = isinstance(bt, (int, np.integer)) and not isinstance(bt, bool) and bt >= 1
         if not (bt is None or bt == "auto" or int_ok):
             raise ArgumentError(f"control['blas_threads'] must be 'auto', None or an integer >= 1, got {bt!r}")
+        if control.solver not in SCHUR_PATHS:
+            raise ArgumentError(f"control['solver'] must be one of {', '.join(map(repr, SCHUR_PATHS))}, "
+                                f"got {control.solver!r}")
+        self.problem.set_solver(control.solver)
         tmap = self.design.theta_map
         start = check_start(start, tmap.names, tmap.lower_bounds)
         f = self.objective(reml)

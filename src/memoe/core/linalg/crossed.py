@@ -134,7 +134,32 @@ class RestSchur:
         # which block each Z_r column belongs to (scalar lambda per column when all q_k = 1)
         sizes = [lk * qk for lk, qk in zip(nlevels_rest, q_rest, strict=True)]
         self.col_block = np.repeat(np.arange(len(q_rest)), sizes)
-        self.P = self._build_map(max_nnz)
+        # the map is built on first use: the matrix-free path never needs it (10 million entries and
+        # ~1 s at 1,000,000 rows x 50,000 x 20,000 levels)
+        self._max_nnz = max_nnz
+        self._P: sp.csc_matrix | None = None
+        self._pos: np.ndarray | None = None
+        self._built = False
+
+    @property
+    def P(self) -> sp.csc_matrix | None:
+        """The map from the entries of ``W`` (and a constant) to the upper triangle of ``M`` (None when too large)."""
+        if not self._built:
+            self._P = self._build_map(self._max_nnz)
+            self._built = True
+        return self._P
+
+    @property
+    def pos(self) -> np.ndarray:
+        """Flat positions in ``M`` of the rows of :attr:`P`."""
+        _ = self.P
+        return self._pos
+
+    def pair_count(self) -> int:
+        """Products the map enumerates (``sum_j K_j^2 / 2`` over first-factor levels): the dense path's set-up size."""
+        indptr = self.Z1tZr.indptr
+        K = np.diff(indptr[0 : self.l1 * self.q1 + 1 : self.q1]).astype(np.int64)
+        return int((K * (K + 1) // 2).sum())
 
     # ------------------------------------------------------------------ setup
     def _build_map(self, max_nnz: int) -> sp.csc_matrix | None:
@@ -153,7 +178,7 @@ class RestSchur:
         flat, cols, vals = flat[:end], cols[:end], vals[:end]
         np.negative(vals[:total], out=vals[:total])
         # one row of P per distinct position of the upper triangle of M_zz (flat index in self.pos)
-        self.pos, rows = _distinct_positions(flat, nb * nb)
+        self._pos, rows = _distinct_positions(flat, nb * nb)
         del flat
         # CSC built directly: the product loops over the (few) columns and scatters into the rows,
         # the fastest layout measured here. Every (row, column) is distinct, so nothing to sum.
@@ -161,7 +186,7 @@ class RestSchur:
             order = np.argsort(cols, kind="stable")
             rows, cols, vals = rows[order], cols[order], vals[order]
         indptr = np.concatenate(([0], np.cumsum(np.bincount(cols, minlength=nw + 1))))
-        return sp.csc_matrix((vals, rows, indptr), shape=(len(self.pos), nw + 1))
+        return sp.csc_matrix((vals, rows, indptr), shape=(len(self._pos), nw + 1))
 
     # ------------------------------------------------------------------ per theta
     def lambda_rest(self, lambdas: list[np.ndarray]) -> sp.csr_matrix:
