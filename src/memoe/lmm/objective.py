@@ -354,10 +354,9 @@ class PLSProblem:
         ):
             self.sparse = MatrixFreeSchur(self.rest)
             return
-        if mz >= SPARSE_MIN_REST and have_sparse_cholesky():
-            if mz > MAX_DENSE_REST and mz <= MAX_SPARSE_REST:
-                self.sparse = SparseSchur(self.rest)
-                return
+        if mz >= SPARSE_MIN_REST and have_sparse_cholesky() and MAX_DENSE_REST < mz <= MAX_SPARSE_REST:
+            self.sparse = SparseSchur(self.rest)
+            return
         if mz > MAX_DENSE_REST:
             raise MemoeError(self._dense_limit_message())
         # the evaluation buffer plus LAPACK's factor of it (about two dense copies)

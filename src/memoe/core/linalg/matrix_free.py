@@ -148,7 +148,6 @@ def pcg(
     True
     """
     B = np.asarray(B, dtype=float)
-    n, k = B.shape
     prec = precond if precond is not None else (lambda R: R)
     if x0 is None:
         X = np.zeros_like(B)
@@ -472,7 +471,7 @@ class MatrixFreeSchur:
         self._x_prev = X
         S = M_xy - Q
         c, info = lapack.dpotrf(0.5 * (S + S.T), lower=1, clean=1)
-        ld, se, steps, conv = op.logdet_B(self.probes)
+        ld, se, steps, _ = op.logdet_B(self.probes)
         if self._calibrate and np.isfinite(se):
             # once, at the first evaluation: enough probes for the target standard error, then fixed
             self._calibrate = False
@@ -480,7 +479,7 @@ class MatrixFreeSchur:
                 want = int(np.ceil(self.nprobes * (se / SLQ_TARGET_SE) ** 2 * 1.2 / 8.0)) * 8
                 self.nprobes = int(min(SLQ_MAX_PROBES, max(want, self.nprobes)))
                 self.probes = rademacher_probes(self.mz, self.nprobes, self.seed)
-                ld, se, steps, conv = op.logdet_B(self.probes)
+                ld, se, steps, _ = op.logdet_B(self.probes)
         ok = info == 0 and bool(np.all(np.isfinite(np.diagonal(c)))) and np.isfinite(ld)
         f = MatrixFreeFactor(
             op=op,

@@ -45,7 +45,11 @@ def rademacher_probes(n: int, k: int, seed: int) -> np.ndarray:
     (3, 2)
     """
     rng = np.random.default_rng(seed)
-    return rng.integers(0, 2, size=(n, k)).astype(float) * 2.0 - 1.0
+    # drawn probe by probe: the first k probes are the same whatever the number asked for
+    Z = np.empty((n, k))
+    for j in range(k):
+        Z[:, j] = rng.integers(0, 2, size=n)
+    return Z * 2.0 - 1.0
 
 
 @dataclass(frozen=True)
@@ -135,7 +139,7 @@ def lanczos_quadrature(
     True
     """
     Z = np.asarray(Z, dtype=float)
-    n, k = Z.shape
+    k = Z.shape[1]
     norms2 = np.einsum("ij,ij->j", Z, Z)
     active = norms2 > 0
     Q = np.zeros_like(Z)
