@@ -236,3 +236,28 @@ def test_probe_calibration_raises_the_count_for_a_sparse_design():
     d1 = free.deviance(theta * 1.1, True)
     # same probes: the same objective (up to the CG tolerance; the warm start differs)
     assert mf.nprobes == k and abs(free.deviance(theta * 1.1, True) - d1) <= 1e-9 * abs(d1)
+
+
+def test_control_variate_terms_are_exact():
+    """``||B - I||_F^2`` from the map and ``||S - I||_F^2`` on the deflated complement, against dense algebra."""
+    _, free, theta = _pair(*_three())
+    lambdas = free.theta_map.lambdas(theta)
+    _, _, (L, C, _) = free._first_block(lambdas[0], True)
+    W, _ = free._schur_inputs(lambdas[0], L, C)
+    mf: MatrixFreeSchur = free.sparse
+    op = mf.operator(lambdas[1:], W)
+    mz = free.mz
+    Bd = op.apply_B(np.eye(mz))
+    np.testing.assert_allclose(np.diag(Bd), 1.0, rtol=1e-12)
+    assert mf._control_variate_available()
+    off2 = mf._offdiag2(op, W)
+    Cd = Bd - np.eye(mz)
+    np.testing.assert_allclose(off2, np.sum(Cd**2), rtol=1e-10)
+    P = np.eye(mz) - op.V @ op.V.T
+    U = P @ Bd @ op.V
+    F = P @ Cd @ P - U @ np.linalg.solve(op.V.T @ Bd @ op.V, U.T)
+    np.testing.assert_allclose(op.frob2_F(off2), np.sum(F**2), rtol=1e-9)
+    # and the log-determinant identity log det B = log det E + tr(S - I) + tr g(S) with the exact trace of g
+    ev = np.linalg.eigvalsh(Bd)
+    ld, se, _, _ = op.logdet_B(rademacher_probes(mz, 32, seed=11), off2)
+    assert abs(ld - np.log(ev).sum()) <= Z_BAND * se

@@ -57,7 +57,7 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.linalg import lapack
 
-from memoe.core.linalg.crossed import RestSchur
+from memoe.core.linalg.crossed import MAX_PATTERN_NNZ, RestSchur
 from memoe.core.linalg.slq import lanczos_quadrature, rademacher_probes
 from memoe.errors import MemoeError
 
@@ -89,6 +89,11 @@ SLQ_TOL = 1e-12
 SLQ_MAX_STEPS = 200
 # Columns solved together when the factor is used for many right-hand sides (conditional variances).
 SOLVE_CHUNK = 64
+
+
+def _h(x: np.ndarray) -> np.ndarray:
+    """``log x - (x - 1) + (x - 1)^2 / 2`` (zero to third order at 1); NaN for a non-positive Ritz value."""
+    return _g(x) + 0.5 * (x - 1.0) ** 2
 
 
 def _g(x: np.ndarray) -> np.ndarray:
@@ -208,16 +213,19 @@ class SchurOperator:
     dinv_sqrt: np.ndarray
     V: np.ndarray
     BV: np.ndarray = field(init=False)
+    E: np.ndarray = field(init=False)
     Einv: np.ndarray = field(init=False)
     logdet_E: float = field(init=False)
     ok: bool = field(init=False)
-    # log det D (set by MatrixFreeSchur.operator)
+    # log det D and the later factors' lambda per column (set by MatrixFreeSchur.operator)
     logdet_D: float = 0.0
+    dcol: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.BV = self.apply_B(self.V)
         E = self.V.T @ self.BV
         E = 0.5 * (E + E.T)
+        self.E = E
         c, info = lapack.dpotrf(E, lower=1, clean=1)
         self.ok = info == 0 and bool(np.all(np.diagonal(c) > 0))
         if self.ok:
@@ -270,13 +278,47 @@ class SchurOperator:
         Q = b.T @ Y + Y.T @ R
         return 0.5 * (Q + Q.T), X, it, ok
 
-    def logdet_B(self, probes: np.ndarray, max_steps: int = SLQ_MAX_STEPS, tol: float = SLQ_TOL):
-        """``(log det B, standard error, Lanczos steps, converged)`` (see the module notes)."""
+    def frob2_F(self, offdiag2: float) -> float:
+        """``||S - I||_F^2`` on the complement of ``V``, from ``||B - I||_F^2`` (``offdiag2``) exactly.
+
+        With ``C = B - I``, ``P = I - VV'``, ``U = P B V`` and ``S - I = PCP - U E^-1 U'``:
+        ``||PCP||^2 = ||C||^2 - 2 ||CV||^2 + ||V'CV||^2``, ``tr(PCP U E^-1 U') = tr(E^-1 U'CU)`` and
+        ``||U E^-1 U'||^2 = tr((E^-1 U'U)^2)``; one product of ``B`` with the ``r`` columns of ``U``.
+        """
+        V, BV, Einv = self.V, self.BV, self.Einv
+        CV = BV - V
+        U = BV - V @ self.E
+        CU = self.apply_B(U) - U
+        pcp = offdiag2 - 2.0 * float(np.einsum("ij,ij->", CV, CV)) + float(np.sum((V.T @ CV) ** 2))
+        cross = float(np.trace(Einv @ (U.T @ CU)))
+        G = Einv @ (U.T @ U)
+        return pcp - 2.0 * cross + float(np.trace(G @ G))
+
+    def logdet_B(
+        self,
+        probes: np.ndarray,
+        offdiag2: float | None = None,
+        max_steps: int = SLQ_MAX_STEPS,
+        tol: float = SLQ_TOL,
+    ):
+        """``(log det B, standard error, Lanczos steps, alternative standard error)`` (module notes).
+
+        Without ``offdiag2`` (``||B - I||_F^2``) SLQ estimates ``tr g(S)``; the fourth value is then
+        the standard error the second-order control variate would have had (same probes). With it,
+        ``tr g(S) = -||S - I||_F^2 / 2 + tr h(S)`` with ``h(x) = g(x) + (x - 1)^2 / 2`` (third order
+        at 1), the first term exact (:meth:`frob2_F`), only ``tr h(S)`` estimated.
+        """
         r = self.V.shape[1]
         tr_s = r - float(np.einsum("ij,ij->", self.Einv, self.BV.T @ self.BV))
         Z = probes - self.V @ (self.V.T @ probes)
-        est = lanczos_quadrature(self.apply_S, Z, _g, max_steps=max_steps, tol=tol)
-        return self.logdet_E + tr_s + est.mean, est.stderr, est.steps, est.converged
+        base = self.logdet_E + tr_s
+        if offdiag2 is None:
+            est = lanczos_quadrature(self.apply_S, Z, _g, max_steps=max_steps, tol=tol, others=(_h,))
+            alt = est.others[0]
+            alt_se = float(alt.std(ddof=1) / np.sqrt(len(alt))) if len(alt) > 1 else 0.0
+            return base + est.mean, est.stderr, est.steps, alt_se
+        est = lanczos_quadrature(self.apply_S, Z, _h, max_steps=max_steps, tol=tol)
+        return base - 0.5 * self.frob2_F(offdiag2) + est.mean, est.stderr, est.steps, np.nan
 
 
 @dataclass(frozen=True)
@@ -406,6 +448,9 @@ class MatrixFreeSchur:
         self.probes = rademacher_probes(self.mz, self.nprobes, self.seed)
         # calibrate the number of probes at the first evaluation (see SLQ_TARGET_SE)
         self._calibrate = calibrate
+        # the second-order control variate (needs ||B - I||_F^2 through the map of RestSchur)
+        self.control_variate = False
+        self._Poff: sp.csr_matrix | None = None
         self._x_prev: np.ndarray | None = None
         self.last: MatrixFreeFactor | None = None
 
@@ -450,6 +495,7 @@ class MatrixFreeSchur:
             V[on, k] = sq[on] / np.linalg.norm(sq[on])
         op = SchurOperator(apply_M=apply_M, dinv_sqrt=dinv_sqrt, V=V)
         op.logdet_D = float(np.log(D).sum())
+        op.dcol = dcol
         return op
 
     # ------------------------------------------------------------------ factor
@@ -471,15 +517,21 @@ class MatrixFreeSchur:
         self._x_prev = X
         S = M_xy - Q
         c, info = lapack.dpotrf(0.5 * (S + S.T), lower=1, clean=1)
-        ld, se, steps, _ = op.logdet_B(self.probes)
+        ld, se, steps, alt_se = op.logdet_B(self.probes, self._offdiag2(op, W) if self.control_variate else None)
         if self._calibrate and np.isfinite(se):
-            # once, at the first evaluation: enough probes for the target standard error, then fixed
+            # once, at the first evaluation: the estimator with the smaller standard error and enough
+            # probes for the target, then fixed for every evaluation (a smooth objective)
             self._calibrate = False
-            if se > SLQ_TARGET_SE and self.nprobes < SLQ_MAX_PROBES:
-                want = int(np.ceil(self.nprobes * (se / SLQ_TARGET_SE) ** 2 * 1.2 / 8.0)) * 8
-                self.nprobes = int(min(SLQ_MAX_PROBES, max(want, self.nprobes)))
-                self.probes = rademacher_probes(self.mz, self.nprobes, self.seed)
-                ld, se, steps, _ = op.logdet_B(self.probes)
+            if se > SLQ_TARGET_SE:
+                if np.isfinite(alt_se) and alt_se < 0.7 * se and self._control_variate_available():
+                    self.control_variate = True
+                    se = alt_se
+                if se > SLQ_TARGET_SE and self.nprobes < SLQ_MAX_PROBES:
+                    want = int(np.ceil(self.nprobes * (se / SLQ_TARGET_SE) ** 2 * 1.2 / 8.0)) * 8
+                    self.nprobes = int(min(SLQ_MAX_PROBES, max(want, self.nprobes)))
+                    self.probes = rademacher_probes(self.mz, self.nprobes, self.seed)
+                off2 = self._offdiag2(op, W) if self.control_variate else None
+                ld, se, steps, _ = op.logdet_B(self.probes, off2)
         ok = info == 0 and bool(np.all(np.isfinite(np.diagonal(c)))) and np.isfinite(ld)
         f = MatrixFreeFactor(
             op=op,
@@ -494,11 +546,30 @@ class MatrixFreeSchur:
         self.last = f
         return f
 
+    def _control_variate_available(self) -> bool:
+        """Whether ``||B - I||_F^2`` can be formed per evaluation: the map of ``M_zz``'s entries is small enough."""
+        rest = self.rest
+        if rest.pair_count() > MAX_PATTERN_NNZ or rest.P is None:
+            return False
+        mz, nb = rest.mz, rest.nb
+        r, c = np.divmod(rest.pos, nb)
+        off = (c < mz) & (r < c)
+        self._Poff = rest.P.tocsr()[np.flatnonzero(off)]
+        self._ro, self._co = r[off], c[off]
+        return True
+
+    def _offdiag2(self, op: SchurOperator, W: np.ndarray) -> float:
+        """``||B - I||_F^2 = 2 sum_{r<c} (t_r t_c H_rc)^2`` with ``H = Z_r'Z_r - Z_r'Z_1 W Z_1'Z_r``."""
+        vals = self._Poff @ np.append(W, 1.0)
+        t = op.dinv_sqrt * op.dcol
+        return 2.0 * float(np.sum((t[self._ro] * t[self._co] * vals) ** 2))
+
     def describe(self) -> str:
         """One line for summaries: the method, its settings and the log-likelihood's standard error."""
         se = np.nan if self.last is None else 0.5 * self.last.logdet_stderr
         return (
-            f"matrix-free (PCG + stochastic Lanczos quadrature, {self.nprobes} probes, seed {self.seed}); "
+            f"matrix-free (PCG + stochastic Lanczos quadrature, {self.nprobes} probes, seed {self.seed}"
+            f"{', second-order control variate' if self.control_variate else ''}); "
             f"log-likelihood approximation standard error {se:.1e}"
         )
 

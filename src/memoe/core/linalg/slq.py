@@ -65,11 +65,14 @@ class SLQEstimate:
     converged : bool
         Every probe's quadrature changed by less than the tolerance in its last step (or its Krylov
         space became invariant, where the rule is exact).
+    others : tuple of numpy.ndarray
+        ``z_i' f_j(A) z_i`` for the functions passed as ``others`` (same Lanczos runs).
     """
 
     per_probe: np.ndarray
     steps: int
     converged: bool
+    others: tuple = ()
 
     @property
     def mean(self) -> float:
@@ -83,12 +86,13 @@ class SLQEstimate:
         return float(self.per_probe.std(ddof=1) / np.sqrt(k)) if k > 1 else 0.0
 
 
-def _quadrature(alpha: np.ndarray, beta: np.ndarray, f: Callable[[np.ndarray], np.ndarray]) -> float:
-    """``e_1' f(T) e_1`` for the symmetric tridiagonal ``T`` (diagonal alpha, off-diagonal beta)."""
+def _quadrature(alpha: np.ndarray, beta: np.ndarray, fs) -> np.ndarray:
+    """``e_1' f(T) e_1`` for each f, ``T`` symmetric tridiagonal (diagonal alpha, off-diagonal beta)."""
     if len(alpha) == 1:
-        return float(f(alpha)[0])
+        return np.array([float(f(alpha)[0]) for f in fs])
     theta, U = eigh_tridiagonal(alpha, beta)
-    return float(U[0] ** 2 @ f(theta))
+    w = U[0] ** 2
+    return np.array([float(w @ f(theta)) for f in fs])
 
 
 def lanczos_quadrature(
@@ -97,6 +101,7 @@ def lanczos_quadrature(
     f: Callable[[np.ndarray], np.ndarray],
     max_steps: int = 60,
     tol: float = 1e-12,
+    others: tuple = (),
 ) -> SLQEstimate:
     """Gauss-Lanczos quadrature of ``z' f(A) z`` for every column ``z`` of ``Z``.
 
@@ -114,6 +119,8 @@ def lanczos_quadrature(
         A probe stops when its quadrature changes by at most ``tol * (1 + |value|)`` from one step to
         the next. With a tight ``tol`` the number of steps is locally constant in the entries of ``A``,
         and where it changes the estimate moves by less than ``tol``.
+    others : tuple of callable
+        Further functions integrated with the same Lanczos runs (a probe stops when all have converged).
 
     Returns
     -------
@@ -149,7 +156,8 @@ def lanczos_quadrature(
     alphas: list[np.ndarray] = []
     betas: list[np.ndarray] = []
     length = np.zeros(k, dtype=int)  # steps that count for each probe
-    est = np.zeros(k)
+    fs = (f, *others)
+    est = np.zeros((len(fs), k))
     done = ~active
     steps = 0
     for step in range(max_steps):
@@ -171,10 +179,10 @@ def lanczos_quadrature(
         for i in cols:
             s = length[i]
             # rows of this probe's steps: it was active from step 0 to s - 1 (probes only ever stop)
-            val = _quadrature(A_al[:s, i], A_be[: s - 1, i], f)
-            if s > 1 and abs(val - est[i]) <= tol * (1.0 + abs(val)):
+            val = _quadrature(A_al[:s, i], A_be[: s - 1, i], fs)
+            if s > 1 and np.all(np.abs(val - est[:, i]) <= tol * (1.0 + np.abs(val))):
                 done[i] = True
-            est[i] = val
+            est[:, i] = val
         # an invariant Krylov space (beta ~ 0): the rule is exact for this probe
         scale = np.maximum(np.abs(a), 1.0)
         inv = b <= 1e-13 * scale
@@ -185,4 +193,5 @@ def lanczos_quadrature(
         Q[:, keep] = R[:, sel] / b[sel]
         beta_prev[keep] = b[sel]
     converged = bool(done.all())
-    return SLQEstimate(per_probe=est * norms2, steps=steps, converged=converged)
+    est = est * norms2
+    return SLQEstimate(per_probe=est[0], steps=steps, converged=converged, others=tuple(est[1:]))
