@@ -226,7 +226,12 @@ class LMM:
         if control.solver not in SCHUR_PATHS:
             raise ArgumentError(f"control['solver'] must be one of {', '.join(map(repr, SCHUR_PATHS))}, "
                                 f"got {control.solver!r}")
-        self.problem.set_solver(control.solver)
+        if hasattr(self.problem, "set_solver"):
+            self.problem.set_solver(control.solver)
+        elif control.solver != "auto":
+            # the Dask problem keeps one factor's statistics on the workers: no Schur complement to choose
+            raise ArgumentError(f"control['solver'] = {control.solver!r} needs an in-memory model with crossed or "
+                                "nested grouping factors; use 'auto'")
         tmap = self.design.theta_map
         start = check_start(start, tmap.names, tmap.lower_bounds)
         f = self.objective(reml)
