@@ -121,7 +121,9 @@ def bench_memoe(df, formula: str, repeats: int) -> dict:
         "loglik": float(fit.loglik),
         "memory_added_mib": mem,
         "used_columns_mib": used_mib,
-        "schur": "none" if m.problem.mz == 0 else ("sparse" if m.problem.sparse is not None else "dense"),
+        "schur": m.problem.solver,
+        # the matrix-free path's settings and the stated error of its log-likelihood
+        "matrix_free": m.problem.sparse.describe() if m.problem.solver == "matrix-free" else None,
         "mz": int(m.problem.mz),
         "limits": {"MAX_DENSE_REST": objective.MAX_DENSE_REST, "SPARSE_MAX_FILL": objective.SPARSE_MAX_FILL},
     }

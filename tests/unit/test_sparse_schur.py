@@ -157,7 +157,8 @@ def test_nested_10000_outer_groups_fits():
 
 
 def test_refused_before_allocation_when_neither_path_fits(monkeypatch):
-    df, formula = _crossed("scalar")
+    # vector random effects after the first factor: the matrix-free path does not apply either
+    df, formula = _crossed("vector")
     monkeypatch.setattr(objective, "SPARSE_MIN_REST", 0)
     monkeypatch.setattr(objective, "MAX_DENSE_REST", 10)
     monkeypatch.setattr(objective, "MAX_SPARSE_NNZ", 10)
@@ -183,7 +184,7 @@ def test_bad_schur_argument():
 
 def test_dense_path_refuses_what_memory_cannot_hold(monkeypatch):
     """The dense Schur complement is sized against the available memory before it is allocated."""
-    df, formula = _crossed("scalar")
+    df, formula = _crossed("vector")
     monkeypatch.setattr(objective, "_available_bytes", lambda: 1000.0)
     with pytest.raises(MemoeError, match=r"dense Schur complement of \d+ random effects needs .* GiB"):
         memoe.lmm(formula, df)

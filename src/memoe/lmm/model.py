@@ -37,7 +37,7 @@ from memoe.core.optim.checks import ConvergenceReport
 from memoe.core.optim.finish import finish_fit, is_boundary
 from memoe.core.optim.start import variance_component_start
 from memoe.errors import ArgumentError, FormulaTypeError
-from memoe.lmm.objective import PLSProblem
+from memoe.lmm.objective import SCHUR_PATHS, PLSProblem
 from memoe.lmm.result import LmmResult
 from memoe.lmm.start import one_factor_start
 
@@ -75,6 +75,10 @@ class FitControl:
     check_threads : int, default 1
         2 evaluates the finite-difference stencil of the derivative check on two threads (same values)
         for a single grouping factor with at least 20,000 levels.
+    solver : {"auto", "dense", "sparse", "matrix-free"}
+        How the Schur complement of crossed/nested grouping factors is factored ("auto": chosen from the
+        design's fill, memory and flops; see :mod:`memoe.core.linalg.matrix_free` for the approximate
+        "matrix-free" path); the path taken is ``fit.model.problem.solver``.
 
     R equivalent
     ------------
@@ -104,6 +108,7 @@ class FitControl:
     # factor with >= 20,000 levels); ~6 of 12 evaluations of wall time saved when a core is free, ~4 MiB
     # more peak memory at 10^5 levels (the worker's temporaries): off by default
     check_threads: int = 1
+    solver: str = "auto"
 
 
 class LMM:
@@ -236,6 +241,15 @@ class LMM:
         ct = control.check_threads
         if not (isinstance(ct, (int, np.integer)) and not isinstance(ct, bool) and ct >= 1):
             raise ArgumentError(f"control['check_threads'] must be an integer >= 1, got {ct!r}")
+        if control.solver not in SCHUR_PATHS:
+            raise ArgumentError(f"control['solver'] must be one of {', '.join(map(repr, SCHUR_PATHS))}, "
+                                f"got {control.solver!r}")
+        if hasattr(self.problem, "set_solver"):
+            self.problem.set_solver(control.solver)
+        elif control.solver != "auto":
+            # the Dask problem keeps one factor's statistics on the workers: no Schur complement to choose
+            raise ArgumentError(f"control['solver'] = {control.solver!r} needs an in-memory model with crossed or "
+                                "nested grouping factors; use 'auto'")
         tmap = self.design.theta_map
         start = check_start(start, tmap.names, tmap.lower_bounds)
         f = self.objective(reml)

@@ -31,6 +31,7 @@ from memoe.core.covariance import ThetaMap
 from memoe.core.design.scaling import LinearScaling
 from memoe.core.linalg.batched import batched_backward_solve_t, batched_forward_solve
 from memoe.core.linalg.crossed import RestSchur
+from memoe.core.linalg.matrix_free import MatrixFreeSchur, matrix_free_preferred
 from memoe.core.linalg.soa import (
     soa_backward_solve_t,
     soa_cholesky,
@@ -62,6 +63,8 @@ MAX_SPARSE_NNZ = 200_000_000
 MAX_SPARSE_REST = 65_000
 # Order of the dense Schur complement from which BLAS keeps its own thread count.
 AUTO_DENSE_THREADS = 2000
+# Paths of the Schur complement of the later factors (PLSProblem(schur=...), FitControl.solver).
+SCHUR_PATHS = ("auto", "dense", "sparse", "matrix-free")
 # Bytes of per-level statistics and temporaries processed together, so that they stay in the
 # L2/L3 cache (for q1 = 2, p = 3 that is ~13,000 levels; 8,192 to 16,384 measured best).
 LEVEL_CHUNK_BYTES = 2**21
@@ -218,9 +221,11 @@ class PLSProblem:
         ``sum(log w)`` of lme4's prior weights when ``y``, ``X`` and ``Z`` are the working rows
         ``sqrt(w) y`` etc.; the deviance is lme4's ``ldL2 - ldW + ...`` (this term is included in
         ``Factorization.logdet_Z``).
-    schur : {"auto", "dense", "sparse"}
+    schur : {"auto", "dense", "sparse", "matrix-free"}
         How the Schur complement of the later factors is factored (see :meth:`_choose_schur`);
-        "auto" decides from the design, the others force a path (tests, benchmarks).
+        "auto" decides from the design, the others force a path (tests, benchmarks, ``FitControl.solver``).
+        "matrix-free" (:mod:`memoe.core.linalg.matrix_free`) never forms it: conjugate gradients and a
+        stochastic log-determinant, for crossed designs with scalar random effects after the first factor.
 
     Notes
     -----
@@ -243,10 +248,10 @@ class PLSProblem:
         log_weights: float = 0.0,
         schur: str = "auto",
     ) -> None:
-        if schur not in ("auto", "dense", "sparse"):
-            raise MemoeError(f"schur must be 'auto', 'dense' or 'sparse', got {schur!r}")
+        if schur not in SCHUR_PATHS:
+            raise MemoeError(f"schur must be one of {', '.join(map(repr, SCHUR_PATHS))}, got {schur!r}")
         self.schur_request = schur
-        self.sparse: SparseSchur | None = None
+        self.sparse: SparseSchur | MatrixFreeSchur | None = None
         self.weights: np.ndarray | None = None
         self.scaling = scaling
         # lme4's ldW = sum(log w) of prior weights: the deviance subtracts it (y, X, Z are the working
@@ -377,18 +382,51 @@ class PLSProblem:
         if want == "sparse":
             self.sparse = SparseSchur(self.rest)
             return
+        if want == "matrix-free":
+            self.sparse = MatrixFreeSchur(self.rest)
+            return
         if mz >= SPARSE_MIN_REST and have_sparse_cholesky():
             bound = self._fill_bound()
             if bound <= SPARSE_MAX_FILL * mz * (mz + 1) / 2 and bound <= MAX_SPARSE_NNZ:
                 self.sparse = SparseSchur(self.rest)
                 return
-            if mz > MAX_DENSE_REST and mz <= MAX_SPARSE_REST:
-                self.sparse = SparseSchur(self.rest)
-                return
+        # crossed scalar random effects where the dense factor costs far more than CG + SLQ, or cannot be held
+        dense_bytes = 2 * 8.0 * (mz + self.m) ** 2
+        if self.rest.diag_lambda and (
+            matrix_free_preferred(self.rest, self.m) or mz > MAX_DENSE_REST or dense_bytes > _available_bytes()
+        ):
+            self.sparse = MatrixFreeSchur(self.rest)
+            return
+        if mz >= SPARSE_MIN_REST and have_sparse_cholesky() and MAX_DENSE_REST < mz <= MAX_SPARSE_REST:
+            self.sparse = SparseSchur(self.rest)
+            return
         if mz > MAX_DENSE_REST:
             raise MemoeError(self._dense_limit_message())
         # the evaluation buffer plus LAPACK's factor of it (about two dense copies)
         check_memory(2 * 8.0 * (mz + self.m) ** 2, f"the dense Schur complement of {mz} random effects")
+
+    @property
+    def solver(self) -> str:
+        """The path of the Schur complement: "none" (one factor), "dense", "sparse" or "matrix-free"."""
+        if self.mz == 0:
+            return "none"
+        if self.sparse is None:
+            return "dense"
+        return "matrix-free" if isinstance(self.sparse, MatrixFreeSchur) else "sparse"
+
+    def set_solver(self, schur: str) -> None:
+        """Re-choose the Schur complement's path (``FitControl.solver``); a no-op with one grouping factor."""
+        if schur not in SCHUR_PATHS:
+            raise MemoeError(f"solver must be one of {', '.join(map(repr, SCHUR_PATHS))}, got {schur!r}")
+        if schur == self.schur_request or self.rest is None:
+            self.schur_request = schur
+            return
+        if schur == "dense" and self.mz > MAX_DENSE_REST:
+            raise MemoeError(self._dense_limit_message())
+        self.schur_request = schur
+        self.sparse = None
+        self._buffer = None
+        self._choose_schur()
 
     def _fill_bound(self) -> int:
         """Upper bound on the entries of the factor of ``M_zz``: its connected components' triangles."""

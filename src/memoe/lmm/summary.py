@@ -120,4 +120,8 @@ class LmmSummary(Summary):
         if f.messages:
             out.append("optimizer (nlopt LN_BOBYQA) convergence code: 0 (OK)" if f.converged else "")
             out.extend(f.messages)
+        # the approximate (matrix-free) Schur complement states its method and error
+        describe = getattr(getattr(getattr(f.model, "problem", None), "sparse", None), "describe", None)
+        if describe is not None:
+            out.append("Schur complement: " + describe())
         return "\n".join(out).rstrip() + "\n"
