@@ -18,7 +18,7 @@ from functools import cached_property
 import numpy as np
 import pandas as pd
 
-from memoe.dask.moe import part_posterior, part_predict, part_summary
+from memoe.dask.moe_parts import part_posterior, part_predict, part_summary
 from memoe.dask.result import PANDAS_LEVELS, DaskUnsupportedError
 from memoe.moe.inference import MoEInference, _jacobian, natural_values
 from memoe.moe.result import MEMoEResult
@@ -90,7 +90,7 @@ class DaskMEMoEResult(MEMoEResult):
         """Observed information and sandwich reduced over the partitions (the Newton finish's last pass)."""
         import warnings
 
-        from memoe.dask.moe import part_newton
+        from memoe.dask.moe_parts import part_newton
         from memoe.errors import ConvergenceWarning, caller_stacklevel
 
         md, st = self.model.mdesign, self.model.structure
@@ -214,7 +214,7 @@ class DaskMEMoEResult(MEMoEResult):
                 "data; subject-level predictions condition on each subject's history, which needs its rows in one "
                 "place: pass kind='population', predict on the fitted data, or fit in memory")
         from memoe.dask import is_dask_dataframe
-        from memoe.dask.moe import part_population
+        from memoe.dask.moe_parts import part_population
 
         if is_dask_dataframe(newdata):
             return newdata.map_partitions(part_population, m.design, m.gate, self.estimates,

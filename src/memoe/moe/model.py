@@ -41,7 +41,7 @@ from memoe.moe.data import MoEDesign, build_moe_design, check_response
 from memoe.moe.experts import GaussianExpert, MStepControl
 from memoe.moe.laplace import LaplaceExpert, check_nagq, resolve_family
 from memoe.moe.multistart import ORDER_RULES, MultiStartControl, canonical_order, fit_multistart
-from memoe.moe.params import MoEParams
+from memoe.moe.params import MoEParams, check_start
 from memoe.moe.problem import MoEProblem
 from memoe.moe.result import MEMoEResult
 from memoe.moe.structure import COV_OPTIONS, SIGMA_OPTIONS, Structure
@@ -312,7 +312,7 @@ class MEMoE:
             )
         control = _with_em_overrides(control, tol, maxiter)
         if start is not None:
-            _check_start(start, self)
+            check_start(start, self.structure)
         prev_tau = None
         if previous is not None:
             _check_previous(previous, self)
@@ -472,25 +472,6 @@ def _with_em_overrides(control: MultiStartControl | None, tol, maxiter) -> Multi
     if maxiter is not None:
         em = dataclasses.replace(em, max_iter=check_int(maxiter, "maxiter", minimum=1))
     return dataclasses.replace(ctl, em=em)
-
-
-def _check_start(start, model: MEMoE) -> None:
-    """A user start must have this model's shapes and finite values with positive SDs."""
-    if not isinstance(start, MoEParams):
-        raise ArgumentTypeError(f"start must be a memoe.moe.params.MoEParams or None, got {type(start).__name__}")
-    st = model.structure
-    want = {"gamma": (st.K, st.r), "beta": (st.K, st.p), "L": (st.K, st.q, st.q), "sigma": (st.K,)}
-    for name, shape in want.items():
-        a = np.asarray(getattr(start, name))
-        if a.shape != shape:
-            raise ArgumentError(
-                f"start.{name} has shape {a.shape}, this model (k = {st.K}, {st.p} fixed effects, {st.q} random "
-                f"effects, {st.r} gating columns) needs {shape}"
-            )
-        if not np.all(np.isfinite(a)):
-            raise ArgumentError(f"start.{name} has non-finite values")
-    if np.any(np.asarray(start.sigma) <= 0):
-        raise ArgumentError(f"start.sigma must be positive, got {np.asarray(start.sigma).tolist()}")
 
 
 def _check_previous(previous, model: MEMoE) -> None:

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from memoe.errors import ArgumentError, ArgumentTypeError
+
 __all__ = ["MoEParams"]
 
 
@@ -61,3 +63,22 @@ class MoEParams:
             if a.size:
                 out = max(out, float(np.max(np.abs(a - b) / (np.abs(b) + 1e-3))))
         return out
+
+
+def check_start(start, st) -> None:
+    """A user start must have the shapes of ``st`` (a :class:`memoe.moe.structure.Structure`) and finite values
+    with positive SDs."""
+    if not isinstance(start, MoEParams):
+        raise ArgumentTypeError(f"start must be a memoe.moe.params.MoEParams or None, got {type(start).__name__}")
+    want = {"gamma": (st.K, st.r), "beta": (st.K, st.p), "L": (st.K, st.q, st.q), "sigma": (st.K,)}
+    for name, shape in want.items():
+        a = np.asarray(getattr(start, name))
+        if a.shape != shape:
+            raise ArgumentError(
+                f"start.{name} has shape {a.shape}, this model (k = {st.K}, {st.p} fixed effects, {st.q} random "
+                f"effects, {st.r} gating columns) needs {shape}"
+            )
+        if not np.all(np.isfinite(a)):
+            raise ArgumentError(f"start.{name} has non-finite values")
+    if np.any(np.asarray(start.sigma) <= 0):
+        raise ArgumentError(f"start.sigma must be positive, got {np.asarray(start.sigma).tolist()}")
