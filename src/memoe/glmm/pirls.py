@@ -105,6 +105,8 @@ class PirlsProblem:
         self.sizes = [lk * qk for lk, qk in zip(self.nlevels, self.qk, strict=True)]
         self.q = int(sum(self.sizes))
         self._noX = np.zeros((self.n, 0))
+        self._XT = (self.X, np.ascontiguousarray(self.X.T))  # (X it was made from, X')
+        self._has_offset = bool(np.any(self.offset != 0.0))
         self._loglik_constants = None  # response-only terms of the log-likelihood, computed once
         # -2 log p(y | mu) - sum(unit deviances): constant in mu for the Poisson and (integer) binomial families
         self._loglik_offset: tuple[Family, float | None] | None = None
@@ -113,6 +115,7 @@ class PirlsProblem:
             self._ylogy = np.where(self.y > 0, self.y * np.log(np.where(self.y > 0, self.y, 1.0)), 0.0)
         self._ylogy_y = self._ylogy - self.y
         self._two_wt = 2.0 * self.wt
+        self._pois_const: tuple[float, np.ndarray] | None = None
         # random-effects columns of ones (intercepts): the predictor needs no product with them
         self._ones = [bool(np.all(ZT_a == 1.0)) for ZT in self._ZT for ZT_a in ZT]
         if dense is None:
@@ -154,6 +157,20 @@ class PirlsProblem:
                     out += g
         return np.zeros(self.n) if out is None else out
 
+    def fixed_predictor(self, beta: np.ndarray) -> np.ndarray:
+        """``offset + X beta``, shape (n,).
+
+        As ``beta @ X'`` on the contiguous rows of ``X'``: numpy's product of a tall C-ordered (n, p) array
+        with a vector runs at a fraction of memory speed for small p (10^6 x 2: 13 ms against 2.5 ms);
+        an offset of zeros costs no pass.
+        """
+        if self._XT[0] is not self.X:  # X may be replaced (the null model of a GLM)
+            self._XT = (self.X, np.ascontiguousarray(self.X.T))
+        out = np.asarray(beta, dtype=float) @ self._XT[1] if self.p else np.zeros(self.n)
+        if self._has_offset:
+            out += self.offset
+        return out
+
     def working(self, eta: np.ndarray):
         """``mu``, ``d mu/d eta`` and the working weights at ``eta``."""
         mu = self.family.linkinv(eta)
@@ -193,6 +210,22 @@ class PirlsProblem:
             d *= self._two_wt
             return d
         return fam.dev_resids(self.y, mu, self.wt)
+
+    def _deviance(self, mu: np.ndarray, eta: np.ndarray) -> tuple[np.ndarray | None, float]:
+        """``(unit deviances or None, their sum)``: the step-halving test needs only the sum.
+
+        Poisson with the log link and no ``eta`` below ``log(eps)``: ``sum d_i = C + 2 wt'mu - 2 (wt y)'eta``
+        (``C = 2 sum wt (y log y - y)`` once per data set), two dot products instead of six passes that
+        write arrays; the unit deviances are then formed once per PIRLS run, for the returned state.
+        """
+        fam = self.family
+        if type(fam) is Poisson and fam.link.name == "log" and self.n and float(eta.min()) >= _LOG_EPS:
+            if self._pois_const is None:
+                self._pois_const = (float(self._ylogy_y @ self._two_wt), self._two_wt * self.y)
+            c, two_wty = self._pois_const
+            return None, c + float(self._two_wt @ mu) - float(two_wty @ eta)
+        d = self.dev_resids(mu, eta)
+        return d, float(d.sum())
 
     def wls_problem(self, w: np.ndarray, z: np.ndarray, with_beta: bool) -> PLSProblem:
         """The LMM's penalised least-squares problem on rows scaled by ``sqrt(w)``.
@@ -297,10 +330,10 @@ class PirlsProblem:
         if joint and beta0 is not None:
             b = np.asarray(beta0, dtype=float).copy()
             fixed_eta = None
-            eta = self.offset + self.X @ b + self.re_predictor(theta, u)
+            eta = self.fixed_predictor(b) + self.re_predictor(theta, u)
             mu = fam.linkinv(eta)
-            d = self.dev_resids(mu, eta)
-            pdev = float(d.sum() + u @ u)
+            d, dsum = self._deviance(mu, eta)
+            pdev = dsum + float(u @ u)
         elif joint:
             b = np.zeros(self.p)
             if eta0 is None:
@@ -308,15 +341,15 @@ class PirlsProblem:
             eta = np.asarray(eta0, dtype=float)
             fixed_eta = None
             mu = fam.linkinv(eta)
-            d = self.dev_resids(mu, eta)
+            d = None
             pdev = np.inf  # the start need not be of the form X beta + Z Lambda u
         else:
             b = np.asarray(beta, dtype=float)
-            fixed_eta = self.offset + self.X @ b
+            fixed_eta = self.fixed_predictor(b)
             eta = fixed_eta + self.re_predictor(theta, u)
             mu = fam.linkinv(eta)
-            d = self.dev_resids(mu, eta)
-            pdev = float(d.sum() + u @ u)
+            d, dsum = self._deviance(mu, eta)
+            pdev = dsum + float(u @ u)
         # working response without the offset (and without X beta when beta is held fixed)
         base = self.offset if joint else fixed_eta
         converged = False
@@ -342,11 +375,11 @@ class PirlsProblem:
             while True:
                 u_try = u + fac * (u_new - u)
                 b_try = b + fac * (b_new - b)
-                fe = self.offset + self.X @ b_try if joint else fixed_eta
+                fe = self.fixed_predictor(b_try) if joint else fixed_eta
                 eta_try = fe + self.re_predictor(theta, u_try)
                 mu_try = fam.linkinv(eta_try)
-                d_try = self.dev_resids(mu_try, eta_try)
-                pdev_try = float(d_try.sum() + u_try @ u_try)
+                d_try, dsum_try = self._deviance(mu_try, eta_try)
+                pdev_try = dsum_try + float(u_try @ u_try)
                 # a rounding-level increase near the optimum is accepted
                 if pdev_try <= pdev + 1e-10 * (abs(pdev) if np.isfinite(pdev) else 0.0):
                     break
@@ -363,6 +396,9 @@ class PirlsProblem:
         if not converged:
             step = self._safe_wls(theta, w, eta - base + (self.y - mu) / dmu, joint)
             ldL2 = np.inf if step is None else step[2]
+        if d is None:
+            # the iterations compared sums only: the unit deviances of the state once, at its modes
+            d = self.dev_resids(mu, eta)
         return PirlsState(
             u=u,
             beta=b.copy(),

@@ -55,6 +55,11 @@ class SingleWpls:
         self.XT = np.ascontiguousarray(X.T)
         # columns of ones (random intercepts): their products with the weights need no multiplication
         self._ones = [bool(np.all(ZT_a == 1.0)) for ZT_a in self.ZT]
+        # X columns equal to a Z column (index into Z, else -1): their weighted sums are S's
+        self._xmatch = np.array(
+            [next((a for a in range(self.q) if np.array_equal(self.XT[j], self.ZT[a])), -1) for j in range(X.shape[1])],
+            dtype=np.intp,
+        )
         # rows sorted by level with every level present: per-level sums by reduceat (faster than bincount)
         c = self.codes
         self._starts = None
@@ -93,17 +98,35 @@ class SingleWpls:
         c = soa_forward_solve(L, rhs)  # (q, 1, l1)
         p = self.X.shape[1] if with_beta else 0
         if p:
-            XT = self.XT
+            # raw sums Z_a' W X_j per level; a column of X equal to a column of Z (the intercept, a random
+            # slope's covariate) reuses S, and X' W X, X' W z are then sums of those per-level sums over the
+            # levels: only the other columns of X cost passes over the rows
+            XT, match = self.XT, self._xmatch
             ZtWX = np.empty((q, p, l1))
-            for a in range(q):
-                for j in range(p):
-                    ZtWX[a, j] = self._sum(np.multiply(WZ[a], XT[j], out=buf))
+            XtWX = np.empty((p, p))
+            XtWz = np.empty(p)
+            WXj = {}
+            for j in range(p):
+                if match[j] >= 0:
+                    ZtWX[:, j] = S[:, match[j]]
+                    continue
+                WXj[j] = XT[j] * w
+                for a in range(q):
+                    ZtWX[a, j] = self._sum(WXj[j] if self._ones[a] else np.multiply(WZ[a], XT[j], out=buf))
+            for j in range(p):
+                if match[j] >= 0:
+                    XtWX[j] = ZtWX[match[j]].sum(axis=-1)
+                    XtWz[j] = r[match[j]].sum()
+                else:
+                    for k in WXj:
+                        XtWX[j, k] = WXj[j] @ XT[k]
+                    XtWz[j] = WXj[j] @ z
+            XtWX = np.where(match[:, None] >= 0, XtWX, XtWX.T)  # rows of unmatched columns from their columns
             ZtWX = np.einsum("ca,cjl->ajl", lam, ZtWX)
             G = soa_forward_solve(L, ZtWX)  # (q, p, l1)
-            WXT = XT * w[None, :]
-            S = WXT @ XT.T - np.einsum("ajg,akg->jk", G, G)
-            r = WXT @ z - np.einsum("ajg,ag->j", G, c[:, 0, :])
-            beta = sla.cho_solve(sla.cho_factor(S, lower=True, check_finite=False), r, check_finite=False)
+            S = XtWX - np.einsum("ajg,akg->jk", G, G)
+            rhs_b = XtWz - np.einsum("ajg,ag->j", G, c[:, 0, :])
+            beta = sla.cho_solve(sla.cho_factor(S, lower=True, check_finite=False), rhs_b, check_finite=False)
             c = c - np.einsum("ajg,j->ag", G, beta)[:, None, :]
         else:
             beta = np.zeros(0)
