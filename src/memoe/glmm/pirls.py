@@ -115,6 +115,10 @@ class PirlsProblem:
             self._ylogy = np.where(self.y > 0, self.y * np.log(np.where(self.y > 0, self.y, 1.0)), 0.0)
         self._ylogy_y = self._ylogy - self.y
         self._two_wt = 2.0 * self.wt
+        self._lam_key: bytes | None = None
+        # 0/1 responses: the binomial unit deviance reads one of mu, 1 - mu (the family's formula, checked once)
+        self._y_binary = bool(self.y.size) and bool(np.all((self.y == 0.0) | (self.y == 1.0)))
+        self._y_pos = self.y > 0
         self._pois_const: tuple[float, np.ndarray] | None = None
         # random-effects columns of ones (intercepts): the predictor needs no product with them
         self._ones = [bool(np.all(ZT_a == 1.0)) for ZT in self._ZT for ZT_a in ZT]
@@ -138,9 +142,16 @@ class PirlsProblem:
             s += lk * qk
         return out
 
+    def lambdas(self, theta: np.ndarray) -> list[np.ndarray]:
+        """``theta_map.lambdas(theta)``, kept for the last theta (PIRLS asks for it at every step)."""
+        key = np.asarray(theta, dtype=float).tobytes()
+        if key != self._lam_key:
+            self._lam_key, self._lam = key, self.theta_map.lambdas(theta)
+        return self._lam
+
     def re_predictor(self, theta: np.ndarray, u: np.ndarray) -> np.ndarray:
         """``Z Lambda u``, shape (n,): each row reads its level's b = lambda u (no Python loop over rows)."""
-        lambdas = self.theta_map.lambdas(theta)
+        lambdas = self.lambdas(theta)
         out = None
         col = 0
         for uk, lam, ZT, codes in zip(self.split_u(u), lambdas, self._ZT, self.codes, strict=True):
@@ -209,6 +220,15 @@ class PirlsProblem:
             d += mu
             d *= self._two_wt
             return d
+        if type(fam) is Binomial and self._y_binary:
+            # Binomial.dev_resids' 0/1 branch, bit for bit, without testing y at every call
+            with np.errstate(divide="ignore"):
+                d = np.where(self._y_pos, mu, 1.0 - mu)
+                np.divide(1.0, d, out=d)
+                np.log(d, out=d)
+                d *= self.wt
+                d *= 2.0
+                return d
         return fam.dev_resids(self.y, mu, self.wt)
 
     def _deviance(self, mu: np.ndarray, eta: np.ndarray) -> tuple[np.ndarray | None, float]:

@@ -55,6 +55,7 @@ class SingleWpls:
         self.XT = np.ascontiguousarray(X.T)
         # columns of ones (random intercepts): their products with the weights need no multiplication
         self._ones = [bool(np.all(ZT_a == 1.0)) for ZT_a in self.ZT]
+        self._lam_key: bytes | None = None
         # X columns equal to a Z column (index into Z, else -1): their weighted sums are S's
         self._xmatch = np.array(
             [next((a for a in range(self.q) if np.array_equal(self.XT[j], self.ZT[a])), -1) for j in range(X.shape[1])],
@@ -76,7 +77,10 @@ class SingleWpls:
     def solve(self, theta: np.ndarray, w: np.ndarray, z: np.ndarray, with_beta: bool):
         """Modes ``u`` (flat, level-major), ``beta`` (empty without X) and ``log det(L L')``."""
         q, l1 = self.q, self.l1
-        lam = self.theta_map.lambdas(theta)[0]
+        key = np.asarray(theta, dtype=float).tobytes()
+        if key != self._lam_key:  # the same theta at every step of one PIRLS run
+            self._lam_key, self._lam = key, self.theta_map.lambdas(theta)[0]
+        lam = self._lam
         ZT = self.ZT
         # per-level weighted sums of the raw columns, S_j = Z_j' W_j Z_j and r_j = Z_j' W_j z_j, then
         # A_j = Lambda' S_j Lambda + I on the small (q, q, levels) arrays: fewer passes over the rows than
