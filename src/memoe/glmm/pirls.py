@@ -234,6 +234,8 @@ class PirlsProblem:
     def _deviance(self, mu: np.ndarray, eta: np.ndarray) -> tuple[np.ndarray | None, float]:
         """``(unit deviances or None, their sum)``: the step-halving test needs only the sum.
 
+        Binomial with 0/1 responses: see below.
+
         Poisson with the log link and no ``eta`` below ``log(eps)``: ``sum d_i = C + 2 wt'mu - 2 (wt y)'eta``
         (``C = 2 sum wt (y log y - y)`` once per data set), two dot products instead of six passes that
         write arrays; the unit deviances are then formed once per PIRLS run, for the returned state.
@@ -244,6 +246,13 @@ class PirlsProblem:
                 self._pois_const = (float(self._ylogy_y @ self._two_wt), self._two_wt * self.y)
             c, two_wty = self._pois_const
             return None, c + float(self._two_wt @ mu) - float(two_wty @ eta)
+        if type(fam) is Binomial and self._y_binary:
+            # 0/1 responses: sum d_i = -2 wt' log(m), m = mu or 1 - mu; one logarithm in place and a dot product
+            # instead of the unit deviances' five passes and their sum
+            with np.errstate(divide="ignore"):
+                m = np.where(self._y_pos, mu, 1.0 - mu)
+                np.log(m, out=m)
+                return None, -2.0 * float(self.wt @ m)
         d = self.dev_resids(mu, eta)
         return d, float(d.sum())
 
