@@ -116,6 +116,8 @@ class PirlsProblem:
         self._ylogy_y = self._ylogy - self.y
         self._two_wt = 2.0 * self.wt
         self._lam_key: bytes | None = None
+        # prior weights all 1 (the usual case): the canonical links' working weights need no product with them
+        self._unit_wt = bool(np.all(self.wt == 1.0))
         # 0/1 responses: the binomial unit deviance reads one of mu, 1 - mu (the family's formula, checked once)
         self._y_binary = bool(self.y.size) and bool(np.all((self.y == 0.0) | (self.y == 1.0)))
         self._y_pos = self.y > 0
@@ -196,10 +198,10 @@ class PirlsProblem:
             # canonical link: d mu/d eta = V(mu) = mu (1 - mu), so the weight is wt mu (1 - mu); R's mu_eta
             # differs from this only beyond its threshold (checked above), two passes instead of seven
             dmu = mu * (1.0 - mu)
-            return dmu, self.wt * dmu
+            return dmu, dmu if self._unit_wt else self.wt * dmu
         if kind is Poisson and fam.link.name == "log":
             # d mu/d eta = mu = max(exp(eta), eps) = R's mu_eta, and V(mu) = mu
-            return mu, self.wt * mu
+            return mu, mu if self._unit_wt else self.wt * mu
         dmu = fam.mu_eta(eta)
         return dmu, self.wt * dmu * dmu / fam.variance(mu)
 
