@@ -456,11 +456,14 @@ class PirlsProblem:
             if self._loglik_offset is None or self._loglik_offset[0] is not fam:
                 self._loglik_offset = (fam, None)
                 if self._deviance_offset_applies():
-                    full = -2.0 * fam.loglik(self.y, mu, self.wt, self.ntrials, constants=self._loglik_constants)
-                    dsum = float(dev_resid.sum())
+                    # the constant is taken at the family's starting means, not at the first mu asked for: its
+                    # rounding must not depend on the order of calls (a model reloaded from disk computes its
+                    # state before a refit, and the refit must retrace the original's evaluations exactly)
+                    mu0 = fam.mustart(self.y, self.wt, self.ntrials)
+                    full = -2.0 * fam.loglik(self.y, mu0, self.wt, self.ntrials, constants=self._loglik_constants)
+                    dsum = float(self.dev_resids(mu0).sum())
                     if np.isfinite(full) and np.isfinite(dsum):
                         self._loglik_offset = (fam, full - dsum)
-                        return full
             offset = self._loglik_offset[1]
             if offset is not None:
                 return float(dev_resid.sum()) + offset
