@@ -13,8 +13,8 @@ What is timed: memoe ``memoe.glmm(formula, df, family).fit()`` from the DataFram
 process after a warm-up fit on a subset; lme4 ``glmer(formula, d, family)`` and glmmTMB
 ``glmmTMB(formula, d, family)`` (data read and factors made before the clock starts), in one Rscript per
 tool and workload, after a warm-up fit on a subset. Medians of ``--repeats`` runs (the two large workloads
-run ``--large-repeats`` times). CPU seconds of memoe's process are printed too: on a loaded shared machine
-the wall time includes time other processes took.
+run ``--large-repeats`` times). CPU seconds (user + system) of memoe's process and of each Rscript's fits are
+printed too, with CPU-time ratios: on a loaded shared machine the wall time includes time other processes took.
 
 Usage::
 
@@ -126,12 +126,18 @@ def fit_memoe(df: pd.DataFrame, workload: str, repeats: int) -> dict:
         warnings.simplefilter("ignore")
         memoe.glmm(formula, warmup_subset(df, groups), family).fit()  # imports, first-call costs
 
+        cpus = []
+
         def one():
             fit, wall, cpu = timed(lambda: memoe.glmm(formula, df, family).fit())
+            cpus.append(cpu)
             return {"seconds": wall, "cpu_seconds": cpu, "loglik": float(fit.loglik),
                     "converged": bool(fit.converged), "evals": [fit.stage1.opt.feval, fit.stage2.opt.feval]}
 
-        return median_runs(one, repeats)
+        out = median_runs(one, repeats)
+        out["cpu_seconds"] = float(np.median(cpus))
+        out["cpu_runs"] = cpus
+        return out
 
 
 R_TEMPLATE = r"""
@@ -144,16 +150,18 @@ f <- {formula}
 fitter <- function(data) {call}
 sub <- d[d[[{first}]] %in% levels(d[[{first}]])[seq_len(min(nlevels(d[[{first}]]), 200))], ]
 invisible(suppressWarnings(suppressMessages(fitter(droplevels(sub)))))
-secs <- c(); msgs <- c()
+secs <- c(); cpus <- c(); msgs <- c()
 for (r in seq_len({repeats})) {{
   gc()
-  t0 <- proc.time()[["elapsed"]]
+  t0 <- proc.time()
   m <- withCallingHandlers(fitter(d), warning = function(w) {{
     msgs <<- c(msgs, conditionMessage(w)); invokeRestart("muffleWarning") }},
     message = function(m) invokeRestart("muffleMessage"))
-  secs <- c(secs, proc.time()[["elapsed"]] - t0)
+  dt <- proc.time() - t0
+  secs <- c(secs, dt[["elapsed"]])
+  cpus <- c(cpus, dt[["user.self"]] + dt[["sys.self"]])
 }}
-cat(toJSON(list(seconds = median(secs), runs = secs, loglik = as.numeric(logLik(m)),
+cat(toJSON(list(seconds = median(secs), runs = secs, cpu_seconds = median(cpus), loglik = as.numeric(logLik(m)),
                 warnings = unique(msgs), version = as.character(packageVersion("{pkg}"))),
            auto_unbox = TRUE, digits = NA), "\n")
 """
@@ -206,16 +214,18 @@ def main(argv: list[str] | None = None) -> int:
                 extra = ""
                 if r and "loglik" in r:
                     extra = f", logLik {r['loglik']:.6f}"
+                    if "cpu_seconds" in r:
+                        extra += f", CPU {r['cpu_seconds']:.3g} s"
                     if tool == "memoe":
-                        extra += f", CPU {r['cpu_seconds']:.3g} s, evaluations {r['evals']}"
+                        extra += f", evaluations {r['evals']}"
                     elif r.get("warnings"):
                         msgs = [r["warnings"]] if isinstance(r["warnings"], str) else r["warnings"]
                         extra += f", warnings: {'; '.join(msgs)[:160]}"
                 print(f"{w:14s} {tool:8s} {_fmt(r)}{extra}", flush=True)
             rows.append((w, len(df), out))
     print()
-    print("| workload | rows | memoe | lme4 | glmmTMB | lme4 / memoe | glmmTMB / memoe | logLik memoe - lme4 | "
-          "logLik memoe - glmmTMB |")
+    print("| workload | rows | memoe wall (CPU) | lme4 wall (CPU) | glmmTMB wall (CPU) | lme4 / memoe wall (CPU) | "
+          "glmmTMB / memoe wall (CPU) | logLik memoe - lme4 | logLik memoe - glmmTMB |")
     print("|" + "---|" * 9)
     for w, n, out in rows:
         m = out.get("memoe")
@@ -223,14 +233,26 @@ def main(argv: list[str] | None = None) -> int:
         def ratio(t, m=m, out=out):
             r = out.get(t)
             ok = m and r and "seconds" in r and "seconds" in m
-            return f"{r['seconds'] / m['seconds']:.1f}x" if ok else "-"
+            if not ok:
+                return "-"
+            text = f"{r['seconds'] / m['seconds']:.1f}x"
+            if r.get("cpu_seconds") and m.get("cpu_seconds"):
+                # CPU seconds of each process: on a shared, loaded machine the stable comparison
+                text += f" ({r['cpu_seconds'] / m['cpu_seconds']:.1f}x)"
+            return text
+
+        def cell(r):
+            text = _fmt(r)
+            if r and "cpu_seconds" in r and "skipped" not in r:
+                text += f" ({r['cpu_seconds']:.3g} s)"
+            return text
 
         def dll(t, m=m, out=out):
             r = out.get(t)
             ok = m and r and "loglik" in r and "loglik" in m
             return f"{m['loglik'] - r['loglik']:+.2e}" if ok else "-"
 
-        print(f"| {w} | {n:,} | {_fmt(m) if m else '-'} | {_fmt(out.get('lme4'))} | {_fmt(out.get('glmmTMB'))} | "
+        print(f"| {w} | {n:,} | {cell(m) if m else '-'} | {cell(out.get('lme4'))} | {cell(out.get('glmmTMB'))} | "
               f"{ratio('lme4')} | {ratio('glmmTMB')} | {dll('lme4')} | {dll('glmmTMB')} |")
     if args.json:
         write_results(args.json, facts, results)

@@ -91,6 +91,7 @@ def joint_objective(
     u0: np.ndarray,
     deviance: Callable[[PirlsProblem, PirlsState, np.ndarray], float],
     warm: bool = False,
+    min_iter: int = 2,
 ) -> Callable[[np.ndarray], float]:
     """lme4's second stage: a deviance of ``x = (theta, beta)`` with u from PIRLS (``uOnly``).
 
@@ -106,6 +107,8 @@ def joint_objective(
         Start PIRLS from the modes of the last converged evaluation instead of ``u0``. PIRLS runs to
         ``U_TOL`` (Newton, quadratic convergence), so the value differs from the cold start's only by
         rounding, and successive BOBYQA points are close: one or two steps instead of four or more.
+    min_iter : int, default 2
+        Fewest PIRLS iterations of a cold (not ``warm``) evaluation (see :meth:`PirlsProblem.solve`).
     """
     k = problem.theta_map.size
     last = [u0]
@@ -114,7 +117,7 @@ def joint_objective(
         x = np.asarray(x, dtype=float)
         theta, beta = x[:k], x[k:]
         try:
-            st = problem.solve(theta, beta=beta, u0=last[0], warm=warm)
+            st = problem.solve(theta, beta=beta, u0=last[0], warm=warm, min_iter=min_iter)
         except (np.linalg.LinAlgError, FloatingPointError, ValueError):
             return np.inf
         v = deviance(problem, st, theta)
@@ -122,4 +125,5 @@ def joint_objective(
             last[0] = st.u
         return v if np.isfinite(v) else np.inf
 
+    f.last = last  # the modes the next evaluation starts from (the caller's Hessian starts there)
     return f

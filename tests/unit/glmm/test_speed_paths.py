@@ -131,3 +131,70 @@ def test_stage2_evaluations_on_correlated_coefficients():
     fit = glmm("y ~ trt + anger + (trt | g)", df, "binomial").fit(warn=False)
     assert fit.stage2.opt.feval < 150
     assert fit.converged
+
+
+def _crossed_binary(seed: int = 11, n_s: int = 60, n_i: int = 12) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    s, i = np.repeat(np.arange(n_s), n_i), np.tile(np.arange(n_i), n_s)
+    x = rng.standard_normal(len(s))
+    keep = rng.random(len(s)) < 0.85  # unbalanced: not every subject sees every item
+    eta = -0.3 + 0.5 * x + rng.normal(0, 1.0, n_s)[s] + rng.normal(0, 0.6, n_i)[i]
+    y = (rng.random(len(s)) < special.expit(eta)).astype(float)
+    return pd.DataFrame({"y": y, "x": x, "s": s, "i": i}).loc[keep]
+
+
+@pytest.mark.parametrize("dense_g", [True, False])
+def test_crossed_scalar_first_factor_wpls_equals_the_general_solver(dense_g):
+    """The q1 = 1 crossed path (diagonal L_1, G_z dense or on its pair map) solves the same penalised least
+    squares as the LMM's general solver, with a random slope in the second factor."""
+    m = glmm("y ~ x + (1 | s) + (x | i)", _crossed_binary(), "binomial")
+    P = m.problem
+    assert P.dense is not None and P.dense._pairs is not None
+    P.dense._dense_g = dense_g
+    rng = np.random.default_rng(2)
+    w = rng.uniform(0.05, 0.25, P.n)
+    z = rng.standard_normal(P.n)
+    theta = np.array([0.9, 0.6, 0.1, 0.4])
+    for with_beta in (True, False):
+        u1, b1, ld1 = P.dense.solve(theta, w, z, with_beta)
+        sol = P.wls_problem(w, z, with_beta).solve(theta, reml=False)
+        u2 = np.concatenate([uk.ravel() for uk in sol.u])
+        np.testing.assert_allclose(u1, u2, rtol=1e-9, atol=1e-11)
+        np.testing.assert_allclose(b1, sol.beta, rtol=1e-9, atol=1e-11)
+        assert ld1 == pytest.approx(float(sol.factor.logdet_Z), rel=1e-12)
+
+
+def test_poisson_deviance_sums_and_fixed_predictor():
+    """The step-halving test's Poisson deviance sum (two dot products) equals the unit deviances' sum, falls
+    back to them where the log link's floor binds, and ``offset + X beta`` from X' equals the product."""
+    df = _poisson()
+    df["e"] = np.linspace(0.5, 2.0, len(df))
+    P = glmm("y ~ x + (1 | g)", df, "poisson", offset=np.log(df["e"].to_numpy())).problem
+    rng = np.random.default_rng(4)
+    eta = rng.normal(0.3, 1.0, P.n)
+    mu = Poisson().linkinv(eta)
+    d, total = P._deviance(mu, eta)
+    assert d is None and total == pytest.approx(float(P.dev_resids(mu, eta).sum()), rel=1e-12)
+    eta[3] = -800.0  # exp(eta) floors at eps: the sum comes from the unit deviances
+    mu = Poisson().linkinv(eta)
+    d, total = P._deviance(mu, eta)
+    assert d is not None and total == float(d.sum())
+    beta = np.array([0.3, -0.7])
+    np.testing.assert_allclose(P.fixed_predictor(beta), P.offset + P.X @ beta, rtol=1e-14, atol=1e-14)
+    P.X = P.X[:, :1].copy()  # the GLM's null model replaces X: the cached X' follows
+    np.testing.assert_allclose(P.fixed_predictor(beta[:1]), P.offset + P.X @ beta[:1], rtol=1e-14, atol=1e-14)
+
+
+def test_hessian_from_the_estimates_modes_is_the_cold_hessian():
+    """The Hessian evaluations start at the estimates' modes with three PIRLS iterations: the covariance equals
+    the one from a cold start (zero modes, five or more iterations) to finite-difference accuracy, on a
+    crossed binary fit."""
+    df = _crossed_binary()
+    fit = glmm("y ~ x + (1 | s) + (1 | i)", df, "binomial").fit(warn=False)
+    cold = glmm("y ~ x + (1 | s) + (1 | i)", df, "binomial").result_at(fit.theta.to_numpy(), fit.fixef.to_numpy())
+    v1, v2 = fit.vcov().to_numpy(), cold.vcov().to_numpy()
+    # on the scale of the variances (an off-diagonal entry may be 1e-3 of them): the cold objective's own
+    # stopping error, ~1e-11 / h^2 = 1e-3 on Hessian entries of 10^2-10^3, allows ~1e-5 of that scale
+    scale = np.sqrt(np.outer(np.diag(v2), np.diag(v2)))
+    assert np.max(np.abs(v1 - v2) / scale) < 1e-5
+    assert fit.converged
