@@ -268,7 +268,8 @@ class LMM:
             return ConvergenceReport(converged=True)
         # the optimiser already evaluated the optimum (unless boundary zeros moved theta)
         f0 = opt.fmin if opt is not None and np.array_equal(theta, opt.x) else None
-        grad, hess = finite_difference_derivatives(f, theta, lower, f0=f0)
+        # the Hessian only feeds the checks here: one evaluation per off-diagonal pair (see its docstring)
+        grad, hess = finite_difference_derivatives(f, theta, lower, f0=f0, mixed="forward")
         # parameters on the boundary are not expected to have a zero gradient
         free = ~((lower == 0) & (theta < control.singular_tol))
         return check_convergence(grad, hess, free, grad_tol=control.grad_tol)

@@ -31,6 +31,7 @@ from memoe.core.covariance import ThetaMap
 from memoe.core.design.scaling import LinearScaling
 from memoe.core.linalg.batched import batched_backward_solve_t, batched_forward_solve
 from memoe.core.linalg.crossed import RestSchur
+from memoe.core.linalg.dense_small import DenseSmall, prefer_dense_small
 from memoe.core.linalg.soa import soa_cholesky, soa_congruence, soa_forward_solve, soa_lincomb, soa_logdet_chol
 from memoe.core.linalg.sparse_schur import SparseSchur, SparseSchurFactor, have_sparse_cholesky
 from memoe.core.linalg.sufficient import GroupSums
@@ -200,10 +201,11 @@ class PLSProblem:
         log_weights: float = 0.0,
         schur: str = "auto",
     ) -> None:
-        if schur not in ("auto", "dense", "sparse"):
-            raise MemoeError(f"schur must be 'auto', 'dense' or 'sparse', got {schur!r}")
+        if schur not in ("auto", "dense", "sparse", "dense_small"):
+            raise MemoeError(f"schur must be 'auto', 'dense', 'sparse' or 'dense_small', got {schur!r}")
         self.schur_request = schur
         self.sparse: SparseSchur | None = None
+        self.dense_small: DenseSmall | None = None
         self.weights: np.ndarray | None = None
         self.scaling = scaling
         # lme4's ldW = sum(log w) of prior weights: the deviance subtracts it (y, X, Z are the working
@@ -290,6 +292,13 @@ class PLSProblem:
         del rest
         self.rest_offsets = np.cumsum([0] + [nlevels[k] * self.q[k] for k in range(1, len(Z))])
         self.mz = Zr.shape[1]
+        # small designs: the whole bordered system dense (memoe.core.linalg.dense_small); the blocked
+        # path below is then only used by factorize/solve, so its precomputed map is skipped (max_nnz=0)
+        want_small = self.schur_request == "dense_small" or (
+            self.schur_request == "auto" and prefer_dense_small(Z1s.shape[1] + self.mz, self.mz))
+        if want_small:
+            check_memory(4 * 8.0 * (Z1s.shape[1] + self.mz + self.m) ** 2, "the dense small-problem path")
+            self.dense_small = DenseSmall(sp.hstack([Z1s, Zr], format="csc"), xy_cols, self.XYtXY, self.q, nlevels)
         if self.schur_request == "dense" and self.mz > MAX_DENSE_REST:
             raise MemoeError(self._dense_limit_message())
         ZrT = Zr.T.tocsr()
@@ -299,7 +308,8 @@ class PLSProblem:
         del Z1s, Zr, ZrT
         self._q1 = q1
         self.rest = RestSchur(
-            self.Z1tZr, ZrtZr, ZrtXY, nlevels[0], q1, self.q[1:], self.nlevels[1:]
+            self.Z1tZr, ZrtZr, ZrtXY, nlevels[0], q1, self.q[1:], self.nlevels[1:],
+            **({"max_nnz": 0} if want_small else {}),
         )
         self.Z1tZr = self.rest.Z1tZr
         self._choose_schur()
@@ -562,6 +572,8 @@ class PLSProblem:
 
     def deviance(self, theta: np.ndarray, reml: bool) -> float:
         """The objective: -2 log-likelihood (ML) or REML criterion at ``theta``."""
+        if self.dense_small is not None:
+            return self._deviance_small(theta, reml)
         with blas_threads(self.blas_threads):
             *_, logdet_Z, c, info, sf = self._reduced(theta, keep=False)
         ok, logdet_Z, logdet_X, pwrss = self._finish(logdet_Z, c, info, sf)
@@ -571,6 +583,24 @@ class PLSProblem:
         if self.scaling is not None:
             dev += self.scaling.deviance_shift(self._n_eff, self.p, reml)
         return dev
+
+    def _deviance_small(self, theta: np.ndarray, reml: bool) -> float:
+        """:meth:`deviance` on the dense small path (same pieces, same formula)."""
+        with blas_threads(self.blas_threads):
+            ok, logdet_Z, logdet_X, pwrss = self.dense_small.pieces(self.theta_map.lambdas(np.asarray(theta, float)))
+        if not ok:
+            return np.inf
+        dev = profiled_deviance(logdet_Z - self.log_weights, logdet_X, pwrss, self._n_eff, self.p, reml)
+        if self.scaling is not None:
+            dev += self.scaling.deviance_shift(self._n_eff, self.p, reml)
+        return dev
+
+    @property
+    def path(self) -> str:
+        """How the deviance is factored: "one factor", "dense_small", "dense" or "sparse" (Schur complement)."""
+        if not self.multi:
+            return "one factor"
+        return "dense_small" if self.dense_small is not None else ("sparse" if self.sparse is not None else "dense")
 
     # ------------------------------------------------------------------ solution
     def solve(self, theta: np.ndarray, reml: bool) -> PLSSolution:

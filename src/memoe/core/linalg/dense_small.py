@@ -1,0 +1,247 @@
+"""Dense profiled deviance for small crossed or nested random-effects designs.
+
+When all random effects together are few (a few hundred: kb07, Penicillin, Pastes), the blocked
+factorisation of :mod:`memoe.lmm.objective` spends its time in fixed per-evaluation overheads
+(scipy.sparse objects built per theta, sparse scatters), not in flops. Here everything that does
+not depend on theta is one dense symmetric matrix built once,
+
+    A = [Z X y]' [Z X y]        (order q + m, q = sum_k l_k q_k, m = p + 1),
+
+and each evaluation factors the bordered system of lme4's penalised least squares (Bates et al.
+2015, eqs. 18 and 31-34)::
+
+    M = [ Lambda' Z'Z Lambda + I   Lambda' Z'[X y] ]
+        [ [X y]' Z Lambda          [X y]'[X y]     ]
+
+with ``Lambda = blockdiag_k(I_{l_k} kron lambda_k)`` applied by small dense products (each block's
+columns reshaped to ``(rows * l_k, q_k)`` times ``lambda_k``). The first block (the factor with the
+most levels) is block diagonal, ``S_j = lambda_1' Z_1j'Z_1j lambda_1 + I``: it is factored level by
+level with the structure-of-arrays kernels of :mod:`memoe.core.linalg.soa`, ``G = blockdiag_j(L_j^-1
+lambda_1') Z_1'[Z_r Lambda_r, X, y]`` is formed densely, and LAPACK factors the Schur complement
+``M_rr - G'G`` (``dsyrk`` + ``dpotrf``, order ``m_z + m``). The diagonals of the factors give
+``log det(L_Z L_Z')``, ``log det(R_X' R_X)`` and the penalised RSS (the last diagonal entry squared),
+the quantities of the blocked path of :mod:`memoe.lmm.objective`, so the deviance agrees with it to
+rounding; the difference is that nothing sparse is touched per evaluation.
+
+The cost per evaluation is about ``l_1 q_1 (m_z + m)^2 + (m_z + m)^3 / 3`` flops plus ~20 small
+numpy calls; the blocked path costs ``(m_z + m)^3 / 3`` plus a sparse product whose size grows with the
+data, and a fixed overhead of a few milliseconds. The choice is made by :func:`prefer_dense_small`
+(thresholds measured, see ``benchmarks/README.md``, "Small problems").
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import scipy.sparse as sp
+from scipy.linalg import blas, lapack
+
+from memoe.core.linalg.soa import soa_cholesky, soa_congruence, soa_forward_solve, soa_logdet_chol
+
+__all__ = ["DENSE_SMALL_MAX", "DenseSmall", "prefer_dense_small"]
+
+# Largest total number of random effects for the dense path in "auto" mode. Measured (one thread,
+# benchmarks/README.md "Small problems"): a potrf of order 600 costs ~2-4 ms, about the fixed
+# per-evaluation overhead of the blocked path, while beyond that the cubic cost takes over unless
+# the blocked path's Schur complement is nearly as large.
+DENSE_SMALL_MAX = 600
+# ... or more random effects when the blocked path would factor a dense Schur complement of
+# nearly the same order anyway (its first block then saves less than this fraction of the flops).
+DENSE_SMALL_RATIO = 0.7
+
+
+def prefer_dense_small(q_total: int, m_z: int) -> bool:
+    """Whether "auto" takes the dense path for ``q_total`` random effects, ``m_z`` after the first factor.
+
+    Parameters
+    ----------
+    q_total : int
+        All random effects, ``sum_k l_k q_k``.
+    m_z : int
+        Random effects of the factors after the largest (the order of the blocked path's dense
+        Schur complement).
+
+    Returns
+    -------
+    bool
+    """
+    if q_total <= DENSE_SMALL_MAX:
+        return True
+    # the blocked path would factor nearly as large a dense matrix, plus its overheads
+    return q_total <= 4 * DENSE_SMALL_MAX and m_z >= DENSE_SMALL_RATIO * q_total
+
+
+def _rmul_lambda(X: np.ndarray, offsets: np.ndarray, q: list[int], lambdas: list[np.ndarray], out: np.ndarray) -> None:
+    """``out = X Lambda`` for ``Lambda = blockdiag_k(I_{l_k} kron lambda_k)`` (columns level-major per block)."""
+    r = X.shape[0]
+    for k, lam in enumerate(lambdas):
+        o0, o1 = offsets[k], offsets[k + 1]
+        if o1 == o0:
+            continue
+        qk = q[k]
+        if qk == 1:
+            np.multiply(X[:, o0:o1], lam[0, 0], out=out[:, o0:o1])
+        else:
+            # (r, l_k q_k) -> (r l_k, q_k): one small GEMM instead of l_k block products
+            blk = np.ascontiguousarray(X[:, o0:o1]).reshape(-1, qk)
+            out[:, o0:o1] = (blk @ lam).reshape(r, o1 - o0)
+
+
+class DenseSmall:
+    """The PLS system of a small multi-factor LMM, built once densely and factored per theta.
+
+    Parameters
+    ----------
+    Z : scipy.sparse matrix, shape (n, q_total)
+        Random-effects model matrix, blocks in order (block 0 first), each level-major (level j,
+        column a at ``offset_k + j q_k + a``) as in :class:`memoe.lmm.objective.PLSProblem`.
+    xy_cols : list of numpy.ndarray, each shape (n,)
+        Columns of ``[X y]`` (possibly centred and scaled: the deviance is on those columns).
+    XYtXY : numpy.ndarray, shape (m, m)
+        ``[X y]'[X y]``.
+    q : list of int
+        Columns of each block.
+    nlevels : list of int
+        Levels of each block.
+
+    Notes
+    -----
+    Prior weights enter through the working rows (``sqrt(w)`` times ``Z``, ``X``, ``y``) and the
+    caller subtracts their ``sum(log w)`` from ``logdet_Z``; offsets are already subtracted from
+    ``y``. Group weights of a mixture (single factor only) never reach this path.
+
+    R equivalent
+    ------------
+    The dense special case of lme4's ``mkLmerDevfun`` / ``PLSupdateL`` (Bates et al. 2015, eq. 34).
+
+    Examples
+    --------
+    >>> import numpy as np, scipy.sparse as sp
+    >>> rng = np.random.default_rng(0)
+    >>> g, h = np.repeat(np.arange(4), 6), np.tile(np.arange(3), 8)
+    >>> Z = sp.hstack([sp.csr_matrix(np.eye(4)[g]), sp.csr_matrix(np.eye(3)[h])])
+    >>> y = rng.normal(size=24)
+    >>> XYtXY = np.array([[24.0, y.sum()], [y.sum(), y @ y]])
+    >>> ds = DenseSmall(Z, [np.ones(24), y], XYtXY, [1, 1], [4, 3])
+    >>> ok, logdet_Z, logdet_X, pwrss = ds.pieces([np.eye(1), np.eye(1)])
+    >>> ok and pwrss > 0
+    True
+    """
+
+    def __init__(
+        self, Z: sp.spmatrix, xy_cols: list[np.ndarray], XYtXY: np.ndarray, q: list[int], nlevels: list[int]
+    ) -> None:
+        Z = sp.csc_matrix(Z)
+        self.q = [int(v) for v in q]
+        self.nlevels = [int(v) for v in nlevels]
+        self.offsets = np.cumsum([0] + [lk * qk for lk, qk in zip(self.nlevels, self.q, strict=True)])
+        self.nz = int(self.offsets[-1])
+        if Z.shape[1] != self.nz:
+            raise ValueError(f"Z has {Z.shape[1]} columns, the blocks {self.nz}")
+        self.m = len(xy_cols)
+        self.p = self.m - 1
+        q1, l1 = self.q[0], self.nlevels[0]
+        n1 = q1 * l1
+        self.n1 = n1
+        self.mz = self.nz - n1
+        mz, nr = self.mz, self.nz - n1 + self.m
+        self.nr = nr
+        ZT = Z.T.tocsr()
+        ZtZ = (ZT @ Z).toarray()
+        ZtXY = np.column_stack([ZT @ c for c in xy_cols])
+        # first block: per-level Z_1j'Z_1j, structure of arrays (q1, q1, l1)
+        d = ZtZ[:n1, :n1].reshape(l1, q1, l1, q1)[np.arange(l1), :, np.arange(l1), :]
+        self._zz = np.ascontiguousarray(np.moveaxis(d, 0, -1))
+        # Z_1'[Z_r X y] rows (n1, nr); the Z_r columns get Lambda_r per evaluation
+        self._R = np.ascontiguousarray(np.hstack([ZtZ[:n1, n1:], ZtXY[:n1]]))
+        self._ZrtZr = np.ascontiguousarray(ZtZ[n1:, n1:])
+        # stored transposed, (m, mz), so that Lambda_r multiplies it from the right like Z_r'Z_r
+        self._XYtZr = np.ascontiguousarray(ZtXY[n1:].T)
+        self.XYtXY = np.array(XYtXY, dtype=float)
+        self._offsets_r = self.offsets[1:] - n1
+        # buffers reused across evaluations (no allocation of the large pieces per theta)
+        self._Rl = self._R.copy()
+        self._T = np.empty((mz, mz))
+        self._S = np.empty((mz, mz))
+        self._XYZ = np.empty((self.m, mz))
+        self._G = np.empty((l1, q1, nr))
+        self._M = np.empty((nr, nr))
+        self._diag = np.arange(mz)
+
+    def factor(self, lambdas: list[np.ndarray]) -> tuple[float, np.ndarray, int]:
+        """Factor the system at the relative factors ``lambdas``.
+
+        Parameters
+        ----------
+        lambdas : list of numpy.ndarray, each shape (q_k, q_k)
+
+        Returns
+        -------
+        logdet_1 : float
+            ``log det`` of the first block's ``S_j`` summed over levels (NaN when one is not positive definite).
+        c : numpy.ndarray, shape (m_z + m, m_z + m)
+            Fortran-ordered; its lower triangle is the Cholesky factor of the Schur complement
+            ``M_rr - G'G`` (the strict upper triangle is junk).
+        info : int
+            LAPACK's ``info`` (0 on success).
+        """
+        mz, q1 = self.mz, self.q[0]
+        lam1, lam_r = lambdas[0], lambdas[1:]
+        offs = self._offsets_r
+        # first block, level by level: S_j = lambda_1' Z_1j'Z_1j lambda_1 + I = L_j L_j'
+        L = soa_cholesky(soa_congruence(lam1, self._zz, 1.0))
+        logdet_1 = float(soa_logdet_chol(L).sum())
+        # Tm_j = L_j^-1 lambda_1' (q1 x q1 per level; full: lambda_1' is upper triangular)
+        Tm = soa_forward_solve(L, np.ascontiguousarray(np.broadcast_to(lam1.T[:, :, None], L.shape)))
+        # G = blockdiag(Tm_j) Z_1'[Z_r Lambda_r, X, y]
+        Rl = self._Rl
+        _rmul_lambda(self._R[:, :mz], offs, self.q[1:], lam_r, Rl[:, :mz])
+        R3 = Rl.reshape(-1, q1, self.nr)
+        G = self._G
+        for a in range(q1):
+            Ga = G[:, a, :]
+            np.multiply(R3[:, 0, :], Tm[a, 0][:, None], out=Ga)
+            for b in range(1, q1):
+                Ga += Tm[a, b][:, None] * R3[:, b, :]
+        # M_rr: Lambda_r' Z_r'Z_r Lambda_r + I, Lambda_r' Z_r'[X y], [X y]'[X y] (upper triangle, C order)
+        M, T, S = self._M, self._T, self._S
+        _rmul_lambda(self._ZrtZr, offs, self.q[1:], lam_r, T)
+        _rmul_lambda(T.T, offs, self.q[1:], lam_r, S)
+        _rmul_lambda(self._XYtZr, offs, self.q[1:], lam_r, self._XYZ)
+        M[:mz, :mz] = S
+        M[self._diag, self._diag] += 1.0
+        M[:mz, mz:] = self._XYZ.T
+        M[mz:, mz:] = self.XYtXY
+        # M.T is F-contiguous and its lower triangle is M's upper one: M_rr - G'G in place (dsyrk on
+        # G' = F-contiguous view of the C-ordered G), then potrf in place, no copies
+        Gf = G.reshape(-1, self.nr).T
+        Mf = blas.dsyrk(-1.0, Gf, beta=1.0, c=M.T, trans=0, lower=1, overwrite_c=1)
+        c, info = lapack.dpotrf(Mf, lower=1, clean=0, overwrite_a=1)
+        return logdet_1, c, int(info)
+
+    def pieces(self, lambdas: list[np.ndarray]) -> tuple[bool, float, float, float]:
+        """``(ok, logdet_Z, logdet_X, pwrss)`` at ``lambdas`` (``logdet_Z`` without prior-weight terms).
+
+        Parameters
+        ----------
+        lambdas : list of numpy.ndarray, each shape (q_k, q_k)
+
+        Returns
+        -------
+        ok : bool
+            False when a factorisation fails (the caller returns an infinite deviance).
+        logdet_Z, logdet_X, pwrss : float
+            ``log det(Lambda'Z'Z Lambda + I)``, ``log det(R_X'R_X)`` and the penalised RSS.
+        """
+        logdet_1, c, info = self.factor(lambdas)
+        d = np.diagonal(c)
+        if info != 0 or not math.isfinite(logdet_1) or not bool(np.all(np.isfinite(d))):
+            return False, math.inf, math.inf, math.nan
+        mz, p = self.mz, self.p
+        with np.errstate(divide="ignore"):
+            logd = np.log(d)
+        logdet_Z = logdet_1 + 2.0 * float(logd[:mz].sum())
+        logdet_X = 2.0 * float(logd[mz : mz + p].sum())
+        pwrss = float(d[-1] ** 2)
+        return math.isfinite(logdet_Z), logdet_Z, logdet_X, pwrss
