@@ -16,7 +16,7 @@ and each evaluation factors the bordered system of lme4's penalised least square
 with ``Lambda = blockdiag_k(I_{l_k} kron lambda_k)`` applied by small dense products (each block's
 columns reshaped to ``(rows * l_k, q_k)`` times ``lambda_k``). The first block (the factor with the
 most levels) is block diagonal, ``S_j = lambda_1' Z_1j'Z_1j lambda_1 + I``: it is factored level by
-level with the structure-of-arrays kernels of :mod:`memoe.core.linalg.soa`, ``G = blockdiag_j(L_j^-1
+level by one batched LAPACK call, ``G = blockdiag_j(L_j^-1
 lambda_1') Z_1'[Z_r Lambda_r, X, y]`` is formed densely, and LAPACK factors the Schur complement
 ``M_rr - G'G`` (``dsyrk`` + ``dpotrf``, order ``m_z + m``). The diagonals of the factors give
 ``log det(L_Z L_Z')``, ``log det(R_X' R_X)`` and the penalised RSS (the last diagonal entry squared),
@@ -36,8 +36,6 @@ import math
 import numpy as np
 import scipy.sparse as sp
 from scipy.linalg import blas, lapack
-
-from memoe.core.linalg.soa import soa_cholesky, soa_congruence, soa_forward_solve, soa_logdet_chol
 
 __all__ = ["DENSE_SMALL_MAX", "DenseSmall", "prefer_dense_small"]
 
@@ -150,22 +148,27 @@ class DenseSmall:
         ZT = Z.T.tocsr()
         ZtZ = (ZT @ Z).toarray()
         ZtXY = np.column_stack([ZT @ c for c in xy_cols])
-        # first block: per-level Z_1j'Z_1j, structure of arrays (q1, q1, l1)
+        # first block: per-level Z_1j'Z_1j, (l1, q1, q1) for the batched LAPACK Cholesky
         d = ZtZ[:n1, :n1].reshape(l1, q1, l1, q1)[np.arange(l1), :, np.arange(l1), :]
-        self._zz = np.ascontiguousarray(np.moveaxis(d, 0, -1))
-        # Z_1'[Z_r X y] rows (n1, nr); the Z_r columns get Lambda_r per evaluation
-        self._R = np.ascontiguousarray(np.hstack([ZtZ[:n1, n1:], ZtXY[:n1]]))
+        self._zz = np.ascontiguousarray(d)
+        self._eye1 = np.eye(q1)
+        # Z_1'[Z_r X y] with its rows reordered column-major within the block (row a l1 + j for level j,
+        # column a): then lambda_1' acts on all levels by one GEMM of shape (q1, q1) x (q1, l1 nr), and
+        # the rows' order does not matter to G'G
+        R = np.hstack([ZtZ[:n1, n1:], ZtXY[:n1]]).reshape(l1, q1, nr)
+        self._R = np.ascontiguousarray(R.transpose(1, 0, 2)).reshape(n1, nr)
         self._ZrtZr = np.ascontiguousarray(ZtZ[n1:, n1:])
         # stored transposed, (m, mz), so that Lambda_r multiplies it from the right like Z_r'Z_r
         self._XYtZr = np.ascontiguousarray(ZtXY[n1:].T)
         self.XYtXY = np.array(XYtXY, dtype=float)
         self._offsets_r = self.offsets[1:] - n1
-        # buffers reused across evaluations (no allocation of the large pieces per theta)
+        # buffers reused across evaluations (no allocation of the large pieces per theta); the [X y]
+        # columns of _Rl do not depend on theta and are copied once
         self._Rl = self._R.copy()
+        self._B = np.empty((q1, l1 * nr))
         self._T = np.empty((mz, mz))
         self._S = np.empty((mz, mz))
         self._XYZ = np.empty((self.m, mz))
-        self._G = np.empty((l1, q1, nr))
         self._M = np.empty((nr, nr))
         self._diag = np.arange(mz)
 
@@ -186,24 +189,31 @@ class DenseSmall:
         info : int
             LAPACK's ``info`` (0 on success).
         """
-        mz, q1 = self.mz, self.q[0]
+        mz, q1, l1, nr = self.mz, self.q[0], self.nlevels[0], self.nr
         lam1, lam_r = lambdas[0], lambdas[1:]
         offs = self._offsets_r
-        # first block, level by level: S_j = lambda_1' Z_1j'Z_1j lambda_1 + I = L_j L_j'
-        L = soa_cholesky(soa_congruence(lam1, self._zz, 1.0))
-        logdet_1 = float(soa_logdet_chol(L).sum())
-        # Tm_j = L_j^-1 lambda_1' (q1 x q1 per level; full: lambda_1' is upper triangular)
-        Tm = soa_forward_solve(L, np.ascontiguousarray(np.broadcast_to(lam1.T[:, :, None], L.shape)))
-        # G = blockdiag(Tm_j) Z_1'[Z_r Lambda_r, X, y]
+        # first block, level by level: S_j = lambda_1' Z_1j'Z_1j lambda_1 + I = L_j L_j' (one batched
+        # LAPACK call: several times faster than the structure-of-arrays loops at these sizes)
+        S1 = lam1.T @ self._zz @ lam1
+        S1 += self._eye1
+        try:
+            L = np.linalg.cholesky(S1)
+        except np.linalg.LinAlgError:
+            return math.nan, self._M.T, 1
+        with np.errstate(divide="ignore", invalid="ignore"):
+            logdet_1 = 2.0 * float(np.log(np.diagonal(L, axis1=1, axis2=2)).sum())
+        # G = blockdiag_j(L_j^-1 lambda_1') Z_1'[Z_r Lambda_r, X, y]: Lambda_r on the columns, lambda_1'
+        # on all levels at once, then the q1 x q1 forward substitution vectorised over levels
         Rl = self._Rl
         _rmul_lambda(self._R[:, :mz], offs, self.q[1:], lam_r, Rl[:, :mz])
-        R3 = Rl.reshape(-1, q1, self.nr)
-        G = self._G
-        for a in range(q1):
-            Ga = G[:, a, :]
-            np.multiply(R3[:, 0, :], Tm[a, 0][:, None], out=Ga)
-            for b in range(1, q1):
-                Ga += Tm[a, b][:, None] * R3[:, b, :]
+        B = np.matmul(lam1.T, Rl.reshape(q1, l1 * nr), out=self._B).reshape(q1, l1, nr)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            for a in range(q1):
+                Ba = B[a]
+                for b in range(a):
+                    Ba -= L[:, a, b][:, None] * B[b]
+                Ba /= L[:, a, a][:, None]
+        G = B.reshape(q1 * l1, nr)
         # M_rr: Lambda_r' Z_r'Z_r Lambda_r + I, Lambda_r' Z_r'[X y], [X y]'[X y] (upper triangle, C order)
         M, T, S = self._M, self._T, self._S
         _rmul_lambda(self._ZrtZr, offs, self.q[1:], lam_r, T)
@@ -215,7 +225,7 @@ class DenseSmall:
         M[mz:, mz:] = self.XYtXY
         # M.T is F-contiguous and its lower triangle is M's upper one: M_rr - G'G in place (dsyrk on
         # G' = F-contiguous view of the C-ordered G), then potrf in place, no copies
-        Gf = G.reshape(-1, self.nr).T
+        Gf = G.T
         Mf = blas.dsyrk(-1.0, Gf, beta=1.0, c=M.T, trans=0, lower=1, overwrite_c=1)
         c, info = lapack.dpotrf(Mf, lower=1, clean=0, overwrite_a=1)
         return logdet_1, c, int(info)
