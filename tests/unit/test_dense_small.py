@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+import scipy.sparse as sp
 
 import memoe
 from memoe.core.design.scaling import choose_scaling
@@ -150,8 +151,34 @@ def test_auto_chooses_dense_small_for_small_problems():
     assert memoe.lmm("Reaction ~ Days + (Days | Subject)", memoe.datasets.load("sleepstudy")).problem.path == (
         "one factor"
     )
-    assert dense_small.prefer_dense_small(dense_small.DENSE_SMALL_MAX, 10)
-    assert not dense_small.prefer_dense_small(5 * dense_small.DENSE_SMALL_MAX, 100)
+    # kb07: 56 x 3 then 32 x 3 random effects, p = 4
+    assert dense_small.prefer_dense_small(168, 96, 5, scalar_rest=False)
+    # vector later factors: the blocked path's overhead loses up to ~2e7 flops of dense work
+    assert dense_small.prefer_dense_small(450, 120, 3, scalar_rest=False)
+    assert not dense_small.prefer_dense_small(900, 200, 3, scalar_rest=False)
+    # scalar later factors: the blocked path is lean, the dense one only pays for tiny problems
+    assert dense_small.prefer_dense_small(100, 30, 2, scalar_rest=True)
+    assert not dense_small.prefer_dense_small(300, 100, 2, scalar_rest=True)
+
+
+def test_constructor_from_z_equals_from_blocks():
+    df, formula = CASES["crossed_vector"]
+    model = memoe.lmm(formula, df)
+    p = model.problem
+    d = model.design
+    Z = sp.hstack([_sparse_z(b) for b in d.blocks], format="csc")
+    xy = [d.X[:, j] for j in range(d.X.shape[1])] + [d.y]
+    direct = dense_small.DenseSmall(Z, xy, p.XYtXY, p.q, p.nlevels)
+    lam = d.theta_map.lambdas(_thetas(d.theta_map)[2])
+    a, b = direct.pieces(lam), p.dense_small.pieces(lam)
+    assert a[0] and b[0]
+    np.testing.assert_allclose(a[1:], b[1:], rtol=ROUNDING)
+
+
+def _sparse_z(block) -> sp.csc_matrix:
+    n, q = block.Z.shape
+    cols = (block.factor.codes[:, None] * q + np.arange(q)[None, :]).ravel()
+    return sp.csc_matrix((block.Z.ravel(), (np.repeat(np.arange(n), q), cols)), shape=(n, block.nlevels * q))
 
 
 def test_auto_keeps_blocked_path_for_large_problems():

@@ -292,13 +292,6 @@ class PLSProblem:
         del rest
         self.rest_offsets = np.cumsum([0] + [nlevels[k] * self.q[k] for k in range(1, len(Z))])
         self.mz = Zr.shape[1]
-        # small designs: the whole bordered system dense (memoe.core.linalg.dense_small); the blocked
-        # path below is then only used by factorize/solve, so its precomputed map is skipped (max_nnz=0)
-        want_small = self.schur_request == "dense_small" or (
-            self.schur_request == "auto" and prefer_dense_small(Z1s.shape[1] + self.mz, self.mz))
-        if want_small:
-            check_memory(4 * 8.0 * (Z1s.shape[1] + self.mz + self.m) ** 2, "the dense small-problem path")
-            self.dense_small = DenseSmall(sp.hstack([Z1s, Zr], format="csc"), xy_cols, self.XYtXY, self.q, nlevels)
         if self.schur_request == "dense" and self.mz > MAX_DENSE_REST:
             raise MemoeError(self._dense_limit_message())
         ZrT = Zr.T.tocsr()
@@ -307,6 +300,14 @@ class PLSProblem:
         ZrtXY = np.column_stack([ZrT @ c for c in xy_cols])
         del Z1s, Zr, ZrT
         self._q1 = q1
+        # small designs: the PLS system dense (memoe.core.linalg.dense_small); the blocked path below
+        # then only serves factorize/solve, so its precomputed map is skipped (max_nnz=0)
+        want_small = self.schur_request == "dense_small" or (self.schur_request == "auto" and prefer_dense_small(
+            q1 * nlevels[0], self.mz, self.m, all(qk == 1 for qk in self.q[1:])))
+        if want_small:
+            check_memory(8.0 * (q1 * nlevels[0] + 4 * self.mz + 8) * (self.mz + self.m), "the dense small-problem path")
+            self.dense_small = DenseSmall.from_blocks(
+                self._zz, self._zxy, self.Z1tZr, ZrtZr, ZrtXY, self.XYtXY, self.q, nlevels)
         self.rest = RestSchur(
             self.Z1tZr, ZrtZr, ZrtXY, nlevels[0], q1, self.q[1:], self.nlevels[1:],
             **({"max_nnz": 0} if want_small else {}),

@@ -37,37 +37,39 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.linalg import blas, lapack
 
-__all__ = ["DENSE_SMALL_MAX", "DenseSmall", "prefer_dense_small"]
+__all__ = ["DENSE_SMALL_WORK", "DENSE_SMALL_WORK_SCALAR", "DenseSmall", "prefer_dense_small"]
 
-# Largest total number of random effects for the dense path in "auto" mode. Measured (one thread,
-# benchmarks/README.md "Small problems"): a potrf of order 600 costs ~2-4 ms, about the fixed
-# per-evaluation overhead of the blocked path, while beyond that the cubic cost takes over unless
-# the blocked path's Schur complement is nearly as large.
-DENSE_SMALL_MAX = 600
-# ... or more random effects when the blocked path would factor a dense Schur complement of
-# nearly the same order anyway (its first block then saves less than this fraction of the flops).
-DENSE_SMALL_RATIO = 0.7
+# Work (flops of the per-evaluation dsyrk + potrf, ``n1 nr^2 + nr^3 / 3``) up to which "auto" takes the
+# dense path. Measured per evaluation against the blocked path (benchmarks/README.md, "Small problems"):
+# when a later factor has vector-valued random effects the blocked path pays ~2 ms of sparse overhead
+# per evaluation, and the dense path wins up to ~2e7 (150 x 3 + 60 x 2 random effects: 0.7 against
+# 2.2 ms; 300 x 3 + 100 x 2: even); with scalar later factors it scatters a precomputed map and stays
+# lean, so the dense path only pays below ~5e5 (100 + 30 levels: 0.11 against 0.21 ms; 200 + 60: even).
+DENSE_SMALL_WORK = 2e7
+DENSE_SMALL_WORK_SCALAR = 5e5
 
 
-def prefer_dense_small(q_total: int, m_z: int) -> bool:
-    """Whether "auto" takes the dense path for ``q_total`` random effects, ``m_z`` after the first factor.
+def prefer_dense_small(n1: int, m_z: int, m: int, scalar_rest: bool) -> bool:
+    """Whether "auto" takes the dense path.
 
     Parameters
     ----------
-    q_total : int
-        All random effects, ``sum_k l_k q_k``.
+    n1 : int
+        Random effects of the first (largest) factor, ``l_1 q_1``.
     m_z : int
-        Random effects of the factors after the largest (the order of the blocked path's dense
-        Schur complement).
+        Random effects of the later factors.
+    m : int
+        Columns of ``[X y]``.
+    scalar_rest : bool
+        Every later factor has one random effect per level (the blocked path is leanest then).
 
     Returns
     -------
     bool
     """
-    if q_total <= DENSE_SMALL_MAX:
-        return True
-    # the blocked path would factor nearly as large a dense matrix, plus its overheads
-    return q_total <= 4 * DENSE_SMALL_MAX and m_z >= DENSE_SMALL_RATIO * q_total
+    nr = m_z + m
+    work = n1 * nr * nr + nr**3 / 3.0
+    return work <= (DENSE_SMALL_WORK_SCALAR if scalar_rest else DENSE_SMALL_WORK)
 
 
 def _rmul_lambda(X: np.ndarray, offsets: np.ndarray, q: list[int], lambdas: list[np.ndarray], out: np.ndarray) -> None:
@@ -131,35 +133,76 @@ class DenseSmall:
         self, Z: sp.spmatrix, xy_cols: list[np.ndarray], XYtXY: np.ndarray, q: list[int], nlevels: list[int]
     ) -> None:
         Z = sp.csc_matrix(Z)
+        n1 = int(q[0]) * int(nlevels[0])
+        l1, q1 = int(nlevels[0]), int(q[0])
+        Z1, Zr = Z[:, :n1], Z[:, n1:]
+        Z1T, ZrT = Z1.T.tocsr(), Zr.T.tocsr()
+        # Z_1'Z_1 is block diagonal: its (l1, q1, q1) blocks, read off the sparse product entry by entry
+        ZZ1 = (Z1T @ Z1).tocsr()
+        lev = np.arange(l1) * q1
+        d = np.empty((l1, q1, q1))
+        for a in range(q1):
+            for b in range(q1):
+                d[:, a, b] = np.asarray(ZZ1[lev + a, lev + b]).ravel()
+        Z1tXY = np.column_stack([Z1T @ c for c in xy_cols])
+        self._setup(
+            np.ascontiguousarray(np.moveaxis(d, 0, -1)),
+            np.ascontiguousarray(np.moveaxis(Z1tXY.reshape(l1, q1, -1), 0, -1)),
+            Z1T @ Zr, ZrT @ Zr, np.column_stack([ZrT @ c for c in xy_cols]), XYtXY, q, nlevels,
+        )
+
+    @classmethod
+    def from_blocks(cls, zz, zxy, Z1tZr, ZrtZr, ZrtXY, XYtXY, q, nlevels) -> DenseSmall:
+        """Build from the cross-products :class:`memoe.lmm.objective.PLSProblem` already holds.
+
+        Parameters
+        ----------
+        zz : numpy.ndarray, shape (q1, q1, l1)
+            Per-level ``Z_1j'Z_1j`` (structure of arrays).
+        zxy : numpy.ndarray, shape (q1, m, l1)
+            Per-level ``Z_1j'[X_j y_j]``.
+        Z1tZr : scipy.sparse matrix, shape (l1 q1, m_z)
+        ZrtZr : scipy.sparse matrix, shape (m_z, m_z)
+        ZrtXY : numpy.ndarray, shape (m_z, m)
+        XYtXY : numpy.ndarray, shape (m, m)
+        q, nlevels : list of int
+
+        Returns
+        -------
+        DenseSmall
+        """
+        self = cls.__new__(cls)
+        self._setup(zz, zxy, Z1tZr, ZrtZr, ZrtXY, XYtXY, q, nlevels)
+        return self
+
+    def _setup(self, zz, zxy, Z1tZr, ZrtZr, ZrtXY, XYtXY, q, nlevels) -> None:
         self.q = [int(v) for v in q]
         self.nlevels = [int(v) for v in nlevels]
         self.offsets = np.cumsum([0] + [lk * qk for lk, qk in zip(self.nlevels, self.q, strict=True)])
         self.nz = int(self.offsets[-1])
-        if Z.shape[1] != self.nz:
-            raise ValueError(f"Z has {Z.shape[1]} columns, the blocks {self.nz}")
-        self.m = len(xy_cols)
+        self.m = ZrtXY.shape[1]
         self.p = self.m - 1
         q1, l1 = self.q[0], self.nlevels[0]
         n1 = q1 * l1
         self.n1 = n1
         self.mz = self.nz - n1
+        if Z1tZr.shape != (n1, self.mz):
+            raise ValueError(f"Z_1'Z_r has shape {Z1tZr.shape}, the blocks ({n1}, {self.mz})")
         mz, nr = self.mz, self.nz - n1 + self.m
         self.nr = nr
-        ZT = Z.T.tocsr()
-        ZtZ = (ZT @ Z).toarray()
-        ZtXY = np.column_stack([ZT @ c for c in xy_cols])
         # first block: per-level Z_1j'Z_1j, (l1, q1, q1) for the batched LAPACK Cholesky
-        d = ZtZ[:n1, :n1].reshape(l1, q1, l1, q1)[np.arange(l1), :, np.arange(l1), :]
-        self._zz = np.ascontiguousarray(d)
+        self._zz = np.ascontiguousarray(np.moveaxis(zz, -1, 0))
         self._eye1 = np.eye(q1)
         # Z_1'[Z_r X y] with its rows reordered column-major within the block (row a l1 + j for level j,
         # column a): then lambda_1' acts on all levels by one GEMM of shape (q1, q1) x (q1, l1 nr), and
         # the rows' order does not matter to G'G
-        R = np.hstack([ZtZ[:n1, n1:], ZtXY[:n1]]).reshape(l1, q1, nr)
-        self._R = np.ascontiguousarray(R.transpose(1, 0, 2)).reshape(n1, nr)
-        self._ZrtZr = np.ascontiguousarray(ZtZ[n1:, n1:])
+        R = np.empty((q1, l1, nr))
+        R[:, :, :mz] = sp.csr_matrix(Z1tZr).toarray().reshape(l1, q1, mz).transpose(1, 0, 2)
+        R[:, :, mz:] = np.moveaxis(zxy, -1, 1)
+        self._R = R.reshape(n1, nr)
+        self._ZrtZr = np.ascontiguousarray(sp.csr_matrix(ZrtZr).toarray())
         # stored transposed, (m, mz), so that Lambda_r multiplies it from the right like Z_r'Z_r
-        self._XYtZr = np.ascontiguousarray(ZtXY[n1:].T)
+        self._XYtZr = np.ascontiguousarray(np.asarray(ZrtXY).T)
         self.XYtXY = np.array(XYtXY, dtype=float)
         self._offsets_r = self.offsets[1:] - n1
         # buffers reused across evaluations (no allocation of the large pieces per theta); the [X y]
