@@ -249,3 +249,25 @@ def test_singular_fit_on_dense_small_path():
     assert abs(small.loglik - ref.loglik) <= LOGLIK_REL * abs(ref.loglik)
     np.testing.assert_allclose(small.state.theta, ref.state.theta, atol=1e-5)
     assert small.singular == ref.singular
+
+
+@pytest.mark.parametrize("name", ["crossed_vector", "partially_crossed", "pastes_nested", "three_factors"])
+def test_solution_and_conditional_variances_equal_blocked_path(name):
+    """The factor the dense path hands to solve/condVar/Satterthwaite equals the blocked path's."""
+    df, formula = CASES[name]
+    model = memoe.lmm(formula, df)
+    small, ref = _problem(model, "dense_small"), _problem(model, "dense")
+    thetas = _thetas(model.design.theta_map)
+    for theta in [*thetas[1:3], thetas[-1]]:
+        fs, fr = small.factorize(theta), ref.factorize(theta)
+        for field in ("logdet_Z", "logdet_X", "pwrss"):
+            assert abs(getattr(fs, field) - getattr(fr, field)) <= ROUNDING * max(1.0, abs(getattr(fr, field)))
+        np.testing.assert_allclose(fs.Lr, fr.Lr, rtol=ROUNDING, atol=ROUNDING * np.abs(fr.Lr).max())
+        np.testing.assert_allclose(fs.G.toarray(), fr.G.toarray(), atol=ROUNDING * max(1.0, abs(fr.G).max()))
+        ss, sr = small.solve(theta, True), ref.solve(theta, True)
+        np.testing.assert_allclose(ss.beta, sr.beta, rtol=ROUNDING, atol=ROUNDING * np.abs(sr.beta).max())
+        for us, ur in zip(ss.b, sr.b, strict=True):
+            np.testing.assert_allclose(us, ur, atol=ROUNDING * max(1.0, np.abs(ur).max()))
+        np.testing.assert_allclose(ss.vcov_unscaled, sr.vcov_unscaled, rtol=1e-8)
+        for vs, vr in zip(small.conditional_variances(ss), ref.conditional_variances(sr), strict=True):
+            np.testing.assert_allclose(vs, vr, rtol=1e-8, atol=ROUNDING * np.abs(vr).max())

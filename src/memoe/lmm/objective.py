@@ -538,6 +538,12 @@ class PLSProblem:
 
     def _factorize(self, theta: np.ndarray) -> Factorization:
         """The factor of the (possibly scaled) columns the problem works on."""
+        if self.dense_small is not None:
+            lambdas = self.theta_map.lambdas(np.asarray(theta, dtype=float))
+            with blas_threads(self.blas_threads):
+                parts = self.dense_small.factor_parts(lambdas)
+            parts["logdet_Z"] -= self.log_weights
+            return Factorization(sparse=None, lambdas=lambdas, n_eff=self._n_eff, **parts)
         with blas_threads(self.blas_threads):
             lambdas, L, C, logdet_level, logdet_Z, c, info, sf = self._reduced(theta, keep=True)
             ok, logdet_Z, logdet_X, pwrss = self._finish(logdet_Z, c, info, sf)

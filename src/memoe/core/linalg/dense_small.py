@@ -242,7 +242,9 @@ class DenseSmall:
         try:
             L = np.linalg.cholesky(S1)
         except np.linalg.LinAlgError:
+            self._L = None
             return math.nan, self._M.T, 1
+        self._L = L
         with np.errstate(divide="ignore", invalid="ignore"):
             logdet_1 = 2.0 * float(np.log(np.diagonal(L, axis1=1, axis2=2)).sum())
         # G = blockdiag_j(L_j^-1 lambda_1') Z_1'[Z_r Lambda_r, X, y]: Lambda_r on the columns, lambda_1'
@@ -287,7 +289,9 @@ class DenseSmall:
         logdet_Z, logdet_X, pwrss : float
             ``log det(Lambda'Z'Z Lambda + I)``, ``log det(R_X'R_X)`` and the penalised RSS.
         """
-        logdet_1, c, info = self.factor(lambdas)
+        return self._summaries(*self.factor(lambdas))
+
+    def _summaries(self, logdet_1: float, c: np.ndarray, info: int) -> tuple[bool, float, float, float]:
         d = np.diagonal(c)
         if info != 0 or not math.isfinite(logdet_1) or not bool(np.all(np.isfinite(d))):
             return False, math.inf, math.inf, math.nan
@@ -298,3 +302,43 @@ class DenseSmall:
         logdet_X = 2.0 * float(logd[mz : mz + p].sum())
         pwrss = float(d[-1] ** 2)
         return math.isfinite(logdet_Z), logdet_Z, logdet_X, pwrss
+
+    def factor_parts(self, lambdas: list[np.ndarray]) -> dict:
+        """The blocked factor at ``lambdas`` in the layout of :class:`memoe.lmm.objective.Factorization`.
+
+        Parameters
+        ----------
+        lambdas : list of numpy.ndarray, each shape (q_k, q_k)
+
+        Returns
+        -------
+        dict
+            ``L1`` (l1, q1, q1), ``C`` (l1, q1, m), ``G`` (csr, (l1 q1, m_z)), ``Lr`` (lower factor of the
+            Schur complement, order m_z + m, NaN when it failed), ``logdet_level`` (l1,), ``logdet_Z``
+            (without prior-weight terms), ``logdet_X``, ``pwrss`` and ``ok``: the same factor the blocked
+            path computes (the first block is eliminated the same way), so every consumer of it
+            (solution, conditional variances, Satterthwaite) reads it unchanged.
+        """
+        logdet_1, c, info = self.factor(lambdas)
+        ok, logdet_Z, logdet_X, pwrss = self._summaries(logdet_1, c, info)
+        mz, q1, l1, nr = self.mz, self.q[0], self.nlevels[0], self.nr
+        if self._L is None:
+            L = np.full((l1, q1, q1), np.nan)
+            Bl = np.full((l1, q1, nr), np.nan)
+        else:
+            L = self._L
+            # back to level-major rows (level j, column a)
+            Bl = self._B.reshape(q1, l1, nr).transpose(1, 0, 2)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            logdet_level = 2.0 * np.log(np.diagonal(L, axis1=1, axis2=2)).sum(axis=1)
+        return {
+            "L1": L.copy(),
+            "C": np.ascontiguousarray(Bl[:, :, mz:]),
+            "G": sp.csr_matrix(Bl[:, :, :mz].reshape(l1 * q1, mz)),
+            "Lr": np.tril(c) if info == 0 else np.full(c.shape, np.nan),
+            "logdet_level": logdet_level,
+            "logdet_Z": logdet_Z,
+            "logdet_X": logdet_X,
+            "pwrss": pwrss,
+            "ok": ok,
+        }
