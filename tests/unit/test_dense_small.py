@@ -213,7 +213,16 @@ def _fit_with(model, schur: str, reml: bool):
     return model.fit(reml=reml, warn=False)
 
 
-@pytest.mark.parametrize("name", ["crossed_vector", "partially_crossed", "pastes_nested", "penicillin"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        # two fits of 9 thetas, one on the (slow, sparse) blocked path, plus a finite-difference Hessian
+        pytest.param("crossed_vector", marks=pytest.mark.slow),
+        pytest.param("partially_crossed", marks=pytest.mark.slow),
+        "pastes_nested",
+        "penicillin",
+    ],
+)
 @pytest.mark.parametrize("reml", [True, False])
 def test_fits_agree(name, reml):
     df, formula = CASES[name]
