@@ -3,12 +3,10 @@
 When all random effects together are few (a few hundred: kb07, Penicillin, Pastes), the blocked
 factorisation of :mod:`memoe.lmm.objective` spends its time in fixed per-evaluation overheads
 (scipy.sparse objects built per theta, sparse scatters), not in flops. Here everything that does
-not depend on theta is one dense symmetric matrix built once,
-
-    A = [Z X y]' [Z X y]        (order q + m, q = sum_k l_k q_k, m = p + 1),
-
-and each evaluation factors the bordered system of lme4's penalised least squares (Bates et al.
-2015, eqs. 18 and 31-34)::
+not depend on theta is dense and built once from the cross-products of ``[Z X y]`` (per-level
+``Z_1j'Z_1j``, ``Z_1'[Z_r X y]``, ``Z_r'Z_r``, ``Z_r'[X y]``, ``[X y]'[X y]``; ``Z_1`` the factor with the
+most levels, ``Z_r`` the others, ``m = p + 1``), and each evaluation factors the bordered system of
+lme4's penalised least squares (Bates et al. 2015, eqs. 18 and 31-34)::
 
     M = [ Lambda' Z'Z Lambda + I   Lambda' Z'[X y] ]
         [ [X y]' Z Lambda          [X y]'[X y]     ]
@@ -16,8 +14,8 @@ and each evaluation factors the bordered system of lme4's penalised least square
 with ``Lambda = blockdiag_k(I_{l_k} kron lambda_k)`` applied by small dense products (each block's
 columns reshaped to ``(rows * l_k, q_k)`` times ``lambda_k``). The first block (the factor with the
 most levels) is block diagonal, ``S_j = lambda_1' Z_1j'Z_1j lambda_1 + I``: it is factored level by
-level by one batched LAPACK call, ``G = blockdiag_j(L_j^-1
-lambda_1') Z_1'[Z_r Lambda_r, X, y]`` is formed densely, and LAPACK factors the Schur complement
+level by one batched LAPACK call, ``G = blockdiag_j(L_j^-1 lambda_1') Z_1'[Z_r Lambda_r, X, y]`` is
+formed densely, and LAPACK factors the Schur complement
 ``M_rr - G'G`` (``dsyrk`` + ``dpotrf``, order ``m_z + m``). The diagonals of the factors give
 ``log det(L_Z L_Z')``, ``log det(R_X' R_X)`` and the penalised RSS (the last diagonal entry squared),
 the quantities of the blocked path of :mod:`memoe.lmm.objective`, so the deviance agrees with it to
