@@ -64,6 +64,13 @@ def prefer_dense_small(n1: int, m_z: int, m: int, scalar_rest: bool) -> bool:
     Returns
     -------
     bool
+
+    Examples
+    --------
+    >>> prefer_dense_small(56 * 3, 32 * 3, 5, scalar_rest=False)  # kb07's maximal model
+    True
+    >>> prefer_dense_small(2972, 1151, 2, scalar_rest=True)  # InstEval: the blocked path
+    False
     """
     nr = m_z + m
     work = n1 * nr * nr + nr**3 / 3.0
