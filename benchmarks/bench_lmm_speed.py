@@ -9,6 +9,10 @@ Workloads (``lmm_workloads.py``, deterministic seeds):
 * ``movielens``: MovieLens-1M shape, ``y ~ 1 + (1 | user) + (1 | item)`` (about 1,000,000 ratings,
   6,040 x 3,706, log-normal degree skew).
 * ``crossed_1m``: 1,000,000 rows, 50,000 x 20,000 uniformly crossed levels (not in the default list).
+* group ``small`` (``--workloads small``): ``kb07`` (kb07 shape, 1,789 rows, ``(1 + spkr + prec | subj) +
+  (1 + spkr + prec | item)``), ``sleepstudy``, ``penicillin`` (crossed), ``pastes`` (nested). A fit takes
+  milliseconds, so both sides are timed as the median of ``--small-repeats`` fits after a warm-up fit,
+  wall clock *and* process CPU (on a shared machine the CPU time is the comparable figure).
 
 memoe: median wall and process-CPU seconds of ``--repeats`` fits in this process after a small warm-up fit
 of the same formula (first-call costs), the design alone, the number of evaluations, the path taken for the
@@ -37,7 +41,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from harness import have_r, machine_facts, run_r, save_results, timed
-from lmm_workloads import SIMULATORS
+from lmm_workloads import GROUPS, SIMULATORS
 
 DEFAULT = ("long_1m", "nested", "insteval3", "movielens")
 R_CODE = """
@@ -47,6 +51,48 @@ t <- system.time(fit <- lmer({formula}, data = df, REML = TRUE))[["elapsed"]]
 cat(jsonlite::toJSON(list(time = t, loglik = as.numeric(logLik(fit)), version = as.character(packageVersion("lme4"))),
     auto_unbox = TRUE, digits = NA), "\\n")
 """
+
+
+R_SMALL = """
+suppressMessages(library(lme4))
+for (v in {groups}) df[[v]] <- factor(df[[v]])
+fit <- lmer({formula}, data = df, REML = TRUE)
+w <- numeric(0); cpu <- numeric(0)
+for (i in seq_len({repeats})) {{
+  t <- system.time(fit <- lmer({formula}, data = df, REML = TRUE))
+  w <- c(w, t[["elapsed"]]); cpu <- c(cpu, t[["user.self"]] + t[["sys.self"]])
+}}
+cat(jsonlite::toJSON(list(time = median(w), cpu = median(cpu), feval = fit@optinfo$feval,
+    loglik = as.numeric(logLik(fit)), version = as.character(packageVersion("lme4"))),
+    auto_unbox = TRUE, digits = NA), "\\n")
+"""
+
+
+def bench_small(df, formula: str, repeats: int) -> dict:
+    """memoe on a small problem: median wall and process-CPU seconds of ``repeats`` fits after a warm-up."""
+    import statistics
+    import warnings
+
+    import memoe
+
+    walls, cpus = [], []
+    with warnings.catch_warnings():
+        # kb07's maximal model is a singular fit (as in lme4): the warning is not what is measured
+        warnings.simplefilter("ignore")
+        memoe.lmm(formula, df).fit()
+        for _ in range(repeats):
+            c0, t0 = time.process_time(), time.perf_counter()
+            fit = memoe.lmm(formula, df).fit()
+            walls.append(time.perf_counter() - t0)
+            cpus.append(time.process_time() - c0)
+    return {
+        "time": statistics.median(walls),
+        "cpu": statistics.median(cpus),
+        "feval": int(fit.opt.feval),
+        "loglik": float(fit.loglik),
+        "schur": fit.model.problem.path,
+        "mz": int(fit.model.problem.mz),
+    }
 
 
 def _groups(formula: str) -> list[str]:
@@ -222,6 +268,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workloads", default=",".join(DEFAULT))
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--small-repeats", type=int, default=10)
     ap.add_argument("--no-r", action="store_true")
     ap.add_argument("--no-mixedlm", action="store_true")
     ap.add_argument("--profile", action="store_true", help="memoe only: CPU and memory per stage")
@@ -232,7 +279,7 @@ def main() -> None:
     print(f"# {facts['date']}  {facts['cpu']}  {facts['cores']} cores  load {facts['load']:.1f}")
     rows = []
     if args.profile:
-        for name in args.workloads.split(","):
+        for name in [w for g in args.workloads.split(",") for w in GROUPS.get(g, (g,))]:
             df, formula = SIMULATORS[name]()
             prof = profile_stages(df, formula, args.repeats)
             print(f"{name}: process CPU per stage (ms, min of {args.repeats}); tracemalloc MiB before / after / peak")
@@ -243,9 +290,13 @@ def main() -> None:
         if args.json:
             save_results(args.json, {"machine": facts, "rows": rows})
         return
-    for name in args.workloads.split(","):
+    names = [w for g in args.workloads.split(",") for w in GROUPS.get(g, (g,))]
+    for name in names:
         df, formula = SIMULATORS[name]()
         row = {"workload": name, "rows": len(df), "formula": formula}
+        if name in GROUPS["small"]:
+            rows.append(_small_row(row, df, formula, args))
+            continue
         row["memoe"] = bench_memoe(df, formula, args.repeats)
         if args.no_r or not have_r():
             row["lme4"] = {"skipped": "--no-r" if args.no_r else "Rscript not found"}
@@ -268,6 +319,32 @@ def main() -> None:
         )
     if args.json:
         save_results(args.json, {"machine": facts, "rows": rows})
+
+
+def _small_row(row: dict, df, formula: str, args) -> dict:
+    """One ``small``-group workload: memoe and lme4 timed by repeated fits (wall and CPU)."""
+    row["load_before"] = os.getloadavg()[0]
+    row["memoe"] = me = bench_small(df, formula, args.small_repeats)
+    if args.no_r or not have_r():
+        row["lme4"] = r4 = {"skipped": "--no-r" if args.no_r else "Rscript not found"}
+    else:
+        groups = "c(" + ",".join(f'"{g}"' for g in _groups(formula)) + ")"
+        code = R_SMALL.format(groups=groups, formula=formula, repeats=args.small_repeats)
+        row["lme4"] = r4 = run_r(code, data=df, timeout=args.r_timeout)
+    row["load_after"] = os.getloadavg()[0]
+    if "cpu" in r4:
+        ratio = f"wall {r4['time'] / me['time']:.1f}x  cpu {r4['cpu'] / me['cpu']:.1f}x"
+        dll = f"{me['loglik'] - r4['loglik']:+.2e}"
+        lme4 = f"lme4 {r4['time'] * 1e3:.0f} ms wall {r4['cpu'] * 1e3:.0f} ms cpu ({r4['feval']} evals)"
+    else:
+        ratio, dll, lme4 = r4.get("skipped", ""), "-", "lme4 -"
+    print(
+        f"{row['workload']:10s} n={row['rows']:>6,d} memoe {me['time'] * 1e3:.0f} ms wall {me['cpu'] * 1e3:.0f} ms cpu "
+        f"({me['feval']} evals, {me['schur']})  {lme4}  lme4/memoe {ratio}  logLik memoe-lme4 {dll}  "
+        f"load {row['load_before']:.1f}/{row['load_after']:.1f}",
+        flush=True,
+    )
+    return row
 
 
 if __name__ == "__main__":

@@ -5,7 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-__all__ = ["SIMULATORS", "crossed_large", "insteval3", "long", "movielens", "nested"]
+__all__ = [
+    "GROUPS", "SIMULATORS", "crossed_large", "insteval3", "kb07", "long", "movielens", "nested", "pastes",
+    "penicillin", "sleepstudy",
+]
 
 
 def _degrees(rng: np.random.Generator, n_levels: int, total: int, minimum: int, sigma: float) -> np.ndarray:
@@ -87,6 +90,51 @@ def long(seed: int = 5, N: int = 100_000, visits: int = 10) -> tuple[pd.DataFram
     return pd.DataFrame({"y": y, "t": t, "x": x, "id": idx}), "y ~ t + x + (t | id)"
 
 
+def kb07(seed: int = 7) -> tuple[pd.DataFrame, str]:
+    """kb07 shape (Kronmueller & Barr 2007): 1,789 of 56 subjects x 32 items, three 2-level factors,
+    the "maximal" ``(1 + spkr + prec | subj) + (1 + spkr + prec | item)`` (264 random effects)."""
+    rng = np.random.default_rng(seed)
+    subj, item = np.repeat(np.arange(56), 32), np.tile(np.arange(32), 56)
+    keep = np.sort(rng.permutation(len(subj))[:1789])
+    subj, item = subj[keep], item[keep]
+    spkr = np.where((item + subj) % 2 == 0, "new", "old")
+    prec = np.where((item // 2 + subj) % 2 == 0, "break", "maintain")
+    load = np.where((item // 4 + subj) % 2 == 0, "yes", "no")
+    Ls = np.linalg.cholesky(np.array([[1, 0.3, 0.2], [0.3, 0.5, 0.1], [0.2, 0.1, 0.4]])) * 300
+    Li = np.linalg.cholesky(np.array([[1, 0.4, 0.3], [0.4, 0.6, 0.2], [0.3, 0.2, 0.5]])) * 400
+    bs, bi = rng.standard_normal((56, 3)) @ Ls.T, rng.standard_normal((32, 3)) @ Li.T
+    X = np.c_[np.ones(len(subj)), spkr == "old", prec == "maintain"]
+    y = (2000 + 150 * X[:, 1] - 300 * X[:, 2] + 50 * (load == "yes") + (X * bs[subj]).sum(1)
+         + (X * bi[item]).sum(1) + rng.normal(0, 700, len(subj)))
+    df = pd.DataFrame({"rt_trunc": y.round(1), "spkr": spkr, "prec": prec, "load": load,
+                       "subj": [f"S{v}" for v in subj], "item": [f"I{v}" for v in item]})
+    return df, "rt_trunc ~ spkr + prec + load + (1 + spkr + prec | subj) + (1 + spkr + prec | item)"
+
+
+def _dataset(name: str) -> pd.DataFrame:
+    import memoe
+
+    return memoe.datasets.load(name)
+
+
+def sleepstudy() -> tuple[pd.DataFrame, str]:
+    """lme4's sleepstudy (180 rows, 18 subjects): one grouping factor, vector random effects."""
+    return _dataset("sleepstudy"), "Reaction ~ Days + (Days | Subject)"
+
+
+def penicillin() -> tuple[pd.DataFrame, str]:
+    """lme4's Penicillin (144 rows): fully crossed 24 plates x 6 samples."""
+    return _dataset("Penicillin"), "diameter ~ 1 + (1 | plate) + (1 | sample)"
+
+
+def pastes() -> tuple[pd.DataFrame, str]:
+    """lme4's Pastes (60 rows): 30 casks nested in 10 batches, ``(1 | batch/cask)``."""
+    return _dataset("Pastes"), "strength ~ 1 + (1 | batch/cask)"
+
+
+# named groups of workloads for ``--workloads``
+GROUPS = {"small": ("kb07", "sleepstudy", "penicillin", "pastes")}
+
 SIMULATORS = {
     "movielens": movielens,
     "insteval3": insteval3,
@@ -94,4 +142,8 @@ SIMULATORS = {
     "nested": nested,
     "long_1m": long,
     "long_10m": lambda: long(N=1_000_000),
+    "kb07": kb07,
+    "sleepstudy": sleepstudy,
+    "penicillin": penicillin,
+    "pastes": pastes,
 }

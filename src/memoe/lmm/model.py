@@ -308,7 +308,8 @@ class LMM:
         f0 = opt.fmin if opt is not None and np.array_equal(theta, opt.x) else None
         if control.check_threads >= 2:
             f = self._stencil_prefetch(f, theta, lower)
-        grad, hess = finite_difference_derivatives(f, theta, lower, f0=f0)
+        # the Hessian only feeds the checks here: one evaluation per off-diagonal pair (see its docstring)
+        grad, hess = finite_difference_derivatives(f, theta, lower, f0=f0, mixed="forward")
         # parameters on the boundary are not expected to have a zero gradient
         free = ~((lower == 0) & (theta < control.singular_tol))
         return check_convergence(grad, hess, free, grad_tol=control.grad_tol)
@@ -316,7 +317,7 @@ class LMM:
     def _stencil_prefetch(self, f, theta: np.ndarray, lower: np.ndarray):
         """``f`` with the finite-difference stencil around ``theta`` evaluated beforehand on two threads.
 
-        The derivative check's 2k + k(k - 1) evaluations are independent; with one grouping factor each
+        The derivative check's 2k + k(k - 1) / 2 evaluations are independent; with one grouping factor each
         is a pass over the per-level statistics in NumPy kernels that release the GIL, and ``deviance``
         keeps no state between calls, so this thread and one worker evaluate them side by side (12 evaluations for
         ``(t | id)``: ~20% of a 10^5-subject fit). The values are the serial ones; a point outside the
@@ -341,7 +342,8 @@ class LMM:
             for j in range(i):
                 e = np.zeros(k)
                 e[i] = e[j] = h
-                points += [theta + e] if forward[i] or forward[j] else [theta + e, theta - e]
+                # the check's Hessian differences the pairs forward (finite_difference_derivatives(mixed="forward"))
+                points.append(theta + e)
         # one worker thread takes every other point while this thread evaluates the rest: a second new
         # thread would add its own malloc arena and temporaries (~4 MiB each at 10^5 levels) for no gain
         with ThreadPoolExecutor(max_workers=1) as pool:

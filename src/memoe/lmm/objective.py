@@ -30,7 +30,8 @@ from scipy.sparse.csgraph import connected_components
 from memoe.core.covariance import ThetaMap
 from memoe.core.design.scaling import LinearScaling
 from memoe.core.linalg.batched import batched_backward_solve_t, batched_forward_solve
-from memoe.core.linalg.crossed import RestSchur
+from memoe.core.linalg.crossed import MAX_PATTERN_NNZ, RestSchur
+from memoe.core.linalg.dense_small import DenseSmall, prefer_dense_small
 from memoe.core.linalg.matrix_free import MatrixFreeSchur, matrix_free_preferred
 from memoe.core.linalg.soa import (
     soa_backward_solve_t,
@@ -64,7 +65,7 @@ MAX_SPARSE_REST = 65_000
 # Order of the dense Schur complement from which BLAS keeps its own thread count.
 AUTO_DENSE_THREADS = 2000
 # Paths of the Schur complement of the later factors (PLSProblem(schur=...), FitControl.solver).
-SCHUR_PATHS = ("auto", "dense", "sparse", "matrix-free")
+SCHUR_PATHS = ("auto", "dense", "sparse", "matrix-free", "dense_small")
 # Bytes of per-level statistics and temporaries processed together, so that they stay in the
 # L2/L3 cache (for q1 = 2, p = 3 that is ~13,000 levels; 8,192 to 16,384 measured best).
 LEVEL_CHUNK_BYTES = 2**21
@@ -252,6 +253,7 @@ class PLSProblem:
             raise MemoeError(f"schur must be one of {', '.join(map(repr, SCHUR_PATHS))}, got {schur!r}")
         self.schur_request = schur
         self.sparse: SparseSchur | MatrixFreeSchur | None = None
+        self.dense_small: DenseSmall | None = None
         self.weights: np.ndarray | None = None
         self.scaling = scaling
         # lme4's ldW = sum(log w) of prior weights: the deviance subtracts it (y, X, Z are the working
@@ -346,8 +348,18 @@ class PLSProblem:
         ZrtXY = np.column_stack([ZrT @ c for c in xy_cols])
         del Z1s, Zr, ZrT
         self._q1 = q1
+        # small designs: the PLS system dense (memoe.core.linalg.dense_small); the blocked path below
+        # then only serves factorize/solve, so its precomputed map is skipped (max_nnz=0)
+        self._small_args = (q1 * nlevels[0], self.mz, self.m, all(qk == 1 for qk in self.q[1:]))
+        want_small = self.schur_request == "dense_small" or (
+            self.schur_request == "auto" and prefer_dense_small(*self._small_args))
+        if want_small:
+            check_memory(8.0 * (q1 * nlevels[0] + 4 * self.mz + 8) * (self.mz + self.m), "the dense small-problem path")
+            self.dense_small = DenseSmall.from_blocks(
+                self._zz, self._zxy, self.Z1tZr, ZrtZr, ZrtXY, self.XYtXY, self.q, nlevels)
         self.rest = RestSchur(
-            self.Z1tZr, ZrtZr, ZrtXY, nlevels[0], q1, self.q[1:], self.nlevels[1:]
+            self.Z1tZr, ZrtZr, ZrtXY, nlevels[0], q1, self.q[1:], self.nlevels[1:],
+            **({"max_nnz": 0} if want_small else {}),
         )
         self.Z1tZr = self.rest.Z1tZr
         self._choose_schur()
@@ -377,8 +389,8 @@ class PLSProblem:
         """
         mz = self.mz
         want = self.schur_request
-        if want == "dense":
-            return
+        if want == "dense" or self.dense_small is not None:
+            return  # dense_small evaluates the deviance; the blocked dense path serves factorize / solve
         if want == "sparse":
             self.sparse = SparseSchur(self.rest)
             return
@@ -407,9 +419,11 @@ class PLSProblem:
 
     @property
     def solver(self) -> str:
-        """The path of the Schur complement: "none" (one factor), "dense", "sparse" or "matrix-free"."""
+        """The path of the Schur complement: "none" (one factor), "dense_small", "dense", "sparse" or "matrix-free"."""
         if self.mz == 0:
             return "none"
+        if self.dense_small is not None:
+            return "dense_small"
         if self.sparse is None:
             return "dense"
         return "matrix-free" if isinstance(self.sparse, MatrixFreeSchur) else "sparse"
@@ -423,6 +437,18 @@ class PLSProblem:
             return
         if schur == "dense" and self.mz > MAX_DENSE_REST:
             raise MemoeError(self._dense_limit_message())
+        rest = self.rest
+        if schur == "dense_small" or (schur == "auto" and self._small_args is not None and prefer_dense_small(
+                *self._small_args)):
+            if self.dense_small is None:
+                check_memory(8.0 * (self._q1 * self.nlevels[0] + 4 * self.mz + 8) * (self.mz + self.m),
+                             "the dense small-problem path")
+                self.dense_small = DenseSmall.from_blocks(self._zz, self._zxy, rest.Z1tZr, rest.ZrtZr, rest.ZrtXY,
+                                                          self.XYtXY, self.q, self.nlevels)
+        else:
+            self.dense_small = None
+            if rest._max_nnz == 0:  # built for dense_small without the entry map: the blocked paths want it
+                rest._max_nnz, rest._built = MAX_PATTERN_NNZ, False
         self.schur_request = schur
         self.sparse = None
         self._buffer = None
@@ -608,6 +634,12 @@ class PLSProblem:
 
     def _factorize(self, theta: np.ndarray) -> Factorization:
         """The factor of the (possibly scaled) columns the problem works on."""
+        if self.dense_small is not None:
+            lambdas = self.theta_map.lambdas(np.asarray(theta, dtype=float))
+            with blas_threads(self.blas_threads):
+                parts = self.dense_small.factor_parts(lambdas)
+            parts["logdet_Z"] -= self.log_weights
+            return Factorization(sparse=None, lambdas=lambdas, n_eff=self._n_eff, **parts)
         with blas_threads(self.blas_threads):
             lambdas, L, C, logdet_level, logdet_Z, c, info, sf = self._reduced(theta, keep=True)
             ok, logdet_Z, logdet_X, pwrss = self._finish(logdet_Z, c, info, sf)
@@ -643,6 +675,8 @@ class PLSProblem:
 
     def deviance(self, theta: np.ndarray, reml: bool) -> float:
         """The objective: -2 log-likelihood (ML) or REML criterion at ``theta``."""
+        if self.dense_small is not None:
+            return self._deviance_small(theta, reml)
         with blas_threads(self.blas_threads):
             *_, logdet_Z, c, info, sf = self._reduced(theta, keep=False)
         ok, logdet_Z, logdet_X, pwrss = self._finish(logdet_Z, c, info, sf)
@@ -861,6 +895,24 @@ class PLSProblem:
         if f is None:
             return np.inf, np.full(np.shape(theta), np.nan)
         return f.deviance, self.ml_derivatives(f).gradient
+
+    def _deviance_small(self, theta: np.ndarray, reml: bool) -> float:
+        """:meth:`deviance` on the dense small path (same pieces, same formula)."""
+        with blas_threads(self.blas_threads):
+            ok, logdet_Z, logdet_X, pwrss = self.dense_small.pieces(self.theta_map.lambdas(np.asarray(theta, float)))
+        if not ok:
+            return np.inf
+        dev = profiled_deviance(logdet_Z - self.log_weights, logdet_X, pwrss, self._n_eff, self.p, reml)
+        if self.scaling is not None:
+            dev += self.scaling.deviance_shift(self._n_eff, self.p, reml)
+        return dev
+
+    @property
+    def path(self) -> str:
+        """How the deviance is factored: "one factor", "dense_small", "dense" or "sparse" (Schur complement)."""
+        if not self.multi:
+            return "one factor"
+        return "dense_small" if self.dense_small is not None else ("sparse" if self.sparse is not None else "dense")
 
     # ------------------------------------------------------------------ solution
     def solve(self, theta: np.ndarray, reml: bool) -> PLSSolution:

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from memoe.errors import ArgumentError
+
 __all__ = ["ConvergenceReport", "check_convergence", "finite_difference_derivatives"]
 
 
@@ -17,6 +19,7 @@ def finite_difference_derivatives(
     lower: np.ndarray,
     delta: float = 1e-4,
     f0: float | None = None,
+    mixed: str = "central",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Central-difference gradient and Hessian (one-sided at a lower bound), as lme4's deriv12.
 
@@ -26,15 +29,41 @@ def finite_difference_derivatives(
     x : numpy.ndarray, shape (k,)
     lower : numpy.ndarray, shape (k,)
     delta : float
-        Step.
+        Step ``h``.
     f0 : float, optional
         ``fun(x)`` when already known (saves one evaluation).
+    mixed : {"central", "forward"}
+        How the off-diagonal entries are differenced. "central" (two evaluations per pair,
+        ``f(x + h e_i + h e_j)`` and ``f(x - h e_i - h e_j)``, error O(h^2)) for Hessians that feed
+        standard errors; "forward" (one evaluation per pair, ``(f_{++} - f_{i+} - f_{j+} + f_0) / h^2``,
+        error ``h (f_iij + f_ijj) / 2``) for convergence checks: with h = 1e-4 the rounding error of any
+        second difference, about ``4 eps |f| / h^2`` (0.3 for a deviance of 3e4), is usually larger than
+        that truncation error, so the checks see the same matrix.
 
     Returns
     -------
     gradient : numpy.ndarray, shape (k,)
     hessian : numpy.ndarray, shape (k, k)
+
+    Notes
+    -----
+    Evaluations: ``2k`` for the gradient and diagonal (the same points as lme4's ``deriv12``), then
+    ``k (k - 1)`` ("central") or ``k (k - 1) / 2`` ("forward") for the off-diagonal entries. lme4's
+    ``deriv12`` takes ``2k + 2k (k - 1)`` (four points per pair): 288 for k = 12 against 156 and 90.
+
+    R equivalent
+    ------------
+    ``lme4:::deriv12(fun, x, delta = 1e-4, fx = f0, lower = lower)`` (lme4's ``calc.derivs``).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> g, H = finite_difference_derivatives(lambda t: float(t @ t), np.array([1.0, 2.0]), np.zeros(2), mixed="forward")
+    >>> np.round(g, 6).tolist(), np.round(H, 4).tolist()
+    ([2.0, 4.0], [[2.0, 0.0], [0.0, 2.0]])
     """
+    if mixed not in ("central", "forward"):
+        raise ArgumentError(f"mixed must be 'central' or 'forward', got {mixed!r}")
     x = np.asarray(x, dtype=float)
     k = len(x)
     if f0 is None:
@@ -62,7 +91,7 @@ def finite_difference_derivatives(
             ei = np.zeros(k)
             ej = np.zeros(k)
             ei[i], ej[j] = h[i], h[j]
-            if forward[i] or forward[j]:
+            if forward[i] or forward[j] or mixed == "forward":
                 fij = fun(x + ei + ej)
                 hij = (fij - fp[i] - fp[j] + f0) / (h[i] * h[j])
             else:
