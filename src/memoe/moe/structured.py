@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from memoe.core.linalg.batched import (
+    batched_backward_solve_t,
     batched_cholesky,
     batched_forward_solve,
     batched_logdet_chol,
@@ -257,7 +258,7 @@ class StructuredExpert:
 
     def _loglik_x(self, x: np.ndarray, beta: np.ndarray, sigma: float) -> np.ndarray:
         s2 = sigma**2
-        out = np.empty(self.N)
+        out = np.zeros(self.N)  # a subject without rows (prediction histories) contributes nothing
         for k, (_, Lc, ld) in enumerate(self._factors(x)):
             e = batched_forward_solve(Lc, self._resid(k, beta)[:, :, None])[:, :, 0]
             n = e.shape[1]
@@ -284,10 +285,10 @@ class StructuredExpert:
         s2 = sigma**2
         lam = self._lam(x)
         N, p, q = self.N, self.p, self.q
-        ll = np.empty(N)
-        gb = np.empty((N, p))
+        ll = np.zeros(N)
+        gb = np.zeros((N, p))
         gG = np.zeros((N, q, q))
-        gs = np.empty(N)
+        gs = np.zeros(N)
         for k, (W, Lc, ld) in enumerate(self._factors(x)):
             g = self._groups[k]
             r = self._resid(k, beta)
@@ -341,10 +342,22 @@ class StructuredExpert:
         out = np.zeros((self.N, self.q))
         for k, (_, Lc, _) in enumerate(self._factors(x)):
             e = batched_forward_solve(Lc, self._resid(k, beta)[:, :, None])
-            from memoe.core.linalg.batched import batched_backward_solve_t
-
             a = batched_backward_solve_t(Lc, e)[:, :, 0] / s2
             out[self._groups[k]] = np.einsum("gnq,gn->gq", self._Z[k], a) @ G.T
+        return out
+
+    def blup_condsd(self, theta: ExpertParams) -> np.ndarray:
+        """Conditional SDs ``sqrt(diag(G - G Z_i' V_i^-1 Z_i G))`` of the random effects, shape (N, q)."""
+        if not self.q:
+            return np.zeros((self.N, 0))
+        x = self.x_of(theta)
+        G = theta.L @ theta.L.T
+        s2 = float(theta.sigma) ** 2
+        out = np.zeros((self.N, self.q))
+        for k, (_, Lc, _) in enumerate(self._factors(x)):
+            T = batched_forward_solve(Lc, np.ascontiguousarray(self._Z[k] @ G))  # L^-1 Z G
+            var = np.diag(G)[None, :] - np.einsum("gnq,gnq->gq", T, T) / s2
+            out[self._groups[k]] = np.sqrt(np.clip(var, 0.0, None))
         return out
 
     # ------------------------------------------------------------------ M-step
@@ -606,3 +619,63 @@ def structure_table(fit) -> pd.DataFrame:
         rows[f"expert {k + 1}"] = vals
     idx = pd.MultiIndex.from_tuples(list(st.natural_labels), names=["part", "term"])
     return pd.DataFrame(rows, index=idx)
+
+
+class _NewRowsVariance:
+    """The fit's bound variance function evaluated on the rows of new data (strata matched to the fit's)."""
+
+    needs_fitted = False
+
+    def __init__(self, bound, frame: pd.DataFrame) -> None:
+        self.bound = bound
+        self.frame = frame
+        self.size = bound.size
+        self.names = bound.names
+        # every row its own stratum: no shared-pattern shortcut on prediction histories
+        self.strata = np.arange(len(frame))
+
+    def ratios(self, u: np.ndarray) -> np.ndarray:
+        return np.asarray(self.bound.ratios_for(u, self.frame), dtype=float)
+
+
+def history_expert(fit, frame: pd.DataFrame, y, X, Z, codes, N: int, seen: np.ndarray) -> StructuredExpert:
+    """The fit's structured expert on the observed rows ``seen`` of new data (prediction from a history).
+
+    The correlation structure is bound to the new subjects' rows (positions, times, distances); the
+    variance function keeps the fit's strata and parameters (``ratios_for``).
+
+    Raises
+    ------
+    DataError
+        A correlation structure whose dimension on the new data differs from the fit's (e.g. ``Symm``
+        over visit labels the fit did not have).
+    """
+    from memoe.marginal.layout import make_layout
+    from memoe.marginal.problem import MarginalProblem
+    from memoe.moe.data import subject_stats
+
+    model = fit.model
+    old = model.problem.expert
+    rows = np.flatnonzero(seen)
+    sub = frame.iloc[rows].reset_index(drop=True)
+    c = np.asarray(codes)[rows]
+    layout = make_layout(c, pd.RangeIndex(N), model.mdesign.group)
+    cor = None
+    if model.correlation is not None:
+        cor = model.correlation.bind(layout, sub)
+        if cor.size != old.bound_cor.size:
+            raise DataError(
+                f"the correlation structure {model.correlation!r} has {cor.size} parameters on the new data and "
+                f"{old.bound_cor.size} in the fit (visit labels or positions the fit did not have); predict these "
+                "subjects at population level (re_form=None)"
+            )
+    var = None if model.weights is None else _NewRowsVariance(old.bound_var, sub)
+    q = Z.shape[1]
+    P = MarginalProblem(
+        np.asarray(y)[rows], np.asarray(X)[rows], layout, Z=np.asarray(Z)[rows] if q else None,
+        theta_map=old.tmap if q else None, cor=cor, var=var,
+    )
+    stats = subject_stats(np.asarray(y)[rows], np.asarray(X)[rows], np.asarray(Z)[rows], c, N)
+    ex = StructuredExpert(P, stats, old.control, old.x0_extra)
+    ex.bound_cor, ex.bound_var = cor, var
+    return ex
