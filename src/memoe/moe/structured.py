@@ -54,6 +54,8 @@ __all__ = [
 LOG_2PI = math.log(2.0 * math.pi)
 # relative step of the central differences of the per-subject log-likelihood in the structures' parameters
 _FD_STEP = 2e-5
+# an M-step with at least this many evaluations is a whole fit (K = 1): it restarts BOBYQA at the optimum
+_PRECISE_MAXEVAL = 10_000
 
 
 # ---------------------------------------------------------------------------------------------- containers
@@ -226,6 +228,41 @@ class StructuredExpert:
         self._groups = [b.groups for b in lay.buckets]
         self._eye = [np.eye(b.n)[None] for b in lay.buckets]
         self.x0_extra = np.zeros(self.n_extra) if x0_extra is None else np.asarray(x0_extra, dtype=float)
+        self._patterns = [self._find_patterns(k) for k in range(len(lay.buckets))]
+        self._weighted_T: tuple | None = None  # (weights, per-bucket per-pattern weighted Gram matrices)
+
+    def _find_patterns(self, k: int):
+        """Subjects of bucket k whose W_i is the same function of the parameters: ``(rep, inv)`` or None.
+
+        W_i depends on the parameters only through Z_i, the correlation structure's inputs (lags,
+        times, distances) and the variance strata of the subject's rows -- the key of
+        :meth:`MarginalProblem._find_patterns`. Discrete-visit designs have few patterns however many
+        subjects there are: W, its Cholesky factor and inverse are then computed once per pattern and
+        gathered, and the M-step's normal equations come from per-pattern weighted Gram matrices.
+        """
+        P = self.P
+        b = P.layout.buckets[k]
+        G = b.size
+        parts = []
+        if self.q:
+            parts.append(self._Z[k].reshape(G, -1))
+        if P.cor is not None:
+            aux = np.asarray(P.cor.aux[k])
+            if aux.shape[0] == G and G > 1:
+                parts.append(aux.reshape(G, -1).astype(float))
+            elif aux.shape[0] != 1:
+                return None
+        if P.var is not None:
+            parts.append(np.asarray(P.var.strata)[b.rows].astype(float))
+        if not parts:
+            return np.zeros(1, dtype=np.intp), np.zeros(G, dtype=np.intp)
+        key = np.hstack(parts)
+        if not np.all(np.isfinite(key)):
+            return None
+        _, rep, inv = np.unique(key, axis=0, return_index=True, return_inverse=True)
+        if len(rep) * 2 > G:
+            return None  # mostly distinct subjects (continuous times): the per-subject path
+        return rep, inv.reshape(-1)
 
     # ------------------------------------------------------------------ parameter maps
     def x_of(self, theta: ExpertParams) -> np.ndarray:
@@ -238,14 +275,49 @@ class StructuredExpert:
     def _lam(self, x: np.ndarray) -> np.ndarray:
         return self.tmap.lambdas(x[: self.n_theta])[0] if self.q else np.zeros((0, 0))
 
-    def _factors(self, x: np.ndarray):
-        """Per bucket: W_i, their Cholesky factors and log-determinants (None where some W_i is not PD)."""
-        out = []
-        for W in self.P.covariances(x):
+    def _split(self, x: np.ndarray):
+        theta, u, v = self.P.split(x)
+        return self._lam(x), u, self.P.ratios(v)
+
+    def _W(self, k: int, sel, lam: np.ndarray, u: np.ndarray, s_all: np.ndarray) -> np.ndarray:
+        """Relative covariances ``W_i = S_i C_i S_i + Z_i Lambda Lambda' Z_i'`` of the groups ``sel`` of bucket
+        k, from the bound structures (the formulas of :meth:`MarginalProblem.covariances`)."""
+        P = self.P
+        b = P.layout.buckets[k]
+        s = s_all[b.rows[sel]]
+        if P.cor is None:
+            C = self._eye[k]
+        else:
+            aux = np.asarray(P.cor.aux[k])
+            C = P.cor.structure.correlation(u, aux if aux.shape[0] == 1 else aux[sel], P.cor.m)
+        W = s[:, :, None] * C * s[:, None, :]
+        if self.q:
+            ZL = self._Z[k][sel] @ lam
+            W = W + ZL @ np.swapaxes(ZL, 1, 2)
+        return W
+
+    def _bucket(self, x_parts, k: int, gather: bool = True):
+        """Bucket k's ``(W, Cholesky factor, log det)``: per pattern (``gather=False``, with the pattern
+        index) or per subject."""
+        lam, u, s_all = x_parts
+        pat = self._patterns[k]
+        if pat is None:
+            W = self._W(k, slice(None), lam, u, s_all)
             Lc = batched_cholesky(W)
-            ld = batched_logdet_chol(Lc)
-            out.append((W, Lc, ld))
-        return out
+            return W, Lc, batched_logdet_chol(Lc), None
+        rep, inv = pat
+        W = self._W(k, rep, lam, u, s_all)
+        Lc = batched_cholesky(W)
+        ld = batched_logdet_chol(Lc)
+        if not gather:
+            return W, Lc, ld, inv
+        return W[inv], Lc[inv], ld[inv], None
+
+    def _factors(self, x: np.ndarray):
+        """Per bucket: W_i, their Cholesky factors and log-determinants of every subject (NaN log-determinant
+        where some W_i is not positive definite)."""
+        parts = self._split(x)
+        return [self._bucket(parts, k)[:3] for k in range(len(self._XY))]
 
     def _resid(self, k: int, beta: np.ndarray) -> np.ndarray:
         XY = self._XY[k]
@@ -259,11 +331,22 @@ class StructuredExpert:
     def _loglik_x(self, x: np.ndarray, beta: np.ndarray, sigma: float) -> np.ndarray:
         s2 = sigma**2
         out = np.zeros(self.N)  # a subject without rows (prediction histories) contributes nothing
-        for k, (_, Lc, ld) in enumerate(self._factors(x)):
-            e = batched_forward_solve(Lc, self._resid(k, beta)[:, :, None])[:, :, 0]
-            n = e.shape[1]
+        parts = self._split(x)
+        for k in range(len(self._XY)):
+            W, Lc, ld, inv = self._bucket(parts, k, gather=False)
+            r = self._resid(k, beta)
+            n = r.shape[1]
             with np.errstate(invalid="ignore"):
-                out[self._groups[k]] = -0.5 * (n * (LOG_2PI + math.log(s2)) + ld + np.einsum("gn,gn->g", e, e) / s2)
+                if inv is None:
+                    e = batched_forward_solve(Lc, r[:, :, None])[:, :, 0]
+                    quad = np.einsum("gn,gn->g", e, e)
+                else:
+                    # one inverse per pattern, gathered: r_i' W_u^-1 r_i
+                    Linv = batched_forward_solve(Lc, np.ascontiguousarray(np.broadcast_to(self._eye[k], W.shape)))
+                    Winv = np.swapaxes(Linv, 1, 2) @ Linv
+                    quad = np.einsum("ga,gab,gb->g", r, Winv[inv], r)
+                    ld = ld[inv]
+                out[self._groups[k]] = -0.5 * (n * (LOG_2PI + math.log(s2)) + ld + quad / s2)
         # a W_i that is not positive definite (NaN pivots) has no likelihood
         out[~np.isfinite(out)] = -np.inf
         return out
@@ -365,12 +448,53 @@ class StructuredExpert:
         """``-2 sum_i w_i l_i`` with beta and sigma^2 profiled out (see class Notes); +inf if undefined."""
         return self._profile(x, w)[0]
 
+    def _pattern_stats(self, w: np.ndarray) -> list:
+        """Per bucket with patterns: weighted Gram matrices ``T_u = sum_{i in u} w_i [X y]_i [X y]_i'`` (U, n, kk,
+        n, kk) and pattern weights ``sum_{i in u} w_i``; cached for the weights of the current M-step."""
+        if self._weighted_T is not None and self._weighted_T[0] is w:
+            return self._weighted_T[1]
+        kk = self.p + 1
+        out = []
+        for k, pat in enumerate(self._patterns):
+            if pat is None:
+                out.append(None)
+                continue
+            rep, inv = pat
+            XY = self._XY[k]
+            G, n, _ = XY.shape
+            U = len(rep)
+            if U * (n * kk) ** 2 > 2**23:
+                out.append(None)  # the statistics would exceed 64 MiB: per-subject whitening
+                continue
+            wk = w[self._groups[k]]
+            flat = XY.reshape(G, n * kk)
+            T = np.empty((U, n * kk, n * kk))
+            for j in range(U):  # a loop over patterns (few by construction), not subjects
+                m = inv == j
+                T[j] = (flat[m] * wk[m, None]).T @ flat[m]
+            out.append((T.reshape(U, n, kk, n, kk), np.bincount(inv, weights=wk, minlength=U)))
+        self._weighted_T = (w, out)
+        return out
+
     def _profile(self, x: np.ndarray, w: np.ndarray):
         kk = self.p + 1
         A = np.zeros((kk, kk))
         logdet = 0.0
-        for k, (_, Lc, ld) in enumerate(self._factors(x)):
+        parts = self._split(x)
+        stats = self._pattern_stats(w)
+        for k in range(len(self._XY)):
             wk = w[self._groups[k]]
+            if stats[k] is not None:
+                T, wsum = stats[k]
+                W, Lc, ld, _ = self._bucket(parts, k, gather=False)
+                if not np.all(np.isfinite(ld[wsum > 0])):
+                    return np.inf, None
+                Linv = batched_forward_solve(Lc, np.ascontiguousarray(np.broadcast_to(self._eye[k], W.shape)))
+                Winv = np.swapaxes(Linv, 1, 2) @ Linv
+                A += np.einsum("uab,uajbk->jk", Winv, T)
+                logdet += float(wsum[wsum > 0] @ ld[wsum > 0])
+                continue
+            _, Lc, ld, _ = self._bucket(parts, k)
             if not np.all(np.isfinite(ld[wk > 0])):
                 return np.inf, None
             M = batched_forward_solve(Lc, self._XY[k]) * np.sqrt(wk)[:, None, None]
@@ -419,16 +543,27 @@ class StructuredExpert:
         f0 = self.weighted_deviance(x0, w)
         if not np.isfinite(f0):
             x0 = np.concatenate([x0[: self.n_theta], self.x0_extra])
-        opt = minimize_bounded(
-            lambda x: self.weighted_deviance(x, w),
-            x0,
-            self.lower_bounds(),
-            ftol_abs=ctl.ftol_abs,
-            xtol_abs=ctl.xtol_abs,
-            maxeval=max(int(ctl.maxeval), 2 * len(x0) + 2),
-            initial_step=step,
-        )
-        x = opt.x if np.isfinite(opt.fmin) and opt.fmin <= f0 else x0
+            f0 = self.weighted_deviance(x0, w)
+        lower = self.lower_bounds()
+
+        def f(x: np.ndarray) -> float:
+            return self.weighted_deviance(x, w)
+
+        def run(x: np.ndarray, initial_step):
+            return minimize_bounded(
+                f, x, lower, ftol_abs=ctl.ftol_abs, xtol_abs=ctl.xtol_abs,
+                maxeval=max(int(ctl.maxeval), 2 * len(x) + 2), initial_step=initial_step,
+            )
+
+        # memoe.lme's steps (proportional to the parameters) when the EM has no step size to offer
+        opt = run(x0, step if step is not None else np.maximum(0.2 * np.abs(x0), 0.02))
+        x, fx = (opt.x, opt.fmin) if np.isfinite(opt.fmin) and opt.fmin <= f0 else (x0, f0)
+        if ctl.maxeval >= _PRECISE_MAXEVAL and x.size:
+            # a whole fit in one M-step (K = 1): restart from the optimum, as memoe.lme does, against BOBYQA
+            # stopping on a poorly conditioned interpolation model
+            opt2 = run(x, np.maximum(0.02 * np.abs(x), 0.002))
+            if np.isfinite(opt2.fmin) and opt2.fmin <= fx:
+                x = opt2.x
         beta, sigma = self.profiled(x, w)
         lam = self._lam(x)
         return StructuredExpertParams(beta=beta, L=sigma * lam, sigma=sigma, extra=x[self.n_theta :].copy())
