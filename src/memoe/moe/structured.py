@@ -276,7 +276,7 @@ class StructuredExpert:
         return self.tmap.lambdas(x[: self.n_theta])[0] if self.q else np.zeros((0, 0))
 
     def _split(self, x: np.ndarray):
-        theta, u, v = self.P.split(x)
+        _theta, u, v = self.P.split(x)
         return self._lam(x), u, self.P.ratios(v)
 
     def _W(self, k: int, sel, lam: np.ndarray, u: np.ndarray, s_all: np.ndarray) -> np.ndarray:

@@ -124,7 +124,7 @@ def test_k1_equals_lme_ml(one_class, correlation, weights):
 
     def natural(x):
         sol = P.solve(x, False)
-        theta, u, v = P.split(x)
+        _theta, u, v = P.split(x)
         parts = [sol.beta, [sol.sigma]]
         if P.cor is not None:
             parts.append(P.cor.natural(u).to_numpy())
@@ -206,7 +206,7 @@ def two_class():
 
 
 def test_two_classes_recover_phi_and_ratio(two_class):
-    df, z, fit = two_class
+    _df, z, fit = two_class
     se = fit.inference.standard_errors()
     truth = {("cor", 1, "Phi"): 0.2, ("cor", 2, "Phi"): 0.7, ("var", 1, "late"): 1.0, ("var", 2, "late"): 2.0}
     for key, value in truth.items():
