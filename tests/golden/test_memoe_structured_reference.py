@@ -28,7 +28,8 @@ from tests.conftest import reference, reference_data
 OVARY = "follicles ~ np.sin(2*np.pi*Time) + np.cos(2*np.pi*Time)"
 CASES = {
     "memoe_struct_ovary_lme_ar1_ml": (OVARY + " + (1 | Mare)", {"correlation": AR1()}),
-    "memoe_struct_ovary_lme_ar1_varexp_ml": (OVARY + " + (1 | Mare)", {"correlation": AR1(), "weights": VarExp("Time")}),
+    "memoe_struct_ovary_lme_ar1_varexp_ml": (
+        OVARY + " + (1 | Mare)", {"correlation": AR1(), "weights": VarExp("Time")}),
     "memoe_struct_bodyweight_lme_car1_varident_ml": (
         "weight ~ Time * Diet + (Time | Rat)", {"correlation": CAR1("Time"), "weights": VarIdent("Diet")}),
     "memoe_struct_orthodont_lme_varident_ml": ("distance ~ age * Sex + (1 | Subject)", {"weights": VarIdent("Sex")}),

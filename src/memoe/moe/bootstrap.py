@@ -267,6 +267,11 @@ def _check_nested(small, large) -> None:
             f"fit_small is a {type(ms).__name__} and fit_large a {type(ml).__name__}: the bootstrap LRT compares "
             "the same kind of mixture with different numbers of experts"
         )
+    if getattr(ms, "structured", False) or getattr(ml, "structured", False):  # issue 12 hook
+        raise ModelComparisonError(
+            "bootstrap_lrt does not simulate from experts with residual structures (correlation= / weights=) "
+            "yet; compare such fits by memoe.compare (BIC, ICL)"
+        )
     what = {"formula": (ms.formula, ml.formula), "mixture": (ms.mixture, ml.mixture)}
     if small.k > 1:
         what.update(gating=(ms.gating, ml.gating), random_cov=(ms.random_cov, ml.random_cov),

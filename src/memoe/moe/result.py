@@ -508,6 +508,13 @@ class MEMoEResult(FitResult):
                 f"{what}() decomposes Gaussian variances; this MEMoE has {self.family_name} experts (no residual "
                 "variance on the response scale)"
             )
+        if getattr(self.model, "weights", None) is not None:
+            # the residual variance sigma_k^2 s_ij^2 differs by row under a variance function
+            raise MemoeError(
+                f"{what}() takes one residual variance per expert; this MEMoE's experts have the variance function "
+                f"weights={self.model.weights!r} (residual SD sigma_k * s_ij, varying by row); refit without weights= "
+                "for the decomposition"
+            )
 
     def _corr_pair(self, term: str) -> str:
         """``"a:b"`` -> ``"a.b"`` for two random-effect column names (which may contain ``:``)."""

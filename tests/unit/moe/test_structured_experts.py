@@ -287,3 +287,26 @@ def test_structured_params_permute_keeps_extra():
     np.testing.assert_array_equal(q.extra, [[0.9], [0.1]])
     assert q.replace(sigma=np.array([2.0, 2.0])).extra is q.extra
     assert p.distance(q) > 0
+
+
+def test_compare_and_bootstrap_with_structures(two_class):
+    df, _, fit2 = two_class
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit1 = memoe.MEMoE(FORMULA, gating="~ w1", k=1, data=df, correlation=AR1(), weights=VarIdent("visit")).fit(
+            n_starts=1, seed=1, progress=False
+        )
+        table = memoe.compare(fit1, fit2)
+    assert fit2.npar == fit1.npar * 2 + 2  # one gate (intercept, w1) plus a second expert
+    assert "BIC" in str(table)
+    # the bootstrap would refit without the structures: refused until it simulates from them
+    with pytest.raises(memoe.errors.ModelComparisonError, match="residual structures"):
+        memoe.bootstrap_lrt(fit1, fit2, nsim=2, seed=1)
+
+
+def test_variance_decomposition_refused_under_a_variance_function(two_class):
+    _, _, fit = two_class
+    with pytest.raises(MemoeError, match="weights="):
+        fit.icc()
+    with pytest.raises(MemoeError, match="weights="):
+        fit.r2()
