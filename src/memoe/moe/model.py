@@ -95,6 +95,16 @@ class MEMoE:
     laplace : bool
         Run Gaussian experts through the generic Laplace-EM machinery (exact for a Gaussian response,
         the same estimates as the default path, slower; for checking). Implied by a non-Gaussian family.
+    correlation : memoe.marginal correlation structure, optional
+        nlme's residual correlation within a subject (``AR1()``, ``CAR1("time")``, ``ARMA(p, q)``,
+        ``CompSymm()``, ``Symm()``, spatial ``Exp("time")``, ...), with its own parameters in every expert
+        (class-specific ``Phi_k``). Its group must be None or the subject factor.
+    weights : memoe.marginal variance function, optional
+        nlme's residual variance function (``VarIdent("visit")``, ``VarPower("time")``, ``VarExp``,
+        ``VarConstPower``, ``VarFixed``, ``VarComb``), class-specific SD ratios. Functions of the fitted
+        values are refused (they depend on the latent class). With ``correlation`` / ``weights`` each expert
+        is ``y_i ~ N(X_i beta_k, Z_i G_k Z_i' + sigma_k^2 S_ik C_ik S_ik)`` (memoe.lme's marginal
+        likelihood; :mod:`memoe.moe.structured`); Gaussian, class-specific experts only.
 
     Notes
     -----
@@ -126,6 +136,13 @@ class MEMoE:
                           family="binomial").fit(n_starts=20, seed=1)
         fit.ranef[2]["id"]          # conditional modes if the subject belongs to expert 2
         fit.predict(type="response")
+
+    Class-specific AR(1) serial correlation and SD ratios by visit (R: ``nlme::lme`` per expert)::
+
+        from memoe.marginal import AR1, VarIdent
+        fit = memoe.MEMoE("y ~ time + x + (time | id)", gating="~ w1 + w2", k=3, data=df,
+                          correlation=AR1(), weights=VarIdent("visit")).fit(n_starts=10, seed=1)
+        fit.params.filter(like="cor[")      # Phi of every expert
     """
 
     def __init__(
