@@ -443,6 +443,39 @@ class StructuredExpert:
             out[self._groups[k]] = np.sqrt(np.clip(var, 0.0, None))
         return out
 
+    def simulate_residuals(self, params: MoEParams, z: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Residuals ``e_i ~ N(0, sigma_k^2 S_ik C_ik S_ik)`` of every row, subject i drawn in class ``z[i]``.
+
+        Parameters
+        ----------
+        params : StructuredParams
+        z : numpy.ndarray of int, shape (N,)
+            0-based class of every subject.
+        rng : numpy.random.Generator
+
+        Returns
+        -------
+        numpy.ndarray, shape (n,)
+            In the rows' order (the model frame's), batched per bucket and class.
+        """
+        out = np.zeros(len(self.P.y))
+        lay = self.P.layout
+        for k in range(params.beta.shape[0]):
+            th = StructuredExpertParams(beta=params.beta[k], L=params.L[k], sigma=float(params.sigma[k]),
+                                        extra=params.extra[k])
+            x = self.x_of(th)
+            _, u, s_all = self._split(x)
+            no_random = np.zeros((self.q, self.q))  # the residual part S C S only
+            for j, b in enumerate(lay.buckets):
+                sel = np.flatnonzero(z[b.groups] == k)
+                if not sel.size:
+                    continue
+                R = self._W(j, sel, no_random, u, s_all)
+                Lc = batched_cholesky(R)
+                e = np.einsum("gab,gb->ga", Lc, rng.standard_normal((sel.size, b.n)))
+                out[b.rows[sel].ravel()] = (float(params.sigma[k]) * e).ravel()
+        return out
+
     # ------------------------------------------------------------------ M-step
     def weighted_deviance(self, x: np.ndarray, w: np.ndarray) -> float:
         """``-2 sum_i w_i l_i`` with beta and sigma^2 profiled out (see class Notes); +inf if undefined."""

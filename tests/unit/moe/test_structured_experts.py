@@ -289,6 +289,7 @@ def test_structured_params_permute_keeps_extra():
     assert p.distance(q) > 0
 
 
+@pytest.mark.slow
 def test_compare_and_bootstrap_with_structures(two_class):
     df, _, fit2 = two_class
     with warnings.catch_warnings():
@@ -299,9 +300,40 @@ def test_compare_and_bootstrap_with_structures(two_class):
         table = memoe.compare(fit1, fit2)
     assert fit2.npar == fit1.npar * 2 + 2  # one gate (intercept, w1) plus a second expert
     assert "BIC" in str(table)
-    # the bootstrap would refit without the structures: refused until it simulates from them
+    # the bootstrap simulates from the structured experts and refits with the same structures
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        boot = memoe.bootstrap_lrt(fit1, fit2, nsim=2, seed=1, n_starts=1, n_jobs=1, progress=False)
+    assert np.isfinite(boot.statistic)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        plain = memoe.MEMoE(FORMULA, gating="~ w1", k=2, data=df).fit(n_starts=1, seed=1, se=False, progress=False)
     with pytest.raises(memoe.errors.ModelComparisonError, match="residual structures"):
-        memoe.bootstrap_lrt(fit1, fit2, nsim=2, seed=1)
+        memoe.bootstrap_lrt(fit1, plain, nsim=2)
+
+
+def test_simulated_residuals_follow_the_structure(two_class):
+    """Residuals drawn by simulate_residuals have each class's AR(1) correlation and SD ratio."""
+    _, _, fit = two_class
+    ex = fit.model.problem.expert
+    rng = np.random.default_rng(5)
+    z = np.repeat([0, 1], ex.N // 2 + 1)[: ex.N]
+    draws = np.array([ex.simulate_residuals(fit.estimates, z, rng) for _ in range(200)])  # (200, n)
+    md = fit.model.mdesign
+    t = md.data["time"].to_numpy()
+    cls = z[md.codes]
+    for k in (0, 1):
+        phi = float(fit.model.structure.natural_values(fit.estimates, k)[0])
+        ratio = float(fit.model.structure.natural_values(fit.estimates, k)[1])
+        sigma = float(fit.estimates.sigma[k])
+        early = draws[:, (cls == k) & (t == 0)]
+        late = draws[:, (cls == k) & (t == 5)]
+        # 200 draws x ~150 subjects: SDs within a few percent
+        assert np.std(early) == pytest.approx(sigma, rel=0.03)
+        assert np.std(late) == pytest.approx(sigma * ratio, rel=0.03)
+        a = draws[:, (cls == k) & (t == 1)].ravel()
+        b = draws[:, (cls == k) & (t == 2)].ravel()
+        assert np.corrcoef(a, b)[0, 1] == pytest.approx(phi, abs=0.03)
 
 
 def test_variance_decomposition_refused_under_a_variance_function(two_class):
@@ -310,3 +342,14 @@ def test_variance_decomposition_refused_under_a_variance_function(two_class):
         fit.icc()
     with pytest.raises(MemoeError, match="weights="):
         fit.r2()
+
+
+@pytest.mark.parametrize("correlation", [AR1(), CompSymm(), AR1(visit="time")], ids=repr)
+def test_regression_experts_k1_equal_gls_ml(one_class, correlation):
+    """No random effects (memoe.MoE): one expert is nlme's gls by ML with the same structures."""
+    fit = memoe.MoE("y ~ time + x", gating=None, k=1, data=one_class, group="id", correlation=correlation,
+                    weights=VarIdent("visit")).fit(n_starts=1, se=False, progress=False)
+    kw = {"visit": correlation.visit} if getattr(correlation, "visit", None) else {}
+    ref = memoe.gls("y ~ time + x", one_class, correlation=type(correlation)(group="id", **kw),
+                    weights=VarIdent("visit")).fit(method="ML")
+    assert abs(fit.loglik - ref.loglik) < 1e-8
