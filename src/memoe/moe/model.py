@@ -521,6 +521,15 @@ def _check_start(start, model: MEMoE) -> None:
             raise ArgumentError(f"start.{name} has non-finite values")
     if np.any(np.asarray(start.sigma) <= 0):
         raise ArgumentError(f"start.sigma must be positive, got {np.asarray(start.sigma).tolist()}")
+    extra = getattr(start, "extra", None)
+    if getattr(model, "structured", False) and extra is not None:
+        # residual-structure parameters (unconstrained scale), one row per expert
+        want = (st.K, st.n_extra)
+        if np.shape(extra) != want or not np.all(np.isfinite(np.asarray(extra, dtype=float))):
+            raise ArgumentError(
+                f"start.extra must be finite with shape {want} (per expert: {', '.join(st.extra_names)}), got "
+                f"shape {np.shape(extra)}"
+            )
 
 
 def _check_previous(previous, model: MEMoE) -> None:

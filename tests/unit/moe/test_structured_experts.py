@@ -353,3 +353,15 @@ def test_regression_experts_k1_equal_gls_ml(one_class, correlation):
     ref = memoe.gls("y ~ time + x", one_class, correlation=type(correlation)(group="id", **kw),
                     weights=VarIdent("visit")).fit(method="ML")
     assert abs(fit.loglik - ref.loglik) < 1e-8
+
+
+def test_user_start_is_checked_and_used(two_class):
+    df, _, fit = two_class
+    m = memoe.MEMoE(FORMULA, gating="~ w1", k=2, data=df, correlation=AR1(), weights=VarIdent("visit"))
+    bad = fit.estimates.replace(extra=np.zeros((2, 5)))
+    with pytest.raises(ArgumentError, match=r"start\.extra"):
+        m.fit(n_starts=1, start=bad, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        again = m.fit(n_starts=1, seed=2, start=fit.estimates, se=False, progress=False)
+    assert again.loglik == pytest.approx(fit.loglik, abs=1e-6)
