@@ -206,6 +206,20 @@ class StructuredExpert:
     ||e_i||^2 / sum_i w_i n_i`` are closed form (nlme's profiling with subject weights), and BOBYQA
     minimises the profiled ``-2 sum_i w_i l_i = sum_i w_i log|W_i| + n_w (1 + log(2 pi rss_w / n_w))``
     over ``x``. With unit weights this is ``memoe.lme(..., method="ML")``'s objective.
+
+    R equivalent
+    ------------
+    Per expert, ``nlme::lme(fixed, random, correlation, weights, method = "ML")`` with every subject's
+    likelihood weighted by its posterior probability (R has no mixture of such experts).
+
+    Examples
+    --------
+    >>> import memoe
+    >>> from memoe.marginal import AR1
+    >>> df, _ = memoe.simulate.memoe_data(60, k=2, seed=3)
+    >>> m = memoe.MEMoE("y ~ time + x + (time | id)", gating="~ w1 + w2", k=2, data=df, correlation=AR1())
+    >>> type(m.problem.expert).__name__
+    'StructuredExpert'
     """
 
     joint = False
