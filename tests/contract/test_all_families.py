@@ -35,7 +35,7 @@ from memoe.core.result import COEF_COLUMNS, GLANCE_COLUMNS, TIDY_COLUMNS, FitRes
 from memoe.core.summary import Summary
 from memoe.errors import MemoeError
 from memoe.glmm.families import get_family
-from memoe.marginal import AR1
+from memoe.marginal import AR1, VarExp
 
 EXACT = 1e-10
 PARAMS_RTOL = 1e-8
@@ -185,6 +185,18 @@ FAMILIES: dict[str, Family] = {
         data=_sim2_small,
         response="y",
         # a gating covariate and the subject id: rows the expert formula never sees
+        covariates=("w1", "id"),
+    ),
+    # class-specific residual structures (issue 12): a variance exponential in time per expert (interior
+    # estimates on these data, whose serial correlation is nil: an AR(1) would sit on its boundary 0)
+    "memoe_varexp": Family(
+        fit=lambda d: memoe.MEMoE("y ~ time + x + (1 | id)", gating="~ w1", k=2, data=d, weights=VarExp("time")).fit(
+            n_starts=2, seed=1, progress=False
+        ),
+        nested=lambda d: memoe.MEMoE("y ~ time + x + (1 | id)", gating=None, k=2, data=d,
+                                     weights=VarExp("time")).fit(n_starts=2, seed=1, progress=False),
+        data=_sim2_small,
+        response="y",
         covariates=("w1", "id"),
     ),
     "moe": Family(

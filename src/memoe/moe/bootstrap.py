@@ -71,6 +71,8 @@ def _spec(model, k: int | None = None, formula: str | None = None) -> _Spec:
     }
     if type(model).__name__ == "MoE" or "|" not in model.formula:
         options["group"] = model.mdesign.group
+    if getattr(model, "structured", False):  # residual structures (plain dataclasses: picklable)
+        options.update(correlation=model.correlation, weights=model.weights)
     return _Spec(type(model).__name__, formula or model.formula, model.gating, model.k if k is None else k, options)
 
 
@@ -98,6 +100,9 @@ class _Design:
         from types import SimpleNamespace
 
         self.mdesign = SimpleNamespace(design=SimpleNamespace(X=task.X), Z=task.Z, W=task.W, codes=task.codes)
+        if "correlation" in task.small.options or "weights" in task.small.options:
+            # structured experts simulate their residuals from the structures bound to the data (one build)
+            self.problem = task.small.build(task.data).problem
 
 
 def _one(task: _Task, design: _Design, ss: np.random.SeedSequence) -> tuple[float, float]:
@@ -266,6 +271,14 @@ def _check_nested(small, large) -> None:
         raise ModelComparisonError(
             f"fit_small is a {type(ms).__name__} and fit_large a {type(ml).__name__}: the bootstrap LRT compares "
             "the same kind of mixture with different numbers of experts"
+        )
+    if (getattr(ms, "correlation", None), getattr(ms, "weights", None)) != (
+        getattr(ml, "correlation", None), getattr(ml, "weights", None)
+    ):
+        raise ModelComparisonError(
+            f"fit_small and fit_large differ in their residual structures (correlation={ms.correlation!r}, "
+            f"weights={ms.weights!r} and correlation={ml.correlation!r}, weights={ml.weights!r}): the bootstrap "
+            "LRT tests only the number of experts; fit both with the same structures"
         )
     what = {"formula": (ms.formula, ml.formula), "mixture": (ms.mixture, ml.mixture)}
     if small.k > 1:

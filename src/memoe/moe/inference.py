@@ -37,6 +37,8 @@ def natural_names(st: Structure, fixef: list[str], z_names: list[str], gate: lis
         rows += [("corr", k + 1, f"{z_names[j]}:{z_names[i]}") for i, j in off]
         if st.dispersion:  # binomial / Poisson experts have no residual SD
             rows += [("sigma", k + 1, "Residual")]
+        if hasattr(st, "natural_rows"):  # class-specific residual structures (memoe.moe.structured)
+            rows += st.natural_rows(k)
     return pd.MultiIndex.from_tuples(rows, names=["part", "expert", "term"])
 
 
@@ -51,6 +53,8 @@ def natural_values(st: Structure, params: MoEParams) -> np.ndarray:
         out += [params.beta[k], sd, np.asarray(corr, dtype=float)]
         if st.dispersion:
             out.append(np.array([params.sigma[k]]))
+        if hasattr(st, "natural_values"):
+            out.append(st.natural_values(params, k))
     return np.concatenate(out)
 
 

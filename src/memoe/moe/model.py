@@ -45,6 +45,7 @@ from memoe.moe.params import MoEParams, check_start
 from memoe.moe.problem import MoEProblem
 from memoe.moe.result import MEMoEResult
 from memoe.moe.structure import COV_OPTIONS, SIGMA_OPTIONS, Structure
+from memoe.moe.structured import StructuredProblem, StructuredStructure, build_structured_expert, structure_labels
 
 __all__ = ["DegenerateExpertWarning", "MEMoE", "MoE"]
 
@@ -95,6 +96,16 @@ class MEMoE:
     laplace : bool
         Run Gaussian experts through the generic Laplace-EM machinery (exact for a Gaussian response,
         the same estimates as the default path, slower; for checking). Implied by a non-Gaussian family.
+    correlation : memoe.marginal correlation structure, optional
+        nlme's residual correlation within a subject (``AR1()``, ``CAR1("time")``, ``ARMA(p, q)``,
+        ``CompSymm()``, ``Symm()``, spatial ``Exp("time")``, ...), with its own parameters in every expert
+        (class-specific ``Phi_k``). Its group must be None or the subject factor.
+    weights : memoe.marginal variance function, optional
+        nlme's residual variance function (``VarIdent("visit")``, ``VarPower("time")``, ``VarExp``,
+        ``VarConstPower``, ``VarFixed``, ``VarComb``), class-specific SD ratios. Functions of the fitted
+        values are refused (they depend on the latent class). With ``correlation`` / ``weights`` each expert
+        is ``y_i ~ N(X_i beta_k, Z_i G_k Z_i' + sigma_k^2 S_ik C_ik S_ik)`` (memoe.lme's marginal
+        likelihood; :mod:`memoe.moe.structured`); Gaussian, class-specific experts only.
 
     Notes
     -----
@@ -126,6 +137,13 @@ class MEMoE:
                           family="binomial").fit(n_starts=20, seed=1)
         fit.ranef[2]["id"]          # conditional modes if the subject belongs to expert 2
         fit.predict(type="response")
+
+    Class-specific AR(1) serial correlation and SD ratios by visit (R: ``nlme::lme`` per expert)::
+
+        from memoe.marginal import AR1, VarIdent
+        fit = memoe.MEMoE("y ~ time + x + (time | id)", gating="~ w1 + w2", k=3, data=df,
+                          correlation=AR1(), weights=VarIdent("visit")).fit(n_starts=10, seed=1)
+        fit.params.filter(like="cor[")      # Phi of every expert
     """
 
     def __new__(cls, formula=None, gating=None, k=2, data=None, *args, **kwargs):
@@ -153,6 +171,8 @@ class MEMoE:
         contrasts: dict[str, str] | None = None,
         family=None,
         laplace: bool = False,
+        correlation=None,
+        weights=None,
     ) -> None:
         formula = check_str(formula, "formula", "y ~ time + (time | id)")
         if gating is not None:
@@ -176,6 +196,11 @@ class MEMoE:
             )
         self.response_family: Family | None = resolve_family(family)
         self.laplace = laplace or self.response_family is not None
+        # class-specific residual structures (memoe.moe.structured): the marginal path of Gaussian experts
+        self.correlation, self.weights = correlation, weights
+        self.structured = correlation is not None or weights is not None
+        if self.structured:
+            _check_structured_options(self.laplace, k, mixture, random_cov, sigma)
         self.nAGQ = 1
         if mstep is not None and not isinstance(mstep, MStepControl):
             raise ArgumentTypeError(
@@ -213,6 +238,15 @@ class MEMoE:
         if mstep is None and self.k == 1:
             # one expert: the M-step is the whole ML fit, so use the LMM's own tight tolerances
             mstep = MStepControl(maxeval=100_000, ftol_abs=1e-12, xtol_abs=1e-10)
+        if self.structured:
+            expert = build_structured_expert(md, correlation, weights, mstep)
+            names, labels, natural = structure_labels(expert)
+            self.structure = StructuredStructure(
+                **{f.name: getattr(self.structure, f.name) for f in dataclasses.fields(Structure)},
+                extra_names=names, natural_labels=labels, natural_extra=natural,
+            )
+            self.problem = StructuredProblem(md.W, expert, self.structure)
+            return
         if self.laplace:
             expert = _laplace_expert(md, self.response_family, mstep)
         else:
@@ -429,6 +463,21 @@ def _laplace_expert(md: MoEDesign, family: Family | None, mstep: MStepControl | 
     else:
         y, wt, ntrials = family.prepare(y, np.ones(n), None, md.design.spec.response)
     return LaplaceExpert(y, md.design.X, md.Z, md.codes, md.N, family, md.stats, wt, ntrials, control=mstep)
+
+
+def _check_structured_options(laplace: bool, k: int, mixture, random_cov: str, sigma: str) -> None:
+    """Residual structures are class-specific Gaussian experts: refuse the options they do not combine with."""
+    if laplace:
+        raise ArgumentError(
+            "correlation= / weights= (residual structures) are defined for Gaussian experts only (the marginal "
+            "path); drop family= / laplace=True, or drop the residual structure"
+        )
+    if k > 1 and (mixture is not None or random_cov != "class" or sigma != "class"):
+        raise ArgumentError(
+            "correlation= / weights= give every expert its own residual structure; they combine only with "
+            f"class-specific experts (mixture=None, random_cov='class', sigma='class'), got mixture={mixture!r}, "
+            f"random_cov={random_cov!r}, sigma={sigma!r}"
+        )
 
 
 def _decrease_tolerance(trace: list[float]) -> float:

@@ -82,3 +82,13 @@ def check_start(start, st) -> None:
             raise ArgumentError(f"start.{name} has non-finite values")
     if np.any(np.asarray(start.sigma) <= 0):
         raise ArgumentError(f"start.sigma must be positive, got {np.asarray(start.sigma).tolist()}")
+    extra = getattr(start, "extra", None)
+    n_extra = getattr(st, "n_extra", 0)
+    if n_extra and extra is not None:
+        # residual-structure parameters of structured experts (unconstrained scale), one row per expert
+        want_extra = (st.K, n_extra)
+        if np.shape(extra) != want_extra or not np.all(np.isfinite(np.asarray(extra, dtype=float))):
+            raise ArgumentError(
+                f"start.extra must be finite with shape {want_extra} (per expert: {', '.join(st.extra_names)}), "
+                f"got shape {np.shape(extra)}"
+            )

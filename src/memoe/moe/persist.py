@@ -30,6 +30,11 @@ from memoe.core.persist.formula_check import check_formula
 from memoe.core.persist.frames import decode_frame, decode_index, encode_frame, encode_index
 from memoe.core.persist.registry import register_codec
 from memoe.glmm.families import get_family
+from memoe.marginal.correlation import CorStruct
+from memoe.marginal.persist import _check_structure_fields, decode_structure, encode_structure
+from memoe.marginal.varcomb import VarComb
+from memoe.marginal.varfunc import VarFunc
+from memoe.marginal.variance import VarIdent
 from memoe.moe.em import EMRun
 from memoe.moe.experts import MStepControl
 from memoe.moe.laplace import check_nagq
@@ -37,6 +42,7 @@ from memoe.moe.model import MEMoE, MoE
 from memoe.moe.multistart import MultiStartResult
 from memoe.moe.params import MoEParams
 from memoe.moe.result import MEMoEResult
+from memoe.moe.structured import StructuredParams
 
 __all__ = ["MODEL_CLASSES", "check_memoe", "decode_memoe", "encode_memoe"]
 
@@ -49,7 +55,9 @@ def _used_data(model: MEMoE) -> pd.DataFrame:
     md = model.mdesign
     spec = md.design.spec
     subject = list(spec.random[0].group_factors) if spec.random else [md.group]
-    used = {*md.design.frame.data.columns, *md.gating_vars, *subject}
+    # the residual structures' columns (visit, time, variance covariate) too
+    structures = [s for s in (getattr(model, "correlation", None), getattr(model, "weights", None)) if s is not None]
+    used = {*md.design.frame.data.columns, *md.gating_vars, *subject, *(c for s in structures for c in s.columns())}
     return md.data[[c for c in md.data.columns if c in used]]
 
 
@@ -84,6 +92,8 @@ def encode_memoe(fit: MEMoEResult, arrays: dict[str, np.ndarray]) -> dict:
     for name in _PARAMS:
         arrays[f"fit.params.{name}"] = np.asarray(getattr(fit.estimates, name), dtype=float)
     arrays["fit.trace"] = np.asarray(fit.trace, dtype=float)
+    if getattr(model, "structured", False):
+        arrays["fit.params.extra"] = np.asarray(fit.estimates.extra, dtype=float)
     return {
         "model": {
             "class": type(model).__name__,
@@ -114,6 +124,9 @@ def encode_memoe(fit: MEMoEResult, arrays: dict[str, np.ndarray]) -> dict:
             "specific": plain(model.structure.specific),
             "fixef_names": list(md.fixef_names),
             "gating_names": list(md.gating_names),
+            # class-specific residual structures, saved as data (memoe.marginal.persist's records)
+            "correlation": encode_structure(getattr(model, "correlation", None), "correlation structure"),
+            "weights": encode_structure(getattr(model, "weights", None), "variance function"),
         },
         "fit": {
             "loglik": float(fit.loglik),
@@ -148,6 +161,16 @@ def _rebuild_model(m: dict, arrays: dict[str, np.ndarray]) -> MEMoE:
         kwargs["family"] = get_family(m["family"], m.get("link"))
     if m.get("laplace"):
         kwargs["laplace"] = True
+    correlation = decode_structure(m.get("correlation"), "correlation structure")
+    if correlation is not None and not isinstance(correlation, CorStruct):
+        raise PersistenceError(f"the saved correlation structure {correlation!r} is not a correlation structure")
+    weights = decode_structure(m.get("weights"), "variance function")
+    if weights is not None and not isinstance(weights, VarIdent | VarFunc | VarComb):
+        raise PersistenceError(f"the saved variance function {weights!r} is not a variance function")
+    if correlation is not None:
+        kwargs["correlation"] = correlation
+    if weights is not None:
+        kwargs["weights"] = weights
     model = cls(m["formula"], m["gating"], m["k"], data, **kwargs)
     if model.laplace:
         model.problem.expert.nAGQ = check_nagq(int(m.get("nAGQ", 1)), model.structure.q)
@@ -179,6 +202,9 @@ def check_memoe(meta: dict) -> None:
         value = m.get(option)
         if value is not None and not isinstance(value, str):
             raise PersistenceError(f"the saved {m['class']} option {option} is a {type(value).__name__}")
+    for key, what in (("correlation", "correlation structure"), ("weights", "variance function")):
+        if m.get(key) is not None:
+            _check_structure_fields(m[key], columns, what)
     nagq = m.get("nAGQ", 1)
     if isinstance(nagq, bool) or not isinstance(nagq, int):
         raise PersistenceError(f"the saved {m['class']} nAGQ is not an integer: {nagq!r}")
@@ -193,6 +219,11 @@ def decode_memoe(meta: dict, arrays: dict[str, np.ndarray]) -> MEMoEResult:
     m, f = meta["model"], meta["fit"]
     model = _rebuild_model(m, arrays)
     params = MoEParams(**{name: arrays[f"fit.params.{name}"] for name in _PARAMS})
+    if getattr(model, "structured", False):
+        if "fit.params.extra" not in arrays:
+            raise PersistenceError("the saved MEMoE has residual structures but no structure parameters")
+        params = StructuredParams(**{name: getattr(params, name) for name in _PARAMS},
+                                  extra=np.asarray(arrays["fit.params.extra"], dtype=float))
     estep = model.problem.e_step(params)
     # the result reads the selected run and the start record; the saved parameters are already in
     # canonical order, so the identity order maps the saved (1-based) empty experts back unchanged

@@ -29,6 +29,7 @@ from memoe.moe.experts import GaussianExpert
 from memoe.moe.gating import gate_log_probs
 from memoe.moe.kernels import congruence, logsumexp_rows
 from memoe.moe.laplace import LaplaceExpert
+from memoe.moe.structured import history_expert
 
 __all__ = ["fit_blup_condsd", "fit_blups", "fitted_memoe", "predict_memoe"]
 
@@ -75,6 +76,9 @@ def fit_blups(fit) -> list[np.ndarray]:
     """
     if _nongaussian(fit):
         return list(fit.model.problem.expert.modes(fit.estimates))
+    if getattr(fit.model, "structured", False):  # BLUPs under each expert's residual structure
+        problem = fit.model.problem
+        return [problem.expert.blup(problem.expert_params(fit.estimates, k)) for k in range(fit.k)]
     md = fit.model.mdesign
     expert = GaussianExpert(md.stats, None, None)
     problem = fit.model.problem
@@ -92,6 +96,9 @@ def fit_blup_condsd(fit) -> list[np.ndarray]:
     """
     if _nongaussian(fit):
         return list(fit.model.problem.expert.conditional_sd(fit.estimates))
+    if getattr(fit.model, "structured", False):
+        problem = fit.model.problem
+        return [problem.expert.blup_condsd(problem.expert_params(fit.estimates, k)) for k in range(fit.k)]
     st = fit.model.mdesign.stats
     idx = np.arange(st.q)
     out = []
@@ -121,15 +128,18 @@ def fitted_memoe(fit, type: str = "response") -> pd.Series:
     return pd.Series(pred, index=md.data.index, name="predicted")
 
 
-def _history(fit, y, X, Z, codes, N, seen, log_gate):
+def _history(fit, y, X, Z, codes, N, seen, log_gate, data=None):
     """Posterior ``tau`` (N, K) and per-expert random effects (list of (N, q)) of new subjects given their
     observed rows ``seen``; subjects without history get zeros (their tau is replaced by the caller)."""
     params = fit.estimates
     K = fit.k
     problem = fit.model.problem
     if not _nongaussian(fit):
-        stats = subject_stats(y[seen], X[seen], Z[seen], codes[seen], N)
-        expert = GaussianExpert(stats, None, None)
+        if getattr(fit.model, "structured", False):
+            expert = history_expert(fit, data, y, X, Z, codes, N, seen)
+        else:
+            stats = subject_stats(y[seen], X[seen], Z[seen], codes[seen], N)
+            expert = GaussianExpert(stats, None, None)
         ll = np.column_stack([expert.subject_loglik(problem.expert_params(params, k)) for k in range(K)])
         a = log_gate + ll
         tau = np.exp(a - logsumexp_rows(a)[:, None])
@@ -257,7 +267,7 @@ def predict_memoe(
         seen = has_id & np.isfinite(y) & np.all(np.isfinite(X), axis=1) & np.all(np.isfinite(Z), axis=1)
         has_hist = np.bincount(codes[seen], minlength=N) > 0
         # per new subject: k-th expert's posterior and BLUPs (modes) from its history in newdata
-        tau, blups = _history(fit, y, X, Z, codes, N, seen, log_gate)  # zero random effects without history
+        tau, blups = _history(fit, y, X, Z, codes, N, seen, log_gate, data)  # zero random effects without history
         src = safe
         if kind == "auto":
             fit_idx = match_levels(md.subjects, labels.to_numpy())

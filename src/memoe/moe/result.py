@@ -35,7 +35,7 @@ __all__ = ["MEMoEResult"]
 # lme4's isSingular tolerance on the diagonal of the relative covariance factor Lambda = L / sigma
 SINGULAR_TOL = 1e-4
 # parts of the natural parameters that are variance parameters (no Wald test on the boundary)
-_VARIANCE_PARTS = ("sd", "corr", "sigma")
+_VARIANCE_PARTS = ("sd", "corr", "sigma", "cor", "var")  # cor / var: residual structures (memoe.moe.structured)
 
 
 class MEMoEResult(FitResult):
@@ -463,6 +463,10 @@ class MEMoEResult(FitResult):
                 rows.append((f"{group}[{expert}]", "cor__" + self._corr_pair(term), name))
             elif part == "sigma":
                 rows.append((f"Residual[{expert}]", "sd__Observation", name))
+            elif part == "cor":  # class-specific residual structures: nlme's names (Phi, Rho, ...)
+                rows.append((f"corStruct[{expert}]", term, name))
+            elif part == "var":
+                rows.append((f"varStruct[{expert}]", self.model.problem.expert.bound_var.term(term), name))
         if not rows:
             return pd.DataFrame(columns=["group", "term", "estimate", "std_error"])
         names = [r[2] for r in rows]
@@ -503,6 +507,13 @@ class MEMoEResult(FitResult):
             raise MemoeError(
                 f"{what}() decomposes Gaussian variances; this MEMoE has {self.family_name} experts (no residual "
                 "variance on the response scale)"
+            )
+        if getattr(self.model, "weights", None) is not None:
+            # the residual variance sigma_k^2 s_ij^2 differs by row under a variance function
+            raise MemoeError(
+                f"{what}() takes one residual variance per expert; this MEMoE's experts have the variance function "
+                f"weights={self.model.weights!r} (residual SD sigma_k * s_ij, varying by row); refit without weights= "
+                "for the decomposition"
             )
 
     def _corr_pair(self, term: str) -> str:
@@ -567,7 +578,7 @@ class MEMoEResult(FitResult):
         sandwich SEs for the fixed rows.
         """
         out = super().tidy(effects, conf_int=conf_int, level=level, **kwargs)
-        variance = (out["effect"] == "fixed") & out["term"].str.match(r"^(sd|corr|sigma)\[")
+        variance = (out["effect"] == "fixed") & out["term"].str.match(r"^(sd|corr|sigma|cor|var)\[")
         return out[~variance].reset_index(drop=True)
 
     def glance(self) -> pd.DataFrame:

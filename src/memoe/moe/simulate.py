@@ -54,6 +54,9 @@ def simulate_response(model, params, rng: np.random.Generator) -> tuple[np.ndarr
     if q:
         u = np.einsum("nab,nb->na", L[z], rng.standard_normal((N, q)))  # (N, q), u_i ~ N(0, L_k L_k')
         y = y + np.einsum("nq,nq->n", Z, u[codes])
+    expert = getattr(getattr(model, "problem", None), "expert", None)
+    if hasattr(expert, "simulate_residuals"):  # class-specific residual structures (memoe.moe.structured)
+        return y + expert.simulate_residuals(params, z, rng), z
     y = y + sigma[zr] * rng.standard_normal(len(codes))
     return y, z
 

@@ -22,6 +22,17 @@ def _fmt_table(df: pd.DataFrame, digits: int = 4) -> str:
     return df.map(f).to_string()
 
 
+def _structures_line(model) -> str:
+    """nlme's ``Correlation Structure`` / ``Variance function`` names and formulas of a structured MEMoE."""
+    parts = []
+    if model.correlation is not None:
+        c = model.correlation
+        parts.append(f"correlation {c.label} ({c.formula(model.mdesign.group)})")
+    if model.weights is not None:
+        parts.append(f"variance {type(model.weights).__name__} ({model.weights.formula()})")
+    return "; ".join(parts)
+
+
 class MEMoESummary(Summary):
     """Summary of a :class:`~memoe.moe.result.MEMoEResult`: ``str()`` the text, :attr:`tables` the DataFrames.
 
@@ -108,6 +119,8 @@ class MEMoESummary(Summary):
             f"residual variance: {st.sigma if st.dispersion else 'none'}; "
             f"class-specific fixed effects: "
             f"{', '.join(n for n, s in zip(m.mdesign.fixef_names, st.specific, strict=True) if s) or 'none'}",
+            *([f" Residual structures (each expert its own): {_structures_line(m)}"] if getattr(m, "structured", False)
+              else []),
             f" Subjects: {fit.n_subjects}; observations: {fit.nobs}"
             + (f" ({fit.n_dropped} rows deleted due to missingness)" if fit.n_dropped else ""),
             "",
