@@ -110,8 +110,9 @@ def _check_scope(spec: FormulaSpec) -> str:
     if len(groups) != 1 or len(factors) != 1:
         raise DaskFormulaError(
             f"formula {spec.text!r} has the grouping factors {sorted(groups)}; with a Dask DataFrame memoe fits one "
-            "grouping factor, because its per-subject statistics are computed partition by partition and crossed "
-            "or nested factors couple subjects that live in different partitions (fit them in memory)"
+            "grouping factor: its statistics are reduced per subject, partition by partition. Crossed factors "
+            "couple subjects that live in different partitions; factors nested within the subject (id/h) would "
+            "not, but their per-partition reduction is not implemented yet. Fit them in memory"
         )
     return next(iter(factors))
 
