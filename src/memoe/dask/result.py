@@ -88,13 +88,19 @@ class DesignCounts:
 
     @property
     def ngroups(self) -> pd.Series:
-        return pd.Series({self.design.group: self.design.nlevels}, name="ngroups", dtype=int)
+        return pd.Series({b.factor.name: b.nlevels for b in self.design.blocks}, name="ngroups", dtype=int)
 
 
 class DaskLmmResult(DesignCounts, LmmResult):
     """A :class:`memoe.lmm.LmmResult` of a Dask fit (see the module notes for what needs the data)."""
 
     def _stats_frame(self, population: bool = False):
+        if self.design.re_blocks and not population:
+            raise DaskUnsupportedError(
+                f"the conditional modes (ranef, fitted, resid, predict with re_form='full') of the nested factors "
+                f"{[b.name for b in self.design.re_blocks]} are not computed from a Dask fit yet; the estimates, "
+                "log-likelihood and variance components are. For them compute the data (ddf.compute()) and refit "
+                "in memory with memoe.lmm(...)")
         import dask.dataframe as dd
 
         import dask
@@ -136,7 +142,7 @@ class DaskLmmResult(DesignCounts, LmmResult):
             "ranef_condvar (q x q per subject) is not gathered from a Dask fit; use ranef_condsd")
 
     def _lazy_eta(self, population: bool):
-        d, lam1, beta, sigma, dask, dd = self._stats_frame()
+        d, lam1, beta, sigma, dask, dd = self._stats_frame(population)
         ddf = self.model.ddf
         parts = [dask.delayed(_part_eta)(p, s, d, lam1, beta, sigma, population)
                  for p, s in zip(ddf.to_delayed(), self.model.problem.stats.parts, strict=True)]
@@ -188,6 +194,8 @@ class DaskLmmResult(DesignCounts, LmmResult):
         d = self.design
         beta = np.asarray(self.state.beta)
         ranef = None
+        if re_form == "full" and d.re_blocks:
+            self._stats_frame()
         if re_form == "full":
             ranef = self.ranef[d.group]
         if not is_dask_dataframe(newdata):

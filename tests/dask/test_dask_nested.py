@@ -1,0 +1,84 @@
+"""Factors nested within the subject on Dask (issue 14): the Dask LMM equals the in-memory LMM."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import memoe
+from memoe.dask.result import DaskUnsupportedError
+from memoe.dask.spec import DaskFormulaError
+
+from .test_dask_lmm import TIGHT, _compare
+
+dd = pytest.importorskip("dask.dataframe")
+
+
+def simulate_nested(n_sub: int = 80, seed: int = 3) -> pd.DataFrame:
+    """Subjects with 1-4 visits (h) of 1-4 rows each, rows in random order, NaN rows, a crossed factor g."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n_sub):
+        for h in range(int(rng.integers(1, 5))):
+            rows += [(i, h)] * int(rng.integers(1, 5))
+    sub, h = np.array(rows).T
+    n = len(sub)
+    t = rng.uniform(0, 5, n)
+    x = rng.normal(size=n)
+    b0, b1 = rng.normal(0, 1, n_sub), rng.normal(0, 0.3, n_sub)
+    c = rng.normal(0, 0.6, (n_sub, 4))
+    y = 0.5 + 0.3 * t + 0.4 * x + b0[sub] + b1[sub] * t + c[sub, h] + rng.normal(0, 0.5, n)
+    df = pd.DataFrame({"id": sub, "h": h, "t": t, "x": x, "y": y,
+                       "g": rng.choice(["a", "b", "c"], n)})
+    # h coded per subject (levels unique across subjects): nested without writing id:h
+    df["visit"] = df["id"].astype(str) + "_" + df["h"].astype(str)
+    df = df.sample(frac=1.0, random_state=seed).reset_index(drop=True)
+    df.loc[[2, 11], "x"] = np.nan
+    df.loc[[5], "y"] = np.nan
+    return df
+
+
+CASES = [("y ~ t + x + (1 | id/h)", True), ("y ~ t + x + (1 | id/h)", False),
+         ("y ~ t + x + (t | id) + (1 | id:h)", True), ("y ~ t + x + (1 | id) + (1 | visit)", False)]
+
+
+@pytest.mark.parametrize(("formula", "reml"), CASES)
+def test_dask_nested_equals_memory(client, formula, reml):
+    df = simulate_nested()
+    ddf = dd.from_pandas(df, npartitions=4)
+    model = memoe.lmm(formula, data=ddf)
+    assert model.shuffled  # rows in random order: subjects span partitions until aligned
+    fd = model.fit(reml=reml, control=TIGHT)
+    fm = memoe.lmm(formula, data=df).fit(reml=reml, control=TIGHT)
+    _compare(fd, fm)
+    # same blocks in the same order (names of theta, ngroups); the numbers follow theta, which _compare
+    # checked to the slack of its flat optimum
+    cols = ["grp", "var1", "var2"]
+    pd.testing.assert_frame_equal(fd.varcorr[cols], fm.varcorr[cols])
+    assert list(fd.theta.index) == list(fm.theta.index)
+    np.testing.assert_allclose(fd.varcorr["sdcor"].to_numpy(), fm.varcorr["sdcor"].to_numpy(), rtol=1e-4)
+    np.testing.assert_allclose(fd.vcov().to_numpy(), fm.vcov().to_numpy(), rtol=1e-6, atol=0)
+
+
+def test_dask_nested_ranef_refused(client):
+    df = simulate_nested(n_sub=40)
+    fd = memoe.lmm("y ~ t + (1 | id/h)", data=dd.from_pandas(df, npartitions=3)).fit()
+    with pytest.raises(DaskUnsupportedError, match="nested factors"):
+        fd.ranef  # noqa: B018
+    # population predictions need no conditional modes
+    eta = fd.predict(re_form=None).compute()
+    assert np.isfinite(eta.dropna()).all() and eta.notna().sum() == fd.nobs
+
+
+def test_dask_crossed_inner_factor_refused(client):
+    df = simulate_nested(n_sub=40)
+    with pytest.raises(DaskFormulaError, match="'g' is not nested within 'id'"):
+        memoe.lmm("y ~ t + (1 | id) + (1 | g)", data=dd.from_pandas(df, npartitions=3))
+
+
+def test_dask_glmm_nested_refused(client):
+    df = simulate_nested(n_sub=40)
+    df["yb"] = (df["y"] > df["y"].median()).astype(float)
+    with pytest.raises(DaskFormulaError, match="not implemented yet"):
+        memoe.glmm("yb ~ t + (1 | id/h)", data=dd.from_pandas(df, npartitions=3), family="binomial")
