@@ -61,14 +61,29 @@ def test_dask_nested_equals_memory(client, formula, reml):
     np.testing.assert_allclose(fd.vcov().to_numpy(), fm.vcov().to_numpy(), rtol=1e-6, atol=0)
 
 
-def test_dask_nested_ranef_refused(client):
-    df = simulate_nested(n_sub=40)
-    fd = memoe.lmm("y ~ t + (1 | id/h)", data=dd.from_pandas(df, npartitions=3)).fit()
-    with pytest.raises(DaskUnsupportedError, match="nested factors"):
-        fd.ranef  # noqa: B018
-    # population predictions need no conditional modes
+@pytest.mark.parametrize("formula", ["y ~ t + x + (1 | id/h)", "y ~ t + x + (t | id) + (1 | id:h)"])
+def test_dask_nested_ranef_fitted_summary(client, formula):
+    df = simulate_nested(n_sub=50)
+    fd = memoe.lmm(formula, data=dd.from_pandas(df, npartitions=3)).fit(control=TIGHT)
+    fm = memoe.lmm(formula, data=df).fit(control=TIGHT)
+    assert set(fd.ranef) == set(fm.ranef)
+    for name, re in fd.ranef.items():
+        ref = fm.ranef[name]
+        assert len(re) == len(ref) and list(re.columns) == list(ref.columns)
+        # conditional modes move with theta, which agrees to the slack of its flat optimum
+        np.testing.assert_allclose(re.to_numpy(), ref.loc[re.index].to_numpy(), atol=1e-5)
+        sd = fd.ranef_condsd[name]
+        np.testing.assert_allclose(sd.to_numpy(), fm.ranef_condsd[name].loc[sd.index].to_numpy(), rtol=1e-5)
+    fit_d = fd.fitted.compute()
+    fit_m = fm.fitted
+    common = fit_m.index
+    np.testing.assert_allclose(fit_d.loc[common].to_numpy(), fit_m.to_numpy(), atol=1e-5)
+    assert fit_d.drop(common).isna().all()
+    assert "Scaled residuals" in str(fd.summary())
     eta = fd.predict(re_form=None).compute()
-    assert np.isfinite(eta.dropna()).all() and eta.notna().sum() == fd.nobs
+    assert eta.notna().sum() == fd.nobs
+    with pytest.raises(DaskUnsupportedError, match="nested factors"):
+        fd.predict(df.head(10))
 
 
 def test_dask_crossed_inner_factor_refused(client):

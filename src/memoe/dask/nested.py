@@ -18,7 +18,7 @@ crossed and refused (:class:`memoe.dask.spec.DaskFormulaError`).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -69,8 +69,8 @@ class NestedPartStats:
     XYtXY: np.ndarray
 
 
-def nested_part_stats(pdf: pd.DataFrame, design, kept: bool) -> NestedPartStats:
-    """The partition's :class:`PLSProblem` with every factor block, after checking the nesting.
+def _nested_arrays(pdf: pd.DataFrame, design, kept: bool):
+    """The partition's rows: ``y``, ``X``, per block codes / levels / ``Z``, the outer levels, drops, index.
 
     Raises
     ------
@@ -80,33 +80,105 @@ def nested_part_stats(pdf: pd.DataFrame, design, kept: bool) -> NestedPartStats:
     from memoe.dask.spec import partition_arrays
 
     y, X, _, outer_codes, outer_levels, n_dropped, index = partition_arrays(pdf, design, kept=kept)
+    codes, levels, Z = [], [], []
+    if len(y):
+        frame = pdf.loc[index, design.used]
+        for b in design.re_blocks:
+            f = make_grouping_factor(frame, b.factors)
+            c = np.asarray(f.codes, dtype=np.intp)
+            if design.group not in b.factors:
+                # each level of the inner factor must sit with one subject: (level, subject) pairs = levels
+                pairs = np.unique(c.astype(np.int64) * max(len(outer_levels), 1) + outer_codes)
+                if len(pairs) != f.nlevels:
+                    raise DaskFormulaError(
+                        f"grouping factor {b.name!r} is not nested within {design.group!r}: some of its levels occur "
+                        f"with several levels of {design.group!r} (crossed factors). With a Dask DataFrame memoe fits "
+                        f"factors nested within {design.group!r} only (recode them as {design.group}:{b.name} if the "
+                        "levels are meant to be per subject); crossed factors couple subjects across partitions: fit "
+                        "in memory")
+            codes.append(c)
+            levels.append(f.levels)
+            Z.append(np.column_stack([evaluate_matrix(s, frame, "the random effects")[:, idx] for s, idx in b.specs]))
+    return y, X, codes, levels, Z, outer_levels, n_dropped, index
+
+
+def nested_part_stats(pdf: pd.DataFrame, design, kept: bool) -> NestedPartStats:
+    """The partition's :class:`PLSProblem` with every factor block, after checking the nesting.
+
+    Raises
+    ------
+    DaskFormulaError
+        A level of an inner factor (one not containing the outer factor) spans several subjects.
+    """
+    y, X, codes, levels, Z, outer_levels, n_dropped, _ = _nested_arrays(pdf, design, kept)
     m = X.shape[1] + 1
-    nb = len(design.re_blocks)
     if len(y) == 0:
-        return NestedPartStats(None, 0, n_dropped, 0, np.zeros(nb, dtype=np.int64), np.zeros((m, m)))
-    frame = pdf.loc[index, design.used]
-    codes, nlevels, Z = [], [], []
-    for b in design.re_blocks:
-        f = make_grouping_factor(frame, b.factors)
-        c = np.asarray(f.codes, dtype=np.intp)
-        if design.group not in b.factors:
-            # each level of the inner factor must sit with one subject: (level, subject) pairs = levels
-            pairs = np.unique(c.astype(np.int64) * max(len(outer_levels), 1) + outer_codes)
-            if len(pairs) != f.nlevels:
-                raise DaskFormulaError(
-                    f"grouping factor {b.name!r} is not nested within {design.group!r}: some of its levels occur "
-                    f"with several levels of {design.group!r} (crossed factors). With a Dask DataFrame memoe fits "
-                    f"factors nested within {design.group!r} only (recode them as {design.group}:{b.name} if the "
-                    "levels are meant to be per subject); crossed factors couple subjects across partitions: fit "
-                    "in memory")
-        codes.append(c)
-        nlevels.append(int(f.nlevels))
-        Z.append(np.column_stack([evaluate_matrix(s, frame, "the random effects")[:, idx] for s, idx in b.specs]))
+        return NestedPartStats(None, 0, n_dropped, 0, np.zeros(len(design.re_blocks), dtype=np.int64),
+                               np.zeros((m, m)))
+    nlevels = [len(lv) for lv in levels]
     # the blocked dense path: its Schur complement is mz x mz for the partition's later-block levels only
     prob = PLSProblem(y=y, X=X, codes=codes, nlevels=nlevels, Z=Z, theta_map=design.theta_map, schur="dense")
     prob.codes = None
     return NestedPartStats(prob, len(y), n_dropped, len(outer_levels), np.array(nlevels, dtype=np.int64),
                            prob.XYtXY)
+
+
+def _conditional_modes(pdf: pd.DataFrame, design, theta, beta, sigma: float, condsd: bool):
+    """Conditional modes ``b_k`` (and SDs) of the partition's levels given the fit's beta, theta and sigma.
+
+    They solve the partition's PLS problem for ``y - X beta`` with no fixed effects (the system is
+    block-diagonal across subjects, so the partition's part of the global solution); lme4's ``condVar``
+    is ``sigma^2 Lambda (L_Z L_Z')^-1 Lambda'`` with the fit's sigma.
+    """
+    y, X, codes, levels, Z, _, _, index = _nested_arrays(pdf, design, kept=True)
+    if len(y) == 0:
+        return None, codes, Z, X, index
+    r = y - (X @ beta if len(beta) else 0.0)
+    prob = PLSProblem(y=r, X=np.zeros((len(r), 0)), codes=codes, nlevels=[len(lv) for lv in levels], Z=Z,
+                      theta_map=design.theta_map, schur="dense")
+    with blas_threads(1):
+        sol = prob.solve(np.asarray(theta, dtype=float), reml=False)
+        sds = None
+        if condsd:
+            cv = prob.conditional_variances(replace(sol, sigma=float(sigma)))
+            sds = [np.sqrt(np.diagonal(v, axis1=1, axis2=2)) for v in cv]
+    out = {}
+    for k, b in enumerate(design.re_blocks):
+        idx = pd.Index(levels[k], name=b.name)
+        frame = pd.DataFrame(sol.b[k], index=idx, columns=list(b.columns))
+        if condsd:
+            frame = pd.concat([frame, pd.DataFrame(sds[k], index=idx, columns=[f"condsd_{c}" for c in b.columns])],
+                              axis=1)
+        out[b.name] = frame
+    return out, [c for c in codes], Z, X, index
+
+
+def part_nested_ranef(pdf: pd.DataFrame, design, theta, beta, sigma: float) -> dict[str, pd.DataFrame]:
+    """Per block: the partition's conditional modes and their SDs (``condsd_`` columns)."""
+    out, *_ = _conditional_modes(pdf, design, theta, beta, sigma, condsd=True)
+    if out is None:
+        return {b.name: pd.DataFrame({c: pd.Series(dtype=float) for c in
+                                      list(b.columns) + [f"condsd_{c}" for c in b.columns]},
+                                     index=pd.Index([], name=b.name)) for b in design.re_blocks}
+    return out
+
+
+def pick_block(parts: dict, name: str) -> pd.DataFrame:
+    return parts[name]
+
+
+def part_nested_eta(pdf: pd.DataFrame, design, theta, beta, sigma: float) -> pd.Series:
+    """Conditional fitted values ``X beta + sum_k Z_k b_k`` of the partition's rows (NaN where dropped)."""
+    out, codes, Z, X, index = _conditional_modes(pdf, design, theta, beta, sigma, condsd=False)
+    res = pd.Series(np.nan, index=pdf.index, name="fitted")
+    if out is None:
+        return res
+    eta = X @ beta if len(beta) else np.zeros(X.shape[0])
+    for k, b in enumerate(design.re_blocks):
+        bk = out[b.name].to_numpy()
+        eta = eta + np.einsum("nq,nq->n", Z[k], bk[codes[k]])
+    res.loc[index] = eta
+    return res
 
 
 def part_nested_counts(s: NestedPartStats) -> np.ndarray:

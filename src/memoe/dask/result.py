@@ -95,12 +95,6 @@ class DaskLmmResult(DesignCounts, LmmResult):
     """A :class:`memoe.lmm.LmmResult` of a Dask fit (see the module notes for what needs the data)."""
 
     def _stats_frame(self, population: bool = False):
-        if self.design.re_blocks and not population:
-            raise DaskUnsupportedError(
-                f"the conditional modes (ranef, fitted, resid, predict with re_form='full') of the nested factors "
-                f"{[b.name for b in self.design.re_blocks]} are not computed from a Dask fit yet; the estimates, "
-                "log-likelihood and variance components are. For them compute the data (ddf.compute()) and refit "
-                "in memory with memoe.lmm(...)")
         import dask.dataframe as dd
 
         import dask
@@ -113,12 +107,35 @@ class DaskLmmResult(DesignCounts, LmmResult):
     @cached_property
     def ranef(self) -> dict:
         """BLUPs per grouping factor: a Dask DataFrame (subjects x terms), pandas when small."""
+        if self.design.re_blocks:
+            return self._nested_ranef(condsd=False)
         return {self.design.group: self._ranef_frame(condsd=False)}
 
     @cached_property
     def ranef_condsd(self) -> dict:
         """Conditional SDs of the BLUPs (lme4's ``condVar``), same layout as :attr:`ranef`."""
+        if self.design.re_blocks:
+            return self._nested_ranef(condsd=True)
         return {self.design.group: self._ranef_frame(condsd=True)}
+
+    def _nested_ranef(self, condsd: bool) -> dict:
+        """Per nested factor block: one lazy pass over the data (each partition solves its own PLS part)."""
+        from memoe.dask.nested import part_nested_ranef, pick_block
+
+        d, _, beta, sigma, dask, dd = self._stats_frame()
+        theta = np.asarray(self.state.theta, dtype=float)
+        parts = [dask.delayed(part_nested_ranef)(p, d, theta, beta, sigma) for p in self.model.ddf.to_delayed()]
+        out = {}
+        for b, nl in zip(d.re_blocks, d.block_levels, strict=True):
+            cols = [f"condsd_{c}" for c in b.columns] if condsd else list(b.columns)
+            meta = pd.DataFrame({c: pd.Series(dtype=float) for c in list(b.columns) + [f"condsd_{c}" for c in b.columns]})
+            frame = dd.from_delayed([dask.delayed(pick_block)(p, b.name) for p in parts], meta=meta, verify_meta=False)
+            frame = frame[cols].rename(columns=dict(zip(cols, b.columns, strict=True)))
+            if nl <= PANDAS_LEVELS:
+                frame = frame.compute().sort_index()
+                frame.index.name = b.name
+            out[b.name] = frame
+        return out
 
     def _ranef_frame(self, condsd: bool):
         d, lam1, beta, sigma, dask, dd = self._stats_frame()
@@ -144,6 +161,12 @@ class DaskLmmResult(DesignCounts, LmmResult):
     def _lazy_eta(self, population: bool):
         d, lam1, beta, sigma, dask, dd = self._stats_frame(population)
         ddf = self.model.ddf
+        if d.re_blocks and not population:
+            from memoe.dask.nested import part_nested_eta
+
+            theta = np.asarray(self.state.theta, dtype=float)
+            parts = [dask.delayed(part_nested_eta)(p, d, theta, beta, sigma) for p in ddf.to_delayed()]
+            return dd.from_delayed(parts, meta=pd.Series(dtype=float, name="fitted"), verify_meta=False)
         parts = [dask.delayed(_part_eta)(p, s, d, lam1, beta, sigma, population)
                  for p, s in zip(ddf.to_delayed(), self.model.problem.stats.parts, strict=True)]
         return dd.from_delayed(parts, meta=pd.Series(dtype=float, name="fitted"), verify_meta=False)
@@ -195,7 +218,9 @@ class DaskLmmResult(DesignCounts, LmmResult):
         beta = np.asarray(self.state.beta)
         ranef = None
         if re_form == "full" and d.re_blocks:
-            self._stats_frame()
+            raise DaskUnsupportedError(
+                f"predict(newdata, re_form='full') with the nested factors {[b.name for b in d.re_blocks]} is not "
+                "available for a Dask fit yet; use re_form=None, or fitted for the data of the fit")
         if re_form == "full":
             ranef = self.ranef[d.group]
         if not is_dask_dataframe(newdata):
