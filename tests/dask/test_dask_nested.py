@@ -88,8 +88,23 @@ def test_dask_nested_ranef_fitted_summary(client, formula):
 
 def test_dask_crossed_inner_factor_refused(client):
     df = simulate_nested(n_sub=40)
-    with pytest.raises(DaskFormulaError, match="'g' is not nested within 'id'"):
+    # the outer factor is the one with fewer levels (g); subjects occur with several levels of it
+    with pytest.raises(DaskFormulaError, match=r"'id' is not nested within 'g'.*crossed"):
         memoe.lmm("y ~ t + (1 | id) + (1 | g)", data=dd.from_pandas(df, npartitions=3))
+    df["site"] = df["id"] % 5
+    df.loc[df.index[:3], "site"] = 7  # three rows of subjects elsewhere in site 7: their levels span sites
+    with pytest.raises(DaskFormulaError, match=r"'id' is not nested within 'site'"):
+        memoe.lmm("y ~ t + (1 | id) + (1 | site)", data=dd.from_pandas(df, npartitions=3))
+
+
+def test_dask_subjects_nested_in_sites(client):
+    """No factor common to both terms: the one with fewer levels (site) is the outer factor."""
+    df = simulate_nested(n_sub=60).assign(site=lambda d: d["id"] % 6)
+    df["y"] += np.array([-1.0, 0.5, 1.2, -0.4, 0.1, 0.9])[df["site"]]
+    formula = "y ~ t + x + (1 | id) + (1 | site)"
+    fd = memoe.lmm(formula, data=dd.from_pandas(df, npartitions=3)).fit(reml=False, control=TIGHT)
+    assert fd.design.group == "site"
+    _compare(fd, memoe.lmm(formula, data=df).fit(reml=False, control=TIGHT))
 
 
 def test_dask_glmm_nested_refused(client):

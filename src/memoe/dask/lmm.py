@@ -209,8 +209,9 @@ class DaskLMM(LMM):
             if total != nl:
                 raise DaskFormulaError(
                     f"grouping factor {b.name!r} is not nested within {d.group!r}: some of its levels occur with "
-                    f"several levels of {d.group!r} (crossed factors). With a Dask DataFrame memoe fits factors "
-                    f"nested within {d.group!r} only; crossed factors couple subjects across partitions: fit in memory")
+                    f"several levels of {d.group!r} (crossed factors). With a Dask DataFrame memoe fits one "
+                    f"grouping factor and factors nested within it ({d.group!r}); crossed factors couple subjects "
+                    "across partitions: fit in memory")
         lv = d.block_levels
         if any(lv[k + 1] > lv[k] for k in range(len(lv) - 1)):
             # the blocks (and theta) were ordered on a head of the data; lme4 orders them on all of it

@@ -93,9 +93,8 @@ def _nested_arrays(pdf: pd.DataFrame, design, kept: bool):
                     raise DaskFormulaError(
                         f"grouping factor {b.name!r} is not nested within {design.group!r}: some of its levels occur "
                         f"with several levels of {design.group!r} (crossed factors). With a Dask DataFrame memoe fits "
-                        f"factors nested within {design.group!r} only (recode them as {design.group}:{b.name} if the "
-                        "levels are meant to be per subject); crossed factors couple subjects across partitions: fit "
-                        "in memory")
+                        f"one grouping factor and factors nested within it ({design.group!r}); crossed factors "
+                        "couple subjects across partitions: fit in memory")
             codes.append(c)
             levels.append(f.levels)
             Z.append(np.column_stack([evaluate_matrix(s, frame, "the random effects")[:, idx] for s, idx in b.specs]))
@@ -203,7 +202,7 @@ def part_schur(s: NestedPartStats, theta: np.ndarray) -> tuple[float, np.ndarray
 def global_levels(ddf, design, block: NestedBlock) -> int:
     """Distinct levels of ``block``'s factors over the complete rows of ``ddf`` (one distributed pass)."""
     clean = ddf[design.used].dropna()
-    return int(len(clean[list(block.factors)].drop_duplicates()))
+    return len(clean[list(block.factors)].drop_duplicates())
 
 
 class NestedProblemMixin:

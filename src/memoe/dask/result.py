@@ -128,7 +128,8 @@ class DaskLmmResult(DesignCounts, LmmResult):
         out = {}
         for b, nl in zip(d.re_blocks, d.block_levels, strict=True):
             cols = [f"condsd_{c}" for c in b.columns] if condsd else list(b.columns)
-            meta = pd.DataFrame({c: pd.Series(dtype=float) for c in list(b.columns) + [f"condsd_{c}" for c in b.columns]})
+            names = list(b.columns) + [f"condsd_{c}" for c in b.columns]
+            meta = pd.DataFrame({c: pd.Series(dtype=float) for c in names})
             frame = dd.from_delayed([dask.delayed(pick_block)(p, b.name) for p in parts], meta=meta, verify_meta=False)
             frame = frame[cols].rename(columns=dict(zip(cols, b.columns, strict=True)))
             if nl <= PANDAS_LEVELS:

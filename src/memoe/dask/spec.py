@@ -107,7 +107,7 @@ class DaskDesign:
         return len(self.columns)
 
 
-def _check_scope(spec: FormulaSpec, nested: bool = False) -> str:
+def _check_scope(spec: FormulaSpec, nested: bool = False) -> str | list[str]:
     """The outer grouping factor the partitions are aligned on (``id`` in ``(1 | id/h)``).
 
     One grouping factor, or factors nested within one outer factor: every term's grouping factor is
@@ -132,8 +132,9 @@ def _check_scope(spec: FormulaSpec, nested: bool = False) -> str:
     if outer:
         return outer[0]
     if singles:
-        # e.g. (1 | id) + (1 | h): nested only if each level of h lies within one id (checked on the data)
-        return singles[0]
+        # e.g. (1 | id) + (1 | h): nested only if each level of h lies within one id (checked on the data);
+        # learn_design takes the candidate with the fewest levels as the outer factor
+        return singles
     raise DaskFormulaError(
         f"formula {spec.text!r} has the grouping factors {groups} and no single outer factor (such as id in "
         "(1 | id/h)) that the others are nested within; with a Dask DataFrame memoe fits one grouping factor and "
@@ -162,6 +163,13 @@ def learn_design(ddf, formula: str, contrasts=None, residual_scale: bool = True,
     if not spec.random:
         raise FormulaError(f"formula {formula!r} has no random-effects term such as (1 | group)")
     group = _check_scope(spec, nested)
+    if isinstance(group, list):
+        # no factor common to every term: the outer one has the fewest levels (one distributed pass each)
+        missing = [c for c in group if c not in ddf.columns]
+        if missing:
+            raise DataError(f"grouping column(s) {missing} of the formula {formula!r} are not in the Dask DataFrame")
+        counts = {c: int(ddf[c].nunique().compute()) for c in group}
+        group = min(group, key=lambda c: counts[c])
     group_factors = list(dict.fromkeys(f for t in spec.random for f in t.group_factors))
     used: list[str] = []
     for part in [formula_variables(spec.response + " ~ 1", "the response"),
@@ -299,7 +307,8 @@ class BlockInfo:
 def _blocks(self: DaskDesign) -> list[BlockInfo]:
     if self.re_blocks:
         levels = self.block_levels or [0] * len(self.re_blocks)
-        return [BlockInfo(_Factor(b.name, nl), b.columns, b.specs) for b, nl in zip(self.re_blocks, levels, strict=True)]
+        return [BlockInfo(_Factor(b.name, nl), b.columns, b.specs)
+                for b, nl in zip(self.re_blocks, levels, strict=True)]
     return [BlockInfo(_Factor(self.group, self.nlevels), self.columns, self.z_specs)]
 
 
