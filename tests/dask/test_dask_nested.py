@@ -112,3 +112,29 @@ def test_dask_glmm_nested_refused(client):
     df["yb"] = (df["y"] > df["y"].median()).astype(float)
     with pytest.raises(DaskFormulaError, match="not implemented yet"):
         memoe.glmm("yb ~ t + (1 | id/h)", data=dd.from_pandas(df, npartitions=3), family="binomial")
+
+
+@pytest.mark.parametrize("formula", ["y ~ t + x + (1 | id/h)", "y ~ t + x + (t | id) + (1 | id:h)"])
+def test_schur_pieces_dense_sparse_and_deviance(formula):
+    """PLSProblem.schur_pieces on both exact paths gives the in-memory profiled deviance."""
+    from memoe.core.linalg.sparse_schur import have_sparse_cholesky
+    from memoe.lmm.deviance import profiled_deviance
+    from memoe.lmm.objective import PLSProblem
+
+    df = simulate_nested(n_sub=60).dropna()
+    model = memoe.lmm(formula, data=df)
+    d = model.design
+    theta = d.theta_map.initial() * 0.8
+    paths = ["dense"] + (["sparse"] if have_sparse_cholesky() else [])
+    for path in paths:
+        prob = PLSProblem(d.y, d.X, [b.factor.codes for b in d.blocks], [b.nlevels for b in d.blocks],
+                          [b.Z for b in d.blocks], d.theta_map, schur=path)
+        assert prob.solver == path
+        logdet_Z, S = prob.schur_pieces(theta)
+        c = np.linalg.cholesky(S)
+        p = d.X.shape[1]
+        for reml in (True, False):
+            dev = profiled_deviance(logdet_Z, 2 * np.log(np.diag(c)[:p]).sum(), c[-1, -1] ** 2, float(len(d.y)), p,
+                                    reml)
+            assert dev == pytest.approx(model.problem.deviance(theta, reml), rel=1e-10)
+

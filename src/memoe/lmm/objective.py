@@ -591,7 +591,7 @@ class PLSProblem:
         The pieces the profiled deviance is built from before the ``[X y]`` corner is factored, so that
         problems on disjoint blocks of the PLS system (Dask partitions) can be summed and factored once.
         The ``[X y]`` corner is not factored here: a part's complement may be singular. Needs the
-        unscaled problem on the single-factor or the blocked dense path (``schur="dense"``).
+        unscaled problem with one factor or on the blocked dense or sparse path (``schur="dense"``/``"sparse"``).
 
         Returns
         -------
@@ -600,8 +600,9 @@ class PLSProblem:
         S : numpy.ndarray, shape (p + 1, p + 1)
             ``[X y]'[X y]`` minus the random effects' part, symmetric.
         """
-        if self.scaling is not None or self.sparse is not None or self.dense_small is not None:
-            raise MemoeError("schur_pieces needs an unscaled problem on the blocked dense path (schur='dense')")
+        if self.scaling is not None or self.dense_small is not None or isinstance(self.sparse, MatrixFreeSchur):
+            raise MemoeError("schur_pieces needs an unscaled problem on the blocked dense or sparse path "
+                             "(schur='dense' or 'sparse')")
         lambdas = self.theta_map.lambdas(np.asarray(theta, dtype=float))
         lam1 = lambdas[0]
         with blas_threads(self.blas_threads):
@@ -610,6 +611,13 @@ class PLSProblem:
             if not self.multi:
                 return logdet_Z - self.log_weights, M_xy
             W, TtC = self._schur_inputs(lam1, kept[0], kept[1])
+            if self.sparse is not None:
+                # nested designs: M_zz block-diagonal by outer level, its sparse LDL' is linear in the levels
+                sf = self.sparse.factor(lambdas[1:], W, TtC, M_xy)
+                if not math.isfinite(sf.logdet_zz):
+                    return math.inf, np.full_like(M_xy, np.nan)
+                S = M_xy - sf.Mzxy.T @ sf.solve(sf.Mzxy)
+                return logdet_Z + sf.logdet_zz - self.log_weights, 0.5 * (S + S.T)
             M = self.rest.bordered(lambdas[1:], W, TtC, M_xy)
             mz = self.mz
             # M holds its upper triangle (C order): M[:mz, :mz].T is the lower triangle LAPACK reads
