@@ -103,7 +103,8 @@ def test_dask_lmm_lazy_outputs(client):
 
 
 def test_dask_refuses_crossed_and_stateful(client):
-    df = simulate().assign(site=lambda d: d["id"] % 5)
+    # sites by row, not by subject: crossed with id (a site per subject, id % 5, would be nested and fitted)
+    df = simulate().assign(site=lambda d: d.index % 5)
     ddf = dd.from_pandas(df, npartitions=2)
     with pytest.raises(DaskFormulaError, match="one grouping factor"):
         memoe.lmm("y ~ t + (1 | id) + (1 | site)", data=ddf)

@@ -19,6 +19,7 @@ import scipy.linalg as sla
 from scipy.linalg import lapack
 
 from memoe.core.optim.progress import EvaluationBar
+from memoe.dask.nested import NestedProblemMixin
 from memoe.dask.spec import DaskFormulaError, aliased_from_gram, learn_design
 from memoe.dask.stats import add_reduced, part_counts, part_first_block, part_gram, part_stats
 from memoe.errors import DataError, IdentifiabilityError, RankDeficiencyWarning, warn
@@ -45,11 +46,11 @@ def tree_reduce(delayed_parts: list, fan_in: int = FAN_IN):
 class DistributedStats:
     """Handles on the persisted per-partition statistics and the reductions over them."""
 
-    def __init__(self, ddf, design, kept: bool) -> None:
+    def __init__(self, ddf, design, kept: bool, fn=part_stats) -> None:
         import dask
 
         parts = ddf.to_delayed()
-        stats = [dask.delayed(part_stats, pure=True)(p, design, kept) for p in parts]
+        stats = [dask.delayed(fn, pure=True)(p, design, kept) for p in parts]
         # computed once and kept on the workers; lineage stays with the scheduler, so a lost worker's
         # partitions are recomputed from the data
         self.parts = list(dask.persist(*stats))
@@ -121,6 +122,10 @@ class DaskPLSProblem:
         return PLSSolution(beta=beta, u=[], b=[], sigma=sigma, deviance=dev, RX_inv_t=RX_inv_t, factor=factor)
 
 
+class NestedPLSProblem(NestedProblemMixin, DaskPLSProblem):
+    """:class:`DaskPLSProblem` for factors nested within the outer one (:mod:`memoe.dask.nested`)."""
+
+
 class DaskLMM(LMM):
     """:class:`memoe.lmm.LMM` on a Dask DataFrame (one grouping factor); see :mod:`memoe.dask`.
 
@@ -158,15 +163,25 @@ class DaskLMM(LMM):
         self.formula = formula
         self.data_name = None
         self.progress = progress
-        design = learn_design(data, formula, contrasts)
+        design = learn_design(data, formula, contrasts, nested=True)
         if "offset(" in design.spec.fixed:
             raise DaskFormulaError("offset() terms are not supported with a Dask DataFrame yet; fit in memory")
         ddf, self.shuffled = align_by_subject(data, design.group)
         self.ddf = ddf
-        stats = DistributedStats(ddf, design, kept=False)
-        counts = stats.reduce(part_counts)
-        G = stats.reduce(part_gram)
-        design.n, design.n_dropped, design.nlevels = (int(v) for v in counts)
+        nested = bool(design.re_blocks)
+        if nested:
+            from memoe.dask.nested import nested_part_stats, part_nested_counts, part_nested_gram
+
+            stats_fn, counts_fn, gram_fn = nested_part_stats, part_nested_counts, part_nested_gram
+        else:
+            stats_fn, counts_fn, gram_fn = part_stats, part_counts, part_gram
+        stats = DistributedStats(ddf, design, kept=False, fn=stats_fn)
+        counts = stats.reduce(counts_fn)
+        G = stats.reduce(gram_fn)
+        design.n, design.n_dropped, design.nlevels = (int(v) for v in counts[:3])
+        if nested:
+            design.block_levels = [int(v) for v in counts[3:]]
+            self._check_nested(data, design)
         self._check_counts(design)
         p_all = len(design.fixed_names_all)
         drop = aliased_from_gram(G[:p_all, :p_all])
@@ -175,16 +190,53 @@ class DaskLMM(LMM):
             design.kept = np.array([j for j in range(p_all) if j not in drop], dtype=int)
             warn(f"fixed-effect model matrix is rank deficient so dropping {len(drop)} column(s) / coefficient(s): "
                  f"{design.dropped}", RankDeficiencyWarning)
-            stats = DistributedStats(ddf, design, kept=True)
-            G = stats.reduce(part_gram)
+            stats = DistributedStats(ddf, design, kept=True, fn=stats_fn)
+            G = stats.reduce(gram_fn)
         self.design = design
         self.contrasts = dict(design.contrasts)
-        self.problem = DaskPLSProblem(stats, design, G)
+        self.problem = (NestedPLSProblem if nested else DaskPLSProblem)(stats, design, G)
+
+    @staticmethod
+    def _check_nested(data, d) -> None:
+        """Inner factors given as their own column: nested across partitions, and the blocks' order as lme4's."""
+        from memoe.dask.nested import global_levels
+
+        for b, nl in zip(d.re_blocks, d.block_levels, strict=True):
+            if d.group in b.factors:
+                continue
+            # levels counted per partition (each with one subject there) add up only if none spans partitions
+            total = global_levels(data, d, b)
+            if total != nl:
+                raise DaskFormulaError(
+                    f"grouping factor {b.name!r} is not nested within {d.group!r}: some of its levels occur with "
+                    f"several levels of {d.group!r} (crossed factors). With a Dask DataFrame memoe fits one "
+                    f"grouping factor and factors nested within it ({d.group!r}); crossed factors couple subjects "
+                    "across partitions: fit in memory")
+        lv = d.block_levels
+        if any(lv[k + 1] > lv[k] for k in range(len(lv) - 1)):
+            # the blocks (and theta) were ordered on a head of the data; lme4 orders them on all of it
+            raise DaskFormulaError(
+                f"the grouping factors {[b.name for b in d.re_blocks]} have {lv} levels: a head of the data ordered "
+                "them differently from the whole data; fit in memory or reorder the rows")
 
     @staticmethod
     def _check_counts(d) -> None:
         if d.n == 0:
             raise DataError(f"no rows left after removing {d.n_dropped} rows with missing values")
+        for b in d.blocks[1:] if d.re_blocks else []:
+            # lme4's checks for every block but the first (checked below as the design's first block)
+            if b.nlevels < 2:
+                raise IdentifiabilityError(f"grouping factor {b.factor.name!r} has {b.nlevels} level; it must have > 1")
+            if b.nlevels >= d.n or d.n <= b.nlevels * b.q:
+                raise IdentifiabilityError(
+                    f"number of observations (={d.n}) must exceed the number of random effects "
+                    f"(={b.nlevels * b.q}) of grouping factor {b.factor.name!r}")
+        if d.re_blocks:
+            b0 = d.blocks[0]
+            if b0.nlevels >= d.n or d.n <= b0.nlevels * b0.q:
+                raise IdentifiabilityError(
+                    f"number of observations (={d.n}) must exceed the number of random effects "
+                    f"(={b0.nlevels * b0.q}) of grouping factor {b0.factor.name!r}")
         if d.nlevels < 2:
             raise IdentifiabilityError(f"grouping factor {d.group!r} has {d.nlevels} level; it must have > 1")
         if d.nlevels >= d.n or d.n <= d.nlevels * d.q:
@@ -196,6 +248,9 @@ class DaskLMM(LMM):
 
     def fit(self, reml: bool = True, start=None, control=None, warn: bool = True):
         """As :meth:`memoe.lmm.LMM.fit`; returns a :class:`memoe.dask.result.DaskLmmResult`."""
+        if start is None and self.design.re_blocks:
+            # the in-memory moment start for several factors reads the rows: start at lme4's default
+            start = self.design.theta_map.initial()
         self.problem.bar = EvaluationBar(self.progress, f"dask lmm {'REML' if reml else 'ML'}")
         try:
             return super().fit(reml=reml, start=start, control=control, warn=warn)
@@ -210,4 +265,5 @@ class DaskLMM(LMM):
 
     def __repr__(self) -> str:
         d = self.design
-        return f"DaskLMM({self.formula!r}, nobs={d.n}, groups={{{d.group!r}: {d.nlevels}}})"
+        groups = {b.factor.name: b.nlevels for b in d.blocks}
+        return f"DaskLMM({self.formula!r}, nobs={d.n}, groups={groups})"

@@ -88,7 +88,7 @@ class DesignCounts:
 
     @property
     def ngroups(self) -> pd.Series:
-        return pd.Series({self.design.group: self.design.nlevels}, name="ngroups", dtype=int)
+        return pd.Series({b.factor.name: b.nlevels for b in self.design.blocks}, name="ngroups", dtype=int)
 
 
 class DaskLmmResult(DesignCounts, LmmResult):
@@ -107,12 +107,36 @@ class DaskLmmResult(DesignCounts, LmmResult):
     @cached_property
     def ranef(self) -> dict:
         """BLUPs per grouping factor: a Dask DataFrame (subjects x terms), pandas when small."""
+        if self.design.re_blocks:
+            return self._nested_ranef(condsd=False)
         return {self.design.group: self._ranef_frame(condsd=False)}
 
     @cached_property
     def ranef_condsd(self) -> dict:
         """Conditional SDs of the BLUPs (lme4's ``condVar``), same layout as :attr:`ranef`."""
+        if self.design.re_blocks:
+            return self._nested_ranef(condsd=True)
         return {self.design.group: self._ranef_frame(condsd=True)}
+
+    def _nested_ranef(self, condsd: bool) -> dict:
+        """Per nested factor block: one lazy pass over the data (each partition solves its own PLS part)."""
+        from memoe.dask.nested import part_nested_ranef, pick_block
+
+        d, _, beta, sigma, dask, dd = self._stats_frame()
+        theta = np.asarray(self.state.theta, dtype=float)
+        parts = [dask.delayed(part_nested_ranef)(p, d, theta, beta, sigma) for p in self.model.ddf.to_delayed()]
+        out = {}
+        for b, nl in zip(d.re_blocks, d.block_levels, strict=True):
+            cols = [f"condsd_{c}" for c in b.columns] if condsd else list(b.columns)
+            names = list(b.columns) + [f"condsd_{c}" for c in b.columns]
+            meta = pd.DataFrame({c: pd.Series(dtype=float) for c in names})
+            frame = dd.from_delayed([dask.delayed(pick_block)(p, b.name) for p in parts], meta=meta, verify_meta=False)
+            frame = frame[cols].rename(columns=dict(zip(cols, b.columns, strict=True)))
+            if nl <= PANDAS_LEVELS:
+                frame = frame.compute().sort_index()
+                frame.index.name = b.name
+            out[b.name] = frame
+        return out
 
     def _ranef_frame(self, condsd: bool):
         d, lam1, beta, sigma, dask, dd = self._stats_frame()
@@ -136,8 +160,14 @@ class DaskLmmResult(DesignCounts, LmmResult):
             "ranef_condvar (q x q per subject) is not gathered from a Dask fit; use ranef_condsd")
 
     def _lazy_eta(self, population: bool):
-        d, lam1, beta, sigma, dask, dd = self._stats_frame()
+        d, lam1, beta, sigma, dask, dd = self._stats_frame(population)
         ddf = self.model.ddf
+        if d.re_blocks and not population:
+            from memoe.dask.nested import part_nested_eta
+
+            theta = np.asarray(self.state.theta, dtype=float)
+            parts = [dask.delayed(part_nested_eta)(p, d, theta, beta, sigma) for p in ddf.to_delayed()]
+            return dd.from_delayed(parts, meta=pd.Series(dtype=float, name="fitted"), verify_meta=False)
         parts = [dask.delayed(_part_eta)(p, s, d, lam1, beta, sigma, population)
                  for p, s in zip(ddf.to_delayed(), self.model.problem.stats.parts, strict=True)]
         return dd.from_delayed(parts, meta=pd.Series(dtype=float, name="fitted"), verify_meta=False)
@@ -188,6 +218,10 @@ class DaskLmmResult(DesignCounts, LmmResult):
         d = self.design
         beta = np.asarray(self.state.beta)
         ranef = None
+        if re_form == "full" and d.re_blocks:
+            raise DaskUnsupportedError(
+                f"predict(newdata, re_form='full') with the nested factors {[b.name for b in d.re_blocks]} is not "
+                "available for a Dask fit yet; use re_form=None, or fitted for the data of the fit")
         if re_form == "full":
             ranef = self.ranef[d.group]
         if not is_dask_dataframe(newdata):

@@ -77,6 +77,9 @@ class DaskDesign:
     n: int = 0
     n_dropped: int = 0
     nlevels: int = 0
+    # factors nested within ``group``: one NestedBlock per factor block (empty with one grouping factor)
+    re_blocks: list = field(default_factory=list)
+    block_levels: list[int] = field(default_factory=list)
 
     # no prior weights or offsets on the Dask path (refused): the attributes the in-memory Design has
     weights_column = None
@@ -104,25 +107,50 @@ class DaskDesign:
         return len(self.columns)
 
 
-def _check_scope(spec: FormulaSpec) -> str:
-    groups = {t.group for t in spec.random}
-    factors = {f for t in spec.random for f in t.group_factors}
-    if len(groups) != 1 or len(factors) != 1:
+def _check_scope(spec: FormulaSpec, nested: bool = False) -> str | list[str]:
+    """The outer grouping factor the partitions are aligned on (``id`` in ``(1 | id/h)``).
+
+    One grouping factor, or factors nested within one outer factor: every term's grouping factor is
+    the outer one or an interaction containing it (``id:h``, ``h:id``), or (checked on the data, see
+    :mod:`memoe.dask.nested`) a single factor whose levels each lie within one outer level. The outer
+    factor is a single-factor term's group, contained in every other term's group when possible.
+    """
+    groups = list(dict.fromkeys(t.group for t in spec.random))
+    factors = list(dict.fromkeys(f for t in spec.random for f in t.group_factors))
+    if len(groups) == 1 and len(factors) == 1:
+        return factors[0]
+    if not nested:
         raise DaskFormulaError(
-            f"formula {spec.text!r} has the grouping factors {sorted(groups)}; with a Dask DataFrame memoe fits one "
-            "grouping factor: its statistics are reduced per subject, partition by partition. Crossed factors "
-            "couple subjects that live in different partitions; factors nested within the subject (id/h) would "
-            "not, but their per-partition reduction is not implemented yet. Fit them in memory"
+            f"formula {spec.text!r} has the grouping factors {groups}; with a Dask DataFrame this model (memoe.glmm, "
+            "MEMoE) fits one grouping factor: factors nested within the subject (id/h) are not implemented yet for "
+            "it (memoe.lmm fits them), and "
+            "crossed factors couple subjects that live in different partitions. Fit them in memory"
         )
-    return next(iter(factors))
+    singles = [g for g in groups if ":" not in g]
+    common = set.intersection(*[set(t.group_factors) for t in spec.random])
+    outer = [g for g in singles if g in common]
+    if outer:
+        return outer[0]
+    if singles:
+        # e.g. (1 | id) + (1 | h): nested only if each level of h lies within one id (checked on the data);
+        # learn_design takes the candidate with the fewest levels as the outer factor
+        return singles
+    raise DaskFormulaError(
+        f"formula {spec.text!r} has the grouping factors {groups} and no single outer factor (such as id in "
+        "(1 | id/h)) that the others are nested within; with a Dask DataFrame memoe fits one grouping factor and "
+        "factors nested within it. Crossed factors couple subjects that live in different partitions: fit in memory"
+    )
 
 
 def _stateful(spec: ModelSpec) -> list[str]:
     return [str(k) for k, v in (getattr(spec, "transform_state", {}) or {}).items() if v]
 
 
-def learn_design(ddf, formula: str, contrasts=None, residual_scale: bool = True) -> DaskDesign:
+def learn_design(ddf, formula: str, contrasts=None, residual_scale: bool = True, nested: bool = False) -> DaskDesign:
     """Parse ``formula``, find global factor levels and fit the encoding on a head of ``ddf``.
+
+    ``nested=True`` (the LMM) accepts factors nested within the outer grouping factor; their blocks are
+    listed in ``re_blocks`` (see :mod:`memoe.dask.nested`).
 
     Raises
     ------
@@ -134,11 +162,20 @@ def learn_design(ddf, formula: str, contrasts=None, residual_scale: bool = True)
     spec = parse_formula(formula)
     if not spec.random:
         raise FormulaError(f"formula {formula!r} has no random-effects term such as (1 | group)")
-    group = _check_scope(spec)
+    group = _check_scope(spec, nested)
+    if isinstance(group, list):
+        # no factor common to every term: the outer one has the fewest levels (one distributed pass each)
+        missing = [c for c in group if c not in ddf.columns]
+        if missing:
+            raise DataError(f"grouping column(s) {missing} of the formula {formula!r} are not in the Dask DataFrame")
+        counts = {c: int(ddf[c].nunique().compute()) for c in group}
+        group = min(group, key=lambda c: counts[c])
+    group_factors = list(dict.fromkeys(f for t in spec.random for f in t.group_factors))
     used: list[str] = []
     for part in [formula_variables(spec.response + " ~ 1", "the response"),
                  formula_variables(spec.fixed, "the fixed-effects part"),
-                 *[formula_variables(t.lhs, f"random-effects term {t.text!r}") for t in spec.random], [group]]:
+                 *[formula_variables(t.lhs, f"random-effects term {t.text!r}") for t in spec.random],
+                 [group], group_factors]:
         used += [v for v in part if v not in used]
     missing = [c for c in used if c not in ddf.columns]
     if missing:
@@ -146,7 +183,8 @@ def learn_design(ddf, formula: str, contrasts=None, residual_scale: bool = True)
                         f"(columns: {list(ddf.columns)[:20]})")
     clean = ddf[used].dropna()
     # global levels of the factor columns the encoding reads (the response and the group excluded)
-    factor_cols = [c for c in used if c not in (group,) and c != spec.response
+    fixed_vars = set(formula_variables(spec.fixed, "the fixed-effects part"))
+    factor_cols = [c for c in used if (c not in group_factors or c in fixed_vars) and c != spec.response
                    and not (pd.api.types.is_numeric_dtype(ddf.dtypes[c]) or pd.api.types.is_bool_dtype(ddf.dtypes[c]))]
     levels = {}
     for c in factor_cols:
@@ -168,17 +206,25 @@ def learn_design(ddf, formula: str, contrasts=None, residual_scale: bool = True)
         names = [":".join(f"{p}TRUE" if p in logical else p for p in nm.split(":")) for nm in names]
     terms, blocks, theta_map = build_random(spec.random, head, len(head), residual_scale=False, check_scale=False)
     z_specs = blocks[0].specs
-    stateful = _stateful(fixed_spec) + [s for zs, _ in z_specs for s in _stateful(zs)]
+    stateful = _stateful(fixed_spec) + [s for b in blocks for zs, _ in b.specs for s in _stateful(zs)]
     if stateful:
         raise DaskFormulaError(
             f"the stateful transform(s) {stateful} learn from the whole column in memory; with a Dask DataFrame they "
             "would learn from a head of the data and change the estimates. Compute the transformed column first "
             "(e.g. ddf['x_c'] = ddf.x - ddf.x.mean()) and use it in the formula"
         )
+    re_blocks = []
+    if len(blocks) > 1 or blocks[0].factor.name != group:
+        from memoe.dask.nested import NestedBlock
+
+        # the blocks in the head's order (decreasing levels, as lme4); memoe.dask.nested checks the order
+        # holds for the whole data once the levels are counted
+        re_blocks = [NestedBlock(b.factor.name, tuple(b.factor.name.split(":")), b.specs, tuple(b.columns))
+                     for b in blocks]
     return DaskDesign(
         spec=spec, group=group, used=used, fixed_spec=fixed_spec, fixed_names_all=names, z_specs=z_specs,
         terms=terms, theta_map=theta_map, columns=tuple(blocks[0].columns), contrasts=dict(resolved),
-        kept=np.arange(len(names)),
+        kept=np.arange(len(names)), re_blocks=re_blocks,
     )
 
 
@@ -259,6 +305,10 @@ class BlockInfo:
 
 
 def _blocks(self: DaskDesign) -> list[BlockInfo]:
+    if self.re_blocks:
+        levels = self.block_levels or [0] * len(self.re_blocks)
+        return [BlockInfo(_Factor(b.name, nl), b.columns, b.specs)
+                for b, nl in zip(self.re_blocks, levels, strict=True)]
     return [BlockInfo(_Factor(self.group, self.nlevels), self.columns, self.z_specs)]
 
 

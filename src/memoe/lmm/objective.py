@@ -585,6 +585,51 @@ class PLSProblem:
             c, info = lapack.dpotrf(M_xy, lower=1, clean=0, overwrite_a=1)
         return lambdas, L, C, logdet_level, logdet_Z, c, info, None
 
+    def schur_pieces(self, theta: np.ndarray) -> tuple[float, np.ndarray]:
+        """``(log det of the random-effects factor, the Schur complement on [X y])`` at ``theta``.
+
+        The pieces the profiled deviance is built from before the ``[X y]`` corner is factored, so that
+        problems on disjoint blocks of the PLS system (Dask partitions) can be summed and factored once.
+        The ``[X y]`` corner is not factored here: a part's complement may be singular. Needs the
+        unscaled problem with one factor or on the blocked dense or sparse path (``schur="dense"``/``"sparse"``).
+
+        Returns
+        -------
+        logdet_Z : float
+            ``log det(L_Z L_Z')`` (inf when ``M_zz`` is not positive definite), without prior-weight terms.
+        S : numpy.ndarray, shape (p + 1, p + 1)
+            ``[X y]'[X y]`` minus the random effects' part, symmetric.
+        """
+        if self.scaling is not None or self.dense_small is not None or isinstance(self.sparse, MatrixFreeSchur):
+            raise MemoeError("schur_pieces needs an unscaled problem on the blocked dense or sparse path "
+                             "(schur='dense' or 'sparse')")
+        lambdas = self.theta_map.lambdas(np.asarray(theta, dtype=float))
+        lam1 = lambdas[0]
+        with blas_threads(self.blas_threads):
+            logdet_Z, CtC, kept = self._first_block(lam1, self.multi)
+            M_xy = self._wXYtXY - CtC
+            if not self.multi:
+                return logdet_Z - self.log_weights, M_xy
+            W, TtC = self._schur_inputs(lam1, kept[0], kept[1])
+            if self.sparse is not None:
+                # nested designs: M_zz block-diagonal by outer level, its sparse LDL' is linear in the levels
+                sf = self.sparse.factor(lambdas[1:], W, TtC, M_xy)
+                if not math.isfinite(sf.logdet_zz):
+                    return math.inf, np.full_like(M_xy, np.nan)
+                S = M_xy - sf.Mzxy.T @ sf.solve(sf.Mzxy)
+                return logdet_Z + sf.logdet_zz - self.log_weights, 0.5 * (S + S.T)
+            M = self.rest.bordered(lambdas[1:], W, TtC, M_xy)
+            mz = self.mz
+            # M holds its upper triangle (C order): M[:mz, :mz].T is the lower triangle LAPACK reads
+            c, info = lapack.dpotrf(M[:mz, :mz].T, lower=1, clean=1)
+            if info != 0:
+                return math.inf, np.full_like(M_xy, np.nan)
+            Y = sla.solve_triangular(c, M[:mz, mz:], lower=True)
+            Mxx = np.triu(M[mz:, mz:])
+            S = Mxx + np.triu(Mxx, 1).T - Y.T @ Y
+        logdet_Z += 2.0 * float(np.log(np.diagonal(c)).sum())
+        return logdet_Z - self.log_weights, 0.5 * (S + S.T)
+
     def _finish(self, logdet_Z: float, c: np.ndarray, info: int, sf: SparseSchurFactor | None = None):
         d = np.diagonal(c)
         mz, p = self.mz, self.p
