@@ -28,24 +28,10 @@ from memoe.core.design.fixed import evaluate_matrix
 from memoe.core.design.grouping import make_grouping_factor
 from memoe.core.linalg.sparse_schur import have_sparse_cholesky
 from memoe.core.linalg.threads import blas_threads
-from memoe.dask.spec import DaskFormulaError
+from memoe.dask.spec import DaskFormulaError, NestedBlock
 from memoe.lmm.objective import SPARSE_MIN_REST, Factorization, PLSProblem
 
 __all__ = ["NestedBlock", "NestedPartStats", "nested_part_stats", "part_nested_counts", "part_schur"]
-
-
-@dataclass(frozen=True)
-class NestedBlock:
-    """One factor block of a nested design: its name (``id:h``), factor columns, term specs and columns."""
-
-    name: str
-    factors: tuple[str, ...]
-    specs: tuple
-    columns: tuple[str, ...]
-
-    @property
-    def q(self) -> int:
-        return len(self.columns)
 
 
 @dataclass

@@ -107,6 +107,20 @@ class DaskDesign:
         return len(self.columns)
 
 
+@dataclass(frozen=True)
+class NestedBlock:
+    """One factor block of a nested design: its name (``id:h``), factor columns, term specs and columns."""
+
+    name: str
+    factors: tuple[str, ...]
+    specs: tuple
+    columns: tuple[str, ...]
+
+    @property
+    def q(self) -> int:
+        return len(self.columns)
+
+
 def _check_scope(spec: FormulaSpec, nested: bool = False) -> str | list[str]:
     """The outer grouping factor the partitions are aligned on (``id`` in ``(1 | id/h)``).
 
@@ -215,8 +229,6 @@ def learn_design(ddf, formula: str, contrasts=None, residual_scale: bool = True,
         )
     re_blocks = []
     if len(blocks) > 1 or blocks[0].factor.name != group:
-        from memoe.dask.nested import NestedBlock
-
         # the blocks in the head's order (decreasing levels, as lme4); memoe.dask.nested checks the order
         # holds for the whole data once the levels are counted
         re_blocks = [NestedBlock(b.factor.name, tuple(b.factor.name.split(":")), b.specs, tuple(b.columns))
