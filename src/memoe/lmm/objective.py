@@ -30,7 +30,7 @@ from scipy.sparse.csgraph import connected_components
 from memoe.core.covariance import ThetaMap
 from memoe.core.design.scaling import LinearScaling
 from memoe.core.linalg.batched import batched_backward_solve_t, batched_forward_solve
-from memoe.core.linalg.crossed import MAX_PATTERN_NNZ, RestSchur
+from memoe.core.linalg.crossed import RestSchur
 from memoe.core.linalg.dense_small import DenseSmall, prefer_dense_small
 from memoe.core.linalg.matrix_free import MatrixFreeSchur, matrix_free_preferred
 from memoe.core.linalg.soa import (
@@ -348,8 +348,8 @@ class PLSProblem:
         ZrtXY = np.column_stack([ZrT @ c for c in xy_cols])
         del Z1s, Zr, ZrT
         self._q1 = q1
-        # small designs: the PLS system dense (memoe.core.linalg.dense_small); the blocked path below
-        # then only serves factorize/solve, so its precomputed map is skipped (max_nnz=0)
+        # small designs: the PLS system dense (memoe.core.linalg.dense_small); RestSchur builds its entry
+        # map on first use, so the blocked path below costs nothing unless another path is chosen later
         self._small_args = (q1 * nlevels[0], self.mz, self.m, all(qk == 1 for qk in self.q[1:]))
         want_small = self.schur_request == "dense_small" or (
             self.schur_request == "auto" and prefer_dense_small(*self._small_args))
@@ -357,10 +357,7 @@ class PLSProblem:
             check_memory(8.0 * (q1 * nlevels[0] + 4 * self.mz + 8) * (self.mz + self.m), "the dense small-problem path")
             self.dense_small = DenseSmall.from_blocks(
                 self._zz, self._zxy, self.Z1tZr, ZrtZr, ZrtXY, self.XYtXY, self.q, nlevels)
-        self.rest = RestSchur(
-            self.Z1tZr, ZrtZr, ZrtXY, nlevels[0], q1, self.q[1:], self.nlevels[1:],
-            **({"max_nnz": 0} if want_small else {}),
-        )
+        self.rest = RestSchur(self.Z1tZr, ZrtZr, ZrtXY, nlevels[0], q1, self.q[1:], self.nlevels[1:])
         self.Z1tZr = self.rest.Z1tZr
         self._choose_schur()
 
@@ -447,8 +444,6 @@ class PLSProblem:
                                                           self.XYtXY, self.q, self.nlevels)
         else:
             self.dense_small = None
-            if rest._max_nnz == 0:  # built for dense_small without the entry map: the blocked paths want it
-                rest._max_nnz, rest._built = MAX_PATTERN_NNZ, False
         self.schur_request = schur
         self.sparse = None
         self._buffer = None

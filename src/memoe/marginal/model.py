@@ -26,6 +26,7 @@ from memoe.core.formula.parse import parse_formula
 from memoe.core.frames import to_pandas
 from memoe.core.linalg.threads import blas_threads
 from memoe.core.optim import minimize_bounded
+from memoe.core.optim.start import best_start
 from memoe.errors import (
     ArgumentError,
     ArgumentTypeError,
@@ -272,15 +273,8 @@ class _MarginalModel:
         cands = [np.zeros(0)]
         if P.cor is not None:
             cands = P.cor.starts(self.cor_layout, resid / P.ratios(v0))
-        best, best_f = None, np.inf
-        for u in cands:
-            x = np.concatenate([theta0, u, v0])
-            f = P.deviance(x, reml)
-            if f < best_f:
-                best, best_f = x, f
-        if best is None:
-            raise DataError("no starting value gives a positive-definite marginal covariance")
-        return best
+        return best_start((np.concatenate([theta0, u, v0]) for u in cands), lambda x: P.deviance(x, reml),
+                          "a positive-definite marginal covariance")
 
     def fit(
         self,

@@ -34,6 +34,7 @@ from memoe.core.linalg.batched import (
     batched_logdet_chol,
 )
 from memoe.core.optim import minimize_bounded
+from memoe.core.optim.start import best_start
 from memoe.errors import ArgumentError, ArgumentTypeError, DataError, FormulaError
 from memoe.moe.experts import ExpertGradients, ExpertParams, MStepControl, _sigma_floor
 from memoe.moe.gating import gate_newton
@@ -756,14 +757,8 @@ def _start_extra(expert: StructuredExpert, cor, var) -> np.ndarray:
     cands = [np.zeros(0)] if cor is None else [np.asarray(u, dtype=float) for u in cor.starts()]
     th = expert.tmap.initial() if expert.q else np.zeros(0)
     w = np.ones(expert.N)
-    best, best_f = None, np.inf
-    for u in cands:
-        x = np.concatenate([th, u, v0])
-        f = expert.weighted_deviance(x, w)
-        if f < best_f:
-            best, best_f = x, f
-    if best is None:
-        raise DataError("no starting value of the residual structure gives positive-definite covariances")
+    best = best_start((np.concatenate([th, u, v0]) for u in cands), lambda x: expert.weighted_deviance(x, w),
+                      "positive-definite covariances of the residual structure")
     return best[expert.n_theta :]
 
 

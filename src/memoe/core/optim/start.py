@@ -12,10 +12,50 @@ optimum when that is interior.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+
 import numpy as np
 import scipy.sparse as sp
 
-__all__ = ["mivque0", "variance_component_start"]
+from memoe.errors import DataError
+
+__all__ = ["best_start", "mivque0", "variance_component_start"]
+
+
+def best_start(candidates: Iterable[np.ndarray], objective: Callable[[np.ndarray], float], what: str) -> np.ndarray:
+    """The candidate with the lowest finite objective (nlme's way of starting a correlation structure).
+
+    Parameters
+    ----------
+    candidates : iterable of numpy.ndarray
+        Full parameter vectors.
+    objective : callable
+        Deviance of a parameter vector (inf where the covariance is not positive definite).
+    what : str
+        Names the covariance in the error.
+
+    Returns
+    -------
+    numpy.ndarray
+
+    Raises
+    ------
+    DataError
+        No candidate gives a finite objective.
+
+    Examples
+    --------
+    >>> best_start([np.array([0.0]), np.array([1.0])], lambda x: float((x[0] - 1) ** 2), "a test")
+    array([1.])
+    """
+    best, best_f = None, np.inf
+    for x in candidates:
+        f = objective(x)
+        if f < best_f:
+            best, best_f = x, f
+    if best is None:
+        raise DataError(f"no starting value gives {what}")
+    return best
 
 
 def mivque0(
