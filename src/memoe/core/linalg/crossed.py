@@ -142,6 +142,8 @@ class RestSchur:
         self._built = False
         # block pair (row block * blocks + column block) of each position of the map, built on first use
         self._pos_pair: np.ndarray | None = None
+        self.last_unscaled: np.ndarray | None = None
+        self._pos_index: tuple[np.ndarray, ...] | None = None
 
     @property
     def P(self) -> sp.csc_matrix | None:
@@ -162,6 +164,21 @@ class RestSchur:
         indptr = self.Z1tZr.indptr
         K = np.diff(indptr[0 : self.l1 * self.q1 + 1 : self.q1]).astype(np.int64)
         return int((K * (K + 1) // 2).sum())
+
+    def pos_index(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Row, column (row <= column) and their blocks of every position of the map (cached).
+
+        Returns
+        -------
+        r, c : numpy.ndarray of intp, shape (npos,)
+            Entry ``(r, c)`` of ``M_zz`` at each row of :attr:`P`.
+        rb, cb : numpy.ndarray of intp, shape (npos,)
+            The later block each of them belongs to.
+        """
+        if self._pos_index is None:
+            r, c = np.divmod(self.pos, self.nb)
+            self._pos_index = (r, c, self.col_block[r].astype(np.intp), self.col_block[c].astype(np.intp))
+        return self._pos_index
 
     # ------------------------------------------------------------------ setup
     def _build_map(self, max_nnz: int) -> sp.csc_matrix | None:
@@ -199,14 +216,20 @@ class RestSchur:
         ]
         return sp.block_diag(mats, format="csr")
 
-    def _scatter(self, weights: np.ndarray, out: np.ndarray | None, scale: np.ndarray | None = None) -> np.ndarray:
+    def _scatter(self, weights: np.ndarray, out: np.ndarray | None, scale: np.ndarray | float | None = None,
+                 keep: bool = False) -> np.ndarray:
         nb = self.nb
         if out is None:
             out = np.zeros((nb, nb))
         else:
             out.fill(0.0)
         vals = self.P @ weights
-        if scale is not None:
+        if keep:
+            # the entries of H = Z_r'Z_r - Z_r'Z_1 W Z_1'Z_r before the lambda scaling (the analytic
+            # gradient contracts them with M_zz^-1; memoe.lmm.gradient)
+            self.last_unscaled = vals
+            vals = vals if scale is None else vals * scale
+        elif scale is not None:
             vals *= scale
         out.ravel()[self.pos] = vals
         return out
@@ -218,6 +241,7 @@ class RestSchur:
         TtC: np.ndarray,
         M_xy: np.ndarray,
         out: np.ndarray | None = None,
+        keep: bool = False,
     ) -> np.ndarray:
         """The bordered matrix ``M`` with its upper triangle filled (lower triangle zero).
 
@@ -232,6 +256,9 @@ class RestSchur:
         M_xy : numpy.ndarray, shape (m, m)
         out : numpy.ndarray, shape (m_z + m, m_z + m), optional
             C-ordered buffer to fill (reused across evaluations to avoid page faults).
+        keep : bool
+            Keep the unscaled entries of ``H`` at :attr:`pos` in ``last_unscaled`` (scalar later blocks
+            with the map only; for :mod:`memoe.lmm.gradient`).
 
         Returns
         -------
@@ -244,7 +271,10 @@ class RestSchur:
             dvec = np.array([lam[0, 0] for lam in lambdas_rest])
             if len(dvec) == 1:
                 s2 = dvec[0] * dvec[0]
-                M = self._scatter(np.append(W * s2, s2), out)
+                if keep:
+                    M = self._scatter(np.append(W, 1.0), out, s2, keep=True)
+                else:
+                    M = self._scatter(np.append(W * s2, s2), out)
                 M[:mz, mz:] = dvec[0] * ZrtXY_adj
             else:
                 # scale each entry by lambda_row lambda_col before the scatter (a gather over the map's
@@ -255,7 +285,7 @@ class RestSchur:
                     nblk = len(self.q_rest)
                     self._pos_pair = (self.col_block[r] * nblk + self.col_block[c]).astype(np.intp)
                 dd = np.outer(dvec, dvec).ravel()[self._pos_pair]
-                M = self._scatter(np.append(W, 1.0), out, dd)
+                M = self._scatter(np.append(W, 1.0), out, dd, keep=keep)
                 dcol = dvec[self.col_block]
                 M[:mz, mz:] = dcol[:, None] * ZrtXY_adj
         else:

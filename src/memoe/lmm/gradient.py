@@ -1,0 +1,256 @@
+"""Analytic gradient in theta of the profiled ML deviance and REML criterion (PLS path).
+
+With ``M = Lambda'Z'Z Lambda + I``, ``V = I + Z Lambda Lambda'Z'`` (so that ``log|V| = log|M|``),
+``Y = Z'V^-1 [X y]`` and ``r = V^-1 (y - X beta)`` at the profiled beta (``Z'r = Y [-beta; 1]``,
+``u = Lambda'Z'r``, ``pwrss = r'(y - X beta)``), a theta entry ``t`` moves one entry ``(a, b)`` of the
+relative factor ``lambda_k`` of block k (``dLambda = I_{l_k} kron E_ab``) and
+
+* ``d log|M| = 2 tr(M^-1 Lambda'Z'Z dLambda)``,
+* ``d pwrss = -2 (Z'r)' dLambda u`` (envelope theorem: beta and u are minimisers),
+* ``d log|X'V^-1 X| = -2 tr((X'V^-1 X)^-1 Y_X' dLambda Lambda' Y_X)``,
+
+so that the ML deviance ``log|M| + n log pwrss + c`` and the REML criterion
+``log|M| + log|R_X'R_X| + (n - p) log pwrss + c`` have the gradient
+``d log|M| - 2 [lambda_k' (c_r S_r + c_X S_U)]_ba`` with ``S_r = sum_l (Z'r)_l (Z'r)_l'`` and
+``S_U = sum_l U_l U_l'`` over the levels of block k (``U = Y_X R_X^-1``), ``c_r = n / pwrss`` (ML) or
+``(n - p) / pwrss`` (REML) and ``c_X = 1`` for REML only. ``Y`` costs ``p + 1`` solves with the blocked
+factor the deviance computes anyway.
+
+``d log|M|`` on the dense crossed path (first factor block-diagonal ``D``, the later scalar blocks the
+dense Schur complement ``S = I + Lambda_r' H Lambda_r``, ``H = Z_r'Z_r - Z_r'Z_1 W Z_1'Z_r``,
+``W_j = lambda_1 D_j^-1 lambda_1'``): for a later block, ``2 sum_{c in k} sum_d S^-1_cd lambda_d H_dc``;
+for the first, ``2 sum_j [T_j (A_j - G_j + G_j T_j' lambda_1' A_j)]_ba`` with ``T_j = D_j^-1 lambda_1'``,
+``A_j = Z_1j'Z_1j`` and ``G_j`` the diagonal blocks of ``Z_1'Z_r Lambda_r S^-1 Lambda_r' Z_r'Z_1``. Both
+need ``S^-1`` only where ``H`` is non-zero: the positions of the scatter map of
+:class:`memoe.core.linalg.crossed.RestSchur` (a gather, and ``G_j`` is one product with the map's
+transpose). ``S^-1`` comes from LAPACK ``potri`` on the bordered factor in place (the inverse of the
+bordered matrix) minus its rank-``(p + 1)`` border correction.
+
+The centring/scaling of ``[X y]`` (``PLSProblem.scaling``) and lme4's prior weights only add a constant
+to the criterion, so the gradient is that of the scaled problem; group weights (one grouping factor)
+weight every level's terms.
+
+lme4 has no counterpart (its ``devfun`` is derivative-free); this is the gradient of
+``lme4::mkLmerDevfun(...)`` (REML or ML) checked against finite differences in the tests.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import scipy.linalg as sla
+from scipy.linalg import lapack
+
+from memoe.core.linalg.soa import soa_backward_solve_t, soa_forward_solve, soa_lincomb
+from memoe.core.linalg.threads import blas_threads
+from memoe.lmm.deviance import profiled_deviance
+
+__all__ = ["deviance_and_gradient", "gradient_available"]
+
+
+def gradient_available(problem) -> bool:
+    """Whether :func:`deviance_and_gradient` supports the problem's path.
+
+    One grouping factor (group weights allowed), or crossed/nested factors on the dense Schur path
+    with scalar random effects after the first factor and the precomputed scatter map. Elsewhere
+    (``dense_small``, sparse, matrix-free, vector-valued later factors, a Dask problem) the fit keeps
+    the derivative-free BOBYQA.
+    """
+    from memoe.lmm.objective import PLSProblem
+
+    if type(problem) is not PLSProblem or problem.dense_small is not None:
+        return False
+    if not problem.multi:
+        return True
+    rest = problem.rest
+    return problem.sparse is None and rest is not None and rest.diag_lambda and rest.P is not None
+
+
+def deviance_and_gradient(problem, theta: np.ndarray, reml: bool) -> tuple[float, np.ndarray]:
+    """Profiled deviance (ML) or REML criterion and its gradient in theta.
+
+    Parameters
+    ----------
+    problem : PLSProblem
+        A problem for which :func:`gradient_available` is True.
+    theta : numpy.ndarray, shape (ntheta,)
+    reml : bool
+
+    Returns
+    -------
+    deviance : float
+        Equal to ``problem.deviance(theta, reml)`` up to rounding (``inf`` where the factor fails).
+    gradient : numpy.ndarray, shape (ntheta,)
+        NaN where the deviance is not finite.
+
+    Examples
+    --------
+    >>> import memoe
+    >>> from memoe.lmm.gradient import deviance_and_gradient
+    >>> pen = memoe.datasets.load("Penicillin")
+    >>> pb = memoe.lmm("diameter ~ 1 + (1 | plate) + (1 | sample)", pen).problem
+    >>> pb.set_solver("dense")
+    >>> d, g = deviance_and_gradient(pb, [1.5, 3.0], reml=True)
+    >>> round(d, 4) == round(pb.deviance([1.5, 3.0], True), 4)
+    True
+    """
+    theta = np.asarray(theta, dtype=float)
+    with blas_threads(problem.blas_threads):
+        if problem.multi:
+            return _dense(problem, theta, reml)
+        return _one(problem, theta, reml)
+
+
+def _failed(theta: np.ndarray) -> tuple[float, np.ndarray]:
+    return math.inf, np.full(theta.shape, np.nan)
+
+
+def _criterion(pb, ok: bool, logdet_Z: float, logdet_X: float, pwrss: float, reml: bool) -> float:
+    if not ok:
+        return math.inf
+    dev = profiled_deviance(logdet_Z, logdet_X, pwrss, pb._n_eff, pb.p, reml)
+    if pb.scaling is not None:
+        dev += pb.scaling.deviance_shift(pb._n_eff, pb.p, reml)
+    return dev
+
+
+def _beta_rx(c: np.ndarray, mz: int, p: int) -> tuple[np.ndarray, np.ndarray]:
+    """Profiled beta and ``R_X^-1`` (with ``(R_X'R_X)^-1 = RXi RXi'``) from the bordered factor."""
+    if not p:
+        return np.zeros(0), np.zeros((0, 0))
+    LXX = c[mz : mz + p, mz : mz + p]
+    lyX = c[mz + p, mz : mz + p]
+    beta = sla.solve_triangular(LXX, lyX, trans="T", lower=True, check_finite=False)
+    RXi = sla.solve_triangular(LXX, np.eye(p), lower=True, check_finite=False).T
+    return beta, RXi
+
+
+def _first_terms(pb, lam: np.ndarray, L: np.ndarray, Y1: np.ndarray, G: np.ndarray | None):
+    """Level sums of the first block: ``sum_j X_j`` (the log|M| part), ``S_r`` and ``S_U`` inputs.
+
+    ``X_j = T_j (A_j - G_j + G_j T_j' lambda' A_j)`` with ``T_j = D_j^-1 lambda'``; shapes SoA (q1, ., l1).
+    """
+    q1, l1 = pb.q[0], pb.nlevels[0]
+    A = pb._zz
+    lamT = np.ascontiguousarray(np.broadcast_to(lam.T[:, :, None], (q1, q1, l1)))
+    T = soa_backward_solve_t(L, soa_forward_solve(L, lamT))
+    if G is None:
+        inner = A
+    else:
+        # G_j T_j' lambda' A_j: T_j' lambda' = (lambda T_j)'
+        lT = soa_lincomb(lam, T)  # lambda T_j
+        inner = A - G + np.einsum("abl,cbl,cdl->adl", G, lT, A, optimize=True)
+    return np.einsum("abl,bcl->acl", T, inner, optimize=True)
+
+
+def _assemble(pb, theta, reml, pwrss, Xsum, S1, dlogM_rest, Sr_rest, SU_rest, lam1):
+    """The gradient from the per-block pieces."""
+    tm = pb.theta_map
+    n, p = pb._n_eff, pb.p
+    c_r = (n - p if reml else n) / pwrss
+    grad = np.empty(len(theta))
+    Sr1, SU1 = S1
+    K1 = Xsum - lam1.T @ (c_r * Sr1 + (SU1 if reml else 0.0))
+    for t, (b, i, j) in enumerate(zip(tm.block, tm.row, tm.col, strict=True)):
+        if b == 0:
+            grad[t] = 2.0 * K1[j, i]
+        else:
+            lk = theta[t]
+            grad[t] = dlogM_rest[b - 1] - 2.0 * lk * (c_r * Sr_rest[b - 1] + (SU_rest[b - 1] if reml else 0.0))
+    return grad
+
+
+def _level_sums(pb, Y1: np.ndarray, bvec: np.ndarray, RXi: np.ndarray):
+    """``S_r = sum_j w_j (Z_j'r)(Z_j'r)'`` and ``S_U = sum_j w_j U_j U_j'`` of the first block."""
+    p = pb.p
+    zr = np.einsum("aml,m->al", Y1, bvec)
+    U = np.einsum("aml,mk->akl", Y1[:, :p], RXi)
+    w = pb.weights
+    if w is None:
+        return zr @ zr.T, np.einsum("akl,bkl->ab", U, U)
+    return (zr * w) @ zr.T, np.einsum("akl,bkl,l->ab", U, U, w)
+
+
+def _one(pb, theta: np.ndarray, reml: bool) -> tuple[float, np.ndarray]:
+    """One grouping factor: everything is per level (group weights allowed)."""
+    lam = pb.theta_map.lambdas(theta)[0]
+    logdet_Z, CtC, (L, C, _) = pb._first_block(lam, True)
+    c, info = lapack.dpotrf(pb._wXYtXY - CtC, lower=1, clean=0, overwrite_a=1)
+    ok, logdet_Z, logdet_X, pwrss = pb._finish(logdet_Z, c, info)
+    dev = _criterion(pb, ok, logdet_Z, logdet_X, pwrss, reml)
+    if not math.isfinite(dev):
+        return _failed(theta)
+    beta, RXi = _beta_rx(c, 0, pb.p)
+    bvec = np.append(-beta, 1.0)
+    # Y_j = Z_j'[X y] - A_j lambda M_j^-1 lambda' Z_j'[X y], M_j^-1 lambda' Z_j'[X y] = L_j^-T C_j
+    w1 = soa_lincomb(lam, soa_backward_solve_t(L, C))
+    Y1 = pb._zxy - np.einsum("abl,bml->aml", pb._zz, w1, optimize=True)
+    X = _first_terms(pb, lam, L, Y1, None)
+    w = pb.weights
+    Xsum = X.sum(axis=-1) if w is None else X @ w
+    grad = _assemble(pb, theta, reml, pwrss, Xsum, _level_sums(pb, Y1, bvec, RXi), None, None, None, lam)
+    return dev, grad
+
+
+def _dense(pb, theta: np.ndarray, reml: bool) -> tuple[float, np.ndarray]:
+    """Crossed/nested factors on the dense Schur path with scalar later blocks."""
+    rest = pb.rest
+    lambdas = pb.theta_map.lambdas(theta)
+    lam1 = lambdas[0]
+    q1, l1, mz, p, m, nb = pb.q[0], pb.nlevels[0], pb.mz, pb.p, pb.m, rest.nb
+    logdet_Z, CtC, (L, C, _) = pb._first_block(lam1, True)
+    W, TtC = pb._schur_inputs(lam1, L, C)
+    if pb._buffer is None:
+        pb._buffer = np.zeros((nb, nb))
+    M = rest.bordered(lambdas[1:], W, TtC, pb._wXYtXY - CtC, out=pb._buffer, keep=True)
+    H = rest.last_unscaled
+    rest.last_unscaled = None
+    c, info = lapack.dpotrf(M.T, lower=1, clean=0, overwrite_a=1)
+    ok, logdet_Z, logdet_X, pwrss = pb._finish(logdet_Z, c, info)
+    dev = _criterion(pb, ok, logdet_Z, logdet_X, pwrss, reml)
+    if not math.isfinite(dev):
+        return _failed(theta)
+    beta, RXi = _beta_rx(c, mz, p)
+    bvec = np.append(-beta, 1.0)
+    dvec = np.array([lam[0, 0] for lam in lambdas[1:]])
+    dcol = dvec[rest.col_block]
+    # x = M^-1 Lambda'Z'[X y] = L_Z^-T [C; L32']: the later part by one triangular solve with the whole
+    # bordered factor (its last m rows solve to zero), then the first part level by level
+    B = np.zeros((nb, m), order="F")
+    B[:mz] = c[mz:, :mz].T
+    x2 = sla.solve_triangular(c, B, lower=True, trans="T", check_finite=False, overwrite_b=True)[:mz]
+    w2 = x2 * dcol[:, None]
+    Z1tZr = rest.Z1tZr
+    v = np.ascontiguousarray((Z1tZr @ w2).reshape(l1, q1, m).transpose(1, 2, 0))
+    Gx2 = soa_forward_solve(L, soa_lincomb(lam1.T, v))
+    w1 = soa_lincomb(lam1, soa_backward_solve_t(L, C - Gx2))
+    # Y = Z'[X y] - Z'Z Lambda x
+    Y1 = pb._zxy - np.einsum("abl,bml->aml", pb._zz, w1, optimize=True) - v
+    Y2 = rest.ZrtXY - Z1tZr.T @ w1.transpose(2, 0, 1).reshape(l1 * q1, m) - rest.ZrtZr @ w2
+    # the border of the bordered inverse: (Omega^-1)_zz = S^-1 + N N', N = x2 L33^-T
+    N = sla.solve_triangular(c[mz:, mz:], x2.T, lower=True, check_finite=False).T
+    inv, info = lapack.dpotri(c, lower=1, overwrite_c=1)
+    if info != 0:
+        return _failed(theta)
+    r, cc, rb, cb = rest.pos_index()
+    s = inv.ravel(order="F")[rest.pos]
+    s -= np.einsum("ij,ij->i", N[r], N[cc])
+    # each off-diagonal position stands for (r, c) and (c, r): halve the diagonal instead of doubling the rest
+    s[r == cc] *= 0.5
+    nblk = len(dvec)
+    y = s * H
+    contrib = np.bincount(cb, y * dvec[rb], nblk) + np.bincount(rb, y * dvec[cb], nblk)
+    dlogM_rest = 2.0 * contrib
+    # G_j (first-factor diagonal blocks of Z_1'Z_r Lambda_r S^-1 Lambda_r' Z_r'Z_1) through the map's transpose
+    nw = l1 * q1 * q1
+    g = (rest.P.T @ (s * dvec[rb] * dvec[cb]))[:nw].reshape(l1, q1, q1)
+    G = -(g + g.transpose(0, 2, 1)).transpose(1, 2, 0)
+    Xsum = _first_terms(pb, lam1, L, Y1, np.ascontiguousarray(G)).sum(axis=-1)
+    zr2 = Y2 @ bvec
+    U2 = Y2[:, :p] @ RXi
+    Sr_rest = np.bincount(rest.col_block, zr2 * zr2, nblk)
+    SU_rest = np.bincount(rest.col_block, np.einsum("ij,ij->i", U2, U2), nblk)
+    grad = _assemble(pb, theta, reml, pwrss, Xsum, _level_sums(pb, Y1, bvec, RXi), dlogM_rest, Sr_rest, SU_rest,
+                     lam1)
+    return dev, grad
