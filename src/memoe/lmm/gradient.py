@@ -235,7 +235,9 @@ def _dense(pb, theta: np.ndarray, reml: bool) -> tuple[float, np.ndarray]:
         return _failed(theta)
     r, cc, rb, cb = rest.pos_index()
     s = inv.ravel(order="F")[rest.pos]
-    s -= np.einsum("ij,ij->i", N[r], N[cc])
+    # one column of N at a time: gathering whole rows N[r] was 4x slower (329,000 positions on InstEval)
+    for Nj in np.ascontiguousarray(N.T):
+        s -= Nj[r] * Nj[cc]
     # each off-diagonal position stands for (r, c) and (c, r): halve the diagonal instead of doubling the rest
     s[r == cc] *= 0.5
     nblk = len(dvec)

@@ -1,0 +1,183 @@
+"""Bound-constrained quasi-Newton minimisation with an analytic gradient (projected BFGS).
+
+For the profiled (RE)ML criterion of a few variance parameters each evaluation factors a large
+matrix, so the number of evaluations is what matters: BOBYQA needs 40-60 values for 3 parameters,
+a quasi-Newton method with the gradient about 10 (value, gradient) pairs. The variables are few
+(k <= ~30), so a dense BFGS inverse Hessian is kept; lower bounds (0 for standard deviations) are
+handled by projection with an active set: a variable at its bound whose gradient points outwards is
+held fixed, the others move along the BFGS direction of the free subspace, and the step is cut back
+(Armijo) along the projected path, so a bound is reached *exactly*. The first step is limited to
+``initial_step`` (the uncertainty of the starting point) instead of a unit step along ``-g``, which
+wastes evaluations when the gradient is large (L-BFGS-B: 3 of 13 evaluations on InstEval).
+
+R has no counterpart in lme4 (derivative-free ``nloptwrap``/``bobyqa``); the method is the projected
+BFGS of Bertsekas (1982) / Kelley (1999, ch. 5) with Armijo backtracking.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from memoe.core.optim.bobyqa import OptSummary
+
+__all__ = ["minimize_bounded_gradient"]
+
+# The first step moves at most initial_step / this along -g: it mainly measures curvature (s'y) for the
+# BFGS scaling, and a long step along a badly scaled gradient is cut back several times
+FIRST_STEP_DIVISOR = 4.0
+# Distance to a bound within which a variable whose gradient points outwards is put on the bound
+ACTIVE_EPS = 1e-3
+
+
+def minimize_bounded_gradient(
+    fun_grad: Callable[[np.ndarray], tuple[float, np.ndarray]],
+    x0: np.ndarray,
+    lower: np.ndarray,
+    *,
+    initial_step: float | np.ndarray | None = None,
+    ftol_rel: float = 1e-13,
+    ftol_abs: float = 1e-12,
+    xtol_abs: float = 1e-10,
+    maxeval: int = 200,
+) -> OptSummary:
+    """Minimise ``f`` subject to ``x >= lower`` from values and gradients.
+
+    Parameters
+    ----------
+    fun_grad : callable
+        ``x -> (f(x), grad f(x))``; ``f = inf`` (gradient NaN) marks a point outside the domain.
+    x0 : numpy.ndarray, shape (k,)
+        Start (projected onto the bounds).
+    lower : numpy.ndarray, shape (k,)
+        Lower bounds (``-inf`` for none).
+    initial_step : float or numpy.ndarray, optional
+        Largest move of each variable in the first step (default ``0.25 max(1, |x0|)``).
+    ftol_rel, ftol_abs : float
+        Converged when the predicted decrease ``g' H g / 2`` of the free variables, or an accepted
+        step's actual decrease, is below ``ftol_abs + ftol_rel |f|``.
+    xtol_abs : float
+        Converged when an accepted step moves every variable by less.
+    maxeval : int
+        Most evaluations; the best point so far is returned with ``return_code = 5`` beyond it.
+
+    Returns
+    -------
+    OptSummary
+        ``optimizer = "projected BFGS"``, ``feval`` = (value, gradient) evaluations; positive
+        ``return_code`` = converged (3: decrease below ftol, 4: step below xtol), negative = failed
+        (-1: no finite start or no descent possible far from a stationary point). ``settings`` holds the
+        tolerances and the final gradient (``"gradient"``).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> opt = minimize_bounded_gradient(lambda x: (float((x - 2) @ (x - 2)), 2 * (x - 2)),
+    ...                                 np.array([5.0, -1.0]), np.array([0.0, 0.0]))
+    >>> np.round(opt.x, 8).tolist(), opt.return_code > 0
+    ([2.0, 0.0], True)
+    """
+    t0 = time.perf_counter()
+    lower = np.asarray(lower, dtype=float)
+    x = np.maximum(np.asarray(x0, dtype=float), lower)
+    k = len(x)
+    count = 0
+
+    def ev(z: np.ndarray) -> tuple[float, np.ndarray]:
+        nonlocal count
+        count += 1
+        f, g = fun_grad(z)
+        f = float(f)
+        g = np.asarray(g, dtype=float)
+        if not (np.isfinite(f) and np.all(np.isfinite(g))):
+            return np.inf, np.full(k, np.nan)
+        return f, g
+
+    f, g = ev(x)
+    settings = dict(ftol_rel=ftol_rel, ftol_abs=ftol_abs, xtol_abs=xtol_abs, maxeval=maxeval)
+
+    def done(code: int, message: str) -> OptSummary:
+        return OptSummary(optimizer="projected BFGS", x0=np.asarray(x0, dtype=float), x=x.copy(), fmin=f, feval=count,
+                          return_code=code, message=message, seconds=time.perf_counter() - t0,
+                          settings={**settings, "gradient": g.copy()})
+
+    if not np.isfinite(f):
+        return done(-1, "the objective is not finite at the start")
+    if k == 0:
+        return done(1, "no parameters")
+    step0 = np.broadcast_to(
+        np.asarray(0.25 * np.maximum(1.0, np.abs(x)) if initial_step is None else initial_step, dtype=float), (k,)
+    ).copy()
+    Hinv: np.ndarray | None = None  # BFGS inverse Hessian (full space), set after the first accepted step
+    while True:
+        tol = ftol_abs + ftol_rel * abs(f)
+        # epsilon-active set (Bertsekas 1982): within eps of the bound with the gradient pushing outwards.
+        # Those variables are sent to the bound: a variance parameter whose optimum is 0 is approached
+        # ever more slowly otherwise (the criterion is even in a scalar theta, so its gradient vanishes at 0)
+        eps = min(ACTIVE_EPS, float(np.max(np.abs(x - np.maximum(x - g, lower)))))
+        active = (x - lower <= eps) & (g > 0)
+        free = ~active
+        snap = np.where(active, lower - x, 0.0)
+        if Hinv is None:
+            # first step: along -g, the largest component scaled to its initial step
+            d = np.where(free, -g, 0.0)
+            scale = np.max(np.abs(d) / step0) if np.any(d) else 0.0
+            if scale == 0.0 and not np.any(snap):
+                return done(3, "zero projected gradient")
+            if scale > 0.0:
+                d /= scale * FIRST_STEP_DIVISOR
+            d += snap
+            pred = -float(g @ d)
+        else:
+            Hf = Hinv[np.ix_(free, free)]
+            d = snap.copy()
+            d[free] = -Hf @ g[free]
+            pred = -float(g @ d)
+            if not pred > 0.0:
+                # the quasi-Newton model lost positive curvature on this face: restart from steepest descent
+                Hinv = None
+                continue
+            if 0.5 * pred <= tol and not np.any(snap):
+                return done(3, "predicted decrease below ftol")
+        # Armijo backtracking along the projected path
+        alpha, accepted = 1.0, False
+        for _ in range(30):
+            if count >= maxeval:
+                return done(5, "maxeval reached")
+            xn = np.maximum(x + alpha * d, lower)
+            fn, gn = ev(xn)
+            if np.isfinite(fn) and fn <= f - 1e-4 * float(g @ (x - xn)):
+                accepted = True
+                break
+            alpha *= 0.5 if np.isfinite(fn) else 0.1
+        if not accepted:
+            # no descent along the model direction: converged if the decrease left is at the rounding level
+            if Hinv is not None and 0.5 * pred <= 1e3 * tol:
+                return done(3, "no further descent at the rounding level")
+            if Hinv is None:
+                return done(-1, "no descent along the projected gradient")
+            Hinv = None
+            continue
+        s, y = xn - x, gn - g
+        decrease = f - fn
+        x, f, g = xn, fn, gn
+        if Hinv is not None and np.max(np.abs(d)) <= xtol_abs:
+            # the full quasi-Newton step (not a backtracked one) no longer moves theta
+            return done(4, "step below xtol")
+        sy = float(s @ y)
+        if sy > 1e-12 * float(np.sqrt((s @ s) * (y @ y))):
+            if Hinv is None:
+                # Shanno-Phua scaling of the initial inverse Hessian
+                Hinv = np.eye(k) * (sy / float(y @ y))
+            rho = 1.0 / sy
+            V = np.eye(k) - rho * np.outer(s, y)
+            Hinv = V @ Hinv @ V.T + rho * np.outer(s, s)
+        elif Hinv is None:
+            step0 = 2.0 * step0  # not convex along -g: no curvature information yet, go further next time
+        if 0.0 <= decrease <= tol and Hinv is not None:
+            # keep going only while the model still predicts a real decrease
+            free = ~((x - lower <= ACTIVE_EPS) & (g > 0))
+            if float(g[free] @ Hinv[np.ix_(free, free)] @ g[free]) <= 2e3 * tol:
+                return done(3, "decrease below ftol")
