@@ -328,7 +328,8 @@ class LMM:
         def fg(x: np.ndarray) -> tuple[float, np.ndarray]:
             return deviance_and_gradient(problem, x, reml)
 
-        opt = minimize_bounded_gradient(fg, x0, lower, initial_step=step, maxeval=min(control.maxeval, 500))
+        opt = minimize_bounded_gradient(fg, x0, lower, initial_step=step, ftol_abs=control.ftol_abs,
+                                        xtol_abs=min(control.xtol_abs, 1e-10), maxeval=min(control.maxeval, 500))
         grad = opt.settings["gradient"]
         if opt.return_code < 0 or opt.return_code == 5:
             # rare: no descent far from a stationary point, or too many evaluations; the derivative-free

@@ -38,7 +38,7 @@ def minimize_bounded_gradient(
     lower: np.ndarray,
     *,
     initial_step: float | np.ndarray | None = None,
-    ftol_rel: float = 1e-13,
+    ftol_rel: float = 1e-15,
     ftol_abs: float = 1e-12,
     xtol_abs: float = 1e-10,
     maxeval: int = 200,
@@ -111,6 +111,7 @@ def minimize_bounded_gradient(
         np.asarray(0.25 * np.maximum(1.0, np.abs(x)) if initial_step is None else initial_step, dtype=float), (k,)
     ).copy()
     Hinv: np.ndarray | None = None  # BFGS inverse Hessian (full space), set after the first accepted step
+    restarted = False
     while True:
         tol = ftol_abs + ftol_rel * abs(f)
         # epsilon-active set (Bertsekas 1982): within eps of the bound with the gradient pushing outwards.
@@ -153,13 +154,15 @@ def minimize_bounded_gradient(
                 break
             alpha *= 0.5 if np.isfinite(fn) else 0.1
         if not accepted:
-            # no descent along the model direction: converged if the decrease left is at the rounding level
-            if Hinv is not None and 0.5 * pred <= 1e3 * tol:
+            # no descent along the model direction: converged if the decrease left is at the rounding
+            # level of the criterion (its gradient is exact, its value only to ~1e-13 relative)
+            if Hinv is not None and 0.5 * pred <= max(1e3 * tol, 1e-11 * abs(f)):
                 return done(3, "no further descent at the rounding level")
-            if Hinv is None:
+            if Hinv is None or restarted:
                 return done(-1, "no descent along the projected gradient")
-            Hinv = None
+            Hinv, restarted = None, True
             continue
+        restarted = False
         s, y = xn - x, gn - g
         decrease = f - fn
         x, f, g = xn, fn, gn
