@@ -44,6 +44,8 @@ from harness import have_r, machine_facts, run_r, save_results, timed
 from lmm_workloads import GROUPS, SIMULATORS
 
 DEFAULT = ("long_1m", "nested", "insteval3", "movielens")
+# FitControl for every memoe fit (--optimizer)
+_CONTROL: dict = {}
 R_CODE = """
 suppressMessages(library(lme4))
 for (v in {groups}) df[[v]] <- factor(df[[v]])
@@ -79,10 +81,10 @@ def bench_small(df, formula: str, repeats: int) -> dict:
     with warnings.catch_warnings():
         # kb07's maximal model is a singular fit (as in lme4): the warning is not what is measured
         warnings.simplefilter("ignore")
-        memoe.lmm(formula, df).fit()
+        memoe.lmm(formula, df).fit(control=_CONTROL)
         for _ in range(repeats):
             c0, t0 = time.process_time(), time.perf_counter()
-            fit = memoe.lmm(formula, df).fit()
+            fit = memoe.lmm(formula, df).fit(control=_CONTROL)
             walls.append(time.perf_counter() - t0)
             cpus.append(time.process_time() - c0)
     return {
@@ -137,19 +139,19 @@ def bench_memoe(df, formula: str, repeats: int) -> dict:
     import memoe
     from memoe.lmm import objective
 
-    memoe.lmm(formula, df.iloc[: min(len(df), 5000)]).fit()
+    memoe.lmm(formula, df.iloc[: min(len(df), 5000)]).fit(control=_CONTROL)
     used = [c for c in df.columns if re.search(rf"\b{re.escape(c)}\b", formula)]
     used_mib = len(df) * len(used) * 8 / 2**20
     mem = None
     if _reset_peak():
         base = _status()["VmRSS"]
-        fit = memoe.lmm(formula, df).fit()
+        fit = memoe.lmm(formula, df).fit(control=_CONTROL)
         mem = _status()["VmHWM"] - base
         del fit
     walls, cpus, dwalls, dcpus, fwalls = [], [], [], [], []
     for _ in range(repeats):
         m, dw, dc = timed(lambda: memoe.lmm(formula, df))
-        fit, fw, fc = timed(m.fit)
+        fit, fw, fc = timed(lambda: m.fit(control=_CONTROL))
         walls.append(dw + fw)
         cpus.append(dc + fc)
         dwalls.append(dw)
@@ -183,8 +185,11 @@ STAGES = (
     ("memoe.lmm.model", "choose_scaling", "scaling check of [X y]"),
     ("memoe.lmm.objective", "PLSProblem.__init__", "per-subject sufficient statistics"),
     ("memoe.lmm.model", "one_factor_start", "moment start"),
-    ("memoe.lmm.objective", "PLSProblem.deviance", "objective evaluations"),
+    ("memoe.lmm.model", "variance_component_start", "moment start (crossed)"),
+    ("memoe.lmm.objective", "PLSProblem.deviance", "objective evaluations (value only)"),
+    ("memoe.lmm.model", "deviance_and_gradient", "value + gradient evaluations"),
     ("memoe.lmm.model", "finite_difference_derivatives", "derivative check (inside the evaluations)"),
+    ("memoe.lmm.model", "gradient_difference_hessian", "derivative check from gradients (inside)"),
     ("memoe.lmm.model", "LmmResult", "result (solve at the optimum)"),
 )
 
@@ -229,12 +234,12 @@ def profile_stages(df, formula: str, repeats: int) -> dict:
         setattr(owner, name, functools.wraps(fn)(timed_stage))
         restore.append((owner, name, fn))
     try:
-        memoe.lmm(formula, df.iloc[: min(len(df), 5000)]).fit()
+        memoe.lmm(formula, df.iloc[: min(len(df), 5000)]).fit(control=_CONTROL)
         best: dict = {}
         for _ in range(repeats):
             acc.clear()
             c0 = time.process_time()
-            memoe.lmm(formula, df).fit()
+            memoe.lmm(formula, df).fit(control=_CONTROL)
             acc["total"] = {"cpu_ms": 1000 * (time.process_time() - c0), "calls": 1}
             for k, v in acc.items():
                 if k not in best or v["cpu_ms"] < best[k]["cpu_ms"]:
@@ -242,7 +247,7 @@ def profile_stages(df, formula: str, repeats: int) -> dict:
         # memory: one more fit under tracemalloc (numpy reports its buffers to it)
         acc.clear()
         tracemalloc.start()
-        memoe.lmm(formula, df).fit()
+        memoe.lmm(formula, df).fit(control=_CONTROL)
         tracemalloc.stop()
         for k, v in acc.items():
             for key in ("before_mib", "held_mib", "peak_mib"):
@@ -274,7 +279,10 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true", help="memoe only: CPU and memory per stage")
     ap.add_argument("--r-timeout", type=float, default=900.0)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--optimizer", default="auto", choices=("auto", "bobyqa"),
+                    help="FitControl.optimizer of the memoe fits (auto = analytic gradient where available)")
     args = ap.parse_args()
+    _CONTROL["optimizer"] = args.optimizer
     facts = machine_facts()
     print(f"# {facts['date']}  {facts['cpu']}  {facts['cores']} cores  load {facts['load']:.1f}")
     rows = []

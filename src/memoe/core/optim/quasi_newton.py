@@ -30,6 +30,8 @@ __all__ = ["minimize_bounded_gradient"]
 FIRST_STEP_DIVISOR = 4.0
 # Distance to a bound within which a variable whose gradient points outwards is put on the bound
 ACTIVE_EPS = 1e-3
+# Initial trust radius of the quasi-Newton steps, in units of the initial step
+RADIUS_FACTOR = 2.0
 
 
 def minimize_bounded_gradient(
@@ -110,6 +112,11 @@ def minimize_bounded_gradient(
     step0 = np.broadcast_to(
         np.asarray(0.25 * np.maximum(1.0, np.abs(x)) if initial_step is None else initial_step, dtype=float), (k,)
     ).copy()
+    # trust radius of each variable for the quasi-Newton steps: an early, poorly scaled BFGS step would
+    # otherwise jump onto bounds and can end in a local minimum of a boundary face (seen on a 3 x 3
+    # random-effects covariance from the identity start); doubled whenever a capped step is accepted whole
+    # (at least a tenth of each variable's scale: a moment start's small steps are for BOBYQA's interpolation)
+    radius = np.maximum(RADIUS_FACTOR * step0, 0.1 * np.maximum(1.0, np.abs(x)))
     Hinv: np.ndarray | None = None  # BFGS inverse Hessian (full space), set after the first accepted step
     restarted = False
     while True:
@@ -142,6 +149,11 @@ def minimize_bounded_gradient(
                 continue
             if 0.5 * pred <= tol and not np.any(snap):
                 return done(3, "predicted decrease below ftol")
+            ratio = float(np.max(np.abs(d[free]) / radius[free])) if np.any(free) else 0.0
+            capped = ratio > 1.0
+            if capped:
+                d[free] /= ratio
+                pred = -float(g @ d)
         # Armijo backtracking along the projected path
         alpha, accepted = 1.0, False
         for _ in range(30):
@@ -163,6 +175,11 @@ def minimize_bounded_gradient(
             Hinv, restarted = None, True
             continue
         restarted = False
+        if Hinv is not None:
+            if alpha == 1.0 and capped:
+                radius *= 2.0
+            elif alpha < 1.0:
+                radius *= 0.5
         s, y = xn - x, gn - g
         decrease = f - fn
         x, f, g = xn, fn, gn
