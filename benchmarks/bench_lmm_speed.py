@@ -151,7 +151,7 @@ def bench_memoe(df, formula: str, repeats: int) -> dict:
     walls, cpus, dwalls, dcpus, fwalls = [], [], [], [], []
     for _ in range(repeats):
         m, dw, dc = timed(lambda: memoe.lmm(formula, df))
-        fit, fw, fc = timed(lambda: m.fit(control=_CONTROL))
+        fit, fw, fc = timed(lambda m=m: m.fit(control=_CONTROL))
         walls.append(dw + fw)
         cpus.append(dc + fc)
         dwalls.append(dw)
