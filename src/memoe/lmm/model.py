@@ -38,7 +38,7 @@ from memoe.core.optim.finish import finish_fit, is_boundary
 from memoe.core.optim.quasi_newton import minimize_bounded_gradient
 from memoe.core.optim.start import variance_component_start
 from memoe.errors import ArgumentError, FormulaTypeError
-from memoe.lmm.gradient import deviance_and_gradient, gradient_available
+from memoe.lmm.gradient import deviance_and_gradient, gradient_preferred
 from memoe.lmm.objective import SCHUR_PATHS, PLSProblem
 from memoe.lmm.result import LmmResult
 from memoe.lmm.start import one_factor_start
@@ -85,10 +85,11 @@ class FitControl:
         "matrix-free" path); the path taken is ``fit.model.problem.solver``.
     optimizer : {"auto", "bobyqa"}
         "auto": a projected BFGS with the analytic gradient of the criterion
-        (:mod:`memoe.lmm.gradient`, :mod:`memoe.core.optim.quasi_newton`) where it exists (one grouping
-        factor; crossed/nested factors on the dense path with scalar random effects after the first),
-        about 10 evaluations instead of BOBYQA's 40-60, and a derivative check from ``k`` gradient
-        differences; BOBYQA elsewhere and as a fallback from the quasi-Newton end point when it fails.
+        (:mod:`memoe.lmm.gradient`, :mod:`memoe.core.optim.quasi_newton`) where it pays: crossed/nested
+        factors on the blocked dense path with scalar random effects after the first (about 11 evaluations
+        instead of BOBYQA's 40-60 on InstEval), with a derivative check from ``k`` gradient differences;
+        BOBYQA elsewhere (one grouping factor, dense_small, sparse, matrix-free) and as a fallback from the
+        quasi-Newton end point when it fails.
         "bobyqa": always nlopt's BOBYQA (lme4's default optimizer) with the finite-difference check.
         ``fit.opt.optimizer`` names what ran and ``fit.opt.feval`` counts its evaluations.
 
@@ -289,7 +290,7 @@ class LMM:
             self.problem.blas_threads = control.blas_threads
         try:
             with blas_threads(self.problem.blas_threads):
-                use_gradient = control.optimizer == "auto" and gradient_available(self.problem)
+                use_gradient = control.optimizer == "auto" and gradient_preferred(self.problem)
                 if use_gradient:
                     opt, theta, grad = self._minimize_gradient(reml, x0, lower, step, control)
                     report = self._check_gradient(reml, theta, grad, lower, control)
