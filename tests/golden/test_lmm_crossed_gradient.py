@@ -88,7 +88,7 @@ def test_boundary_fit_is_exactly_zero_and_singular():
 
 
 def test_bobyqa_option_reaches_the_same_optimum():
-    formula, reml = CASES["lmm_crossed3_reml"]
+    formula, _ = CASES["lmm_crossed3_reml"]
     fit = fitted("lmm_crossed3_reml")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
