@@ -44,6 +44,7 @@ def minimize_bounded_gradient(
     ftol_abs: float = 1e-12,
     xtol_abs: float = 1e-10,
     maxeval: int = 200,
+    initial_hessian: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
 ) -> OptSummary:
     """Minimise ``f`` subject to ``x >= lower`` from values and gradients.
 
@@ -64,6 +65,11 @@ def minimize_bounded_gradient(
         Converged when an accepted step moves every variable by less.
     maxeval : int
         Most evaluations; the best point so far is returned with ``return_code = 5`` beyond it.
+    initial_hessian : callable, optional
+        ``(x0, g0) -> H`` (shape (k, k)), e.g. ``k`` gradient differences: BFGS then starts from
+        ``H^-1`` (Newton steps from the start) instead of a probing step along ``-g``. Ignored unless
+        ``H`` is finite and positive definite. Its evaluations are not counted in ``feval``: the
+        caller counts them.
 
     Returns
     -------
@@ -118,6 +124,12 @@ def minimize_bounded_gradient(
     # (at least a tenth of each variable's scale: a moment start's small steps are for BOBYQA's interpolation)
     radius = np.maximum(RADIUS_FACTOR * step0, 0.1 * np.maximum(1.0, np.abs(x)))
     Hinv: np.ndarray | None = None  # BFGS inverse Hessian (full space), set after the first accepted step
+    if initial_hessian is not None:
+        H0 = np.asarray(initial_hessian(x.copy(), g.copy()), dtype=float)
+        if H0.shape == (k, k) and np.all(np.isfinite(H0)):
+            w, Q = np.linalg.eigh(0.5 * (H0 + H0.T))
+            if w.min() > 1e-12 * max(1.0, w.max()):
+                Hinv = (Q / w) @ Q.T
     restarted = False
     while True:
         tol = ftol_abs + ftol_rel * abs(f)
