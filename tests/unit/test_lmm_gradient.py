@@ -21,7 +21,7 @@ import memoe
 from memoe.core.design.scaling import choose_scaling
 from memoe.core.optim import minimize_bounded_gradient
 from memoe.core.optim.bobyqa import OptSummary
-from memoe.errors import ArgumentError
+from memoe.errors import ArgumentError, MemoeError
 from memoe.lmm.gradient import deviance_and_gradient, gradient_available, gradient_preferred
 from memoe.lmm.objective import PLSProblem
 
@@ -140,8 +140,15 @@ def test_gradient_not_available_off_the_dense_path():
     pen = memoe.datasets.load("Penicillin")
     m = memoe.lmm("diameter ~ 1 + (1 | plate) + (1 | sample)", pen)
     assert m.problem.solver == "dense_small" and not gradient_available(m.problem)
+    with pytest.raises(MemoeError, match=r"blocked dense path.*'dense_small'"):
+        deviance_and_gradient(m.problem, np.ones(2), True)
     m.problem.set_solver("dense")
     assert gradient_available(m.problem)
+    # vector-valued random effects after the first factor: BOBYQA, and a clear refusal here
+    pb = _crossed([1, 2], [40, 12], seed=2)
+    assert not gradient_available(pb)
+    with pytest.raises(MemoeError, match="vector-valued random effects after the first factor"):
+        deviance_and_gradient(pb, _random_theta([1, 2], np.random.default_rng(0)), True)
 
 
 # ------------------------------------------------------------------------------------ fits

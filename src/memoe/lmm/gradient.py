@@ -44,6 +44,7 @@ from scipy.linalg import lapack
 
 from memoe.core.linalg.soa import soa_backward_solve_t, soa_forward_solve, soa_lincomb
 from memoe.core.linalg.threads import blas_threads
+from memoe.errors import MemoeError
 from memoe.lmm.deviance import profiled_deviance
 
 __all__ = ["deviance_and_gradient", "gradient_available", "gradient_preferred"]
@@ -89,6 +90,11 @@ def deviance_and_gradient(problem, theta: np.ndarray, reml: bool) -> tuple[float
     theta : numpy.ndarray, shape (ntheta,)
     reml : bool
 
+    Raises
+    ------
+    MemoeError
+        The problem's path has no gradient here (:func:`gradient_available` is False).
+
     Returns
     -------
     deviance : float
@@ -107,6 +113,13 @@ def deviance_and_gradient(problem, theta: np.ndarray, reml: bool) -> tuple[float
     >>> round(d, 4) == round(pb.deviance([1.5, 3.0], True), 4)
     True
     """
+    if not gradient_available(problem):
+        raise MemoeError(
+            "deviance_and_gradient needs an in-memory PLSProblem with one grouping factor, or crossed/nested factors "
+            "on the blocked dense path (solver 'dense') with scalar random effects after the first factor; "
+            f"this problem's path is {getattr(problem, 'solver', type(problem).__name__)!r}"
+            + ("" if getattr(getattr(problem, "rest", None), "diag_lambda", True)
+               else " with vector-valued random effects after the first factor"))
     theta = np.asarray(theta, dtype=float)
     with blas_threads(problem.blas_threads):
         if problem.multi:
