@@ -73,9 +73,9 @@ def theta_objective(
     def f(theta: np.ndarray) -> float:
         try:
             if warm and last[0] is not None:
-                st = problem.solve(theta, beta=None, u0=last[0][1], beta0=last[0][0], warm=True)
+                st = problem.solve(theta, beta=None, u0=last[0][1], beta0=last[0][0], warm=True, transient=True)
             else:
-                st = problem.solve(theta, beta=None, eta0=eta0)
+                st = problem.solve(theta, beta=None, eta0=eta0, transient=True)
         except (np.linalg.LinAlgError, FloatingPointError, ValueError):
             return np.inf
         v = laplace_deviance(problem, st)
@@ -117,7 +117,7 @@ def joint_objective(
         x = np.asarray(x, dtype=float)
         theta, beta = x[:k], x[k:]
         try:
-            st = problem.solve(theta, beta=beta, u0=last[0], warm=warm, min_iter=min_iter)
+            st = problem.solve(theta, beta=beta, u0=last[0], warm=warm, min_iter=min_iter, transient=True)
         except (np.linalg.LinAlgError, FloatingPointError, ValueError):
             return np.inf
         v = deviance(problem, st, theta)
