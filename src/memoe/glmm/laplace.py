@@ -29,7 +29,7 @@ LAPLACE_KINDS = ("expected", "observed")
 
 def laplace_deviance(problem: PirlsProblem, state: PirlsState) -> float:
     """``-2 log p(y | mu) + ||u||^2 + log det(L L')`` at a PIRLS solution."""
-    return problem.loglik_terms(state.mu, state.dev_resid) + state.sqrL + state.ldL2
+    return problem.loglik_terms(state.mu, dev_sum=state.dev_sum) + state.sqrL + state.ldL2
 
 
 def observed_laplace_deviance(problem: PirlsProblem, state: PirlsState, theta: np.ndarray) -> float:
@@ -50,7 +50,7 @@ def observed_laplace_deviance(problem: PirlsProblem, state: PirlsState, theta: n
         return np.inf
     if not np.isfinite(ldL2):
         return np.inf
-    return problem.loglik_terms(state.mu, state.dev_resid) + state.sqrL + ldL2
+    return problem.loglik_terms(state.mu, dev_sum=state.dev_sum) + state.sqrL + ldL2
 
 
 def theta_objective(

@@ -14,7 +14,7 @@ quadrature objectives of (theta, beta)) and joint (beta and u; lme4's ``nAGQ = 0
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -37,6 +37,11 @@ MIN_STEP = 1e-3
 DENSE_MAX_ENTRIES = 2**22  # 32 MB per dense array (A_12 and G)
 
 
+def _absmax(v: np.ndarray) -> float:
+    """``max |v|`` (0 for an empty vector) without an array of absolute values."""
+    return max(float(v.max()), -float(v.min())) if v.size else 0.0
+
+
 @dataclass(frozen=True)
 class PirlsState:
     """Conditional modes and everything evaluated at them.
@@ -49,7 +54,9 @@ class PirlsState:
     eta, mu, w : numpy.ndarray, shape (n,)
         Linear predictor (with offset), mean, and working weights at ``u``.
     dev_resid : numpy.ndarray, shape (n,)
-        Unit deviances at ``mu``.
+        Unit deviances at ``mu`` (formed on first use for a transient state).
+    dev_sum : float
+        Their sum (what the Laplace deviance needs; known from PIRLS' step test without the unit deviances).
     ldL2 : float
         ``log det(L L')`` with ``L L' = Lambda' Z' W Z Lambda + I`` at ``w``.
     iterations : int
@@ -61,10 +68,19 @@ class PirlsState:
     eta: np.ndarray
     mu: np.ndarray
     w: np.ndarray
-    dev_resid: np.ndarray
+    dev_sum: float
     ldL2: float
     iterations: int
     converged: bool
+    # [unit deviances or None, a function forming them]: a transient state's are formed only if asked for
+    _dev: list = field(default_factory=lambda: [None, None], repr=False, compare=False)
+
+    @property
+    def dev_resid(self) -> np.ndarray:
+        """Unit deviances at ``mu``."""
+        if self._dev[0] is None:
+            self._dev[0] = self._dev[1]()
+        return self._dev[0]
 
     @property
     def sqrL(self) -> float:
@@ -74,7 +90,7 @@ class PirlsState:
     @property
     def pdev(self) -> float:
         """Penalised deviance ``sum d_i + ||u||^2``."""
-        return float(self.dev_resid.sum()) + self.sqrL
+        return self.dev_sum + self.sqrL
 
 
 class PirlsProblem:
@@ -105,7 +121,8 @@ class PirlsProblem:
         self.sizes = [lk * qk for lk, qk in zip(self.nlevels, self.qk, strict=True)]
         self.q = int(sum(self.sizes))
         self._noX = np.zeros((self.n, 0))
-        self._XT = (self.X, np.ascontiguousarray(self.X.T))  # (X it was made from, X')
+        # (X it was made from, X', which columns are all ones)
+        self._XT = (self.X, np.ascontiguousarray(self.X.T), [bool(np.all(c == 1.0)) for c in self.X.T])
         self._has_offset = bool(np.any(self.offset != 0.0))
         self._loglik_constants = None  # response-only terms of the log-likelihood, computed once
         # -2 log p(y | mu) - sum(unit deviances): constant in mu for the Poisson and (integer) binomial families
@@ -192,18 +209,35 @@ class PirlsProblem:
             out.fill(0.0)
         return out
 
-    def fixed_predictor(self, beta: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    def fixed_predictor(
+        self, beta: np.ndarray, out: np.ndarray | None = None, scratch: np.ndarray | None = None
+    ) -> np.ndarray:
         """``offset + X beta``, shape (n,) (into ``out`` when given).
 
         As ``beta @ X'`` on the contiguous rows of ``X'``: numpy's product of a tall C-ordered (n, p) array
         with a vector runs at a fraction of memory speed for small p (10^6 x 2: 13 ms against 2.5 ms);
-        an offset of zeros costs no pass.
+        an offset of zeros costs no pass. With ``out`` and ``scratch`` (work arrays) and p <= 4, as scaled
+        column additions (a column of ones is a fill): ~3x faster than the BLAS product at 10^5 x 3.
         """
         if self._XT[0] is not self.X:  # X may be replaced (the null model of a GLM)
-            self._XT = (self.X, np.ascontiguousarray(self.X.T))
+            self._XT = (self.X, np.ascontiguousarray(self.X.T), [bool(np.all(c == 1.0)) for c in self.X.T])
         if not self.p:
             out = np.zeros(self.n) if out is None else out
             out.fill(0.0)
+        elif out is not None and scratch is not None and self.p <= 4:
+            XT, ones = self._XT[1], self._XT[2]
+            beta = np.asarray(beta, dtype=float)
+            for j in range(self.p):
+                bj = float(beta[j])
+                if j == 0:
+                    if ones[0]:
+                        out.fill(bj)
+                    else:
+                        np.multiply(XT[0], bj, out=out)
+                elif ones[j]:
+                    out += bj
+                else:
+                    out += np.multiply(XT[j], bj, out=scratch)
         elif out is None:
             out = np.asarray(beta, dtype=float) @ self._XT[1]
         else:
@@ -366,11 +400,11 @@ class PirlsProblem:
         try:
             with np.errstate(all="ignore"):
                 u, b, ldL2 = self.wls(theta, w, z, with_beta=joint)
+                # one test for all three: a NaN or inf anywhere (or |u| beyond 1e154, as absurd) is not finite
+                ok = np.isfinite(float(u @ u) + float(b @ b) + ldL2)
         except (np.linalg.LinAlgError, ValueError, FloatingPointError):
             return None
-        if not (np.all(np.isfinite(u)) and np.all(np.isfinite(b)) and np.isfinite(ldL2)):
-            return None
-        return u, b, ldL2
+        return (u, b, ldL2) if ok else None
 
     # ------------------------------------------------------------------ iterations
     def solve(
@@ -435,7 +469,7 @@ class PirlsProblem:
             # the array the means go to next, free until then
             self.re_predictor(theta, u_, out=out, scratch=scratch)
             if fe is None:
-                out += self.fixed_predictor(b_, out=tmp)
+                out += self.fixed_predictor(b_, out=tmp, scratch=scratch)
             else:
                 out += fe
             return out
@@ -461,7 +495,7 @@ class PirlsProblem:
             eta[:] = eta0
             fixed_eta = None
             mu = means(eta, m_cur)
-            d = None
+            d, dsum = None, None
             pdev = np.inf  # the start need not be of the form X beta + Z Lambda u
         else:
             b = np.asarray(beta, dtype=float)
@@ -494,9 +528,12 @@ class PirlsProblem:
                 break
             u_new, beta_new, ldL2 = step
             b_new = beta_new if joint else b
-            du = np.concatenate([u_new - u, b_new - b]) if joint else u_new - u
-            scale = 1.0 + float(np.max(np.abs(np.concatenate([u, b])), initial=0.0))
-            if it >= first and np.isfinite(pdev) and float(np.max(np.abs(du), initial=0.0)) < U_TOL * scale:
+            # |delta (u, beta)|_inf against U_TOL (1 + |(u, beta)|_inf)
+            du = _absmax(u_new - u)
+            scale = 1.0 + max(_absmax(u), _absmax(b))
+            if joint:
+                du = max(du, _absmax(b_new - b))
+            if it >= first and np.isfinite(pdev) and du < U_TOL * scale:
                 # the factor just computed is at the current (converged) modes
                 converged = True
                 break
@@ -517,7 +554,7 @@ class PirlsProblem:
             if fac < MIN_STEP:
                 # step halving failed (lme4 stops with an error): keep the best modes found
                 break
-            u, b, d, pdev = u_try, b_try, d_try, pdev_try
+            u, b, d, dsum, pdev = u_try, b_try, d_try, dsum_try, pdev_try
             # the accepted trial becomes current: swap the work arrays (no copies)
             eta, e_try = eta_try, eta
             if mu_try is m_try:
@@ -536,23 +573,28 @@ class PirlsProblem:
             z += r
             step = self._safe_wls(theta, w, z, joint)
             ldL2 = np.inf if step is None else step[2]
-        if d is None:
-            # the iterations compared sums only: the unit deviances of the state once, at its modes
-            d = self.dev_resids(mu, eta)
         if not transient:
             # the state owns its arrays (the work arrays are overwritten by the next solve)
             eta, mu, w = eta.copy(), mu.copy(), w.copy()
-        return PirlsState(
+        if d is None and (dsum is None or not transient):
+            # the iterations compared sums only: the unit deviances of the state once, at its modes
+            d = self.dev_resids(mu, eta)
+        if dsum is None:
+            dsum = float(d.sum())
+        state = PirlsState(
             u=u,
             beta=b.copy(),
             eta=eta,
             mu=mu,
             w=w,
-            dev_resid=d,
+            dev_sum=dsum,
             ldL2=ldL2,
             iterations=it,
             converged=converged,
         )
+        # a transient state's unit deviances, if asked for before the next solve overwrites eta and mu
+        state._dev[:] = [d, lambda: self.dev_resids(mu, eta)]
+        return state
 
     def _fixed_buffer(self) -> np.ndarray:
         """A work array for ``offset + X beta`` held fixed through one uOnly PIRLS run."""
@@ -560,17 +602,19 @@ class PirlsProblem:
             self._fixed_work = np.empty(self.n)
         return self._fixed_work
 
-    def loglik_terms(self, mu: np.ndarray, dev_resid: np.ndarray | None = None) -> float:
+    def loglik_terms(
+        self, mu: np.ndarray, dev_resid: np.ndarray | None = None, dev_sum: float | None = None
+    ) -> float:
         """``-2 log p(y | mu)`` with normalising constants (R's ``family$aic`` without the 2 k).
 
-        ``dev_resid``: the unit deviances at ``mu`` when known. For the Poisson and the binomial family with
-        integer counts ``-2 log p(y | mu) = sum d_i + C(y)``; ``C`` is computed once and the objective then
-        costs one sum instead of a second pass of logarithms over the data.
+        ``dev_resid``: the unit deviances at ``mu`` when known (or ``dev_sum``: their sum). For the Poisson and
+        the binomial family with integer counts ``-2 log p(y | mu) = sum d_i + C(y)``; ``C`` is computed once and
+        the objective then costs one sum instead of a second pass of logarithms over the data.
         """
         if self._loglik_constants is None:
             self._loglik_constants = self.family.loglik_constants(self.y, self.wt, self.ntrials)
         fam = self.family
-        if dev_resid is not None:
+        if dev_resid is not None or dev_sum is not None:
             if self._loglik_offset is None or self._loglik_offset[0] is not fam:
                 self._loglik_offset = (fam, None)
                 if self._deviance_offset_applies():
@@ -584,7 +628,7 @@ class PirlsProblem:
                         self._loglik_offset = (fam, full - dsum)
             offset = self._loglik_offset[1]
             if offset is not None:
-                return float(dev_resid.sum()) + offset
+                return (float(dev_resid.sum()) if dev_sum is None else dev_sum) + offset
         return -2.0 * fam.loglik(self.y, mu, self.wt, self.ntrials, constants=self._loglik_constants)
 
     def _deviance_offset_applies(self) -> bool:
