@@ -184,6 +184,23 @@ class PirlsProblem:
         (PIRLS' work arrays; no allocation).
         """
         lambdas = self.lambdas(theta)
+        sw = self.single
+        if out is not None and sw is not None and sw.m is not None:
+            # one factor, rows sorted by level, m rows per level: each level's values broadcast over its (l1, m)
+            # block of rows (no gathers); b_0 + b_1 z_1 + ... as in the general loop below
+            b = u.reshape(sw.l1, sw.q) @ lambdas[0].T
+            o2 = out.reshape(sw.l1, sw.m)
+            ZT = self._ZT[0]
+            if sw.q == 1:
+                if self._ones[0]:
+                    o2[:] = b
+                else:
+                    np.multiply(ZT[0].reshape(sw.l1, sw.m), b, out=o2)
+                return out
+            if sw.q == 2 and self._ones[0] and not self._ones[1]:
+                np.multiply(ZT[1].reshape(sw.l1, sw.m), b[:, 1:2], out=o2)
+                o2 += b[:, 0:1]
+                return out
         first = True
         col = 0
         g = scratch

@@ -108,6 +108,11 @@ class SingleWpls:
         # the unmatched X columns as contiguous rows (their products with the weights, joint step)
         self._XTu = np.ascontiguousarray(self.XT[self._unmatched]) if self._unmatched else None
 
+    @property
+    def m(self) -> int | None:
+        """Rows per level when the rows are sorted by level and every level has the same number, else None."""
+        return self._m
+
     def _sum(self, values: np.ndarray) -> np.ndarray:
         if self._m is not None:
             return values.reshape(self.l1, self._m) @ self._ones_m
