@@ -90,6 +90,17 @@ class SingleWpls:
         self._unmatched = [j for j in range(X.shape[1]) if self._xmatch[j] < 0]
         self._P: np.ndarray | None = None
         self._jidx = None
+        npair = len(self._pairs)
+        # the row holding w Z_a: the S row of a pair (a, b) with a column of ones Z_b, else r's row npair + a
+        # (its product with z is then formed in place, after the S rows have read it)
+        self._wz_row = [
+            next((i for i, (a2, b2) in enumerate(self._pairs) if a2 == a and self._ones[b2]), npair + a)
+            for a in range(self.q)
+        ]
+        # vech(I) over the S rows, zeros over the r rows (q <= 2)
+        self._eye_vech = np.array(
+            [[1.0 if a == b else 0.0] for (a, b) in self._pairs] + [[0.0]] * self.q
+        )
         self._WX: np.ndarray | None = None
         # rows sorted by level with every level present: per-level sums by reduceat (faster than bincount)
         c = self.codes
@@ -148,6 +159,10 @@ class SingleWpls:
                 ])
             else:
                 K = None
+            if K is not None:
+                # [vech(A - I); Lambda' r] = blockdiag(K, Lambda') [vech(S); r]: one product for both per step
+                npair = len(self._pairs)
+                K = np.block([[K, np.zeros((npair, self.q))], [np.zeros((self.q, npair)), lam.T]])
             self._lam_key, self._lam, self._K = key, lam, K
         return self._lam, self._K
 
@@ -189,9 +204,11 @@ class SingleWpls:
         if self._P is None or self._P.shape[0] < nprod:
             self._P = np.empty((len(self._pairs) + q + q * len(self._unmatched), n))
         P = self._P[:nprod]
-        WZ = [w if ones[a] else np.multiply(ZT[a], w, out=P[len(self._pairs) + a]) for a in range(q)]
-        # S rows (w Z_a Z_b) first; the r rows' work arrays hold w Z_a until the S rows are formed
+        # w Z_a in its own S row (a, b) with Z_b = 1 where there is one (no copy), else in r's row (see __init__)
+        WZ = [w if ones[a] else np.multiply(ZT[a], w, out=P[self._wz_row[a]]) for a in range(q)]
         for i, (a, b) in enumerate(self._pairs):
+            if not ones[a] and i == self._wz_row[a]:
+                continue
             if ones[b]:
                 P[i] = WZ[a]
             else:
@@ -212,20 +229,21 @@ class SingleWpls:
                     else:
                         np.multiply(WX[i], ZT[a], out=row)
         sums = self._sums(P)
-        S3, r = sums[:npair], sums[npair : npair + q]
-        A3 = K @ S3  # vech(Lambda' S_j Lambda) per level
-        rhs = lam.T @ r  # (q, l1)
+        r = sums[npair : npair + q]
+        # vech(Lambda' S_j Lambda + I) and Lambda' r_j per level, one product and one addition
+        AR = K @ sums[: npair + q]
+        AR += self._eye_vech
+        A3, rhs = AR[:npair], AR[npair:]
         if q == 1:
-            a00 = A3[0] + 1.0
+            a00 = A3[0]
             l0 = np.sqrt(a00)
             ldL2 = float(np.log(a00).sum())
             c = [rhs[0] / l0]
         else:
-            a00 = A3[0] + 1.0
+            a00 = A3[0]
             l0 = np.sqrt(a00)
             l1 = A3[1] / l0
-            d2 = A3[2] + 1.0
-            d2 -= l1 * l1
+            d2 = A3[2] - l1 * l1
             l2 = np.sqrt(d2)
             # log det(L L') = sum_j log(A_00 (A_11 - l1^2)): one logarithm per level
             ldL2 = float(np.log(a00 * d2).sum())
