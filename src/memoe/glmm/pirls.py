@@ -38,8 +38,8 @@ DENSE_MAX_ENTRIES = 2**22  # 32 MB per dense array (A_12 and G)
 
 
 def _absmax(v: np.ndarray) -> float:
-    """``max |v|`` (0 for an empty vector) without an array of absolute values."""
-    return max(float(v.max()), -float(v.min())) if v.size else 0.0
+    """``max |v|`` (0 for an empty vector)."""
+    return float(np.abs(v).max()) if v.size else 0.0
 
 
 @dataclass(frozen=True)
@@ -274,20 +274,25 @@ class PirlsProblem:
             self._work = [np.empty(self.n) for _ in range(7)]
         return self._work
 
-    def _linkinv_into(self, eta: np.ndarray, out: np.ndarray, tmp: np.ndarray) -> np.ndarray:
-        """``linkinv(eta)`` written into ``out`` for the logit and log links (bit for bit the link's formula)."""
+    def _linkinv_into(self, eta: np.ndarray, out: np.ndarray, tmp: np.ndarray) -> tuple[np.ndarray, bool | None]:
+        """``linkinv(eta)`` written into ``out`` for the logit and log links (bit for bit the link's formula).
+
+        Returns the means and, for the logit link, whether every ``|eta| <= 30`` (the working weights' fast path
+        needs the same test), else None.
+        """
         name = self.family.link.name
         if name == "logit":
             src = eta
-            if self.n and (float(eta.max()) > _THRESH or float(eta.min()) < -_THRESH):
+            inside = not self.n or (float(eta.max()) <= _THRESH and float(eta.min()) >= -_THRESH)
+            if not inside:
                 src = np.clip(eta, -_THRESH, _THRESH, out=tmp)
             np.exp(src, out=out)
             np.add(out, 1.0, out=tmp)
-            return np.divide(out, tmp, out=out)
+            return np.divide(out, tmp, out=out), inside
         if name == "log":
             np.exp(eta, out=out)
-            return np.maximum(out, _EPS, out=out)
-        return self.family.linkinv(eta)
+            return np.maximum(out, _EPS, out=out), None
+        return self.family.linkinv(eta), None
 
     def working(self, eta: np.ndarray):
         """``mu``, ``d mu/d eta`` and the working weights at ``eta``."""
@@ -296,15 +301,17 @@ class PirlsProblem:
         return mu, dmu, w
 
     def _weights(
-        self, eta: np.ndarray, mu: np.ndarray, out: np.ndarray | None = None
+        self, eta: np.ndarray, mu: np.ndarray, out: np.ndarray | None = None, inside: bool | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """``d mu/d eta`` and the working weights ``wt (d mu/d eta)^2 / V(mu)`` (``out``: a work array)."""
+        """``d mu/d eta`` and the working weights ``wt (d mu/d eta)^2 / V(mu)`` (``out``: a work array).
+
+        ``inside``: whether every ``|eta| <= 30``, when already known (:meth:`_linkinv_into`).
+        """
         fam = self.family
         kind = type(fam)
-        if (
-            kind is Binomial and fam.link.name == "logit"
-            and (not self.n or max(float(eta.max()), -float(eta.min())) <= _THRESH)
-        ):
+        if kind is Binomial and fam.link.name == "logit" and inside is None:
+            inside = not self.n or max(float(eta.max()), -float(eta.min())) <= _THRESH
+        if kind is Binomial and fam.link.name == "logit" and inside:
             # canonical link: d mu/d eta = V(mu) = mu (1 - mu), so the weight is wt mu (1 - mu); R's mu_eta
             # differs from this only beyond its threshold (checked above), two passes instead of seven
             if out is None:
@@ -493,7 +500,8 @@ class PirlsProblem:
             return out
 
         def means(eta_, out):
-            return self._linkinv_into(eta_, out, tmp) if fast else fam.linkinv(eta_)
+            # (mu, whether every |eta| <= 30 for the logit link, else None)
+            return self._linkinv_into(eta_, out, tmp) if fast else (fam.linkinv(eta_), None)
 
         u = np.zeros(self.q) if u0 is None else np.asarray(u0, dtype=float).copy()
         # a start of the form X beta + Z Lambda u can be the mode already: convergence may be seen at step 1
@@ -502,7 +510,7 @@ class PirlsProblem:
             b = np.asarray(beta0, dtype=float).copy()
             fixed_eta = None
             eta = predictor(b, u, None, e_cur, m_cur)
-            mu = means(eta, m_cur)
+            mu, inside = means(eta, m_cur)
             d, dsum = self._deviance(mu, eta, tmp)
             pdev = dsum + float(u @ u)
         elif joint:
@@ -512,7 +520,7 @@ class PirlsProblem:
             eta = e_cur
             eta[:] = eta0
             fixed_eta = None
-            mu = means(eta, m_cur)
+            mu, inside = means(eta, m_cur)
             d, dsum = None, None
             pdev = np.inf  # the start need not be of the form X beta + Z Lambda u
         else:
@@ -520,7 +528,7 @@ class PirlsProblem:
             # X beta + offset: kept for the whole run (the last work array is free: scratch is tmp)
             fixed_eta = self.fixed_predictor(b, out=self._fixed_buffer())
             eta = predictor(b, u, fixed_eta, e_cur, m_cur)
-            mu = means(eta, m_cur)
+            mu, inside = means(eta, m_cur)
             d, dsum = self._deviance(mu, eta, tmp)
             pdev = dsum + float(u @ u)
         # working response without the offset (and without X beta when beta is held fixed)
@@ -532,7 +540,7 @@ class PirlsProblem:
         it = 0
         while it < MAX_ITER:
             it += 1
-            dmu, w = self._weights(eta, mu, out=w_buf)
+            dmu, w = self._weights(eta, mu, out=w_buf, inside=inside)
             # z = (eta - base) + (y - mu) / dmu, in the work array z (tmp as scratch)
             if subtract_base:
                 np.subtract(eta, base, out=z)
@@ -574,7 +582,7 @@ class PirlsProblem:
                 u_try = u + fac * step_u
                 b_try = b + fac * (b_new - b) if joint else b
                 eta_try = predictor(b_try, u_try, fixed_eta, e_try, m_try)
-                mu_try = means(eta_try, m_try)
+                mu_try, inside_try = means(eta_try, m_try)
                 d_try, dsum_try = self._deviance(mu_try, eta_try, tmp)
                 pdev_try = dsum_try + float(u_try @ u_try)
                 # a rounding-level increase near the optimum is accepted
@@ -586,7 +594,7 @@ class PirlsProblem:
             if fac < MIN_STEP:
                 # step halving failed (lme4 stops with an error): keep the best modes found
                 break
-            u, b, d, dsum, pdev = u_try, b_try, d_try, dsum_try, pdev_try
+            u, b, d, dsum, pdev, inside = u_try, b_try, d_try, dsum_try, pdev_try, inside_try
             # the accepted trial becomes current: swap the work arrays (no copies)
             eta, e_try = eta_try, eta
             if mu_try is m_try:
@@ -595,7 +603,7 @@ class PirlsProblem:
                 mu = mu_try
         if not converged:
             # the weights at the current modes (an exit after an accepted step has them at the previous ones)
-            dmu, w = self._weights(eta, mu, out=w_buf)
+            dmu, w = self._weights(eta, mu, out=w_buf, inside=inside)
             if subtract_base:
                 np.subtract(eta, base, out=z)
             else:

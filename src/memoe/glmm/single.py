@@ -162,7 +162,10 @@ class SingleWpls:
             if K is not None:
                 # [vech(A - I); Lambda' r] = blockdiag(K, Lambda') [vech(S); r]: one product for both per step
                 npair = len(self._pairs)
-                K = np.block([[K, np.zeros((npair, self.q))], [np.zeros((self.q, npair)), lam.T]])
+                M = np.zeros((npair + self.q, npair + self.q))
+                M[:npair, :npair] = K
+                M[npair:, npair:] = lam.T
+                K = M
             self._lam_key, self._lam, self._K = key, lam, K
         return self._lam, self._K
 
@@ -256,7 +259,8 @@ class SingleWpls:
             ZtWX = sums[idx]  # (q, p, l1)
             T = ZtWX.sum(axis=2)  # Z_a' W X_j over all levels
             M = T[mrow]  # row j: X_j' W X for a column j equal to Z column mrow[j]
-            XtWX = np.where(matched[:, None], M, M.T)  # an unmatched row from the matched columns' rows
+            # an unmatched row from the matched columns' rows (every column matched: M is X' W X)
+            XtWX = np.where(matched[:, None], M, M.T) if unm.size else M
             XtWz = r.sum(axis=1)[mrow]
             if unm.size:
                 WX = self._WX[: unm.size]
