@@ -6,7 +6,9 @@ level. PIRLS changes the weights ``W`` at every iteration; building a fresh
 column matching, blocked per-level sums of every product of the scaled [Z X y] columns, rank
 bookkeeping) cost 4-6 ms of the ~8 ms of a step on 10^5 rows. This class accumulates only the
 weighted per-level sums one step needs (``np.bincount`` over the level codes, level index last as in
-:mod:`memoe.core.linalg.soa`) and factors the q x q blocks with memoe's batched kernels.
+:mod:`memoe.core.linalg.soa`) and factors the q x q blocks with memoe's batched kernels; for q <= 2 (random
+intercepts, an intercept and one slope) the per-level factors are closed-form expressions on level vectors
+and all weighted products are summed by one call (:meth:`SingleWpls._solve_small`).
 """
 
 from __future__ import annotations
