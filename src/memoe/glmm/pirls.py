@@ -14,6 +14,7 @@ quadrature objectives of (theta, beta)) and joint (beta and u; lme4's ``nAGQ = 0
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -424,7 +425,7 @@ class PirlsProblem:
             with np.errstate(all="ignore"):
                 u, b, ldL2 = self.wls(theta, w, z, with_beta=joint)
                 # one test for all three: a NaN or inf anywhere (or |u| beyond 1e154, as absurd) is not finite
-                ok = np.isfinite(float(u @ u) + float(b @ b) + ldL2)
+                ok = math.isfinite(float(u @ u) + float(b @ b) + float(ldL2))
         except (np.linalg.LinAlgError, ValueError, FloatingPointError):
             return None
         return (u, b, ldL2) if ok else None
@@ -553,8 +554,8 @@ class PirlsProblem:
                 try:
                     u_new, beta_new, ldL2 = wls(theta, w, z, joint)
                     # one test for all three: a NaN or inf anywhere (or |u| beyond 1e154, as absurd) is not finite
-                    step = (u_new, beta_new, ldL2) if np.isfinite(float(u_new @ u_new) + float(beta_new @ beta_new)
-                                                                  + ldL2) else None
+                    total = float(u_new @ u_new) + float(beta_new @ beta_new) + float(ldL2)
+                    step = (u_new, beta_new, ldL2) if math.isfinite(total) else None
                 except (np.linalg.LinAlgError, ValueError, FloatingPointError):
                     step = None
             else:
@@ -570,7 +571,7 @@ class PirlsProblem:
             scale = 1.0 + max(_absmax(u), _absmax(b) if joint else b_scale)
             if joint:
                 du = max(du, _absmax(b_new - b))
-            if it >= first and np.isfinite(pdev) and du < U_TOL * scale:
+            if it >= first and math.isfinite(pdev) and du < U_TOL * scale:
                 # the factor just computed is at the current (converged) modes
                 converged = True
                 break
@@ -586,7 +587,7 @@ class PirlsProblem:
                 d_try, dsum_try = self._deviance(mu_try, eta_try, tmp)
                 pdev_try = dsum_try + float(u_try @ u_try)
                 # a rounding-level increase near the optimum is accepted
-                if pdev_try <= pdev + 1e-10 * (abs(pdev) if np.isfinite(pdev) else 0.0):
+                if pdev_try <= pdev + 1e-10 * (abs(pdev) if math.isfinite(pdev) else 0.0):
                     break
                 fac *= 0.5
                 if fac < MIN_STEP:
