@@ -29,7 +29,7 @@ LAPLACE_KINDS = ("expected", "observed")
 
 def laplace_deviance(problem: PirlsProblem, state: PirlsState) -> float:
     """``-2 log p(y | mu) + ||u||^2 + log det(L L')`` at a PIRLS solution."""
-    return problem.loglik_terms(state.mu, state.dev_resid) + state.sqrL + state.ldL2
+    return problem.loglik_terms(state.mu, dev_sum=state.dev_sum) + state.sqrL + state.ldL2
 
 
 def observed_laplace_deviance(problem: PirlsProblem, state: PirlsState, theta: np.ndarray) -> float:
@@ -50,7 +50,7 @@ def observed_laplace_deviance(problem: PirlsProblem, state: PirlsState, theta: n
         return np.inf
     if not np.isfinite(ldL2):
         return np.inf
-    return problem.loglik_terms(state.mu, state.dev_resid) + state.sqrL + ldL2
+    return problem.loglik_terms(state.mu, dev_sum=state.dev_sum) + state.sqrL + ldL2
 
 
 def theta_objective(
@@ -73,9 +73,9 @@ def theta_objective(
     def f(theta: np.ndarray) -> float:
         try:
             if warm and last[0] is not None:
-                st = problem.solve(theta, beta=None, u0=last[0][1], beta0=last[0][0], warm=True)
+                st = problem.solve(theta, beta=None, u0=last[0][1], beta0=last[0][0], warm=True, transient=True)
             else:
-                st = problem.solve(theta, beta=None, eta0=eta0)
+                st = problem.solve(theta, beta=None, eta0=eta0, transient=True)
         except (np.linalg.LinAlgError, FloatingPointError, ValueError):
             return np.inf
         v = laplace_deviance(problem, st)
@@ -117,7 +117,7 @@ def joint_objective(
         x = np.asarray(x, dtype=float)
         theta, beta = x[:k], x[k:]
         try:
-            st = problem.solve(theta, beta=beta, u0=last[0], warm=warm, min_iter=min_iter)
+            st = problem.solve(theta, beta=beta, u0=last[0], warm=warm, min_iter=min_iter, transient=True)
         except (np.linalg.LinAlgError, FloatingPointError, ValueError):
             return np.inf
         v = deviance(problem, st, theta)

@@ -198,3 +198,106 @@ def test_hessian_from_the_estimates_modes_is_the_cold_hessian():
     scale = np.sqrt(np.outer(np.diag(v2), np.diag(v2)))
     assert np.max(np.abs(v1 - v2) / scale) < 1e-5
     assert fit.converged
+
+
+# ------------------------------------------------------------------ issue 13, third round: row passes and q <= 2
+def _layout(df: pd.DataFrame, layout: str) -> pd.DataFrame:
+    """Balanced rows sorted by group, sorted with unequal group sizes, or shuffled (three summation paths)."""
+    if layout == "unbalanced":
+        return df[~((df["g"] % 3 == 0) & (df.groupby("g").cumcount() < 4))].reset_index(drop=True)
+    if layout == "shuffled":
+        return df.sample(frac=1.0, random_state=11).reset_index(drop=True)
+    return df
+
+
+@pytest.mark.parametrize("layout", ["balanced", "unbalanced", "shuffled"])
+@pytest.mark.parametrize(
+    "formula",
+    ["y ~ trt + anger + (1 | g)", "y ~ trt + anger + (trt | g)", "y ~ trt + (anger | g)", "y ~ anger + (0 + trt | g)"],
+)
+def test_small_q_closed_form_wpls_equals_the_general_solver(formula, layout):
+    """The q <= 2 closed-form per-level factors, for every summation path (matrix-vector product for balanced
+    sorted rows, reduceat for sorted rows, bincount otherwise), X columns equal to Z columns or not: the same
+    modes, fixed effects and log-determinant as the LMM's general penalised least squares (rounding level of a
+    few small factorisations)."""
+    df = _layout(_logistic_slope(), layout)
+    P = glmm(formula, df, "binomial").problem
+    W = P.single
+    assert W is not None and W.q <= 2
+    assert (W.m is not None) == (layout == "balanced")
+    rng = np.random.default_rng(2)
+    w = rng.uniform(0.05, 0.25, P.n)
+    z = rng.standard_normal(P.n)
+    theta = np.array([0.9, -0.2, 0.5])[: P.theta_map.size]
+    for with_beta in (True, False, True):  # the work arrays are reused: a second joint call must not see stale rows
+        u1, b1, ld1 = W.solve(theta, w, z, with_beta)
+        sol = P.wls_problem(w, z, with_beta).solve(theta, reml=False)
+        u2 = np.concatenate([uk.ravel() for uk in sol.u])
+        np.testing.assert_allclose(u1, u2, rtol=1e-9, atol=1e-11)
+        np.testing.assert_allclose(b1, sol.beta, rtol=1e-9, atol=1e-11)
+        assert ld1 == pytest.approx(float(sol.factor.logdet_Z), rel=1e-12)
+
+
+@pytest.mark.parametrize("layout", ["balanced", "shuffled"])
+def test_predictors_into_work_arrays_equal_the_plain_products(layout):
+    """``Z Lambda u`` broadcast over balanced sorted rows (or gathered into work arrays) and ``offset + X beta``
+    by column additions equal the plain computations."""
+    df = _layout(_logistic_slope(), layout)
+    P = glmm("y ~ trt + anger + (trt | g)", df, "binomial").problem
+    rng = np.random.default_rng(3)
+    theta = np.array([0.8, 0.3, 0.6])
+    u = rng.standard_normal(P.q)
+    out, scratch = np.full(P.n, np.nan), np.full(P.n, np.nan)
+    b = u.reshape(-1, 2) @ P.theta_map.lambdas(theta)[0].T
+    expected = b[P.codes[0], 0] + b[P.codes[0], 1] * df["trt"].to_numpy()
+    assert P.re_predictor(theta, u, out=out, scratch=scratch) is out
+    np.testing.assert_allclose(out, expected, rtol=1e-15, atol=1e-15)
+    np.testing.assert_array_equal(P.re_predictor(theta, u), out)  # the allocating path, bit for bit
+    beta = np.array([-1.2, 0.7, 0.05])
+    got = P.fixed_predictor(beta, out=out, scratch=scratch)
+    assert got is out
+    np.testing.assert_allclose(out, P.X @ beta, rtol=1e-14, atol=1e-14)
+
+
+def test_link_means_into_work_arrays_are_the_links_formulas():
+    """PIRLS' in-place logit and log means are bit for bit the links' own (R's ``t / (1 + t)`` with eta clipped
+    at +-30), the logit one within a few ulp of scipy's expit, and the range flag is right."""
+    df = _logistic_slope()
+    P = glmm("y ~ trt + (1 | g)", df, "binomial").problem
+    eta = np.linspace(-40.0, 40.0, P.n)
+    out, tmp = np.empty(P.n), np.empty(P.n)
+    mu, inside = P._linkinv_into(eta, out, tmp)
+    assert mu is out and inside is False
+    np.testing.assert_array_equal(mu, Binomial().linkinv(eta))
+    np.testing.assert_allclose(mu, special.expit(np.clip(eta, -30.0, 30.0)), rtol=4 * np.finfo(float).eps)
+    mu, inside = P._linkinv_into(eta / 2.0, out, tmp)
+    assert inside is True
+    np.testing.assert_array_equal(mu, Binomial().linkinv(eta / 2.0))
+    Pp = glmm("y ~ x + (1 | g)", _poisson(), "poisson").problem
+    eta = np.linspace(-50.0, 5.0, Pp.n)
+    mu, inside = Pp._linkinv_into(eta, np.empty(Pp.n), np.empty(Pp.n))
+    assert inside is None
+    np.testing.assert_array_equal(mu, Poisson().linkinv(eta))
+
+
+@pytest.mark.parametrize("family, make, formula", [
+    ("binomial", _logistic_slope, "y ~ trt + (trt | g)"),
+    ("poisson", _poisson, "y ~ x + (1 | g)"),
+])
+def test_transient_states_and_owned_states(family, make, formula):
+    """A transient PIRLS state forms its unit deviances on demand (equal to the family's, summing to the deviance
+    sum PIRLS kept); an ordinary state owns its arrays (a later solve does not change them)."""
+    P = glmm(formula, make(), family).problem
+    theta = P.theta_map.initial()
+    st = P.solve(theta, beta=None, transient=True)
+    assert st.converged
+    d = P.dev_resids(st.mu.copy(), st.eta.copy())
+    assert st.dev_sum == pytest.approx(float(d.sum()), rel=1e-12)
+    np.testing.assert_array_equal(st.dev_resid, d)
+    owned = P.solve(theta, beta=None)
+    eta, mu, w = owned.eta.copy(), owned.mu.copy(), owned.w.copy()
+    P.solve(0.5 * theta, beta=owned.beta + 0.1, u0=owned.u)
+    np.testing.assert_array_equal(owned.eta, eta)
+    np.testing.assert_array_equal(owned.mu, mu)
+    np.testing.assert_array_equal(owned.w, w)
+    assert owned.dev_sum == pytest.approx(float(owned.dev_resid.sum()), rel=1e-12)
