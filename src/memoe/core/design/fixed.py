@@ -292,7 +292,7 @@ def build_fixed(
     else:
         X, spec, names, resolved = model_matrix_with_contrasts(formula_rhs, data, contrasts)
     # R codes a logical predictor as a factor with FALSE as reference: column ``xTRUE`` (same 0/1 values)
-    logical = {str(c) for c in data.columns if data[c].dtype == bool}
+    logical = {str(c) for c, dt in zip(data.columns, data.dtypes, strict=True) if dt == np.dtype(bool)}
     if logical:
         names = [":".join(f"{part}TRUE" if part in logical else part for part in nm.split(":")) for nm in names]
     finite = np.isfinite(X).all(axis=0) if X.size else np.ones(X.shape[1], dtype=bool)

@@ -44,7 +44,7 @@ from formulaic.transforms.contrasts import HelmertContrasts, PolyContrasts, SumC
 from memoe.core.formula.names import r_column_name
 from memoe.errors import FormulaError
 
-__all__ = ["LazySpec", "NativeMatrix", "native_matrix", "parse_terms", "scoped_terms"]
+__all__ = ["LazySpec", "NativeMatrix", "native_matrix", "parse_terms", "scoped_terms", "text_codes"]
 
 _CONTRAST_CLASSES = {
     "treatment": TreatmentContrasts, "sum": SumContrasts, "helmert": HelmertContrasts, "poly": PolyContrasts,
@@ -171,30 +171,50 @@ class _Factor:
         return coding[self.codes]
 
 
-def _factor_of(col: pd.Series, name: str, contrast: str) -> _Factor | None:
-    """The factor of a Categorical or all-string object column, or None (formulaic decides)."""
+def text_codes(col: pd.Series, memo: dict | None = None) -> tuple[np.ndarray, list] | None:
+    """Codes (intp) and sorted levels of a text column (``str`` dtype, or object of strings), else None.
+
+    ``memo`` (a design's column cache) keeps the answer per column: the fixed part, the random-effects
+    terms and the grouping factors of one design factorise each column once.
+    """
+    key = ("__text__", col.name)
+    if memo is not None and key in memo:
+        return memo[key]
     dt = col.dtype
-    if isinstance(dt, pd.CategoricalDtype):
-        levels = list(dt.categories)
-        codes = col.cat.codes.to_numpy()
-    elif isinstance(dt, pd.StringDtype):
+    if isinstance(dt, pd.StringDtype):
         # pandas >= 3 reads text as ``str`` (a StringDtype): factorised on its own (Arrow) array
         codes, uniques = pd.factorize(col.array, sort=True)
-        levels = [str(v) for v in uniques]
+        out = (np.asarray(codes, dtype=np.intp), [str(v) for v in uniques])
     elif isinstance(dt, np.dtype) and dt.kind == "O":
         values = col.to_numpy()
         if pd.api.types.infer_dtype(values, skipna=False) != "string":
             return None
         codes, uniques = pd.factorize(values, sort=True)
-        levels = list(uniques)
+        out = (np.asarray(codes, dtype=np.intp), list(uniques))
     else:
         return None
+    if memo is not None:
+        memo[key] = out
+    return out
+
+
+def _factor_of(col: pd.Series, name: str, contrast: str, memo: dict | None) -> _Factor | None:
+    """The factor of a Categorical or text column, or None (formulaic decides)."""
+    dt = col.dtype
+    if isinstance(dt, pd.CategoricalDtype):
+        levels = list(dt.categories)
+        codes = np.asarray(col.array.codes, dtype=np.intp)
+    else:
+        found = text_codes(col, memo)
+        if found is None:
+            return None
+        codes, levels = found
     if len(levels) < 2:
         # one level: formulaic's reduced coding of it has no column and no longer spans the intercept
         return None
     ref = name if name.isidentifier() else f"`{name}`"
     expr = name if contrast == "treatment" else f"C({ref}, contr.{contrast})"
-    return _Factor(expr=expr, levels=levels, codes=np.asarray(codes, dtype=np.intp), contrast=contrast)
+    return _Factor(expr=expr, levels=levels, codes=codes, contrast=contrast)
 
 
 def _numeric_kind(col: pd.Series) -> bool:
@@ -344,7 +364,7 @@ def native_matrix(
             numeric.add(c)
             continue
         default = "poly" if isinstance(col.dtype, pd.CategoricalDtype) and col.dtype.ordered else "treatment"
-        f = _factor_of(col, c, contrasts.get(c, default))
+        f = _factor_of(col, c, contrasts.get(c, default), cache)
         if f is None or (f.expr != c and not c.isidentifier()):
             return None
         factors[c] = f

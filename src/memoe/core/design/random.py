@@ -263,7 +263,7 @@ def build_random(
     for term in terms:
         gname = term.group
         if gname not in factors:
-            factors[gname] = make_grouping_factor(data, term.group_factors)
+            factors[gname] = make_grouping_factor(data, term.group_factors, cache)
         f = factors[gname]
         if f.nlevels < 2:
             raise IdentifiabilityError(
