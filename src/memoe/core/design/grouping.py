@@ -42,7 +42,7 @@ def _codes_of(col: pd.Series, memo: dict | None = None) -> tuple[np.ndarray, pd.
         cats = col.dtype.categories
         used = np.bincount(codes, minlength=len(cats)) > 0 if len(codes) else np.zeros(len(cats), dtype=bool)
         if used.all():
-            return codes, pd.Index(cats)
+            return codes, cats  # an immutable Index, shared with the dtype
         remap = np.cumsum(used, dtype=np.int64) - 1
         return remap[codes], pd.Index(cats[used])
     values = col.to_numpy()
