@@ -134,3 +134,13 @@ def test_unused_levels_after_dropping_rows():
     X0, _, names0, _ = _formulaic("s + c", d, None)
     assert nm.names == names0 and "smid" not in nm.names and "czz" in nm.names
     np.testing.assert_array_equal(nm.X, X0)
+
+
+def test_lazy_spec_copies_and_pickles():
+    import copy
+    import pickle
+
+    d = _data()
+    fd = build_fixed("x + s", d)
+    for clone in (copy.deepcopy(fd.spec_source), pickle.loads(pickle.dumps(fd.spec_source))):
+        assert list(clone.get().column_names) == list(fd.spec.column_names)

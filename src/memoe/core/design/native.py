@@ -255,6 +255,15 @@ class LazySpec:
                     self._args = None  # the frame is no longer needed here
         return self._spec
 
+    def __getstate__(self) -> dict:
+        # copies and worker processes (memoe.core.replicates) get the built spec, not the lock and frame
+        return {"spec": self.get()}
+
+    def __setstate__(self, state: dict) -> None:
+        self._args = None
+        self._spec = state["spec"]
+        self._lock = threading.Lock()
+
     def _build(self) -> ModelSpec:
         rhs, data, factors, expected, what = self._args
         rows = [np.arange(min(HEAD_ROWS, len(data)))]
