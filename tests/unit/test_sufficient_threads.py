@@ -35,6 +35,8 @@ def test_threaded_pass_is_bit_identical(monkeypatch, threads):
 
 def test_pass_threads_setting(monkeypatch):
     monkeypatch.delenv("MEMOE_THREADS", raising=False)
+    assert pass_threads(10**8) == int(sufficient.THREADS_DEFAULT)
+    monkeypatch.setenv("MEMOE_THREADS", "auto")
     assert pass_threads(1000) == 1
     assert pass_threads(sufficient.THREAD_MIN_ROWS) in (1, 2)
     monkeypatch.setenv("MEMOE_THREADS", "1")

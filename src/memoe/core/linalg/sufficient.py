@@ -13,16 +13,23 @@ __all__ = ["GroupSums", "group_crossprod", "group_segments", "pass_threads"]
 
 # rows per block of the sorted-rows pass: a few columns of this length stay in L2 cache
 ROW_CHUNK = 32_768
-# rows from which the blocked pass runs on two threads (numpy's multiply and add.reduceat release the GIL);
-# below it a thread hand-off costs more than it saves. MEMOE_THREADS overrides the number of threads.
+# rows from which ``MEMOE_THREADS=auto`` runs the blocked pass on two threads (numpy's multiply and
+# add.reduceat release the GIL); below it a thread hand-off costs more than it saves
 THREAD_MIN_ROWS = 2_000_000
+# the setting when MEMOE_THREADS is not set: one thread, as two did not pay in the measurements on the shared
+# 2-core VM (benchmarks/README.md, "Design building")
+THREADS_DEFAULT = "1"
 
 
 def pass_threads(n: int) -> int:
-    """Threads for a pass over ``n`` rows: ``MEMOE_THREADS`` if set (1 turns threads off), else 2 from
-    ``THREAD_MIN_ROWS`` rows on when the process may use two cores, else 1."""
-    env = os.environ.get("MEMOE_THREADS", "").strip()
-    if env:
+    """Threads for the blocked pass over ``n`` rows, from the ``MEMOE_THREADS`` environment variable.
+
+    ``MEMOE_THREADS`` is a number of threads (``1``: none), or ``auto``: two threads from
+    ``THREAD_MIN_ROWS`` rows on when the process may use two cores; unset means ``THREADS_DEFAULT``.
+    An unreadable value means one thread (this only changes the speed, never the numbers).
+    """
+    env = os.environ.get("MEMOE_THREADS", "").strip().lower() or THREADS_DEFAULT
+    if env != "auto":
         try:
             return max(1, int(env))
         except ValueError:
