@@ -33,6 +33,7 @@ def _data(n: int = 40, seed: int = 3) -> pd.DataFrame:
                             categories=["low", "med", "high", "top"], ordered=True),
         # integer categories
         "m": pd.Categorical(rng.integers(1, 4, n)),
+        "my col": np.array(["u", "v", "w"], dtype=object)[rng.integers(0, 3, n)],
         "w": rng.normal(size=n),
     })
     d.loc[[3, 17], "x"] = np.nan  # missing rows are dropped below, as the model frame does
@@ -45,8 +46,11 @@ FORMULAS = [
     "s", "0 + s", "o", "c", "0 + c", "k", "0 + k", "m", "s + c", "s * c", "s:c", "0 + s:c", "s + s:c", "c + s:c",
     "x * s", "x:s", "0 + x:s", "x + x:s", "s:x", "k * x", "x:k", "s * c * x", "s:c:x", "x + s + k + c + o",
     "k:s", "o * k", "0 + o + s", "i * s", "t * s", "u:c", "x:z:s",
+    "x + x", "(s + c + x) ** 2", "s / c", "x - 1", "-1 + s", "s + 0", "x:z:s + s", "m * s", "`my col` + s",
+    "`my col`:s", "t:s:m",
 ]
-CONTRASTS = [None, {"s": "sum"}, {"s": "helmert", "c": "sum"}, {"k": "treatment", "s": "poly"}, {"c": "helmert"}]
+CONTRASTS = [None, {"s": "sum"}, {"s": "helmert", "c": "sum"}, {"k": "treatment", "s": "poly"}, {"c": "helmert"},
+             {"m": "sum", "s": "helmert"}]
 
 
 def _formulaic(rhs, d, contrasts):
