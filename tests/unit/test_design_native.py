@@ -34,6 +34,7 @@ def _data(n: int = 40, seed: int = 3) -> pd.DataFrame:
         # integer categories
         "m": pd.Categorical(rng.integers(1, 4, n)),
         "my col": np.array(["u", "v", "w"], dtype=object)[rng.integers(0, 3, n)],
+        "f32": rng.normal(size=n).astype(np.float32),
         "w": rng.normal(size=n),
     })
     d.loc[[3, 17], "x"] = np.nan  # missing rows are dropped below, as the model frame does
@@ -47,7 +48,7 @@ FORMULAS = [
     "x * s", "x:s", "0 + x:s", "x + x:s", "s:x", "k * x", "x:k", "s * c * x", "s:c:x", "x + s + k + c + o",
     "k:s", "o * k", "0 + o + s", "i * s", "t * s", "u:c", "x:z:s",
     "x + x", "(s + c + x) ** 2", "s / c", "x - 1", "-1 + s", "s + 0", "x:z:s + s", "m * s", "`my col` + s",
-    "`my col`:s", "t:s:m",
+    "`my col`:s", "t:s:m", "f32 * s", "f32 + x", "0 + f32:k",
 ]
 CONTRASTS = [None, {"s": "sum"}, {"s": "helmert", "c": "sum"}, {"k": "treatment", "s": "poly"}, {"c": "helmert"},
              {"m": "sum", "s": "helmert"}]
@@ -103,7 +104,8 @@ def test_single_level_and_nullable_go_through_formulaic():
     d["one"] = "a"
     d["nul"] = pd.array(np.arange(len(d)), dtype="Int64")
     d["mix"] = pd.Series([1, "a"] * (len(d) // 2) + [1] * (len(d) % 2), dtype=object, index=d.index)
-    for rhs in ["one", "x + nul", "mix"]:
+    d["f32"] = d["x"].astype(np.float32)  # formulaic multiplies float32 columns in float32
+    for rhs in ["one", "x + nul", "mix", "f32:x"]:
         assert native_matrix(rhs, d, {}, "the fixed effects") is None
 
 

@@ -217,9 +217,12 @@ def _factor_of(col: pd.Series, name: str, contrast: str, memo: dict | None) -> _
     return _Factor(expr=expr, levels=levels, codes=codes, contrast=contrast)
 
 
-def _numeric_kind(col: pd.Series) -> bool:
+def _numeric_kind(col: pd.Series) -> bool | None:
+    """True for a NumPy int, unsigned, bool or float64 column, None for a narrower float, else False."""
     dt = col.dtype
-    return isinstance(dt, np.dtype) and dt.kind in "fiub"
+    if not isinstance(dt, np.dtype) or dt.kind not in "fiub":
+        return False
+    return None if dt.kind == "f" and dt.itemsize < 8 else True
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -361,13 +364,17 @@ def native_matrix(
     columns = {c for t in terms for c in t}
     factors: dict[str, _Factor] = {}
     numeric: set[str] = set()
+    narrow: set[str] = set()
     for c in columns:
         if c not in data.columns:
             return None
         col = data[c]
         if not isinstance(col, pd.Series):  # duplicated column names: formulaic reports them
             return None
-        if _numeric_kind(col):
+        kind = _numeric_kind(col)
+        if kind is None:
+            narrow.add(c)
+        if kind is None or kind:
             if contrasts.get(c, "treatment") != "treatment":
                 return None  # contrasts for a number: resolve_contrasts refuses it on formulaic's path
             numeric.add(c)
@@ -377,6 +384,10 @@ def native_matrix(
         if f is None or (f.expr != c and not c.isidentifier()):
             return None
         factors[c] = f
+    # formulaic multiplies float32 (float16) columns in their own precision, products here are float64: a
+    # product of such a column with another number goes through formulaic (rare; the numbers stay its own)
+    if narrow and any(len([c for c in t if c in numeric]) > 1 and narrow.intersection(t) for t in terms):
+        return None
     scoped = scoped_terms(terms, frozenset(factors))
     n = len(data)
     # per output column: formulaic name, and how to compute it
