@@ -105,7 +105,8 @@ def test_single_level_and_nullable_go_through_formulaic():
     d["nul"] = pd.array(np.arange(len(d)), dtype="Int64")
     d["mix"] = pd.Series([1, "a"] * (len(d) // 2) + [1] * (len(d) % 2), dtype=object, index=d.index)
     d["f32"] = d["x"].astype(np.float32)  # formulaic multiplies float32 columns in float32
-    for rhs in ["one", "x + nul", "mix", "f32:x"]:
+    d["kna"] = d["k"].where(d["x"] > 0)  # missing levels (code -1) when called on a frame that kept them
+    for rhs in ["one", "x + nul", "mix", "f32:x", "kna"]:
         assert native_matrix(rhs, d, {}, "the fixed effects") is None
 
 

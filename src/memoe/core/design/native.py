@@ -212,6 +212,9 @@ def _factor_of(col: pd.Series, name: str, contrast: str, memo: dict | None) -> _
     if len(levels) < 2:
         # one level: formulaic's reduced coding of it has no column and no longer spans the intercept
         return None
+    if len(codes) and codes.min() < 0:
+        # missing values (code -1; the model frame has dropped them, other callers may not): formulaic's rows
+        return None
     ref = name if name.isidentifier() else f"`{name}`"
     expr = name if contrast == "treatment" else f"C({ref}, contr.{contrast})"
     return _Factor(expr=expr, levels=levels, codes=codes, contrast=contrast)
