@@ -45,3 +45,30 @@ def test_pass_threads_setting(monkeypatch):
     assert pass_threads(10) == 2
     monkeypatch.setenv("MEMOE_THREADS", "lots")
     assert pass_threads(10**8) == 1
+
+
+def _segments_by_diff(codes, ngroups):
+    # the previous definition (np.diff steps), the reference
+    step = np.diff(codes)
+    if codes[0] != 0 or codes[-1] != ngroups - 1 or step.min(initial=0) < 0 or step.max(initial=0) > 1:
+        return None
+    return np.concatenate(([0], np.flatnonzero(step) + 1))
+
+
+def test_group_segments_as_the_diff_definition():
+    from memoe.core.linalg.sufficient import group_segments
+
+    rng = np.random.default_rng(6)
+    cases = [np.zeros(1, dtype=np.int64), np.repeat(np.arange(50), rng.integers(1, 5, 50))]
+    base = cases[1]
+    cases += [base[::-1].copy(), np.sort(rng.integers(0, 50, 300)), base + 1, rng.permutation(base)]
+    jump = base.copy()
+    jump[jump >= 10] += 1  # a level missing in the middle
+    cases.append(jump)
+    down = base.copy()
+    down[40], down[41] = down[41], down[40] - 1
+    cases.append(down)
+    for c in cases:
+        for ng in {int(c.max()) + 1, int(c.max()), 50}:
+            a, b = group_segments(c, ng), _segments_by_diff(c, ng)
+            assert (a is None and b is None) or np.array_equal(a, b), (c[:10], ng)

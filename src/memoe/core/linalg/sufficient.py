@@ -52,11 +52,18 @@ def group_segments(codes: np.ndarray, ngroups: int) -> np.ndarray | None:
     n = len(codes)
     if n == 0 or ngroups == 0:
         return None
-    step = np.diff(codes)
-    # every level present and in increasing order: steps are 0 or 1, first 0 and last ngroups-1
-    if codes[0] != 0 or codes[-1] != ngroups - 1 or step.min(initial=0) < 0 or step.max(initial=0) > 1:
+    # every level present and in increasing order: first 0, last ngroups-1, never decreasing, and exactly
+    # ngroups-1 changes (so every change is +1). Boolean temporaries (n bytes) rather than np.diff's int64
+    # steps (8n bytes, 80 MB of fresh pages at 10^7 rows: 50-150 ms of page faults on a loaded VM)
+    if codes[0] != 0 or codes[-1] != ngroups - 1:
         return None
-    return np.concatenate(([0], np.flatnonzero(step) + 1))
+    head, tail = codes[:-1], codes[1:]
+    if not np.all(tail >= head):
+        return None
+    change = np.flatnonzero(tail != head)
+    if len(change) != ngroups - 1:
+        return None
+    return np.concatenate(([0], change + 1))
 
 
 class GroupSums:
