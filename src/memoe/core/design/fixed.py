@@ -15,7 +15,7 @@ from formulaic.transforms import C
 
 from memoe.core.design.contrasts import apply_contrasts, resolve_contrasts
 from memoe.core.design.direct import ColumnCache
-from memoe.core.design.native import LazySpec, native_matrix, resolve_spec
+from memoe.core.design.native import LazySpec, frame_columns, native_matrix, resolve_spec
 from memoe.core.design.newdata import replay_frame
 from memoe.core.design.scaling import ColumnSpreads, choose_scaling, spreads_from_gram
 from memoe.core.formula.names import r_column_name
@@ -283,7 +283,7 @@ def build_fixed(
     ``model.matrix(formula, data, contrasts.arg = contrasts)`` followed by lme4's ``chkRank.drop.cols``.
     """
     # R's contrasts of every factor variable (validates the contrasts= argument, names the column at fault)
-    resolved = resolve_contrasts([formula_rhs], data, contrasts)
+    resolved = resolve_contrasts([formula_rhs], data, contrasts, columns=frame_columns(cache))
     native = native_matrix(formula_rhs, data, resolved, "the fixed effects", cache)
     spec: ModelSpec | LazySpec
     if native is not None:

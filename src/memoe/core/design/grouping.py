@@ -72,14 +72,16 @@ def make_grouping_factor(data: pd.DataFrame, factors: tuple[str, ...], memo: dic
 
     ``memo`` is a design's column cache (text columns factorised once per design).
     """
-    codes, labels = _codes_of(data[factors[0]], memo)
+    from memoe.core.design.native import column
+
+    codes, labels = _codes_of(column(data, factors[0], memo), memo)
     if len(factors) == 1:
         return GroupingFactor(name=factors[0], codes=codes, levels=labels)
     label_parts = [list(map(str, labels))]
     combined = codes
     sizes = [len(labels)]
     for name in factors[1:]:
-        c, lab = _codes_of(data[name], memo)
+        c, lab = _codes_of(column(data, name, memo), memo)
         combined = combined * len(lab) + c
         sizes.append(len(lab))
         label_parts.append(list(map(str, lab)))

@@ -44,7 +44,9 @@ from formulaic.transforms.contrasts import HelmertContrasts, PolyContrasts, SumC
 from memoe.core.formula.names import r_column_name
 from memoe.errors import FormulaError
 
-__all__ = ["LazySpec", "NativeMatrix", "native_matrix", "parse_terms", "scoped_terms", "text_codes"]
+__all__ = [
+    "LazySpec", "NativeMatrix", "column", "frame_columns", "native_matrix", "parse_terms", "scoped_terms", "text_codes",
+]
 
 _CONTRAST_CLASSES = {
     "treatment": TreatmentContrasts, "sum": SumContrasts, "helmert": HelmertContrasts, "poly": PolyContrasts,
@@ -152,6 +154,7 @@ class _Factor:
     levels: list
     codes: np.ndarray
     contrast: str
+    categorical: bool = False  # a pandas Categorical (its levels are its dtype's, whatever rows are kept)
 
     def columns(self, reduced: bool) -> list[tuple[str, np.ndarray | None, int]]:
         """``(formulaic column name, coding vector over levels or None for an indicator, level)``."""
@@ -169,6 +172,22 @@ class _Factor:
         if coding is None:
             return (self.codes == level).astype(np.float64)
         return coding[self.codes]
+
+
+def column(data: pd.DataFrame, name: str, memo: dict | None = None) -> pd.Series:
+    """``data[name]``, from a design's column cache when the model frame put it there (one lookup per design)."""
+    if memo is not None:
+        col = memo.get(("__col__", name))
+        if col is not None:
+            return col
+    return data[name]
+
+
+def frame_columns(memo: dict | None) -> dict[str, pd.Series] | None:
+    """The model frame's Series held in a design's column cache, by name (None without any)."""
+    if not memo:
+        return None
+    return {k[1]: v for k, v in memo.items() if type(k) is tuple and k[0] == "__col__"} or None
 
 
 def text_codes(col: pd.Series, memo: dict | None = None) -> tuple[np.ndarray, list] | None:
@@ -217,7 +236,9 @@ def _factor_of(col: pd.Series, name: str, contrast: str, memo: dict | None) -> _
         return None
     ref = name if name.isidentifier() else f"`{name}`"
     expr = name if contrast == "treatment" else f"C({ref}, contr.{contrast})"
-    return _Factor(expr=expr, levels=levels, codes=codes, contrast=contrast)
+    return _Factor(
+        expr=expr, levels=levels, codes=codes, contrast=contrast, categorical=isinstance(dt, pd.CategoricalDtype)
+    )
 
 
 def _numeric_kind(col: pd.Series) -> bool | None:
@@ -369,9 +390,11 @@ def native_matrix(
     numeric: set[str] = set()
     narrow: set[str] = set()
     for c in columns:
-        if c not in data.columns:
-            return None
-        col = data[c]
+        col = cache.get(("__col__", c)) if cache is not None else None
+        if col is None:
+            if c not in data.columns:
+                return None
+            col = data[c]
         if not isinstance(col, pd.Series):  # duplicated column names: formulaic reports them
             return None
         kind = _numeric_kind(col)
@@ -420,7 +443,7 @@ def native_matrix(
     levels = {f.expr: f.levels for f in factors.values()}
     names = [r_column_name(c, levels) for c in fnames]
     coded = _coded_rhs(rhs, factors)
-    obj_factors = [c for c, f in factors.items() if not isinstance(data[c].dtype, pd.CategoricalDtype)]
+    obj_factors = [c for c, f in factors.items() if not f.categorical]
     spec = LazySpec(coded, data, obj_factors, fnames, what)
     used = {c: f.contrast for c, f in factors.items()}
     return NativeMatrix(X=X, names=names, spec=spec, contrasts=used)
@@ -435,15 +458,11 @@ def _coded_rhs(rhs: str, factors: Mapping[str, _Factor]) -> str:
     return apply_contrasts(rhs, {c: f.contrast for c, f in factors.items()})
 
 
-def _column(data: pd.DataFrame, name: str) -> np.ndarray:
-    return np.asarray(data[name].to_numpy(), dtype=np.float64)
-
-
-def _source(src, data: pd.DataFrame, factors: Mapping[str, _Factor], memo: dict) -> np.ndarray:
+def _source(src, data: pd.DataFrame, factors: Mapping[str, _Factor], memo: dict, cache: dict | None) -> np.ndarray:
     kind, col, coding, level = src
     if kind == "n":
         if col not in memo:
-            memo[col] = _column(data, col)
+            memo[col] = np.asarray(column(data, col, cache).to_numpy(), dtype=np.float64)
         return memo[col]
     return factors[col].values(coding, level)
 
@@ -472,11 +491,11 @@ def _fill(plan, fnames, data, factors, n: int, cache: ColumnCache | None) -> np.
             for part in parts:
                 if part[0] == "solo":
                     srcs = part[1]
-                    val = _source(srcs[0], data, factors, memo)
+                    val = _source(srcs[0], data, factors, memo, cache)
                     for s in srcs[1:]:
-                        val = val * _source(s, data, factors, memo)
+                        val = val * _source(s, data, factors, memo, cache)
                 else:
-                    val = _source(part, data, factors, memo)
+                    val = _source(part, data, factors, memo, cache)
                 if first:
                     np.copyto(out, val)
                     first = False

@@ -16,7 +16,7 @@ from memoe.core.covariance import ThetaMap
 from memoe.core.design.contrasts import apply_contrasts, resolve_contrasts
 from memoe.core.design.direct import ColumnCache
 from memoe.core.design.grouping import GroupingFactor, make_grouping_factor
-from memoe.core.design.native import LazySpec, native_matrix, resolve_spec
+from memoe.core.design.native import LazySpec, frame_columns, native_matrix, resolve_spec
 from memoe.core.formula.names import r_column_name
 from memoe.core.formula.parse import RandomTermSpec
 from memoe.core.linalg.threads import blas_threads
@@ -98,7 +98,7 @@ def _term_matrix(
     # fixed part only): treatment for unordered factors, contr.poly for ordered ones
     resolved: dict[str, str] = {}
     with contextlib.suppress(MemoeError):  # a bad reference: formulaic's message below names the term
-        resolved = resolve_contrasts([rhs], data, None)
+        resolved = resolve_contrasts([rhs], data, None, columns=frame_columns(cache))
     # numeric columns, factors and their interactions straight from the data or, when the fixed part built
     # the same columns, a view of the fixed-effects matrix (memoe.core.design.native)
     native = native_matrix(rhs, data, resolved, f"the random-effects term {term.text!r}", cache)
