@@ -151,3 +151,17 @@ def test_lazy_spec_copies_and_pickles():
     fd = build_fixed("x + s", d)
     for clone in (copy.deepcopy(fd.spec_source), pickle.loads(pickle.dumps(fd.spec_source))):
         assert list(clone.get().column_names) == list(fd.spec.column_names)
+
+
+@pytest.mark.parametrize("dtype", ["str", object])
+def test_level_order_of_text(dtype):
+    # upper case before lower case, digits as text ("10" < "9"), non-ASCII last: formulaic's (pandas') order
+    rng = np.random.default_rng(8)
+    d = pd.DataFrame({"x": rng.normal(size=60)})
+    d["g"] = pd.Series(np.array(["B", "a", "é", "10", "9", "Z z"], dtype=object)[rng.integers(0, 6, 60)], dtype=dtype)
+    for rhs in ["g", "0 + g", "x * g"]:
+        X0, _, names0, _ = _formulaic(rhs, d, None)
+        nm = native_matrix(rhs, d, resolve_contrasts([rhs], d, None), "the fixed effects")
+        assert nm.names == names0
+        np.testing.assert_array_equal(nm.X, X0)
+        assert list(nm.spec.get().column_names) == list(model_matrix(rhs, d).model_spec.column_names)
