@@ -292,7 +292,9 @@ def build_fixed(
     else:
         X, spec, names, resolved = model_matrix_with_contrasts(formula_rhs, data, contrasts)
     # R codes a logical predictor as a factor with FALSE as reference: column ``xTRUE`` (same 0/1 values)
-    logical = {str(c) for c, dt in zip(data.columns, data.dtypes, strict=True) if dt == np.dtype(bool)}
+    cols = frame_columns(cache)
+    dtypes = ((c, s.dtype) for c, s in cols.items()) if cols else zip(data.columns, data.dtypes, strict=True)
+    logical = {str(c) for c, dt in dtypes if dt == np.dtype(bool)}
     if logical:
         names = [":".join(f"{part}TRUE" if part in logical else part for part in nm.split(":")) for nm in names]
     finite = np.isfinite(X).all(axis=0) if X.size else np.ones(X.shape[1], dtype=bool)

@@ -324,7 +324,7 @@ def check_response_varies(y: np.ndarray, response: str) -> None:
     """
     if len(y) == 0:
         return
-    lo, hi = float(np.min(y)), float(np.max(y))
+    lo, hi = float(y.min()), float(y.max())
     if hi - lo <= 8.0 * np.finfo(float).eps * max(abs(lo), abs(hi)):
         raise DataError(
             f"response {response!r} is constant (value {lo:.10g} in all {len(y)} rows used); nothing to model"
