@@ -95,7 +95,7 @@ class DaskDesign:
     @property
     def fixed(self) -> FixedDesign:
         """The fixed design without rows (``X`` has 0 rows): names, spec, contrasts, dropped columns."""
-        return FixedDesign(X=np.zeros((0, len(self.kept))), names=self.fixef_names, spec=self.fixed_spec,
+        return FixedDesign(X=np.zeros((0, len(self.kept))), names=self.fixef_names, spec_source=self.fixed_spec,
                            kept=self.kept, dropped=list(self.dropped), contrasts=dict(self.contrasts))
 
     @property

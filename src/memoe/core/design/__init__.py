@@ -164,12 +164,13 @@ def build_design(
             "a linear mixed model needs at least one"
         )
     frame = build_frame(spec, data, extra=extra)
-    y = numeric_response(frame.data, spec.response)
+    y = numeric_response(frame.data, spec.response, frame.columns)
     if not np.all(np.isfinite(y)):
         raise DataError(f"response {spec.response!r} has {int((~np.isfinite(y)).sum())} non-finite values")
     check_response_varies(y, spec.response)
-    # columns of a plain numeric fixed part, reused (as views) by random-effects terms with the same columns
-    cache: dict = {}
+    # the design's column cache: model-matrix columns of the fixed part, reused (as views) by random-effects
+    # terms with the same columns; the frame's Series and text factor codes (memoe.core.design.native.column)
+    cache: dict = {("__col__", c): col for c, col in frame.columns.items()}
     fixed = build_fixed(spec.fixed, frame.data, contrasts, cache=cache)
     n = len(y)
     if fixed.X.shape[0] != n:

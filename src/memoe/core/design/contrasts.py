@@ -19,6 +19,7 @@ An explicit ``C(x, ...)`` in the formula is the user's own choice and is left al
 
 from __future__ import annotations
 
+import functools
 import io
 import re
 import tokenize
@@ -127,7 +128,8 @@ def _tokens(rhs: str) -> list[tokenize.TokenInfo]:
         raise FormulaError(f"cannot read the formula {rhs!r}: {exc}") from None
 
 
-def _references(rhs: str) -> list[tuple[int, int, str, bool]]:
+@functools.lru_cache(maxsize=512)
+def _references(rhs: str) -> tuple[tuple[int, int, str, bool], ...]:
     """Top-level references to a variable: ``(start, end, name, wrapped)`` character spans.
 
     A reference is a bare name (``x`` or a backquoted `` `my x` ``) at parenthesis depth 0, or a
@@ -190,20 +192,26 @@ def _references(rhs: str) -> list[tuple[int, int, str, bool]]:
             else:
                 out.append((pos(t.start), pos(t.end), name_of(t), False))
         i += 1
-    return out
+    # cached (a pure function of the string; tokenizing costs ~40 us, asked several times per model)
+    return tuple(out)
 
 
-def factor_variables(rhs: str, data: pd.DataFrame) -> dict[str, bool]:
+def factor_variables(rhs: str, data: pd.DataFrame, columns: Mapping[str, pd.Series] | None = None) -> dict[str, bool]:
     """Columns referenced as factors at the top level of ``rhs``: name -> whether via ``factor()``/``C()``.
 
     A bare column is a factor when formulaic encodes it as one (string, object or
-    Categorical dtype); ``factor(x)`` / ``C(x)`` make any column a factor.
+    Categorical dtype); ``factor(x)`` / ``C(x)`` make any column a factor. ``columns`` holds Series of
+    ``data`` already looked up, by name.
     """
     out: dict[str, bool] = {}
     for _, _, name, wrapped in _references(rhs):
-        if name not in data.columns:
+        if columns and name in columns:
+            col = columns[name]
+        elif name not in data.columns:
             continue
-        if wrapped or _is_factor_dtype(data[name]):
+        else:
+            col = data[name]
+        if wrapped or _is_factor_dtype(col):
             out[name] = out.get(name, False) or wrapped
     return out
 
@@ -219,7 +227,8 @@ def _is_ordered(col: pd.Series) -> bool:
 
 
 def resolve_contrasts(
-    rhs_list: list[str], data: pd.DataFrame, contrasts: Mapping[str, str] | None, what: str = "contrasts"
+    rhs_list: list[str], data: pd.DataFrame, contrasts: Mapping[str, str] | None, what: str = "contrasts",
+    columns: Mapping[str, pd.Series] | None = None,
 ) -> dict[str, str]:
     """The contrast of every factor variable of the formula sides ``rhs_list``.
 
@@ -232,6 +241,8 @@ def resolve_contrasts(
         The user's choice (already validated by :func:`check_contrasts_argument` or raw).
     what : str
         How messages name the argument.
+    columns : mapping, optional
+        Series of ``data`` already looked up, by name (spares pandas' column lookups).
 
     Returns
     -------
@@ -250,7 +261,7 @@ def resolve_contrasts(
     factors: dict[str, bool] = {}
     numeric_refs: set[str] = set()
     for rhs in rhs_list:
-        for name, wrapped in factor_variables(rhs, data).items():
+        for name, wrapped in factor_variables(rhs, data, columns).items():
             factors[name] = factors.get(name, False) or wrapped
         numeric_refs.update(n for _, _, n, w in _references(rhs) if n in data.columns and not w)
     for name in user:
@@ -270,7 +281,7 @@ def resolve_contrasts(
     for name in factors:
         if name in user:
             out[name] = user[name]
-        elif _is_ordered(data[name]):
+        elif _is_ordered(columns[name] if columns and name in columns else data[name]):
             out[name] = "poly"
         else:
             out[name] = "treatment"

@@ -14,6 +14,10 @@ formulaic, on the first rows only: for plain numeric columns it carries no data-
 Anything else (factors, transforms such as ``poly(x, 2)`` or ``np.log(x)``, logicals, nullable dtypes,
 contrasts) goes through formulaic on all the rows, unchanged. ``tests/unit/core/design/test_direct.py``
 checks that both paths give identical matrices and names on many formulas.
+
+:mod:`memoe.core.design.native` now builds these formulas (and factors, contrasts and their
+interactions) for :func:`~memoe.core.design.fixed.build_fixed` and the random-effects terms, with the
+same column cache; the functions here remain as the numeric-only reference.
 """
 
 from __future__ import annotations

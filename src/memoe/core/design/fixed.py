@@ -14,7 +14,8 @@ from formulaic.model_spec import ModelSpec
 from formulaic.transforms import C
 
 from memoe.core.design.contrasts import apply_contrasts, resolve_contrasts
-from memoe.core.design.direct import SPEC_ROWS, ColumnCache, numeric_plan, numeric_terms, plain_numeric_formula
+from memoe.core.design.direct import ColumnCache
+from memoe.core.design.native import LazySpec, frame_columns, native_matrix, resolve_spec
 from memoe.core.design.newdata import replay_frame
 from memoe.core.design.scaling import ColumnSpreads, choose_scaling, spreads_from_gram
 from memoe.core.formula.names import r_column_name
@@ -43,7 +44,8 @@ class FixedDesign:
     names : list of str
         R-style column names of the kept columns.
     spec : formulaic ModelSpec
-        Replays the encoding (levels, stateful transforms) on new data.
+        Replays the encoding (levels, stateful transforms) on new data; built on first access when the
+        native path built X (``spec_source`` is then a :class:`~memoe.core.design.native.LazySpec`).
     kept : numpy.ndarray of int
         Indices of kept columns among the formulaic columns.
     dropped : list of str
@@ -55,7 +57,7 @@ class FixedDesign:
 
     X: np.ndarray
     names: list[str]
-    spec: ModelSpec
+    spec_source: ModelSpec | LazySpec
     kept: np.ndarray
     dropped: list[str]
     contrasts: dict[str, str] = field(default_factory=dict)
@@ -67,6 +69,11 @@ class FixedDesign:
     def p(self) -> int:
         """Number of kept columns."""
         return self.X.shape[1]
+
+    @property
+    def spec(self) -> ModelSpec:
+        """The formulaic spec (built by formulaic on a small frame on first access after the native path)."""
+        return resolve_spec(self.spec_source)
 
     def matrix_for(self, data: pd.DataFrame) -> np.ndarray:
         """The same columns evaluated on new data."""
@@ -275,17 +282,19 @@ def build_fixed(
     ------------
     ``model.matrix(formula, data, contrasts.arg = contrasts)`` followed by lme4's ``chkRank.drop.cols``.
     """
-    X = None
-    if plain_numeric_formula(formula_rhs, data, contrasts):
-        # the spec from a few rows (a numeric column's encoding has no state), the values from all
-        _, spec, names, resolved = model_matrix_with_contrasts(formula_rhs, data.iloc[:SPEC_ROWS], contrasts)
-        plan = numeric_plan(spec, data)
-        if plan is not None:
-            X = numeric_terms(plan, list(spec.column_names), data, cache)
-    if X is None:
+    # R's contrasts of every factor variable (validates the contrasts= argument, names the column at fault)
+    resolved = resolve_contrasts([formula_rhs], data, contrasts, columns=frame_columns(cache))
+    native = native_matrix(formula_rhs, data, resolved, "the fixed effects", cache)
+    spec: ModelSpec | LazySpec
+    if native is not None:
+        # numeric columns, factors and their interactions straight from the columns (memoe.core.design.native)
+        X, spec, names = native.X, native.spec, native.names
+    else:
         X, spec, names, resolved = model_matrix_with_contrasts(formula_rhs, data, contrasts)
     # R codes a logical predictor as a factor with FALSE as reference: column ``xTRUE`` (same 0/1 values)
-    logical = {str(c) for c in data.columns if data[c].dtype == bool}
+    cols = frame_columns(cache)
+    dtypes = ((c, s.dtype) for c, s in cols.items()) if cols else zip(data.columns, data.dtypes, strict=True)
+    logical = {str(c) for c, dt in dtypes if dt == np.dtype(bool)}
     if logical:
         names = [":".join(f"{part}TRUE" if part in logical else part for part in nm.split(":")) for nm in names]
     finite = np.isfinite(X).all(axis=0) if X.size else np.ones(X.shape[1], dtype=bool)
@@ -320,6 +329,6 @@ def build_fixed(
         X = np.asfortranarray(X[:, kept]) if X.flags.f_contiguous and p > 1 else np.ascontiguousarray(X[:, kept])
         spreads = None
     return FixedDesign(
-        X=X, names=[names[j] for j in kept], spec=spec, kept=kept, dropped=dropped, contrasts=resolved,
+        X=X, names=[names[j] for j in kept], spec_source=spec, kept=kept, dropped=dropped, contrasts=resolved,
         spreads=spreads,
     )

@@ -34,11 +34,17 @@ class GroupingFactor:
         return len(self.levels)
 
 
-def _codes_of(col: pd.Series) -> tuple[np.ndarray, pd.Index]:
+def _codes_of(col: pd.Series, memo: dict | None = None) -> tuple[np.ndarray, pd.Index]:
     """Integer codes (int64) and the used levels in R's order (categories order, else sorted)."""
     if isinstance(col.dtype, pd.CategoricalDtype):
-        col = col.cat.remove_unused_categories()
-        return col.cat.codes.to_numpy().astype(np.int64), pd.Index(col.cat.categories)
+        # remove_unused_categories without pandas' machinery: keep the used categories in their order
+        codes = np.asarray(col.array.codes, dtype=np.int64)
+        cats = col.dtype.categories
+        used = np.bincount(codes, minlength=len(cats)) > 0 if len(codes) else np.zeros(len(cats), dtype=bool)
+        if used.all():
+            return codes, cats  # an immutable Index, shared with the dtype
+        remap = np.cumsum(used, dtype=np.int64) - 1
+        return remap[codes], pd.Index(cats[used])
     values = col.to_numpy()
     if values.dtype.kind in "iu" and len(values):
         # integer ids (the usual subject column): a counting pass replaces factorize's hashing and
@@ -50,20 +56,32 @@ def _codes_of(col: pd.Series) -> tuple[np.ndarray, pd.Index]:
             remap = np.cumsum(present, dtype=np.int64) - 1
             # int64 labels, as pandas infers them from the level values
             return remap[shifted], pd.Index(np.flatnonzero(present).astype(np.int64) + lo)
+    if memo is not None:
+        # a text column the design's fixed or random part already factorised (same sorted levels)
+        from memoe.core.design.native import text_codes
+
+        found = text_codes(col, memo)
+        if found is not None and (len(found[0]) == 0 or found[0].min() >= 0):
+            return found[0].astype(np.int64), pd.Index(found[1], dtype=col.dtype)
     codes, uniques = pd.factorize(col, sort=True)
     return codes.astype(np.int64, copy=False), pd.Index(uniques)
 
 
-def make_grouping_factor(data: pd.DataFrame, factors: tuple[str, ...]) -> GroupingFactor:
-    """Codes and labels of the interaction of ``factors`` (a single column when one name)."""
-    codes, labels = _codes_of(data[factors[0]])
+def make_grouping_factor(data: pd.DataFrame, factors: tuple[str, ...], memo: dict | None = None) -> GroupingFactor:
+    """Codes and labels of the interaction of ``factors`` (a single column when one name).
+
+    ``memo`` is a design's column cache (text columns factorised once per design).
+    """
+    from memoe.core.design.native import column
+
+    codes, labels = _codes_of(column(data, factors[0], memo), memo)
     if len(factors) == 1:
         return GroupingFactor(name=factors[0], codes=codes, levels=labels)
     label_parts = [list(map(str, labels))]
     combined = codes
     sizes = [len(labels)]
     for name in factors[1:]:
-        c, lab = _codes_of(data[name])
+        c, lab = _codes_of(column(data, name, memo), memo)
         combined = combined * len(lab) + c
         sizes.append(len(lab))
         label_parts.append(list(map(str, lab)))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from dataclasses import dataclass, field
 
@@ -13,8 +14,9 @@ from formulaic.model_spec import ModelSpec
 
 from memoe.core.covariance import ThetaMap
 from memoe.core.design.contrasts import apply_contrasts, resolve_contrasts
-from memoe.core.design.direct import SPEC_ROWS, ColumnCache, numeric_plan, numeric_terms, plain_numeric_formula
+from memoe.core.design.direct import ColumnCache
 from memoe.core.design.grouping import GroupingFactor, make_grouping_factor
+from memoe.core.design.native import LazySpec, frame_columns, native_matrix, resolve_spec
 from memoe.core.formula.names import r_column_name
 from memoe.core.formula.parse import RandomTermSpec
 from memoe.core.linalg.threads import blas_threads
@@ -66,13 +68,19 @@ class FactorBlock:
         Per-row values of the block's columns (the dense 'raw' model matrix of the terms).
     columns : tuple of str
     specs : tuple of (formulaic ModelSpec, numpy.ndarray of int)
-        Per term-source: the spec and the column indices it contributes, to rebuild Z on new data.
+        Per term-source: the spec and the column indices it contributes, to rebuild Z on new data
+        (built on first access where the native path built Z: ``spec_sources`` holds
+        :class:`~memoe.core.design.native.LazySpec` objects then).
     """
 
     factor: GroupingFactor
     Z: np.ndarray
     columns: tuple[str, ...]
-    specs: tuple[tuple[ModelSpec, np.ndarray], ...]
+    spec_sources: tuple[tuple[ModelSpec | LazySpec, np.ndarray], ...]
+
+    @property
+    def specs(self) -> tuple[tuple[ModelSpec, np.ndarray], ...]:
+        return tuple((resolve_spec(s), idx) for s, idx in self.spec_sources)
 
     @property
     def q(self) -> int:
@@ -85,29 +93,31 @@ class FactorBlock:
 
 def _term_matrix(
     rhs: str, term: RandomTermSpec, data: pd.DataFrame, cache: ColumnCache | None = None
-) -> tuple[ModelSpec, np.ndarray, list[str]]:
-    if plain_numeric_formula(rhs, data):
-        # numeric columns (``(t | id)``): spec from a few rows, values straight from the data or, when the
-        # fixed part built the same columns, a view of the fixed-effects matrix (memoe.core.design.direct)
-        try:
-            head = model_matrix(rhs, data.iloc[:SPEC_ROWS], output="numpy", na_action="ignore")
-        except Exception as exc:
-            raise FormulaError(f"cannot build the random-effects term {term.text!r}: {exc}") from None
-        spec = head.model_spec
-        plan = numeric_plan(spec, data)
-        if plan is not None:
-            names = list(spec.column_names)
-            return spec, numeric_terms(plan, names, data, cache), [r_column_name(c) for c in names]
+) -> tuple[ModelSpec | LazySpec, np.ndarray, list[str]]:
     # lme4 builds random-term matrices with R's default contrasts (its contrasts= argument reaches the
     # fixed part only): treatment for unordered factors, contr.poly for ordered ones
+    resolved: dict[str, str] = {}
     with contextlib.suppress(MemoeError):  # a bad reference: formulaic's message below names the term
-        rhs = apply_contrasts(rhs, resolve_contrasts([rhs], data, None))
+        resolved = resolve_contrasts([rhs], data, None, columns=frame_columns(cache))
+    # numeric columns, factors and their interactions straight from the data or, when the fixed part built
+    # the same columns, a view of the fixed-effects matrix (memoe.core.design.native)
+    native = native_matrix(rhs, data, resolved, f"the random-effects term {term.text!r}", cache)
+    if native is not None:
+        # R names without levels, as below (a random term's factors are treatment or poly coded)
+        return native.spec, native.X, native.names
+    rhs = apply_contrasts(rhs, resolved)
     try:
         mm = model_matrix(rhs, data, output="numpy", na_action="ignore")
     except Exception as exc:
         raise FormulaError(f"cannot build the random-effects term {term.text!r}: {exc}") from None
     spec = mm.model_spec
     return spec, np.asarray(mm, dtype=float), [r_column_name(c) for c in spec.column_names]
+
+
+@functools.lru_cache(maxsize=512)
+def _split_terms(lhs: str) -> tuple[str, ...]:
+    """The terms of a ``||`` left-hand side as text (cached: formulaic's parse costs ~1 ms)."""
+    return tuple(str(t) for t in Formula(lhs))
 
 
 def _lhs_pieces(
@@ -126,12 +136,12 @@ def _lhs_pieces(
             raise FormulaError(f"random-effects term {term.text!r} has no columns")
         return [(spec, Z, names, np.arange(Z.shape[1]))]
     try:
-        parsed = Formula(term.lhs)
+        parsed = _split_terms(term.lhs)
     except Exception as exc:
         raise FormulaError(f"cannot read the left-hand side of random-effects term {term.text!r}: {exc}") from None
     pieces = []
     for t in parsed:
-        rhs = "1" if str(t) == "1" else f"0 + {t}"
+        rhs = "1" if t == "1" else f"0 + {t}"
         spec, Z, names = _term_matrix(rhs, term, data, cache)
         if Z.shape[1]:
             pieces.append((spec, Z, names, np.arange(Z.shape[1])))
@@ -249,11 +259,11 @@ def build_random(
         A random-effects column on an extreme scale.
     """
     factors: dict[str, GroupingFactor] = {}
-    raw: list[tuple[str, list[str], np.ndarray, ModelSpec, np.ndarray, str]] = []
+    raw: list[tuple[str, list[str], np.ndarray, ModelSpec | LazySpec, np.ndarray, str]] = []
     for term in terms:
         gname = term.group
         if gname not in factors:
-            factors[gname] = make_grouping_factor(data, term.group_factors)
+            factors[gname] = make_grouping_factor(data, term.group_factors, cache)
         f = factors[gname]
         if f.nlevels < 2:
             raise IdentifiabilityError(
@@ -283,7 +293,7 @@ def build_random(
     block_of: dict[str, int] = {}
     block_cols: list[list[str]] = []
     block_Z: list[list[np.ndarray]] = []
-    block_specs: list[list[tuple[ModelSpec, np.ndarray]]] = []
+    block_specs: list[list[tuple[ModelSpec | LazySpec, np.ndarray]]] = []
     seen_names: dict[str, int] = {}
     re_terms: list[ReTerm] = []
     t_block, t_row, t_col, t_names = [], [], [], []
@@ -325,7 +335,7 @@ def build_random(
             factor=factors[g],
             Z=_stack(block_Z[b]),
             columns=tuple(block_cols[b]),
-            specs=tuple(block_specs[b]),
+            spec_sources=tuple(block_specs[b]),
         )
         for g, b in block_of.items()
     ]

@@ -118,7 +118,7 @@ def _intercept_column(X: np.ndarray) -> int | None:
     Only a first intercept keeps ``B`` upper triangular, so that the back-transformed Cholesky
     factor ``B' R`` stays triangular.
     """
-    if X.shape[1] and X[0, 0] == 1.0 and np.all(X[:, 0] == 1.0):
+    if X.shape[1] and X[0, 0] == 1.0 and (X[:, 0] == 1.0).all():
         return 0
     return None
 
@@ -292,10 +292,13 @@ def choose_scaling(
     if not (y_spread > 0 and math.isfinite(y_spread * y_spread * max(n, 1))):
         y_center, y_spread = 0.0, 1.0
 
-    def needed(c, s) -> bool:
-        return bool(np.any(np.abs(c) > OFFSET_RATIO * s) or np.any(s > SCALE_RANGE) or np.any(s < 1.0 / SCALE_RANGE))
-
-    if not force and not needed(center, spread) and not needed(np.array([y_center]), np.array([y_spread])):
+    # one vectorised test for the columns, plain floats for the response (np.any's wrapper on tiny arrays
+    # was a tenth of a small model's construction); NaN compares False in both, as before
+    with np.errstate(invalid="ignore"):
+        x_needed = bool(((np.abs(center) > OFFSET_RATIO * spread) | (spread > SCALE_RANGE)
+                         | (spread < 1.0 / SCALE_RANGE)).any())
+    y_needed = abs(y_center) > OFFSET_RATIO * y_spread or y_spread > SCALE_RANGE or y_spread < 1.0 / SCALE_RANGE
+    if not force and not x_needed and not y_needed:
         return None
     if not cs.exact:
         # the response (or force) asks for a scaling: its column centres and scales must be the exact ones

@@ -3,14 +3,44 @@
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-__all__ = ["GroupSums", "group_crossprod", "group_segments"]
+__all__ = ["GroupSums", "group_crossprod", "group_segments", "pass_threads"]
 
 # rows per block of the sorted-rows pass: a few columns of this length stay in L2 cache
 ROW_CHUNK = 32_768
+# rows from which ``MEMOE_THREADS=auto`` runs the blocked pass on two threads (numpy's multiply and
+# add.reduceat release the GIL); below it a thread hand-off costs more than it saves
+THREAD_MIN_ROWS = 2_000_000
+# the setting when MEMOE_THREADS is not set: one thread, as two did not pay in the measurements on the shared
+# 2-core VM (benchmarks/README.md, "Design building")
+THREADS_DEFAULT = "1"
+
+
+def pass_threads(n: int) -> int:
+    """Threads for the blocked pass over ``n`` rows, from the ``MEMOE_THREADS`` environment variable.
+
+    ``MEMOE_THREADS`` is a number of threads (``1``: none), or ``auto``: two threads from
+    ``THREAD_MIN_ROWS`` rows on when the process may use two cores; unset means ``THREADS_DEFAULT``.
+    An unreadable value means one thread (this only changes the speed, never the numbers).
+    """
+    env = os.environ.get("MEMOE_THREADS", "").strip().lower() or THREADS_DEFAULT
+    if env != "auto":
+        try:
+            return max(1, int(env))
+        except ValueError:
+            return 1
+    if n < THREAD_MIN_ROWS:
+        return 1
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return 2 if cores >= 2 else 1
 
 
 def group_segments(codes: np.ndarray, ngroups: int) -> np.ndarray | None:
@@ -22,11 +52,18 @@ def group_segments(codes: np.ndarray, ngroups: int) -> np.ndarray | None:
     n = len(codes)
     if n == 0 or ngroups == 0:
         return None
-    step = np.diff(codes)
-    # every level present and in increasing order: steps are 0 or 1, first 0 and last ngroups-1
-    if codes[0] != 0 or codes[-1] != ngroups - 1 or step.min(initial=0) < 0 or step.max(initial=0) > 1:
+    # every level present and in increasing order: first 0, last ngroups-1, never decreasing, and exactly
+    # ngroups-1 changes (so every change is +1). Boolean temporaries (n bytes) rather than np.diff's int64
+    # steps (8n bytes, 80 MB of fresh pages at 10^7 rows: 50-150 ms of page faults on a loaded VM)
+    if codes[0] != 0 or codes[-1] != ngroups - 1:
         return None
-    return np.concatenate(([0], np.flatnonzero(step) + 1))
+    head, tail = codes[:-1], codes[1:]
+    if not np.all(tail >= head):
+        return None
+    change = np.flatnonzero(tail != head)
+    if len(change) != ngroups - 1:
+        return None
+    return np.concatenate(([0], change + 1))
 
 
 class GroupSums:
@@ -101,7 +138,24 @@ class GroupSums:
         # group boundaries closest to every ROW_CHUNK rows
         bounds = np.unique(np.append(np.searchsorted(starts, np.arange(0, n, ROW_CHUNK)), self.ngroups))
         out = {key: np.empty(self.ngroups) for key in todo}
-        buf = np.empty(int(np.diff(np.append(starts[bounds[:-1]], n)).max(initial=1)))
+        threads = min(pass_threads(n), len(bounds) - 1)
+        if threads <= 1:
+            self._pass(bounds, idx, todo, out)
+        else:
+            # contiguous runs of blocks per thread: each writes its own groups' slices of ``out``
+            cut = np.linspace(0, len(bounds) - 1, threads + 1).round().astype(int)
+            parts = [bounds[a : b + 1] for a, b in itertools.pairwise(cut)]
+            with ThreadPoolExecutor(max_workers=threads) as pool:
+                for f in [pool.submit(self._pass, part, idx, todo, out) for part in parts]:
+                    f.result()
+        self._sums.update(out)
+
+    def _pass(self, bounds: np.ndarray, idx: list[int], todo: list[tuple[int, int]], out: dict) -> None:
+        """The blocked pass over the groups ``bounds[0]:bounds[-1]`` (blocks between consecutive bounds)."""
+        starts, n = self.starts, len(self.codes)
+        # one scratch vector as long as the longest block of this run
+        ends = np.append(starts[bounds[1:-1]], starts[bounds[-1]] if bounds[-1] < self.ngroups else n)
+        buf = np.empty(max(int((ends - starts[bounds[:-1]]).max(initial=1)), 1))
         for g0, g1 in itertools.pairwise(bounds):
             r0 = starts[g0]
             r1 = starts[g1] if g1 < self.ngroups else n
@@ -114,7 +168,6 @@ class GroupSums:
                 else:
                     v = np.multiply(cols[i], cols[j], out=b)
                 np.add.reduceat(v, local, out=out[(i, j)][g0:g1])
-        self._sums.update(out)
 
     def _sum(self, values: np.ndarray) -> np.ndarray:
         if self.starts is not None:
