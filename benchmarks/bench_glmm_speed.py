@@ -175,7 +175,14 @@ def fit_r(tool: str, workload: str, csv: str, repeats: int, timeout: float) -> d
         path=csv, groups=", ".join(f'"{g}"' for g in groups), factors=factors, family=family, formula=formula,
         call=call, first=f'"{groups[0]}"', repeats=repeats, pkg=tool,
     )
-    return run_r(code, timeout=timeout)
+    r = run_r(code, timeout=timeout)
+    if r and "loglik" in r:
+        # a fit that failed reports its logLik as "NA"/"NaN" text: keep the row, as a NaN
+        try:
+            r["loglik"] = float(r["loglik"])
+        except (TypeError, ValueError):
+            r["loglik"] = float("nan")
+    return r
 
 
 # ---------------------------------------------------------------------------------------------- driver
