@@ -290,8 +290,12 @@ class LMM:
         problem_threads = self.problem.blas_threads
         if control.blas_threads != "auto":
             self.problem.blas_threads = control.blas_threads
+        held = getattr(self.problem, "threads_held", None)
         try:
             with blas_threads(self.problem.blas_threads):
+                if held is not None:
+                    # the cap holds for the whole fit: evaluations need not re-enter it (~20 us each)
+                    self.problem.threads_held = True
                 use_gradient = control.optimizer == "auto" and gradient_preferred(self.problem)
                 if use_gradient:
                     opt, theta, grad = self._minimize_gradient(reml, x0, lower, step, control)
@@ -318,6 +322,8 @@ class LMM:
                 )
         finally:
             self.problem.blas_threads = problem_threads
+            if held is not None:
+                self.problem.threads_held = held
         return result
 
     def _minimize_gradient(self, reml: bool, x0: np.ndarray, lower: np.ndarray, step, control: FitControl):

@@ -69,6 +69,12 @@ SCHUR_PATHS = ("auto", "dense", "sparse", "matrix-free", "dense_small")
 # Bytes of per-level statistics and temporaries processed together, so that they stay in the
 # L2/L3 cache (for q1 = 2, p = 3 that is ~13,000 levels; 8,192 to 16,384 measured best).
 LEVEL_CHUNK_BYTES = 2**21
+# One grouping factor with q1 <= 2 and at most this many levels: the deviance is evaluated by the lean
+# kernel (:meth:`PLSProblem._deviance_lean`), a dozen NumPy calls on whole arrays with no chunk loop.
+# Its precomputed outer products take 8 (q1 (q1 + 1) / 2) m^2 bytes per level (4.6 MB for 20,000 levels, m = 4).
+LEAN_MAX_LEVELS = 20_000
+# Up to this order the lean kernel factors the [X y] corner in plain Python (cheaper than the LAPACK wrapper).
+LEAN_PY_CHOL = 5
 
 
 def _available_bytes() -> float:
@@ -94,6 +100,43 @@ def check_memory(nbytes: float, what: str) -> None:
         raise MemoeError(
             f"{what} needs {nbytes / 2**30:.1f} GiB of dense memory but only {avail / 2**30:.1f} GiB is available"
         )
+
+
+def _small_chol_diag(a: list[float], m: int) -> list[float] | None:
+    """Diagonal of the lower Cholesky factor of a small symmetric matrix (row-major list), or None.
+
+    Plain Python floats: for m <= 5 this is faster than one LAPACK call through its wrapper, and the
+    lean kernel needs only the diagonal (log det and the penalised RSS). None when a pivot is not
+    positive or not finite (the matrix is not numerically positive definite), as ``dpotrf``'s info.
+    """
+    L = [0.0] * (m * m)
+    d = [0.0] * m
+    for j in range(m):
+        rj = j * m
+        s = a[rj + j]
+        for k in range(j):
+            s -= L[rj + k] * L[rj + k]
+        if not (s > 0.0 and s < math.inf):
+            return None
+        djj = math.sqrt(s)
+        d[j] = djj
+        L[rj + j] = djj
+        for i in range(j + 1, m):
+            ri = i * m
+            s = a[ri + j]
+            for k in range(j):
+                s -= L[ri + k] * L[rj + k]
+            L[ri + j] = s / djj
+    return d
+
+
+def _lapack_chol_diag(a: np.ndarray) -> list[float] | None:
+    """:func:`_small_chol_diag` by LAPACK ``dpotrf`` for larger matrices."""
+    c, info = lapack.dpotrf(a, lower=1, clean=0, overwrite_a=1)
+    if info != 0:
+        return None
+    d = c.diagonal().tolist()
+    return d if all(map(math.isfinite, d)) else None
 
 
 def _readonly(a: np.ndarray) -> np.ndarray:
@@ -296,6 +339,11 @@ class PLSProblem:
         self._wXYtXY = self.XYtXY
         self._n_eff = float(self.n)
         self._buffer: np.ndarray | None = None
+        # the lean one-factor kernel's theta-free arrays (built on its first use, _lean_setup)
+        self._lean: tuple | None = None
+        # True while a caller (LMM.fit) holds blas_threads(self.blas_threads) around many evaluations:
+        # the lean kernel then skips re-entering it (a few microseconds of a ~30 us evaluation)
+        self.threads_held = False
         # BLAS thread cap for every evaluation: one thread unless the dense part is large (the
         # calls are small enough that thread hand-off costs more than it saves; memoe.core.linalg.threads)
         self.blas_threads: int | None = 1 if self.mz + self.m < AUTO_DENSE_THREADS else None
@@ -717,6 +765,11 @@ class PLSProblem:
         """The objective: -2 log-likelihood (ML) or REML criterion at ``theta``."""
         if self.dense_small is not None:
             return self._deviance_small(theta, reml)
+        if not self.multi and self.q[0] <= 2 and self.nlevels[0] <= LEAN_MAX_LEVELS:
+            if self.threads_held:
+                return self._deviance_lean(theta, reml)
+            with blas_threads(self.blas_threads):
+                return self._deviance_lean(theta, reml)
         with blas_threads(self.blas_threads):
             *_, logdet_Z, c, info, sf = self._reduced(theta, keep=False)
         ok, logdet_Z, logdet_X, pwrss = self._finish(logdet_Z, c, info, sf)
@@ -725,6 +778,91 @@ class PLSProblem:
         dev = profiled_deviance(logdet_Z, logdet_X, pwrss, self._n_eff, self.p, reml)
         if self.scaling is not None:
             dev += self.scaling.deviance_shift(self._n_eff, self.p, reml)
+        return dev
+
+    def _lean_setup(self) -> tuple:
+        """Theta-free arrays of :meth:`_deviance_lean` (one factor, q1 <= 2), built once.
+
+        ``A`` (nu, l1): the unique entries ``(00, 10, 11)`` of ``Z_j'Z_j`` (q1 = 2) or ``(00,)``;
+        ``P`` (m^2, nu l1): the matching outer products of ``z_j = Z_j'[X_j y_j]`` rows
+        (``z0 z0'``, ``z0 z1' + z1 z0'``, ``z1 z1'``), so that ``sum_j z_j' K_j z_j = P vec(K)``.
+        """
+        q1, m, l1 = self.q[0], self.m, self.nlevels[0]
+        zxy = self._zxy
+        flat = (self.theta_map.row * q1 + self.theta_map.col).astype(np.intp)
+        if q1 == 1:
+            A = np.ascontiguousarray(self._zz[0, 0])[None, :]
+            z0 = zxy[0]
+            P = (z0[:, None, :] * z0[None, :, :]).reshape(m * m, l1)
+        else:
+            A = np.stack([self._zz[0, 0], self._zz[1, 0], self._zz[1, 1]])
+            z0, z1 = zxy[0], zxy[1]
+            P = np.empty((m, m, 3, l1))
+            np.multiply(z0[:, None, :], z0[None, :, :], out=P[:, :, 0])
+            np.multiply(z0[:, None, :], z1[None, :, :], out=P[:, :, 1])
+            P[:, :, 1] += np.swapaxes(P[:, :, 1], 0, 1).copy()
+            np.multiply(z1[:, None, :], z1[None, :, :], out=P[:, :, 2])
+            P = P.reshape(m * m, 3 * l1)
+        self._lean = (flat, A, P)
+        return self._lean
+
+    def _deviance_lean(self, theta: np.ndarray, reml: bool) -> float:
+        """:meth:`deviance` for one grouping factor with q1 <= 2 and few levels, in closed form.
+
+        With ``S_j = I + lambda' A_j lambda`` (``A_j = Z_j'Z_j``), ``log det(L_j L_j') = log det S_j`` and
+        ``C_j'C_j = z_j' K_j z_j`` with ``K_j = lambda S_j^-1 lambda'`` (``z_j = Z_j'[X_j y_j]``). For
+        q1 = 2 the entries of ``S_j`` are one 3 x 3 by 3 x l1 product with coefficients from lambda,
+        ``det S_j`` three vector operations and ``K_j = lambda adj(S_j) lambda' / det S_j`` another
+        3 x 3 product, so the level sum of ``C_j'C_j`` is one matrix-vector product with the
+        precomputed outer products (:meth:`_lean_setup`). About a dozen NumPy calls per evaluation
+        instead of the chunked kernels' ~60: for 18 levels the evaluation is call overhead.
+        ``S_j >= I`` so ``det S_j >= 1``; a non-positive value (rounding at huge theta) or a
+        non-finite one gives ``inf`` like a failed factor. Same value as :meth:`_reduced` up to rounding.
+        """
+        lean = self._lean if self._lean is not None else self._lean_setup()
+        flat, A, P = lean
+        q1, p = self.q[0], self.p
+        lamf = np.zeros(q1 * q1)
+        lamf[flat] = theta
+        w = self.weights
+        if q1 == 1:
+            l2 = float(lamf[0]) ** 2
+            det = A[0] * l2
+            det += 1.0
+            K = l2 / det
+        else:
+            l00, _, l10, l11 = lamf.tolist()
+            cs = np.array([[l00 * l00, 2.0 * l00 * l10, l10 * l10], [0.0, l00 * l11, l10 * l11], [0.0, 0.0, l11 * l11]])
+            S = cs @ A
+            S[0] += 1.0
+            S[2] += 1.0
+            det = S[0] * S[2]
+            det -= S[1] * S[1]
+            ck = np.array([[0.0, 0.0, l00 * l00], [0.0, -l00 * l11, l00 * l10],
+                           [l11 * l11, -2.0 * l10 * l11, l10 * l10]])
+            K = ck @ S
+            K /= det
+        if not det.min() > 0.0:  # also catches NaN
+            return math.inf
+        ld = np.log(det)
+        if w is None:
+            logdet_Z = float(ld.sum())
+        else:
+            logdet_Z = float(w @ ld)
+            K = K * w
+        m = self.m
+        M = self._wXYtXY.ravel() - P @ K.ravel()
+        if not math.isfinite(logdet_Z):
+            return math.inf
+        d = _small_chol_diag(M.tolist(), m) if m <= LEAN_PY_CHOL else _lapack_chol_diag(M.reshape(m, m))
+        if d is None:
+            return math.inf
+        logdet_X = 0.0
+        for v in d[:p]:
+            logdet_X += math.log(v)
+        dev = profiled_deviance(logdet_Z - self.log_weights, 2.0 * logdet_X, d[-1] ** 2, self._n_eff, p, reml)
+        if self.scaling is not None:
+            dev += self.scaling.deviance_shift(self._n_eff, p, reml)
         return dev
 
     def ml_factor(self, theta: np.ndarray, keep: bool = True) -> MLFactor | None:
