@@ -146,3 +146,43 @@ def test_fit_resets_threads_held():
     pb_model = LMM("Reaction ~ Days + (Days | Subject)", memoe.datasets.load("sleepstudy"))
     pb_model.fit()
     assert pb_model.problem.threads_held is False
+
+
+@pytest.mark.parametrize("formula", ["y ~ t + (t | id)", "y ~ t + (1 | id)", "y ~ t + x0 + x1 + x2 + x3 + (t | id)"])
+def test_deviance_many_matches_one_by_one(formula):
+    df = _sim(p_extra=4)
+    rng = np.random.default_rng(8)
+    df["w"] = rng.uniform(0.5, 2.0, len(df))
+    pb = LMM(formula, df, weights="w").problem
+    T = np.array(_thetas(pb.theta_map, rng, 5))
+    for gw in (None, rng.uniform(0.0, 1.0, pb.nlevels[0])):
+        pb.set_group_weights(gw)
+        for reml in (True, False):
+            many = pb.deviance_many(T, reml)
+            one = np.array([pb.deviance(t, reml) for t in T])
+            for a, b, th in zip(many, one, T, strict=True):
+                assert abs(a - b) <= _tol(pb, th, b), th
+    # a non-finite point: every point one by one, that one inf
+    T2 = np.vstack([T[:2], np.full(T.shape[1], np.nan)])
+    out = pb.deviance_many(T2, True)
+    assert out[-1] == math.inf and np.isfinite(out[:2]).all()
+
+
+def test_batched_derivative_check_equals_serial():
+    from memoe.lmm.model import FitControl
+
+    sleep = memoe.datasets.load("sleepstudy")
+    for formula in ["Reaction ~ Days + (Days | Subject)", "Reaction ~ Days + (1 | Subject)"]:
+        m = LMM(formula, sleep)
+        fit = m.fit(reml=True)
+        theta = fit.theta.to_numpy()
+        lower = m.design.theta_map.lower_bounds
+        f = m.objective(True)
+        batched = m._check(f, theta, lower, FitControl(), reml=True)
+        serial = m._check(f, theta, lower, FitControl())  # no reml: the stencil one point at a time
+        # the same points; the batched kernel's values differ by rounding only (~eps |f|), which a
+        # difference with step h = 1e-4 turns into ~eps |f| / h (gradient) and ~eps |f| / h^2 (Hessian)
+        f0 = abs(fit.opt.fmin)
+        np.testing.assert_allclose(batched.gradient, serial.gradient, rtol=0, atol=100 * EPS * f0 / 1e-4)
+        np.testing.assert_allclose(batched.hessian, serial.hessian, rtol=0, atol=100 * EPS * f0 / 1e-8)
+        assert batched.converged == serial.converged and batched.messages == serial.messages
