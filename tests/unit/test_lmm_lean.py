@@ -186,3 +186,13 @@ def test_batched_derivative_check_equals_serial():
         np.testing.assert_allclose(batched.gradient, serial.gradient, rtol=0, atol=100 * EPS * f0 / 1e-4)
         np.testing.assert_allclose(batched.hessian, serial.hessian, rtol=0, atol=100 * EPS * f0 / 1e-8)
         assert batched.converged == serial.converged and batched.messages == serial.messages
+
+
+def test_deviance_many_in_several_batches(monkeypatch):
+    df = _sim()
+    pb = LMM("y ~ t + (t | id)", df).problem
+    T = np.array(_thetas(pb.theta_map, np.random.default_rng(4), 5))
+    whole = pb.deviance_many(T, True)
+    # batches of 2 points: the same values
+    monkeypatch.setattr(ob, "LEAN_BATCH_BYTES", 2 * 8 * 4 * pb.m * pb.nlevels[0])
+    np.testing.assert_array_equal(pb.deviance_many(T, True), whole)

@@ -18,6 +18,7 @@ probabilities in a mixture) rescale each level's contribution, again without tou
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, replace
 
@@ -73,6 +74,9 @@ LEVEL_CHUNK_BYTES = 2**21
 # kernel (:meth:`PLSProblem._deviance_lean`), a dozen NumPy calls on whole arrays with no chunk loop.
 # Its theta-free arrays take at most 8 m^2 bytes per level (2.6 MB for 20,000 levels, m = 4).
 LEAN_MAX_LEVELS = 20_000
+# Bytes of temporaries per batch of PLSProblem.deviance_many (the derivative check's stencil in one batch):
+# 18 levels take all 12 points of (t | g) at once, 10,000 levels about 3 (~1 MiB more peak memory than one).
+LEAN_BATCH_BYTES = 2**20
 # Up to this order the lean kernel factors the [X y] corner in plain Python (cheaper than the LAPACK wrapper).
 LEAN_PY_CHOL = 5
 
@@ -919,12 +923,16 @@ class PLSProblem:
         T = np.atleast_2d(np.asarray(thetas, dtype=float))
         if not self.lean or not np.isfinite(T).all():
             return np.array([self.deviance(t, reml) for t in T])
-        if self.threads_held:
-            out = self._deviance_lean_many(T, reml)
-        else:
-            with blas_threads(self.blas_threads):
-                out = self._deviance_lean_many(T, reml)
-        return np.array([self.deviance(t, reml) for t in T]) if out is None else out
+        # points per batch: the batch's (K, 2 m, l1) temporaries stay within LEAN_BATCH_BYTES (with many
+        # levels an evaluation is arithmetic, not call overhead, and batching would only add memory)
+        per_point = 8 * 4 * self.m * self.nlevels[0]
+        size = max(1, LEAN_BATCH_BYTES // per_point)
+        outs = []
+        with contextlib.nullcontext() if self.threads_held else blas_threads(self.blas_threads):
+            for s in range(0, len(T), size):
+                out = self._deviance_lean_many(T[s : s + size], reml)
+                outs.append(np.array([self.deviance(t, reml) for t in T[s : s + size]]) if out is None else out)
+        return np.concatenate(outs)
 
     def _deviance_lean_many(self, T: np.ndarray, reml: bool) -> np.ndarray | None:
         """:meth:`_deviance_lean` over the rows of ``T`` (None when a pivot fails: the caller goes one by one)."""
