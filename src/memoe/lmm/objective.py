@@ -795,7 +795,7 @@ class PLSProblem:
         ``flat``: where theta lands in the flattened ``lambda``; ``A`` (nu, l1): the unique entries
         ``(00, 10, 11)`` of ``Z_j'Z_j`` (q1 = 2) or ``(00,)``. q1 = 1: ``Z`` (m^2, l1), the outer products
         ``z_j z_j'`` of ``z_j = Z_j'[X_j y_j]``, so that ``sum_j k_j z_j z_j'`` is one matrix-vector product.
-        q1 = 2: ``Z`` (2, m l1), the two rows of ``Z_j'[X_j y_j]``, and a (2 m, l1) buffer for ``C``.
+        q1 = 2: ``Z`` (2, m l1), the two rows of ``Z_j'[X_j y_j]`` (``buf`` only carries l1).
         """
         q1, m, l1 = self.q[0], self.m, self.nlevels[0]
         zxy = self._zxy
@@ -808,7 +808,7 @@ class PLSProblem:
         else:
             A = np.stack([self._zz[0, 0], self._zz[1, 0], self._zz[1, 1]])
             Z = np.ascontiguousarray(zxy).reshape(2, m * l1)
-            buf = np.empty((2 * m, l1))
+            buf = np.empty((0, l1))  # only its shape is read: each evaluation allocates its own C
         self._lean = (flat, A, Z, buf)
         return self._lean
 
@@ -864,6 +864,8 @@ class PLSProblem:
             l1 = buf.shape[1]
             # B = lambda' Z_j'[X_j y_j] (rows 0 and 1), then C0 = B0 / L00, C1 = (B1 - L10 C0) / L11
             B = (np.array([[l00, l10], [0.0, l11]]) @ Z).reshape(2, m, l1)
+            # a fresh array, not a buffer on the problem: evaluations may run on two threads (LMM._stencil_prefetch)
+            buf = np.empty((2 * m, l1))
             C0, C1 = buf[:m], buf[m:]
             np.divide(B[0], L[0], out=C0)
             np.multiply(C0, S[1] / L[0], out=C1)
