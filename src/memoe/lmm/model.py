@@ -290,8 +290,12 @@ class LMM:
         problem_threads = self.problem.blas_threads
         if control.blas_threads != "auto":
             self.problem.blas_threads = control.blas_threads
+        held = getattr(self.problem, "threads_held", None)
         try:
             with blas_threads(self.problem.blas_threads):
+                if held is not None:
+                    # the cap holds for the whole fit: evaluations need not re-enter it (~20 us each)
+                    self.problem.threads_held = True
                 use_gradient = control.optimizer == "auto" and gradient_preferred(self.problem)
                 if use_gradient:
                     opt, theta, grad = self._minimize_gradient(reml, x0, lower, step, control)
@@ -309,7 +313,7 @@ class LMM:
                     theta = opt.x.copy()
                     # exact zeros on the boundary as lme4 reports them when the optimiser sits there
                     theta[(lower == 0) & (np.abs(theta) < 1e-12)] = 0.0
-                    report = self._check(f, theta, lower, control, opt)
+                    report = self._check(f, theta, lower, control, opt, reml=reml)
                 singular = is_boundary(theta, lower, control.singular_tol)
                 messages = finish_fit(report, singular=singular, names=tmap.names, values=theta, warn=warn)
                 result = self._result(
@@ -318,6 +322,8 @@ class LMM:
                 )
         finally:
             self.problem.blas_threads = problem_threads
+            if held is not None:
+                self.problem.threads_held = held
         return result
 
     def _minimize_gradient(self, reml: bool, x0: np.ndarray, lower: np.ndarray, step, control: FitControl):
@@ -385,19 +391,53 @@ class LMM:
         # the Dask model (memoe.dask.lmm) returns its LmmResult subclass
         return LmmResult(**kwargs)
 
-    def _check(self, f, theta: np.ndarray, lower: np.ndarray, control: FitControl, opt=None) -> ConvergenceReport:
+    def _check(self, f, theta: np.ndarray, lower: np.ndarray, control: FitControl, opt=None,
+               reml: bool | None = None) -> ConvergenceReport:
         k = len(theta)
         if not control.calc_derivs or k == 0 or k > MAX_THETA_FOR_DERIVS:
             return ConvergenceReport(converged=True)
         # the optimiser already evaluated the optimum (unless boundary zeros moved theta)
         f0 = opt.fmin if opt is not None and np.array_equal(theta, opt.x) else None
-        if control.check_threads >= 2:
+        if reml is not None and type(self.problem) is PLSProblem and self.problem.lean:
+            # small one-factor problems: the whole stencil in one batched evaluation (~1.5 evaluations' cost)
+            f = self._stencil_batched(f, theta, lower, reml)
+        elif control.check_threads >= 2:
             f = self._stencil_prefetch(f, theta, lower)
         # the Hessian only feeds the checks here: one evaluation per off-diagonal pair (see its docstring)
         grad, hess = finite_difference_derivatives(f, theta, lower, f0=f0, mixed="forward")
         # parameters on the boundary are not expected to have a zero gradient
         free = ~((lower == 0) & (theta < control.singular_tol))
         return check_convergence(grad, hess, free, grad_tol=control.grad_tol)
+
+    @staticmethod
+    def _stencil_points(theta: np.ndarray, lower: np.ndarray) -> list[np.ndarray]:
+        """The points ``finite_difference_derivatives(mixed="forward")`` evaluates around ``theta`` (same bytes)."""
+        k, h = len(theta), FD_DELTA
+        forward = theta - h < lower
+        points = []
+        for i in range(k):
+            e = np.zeros(k)
+            e[i] = h
+            points += [theta + e, theta + 2 * e] if forward[i] else [theta + e, theta - e]
+        for i in range(k):
+            for j in range(i):
+                e = np.zeros(k)
+                e[i] = e[j] = h
+                # the check's Hessian differences the pairs forward (finite_difference_derivatives(mixed="forward"))
+                points.append(theta + e)
+        return points
+
+    def _stencil_batched(self, f, theta: np.ndarray, lower: np.ndarray, reml: bool):
+        """``f`` with the derivative check's stencil evaluated beforehand by ``problem.deviance_many``."""
+        points = self._stencil_points(theta, lower)
+        values = self.problem.deviance_many(np.array(points), reml).tolist()
+        cache = {x.tobytes(): v for x, v in zip(points, values, strict=True)}
+
+        def g(x: np.ndarray) -> float:
+            v = cache.get(np.asarray(x, dtype=float).tobytes())
+            return f(x) if v is None else v
+
+        return g
 
     def _stencil_prefetch(self, f, theta: np.ndarray, lower: np.ndarray):
         """``f`` with the finite-difference stencil around ``theta`` evaluated beforehand on two threads.
@@ -416,19 +456,7 @@ class LMM:
             or problem.nlevels[0] < PARALLEL_CHECK_LEVELS
         ):
             return f
-        k, h = len(theta), FD_DELTA
-        forward = theta - h < lower
-        points = []
-        for i in range(k):
-            e = np.zeros(k)
-            e[i] = h
-            points += [theta + e, theta + 2 * e] if forward[i] else [theta + e, theta - e]
-        for i in range(k):
-            for j in range(i):
-                e = np.zeros(k)
-                e[i] = e[j] = h
-                # the check's Hessian differences the pairs forward (finite_difference_derivatives(mixed="forward"))
-                points.append(theta + e)
+        points = self._stencil_points(theta, lower)
         # one worker thread takes every other point while this thread evaluates the rest: a second new
         # thread would add its own malloc arena and temporaries (~4 MiB each at 10^5 levels) for no gain
         with ThreadPoolExecutor(max_workers=1) as pool:
