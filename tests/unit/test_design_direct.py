@@ -8,8 +8,8 @@ import pytest
 
 import memoe
 from memoe.core.design import build_design
-from memoe.core.design.direct import numeric_plan, plain_numeric_formula
 from memoe.core.design.fixed import build_fixed, model_matrix_with_contrasts
+from memoe.core.design.native import native_matrix
 from memoe.core.design.scaling import choose_scaling, column_spreads, spreads_from_gram
 
 
@@ -55,7 +55,7 @@ PLAIN = [
 
 @pytest.mark.parametrize("rhs", PLAIN)
 def test_direct_fixed_matrix_equals_formulaic(data, rhs):
-    assert plain_numeric_formula(rhs, data)
+    assert native_matrix(rhs, data, {}, "the fixed effects") is not None
     fd = build_fixed(rhs, data)
     X, spec, names, _ = model_matrix_with_contrasts(rhs, data)
     assert fd.X.flags.f_contiguous
@@ -72,8 +72,7 @@ def test_direct_fixed_matrix_equals_formulaic(data, rhs):
     ["s", "t + s", "t:s", "b", "t + b", "np.log(np.abs(w))", "I(t ** 2)", "poly(t, 2)", "scale(x)", "C(s)",
      "center(t)", "t + factor(k)"],
 )
-def test_other_formulas_go_through_formulaic(data, rhs):
-    assert not plain_numeric_formula(rhs, data)
+def test_other_formulas_equal_formulaic(data, rhs):
     fd = build_fixed(rhs, data)
     X, _, names, _ = model_matrix_with_contrasts(rhs, data)
     # build_fixed names a logical column R's way (bTRUE)
@@ -81,19 +80,12 @@ def test_other_formulas_go_through_formulaic(data, rhs):
     np.testing.assert_array_equal(fd.X, X)
 
 
-def test_nullable_and_contrasts_are_not_plain(data):
-    df = data.assign(nx=data["x"].astype("Float64"), ck=pd.Categorical(data["k"]))
-    assert not plain_numeric_formula("nx", df)
-    assert not plain_numeric_formula("ck", df)
-    assert not plain_numeric_formula("t + x", data, contrasts={"s": "sum"})
+def test_nullable_columns_go_through_formulaic(data):
+    df = data.assign(nx=data["x"].astype("Float64"))
+    assert native_matrix("nx", df, {}, "the fixed effects") is None
     # a contrast for a numeric column is still refused with the same message as before
     with pytest.raises(memoe.errors.DataError, match="uses as a number"):
         build_fixed("t + s", data, contrasts={"t": "sum"})
-
-
-def test_numeric_plan_refuses_categorical_spec(data):
-    _, spec, _, _ = model_matrix_with_contrasts("t + s", data)
-    assert numeric_plan(spec, data) is None
 
 
 @pytest.mark.parametrize(
@@ -111,14 +103,12 @@ def test_numeric_plan_refuses_categorical_spec(data):
 )
 def test_design_blocks_equal_formulaic(data, formula, monkeypatch):
     direct = build_design(formula, data)
-    import memoe.core.design.direct as direct_mod
     import memoe.core.design.fixed as fixed_mod
     import memoe.core.design.random as random_mod
 
     # the reference: every formula through formulaic
     monkeypatch.setattr(fixed_mod, "native_matrix", lambda *a, **k: None)
     monkeypatch.setattr(random_mod, "native_matrix", lambda *a, **k: None)
-    assert direct_mod.plain_numeric_formula is not None
     ref = build_design(formula, data)
     np.testing.assert_array_equal(direct.X, ref.X)
     assert direct.fixef_names == ref.fixef_names

@@ -539,17 +539,21 @@ class PirlsProblem:
         converged = False
         first = 1 if warm else max(int(min_iter), 1)
         it = 0
-        while it < MAX_ITER:
-            it += 1
+        def working(eta: np.ndarray, mu: np.ndarray, inside) -> np.ndarray:
+            # IRLS weights w, and z = (eta - base) + (y - mu) / dmu in the work array z (tmp as scratch)
             dmu, w = self._weights(eta, mu, out=w_buf, inside=inside)
-            # z = (eta - base) + (y - mu) / dmu, in the work array z (tmp as scratch)
             if subtract_base:
                 np.subtract(eta, base, out=z)
             else:
                 z[:] = eta
             r = np.subtract(self.y, mu, out=tmp)
             r /= dmu
-            z += r
+            np.add(z, r, out=z)
+            return w
+
+        while it < MAX_ITER:
+            it += 1
+            w = working(eta, mu, inside)
             if wls is not None:
                 try:
                     u_new, beta_new, ldL2 = wls(theta, w, z, joint)
@@ -604,14 +608,7 @@ class PirlsProblem:
                 mu = mu_try
         if not converged:
             # the weights at the current modes (an exit after an accepted step has them at the previous ones)
-            dmu, w = self._weights(eta, mu, out=w_buf, inside=inside)
-            if subtract_base:
-                np.subtract(eta, base, out=z)
-            else:
-                z[:] = eta
-            r = np.subtract(self.y, mu, out=tmp)
-            r /= dmu
-            z += r
+            w = working(eta, mu, inside)
             step = self._safe_wls(theta, w, z, joint)
             ldL2 = np.inf if step is None else step[2]
         if not transient:

@@ -14,8 +14,7 @@ from formulaic.model_spec import ModelSpec
 from formulaic.transforms import C
 
 from memoe.core.design.contrasts import apply_contrasts, resolve_contrasts
-from memoe.core.design.direct import ColumnCache
-from memoe.core.design.native import LazySpec, frame_columns, native_matrix, resolve_spec
+from memoe.core.design.native import ColumnCache, LazySpec, frame_columns, native_matrix, resolve_spec
 from memoe.core.design.newdata import replay_frame
 from memoe.core.design.scaling import ColumnSpreads, choose_scaling, spreads_from_gram
 from memoe.core.formula.names import r_column_name
@@ -254,9 +253,9 @@ def build_fixed(
     (R's ``contrasts=`` argument); default R's: treatment for unordered factors, poly for ordered
     Categoricals. See :mod:`memoe.core.design.contrasts`.
 
-    A formula of numeric columns and their products is built directly from the columns, in Fortran
-    order (:mod:`memoe.core.design.direct`; same matrix as formulaic's); its columns are recorded in
-    ``cache`` (when given) for the random-effects terms to reuse.
+    A formula of numeric columns, factors and their interactions is built directly from the columns, in
+    Fortran order (:mod:`memoe.core.design.native`; same matrix as formulaic's); its columns are recorded
+    in ``cache`` (when given) for the random-effects terms to reuse.
 
     Parameters
     ----------
@@ -264,7 +263,7 @@ def build_fixed(
     data : pandas.DataFrame
     contrasts : mapping, optional
     cache : dict, optional
-        Filled with the direct path's columns (see :func:`memoe.core.design.direct.numeric_terms`).
+        Filled with the native path's columns (see :func:`memoe.core.design.native.native_matrix`).
 
     Returns
     -------
@@ -325,7 +324,7 @@ def build_fixed(
             f"column{'s' if len(drop) > 1 else ''} / coefficient{'s' if len(drop) > 1 else ''}: {dropped}",
             RankDeficiencyWarning,
         )
-        # keep the layout: the direct path's Fortran order, formulaic's C order
+        # keep the layout: the native path's Fortran order, formulaic's C order
         X = np.asfortranarray(X[:, kept]) if X.flags.f_contiguous and p > 1 else np.ascontiguousarray(X[:, kept])
         spreads = None
     return FixedDesign(

@@ -51,11 +51,11 @@ __all__ = [
 _CONTRAST_CLASSES = {
     "treatment": TreatmentContrasts, "sum": SumContrasts, "helmert": HelmertContrasts, "poly": PolyContrasts,
 }
-# rows of the head of the data handed to formulaic to learn the spec (as the numeric direct path)
+# rows of the head of the data handed to formulaic to learn the spec (numeric columns carry no state)
 HEAD_ROWS = 2
 
 # formulaic column name -> (Fortran-ordered matrix, column index): the columns of one design's fixed part,
-# reused by its random-effects terms (the same cache as memoe.core.design.direct's)
+# reused by its random-effects terms
 ColumnCache = dict
 
 

@@ -14,9 +14,8 @@ from formulaic.model_spec import ModelSpec
 
 from memoe.core.covariance import ThetaMap
 from memoe.core.design.contrasts import apply_contrasts, resolve_contrasts
-from memoe.core.design.direct import ColumnCache
 from memoe.core.design.grouping import GroupingFactor, make_grouping_factor
-from memoe.core.design.native import LazySpec, frame_columns, native_matrix, resolve_spec
+from memoe.core.design.native import ColumnCache, LazySpec, frame_columns, native_matrix, resolve_spec
 from memoe.core.formula.names import r_column_name
 from memoe.core.formula.parse import RandomTermSpec
 from memoe.core.linalg.threads import blas_threads
@@ -214,7 +213,7 @@ def check_re_scale(term_text: str, names: list[str], Z: np.ndarray) -> None:
 
 
 def _stack(pieces: list[np.ndarray]) -> np.ndarray:
-    """The block's columns side by side (Fortran order when every piece is, as the direct path builds them)."""
+    """The block's columns side by side (Fortran order when every piece is, as the native path builds them)."""
     if len(pieces) == 1:
         return pieces[0]
     if all(z.flags.f_contiguous for z in pieces):
