@@ -93,7 +93,7 @@ CASES = [
 @pytest.mark.parametrize("n, levels, q1, weights", CASES)
 def test_map_equals_previous_and_dense(n, levels, q1, weights):
     rng = np.random.default_rng(n + sum(levels) + q1)
-    Z1tZr, ZrtZr, Zr, Z1, w = _design(rng, n, levels, q1, weights)
+    Z1tZr, ZrtZr, Zr, _, _ = _design(rng, n, levels, q1, weights)
     mz = Zr.shape[1]
     rest = RestSchur(Z1tZr, ZrtZr, np.zeros((mz, 2)), levels[0], q1, [1] * (len(levels) - 1), list(levels[1:]))
     pos_old, P_old = _old_map(rest)
