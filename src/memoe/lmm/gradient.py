@@ -37,17 +37,24 @@ lme4 has no counterpart (its ``devfun`` is derivative-free); this is the gradien
 from __future__ import annotations
 
 import math
+import threading
 
 import numpy as np
 import scipy.linalg as sla
 from scipy.linalg import lapack
 
 from memoe.core.linalg.soa import soa_backward_solve_t, soa_forward_solve, soa_lincomb
-from memoe.core.linalg.threads import blas_threads
+from memoe.core.linalg.threads import blas_threads, usable_cores
 from memoe.errors import MemoeError
 from memoe.lmm.deviance import profiled_deviance
 
-__all__ = ["deviance_and_gradient", "gradient_available", "gradient_preferred"]
+__all__ = [
+    "GRADIENT_MODEL_FTOL_REL", "deviance_and_gradient", "gradient_available", "gradient_preferred", "stencil_workers",
+]
+
+# the gradient optimiser stops once its validated quasi-Newton model predicts a decrease below this times |f|
+# (memoe.core.optim.quasi_newton, model_ftol_rel): ~1e-14 relative is what the skipped last step gained
+GRADIENT_MODEL_FTOL_REL = 1e-12
 
 
 def gradient_available(problem) -> bool:
@@ -78,6 +85,24 @@ def gradient_preferred(problem) -> bool:
     Schur complement and the gradient adds one ``potri`` (about 2.5x the value) for 4-5x fewer evaluations.
     """
     return gradient_available(problem) and problem.multi
+
+
+def stencil_workers(problem) -> int:
+    """Threads for the ``k`` independent gradients of a gradient-difference Hessian (start and check).
+
+    2 on the dense crossed path when the process may use two cores: an evaluation there is ~80% LAPACK
+    (``potrf``/``potri`` of the Schur complement) and large NumPy passes, which release the GIL, and each
+    thread keeps one BLAS thread. 1 otherwise (one grouping factor: evaluations of a few ms, where the
+    hand-off does not pay; one core).
+
+    Examples
+    --------
+    >>> import memoe
+    >>> pen = memoe.datasets.load("Penicillin")
+    >>> stencil_workers(memoe.lmm("diameter ~ 1 + (1 | plate) + (1 | sample)", pen).problem) in (1, 2)
+    True
+    """
+    return 2 if gradient_preferred(problem) and usable_cores() >= 2 else 1
 
 
 def deviance_and_gradient(problem, theta: np.ndarray, reml: bool) -> tuple[float, np.ndarray]:
@@ -125,6 +150,17 @@ def deviance_and_gradient(problem, theta: np.ndarray, reml: bool) -> tuple[float
         if problem.multi:
             return _dense(problem, theta, reml)
         return _one(problem, theta, reml)
+
+
+_local = threading.local()
+
+
+def _thread_buffer(nb: int) -> np.ndarray:
+    """A C-ordered (nb, nb) work array owned by the calling thread (kept while the thread lives)."""
+    buf = getattr(_local, "buffer", None)
+    if buf is None or buf.shape != (nb, nb):
+        buf = _local.buffer = np.zeros((nb, nb))
+    return buf
 
 
 def _failed(theta: np.ndarray) -> tuple[float, np.ndarray]:
@@ -226,11 +262,15 @@ def _dense(pb, theta: np.ndarray, reml: bool) -> tuple[float, np.ndarray]:
     q1, l1, mz, p, m, nb = pb.q[0], pb.nlevels[0], pb.mz, pb.p, pb.m, rest.nb
     logdet_Z, CtC, (L, C, _) = pb._first_block(lam1, True)
     W, TtC = pb._schur_inputs(lam1, L, C)
-    if pb._buffer is None:
-        pb._buffer = np.zeros((nb, nb))
-    M = rest.bordered(lambdas[1:], W, TtC, pb._wXYtXY - CtC, out=pb._buffer, keep=True)
-    H = rest.last_unscaled
-    rest.last_unscaled = None
+    # the problem's buffer is the main thread's; a worker of a thread-pooled stencil
+    # (memoe.core.optim.checks.gradient_difference_hessian) fills a buffer of its own
+    if threading.current_thread() is threading.main_thread():
+        if pb._buffer is None:
+            pb._buffer = np.zeros((nb, nb))
+        buffer = pb._buffer
+    else:
+        buffer = _thread_buffer(nb)
+    M, H = rest.bordered_unscaled(lambdas[1:], W, TtC, pb._wXYtXY - CtC, out=buffer, keep=True)
     c, info = lapack.dpotrf(M.T, lower=1, clean=0, overwrite_a=1)
     ok, logdet_Z, logdet_X, pwrss = pb._finish(logdet_Z, c, info)
     dev = _criterion(pb, ok, logdet_Z, logdet_X, pwrss, reml)

@@ -38,7 +38,8 @@ from memoe.core.optim.finish import finish_fit, is_boundary
 from memoe.core.optim.quasi_newton import minimize_bounded_gradient
 from memoe.core.optim.start import variance_component_start
 from memoe.errors import ArgumentError, FormulaTypeError
-from memoe.lmm.gradient import deviance_and_gradient, gradient_preferred
+from memoe.lmm.gradient import GRADIENT_MODEL_FTOL_REL, deviance_and_gradient, gradient_preferred
+from memoe.lmm.gradient import stencil_workers as _stencil_workers
 from memoe.lmm.objective import SCHUR_PATHS, PLSProblem
 from memoe.lmm.result import LmmResult
 from memoe.lmm.start import one_factor_start
@@ -345,11 +346,14 @@ class LMM:
             def hess0(x, g):
                 nonlocal extra
                 extra += len(x)
-                return gradient_difference_hessian(lambda z: fg(z)[1], x, g, delta=FD_DELTA)
+                return gradient_difference_hessian(lambda z: fg(z)[1], x, g, delta=FD_DELTA,
+                                                   workers=_stencil_workers(problem))
 
+        # stop once the (validated) quasi-Newton model predicts < 1e-12 |f|: the last step would move the
+        # criterion by ~1e-14 relative and theta by ~1e-7 (InstEval shape: 10 -> 9 evaluations)
         opt = minimize_bounded_gradient(fg, x0, lower, initial_step=step, ftol_abs=control.ftol_abs,
                                         xtol_abs=min(control.xtol_abs, 1e-10), maxeval=min(control.maxeval, 500),
-                                        initial_hessian=hess0)
+                                        initial_hessian=hess0, model_ftol_rel=GRADIENT_MODEL_FTOL_REL)
         opt = dataclasses.replace(opt, feval=opt.feval + extra)
         grad = opt.settings["gradient"]
         if opt.return_code < 0 or opt.return_code == 5:
@@ -383,7 +387,7 @@ class LMM:
             return ConvergenceReport(converged=True)
         problem = self.problem
         hess = gradient_difference_hessian(lambda x: deviance_and_gradient(problem, x, reml)[1], theta, grad,
-                                           delta=FD_DELTA)
+                                           delta=FD_DELTA, workers=_stencil_workers(problem))
         free = ~((lower == 0) & (theta < control.singular_tol))
         return check_convergence(grad, hess, free, grad_tol=control.grad_tol)
 

@@ -237,22 +237,24 @@ class RestSchur:
         return sp.block_diag(mats, format="csr")
 
     def _scatter(self, weights: np.ndarray, out: np.ndarray | None, scale: np.ndarray | float | None = None,
-                 keep: bool = False) -> np.ndarray:
+                 keep: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+        """Fill ``out`` with ``(P @ weights) * scale`` at :attr:`pos`; with ``keep`` also return ``P @ weights``."""
         nb = self.nb
         if out is None:
             out = np.zeros((nb, nb))
         else:
             out.fill(0.0)
         vals = self.P @ weights
+        unscaled = None
         if keep:
             # the entries of H = Z_r'Z_r - Z_r'Z_1 W Z_1'Z_r before the lambda scaling (the analytic
             # gradient contracts them with M_zz^-1; memoe.lmm.gradient)
-            self.last_unscaled = vals
+            unscaled = vals
             vals = vals if scale is None else vals * scale
         elif scale is not None:
             vals *= scale
         out.ravel()[self.pos] = vals
-        return out
+        return out, unscaled
 
     def bordered(
         self,
@@ -263,6 +265,22 @@ class RestSchur:
         out: np.ndarray | None = None,
         keep: bool = False,
     ) -> np.ndarray:
+        """The bordered matrix ``M``; see :meth:`bordered_unscaled` (``keep`` stores its second output in
+        ``last_unscaled``)."""
+        M, unscaled = self.bordered_unscaled(lambdas_rest, W, TtC, M_xy, out=out, keep=keep)
+        if keep:
+            self.last_unscaled = unscaled
+        return M
+
+    def bordered_unscaled(
+        self,
+        lambdas_rest: list[np.ndarray],
+        W: np.ndarray,
+        TtC: np.ndarray,
+        M_xy: np.ndarray,
+        out: np.ndarray | None = None,
+        keep: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         """The bordered matrix ``M`` with its upper triangle filled (lower triangle zero).
 
         Parameters
@@ -277,14 +295,18 @@ class RestSchur:
         out : numpy.ndarray, shape (m_z + m, m_z + m), optional
             C-ordered buffer to fill (reused across evaluations to avoid page faults).
         keep : bool
-            Keep the unscaled entries of ``H`` at :attr:`pos` in ``last_unscaled`` (scalar later blocks
-            with the map only; for :mod:`memoe.lmm.gradient`).
+            Also return the unscaled entries of ``H`` at :attr:`pos` (scalar later blocks with the map
+            only; for :mod:`memoe.lmm.gradient`). Nothing is stored on the object, so evaluations may
+            run on several threads with their own ``out``.
 
         Returns
         -------
-        numpy.ndarray, shape (m_z + m, m_z + m), C order
+        M : numpy.ndarray, shape (m_z + m, m_z + m), C order
             ``M.T`` is Fortran-ordered with the lower triangle filled, ready for LAPACK ``potrf``.
+        H : numpy.ndarray or None
+            The unscaled entries (``keep``), else None.
         """
+        unscaled = None
         mz, nb = self.mz, self.nb
         ZrtXY_adj = self.ZrtXY - self.Z1tZr.T @ TtC
         if self.P is not None and self.diag_lambda:
@@ -292,9 +314,9 @@ class RestSchur:
             if len(dvec) == 1:
                 s2 = dvec[0] * dvec[0]
                 if keep:
-                    M = self._scatter(np.append(W, 1.0), out, s2, keep=True)
+                    M, unscaled = self._scatter(np.append(W, 1.0), out, s2, keep=True)
                 else:
-                    M = self._scatter(np.append(W * s2, s2), out)
+                    M, _ = self._scatter(np.append(W * s2, s2), out)
                 M[:mz, mz:] = dvec[0] * ZrtXY_adj
             else:
                 # scale each entry by lambda_row lambda_col before the scatter (a gather over the map's
@@ -305,13 +327,13 @@ class RestSchur:
                     nblk = len(self.q_rest)
                     self._pos_pair = (self.col_block[r] * nblk + self.col_block[c]).astype(np.intp)
                 dd = np.outer(dvec, dvec).ravel()[self._pos_pair]
-                M = self._scatter(np.append(W, 1.0), out, dd, keep=keep)
+                M, unscaled = self._scatter(np.append(W, 1.0), out, dd, keep=keep)
                 dcol = dvec[self.col_block]
                 M[:mz, mz:] = dcol[:, None] * ZrtXY_adj
         else:
             lam_r = self.lambda_rest(lambdas_rest)
             if self.P is not None:
-                upper = self._scatter(np.append(W, 1.0), None)[:mz, :mz]
+                upper = self._scatter(np.append(W, 1.0), None)[0][:mz, :mz]
                 D = upper + np.triu(upper, 1).T
             else:
                 D = self._rest_products(W)
@@ -323,7 +345,7 @@ class RestSchur:
         idx = np.arange(mz)
         M[idx, idx] += 1.0
         M[mz:, mz:] = M_xy
-        return M
+        return M, unscaled
 
     def _rest_products(self, W: np.ndarray) -> np.ndarray:
         """``Z_r'Z_r - Z_r'Z_1 W Z_1'Z_r`` (dense, symmetric) by sparse products, for huge patterns."""

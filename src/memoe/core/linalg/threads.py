@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import os
 import sys
 from collections.abc import Iterator
 
-__all__ = ["blas_threads"]
+__all__ = ["blas_threads", "usable_cores"]
 
 _SYMBOLS = (
     ("scipy_openblas_get_num_threads64_", "scipy_openblas_set_num_threads64_"),
@@ -106,3 +107,17 @@ def _threadpoolctl_controller():
         except Exception:  # not installed or failed to inspect the process: leave threads alone
             _controller = False
     return _controller or None
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (``os.sched_getaffinity``; ``os.cpu_count()`` where that is missing).
+
+    Examples
+    --------
+    >>> usable_cores() >= 1
+    True
+    """
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)

@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from memoe.errors import ArgumentError
 
-__all__ = ["ConvergenceReport", "check_convergence", "finite_difference_derivatives", "gradient_difference_hessian"]
+__all__ = [
+    "ConvergenceReport", "check_convergence", "finite_difference_derivatives", "gradient_difference_hessian",
+    "parallel_map",
+]
 
 
 def gradient_difference_hessian(
-    grad: Callable[[np.ndarray], np.ndarray], x: np.ndarray, g0: np.ndarray, delta: float = 1e-4
+    grad: Callable[[np.ndarray], np.ndarray], x: np.ndarray, g0: np.ndarray, delta: float = 1e-4, workers: int = 1
 ) -> np.ndarray:
     """Hessian from ``k`` forward differences of an analytic gradient, symmetrised.
 
@@ -27,6 +32,11 @@ def gradient_difference_hessian(
         ``grad(x)``.
     delta : float
         Step ``h``; always forward (``x + h e_i``), so a lower bound at ``x`` is never crossed.
+    workers : int
+        Threads evaluating the ``k`` independent gradients (this one included). ``grad`` must then be
+        safe to call concurrently; each column is computed exactly as serially, so the result is the
+        same to the last bit. Pays when ``grad`` spends its time in code that releases the GIL
+        (LAPACK, large NumPy operations) and a core is free (:func:`memoe.core.linalg.threads.usable_cores`).
 
     Returns
     -------
@@ -50,11 +60,63 @@ def gradient_difference_hessian(
     x = np.asarray(x, dtype=float)
     k = len(x)
     H = np.empty((k, k))
-    for i in range(k):
+
+    def column(i: int) -> None:
         e = np.zeros(k)
         e[i] = delta
         H[:, i] = (np.asarray(grad(x + e), dtype=float) - g0) / delta
+
+    parallel_map(column, range(k), workers)
     return 0.5 * (H + H.T)
+
+
+def parallel_map(fn: Callable[[int], None], items, workers: int) -> None:
+    """Call ``fn(i)`` for every item, on this thread and ``workers - 1`` pool threads pulling from one queue.
+
+    Serial (in order, no thread started) when ``workers <= 1`` or there is at most one item. The first
+    exception raised by any call is re-raised here after all threads stopped.
+
+    Examples
+    --------
+    >>> out = []
+    >>> parallel_map(out.append, range(3), workers=1)
+    >>> out
+    [0, 1, 2]
+    """
+    items = list(items)
+    if workers <= 1 or len(items) <= 1:
+        for i in items:
+            fn(i)
+        return
+    lock = threading.Lock()
+    queue = iter(items)
+    failed: list[BaseException] = []
+
+    def drain() -> None:
+        while True:
+            with lock:
+                if failed:
+                    return
+                i = next(queue, _END)
+            if i is _END:
+                return
+            try:
+                fn(i)
+            except BaseException as exc:  # re-raised on the calling thread below
+                with lock:
+                    failed.append(exc)
+                return
+
+    with ThreadPoolExecutor(max_workers=min(workers, len(items)) - 1) as pool:
+        futures = [pool.submit(drain) for _ in range(min(workers, len(items)) - 1)]
+        drain()
+        for f in futures:
+            f.result()
+    if failed:
+        raise failed[0]
+
+
+_END = object()
 
 
 def finite_difference_derivatives(

@@ -45,6 +45,7 @@ def minimize_bounded_gradient(
     xtol_abs: float = 1e-10,
     maxeval: int = 200,
     initial_hessian: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
+    model_ftol_rel: float = 0.0,
 ) -> OptSummary:
     """Minimise ``f`` subject to ``x >= lower`` from values and gradients.
 
@@ -65,6 +66,12 @@ def minimize_bounded_gradient(
         Converged when an accepted step moves every variable by less.
     maxeval : int
         Most evaluations; the best point so far is returned with ``return_code = 5`` beyond it.
+    model_ftol_rel : float
+        Also converged when the quadratic model is validated and predicts less than ``model_ftol_rel |f|``:
+        the previous step was a full, uncapped quasi-Newton step whose actual decrease was within a factor
+        2 of the model's, and the Newton decrease ``g' H g / 2`` from here is below that bound. Saves the
+        last one or two evaluations, which move the criterion by ~1e-14 relative (InstEval shape: 6e-9 on
+        227,478). 0 (default) turns it off.
     initial_hessian : callable, optional
         ``(x0, g0) -> H`` (shape (k, k)), e.g. ``k`` gradient differences: BFGS then starts from
         ``H^-1`` (Newton steps from the start) instead of a probing step along ``-g``. Ignored unless
@@ -131,6 +138,8 @@ def minimize_bounded_gradient(
             if w.min() > 1e-12 * max(1.0, w.max()):
                 Hinv = (Q / w) @ Q.T
     restarted = False
+    # the last accepted step was a full quasi-Newton step whose decrease the model predicted (model_ftol_rel)
+    validated = False
     while True:
         tol = ftol_abs + ftol_rel * abs(f)
         # epsilon-active set (Bertsekas 1982): within eps of the bound with the gradient pushing outwards.
@@ -161,6 +170,8 @@ def minimize_bounded_gradient(
                 continue
             if 0.5 * pred <= tol and not np.any(snap):
                 return done(3, "predicted decrease below ftol")
+            if validated and 0.5 * pred <= model_ftol_rel * abs(f) and not np.any(snap):
+                return done(3, "validated quasi-Newton model predicts a decrease below model_ftol_rel")
             ratio = float(np.max(np.abs(d[free]) / radius[free])) if np.any(free) else 0.0
             capped = ratio > 1.0
             if capped:
@@ -187,6 +198,9 @@ def minimize_bounded_gradient(
             Hinv, restarted = None, True
             continue
         restarted = False
+        # pred / 2 is the model's decrease for an uncapped step (g' H g - g' H g / 2); actual within a factor 2
+        validated = (Hinv is not None and alpha == 1.0 and not capped and not np.any(snap)
+                     and 0.25 * pred <= f - fn <= pred)
         if Hinv is not None:
             if alpha == 1.0 and capped:
                 radius *= 2.0
