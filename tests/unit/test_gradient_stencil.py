@@ -1,0 +1,151 @@
+"""Thread-pooled gradient-difference stencils and the validated-model stop of the gradient optimiser (issue 13).
+
+* The k gradients of a gradient-difference Hessian (start Hessian and derivative check of the gradient fit)
+  run on two threads when two cores are usable: each column is computed exactly as serially, so the
+  Hessian, and with it the whole fit, must be the same to the last bit (compared at 1e-12).
+* ``deviance_and_gradient`` on the dense crossed path keeps no shared state: concurrent calls at different
+  theta equal serial calls.
+* ``model_ftol_rel`` stops the projected BFGS one or two evaluations early; the criterion must stay within
+  1e-9 relative (here: 1e-12) of the fully converged value and theta within the slack that criterion allows.
+"""
+
+from __future__ import annotations
+
+import importlib
+import threading
+
+import numpy as np
+import pytest
+
+import memoe
+from memoe.core.optim import minimize_bounded_gradient
+from memoe.core.optim.checks import gradient_difference_hessian, parallel_map
+from memoe.lmm.gradient import deviance_and_gradient
+
+from .test_lmm_gradient import DENSE, FORMULA, _crossed, _insteval_like, _random_theta
+
+model_mod = importlib.import_module("memoe.lmm.model")
+gradient_mod = importlib.import_module("memoe.lmm.gradient")
+
+
+@pytest.mark.parametrize("qs, nlev", [([1, 1, 1], [60, 20, 6]), ([2, 1], [40, 12])])
+@pytest.mark.parametrize("workers", [2, 3])
+def test_pooled_stencil_equals_serial(qs, nlev, workers):
+    pb = _crossed(qs, nlev, seed=5)
+    theta = _random_theta(qs, np.random.default_rng(1))
+    f0, g0 = deviance_and_gradient(pb, theta, True)
+
+    def grad(z):
+        return deviance_and_gradient(pb, z, True)[1]
+
+    serial = gradient_difference_hessian(grad, theta, g0, workers=1)
+    pooled = gradient_difference_hessian(grad, theta, g0, workers=workers)
+    # the same arithmetic on differently aligned work arrays (each thread its own): the gradients agree to
+    # their rounding, ~1e-12 of the criterion's scale, which the difference divides by h = 1e-4
+    tol = 1e-12 * (abs(f0) + np.abs(g0).max()) / 1e-4
+    np.testing.assert_allclose(pooled, serial, rtol=0, atol=tol)
+
+
+def test_concurrent_evaluations_equal_serial():
+    pb = _crossed([1, 1, 1], [60, 20, 6], seed=9)
+    rng = np.random.default_rng(2)
+    thetas = [_random_theta([1, 1, 1], rng) for _ in range(8)]
+    serial = [deviance_and_gradient(pb, t, False) for t in thetas]
+    out: list = [None] * len(thetas)
+
+    def run(i):
+        out[i] = deviance_and_gradient(pb, thetas[i], False)
+
+    parallel_map(run, range(len(thetas)), workers=3)
+    for (d0, g0), (d1, g1) in zip(serial, out, strict=True):
+        assert d1 == pytest.approx(d0, rel=1e-13)
+        np.testing.assert_allclose(g1, g0, rtol=0, atol=1e-12 * (abs(d0) + np.abs(g0).max()))
+
+
+def test_parallel_map_runs_every_item_once_and_reraises():
+    seen: list[int] = []
+    lock = threading.Lock()
+
+    def add(i):
+        with lock:
+            seen.append(i)
+
+    parallel_map(add, range(17), workers=2)
+    assert sorted(seen) == list(range(17))
+    order: list[int] = []
+    parallel_map(order.append, range(5), workers=1)
+    assert order == list(range(5))
+
+    def boom(i):
+        if i == 3:
+            raise ValueError("item 3")
+
+    with pytest.raises(ValueError, match="item 3"):
+        parallel_map(boom, range(6), workers=2)
+
+
+def test_fit_with_two_workers_equals_serial_fit(monkeypatch):
+    df = _insteval_like()
+    m = memoe.lmm(FORMULA, df)
+    monkeypatch.setattr(gradient_mod, "usable_cores", lambda: 1)
+    f1 = m.fit(control=DENSE)
+    monkeypatch.setattr(gradient_mod, "usable_cores", lambda: 2)
+    assert gradient_mod.stencil_workers(m.problem) == 2
+    f2 = m.fit(control=DENSE)
+    assert f1.opt.optimizer == f2.opt.optimizer == "projected BFGS"
+    # the stencils agree to rounding (see above), so the optimiser's path and optimum agree to ~1e-9
+    assert abs(f2.opt.fmin - f1.opt.fmin) <= 1e-12 * abs(f1.opt.fmin)
+    np.testing.assert_allclose(f2.opt.x, f1.opt.x, rtol=0, atol=1e-7)
+    np.testing.assert_allclose(f2.convergence.hessian, f1.convergence.hessian, rtol=0,
+                               atol=1e-12 * abs(f1.opt.fmin) / 1e-4)
+
+
+@pytest.mark.parametrize("reml", [True, False])
+@pytest.mark.parametrize("seed", [3, 4])
+def test_model_stop_keeps_the_optimum(monkeypatch, reml, seed):
+    df = _insteval_like(seed=seed)
+    m = memoe.lmm(FORMULA, df)
+    early = m.fit(reml=reml, control=DENSE)
+    monkeypatch.setattr(model_mod, "GRADIENT_MODEL_FTOL_REL", 0.0)
+    full = m.fit(reml=reml, control=DENSE)
+    assert early.opt.feval <= full.opt.feval
+    # criterion: within 1e-12 relative of the fully converged one (the brief allows 1e-9)
+    assert early.opt.fmin - full.opt.fmin <= 1e-12 * abs(full.opt.fmin)
+    # theta: within the ellipsoid that criterion difference allows (Hessian of the derivative check)
+    H = full.convergence.hessian
+    delta = max(early.opt.fmin - full.opt.fmin, 1e-14 * abs(full.opt.fmin))
+    slack = np.sqrt(2 * delta * np.diag(np.linalg.inv(H)))
+    assert np.all(np.abs(early.opt.x - full.opt.x) <= 2 * slack + 1e-9)
+    assert early.converged and not early.messages
+
+
+def test_model_stop_needs_a_validated_step():
+    """On a quadratic the start-Hessian Newton step is exact; without a validated step the loose bound never
+    stops the optimiser before it has taken one."""
+    A = np.array([[4.0, 1.0], [1.0, 3.0]])
+    xs = np.array([1.0, 2.0])
+    seen = []
+
+    def fg(x):
+        seen.append(x.copy())
+        d = x - xs
+        return 1e6 + 0.5 * float(d @ A @ d), A @ d
+
+    opt = minimize_bounded_gradient(fg, np.array([3.0, -1.0]), np.full(2, -np.inf), model_ftol_rel=1e-3,
+                                    initial_hessian=lambda x, g: A)
+    # the bound (1e3) is above the start's predicted decrease (~10), yet the first step is taken
+    assert len(seen) >= 2
+    np.testing.assert_allclose(opt.x, xs, atol=1e-8)
+    # a loose model tolerance after validated steps: stops near, not at, a badly scaled Rosenbrock optimum
+    seen.clear()
+
+    def rosen(x):
+        f = 100 * (x[1] - x[0] ** 2) ** 2 + (1 - x[0]) ** 2 + 10.0
+        g = np.array([-400 * x[0] * (x[1] - x[0] ** 2) - 2 * (1 - x[0]), 200 * (x[1] - x[0] ** 2)])
+        return f, g
+
+    tight = minimize_bounded_gradient(rosen, np.array([-1.2, 1.0]), np.full(2, -np.inf), maxeval=300)
+    loose = minimize_bounded_gradient(rosen, np.array([-1.2, 1.0]), np.full(2, -np.inf), maxeval=300,
+                                      model_ftol_rel=1e-12)
+    assert loose.return_code > 0 and loose.feval <= tight.feval
+    assert loose.fmin - tight.fmin <= 1e-11 * 10.0
