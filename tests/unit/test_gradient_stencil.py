@@ -62,6 +62,12 @@ def test_concurrent_evaluations_equal_serial():
         np.testing.assert_allclose(g1, g0, rtol=0, atol=1e-12 * (abs(d0) + np.abs(g0).max()))
 
 
+def test_idle_cores_is_bounded_by_usable_cores():
+    from memoe.core.linalg.threads import idle_cores, usable_cores
+
+    assert 0 <= idle_cores() <= usable_cores() - 1
+
+
 def test_parallel_map_runs_every_item_once_and_reraises():
     seen: list[int] = []
     lock = threading.Lock()
@@ -90,6 +96,9 @@ def test_fit_with_two_workers_equals_serial_fit(monkeypatch):
     monkeypatch.setattr(gradient_mod, "usable_cores", lambda: 1)
     f1 = m.fit(control=DENSE)
     monkeypatch.setattr(gradient_mod, "usable_cores", lambda: 2)
+    monkeypatch.setattr(gradient_mod, "idle_cores", lambda: 0)
+    assert gradient_mod.stencil_workers(m.problem) == 1  # the other core busy: serial
+    monkeypatch.setattr(gradient_mod, "idle_cores", lambda: 1)
     assert gradient_mod.stencil_workers(m.problem) == 2
     f2 = m.fit(control=DENSE)
     assert f1.opt.optimizer == f2.opt.optimizer == "projected BFGS"

@@ -44,7 +44,7 @@ import scipy.linalg as sla
 from scipy.linalg import lapack
 
 from memoe.core.linalg.soa import soa_backward_solve_t, soa_forward_solve, soa_lincomb
-from memoe.core.linalg.threads import blas_threads, usable_cores
+from memoe.core.linalg.threads import blas_threads, idle_cores, usable_cores
 from memoe.errors import MemoeError
 from memoe.lmm.deviance import profiled_deviance
 
@@ -90,10 +90,11 @@ def gradient_preferred(problem) -> bool:
 def stencil_workers(problem) -> int:
     """Threads for the ``k`` independent gradients of a gradient-difference Hessian (start and check).
 
-    2 on the dense crossed path when the process may use two cores: an evaluation there is ~80% LAPACK
-    (``potrf``/``potri`` of the Schur complement) and large NumPy passes, which release the GIL, and each
-    thread keeps one BLAS thread. 1 otherwise (one grouping factor: evaluations of a few ms, where the
-    hand-off does not pay; one core).
+    2 on the dense crossed path when a second usable core is idle at the call: an evaluation there is ~80%
+    LAPACK (``potrf``/``potri`` of the Schur complement) and large NumPy passes, which release the GIL, and
+    each thread keeps one BLAS thread. 1 otherwise: one grouping factor (evaluations of a few ms, where the
+    hand-off does not pay), one core, or the other core busy (then two threads of ours share one core and
+    the stencil gets slower than serial; :func:`memoe.core.linalg.threads.idle_cores`).
 
     Examples
     --------
@@ -102,7 +103,7 @@ def stencil_workers(problem) -> int:
     >>> stencil_workers(memoe.lmm("diameter ~ 1 + (1 | plate) + (1 | sample)", pen).problem) in (1, 2)
     True
     """
-    return 2 if gradient_preferred(problem) and usable_cores() >= 2 else 1
+    return 2 if gradient_preferred(problem) and usable_cores() >= 2 and idle_cores() >= 1 else 1
 
 
 def deviance_and_gradient(problem, theta: np.ndarray, reml: bool) -> tuple[float, np.ndarray]:

@@ -21,7 +21,7 @@ import os
 import sys
 from collections.abc import Iterator
 
-__all__ = ["blas_threads", "usable_cores"]
+__all__ = ["blas_threads", "idle_cores", "usable_cores"]
 
 _SYMBOLS = (
     ("scipy_openblas_get_num_threads64_", "scipy_openblas_set_num_threads64_"),
@@ -121,3 +121,26 @@ def usable_cores() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):
         return max(1, os.cpu_count() or 1)
+
+
+def idle_cores() -> int:
+    """Usable cores not running anything right now (besides the calling thread), from ``/proc/loadavg``.
+
+    The fourth field of ``/proc/loadavg`` counts the threads running or runnable at this instant, the
+    caller included. A second worker thread only pays when a core is idle: with the other core busy
+    (another process), two threads of ours share one core with it and a pooled stencil of two 75 ms
+    evaluations took 200 ms against 155 ms serially. Where ``/proc`` is missing, every usable core but
+    this one counts as idle.
+
+    Examples
+    --------
+    >>> idle_cores() >= 0
+    True
+    """
+    cores = usable_cores()
+    try:
+        with open("/proc/loadavg") as fh:
+            running = int(fh.read().split()[3].split("/")[0])
+    except (OSError, ValueError, IndexError):
+        return cores - 1
+    return max(0, cores - max(1, running))
