@@ -335,8 +335,14 @@ class LMM:
         """
         problem = self.problem
 
+        # every (theta, gradient) evaluated: a point within ~delta of the optimum gives the derivative check one
+        # gradient difference for free (_check_gradient)
+        self._gradient_trace = trace = []
+
         def fg(x: np.ndarray) -> tuple[float, np.ndarray]:
-            return deviance_and_gradient(problem, x, reml)
+            f, g = deviance_and_gradient(problem, x, reml)
+            trace.append((np.array(x, dtype=float), g))
+            return f, g
 
         extra = 0
         hess0 = None
@@ -387,9 +393,24 @@ class LMM:
             return ConvergenceReport(converged=True)
         problem = self.problem
         hess = gradient_difference_hessian(lambda x: deviance_and_gradient(problem, x, reml)[1], theta, grad,
-                                           delta=FD_DELTA, workers=_stencil_workers(problem))
+                                           delta=FD_DELTA, workers=_stencil_workers(problem),
+                                           secant=self._check_secant(theta, grad, lower))
         free = ~((lower == 0) & (theta < control.singular_tol))
         return check_convergence(grad, hess, free, grad_tol=control.grad_tol)
+
+    def _check_secant(self, theta: np.ndarray, grad: np.ndarray, lower: np.ndarray):
+        """``(theta - z, grad - g(z))`` for the latest point ``z`` the gradient optimiser evaluated within
+        ``[delta / 4, 2 delta]`` (max norm) of ``theta``, both away from the bounds; None if there is none."""
+        trace = getattr(self, "_gradient_trace", None) or []
+        self._gradient_trace = None
+        if np.any(theta - lower <= 2 * FD_DELTA):
+            return None  # boundary parameters: the check's free set and one-sided steps stay as they are
+        for z, g in reversed(trace):
+            s = theta - z
+            step = float(np.max(np.abs(s)))
+            if 0.25 * FD_DELTA <= step <= 2 * FD_DELTA and np.all(z - lower > 2 * FD_DELTA) and np.all(np.isfinite(g)):
+                return s, grad - g
+        return None
 
     def _result(self, **kwargs) -> LmmResult:
         # the Dask model (memoe.dask.lmm) returns its LmmResult subclass

@@ -19,7 +19,8 @@ __all__ = [
 
 
 def gradient_difference_hessian(
-    grad: Callable[[np.ndarray], np.ndarray], x: np.ndarray, g0: np.ndarray, delta: float = 1e-4, workers: int = 1
+    grad: Callable[[np.ndarray], np.ndarray], x: np.ndarray, g0: np.ndarray, delta: float = 1e-4, workers: int = 1,
+    secant: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> np.ndarray:
     """Hessian from ``k`` forward differences of an analytic gradient, symmetrised.
 
@@ -36,7 +37,13 @@ def gradient_difference_hessian(
         Threads evaluating the ``k`` independent gradients (this one included). ``grad`` must then be
         safe to call concurrently; each column is computed exactly as serially, so the result is the
         same to the last bit. Pays when ``grad`` spends its time in code that releases the GIL
-        (LAPACK, large NumPy operations) and a core is free (:func:`memoe.core.linalg.threads.usable_cores`).
+        (LAPACK, large NumPy operations) and a core is free (:func:`memoe.core.linalg.threads.idle_cores`).
+    secant : (s, y), optional
+        A gradient difference the caller already has: ``y = g0 - grad(x - s)``, e.g. from the optimiser's
+        last step. Used in place of the coordinate direction ``i`` where ``|s_i|`` is largest when
+        ``delta / 4 <= max|s| <= 2 delta`` (the same truncation and at most 4x the rounding of a column),
+        saving one evaluation; ignored otherwise. The Hessian is then ``Y D^-1`` (symmetrised) for the
+        directions ``D = [s, delta e_j (j != i)]`` and their gradient differences ``Y``.
 
     Returns
     -------
@@ -60,14 +67,32 @@ def gradient_difference_hessian(
     x = np.asarray(x, dtype=float)
     k = len(x)
     H = np.empty((k, k))
+    use = secant_usable(secant, delta)
+    skip = int(np.argmax(np.abs(secant[0]))) if use else -1
 
     def column(i: int) -> None:
         e = np.zeros(k)
         e[i] = delta
         H[:, i] = (np.asarray(grad(x + e), dtype=float) - g0) / delta
 
-    parallel_map(column, range(k), workers)
+    parallel_map(column, [i for i in range(k) if i != skip], workers)
+    if use:
+        # columns j != skip hold H e_j; the secant gives H s, so H e_skip = (y - sum_{j != skip} s_j H e_j) / s_skip
+        sv, yv = (np.asarray(a, dtype=float) for a in secant)
+        others = np.arange(k) != skip
+        H[:, skip] = (yv - H[:, others] @ sv[others]) / sv[skip]
     return 0.5 * (H + H.T)
+
+
+def secant_usable(secant: tuple[np.ndarray, np.ndarray] | None, delta: float) -> bool:
+    """Whether :func:`gradient_difference_hessian` can use ``secant``: finite, step in ``[delta / 4, 2 delta]``."""
+    if secant is None:
+        return False
+    sv, yv = (np.asarray(a, dtype=float) for a in secant)
+    if not (np.all(np.isfinite(sv)) and np.all(np.isfinite(yv))):
+        return False
+    step = float(np.max(np.abs(sv))) if len(sv) else 0.0
+    return 0.25 * delta <= step <= 2.0 * delta
 
 
 def parallel_map(fn: Callable[[int], None], items, workers: int) -> None:
