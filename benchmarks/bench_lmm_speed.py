@@ -149,8 +149,10 @@ def bench_memoe(df, formula: str, repeats: int) -> dict:
         mem = _status()["VmHWM"] - base
         del fit
     walls, cpus, dwalls, dcpus, fwalls = [], [], [], [], []
+    calls = _count_calls()
     for _ in range(repeats):
         m, dw, dc = timed(lambda: memoe.lmm(formula, df))
+        calls["n"] = 0
         fit, fw, fc = timed(lambda m=m: m.fit(control=_CONTROL))
         walls.append(dw + fw)
         cpus.append(dc + fc)
@@ -166,6 +168,9 @@ def bench_memoe(df, formula: str, repeats: int) -> dict:
         "design_cpu": statistics.median(dcpus),
         "fit_only": statistics.median(fwalls),
         "evaluations": int(fit.opt.feval),
+        # every objective call of the last fit, the derivative check's included (value or value + gradient)
+        "calls": int(calls["n"]),
+        "criterion": float(fit.opt.fmin),
         "loglik": float(fit.loglik),
         "memory_added_mib": mem,
         "used_columns_mib": used_mib,
@@ -175,6 +180,28 @@ def bench_memoe(df, formula: str, repeats: int) -> dict:
         "mz": int(m.problem.mz),
         "limits": {"MAX_DENSE_REST": objective.MAX_DENSE_REST, "SPARSE_MAX_FILL": objective.SPARSE_MAX_FILL},
     }
+
+
+def _count_calls() -> dict:
+    """Count the LMM objective calls (``deviance_and_gradient`` and ``PLSProblem.deviance``) from now on."""
+    import importlib
+
+    model = importlib.import_module("memoe.lmm.model")
+    objective = importlib.import_module("memoe.lmm.objective")
+    calls = {"n": 0}
+    if getattr(model.deviance_and_gradient, "_counted", None) is None:
+        def counted(fn):
+            def wrapper(*a, **k):
+                wrapper._counted["n"] += 1
+                return fn(*a, **k)
+            wrapper._counted = calls
+            return wrapper
+        model.deviance_and_gradient = counted(model.deviance_and_gradient)
+        objective.PLSProblem.deviance = counted(objective.PLSProblem.deviance)
+    else:
+        calls = model.deviance_and_gradient._counted
+    objective.PLSProblem.deviance._counted = calls
+    return calls
 
 
 # (module, function or class.method, label) of the stages timed by --profile
@@ -320,7 +347,8 @@ def main() -> None:
         mem_txt = "-" if mem is None else f"{mem:.0f} MiB = {mem / me['used_columns_mib']:.2f}x used columns"
         print(
             f"{name:10s} n={len(df):>9,d} memoe {me['time']:.3f} s wall, {me['cpu']:.3f} s CPU (design "
-            f"{me['design']:.3f} s, {me['evaluations']} evaluations, memory added {mem_txt}, "
+            f"{me['design']:.3f} s, {me['evaluations']} evaluations ({me['calls']} objective calls with the check), "
+            f"criterion {me['criterion']!r}, memory added {mem_txt}, "
             f"{me['schur']} m_z={me['mz']}, load {os.getloadavg()[0]:.1f})  lme4 {r4.get('time', float('nan')):.2f} s  "
             f"lme4/memoe {ratio}  logLik memoe-lme4 {dll}  mixedlm: {row['mixedlm'].get('skipped', row['mixedlm'])}",
             flush=True,

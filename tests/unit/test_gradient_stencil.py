@@ -195,7 +195,7 @@ def test_check_hessian_with_secant_matches_the_full_stencil(seed):
     m = memoe.lmm(FORMULA, df)
     fit = m.fit(control=DENSE)
     theta, lower = fit.opt.x, m.design.theta_map.lower_bounds
-    f0, g0 = deviance_and_gradient(m.problem, theta, True)
+    _, g0 = deviance_and_gradient(m.problem, theta, True)
     full = gradient_difference_hessian(lambda z: deviance_and_gradient(m.problem, z, True)[1], theta, g0)
     # the forward difference's own truncation is delta |f'''| / 2 per entry; the secant's midpoint lies within
     # 2 delta of the columns', so the two agree to a few times that (1% of the Hessian's scale here)
