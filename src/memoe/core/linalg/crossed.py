@@ -192,6 +192,14 @@ class RestSchur:
             self._pos_index = (r, c, self.col_block[r].astype(np.intp), self.col_block[c].astype(np.intp))
         return self._pos_index
 
+    def pos_pair(self) -> np.ndarray:
+        """Block pair ``row block * blocks + column block`` of every position of the map (intp, cached)."""
+        if self._pos_pair is None:
+            r, c = np.divmod(self.pos, self.nb)
+            nblk = len(self.q_rest)
+            self._pos_pair = (self.col_block[r] * nblk + self.col_block[c]).astype(np.intp)
+        return self._pos_pair
+
     # ------------------------------------------------------------------ setup
     def _build_map(self, max_nnz: int) -> sp.csc_matrix | None:
         zz = sp.triu(self.ZrtZr, format="coo")
@@ -322,11 +330,7 @@ class RestSchur:
                 # scale each entry by lambda_row lambda_col before the scatter (a gather over the map's
                 # positions) instead of two passes over the whole dense block: 28 -> ~25 ms per
                 # evaluation on the InstEval shape
-                if self._pos_pair is None:
-                    r, c = np.divmod(self.pos, nb)
-                    nblk = len(self.q_rest)
-                    self._pos_pair = (self.col_block[r] * nblk + self.col_block[c]).astype(np.intp)
-                dd = np.outer(dvec, dvec).ravel()[self._pos_pair]
+                dd = np.outer(dvec, dvec).ravel()[self.pos_pair()]
                 M, unscaled = self._scatter(np.append(W, 1.0), out, dd, keep=keep)
                 dcol = dvec[self.col_block]
                 M[:mz, mz:] = dcol[:, None] * ZrtXY_adj
