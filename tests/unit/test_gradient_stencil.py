@@ -201,3 +201,39 @@ def test_check_hessian_with_secant_matches_the_full_stencil(seed):
     # 2 delta of the columns', so the two agree to a few times that (1% of the Hessian's scale here)
     np.testing.assert_allclose(fit.convergence.hessian, full, rtol=0, atol=1e-2 * np.abs(full).max())
     assert np.all(theta - lower > 0)
+
+
+def test_first_step_from_the_start_hessian_is_newton_in_log_theta():
+    """A criterion exactly quadratic in log theta (plus a plain quadratic in an unbounded variable): the first
+    step from the exact start Hessian lands on the optimum, where a Newton step in theta would overshoot."""
+    from memoe.core.optim.quasi_newton import _log_newton_step
+
+    ts, c = np.array([0.09, 0.5]), np.array([50.0, 20.0])
+
+    def fg(x):
+        u = np.log(x[:2] / ts)
+        f = 100.0 + float(c @ u**2) + 3.0 * (x[2] - 1.0) ** 2
+        return f, np.append(2 * c * u / x[:2], 6.0 * (x[2] - 1.0))
+
+    def hess(x):
+        u = np.log(x[:2] / ts)
+        return np.diag(np.append(2 * c * (1 - u) / x[:2] ** 2, 6.0))
+
+    x0 = np.array([0.11, 0.45, 0.8])  # within the optimiser's first trust radius
+    lower = np.array([0.0, 0.0, -np.inf])
+    step = _log_newton_step(x0, fg(x0)[1], hess(x0), lower)
+    np.testing.assert_allclose(x0 + step, np.append(ts, 1.0), rtol=1e-12)
+    newton = -np.linalg.solve(hess(x0), fg(x0)[1])
+    assert abs(x0[0] + newton[0] - ts[0]) > 100 * abs(x0[0] + step[0] - ts[0])
+    seen = []
+
+    def counted(x):
+        seen.append(x.copy())
+        return fg(x)
+
+    opt = minimize_bounded_gradient(counted, x0, lower, initial_hessian=lambda x, g: hess(x))
+    np.testing.assert_allclose(opt.x, np.append(ts, 1.0), rtol=1e-9)
+    np.testing.assert_allclose(seen[1], np.append(ts, 1.0), rtol=1e-12)  # the first step
+    # no qualifying variable (none bounded at 0, or at the bound): no log step
+    assert _log_newton_step(x0, fg(x0)[1], hess(x0), np.full(3, -np.inf)) is None
+    assert _log_newton_step(np.array([0.0, 0.0, 0.2]), np.ones(3), np.eye(3), lower) is None

@@ -74,7 +74,9 @@ def minimize_bounded_gradient(
         227,478). 0 (default) turns it off.
     initial_hessian : callable, optional
         ``(x0, g0) -> H`` (shape (k, k)), e.g. ``k`` gradient differences: BFGS then starts from
-        ``H^-1`` (Newton steps from the start) instead of a probing step along ``-g``. Ignored unless
+        ``H^-1`` (Newton steps from the start) instead of a probing step along ``-g``; the first step is
+        then the Newton step in ``log x`` for the variables bounded below by 0 (:func:`_log_newton_step`:
+        InstEval shape 9 -> 8 evaluations, 97 -> 91 over 12 simulated crossed fits). Ignored unless
         ``H`` is finite and positive definite. Its evaluations are not counted in ``feval``: the
         caller counts them.
 
@@ -131,12 +133,14 @@ def minimize_bounded_gradient(
     # (at least a tenth of each variable's scale: a moment start's small steps are for BOBYQA's interpolation)
     radius = np.maximum(RADIUS_FACTOR * step0, 0.1 * np.maximum(1.0, np.abs(x)))
     Hinv: np.ndarray | None = None  # BFGS inverse Hessian (full space), set after the first accepted step
+    log_first: np.ndarray | None = None  # first step from the initial Hessian, Newton in log coordinates
     if initial_hessian is not None:
         H0 = np.asarray(initial_hessian(x.copy(), g.copy()), dtype=float)
         if H0.shape == (k, k) and np.all(np.isfinite(H0)):
             w, Q = np.linalg.eigh(0.5 * (H0 + H0.T))
             if w.min() > 1e-12 * max(1.0, w.max()):
                 Hinv = (Q / w) @ Q.T
+                log_first = _log_newton_step(x, g, 0.5 * (H0 + H0.T), lower)
     restarted = False
     # the last accepted step was a full quasi-Newton step whose decrease the model predicted (model_ftol_rel)
     validated = False
@@ -163,6 +167,9 @@ def minimize_bounded_gradient(
             Hf = Hinv[np.ix_(free, free)]
             d = snap.copy()
             d[free] = -Hf @ g[free]
+            if log_first is not None and not np.any(snap):
+                d = log_first
+            log_first = None
             pred = -float(g @ d)
             if not pred > 0.0:
                 # the quasi-Newton model lost positive curvature on this face: restart from steepest descent
@@ -227,3 +234,27 @@ def minimize_bounded_gradient(
             free = ~((x - lower <= ACTIVE_EPS) & (g > 0))
             if float(g[free] @ Hinv[np.ix_(free, free)] @ g[free]) <= 2e3 * tol:
                 return done(3, "decrease below ftol")
+
+
+def _log_newton_step(x: np.ndarray, g: np.ndarray, H: np.ndarray, lower: np.ndarray) -> np.ndarray | None:
+    """The Newton step from ``(g, H)`` taken in ``log x`` for the variables bounded below by 0 (and positive).
+
+    A variance parameter's criterion is closer to quadratic in ``log theta`` than in ``theta`` (the curvature
+    grows like ``1 / theta^2`` towards 0): a Newton step in theta from a start 15% above the optimum lands
+    ~7% below it, in log theta ~1% off (InstEval shape). Chain rule: with ``D = diag(x)`` on those variables,
+    ``H_phi = D H D + diag(D g)``, ``g_phi = D g``; the step is mapped back by ``x exp(dphi)``. None when
+    no variable qualifies or ``H_phi`` is not positive definite.
+    """
+    pos = (lower == 0) & (x > 0)
+    if not np.any(pos):
+        return None
+    dsc = np.where(pos, x, 1.0)
+    Hp = dsc[:, None] * H * dsc[None, :] + np.diag(np.where(pos, dsc * g, 0.0))
+    try:
+        L = np.linalg.cholesky(Hp)
+    except np.linalg.LinAlgError:
+        return None
+    dphi = -np.linalg.solve(L.T, np.linalg.solve(L, dsc * g))
+    # cap the log step: a factor e at most per variable
+    dphi = np.clip(dphi, -1.0, 1.0)
+    return np.where(pos, x * np.expm1(dphi), dphi)
