@@ -237,3 +237,14 @@ def test_first_step_from_the_start_hessian_is_newton_in_log_theta():
     # no qualifying variable (none bounded at 0, or at the bound): no log step
     assert _log_newton_step(x0, fg(x0)[1], hess(x0), np.full(3, -np.inf)) is None
     assert _log_newton_step(np.array([0.0, 0.0, 0.2]), np.ones(3), np.eye(3), lower) is None
+
+
+def test_secant_step_range():
+    from memoe.core.optim.checks import secant_usable
+
+    y = np.ones(3)
+    assert secant_usable((np.array([0.0, 2e-6, 0.0]), y), 1e-4)  # delta / 50: usable (rounding 50x a column's)
+    assert not secant_usable((np.array([0.0, 5e-7, 0.0]), y), 1e-4)  # below SECANT_MIN delta
+    assert not secant_usable((np.array([0.0, 3e-4, 0.0]), y), 1e-4)  # beyond 2 delta
+    assert not secant_usable((np.array([0.0, 1e-4, 0.0]), np.array([1.0, np.nan, 1.0])), 1e-4)
+    assert not secant_usable(None, 1e-4)

@@ -33,7 +33,7 @@ from memoe.core.frames import to_pandas
 from memoe.core.linalg.threads import blas_threads
 from memoe.core.optim import check_convergence, finite_difference_derivatives, minimize_bounded
 from memoe.core.optim.arguments import check_bool, check_control, check_start
-from memoe.core.optim.checks import ConvergenceReport, gradient_difference_hessian, parallel_map
+from memoe.core.optim.checks import SECANT_MIN, ConvergenceReport, gradient_difference_hessian, parallel_map
 from memoe.core.optim.finish import finish_fit, is_boundary
 from memoe.core.optim.quasi_newton import minimize_bounded_gradient
 from memoe.core.optim.start import variance_component_start
@@ -432,7 +432,7 @@ class LMM:
 
     def _check_secant(self, theta: np.ndarray, grad: np.ndarray, lower: np.ndarray):
         """``(theta - z, grad - g(z))`` for the latest point ``z`` the gradient optimiser evaluated within
-        ``[delta / 4, 2 delta]`` (max norm) of ``theta``, both away from the bounds; None if there is none."""
+        ``[SECANT_MIN delta, 2 delta]`` (max norm) of ``theta``, both away from the bounds; None if there is none."""
         trace = getattr(self, "_gradient_trace", None) or []
         self._gradient_trace = None
         if np.any(theta - lower <= 2 * FD_DELTA):
@@ -440,7 +440,8 @@ class LMM:
         for z, g in reversed(trace):
             s = theta - z
             step = float(np.max(np.abs(s)))
-            if 0.25 * FD_DELTA <= step <= 2 * FD_DELTA and np.all(z - lower > 2 * FD_DELTA) and np.all(np.isfinite(g)):
+            if (SECANT_MIN * FD_DELTA <= step <= 2 * FD_DELTA and np.all(z - lower > 2 * FD_DELTA)
+                    and np.all(np.isfinite(g))):
                 return s, grad - g
         return None
 

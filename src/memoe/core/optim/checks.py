@@ -12,6 +12,9 @@ import numpy as np
 
 from memoe.errors import ArgumentError
 
+# shortest usable secant step, in units of the difference step (gradient_difference_hessian)
+SECANT_MIN = 0.01
+
 __all__ = [
     "ConvergenceReport", "check_convergence", "finite_difference_derivatives", "gradient_difference_hessian",
     "parallel_map",
@@ -41,7 +44,9 @@ def gradient_difference_hessian(
     secant : (s, y), optional
         A gradient difference the caller already has: ``y = g0 - grad(x - s)``, e.g. from the optimiser's
         last step. Used in place of the coordinate direction ``i`` where ``|s_i|`` is largest when
-        ``delta / 4 <= max|s| <= 2 delta`` (the same truncation and at most 4x the rounding of a column),
+        ``SECANT_MIN * delta <= max|s| <= 2 delta``: its midpoint is within ``delta`` of ``x`` like the columns'
+        (same truncation), and its rounding, ``eps_g / |s|`` for a gradient computed to ``eps_g``, at most 100x
+        a column's (~1e-10 of the Hessian for the profiled criterion, whose gradient is exact to ~1e-14 relative),
         saving one evaluation; ignored otherwise. The Hessian is then ``Y D^-1`` (symmetrised) for the
         directions ``D = [s, delta e_j (j != i)]`` and their gradient differences ``Y``.
 
@@ -85,14 +90,14 @@ def gradient_difference_hessian(
 
 
 def secant_usable(secant: tuple[np.ndarray, np.ndarray] | None, delta: float) -> bool:
-    """Whether :func:`gradient_difference_hessian` can use ``secant``: finite, step in ``[delta / 4, 2 delta]``."""
+    """Whether :func:`gradient_difference_hessian` can use ``secant``: finite, step in ``[SECANT_MIN, 2] delta``."""
     if secant is None:
         return False
     sv, yv = (np.asarray(a, dtype=float) for a in secant)
     if not (np.all(np.isfinite(sv)) and np.all(np.isfinite(yv))):
         return False
     step = float(np.max(np.abs(sv))) if len(sv) else 0.0
-    return 0.25 * delta <= step <= 2.0 * delta
+    return SECANT_MIN * delta <= step <= 2.0 * delta
 
 
 def parallel_map(fn: Callable[[int], None], items, workers: int) -> None:
