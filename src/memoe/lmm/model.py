@@ -395,14 +395,18 @@ class LMM:
 
     def _check_gradient(self, reml: bool, theta: np.ndarray, grad: np.ndarray, lower: np.ndarray,
                         control: FitControl) -> ConvergenceReport:
-        """lme4's checks from the analytic gradient and a Hessian of k forward gradient differences."""
+        """lme4's checks from the analytic gradient and a Hessian of k forward gradient differences.
+
+        One of the k differences comes from the optimiser's last point when it lies within ``[SECANT_MIN, 2]
+        delta`` of theta (:meth:`_check_secant`); the others run on two threads when a core is idle.
+        """
         k = len(theta)
+        secant = self._check_secant(theta, grad, lower)  # also releases the optimiser's trace
         if not control.calc_derivs or k == 0 or k > MAX_THETA_FOR_DERIVS:
             return ConvergenceReport(converged=True)
         problem = self.problem
         hess = gradient_difference_hessian(lambda x: deviance_and_gradient(problem, x, reml)[1], theta, grad,
-                                           delta=FD_DELTA, workers=_stencil_workers(problem),
-                                           secant=self._check_secant(theta, grad, lower))
+                                           delta=FD_DELTA, workers=_stencil_workers(problem), secant=secant)
         free = ~((lower == 0) & (theta < control.singular_tol))
         return check_convergence(grad, hess, free, grad_tol=control.grad_tol)
 
