@@ -39,6 +39,7 @@ from memoe.core.optim.quasi_newton import minimize_bounded_gradient
 from memoe.core.optim.start import variance_component_start
 from memoe.errors import ArgumentError, FormulaTypeError
 from memoe.lmm.gradient import deviance_and_gradient, gradient_preferred
+from memoe.lmm.gradient_small import small_gradient_available
 from memoe.lmm.objective import SCHUR_PATHS, PLSProblem
 from memoe.lmm.result import LmmResult
 from memoe.lmm.start import one_factor_start
@@ -296,7 +297,8 @@ class LMM:
                 if held is not None:
                     # the cap holds for the whole fit: evaluations need not re-enter it (~20 us each)
                     self.problem.threads_held = True
-                use_gradient = control.optimizer == "auto" and gradient_preferred(self.problem)
+                use_gradient = control.optimizer == "auto" and (
+                    gradient_preferred(self.problem) or small_gradient_available(self.problem))
                 if use_gradient:
                     opt, theta, grad = self._minimize_gradient(reml, x0, lower, step, control)
                     report = self._check_gradient(reml, theta, grad, lower, control)
