@@ -32,8 +32,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import scipy.linalg as sla
-from scipy.linalg import lapack
+from scipy.linalg import blas, lapack
 
 from memoe.core.linalg.dense_small import _rmul_lambda
 from memoe.lmm.deviance import profiled_deviance
@@ -136,78 +135,113 @@ def _gradient(ds, lambdas, c, pwrss, n, p, reml, tm) -> np.ndarray | None:
     q_r, offs = ds.q[1:], ds._offsets_r
     L = ds._L  # (l1, q1, q1) factors of D_j
     R3 = ds._R.reshape(q1, l1, nr)  # Z_1'[Z_r X y], rows (a, j)
-    F = ds._Rl[:, :mz]  # A_1r Lambda_r (rows (a, j)), left by factor()
     G3 = ds._B.reshape(q1, l1, nr)  # L^-1 lambda_1' [A_1r Lambda_r, Z_1'X, Z_1'y]
     Gz, C = G3[:, :, :mz], G3[:, :, mz:]
-    Ls = c[:mz, :mz]
-    L32 = c[mz:, :mz]
-    LXX = c[mz : mz + p, mz : mz + p]
-    # profiled beta and R_X^-1 ((R_X'R_X)^-1 = RXi RXi') from the border of the factor
+    # profiled beta and R_X^-1 ((R_X'R_X)^-1 = RXi RXi') from the border of the factor (LAPACK directly:
+    # scipy's wrappers cost more than these solves at this size)
     if p:
-        beta = sla.solve_triangular(LXX, c[mz + p, mz : mz + p], trans="T", lower=True, check_finite=False)
-        RXi = sla.solve_triangular(LXX, np.eye(p), lower=True, check_finite=False).T
+        LXX = c[mz : mz + p, mz : mz + p]
+        beta, _ = lapack.dtrtrs(LXX, c[mz + p, mz : mz + p], lower=1, trans=1)
+        Li, _ = lapack.dtrtrs(LXX, np.eye(p), lower=1)
+        RXi = Li.T  # R_X = L_XX' (upper), R_X^-1 = L_XX^-T
     else:
         beta, RXi = np.zeros(0), np.zeros((0, 0))
     bvec = np.append(-beta, 1.0)
     # x = M^-1 Lambda'Z'[X y] = L_Z^-T [C; L32']: later part x2, then the first part level by level
     if mz:
-        x2 = sla.solve_triangular(Ls, L32.T, lower=True, trans="T", check_finite=False)
+        Ls = c[:mz, :mz]
+        x2, info = lapack.dtrtrs(Ls, c[mz:, :mz].T, lower=1, trans=1)
+        if info != 0:
+            return None
+        x1 = C - Gz @ x2  # (q1, l1, m)
     else:
         x2 = np.zeros((0, m))
-    x1 = C - Gz @ x2  # (q1, l1, m)
+        x1 = C.copy()
     _bwd_levels(L, x1)
-    w1 = np.tensordot(lam1, x1, axes=(1, 0))  # Lambda_1 x1, (q1, l1, m)
-    w2 = np.empty((m, mz))
-    _rmul_lambda(np.ascontiguousarray(x2.T), offs, q_r, [lk.T for lk in lam_r], w2)  # (Lambda_r x2)'
-    w2 = w2.T
+    w1 = (lam1 @ x1.reshape(q1, l1 * m)).reshape(q1, l1, m)  # Lambda_1 x1
+    # scalar later blocks (the common case): Lambda_r = diag(dcol), products become scalings
+    dcol = np.repeat([lk[0, 0] for lk in lam_r], ds._rest_counts) if ds._rest_scalar and mz else None
+    if dcol is not None:
+        w2 = x2 * dcol[:, None]
+    else:
+        w2 = np.empty((m, mz))
+        _rmul_lambda(np.ascontiguousarray(x2.T), offs, q_r, [lk.T for lk in lam_r], w2)  # (Lambda_r x2)'
+        w2 = w2.T
     A11 = ds._zz  # (l1, q1, q1)
     A1r = R3[:, :, :mz]
     # Y = Z'[X y] - A Lambda x
-    Y1 = R3[:, :, mz:] - np.einsum("jab,bjm->ajm", A11, w1) - A1r @ w2
+    if q1 == 1:
+        Y1 = R3[:, :, mz:] - A11[:, 0, 0][None, :, None] * w1 - A1r @ w2
+    else:
+        Y1 = R3[:, :, mz:] - np.einsum("jab,bjm->ajm", A11, w1) - A1r @ w2
     Y2 = ds._XYtZr.T - ds._R[:, :mz].T @ w1.reshape(n1, m) - ds._ZrtZr @ w2
     zr1 = Y1 @ bvec  # (q1, l1)
     zr2 = Y2 @ bvec
-    U1 = Y1[:, :, :p] @ RXi  # (q1, l1, p)
-    U2 = Y2[:, :p] @ RXi
     c_r = (n - p if reml else n) / pwrss
     # the RSS and log|R_X'R_X| parts: lambda_k' (c_r S_r + c_X S_U) per block
     P1 = c_r * (zr1 @ zr1.T)
     if reml:
-        P1 += np.einsum("ajk,bjk->ab", U1, U1)
-    # d log|M|, first block: T_j (A_jj - Q_j + Q_j T_j' lambda_1' A_jj)
-    Linv = np.linalg.inv(L)
-    Dinv = np.swapaxes(Linv, 1, 2) @ Linv
-    T = Dinv @ lam1.T  # (l1, q1, q1)
+        U1 = (Y1.reshape(n1, m)[:, :p] @ RXi).reshape(q1, l1 * p)
+        P1 += U1 @ U1.T
+        U2 = Y2[:, :p] @ RXi
+    # d log|M|, first block: T_j (A_jj - Q_j + Q_j T_j' lambda_1' A_jj), T_j = D_j^-1 lambda_1'
+    if q1 == 1:
+        T = (lam1[0, 0] / (L[:, 0, 0] * L[:, 0, 0]))[:, None, None]
+    else:
+        Linv = np.linalg.inv(L)
+        T = (np.swapaxes(Linv, 1, 2) @ Linv) @ lam1.T  # (l1, q1, q1)
     if mz:
-        Sinv = np.array(Ls, order="F")
-        Sinv, info = lapack.dpotri(Sinv, lower=1, overwrite_c=1)
+        # S^-1 (full symmetric) from the Schur factor; Q_j = F_j S^-1 F_j' = Y_j Y_j' with Y = F Ls^-T
+        Sinv, info = lapack.dpotri(Ls, lower=1)
         if info != 0:
             return None
-        Sinv = np.tril(Sinv) + np.tril(Sinv, -1).T
-        F3 = F.reshape(q1, l1, mz)
-        FS3 = (F @ Sinv).reshape(q1, l1, mz)
-        Q = np.einsum("ajc,bjc->jab", FS3, F3)  # (l1, q1, q1)
+        iu = ds._triu
+        Sinv[iu] = Sinv.T[iu]
+        Yf = blas.dtrsm(1.0, Ls, ds._Rl[:, :mz], side=1, lower=1, trans_a=1)  # F = A_1r Lambda_r (rows (a, j))
+        Y3 = Yf.reshape(q1, l1, mz)
+        if q1 == 1:
+            Q = np.einsum("jc,jc->j", Y3[0], Y3[0])[:, None, None]
+        else:
+            Q = np.einsum("ajc,bjc->jab", Y3, Y3)  # (l1, q1, q1)
         inner = A11 - Q + Q @ np.swapaxes(T, 1, 2) @ lam1.T @ A11
     else:
         inner = A11
     K1 = (T @ inner).sum(axis=0) - lam1.T @ P1
     Ks = [K1]
     if mz:
-        # later blocks: diagonal blocks of S^-1 Lambda_r' H, with H Lambda_r = A_rr Lambda_r - Hg' G_z
+        # later blocks: diagonal blocks of S^-1 Lambda_r' H, H = A_rr - Hg'Hg, Hg = L^-1 lambda_1' A_1r
         Hg = np.matmul(lam1.T, A1r.reshape(q1, l1 * mz)).reshape(q1, l1, mz)
         _fwd_levels(L, Hg)
-        HL = ds._T - Hg.reshape(n1, mz).T @ Gz.reshape(n1, mz)
-        for k, qk in enumerate(q_r):
+        H = blas.dsyrk(-1.0, Hg.reshape(n1, mz).T, beta=1.0, c=ds._ZrtZr, trans=0, lower=0)
+        iu = ds._tril
+        H[iu] = H.T[iu]
+        if dcol is not None:
+            # every later block scalar: its d log|M| is sum_{c in k} sum_d S^-1_cd H_cd lambda_d (per column,
+            # summed by block), and lambda_k (c_r S_r + c_X S_U) are sums of squares by block
+            cb, nb = ds._col_block, len(q_r)
+            dk = np.bincount(cb, (Sinv * H) @ dcol, nb)
+            Pk = c_r * np.bincount(cb, zr2 * zr2, nb)
+            if reml:
+                Pk += np.bincount(cb, np.einsum("ik,ik->i", U2, U2), nb)
+            lr = dcol[ds._block_first]
+            Ks.extend((dk - lr * Pk).reshape(nb, 1, 1))
+        else:
+            HL = np.empty((mz, mz))
+            _rmul_lambda(H, offs, q_r, lam_r, HL)
+        for k, qk in enumerate(q_r if dcol is None else ()):
             o0, o1 = offs[k], offs[k + 1]
             lk = (o1 - o0) // qk
-            Sk = Sinv[o0:o1].reshape(lk, qk, mz)
-            Hk = HL[o0:o1].reshape(lk, qk, mz)
             zk = zr2[o0:o1].reshape(lk, qk)
             Pk = c_r * (zk.T @ zk)
             if reml:
-                Uk = U2[o0:o1].reshape(lk, qk, p)
-                Pk += np.einsum("lak,lbk->ab", Uk, Uk)
-            Ks.append(np.einsum("lbc,lac->ba", Sk, Hk) - lam_r[k].T @ Pk)
+                Uk = U2[o0:o1].reshape(lk, qk * p)
+                Pk += (Uk.reshape(lk, qk, p).transpose(1, 0, 2).reshape(qk, lk * p)
+                       @ Uk.reshape(lk, qk, p).transpose(1, 0, 2).reshape(qk, lk * p).T)
+            if qk == 1:
+                dk = np.einsum("ic,ic->", Sinv[o0:o1], HL[o0:o1]).reshape(1, 1)
+            else:
+                dk = np.einsum("lbc,lac->ba", Sinv[o0:o1].reshape(lk, qk, mz), HL[o0:o1].reshape(lk, qk, mz))
+            Ks.append(dk - lam_r[k].T @ Pk)
     grad = np.empty(len(tm.block))
     for t, (b, i, j) in enumerate(zip(tm.block, tm.row, tm.col, strict=True)):
         grad[t] = 2.0 * Ks[b][j, i]

@@ -1209,8 +1209,13 @@ class PLSProblem:
 
     def _deviance_small(self, theta: np.ndarray, reml: bool) -> float:
         """:meth:`deviance` on the dense small path (same pieces, same formula)."""
-        with blas_threads(self.blas_threads):
-            ok, logdet_Z, logdet_X, pwrss = self.dense_small.pieces(self.theta_map.lambdas(np.asarray(theta, float)))
+        lambdas = self.theta_map.lambdas(np.asarray(theta, float))
+        if self.threads_held:
+            # LMM.fit holds the thread cap around the whole fit (a context manager costs ~10 us an evaluation)
+            ok, logdet_Z, logdet_X, pwrss = self.dense_small.pieces(lambdas)
+        else:
+            with blas_threads(self.blas_threads):
+                ok, logdet_Z, logdet_X, pwrss = self.dense_small.pieces(lambdas)
         if not ok:
             return np.inf
         dev = profiled_deviance(logdet_Z - self.log_weights, logdet_X, pwrss, self._n_eff, self.p, reml)
