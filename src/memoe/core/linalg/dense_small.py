@@ -166,8 +166,8 @@ class DenseSmall:
             Per-level ``Z_1j'Z_1j`` (structure of arrays).
         zxy : numpy.ndarray, shape (q1, m, l1)
             Per-level ``Z_1j'[X_j y_j]``.
-        Z1tZr : scipy.sparse matrix, shape (l1 q1, m_z)
-        ZrtZr : scipy.sparse matrix, shape (m_z, m_z)
+        Z1tZr : scipy.sparse matrix or numpy.ndarray, shape (l1 q1, m_z)
+        ZrtZr : scipy.sparse matrix or numpy.ndarray, shape (m_z, m_z)
         ZrtXY : numpy.ndarray, shape (m_z, m)
         XYtXY : numpy.ndarray, shape (m, m)
         q, nlevels : list of int
@@ -202,10 +202,11 @@ class DenseSmall:
         # column a): then lambda_1' acts on all levels by one GEMM of shape (q1, q1) x (q1, l1 nr), and
         # the rows' order does not matter to G'G
         R = np.empty((q1, l1, nr))
-        R[:, :, :mz] = sp.csr_matrix(Z1tZr).toarray().reshape(l1, q1, mz).transpose(1, 0, 2)
+        dense = sp.csr_matrix(Z1tZr).toarray() if sp.issparse(Z1tZr) else np.asarray(Z1tZr, dtype=float)
+        R[:, :, :mz] = dense.reshape(l1, q1, mz).transpose(1, 0, 2)
         R[:, :, mz:] = np.moveaxis(zxy, -1, 1)
         self._R = R.reshape(n1, nr)
-        self._ZrtZr = np.ascontiguousarray(sp.csr_matrix(ZrtZr).toarray())
+        self._ZrtZr = np.ascontiguousarray(sp.csr_matrix(ZrtZr).toarray() if sp.issparse(ZrtZr) else ZrtZr, dtype=float)
         # stored transposed, (m, mz), so that Lambda_r multiplies it from the right like Z_r'Z_r
         self._XYtZr = np.ascontiguousarray(np.asarray(ZrtXY).T)
         self.XYtXY = np.array(XYtXY, dtype=float)
