@@ -182,3 +182,59 @@ def test_gradient_fit_on_the_boundary_lands_on_zero_and_warns():
     assert fg.singular and fg.theta.iloc[1] == 0.0
     fb = memoe.lmm("y ~ 1 + (1 | s) + (1 | i)", df).fit(control={"optimizer": "bobyqa"}, warn=False)
     assert abs(_crit(fg) - _crit(fb)) <= 1e-9 * abs(_crit(fb))
+
+
+# ------------------------------------------------------------------------------------ set-up and centring
+@pytest.mark.parametrize("qs, nlev", [([1, 1], [24, 6]), ([3, 3], [20, 8]), ([2, 1, 3], [20, 7, 4])])
+def test_dense_cross_products_equal_the_sparse_ones(qs, nlev):
+    import scipy.sparse as sp
+
+    from memoe.lmm.objective import _dense_cross_products
+
+    rng = np.random.default_rng(len(qs))
+    n = 300
+    codes = [rng.integers(0, L, n) for L in nlev]
+    Z = [rng.normal(size=(n, q)) for q in qs]
+    xy = [rng.normal(size=n) for _ in range(3)]
+    blocks = [PLSProblem._sparse_block(np.arange(n), c, L, z) for c, L, z in zip(codes, nlev, Z, strict=True)]
+    Zr = sp.hstack(blocks[1:], format="csc")
+    Z1tZr, ZrtZr, ZrtXY = _dense_cross_products(xy, codes, nlev, Z)
+    scale = max(np.abs(z).max() for z in Z) ** 2 * n
+    np.testing.assert_allclose(Z1tZr, (blocks[0].T @ Zr).toarray(), atol=1e-13 * scale)
+    np.testing.assert_allclose(ZrtZr, (Zr.T @ Zr).toarray(), atol=1e-13 * scale)
+    np.testing.assert_allclose(ZrtXY, np.column_stack([Zr.T @ c for c in xy]), atol=1e-13 * scale)
+
+
+def test_centred_dense_small_factor_equals_the_blocked_factor():
+    # the dense small path works on [X y] centred against the intercept; its factor, mapped back, is the
+    # blocked path's (same C, [X y] rows of the factor, log-determinants and pwrss)
+    pen = memoe.datasets.load("Penicillin")
+    pen = pen.assign(x=np.arange(len(pen)) % 7 + 100.0)
+    small = memoe.lmm("diameter ~ x + (1 | plate) + (1 | sample)", pen).problem
+    dense = memoe.lmm("diameter ~ x + (1 | plate) + (1 | sample)", pen).problem
+    dense.set_solver("dense")
+    assert small.dense_small.Binv is not None
+    theta = np.array([1.3, 2.9])
+    a, b = small.factorize(theta), dense.factorize(theta)
+    for name in ("logdet_Z", "logdet_X", "pwrss"):
+        assert getattr(a, name) == pytest.approx(getattr(b, name), rel=1e-10), name
+    np.testing.assert_allclose(a.C, b.C, rtol=1e-9, atol=1e-9 * np.abs(b.C).max())
+    np.testing.assert_allclose(a.Lr, b.Lr, rtol=1e-8, atol=1e-9 * np.abs(b.Lr).max())
+    sa, sb = small.solve(theta, True), dense.solve(theta, True)
+    np.testing.assert_allclose(sa.beta, sb.beta, rtol=1e-9)
+
+
+def test_ml_gradient_fit_does_not_stall_at_the_rounding_level():
+    # a response with a large mean: without the centring the deviance's rounding noise (~1e-13 relative)
+    # made the line search backtrack at the rounding level (41-130 evaluations in 5 of 40 such fits)
+    rng = np.random.default_rng(3)
+    counts = []
+    for _ in range(12):
+        lb, k = rng.integers(5, 15), rng.integers(2, 5)
+        b = np.repeat(np.arange(lb), 2 * k)
+        c = np.tile(np.repeat(np.arange(k), 2), lb)
+        y = 60 + rng.normal(size=lb)[b] * rng.uniform(0, 2) + rng.normal(size=lb * k)[b * k + c] * 3 + rng.normal(
+            size=len(b))
+        df = pd.DataFrame({"y": y, "b": b.astype(str), "c": c.astype(str)})
+        counts.append(memoe.lmm("y ~ 1 + (1 | b/c)", df).fit(reml=False).opt.feval)
+    assert max(counts) <= 20, counts

@@ -449,8 +449,8 @@ class PLSProblem:
             # their products cost ~1 ms of scipy.sparse overhead per fit, more than the whole optimisation
             # of Penicillin; RestSchur (sparse) is built from these only if a later call needs it
             Z1tZr, ZrtZr, ZrtXY = _dense_cross_products(xy_cols, codes, nlevels, Z)
-            self.dense_small = DenseSmall.from_blocks(
-                self._zz, self._zxy, Z1tZr, ZrtZr, ZrtXY, self.XYtXY, self.q, nlevels)
+            self._intercept_first = self.p > 0 and bool(np.all(xy_cols[0] == xy_cols[0][0])) and xy_cols[0][0] != 0
+            self.dense_small = self._new_dense_small(Z1tZr, ZrtZr, ZrtXY)
             self._rest_dense = (Z1tZr, ZrtZr, ZrtXY)
             self._rest = None
             return
@@ -469,6 +469,35 @@ class PLSProblem:
         del Z1s, Zr, ZrT
         self._rest = RestSchur(Z1tZr, ZrtZr, ZrtXY, nlevels[0], q1, self.q[1:], self.nlevels[1:])
         self._choose_schur()
+
+    def _new_dense_small(self, Z1tZr, ZrtZr, ZrtXY) -> DenseSmall:
+        """The dense small path, on ``[X y]`` centred against the intercept when the first column is one.
+
+        Centring is the exact reparameterisation ``[X y] B`` with ``B`` unit upper triangular (``log det B =
+        0``: the deviance is unchanged), but it removes the cancellation in the penalised RSS (the last
+        pivot of the bordered factor, ``y'y`` minus terms of the same size when ``y`` has a large mean): on
+        Penicillin (``y`` about 25, residual SD 0.55) the deviance's rounding noise drops from ~5e-11 to the
+        level of a centred fit, and the gradient optimiser no longer backtracks 30 times at the rounding
+        level (41-130 instead of 7-12 evaluations in 5 of 40 simulated nested ML fits).
+        :meth:`DenseSmall.factor_parts` maps its factor back to the original columns.
+        """
+        Binv = None
+        zxy, ZrtXY_c, XYtXY = self._zxy, ZrtXY, self.XYtXY
+        if getattr(self, "_intercept_first", False) and self.scaling is None:
+            # column j -> column j - (x_0'x_j / x_0'x_0) x_0 for j >= 1 (x_0 the intercept column)
+            B = np.eye(self.m)
+            B[0, 1:] = -XYtXY[0, 1:] / XYtXY[0, 0]
+            Binv = np.eye(self.m)
+            Binv[0, 1:] = -B[0, 1:]
+            zxy = np.einsum("aml,mk->akl", zxy, B)
+            ZrtXY_c = ZrtXY @ B
+            XYtXY = B.T @ XYtXY @ B
+            # exact zeros where the centring makes them so (the intercept's cross-products with the rest)
+            XYtXY[0, 1:] = 0.0
+            XYtXY[1:, 0] = 0.0
+        ds = DenseSmall.from_blocks(self._zz, zxy, Z1tZr, ZrtZr, ZrtXY_c, XYtXY, self.q, self.nlevels)
+        ds.Binv = Binv
+        return ds
 
     @property
     def rest(self) -> RestSchur | None:
@@ -571,8 +600,7 @@ class PLSProblem:
             if self.dense_small is None:
                 check_memory(8.0 * (self._q1 * self.nlevels[0] + 4 * self.mz + 8) * (self.mz + self.m),
                              "the dense small-problem path")
-                self.dense_small = DenseSmall.from_blocks(self._zz, self._zxy, rest.Z1tZr, rest.ZrtZr, rest.ZrtXY,
-                                                          self.XYtXY, self.q, self.nlevels)
+                self.dense_small = self._new_dense_small(rest.Z1tZr, rest.ZrtZr, rest.ZrtXY)
         else:
             self.dense_small = None
         self.schur_request = schur

@@ -181,6 +181,8 @@ class DenseSmall:
         return self
 
     def _setup(self, zz, zxy, Z1tZr, ZrtZr, ZrtXY, XYtXY, q, nlevels) -> None:
+        # set by the caller when the inputs are those of [X y] B (centred columns): factor_parts maps back
+        self.Binv: np.ndarray | None = None
         self.q = [int(v) for v in q]
         self.nlevels = [int(v) for v in nlevels]
         self.offsets = np.cumsum([0] + [lk * qk for lk, qk in zip(self.nlevels, self.q, strict=True)])
@@ -379,11 +381,17 @@ class DenseSmall:
             Bl = self._B.reshape(q1, l1, nr).transpose(1, 0, 2)
         with np.errstate(divide="ignore", invalid="ignore"):
             logdet_level = 2.0 * np.log(np.diagonal(L, axis1=1, axis2=2)).sum(axis=1)
+        C = np.ascontiguousarray(Bl[:, :, mz:])
+        Lr = np.tril(c) if info == 0 else np.full(c.shape, np.nan)
+        if self.Binv is not None:
+            # the system was built on [X y] B (centred columns): back to the caller's columns
+            C = C @ self.Binv
+            Lr[mz:, :] = self.Binv.T @ Lr[mz:, :]
         return {
             "L1": L.copy(),
-            "C": np.ascontiguousarray(Bl[:, :, mz:]),
+            "C": C,
             "G": sp.csr_matrix(Bl[:, :, :mz].reshape(l1 * q1, mz)),
-            "Lr": np.tril(c) if info == 0 else np.full(c.shape, np.nan),
+            "Lr": Lr,
             "logdet_level": logdet_level,
             "logdet_Z": logdet_Z,
             "logdet_X": logdet_X,
