@@ -449,7 +449,6 @@ class PLSProblem:
             # their products cost ~1 ms of scipy.sparse overhead per fit, more than the whole optimisation
             # of Penicillin; RestSchur (sparse) is built from these only if a later call needs it
             Z1tZr, ZrtZr, ZrtXY = _dense_cross_products(xy_cols, codes, nlevels, Z)
-            self._intercept_first = self.p > 0 and bool(np.all(xy_cols[0] == xy_cols[0][0])) and xy_cols[0][0] != 0
             self.dense_small = self._new_dense_small(Z1tZr, ZrtZr, ZrtXY)
             self._rest_dense = (Z1tZr, ZrtZr, ZrtXY)
             self._rest = None
@@ -471,7 +470,7 @@ class PLSProblem:
         self._choose_schur()
 
     def _new_dense_small(self, Z1tZr, ZrtZr, ZrtXY) -> DenseSmall:
-        """The dense small path, on ``[X y]`` centred against the intercept when the first column is one.
+        """The dense small path, on ``[X y]`` centred against its first column (the intercept as a rule).
 
         Centring is the exact reparameterisation ``[X y] B`` with ``B`` unit upper triangular (``log det B =
         0``: the deviance is unchanged), but it removes the cancellation in the penalised RSS (the last
@@ -483,8 +482,9 @@ class PLSProblem:
         """
         Binv = None
         zxy, ZrtXY_c, XYtXY = self._zxy, ZrtXY, self.XYtXY
-        if getattr(self, "_intercept_first", False) and self.scaling is None:
-            # column j -> column j - (x_0'x_j / x_0'x_0) x_0 for j >= 1 (x_0 the intercept column)
+        if self.p > 0 and self.XYtXY[0, 0] > 0 and self.scaling is None:
+            # column j -> column j - (x_0'x_j / x_0'x_0) x_0 for j >= 1: centring when x_0 is the intercept
+            # (sqrt(w) with prior weights: the weighted centring), an exact reparameterisation for any x_0
             B = np.eye(self.m)
             B[0, 1:] = -XYtXY[0, 1:] / XYtXY[0, 0]
             Binv = np.eye(self.m)
