@@ -21,6 +21,13 @@ formed densely, and LAPACK factors the Schur complement
 the quantities of the blocked path of :mod:`memoe.lmm.objective`, so the deviance agrees with it to
 rounding; the difference is that nothing sparse is touched per evaluation.
 
+The caller (:meth:`memoe.lmm.objective.PLSProblem._new_dense_small`) passes the cross-products of
+``[X y] B``, the columns centred against the first one (``B`` unit upper triangular: an exact
+reparameterisation with ``log det B = 0``), which removes the cancellation in the last pivot (the penalised
+RSS) when ``y`` has a large mean; :meth:`DenseSmall.factor_parts` maps the factor back (``Binv``). The
+analytic gradient of this path is :mod:`memoe.lmm.gradient_small`; it reads the buffers :meth:`factor`
+leaves (``_L``, ``_B``, ``_Rl``).
+
 The cost per evaluation is about ``l_1 q_1 (m_z + m)^2 + (m_z + m)^3 / 3`` flops plus ~20 small
 numpy calls; the blocked path costs ``(m_z + m)^3 / 3`` plus a sparse product whose size grows with the
 data, and a fixed overhead of a few milliseconds. The choice is made by :func:`prefer_dense_small`
