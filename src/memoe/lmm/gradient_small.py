@@ -185,11 +185,6 @@ def _gradient(ds, lambdas, c, pwrss, n, p, reml, tm) -> np.ndarray | None:
         P1 += U1 @ U1.T
         U2 = Y2[:, :p] @ RXi
     # d log|M|, first block: T_j (A_jj - Q_j + Q_j T_j' lambda_1' A_jj), T_j = D_j^-1 lambda_1'
-    if q1 == 1:
-        T = (lam1[0, 0] / (L[:, 0, 0] * L[:, 0, 0]))[:, None, None]
-    else:
-        Linv = np.linalg.inv(L)
-        T = (np.swapaxes(Linv, 1, 2) @ Linv) @ lam1.T  # (l1, q1, q1)
     if mz:
         # S^-1 (full symmetric) from the Schur factor; Q_j = F_j S^-1 F_j' = Y_j Y_j' with Y = F Ls^-T
         Sinv, info = lapack.dpotri(Ls, lower=1)
@@ -198,23 +193,39 @@ def _gradient(ds, lambdas, c, pwrss, n, p, reml, tm) -> np.ndarray | None:
         iu = ds._triu
         Sinv[iu] = Sinv.T[iu]
         Yf = blas.dtrsm(1.0, Ls, ds._Rl[:, :mz], side=1, lower=1, trans_a=1)  # F = A_1r Lambda_r (rows (a, j))
-        Y3 = Yf.reshape(q1, l1, mz)
-        if q1 == 1:
-            Q = np.einsum("jc,jc->j", Y3[0], Y3[0])[:, None, None]
+    if q1 == 1:
+        # scalar first factor: every per-level quantity is a vector over levels (no 1 x 1 matrix stacks)
+        l1v = lam1[0, 0]
+        d1 = L[:, 0, 0]
+        a11 = A11[:, 0, 0]
+        t1 = l1v / (d1 * d1)
+        if mz:
+            q = np.einsum("jc,jc->j", Yf, Yf)
+            inner = a11 - q + q * t1 * (l1v * a11)
         else:
-            Q = np.einsum("ajc,bjc->jab", Y3, Y3)  # (l1, q1, q1)
-        inner = A11 - Q + Q @ np.swapaxes(T, 1, 2) @ lam1.T @ A11
+            inner = a11
+        K1 = np.array([[t1 @ inner - l1v * P1[0, 0]]])
     else:
-        inner = A11
-    K1 = (T @ inner).sum(axis=0) - lam1.T @ P1
+        Linv = np.linalg.inv(L)
+        T = (np.swapaxes(Linv, 1, 2) @ Linv) @ lam1.T  # (l1, q1, q1)
+        if mz:
+            Y3 = Yf.reshape(q1, l1, mz)
+            Q = np.einsum("ajc,bjc->jab", Y3, Y3)  # (l1, q1, q1)
+            inner = A11 - Q + Q @ np.swapaxes(T, 1, 2) @ lam1.T @ A11
+        else:
+            inner = A11
+        K1 = (T @ inner).sum(axis=0) - lam1.T @ P1
     Ks = [K1]
     if mz:
         # later blocks: diagonal blocks of S^-1 Lambda_r' H, H = A_rr - Hg'Hg, Hg = L^-1 lambda_1' A_1r
-        Hg = np.matmul(lam1.T, A1r.reshape(q1, l1 * mz)).reshape(q1, l1, mz)
-        _fwd_levels(L, Hg)
-        H = blas.dsyrk(-1.0, Hg.reshape(n1, mz).T, beta=1.0, c=ds._ZrtZr, trans=0, lower=0)
-        iu = ds._tril
-        H[iu] = H.T[iu]
+        if q1 == 1:
+            Hg = A1r[0] * (l1v / d1)[:, None]
+        else:
+            Hg = np.matmul(lam1.T, A1r.reshape(q1, l1 * mz)).reshape(q1, l1, mz)
+            _fwd_levels(L, Hg)
+            Hg = Hg.reshape(n1, mz)
+        # the full product (no triangle to mirror): at these sizes the GEMM costs less than the index copy
+        H = ds._ZrtZr - Hg.T @ Hg
         if dcol is not None:
             # every later block scalar: its d log|M| is sum_{c in k} sum_d S^-1_cd H_cd lambda_d (per column,
             # summed by block), and lambda_k (c_r S_r + c_X S_U) are sums of squares by block

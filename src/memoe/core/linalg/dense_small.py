@@ -238,7 +238,6 @@ class DenseSmall:
         self._block_first = self._offsets_r[:-1].astype(np.intp)
         # index sets that symmetrise an (m_z, m_z) triangle in place (gradient: memoe.lmm.gradient_small)
         self._triu = np.triu_indices(mz, 1)
-        self._tril = np.tril_indices(mz, -1)
 
     def factor(self, lambdas: list[np.ndarray]) -> tuple[float, np.ndarray, int]:
         """Factor the system at the relative factors ``lambdas``.
