@@ -47,6 +47,7 @@ from memoe.core.linalg.soa import soa_backward_solve_t, soa_forward_solve, soa_l
 from memoe.core.linalg.threads import blas_threads, idle_cores, usable_cores
 from memoe.errors import MemoeError
 from memoe.lmm.deviance import profiled_deviance
+from memoe.lmm.gradient_small import small_deviance_and_gradient, small_gradient_available
 
 __all__ = [
     "GRADIENT_MODEL_FTOL_REL", "deviance_and_gradient", "gradient_available", "gradient_preferred", "stencil_workers",
@@ -139,6 +140,12 @@ def deviance_and_gradient(problem, theta: np.ndarray, reml: bool) -> tuple[float
     >>> round(d, 4) == round(pb.deviance([1.5, 3.0], True), 4)
     True
     """
+    if small_gradient_available(problem):
+        # the dense small path (memoe.lmm.gradient_small); fit() holds the BLAS thread cap already
+        if getattr(problem, "threads_held", False):
+            return small_deviance_and_gradient(problem, theta, reml)
+        with blas_threads(problem.blas_threads):
+            return small_deviance_and_gradient(problem, theta, reml)
     if not gradient_available(problem):
         raise MemoeError(
             "deviance_and_gradient needs an in-memory PLSProblem with one grouping factor, or crossed/nested factors "

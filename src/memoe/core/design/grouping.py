@@ -67,6 +67,13 @@ def _codes_of(col: pd.Series, memo: dict | None = None) -> tuple[np.ndarray, pd.
     return codes.astype(np.int64, copy=False), pd.Index(uniques)
 
 
+def _label_strings(labels: pd.Index) -> np.ndarray:
+    """The labels as an object array of ``str`` (text labels without a Python loop)."""
+    if isinstance(labels.dtype, pd.StringDtype) or (labels.dtype == object and pd.api.types.is_string_dtype(labels)):
+        return labels.to_numpy(dtype=object)
+    return np.asarray(list(map(str, labels)), dtype=object)
+
+
 def make_grouping_factor(data: pd.DataFrame, factors: tuple[str, ...], memo: dict | None = None) -> GroupingFactor:
     """Codes and labels of the interaction of ``factors`` (a single column when one name).
 
@@ -77,15 +84,22 @@ def make_grouping_factor(data: pd.DataFrame, factors: tuple[str, ...], memo: dic
     codes, labels = _codes_of(column(data, factors[0], memo), memo)
     if len(factors) == 1:
         return GroupingFactor(name=factors[0], codes=codes, levels=labels)
-    label_parts = [list(map(str, labels))]
+    label_parts = [_label_strings(labels)]
     combined = codes
     sizes = [len(labels)]
     for name in factors[1:]:
         c, lab = _codes_of(column(data, name, memo), memo)
         combined = combined * len(lab) + c
         sizes.append(len(lab))
-        label_parts.append(list(map(str, lab)))
-    used, inverse = np.unique(combined, return_inverse=True)
+        label_parts.append(_label_strings(lab))
+    total = int(np.prod(sizes, dtype=np.float64))
+    if total <= 4 * len(combined) + 1024:
+        # few level combinations (nested designs): a counting pass instead of unique's sort, same order
+        present = np.bincount(combined, minlength=total) > 0
+        used = np.flatnonzero(present)
+        inverse = (np.cumsum(present, dtype=np.int64) - 1)[combined]
+    else:
+        used, inverse = np.unique(combined, return_inverse=True)
     # decode the used combined codes into per-factor indices for labels
     parts = []
     rem = used.copy()
@@ -94,7 +108,7 @@ def make_grouping_factor(data: pd.DataFrame, factors: tuple[str, ...], memo: dic
         rem = rem // size
     parts.reverse()
     # object-array concatenation: one C loop per factor instead of a join per used level
-    labels_out = np.asarray(label_parts[0], dtype=object)[parts[0]]
+    labels_out = label_parts[0][parts[0]]
     for k in range(1, len(factors)):
-        labels_out = labels_out + ":" + np.asarray(label_parts[k], dtype=object)[parts[k]]
+        labels_out = labels_out + ":" + label_parts[k][parts[k]]
     return GroupingFactor(name=":".join(factors), codes=inverse.astype(np.int64), levels=pd.Index(labels_out))

@@ -21,6 +21,13 @@ formed densely, and LAPACK factors the Schur complement
 the quantities of the blocked path of :mod:`memoe.lmm.objective`, so the deviance agrees with it to
 rounding; the difference is that nothing sparse is touched per evaluation.
 
+The caller (:meth:`memoe.lmm.objective.PLSProblem._new_dense_small`) passes the cross-products of
+``[X y] B``, the columns centred against the first one (``B`` unit upper triangular: an exact
+reparameterisation with ``log det B = 0``), which removes the cancellation in the last pivot (the penalised
+RSS) when ``y`` has a large mean; :meth:`DenseSmall.factor_parts` maps the factor back (``Binv``). The
+analytic gradient of this path is :mod:`memoe.lmm.gradient_small`; it reads the buffers :meth:`factor`
+leaves (``_L``, ``_B``, ``_Rl``).
+
 The cost per evaluation is about ``l_1 q_1 (m_z + m)^2 + (m_z + m)^3 / 3`` flops plus ~20 small
 numpy calls; the blocked path costs ``(m_z + m)^3 / 3`` plus a sparse product whose size grows with the
 data, and a fixed overhead of a few milliseconds. The choice is made by :func:`prefer_dense_small`
@@ -166,8 +173,8 @@ class DenseSmall:
             Per-level ``Z_1j'Z_1j`` (structure of arrays).
         zxy : numpy.ndarray, shape (q1, m, l1)
             Per-level ``Z_1j'[X_j y_j]``.
-        Z1tZr : scipy.sparse matrix, shape (l1 q1, m_z)
-        ZrtZr : scipy.sparse matrix, shape (m_z, m_z)
+        Z1tZr : scipy.sparse matrix or numpy.ndarray, shape (l1 q1, m_z)
+        ZrtZr : scipy.sparse matrix or numpy.ndarray, shape (m_z, m_z)
         ZrtXY : numpy.ndarray, shape (m_z, m)
         XYtXY : numpy.ndarray, shape (m, m)
         q, nlevels : list of int
@@ -181,6 +188,8 @@ class DenseSmall:
         return self
 
     def _setup(self, zz, zxy, Z1tZr, ZrtZr, ZrtXY, XYtXY, q, nlevels) -> None:
+        # set by the caller when the inputs are those of [X y] B (centred columns): factor_parts maps back
+        self.Binv: np.ndarray | None = None
         self.q = [int(v) for v in q]
         self.nlevels = [int(v) for v in nlevels]
         self.offsets = np.cumsum([0] + [lk * qk for lk, qk in zip(self.nlevels, self.q, strict=True)])
@@ -202,10 +211,11 @@ class DenseSmall:
         # column a): then lambda_1' acts on all levels by one GEMM of shape (q1, q1) x (q1, l1 nr), and
         # the rows' order does not matter to G'G
         R = np.empty((q1, l1, nr))
-        R[:, :, :mz] = sp.csr_matrix(Z1tZr).toarray().reshape(l1, q1, mz).transpose(1, 0, 2)
+        dense = sp.csr_matrix(Z1tZr).toarray() if sp.issparse(Z1tZr) else np.asarray(Z1tZr, dtype=float)
+        R[:, :, :mz] = dense.reshape(l1, q1, mz).transpose(1, 0, 2)
         R[:, :, mz:] = np.moveaxis(zxy, -1, 1)
         self._R = R.reshape(n1, nr)
-        self._ZrtZr = np.ascontiguousarray(sp.csr_matrix(ZrtZr).toarray())
+        self._ZrtZr = np.ascontiguousarray(sp.csr_matrix(ZrtZr).toarray() if sp.issparse(ZrtZr) else ZrtZr, dtype=float)
         # stored transposed, (m, mz), so that Lambda_r multiplies it from the right like Z_r'Z_r
         self._XYtZr = np.ascontiguousarray(np.asarray(ZrtXY).T)
         self.XYtXY = np.array(XYtXY, dtype=float)
@@ -219,6 +229,15 @@ class DenseSmall:
         self._XYZ = np.empty((self.m, mz))
         self._M = np.empty((nr, nr))
         self._diag = np.arange(mz)
+        # scalar fast paths of factor(): the first block's A_jj as a vector, later blocks' column counts
+        self._zz1 = np.ascontiguousarray(self._zz[:, 0, 0]) if q1 == 1 else None
+        self._rest_scalar = all(qk == 1 for qk in self.q[1:])
+        self._rest_counts = np.diff(self._offsets_r)
+        # block of each later column, and each block's first column (scalar blocks: where its lambda sits in dcol)
+        self._col_block = np.repeat(np.arange(len(self._rest_counts)), self._rest_counts)
+        self._block_first = self._offsets_r[:-1].astype(np.intp)
+        # index sets that symmetrise an (m_z, m_z) triangle in place (gradient: memoe.lmm.gradient_small)
+        self._triu = np.triu_indices(mz, 1)
 
     def factor(self, lambdas: list[np.ndarray]) -> tuple[float, np.ndarray, int]:
         """Factor the system at the relative factors ``lambdas``.
@@ -236,47 +255,78 @@ class DenseSmall:
             ``M_rr - G'G`` (the strict upper triangle is junk).
         info : int
             LAPACK's ``info`` (0 on success).
+
+        Notes
+        -----
+        The evaluation is a few dozen small NumPy/LAPACK calls, so their count is the cost (~60 us on
+        Penicillin): scalar blocks take elementwise paths (a scalar first block needs no Cholesky,
+        ``S_j = lambda^2 A_jj + 1 >= 1``; scalar later blocks scale ``Z_r'Z_r`` by one outer product) and no
+        floating-point context manager is entered (the checks are explicit).
         """
         mz, q1, l1, nr = self.mz, self.q[0], self.nlevels[0], self.nr
         lam1, lam_r = lambdas[0], lambdas[1:]
         offs = self._offsets_r
-        # first block, level by level: S_j = lambda_1' Z_1j'Z_1j lambda_1 + I = L_j L_j' (one batched
-        # LAPACK call: several times faster than the structure-of-arrays loops at these sizes)
-        S1 = lam1.T @ self._zz @ lam1
-        S1 += self._eye1
-        try:
-            L = np.linalg.cholesky(S1)
-        except np.linalg.LinAlgError:
-            self._L = None
-            return math.nan, self._M.T, 1
-        self._L = L
-        with np.errstate(divide="ignore", invalid="ignore"):
-            logdet_1 = 2.0 * float(np.log(np.diagonal(L, axis1=1, axis2=2)).sum())
-        # G = blockdiag_j(L_j^-1 lambda_1') Z_1'[Z_r Lambda_r, X, y]: Lambda_r on the columns, lambda_1'
-        # on all levels at once, then the q1 x q1 forward substitution vectorised over levels
         Rl = self._Rl
-        _rmul_lambda(self._R[:, :mz], offs, self.q[1:], lam_r, Rl[:, :mz])
-        B = np.matmul(lam1.T, Rl.reshape(q1, l1 * nr), out=self._B).reshape(q1, l1, nr)
-        with np.errstate(divide="ignore", invalid="ignore"):
+        if self._rest_scalar:
+            # one scale per later column: Lambda_r = diag(dcol)
+            dcol = np.repeat([lk[0, 0] for lk in lam_r], self._rest_counts) if mz else np.zeros(0)
+            np.multiply(self._R[:, :mz], dcol, out=Rl[:, :mz])
+        else:
+            dcol = None
+            _rmul_lambda(self._R[:, :mz], offs, self.q[1:], lam_r, Rl[:, :mz])
+        if q1 == 1:
+            # S_j = lambda^2 A_jj + 1 >= 1: positive whatever lambda, its "Cholesky factor" a square root
+            l1v = float(lam1[0, 0])
+            s1 = self._zz1 * (l1v * l1v)
+            s1 += 1.0
+            d1 = np.sqrt(s1)
+            self._L = d1.reshape(l1, 1, 1)
+            logdet_1 = float(np.log(s1).sum())
+            # G = diag(lambda / d_j) Z_1'[Z_r Lambda_r, X, y]
+            np.multiply(Rl, (l1v / d1)[:, None], out=self._B.reshape(l1, nr))
+            G = self._B.reshape(l1, nr)
+        else:
+            # first block, level by level: S_j = lambda_1' Z_1j'Z_1j lambda_1 + I = L_j L_j' (one batched
+            # LAPACK call: several times faster than the structure-of-arrays loops at these sizes)
+            S1 = lam1.T @ self._zz @ lam1
+            S1 += self._eye1
+            try:
+                L = np.linalg.cholesky(S1)
+            except np.linalg.LinAlgError:
+                self._L = None
+                return math.nan, self._M.T, 1
+            self._L = L
+            dL = np.diagonal(L, axis1=1, axis2=2)
+            if not bool((dL > 0.0).all()):
+                self._L = None
+                return math.nan, self._M.T, 1
+            logdet_1 = 2.0 * float(np.log(dL).sum())
+            # G = blockdiag_j(L_j^-1 lambda_1') Z_1'[Z_r Lambda_r, X, y]: Lambda_r on the columns, lambda_1'
+            # on all levels at once, then the q1 x q1 forward substitution vectorised over levels
+            B = np.matmul(lam1.T, Rl.reshape(q1, l1 * nr), out=self._B).reshape(q1, l1, nr)
             for a in range(q1):
                 Ba = B[a]
                 for b in range(a):
                     Ba -= L[:, a, b][:, None] * B[b]
                 Ba /= L[:, a, a][:, None]
-        G = B.reshape(q1 * l1, nr)
+            G = B.reshape(q1 * l1, nr)
         # M_rr: Lambda_r' Z_r'Z_r Lambda_r + I, Lambda_r' Z_r'[X y], [X y]'[X y] (upper triangle, C order)
-        M, T, S = self._M, self._T, self._S
-        _rmul_lambda(self._ZrtZr, offs, self.q[1:], lam_r, T)
-        _rmul_lambda(T.T, offs, self.q[1:], lam_r, S)
-        _rmul_lambda(self._XYtZr, offs, self.q[1:], lam_r, self._XYZ)
-        M[:mz, :mz] = S
+        M = self._M
+        if dcol is not None:
+            np.multiply(self._ZrtZr, np.multiply.outer(dcol, dcol), out=M[:mz, :mz])
+            np.multiply(self._XYtZr.T, dcol[:, None], out=M[:mz, mz:])
+        else:
+            T, S = self._T, self._S
+            _rmul_lambda(self._ZrtZr, offs, self.q[1:], lam_r, T)
+            _rmul_lambda(T.T, offs, self.q[1:], lam_r, S)
+            _rmul_lambda(self._XYtZr, offs, self.q[1:], lam_r, self._XYZ)
+            M[:mz, :mz] = S
+            M[:mz, mz:] = self._XYZ.T
         M[self._diag, self._diag] += 1.0
-        M[:mz, mz:] = self._XYZ.T
         M[mz:, mz:] = self.XYtXY
         # M.T is F-contiguous and its lower triangle is M's upper one: M_rr - G'G in place (dsyrk on
         # G' = F-contiguous view of the C-ordered G), then potrf in place, no copies
-        Gf = G.T
-        Mf = blas.dsyrk(-1.0, Gf, beta=1.0, c=M.T, trans=0, lower=1, overwrite_c=1)
+        Mf = blas.dsyrk(-1.0, G.T, beta=1.0, c=M.T, trans=0, lower=1, overwrite_c=1)
         c, info = lapack.dpotrf(Mf, lower=1, clean=0, overwrite_a=1)
         return logdet_1, c, int(info)
 
@@ -297,16 +347,17 @@ class DenseSmall:
         return self._summaries(*self.factor(lambdas))
 
     def _summaries(self, logdet_1: float, c: np.ndarray, info: int) -> tuple[bool, float, float, float]:
-        d = np.diagonal(c)
-        if info != 0 or not math.isfinite(logdet_1) or not bool(np.all(np.isfinite(d))):
+        if info != 0 or not math.isfinite(logdet_1):
             return False, math.inf, math.inf, math.nan
+        # potrf succeeded: the diagonal is positive (finite unless the input was not), so no errstate is needed
+        d = np.diagonal(c)
         mz, p = self.mz, self.p
-        with np.errstate(divide="ignore"):
-            logd = np.log(d)
+        logd = np.log(d[: mz + p])
         logdet_Z = logdet_1 + 2.0 * float(logd[:mz].sum())
-        logdet_X = 2.0 * float(logd[mz : mz + p].sum())
+        logdet_X = 2.0 * float(logd[mz:].sum())
         pwrss = float(d[-1] ** 2)
-        return math.isfinite(logdet_Z), logdet_Z, logdet_X, pwrss
+        ok = math.isfinite(logdet_Z) and math.isfinite(logdet_X) and math.isfinite(pwrss)
+        return ok, logdet_Z, logdet_X, pwrss
 
     def factor_parts(self, lambdas: list[np.ndarray]) -> dict:
         """The blocked factor at ``lambdas`` in the layout of :class:`memoe.lmm.objective.Factorization`.
@@ -336,11 +387,17 @@ class DenseSmall:
             Bl = self._B.reshape(q1, l1, nr).transpose(1, 0, 2)
         with np.errstate(divide="ignore", invalid="ignore"):
             logdet_level = 2.0 * np.log(np.diagonal(L, axis1=1, axis2=2)).sum(axis=1)
+        C = np.ascontiguousarray(Bl[:, :, mz:])
+        Lr = np.tril(c) if info == 0 else np.full(c.shape, np.nan)
+        if self.Binv is not None:
+            # the system was built on [X y] B (centred columns): back to the caller's columns
+            C = C @ self.Binv
+            Lr[mz:, :] = self.Binv.T @ Lr[mz:, :]
         return {
             "L1": L.copy(),
-            "C": np.ascontiguousarray(Bl[:, :, mz:]),
+            "C": C,
             "G": sp.csr_matrix(Bl[:, :, :mz].reshape(l1 * q1, mz)),
-            "Lr": np.tril(c) if info == 0 else np.full(c.shape, np.nan),
+            "Lr": Lr,
             "logdet_level": logdet_level,
             "logdet_Z": logdet_Z,
             "logdet_X": logdet_X,

@@ -21,6 +21,9 @@ from memoe.errors import DataError
 
 __all__ = ["best_start", "mivque0", "variance_component_start"]
 
+# Level pairs of two factors up to which their cross-tabulation is built dense (8 MB at the limit)
+DENSE_CROSS_MAX = 1_000_000
+
 
 def best_start(candidates: Iterable[np.ndarray], objective: Callable[[np.ndarray], float], what: str) -> np.ndarray:
     """The candidate with the lowest finite objective (nlme's way of starting a correlation structure).
@@ -87,13 +90,15 @@ def mivque0(
     """
     n, p = X.shape
     K = len(codes)
+    # G^-1 once (p is small): every ginv is then one product instead of two LAPACK solves (~10 us each)
     try:
-        Gc = np.linalg.cholesky(X.T @ X) if p else np.zeros((0, 0))
+        Gi = np.linalg.inv(np.linalg.cholesky(X.T @ X)) if p else np.zeros((0, 0))
     except np.linalg.LinAlgError:
         return None
+    Gi = Gi.T @ Gi
 
     def ginv(B: np.ndarray) -> np.ndarray:
-        return np.linalg.solve(Gc.T, np.linalg.solve(Gc, B)) if p else B[:0]
+        return Gi @ B if p else B[:0]
 
     r = y - X @ ginv(X.T @ y) if p else y.copy()
     A, d, rhs = [], [], [float(r @ r)]
@@ -111,6 +116,11 @@ def mivque0(
             if m == k:
                 tvv = float(d[k] @ d[k])
                 CA = d[k][:, None] * A[k]
+            elif nlevels[k] * nlevels[m] <= DENSE_CROSS_MAX:
+                # few level pairs: the cross-tabulation dense by one bincount (a sparse build costs ~100 us)
+                C = np.bincount(codes[k] * nlevels[m] + codes[m], z[k] * z[m], nlevels[k] * nlevels[m])
+                tvv = float(C @ C)
+                CA = C.reshape(nlevels[k], nlevels[m]) @ A[m]
             else:
                 C = sp.csr_matrix((z[k] * z[m], (codes[k], codes[m])), shape=(nlevels[k], nlevels[m]))
                 C.sum_duplicates()

@@ -1,0 +1,259 @@
+"""Analytic gradient in theta of the profiled ML deviance / REML criterion on the dense small path.
+
+The problem is the one :class:`memoe.core.linalg.dense_small.DenseSmall` factors: the first factor's
+``l_1`` diagonal blocks ``D_j = lambda_1' A_jj lambda_1 + I`` (``A = Z'Z``), the later factors' random
+effects (``m_z`` of them, any ``q_k``) in the dense Schur complement ``S = I + Lambda_r' H Lambda_r`` with
+``H = A_rr - A_r1 Lambda_1 D^-1 Lambda_1' A_1r``. A theta entry moves one entry ``(a, b)`` of the relative
+factor ``lambda_k`` (``dLambda = I_{l_k} kron E_ab``); with the notation of :mod:`memoe.lmm.gradient`
+
+* ``d log|M| = 2 tr(M^-1 Lambda'A dLambda) = 2 sum_l [M^-1 Lambda'A]_{(l,b),(l,a)}``. The diagonal blocks
+  of ``M^-1 Lambda'A`` are, for a later block, those of ``S^-1 Lambda_r' H`` (a sum of elementwise
+  products of ``S^-1`` with ``H Lambda_r = A_rr Lambda_r - Hg' G_z``, ``Hg = L^-1 Lambda_1' A_1r``,
+  ``G_z = Hg Lambda_r``), and for the first block ``T_j (A_jj - Q_j + Q_j T_j' lambda_1' A_jj)`` with
+  ``T_j = D_j^-1 lambda_1'`` and ``Q_j = F_j S^-1 F_j'``, ``F = A_1r Lambda_r``;
+* the penalised RSS and ``log|R_X'R_X|`` terms are ``-2 [lambda_k' (c_r S_r + c_X S_U)]_ba`` with
+  ``S_r``, ``S_U`` the level sums of ``(Z'r)_l (Z'r)_l'`` and ``U_l U_l'`` over block k, ``Y = Z'V^-1[X y]
+  = Z'[X y] - A Lambda x`` and ``x = M^-1 Lambda'Z'[X y]`` from the bordered factor (two triangular
+  solves), ``Z'r = Y [-beta; 1]``, ``U = Y_X R_X^-1``, ``c_r = n / pwrss`` (ML) or ``(n - p) / pwrss``
+  (REML), ``c_X = 1`` for REML only.
+
+Everything is a handful of dense products of the sizes the deviance already handles (``n_1 m_z^2`` and
+``m_z^3`` flops: ``S^-1`` by LAPACK ``potri``); no loop over levels or subjects. The centring/scaling of
+``[X y]`` and lme4's prior weights add constants to the criterion, so the gradient is that of the
+working problem.
+
+lme4 has no counterpart (``mkLmerDevfun`` is derivative-free); this is the gradient of the function
+``lme4::mkLmerDevfun(...)`` returns (REML or ML), checked against central finite differences in
+``tests/unit/test_lmm_gradient_small.py``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy.linalg import blas, lapack
+
+from memoe.core.linalg.dense_small import _rmul_lambda
+from memoe.lmm.deviance import profiled_deviance
+
+__all__ = ["small_deviance_and_gradient", "small_gradient_available"]
+
+
+def small_gradient_available(problem) -> bool:
+    """Whether the problem's deviance is evaluated on the dense small path (the gradient here applies).
+
+    Parameters
+    ----------
+    problem : PLSProblem or other
+
+    Returns
+    -------
+    bool
+        True for an in-memory :class:`memoe.lmm.objective.PLSProblem` on the ``dense_small`` path without
+        group weights (a mixture's weights never reach that path).
+    """
+    from memoe.lmm.objective import PLSProblem
+
+    return type(problem) is PLSProblem and problem.dense_small is not None and problem.weights is None
+
+
+def _fwd_levels(L: np.ndarray, B: np.ndarray) -> None:
+    """In place ``B_j <- L_j^-1 B_j`` for all levels: ``L`` (l1, q1, q1) lower, ``B`` (q1, l1, k)."""
+    q1 = L.shape[1]
+    for a in range(q1):
+        Ba = B[a]
+        for b in range(a):
+            Ba -= L[:, a, b][:, None] * B[b]
+        Ba /= L[:, a, a][:, None]
+
+
+def _bwd_levels(L: np.ndarray, B: np.ndarray) -> None:
+    """In place ``B_j <- L_j^-T B_j`` for all levels (same layout as :func:`_fwd_levels`)."""
+    q1 = L.shape[1]
+    for a in range(q1 - 1, -1, -1):
+        Ba = B[a]
+        for b in range(a + 1, q1):
+            Ba -= L[:, b, a][:, None] * B[b]
+        Ba /= L[:, a, a][:, None]
+
+
+def small_deviance_and_gradient(pb, theta: np.ndarray, reml: bool) -> tuple[float, np.ndarray]:
+    """Profiled deviance (ML) or REML criterion and its gradient in theta on the dense small path.
+
+    Parameters
+    ----------
+    pb : PLSProblem
+        A problem for which :func:`small_gradient_available` is True.
+    theta : numpy.ndarray, shape (ntheta,)
+    reml : bool
+
+    Returns
+    -------
+    deviance : float
+        ``pb.deviance(theta, reml)`` up to rounding (``inf`` where a factor fails).
+    gradient : numpy.ndarray, shape (ntheta,)
+        NaN where the deviance is not finite.
+
+    Examples
+    --------
+    >>> import memoe
+    >>> from memoe.lmm.gradient_small import small_deviance_and_gradient
+    >>> pen = memoe.datasets.load("Penicillin")
+    >>> pb = memoe.lmm("diameter ~ 1 + (1 | plate) + (1 | sample)", pen).problem
+    >>> pb.solver
+    'dense_small'
+    >>> d, g = small_deviance_and_gradient(pb, [1.5, 3.0], reml=True)
+    >>> round(d, 6) == round(pb.deviance([1.5, 3.0], True), 6)
+    True
+    """
+    theta = np.asarray(theta, dtype=float)
+    ds = pb.dense_small
+    tm = pb.theta_map
+    lambdas = tm.lambdas(theta)
+    logdet_1, c, info = ds.factor(lambdas)
+    ok, logdet_Z, logdet_X, pwrss = ds._summaries(logdet_1, c, info)
+    nan = np.full(theta.shape, np.nan)
+    if not ok:
+        return math.inf, nan
+    n, p = pb._n_eff, pb.p
+    dev = profiled_deviance(logdet_Z - pb.log_weights, logdet_X, pwrss, n, p, reml)
+    if pb.scaling is not None:
+        dev += pb.scaling.deviance_shift(n, p, reml)
+    if not math.isfinite(dev):
+        return math.inf, nan
+    grad = _gradient(ds, lambdas, c, pwrss, n, p, reml, tm)
+    if grad is None:
+        return math.inf, nan
+    return dev, grad
+
+
+def _gradient(ds, lambdas, c, pwrss, n, p, reml, tm) -> np.ndarray | None:
+    mz, q1, l1, nr, m = ds.mz, ds.q[0], ds.nlevels[0], ds.nr, ds.m
+    n1 = ds.n1
+    lam1, lam_r = lambdas[0], lambdas[1:]
+    q_r, offs = ds.q[1:], ds._offsets_r
+    L = ds._L  # (l1, q1, q1) factors of D_j
+    R3 = ds._R.reshape(q1, l1, nr)  # Z_1'[Z_r X y], rows (a, j)
+    G3 = ds._B.reshape(q1, l1, nr)  # L^-1 lambda_1' [A_1r Lambda_r, Z_1'X, Z_1'y]
+    Gz, C = G3[:, :, :mz], G3[:, :, mz:]
+    # profiled beta and R_X^-1 ((R_X'R_X)^-1 = RXi RXi') from the border of the factor (LAPACK directly:
+    # scipy's wrappers cost more than these solves at this size)
+    if p:
+        LXX = c[mz : mz + p, mz : mz + p]
+        beta, _ = lapack.dtrtrs(LXX, c[mz + p, mz : mz + p], lower=1, trans=1)
+        Li, _ = lapack.dtrtrs(LXX, np.eye(p), lower=1)
+        RXi = Li.T  # R_X = L_XX' (upper), R_X^-1 = L_XX^-T
+    else:
+        beta, RXi = np.zeros(0), np.zeros((0, 0))
+    bvec = np.append(-beta, 1.0)
+    # x = M^-1 Lambda'Z'[X y] = L_Z^-T [C; L32']: later part x2, then the first part level by level
+    if mz:
+        Ls = c[:mz, :mz]
+        x2, info = lapack.dtrtrs(Ls, c[mz:, :mz].T, lower=1, trans=1)
+        if info != 0:
+            return None
+        x1 = C - Gz @ x2  # (q1, l1, m)
+    else:
+        x2 = np.zeros((0, m))
+        x1 = C.copy()
+    _bwd_levels(L, x1)
+    w1 = (lam1 @ x1.reshape(q1, l1 * m)).reshape(q1, l1, m)  # Lambda_1 x1
+    # scalar later blocks (the common case): Lambda_r = diag(dcol), products become scalings
+    dcol = np.repeat([lk[0, 0] for lk in lam_r], ds._rest_counts) if ds._rest_scalar and mz else None
+    if dcol is not None:
+        w2 = x2 * dcol[:, None]
+    else:
+        w2 = np.empty((m, mz))
+        _rmul_lambda(np.ascontiguousarray(x2.T), offs, q_r, [lk.T for lk in lam_r], w2)  # (Lambda_r x2)'
+        w2 = w2.T
+    A11 = ds._zz  # (l1, q1, q1)
+    A1r = R3[:, :, :mz]
+    # Y = Z'[X y] - A Lambda x
+    if q1 == 1:
+        Y1 = R3[:, :, mz:] - A11[:, 0, 0][None, :, None] * w1 - A1r @ w2
+    else:
+        Y1 = R3[:, :, mz:] - np.einsum("jab,bjm->ajm", A11, w1) - A1r @ w2
+    Y2 = ds._XYtZr.T - ds._R[:, :mz].T @ w1.reshape(n1, m) - ds._ZrtZr @ w2
+    zr1 = Y1 @ bvec  # (q1, l1)
+    zr2 = Y2 @ bvec
+    c_r = (n - p if reml else n) / pwrss
+    # the RSS and log|R_X'R_X| parts: lambda_k' (c_r S_r + c_X S_U) per block
+    P1 = c_r * (zr1 @ zr1.T)
+    if reml:
+        U1 = (Y1.reshape(n1, m)[:, :p] @ RXi).reshape(q1, l1 * p)
+        P1 += U1 @ U1.T
+        U2 = Y2[:, :p] @ RXi
+    # d log|M|, first block: T_j (A_jj - Q_j + Q_j T_j' lambda_1' A_jj), T_j = D_j^-1 lambda_1'
+    if mz:
+        # S^-1 (full symmetric) from the Schur factor; Q_j = F_j S^-1 F_j' = Y_j Y_j' with Y = F Ls^-T
+        Sinv, info = lapack.dpotri(Ls, lower=1)
+        if info != 0:
+            return None
+        iu = ds._triu
+        Sinv[iu] = Sinv.T[iu]
+        Yf = blas.dtrsm(1.0, Ls, ds._Rl[:, :mz], side=1, lower=1, trans_a=1)  # F = A_1r Lambda_r (rows (a, j))
+    if q1 == 1:
+        # scalar first factor: every per-level quantity is a vector over levels (no 1 x 1 matrix stacks)
+        l1v = lam1[0, 0]
+        d1 = L[:, 0, 0]
+        a11 = A11[:, 0, 0]
+        t1 = l1v / (d1 * d1)
+        if mz:
+            q = np.einsum("jc,jc->j", Yf, Yf)
+            inner = a11 - q + q * t1 * (l1v * a11)
+        else:
+            inner = a11
+        K1 = np.array([[t1 @ inner - l1v * P1[0, 0]]])
+    else:
+        Linv = np.linalg.inv(L)
+        T = (np.swapaxes(Linv, 1, 2) @ Linv) @ lam1.T  # (l1, q1, q1)
+        if mz:
+            Y3 = Yf.reshape(q1, l1, mz)
+            Q = np.einsum("ajc,bjc->jab", Y3, Y3)  # (l1, q1, q1)
+            inner = A11 - Q + Q @ np.swapaxes(T, 1, 2) @ lam1.T @ A11
+        else:
+            inner = A11
+        K1 = (T @ inner).sum(axis=0) - lam1.T @ P1
+    Ks = [K1]
+    if mz:
+        # later blocks: diagonal blocks of S^-1 Lambda_r' H, H = A_rr - Hg'Hg, Hg = L^-1 lambda_1' A_1r
+        if q1 == 1:
+            Hg = A1r[0] * (l1v / d1)[:, None]
+        else:
+            Hg = np.matmul(lam1.T, A1r.reshape(q1, l1 * mz)).reshape(q1, l1, mz)
+            _fwd_levels(L, Hg)
+            Hg = Hg.reshape(n1, mz)
+        # the full product (no triangle to mirror): at these sizes the GEMM costs less than the index copy
+        H = ds._ZrtZr - Hg.T @ Hg
+        if dcol is not None:
+            # every later block scalar: its d log|M| is sum_{c in k} sum_d S^-1_cd H_cd lambda_d (per column,
+            # summed by block), and lambda_k (c_r S_r + c_X S_U) are sums of squares by block
+            cb, nb = ds._col_block, len(q_r)
+            dk = np.bincount(cb, (Sinv * H) @ dcol, nb)
+            Pk = c_r * np.bincount(cb, zr2 * zr2, nb)
+            if reml:
+                Pk += np.bincount(cb, np.einsum("ik,ik->i", U2, U2), nb)
+            lr = dcol[ds._block_first]
+            Ks.extend((dk - lr * Pk).reshape(nb, 1, 1))
+        else:
+            HL = np.empty((mz, mz))
+            _rmul_lambda(H, offs, q_r, lam_r, HL)
+        for k, qk in enumerate(q_r if dcol is None else ()):
+            o0, o1 = offs[k], offs[k + 1]
+            lk = (o1 - o0) // qk
+            zk = zr2[o0:o1].reshape(lk, qk)
+            Pk = c_r * (zk.T @ zk)
+            if reml:
+                Uk = U2[o0:o1].reshape(lk, qk * p)
+                Pk += (Uk.reshape(lk, qk, p).transpose(1, 0, 2).reshape(qk, lk * p)
+                       @ Uk.reshape(lk, qk, p).transpose(1, 0, 2).reshape(qk, lk * p).T)
+            if qk == 1:
+                dk = np.einsum("ic,ic->", Sinv[o0:o1], HL[o0:o1]).reshape(1, 1)
+            else:
+                dk = np.einsum("lbc,lac->ba", Sinv[o0:o1].reshape(lk, qk, mz), HL[o0:o1].reshape(lk, qk, mz))
+            Ks.append(dk - lam_r[k].T @ Pk)
+    grad = np.empty(len(tm.block))
+    for t, (b, i, j) in enumerate(zip(tm.block, tm.row, tm.col, strict=True)):
+        grad[t] = 2.0 * Ks[b][j, i]
+    return grad
