@@ -121,9 +121,13 @@ def joint_objective(
         except (np.linalg.LinAlgError, FloatingPointError, ValueError):
             return np.inf
         v = deviance(problem, st, theta)
+        state[0] = st
         if warm and st.converged and np.isfinite(v):
             last[0] = st.u
         return v if np.isfinite(v) else np.inf
 
+    state: list = [None]
     f.last = last  # the modes the next evaluation starts from (the caller's Hessian starts there)
+    # the last evaluation's PIRLS state (transient: valid until the next evaluation), for a gradient read at once
+    f.state = state
     return f
