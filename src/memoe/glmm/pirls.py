@@ -686,6 +686,32 @@ class PirlsProblem:
             return None
         return -2.0 * (self._XT[1] @ (self.wt * (self.y - mu))) + ld
 
+    def laplace_gradient(self, theta: np.ndarray, state: PirlsState) -> np.ndarray | None:
+        """Gradient in ``(theta, beta)`` of lme4's Laplace deviance at a converged uOnly state, or None.
+
+        Same conditions as :meth:`laplace_beta_gradient`; see
+        :meth:`memoe.glmm.single.SingleWpls.laplace_gradient`.
+        """
+        sw = self.single
+        fam = self.family
+        if sw is None or self.dense is not None or sw.q > 2:
+            return None
+        eta, mu = state.eta, state.mu
+        if type(fam) is Binomial and fam.link.name == "logit":
+            if self.n and max(float(eta.max()), -float(eta.min())) > _THRESH:
+                return None
+            w = self.wt * mu * (1.0 - mu)
+            dw = w * (1.0 - 2.0 * mu)
+        elif type(fam) is Poisson and fam.link.name == "log":
+            if self.n and float(eta.min()) < _LOG_EPS:
+                return None
+            w = self.wt * mu
+            dw = w
+        else:
+            return None
+        r = -2.0 * self.wt * (self.y - mu)
+        return sw.laplace_gradient(np.asarray(theta, dtype=float), state.u, r, w, dw)
+
     def _fixed_buffer(self) -> np.ndarray:
         """A work array for ``offset + X beta`` held fixed through one uOnly PIRLS run."""
         if self._fixed_work is None or self._fixed_work.shape[0] != self.n:

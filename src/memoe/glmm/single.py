@@ -352,6 +352,90 @@ class SingleWpls:
             corr = ZWX[0] @ x0 + ZWX[1] @ x1
         return XT @ v - corr
 
+    def laplace_gradient(
+        self, theta: np.ndarray, u: np.ndarray, r: np.ndarray, w: np.ndarray, dw: np.ndarray
+    ) -> np.ndarray | None:
+        """Gradient in ``(theta, beta)`` of lme4's Laplace deviance at converged uOnly modes (q <= 2; else None).
+
+        Parameters
+        ----------
+        theta : numpy.ndarray, shape (k,)
+        u : numpy.ndarray, shape (levels q,)
+            Conditional modes (level-major).
+        r, w, dw : numpy.ndarray, shape (n,)
+            ``d dev_i / d eta_i``, the working weights (``d^2 dev_i / d eta_i^2 / 2``: a canonical link) and
+            ``d w_i / d eta_i`` at the modes.
+
+        Notes
+        -----
+        ``D = sum dev_i + ||u||^2 + sum_j log det A_j``, ``A_j = Lambda' S_j Lambda + I``, ``S_j = Z_j' W_j Z_j``.
+        The penalised deviance is stationary in u at the modes, so its derivative is the partial one:
+        ``rho_j' E_t u_j`` (theta_t; ``E_t = d Lambda / d theta_t``, ``rho_j = Z_j' r_j``) and ``X' r`` (beta).
+        ``log det A`` has a direct part in theta, ``2 tr(A_j^-1 Lambda' S_j E_t)``, and one through the weights,
+        ``v' d eta``, ``v_i = h_i dw_i``, ``h_i = z_i' Lambda A_j^-1 Lambda' z_i``, with the modes moving as
+        ``A_j du_j/dtheta_t = -(E_t' rho_j / 2 + Lambda' S_j E_t u_j)`` and ``A_j du_j/dbeta = -Lambda' Z_j' W_j X_j``
+        (the derivatives of the stationarity condition ``Lambda' rho_j / 2 + u_j = 0``). All per level in
+        (levels, q, q) arrays; :meth:`logdet_beta_gradient` is the beta part of the log-determinant's term.
+        """
+        q = self.q
+        if q > 2:
+            return None
+        tm = self.theta_map
+        lam, _ = self._theta_factors(theta)
+        ZT, XT, ones, codes = self.ZT, self.XT, self._ones, self.codes
+        p, l1 = XT.shape[0], self.l1
+        Zc = [None if ones[a] else ZT[a] for a in range(q)]
+
+        def times(a, vec):  # Z_a * vec (no product for a column of ones)
+            return vec if Zc[a] is None else Zc[a] * vec
+
+        # per-level sums, one call: w Z_a Z_b (a >= b), r Z_a, w Z_a X_k
+        WZ = [times(a, w) for a in range(q)]
+        rows = [times(b, WZ[a]) for a, b in self._pairs] + [times(a, r) for a in range(q)]
+        rows += [WZ[a] * XT[k] for k in range(p) for a in range(q)]
+        sums = self._sums(np.array(rows))
+        npair = len(self._pairs)
+        S = np.empty((l1, q, q))
+        for i, (a, b) in enumerate(self._pairs):
+            S[:, a, b] = S[:, b, a] = sums[i]
+        rho = sums[npair : npair + q].T  # (l1, q)
+        ZWX = sums[npair + q :].reshape(p, q, l1).transpose(2, 1, 0)  # (l1, q, p): Z_j' W_j X_j
+        A = lam.T @ S @ lam
+        A[:, range(q), range(q)] += 1.0
+        Ainv = np.linalg.inv(A)
+        LA = lam @ Ainv  # (l1, q, q): Lambda A_j^-1
+        M = LA @ lam.T  # Lambda A_j^-1 Lambda'
+        # h_i = z_i' M_j z_i, then v = h dw and its per-level sums zeta_j = Z_j' v_j
+        h = None
+        for a in range(q):
+            for b in range(q):
+                term = times(a, times(b, np.take(M[:, a, b], codes)))
+                h = term if h is None else h + term
+        v = h * dw
+        zeta = self._sums(np.array([times(a, v) for a in range(q)])).T  # (l1, q)
+        U = u.reshape(l1, q)
+        lz = zeta @ lam  # rows: (Lambda' zeta_j)'
+        # theta part
+        k = tm.size
+        g = np.empty(k + p)
+        SL = S @ lam  # S_j Lambda
+        AinvLtS = Ainv @ lam.T @ S  # A_j^-1 Lambda' S_j
+        for t in range(k):
+            rt, ct = int(tm.row[t]), int(tm.col[t])
+            direct = float(rho[:, rt] @ U[:, ct]) + 2.0 * float(AinvLtS[:, ct, rt].sum())
+            # A du/dtheta_t = -(e_ct rho_j[rt] / 2 + Lambda' S_j e_rt u_j[ct])
+            rhs = (lam.T @ S[:, :, rt, None])[:, :, 0] * U[:, ct, None]
+            rhs[:, ct] += 0.5 * rho[:, rt]
+            du = -np.einsum("lab,lb->la", Ainv, rhs)
+            through_w = float(zeta[:, rt] @ U[:, ct]) + float(np.sum(lz * du))
+            g[t] = direct + through_w
+        del SL
+        # beta part: X' r + X' v - sum_j (Lambda' Z_j' W_j X_j)' A_j^-1 Lambda' zeta_j
+        LZWX = lam.T @ ZWX  # (l1, q, p)
+        x = np.einsum("lab,lb->la", Ainv, lz)  # A_j^-1 Lambda' zeta_j
+        g[k:] = XT @ (r + v) - np.einsum("lap,la->p", LZWX, x)
+        return g
+
     def solve(self, theta: np.ndarray, w: np.ndarray, z: np.ndarray, with_beta: bool):
         """Modes ``u`` (flat, level-major), ``beta`` (empty without X) and ``log det(L L')``."""
         q, l1 = self.q, self.l1
