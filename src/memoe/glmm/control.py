@@ -40,6 +40,12 @@ class GlmmControl:
     ------------
     ``lme4::glmerControl(optimizer = "bobyqa", optCtrl = list(...))``.
 
+    optimizer : {"auto", "bobyqa"}
+        The second stage's optimiser. "auto": where the Laplace deviance has its analytic gradient (one grouping
+        factor with at most two random effects per level, binomial logit or Poisson log, nAGQ = 1), a projected
+        BFGS on (theta, beta) with that gradient (:func:`memoe.core.optim.minimize_bounded_gradient`), falling
+        back to BOBYQA if it fails; elsewhere BOBYQA. "bobyqa": lme4's derivative-free BOBYQA always.
+
     Examples
     --------
     >>> import memoe
@@ -62,3 +68,5 @@ class GlmmControl:
     #: start PIRLS at every evaluation from the last evaluation's modes (same optimum, fewer PIRLS steps);
     #: families with a dispersion (Gamma, inverse Gaussian: links with a restricted domain) always start cold
     warm_start: bool = True
+    #: "auto" (quasi-Newton with the analytic gradient where it exists, else BOBYQA) or "bobyqa"
+    optimizer: str = "auto"

@@ -655,41 +655,12 @@ class PirlsProblem:
         state._dev[:] = [d, lambda: self.dev_resids(mu, eta)]
         return state
 
-    def laplace_beta_gradient(self, theta: np.ndarray, state: PirlsState) -> np.ndarray | None:
-        """Gradient in beta of lme4's Laplace deviance at a converged uOnly state, or None where not available.
+    def laplace_gradient(self, theta: np.ndarray, state: PirlsState) -> np.ndarray | None:
+        """Gradient in ``(theta, beta)`` of lme4's Laplace deviance at a converged uOnly state (None: not available).
 
         Available for one grouping factor with q <= 2 and a canonical link (binomial logit with every
         ``|eta| <= 30``, Poisson log with no mean at its floor): PIRLS' working weights are then the exact
-        curvature, the penalised deviance's derivative in u vanishes at the modes, and
-        ``d/dbeta [sum d_i + ||u||^2] = -2 X' (wt (y - mu))`` (the u part drops out); the log-determinant's part is
-        :meth:`memoe.glmm.single.SingleWpls.logdet_beta_gradient`.
-        """
-        sw = self.single
-        fam = self.family
-        if sw is None or self.dense is not None or sw.q > 2 or not self.p:
-            return None
-        eta, mu = state.eta, state.mu
-        if type(fam) is Binomial and fam.link.name == "logit":
-            if self.n and max(float(eta.max()), -float(eta.min())) > _THRESH:
-                return None  # R's mu_eta is floored there: the weights are not mu (1 - mu)
-            w = self.wt * mu * (1.0 - mu)
-            dw = w * (1.0 - 2.0 * mu)
-        elif type(fam) is Poisson and fam.link.name == "log":
-            if self.n and float(eta.min()) < _LOG_EPS:
-                return None
-            w = self.wt * mu
-            dw = w
-        else:
-            return None
-        ld = sw.logdet_beta_gradient(np.asarray(theta, dtype=float), w, dw)
-        if ld is None:
-            return None
-        return -2.0 * (self._XT[1] @ (self.wt * (self.y - mu))) + ld
-
-    def laplace_gradient(self, theta: np.ndarray, state: PirlsState) -> np.ndarray | None:
-        """Gradient in ``(theta, beta)`` of lme4's Laplace deviance at a converged uOnly state, or None.
-
-        Same conditions as :meth:`laplace_beta_gradient`; see
+        curvature of the penalised deviance, whose derivative in u vanishes at the modes; see
         :meth:`memoe.glmm.single.SingleWpls.laplace_gradient`.
         """
         sw = self.single

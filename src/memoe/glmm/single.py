@@ -288,70 +288,6 @@ class SingleWpls:
         u[:, 1] = u1
         return u.reshape(-1), beta, ldL2
 
-    def logdet_beta_gradient(self, theta: np.ndarray, w: np.ndarray, dw: np.ndarray) -> np.ndarray | None:
-        """``d log det(L L') / d beta`` along the conditional modes (q <= 2; None otherwise).
-
-        With a canonical link the Hessian of the penalised deviance in u is ``2 A``, ``A = Lambda' Z' W Z Lambda +
-        I``, so the modes move with beta as ``du/dbeta = -A^-1 Lambda' Z' W X`` and ``eta`` as ``X + Z Lambda
-        du/dbeta``. ``log det A`` depends on beta through the weights only: ``d log det A / d w_i = h_i =
-        z_i' Lambda A_j^-1 Lambda' z_i`` (row i in level j). With ``v = h * dw`` (``dw = dw/deta`` at the modes)
-        the gradient is ``X' v - (Lambda' Z' W X)' A^-1 Lambda' Z' v``, summed per level in closed form.
-
-        Parameters
-        ----------
-        theta : numpy.ndarray
-        w, dw : numpy.ndarray, shape (n,)
-            Working weights at the modes and their derivatives in eta.
-
-        Returns
-        -------
-        numpy.ndarray of shape (p,), or None for q > 2
-        """
-        q = self.q
-        if q > 2:
-            return None
-        lam, K = self._theta_factors(theta)
-        ZT, XT, ones, codes = self.ZT, self.XT, self._ones, self.codes
-        p = XT.shape[0]
-        npair = len(self._pairs)
-        WZ = [w if ones[a] else ZT[a] * w for a in range(q)]
-        S = self._sums(np.array([WZ[a] if ones[b] else WZ[a] * ZT[b] for a, b in self._pairs]))
-        A = K[:npair, :npair] @ S
-        A += self._eye_vech[:npair]
-        Lt = lam.T
-        l0 = np.sqrt(A[0])
-        if q == 1:
-            s0 = np.take(Lt[0, 0] / l0, codes)
-            if not ones[0]:
-                s0 *= ZT[0]
-            h = s0 * s0
-        else:
-            l1 = A[1] / l0
-            l2 = np.sqrt(A[2] - l1 * l1)
-            # M = L_j^-1 Lambda' per level; s_i = M_j z_i, h_i = |s_i|^2
-            m00, m01 = Lt[0, 0] / l0, Lt[0, 1] / l0
-            m10, m11 = (Lt[1, 0] - l1 * m00) / l2, (Lt[1, 1] - l1 * m01) / l2
-            z0 = 1.0 if ones[0] else ZT[0]
-            z1 = 1.0 if ones[1] else ZT[1]
-            s0 = np.take(m00, codes) * z0 + np.take(m01, codes) * z1
-            s1 = np.take(m10, codes) * z0 + np.take(m11, codes) * z1
-            h = s0 * s0 + s1 * s1
-        v = h * dw
-        # per-level sums of v Z_a and of w Z_a X_k, as rows of one array
-        rows = [v if ones[a] else v * ZT[a] for a in range(q)]
-        rows += [WZ[a] * XT[k] for k in range(p) for a in range(q)]
-        sums = self._sums(np.array(rows))
-        Zv = Lt @ sums[:q]  # Lambda' Z_j' v_j, (q, l1)
-        ZWX = (Lt @ sums[q:].reshape(p, q, -1).transpose(1, 0, 2).reshape(q, -1)).reshape(q, p, -1)
-        if q == 1:
-            corr = ZWX[0] @ (Zv[0] / A[0])
-        else:
-            c0 = Zv[0] / l0
-            x1 = (Zv[1] - l1 * c0) / (l2 * l2)
-            x0 = (c0 - l1 * x1) / l0
-            corr = ZWX[0] @ x0 + ZWX[1] @ x1
-        return XT @ v - corr
-
     def laplace_gradient(
         self, theta: np.ndarray, u: np.ndarray, r: np.ndarray, w: np.ndarray, dw: np.ndarray
     ) -> np.ndarray | None:
@@ -375,7 +311,7 @@ class SingleWpls:
         ``v' d eta``, ``v_i = h_i dw_i``, ``h_i = z_i' Lambda A_j^-1 Lambda' z_i``, with the modes moving as
         ``A_j du_j/dtheta_t = -(E_t' rho_j / 2 + Lambda' S_j E_t u_j)`` and ``A_j du_j/dbeta = -Lambda' Z_j' W_j X_j``
         (the derivatives of the stationarity condition ``Lambda' rho_j / 2 + u_j = 0``). All per level in
-        (levels, q, q) arrays; :meth:`logdet_beta_gradient` is the beta part of the log-determinant's term.
+        (levels, q, q) arrays.
         """
         q = self.q
         if q > 2:
@@ -418,7 +354,6 @@ class SingleWpls:
         # theta part
         k = tm.size
         g = np.empty(k + p)
-        SL = S @ lam  # S_j Lambda
         AinvLtS = Ainv @ lam.T @ S  # A_j^-1 Lambda' S_j
         for t in range(k):
             rt, ct = int(tm.row[t]), int(tm.col[t])
@@ -429,7 +364,6 @@ class SingleWpls:
             du = -np.einsum("lab,lb->la", Ainv, rhs)
             through_w = float(zeta[:, rt] @ U[:, ct]) + float(np.sum(lz * du))
             g[t] = direct + through_w
-        del SL
         # beta part: X' r + X' v - sum_j (Lambda' Z_j' W_j X_j)' A_j^-1 Lambda' zeta_j
         LZWX = lam.T @ ZWX  # (l1, q, p)
         x = np.einsum("lab,lb->la", Ainv, lz)  # A_j^-1 Lambda' zeta_j
