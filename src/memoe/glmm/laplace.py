@@ -69,8 +69,10 @@ def theta_objective(
         theta -> deviance (``inf`` when PIRLS fails).
     """
     last: list = [None]
+    state: list = [None]
 
     def f(theta: np.ndarray) -> float:
+        state[0] = None
         try:
             if warm and last[0] is not None:
                 st = problem.solve(theta, beta=None, u0=last[0][1], beta0=last[0][0], warm=True, transient=True)
@@ -79,10 +81,13 @@ def theta_objective(
         except (np.linalg.LinAlgError, FloatingPointError, ValueError):
             return np.inf
         v = laplace_deviance(problem, st)
+        state[0] = st
         if warm and st.converged and np.isfinite(v):
             last[0] = (st.beta, st.u)
         return v if np.isfinite(v) else np.inf
 
+    # the last evaluation's PIRLS state (transient: valid until the next evaluation), for a gradient read at once
+    f.state = state
     return f
 
 
@@ -116,6 +121,7 @@ def joint_objective(
     def f(x: np.ndarray) -> float:
         x = np.asarray(x, dtype=float)
         theta, beta = x[:k], x[k:]
+        state[0] = None
         try:
             st = problem.solve(theta, beta=beta, u0=last[0], warm=warm, min_iter=min_iter, transient=True)
         except (np.linalg.LinAlgError, FloatingPointError, ValueError):

@@ -355,6 +355,56 @@ class GLMM:
         settings = {key: v for key, v in opt.settings.items() if key != "gradient"}
         return dataclasses.replace(opt, feval=calls[0], settings=settings)
 
+    def _quasi_newton_theta(self, f, x0: np.ndarray, lower: np.ndarray, control: GlmmControl):
+        """The first stage (nAGQ = 0, theta only) by projected BFGS with the analytic gradient.
+
+        Each evaluation is one warm-started joint PIRLS run and the gradient at its joint modes
+        (:meth:`PirlsProblem.laplace_gradient` with ``joint``), the start's Hessian from forward differences of the
+        gradient: 5-10 evaluations against BOBYQA's 15-52 on the small workloads. None (the caller runs BOBYQA)
+        when the gradient was unavailable at a point or the method failed.
+        """
+        from memoe.core.optim import minimize_bounded_gradient
+
+        P = self.problem
+        missing = [False]
+        calls = [0]
+
+        def fun_grad(theta: np.ndarray):
+            calls[0] += 1
+            v = f(theta)
+            st = f.state[0]
+            if not (np.isfinite(v) and st is not None and st.converged):
+                return np.inf, np.full(len(theta), np.nan)
+            g = P.laplace_gradient(theta, st, joint=True)
+            if g is None:
+                missing[0] = True
+                return np.inf, np.full(len(theta), np.nan)
+            return v, g
+
+        def initial_hessian(x: np.ndarray, g: np.ndarray) -> np.ndarray:
+            n = len(x)
+            H = np.full((n, n), np.nan)
+            for i in range(n):
+                hi = 1e-4 * max(1.0, abs(float(x[i])))
+                xi = x.copy()
+                xi[i] += hi  # upwards: a theta at its bound of 0 stays feasible
+                H[:, i] = (fun_grad(xi)[1] - g) / hi
+            return 0.5 * (H + H.T)
+
+        try:
+            opt = minimize_bounded_gradient(
+                fun_grad, x0, lower, ftol_abs=control.stage1_ftol_abs, xtol_abs=control.stage1_xtol_abs,
+                maxeval=min(control.maxeval, 500), initial_hessian=initial_hessian,
+            )
+        except (np.linalg.LinAlgError, FloatingPointError, ValueError):
+            return None
+        if missing[0] or opt.return_code < 0 or opt.return_code == 5 or calls[0] > control.maxeval or not (
+            np.isfinite(opt.fmin)
+        ):
+            return None
+        settings = {key: v for key, v in opt.settings.items() if key != "gradient"}
+        return dataclasses.replace(opt, feval=calls[0], settings=settings)
+
     def _beta_whitening(self, theta: np.ndarray, state: PirlsState) -> np.ndarray | None:
         """Lower Cholesky factor of the (unscaled) covariance of beta at a PIRLS state, None if unavailable."""
         P = self.problem
@@ -416,10 +466,14 @@ class GLMM:
             f = self.with_family_parameter(f)
             x0 = np.concatenate([x0, [np.log(self.problem.family.theta)]])
             lower = np.concatenate([lower, [NB_LOG_THETA_BOUNDS[0]]])
-        opt = minimize_bounded(
-            f, x0, lower, ftol_abs=control.stage1_ftol_abs, xtol_abs=control.stage1_xtol_abs,
-            maxeval=control.maxeval,
-        )
+        opt = None
+        if not self.nb_estimated and control.optimizer == "auto" and self._gradient_available(1, "expected"):
+            opt = self._quasi_newton_theta(f, x0, lower, control)
+        if opt is None:
+            opt = minimize_bounded(
+                f, x0, lower, ftol_abs=control.stage1_ftol_abs, xtol_abs=control.stage1_xtol_abs,
+                maxeval=control.maxeval,
+            )
         theta = opt.x[: tmap.size].copy()
         if self.nb_estimated:
             nb_theta = float(np.exp(opt.x[-1]))

@@ -655,13 +655,14 @@ class PirlsProblem:
         state._dev[:] = [d, lambda: self.dev_resids(mu, eta)]
         return state
 
-    def laplace_gradient(self, theta: np.ndarray, state: PirlsState) -> np.ndarray | None:
+    def laplace_gradient(self, theta: np.ndarray, state: PirlsState, joint: bool = False) -> np.ndarray | None:
         """Gradient in ``(theta, beta)`` of lme4's Laplace deviance at a converged uOnly state (None: not available).
 
         Available for one grouping factor with q <= 2 and a canonical link (binomial logit with every
         ``|eta| <= 30``, Poisson log with no mean at its floor): PIRLS' working weights are then the exact
         curvature of the penalised deviance, whose derivative in u vanishes at the modes; see
-        :meth:`memoe.glmm.single.SingleWpls.laplace_gradient`.
+        :meth:`memoe.glmm.single.SingleWpls.laplace_gradient`. ``joint``: the state is a joint (u, beta) solution
+        (lme4's nAGQ = 0 objective), and the gradient is in theta only.
         """
         sw = self.single
         fam = self.family
@@ -681,7 +682,7 @@ class PirlsProblem:
         else:
             return None
         r = -2.0 * self.wt * (self.y - mu)
-        return sw.laplace_gradient(np.asarray(theta, dtype=float), state.u, r, w, dw)
+        return sw.laplace_gradient(np.asarray(theta, dtype=float), state.u, r, w, dw, joint=joint)
 
     def _fixed_buffer(self) -> np.ndarray:
         """A work array for ``offset + X beta`` held fixed through one uOnly PIRLS run."""

@@ -289,7 +289,7 @@ class SingleWpls:
         return u.reshape(-1), beta, ldL2
 
     def laplace_gradient(
-        self, theta: np.ndarray, u: np.ndarray, r: np.ndarray, w: np.ndarray, dw: np.ndarray
+        self, theta: np.ndarray, u: np.ndarray, r: np.ndarray, w: np.ndarray, dw: np.ndarray, joint: bool = False
     ) -> np.ndarray | None:
         """Gradient in ``(theta, beta)`` of lme4's Laplace deviance at converged uOnly modes (q <= 2; else None).
 
@@ -301,6 +301,9 @@ class SingleWpls:
         r, w, dw : numpy.ndarray, shape (n,)
             ``d dev_i / d eta_i``, the working weights (``d^2 dev_i / d eta_i^2 / 2``: a canonical link) and
             ``d w_i / d eta_i`` at the modes.
+        joint : bool, default False
+            The modes are joint in (u, beta) (lme4's nAGQ = 0 objective, a function of theta only): returns the
+            gradient in theta, with beta moving along the joint modes too.
 
         Notes
         -----
@@ -310,8 +313,10 @@ class SingleWpls:
         ``log det A`` has a direct part in theta, ``2 tr(A_j^-1 Lambda' S_j E_t)``, and one through the weights,
         ``v' d eta``, ``v_i = h_i dw_i``, ``h_i = z_i' Lambda A_j^-1 Lambda' z_i``, with the modes moving as
         ``A_j du_j/dtheta_t = -(E_t' rho_j / 2 + Lambda' S_j E_t u_j)`` and ``A_j du_j/dbeta = -Lambda' Z_j' W_j X_j``
-        (the derivatives of the stationarity condition ``Lambda' rho_j / 2 + u_j = 0``). All per level in
-        (levels, q, q) arrays.
+        (the derivatives of the stationarity condition ``Lambda' rho_j / 2 + u_j = 0``). With ``joint`` beta is
+        stationary too (``X' r = 0``): ``(X' W X - sum_j G_j' A_j^-1 G_j) dbeta/dtheta_t = -sum_j (Z_j' W_j X_j)'
+        E_t u_j + sum_j G_j' A_j^-1 b_j`` (``G_j = Lambda' Z_j' W_j X_j``, ``b_j`` the right-hand side above), and
+        ``du_j`` gains ``-A_j^-1 G_j dbeta``. All per level in (levels, q, q) arrays.
         """
         q = self.q
         if q > 2:
@@ -353,21 +358,33 @@ class SingleWpls:
         lz = zeta @ lam  # rows: (Lambda' zeta_j)'
         # theta part
         k = tm.size
-        g = np.empty(k + p)
+        g = np.empty(k if joint else k + p)
         AinvLtS = Ainv @ lam.T @ S  # A_j^-1 Lambda' S_j
+        LZWX = lam.T @ ZWX  # (l1, q, p): G_j
+        Xv = XT @ v
+        if joint:
+            AinvG = Ainv @ LZWX  # A_j^-1 G_j
+            schur = XT @ (w * XT).T - np.einsum("lap,laq->pq", LZWX, AinvG)
         for t in range(k):
             rt, ct = int(tm.row[t]), int(tm.col[t])
             direct = float(rho[:, rt] @ U[:, ct]) + 2.0 * float(AinvLtS[:, ct, rt].sum())
-            # A du/dtheta_t = -(e_ct rho_j[rt] / 2 + Lambda' S_j e_rt u_j[ct])
+            # A du/dtheta_t = -(e_ct rho_j[rt] / 2 + Lambda' S_j e_rt u_j[ct]) [- G_j dbeta/dtheta_t]
             rhs = (lam.T @ S[:, :, rt, None])[:, :, 0] * U[:, ct, None]
             rhs[:, ct] += 0.5 * rho[:, rt]
-            du = -np.einsum("lab,lb->la", Ainv, rhs)
-            through_w = float(zeta[:, rt] @ U[:, ct]) + float(np.sum(lz * du))
-            g[t] = direct + through_w
+            Ab = np.einsum("lab,lb->la", Ainv, rhs)
+            du = -Ab
+            through_w = float(zeta[:, rt] @ U[:, ct])
+            if joint:
+                right = -(U[:, ct] @ ZWX[:, rt, :]) + np.einsum("lap,la->p", LZWX, Ab)
+                db = np.linalg.solve(schur, right)
+                du = du - AinvG @ db
+                through_w += float(Xv @ db)
+            g[t] = direct + through_w + float(np.sum(lz * du))
+        if joint:
+            return g
         # beta part: X' r + X' v - sum_j (Lambda' Z_j' W_j X_j)' A_j^-1 Lambda' zeta_j
-        LZWX = lam.T @ ZWX  # (l1, q, p)
         x = np.einsum("lab,lb->la", Ainv, lz)  # A_j^-1 Lambda' zeta_j
-        g[k:] = XT @ (r + v) - np.einsum("lap,la->p", LZWX, x)
+        g[k:] = XT @ r + Xv - np.einsum("lap,la->p", LZWX, x)
         return g
 
     def solve(self, theta: np.ndarray, w: np.ndarray, z: np.ndarray, with_beta: bool):
