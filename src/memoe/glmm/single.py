@@ -335,6 +335,8 @@ class SingleWpls:
         rows = [times(b, WZ[a]) for a, b in self._pairs] + [times(a, r) for a in range(q)]
         rows += [WZ[a] * XT[k] for k in range(p) for a in range(q)]
         sums = self._sums(np.array(rows))
+        if q == 1:
+            return self._laplace_gradient_scalar(lam[0, 0], u, sums, w, dw, r, joint)
         npair = len(self._pairs)
         S = np.empty((l1, q, q))
         for i, (a, b) in enumerate(self._pairs):
@@ -385,6 +387,40 @@ class SingleWpls:
         # beta part: X' r + X' v - sum_j (Lambda' Z_j' W_j X_j)' A_j^-1 Lambda' zeta_j
         x = np.einsum("lab,lb->la", Ainv, lz)  # A_j^-1 Lambda' zeta_j
         g[k:] = XT @ r + Xv - np.einsum("lap,la->p", LZWX, x)
+        return g
+
+    def _laplace_gradient_scalar(self, lam: float, u, sums, w, dw, r, joint: bool) -> np.ndarray:
+        """:meth:`laplace_gradient` for a scalar random effect: every per-level matrix is a level vector.
+
+        ``sums``: per-level sums of ``w z^2``, ``r z`` and ``w z X_k`` (rows). ``A_j = lambda^2 S_j + 1``.
+        """
+        XT, codes = self.XT, self.codes
+        p = XT.shape[0]
+        S, rho, ZWX = sums[0], sums[1], sums[2:]  # ZWX: (p, l1)
+        A = lam * lam * S + 1.0
+        h = np.take(lam * lam / A, codes)
+        z = None if self._ones[0] else self.ZT[0]
+        if z is not None:
+            h *= z * z
+        v = h * dw
+        zeta = self._sum(v if z is None else v * z)
+        lz = lam * zeta
+        G = lam * ZWX  # (p, l1)
+        Xv = XT @ v
+        direct = float(rho @ u) + 2.0 * float((lam * S / A).sum())
+        Ab = (lam * S * u + 0.5 * rho) / A
+        du = -Ab
+        through_w = float(zeta @ u)
+        if joint:
+            AinvG = G / A
+            schur = XT @ (w * XT).T - AinvG @ G.T
+            db = np.linalg.solve(schur, -(ZWX @ u) + G @ Ab)
+            du = du - db @ AinvG
+            through_w += float(Xv @ db)
+            return np.array([direct + through_w + float(lz @ du)])
+        g = np.empty(1 + p)
+        g[0] = direct + through_w + float(lz @ du)
+        g[1:] = XT @ r + Xv - G @ (lz / A)
         return g
 
     def solve(self, theta: np.ndarray, w: np.ndarray, z: np.ndarray, with_beta: bool):
