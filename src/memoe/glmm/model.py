@@ -413,8 +413,15 @@ class GLMM:
         try:
             with np.errstate(all="ignore"):
                 z = state.eta - P.offset + (P.y - state.mu) / P.family.mu_eta(state.eta)
-                sol = P.wls_problem(state.w, z, with_beta=True).solve(theta, reml=False)
-                C = np.linalg.cholesky(np.asarray(sol.vcov_unscaled, dtype=float))
+                sw = P.single
+                if sw is not None and P.dense is None and sw.q <= 2:
+                    # one joint step of the single-factor solver leaves the Schur complement (no PLSProblem set-up)
+                    sw.solve(np.asarray(theta, dtype=float), state.w, z, True)
+                    vcov = np.linalg.inv(sw.schur)
+                else:
+                    sol = P.wls_problem(state.w, z, with_beta=True).solve(theta, reml=False)
+                    vcov = np.asarray(sol.vcov_unscaled, dtype=float)
+                C = np.linalg.cholesky(vcov)
         except (np.linalg.LinAlgError, ValueError, FloatingPointError, MemoeError):
             return None
         return C if np.all(np.isfinite(C)) and np.all(np.diag(C) > 0) else None
