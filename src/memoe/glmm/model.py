@@ -298,9 +298,10 @@ class GLMM:
 
         ``x = (theta, g)``, ``beta = beta_1 + C g`` (``to_orig``), so the beta part of the gradient is ``C'`` times
         the gradient in beta. Each evaluation is one warm-started PIRLS run and the gradient at its modes
-        (:meth:`PirlsProblem.laplace_gradient`); the start's Hessian from forward differences of the gradient (one
-        evaluation per coordinate), so the steps are Newton's from the start: 7-10 (value, gradient) evaluations in
-        all against BOBYQA's 37-59 values on the small workloads (15-24 without the start's Hessian). Returns the
+        (:meth:`PirlsProblem.laplace_gradient`); the start's Hessian from forward differences of the gradient in
+        theta (one evaluation each) and the whitened beta block 2 I, so the steps are Newton's from the start: 5-7
+        (value, gradient) evaluations in all against BOBYQA's 37-59 values on the small workloads (15-24 without
+        the start's Hessian). Returns the
         optimiser summary (``x`` whitened, ``feval`` counting every evaluation), or None when the gradient was
         unavailable at a point or the method failed: the caller then runs BOBYQA.
         """
@@ -327,16 +328,22 @@ class GLMM:
             return v, g
 
         def initial_hessian(x: np.ndarray, g: np.ndarray) -> np.ndarray:
-            # forward differences of the gradient (one evaluation per coordinate, steps of 1e-3 of the first
-            # steps): Newton steps from the start instead of BFGS learning the curvature from a probing step
+            # Newton steps from the start instead of BFGS learning the curvature from a probing step. The theta
+            # columns by forward differences of the gradient (one evaluation each, steps of 1e-3 of the first
+            # steps); the whitened beta block is 2 I: C' (2 X' W X - 2 G' G) C with C C' the inverse of the
+            # first stage's Schur complement, the penalised deviance's curvature in beta (the log-determinant's
+            # share, O(1 / cluster size), is left to the BFGS updates). k evaluations instead of k + p: 148
+            # instead of 209 stage-2 evaluations over 24 simulated models, the same optima (|d logLik| < 5e-12)
             n = len(x)
             H = np.full((n, n), np.nan)
-            for i in range(n):
+            H[k:, k:] = 2.0 * np.eye(n - k)
+            for i in range(k):
                 hi = 1e-3 * step[i]
                 xi = x.copy()
                 xi[i] += hi  # upwards: a theta at its bound of 0 stays feasible
                 _, gi = fun_grad(xi)
                 H[:, i] = (gi - g) / hi
+            H[:k, k:] = H[k:, :k].T
             return 0.5 * (H + H.T)
 
         try:
