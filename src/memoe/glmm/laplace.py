@@ -70,11 +70,15 @@ def theta_objective(
     """
     last: list = [None]
     state: list = [None]
+    predict: list = [None]
 
     def f(theta: np.ndarray) -> float:
         state[0] = None
         try:
-            if warm and last[0] is not None:
+            start = predict[0](theta) if (warm and predict[0] is not None) else None
+            if start is not None:
+                st = problem.solve(theta, beta=None, u0=start[1], beta0=start[0], warm=True, transient=True)
+            elif warm and last[0] is not None:
                 st = problem.solve(theta, beta=None, u0=last[0][1], beta0=last[0][0], warm=True, transient=True)
             else:
                 st = problem.solve(theta, beta=None, eta0=eta0, transient=True)
@@ -88,6 +92,8 @@ def theta_objective(
 
     # the last evaluation's PIRLS state (transient: valid until the next evaluation), for a gradient read at once
     f.state = state
+    # optional theta -> (beta0, u0) or None: a warm start predicted from the last modes' derivatives in theta
+    f.predict = predict
     return f
 
 

@@ -107,6 +107,8 @@ class SingleWpls:
         self._WX: np.ndarray | None = None
         #: ``X' W X - sum_j G_j' G_j`` of the last joint step (q <= 2): the inverse unscaled covariance of beta
         self.schur: np.ndarray | None = None
+        #: ``(du/dtheta, dbeta/dtheta)`` (rows per theta) of the last joint :meth:`laplace_gradient`
+        self.sensitivity: tuple[np.ndarray, np.ndarray] | None = None
         # rows sorted by level with every level present: per-level sums by reduceat (faster than bincount)
         c = self.codes
         self._starts = None
@@ -375,6 +377,7 @@ class SingleWpls:
         if joint:
             AinvG = Ainv @ LZWX  # A_j^-1 G_j
             schur = XT @ (w * XT).T - np.einsum("lap,laq->pq", LZWX, AinvG)
+            dU, dB = np.empty((k, l1 * q)), np.empty((k, p))
         for t in range(k):
             rt, ct = int(tm.row[t]), int(tm.col[t])
             direct = float(rho[:, rt] @ U[:, ct]) + 2.0 * float(AinvLtS[:, ct, rt].sum())
@@ -389,8 +392,10 @@ class SingleWpls:
                 db = np.linalg.solve(schur, right)
                 du = du - AinvG @ db
                 through_w += float(Xv @ db)
+                dU[t], dB[t] = du.ravel(), db
             g[t] = direct + through_w + float(np.sum(lz * du))
         if joint:
+            self.sensitivity = (dU, dB)
             return g
         # beta part: X' r + X' v - sum_j (Lambda' Z_j' W_j X_j)' A_j^-1 Lambda' zeta_j
         x = np.einsum("lab,lb->la", Ainv, lz)  # A_j^-1 Lambda' zeta_j
@@ -425,6 +430,7 @@ class SingleWpls:
             db = np.linalg.solve(schur, -(ZWX @ u) + G @ Ab)
             du = du - db @ AinvG
             through_w += float(Xv @ db)
+            self.sensitivity = (du[None, :], db[None, :])
             return np.array([direct + through_w + float(lz @ du)])
         g = np.empty(1 + p)
         g[0] = direct + through_w + float(lz @ du)
