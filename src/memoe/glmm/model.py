@@ -10,6 +10,11 @@ penalised least squares), then two optimisations with BOBYQA and lme4's bounds:
 
 The finite-difference Hessian of the stage-2 deviance at the optimum gives lme4's convergence
 checks and its default covariance of the fixed effects.
+
+With one grouping factor of at most two random effects per level and a canonical link (binomial logit, Poisson
+log) the Laplace deviance has an analytic gradient (:meth:`PirlsProblem.laplace_gradient`): both stages then run a
+projected BFGS with it (same optimum, 5-11 evaluations per stage instead of BOBYQA's 15-60) and the Hessian's
+columns are central differences of that gradient (``GlmmControl(optimizer="bobyqa")`` keeps lme4's BOBYQA).
 """
 
 from __future__ import annotations
