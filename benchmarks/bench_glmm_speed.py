@@ -8,6 +8,12 @@ Workloads:
 * ``binslope``: ``y ~ trt + (trt | g)``, binary, a random slope on a binary covariate, 60 groups x 34 = 2,040 rows;
 * ``long_binomial``: ``y ~ t + x + (t | id)``, binary, 10,000 subjects x 10 = 100,000 rows;
 * ``pois1m``: ``y ~ x + (1 | id)``, Poisson, 100,000 subjects x 10 = 1,000,000 rows.
+* group ``small`` (``--workloads small``): ``cbpp`` (lme4's cbpp, ``cbind(incidence, size - incidence) ~ period +
+  (1 | herd)``, 56 rows, 15 herds), ``pois_ri`` (``y ~ x + (1 | g)``, Poisson, 50 groups x 10 = 500 rows),
+  ``bin_ri`` (``y ~ x + (1 | g)``, binary, 100 groups x 10 = 1,000 rows) and ``binslope``. A fit takes
+  milliseconds, so each side is the median of ``--small-repeats`` fits after a warm-up fit of the same data, wall
+  clock and process CPU; lme4 and glmmTMB fit the whole group in one Rscript each (``system.time`` user + sys of
+  each call), like ``bench_lmm_speed.py``'s small group.
 
 What is timed: memoe ``memoe.glmm(formula, df, family).fit()`` from the DataFrame (design included), in this
 process after a warm-up fit on a subset; lme4 ``glmer(formula, d, family)`` and glmmTMB
@@ -21,12 +27,15 @@ Usage::
     python benchmarks/bench_glmm_speed.py                       # all workloads, memoe + lme4 + glmmTMB
     python benchmarks/bench_glmm_speed.py --workloads verbagg,binslope --tools memoe,lme4
     python benchmarks/bench_glmm_speed.py --json glmm_speed.json
+    python benchmarks/bench_glmm_speed.py --workloads small --small-repeats 20
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import statistics
 import sys
 import tempfile
 import warnings
@@ -45,6 +54,14 @@ WORKLOADS = {
     "pois1m": ("y ~ x + (1 | id)", "poisson", ("id",), True),
 }
 TOOLS = ("memoe", "lme4", "glmmTMB")
+# the small group: (formula, family, grouping columns, factor columns); binslope as above
+SMALL = {
+    "cbpp": ("cbind(incidence, size - incidence) ~ period + (1 | herd)", "binomial", ("herd",), ("period",)),
+    "pois_ri": ("y ~ x + (1 | g)", "poisson", ("g",), ()),
+    "bin_ri": ("y ~ x + (1 | g)", "binomial", ("g",), ()),
+    "binslope": ("y ~ trt + (trt | g)", "binomial", ("g",), ()),
+}
+GROUPS = {"small": tuple(SMALL)}
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -105,9 +122,33 @@ def pois1m(N: int = 100_000, visits: int = 10, seed: int = 2) -> pd.DataFrame:
     return pd.DataFrame({"y": rng.poisson(np.exp(eta)).astype(float), "x": x, "id": ids})
 
 
+def pois_ri(seed: int = 3) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    G, m = 50, 10
+    g = np.repeat(np.arange(G), m)
+    x = rng.standard_normal(G * m)
+    eta = 0.5 + 0.3 * x + rng.normal(0, 0.6, G)[g]
+    return pd.DataFrame({"y": rng.poisson(np.exp(eta)).astype(float), "x": x, "g": g})
+
+
+def bin_ri(seed: int = 4) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    G, m = 100, 10
+    g = np.repeat(np.arange(G), m)
+    x = rng.standard_normal(G * m)
+    eta = -0.3 + 0.5 * x + rng.normal(0, 1.0, G)[g]
+    return pd.DataFrame({"y": (rng.random(G * m) < 1 / (1 + np.exp(-eta))).astype(float), "x": x, "g": g})
+
+
+def cbpp() -> pd.DataFrame:
+    import memoe
+
+    return memoe.datasets.load("cbpp")
+
+
 def make_data(workload: str, tmp: str) -> pd.DataFrame:
     return {"verbagg": lambda: verbagg(tmp), "binslope": binslope, "long_binomial": long_binomial,
-            "pois1m": pois1m}[workload]()
+            "pois1m": pois1m, "cbpp": cbpp, "pois_ri": pois_ri, "bin_ri": bin_ri}[workload]()
 
 
 def warmup_subset(df: pd.DataFrame, groups: tuple[str, ...]) -> pd.DataFrame:
@@ -185,6 +226,105 @@ def fit_r(tool: str, workload: str, csv: str, repeats: int, timeout: float) -> d
     return r
 
 
+R_SMALL = r"""
+suppressMessages({{library(lme4); library(glmmTMB); library(jsonlite)}})
+out <- list()
+for (job in fromJSON("{jobs}", simplifyVector = FALSE)) {{
+  d <- read.csv(job$csv)
+  for (v in unlist(job$factors)) d[[v]] <- factor(d[[v]])
+  f <- as.formula(job$formula)
+  fam <- get(job$family)()
+  fitter <- function() {call}
+  m <- suppressWarnings(suppressMessages(fitter()))  # warm-up
+  w <- numeric(0); cpu <- numeric(0)
+  for (i in seq_len({repeats})) {{
+    t <- system.time(m <- suppressWarnings(suppressMessages(fitter())))
+    w <- c(w, t[["elapsed"]]); cpu <- c(cpu, t[["user.self"]] + t[["sys.self"]])
+  }}
+  out[[job$name]] <- list(seconds = median(w), cpu_seconds = median(cpu), loglik = as.numeric(logLik(m)),
+                          version = as.character(packageVersion("{pkg}")))
+}}
+cat(toJSON(out, auto_unbox = TRUE, digits = NA), "\n")
+"""
+
+
+def fit_memoe_small(df: pd.DataFrame, formula: str, family: str, repeats: int) -> dict:
+    """Median wall and process-CPU seconds of ``repeats`` fits from the DataFrame after a warm-up fit."""
+    import memoe
+
+    walls, cpus = [], []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        memoe.glmm(formula, df, family).fit()
+        for _ in range(repeats):
+            fit, wall, cpu = timed(lambda: memoe.glmm(formula, df, family).fit())
+            walls.append(wall)
+            cpus.append(cpu)
+    return {"seconds": statistics.median(walls), "cpu_seconds": statistics.median(cpus), "runs": walls,
+            "cpu_runs": cpus, "loglik": float(fit.loglik), "evals": [fit.stage1.opt.feval, fit.stage2.opt.feval]}
+
+
+def run_small(names: list[str], tools: list[str], repeats: int, timeout: float, tmp: str) -> list[dict]:
+    """The ``small`` group: memoe in this process, each R tool in one Rscript for all the group's fits."""
+    data = {w: make_data(w, tmp) for w in names}
+    jobs = []
+    for w in names:
+        csv = os.path.join(tmp, f"small_{w}.csv")
+        data[w].to_csv(csv, index=False)
+        formula, family, groups, factors = SMALL[w]
+        jobs.append({"name": w, "csv": csv, "formula": formula, "family": family,
+                     "factors": list(groups) + list(factors)})
+    jobs_path = os.path.join(tmp, "small_jobs.json")
+    with open(jobs_path, "w") as fh:
+        json.dump(jobs, fh)
+    out: dict[str, dict] = {w: {} for w in names}
+    load = [os.getloadavg()[0]]
+    if "memoe" in tools:
+        for w in names:
+            formula, family, _, _ = SMALL[w]
+            out[w]["memoe"] = fit_memoe_small(data[w], formula, family, repeats)
+    for tool in (t for t in tools if t != "memoe"):
+        if not rscript_available():
+            for w in names:
+                out[w][tool] = {"skipped": "Rscript not found"}
+            continue
+        call = "glmer(f, d, family = fam)" if tool == "lme4" else "glmmTMB(f, d, family = fam)"
+        r = run_r(R_SMALL.format(jobs=jobs_path, call=call, repeats=repeats, pkg=tool), timeout=timeout)
+        for w in names:
+            out[w][tool] = r.get(w, {"skipped": r.get("skipped", "no result")}) if r else {"skipped": "R failed"}
+    load.append(os.getloadavg()[0])
+    rows = []
+    print(f"small group, medians of {repeats} fits after a warm-up, load {load[0]:.1f} / {load[1]:.1f}")
+    print("| workload | rows | memoe wall (CPU) | lme4 wall (CPU) | glmmTMB wall (CPU) | lme4 / memoe wall (CPU) | "
+          "glmmTMB / memoe wall (CPU) | memoe evaluations | logLik memoe - lme4 | logLik memoe - glmmTMB |")
+    print("|" + "---|" * 10)
+    for w in names:
+        m = out[w].get("memoe")
+
+        def cell(r):
+            if not r or "seconds" not in r:
+                return "-"
+            return f"{r['seconds'] * 1e3:.1f} ms ({r['cpu_seconds'] * 1e3:.1f})"
+
+        def ratio(t, m=m, w=w):
+            r = out[w].get(t)
+            if not (m and r and "seconds" in r):
+                return "-"
+            return f"{r['seconds'] / m['seconds']:.1f}x ({r['cpu_seconds'] / max(m['cpu_seconds'], 1e-9):.1f}x)"
+
+        def dll(t, m=m, w=w):
+            r = out[w].get(t)
+            ok = m and r and "loglik" in r and r["loglik"] is not None
+            return f"{m['loglik'] - float(r['loglik']):+.2e}" if ok else "-"
+
+        ev = "/".join(str(e) for e in m["evals"]) if m else "-"
+        print(f"| {w} | {len(data[w]):,} | {cell(m)} | {cell(out[w].get('lme4'))} | {cell(out[w].get('glmmTMB'))} | "
+              f"{ratio('lme4')} | {ratio('glmmTMB')} | {ev} | {dll('lme4')} | {dll('glmmTMB')} |", flush=True)
+        for tool, r in out[w].items():
+            rows.append({"workload": w, "rows": len(data[w]), "tool": tool, "group": "small", "load": load, **r})
+    return rows
+
+
 # ---------------------------------------------------------------------------------------------- driver
 def _fmt(r: dict | None) -> str:
     if not r or "skipped" in r:
@@ -194,19 +334,25 @@ def _fmt(r: dict | None) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--workloads", default=",".join(WORKLOADS), help=f"any of {', '.join(WORKLOADS)}")
+    ap.add_argument("--workloads", default=",".join(WORKLOADS),
+                    help=f"any of {', '.join(WORKLOADS)}, or the group 'small' ({', '.join(SMALL)})")
     ap.add_argument("--tools", default=",".join(TOOLS))
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--large-repeats", type=int, default=1, help="repeats of long_binomial and pois1m")
+    ap.add_argument("--small-repeats", type=int, default=20, help="fits per tool of each small-group workload")
     ap.add_argument("--timeout", type=float, default=900.0, help="per R tool and workload, seconds")
     ap.add_argument("--json", help="write all results and the machine facts here")
     args = ap.parse_args(argv)
-    workloads = [w for w in args.workloads.split(",") if w]
+    asked = [w for w in args.workloads.split(",") if w]
+    small = [w for g in asked if g in GROUPS for w in GROUPS[g]]
+    workloads = [w for w in asked if w not in GROUPS]
     tools = [t for t in args.tools.split(",") if t]
     facts = machine_facts()
     print("machine:", facts)
     results, rows = [], []
     with tempfile.TemporaryDirectory() as tmp:
+        if small:
+            results += run_small(small, tools, args.small_repeats, args.timeout, tmp)
         for w in workloads:
             df = make_data(w, tmp)
             reps = args.large_repeats if WORKLOADS[w][3] else args.repeats
@@ -230,6 +376,10 @@ def main(argv: list[str] | None = None) -> int:
                         extra += f", warnings: {'; '.join(msgs)[:160]}"
                 print(f"{w:14s} {tool:8s} {_fmt(r)}{extra}", flush=True)
             rows.append((w, len(df), out))
+    if not rows:
+        if args.json:
+            write_results(args.json, facts, results)
+        return 0
     print()
     print("| workload | rows | memoe wall (CPU) | lme4 wall (CPU) | glmmTMB wall (CPU) | lme4 / memoe wall (CPU) | "
           "glmmTMB / memoe wall (CPU) | logLik memoe - lme4 | logLik memoe - glmmTMB |")

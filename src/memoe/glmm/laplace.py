@@ -69,20 +69,31 @@ def theta_objective(
         theta -> deviance (``inf`` when PIRLS fails).
     """
     last: list = [None]
+    state: list = [None]
+    predict: list = [None]
 
     def f(theta: np.ndarray) -> float:
+        state[0] = None
         try:
-            if warm and last[0] is not None:
+            start = predict[0](theta) if (warm and predict[0] is not None) else None
+            if start is not None:
+                st = problem.solve(theta, beta=None, u0=start[1], beta0=start[0], warm=True, transient=True)
+            elif warm and last[0] is not None:
                 st = problem.solve(theta, beta=None, u0=last[0][1], beta0=last[0][0], warm=True, transient=True)
             else:
                 st = problem.solve(theta, beta=None, eta0=eta0, transient=True)
         except (np.linalg.LinAlgError, FloatingPointError, ValueError):
             return np.inf
         v = laplace_deviance(problem, st)
+        state[0] = st
         if warm and st.converged and np.isfinite(v):
             last[0] = (st.beta, st.u)
         return v if np.isfinite(v) else np.inf
 
+    # the last evaluation's PIRLS state (transient: valid until the next evaluation), for a gradient read at once
+    f.state = state
+    # optional theta -> (beta0, u0) or None: a warm start predicted from the last modes' derivatives in theta
+    f.predict = predict
     return f
 
 
@@ -116,14 +127,19 @@ def joint_objective(
     def f(x: np.ndarray) -> float:
         x = np.asarray(x, dtype=float)
         theta, beta = x[:k], x[k:]
+        state[0] = None
         try:
             st = problem.solve(theta, beta=beta, u0=last[0], warm=warm, min_iter=min_iter, transient=True)
         except (np.linalg.LinAlgError, FloatingPointError, ValueError):
             return np.inf
         v = deviance(problem, st, theta)
+        state[0] = st
         if warm and st.converged and np.isfinite(v):
             last[0] = st.u
         return v if np.isfinite(v) else np.inf
 
+    state: list = [None]
     f.last = last  # the modes the next evaluation starts from (the caller's Hessian starts there)
+    # the last evaluation's PIRLS state (transient: valid until the next evaluation), for a gradient read at once
+    f.state = state
     return f

@@ -10,6 +10,11 @@ penalised least squares), then two optimisations with BOBYQA and lme4's bounds:
 
 The finite-difference Hessian of the stage-2 deviance at the optimum gives lme4's convergence
 checks and its default covariance of the fixed effects.
+
+With one grouping factor of at most two random effects per level and a canonical link (binomial logit, Poisson
+log) the Laplace deviance has an analytic gradient (:meth:`PirlsProblem.laplace_gradient`): both stages then run a
+projected BFGS with it (same optimum, 5-11 evaluations per stage instead of BOBYQA's 15-60) and the Hessian's
+columns are central differences of that gradient (``GlmmControl(optimizer="bobyqa")`` keeps lme4's BOBYQA).
 """
 
 from __future__ import annotations
@@ -79,6 +84,38 @@ def nb_start_theta(y: np.ndarray, wt: np.ndarray) -> float:
     m = float(np.average(y[used], weights=wt[used]))
     v = float(np.average((y[used] - m) ** 2, weights=wt[used]))
     return float(np.clip(m * m / (v - m), 0.05, 100.0)) if v > m * (1.0 + 1e-8) else 100.0
+
+
+def _derivatives_from_gradient(fg, x: np.ndarray, lower: np.ndarray, h: float):
+    """lme4's ``deriv12`` values for the gradient and the Hessian's diagonal stencil; the Hessian's columns from
+    differences of ``fg``'s analytic gradient at the same points (symmetrised).
+
+    ``fg(x) -> (value, gradient or None)``. Returns ``(gradient, hessian)``, or None when the analytic gradient
+    was not available at some point (the caller then differences values only).
+    """
+    n = len(x)
+    forward = x - h < lower
+    f0, g0 = fg(x)
+    if g0 is None:
+        return None
+    grad = np.zeros(n)
+    hess = np.zeros((n, n))
+    for i in range(n):
+        e = np.zeros(n)
+        e[i] = h
+        if forward[i]:
+            (f1, g1), (f2, g2) = fg(x + e), fg(x + 2 * e)
+            if g1 is None or g2 is None:
+                return None
+            grad[i] = (-3 * f0 + 4 * f1 - f2) / (2 * h)
+            hess[:, i] = (-3 * g0 + 4 * g1 - g2) / (2 * h)
+        else:
+            (fp, gp), (fm, gm) = fg(x + e), fg(x - e)
+            if gp is None or gm is None:
+                return None
+            grad[i] = (fp - fm) / (2 * h)
+            hess[:, i] = (gp - gm) / (2 * h)
+    return grad, 0.5 * (hess + hess.T)
 
 
 class GLMM:
@@ -260,6 +297,137 @@ class GLMM:
                 break
         return opt
 
+    def _quasi_newton(self, f, to_orig, C: np.ndarray, x0: np.ndarray, lower: np.ndarray, step: np.ndarray,
+                      control: GlmmControl):
+        """The second stage by projected BFGS with the analytic gradient, in BOBYQA's whitened coordinates.
+
+        ``x = (theta, g)``, ``beta = beta_1 + C g`` (``to_orig``), so the beta part of the gradient is ``C'`` times
+        the gradient in beta. Each evaluation is one warm-started PIRLS run and the gradient at its modes
+        (:meth:`PirlsProblem.laplace_gradient`); the start's Hessian from forward differences of the gradient in
+        theta (one evaluation each) and the whitened beta block 2 I, so the steps are Newton's from the start: 5-7
+        (value, gradient) evaluations in all against BOBYQA's 37-59 values on the small workloads (15-24 without
+        the start's Hessian). Returns the
+        optimiser summary (``x`` whitened, ``feval`` counting every evaluation), or None when the gradient was
+        unavailable at a point or the method failed: the caller then runs BOBYQA.
+        """
+        from memoe.core.optim import minimize_bounded_gradient
+
+        P = self.problem
+        k = self.design.theta_map.size
+        missing = [False]
+        calls = [0]
+
+        def fun_grad(xt: np.ndarray):
+            calls[0] += 1
+            xo = to_orig(xt)
+            v = f(xo)
+            st = f.state[0]
+            if not (np.isfinite(v) and st is not None and st.converged):
+                return np.inf, np.full(len(xt), np.nan)
+            g = P.laplace_gradient(xo[:k], st)
+            if g is None:
+                missing[0] = True
+                return np.inf, np.full(len(xt), np.nan)
+            g = np.asarray(g, dtype=float)
+            g[k:] = C.T @ g[k:]
+            return v, g
+
+        def initial_hessian(x: np.ndarray, g: np.ndarray) -> np.ndarray:
+            # Newton steps from the start instead of BFGS learning the curvature from a probing step. The theta
+            # columns by forward differences of the gradient (one evaluation each, steps of 1e-3 of the first
+            # steps); the whitened beta block is 2 I: C' (2 X' W X - 2 G' G) C with C C' the inverse of the
+            # first stage's Schur complement, the penalised deviance's curvature in beta (the log-determinant's
+            # share, O(1 / cluster size), is left to the BFGS updates). k evaluations instead of k + p: 148
+            # instead of 209 stage-2 evaluations over 24 simulated models, the same optima (|d logLik| < 5e-12)
+            n = len(x)
+            H = np.full((n, n), np.nan)
+            H[k:, k:] = 2.0 * np.eye(n - k)
+            for i in range(k):
+                hi = 1e-3 * step[i]
+                xi = x.copy()
+                xi[i] += hi  # upwards: a theta at its bound of 0 stays feasible
+                _, gi = fun_grad(xi)
+                H[:, i] = (gi - g) / hi
+            H[:k, k:] = H[k:, :k].T
+            return 0.5 * (H + H.T)
+
+        try:
+            opt = minimize_bounded_gradient(
+                fun_grad, x0, lower, initial_step=step, ftol_abs=control.ftol_abs, xtol_abs=control.xtol_abs,
+                maxeval=min(control.maxeval, 500), initial_hessian=initial_hessian,
+            )
+        except (np.linalg.LinAlgError, FloatingPointError, ValueError):
+            return None
+        # (the start's Hessian evaluations count towards maxeval too: the optimiser's own count leaves them out)
+        if missing[0] or opt.return_code < 0 or opt.return_code == 5 or calls[0] > control.maxeval or not (
+            np.isfinite(opt.fmin)
+        ):
+            return None
+        # the optimiser's final gradient is in the whitened coordinates: left out (settings are saved as JSON)
+        settings = {key: v for key, v in opt.settings.items() if key != "gradient"}
+        return dataclasses.replace(opt, feval=calls[0], settings=settings)
+
+    def _quasi_newton_theta(self, f, x0: np.ndarray, lower: np.ndarray, control: GlmmControl):
+        """The first stage (nAGQ = 0, theta only) by projected BFGS with the analytic gradient.
+
+        Each evaluation is one warm-started joint PIRLS run and the gradient at its joint modes
+        (:meth:`PirlsProblem.laplace_gradient` with ``joint``), the start's Hessian from forward differences of the
+        gradient: 5-10 evaluations against BOBYQA's 15-52 on the small workloads. None (the caller runs BOBYQA)
+        when the gradient was unavailable at a point or the method failed.
+        """
+        from memoe.core.optim import minimize_bounded_gradient
+
+        P = self.problem
+        missing = [False]
+        calls = [0]
+
+        def fun_grad(theta: np.ndarray):
+            calls[0] += 1
+            v = f(theta)
+            st = f.state[0]
+            if not (np.isfinite(v) and st is not None and st.converged):
+                return np.inf, np.full(len(theta), np.nan)
+            g = P.laplace_gradient(theta, st, joint=True)
+            if g is None:
+                missing[0] = True
+                return np.inf, np.full(len(theta), np.nan)
+            if P.single.sensitivity is not None and hasattr(f, "predict"):
+                # the next PIRLS run starts from the modes' first-order prediction at its theta (the gradient's
+                # du/dtheta and dbeta/dtheta): one Newton step fewer from a BFGS step away; the modes are the same
+                dU, dB = P.single.sensitivity
+                t0, b0, u0 = np.array(theta, dtype=float), st.beta.copy(), st.u.copy()
+                def predict(t, t0=t0, b0=b0, u0=u0, dU=dU, dB=dB):
+                    # a linear prediction far from its point can be worse than the last modes (seen at 0.25 away)
+                    d = np.asarray(t, dtype=float) - t0
+                    return (b0 + d @ dB, u0 + d @ dU) if np.max(np.abs(d), initial=0.0) <= 0.1 else None
+
+                f.predict[0] = predict
+            return v, g
+
+        def initial_hessian(x: np.ndarray, g: np.ndarray) -> np.ndarray:
+            n = len(x)
+            H = np.full((n, n), np.nan)
+            for i in range(n):
+                hi = 1e-4 * max(1.0, abs(float(x[i])))
+                xi = x.copy()
+                xi[i] += hi  # upwards: a theta at its bound of 0 stays feasible
+                H[:, i] = (fun_grad(xi)[1] - g) / hi
+            return 0.5 * (H + H.T)
+
+        try:
+            opt = minimize_bounded_gradient(
+                fun_grad, x0, lower, ftol_abs=control.stage1_ftol_abs, xtol_abs=control.stage1_xtol_abs,
+                maxeval=min(control.maxeval, 500), initial_hessian=initial_hessian,
+            )
+        except (np.linalg.LinAlgError, FloatingPointError, ValueError):
+            return None
+        if missing[0] or opt.return_code < 0 or opt.return_code == 5 or calls[0] > control.maxeval or not (
+            np.isfinite(opt.fmin)
+        ):
+            return None
+        settings = {key: v for key, v in opt.settings.items() if key != "gradient"}
+        return dataclasses.replace(opt, feval=calls[0], settings=settings)
+
     def _beta_whitening(self, theta: np.ndarray, state: PirlsState) -> np.ndarray | None:
         """Lower Cholesky factor of the (unscaled) covariance of beta at a PIRLS state, None if unavailable."""
         P = self.problem
@@ -268,8 +436,15 @@ class GLMM:
         try:
             with np.errstate(all="ignore"):
                 z = state.eta - P.offset + (P.y - state.mu) / P.family.mu_eta(state.eta)
-                sol = P.wls_problem(state.w, z, with_beta=True).solve(theta, reml=False)
-                C = np.linalg.cholesky(np.asarray(sol.vcov_unscaled, dtype=float))
+                sw = P.single
+                if sw is not None and P.dense is None and sw.q <= 2:
+                    # one joint step of the single-factor solver leaves the Schur complement (no PLSProblem set-up)
+                    sw.solve(np.asarray(theta, dtype=float), state.w, z, True)
+                    vcov = np.linalg.inv(sw.schur)
+                else:
+                    sol = P.wls_problem(state.w, z, with_beta=True).solve(theta, reml=False)
+                    vcov = np.asarray(sol.vcov_unscaled, dtype=float)
+                C = np.linalg.cholesky(vcov)
         except (np.linalg.LinAlgError, ValueError, FloatingPointError, MemoeError):
             return None
         return C if np.all(np.isfinite(C)) and np.all(np.diag(C) > 0) else None
@@ -321,10 +496,14 @@ class GLMM:
             f = self.with_family_parameter(f)
             x0 = np.concatenate([x0, [np.log(self.problem.family.theta)]])
             lower = np.concatenate([lower, [NB_LOG_THETA_BOUNDS[0]]])
-        opt = minimize_bounded(
-            f, x0, lower, ftol_abs=control.stage1_ftol_abs, xtol_abs=control.stage1_xtol_abs,
-            maxeval=control.maxeval,
-        )
+        opt = None
+        if not self.nb_estimated and control.optimizer == "auto" and self._gradient_available(1, "expected"):
+            opt = self._quasi_newton_theta(f, x0, lower, control)
+        if opt is None:
+            opt = minimize_bounded(
+                f, x0, lower, ftol_abs=control.stage1_ftol_abs, xtol_abs=control.stage1_xtol_abs,
+                maxeval=control.maxeval,
+            )
         theta = opt.x[: tmap.size].copy()
         if self.nb_estimated:
             nb_theta = float(np.exp(opt.x[-1]))
@@ -380,6 +559,8 @@ class GLMM:
             )
         warn = check_bool(warn, "warn")
         control = check_control(control, GlmmControl)
+        if control.optimizer not in ("auto", "bobyqa"):
+            raise ArgumentError(f"control optimizer must be 'auto' or 'bobyqa', got {control.optimizer!r}")
         tmap = self.design.theta_map
         start = check_start(start, tmap.names, tmap.lower_bounds)
         # many small factorisations: BLAS threads cost more than they save (memoe.core.linalg.threads)
@@ -448,7 +629,11 @@ class GLMM:
                 se = self._beta_scale(stage1.theta, state1)
                 if se is not None:
                     step[k : k + p] = se
-            opt = self._minimize_restarting(fopt, x0, lopt, step, control)
+            opt = None
+            if whiten is not None and control.optimizer == "auto" and self._gradient_available(nAGQ, laplace):
+                opt = self._quasi_newton(f, to_orig, whiten, x0, lopt, step, control)
+            if opt is None:
+                opt = self._minimize_restarting(fopt, x0, lopt, step, control)
             if whiten is not None:
                 opt = dataclasses.replace(opt, x=to_orig(opt.x), x0=to_orig(opt.x0))
                 fopt = f_orig
@@ -487,7 +672,7 @@ class GLMM:
         same_x = stage2 is not None and np.array_equal(np.concatenate([theta, beta]), stage2.opt.x)
         f0 = stage2.opt.fmin if same_x and not self._warm(control) else None
         # with theta_NB estimated the (theta, beta) Hessian is at the estimated theta_NB, as glmer.nb's final fit
-        report, hessian = self._check(f, theta, beta, lower, control, f0)
+        report, hessian = self._check(f, theta, beta, lower, control, f0, nAGQ, laplace)
         singular = is_boundary(theta, tmap.lower_bounds, control.singular_tol)
         messages = finish_fit(report, singular=singular, names=tmap.names, values=theta, warn=warn)
         result = GlmmResult(
@@ -537,20 +722,61 @@ class GLMM:
         f = self.objective(max(int(nAGQ), 1), u0=u0, laplace=laplace) if hessian and nAGQ > 0 else None
         singular = is_boundary(theta, tmap.lower_bounds, control.singular_tol)
         with blas_threads(1):
-            report, H = self._check(f, theta, beta, lower, control, None)
+            report, H = self._check(f, theta, beta, lower, control, None, max(int(nAGQ), 1), laplace)
             return GlmmResult(
                 model=self, nAGQ=int(nAGQ), theta=theta, beta=beta, u_start=u0, stage1=None, stage2=None,
                 convergence=report, hessian=H, singular=singular, messages=list(report.messages), laplace=laplace,
             )
 
-    def _check(self, f, theta, beta, lower, control: GlmmControl, f0: float | None):
+    def _gradient_available(self, nAGQ: int, laplace: str) -> bool:
+        """Whether the Laplace deviance has its analytic gradient here (:meth:`PirlsProblem.laplace_gradient`):
+        nAGQ = 1 with lme4's expected curvature, one grouping factor with q <= 2, a canonical link."""
+        P = self.problem
+        return (
+            nAGQ == 1 and laplace == "expected" and not self.nb_estimated and self._newton_pirls()
+            and P.single is not None and P.dense is None and P.single.q <= 2
+        )
+
+    def _with_gradient(self, f):
+        """``x -> (f(x), gradient or None)`` for an objective of :meth:`objective` (its last state read at once)."""
+        P = self.problem
+        k = self.design.theta_map.size
+
+        def fg(x: np.ndarray):
+            v = f(x)
+            st = f.state[0]
+            g = None
+            if np.isfinite(v) and st is not None and st.converged:
+                g = P.laplace_gradient(x[:k], st)
+            return v, g
+
+        return fg
+
+    def _derivatives(self, f, x, lower, control: GlmmControl, f0, nAGQ: int, laplace: str):
+        """Gradient and Hessian of the stage-2 deviance at ``x`` (lme4's ``deriv12`` stencil, step ``h``).
+
+        With the analytic gradient (:meth:`_gradient_available`) every column of the Hessian comes from central
+        differences of that gradient at the ``2 k`` points of the diagonal stencil (one-sided at a theta bound,
+        as the values), symmetrised: ``1 + 2 k`` evaluations instead of ``2 k + k (k - 1)`` (cbpp 11 instead of 31,
+        binslope 11 instead of 31). The gradient differences' error is O(h^2), as the values' second differences,
+        without their rounding error ``4 eps |f| / h^2``. The reported gradient stays lme4's central difference
+        of the values.
+        """
+        if self._gradient_available(nAGQ, laplace) and hasattr(f, "state"):
+            out = _derivatives_from_gradient(self._with_gradient(f), x, lower, control.hessian_delta)
+            if out is not None:
+                return out
+        return finite_difference_derivatives(f, x, lower, delta=control.hessian_delta, f0=f0)
+
+    def _check(self, f, theta, beta, lower, control: GlmmControl, f0: float | None, nAGQ: int = 0,
+               laplace: str = "expected"):
         """lme4's checkConv on the stage-2 deviance; the Hessian is kept for ``vcov``."""
         if f is None or not control.calc_derivs or len(lower) > MAX_PARAMS_FOR_DERIVS:
             return ConvergenceReport(converged=True), None
         x = np.concatenate([theta, beta])
         # infinite deviances next to the estimates (a link's domain) make inf - inf: caught below as non-finite
         with np.errstate(invalid="ignore", over="ignore"):
-            grad, hess = finite_difference_derivatives(f, x, lower, delta=control.hessian_delta, f0=f0)
+            grad, hess = self._derivatives(f, x, lower, control, f0, nAGQ, laplace)
         k = len(theta)
         free = np.ones(len(x), dtype=bool)
         free[:k] = ~((lower[:k] == 0) & (theta < control.singular_tol))

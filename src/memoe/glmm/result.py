@@ -132,7 +132,8 @@ class GlmmResult(FitResult):
         self.state = GlmmState(
             theta=theta, beta=frozen_array(beta), nAGQ=self.nAGQ, pirls=pirls, criterion=float(criterion)
         )
-        if hessian is not None and self.vcov_hessian is None:
+        # the numeric test only: the labelled DataFrame is built when asked for (~1 ms of pandas per fit)
+        if hessian is not None and self._vcov_hessian_array is None:
             self.messages.append(
                 "variance-covariance matrix computed from finite-difference Hessian is not positive definite "
                 "or contains NA values: falling back to var-cov estimated from RX"
@@ -190,18 +191,22 @@ class GlmmResult(FitResult):
         return pd.DataFrame(s2 * sol.vcov_unscaled, index=names, columns=names)
 
     @cached_property
+    def _vcov_hessian_array(self) -> np.ndarray | None:
+        """:attr:`vcov_hessian` as an array (None when unavailable)."""
+        k, p = self.design.theta_map.size, self.design.p
+        if self.laplace == "observed" and self.nb_hessian is not None:
+            # glmmTMB: the fixed effects' covariance from the joint Hessian, log theta_NB included
+            full = vcov_from_hessian(self.nb_hessian, 0)
+            return None if full is None else full[k : k + p, k : k + p]
+        return vcov_from_hessian(self.hessian, k)
+
+    @cached_property
     def vcov_hessian(self) -> pd.DataFrame | None:
         """Beta block of ``2 H^-1`` (H the finite-difference Hessian of the deviance in (theta, beta)).
 
         ``None`` when the Hessian was not computed or is not positive definite.
         """
-        k, p = self.design.theta_map.size, self.design.p
-        if self.laplace == "observed" and self.nb_hessian is not None:
-            # glmmTMB: the fixed effects' covariance from the joint Hessian, log theta_NB included
-            full = vcov_from_hessian(self.nb_hessian, 0)
-            v = None if full is None else full[k : k + p, k : k + p]
-        else:
-            v = vcov_from_hessian(self.hessian, k)
+        v = self._vcov_hessian_array
         if v is None:
             return None
         names = self.design.fixef_names
