@@ -69,7 +69,9 @@ class FitControl:
     Attributes
     ----------
     ftol_abs : float, default 1e-12
-        Stop when the criterion changes by less (lme4's tight setting; lme4's default is 1e-8).
+        Stop when the criterion changes by less (lme4's tight setting; lme4's default is 1e-8). With the
+        gradient optimiser and the default, it also stops once its validated quasi-Newton model predicts a
+        decrease below 1e-12 of the criterion; a smaller ``ftol_abs`` turns that early stop off.
     xtol_abs : float, default 1e-8
         Stop when theta changes by less (lme4's ``xtol_abs``).
     maxeval : int
@@ -369,9 +371,11 @@ class LMM:
 
         # stop once the (validated) quasi-Newton model predicts < 1e-12 |f|: the last step would move the
         # criterion by ~1e-14 relative and theta by ~1e-7 (InstEval shape: 10 -> 9 evaluations)
+        # a caller who tightened ftol_abs below the default asks for the last ~1e-14 too: no early model stop
+        model_ftol_rel = GRADIENT_MODEL_FTOL_REL if control.ftol_abs >= FitControl.ftol_abs else 0.0
         opt = minimize_bounded_gradient(start, x0, lower, initial_step=step, ftol_abs=control.ftol_abs,
                                         xtol_abs=min(control.xtol_abs, 1e-10), maxeval=min(control.maxeval, 500),
-                                        initial_hessian=hess0, model_ftol_rel=GRADIENT_MODEL_FTOL_REL)
+                                        initial_hessian=hess0, model_ftol_rel=model_ftol_rel)
         opt = dataclasses.replace(opt, feval=opt.feval + extra)
         grad = opt.settings["gradient"]
         if opt.return_code < 0 or opt.return_code == 5:
