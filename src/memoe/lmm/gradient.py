@@ -44,8 +44,8 @@ import scipy.linalg as sla
 from scipy.linalg import lapack
 
 from memoe.core.linalg.soa import soa_backward_solve_t, soa_forward_solve, soa_lincomb
-from memoe.core.linalg.split_inverse import potri_lower, split_available
-from memoe.core.linalg.threads import blas_threads, idle_cores, usable_cores
+from memoe.core.linalg.split_inverse import potrf_lower, potri_lower, split_available
+from memoe.core.linalg.threads import blas_threads, idle_cores, pooled_active, usable_cores
 from memoe.errors import MemoeError
 from memoe.lmm.deviance import profiled_deviance
 
@@ -172,7 +172,7 @@ def _inverse_workers() -> int:
     1,160 on the InstEval shape); 1 on a worker of a pooled stencil (both cores are then already busy with
     one evaluation each) or with the other core busy (then the two halves would share one core).
     """
-    if threading.current_thread() is not threading.main_thread() or not split_available():
+    if threading.current_thread() is not threading.main_thread() or pooled_active() or not split_available():
         return 1
     return 2 if usable_cores() >= 2 and idle_cores() >= 1 else 1
 
@@ -285,7 +285,9 @@ def _dense(pb, theta: np.ndarray, reml: bool) -> tuple[float, np.ndarray]:
     else:
         buffer = _thread_buffer(nb)
     M, H = rest.bordered_unscaled(lambdas[1:], W, TtC, pb._wXYtXY - CtC, out=buffer, keep=True)
-    c, info = lapack.dpotrf(M.T, lower=1, clean=0, overwrite_a=1)
+    # whether a second core is idle, sampled once: both LAPACK calls then split over two threads
+    workers = _inverse_workers()
+    c, info = potrf_lower(M.T, workers=workers)
     ok, logdet_Z, logdet_X, pwrss = pb._finish(logdet_Z, c, info)
     dev = _criterion(pb, ok, logdet_Z, logdet_X, pwrss, reml)
     if not math.isfinite(dev):
@@ -309,7 +311,7 @@ def _dense(pb, theta: np.ndarray, reml: bool) -> tuple[float, np.ndarray]:
     Y2 = rest.ZrtXY - Z1tZr.T @ w1.transpose(2, 0, 1).reshape(l1 * q1, m) - rest.ZrtZr @ w2
     # the border of the bordered inverse: (Omega^-1)_zz = S^-1 + N N', N = x2 L33^-T
     N = sla.solve_triangular(c[mz:, mz:], x2.T, lower=True, check_finite=False).T
-    inv, info = potri_lower(c, workers=_inverse_workers())
+    inv, info = potri_lower(c, workers=workers)
     if info != 0:
         return _failed(theta)
     r, cc, _, _ = rest.pos_index()
