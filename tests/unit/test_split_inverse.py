@@ -139,3 +139,33 @@ def test_dense_gradient_threaded_equals_serial(monkeypatch, qs, nlev, reml):
         # the rounding of a sum of |terms| of the criterion's size
         assert abs(d2 - d1) <= 1e-12 * abs(d1)
         np.testing.assert_allclose(g2, g1, rtol=0, atol=1e-10 * (abs(d1) + np.abs(g1).max()))
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("n, order", [(50, 47), (50, 50), (9, 1), (120, 61)])
+def test_potri_leading_block_is_the_inverse_of_the_leading_matrix(workers, n, order):
+    # the factor of a bordered matrix starts with the factor of its leading block: inverting that block in
+    # place must give (Omega_11)^-1 and leave the factor's other rows alone
+    S = _spd(n, seed=order)
+    L = np.asfortranarray(lapack.dpotrf(S.copy(order="F"), lower=1, clean=1)[0])
+    c = L.copy(order="F")
+    inv, info = potri_lower(c, workers=workers, order=order)
+    assert info == 0 and inv is c
+    ref = np.linalg.inv(S[:order, :order])
+    diff = np.abs(np.tril(inv[:order, :order]) - np.tril(ref)).max() / np.abs(ref).max()
+    assert diff <= _bound(S[:order, :order], True)
+    np.testing.assert_array_equal(np.tril(c)[order:], np.tril(L)[order:])
+
+
+def test_potri_leading_block_without_the_fast_path_and_bad_order():
+    S = _spd(20, seed=2)
+    L = lapack.dpotrf(S.copy(order="F"), lower=1, clean=1)[0]
+    c = np.ascontiguousarray(L)  # not Fortran-ordered: LAPACK on a copy of the block, written back
+    inv, info = potri_lower(c, workers=2, order=12)
+    assert info == 0
+    ref = np.linalg.inv(S[:12, :12])
+    assert np.abs(np.tril(inv[:12, :12]) - np.tril(ref)).max() <= _bound(S, True) * np.abs(ref).max()
+    from memoe.errors import MemoeError
+
+    with pytest.raises(MemoeError, match="order"):
+        potri_lower(np.asfortranarray(L), order=21)

@@ -23,8 +23,9 @@ for the first, ``2 sum_j [T_j (A_j - G_j + G_j T_j' lambda_1' A_j)]_ba`` with ``
 ``A_j = Z_1j'Z_1j`` and ``G_j`` the diagonal blocks of ``Z_1'Z_r Lambda_r S^-1 Lambda_r' Z_r'Z_1``. Both
 need ``S^-1`` only where ``H`` is non-zero: the positions of the scatter map of
 :class:`memoe.core.linalg.crossed.RestSchur` (a gather, and ``G_j`` is one product with the map's
-transpose). ``S^-1`` comes from LAPACK ``potri`` on the bordered factor in place (the inverse of the
-bordered matrix) minus its rank-``(p + 1)`` border correction.
+transpose). ``S^-1`` comes from LAPACK ``potri`` on the leading block of the bordered factor in place
+(that block is the factor of ``S``), on two threads when a core is idle
+(:func:`memoe.core.linalg.split_inverse.potri_lower`).
 
 The centring/scaling of ``[X y]`` (``PLSProblem.scaling``) and lme4's prior weights only add a constant
 to the criterion, so the gradient is that of the scaled problem; group weights (one grouping factor)
@@ -309,18 +310,13 @@ def _dense(pb, theta: np.ndarray, reml: bool) -> tuple[float, np.ndarray]:
     # Y = Z'[X y] - Z'Z Lambda x
     Y1 = pb._zxy - np.einsum("abl,bml->aml", pb._zz, w1, optimize=True) - v
     Y2 = rest.ZrtXY - Z1tZr.T @ w1.transpose(2, 0, 1).reshape(l1 * q1, m) - rest.ZrtZr @ w2
-    # the border of the bordered inverse: (Omega^-1)_zz = S^-1 + N N', N = x2 L33^-T
-    N = sla.solve_triangular(c[mz:, mz:], x2.T, lower=True, check_finite=False).T
-    inv, info = potri_lower(c, workers=workers)
+    # S^-1 from the leading block of the bordered factor (the factor of S itself): no border correction
+    inv, info = potri_lower(c, workers=workers, order=mz)
     if info != 0:
         return _failed(theta)
-    r, cc, _, _ = rest.pos_index()
     s = inv.ravel(order="F")[rest.pos]
-    # one column of N at a time: gathering whole rows N[r] was 4x slower (329,000 positions on InstEval)
-    for Nj in np.ascontiguousarray(N.T):
-        s -= Nj[r] * Nj[cc]
     # each off-diagonal position stands for (r, c) and (c, r): halve the diagonal instead of doubling the rest
-    s[r == cc] *= 0.5
+    s[rest.pos_diagonal()] *= 0.5
     nblk = len(dvec)
     # sums of s * H per block pair (one pass): contrib_k = sum_{cb = k} y d_rb + sum_{rb = k} y d_cb
     pair = rest.pos_pair()

@@ -156,6 +156,7 @@ class RestSchur:
         self._pos_pair: np.ndarray | None = None
         self.last_unscaled: np.ndarray | None = None
         self._pos_index: tuple[np.ndarray, ...] | None = None
+        self._pos_diag: np.ndarray | None = None
 
     @property
     def P(self) -> sp.csc_matrix | None:
@@ -191,6 +192,13 @@ class RestSchur:
             r, c = np.divmod(self.pos, self.nb)
             self._pos_index = (r, c, self.col_block[r].astype(np.intp), self.col_block[c].astype(np.intp))
         return self._pos_index
+
+    def pos_diagonal(self) -> np.ndarray:
+        """Indices (intp, cached) of the positions of the map on the diagonal of ``M_zz`` (row == column)."""
+        if self._pos_diag is None:
+            r, c = np.divmod(self.pos, self.nb)
+            self._pos_diag = np.flatnonzero(r == c)
+        return self._pos_diag
 
     def pos_pair(self) -> np.ndarray:
         """Block pair ``row block * blocks + column block`` of every position of the map (intp, cached)."""

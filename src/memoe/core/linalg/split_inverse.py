@@ -33,6 +33,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from scipy.linalg import lapack
 
+from memoe.errors import ArgumentError
+
 __all__ = ["potrf_lower", "potri_lower", "split_available"]
 
 _c_int_p = ctypes.POINTER(ctypes.c_int)
@@ -45,6 +47,7 @@ _SIGNATURES = {
     "dlauum": ("lapack", [_c_chr_p, _c_int_p, _c_dbl_p, _c_int_p, _c_int_p]),
     "dtrmm": ("blas", [_c_chr_p, _c_chr_p, _c_chr_p, _c_chr_p, _c_int_p, _c_int_p, _c_dbl_p, _c_dbl_p, _c_int_p,
                        _c_dbl_p, _c_int_p]),
+    "dpotri": ("lapack", [_c_chr_p, _c_int_p, _c_dbl_p, _c_int_p, _c_int_p]),
     "dpotrf": ("lapack", [_c_chr_p, _c_int_p, _c_dbl_p, _c_int_p, _c_int_p]),
     "dtrsm": ("blas", [_c_chr_p, _c_chr_p, _c_chr_p, _c_chr_p, _c_int_p, _c_int_p, _c_dbl_p, _c_dbl_p, _c_int_p,
                        _c_dbl_p, _c_int_p]),
@@ -156,26 +159,32 @@ def _syrk_xtx(f, m: _Mat, k: int, n2: int):
                m.at(0, 0), _ref(m.ld))
 
 
-def potri_lower(c: np.ndarray, workers: int = 1, split: int | None = None) -> tuple[np.ndarray, int]:
+def potri_lower(c: np.ndarray, workers: int = 1, split: int | None = None,
+                order: int | None = None) -> tuple[np.ndarray, int]:
     """The inverse (lower triangle) of ``S = L L'`` from its lower Cholesky factor, in place.
 
     Parameters
     ----------
-    c : numpy.ndarray, shape (n, n), Fortran order, float64
-        The lower factor in the lower triangle (as LAPACK ``potrf`` returns it); the strict upper triangle
-        is used as work space (its contents are destroyed) on the two-thread path.
+    c : numpy.ndarray, shape (N, N), Fortran order, float64
+        The lower factor in the lower triangle (as LAPACK ``potrf`` returns it); on the two-thread path the
+        strict upper triangle of the leading ``order x order`` block is work space (its contents are lost).
     workers : int
         2: split the work over the calling thread and one pool thread (use when a core is idle,
         :func:`memoe.core.linalg.threads.idle_cores`); 1: LAPACK ``dpotri``.
     split : int, optional
-        Order ``k`` of the leading block (default ``n // 2``); for tests.
+        Order ``k`` of the leading block of the split (default ``order // 2``); for tests.
+    order : int, optional
+        Invert only the leading ``order x order`` block of ``c`` (default: all of it), in place: the factor
+        of a bordered matrix ``[[S, B], [B', C]]`` starts with the factor of ``S``, so this is ``S^-1``
+        without the border correction ``(Omega^-1)_SS - N N'`` of inverting the whole.
 
     Returns
     -------
     inv : numpy.ndarray
-        ``c`` itself with ``S^-1`` in the lower triangle.
+        ``c`` itself with ``S^-1`` in the lower triangle of its leading block (the rest of the lower
+        triangle unchanged).
     info : int
-        LAPACK's: 0 on success, ``> 0`` where a diagonal entry of the factor is zero (no inverse).
+        LAPACK's: 0 on success, ``j > 0`` where diagonal entry ``j`` of the factor is zero (no inverse).
 
     Examples
     --------
@@ -186,16 +195,25 @@ def potri_lower(c: np.ndarray, workers: int = 1, split: int | None = None) -> tu
     >>> bool(np.allclose(np.tril(inv), np.tril(np.linalg.inv(S))))
     True
     """
-    n = c.shape[0]
-    if (workers < 2 or n < 2 or not c.flags.f_contiguous or c.dtype != np.float64 or c.shape != (n, n)
-            or not split_available()):
-        return lapack.dpotri(c, lower=1, overwrite_c=1)
-    f = _load()
+    N = c.shape[0]
+    n = N if order is None else int(order)
+    if not (c.ndim == 2 and c.shape == (N, N) and 0 <= n <= N):
+        raise ArgumentError(f"potri_lower needs a square matrix and 0 <= order <= {N}; got shape {c.shape}, order {n}")
+    fast = c.flags.f_contiguous and c.dtype == np.float64 and split_available()
     k = n // 2 if split is None else int(split)
-    if not 0 < k < n:
-        return lapack.dpotri(c, lower=1, overwrite_c=1)
-    n2 = n - k
+    if not fast:
+        if n == N:
+            return lapack.dpotri(c, lower=1, overwrite_c=1)
+        inv, info = lapack.dpotri(c[:n, :n], lower=1)
+        c[:n, :n] = inv
+        return c, info
+    f = _load()
     m = _Mat(c)
+    if workers < 2 or not 0 < k < n:
+        info = ctypes.c_int(0)
+        f["dpotri"](b"L", _ref(_i(n)), m.at(0, 0), _ref(m.ld), _ref(info))
+        return c, info.value
+    n2 = n - k
     pool = _executor()
 
     # round 1: the two diagonal blocks' inverses
@@ -216,7 +234,7 @@ def potri_lower(c: np.ndarray, workers: int = 1, split: int | None = None) -> tu
 
     # round 3: A'A + X'X | X'C (in the upper block) and C'C
     def second() -> int:
-        c[:k, k:] = c[k:, :k].T
+        c[:k, k:n] = c[k:n, :k].T
         _trmm(f, b"R", b"N", k, n2, 1.0, m, k, 0, k)
         return _lauum(f, m, k, n2)
 
@@ -224,7 +242,7 @@ def potri_lower(c: np.ndarray, workers: int = 1, split: int | None = None) -> tu
     info1 = _lauum(f, m, 0, k)
     _syrk_xtx(f, m, k, n2)
     info2 = job.result()
-    c[k:, :k] = c[:k, k:].T
+    c[k:n, :k] = c[:k, k:n].T
     return c, int(info1 or info2)
 
 
