@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from scipy.linalg import lapack
 
+from memoe.core.linalg import split_inverse
 from memoe.core.linalg.split_inverse import potrf_lower, potri_lower, split_available
 from memoe.core.linalg.threads import pooled, pooled_active
 from memoe.core.optim.checks import parallel_map
@@ -68,13 +69,32 @@ def test_potrf_split_equals_dpotrf_and_keeps_the_upper_triangle(n, split):
     assert np.abs(np.tril(c) - ref).max() / np.abs(ref).max() <= _bound(S, False)
 
 
+@pytest.mark.parametrize("split", [7, 20])
 @pytest.mark.parametrize("bad", [0, 5, 19, 20, 21, 39])
-def test_potrf_split_reports_the_failing_minor_as_dpotrf(bad):
+def test_potrf_split_reports_the_failing_minor_as_dpotrf(bad, split):
     S = _spd(40, seed=3, cond=10.0)
     S[bad, bad] = -1.0
     _, info0 = lapack.dpotrf(S.copy(order="F"), lower=1)
-    _, info = potrf_lower(S.copy(order="F"), workers=2)
+    _, info = potrf_lower(S.copy(order="F"), workers=2, split=split)
     assert info == info0 > 0
+
+
+def test_default_blocks_split_large_matrices_only(monkeypatch):
+    # the default block order: a large matrix is split (its factor then differs from dpotrf's in the last
+    # bits somewhere), a small one is LAPACK itself (bit for bit)
+    for n, split_expected in ((600, True), (100, False)):
+        S = _spd(n, seed=n, cond=1e3)
+        ref = lapack.dpotrf(S.copy(order="F"), lower=1)[0]
+        calls = []
+        monkeypatch.setattr(split_inverse, "_potrf", lambda f, m, i, b, _o=split_inverse._potrf: calls.append(b)
+                            or _o(f, m, i, b))
+        c, info = potrf_lower(S.copy(order="F"), workers=2)
+        assert info == 0
+        assert bool(calls) == split_expected
+        if split_expected:
+            assert len(calls) == round(n / split_inverse.POTRF_BLOCK)
+        else:
+            np.testing.assert_array_equal(np.tril(c), np.tril(ref))
 
 
 def test_potri_split_reports_a_singular_factor():
@@ -127,6 +147,8 @@ def test_inverse_workers_follow_idle_cores_and_pooling(monkeypatch):
 @pytest.mark.parametrize("qs, nlev", [([1, 1, 1], [60, 40, 8]), ([2, 1], [40, 30]), ([1, 1], [300, 250])])
 @pytest.mark.parametrize("reml", [True, False])
 def test_dense_gradient_threaded_equals_serial(monkeypatch, qs, nlev, reml):
+    monkeypatch.setattr(split_inverse, "SPLIT_MIN_ORDER", 0)  # split these small matrices too
+    monkeypatch.setattr(split_inverse, "POTRF_BLOCK", 16)
     pb = _crossed(qs, nlev, seed=11)
     rng = np.random.default_rng(4)
     for _ in range(3):
