@@ -82,12 +82,18 @@ def test_potrf_split_reports_the_failing_minor_as_dpotrf(bad, split):
 def test_default_blocks_split_large_matrices_only(monkeypatch):
     # the default block order: a large matrix is split (its factor then differs from dpotrf's in the last
     # bits somewhere), a small one is LAPACK itself (bit for bit)
+    calls: list[int] = []
+    original = split_inverse._potrf
+
+    def counting(f, m, i, b):
+        calls.append(b)
+        return original(f, m, i, b)
+
+    monkeypatch.setattr(split_inverse, "_potrf", counting)
     for n, split_expected in ((600, True), (100, False)):
         S = _spd(n, seed=n, cond=1e3)
         ref = lapack.dpotrf(S.copy(order="F"), lower=1)[0]
-        calls = []
-        monkeypatch.setattr(split_inverse, "_potrf", lambda f, m, i, b, _o=split_inverse._potrf: calls.append(b)
-                            or _o(f, m, i, b))
+        calls.clear()
         c, info = potrf_lower(S.copy(order="F"), workers=2)
         assert info == 0
         assert bool(calls) == split_expected
