@@ -197,3 +197,22 @@ def test_potri_leading_block_without_the_fast_path_and_bad_order():
 
     with pytest.raises(MemoeError, match="order"):
         potri_lower(np.asfortranarray(L), order=21)
+
+
+@pytest.mark.parametrize("qs, nlev", [([1, 1, 1], [60, 40, 8]), ([2, 1], [40, 30]), ([1, 1], [2, 5])])
+def test_map_products_on_two_threads_equal_the_whole_map(qs, nlev):
+    from memoe.core.linalg.split_inverse import helper_pool
+
+    rest = _crossed(qs, nlev, seed=3).rest
+    P = rest.P
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal(P.shape[1])
+    z = rng.standard_normal(P.shape[0])
+    _, P1, P2 = rest.map_halves()
+    assert P1.shape[1] + P2.shape[1] == P.shape[1] and P1.nnz + P2.nnz == P.nnz
+    # column halves: each output entry of P' z is one half's; P w adds the two halves' sums (rounding)
+    np.testing.assert_array_equal(rest.map_transpose_product(z, helper_pool()), P.T @ z)
+    ref = P @ w
+    np.testing.assert_allclose(rest.map_product(w, helper_pool()), ref, rtol=0,
+                               atol=4 * EPS * (np.abs(P) @ np.abs(w)).max())
+    np.testing.assert_array_equal(rest.map_product(w), ref)

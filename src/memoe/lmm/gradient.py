@@ -45,7 +45,7 @@ import scipy.linalg as sla
 from scipy.linalg import lapack
 
 from memoe.core.linalg.soa import soa_backward_solve_t, soa_forward_solve, soa_lincomb
-from memoe.core.linalg.split_inverse import potrf_lower, potri_lower, split_available
+from memoe.core.linalg.split_inverse import helper_pool, potrf_lower, potri_lower, split_available
 from memoe.core.linalg.threads import blas_threads, idle_cores, pooled_active, usable_cores
 from memoe.errors import MemoeError
 from memoe.lmm.deviance import profiled_deviance
@@ -285,9 +285,11 @@ def _dense(pb, theta: np.ndarray, reml: bool) -> tuple[float, np.ndarray]:
         buffer = pb._buffer
     else:
         buffer = _thread_buffer(nb)
-    M, H = rest.bordered_unscaled(lambdas[1:], W, TtC, pb._wXYtXY - CtC, out=buffer, keep=True)
-    # whether a second core is idle, sampled once: both LAPACK calls then split over two threads
+    # whether a second core is idle, sampled once: the map products and both LAPACK calls then split
+    # over two threads
     workers = _inverse_workers()
+    pool = helper_pool() if workers > 1 else None
+    M, H = rest.bordered_unscaled(lambdas[1:], W, TtC, pb._wXYtXY - CtC, out=buffer, keep=True, pool=pool)
     c, info = potrf_lower(M.T, workers=workers)
     ok, logdet_Z, logdet_X, pwrss = pb._finish(logdet_Z, c, info)
     dev = _criterion(pb, ok, logdet_Z, logdet_X, pwrss, reml)
@@ -324,7 +326,7 @@ def _dense(pb, theta: np.ndarray, reml: bool) -> tuple[float, np.ndarray]:
     dlogM_rest = 2.0 * (Bsum.T @ dvec + Bsum @ dvec)
     # G_j (first-factor diagonal blocks of Z_1'Z_r Lambda_r S^-1 Lambda_r' Z_r'Z_1) through the map's transpose
     nw = l1 * q1 * q1
-    g = (rest.P.T @ (s * np.outer(dvec, dvec).ravel()[pair]))[:nw].reshape(l1, q1, q1)
+    g = rest.map_transpose_product(s * np.outer(dvec, dvec).ravel()[pair], pool)[:nw].reshape(l1, q1, q1)
     G = -(g + g.transpose(0, 2, 1)).transpose(1, 2, 0)
     Xsum = _first_terms(pb, lam1, L, Y1, np.ascontiguousarray(G)).sum(axis=-1)
     zr2 = Y2 @ bvec

@@ -157,6 +157,7 @@ class RestSchur:
         self.last_unscaled: np.ndarray | None = None
         self._pos_index: tuple[np.ndarray, ...] | None = None
         self._pos_diag: np.ndarray | None = None
+        self._halves: tuple[int, sp.csc_matrix, sp.csc_matrix] | None = None
 
     @property
     def P(self) -> sp.csc_matrix | None:
@@ -192,6 +193,46 @@ class RestSchur:
             r, c = np.divmod(self.pos, self.nb)
             self._pos_index = (r, c, self.col_block[r].astype(np.intp), self.col_block[c].astype(np.intp))
         return self._pos_index
+
+    def map_halves(self) -> tuple[int, sp.csc_matrix, sp.csc_matrix]:
+        """:attr:`P` as two column ranges ``[:cut]`` and ``[cut:]`` of about equal entries (views of its arrays).
+
+        For the two-thread products :meth:`map_product` and :meth:`map_transpose_product` (scipy's sparse
+        kernels release the GIL); cached.
+        """
+        if self._halves is None:
+            P = self.P
+            ncol = P.shape[1]
+            cut = int(np.searchsorted(P.indptr, P.indptr[-1] // 2)) if ncol > 1 else ncol
+            cut = min(max(cut, 1), max(ncol - 1, 1))
+            halves = []
+            for a, b in ((0, cut), (cut, ncol)):
+                s0, s1 = P.indptr[a], P.indptr[b]
+                halves.append(sp.csc_matrix((P.data[s0:s1], P.indices[s0:s1], P.indptr[a : b + 1] - s0),
+                                            shape=(P.shape[0], b - a), copy=False))
+            self._halves = (cut, halves[0], halves[1])
+        return self._halves
+
+    def map_product(self, weights: np.ndarray, pool=None) -> np.ndarray:
+        """``P @ weights``; with ``pool`` (an executor with an idle worker) the two column halves on two threads."""
+        if pool is None or self.P.shape[1] < 2:
+            return self.P @ weights
+        cut, P1, P2 = self.map_halves()
+        job = pool.submit(P1.__matmul__, weights[:cut])
+        out = P2 @ weights[cut:]
+        out += job.result()
+        return out
+
+    def map_transpose_product(self, z: np.ndarray, pool=None) -> np.ndarray:
+        """``P' @ z``; with ``pool`` the two row halves of ``P'`` on two threads."""
+        if pool is None or self.P.shape[1] < 2:
+            return self.P.T @ z
+        cut, P1, P2 = self.map_halves()
+        out = np.empty(self.P.shape[1])
+        job = pool.submit(P1.T.__matmul__, z)
+        out[cut:] = P2.T @ z
+        out[:cut] = job.result()
+        return out
 
     def pos_diagonal(self) -> np.ndarray:
         """Indices (intp, cached) of the positions of the map on the diagonal of ``M_zz`` (row == column)."""
@@ -253,14 +294,14 @@ class RestSchur:
         return sp.block_diag(mats, format="csr")
 
     def _scatter(self, weights: np.ndarray, out: np.ndarray | None, scale: np.ndarray | float | None = None,
-                 keep: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+                 keep: bool = False, pool=None) -> tuple[np.ndarray, np.ndarray | None]:
         """Fill ``out`` with ``(P @ weights) * scale`` at :attr:`pos`; with ``keep`` also return ``P @ weights``."""
         nb = self.nb
         if out is None:
             out = np.zeros((nb, nb))
         else:
             out.fill(0.0)
-        vals = self.P @ weights
+        vals = self.map_product(weights, pool)
         unscaled = None
         if keep:
             # the entries of H = Z_r'Z_r - Z_r'Z_1 W Z_1'Z_r before the lambda scaling (the analytic
@@ -296,6 +337,7 @@ class RestSchur:
         M_xy: np.ndarray,
         out: np.ndarray | None = None,
         keep: bool = False,
+        pool=None,
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """The bordered matrix ``M`` with its upper triangle filled (lower triangle zero).
 
@@ -314,6 +356,8 @@ class RestSchur:
             Also return the unscaled entries of ``H`` at :attr:`pos` (scalar later blocks with the map
             only; for :mod:`memoe.lmm.gradient`). Nothing is stored on the object, so evaluations may
             run on several threads with their own ``out``.
+        pool : concurrent.futures.Executor, optional
+            With an idle worker: the map product on two threads (:meth:`map_product`; scalar later blocks).
 
         Returns
         -------
@@ -339,7 +383,7 @@ class RestSchur:
                 # positions) instead of two passes over the whole dense block: 28 -> ~25 ms per
                 # evaluation on the InstEval shape
                 dd = np.outer(dvec, dvec).ravel()[self.pos_pair()]
-                M, unscaled = self._scatter(np.append(W, 1.0), out, dd, keep=keep)
+                M, unscaled = self._scatter(np.append(W, 1.0), out, dd, keep=keep, pool=pool)
                 dcol = dvec[self.col_block]
                 M[:mz, mz:] = dcol[:, None] * ZrtXY_adj
         else:

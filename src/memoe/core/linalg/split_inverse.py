@@ -35,7 +35,7 @@ from scipy.linalg import lapack
 
 from memoe.errors import ArgumentError
 
-__all__ = ["potrf_lower", "potri_lower", "split_available"]
+__all__ = ["helper_pool", "potrf_lower", "potri_lower", "split_available"]
 
 _c_int_p = ctypes.POINTER(ctypes.c_int)
 _c_dbl_p = ctypes.POINTER(ctypes.c_double)
@@ -102,6 +102,17 @@ def split_available() -> bool:
     True
     """
     return len(_load()) == len(_SIGNATURES)
+
+
+def helper_pool() -> ThreadPoolExecutor:
+    """The one-worker pool the two-thread paths hand their second half to (created on first use).
+
+    Examples
+    --------
+    >>> helper_pool().submit(sum, [1, 2]).result()
+    3
+    """
+    return _executor()
 
 
 def _executor() -> ThreadPoolExecutor:
