@@ -216,3 +216,23 @@ def test_map_products_on_two_threads_equal_the_whole_map(qs, nlev):
     np.testing.assert_allclose(rest.map_product(w, helper_pool()), ref, rtol=0,
                                atol=4 * EPS * (np.abs(P) @ np.abs(w)).max())
     np.testing.assert_array_equal(rest.map_product(w), ref)
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="no fork")
+def test_helper_pool_works_in_a_forked_child():
+    import multiprocessing as mp
+
+    from memoe.core.linalg.split_inverse import helper_pool
+
+    assert helper_pool().submit(sum, [1, 2]).result() == 3  # the parent's pool thread exists
+    ctx = mp.get_context("fork")
+    with ctx.Pool(1) as p:
+        res = p.apply_async(_child_inverse)
+        assert res.get(timeout=60) is True
+
+
+def _child_inverse() -> bool:
+    S = _spd(300, seed=1, cond=10.0)
+    L = np.asfortranarray(lapack.dpotrf(S.copy(order="F"), lower=1, clean=1)[0])
+    inv, info = potri_lower(L, workers=2)
+    return bool(info == 0 and np.allclose(np.tril(inv), np.tril(np.linalg.inv(S))))

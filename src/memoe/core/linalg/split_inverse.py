@@ -26,6 +26,7 @@ R has no counterpart (``chol2inv`` is ``potri``).
 from __future__ import annotations
 
 import ctypes
+import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -64,6 +65,7 @@ POTRF_BLOCK = 192
 SPLIT_MIN_ORDER = 256
 _lock = threading.Lock()
 _pool: ThreadPoolExecutor | None = None
+_pool_pid = -1
 
 
 def _load() -> dict[str, Callable]:
@@ -116,10 +118,12 @@ def helper_pool() -> ThreadPoolExecutor:
 
 
 def _executor() -> ThreadPoolExecutor:
-    global _pool
+    global _pool, _pool_pid
     with _lock:
-        if _pool is None:
+        # a forked child inherits the executor but not its thread: a job submitted there would never run
+        if _pool is None or _pool_pid != os.getpid():
             _pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="memoe-potri")
+            _pool_pid = os.getpid()
         return _pool
 
 
