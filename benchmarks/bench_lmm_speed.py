@@ -26,6 +26,7 @@ Usage::
 
     python benchmarks/bench_lmm_speed.py --workloads nested,insteval3 --repeats 3 --json out.json
     python benchmarks/bench_lmm_speed.py --workloads long_1m --profile    # CPU and memory per stage
+    python benchmarks/bench_lmm_speed.py --workloads insteval3 --no-r --no-mixedlm --busy-core   # other core busy
 """
 
 from __future__ import annotations
@@ -308,10 +309,29 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     ap.add_argument("--optimizer", default="auto", choices=("auto", "bobyqa"),
                     help="FitControl.optimizer of the memoe fits (auto = analytic gradient where available)")
+    ap.add_argument("--busy-core", action="store_true",
+                    help="keep one other core busy (a spinning Python process) for the whole run: the two-thread "
+                         "paths must then fall back to serial without a slowdown")
     args = ap.parse_args()
+    spinner = None
+    if args.busy_core:
+        import subprocess
+
+        spinner = subprocess.Popen([sys.executable, "-c", "while 1: pass"])
+        time.sleep(1.0)  # let /proc/loadavg's running count see it
+    try:
+        _run(args)
+    finally:
+        if spinner is not None:
+            spinner.kill()
+            spinner.wait()
+
+
+def _run(args) -> None:
     _CONTROL["optimizer"] = args.optimizer
     facts = machine_facts()
-    print(f"# {facts['date']}  {facts['cpu']}  {facts['cores']} cores  load {facts['load']:.1f}")
+    busy = "  (one other core kept busy)" if args.busy_core else ""
+    print(f"# {facts['date']}  {facts['cpu']}  {facts['cores']} cores  load {facts['load']:.1f}{busy}")
     rows = []
     if args.profile:
         for name in [w for g in args.workloads.split(",") for w in GROUPS.get(g, (g,))]:

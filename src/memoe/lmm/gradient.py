@@ -23,8 +23,9 @@ for the first, ``2 sum_j [T_j (A_j - G_j + G_j T_j' lambda_1' A_j)]_ba`` with ``
 ``A_j = Z_1j'Z_1j`` and ``G_j`` the diagonal blocks of ``Z_1'Z_r Lambda_r S^-1 Lambda_r' Z_r'Z_1``. Both
 need ``S^-1`` only where ``H`` is non-zero: the positions of the scatter map of
 :class:`memoe.core.linalg.crossed.RestSchur` (a gather, and ``G_j`` is one product with the map's
-transpose). ``S^-1`` comes from LAPACK ``potri`` on the bordered factor in place (the inverse of the
-bordered matrix) minus its rank-``(p + 1)`` border correction.
+transpose). ``S^-1`` comes from LAPACK ``potri`` on the leading block of the bordered factor in place
+(that block is the factor of ``S``), on two threads when a core is idle
+(:func:`memoe.core.linalg.split_inverse.potri_lower`).
 
 The centring/scaling of ``[X y]`` (``PLSProblem.scaling``) and lme4's prior weights only add a constant
 to the criterion, so the gradient is that of the scaled problem; group weights (one grouping factor)
@@ -44,7 +45,8 @@ import scipy.linalg as sla
 from scipy.linalg import lapack
 
 from memoe.core.linalg.soa import soa_backward_solve_t, soa_forward_solve, soa_lincomb
-from memoe.core.linalg.threads import blas_threads, idle_cores, usable_cores
+from memoe.core.linalg.split_inverse import helper_pool, potrf_lower, potri_lower, split_available
+from memoe.core.linalg.threads import blas_threads, idle_cores, pooled_active, usable_cores
 from memoe.errors import MemoeError
 from memoe.lmm.deviance import profiled_deviance
 from memoe.lmm.gradient_small import small_deviance_and_gradient, small_gradient_available
@@ -171,6 +173,18 @@ def _thread_buffer(nb: int) -> np.ndarray:
     return buf
 
 
+def _inverse_workers() -> int:
+    """Threads for the inverse of the Schur complement (:func:`memoe.core.linalg.split_inverse.potri_lower`).
+
+    2 on the main thread when a second usable core is idle at the call (31 -> 17 ms for ``potri`` of order
+    1,160 on the InstEval shape); 1 on a worker of a pooled stencil (both cores are then already busy with
+    one evaluation each) or with the other core busy (then the two halves would share one core).
+    """
+    if threading.current_thread() is not threading.main_thread() or pooled_active() or not split_available():
+        return 1
+    return 2 if usable_cores() >= 2 and idle_cores() >= 1 else 1
+
+
 def _failed(theta: np.ndarray) -> tuple[float, np.ndarray]:
     return math.inf, np.full(theta.shape, np.nan)
 
@@ -278,8 +292,12 @@ def _dense(pb, theta: np.ndarray, reml: bool) -> tuple[float, np.ndarray]:
         buffer = pb._buffer
     else:
         buffer = _thread_buffer(nb)
-    M, H = rest.bordered_unscaled(lambdas[1:], W, TtC, pb._wXYtXY - CtC, out=buffer, keep=True)
-    c, info = lapack.dpotrf(M.T, lower=1, clean=0, overwrite_a=1)
+    # whether a second core is idle, sampled once: the map products and both LAPACK calls then split
+    # over two threads
+    workers = _inverse_workers()
+    pool = helper_pool() if workers > 1 else None
+    M, H = rest.bordered_unscaled(lambdas[1:], W, TtC, pb._wXYtXY - CtC, out=buffer, keep=True, pool=pool)
+    c, info = potrf_lower(M.T, workers=workers)
     ok, logdet_Z, logdet_X, pwrss = pb._finish(logdet_Z, c, info)
     dev = _criterion(pb, ok, logdet_Z, logdet_X, pwrss, reml)
     if not math.isfinite(dev):
@@ -301,18 +319,13 @@ def _dense(pb, theta: np.ndarray, reml: bool) -> tuple[float, np.ndarray]:
     # Y = Z'[X y] - Z'Z Lambda x
     Y1 = pb._zxy - np.einsum("abl,bml->aml", pb._zz, w1, optimize=True) - v
     Y2 = rest.ZrtXY - Z1tZr.T @ w1.transpose(2, 0, 1).reshape(l1 * q1, m) - rest.ZrtZr @ w2
-    # the border of the bordered inverse: (Omega^-1)_zz = S^-1 + N N', N = x2 L33^-T
-    N = sla.solve_triangular(c[mz:, mz:], x2.T, lower=True, check_finite=False).T
-    inv, info = lapack.dpotri(c, lower=1, overwrite_c=1)
+    # S^-1 from the leading block of the bordered factor (the factor of S itself): no border correction
+    inv, info = potri_lower(c, workers=workers, order=mz)
     if info != 0:
         return _failed(theta)
-    r, cc, _, _ = rest.pos_index()
     s = inv.ravel(order="F")[rest.pos]
-    # one column of N at a time: gathering whole rows N[r] was 4x slower (329,000 positions on InstEval)
-    for Nj in np.ascontiguousarray(N.T):
-        s -= Nj[r] * Nj[cc]
     # each off-diagonal position stands for (r, c) and (c, r): halve the diagonal instead of doubling the rest
-    s[r == cc] *= 0.5
+    s[rest.pos_diagonal()] *= 0.5
     nblk = len(dvec)
     # sums of s * H per block pair (one pass): contrib_k = sum_{cb = k} y d_rb + sum_{rb = k} y d_cb
     pair = rest.pos_pair()
@@ -320,7 +333,7 @@ def _dense(pb, theta: np.ndarray, reml: bool) -> tuple[float, np.ndarray]:
     dlogM_rest = 2.0 * (Bsum.T @ dvec + Bsum @ dvec)
     # G_j (first-factor diagonal blocks of Z_1'Z_r Lambda_r S^-1 Lambda_r' Z_r'Z_1) through the map's transpose
     nw = l1 * q1 * q1
-    g = (rest.P.T @ (s * np.outer(dvec, dvec).ravel()[pair]))[:nw].reshape(l1, q1, q1)
+    g = rest.map_transpose_product(s * np.outer(dvec, dvec).ravel()[pair], pool)[:nw].reshape(l1, q1, q1)
     G = -(g + g.transpose(0, 2, 1)).transpose(1, 2, 0)
     Xsum = _first_terms(pb, lam1, L, Y1, np.ascontiguousarray(G)).sum(axis=-1)
     zr2 = Y2 @ bvec

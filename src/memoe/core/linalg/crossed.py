@@ -22,6 +22,11 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
+try:  # scipy's CSC/CSR kernels on column ranges of the map (two-thread products); else the products stay serial
+    from scipy.sparse import _sparsetools
+except ImportError:  # pragma: no cover - private module of scipy
+    _sparsetools = None
+
 __all__ = ["MAX_PATTERN_NNZ", "RestSchur"]
 
 # Upper bound on the entries of the precomputed map P (12 bytes each): about 300 MB.
@@ -156,6 +161,8 @@ class RestSchur:
         self._pos_pair: np.ndarray | None = None
         self.last_unscaled: np.ndarray | None = None
         self._pos_index: tuple[np.ndarray, ...] | None = None
+        self._pos_diag: np.ndarray | None = None
+        self._halves: int | None = None
 
     @property
     def P(self) -> sp.csc_matrix | None:
@@ -191,6 +198,54 @@ class RestSchur:
             r, c = np.divmod(self.pos, self.nb)
             self._pos_index = (r, c, self.col_block[r].astype(np.intp), self.col_block[c].astype(np.intp))
         return self._pos_index
+
+    def _cut(self) -> int:
+        """Column of :attr:`P` splitting its entries in two about equal halves (cached)."""
+        if self._halves is None:
+            P = self.P
+            ncol = P.shape[1]
+            cut = int(np.searchsorted(P.indptr, P.indptr[-1] // 2))
+            self._halves = min(max(cut, 1), ncol - 1)
+        return self._halves
+
+    def map_product(self, weights: np.ndarray, pool=None) -> np.ndarray:
+        """``P @ weights``; with ``pool`` (an executor with an idle worker) the two column halves on two threads.
+
+        The halves are scipy's own CSC kernel on column ranges of :attr:`P`'s arrays (no copy; the kernel
+        releases the GIL); their sums are added, so the result equals ``P @ weights`` to rounding.
+        """
+        P = self.P
+        if pool is None or _sparsetools is None or P.shape[1] < 2 or P.indptr.dtype != P.indices.dtype:
+            return P @ weights
+        cut, ncol, npos = self._cut(), P.shape[1], P.shape[0]
+        w = np.ascontiguousarray(weights, dtype=float)
+        first = np.zeros(npos)
+        second = np.zeros(npos)
+        job = pool.submit(_sparsetools.csc_matvec, npos, cut, P.indptr[: cut + 1], P.indices, P.data, w[:cut], first)
+        _sparsetools.csc_matvec(npos, ncol - cut, P.indptr[cut:], P.indices, P.data, w[cut:], second)
+        job.result()
+        second += first
+        return second
+
+    def map_transpose_product(self, z: np.ndarray, pool=None) -> np.ndarray:
+        """``P' @ z``; with ``pool`` the two row halves of ``P'`` on two threads (equal to ``P.T @ z`` bit for bit)."""
+        P = self.P
+        if pool is None or _sparsetools is None or P.shape[1] < 2 or P.indptr.dtype != P.indices.dtype:
+            return P.T @ z
+        cut, ncol, npos = self._cut(), P.shape[1], P.shape[0]
+        z = np.ascontiguousarray(z, dtype=float)
+        out = np.zeros(ncol)
+        job = pool.submit(_sparsetools.csr_matvec, cut, npos, P.indptr[: cut + 1], P.indices, P.data, z, out[:cut])
+        _sparsetools.csr_matvec(ncol - cut, npos, P.indptr[cut:], P.indices, P.data, z, out[cut:])
+        job.result()
+        return out
+
+    def pos_diagonal(self) -> np.ndarray:
+        """Indices (intp, cached) of the positions of the map on the diagonal of ``M_zz`` (row == column)."""
+        if self._pos_diag is None:
+            r, c = np.divmod(self.pos, self.nb)
+            self._pos_diag = np.flatnonzero(r == c)
+        return self._pos_diag
 
     def pos_pair(self) -> np.ndarray:
         """Block pair ``row block * blocks + column block`` of every position of the map (intp, cached)."""
@@ -245,14 +300,14 @@ class RestSchur:
         return sp.block_diag(mats, format="csr")
 
     def _scatter(self, weights: np.ndarray, out: np.ndarray | None, scale: np.ndarray | float | None = None,
-                 keep: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+                 keep: bool = False, pool=None) -> tuple[np.ndarray, np.ndarray | None]:
         """Fill ``out`` with ``(P @ weights) * scale`` at :attr:`pos`; with ``keep`` also return ``P @ weights``."""
         nb = self.nb
         if out is None:
             out = np.zeros((nb, nb))
         else:
             out.fill(0.0)
-        vals = self.P @ weights
+        vals = self.map_product(weights, pool)
         unscaled = None
         if keep:
             # the entries of H = Z_r'Z_r - Z_r'Z_1 W Z_1'Z_r before the lambda scaling (the analytic
@@ -288,6 +343,7 @@ class RestSchur:
         M_xy: np.ndarray,
         out: np.ndarray | None = None,
         keep: bool = False,
+        pool=None,
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """The bordered matrix ``M`` with its upper triangle filled (lower triangle zero).
 
@@ -306,6 +362,8 @@ class RestSchur:
             Also return the unscaled entries of ``H`` at :attr:`pos` (scalar later blocks with the map
             only; for :mod:`memoe.lmm.gradient`). Nothing is stored on the object, so evaluations may
             run on several threads with their own ``out``.
+        pool : concurrent.futures.Executor, optional
+            With an idle worker: the map product on two threads (:meth:`map_product`; scalar later blocks).
 
         Returns
         -------
@@ -331,7 +389,7 @@ class RestSchur:
                 # positions) instead of two passes over the whole dense block: 28 -> ~25 ms per
                 # evaluation on the InstEval shape
                 dd = np.outer(dvec, dvec).ravel()[self.pos_pair()]
-                M, unscaled = self._scatter(np.append(W, 1.0), out, dd, keep=keep)
+                M, unscaled = self._scatter(np.append(W, 1.0), out, dd, keep=keep, pool=pool)
                 dcol = dvec[self.col_block]
                 M[:mz, mz:] = dcol[:, None] * ZrtXY_adj
         else:

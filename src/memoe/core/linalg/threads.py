@@ -19,9 +19,10 @@ import contextlib
 import ctypes
 import os
 import sys
+import threading
 from collections.abc import Iterator
 
-__all__ = ["blas_threads", "idle_cores", "usable_cores"]
+__all__ = ["blas_threads", "idle_cores", "pooled", "pooled_active", "usable_cores"]
 
 _SYMBOLS = (
     ("scipy_openblas_get_num_threads64_", "scipy_openblas_set_num_threads64_"),
@@ -144,3 +145,43 @@ def idle_cores() -> int:
     except (OSError, ValueError, IndexError):
         return cores - 1
     return max(0, cores - max(1, running))
+
+
+_pooled = 0
+_pooled_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def pooled() -> Iterator[None]:
+    """Mark a section where several of our threads evaluate in parallel (a pooled stencil).
+
+    Inside it :func:`pooled_active` is True, and code that would split one evaluation over a second
+    thread (:func:`memoe.core.linalg.split_inverse.potri_lower`) stays serial: the cores are already
+    taken by the pool, and the ``/proc/loadavg`` sample of :func:`idle_cores` may miss a pool thread
+    waiting for the GIL.
+
+    Examples
+    --------
+    >>> with pooled():
+    ...     pooled_active()
+    True
+    """
+    global _pooled
+    with _pooled_lock:
+        _pooled += 1
+    try:
+        yield
+    finally:
+        with _pooled_lock:
+            _pooled -= 1
+
+
+def pooled_active() -> bool:
+    """Whether a :func:`pooled` section is running on any thread.
+
+    Examples
+    --------
+    >>> pooled_active()
+    False
+    """
+    return _pooled > 0

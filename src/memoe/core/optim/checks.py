@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from memoe.core.linalg.threads import pooled
 from memoe.errors import ArgumentError
 
 # shortest usable secant step, in units of the difference step (gradient_difference_hessian)
@@ -137,7 +138,7 @@ def parallel_map(fn: Callable[[int], None], items, workers: int) -> None:
                     failed.append(exc)
                 return
 
-    with ThreadPoolExecutor(max_workers=min(workers, len(items)) - 1) as pool:
+    with pooled(), ThreadPoolExecutor(max_workers=min(workers, len(items)) - 1) as pool:
         futures = [pool.submit(drain) for _ in range(min(workers, len(items)) - 1)]
         drain()
         for f in futures:
