@@ -64,9 +64,10 @@ def gradient_available(problem) -> bool:
     """Whether :func:`deviance_and_gradient` supports the problem's path.
 
     One grouping factor (group weights allowed), or crossed/nested factors on the dense Schur path
-    with scalar random effects after the first factor and the precomputed scatter map. Elsewhere
-    (``dense_small``, sparse, matrix-free, vector-valued later factors, a Dask problem) the fit keeps
-    the derivative-free BOBYQA.
+    with scalar random effects after the first factor and the precomputed scatter map. The small dense
+    path has its own test (:func:`memoe.lmm.gradient_small.small_gradient_available`), to which
+    :func:`deviance_and_gradient` dispatches. Elsewhere (sparse, matrix-free, vector-valued later factors
+    on the blocked path, a Dask problem) the fit keeps the derivative-free BOBYQA.
     """
     from memoe.lmm.objective import PLSProblem
 
