@@ -57,9 +57,16 @@ def _crossed(qs: list[int], nlev: list[int], seed: int, scaled: bool = False, we
     codes = [rng.integers(0, L, size=n) for L in nlev]
     for c, L in zip(codes, nlev, strict=True):
         c[:L] = np.arange(L)  # every level present
+    return _simulated_problem(rng, codes, nlev, qs, scaled=scaled, weights=weights, schur="dense")
+
+
+def _simulated_problem(rng, codes, nlev, qs, *, scaled: bool, weights: bool, schur: str, third: str = "t2"):
+    """A PLS problem on simulated rows for given factor codes: X = [1, t, x], Z_k the first q_k of [1, t, t^2]
+    (``third="t2"``) or [1, t, x] (``third="x"``), optional prior weights and badly scaled columns."""
+    n = len(codes[0])
     t = rng.uniform(0, 3, size=n)
     X = np.column_stack([np.ones(n), t, rng.normal(size=n)])
-    Z = [np.column_stack([np.ones(n), t, t**2][:q]) for q in qs]
+    Z = [np.column_stack([np.ones(n), t, t**2 if third == "t2" else X[:, 2]][:q]) for q in qs]
     y = X @ np.array([5.0, 1.0, -0.5]) + 0.7 * rng.normal(size=n)
     for c, L, z, q in zip(codes, nlev, Z, qs, strict=True):
         y += (z * (rng.normal(size=(L, q)) * 0.6)[c]).sum(axis=1)
@@ -74,8 +81,7 @@ def _crossed(qs: list[int], nlev: list[int], seed: int, scaled: bool = False, we
         X = X.copy()
         X[:, 1] = 1e6 + 1e3 * X[:, 1]
     scaling = choose_scaling(X, y, force=True) if scaled else None
-    pb = PLSProblem(y, X, codes, nlev, Z, _theta_map(qs), scaling=scaling, log_weights=log_w, schur="dense")
-    return pb
+    return PLSProblem(y, X, codes, nlev, Z, _theta_map(qs), scaling=scaling, log_weights=log_w, schur=schur)
 
 
 def _random_theta(qs: list[int], rng) -> np.ndarray:

@@ -16,14 +16,12 @@ import pandas as pd
 import pytest
 
 import memoe
-from memoe.core.design.scaling import choose_scaling
 from memoe.errors import SingularFitWarning
 from memoe.lmm.gradient import deviance_and_gradient
 from memoe.lmm.gradient_small import small_deviance_and_gradient, small_gradient_available
 from memoe.lmm.objective import PLSProblem
 
-from .test_lmm_gradient import FD_TOL, _fd, _random_theta
-from .test_pls import _theta_map
+from .test_lmm_gradient import FD_TOL, _fd, _random_theta, _simulated_problem
 
 
 def _problem(qs, nlev, seed, scaled=False, weights=False, nested=False, schur="dense_small"):
@@ -39,24 +37,7 @@ def _problem(qs, nlev, seed, scaled=False, weights=False, nested=False, schur="d
         codes = [rng.integers(0, L, size=n) for L in nlev]
         for c, L in zip(codes, nlev, strict=True):
             c[:L] = np.arange(L)
-    t = rng.uniform(0, 3, size=n)
-    X = np.column_stack([np.ones(n), t, rng.normal(size=n)])
-    Z = [np.column_stack([np.ones(n), t, X[:, 2]][:q]) for q in qs]
-    y = X @ np.array([5.0, 1.0, -0.5]) + 0.7 * rng.normal(size=n)
-    for c, L, z, q in zip(codes, nlev, Z, qs, strict=True):
-        y += (z * (rng.normal(size=(L, q)) * 0.6)[c]).sum(axis=1)
-    log_w = 0.0
-    if weights:
-        w = rng.uniform(0.5, 2.0, size=n)
-        sw = np.sqrt(w)
-        y, X, Z = y * sw, X * sw[:, None], [z * sw[:, None] for z in Z]
-        log_w = float(np.log(w).sum())
-    if scaled:
-        y = 1e4 + 30.0 * y
-        X = X.copy()
-        X[:, 1] = 1e6 + 1e3 * X[:, 1]
-    scaling = choose_scaling(X, y, force=True) if scaled else None
-    return PLSProblem(y, X, codes, nlev, Z, _theta_map(qs), scaling=scaling, log_weights=log_w, schur=schur)
+    return _simulated_problem(rng, codes, nlev, qs, scaled=scaled, weights=weights, schur=schur, third="x")
 
 
 def _check(pb, theta, reml):

@@ -28,7 +28,12 @@ import pandas as pd
 
 from memoe.core.frames import to_pandas
 from memoe.core.linalg.threads import blas_threads
-from memoe.core.optim import check_convergence, finite_difference_derivatives, minimize_bounded
+from memoe.core.optim import (
+    check_convergence,
+    finite_difference_derivatives,
+    minimize_bounded,
+    minimize_bounded_gradient,
+)
 from memoe.core.optim.arguments import check_bool, check_control, check_start
 from memoe.core.optim.checks import ConvergenceReport
 from memoe.core.optim.finish import finish_fit, is_boundary
@@ -116,6 +121,25 @@ def _derivatives_from_gradient(fg, x: np.ndarray, lower: np.ndarray, h: float):
             grad[i] = (fp - fm) / (2 * h)
             hess[:, i] = (gp - gm) / (2 * h)
     return grad, 0.5 * (hess + hess.T)
+
+
+def _gradient_stage(fun_grad, x0: np.ndarray, lower: np.ndarray, *, missing: list[bool], calls: list[int],
+                    maxeval: int, **options):
+    """Run the projected BFGS for a fit stage; None (the caller runs BOBYQA) when it failed.
+
+    Failure: the gradient was unavailable at a point (``missing[0]``, set by ``fun_grad``), no descent or too
+    many evaluations, a non-finite optimum, or ``calls[0]`` (every evaluation, including the start Hessian's,
+    which the optimiser's own count leaves out) beyond ``maxeval``. The final gradient is left out of the
+    settings: it may be in whitened coordinates, and settings are saved as JSON.
+    """
+    try:
+        opt = minimize_bounded_gradient(fun_grad, x0, lower, maxeval=min(maxeval, 500), **options)
+    except (np.linalg.LinAlgError, FloatingPointError, ValueError):
+        return None
+    if missing[0] or opt.return_code < 0 or opt.return_code == 5 or calls[0] > maxeval or not np.isfinite(opt.fmin):
+        return None
+    settings = {key: v for key, v in opt.settings.items() if key != "gradient"}
+    return dataclasses.replace(opt, feval=calls[0], settings=settings)
 
 
 class GLMM:
@@ -310,8 +334,6 @@ class GLMM:
         optimiser summary (``x`` whitened, ``feval`` counting every evaluation), or None when the gradient was
         unavailable at a point or the method failed: the caller then runs BOBYQA.
         """
-        from memoe.core.optim import minimize_bounded_gradient
-
         P = self.problem
         k = self.design.theta_map.size
         missing = [False]
@@ -351,21 +373,9 @@ class GLMM:
             H[:k, k:] = H[k:, :k].T
             return 0.5 * (H + H.T)
 
-        try:
-            opt = minimize_bounded_gradient(
-                fun_grad, x0, lower, initial_step=step, ftol_abs=control.ftol_abs, xtol_abs=control.xtol_abs,
-                maxeval=min(control.maxeval, 500), initial_hessian=initial_hessian,
-            )
-        except (np.linalg.LinAlgError, FloatingPointError, ValueError):
-            return None
-        # (the start's Hessian evaluations count towards maxeval too: the optimiser's own count leaves them out)
-        if missing[0] or opt.return_code < 0 or opt.return_code == 5 or calls[0] > control.maxeval or not (
-            np.isfinite(opt.fmin)
-        ):
-            return None
-        # the optimiser's final gradient is in the whitened coordinates: left out (settings are saved as JSON)
-        settings = {key: v for key, v in opt.settings.items() if key != "gradient"}
-        return dataclasses.replace(opt, feval=calls[0], settings=settings)
+        return _gradient_stage(fun_grad, x0, lower, missing=missing, calls=calls, maxeval=control.maxeval,
+                               initial_step=step, ftol_abs=control.ftol_abs, xtol_abs=control.xtol_abs,
+                               initial_hessian=initial_hessian)
 
     def _quasi_newton_theta(self, f, x0: np.ndarray, lower: np.ndarray, control: GlmmControl):
         """The first stage (nAGQ = 0, theta only) by projected BFGS with the analytic gradient.
@@ -375,8 +385,6 @@ class GLMM:
         gradient: 5-10 evaluations against BOBYQA's 15-52 on the small workloads. None (the caller runs BOBYQA)
         when the gradient was unavailable at a point or the method failed.
         """
-        from memoe.core.optim import minimize_bounded_gradient
-
         P = self.problem
         missing = [False]
         calls = [0]
@@ -414,19 +422,9 @@ class GLMM:
                 H[:, i] = (fun_grad(xi)[1] - g) / hi
             return 0.5 * (H + H.T)
 
-        try:
-            opt = minimize_bounded_gradient(
-                fun_grad, x0, lower, ftol_abs=control.stage1_ftol_abs, xtol_abs=control.stage1_xtol_abs,
-                maxeval=min(control.maxeval, 500), initial_hessian=initial_hessian,
-            )
-        except (np.linalg.LinAlgError, FloatingPointError, ValueError):
-            return None
-        if missing[0] or opt.return_code < 0 or opt.return_code == 5 or calls[0] > control.maxeval or not (
-            np.isfinite(opt.fmin)
-        ):
-            return None
-        settings = {key: v for key, v in opt.settings.items() if key != "gradient"}
-        return dataclasses.replace(opt, feval=calls[0], settings=settings)
+        return _gradient_stage(fun_grad, x0, lower, missing=missing, calls=calls, maxeval=control.maxeval,
+                               ftol_abs=control.stage1_ftol_abs, xtol_abs=control.stage1_xtol_abs,
+                               initial_hessian=initial_hessian)
 
     def _beta_whitening(self, theta: np.ndarray, state: PirlsState) -> np.ndarray | None:
         """Lower Cholesky factor of the (unscaled) covariance of beta at a PIRLS state, None if unavailable."""

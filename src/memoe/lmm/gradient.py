@@ -48,7 +48,6 @@ from memoe.core.linalg.soa import soa_backward_solve_t, soa_forward_solve, soa_l
 from memoe.core.linalg.split_inverse import helper_pool, potrf_lower, potri_lower, split_available
 from memoe.core.linalg.threads import blas_threads, idle_cores, pooled_active, usable_cores
 from memoe.errors import MemoeError
-from memoe.lmm.deviance import profiled_deviance
 from memoe.lmm.gradient_small import small_deviance_and_gradient, small_gradient_available
 
 __all__ = [
@@ -190,15 +189,6 @@ def _failed(theta: np.ndarray) -> tuple[float, np.ndarray]:
     return math.inf, np.full(theta.shape, np.nan)
 
 
-def _criterion(pb, ok: bool, logdet_Z: float, logdet_X: float, pwrss: float, reml: bool) -> float:
-    if not ok:
-        return math.inf
-    dev = profiled_deviance(logdet_Z, logdet_X, pwrss, pb._n_eff, pb.p, reml)
-    if pb.scaling is not None:
-        dev += pb.scaling.deviance_shift(pb._n_eff, pb.p, reml)
-    return dev
-
-
 def _beta_rx(c: np.ndarray, mz: int, p: int) -> tuple[np.ndarray, np.ndarray]:
     """Profiled beta and ``R_X^-1`` (with ``(R_X'R_X)^-1 = RXi RXi'``) from the bordered factor."""
     if not p:
@@ -262,7 +252,7 @@ def _one(pb, theta: np.ndarray, reml: bool) -> tuple[float, np.ndarray]:
     logdet_Z, CtC, (L, C, _) = pb._first_block(lam, True)
     c, info = lapack.dpotrf(pb._wXYtXY - CtC, lower=1, clean=0, overwrite_a=1)
     ok, logdet_Z, logdet_X, pwrss = pb._finish(logdet_Z, c, info)
-    dev = _criterion(pb, ok, logdet_Z, logdet_X, pwrss, reml)
+    dev = pb._criterion(ok, logdet_Z, logdet_X, pwrss, reml)
     if not math.isfinite(dev):
         return _failed(theta)
     beta, RXi = _beta_rx(c, 0, pb.p)
@@ -300,7 +290,7 @@ def _dense(pb, theta: np.ndarray, reml: bool) -> tuple[float, np.ndarray]:
     M, H = rest.bordered_unscaled(lambdas[1:], W, TtC, pb._wXYtXY - CtC, out=buffer, keep=True, pool=pool)
     c, info = potrf_lower(M.T, workers=workers)
     ok, logdet_Z, logdet_X, pwrss = pb._finish(logdet_Z, c, info)
-    dev = _criterion(pb, ok, logdet_Z, logdet_X, pwrss, reml)
+    dev = pb._criterion(ok, logdet_Z, logdet_X, pwrss, reml)
     if not math.isfinite(dev):
         return _failed(theta)
     beta, RXi = _beta_rx(c, mz, p)

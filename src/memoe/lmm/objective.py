@@ -883,7 +883,10 @@ class PLSProblem:
                 return self._deviance_lean(theta, reml)
         with blas_threads(self.blas_threads):
             *_, logdet_Z, c, info, sf = self._reduced(theta, keep=False)
-        ok, logdet_Z, logdet_X, pwrss = self._finish(logdet_Z, c, info, sf)
+        return self._criterion(*self._finish(logdet_Z, c, info, sf), reml)
+
+    def _criterion(self, ok: bool, logdet_Z: float, logdet_X: float, pwrss: float, reml: bool) -> float:
+        """The (RE)ML criterion on the original scale from :meth:`_finish`'s pieces (inf when not ok)."""
         if not ok:
             return np.inf
         dev = profiled_deviance(logdet_Z, logdet_X, pwrss, self._n_eff, self.p, reml)
