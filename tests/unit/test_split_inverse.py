@@ -137,16 +137,16 @@ def test_pooled_section_flag():
 
 
 def test_inverse_workers_follow_idle_cores_and_pooling(monkeypatch):
-    monkeypatch.setattr(gradient_mod, "usable_cores", lambda: 2)
-    monkeypatch.setattr(gradient_mod, "idle_cores", lambda: 1)
-    assert gradient_mod._inverse_workers() == 2
-    monkeypatch.setattr(gradient_mod, "idle_cores", lambda: 0)  # the other core busy
-    assert gradient_mod._inverse_workers() == 1
-    monkeypatch.setattr(gradient_mod, "idle_cores", lambda: 1)
+    monkeypatch.setattr(split_inverse, "usable_cores", lambda: 2)
+    monkeypatch.setattr(split_inverse, "idle_cores", lambda: 1)
+    assert split_inverse.split_workers() == 2
+    monkeypatch.setattr(split_inverse, "idle_cores", lambda: 0)  # the other core busy
+    assert split_inverse.split_workers() == 1
+    monkeypatch.setattr(split_inverse, "idle_cores", lambda: 1)
     with pooled():
-        assert gradient_mod._inverse_workers() == 1
+        assert split_inverse.split_workers() == 1
     seen = []
-    parallel_map(lambda i: seen.append(gradient_mod._inverse_workers()), range(3), workers=2)
+    parallel_map(lambda i: seen.append(split_inverse.split_workers()), range(3), workers=2)
     assert seen == [1, 1, 1]
 
 
@@ -159,9 +159,9 @@ def test_dense_gradient_threaded_equals_serial(monkeypatch, qs, nlev, reml):
     rng = np.random.default_rng(4)
     for _ in range(3):
         theta = _random_theta(qs, rng)
-        monkeypatch.setattr(gradient_mod, "_inverse_workers", lambda: 1)
+        monkeypatch.setattr(gradient_mod, "split_workers", lambda: 1)
         d1, g1 = deviance_and_gradient(pb, theta, reml)
-        monkeypatch.setattr(gradient_mod, "_inverse_workers", lambda: 2)
+        monkeypatch.setattr(gradient_mod, "split_workers", lambda: 2)
         d2, g2 = deviance_and_gradient(pb, theta, reml)
         # the same factor and inverse to rounding: the criterion to ~1e-13 relative, the gradient to
         # the rounding of a sum of |terms| of the criterion's size

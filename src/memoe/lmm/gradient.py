@@ -45,7 +45,7 @@ import scipy.linalg as sla
 from scipy.linalg import lapack
 
 from memoe.core.linalg.soa import soa_backward_solve_t, soa_forward_solve, soa_lincomb
-from memoe.core.linalg.split_inverse import helper_pool, potrf_lower, potri_lower, split_available
+from memoe.core.linalg.split_inverse import helper_pool, potrf_lower, potri_lower, split_workers
 from memoe.core.linalg.threads import blas_threads, idle_cores, pooled_active, usable_cores
 from memoe.errors import MemoeError
 from memoe.lmm.gradient_small import small_deviance_and_gradient, small_gradient_available
@@ -109,7 +109,7 @@ def stencil_workers(problem) -> int:
     return 2 if gradient_preferred(problem) and usable_cores() >= 2 and idle_cores() >= 1 else 1
 
 
-def deviance_and_gradient(problem, theta: np.ndarray, reml: bool) -> tuple[float, np.ndarray]:
+def deviance_and_gradient(problem, theta: np.ndarray, reml: bool, keep: str | None = None) -> tuple[float, np.ndarray]:
     """Profiled deviance (ML) or REML criterion and its gradient in theta.
 
     Parameters
@@ -118,6 +118,12 @@ def deviance_and_gradient(problem, theta: np.ndarray, reml: bool) -> tuple[float
         A problem for which :func:`gradient_available` is True.
     theta : numpy.ndarray, shape (ntheta,)
     reml : bool
+    keep : {None, "best", "always"}
+        On the dense crossed path, offer this evaluation's factor to the problem
+        (:meth:`memoe.lmm.objective.PLSProblem.offer_factor`): "best" keeps it when its criterion is the lowest
+        offered since :meth:`~memoe.lmm.objective.PLSProblem.forget_factor`, "always" keeps it. The fit's result
+        at the same theta then reuses it instead of factoring again (one ~10 MB copy instead of a ~30 ms
+        refactorisation on the InstEval shape). Only the main thread outside a pooled stencil keeps.
 
     Raises
     ------
@@ -158,7 +164,7 @@ def deviance_and_gradient(problem, theta: np.ndarray, reml: bool) -> tuple[float
     theta = np.asarray(theta, dtype=float)
     with blas_threads(problem.blas_threads):
         if problem.multi:
-            return _dense(problem, theta, reml)
+            return _dense(problem, theta, reml, keep)
         return _one(problem, theta, reml)
 
 
@@ -171,18 +177,6 @@ def _thread_buffer(nb: int) -> np.ndarray:
     if buf is None or buf.shape != (nb, nb):
         buf = _local.buffer = np.zeros((nb, nb))
     return buf
-
-
-def _inverse_workers() -> int:
-    """Threads for the inverse of the Schur complement (:func:`memoe.core.linalg.split_inverse.potri_lower`).
-
-    2 on the main thread when a second usable core is idle at the call (31 -> 17 ms for ``potri`` of order
-    1,160 on the InstEval shape); 1 on a worker of a pooled stencil (both cores are then already busy with
-    one evaluation each) or with the other core busy (then the two halves would share one core).
-    """
-    if threading.current_thread() is not threading.main_thread() or pooled_active() or not split_available():
-        return 1
-    return 2 if usable_cores() >= 2 and idle_cores() >= 1 else 1
 
 
 def _failed(theta: np.ndarray) -> tuple[float, np.ndarray]:
@@ -267,17 +261,19 @@ def _one(pb, theta: np.ndarray, reml: bool) -> tuple[float, np.ndarray]:
     return dev, grad
 
 
-def _dense(pb, theta: np.ndarray, reml: bool) -> tuple[float, np.ndarray]:
+def _dense(pb, theta: np.ndarray, reml: bool, keep: str | None = None) -> tuple[float, np.ndarray]:
     """Crossed/nested factors on the dense Schur path with scalar later blocks."""
     rest = pb.rest
     lambdas = pb.theta_map.lambdas(theta)
     lam1 = lambdas[0]
     q1, l1, mz, p, m, nb = pb.q[0], pb.nlevels[0], pb.mz, pb.p, pb.m, rest.nb
-    logdet_Z, CtC, (L, C, _) = pb._first_block(lam1, True)
+    logdet_Z, CtC, (L, C, ld_level) = pb._first_block(lam1, True)
+    logdet_Z0 = logdet_Z
     W, TtC = pb._schur_inputs(lam1, L, C)
     # the problem's buffer is the main thread's; a worker of a thread-pooled stencil
     # (memoe.core.optim.checks.gradient_difference_hessian) fills a buffer of its own
-    if threading.current_thread() is threading.main_thread():
+    main = threading.current_thread() is threading.main_thread()
+    if main:
         if pb._buffer is None:
             pb._buffer = np.zeros((nb, nb))
         buffer = pb._buffer
@@ -285,7 +281,7 @@ def _dense(pb, theta: np.ndarray, reml: bool) -> tuple[float, np.ndarray]:
         buffer = _thread_buffer(nb)
     # whether a second core is idle, sampled once: the map products and both LAPACK calls then split
     # over two threads
-    workers = _inverse_workers()
+    workers = split_workers()
     pool = helper_pool() if workers > 1 else None
     M, H = rest.bordered_unscaled(lambdas[1:], W, TtC, pb._wXYtXY - CtC, out=buffer, keep=True, pool=pool)
     c, info = potrf_lower(M.T, workers=workers)
@@ -293,6 +289,9 @@ def _dense(pb, theta: np.ndarray, reml: bool) -> tuple[float, np.ndarray]:
     dev = pb._criterion(ok, logdet_Z, logdet_X, pwrss, reml)
     if not math.isfinite(dev):
         return _failed(theta)
+    if keep is not None and main and not pooled_active():
+        # before potri overwrites the factor: a copy for the result at this theta (PLSProblem._factorize)
+        pb.offer_factor(theta, dev, keep == "always", (lambdas, L, C, ld_level, logdet_Z0, c, info))
     beta, RXi = _beta_rx(c, mz, p)
     bvec = np.append(-beta, 1.0)
     dvec = np.array([lam[0, 0] for lam in lambdas[1:]])

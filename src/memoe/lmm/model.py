@@ -328,6 +328,9 @@ class LMM:
                     messages=messages,
                 )
         finally:
+            # the factor kept for the result (taken by it at the optimum) and its spare buffer: ~10 MB each
+            if hasattr(self.problem, "forget_factor"):
+                self.problem.forget_factor()
             self.problem.blas_threads = problem_threads
             if held is not None:
                 self.problem.threads_held = held
@@ -345,10 +348,15 @@ class LMM:
         # gradient difference for free (_check_gradient)
         self._gradient_trace = trace = []
 
-        def fg(x: np.ndarray) -> tuple[float, np.ndarray]:
-            f, g = deviance_and_gradient(problem, x, reml)
+        def fg(x: np.ndarray, keep: str | None = "best") -> tuple[float, np.ndarray]:
+            # keep: the optimiser's points offer their factor to the problem, so that the result at the
+            # accepted (lowest) point reuses it (PLSProblem.offer_factor); difference points do not
+            f, g = deviance_and_gradient(problem, x, reml, keep=keep)
             trace.append((np.array(x, dtype=float), g))
             return f, g
+
+        if hasattr(problem, "forget_factor"):
+            problem.forget_factor()
 
         extra = 0
         hess0 = None
@@ -362,7 +370,7 @@ class LMM:
             def hess0(x, g):
                 nonlocal extra
                 extra += len(x)
-                return gradient_difference_hessian(lambda z: (ready.pop(z.tobytes(), None) or fg(z))[1], x, g,
+                return gradient_difference_hessian(lambda z: (ready.pop(z.tobytes(), None) or fg(z, None))[1], x, g,
                                                    delta=FD_DELTA, workers=workers)
 
             def start(x: np.ndarray) -> tuple[float, np.ndarray]:
@@ -384,7 +392,7 @@ class LMM:
             again = minimize_bounded(lambda x: problem.deviance(x, reml), opt.x, lower, ftol_abs=control.ftol_abs,
                                      xtol_abs=control.xtol_abs, maxeval=max(1, control.maxeval - opt.feval),
                                      initial_step=step)
-            fmin, grad = fg(again.x)
+            fmin, grad = fg(again.x, "always")
             opt = dataclasses.replace(again, optimizer=f"{opt.optimizer} + {again.optimizer}", x0=opt.x0,
                                       fmin=fmin, feval=opt.feval + again.feval + 1,
                                       seconds=opt.seconds + again.seconds)
@@ -394,7 +402,7 @@ class LMM:
             # a variance at its zero bound: the criterion is flat (even in a scalar theta) there, so the
             # quasi-Newton iterates approach 0 without landing on it; take the bound when it is no worse
             trial = np.where(near, 0.0, theta)
-            f0, g0 = fg(trial)
+            f0, g0 = fg(trial, "always")
             opt = dataclasses.replace(opt, feval=opt.feval + 1)
             if f0 <= opt.fmin + 1e-10 * max(1.0, abs(opt.fmin)):
                 theta, grad = trial, g0

@@ -1,0 +1,145 @@
+"""The fit's result reuses the optimiser's factor at the optimum (issue 13, InstEval in 0.5 s).
+
+On the dense crossed path the gradient evaluations offer their factor to the problem
+(``PLSProblem.offer_factor``); the result at the accepted theta takes it instead of factoring again. Every
+piece of the result (profiled beta, sigma, criterion, ``(R_X'R_X)^-1``, conditional modes, the factor itself,
+conditional variances, logLik, vcov) must equal a fresh refactorisation at the same theta to rounding, with
+the factor made serially or on two threads; a point that is not the kept one must never get it.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import memoe
+from memoe.core.linalg import split_inverse
+from memoe.lmm.gradient import deviance_and_gradient
+
+from .test_lmm_gradient import _crossed, _random_theta
+
+objective = importlib.import_module("memoe.lmm.objective")
+gradient_mod = importlib.import_module("memoe.lmm.gradient")
+# a solve and a few triangular products of factors of order ~100-400, condition ~1e3: far below this
+ROUNDING = 1e-9
+
+
+def _frame(seed: int, n: int = 4000) -> pd.DataFrame:
+    """Crossed s x d (300 x 250 levels) plus an 8-level factor, as in InstEval's ``(1|s) + (1|d) + (1|dept)``."""
+    rng = np.random.default_rng(seed)
+    s, d, g = rng.integers(0, 300, n), rng.integers(0, 250, n), rng.integers(0, 8, n)
+    s[:300], d[:250], g[:8] = np.arange(300), np.arange(250), np.arange(8)
+    x = rng.normal(size=n)
+    y = (3.0 + 0.5 * x + 0.8 * rng.normal(size=300)[s] + 0.5 * rng.normal(size=250)[d] + 0.3 * rng.normal(size=8)[g]
+         + rng.normal(size=n))
+    return pd.DataFrame({"y": y, "x": x, "s": s.astype(str), "d": d.astype(str), "g": g.astype(str)})
+
+
+def _close(a, b, what: str) -> None:
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    scale = max(1.0, float(np.abs(b).max()) if b.size else 1.0)
+    assert a.shape == b.shape, what
+    assert np.abs(a - b).max() <= ROUNDING * scale, f"{what}: {np.abs(a - b).max()} at scale {scale}"
+
+
+def _fit_recording_hits(monkeypatch, df, reml: bool):
+    hits = []
+    take = objective.PLSProblem._take_factor
+
+    def recording(self, theta):
+        out = take(self, theta)
+        hits.append(out is not None)
+        return out
+
+    monkeypatch.setattr(objective.PLSProblem, "_take_factor", recording)
+    model = memoe.lmm("y ~ x + (1 | s) + (1 | d) + (1 | g)", df)
+    fit = model.fit(reml=reml, control={"solver": "dense"})
+    return model, fit, hits
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("reml", [True, False])
+def test_result_with_the_kept_factor_equals_a_fresh_refactorisation(monkeypatch, threads, reml):
+    if threads == 2:
+        if not split_inverse.split_available():
+            pytest.skip("scipy exposes no LAPACK function pointers")
+        # the two-thread factor and inverse on these small matrices too
+        monkeypatch.setattr(split_inverse, "SPLIT_MIN_ORDER", 0)
+        monkeypatch.setattr(split_inverse, "POTRF_BLOCK", 64)
+    monkeypatch.setattr(gradient_mod, "split_workers", lambda: threads)
+    model, fit, hits = _fit_recording_hits(monkeypatch, _frame(3), reml)
+    pb = model.problem
+    assert pb.solver == "dense" and fit.opt.optimizer == "projected BFGS"
+    assert hits == [True], "the result did not reuse the optimiser's factor"
+    assert pb._kept is None and pb._kept_spare is None  # released after the fit
+    theta = np.asarray(fit.state.theta)
+    kept = fit.state.solution
+    # fresh: the whole factorisation again at the same theta (serial LAPACK)
+    monkeypatch.setattr(objective, "split_workers", lambda: 1)
+    fresh = pb.solve(theta, reml)
+    for name in ("beta", "sigma", "deviance", "RX_inv_t"):
+        _close(getattr(kept, name), getattr(fresh, name), name)
+    for k, (a, b) in enumerate(zip(kept.u, fresh.u, strict=True)):
+        _close(a, b, f"u[{k}]")
+    for k, (a, b) in enumerate(zip(kept.b, fresh.b, strict=True)):
+        _close(a, b, f"b[{k}]")
+    fk, ff = kept.factor, fresh.factor
+    _close(fk.Lr, ff.Lr, "Lr")
+    assert np.all(np.triu(fk.Lr, 1) == 0.0)  # a lower-triangular factor, as np.tril gives it
+    _close(fk.G.toarray(), ff.G.toarray(), "G")
+    _close(fk.L1, ff.L1, "L1")
+    _close(fk.C, ff.C, "C")
+    for name in ("logdet_Z", "logdet_X", "pwrss"):
+        _close(getattr(fk, name), getattr(ff, name), name)
+    for k, (a, b) in enumerate(zip(pb.conditional_variances(kept), pb.conditional_variances(fresh), strict=True)):
+        _close(a, b, f"condVar[{k}]")
+    # what the result reports from them
+    _close(fit.loglik, -0.5 * fresh.deviance, "logLik")
+    _close(fit.vcov().to_numpy(), fresh.sigma**2 * fresh.vcov_unscaled, "vcov")
+    # and the criterion is the optimiser's at that theta
+    _close(kept.deviance, fit.opt.fmin, "criterion")
+
+
+def test_offer_keeps_the_lowest_and_hands_it_over_once(monkeypatch):
+    pb = _crossed([1, 1, 1], [60, 40, 8], seed=5)
+    rng = np.random.default_rng(2)
+    thetas = [_random_theta([1, 1, 1], rng) for _ in range(3)]
+    devs = [deviance_and_gradient(pb, t, True)[0] for t in thetas]
+    pb.forget_factor()
+    order = np.argsort(devs)
+    best, worst = thetas[order[0]], thetas[order[-1]]
+    deviance_and_gradient(pb, best, True, keep="best")
+    deviance_and_gradient(pb, worst, True, keep="best")  # higher criterion: not kept
+    assert pb._take_factor(worst) is None
+    kept = pb._take_factor(best)
+    assert kept is not None
+    assert pb._take_factor(best) is None  # handed over: the next solve factors afresh
+    # "always" keeps a higher point; keep=None never offers
+    deviance_and_gradient(pb, best, True, keep="best")
+    deviance_and_gradient(pb, worst, True, keep="always")
+    deviance_and_gradient(pb, thetas[order[1]], True)
+    assert pb._take_factor(best) is None and pb._take_factor(thetas[order[1]]) is None
+    assert pb._take_factor(worst) is not None
+    # the kept copy is the factor at that theta, not the buffer the next evaluation overwrites
+    deviance_and_gradient(pb, best, True, keep="always")
+    deviance_and_gradient(pb, worst, True)
+    sol_kept = pb.solve(best, True)
+    pb.forget_factor()
+    sol_fresh = pb.solve(best, True)
+    _close(sol_kept.factor.Lr, sol_fresh.factor.Lr, "Lr")
+    _close(sol_kept.beta, sol_fresh.beta, "beta")
+
+
+def test_changing_the_problem_drops_the_kept_factor():
+    pb = _crossed([1, 1], [60, 40], seed=8)
+    theta = np.array([0.8, 0.5])
+    deviance_and_gradient(pb, theta, True, keep="always")
+    pb.set_solver("sparse" if objective.have_sparse_cholesky() else "matrix-free")
+    assert pb._take_factor(theta) is None
+    pb.set_solver("dense")
+    deviance_and_gradient(pb, theta, True, keep="always")
+    pb.forget_factor()
+    assert pb._take_factor(theta) is None
