@@ -289,9 +289,15 @@ def _dense(pb, theta: np.ndarray, reml: bool, keep: str | None = None) -> tuple[
     dev = pb._criterion(ok, logdet_Z, logdet_X, pwrss, reml)
     if not math.isfinite(dev):
         return _failed(theta)
+    offered = None
     if keep is not None and main and not pooled_active():
-        # before potri overwrites the factor: a copy for the result at this theta (PLSProblem._factorize)
-        pb.offer_factor(theta, dev, keep == "always", (lambdas, L, C, ld_level, logdet_Z0, c, info))
+        # before potri overwrites the factor: a copy for the result at this theta (PLSProblem._factorize),
+        # on the helper thread while this one solves for Y when a core is idle (a ~10 MB memcpy)
+        args = (theta, dev, keep == "always", (lambdas, L, C, ld_level, logdet_Z0, c, info))
+        if pool is not None:
+            offered = pool.submit(pb.offer_factor, *args)
+        else:
+            pb.offer_factor(*args)
     beta, RXi = _beta_rx(c, mz, p)
     bvec = np.append(-beta, 1.0)
     dvec = np.array([lam[0, 0] for lam in lambdas[1:]])
@@ -310,6 +316,8 @@ def _dense(pb, theta: np.ndarray, reml: bool, keep: str | None = None) -> tuple[
     Y1 = pb._zxy - np.einsum("abl,bml->aml", pb._zz, w1, optimize=True) - v
     Y2 = rest.ZrtXY - Z1tZr.T @ w1.transpose(2, 0, 1).reshape(l1 * q1, m) - rest.ZrtZr @ w2
     # S^-1 from the leading block of the bordered factor (the factor of S itself): no border correction
+    if offered is not None:
+        offered.result()
     inv, info = potri_lower(c, workers=workers, order=mz)
     if info != 0:
         return _failed(theta)
