@@ -143,3 +143,64 @@ def test_changing_the_problem_drops_the_kept_factor():
     deviance_and_gradient(pb, theta, True, keep="always")
     pb.forget_factor()
     assert pb._take_factor(theta) is None
+
+
+# ------------------------------------------------------------------ value-difference start Hessian
+def test_dense_value_equals_the_deviance_and_is_thread_safe():
+    from memoe.core.optim.checks import parallel_map
+    from memoe.lmm.gradient import dense_value
+
+    pb = _crossed([1, 1, 1], [60, 40, 8], seed=9)
+    rng = np.random.default_rng(5)
+    thetas = [_random_theta([1, 1, 1], rng) for _ in range(6)]
+    for reml in (True, False):
+        ref = [pb.deviance(t, reml) for t in thetas]
+        serial = [dense_value(pb, t, reml) for t in thetas]
+        pooled = [None] * len(thetas)
+
+        def run(i, reml=reml, pooled=pooled):
+            pooled[i] = dense_value(pb, thetas[i], reml)
+
+        parallel_map(run, range(len(thetas)), workers=2)
+        _close(serial, ref, "dense_value")
+        assert pooled == serial  # each evaluation is computed exactly as serially, on its thread's own buffer
+    with pytest.raises(memoe.errors.MemoeError, match="dense path"):
+        dense_value(memoe.lmm("Reaction ~ Days + (Days | Subject)", memoe.datasets.load("sleepstudy")).problem,
+                    [1.0, 0.0, 1.0], True)
+
+
+def test_value_difference_hessian_matches_gradient_differences():
+    from memoe.core.optim.checks import gradient_difference_hessian, value_difference_hessian
+
+    pb = _crossed([1, 1, 1], [60, 40, 8], seed=12)
+    x = np.array([0.7, 0.5, 0.3])
+    f0, g0 = deviance_and_gradient(pb, x, True)
+    Hv = value_difference_hessian(lambda z: pb.deviance(z, True), x, f0, g0, 1e-4)
+    Hg = gradient_difference_hessian(lambda z: deviance_and_gradient(pb, z, True)[1], x, g0, delta=1e-4)
+    # both carry an O(h) truncation of the third derivative (different stencils): ~1e-3 of the curvature at h = 1e-4
+    assert np.abs(Hv - Hg).max() <= 2e-3 * np.abs(Hg).max()
+    assert np.allclose(Hv, Hv.T)
+
+
+def test_fit_starts_from_values_on_the_dense_path(monkeypatch):
+    model_mod = importlib.import_module("memoe.lmm.model")
+    calls = {"grad": 0, "value": 0}
+    dg, dv = model_mod.deviance_and_gradient, model_mod.dense_value
+
+    def count_grad(*a, **k):
+        calls["grad"] += 1
+        return dg(*a, **k)
+
+    def count_value(*a, **k):
+        calls["value"] += 1
+        return dv(*a, **k)
+
+    monkeypatch.setattr(model_mod, "deviance_and_gradient", count_grad)
+    monkeypatch.setattr(model_mod, "dense_value", count_value)
+    df = _frame(4)
+    fit = memoe.lmm("y ~ x + (1 | s) + (1 | d) + (1 | g)", df).fit(control={"solver": "dense"})
+    assert calls["value"] == 6  # k (k + 1) / 2 for k = 3, instead of 3 gradients
+    assert fit.opt.feval >= 6 and fit.converged
+    # the same optimum as BOBYQA's (lme4's optimiser)
+    ref = memoe.lmm("y ~ x + (1 | s) + (1 | d) + (1 | g)", df).fit(control={"solver": "dense", "optimizer": "bobyqa"})
+    assert fit.opt.fmin <= ref.opt.fmin + 1e-8 * abs(ref.opt.fmin)

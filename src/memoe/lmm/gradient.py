@@ -51,7 +51,8 @@ from memoe.errors import MemoeError
 from memoe.lmm.gradient_small import small_deviance_and_gradient, small_gradient_available
 
 __all__ = [
-    "GRADIENT_MODEL_FTOL_REL", "deviance_and_gradient", "gradient_available", "gradient_preferred", "stencil_workers",
+    "GRADIENT_MODEL_FTOL_REL", "dense_value", "deviance_and_gradient", "gradient_available", "gradient_preferred",
+    "stencil_workers",
 ]
 
 # the gradient optimiser stops once its validated quasi-Newton model predicts a decrease below this times |f|
@@ -168,6 +169,30 @@ def deviance_and_gradient(problem, theta: np.ndarray, reml: bool, keep: str | No
         return _one(problem, theta, reml)
 
 
+def dense_value(problem, theta: np.ndarray, reml: bool) -> float:
+    """The criterion alone on the dense crossed path, safe on several threads at once (a pooled stencil).
+
+    :meth:`memoe.lmm.objective.PLSProblem.deviance` fills the problem's one buffer; this takes the thread's own
+    (as :func:`deviance_and_gradient` does) and stops after ``potrf``: about 0.4 of a value + gradient (no
+    ``potri``). For the value-difference start Hessian of :meth:`memoe.lmm.model.LMM.fit`.
+
+    Examples
+    --------
+    >>> import memoe
+    >>> pen = memoe.datasets.load("Penicillin")
+    >>> pb = memoe.lmm("diameter ~ 1 + (1 | plate) + (1 | sample)", pen).problem
+    >>> pb.set_solver("dense")
+    >>> round(dense_value(pb, [1.5, 3.0], True), 6) == round(pb.deviance([1.5, 3.0], True), 6)
+    True
+    """
+    if not (gradient_available(problem) and problem.multi):
+        raise MemoeError("dense_value needs crossed/nested factors on the blocked dense path (solver 'dense') with "
+                         f"scalar random effects after the first factor; this problem's path is "
+                         f"{getattr(problem, 'solver', type(problem).__name__)!r}")
+    with blas_threads(problem.blas_threads):
+        return _dense(problem, np.asarray(theta, dtype=float), reml, value_only=True)[0]
+
+
 _local = threading.local()
 
 
@@ -261,7 +286,8 @@ def _one(pb, theta: np.ndarray, reml: bool) -> tuple[float, np.ndarray]:
     return dev, grad
 
 
-def _dense(pb, theta: np.ndarray, reml: bool, keep: str | None = None) -> tuple[float, np.ndarray]:
+def _dense(pb, theta: np.ndarray, reml: bool, keep: str | None = None,
+           value_only: bool = False) -> tuple[float, np.ndarray | None]:
     """Crossed/nested factors on the dense Schur path with scalar later blocks."""
     rest = pb.rest
     lambdas = pb.theta_map.lambdas(theta)
@@ -283,10 +309,13 @@ def _dense(pb, theta: np.ndarray, reml: bool, keep: str | None = None) -> tuple[
     # over two threads
     workers = split_workers()
     pool = helper_pool() if workers > 1 else None
-    M, H = rest.bordered_unscaled(lambdas[1:], W, TtC, pb._wXYtXY - CtC, out=buffer, keep=True, pool=pool)
+    M, H = rest.bordered_unscaled(lambdas[1:], W, TtC, pb._wXYtXY - CtC, out=buffer, keep=not value_only,
+                                  pool=pool)
     c, info = potrf_lower(M.T, workers=workers)
     ok, logdet_Z, logdet_X, pwrss = pb._finish(logdet_Z, c, info)
     dev = pb._criterion(ok, logdet_Z, logdet_X, pwrss, reml)
+    if value_only:
+        return dev, None
     if not math.isfinite(dev):
         return _failed(theta)
     offered = None
