@@ -204,3 +204,33 @@ def test_fit_starts_from_values_on_the_dense_path(monkeypatch):
     # the same optimum as BOBYQA's (lme4's optimiser)
     ref = memoe.lmm("y ~ x + (1 | s) + (1 | d) + (1 | g)", df).fit(control={"solver": "dense", "optimizer": "bobyqa"})
     assert fit.opt.fmin <= ref.opt.fmin + 1e-8 * abs(ref.opt.fmin)
+
+
+def _fill_bound_bmat(pb) -> int:
+    """The fill bound as first written: components of the symmetric bipartite graph built by sp.bmat."""
+    import scipy.sparse as sp
+    from scipy.sparse.csgraph import connected_components
+
+    rest = pb.rest
+    graph = sp.bmat([[None, rest.Z1tZr], [rest.Z1tZr.T, rest.ZrtZr]], format="csr")
+    _, labels = connected_components(graph, directed=False)
+    sizes = np.bincount(labels[rest.Z1tZr.shape[0]:]).astype(np.int64)
+    return int((sizes * (sizes + 1) // 2).sum())
+
+
+@pytest.mark.parametrize("nested", [False, True])
+def test_fill_bound_from_stacked_csr_equals_the_symmetric_graph(nested):
+    rng = np.random.default_rng(21)
+    n = 3000
+    if nested:
+        # (1 | cask) + (1 | batch) with casks nested in batches: many small components
+        cask = rng.integers(0, 600, n)
+        batch = cask // 6
+        codes = {"a": cask, "b": batch, "c": (cask * 7) % 11 + 100 * (batch // 20)}
+    else:
+        codes = {"a": rng.integers(0, 400, n), "b": rng.integers(0, 300, n), "c": rng.integers(0, 9, n)}
+    df = pd.DataFrame({k: v.astype(str) for k, v in codes.items()})
+    df["y"] = rng.normal(size=n)
+    pb = memoe.lmm("y ~ 1 + (1 | a) + (1 | b) + (1 | c)", df).problem
+    pb.set_solver("dense")
+    assert pb._fill_bound() == _fill_bound_bmat(pb)
