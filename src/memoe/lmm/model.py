@@ -374,6 +374,8 @@ class LMM:
         extra = 0
         hess0 = None
         start = fg
+        # the dense crossed path: BFGS in log theta after the first step (minimize_bounded_gradient's log_model)
+        log_model = gradient_preferred(problem)
         if len(x0) <= MAX_THETA_FOR_VALUE_HESSIAN and gradient_preferred(problem):
             # the dense crossed path with few parameters: the start Hessian from k (k + 1) / 2 criterion values
             # (no potri: ~0.4 of a value + gradient each) instead of k gradients, pooled with the start point
@@ -417,7 +419,7 @@ class LMM:
         model_ftol_rel = GRADIENT_MODEL_FTOL_REL if control.ftol_abs >= FitControl.ftol_abs else 0.0
         opt = minimize_bounded_gradient(start, x0, lower, initial_step=step, ftol_abs=control.ftol_abs,
                                         xtol_abs=min(control.xtol_abs, 1e-10), maxeval=min(control.maxeval, 500),
-                                        initial_hessian=hess0, model_ftol_rel=model_ftol_rel)
+                                        initial_hessian=hess0, model_ftol_rel=model_ftol_rel, log_model=log_model)
         opt = dataclasses.replace(opt, feval=opt.feval + extra)
         grad = opt.settings["gradient"]
         if opt.return_code < 0 or opt.return_code == 5:

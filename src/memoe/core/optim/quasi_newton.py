@@ -46,6 +46,7 @@ def minimize_bounded_gradient(
     maxeval: int = 200,
     initial_hessian: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
     model_ftol_rel: float = 0.0,
+    log_model: bool = False,
 ) -> OptSummary:
     """Minimise ``f`` subject to ``x >= lower`` from values and gradients.
 
@@ -72,6 +73,13 @@ def minimize_bounded_gradient(
         2 of the model's, and the Newton decrease ``g' H g / 2`` from here is below that bound. Saves the
         last one or two evaluations, which move the criterion by ~1e-14 relative (InstEval shape: 6e-9 on
         227,478). 0 (default) turns it off.
+    log_model : bool
+        With ``initial_hessian``: keep a second BFGS model in ``log x`` for the variables bounded below by 0
+        (from the initial Hessian by the chain rule, updated with the log steps) and take its steps while those
+        variables stay positive; the theta-space model takes over at a bound. The curvature of a variance
+        parameter grows like ``1 / x^2``, so after the long first step a theta-space model undershoots it and
+        the next step overshoots (InstEval shape: 7 -> 6 gradients; 200 -> 192 over 26 simulated crossed fits,
+        same optima to < 1e-12 relative). Default False (the small dense path: no gain there).
     initial_hessian : callable, optional
         ``(x0, g0) -> H`` (shape (k, k)), e.g. ``k`` gradient differences: BFGS then starts from
         ``H^-1`` (Newton steps from the start) instead of a probing step along ``-g``; the first step is
@@ -133,6 +141,10 @@ def minimize_bounded_gradient(
     # (at least a tenth of each variable's scale: a moment start's small steps are for BOBYQA's interpolation)
     radius = np.maximum(RADIUS_FACTOR * step0, 0.1 * np.maximum(1.0, np.abs(x)))
     Hinv: np.ndarray | None = None  # BFGS inverse Hessian (full space), set after the first accepted step
+    # log_model: a second BFGS inverse Hessian in phi = log x for the variables bounded at 0 (pos), whose steps
+    # are taken while those stay positive
+    Hphi_inv: np.ndarray | None = None
+    pos = np.zeros(k, dtype=bool)
     log_first: np.ndarray | None = None  # first step from the initial Hessian, Newton in log coordinates
     if initial_hessian is not None:
         H0 = np.asarray(initial_hessian(x.copy(), g.copy()), dtype=float)
@@ -141,6 +153,9 @@ def minimize_bounded_gradient(
             if w.min() > 1e-12 * max(1.0, w.max()):
                 Hinv = (Q / w) @ Q.T
                 log_first = _log_newton_step(x, g, 0.5 * (H0 + H0.T), lower)
+                if log_first is not None and log_model:
+                    pos = (lower == 0) & (x > 0)
+                    Hphi_inv = np.linalg.inv(_log_hessian(x, g, 0.5 * (H0 + H0.T), pos))
     restarted = False
     # the last accepted step was a full quasi-Newton step whose decrease the model predicted (model_ftol_rel)
     validated = False
@@ -169,11 +184,16 @@ def minimize_bounded_gradient(
             d[free] = -Hf @ g[free]
             if log_first is not None and not np.any(snap):
                 d = log_first
+            elif Hphi_inv is not None and not np.any(snap) and np.all(x[pos] > 0) and np.all(x[pos] + d[pos] > 0):
+                # the quasi-Newton step in log coordinates, mapped back (a factor e at most per variable); not when
+                # the theta model heads for a bound: a log step only divides the variable by e (a zero variance)
+                dphi = np.clip(-Hphi_inv @ (np.where(pos, x, 1.0) * g), -1.0, 1.0)
+                d = np.where(pos, x * np.expm1(dphi), dphi)
             log_first = None
             pred = -float(g @ d)
             if not pred > 0.0:
                 # the quasi-Newton model lost positive curvature on this face: restart from steepest descent
-                Hinv = None
+                Hinv = Hphi_inv = None
                 continue
             if 0.5 * pred <= tol and not np.any(snap):
                 return done(3, "predicted decrease below ftol")
@@ -202,7 +222,7 @@ def minimize_bounded_gradient(
                 return done(3, "no further descent at the rounding level")
             if Hinv is None or restarted:
                 return done(-1, "no descent along the projected gradient")
-            Hinv, restarted = None, True
+            Hinv, Hphi_inv, restarted = None, None, True
             continue
         restarted = False
         # pred / 2 is the model's decrease for an uncapped step (g' H g - g' H g / 2); actual within a factor 2
@@ -214,6 +234,14 @@ def minimize_bounded_gradient(
             elif alpha < 1.0:
                 radius *= 0.5
         s, y = xn - x, gn - g
+        if Hphi_inv is not None:
+            # BFGS in phi = log x: s_phi = log(xn / x), y_phi = xn gn - x g on those variables (the chain rule);
+            # a variable reaching its bound ends the log model (the theta model carries on)
+            if np.all(xn[pos] > 0) and np.all(x[pos] > 0):
+                xs, xns = np.where(pos, x, 1.0), np.where(pos, xn, 1.0)
+                Hphi_inv = _bfgs_update(Hphi_inv, np.where(pos, np.log(xns / xs), s), xns * gn - xs * g)
+            else:
+                Hphi_inv = None
         decrease = f - fn
         x, f, g = xn, fn, gn
         if Hinv is not None and np.max(np.abs(d)) <= xtol_abs:
@@ -236,6 +264,22 @@ def minimize_bounded_gradient(
                 return done(3, "decrease below ftol")
 
 
+def _bfgs_update(Hinv: np.ndarray, s: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """The BFGS update of an inverse Hessian with the pair ``(s, y)`` (unchanged without positive curvature)."""
+    sy = float(s @ y)
+    if not sy > 1e-12 * float(np.sqrt((s @ s) * (y @ y))):
+        return Hinv
+    rho = 1.0 / sy
+    V = np.eye(len(s)) - rho * np.outer(s, y)
+    return V @ Hinv @ V.T + rho * np.outer(s, s)
+
+
+def _log_hessian(x: np.ndarray, g: np.ndarray, H: np.ndarray, pos: np.ndarray) -> np.ndarray:
+    """The Hessian in ``phi = log x`` on ``pos`` (x elsewhere): ``D H D + diag(D g)``, ``D = diag(x)`` on ``pos``."""
+    dsc = np.where(pos, x, 1.0)
+    return dsc[:, None] * H * dsc[None, :] + np.diag(np.where(pos, dsc * g, 0.0))
+
+
 def _log_newton_step(x: np.ndarray, g: np.ndarray, H: np.ndarray, lower: np.ndarray) -> np.ndarray | None:
     """The Newton step from ``(g, H)`` taken in ``log x`` for the variables bounded below by 0 (and positive).
 
@@ -249,7 +293,7 @@ def _log_newton_step(x: np.ndarray, g: np.ndarray, H: np.ndarray, lower: np.ndar
     if not np.any(pos):
         return None
     dsc = np.where(pos, x, 1.0)
-    Hp = dsc[:, None] * H * dsc[None, :] + np.diag(np.where(pos, dsc * g, 0.0))
+    Hp = _log_hessian(x, g, H, pos)
     try:
         L = np.linalg.cholesky(Hp)
     except np.linalg.LinAlgError:
