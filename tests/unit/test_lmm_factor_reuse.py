@@ -199,7 +199,8 @@ def test_fit_starts_from_values_on_the_dense_path(monkeypatch):
     monkeypatch.setattr(model_mod, "dense_value", count_value)
     df = _frame(4)
     fit = memoe.lmm("y ~ x + (1 | s) + (1 | d) + (1 | g)", df).fit(control={"solver": "dense"})
-    assert calls["value"] == 6  # k (k + 1) / 2 for k = 3, instead of 3 gradients
+    # k (k + 1) / 2 = 6 for the start Hessian (instead of 3 gradients), 3 or 6 more for the check's
+    assert calls["value"] in (9, 12)
     assert fit.opt.feval >= 6 and fit.converged
     # the same optimum as BOBYQA's (lme4's optimiser)
     ref = memoe.lmm("y ~ x + (1 | s) + (1 | d) + (1 | g)", df).fit(control={"solver": "dense", "optimizer": "bobyqa"})
@@ -234,3 +235,54 @@ def test_fill_bound_from_stacked_csr_equals_the_symmetric_graph(nested):
     pb = memoe.lmm("y ~ 1 + (1 | a) + (1 | b) + (1 | c)", df).problem
     pb.set_solver("dense")
     assert pb._fill_bound() == _fill_bound_bmat(pb)
+
+
+@pytest.mark.parametrize("k", [2, 3, 4])
+def test_value_difference_hessian_with_a_secant_recovers_a_quadratic(k):
+    from memoe.core.optim.checks import value_difference_hessian
+
+    rng = np.random.default_rng(k)
+    A = rng.normal(size=(k, k))
+    A = A @ A.T + k * np.eye(k)
+    b = rng.normal(size=k)
+
+    def f(x):
+        return 1e3 + float(b @ x + 0.5 * x @ A @ x)
+
+    x = rng.uniform(0.5, 1.5, size=k)
+    g = b + A @ x
+    s = np.full(k, 1e-6)
+    s[k - 1] = 1.5e-4  # mostly along the last coordinate, as the optimiser's last step
+    y = A @ s  # exact for a quadratic
+    calls = []
+
+    def counted(z):
+        calls.append(z)
+        return f(z)
+
+    H = value_difference_hessian(counted, x, f(x), g, 1e-4, secant=(s, y), workers=2)
+    assert len(calls) == (k - 1) * k // 2  # the secant's direction needs no value
+    # second value differences of ~1e3 at h = 1e-4: rounding ~eps 1e3 / h^2 ~ 2e-5 per entry
+    np.testing.assert_allclose(H, A, rtol=0, atol=1e-3 * np.abs(A).max())
+    assert np.array_equal(H, H.T)
+    # without the secant: all k (k + 1) / 2 points
+    calls.clear()
+    H2 = value_difference_hessian(counted, x, f(x), g, 1e-4)
+    assert len(calls) == k * (k + 1) // 2
+    np.testing.assert_allclose(H2, A, rtol=0, atol=1e-3 * np.abs(A).max())
+
+
+def test_check_hessian_from_values_matches_gradient_differences():
+    from memoe.core.optim.checks import gradient_difference_hessian
+
+    df = _frame(6)
+    for reml in (True, False):
+        model = memoe.lmm("y ~ x + (1 | s) + (1 | d) + (1 | g)", df)
+        fit = model.fit(reml=reml, control={"solver": "dense"})
+        pb, theta = model.problem, np.asarray(fit.state.theta)
+        g = deviance_and_gradient(pb, theta, reml)[1]
+        full = gradient_difference_hessian(lambda x, pb=pb, reml=reml: deviance_and_gradient(pb, x, reml)[1], theta, g,
+                                           delta=1e-4)
+        # both forward differences of step 1e-4 (O(h) truncation of different stencils)
+        np.testing.assert_allclose(fit.convergence.hessian, full, rtol=0, atol=5e-3 * np.abs(full).max())
+        assert fit.converged and fit.convergence.messages == []

@@ -38,6 +38,7 @@ from memoe.core.optim.checks import (
     ConvergenceReport,
     gradient_difference_hessian,
     parallel_map,
+    secant_usable,
     value_difference_hessian,
     value_stencil_points,
 )
@@ -68,6 +69,9 @@ MAX_THETA_FOR_START_HESSIAN = 6
 # on the dense crossed path, up to this many from k (k + 1) / 2 criterion values instead (a value costs ~0.4 of
 # a value + gradient there: 6 values against 3 gradients for k = 3; 10 against 4 for k = 4)
 MAX_THETA_FOR_VALUE_HESSIAN = 4
+# the derivative check's Hessian from forward values (dense crossed path) when at most this many coordinate
+# directions are left after the secant: m (m + 1) / 2 values at ~0.4 of a gradient each against m gradients
+MAX_VALUE_CHECK_DIRECTIONS = 3
 # step of those value differences, as the gradient differences' (FD_DELTA): the same optimiser path to rounding
 # (1e-3 and 3e-3 moved a few end points by up to 1e-12 relative over 26 simulated fits)
 VALUE_DELTA = 1e-4
@@ -319,7 +323,8 @@ class LMM:
                     gradient_preferred(self.problem) or small_gradient_available(self.problem))
                 if use_gradient:
                     opt, theta, grad = self._minimize_gradient(reml, x0, lower, step, control)
-                    report = self._check_gradient(reml, theta, grad, lower, control)
+                    report = self._check_gradient(reml, theta, grad, lower, control,
+                                                  f0=opt.fmin if np.array_equal(theta, opt.x) else None)
                 else:
                     opt = minimize_bounded(
                         f,
@@ -446,19 +451,30 @@ class LMM:
         return opt, theta, grad
 
     def _check_gradient(self, reml: bool, theta: np.ndarray, grad: np.ndarray, lower: np.ndarray,
-                        control: FitControl) -> ConvergenceReport:
+                        control: FitControl, f0: float | None = None) -> ConvergenceReport:
         """lme4's checks from the analytic gradient and a Hessian of k forward gradient differences.
 
         One of the k differences comes from the optimiser's last point when it lies within ``[SECANT_MIN, 2]
-        delta`` of theta (:meth:`_check_secant`); the others run on two threads when a core is idle.
+        delta`` of theta (:meth:`_check_secant`); the others run on two threads when a core is idle. On the
+        dense crossed path with at most ``MAX_VALUE_CHECK_DIRECTIONS`` directions left, forward values instead
+        (:func:`value_difference_hessian`: 3 values against 2 gradients for k = 3 with the secant, a value
+        costing ~0.4 of a gradient there). ``f0`` is the criterion at ``theta`` when the caller has it.
         """
         k = len(theta)
         secant = self._check_secant(theta, grad, lower)  # also releases the optimiser's trace
         if not control.calc_derivs or k == 0 or k > MAX_THETA_FOR_DERIVS:
             return ConvergenceReport(converged=True)
         problem = self.problem
-        hess = gradient_difference_hessian(lambda x: deviance_and_gradient(problem, x, reml)[1], theta, grad,
-                                           delta=FD_DELTA, workers=_stencil_workers(problem), secant=secant)
+        workers = _stencil_workers(problem)
+        m = k - (1 if secant_usable(secant, FD_DELTA) else 0)
+        if gradient_preferred(problem) and m <= MAX_VALUE_CHECK_DIRECTIONS:
+            if f0 is None:
+                f0 = dense_value(problem, theta, reml)
+            hess = value_difference_hessian(lambda x: dense_value(problem, x, reml), theta, f0, grad, FD_DELTA,
+                                            secant=secant, workers=workers)
+        else:
+            hess = gradient_difference_hessian(lambda x: deviance_and_gradient(problem, x, reml)[1], theta, grad,
+                                               delta=FD_DELTA, workers=workers, secant=secant)
         free = ~((lower == 0) & (theta < control.singular_tol))
         return check_convergence(grad, hess, free, grad_tol=control.grad_tol)
 

@@ -90,8 +90,9 @@ def gradient_difference_hessian(
     return 0.5 * (H + H.T)
 
 
-def value_stencil_points(x: np.ndarray, delta: float) -> list[np.ndarray]:
-    """The points :func:`value_difference_hessian` evaluates: ``x + h e_i``, then ``x + h (e_i + e_j)`` (j < i).
+def value_stencil_points(x: np.ndarray, delta: float, dirs=None) -> list[np.ndarray]:
+    """The points :func:`value_difference_hessian` evaluates: ``x + h e_i``, then ``x + h (e_i + e_j)`` (j < i),
+    for ``i, j`` in ``dirs`` (default: all coordinates).
 
     Built exactly as it builds them (same bytes), so that a caller can evaluate them beforehand (pooled).
 
@@ -102,13 +103,14 @@ def value_stencil_points(x: np.ndarray, delta: float) -> list[np.ndarray]:
     """
     x = np.asarray(x, dtype=float)
     k = len(x)
+    dirs = list(range(k)) if dirs is None else list(dirs)
     points = []
-    for i in range(k):
+    for i in dirs:
         e = np.zeros(k)
         e[i] = delta
         points.append(x + e)
-    for i in range(k):
-        for j in range(i):
+    for a, i in enumerate(dirs):
+        for j in dirs[:a]:
             e = np.zeros(k)
             e[i] = e[j] = delta
             points.append(x + e)
@@ -116,20 +118,22 @@ def value_stencil_points(x: np.ndarray, delta: float) -> list[np.ndarray]:
 
 
 def value_difference_hessian(f: Callable[[np.ndarray], float], x: np.ndarray, f0: float, g0: np.ndarray,
-                             delta: float) -> np.ndarray:
-    """Hessian from ``k (k + 1) / 2`` forward values and a known gradient (a start Hessian, not a check's).
+                             delta: float, secant: tuple[np.ndarray, np.ndarray] | None = None,
+                             workers: int = 1) -> np.ndarray:
+    """Hessian from forward values and a known gradient (``k (k + 1) / 2`` values, fewer with a secant).
 
     ``H_ii = 2 (f(x + h e_i) - f0 - h g_i) / h^2`` and ``H_ij = (f(x + h e_i + h e_j) - f(x + h e_i) -
-    f(x + h e_j) + f0) / h^2``: truncation ``O(h)`` of the third derivative and rounding ``~eps |f| / h^2``
-    (for the profiled criterion, ``|f| ~ 10^5`` and ``h = 10^-4``: ~1e-7 of a curvature of ~10^4). Forward
-    steps only, so a lower bound at ``x`` is never crossed. Used where a value costs much less than a value
-    and its gradient (the dense crossed LMM path: no ``potri``), so that the quasi-Newton optimiser starts
-    with Newton steps for less than ``k`` gradients.
+    f(x + h e_j) + f0) / h^2``: truncation ``O(h)`` of the third derivative, as :func:`gradient_difference_hessian`'s
+    forward differences, and rounding ``~eps_f / h^2`` for a criterion computed to ``eps_f`` (for the profiled
+    criterion, ``~1e-13 |f|`` with ``|f| ~ 10^5`` and ``h = 10^-4``: ~1e-4 of a curvature of ~10^4). Forward steps
+    only, so a lower bound at ``x`` is never crossed. Used where a value costs much less than a value and its
+    gradient (the dense crossed LMM path: no ``potri``): the start Hessian of the quasi-Newton optimiser and
+    the derivative check's (lme4's ``deriv12`` differences values too).
 
     Parameters
     ----------
     f : callable
-        ``x -> f(x)``, evaluated at :func:`value_stencil_points` in that order.
+        ``x -> f(x)``, evaluated at :func:`value_stencil_points` (safe to call concurrently with ``workers=2``).
     x : numpy.ndarray, shape (k,)
     f0 : float
         ``f(x)``.
@@ -137,11 +141,17 @@ def value_difference_hessian(f: Callable[[np.ndarray], float], x: np.ndarray, f0
         The gradient at ``x``.
     delta : float
         Step ``h``.
+    secant : (s, y), optional
+        A gradient difference ``y = g0 - grad(x - s)`` the caller has (see :func:`gradient_difference_hessian`;
+        used when :func:`secant_usable`): the direction ``i`` of the largest ``|s_i|`` then needs no values, its
+        row and column come from ``H s = y`` (``m (m + 1) / 2`` values for the ``m = k - 1`` others: 3 for k = 3).
+    workers : int
+        Threads evaluating the values (this one included); the result does not depend on it.
 
     Returns
     -------
     numpy.ndarray, shape (k, k)
-        Symmetric; non-finite entries where a value is not finite (the caller then ignores it).
+        Symmetric; non-finite entries where a value is not finite.
 
     R equivalent
     ------------
@@ -159,17 +169,32 @@ def value_difference_hessian(f: Callable[[np.ndarray], float], x: np.ndarray, f0
     x = np.asarray(x, dtype=float)
     g0 = np.asarray(g0, dtype=float)
     k = len(x)
-    points = value_stencil_points(x, delta)
-    vals = [float(f(p)) for p in points]
+    use = secant_usable(secant, delta)
+    skip = int(np.argmax(np.abs(np.asarray(secant[0], dtype=float)))) if use else -1
+    dirs = [i for i in range(k) if i != skip]
+    points = value_stencil_points(x, delta, dirs)
+    vals = [math.nan] * len(points)
+
+    def run(t: int) -> None:
+        vals[t] = float(f(points[t]))
+
+    parallel_map(run, range(len(points)), workers)
     H = np.empty((k, k))
-    fi = vals[:k]
-    for i in range(k):
+    m = len(dirs)
+    fi = dict(zip(dirs, vals[:m], strict=True))
+    for i in dirs:
         H[i, i] = 2.0 * (fi[i] - f0 - delta * g0[i]) / delta**2
-    t = k
-    for i in range(k):
-        for j in range(i):
+    t = m
+    for a, i in enumerate(dirs):
+        for j in dirs[:a]:
             H[i, j] = H[j, i] = (vals[t] - fi[i] - fi[j] + f0) / delta**2
             t += 1
+    if use:
+        # H s = y: the rows of the other directions give column skip, then its diagonal entry
+        sv, yv = (np.asarray(a, dtype=float) for a in secant)
+        o = np.array(dirs, dtype=int)
+        H[o, skip] = H[skip, o] = (yv[o] - H[np.ix_(o, o)] @ sv[o]) / sv[skip]
+        H[skip, skip] = (yv[skip] - H[skip, o] @ sv[o]) / sv[skip]
     return H
 
 
