@@ -90,9 +90,9 @@ def gradient_difference_hessian(
     return 0.5 * (H + H.T)
 
 
-def value_stencil_points(x: np.ndarray, delta: float, dirs=None) -> list[np.ndarray]:
-    """The points :func:`value_difference_hessian` evaluates: ``x + h e_i``, then ``x + h (e_i + e_j)`` (j < i),
-    for ``i, j`` in ``dirs`` (default: all coordinates).
+def value_stencil_points(x: np.ndarray, delta: float, dirs=None, pairs: bool = True) -> list[np.ndarray]:
+    """The points :func:`value_difference_hessian` evaluates: ``x + h e_i``, then ``x + h (e_i + e_j)`` (j < i;
+    not without ``pairs``), for ``i, j`` in ``dirs`` (default: all coordinates).
 
     Built exactly as it builds them (same bytes), so that a caller can evaluate them beforehand (pooled).
 
@@ -109,7 +109,7 @@ def value_stencil_points(x: np.ndarray, delta: float, dirs=None) -> list[np.ndar
         e = np.zeros(k)
         e[i] = delta
         points.append(x + e)
-    for a, i in enumerate(dirs):
+    for a, i in enumerate(dirs if pairs else []):
         for j in dirs[:a]:
             e = np.zeros(k)
             e[i] = e[j] = delta
@@ -119,7 +119,7 @@ def value_stencil_points(x: np.ndarray, delta: float, dirs=None) -> list[np.ndar
 
 def value_difference_hessian(f: Callable[[np.ndarray], float], x: np.ndarray, f0: float, g0: np.ndarray,
                              delta: float, secant: tuple[np.ndarray, np.ndarray] | None = None,
-                             workers: int = 1) -> np.ndarray:
+                             workers: int = 1, diagonal: bool = False) -> np.ndarray:
     """Hessian from forward values and a known gradient (``k (k + 1) / 2`` values, fewer with a secant).
 
     ``H_ii = 2 (f(x + h e_i) - f0 - h g_i) / h^2`` and ``H_ij = (f(x + h e_i + h e_j) - f(x + h e_i) -
@@ -147,6 +147,9 @@ def value_difference_hessian(f: Callable[[np.ndarray], float], x: np.ndarray, f0
         row and column come from ``H s = y`` (``m (m + 1) / 2`` values for the ``m = k - 1`` others: 3 for k = 3).
     workers : int
         Threads evaluating the values (this one included); the result does not depend on it.
+    diagonal : bool
+        Only the diagonal (``k`` values, off-diagonal entries 0; no secant): a start Hessian for a quasi-Newton
+        method, which learns the rest from its steps.
 
     Returns
     -------
@@ -169,23 +172,23 @@ def value_difference_hessian(f: Callable[[np.ndarray], float], x: np.ndarray, f0
     x = np.asarray(x, dtype=float)
     g0 = np.asarray(g0, dtype=float)
     k = len(x)
-    use = secant_usable(secant, delta)
+    use = secant_usable(secant, delta) and not diagonal
     skip = int(np.argmax(np.abs(np.asarray(secant[0], dtype=float)))) if use else -1
     dirs = [i for i in range(k) if i != skip]
-    points = value_stencil_points(x, delta, dirs)
+    points = value_stencil_points(x, delta, dirs, pairs=not diagonal)
     vals = [math.nan] * len(points)
 
     def run(t: int) -> None:
         vals[t] = float(f(points[t]))
 
     parallel_map(run, range(len(points)), workers)
-    H = np.empty((k, k))
+    H = np.zeros((k, k)) if diagonal else np.empty((k, k))
     m = len(dirs)
     fi = dict(zip(dirs, vals[:m], strict=True))
     for i in dirs:
         H[i, i] = 2.0 * (fi[i] - f0 - delta * g0[i]) / delta**2
     t = m
-    for a, i in enumerate(dirs):
+    for a, i in enumerate(dirs if not diagonal else []):
         for j in dirs[:a]:
             H[i, j] = H[j, i] = (vals[t] - fi[i] - fi[j] + f0) / delta**2
             t += 1
