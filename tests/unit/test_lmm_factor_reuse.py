@@ -302,3 +302,26 @@ def test_value_difference_hessian_diagonal_only():
     H = value_difference_hessian(f, x, f(x), A @ x, 1e-4, diagonal=True, secant=(np.full(3, 1e-4), np.ones(3)))
     assert len(calls) == 1 + 3  # f(x) and one value per coordinate; the secant is ignored
     np.testing.assert_allclose(H, np.diag(np.diag(A)), rtol=0, atol=1e-6)
+
+
+def test_scalar_map_equals_the_general_enumeration(monkeypatch):
+    """q1 = 1: the one-pass map (int32 positions marked by chunk) equals the general path bit for bit."""
+    from memoe.core.linalg import crossed
+
+    from .test_crossed_map import _design
+
+    rng = np.random.default_rng(31)
+    for levels, weights in (((60, 25, 7), True), ((40, 30), False), ((1, 15), False)):
+        Z1tZr, ZrtZr, Zr, _, _ = _design(rng, 700, levels, 1, weights)
+        mz = Zr.shape[1]
+        args = (Z1tZr, ZrtZr, np.zeros((mz, 2)), levels[0], 1, [1] * (len(levels) - 1), list(levels[1:]))
+        monkeypatch.setattr(crossed, "PAIR_CHUNK", 13)  # entries split across steps
+        new = crossed.RestSchur(*args)
+        assert new.P is not None
+        monkeypatch.setattr(crossed, "MARK_MAX", 0)  # the general path (_level_pairs, np.unique)
+        old = crossed.RestSchur(*args)
+        monkeypatch.setattr(crossed, "MARK_MAX", 16_000_000)
+        assert np.array_equal(new.pos, old.pos)
+        assert np.array_equal(new.P.indptr, old.P.indptr) and np.array_equal(new.P.indices, old.P.indices)
+        assert np.array_equal(new.P.data, old.P.data)
+        assert crossed.RestSchur(*args, max_nnz=5).P is None
