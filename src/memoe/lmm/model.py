@@ -109,8 +109,9 @@ class FitControl:
     optimizer : {"auto", "bobyqa"}
         "auto": a projected BFGS with the analytic gradient of the criterion
         (:mod:`memoe.lmm.gradient`, :mod:`memoe.core.optim.quasi_newton`) where it pays: crossed/nested
-        factors on the blocked dense path with scalar random effects after the first (about 11 evaluations
-        instead of BOBYQA's 40-60 on InstEval) and small designs on the dense_small path, any random
+        factors on the blocked dense path with scalar random effects after the first (on InstEval 4 value +
+        gradient evaluations, 3 values for the start Hessian and 3 for the check's, instead of BOBYQA's 40-60
+        values) and small designs on the dense_small path, any random
         effects (:mod:`memoe.lmm.gradient_small`; 3-8 evaluations instead of 30-40 on Penicillin/Pastes,
         45 instead of 280 on kb07), with a derivative check from ``k`` gradient differences;
         BOBYQA elsewhere (one grouping factor, sparse, matrix-free) and as a fallback from the
@@ -391,23 +392,20 @@ class LMM:
             workers = _stencil_workers(problem)
             ready, values = self._value_stencil(fg, lambda z: dense_value(problem, z, reml), x0, lower, workers,
                                                 diagonal)
-
-            def hess0(x, g):
-                nonlocal extra
-                extra += len(values)
-                return value_difference_hessian(lambda z: values.pop(z.tobytes(), None)
-                                                or dense_value(problem, z, reml), x, ready_f0(x), g, VALUE_DELTA,
-                                                diagonal=diagonal)
-
-            def ready_f0(x):
-                return f_start[0] if f_start else dense_value(problem, x, reml)
-
-            f_start: list = []
+            f_start: list = []  # the criterion at the start point (the optimiser asks for the Hessian after it)
 
             def start(x: np.ndarray) -> tuple[float, np.ndarray]:
                 out = ready.pop(np.asarray(x, dtype=float).tobytes(), None) or fg(x)
                 f_start.append(out[0])
                 return out
+
+            def hess0(x, g):
+                nonlocal extra
+                extra += len(values)  # counted as evaluations (opt.feval) like the gradients
+                f0 = f_start[0] if f_start else dense_value(problem, x, reml)
+                return value_difference_hessian(lambda z: values.pop(z.tobytes(), None)
+                                                or dense_value(problem, z, reml), x, f0, g, VALUE_DELTA,
+                                                diagonal=diagonal)
         elif len(x0) <= MAX_THETA_FOR_START_HESSIAN:
             # a few parameters: k gradient differences at the start make BFGS start with Newton steps
             # (InstEval shape: 11 -> 8 evaluations including these)
