@@ -146,9 +146,12 @@ def test_changing_the_problem_drops_the_kept_factor():
 
 
 # ------------------------------------------------------------------ value-difference start Hessian
-def test_dense_value_equals_the_deviance_and_is_thread_safe():
+def test_dense_value_equals_the_deviance_and_is_thread_safe(monkeypatch):
     from memoe.core.optim.checks import parallel_map
     from memoe.lmm.gradient import dense_value
+
+    # serial LAPACK on the main thread too (a pooled evaluation always is): bit-for-bit comparison
+    monkeypatch.setattr(gradient_mod, "split_workers", lambda: 1)
 
     pb = _crossed([1, 1, 1], [60, 40, 8], seed=9)
     rng = np.random.default_rng(5)
@@ -325,3 +328,29 @@ def test_scalar_map_equals_the_general_enumeration(monkeypatch):
         assert np.array_equal(new.P.indptr, old.P.indptr) and np.array_equal(new.P.indices, old.P.indices)
         assert np.array_equal(new.P.data, old.P.data)
         assert crossed.RestSchur(*args, max_nnz=5).P is None
+
+
+def test_first_block_cache_gives_the_uncached_values(monkeypatch):
+    """Points sharing lambda_1 reuse the first block's pieces and H: the same criterion and gradient bit for bit
+    as a problem without the cache, in any order, and the cached pieces are not modified by their users."""
+    from memoe.lmm.gradient import dense_value
+
+    # serial LAPACK and map products throughout (bit-for-bit comparison; the threaded ones differ in rounding)
+    monkeypatch.setattr(gradient_mod, "split_workers", lambda: 1)
+
+    pb = _crossed([1, 1, 1], [60, 40, 8], seed=14)
+    fresh = _crossed([1, 1, 1], [60, 40, 8], seed=14)
+    x = np.array([0.8, 0.6, 0.4])
+    pts = [x, x + [0, 1e-4, 0], x + [1e-4, 0, 0], x + [0, 0, 1e-4], x, x + [0, 1e-4, 1e-4]]
+    for reml in (True, False):
+        for p in pts:
+            d1, g1 = deviance_and_gradient(pb, p, reml)
+            v1 = dense_value(pb, p, reml)
+            fresh.forget_factor()
+            d2, g2 = deviance_and_gradient(fresh, p, reml)
+            fresh.forget_factor()
+            v2 = dense_value(fresh, p, reml)
+            assert d1 == d2 and np.array_equal(g1, g2) and v1 == v2 == d1
+    assert len(pb._first_cache) <= 2
+    pb.forget_factor()
+    assert "_first_cache" not in pb.__dict__

@@ -934,9 +934,11 @@ class PLSProblem:
         self._kept = (float(dev), np.asarray(theta, dtype=float).tobytes(), (*pieces[:5], spare, pieces[6]))
 
     def forget_factor(self) -> None:
-        """Drop the factor kept by :meth:`offer_factor` (and its spare buffer)."""
+        """Drop the factor kept by :meth:`offer_factor` (and its spare buffer), and the gradient's cache of
+        first-block pieces by ``lambda_1`` (:mod:`memoe.lmm.gradient`)."""
         self._kept = None
         self._kept_spare = None
+        self.__dict__.pop("_first_cache", None)
 
     def _take_factor(self, theta: np.ndarray) -> tuple | None:
         """The kept factor's pieces when it was made at ``theta`` (then handed over: no longer kept), else None."""

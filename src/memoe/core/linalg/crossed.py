@@ -366,14 +366,16 @@ class RestSchur:
         return sp.block_diag(mats, format="csr")
 
     def _scatter(self, weights: np.ndarray, out: np.ndarray | None, scale: np.ndarray | float | None = None,
-                 keep: bool = False, pool=None) -> tuple[np.ndarray, np.ndarray | None]:
-        """Fill ``out`` with ``(P @ weights) * scale`` at :attr:`pos`; with ``keep`` also return ``P @ weights``."""
+                 keep: bool = False, pool=None,
+                 unscaled: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+        """Fill ``out`` with ``(P @ weights) * scale`` at :attr:`pos`; with ``keep`` also return ``P @ weights``.
+        ``unscaled``: ``P @ weights`` already computed (with ``keep``; not modified)."""
         nb = self.nb
         if out is None:
             out = np.zeros((nb, nb))
         else:
             out.fill(0.0)
-        vals = self.map_product(weights, pool)
+        vals = self.map_product(weights, pool) if unscaled is None else unscaled
         unscaled = None
         if keep:
             # the entries of H = Z_r'Z_r - Z_r'Z_1 W Z_1'Z_r before the lambda scaling (the analytic
@@ -410,6 +412,7 @@ class RestSchur:
         out: np.ndarray | None = None,
         keep: bool = False,
         pool=None,
+        unscaled: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """The bordered matrix ``M`` with its upper triangle filled (lower triangle zero).
 
@@ -430,6 +433,9 @@ class RestSchur:
             run on several threads with their own ``out``.
         pool : concurrent.futures.Executor, optional
             With an idle worker: the map product on two threads (:meth:`map_product`; scalar later blocks).
+        unscaled : numpy.ndarray, optional
+            With ``keep`` and scalar later blocks: the ``H`` entries returned by an earlier call with the same
+            ``W`` (the map product is skipped; the entries are not modified and are returned as ``H``).
 
         Returns
         -------
@@ -446,7 +452,7 @@ class RestSchur:
             if len(dvec) == 1:
                 s2 = dvec[0] * dvec[0]
                 if keep:
-                    M, unscaled = self._scatter(np.append(W, 1.0), out, s2, keep=True)
+                    M, unscaled = self._scatter(np.append(W, 1.0), out, s2, keep=True, unscaled=unscaled)
                 else:
                     M, _ = self._scatter(np.append(W * s2, s2), out)
                 M[:mz, mz:] = dvec[0] * ZrtXY_adj
@@ -455,7 +461,8 @@ class RestSchur:
                 # positions) instead of two passes over the whole dense block: 28 -> ~25 ms per
                 # evaluation on the InstEval shape
                 dd = np.outer(dvec, dvec).ravel()[self.pos_pair()]
-                M, unscaled = self._scatter(np.append(W, 1.0), out, dd, keep=keep, pool=pool)
+                M, unscaled = self._scatter(np.append(W, 1.0), out, dd, keep=keep, pool=pool,
+                                            unscaled=unscaled if keep else None)
                 dcol = dvec[self.col_block]
                 M[:mz, mz:] = dcol[:, None] * ZrtXY_adj
         else:
