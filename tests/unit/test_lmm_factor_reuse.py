@@ -341,7 +341,7 @@ def test_first_block_cache_gives_the_uncached_values(monkeypatch):
     pb = _crossed([1, 1, 1], [60, 40, 8], seed=14)
     fresh = _crossed([1, 1, 1], [60, 40, 8], seed=14)
     x = np.array([0.8, 0.6, 0.4])
-    pts = [x, x + [0, 1e-4, 0], x + [1e-4, 0, 0], x + [0, 0, 1e-4], x, x + [0, 1e-4, 1e-4]]
+    pts = [x + np.array(e) for e in ([0, 0, 0], [0, 1e-4, 0], [1e-4, 0, 0], [0, 0, 1e-4], [0, 0, 0], [0, 1e-4, 1e-4])]
     for reml in (True, False):
         for p in pts:
             d1, g1 = deviance_and_gradient(pb, p, reml)
