@@ -184,7 +184,7 @@ def bench_memoe(df, formula: str, repeats: int) -> dict:
 
 
 def _count_calls() -> dict:
-    """Count the LMM objective calls (``deviance_and_gradient`` and ``PLSProblem.deviance``) from now on."""
+    """Count the LMM objective calls (``deviance_and_gradient``, ``dense_value``, ``PLSProblem.deviance``) from now on."""
     import importlib
 
     model = importlib.import_module("memoe.lmm.model")
@@ -199,6 +199,8 @@ def _count_calls() -> dict:
             return wrapper
         model.deviance_and_gradient = counted(model.deviance_and_gradient)
         objective.PLSProblem.deviance = counted(objective.PLSProblem.deviance)
+        if hasattr(model, "dense_value"):  # the dense crossed path's values (start and check Hessians)
+            model.dense_value = counted(model.dense_value)
     else:
         calls = model.deviance_and_gradient._counted
     objective.PLSProblem.deviance._counted = calls
