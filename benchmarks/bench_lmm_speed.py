@@ -184,7 +184,7 @@ def bench_memoe(df, formula: str, repeats: int) -> dict:
 
 
 def _count_calls() -> dict:
-    """Count the LMM objective calls (``deviance_and_gradient``, ``dense_value``, ``PLSProblem.deviance``) from now on."""
+    """Count the LMM objective calls (``deviance_and_gradient``, ``dense_value``, ``PLSProblem.deviance``)."""
     import importlib
 
     model = importlib.import_module("memoe.lmm.model")
