@@ -67,8 +67,9 @@ FD_DELTA = 1e-4
 # up to this many theta entries the gradient optimiser starts from a Hessian of k gradient differences
 MAX_THETA_FOR_START_HESSIAN = 6
 # on the dense crossed path, up to this many from k (k + 1) / 2 criterion values instead (a value costs ~0.4 of
-# a value + gradient there: 6 values against 3 gradients for k = 3; 10 against 4 for k = 4)
-MAX_THETA_FOR_VALUE_HESSIAN = 4
+# a value + gradient there: 6 values against 3 gradients for k = 3; 10 against 4 for k = 4 is no gain). With
+# variances only (every theta bounded at 0) the diagonal from k values, up to MAX_THETA_FOR_START_HESSIAN
+MAX_THETA_FOR_VALUE_HESSIAN = 3
 # the derivative check's Hessian from forward values (dense crossed path) when at most this many coordinate
 # directions are left after the secant: m (m + 1) / 2 values at ~0.4 of a gradient each against m gradients
 MAX_VALUE_CHECK_DIRECTIONS = 3
