@@ -54,12 +54,27 @@ WORKLOADS = {
     "pois1m": ("y ~ x + (1 | id)", "poisson", ("id",), True),
 }
 TOOLS = ("memoe", "lme4", "glmmTMB")
-# the small group: (formula, family, grouping columns, factor columns); binslope as above
+# the small group: (formula, family, grouping columns, factor columns); binslope as above. Panel entries may add
+# options in SMALL_OPTIONS: memoe's family object (``memoe_family``), R's family expression (``r_family``), ``nAGQ``,
+# ``nb`` (negative binomial: lme4's glmer.nb, glmmTMB's nbinom2, memoe's "negative_binomial")
 SMALL = {
     "cbpp": ("cbind(incidence, size - incidence) ~ period + (1 | herd)", "binomial", ("herd",), ("period",)),
     "pois_ri": ("y ~ x + (1 | g)", "poisson", ("g",), ()),
     "bin_ri": ("y ~ x + (1 | g)", "binomial", ("g",), ()),
     "binslope": ("y ~ trt + (trt | g)", "binomial", ("g",), ()),
+    # the wider panel (fifth round): shapes a held-out check may time
+    "crossed_bin": ("y ~ cond + (1 | subj) + (1 | item)", "binomial", ("subj", "item"), ()),
+    "probit_ri": ("y ~ x + (1 | g)", "binomial", ("g",), ()),
+    "pois_slope": ("y ~ t + (t | id)", "poisson", ("id",), ()),
+    "pois_offset": ("y ~ x + offset(logexpo) + (1 | g)", "poisson", ("g",), ()),
+    "bin_q3": ("y ~ a + b + (1 + a + b | g)", "binomial", ("g",), ()),
+    "agq5": ("cbind(k, n - k) ~ x + (1 | g)", "binomial", ("g",), ()),
+    "nb_ri": ("y ~ x + (1 | g)", "negative_binomial", ("g",), ()),
+}
+SMALL_OPTIONS = {
+    "probit_ri": {"link": "probit", "r_family": 'binomial(link = "probit")'},
+    "agq5": {"nAGQ": 5},
+    "nb_ri": {"nb": True, "r_family": "poisson"},  # r_family unused: glmer.nb, nbinom2
 }
 GROUPS = {"small": tuple(SMALL)}
 
@@ -140,6 +155,83 @@ def bin_ri(seed: int = 4) -> pd.DataFrame:
     return pd.DataFrame({"y": (rng.random(G * m) < 1 / (1 + np.exp(-eta))).astype(float), "x": x, "g": g})
 
 
+def _expit(eta: np.ndarray) -> np.ndarray:
+    return 1 / (1 + np.exp(-eta))
+
+
+def crossed_bin(seed: int = 5) -> pd.DataFrame:
+    """Psycholinguistic shape: 40 subjects x 50 items, every pair once, a +-0.5 condition within both."""
+    rng = np.random.default_rng(seed)
+    S, I = 40, 50
+    subj, item = np.repeat(np.arange(S), I), np.tile(np.arange(I), S)
+    cond = np.where((subj + item) % 2 == 0, -0.5, 0.5)
+    eta = 0.4 + 0.6 * cond + rng.normal(0, 0.8, S)[subj] + rng.normal(0, 0.5, I)[item]
+    return pd.DataFrame({"y": (rng.random(S * I) < _expit(eta)).astype(float), "cond": cond, "subj": subj,
+                         "item": item})
+
+
+def probit_ri(seed: int = 6) -> pd.DataFrame:
+    from scipy.special import ndtr
+
+    rng = np.random.default_rng(seed)
+    G, m = 80, 10
+    g = np.repeat(np.arange(G), m)
+    x = rng.standard_normal(G * m)
+    eta = 0.2 + 0.4 * x + rng.normal(0, 0.6, G)[g]
+    return pd.DataFrame({"y": (rng.random(G * m) < ndtr(eta)).astype(float), "x": x, "g": g})
+
+
+def pois_slope(seed: int = 7) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    N, m = 100, 10
+    ids = np.repeat(np.arange(N), m)
+    t = np.tile(np.arange(m) / (m - 1.0), N)
+    b = rng.multivariate_normal([0.0, 0.0], [[0.25, 0.03], [0.03, 0.09]], N)
+    eta = 1.0 + 0.5 * t + b[ids, 0] + b[ids, 1] * t
+    return pd.DataFrame({"y": rng.poisson(np.exp(eta)).astype(float), "t": t, "id": ids})
+
+
+def pois_offset(seed: int = 8) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    G, m = 60, 8
+    g = np.repeat(np.arange(G), m)
+    x = rng.standard_normal(G * m)
+    logexpo = np.log(rng.uniform(0.5, 5.0, G * m))
+    eta = -0.5 + 0.3 * x + logexpo + rng.normal(0, 0.5, G)[g]
+    return pd.DataFrame({"y": rng.poisson(np.exp(eta)).astype(float), "x": x, "logexpo": logexpo, "g": g})
+
+
+def bin_q3(seed: int = 9) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    G, m = 50, 30
+    g = np.repeat(np.arange(G), m)
+    a, b = rng.standard_normal(G * m), rng.integers(0, 2, G * m).astype(float)
+    cov = [[0.8, 0.1, 0.0], [0.1, 0.3, 0.05], [0.0, 0.05, 0.4]]
+    r = rng.multivariate_normal([0.0, 0.0, 0.0], cov, G)
+    eta = -0.2 + 0.5 * a + 0.4 * b + r[g, 0] + r[g, 1] * a + r[g, 2] * b
+    return pd.DataFrame({"y": (rng.random(G * m) < _expit(eta)).astype(float), "a": a, "b": b, "g": g})
+
+
+def agq5(seed: int = 10) -> pd.DataFrame:
+    """Binomial with trials (10 per row), 30 groups x 4 rows: few rows per group, where quadrature matters."""
+    rng = np.random.default_rng(seed)
+    G, m = 30, 4
+    g = np.repeat(np.arange(G), m)
+    x = rng.standard_normal(G * m)
+    eta = -1.0 + 0.5 * x + rng.normal(0, 1.0, G)[g]
+    n = np.full(G * m, 10.0)
+    return pd.DataFrame({"k": rng.binomial(10, _expit(eta)).astype(float), "n": n, "x": x, "g": g})
+
+
+def nb_ri(seed: int = 11) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    G, m = 50, 10
+    g = np.repeat(np.arange(G), m)
+    x = rng.standard_normal(G * m)
+    mu = np.exp(1.0 + 0.3 * x + rng.normal(0, 0.5, G)[g])
+    return pd.DataFrame({"y": rng.negative_binomial(2.0, 2.0 / (2.0 + mu)).astype(float), "x": x, "g": g})
+
+
 def cbpp() -> pd.DataFrame:
     import memoe
 
@@ -148,7 +240,9 @@ def cbpp() -> pd.DataFrame:
 
 def make_data(workload: str, tmp: str) -> pd.DataFrame:
     return {"verbagg": lambda: verbagg(tmp), "binslope": binslope, "long_binomial": long_binomial,
-            "pois1m": pois1m, "cbpp": cbpp, "pois_ri": pois_ri, "bin_ri": bin_ri}[workload]()
+            "pois1m": pois1m, "cbpp": cbpp, "pois_ri": pois_ri, "bin_ri": bin_ri, "crossed_bin": crossed_bin,
+            "probit_ri": probit_ri, "pois_slope": pois_slope, "pois_offset": pois_offset, "bin_q3": bin_q3,
+            "agq5": agq5, "nb_ri": nb_ri}[workload]()
 
 
 def warmup_subset(df: pd.DataFrame, groups: tuple[str, ...]) -> pd.DataFrame:
@@ -233,8 +327,14 @@ for (job in fromJSON("{jobs}", simplifyVector = FALSE)) {{
   d <- read.csv(job$csv)
   for (v in unlist(job$factors)) d[[v]] <- factor(d[[v]])
   f <- as.formula(job$formula)
-  fam <- get(job$family)()
-  fitter <- function() {call}
+  fam <- eval(parse(text = job$r_family))
+  nagq <- job$nAGQ
+  if ("{tool}" == "glmmTMB" && nagq > 1) {{ out[[job$name]] <- list(skipped = "glmmTMB has no nAGQ"); next }}
+  fitter <- if (isTRUE(job$nb)) {{
+    if ("{tool}" == "lme4") function() glmer.nb(f, d) else function() glmmTMB(f, d, family = nbinom2)
+  }} else {{
+    if ("{tool}" == "lme4") function() glmer(f, d, family = fam, nAGQ = nagq) else function() glmmTMB(f, d, family = fam)
+  }}
   m <- suppressWarnings(suppressMessages(fitter()))  # warm-up
   w <- numeric(0); cpu <- numeric(0)
   for (i in seq_len({repeats})) {{
@@ -242,22 +342,31 @@ for (job in fromJSON("{jobs}", simplifyVector = FALSE)) {{
     w <- c(w, t[["elapsed"]]); cpu <- c(cpu, t[["user.self"]] + t[["sys.self"]])
   }}
   out[[job$name]] <- list(seconds = median(w), cpu_seconds = median(cpu), loglik = as.numeric(logLik(m)),
-                          version = as.character(packageVersion("{pkg}")))
+                          version = as.character(packageVersion("{tool}")))
 }}
 cat(toJSON(out, auto_unbox = TRUE, digits = NA), "\n")
 """
 
 
-def fit_memoe_small(df: pd.DataFrame, formula: str, family: str, repeats: int) -> dict:
+def small_family(w: str):
+    """memoe's family for a small-group workload (a Family object where a link other than the default is asked)."""
+    from memoe.glmm import get_family
+
+    _, family, _, _ = SMALL[w]
+    opts = SMALL_OPTIONS.get(w, {})
+    return get_family(family, link=opts["link"]) if "link" in opts else family
+
+
+def fit_memoe_small(df: pd.DataFrame, formula: str, family, repeats: int, nAGQ: int = 1) -> dict:
     """Median wall and process-CPU seconds of ``repeats`` fits from the DataFrame after a warm-up fit."""
     import memoe
 
     walls, cpus = [], []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        memoe.glmm(formula, df, family).fit()
+        memoe.glmm(formula, df, family).fit(nAGQ=nAGQ)
         for _ in range(repeats):
-            fit, wall, cpu = timed(lambda: memoe.glmm(formula, df, family).fit())
+            fit, wall, cpu = timed(lambda: memoe.glmm(formula, df, family).fit(nAGQ=nAGQ))
             walls.append(wall)
             cpus.append(cpu)
     return {"seconds": statistics.median(walls), "cpu_seconds": statistics.median(cpus), "runs": walls,
@@ -272,7 +381,9 @@ def run_small(names: list[str], tools: list[str], repeats: int, timeout: float, 
         csv = os.path.join(tmp, f"small_{w}.csv")
         data[w].to_csv(csv, index=False)
         formula, family, groups, factors = SMALL[w]
-        jobs.append({"name": w, "csv": csv, "formula": formula, "family": family,
+        opts = SMALL_OPTIONS.get(w, {})
+        jobs.append({"name": w, "csv": csv, "formula": formula, "r_family": opts.get("r_family", family),
+                     "nAGQ": opts.get("nAGQ", 1), "nb": bool(opts.get("nb", False)),
                      "factors": list(groups) + list(factors)})
     jobs_path = os.path.join(tmp, "small_jobs.json")
     with open(jobs_path, "w") as fh:
@@ -281,15 +392,15 @@ def run_small(names: list[str], tools: list[str], repeats: int, timeout: float, 
     load = [os.getloadavg()[0]]
     if "memoe" in tools:
         for w in names:
-            formula, family, _, _ = SMALL[w]
-            out[w]["memoe"] = fit_memoe_small(data[w], formula, family, repeats)
+            formula = SMALL[w][0]
+            out[w]["memoe"] = fit_memoe_small(data[w], formula, small_family(w), repeats,
+                                              SMALL_OPTIONS.get(w, {}).get("nAGQ", 1))
     for tool in (t for t in tools if t != "memoe"):
         if not rscript_available():
             for w in names:
                 out[w][tool] = {"skipped": "Rscript not found"}
             continue
-        call = "glmer(f, d, family = fam)" if tool == "lme4" else "glmmTMB(f, d, family = fam)"
-        r = run_r(R_SMALL.format(jobs=jobs_path, call=call, repeats=repeats, pkg=tool), timeout=timeout)
+        r = run_r(R_SMALL.format(jobs=jobs_path, tool=tool, repeats=repeats), timeout=timeout)
         for w in names:
             out[w][tool] = r.get(w, {"skipped": r.get("skipped", "no result")}) if r else {"skipped": "R failed"}
     load.append(os.getloadavg()[0])
