@@ -436,6 +436,82 @@ def run_small(names: list[str], tools: list[str], repeats: int, timeout: float, 
     return rows
 
 
+# ---------------------------------------------------------------------------------------------- phases
+PHASES = {  # phase: GLMM methods (or model-module names) whose time it sums
+    "design": ("__init__",), "stage 1": ("_stage1",),
+    "stage 2": ("_beta_whitening", "_quasi_newton", "_minimize_restarting", "_modes_at"),
+    "derivative check": ("_check",), "result": ("GlmmResult", "separation"),
+}
+
+
+def phases(names: list[str], repeats: int, tmp: str) -> None:
+    """Per-fit phases of memoe's fit (median ms over ``repeats`` fits after a warm-up), by wrapping GLMM's stage
+    methods with timers; prints a markdown table. PIRLS solves are counted too."""
+    import time
+
+    import memoe
+    from memoe.glmm import model as gm
+    from memoe.glmm import pirls
+
+    acc: dict[str, float] = {}
+    count = {"solves": 0}
+
+    def timer(owner, attr, key):
+        orig = getattr(owner, attr)
+
+        def wrapped(*a, **kw):
+            t0 = time.perf_counter()
+            try:
+                return orig(*a, **kw)
+            finally:
+                acc[key] = acc.get(key, 0.0) + time.perf_counter() - t0
+
+        setattr(owner, attr, wrapped)
+        return orig
+
+    saved = []
+    for attrs in PHASES.values():
+        for attr in attrs:
+            owner = gm if attr == "GlmmResult" else gm.GLMM
+            saved.append((owner, attr, timer(owner, attr, attr)))
+    solve = pirls.PirlsProblem.solve
+
+    def counted(self, *a, **kw):
+        count["solves"] += 1
+        return solve(self, *a, **kw)
+
+    pirls.PirlsProblem.solve = counted
+    print(f"phases, ms, medians of {repeats} fits (load {os.getloadavg()[0]:.1f})")
+    print("| workload | total | " + " | ".join(PHASES) + " | other | evaluations stage 1 / 2 | PIRLS solves |")
+    print("|" + "---|" * (len(PHASES) + 5))
+    try:
+        for w in names:
+            df = make_data(w, tmp)
+            formula, fam, nagq = SMALL[w][0], small_family(w), SMALL_OPTIONS.get(w, {}).get("nAGQ", 1)
+            rows = []
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                memoe.glmm(formula, df, fam).fit(nAGQ=nagq)
+                for _ in range(repeats):
+                    acc.clear()
+                    count["solves"] = 0
+                    t0 = time.perf_counter()
+                    fit = memoe.glmm(formula, df, fam).fit(nAGQ=nagq)
+                    total = time.perf_counter() - t0
+                    ph = {k: sum(acc.get(a, 0.0) for a in v) for k, v in PHASES.items()}
+                    rows.append((total, ph, count["solves"]))
+            med = lambda xs: 1e3 * statistics.median(xs)  # noqa: E731
+            tot = med([r[0] for r in rows])
+            cells = [med([r[1][k] for r in rows]) for k in PHASES]
+            ev = f"{fit.stage1.opt.feval} / {fit.stage2.opt.feval if fit.stage2 else '-'}"
+            print(f"| {w} | {tot:.1f} | " + " | ".join(f"{c:.1f}" for c in cells) + f" | {tot - sum(cells):.1f} | "
+                  f"{ev} | {rows[-1][2]} |", flush=True)
+    finally:
+        for owner, attr, orig in saved:
+            setattr(owner, attr, orig)
+        pirls.PirlsProblem.solve = solve
+
+
 # ---------------------------------------------------------------------------------------------- driver
 def _fmt(r: dict | None) -> str:
     if not r or "skipped" in r:
@@ -453,6 +529,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--small-repeats", type=int, default=20, help="fits per tool of each small-group workload")
     ap.add_argument("--timeout", type=float, default=900.0, help="per R tool and workload, seconds")
     ap.add_argument("--json", help="write all results and the machine facts here")
+    ap.add_argument("--phases", action="store_true",
+                    help="small-group workloads: memoe's per-fit phases instead of the comparison")
     args = ap.parse_args(argv)
     asked = [w for w in args.workloads.split(",") if w]
     small = [w for g in asked if g in GROUPS for w in GROUPS[g]]
@@ -461,6 +539,10 @@ def main(argv: list[str] | None = None) -> int:
     facts = machine_facts()
     print("machine:", facts)
     results, rows = [], []
+    if args.phases:
+        with tempfile.TemporaryDirectory() as tmp:
+            phases(small + [w for w in workloads if w in SMALL], args.small_repeats, tmp)
+        return 0
     with tempfile.TemporaryDirectory() as tmp:
         if small:
             results += run_small(small, tools, args.small_repeats, args.timeout, tmp)
