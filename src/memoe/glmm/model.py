@@ -521,6 +521,12 @@ class GLMM:
         fam = self.problem.family
         return (type(fam) is Binomial and fam.link.name == "logit") or (type(fam) is Poisson and fam.link.name == "log")
 
+    def _gradient_family(self) -> bool:
+        """Families with the analytic Laplace gradient: the canonical links and the binomial probit and cloglog
+        (:meth:`PirlsProblem.laplace_gradient`)."""
+        fam = self.problem.family
+        return self._newton_pirls() or (type(fam) is Binomial and fam.link.name in ("probit", "cloglog"))
+
     def _warm(self, control: GlmmControl) -> bool:
         """Warm starts across evaluations: on by default for families without a dispersion parameter.
 
@@ -784,10 +790,11 @@ class GLMM:
 
     def _gradient_available(self, nAGQ: int, laplace: str) -> bool:
         """Whether the Laplace deviance has its analytic gradient here (:meth:`PirlsProblem.laplace_gradient`):
-        nAGQ = 1 with lme4's expected curvature, one grouping factor with q <= 2, a canonical link."""
+        nAGQ = 1 with lme4's expected curvature, one grouping factor with q <= 2, a canonical link or the binomial
+        probit / cloglog."""
         P = self.problem
         return (
-            nAGQ == 1 and laplace == "expected" and not self.nb_estimated and self._newton_pirls()
+            nAGQ == 1 and laplace == "expected" and not self.nb_estimated and self._gradient_family()
             and P.single is not None and P.dense is None and P.single.q <= 2
         )
 

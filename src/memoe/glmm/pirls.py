@@ -32,6 +32,10 @@ __all__ = ["PirlsProblem", "PirlsState"]
 U_TOL = 1e-10
 MAX_ITER = 60
 _LOG_EPS = float(np.log(_EPS))
+#: binomial links with the analytic Laplace gradient besides the logit: open eta intervals where neither the mean
+#: nor d mu / d eta is clamped (probit: R's thresh -qnorm(eps) = 8.12; cloglog: mu < 1 - eps up to eta = 3.58, and
+#: d mu / d eta > eps down to eta = -36)
+_NONCANONICAL_BOUNDS = {"probit": (-8.0, 8.0), "cloglog": (-30.0, 3.5)}
 # step-halving gives up below this fraction of the Newton step (lme4: 0.001)
 MIN_STEP = 1e-3
 # several grouping factors use DenseWpls while its dense arrays stay below this many entries:
@@ -679,10 +683,39 @@ class PirlsProblem:
                 return None
             w = self.wt * mu
             dw = w
+        elif type(fam) is Binomial and fam.link.name in _NONCANONICAL_BOUNDS:
+            return self._noncanonical_gradient(theta, state, joint)
         else:
             return None
         r = -2.0 * self.wt * (self.y - mu)
         return sw.laplace_gradient(np.asarray(theta, dtype=float), state.u, r, w, dw, joint=joint)
+
+    def _noncanonical_gradient(self, theta: np.ndarray, state: PirlsState, joint: bool) -> np.ndarray | None:
+        """:meth:`laplace_gradient` for the binomial probit and cloglog links (Fisher scoring: ``w`` is not the
+        curvature).
+
+        With ``m1 = d mu / d eta``, ``m2 = d^2 mu / d eta^2``, ``V`` and ``V'``: the score ``r = -2 wt (y - mu) m1 / V``,
+        lme4's expected weights ``w = wt m1^2 / V`` (in ``log det``), their derivative ``dw = wt m1 (2 m2 V - m1^2 V')
+        / V^2`` and the observed curvature ``wo = w - wt (y - mu) (m2 V - m1^2 V') / V^2``, which moves the modes. None
+        where a mean or ``m1`` sits at the link's clamp (the deviance is not differentiable there as computed) or a
+        ``wo`` is not positive.
+        """
+        fam, eta, mu, wt = self.family, state.eta, state.mu, self.wt
+        lo, hi = _NONCANONICAL_BOUNDS[fam.link.name]
+        if self.n and (float(eta.min()) <= lo or float(eta.max()) >= hi):
+            return None
+        with np.errstate(all="ignore"):
+            m1, m2 = fam.link.mu_eta(eta), fam.link.mu_eta2(eta)
+            V, dV = fam.variance(mu), fam.variance_deriv(mu)
+            res = self.y - mu
+            k = (m2 * V - m1 * m1 * dV) / (V * V)
+            w = wt * m1 * m1 / V
+            dw = wt * m1 * (2.0 * m2 * V - m1 * m1 * dV) / (V * V)
+            wo = w - wt * res * k
+            r = -2.0 * wt * res * m1 / V
+        if not (np.all(np.isfinite(wo)) and np.all(np.isfinite(dw)) and np.all(wo[wt > 0] > 0)):
+            return None
+        return self.single.laplace_gradient(np.asarray(theta, dtype=float), state.u, r, w, dw, joint=joint, wo=wo)
 
     def _fixed_buffer(self) -> np.ndarray:
         """A work array for ``offset + X beta`` held fixed through one uOnly PIRLS run."""

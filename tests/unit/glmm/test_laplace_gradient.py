@@ -22,7 +22,8 @@ from memoe.glmm.design import _arithmetic
 from memoe.glmm.families import Binomial
 
 
-def _data(seed: int, family: str, slope: bool, trials: bool = False, offset: bool = False, weights: bool = False):
+def _data(seed: int, family: str, slope: bool, trials: bool = False, offset: bool = False, weights: bool = False,
+          link: str = "logit"):
     rng = np.random.default_rng(seed)
     G, m = 30, 8
     g = np.repeat(np.arange(G), m)
@@ -41,9 +42,9 @@ def _data(seed: int, family: str, slope: bool, trials: bool = False, offset: boo
         df["y"] = rng.poisson(np.exp(eta)).astype(float)
     elif trials:
         df["size"] = rng.integers(1, 15, n)
-        df["y"] = rng.binomial(df["size"], 1 / (1 + np.exp(-eta)))
+        df["y"] = rng.binomial(df["size"], Binomial(link=link).linkinv(eta))
     else:
-        df["y"] = (rng.random(n) < 1 / (1 + np.exp(-eta))).astype(float)
+        df["y"] = (rng.random(n) < Binomial(link=link).linkinv(eta)).astype(float)
     if weights:
         df["w"] = rng.integers(1, 4, n).astype(float)
         kw["weights"] = "w"
@@ -62,6 +63,15 @@ CASES = [
     (5, "poisson", False, False, True, False),
     (6, "poisson", True, False, True, True),
 ]
+# non-canonical binomial links (Fisher scoring; the modes move with the observed curvature): (seed, link, slope,
+# trials, weights)
+LINK_CASES = [
+    (11, "probit", False, False, False),
+    (12, "probit", True, False, True),
+    (13, "cloglog", False, True, False),
+    (14, "cloglog", True, True, False),
+    (15, "probit", True, True, False),
+]
 
 
 def _deviance(P, theta, beta):
@@ -70,10 +80,17 @@ def _deviance(P, theta, beta):
     return P.loglik_terms(st.mu, dev_sum=st.dev_sum) + st.sqrL + st.ldL2
 
 
-@pytest.mark.parametrize("seed, family, slope, trials, offset, weights", CASES)
-def test_laplace_gradient_equals_central_differences(seed, family, slope, trials, offset, weights):
-    formula, df, kw = _data(seed, family, slope, trials, offset, weights)
-    m = glmm(formula, df, family, **kw)
+def _family(family: str, link: str):
+    return Binomial(link=link) if link != "logit" else family
+
+
+@pytest.mark.parametrize(
+    "seed, family, slope, trials, offset, weights, link",
+    [c + ("logit",) for c in CASES] + [(s, "binomial", sl, tr, False, w, lk) for s, lk, sl, tr, w in LINK_CASES],
+)
+def test_laplace_gradient_equals_central_differences(seed, family, slope, trials, offset, weights, link):
+    formula, df, kw = _data(seed, family, slope, trials, offset, weights, link)
+    m = glmm(formula, df, _family(family, link), **kw)
     P = m.problem
     k = P.theta_map.size
     theta = np.where(P.theta_map.row == P.theta_map.col, 0.7, 0.2)[:k]
@@ -101,11 +118,17 @@ def test_laplace_gradient_equals_central_differences(seed, family, slope, trials
 
 def test_gradient_not_offered_outside_its_conditions():
     formula, df, _ = _data(1, "binomial", False)
-    # a non-canonical link: PIRLS' weights are not the curvature
-    m = glmm(formula, df, Binomial(link="probit"))
-    st = m.problem.solve(np.array([0.5]), np.zeros(m.problem.p))
+    # a link outside the gradient's scope (binomial log: means not bounded away from 1 by the link)
+    m = glmm(formula, df, Binomial(link="log"))
+    st = m.problem.solve(np.array([0.5]), np.full(m.problem.p, -1.0))
     assert m.problem.laplace_gradient(np.array([0.5]), st) is None
     assert not m._gradient_available(1, "expected")
+    # a probit mean at the link's clamp (|eta| >= 8): no gradient at that point
+    mp = glmm(formula, df, Binomial(link="probit"))
+    far = np.zeros(mp.problem.p)
+    far[0] = 9.0
+    stp = mp.problem.solve(np.array([0.5]), far)
+    assert mp.problem.laplace_gradient(np.array([0.5]), stp) is None
     # crossed factors
     df2 = df.assign(h=np.arange(len(df)) % 7)
     m2 = glmm("y ~ x + (1 | g) + (1 | h)", df2, "binomial")
