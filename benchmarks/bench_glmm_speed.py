@@ -333,7 +333,8 @@ for (job in fromJSON("{jobs}", simplifyVector = FALSE)) {{
   fitter <- if (isTRUE(job$nb)) {{
     if ("{tool}" == "lme4") function() glmer.nb(f, d) else function() glmmTMB(f, d, family = nbinom2)
   }} else {{
-    if ("{tool}" == "lme4") function() glmer(f, d, family = fam, nAGQ = nagq) else function() glmmTMB(f, d, family = fam)
+    if ("{tool}" == "lme4") function() glmer(f, d, family = fam, nAGQ = nagq)
+    else function() glmmTMB(f, d, family = fam)
   }}
   m <- suppressWarnings(suppressMessages(fitter()))  # warm-up
   w <- numeric(0); cpu <- numeric(0)

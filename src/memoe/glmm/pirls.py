@@ -694,11 +694,11 @@ class PirlsProblem:
         """:meth:`laplace_gradient` for the binomial probit and cloglog links (Fisher scoring: ``w`` is not the
         curvature).
 
-        With ``m1 = d mu / d eta``, ``m2 = d^2 mu / d eta^2``, ``V`` and ``V'``: the score ``r = -2 wt (y - mu) m1 / V``,
-        lme4's expected weights ``w = wt m1^2 / V`` (in ``log det``), their derivative ``dw = wt m1 (2 m2 V - m1^2 V')
-        / V^2`` and the observed curvature ``wo = w - wt (y - mu) (m2 V - m1^2 V') / V^2``, which moves the modes. None
-        where a mean or ``m1`` sits at the link's clamp (the deviance is not differentiable there as computed) or a
-        ``wo`` is not positive.
+        With ``m1 = d mu / d eta``, ``m2 = d^2 mu / d eta^2``, ``V`` and ``V'``: the score
+        ``r = -2 wt (y - mu) m1 / V``, lme4's expected weights ``w = wt m1^2 / V`` (in ``log det``), their
+        derivative ``dw = wt m1 (2 m2 V - m1^2 V') / V^2`` and the observed curvature
+        ``wo = w - wt (y - mu) (m2 V - m1^2 V') / V^2``, which moves the modes. None where a mean or ``m1`` sits
+        at the link's clamp (the deviance is not differentiable there as computed) or a ``wo`` is not positive.
         """
         fam, eta, mu, wt = self.family, state.eta, state.mu, self.wt
         lo, hi = _NONCANONICAL_BOUNDS[fam.link.name]

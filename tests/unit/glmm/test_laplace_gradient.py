@@ -86,7 +86,7 @@ def _family(family: str, link: str):
 
 @pytest.mark.parametrize(
     "seed, family, slope, trials, offset, weights, link",
-    [c + ("logit",) for c in CASES] + [(s, "binomial", sl, tr, False, w, lk) for s, lk, sl, tr, w in LINK_CASES],
+    [(*c, "logit") for c in CASES] + [(s, "binomial", sl, tr, False, w, lk) for s, lk, sl, tr, w in LINK_CASES],
 )
 def test_laplace_gradient_equals_central_differences(seed, family, slope, trials, offset, weights, link):
     formula, df, kw = _data(seed, family, slope, trials, offset, weights, link)
