@@ -59,6 +59,7 @@ from memoe.glmm.laplace import (
 )
 from memoe.glmm.pirls import PirlsProblem, PirlsState
 from memoe.glmm.result import GlmmResult
+from memoe.glmm.single import GRADIENT_MAX_Q
 
 __all__ = ["GLMM", "SINGULAR_TOL", "GlmmControl"]
 
@@ -790,12 +791,12 @@ class GLMM:
 
     def _gradient_available(self, nAGQ: int, laplace: str) -> bool:
         """Whether the Laplace deviance has its analytic gradient here (:meth:`PirlsProblem.laplace_gradient`):
-        nAGQ = 1 with lme4's expected curvature, one grouping factor with q <= 2, a canonical link or the binomial
+        nAGQ = 1 with lme4's expected curvature, one grouping factor with q <= 3, a canonical link or the binomial
         probit / cloglog."""
         P = self.problem
         return (
             nAGQ == 1 and laplace == "expected" and not self.nb_estimated and self._gradient_family()
-            and P.single is not None and P.dense is None and P.single.q <= 2
+            and P.single is not None and P.dense is None and P.single.q <= GRADIENT_MAX_Q
         )
 
     def _with_gradient(self, f):

@@ -22,7 +22,7 @@ import numpy as np
 from memoe.glmm.dense import DenseWpls, dense_size
 from memoe.glmm.design import GlmmDesign
 from memoe.glmm.families import _EPS, _THRESH, Binomial, Family, Poisson
-from memoe.glmm.single import MAX_Q, SingleWpls
+from memoe.glmm.single import GRADIENT_MAX_Q, MAX_Q, SingleWpls
 from memoe.lmm.objective import PLSProblem
 
 __all__ = ["PirlsProblem", "PirlsState"]
@@ -662,7 +662,7 @@ class PirlsProblem:
     def laplace_gradient(self, theta: np.ndarray, state: PirlsState, joint: bool = False) -> np.ndarray | None:
         """Gradient in ``(theta, beta)`` of lme4's Laplace deviance at a converged uOnly state (None: not available).
 
-        Available for one grouping factor with q <= 2 and a canonical link (binomial logit with every
+        Available for one grouping factor with q <= 3 and a canonical link (binomial logit with every
         ``|eta| <= 30``, Poisson log with no mean at its floor): PIRLS' working weights are then the exact
         curvature of the penalised deviance, whose derivative in u vanishes at the modes; see
         :meth:`memoe.glmm.single.SingleWpls.laplace_gradient`. ``joint``: the state is a joint (u, beta) solution
@@ -670,7 +670,7 @@ class PirlsProblem:
         """
         sw = self.single
         fam = self.family
-        if sw is None or self.dense is not None or sw.q > 2:
+        if sw is None or self.dense is not None or sw.q > GRADIENT_MAX_Q:
             return None
         eta, mu = state.eta, state.mu
         if type(fam) is Binomial and fam.link.name == "logit":

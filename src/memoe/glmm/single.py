@@ -20,10 +20,13 @@ from scipy.linalg.lapack import dposv as _dposv
 from memoe.core.covariance import ThetaMap
 from memoe.core.linalg.soa import soa_backward_solve_t, soa_cholesky, soa_forward_solve
 
-__all__ = ["MAX_Q", "SingleWpls"]
+__all__ = ["GRADIENT_MAX_Q", "MAX_Q", "SingleWpls"]
 
 #: the structure-of-arrays kernels are used up to this many random effects per level
 MAX_Q = 6
+#: the analytic Laplace gradient up to this many random effects per level (its (levels, q, q) algebra is general;
+#: beyond three the k = q (q + 1) / 2 differenced columns of the quasi-Newton start Hessian cost more than they save)
+GRADIENT_MAX_Q = 3
 
 
 def _sandwich(lam: np.ndarray, S: np.ndarray) -> np.ndarray:
@@ -302,7 +305,8 @@ class SingleWpls:
         self, theta: np.ndarray, u: np.ndarray, r: np.ndarray, w: np.ndarray, dw: np.ndarray, joint: bool = False,
         wo: np.ndarray | None = None,
     ) -> np.ndarray | None:
-        """Gradient in ``(theta, beta)`` of lme4's Laplace deviance at converged uOnly modes (q <= 2; else None).
+        """Gradient in ``(theta, beta)`` of lme4's Laplace deviance at converged uOnly modes (q <= GRADIENT_MAX_Q;
+        else None).
 
         Parameters
         ----------
@@ -334,7 +338,7 @@ class SingleWpls:
         ``du_j`` gains ``-A_j^-1 G_j dbeta``. All per level in (levels, q, q) arrays.
         """
         q = self.q
-        if q > 2:
+        if q > GRADIENT_MAX_Q:
             return None
         tm = self.theta_map
         lam, _ = self._theta_factors(theta)

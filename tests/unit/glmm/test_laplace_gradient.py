@@ -48,7 +48,9 @@ def _data(seed: int, family: str, slope: bool, trials: bool = False, offset: boo
     if weights:
         df["w"] = rng.integers(1, 4, n).astype(float)
         kw["weights"] = "w"
-    rhs = "x + t + (t | g)" if slope else "x + (1 | g)"
+    if slope == "q3":  # three correlated random effects per level
+        eta = eta + rng.normal(0, 0.4, G)[g] * x
+    rhs = "x + t + (1 + x + t | g)" if slope == "q3" else "x + t + (t | g)" if slope else "x + (1 | g)"
     if offset:
         rhs += " + offset(np.log(e))"
     lhs = "cbind(y, size - y)" if trials else "y"
@@ -62,6 +64,8 @@ CASES = [
     (4, "binomial", True, True, False, False),
     (5, "poisson", False, False, True, False),
     (6, "poisson", True, False, True, True),
+    (7, "binomial", "q3", False, False, False),
+    (8, "poisson", "q3", False, True, True),
 ]
 # non-canonical binomial links (Fisher scoring; the modes move with the observed curvature): (seed, link, slope,
 # trials, weights)
@@ -71,6 +75,7 @@ LINK_CASES = [
     (13, "cloglog", False, True, False),
     (14, "cloglog", True, True, False),
     (15, "probit", True, True, False),
+    (16, "probit", "q3", False, False),
 ]
 
 
