@@ -48,6 +48,7 @@ from memoe.errors import (
 from memoe.errors import warn as emit_warning
 from memoe.glmm.agq import QuadratureError, agq_deviance, check_agq
 from memoe.glmm.control import SINGULAR_TOL, GlmmControl
+from memoe.glmm.crossed_gradient import CROSSED_GRADIENT_MAX_Q
 from memoe.glmm.design import GlmmDesign, build_glmm_design, no_separation_certificate, separating_direction
 from memoe.glmm.families import Binomial, Family, NegativeBinomial, Poisson, get_family
 from memoe.glmm.laplace import (
@@ -400,10 +401,10 @@ class GLMM:
             if g is None:
                 missing[0] = True
                 return np.inf, np.full(len(theta), np.nan)
-            if P.single.sensitivity is not None and hasattr(f, "predict"):
+            if P.sensitivity is not None and hasattr(f, "predict"):
                 # the next PIRLS run starts from the modes' first-order prediction at its theta (the gradient's
                 # du/dtheta and dbeta/dtheta): one Newton step fewer from a BFGS step away; the modes are the same
-                dU, dB = P.single.sensitivity
+                dU, dB = P.sensitivity
                 t0, b0, u0 = np.array(theta, dtype=float), st.beta.copy(), st.u.copy()
                 def predict(t, t0=t0, b0=b0, u0=u0, dU=dU, dB=dB):
                     # a linear prediction far from its point can be worse than the last modes (seen at 0.25 away)
@@ -796,7 +797,10 @@ class GLMM:
         P = self.problem
         return (
             nAGQ == 1 and laplace == "expected" and not self.nb_estimated and self._gradient_family()
-            and P.single is not None and P.dense is None and P.single.q <= GRADIENT_MAX_Q
+            and (
+                (P.single is not None and P.dense is None and P.single.q <= GRADIENT_MAX_Q)
+                or (P.dense is not None and P.q <= CROSSED_GRADIENT_MAX_Q)
+            )
         )
 
     def _with_gradient(self, f):

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from memoe.glmm.crossed_gradient import CROSSED_GRADIENT_MAX_Q, CrossedGradient
 from memoe.glmm.dense import DenseWpls, dense_size
 from memoe.glmm.design import GlmmDesign
 from memoe.glmm.families import _EPS, _THRESH, Binomial, Family, Poisson
@@ -158,6 +159,7 @@ class PirlsProblem:
             dense = dense_size(self.nlevels, self.qk, self.p) <= DENSE_MAX_ENTRIES
         dense = dense and len(self.qk) > 1
         self.dense = DenseWpls(self.X, self.codes, self.nlevels, self.Zraw, self.theta_map) if dense else None
+        self._crossed: CrossedGradient | None = None  # the dense path's Laplace gradient, built on first use
         # one grouping factor: re-weighted per-level sums only, instead of a new PLSProblem per step
         self.single = (
             SingleWpls(self.X, self.codes[0], self.nlevels[0], self.Zraw[0], self.theta_map)
@@ -662,15 +664,25 @@ class PirlsProblem:
     def laplace_gradient(self, theta: np.ndarray, state: PirlsState, joint: bool = False) -> np.ndarray | None:
         """Gradient in ``(theta, beta)`` of lme4's Laplace deviance at a converged uOnly state (None: not available).
 
-        Available for one grouping factor with q <= 3 and a canonical link (binomial logit with every
-        ``|eta| <= 30``, Poisson log with no mean at its floor): PIRLS' working weights are then the exact
-        curvature of the penalised deviance, whose derivative in u vanishes at the modes; see
-        :meth:`memoe.glmm.single.SingleWpls.laplace_gradient`. ``joint``: the state is a joint (u, beta) solution
-        (lme4's nAGQ = 0 objective), and the gradient is in theta only.
+        Available for one grouping factor with q <= 3, or several on the dense path with at most
+        :data:`~memoe.glmm.crossed_gradient.CROSSED_GRADIENT_MAX_Q` random effects in all, and a canonical link
+        (binomial logit with every ``|eta| <= 30``, Poisson log with no mean at its floor: PIRLS' working weights
+        are then the exact curvature of the penalised deviance, whose derivative in u vanishes at the modes) or
+        the binomial probit / cloglog; see :meth:`memoe.glmm.single.SingleWpls.laplace_gradient` and
+        :mod:`memoe.glmm.crossed_gradient`. ``joint``: the state is a joint (u, beta) solution (lme4's nAGQ = 0
+        objective), and the gradient is in theta only.
         """
         sw = self.single
         fam = self.family
-        if sw is None or self.dense is not None or sw.q > GRADIENT_MAX_Q:
+        if self.dense is not None:
+            if self.q > CROSSED_GRADIENT_MAX_Q:
+                return None
+            if self._crossed is None:
+                self._crossed = CrossedGradient(self.X, self.codes, self.nlevels, self.Zraw, self.theta_map)
+            solver = self._crossed.gradient
+        elif sw is not None and sw.q <= GRADIENT_MAX_Q:
+            solver = sw.laplace_gradient
+        else:
             return None
         eta, mu = state.eta, state.mu
         if type(fam) is Binomial and fam.link.name == "logit":
@@ -684,13 +696,20 @@ class PirlsProblem:
             w = self.wt * mu
             dw = w
         elif type(fam) is Binomial and fam.link.name in _NONCANONICAL_BOUNDS:
-            return self._noncanonical_gradient(theta, state, joint)
+            return self._noncanonical_gradient(theta, state, joint, solver)
         else:
             return None
         r = -2.0 * self.wt * (self.y - mu)
-        return sw.laplace_gradient(np.asarray(theta, dtype=float), state.u, r, w, dw, joint=joint)
+        return solver(np.asarray(theta, dtype=float), state.u, r, w, dw, joint=joint)
 
-    def _noncanonical_gradient(self, theta: np.ndarray, state: PirlsState, joint: bool) -> np.ndarray | None:
+    @property
+    def sensitivity(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """``(du/dtheta, dbeta/dtheta)`` of the last joint :meth:`laplace_gradient` (None if none)."""
+        if self.dense is not None:
+            return None if self._crossed is None else self._crossed.sensitivity
+        return None if self.single is None else self.single.sensitivity
+
+    def _noncanonical_gradient(self, theta: np.ndarray, state: PirlsState, joint: bool, solver) -> np.ndarray | None:
         """:meth:`laplace_gradient` for the binomial probit and cloglog links (Fisher scoring: ``w`` is not the
         curvature).
 
@@ -715,7 +734,7 @@ class PirlsProblem:
             r = -2.0 * wt * res * m1 / V
         if not (np.all(np.isfinite(wo)) and np.all(np.isfinite(dw)) and np.all(wo[wt > 0] > 0)):
             return None
-        return self.single.laplace_gradient(np.asarray(theta, dtype=float), state.u, r, w, dw, joint=joint, wo=wo)
+        return solver(np.asarray(theta, dtype=float), state.u, r, w, dw, joint=joint, wo=wo)
 
     def _fixed_buffer(self) -> np.ndarray:
         """A work array for ``offset + X beta`` held fixed through one uOnly PIRLS run."""

@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -121,7 +123,7 @@ def test_laplace_gradient_equals_central_differences(seed, family, slope, trials
     np.testing.assert_allclose(gj, fdj, rtol=0, atol=1e-6 * max(1.0, np.abs(fdj).max()))
 
 
-def test_gradient_not_offered_outside_its_conditions():
+def test_gradient_not_offered_outside_its_conditions(monkeypatch):
     formula, df, _ = _data(1, "binomial", False)
     # a link outside the gradient's scope (binomial log: means not bounded away from 1 by the link)
     m = glmm(formula, df, Binomial(link="log"))
@@ -134,10 +136,15 @@ def test_gradient_not_offered_outside_its_conditions():
     far[0] = 9.0
     stp = mp.problem.solve(np.array([0.5]), far)
     assert mp.problem.laplace_gradient(np.array([0.5]), stp) is None
-    # crossed factors
+    # crossed factors with more random effects in all than the dense gradient takes
     df2 = df.assign(h=np.arange(len(df)) % 7)
     m2 = glmm("y ~ x + (1 | g) + (1 | h)", df2, "binomial")
+    assert m2._gradient_available(1, "expected")
+    for module in ("memoe.glmm.model", "memoe.glmm.pirls"):  # memoe.glmm.glmm (the function) hides the package path
+        monkeypatch.setattr(importlib.import_module(module), "CROSSED_GRADIENT_MAX_Q", 30)
     assert not m2._gradient_available(1, "expected")
+    st2 = m2.problem.solve(np.array([0.5, 0.5]), np.zeros(m2.problem.p))
+    assert m2.problem.laplace_gradient(np.array([0.5, 0.5]), st2) is None
     # adaptive quadrature keeps BOBYQA in stage 2
     assert not glmm(formula, df, "binomial")._gradient_available(5, "expected")
 
@@ -210,3 +217,60 @@ def test_binomial_trials_deviance_sum_equals_unit_deviances():
     assert d is None  # the closed form, not the unit deviances
     ref = P.family.dev_resids(P.y, mu, P.wt).sum()
     assert total == pytest.approx(ref, rel=1e-12, abs=1e-10)
+
+
+def _crossed(seed: int, family: str, link: str = "logit", slope: bool = False):
+    """Crossed subjects x items (unbalanced), optionally a random slope on the subjects."""
+    rng = np.random.default_rng(seed)
+    S, n_items = 15, 12
+    subj, item = np.repeat(np.arange(S), n_items), np.tile(np.arange(n_items), S)
+    keep = rng.random(len(subj)) < 0.85
+    subj, item = subj[keep], item[keep]
+    n = len(subj)
+    x = rng.standard_normal(n)
+    eta = -0.2 + 0.4 * x + rng.normal(0, 0.7, S)[subj] + rng.normal(0, 0.5, n_items)[item]
+    if slope:
+        eta = eta + rng.normal(0, 0.4, S)[subj] * x
+    df = pd.DataFrame({"x": x, "subj": subj, "item": item})
+    if family == "poisson":
+        df["y"] = rng.poisson(np.exp(eta)).astype(float)
+    else:
+        df["y"] = (rng.random(n) < Binomial(link=link).linkinv(eta)).astype(float)
+    re = "(x | subj) + (1 | item)" if slope else "(1 | subj) + (1 | item)"
+    return f"y ~ x + {re}", df
+
+
+@pytest.mark.parametrize("seed, family, link, slope", [
+    (21, "binomial", "logit", False), (22, "poisson", "logit", False), (23, "binomial", "probit", False),
+    (24, "binomial", "logit", True), (25, "poisson", "logit", True),
+])
+def test_crossed_laplace_gradient_equals_central_differences(seed, family, link, slope):
+    formula, df = _crossed(seed, family, link, slope)
+    m = glmm(formula, df, _family(family, link))
+    P = m.problem
+    assert P.dense is not None and m._gradient_available(1, "expected")
+    k = P.theta_map.size
+    theta = np.where(P.theta_map.row == P.theta_map.col, 0.7, 0.2)[:k]
+    beta = np.linspace(-0.4, 0.4, P.p)
+    x = np.concatenate([theta, beta])
+    st = P.solve(theta, beta, u0=np.zeros(P.q), min_iter=8)
+    g = P.laplace_gradient(theta, st)
+    h = 1e-5
+    fd = np.array([(_deviance(P, (x + h * e)[:k], (x + h * e)[k:]) - _deviance(P, (x - h * e)[:k], (x - h * e)[k:]))
+                   / (2 * h) for e in np.eye(len(x))])
+    np.testing.assert_allclose(g, fd, rtol=0, atol=1e-6 * max(1.0, np.abs(fd).max()))
+
+    def d0(t):
+        s = P.solve(t, None, min_iter=8)
+        return P.loglik_terms(s.mu, dev_sum=s.dev_sum) + s.sqrL + s.ldL2
+
+    sj = P.solve(theta, None, min_iter=8)
+    gj = P.laplace_gradient(theta, sj, joint=True)
+    fdj = np.array([(d0(theta + h * e) - d0(theta - h * e)) / (2 * h) for e in np.eye(k)])
+    np.testing.assert_allclose(gj, fdj, rtol=0, atol=1e-6 * max(1.0, np.abs(fdj).max()))
+    # and the fit reaches BOBYQA's optimum
+    qn = glmm(formula, df, _family(family, link)).fit(warn=False)
+    bq = glmm(formula, df, _family(family, link)).fit(warn=False, control=GlmmControl(optimizer="bobyqa"))
+    assert qn.stage2.opt.optimizer == "projected BFGS"
+    assert qn.loglik >= bq.loglik - 1e-8 * abs(bq.loglik)
+    assert qn.singular == bq.singular
