@@ -21,12 +21,14 @@ from __future__ import annotations
 import numpy as np
 import scipy.linalg as sla
 import scipy.sparse as sp
+from scipy.linalg.lapack import dpotri as _dpotri
 
 __all__ = ["CROSSED_GRADIENT_MAX_Q", "CrossedGradient"]
 
-#: the dense Q x Q algebra (an inverse and a few products per evaluation) stays below a BOBYQA evaluation's cost
-#: up to about this many random effects in all; beyond it the crossed fits keep BOBYQA
-CROSSED_GRADIENT_MAX_Q = 400
+#: the dense Q x Q algebra (two Cholesky factors and an inverse per evaluation) pays up to about this many random
+#: effects in all: crossed_bin (Q = 90) 136 -> 58 ms CPU, while VerbAgg (Q = 340) went 0.36 -> 0.42 s (its ~20 ms
+#: gradient outweighs the 125 -> 22 evaluations), so beyond it the crossed fits keep BOBYQA
+CROSSED_GRADIENT_MAX_Q = 200
 
 
 class CrossedGradient:
@@ -47,13 +49,14 @@ class CrossedGradient:
         self.offsets = np.concatenate(([0], np.cumsum([lk * q for lk, q in zip(nlevels, qk, strict=True)])))
         self.Q = int(self.offsets[-1])
         n = X.shape[0]
-        rows, cols, vals = [], [], []
-        for b, (c, Zk) in enumerate(zip(codes, Z, strict=True)):
-            for a in range(qk[b]):
-                rows.append(np.arange(n))
-                cols.append(self.offsets[b] + np.asarray(c) * qk[b] + a)
-                vals.append(Zk[:, a])
-        self.Zs = sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, self.Q))
+        # Z's entries per row: column (n, m) and raw value (n, m), m = sum of q_k; Z Lambda has the same pattern
+        cols = [self.offsets[b] + np.asarray(c)[:, None] * qk[b] + np.arange(qk[b])[None, :]
+                for b, c in enumerate(codes)]
+        self._cols = np.ascontiguousarray(np.hstack(cols))
+        self._Z = Z
+        vals = np.hstack([np.asarray(Zk, dtype=float) for Zk in Z])
+        m = self._cols.shape[1]
+        self.Zs = sp.csr_matrix((vals.ravel(), (np.repeat(np.arange(n), m), self._cols.ravel())), shape=(n, self.Q))
         self.ZsT = self.Zs.T.tocsr()
         # E_t's entries: for theta t (block b, row r, column c of Lambda_b) the pairs (o_b + l q_b + r, o_b + l q_b + c)
         self._E = []
@@ -62,48 +65,70 @@ class CrossedGradient:
             base = self.offsets[b] + np.arange(nlevels[b]) * qk[b]
             self._E.append((base + r, base + c))
         self._nlevels, self._qk = list(nlevels), qk
+        # Z' W Z by one bincount over the pairs of each row's entries (no sparse products per call)
+        self._pair_idx = (self._cols[:, :, None] * self.Q + self._cols[:, None, :]).ravel()
+        self._zz = (vals[:, :, None] * vals[:, None, :]).reshape(n, m * m)
+        self._diagonal = all(q == 1 for q in qk)  # scalar factors only: Lambda is diagonal
         #: ``(du/dtheta, dbeta/dtheta)`` of the last joint gradient (rows per theta)
         self.sensitivity: tuple[np.ndarray, np.ndarray] | None = None
 
-    def _lambda(self, theta: np.ndarray) -> np.ndarray:
+    def _lambda(self, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Lambda (dense Q x Q: linear in theta, one scatter per entry) and ``Z Lambda``'s values on Z's pattern."""
+        lam = np.zeros((self.Q, self.Q))
+        for t, (ri, ci) in enumerate(self._E):
+            lam[ri, ci] = theta[t]
         lams = self.theta_map.lambdas(theta)
-        L = np.zeros((self.Q, self.Q))
-        for b, lam in enumerate(lams):
-            q, o = self._qk[b], self.offsets[b]
-            for lvl in range(self._nlevels[b]) if q > 1 else ():
-                s = o + lvl * q
-                L[s : s + q, s : s + q] = lam
-            if q == 1:
-                idx = np.arange(o, o + self._nlevels[b])
-                L[idx, idx] = lam[0, 0]
-        return L
+        V = np.hstack([np.asarray(Zk, dtype=float) @ lb for Zk, lb in zip(self._Z, lams, strict=True)])
+        return lam, V
+
+    def _cross(self, w: np.ndarray) -> np.ndarray:
+        """``Z' W Z`` (dense Q x Q)."""
+        Q = self.Q
+        return np.bincount(self._pair_idx, weights=(self._zz * w[:, None]).ravel(), minlength=Q * Q).reshape(Q, Q)
 
     def gradient(self, theta: np.ndarray, u: np.ndarray, r: np.ndarray, w: np.ndarray, dw: np.ndarray,
                  joint: bool = False, wo: np.ndarray | None = None) -> np.ndarray | None:
         """Gradient in ``(theta, beta)`` (``joint``: in theta, beta moving with the joint modes); arguments as
         :meth:`memoe.glmm.single.SingleWpls.laplace_gradient`. None where a factorisation fails."""
-        Zs, ZsT, XT = self.Zs, self.ZsT, self.XT
+        ZsT, XT = self.ZsT, self.XT
         Q, k, p = self.Q, self.theta_map.size, XT.shape[0]
-        lam = self._lambda(theta)
+        lam, Vv = self._lambda(theta)
         wc = w if wo is None else wo
-        C = (ZsT.multiply(w[None, :]) @ Zs).toarray()
-        Co = C if wo is None else (ZsT.multiply(wo[None, :]) @ Zs).toarray()
-        A = lam.T @ C @ lam
+        C = self._cross(w)
+        if self._diagonal:
+            d = np.diag(lam)
+            LtC = d[:, None] * C  # Lambda' C
+            A = LtC * d[None, :]
+        else:
+            LtC = lam.T @ C
+            A = LtC @ lam
         A[np.diag_indices(Q)] += 1.0
-        Ao = A if wo is None else lam.T @ Co @ lam + np.eye(Q)
+        if wo is None:
+            LtCo, Ao = LtC, A
+        else:
+            Co = self._cross(wo)
+            LtCo = d[:, None] * Co if self._diagonal else lam.T @ Co
+            Ao = (LtCo * d[None, :] if self._diagonal else LtCo @ lam) + np.eye(Q)
         try:
             cA = sla.cho_factor(A, lower=True, check_finite=False)
             cAo = cA if wo is None else sla.cho_factor(Ao, lower=True, check_finite=False)
         except np.linalg.LinAlgError:
             return None
-        Ainv = sla.cho_solve(cA, np.eye(Q), check_finite=False)
-        V = Zs @ lam  # (n, Q) dense: Z Lambda
-        h = np.einsum("ij,ij->i", V @ Ainv, V)
+        # the inverse from the factor by LAPACK's potri (Q^3 / 3 flops; a solve with I costs 2 Q^3)
+        Ainv, info = _dpotri(cA[0], lower=1)
+        if info != 0:
+            return None
+        Ainv = np.tril(Ainv) + np.tril(Ainv, -1).T
+        # h_i = (Z Lambda A^-1 Lambda' Z')_ii from the few entries of row i: sum_ab V_ia V_ib Ainv[c_ia, c_ib]
+        cols, m = self._cols, self._cols.shape[1]
+        h = np.zeros(len(r))
+        for a in range(m):
+            for b in range(m):
+                h += Vv[:, a] * Vv[:, b] * Ainv[cols[:, a], cols[:, b]]
         v = h * dw
         rho = ZsT @ r
         zeta = ZsT @ v
         lz = lam.T @ zeta
-        M = Ainv @ lam.T @ C  # tr(A^-1 Lambda' C E_t) = sum over E_t's entries (i, j) of M[j, i]
         Xv = XT @ v
         X_w = self.X * wc[:, None]
         ZWoX = ZsT @ X_w  # (Q, p): Z' Wo X
@@ -119,7 +144,6 @@ class CrossedGradient:
             except np.linalg.LinAlgError:
                 return None
             dU, dB = np.empty((k, Q)), np.empty((k, p))
-        LtCo = lam.T @ Co
         g = np.empty(k if joint else k + p)
         for t in range(k):
             ri, ci = self._E[t]
@@ -127,7 +151,8 @@ class CrossedGradient:
             Etu[ri] = u[ci]
             Etrho = np.zeros(Q)
             Etrho[ci] = rho[ri]
-            direct = float(rho @ Etu) + 2.0 * float(M[ci, ri].sum())
+            # tr(A^-1 Lambda' C E_t) = sum over E_t's entries (r_l, c_l) of (A^-1 Lambda' C)[c_l, r_l]
+            direct = float(rho @ Etu) + 2.0 * float(np.einsum("lj,jl->", Ainv[ci], LtC[:, ri]))
             rhs_u = 0.5 * Etrho + LtCo @ Etu
             through_w = float(zeta @ Etu)
             if joint:
