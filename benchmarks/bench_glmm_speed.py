@@ -10,7 +10,14 @@ Workloads:
 * ``pois1m``: ``y ~ x + (1 | id)``, Poisson, 100,000 subjects x 10 = 1,000,000 rows.
 * group ``small`` (``--workloads small``): ``cbpp`` (lme4's cbpp, ``cbind(incidence, size - incidence) ~ period +
   (1 | herd)``, 56 rows, 15 herds), ``pois_ri`` (``y ~ x + (1 | g)``, Poisson, 50 groups x 10 = 500 rows),
-  ``bin_ri`` (``y ~ x + (1 | g)``, binary, 100 groups x 10 = 1,000 rows) and ``binslope``. A fit takes
+  ``bin_ri`` (``y ~ x + (1 | g)``, binary, 100 groups x 10 = 1,000 rows), ``binslope`` and a wider panel of
+  realistic small shapes (fifth round): ``crossed_bin`` (binary ``y ~ cond + (1 | subj) + (1 | item)``, 40 x 50
+  crossed, 2,000 rows), ``probit_ri`` (binary probit ``y ~ x + (1 | g)``, 80 x 10), ``pois_slope`` (Poisson
+  ``y ~ t + (t | id)``, 100 x 10), ``pois_offset`` (Poisson with ``offset(logexpo)``, 60 x 8), ``bin_q3`` (binary
+  ``y ~ a + b + (1 + a + b | g)``, 50 x 30), ``agq5`` (trials binomial ``(1 | g)``, 30 x 4, ``nAGQ = 5``; glmmTMB
+  has no quadrature and is skipped) and ``nb_ri`` (negative binomial ``(1 | g)``, 50 x 10: lme4's ``glmer.nb``,
+  glmmTMB's ``nbinom2``). ``--phases`` prints memoe's per-fit phases (design, stage 1, stage 2, derivative
+  check, result) for these instead of the comparison. A fit takes
   milliseconds, so each side is the median of ``--small-repeats`` fits after a warm-up fit of the same data, wall
   clock and process CPU; lme4 and glmmTMB fit the whole group in one Rscript each (``system.time`` user + sys of
   each call), like ``bench_lmm_speed.py``'s small group.
@@ -28,6 +35,7 @@ Usage::
     python benchmarks/bench_glmm_speed.py --workloads verbagg,binslope --tools memoe,lme4
     python benchmarks/bench_glmm_speed.py --json glmm_speed.json
     python benchmarks/bench_glmm_speed.py --workloads small --small-repeats 20
+    python benchmarks/bench_glmm_speed.py --workloads small --phases --small-repeats 20
 """
 
 from __future__ import annotations
