@@ -86,6 +86,27 @@ class CrossedGradient:
         Q = self.Q
         return np.bincount(self._pair_idx, weights=(self._zz * w[:, None]).ravel(), minlength=Q * Q).reshape(Q, Q)
 
+    def posterior_blocks(self, theta: np.ndarray, w: np.ndarray, u: np.ndarray):
+        """Per factor: the spherical modes (levels, q) and the diagonal blocks of ``A^-1`` (levels, q, q), for the
+        EM start of the first stage; None where ``A`` is not positive definite."""
+        lam, _ = self._lambda(theta)
+        C = self._cross(w)
+        A = lam.T @ C @ lam
+        A[np.diag_indices(self.Q)] += 1.0
+        try:
+            cA = sla.cho_factor(A, lower=True, check_finite=False)
+        except np.linalg.LinAlgError:
+            return None
+        Ainv, info = _dpotri(cA[0], lower=1)
+        if info != 0:
+            return None
+        Ainv = np.tril(Ainv) + np.tril(Ainv, -1).T
+        out = []
+        for b, (nl, q) in enumerate(zip(self._nlevels, self._qk, strict=True)):
+            idx = self.offsets[b] + np.arange(nl * q).reshape(nl, q)
+            out.append((u[idx], Ainv[idx[:, :, None], idx[:, None, :]]))
+        return out
+
     def gradient(self, theta: np.ndarray, u: np.ndarray, r: np.ndarray, w: np.ndarray, dw: np.ndarray,
                  joint: bool = False, wo: np.ndarray | None = None) -> np.ndarray | None:
         """Gradient in ``(theta, beta)`` (``joint``: in theta, beta moving with the joint modes); arguments as

@@ -48,7 +48,7 @@ from memoe.errors import (
 from memoe.errors import warn as emit_warning
 from memoe.glmm.agq import QuadratureError, agq_deviance, check_agq
 from memoe.glmm.control import SINGULAR_TOL, GlmmControl
-from memoe.glmm.crossed_gradient import CROSSED_GRADIENT_MAX_Q
+from memoe.glmm.crossed_gradient import CROSSED_GRADIENT_MAX_Q, CrossedGradient
 from memoe.glmm.design import GlmmDesign, build_glmm_design, no_separation_certificate, separating_direction
 from memoe.glmm.families import Binomial, Family, NegativeBinomial, Poisson, get_family
 from memoe.glmm.laplace import (
@@ -435,47 +435,60 @@ class GLMM:
                                initial_hessian=initial_hessian)
 
     def _em_theta(self, theta: np.ndarray, f) -> np.ndarray | None:
-        """One EM step for theta from the first-stage objective ``f``'s evaluation at ``theta`` (one grouping factor).
+        """One EM step for theta from the first-stage objective ``f``'s evaluation at ``theta``.
 
         With spherical modes ``u_j`` and ``A_j = Lambda' Z_j' W_j Z_j Lambda + I`` (the Laplace precision of
         ``u_j``), ``E[b_j b_j' | y] ~= Lambda (u_j u_j' + A_j^-1) Lambda'``; their mean over the levels is the
         M-step's covariance of the random effects and its Cholesky factor the new relative factor (the
-        residual scale is 1 for families without a dispersion). Batched over the levels; None when the
+        residual scale is 1 for families without a dispersion). Batched over the levels; with several factors
+        (the dense path) ``A_j^-1`` are the diagonal blocks of the dense ``A^-1``, per factor. None when the
         evaluation failed or the step is not finite (the caller keeps ``theta``).
         """
         P = self.problem
         sw = P.single
         v = f(theta)
         st = f.state[0]
-        if sw is None or not (np.isfinite(v) and st is not None and st.converged):
+        if not (np.isfinite(v) and st is not None and st.converged):
             return None
-        q, nl = sw.q, sw.l1
         tmap = self.design.theta_map
         with np.errstate(all="ignore"):
-            lam = tmap.lambdas(theta)[0]
-            pairs = [(a, b) for a in range(q) for b in range(a + 1)]
-            prods = np.empty((len(pairs), P.n))
-            for i, (a, b) in enumerate(pairs):
-                np.multiply(st.w, sw.ZT[a], out=prods[i])
-                if not sw._ones[b]:
-                    prods[i] *= sw.ZT[b]
-            sums = sw._sums(prods)  # (pairs, levels)
-            S = np.empty((nl, q, q))
-            for i, (a, b) in enumerate(pairs):
-                S[:, a, b] = S[:, b, a] = sums[i]
-            A = lam.T @ S @ lam + np.eye(q)  # (levels, q, q)
-            u = st.u.reshape(nl, q)
-            M = (u.T @ u + np.linalg.inv(A).sum(axis=0)) / nl
-            Sigma = lam @ M @ lam.T
-            if tmap.size < len(pairs):
-                # a diagonal structure ((1 + x || g)): its factor is the standard deviations
-                Lc = np.diag(np.sqrt(np.diag(Sigma)))
+            lams = tmap.lambdas(theta)
+            if sw is not None:
+                q, nl = sw.q, sw.l1
+                pairs = [(a, b) for a in range(q) for b in range(a + 1)]
+                prods = np.empty((len(pairs), P.n))
+                for i, (a, b) in enumerate(pairs):
+                    np.multiply(st.w, sw.ZT[a], out=prods[i])
+                    if not sw._ones[b]:
+                        prods[i] *= sw.ZT[b]
+                sums = sw._sums(prods)  # (pairs, levels)
+                S = np.empty((nl, q, q))
+                for i, (a, b) in enumerate(pairs):
+                    S[:, a, b] = S[:, b, a] = sums[i]
+                A = lams[0].T @ S @ lams[0] + np.eye(q)  # (levels, q, q)
+                blocks = [(st.u.reshape(nl, q), np.linalg.inv(A))]
+            elif P.dense is not None and P.q <= CROSSED_GRADIENT_MAX_Q:
+                # several factors: the diagonal blocks of the dense A^-1 (A couples the levels)
+                if P._crossed is None:
+                    P._crossed = CrossedGradient(P.X, P.codes, P.nlevels, P.Zraw, tmap)
+                blocks = P._crossed.posterior_blocks(np.asarray(theta, dtype=float), st.w, st.u)
+                if blocks is None:
+                    return None
             else:
+                return None
+            factors = []
+            for b, (u, Ainv) in enumerate(blocks):
+                lam, nl, q = lams[b], u.shape[0], u.shape[1]
+                Sigma = lam @ ((u.T @ u + Ainv.sum(axis=0)) / nl) @ lam.T
+                if np.sum(tmap.block == b) < q * (q + 1) // 2:
+                    # a diagonal structure ((1 + x || g)): its factor is the standard deviations
+                    factors.append(np.diag(np.sqrt(np.diag(Sigma))))
+                    continue
                 try:
-                    Lc = np.linalg.cholesky(Sigma)
+                    factors.append(np.linalg.cholesky(Sigma))
                 except np.linalg.LinAlgError:
                     return None
-            new = tmap.theta_of([Lc])
+            new = tmap.theta_of(factors)
         if not (np.all(np.isfinite(new)) and np.all(new >= tmap.lower_bounds)):
             return None
         return np.asarray(new, dtype=float)

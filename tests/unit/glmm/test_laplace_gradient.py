@@ -20,8 +20,10 @@ import memoe
 from memoe.core.optim import finite_difference_derivatives
 from memoe.errors import ArgumentError
 from memoe.glmm import GlmmControl, glmm
+from memoe.glmm.crossed_gradient import CrossedGradient
 from memoe.glmm.design import _arithmetic
 from memoe.glmm.families import Binomial
+from memoe.glmm.laplace import theta_objective
 
 
 def _data(seed: int, family: str, slope: bool, trials: bool = False, offset: bool = False, weights: bool = False,
@@ -274,3 +276,28 @@ def test_crossed_laplace_gradient_equals_central_differences(seed, family, link,
     assert qn.stage2.opt.optimizer == "projected BFGS"
     assert qn.loglik >= bq.loglik - 1e-8 * abs(bq.loglik)
     assert qn.singular == bq.singular
+
+
+def test_em_start_blocks_are_the_dense_posterior():
+    """The crossed EM start reads the diagonal blocks of (Lambda' Z' W Z Lambda + I)^-1 per factor; checked against
+    the inverse formed from the dense Z."""
+    formula, df = _crossed(24, "binomial", slope=True)
+    m = glmm(formula, df, "binomial")
+    P = m.problem
+    theta = np.array([0.8, 0.1, 0.5, 0.6])[: P.theta_map.size]
+    st = P.solve(theta, None, min_iter=8)
+    cg = CrossedGradient(P.X, P.codes, P.nlevels, P.Zraw, P.theta_map)
+    blocks = cg.posterior_blocks(theta, st.w, st.u)
+    Z = cg.Zs.toarray()
+    lam = cg._lambda(theta)[0]
+    V = Z @ lam
+    Ainv = np.linalg.inv(V.T @ (st.w[:, None] * V) + np.eye(P.q))
+    for b, (u, Ab) in enumerate(blocks):
+        nl, q = P.nlevels[b], P.qk[b]
+        idx = cg.offsets[b] + np.arange(nl * q).reshape(nl, q)
+        np.testing.assert_allclose(Ab, Ainv[idx[:, :, None], idx[:, None, :]], rtol=1e-10, atol=1e-12)
+        np.testing.assert_array_equal(u, st.u[idx])
+    # the EM step is a valid start, and the fit from it reaches BOBYQA's optimum (test above)
+    f = theta_objective(P, warm=True)
+    em = m._em_theta(m.design.theta_map.initial(), f)
+    assert em is not None and np.all(em >= m.design.theta_map.lower_bounds)
