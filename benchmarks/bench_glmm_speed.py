@@ -542,8 +542,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="small-group workloads: memoe's per-fit phases instead of the comparison")
     args = ap.parse_args(argv)
     asked = [w for w in args.workloads.split(",") if w]
+    # a group, or single members of the small panel by name
     small = [w for g in asked if g in GROUPS for w in GROUPS[g]]
-    workloads = [w for w in asked if w not in GROUPS]
+    small += [w for w in asked if w in SMALL and w not in WORKLOADS]
+    workloads = [w for w in asked if w not in GROUPS and (w in WORKLOADS)]
     tools = [t for t in args.tools.split(",") if t]
     facts = machine_facts()
     print("machine:", facts)
