@@ -10,7 +10,14 @@ Workloads:
 * ``pois1m``: ``y ~ x + (1 | id)``, Poisson, 100,000 subjects x 10 = 1,000,000 rows.
 * group ``small`` (``--workloads small``): ``cbpp`` (lme4's cbpp, ``cbind(incidence, size - incidence) ~ period +
   (1 | herd)``, 56 rows, 15 herds), ``pois_ri`` (``y ~ x + (1 | g)``, Poisson, 50 groups x 10 = 500 rows),
-  ``bin_ri`` (``y ~ x + (1 | g)``, binary, 100 groups x 10 = 1,000 rows) and ``binslope``. A fit takes
+  ``bin_ri`` (``y ~ x + (1 | g)``, binary, 100 groups x 10 = 1,000 rows), ``binslope`` and a wider panel of
+  realistic small shapes (fifth round): ``crossed_bin`` (binary ``y ~ cond + (1 | subj) + (1 | item)``, 40 x 50
+  crossed, 2,000 rows), ``probit_ri`` (binary probit ``y ~ x + (1 | g)``, 80 x 10), ``pois_slope`` (Poisson
+  ``y ~ t + (t | id)``, 100 x 10), ``pois_offset`` (Poisson with ``offset(logexpo)``, 60 x 8), ``bin_q3`` (binary
+  ``y ~ a + b + (1 + a + b | g)``, 50 x 30), ``agq5`` (trials binomial ``(1 | g)``, 30 x 4, ``nAGQ = 5``; glmmTMB
+  has no quadrature and is skipped) and ``nb_ri`` (negative binomial ``(1 | g)``, 50 x 10: lme4's ``glmer.nb``,
+  glmmTMB's ``nbinom2``). ``--phases`` prints memoe's per-fit phases (design, stage 1, stage 2, derivative
+  check, result) for these instead of the comparison. A fit takes
   milliseconds, so each side is the median of ``--small-repeats`` fits after a warm-up fit of the same data, wall
   clock and process CPU; lme4 and glmmTMB fit the whole group in one Rscript each (``system.time`` user + sys of
   each call), like ``bench_lmm_speed.py``'s small group.
@@ -28,6 +35,7 @@ Usage::
     python benchmarks/bench_glmm_speed.py --workloads verbagg,binslope --tools memoe,lme4
     python benchmarks/bench_glmm_speed.py --json glmm_speed.json
     python benchmarks/bench_glmm_speed.py --workloads small --small-repeats 20
+    python benchmarks/bench_glmm_speed.py --workloads small --phases --small-repeats 20
 """
 
 from __future__ import annotations
@@ -54,12 +62,27 @@ WORKLOADS = {
     "pois1m": ("y ~ x + (1 | id)", "poisson", ("id",), True),
 }
 TOOLS = ("memoe", "lme4", "glmmTMB")
-# the small group: (formula, family, grouping columns, factor columns); binslope as above
+# the small group: (formula, family, grouping columns, factor columns); binslope as above. Panel entries may add
+# options in SMALL_OPTIONS: memoe's family object (``memoe_family``), R's family expression (``r_family``), ``nAGQ``,
+# ``nb`` (negative binomial: lme4's glmer.nb, glmmTMB's nbinom2, memoe's "negative_binomial")
 SMALL = {
     "cbpp": ("cbind(incidence, size - incidence) ~ period + (1 | herd)", "binomial", ("herd",), ("period",)),
     "pois_ri": ("y ~ x + (1 | g)", "poisson", ("g",), ()),
     "bin_ri": ("y ~ x + (1 | g)", "binomial", ("g",), ()),
     "binslope": ("y ~ trt + (trt | g)", "binomial", ("g",), ()),
+    # the wider panel (fifth round): shapes a held-out check may time
+    "crossed_bin": ("y ~ cond + (1 | subj) + (1 | item)", "binomial", ("subj", "item"), ()),
+    "probit_ri": ("y ~ x + (1 | g)", "binomial", ("g",), ()),
+    "pois_slope": ("y ~ t + (t | id)", "poisson", ("id",), ()),
+    "pois_offset": ("y ~ x + offset(logexpo) + (1 | g)", "poisson", ("g",), ()),
+    "bin_q3": ("y ~ a + b + (1 + a + b | g)", "binomial", ("g",), ()),
+    "agq5": ("cbind(k, n - k) ~ x + (1 | g)", "binomial", ("g",), ()),
+    "nb_ri": ("y ~ x + (1 | g)", "negative_binomial", ("g",), ()),
+}
+SMALL_OPTIONS = {
+    "probit_ri": {"link": "probit", "r_family": 'binomial(link = "probit")'},
+    "agq5": {"nAGQ": 5},
+    "nb_ri": {"nb": True, "r_family": "poisson"},  # r_family unused: glmer.nb, nbinom2
 }
 GROUPS = {"small": tuple(SMALL)}
 
@@ -140,6 +163,83 @@ def bin_ri(seed: int = 4) -> pd.DataFrame:
     return pd.DataFrame({"y": (rng.random(G * m) < 1 / (1 + np.exp(-eta))).astype(float), "x": x, "g": g})
 
 
+def _expit(eta: np.ndarray) -> np.ndarray:
+    return 1 / (1 + np.exp(-eta))
+
+
+def crossed_bin(seed: int = 5) -> pd.DataFrame:
+    """Psycholinguistic shape: 40 subjects x 50 items, every pair once, a +-0.5 condition within both."""
+    rng = np.random.default_rng(seed)
+    S, I = 40, 50
+    subj, item = np.repeat(np.arange(S), I), np.tile(np.arange(I), S)
+    cond = np.where((subj + item) % 2 == 0, -0.5, 0.5)
+    eta = 0.4 + 0.6 * cond + rng.normal(0, 0.8, S)[subj] + rng.normal(0, 0.5, I)[item]
+    return pd.DataFrame({"y": (rng.random(S * I) < _expit(eta)).astype(float), "cond": cond, "subj": subj,
+                         "item": item})
+
+
+def probit_ri(seed: int = 6) -> pd.DataFrame:
+    from scipy.special import ndtr
+
+    rng = np.random.default_rng(seed)
+    G, m = 80, 10
+    g = np.repeat(np.arange(G), m)
+    x = rng.standard_normal(G * m)
+    eta = 0.2 + 0.4 * x + rng.normal(0, 0.6, G)[g]
+    return pd.DataFrame({"y": (rng.random(G * m) < ndtr(eta)).astype(float), "x": x, "g": g})
+
+
+def pois_slope(seed: int = 7) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    N, m = 100, 10
+    ids = np.repeat(np.arange(N), m)
+    t = np.tile(np.arange(m) / (m - 1.0), N)
+    b = rng.multivariate_normal([0.0, 0.0], [[0.25, 0.03], [0.03, 0.09]], N)
+    eta = 1.0 + 0.5 * t + b[ids, 0] + b[ids, 1] * t
+    return pd.DataFrame({"y": rng.poisson(np.exp(eta)).astype(float), "t": t, "id": ids})
+
+
+def pois_offset(seed: int = 8) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    G, m = 60, 8
+    g = np.repeat(np.arange(G), m)
+    x = rng.standard_normal(G * m)
+    logexpo = np.log(rng.uniform(0.5, 5.0, G * m))
+    eta = -0.5 + 0.3 * x + logexpo + rng.normal(0, 0.5, G)[g]
+    return pd.DataFrame({"y": rng.poisson(np.exp(eta)).astype(float), "x": x, "logexpo": logexpo, "g": g})
+
+
+def bin_q3(seed: int = 9) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    G, m = 50, 30
+    g = np.repeat(np.arange(G), m)
+    a, b = rng.standard_normal(G * m), rng.integers(0, 2, G * m).astype(float)
+    cov = [[0.8, 0.1, 0.0], [0.1, 0.3, 0.05], [0.0, 0.05, 0.4]]
+    r = rng.multivariate_normal([0.0, 0.0, 0.0], cov, G)
+    eta = -0.2 + 0.5 * a + 0.4 * b + r[g, 0] + r[g, 1] * a + r[g, 2] * b
+    return pd.DataFrame({"y": (rng.random(G * m) < _expit(eta)).astype(float), "a": a, "b": b, "g": g})
+
+
+def agq5(seed: int = 10) -> pd.DataFrame:
+    """Binomial with trials (10 per row), 30 groups x 4 rows: few rows per group, where quadrature matters."""
+    rng = np.random.default_rng(seed)
+    G, m = 30, 4
+    g = np.repeat(np.arange(G), m)
+    x = rng.standard_normal(G * m)
+    eta = -1.0 + 0.5 * x + rng.normal(0, 1.0, G)[g]
+    n = np.full(G * m, 10.0)
+    return pd.DataFrame({"k": rng.binomial(10, _expit(eta)).astype(float), "n": n, "x": x, "g": g})
+
+
+def nb_ri(seed: int = 11) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    G, m = 50, 10
+    g = np.repeat(np.arange(G), m)
+    x = rng.standard_normal(G * m)
+    mu = np.exp(1.0 + 0.3 * x + rng.normal(0, 0.5, G)[g])
+    return pd.DataFrame({"y": rng.negative_binomial(2.0, 2.0 / (2.0 + mu)).astype(float), "x": x, "g": g})
+
+
 def cbpp() -> pd.DataFrame:
     import memoe
 
@@ -148,7 +248,9 @@ def cbpp() -> pd.DataFrame:
 
 def make_data(workload: str, tmp: str) -> pd.DataFrame:
     return {"verbagg": lambda: verbagg(tmp), "binslope": binslope, "long_binomial": long_binomial,
-            "pois1m": pois1m, "cbpp": cbpp, "pois_ri": pois_ri, "bin_ri": bin_ri}[workload]()
+            "pois1m": pois1m, "cbpp": cbpp, "pois_ri": pois_ri, "bin_ri": bin_ri, "crossed_bin": crossed_bin,
+            "probit_ri": probit_ri, "pois_slope": pois_slope, "pois_offset": pois_offset, "bin_q3": bin_q3,
+            "agq5": agq5, "nb_ri": nb_ri}[workload]()
 
 
 def warmup_subset(df: pd.DataFrame, groups: tuple[str, ...]) -> pd.DataFrame:
@@ -233,8 +335,15 @@ for (job in fromJSON("{jobs}", simplifyVector = FALSE)) {{
   d <- read.csv(job$csv)
   for (v in unlist(job$factors)) d[[v]] <- factor(d[[v]])
   f <- as.formula(job$formula)
-  fam <- get(job$family)()
-  fitter <- function() {call}
+  fam <- eval(parse(text = job$r_family))
+  nagq <- job$nAGQ
+  if ("{tool}" == "glmmTMB" && nagq > 1) {{ out[[job$name]] <- list(skipped = "glmmTMB has no nAGQ"); next }}
+  fitter <- if (isTRUE(job$nb)) {{
+    if ("{tool}" == "lme4") function() glmer.nb(f, d) else function() glmmTMB(f, d, family = nbinom2)
+  }} else {{
+    if ("{tool}" == "lme4") function() glmer(f, d, family = fam, nAGQ = nagq)
+    else function() glmmTMB(f, d, family = fam)
+  }}
   m <- suppressWarnings(suppressMessages(fitter()))  # warm-up
   w <- numeric(0); cpu <- numeric(0)
   for (i in seq_len({repeats})) {{
@@ -242,22 +351,31 @@ for (job in fromJSON("{jobs}", simplifyVector = FALSE)) {{
     w <- c(w, t[["elapsed"]]); cpu <- c(cpu, t[["user.self"]] + t[["sys.self"]])
   }}
   out[[job$name]] <- list(seconds = median(w), cpu_seconds = median(cpu), loglik = as.numeric(logLik(m)),
-                          version = as.character(packageVersion("{pkg}")))
+                          version = as.character(packageVersion("{tool}")))
 }}
 cat(toJSON(out, auto_unbox = TRUE, digits = NA), "\n")
 """
 
 
-def fit_memoe_small(df: pd.DataFrame, formula: str, family: str, repeats: int) -> dict:
+def small_family(w: str):
+    """memoe's family for a small-group workload (a Family object where a link other than the default is asked)."""
+    from memoe.glmm import get_family
+
+    _, family, _, _ = SMALL[w]
+    opts = SMALL_OPTIONS.get(w, {})
+    return get_family(family, link=opts["link"]) if "link" in opts else family
+
+
+def fit_memoe_small(df: pd.DataFrame, formula: str, family, repeats: int, nAGQ: int = 1) -> dict:
     """Median wall and process-CPU seconds of ``repeats`` fits from the DataFrame after a warm-up fit."""
     import memoe
 
     walls, cpus = [], []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        memoe.glmm(formula, df, family).fit()
+        memoe.glmm(formula, df, family).fit(nAGQ=nAGQ)
         for _ in range(repeats):
-            fit, wall, cpu = timed(lambda: memoe.glmm(formula, df, family).fit())
+            fit, wall, cpu = timed(lambda: memoe.glmm(formula, df, family).fit(nAGQ=nAGQ))
             walls.append(wall)
             cpus.append(cpu)
     return {"seconds": statistics.median(walls), "cpu_seconds": statistics.median(cpus), "runs": walls,
@@ -272,7 +390,9 @@ def run_small(names: list[str], tools: list[str], repeats: int, timeout: float, 
         csv = os.path.join(tmp, f"small_{w}.csv")
         data[w].to_csv(csv, index=False)
         formula, family, groups, factors = SMALL[w]
-        jobs.append({"name": w, "csv": csv, "formula": formula, "family": family,
+        opts = SMALL_OPTIONS.get(w, {})
+        jobs.append({"name": w, "csv": csv, "formula": formula, "r_family": opts.get("r_family", family),
+                     "nAGQ": opts.get("nAGQ", 1), "nb": bool(opts.get("nb", False)),
                      "factors": list(groups) + list(factors)})
     jobs_path = os.path.join(tmp, "small_jobs.json")
     with open(jobs_path, "w") as fh:
@@ -281,15 +401,15 @@ def run_small(names: list[str], tools: list[str], repeats: int, timeout: float, 
     load = [os.getloadavg()[0]]
     if "memoe" in tools:
         for w in names:
-            formula, family, _, _ = SMALL[w]
-            out[w]["memoe"] = fit_memoe_small(data[w], formula, family, repeats)
+            formula = SMALL[w][0]
+            out[w]["memoe"] = fit_memoe_small(data[w], formula, small_family(w), repeats,
+                                              SMALL_OPTIONS.get(w, {}).get("nAGQ", 1))
     for tool in (t for t in tools if t != "memoe"):
         if not rscript_available():
             for w in names:
                 out[w][tool] = {"skipped": "Rscript not found"}
             continue
-        call = "glmer(f, d, family = fam)" if tool == "lme4" else "glmmTMB(f, d, family = fam)"
-        r = run_r(R_SMALL.format(jobs=jobs_path, call=call, repeats=repeats, pkg=tool), timeout=timeout)
+        r = run_r(R_SMALL.format(jobs=jobs_path, tool=tool, repeats=repeats), timeout=timeout)
         for w in names:
             out[w][tool] = r.get(w, {"skipped": r.get("skipped", "no result")}) if r else {"skipped": "R failed"}
     load.append(os.getloadavg()[0])
@@ -325,6 +445,82 @@ def run_small(names: list[str], tools: list[str], repeats: int, timeout: float, 
     return rows
 
 
+# ---------------------------------------------------------------------------------------------- phases
+PHASES = {  # phase: GLMM methods (or model-module names) whose time it sums
+    "design": ("__init__",), "stage 1": ("_stage1",),
+    "stage 2": ("_beta_whitening", "_quasi_newton", "_minimize_restarting", "_modes_at"),
+    "derivative check": ("_check",), "result": ("GlmmResult", "separation"),
+}
+
+
+def phases(names: list[str], repeats: int, tmp: str) -> None:
+    """Per-fit phases of memoe's fit (median ms over ``repeats`` fits after a warm-up), by wrapping GLMM's stage
+    methods with timers; prints a markdown table. PIRLS solves are counted too."""
+    import time
+
+    import memoe
+    from memoe.glmm import model as gm
+    from memoe.glmm import pirls
+
+    acc: dict[str, float] = {}
+    count = {"solves": 0}
+
+    def timer(owner, attr, key):
+        orig = getattr(owner, attr)
+
+        def wrapped(*a, **kw):
+            t0 = time.perf_counter()
+            try:
+                return orig(*a, **kw)
+            finally:
+                acc[key] = acc.get(key, 0.0) + time.perf_counter() - t0
+
+        setattr(owner, attr, wrapped)
+        return orig
+
+    saved = []
+    for attrs in PHASES.values():
+        for attr in attrs:
+            owner = gm if attr == "GlmmResult" else gm.GLMM
+            saved.append((owner, attr, timer(owner, attr, attr)))
+    solve = pirls.PirlsProblem.solve
+
+    def counted(self, *a, **kw):
+        count["solves"] += 1
+        return solve(self, *a, **kw)
+
+    pirls.PirlsProblem.solve = counted
+    print(f"phases, ms, medians of {repeats} fits (load {os.getloadavg()[0]:.1f})")
+    print("| workload | total | " + " | ".join(PHASES) + " | other | evaluations stage 1 / 2 | PIRLS solves |")
+    print("|" + "---|" * (len(PHASES) + 5))
+    try:
+        for w in names:
+            df = make_data(w, tmp)
+            formula, fam, nagq = SMALL[w][0], small_family(w), SMALL_OPTIONS.get(w, {}).get("nAGQ", 1)
+            rows = []
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                memoe.glmm(formula, df, fam).fit(nAGQ=nagq)
+                for _ in range(repeats):
+                    acc.clear()
+                    count["solves"] = 0
+                    t0 = time.perf_counter()
+                    fit = memoe.glmm(formula, df, fam).fit(nAGQ=nagq)
+                    total = time.perf_counter() - t0
+                    ph = {k: sum(acc.get(a, 0.0) for a in v) for k, v in PHASES.items()}
+                    rows.append((total, ph, count["solves"]))
+            med = lambda xs: 1e3 * statistics.median(xs)  # noqa: E731
+            tot = med([r[0] for r in rows])
+            cells = [med([r[1][k] for r in rows]) for k in PHASES]
+            ev = f"{fit.stage1.opt.feval} / {fit.stage2.opt.feval if fit.stage2 else '-'}"
+            print(f"| {w} | {tot:.1f} | " + " | ".join(f"{c:.1f}" for c in cells) + f" | {tot - sum(cells):.1f} | "
+                  f"{ev} | {rows[-1][2]} |", flush=True)
+    finally:
+        for owner, attr, orig in saved:
+            setattr(owner, attr, orig)
+        pirls.PirlsProblem.solve = solve
+
+
 # ---------------------------------------------------------------------------------------------- driver
 def _fmt(r: dict | None) -> str:
     if not r or "skipped" in r:
@@ -342,14 +538,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--small-repeats", type=int, default=20, help="fits per tool of each small-group workload")
     ap.add_argument("--timeout", type=float, default=900.0, help="per R tool and workload, seconds")
     ap.add_argument("--json", help="write all results and the machine facts here")
+    ap.add_argument("--phases", action="store_true",
+                    help="small-group workloads: memoe's per-fit phases instead of the comparison")
     args = ap.parse_args(argv)
     asked = [w for w in args.workloads.split(",") if w]
+    # a group, or single members of the small panel by name
     small = [w for g in asked if g in GROUPS for w in GROUPS[g]]
-    workloads = [w for w in asked if w not in GROUPS]
+    small += [w for w in asked if w in SMALL and w not in WORKLOADS]
+    workloads = [w for w in asked if w not in GROUPS and (w in WORKLOADS)]
     tools = [t for t in args.tools.split(",") if t]
     facts = machine_facts()
     print("machine:", facts)
     results, rows = [], []
+    if args.phases:
+        with tempfile.TemporaryDirectory() as tmp:
+            phases(small + [w for w in workloads if w in SMALL], args.small_repeats, tmp)
+        return 0
     with tempfile.TemporaryDirectory() as tmp:
         if small:
             results += run_small(small, tools, args.small_repeats, args.timeout, tmp)

@@ -48,6 +48,7 @@ from memoe.errors import (
 from memoe.errors import warn as emit_warning
 from memoe.glmm.agq import QuadratureError, agq_deviance, check_agq
 from memoe.glmm.control import SINGULAR_TOL, GlmmControl
+from memoe.glmm.crossed_gradient import CROSSED_GRADIENT_MAX_Q, CrossedGradient
 from memoe.glmm.design import GlmmDesign, build_glmm_design, no_separation_certificate, separating_direction
 from memoe.glmm.families import Binomial, Family, NegativeBinomial, Poisson, get_family
 from memoe.glmm.laplace import (
@@ -59,9 +60,12 @@ from memoe.glmm.laplace import (
 )
 from memoe.glmm.pirls import PirlsProblem, PirlsState
 from memoe.glmm.result import GlmmResult
+from memoe.glmm.single import GRADIENT_MAX_Q
 
 __all__ = ["GLMM", "SINGULAR_TOL", "GlmmControl"]
 
+#: the quasi-Newton second stage's ftol_abs where PIRLS is Fisher scoring (the deviance's noise floor; _quasi_newton)
+NOISY_FTOL_ABS = 1e-9
 # above this many (theta, beta) entries the O(k^2) finite-difference Hessian is skipped
 MAX_PARAMS_FOR_DERIVS = 40
 
@@ -373,8 +377,12 @@ class GLMM:
             H[:k, k:] = H[k:, :k].T
             return 0.5 * (H + H.T)
 
+        # Fisher scoring (probit, cloglog) converges linearly: with warm starts its stopping error leaves ~3e-10 of
+        # noise in the deviance (gradients ~3e-5), below which BFGS line-searches noise (cbpp probit: 100
+        # evaluations, the optimum reached at the 4th); stop at that floor instead (logLik within 5e-10)
+        ftol = control.ftol_abs if self._newton_pirls() else max(control.ftol_abs, NOISY_FTOL_ABS)
         return _gradient_stage(fun_grad, x0, lower, missing=missing, calls=calls, maxeval=control.maxeval,
-                               initial_step=step, ftol_abs=control.ftol_abs, xtol_abs=control.xtol_abs,
+                               initial_step=step, ftol_abs=ftol, xtol_abs=control.xtol_abs,
                                initial_hessian=initial_hessian)
 
     def _quasi_newton_theta(self, f, x0: np.ndarray, lower: np.ndarray, control: GlmmControl):
@@ -399,10 +407,10 @@ class GLMM:
             if g is None:
                 missing[0] = True
                 return np.inf, np.full(len(theta), np.nan)
-            if P.single.sensitivity is not None and hasattr(f, "predict"):
+            if P.sensitivity is not None and hasattr(f, "predict"):
                 # the next PIRLS run starts from the modes' first-order prediction at its theta (the gradient's
                 # du/dtheta and dbeta/dtheta): one Newton step fewer from a BFGS step away; the modes are the same
-                dU, dB = P.single.sensitivity
+                dU, dB = P.sensitivity
                 t0, b0, u0 = np.array(theta, dtype=float), st.beta.copy(), st.u.copy()
                 def predict(t, t0=t0, b0=b0, u0=u0, dU=dU, dB=dB):
                     # a linear prediction far from its point can be worse than the last modes (seen at 0.25 away)
@@ -425,6 +433,65 @@ class GLMM:
         return _gradient_stage(fun_grad, x0, lower, missing=missing, calls=calls, maxeval=control.maxeval,
                                ftol_abs=control.stage1_ftol_abs, xtol_abs=control.stage1_xtol_abs,
                                initial_hessian=initial_hessian)
+
+    def _em_theta(self, theta: np.ndarray, f) -> np.ndarray | None:
+        """One EM step for theta from the first-stage objective ``f``'s evaluation at ``theta``.
+
+        With spherical modes ``u_j`` and ``A_j = Lambda' Z_j' W_j Z_j Lambda + I`` (the Laplace precision of
+        ``u_j``), ``E[b_j b_j' | y] ~= Lambda (u_j u_j' + A_j^-1) Lambda'``; their mean over the levels is the
+        M-step's covariance of the random effects and its Cholesky factor the new relative factor (the
+        residual scale is 1 for families without a dispersion). Batched over the levels; with several factors
+        (the dense path) ``A_j^-1`` are the diagonal blocks of the dense ``A^-1``, per factor. None when the
+        evaluation failed or the step is not finite (the caller keeps ``theta``).
+        """
+        P = self.problem
+        sw = P.single
+        v = f(theta)
+        st = f.state[0]
+        if not (np.isfinite(v) and st is not None and st.converged):
+            return None
+        tmap = self.design.theta_map
+        with np.errstate(all="ignore"):
+            lams = tmap.lambdas(theta)
+            if sw is not None:
+                q, nl = sw.q, sw.l1
+                pairs = [(a, b) for a in range(q) for b in range(a + 1)]
+                prods = np.empty((len(pairs), P.n))
+                for i, (a, b) in enumerate(pairs):
+                    np.multiply(st.w, sw.ZT[a], out=prods[i])
+                    if not sw._ones[b]:
+                        prods[i] *= sw.ZT[b]
+                sums = sw._sums(prods)  # (pairs, levels)
+                S = np.empty((nl, q, q))
+                for i, (a, b) in enumerate(pairs):
+                    S[:, a, b] = S[:, b, a] = sums[i]
+                A = lams[0].T @ S @ lams[0] + np.eye(q)  # (levels, q, q)
+                blocks = [(st.u.reshape(nl, q), np.linalg.inv(A))]
+            elif P.dense is not None and P.q <= CROSSED_GRADIENT_MAX_Q:
+                # several factors: the diagonal blocks of the dense A^-1 (A couples the levels)
+                if P._crossed is None:
+                    P._crossed = CrossedGradient(P.X, P.codes, P.nlevels, P.Zraw, tmap)
+                blocks = P._crossed.posterior_blocks(np.asarray(theta, dtype=float), st.w, st.u)
+                if blocks is None:
+                    return None
+            else:
+                return None
+            factors = []
+            for b, (u, Ainv) in enumerate(blocks):
+                lam, nl, q = lams[b], u.shape[0], u.shape[1]
+                Sigma = lam @ ((u.T @ u + Ainv.sum(axis=0)) / nl) @ lam.T
+                if np.sum(tmap.block == b) < q * (q + 1) // 2:
+                    # a diagonal structure ((1 + x || g)): its factor is the standard deviations
+                    factors.append(np.diag(np.sqrt(np.diag(Sigma))))
+                    continue
+                try:
+                    factors.append(np.linalg.cholesky(Sigma))
+                except np.linalg.LinAlgError:
+                    return None
+            new = tmap.theta_of(factors)
+        if not (np.all(np.isfinite(new)) and np.all(new >= tmap.lower_bounds)):
+            return None
+        return np.asarray(new, dtype=float)
 
     def _beta_whitening(self, theta: np.ndarray, state: PirlsState) -> np.ndarray | None:
         """Lower Cholesky factor of the (unscaled) covariance of beta at a PIRLS state, None if unavailable."""
@@ -475,6 +542,12 @@ class GLMM:
         fam = self.problem.family
         return (type(fam) is Binomial and fam.link.name == "logit") or (type(fam) is Poisson and fam.link.name == "log")
 
+    def _gradient_family(self) -> bool:
+        """Families with the analytic Laplace gradient: the canonical links and the binomial probit and cloglog
+        (:meth:`PirlsProblem.laplace_gradient`)."""
+        fam = self.problem.family
+        return self._newton_pirls() or (type(fam) is Binomial and fam.link.name in ("probit", "cloglog"))
+
     def _warm(self, control: GlmmControl) -> bool:
         """Warm starts across evaluations: on by default for families without a dispersion parameter.
 
@@ -496,7 +569,17 @@ class GLMM:
             lower = np.concatenate([lower, [NB_LOG_THETA_BOUNDS[0]]])
         opt = None
         if not self.nb_estimated and control.optimizer == "auto" and self._gradient_available(1, "expected"):
+            extra = 0
+            if start is None:
+                # lme4's start (Lambda = I) is often on the concave side of the deviance, where BFGS probes its way
+                # in by a line search (pois_ri: 6 of 11 evaluations); one EM step from the first evaluation's modes
+                # starts it near the optimum instead (pois_ri 11 -> 1 + 6, pois_slope 17 -> 1 + 11, same optima)
+                em = self._em_theta(x0, f)
+                if em is not None:
+                    x0, extra = em, 1
             opt = self._quasi_newton_theta(f, x0, lower, control)
+            if opt is not None and extra:
+                opt = dataclasses.replace(opt, feval=opt.feval + extra, x0=tmap.initial())
         if opt is None:
             opt = minimize_bounded(
                 f, x0, lower, ftol_abs=control.stage1_ftol_abs, xtol_abs=control.stage1_xtol_abs,
@@ -728,11 +811,15 @@ class GLMM:
 
     def _gradient_available(self, nAGQ: int, laplace: str) -> bool:
         """Whether the Laplace deviance has its analytic gradient here (:meth:`PirlsProblem.laplace_gradient`):
-        nAGQ = 1 with lme4's expected curvature, one grouping factor with q <= 2, a canonical link."""
+        nAGQ = 1 with lme4's expected curvature, one grouping factor with q <= 3, a canonical link or the binomial
+        probit / cloglog."""
         P = self.problem
         return (
-            nAGQ == 1 and laplace == "expected" and not self.nb_estimated and self._newton_pirls()
-            and P.single is not None and P.dense is None and P.single.q <= 2
+            nAGQ == 1 and laplace == "expected" and not self.nb_estimated and self._gradient_family()
+            and (
+                (P.single is not None and P.dense is None and P.single.q <= GRADIENT_MAX_Q)
+                or (P.dense is not None and P.q <= CROSSED_GRADIENT_MAX_Q)
+            )
         )
 
     def _with_gradient(self, f):

@@ -19,10 +19,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from memoe.glmm.crossed_gradient import CROSSED_GRADIENT_MAX_Q, CrossedGradient
 from memoe.glmm.dense import DenseWpls, dense_size
 from memoe.glmm.design import GlmmDesign
 from memoe.glmm.families import _EPS, _THRESH, Binomial, Family, Poisson
-from memoe.glmm.single import MAX_Q, SingleWpls
+from memoe.glmm.single import GRADIENT_MAX_Q, MAX_Q, SingleWpls
 from memoe.lmm.objective import PLSProblem
 
 __all__ = ["PirlsProblem", "PirlsState"]
@@ -32,6 +33,10 @@ __all__ = ["PirlsProblem", "PirlsState"]
 U_TOL = 1e-10
 MAX_ITER = 60
 _LOG_EPS = float(np.log(_EPS))
+#: binomial links with the analytic Laplace gradient besides the logit: open eta intervals where neither the mean
+#: nor d mu / d eta is clamped (probit: R's thresh -qnorm(eps) = 8.12; cloglog: mu < 1 - eps up to eta = 3.58, and
+#: d mu / d eta > eps down to eta = -36)
+_NONCANONICAL_BOUNDS = {"probit": (-8.0, 8.0), "cloglog": (-30.0, 3.5)}
 # step-halving gives up below this fraction of the Newton step (lme4: 0.001)
 MIN_STEP = 1e-3
 # several grouping factors use DenseWpls while its dense arrays stay below this many entries:
@@ -154,6 +159,7 @@ class PirlsProblem:
             dense = dense_size(self.nlevels, self.qk, self.p) <= DENSE_MAX_ENTRIES
         dense = dense and len(self.qk) > 1
         self.dense = DenseWpls(self.X, self.codes, self.nlevels, self.Zraw, self.theta_map) if dense else None
+        self._crossed: CrossedGradient | None = None  # the dense path's Laplace gradient, built on first use
         # one grouping factor: re-weighted per-level sums only, instead of a new PLSProblem per step
         self.single = (
             SingleWpls(self.X, self.codes[0], self.nlevels[0], self.Zraw[0], self.theta_map)
@@ -658,15 +664,25 @@ class PirlsProblem:
     def laplace_gradient(self, theta: np.ndarray, state: PirlsState, joint: bool = False) -> np.ndarray | None:
         """Gradient in ``(theta, beta)`` of lme4's Laplace deviance at a converged uOnly state (None: not available).
 
-        Available for one grouping factor with q <= 2 and a canonical link (binomial logit with every
-        ``|eta| <= 30``, Poisson log with no mean at its floor): PIRLS' working weights are then the exact
-        curvature of the penalised deviance, whose derivative in u vanishes at the modes; see
-        :meth:`memoe.glmm.single.SingleWpls.laplace_gradient`. ``joint``: the state is a joint (u, beta) solution
-        (lme4's nAGQ = 0 objective), and the gradient is in theta only.
+        Available for one grouping factor with q <= 3, or several on the dense path with at most
+        :data:`~memoe.glmm.crossed_gradient.CROSSED_GRADIENT_MAX_Q` random effects in all, and a canonical link
+        (binomial logit with every ``|eta| <= 30``, Poisson log with no mean at its floor: PIRLS' working weights
+        are then the exact curvature of the penalised deviance, whose derivative in u vanishes at the modes) or
+        the binomial probit / cloglog; see :meth:`memoe.glmm.single.SingleWpls.laplace_gradient` and
+        :mod:`memoe.glmm.crossed_gradient`. ``joint``: the state is a joint (u, beta) solution (lme4's nAGQ = 0
+        objective), and the gradient is in theta only.
         """
         sw = self.single
         fam = self.family
-        if sw is None or self.dense is not None or sw.q > 2:
+        if self.dense is not None:
+            if self.q > CROSSED_GRADIENT_MAX_Q:
+                return None
+            if self._crossed is None:
+                self._crossed = CrossedGradient(self.X, self.codes, self.nlevels, self.Zraw, self.theta_map)
+            solver = self._crossed.gradient
+        elif sw is not None and sw.q <= GRADIENT_MAX_Q:
+            solver = sw.laplace_gradient
+        else:
             return None
         eta, mu = state.eta, state.mu
         if type(fam) is Binomial and fam.link.name == "logit":
@@ -679,10 +695,46 @@ class PirlsProblem:
                 return None
             w = self.wt * mu
             dw = w
+        elif type(fam) is Binomial and fam.link.name in _NONCANONICAL_BOUNDS:
+            return self._noncanonical_gradient(theta, state, joint, solver)
         else:
             return None
         r = -2.0 * self.wt * (self.y - mu)
-        return sw.laplace_gradient(np.asarray(theta, dtype=float), state.u, r, w, dw, joint=joint)
+        return solver(np.asarray(theta, dtype=float), state.u, r, w, dw, joint=joint)
+
+    @property
+    def sensitivity(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """``(du/dtheta, dbeta/dtheta)`` of the last joint :meth:`laplace_gradient` (None if none)."""
+        if self.dense is not None:
+            return None if self._crossed is None else self._crossed.sensitivity
+        return None if self.single is None else self.single.sensitivity
+
+    def _noncanonical_gradient(self, theta: np.ndarray, state: PirlsState, joint: bool, solver) -> np.ndarray | None:
+        """:meth:`laplace_gradient` for the binomial probit and cloglog links (Fisher scoring: ``w`` is not the
+        curvature).
+
+        With ``m1 = d mu / d eta``, ``m2 = d^2 mu / d eta^2``, ``V`` and ``V'``: the score
+        ``r = -2 wt (y - mu) m1 / V``, lme4's expected weights ``w = wt m1^2 / V`` (in ``log det``), their
+        derivative ``dw = wt m1 (2 m2 V - m1^2 V') / V^2`` and the observed curvature
+        ``wo = w - wt (y - mu) (m2 V - m1^2 V') / V^2``, which moves the modes. None where a mean or ``m1`` sits
+        at the link's clamp (the deviance is not differentiable there as computed) or a ``wo`` is not positive.
+        """
+        fam, eta, mu, wt = self.family, state.eta, state.mu, self.wt
+        lo, hi = _NONCANONICAL_BOUNDS[fam.link.name]
+        if self.n and (float(eta.min()) <= lo or float(eta.max()) >= hi):
+            return None
+        with np.errstate(all="ignore"):
+            m1, m2 = fam.link.mu_eta(eta), fam.link.mu_eta2(eta)
+            V, dV = fam.variance(mu), fam.variance_deriv(mu)
+            res = self.y - mu
+            k = (m2 * V - m1 * m1 * dV) / (V * V)
+            w = wt * m1 * m1 / V
+            dw = wt * m1 * (2.0 * m2 * V - m1 * m1 * dV) / (V * V)
+            wo = w - wt * res * k
+            r = -2.0 * wt * res * m1 / V
+        if not (np.all(np.isfinite(wo)) and np.all(np.isfinite(dw)) and np.all(wo[wt > 0] > 0)):
+            return None
+        return solver(np.asarray(theta, dtype=float), state.u, r, w, dw, joint=joint, wo=wo)
 
     def _fixed_buffer(self) -> np.ndarray:
         """A work array for ``offset + X beta`` held fixed through one uOnly PIRLS run."""

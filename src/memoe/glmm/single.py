@@ -20,10 +20,13 @@ from scipy.linalg.lapack import dposv as _dposv
 from memoe.core.covariance import ThetaMap
 from memoe.core.linalg.soa import soa_backward_solve_t, soa_cholesky, soa_forward_solve
 
-__all__ = ["MAX_Q", "SingleWpls"]
+__all__ = ["GRADIENT_MAX_Q", "MAX_Q", "SingleWpls"]
 
 #: the structure-of-arrays kernels are used up to this many random effects per level
 MAX_Q = 6
+#: the analytic Laplace gradient up to this many random effects per level (its (levels, q, q) algebra is general;
+#: beyond three the k = q (q + 1) / 2 differenced columns of the quasi-Newton start Hessian cost more than they save)
+GRADIENT_MAX_Q = 3
 
 
 def _sandwich(lam: np.ndarray, S: np.ndarray) -> np.ndarray:
@@ -299,9 +302,11 @@ class SingleWpls:
         return u.reshape(-1), beta, ldL2
 
     def laplace_gradient(
-        self, theta: np.ndarray, u: np.ndarray, r: np.ndarray, w: np.ndarray, dw: np.ndarray, joint: bool = False
+        self, theta: np.ndarray, u: np.ndarray, r: np.ndarray, w: np.ndarray, dw: np.ndarray, joint: bool = False,
+        wo: np.ndarray | None = None,
     ) -> np.ndarray | None:
-        """Gradient in ``(theta, beta)`` of lme4's Laplace deviance at converged uOnly modes (q <= 2; else None).
+        """Gradient in ``(theta, beta)`` of lme4's Laplace deviance at converged uOnly modes (q <= GRADIENT_MAX_Q;
+        else None).
 
         Parameters
         ----------
@@ -314,6 +319,10 @@ class SingleWpls:
         joint : bool, default False
             The modes are joint in (u, beta) (lme4's nAGQ = 0 objective, a function of theta only): returns the
             gradient in theta, with beta moving along the joint modes too.
+        wo : numpy.ndarray, shape (n,), optional
+            A non-canonical link's observed curvature ``d^2 dev_i / d eta_i^2 / 2`` at the modes (default ``w``):
+            the modes move with the penalised deviance's exact Hessian (``S_j``, ``A_j`` of the sensitivities below
+            from ``wo``), while ``log det`` keeps lme4's expected weights ``w``.
 
         Notes
         -----
@@ -329,7 +338,7 @@ class SingleWpls:
         ``du_j`` gains ``-A_j^-1 G_j dbeta``. All per level in (levels, q, q) arrays.
         """
         q = self.q
-        if q > 2:
+        if q > GRADIENT_MAX_Q:
             return None
         tm = self.theta_map
         lam, _ = self._theta_factors(theta)
@@ -340,22 +349,35 @@ class SingleWpls:
         def times(a, vec):  # Z_a * vec (no product for a column of ones)
             return vec if Zc[a] is None else Zc[a] * vec
 
-        # per-level sums, one call: w Z_a Z_b (a >= b), r Z_a, w Z_a X_k
-        WZ = [times(a, w) for a in range(q)]
+        # per-level sums, one call: wo Z_a Z_b (a >= b), r Z_a, wo Z_a X_k [, w Z_a Z_b: a non-canonical link]
+        wc = w if wo is None else wo
+        WZ = [times(a, wc) for a in range(q)]
         rows = [times(b, WZ[a]) for a, b in self._pairs] + [times(a, r) for a in range(q)]
         rows += [WZ[a] * XT[k] for k in range(p) for a in range(q)]
+        if wo is not None:
+            rows += [times(b, times(a, w)) for a, b in self._pairs]
         sums = self._sums(np.array(rows))
-        if q == 1:
-            return self._laplace_gradient_scalar(lam[0, 0], u, sums, w, dw, r, joint)
         npair = len(self._pairs)
+        if q == 1:
+            return self._laplace_gradient_scalar(lam[0, 0], u, sums, wc, dw, r, joint,
+                                                 None if wo is None else sums[-1])
         S = np.empty((l1, q, q))
         for i, (a, b) in enumerate(self._pairs):
             S[:, a, b] = S[:, b, a] = sums[i]
         rho = sums[npair : npair + q].T  # (l1, q)
-        ZWX = sums[npair + q :].reshape(p, q, l1).transpose(2, 1, 0)  # (l1, q, p): Z_j' W_j X_j
+        ZWX = sums[npair + q : npair + q + p * q].reshape(p, q, l1).transpose(2, 1, 0)  # (l1, q, p): Z_j' Wo_j X_j
         A = lam.T @ S @ lam
         A[:, range(q), range(q)] += 1.0
-        Ainv = np.linalg.inv(A)
+        Ainv = np.linalg.inv(A)  # the sensitivities' (observed curvature)
+        S_o, Ainv_o = S, Ainv
+        if wo is not None:
+            # log det's own pieces from the expected weights
+            S = np.empty((l1, q, q))
+            for i, (a, b) in enumerate(self._pairs):
+                S[:, a, b] = S[:, b, a] = sums[npair + q + p * q + i]
+            A = lam.T @ S @ lam
+            A[:, range(q), range(q)] += 1.0
+            Ainv = np.linalg.inv(A)
         LA = lam @ Ainv  # (l1, q, q): Lambda A_j^-1
         M = LA @ lam.T  # Lambda A_j^-1 Lambda'
         # h_i = z_i' M_j z_i, then v = h dw and its per-level sums zeta_j = Z_j' v_j
@@ -375,16 +397,16 @@ class SingleWpls:
         LZWX = lam.T @ ZWX  # (l1, q, p): G_j
         Xv = XT @ v
         if joint:
-            AinvG = Ainv @ LZWX  # A_j^-1 G_j
-            schur = XT @ (w * XT).T - np.einsum("lap,laq->pq", LZWX, AinvG)
+            AinvG = Ainv_o @ LZWX  # A_j^-1 G_j
+            schur = XT @ (wc * XT).T - np.einsum("lap,laq->pq", LZWX, AinvG)
             dU, dB = np.empty((k, l1 * q)), np.empty((k, p))
         for t in range(k):
             rt, ct = int(tm.row[t]), int(tm.col[t])
             direct = float(rho[:, rt] @ U[:, ct]) + 2.0 * float(AinvLtS[:, ct, rt].sum())
             # A du/dtheta_t = -(e_ct rho_j[rt] / 2 + Lambda' S_j e_rt u_j[ct]) [- G_j dbeta/dtheta_t]
-            rhs = (lam.T @ S[:, :, rt, None])[:, :, 0] * U[:, ct, None]
+            rhs = (lam.T @ S_o[:, :, rt, None])[:, :, 0] * U[:, ct, None]
             rhs[:, ct] += 0.5 * rho[:, rt]
-            Ab = np.einsum("lab,lb->la", Ainv, rhs)
+            Ab = np.einsum("lab,lb->la", Ainv_o, rhs)
             du = -Ab
             through_w = float(zeta[:, rt] @ U[:, ct])
             if joint:
@@ -398,19 +420,23 @@ class SingleWpls:
             self.sensitivity = (dU, dB)
             return g
         # beta part: X' r + X' v - sum_j (Lambda' Z_j' W_j X_j)' A_j^-1 Lambda' zeta_j
-        x = np.einsum("lab,lb->la", Ainv, lz)  # A_j^-1 Lambda' zeta_j
+        x = np.einsum("lab,lb->la", Ainv_o, lz)  # A_j^-1 Lambda' zeta_j
         g[k:] = XT @ r + Xv - np.einsum("lap,la->p", LZWX, x)
         return g
 
-    def _laplace_gradient_scalar(self, lam: float, u, sums, w, dw, r, joint: bool) -> np.ndarray:
+    def _laplace_gradient_scalar(self, lam: float, u, sums, w, dw, r, joint: bool, S_exp=None) -> np.ndarray:
         """:meth:`laplace_gradient` for a scalar random effect: every per-level matrix is a level vector.
 
-        ``sums``: per-level sums of ``w z^2``, ``r z`` and ``w z X_k`` (rows). ``A_j = lambda^2 S_j + 1``.
+        ``sums``: per-level sums of ``w z^2``, ``r z`` and ``w z X_k`` (rows), ``w`` the curvature of the penalised
+        deviance. ``A_j = lambda^2 S_j + 1``. ``S_exp``: a non-canonical link's per-level sums of the expected
+        weights' ``w z^2`` (log det's; default ``S``).
         """
         XT, codes = self.XT, self.codes
         p = XT.shape[0]
-        S, rho, ZWX = sums[0], sums[1], sums[2:]  # ZWX: (p, l1)
-        A = lam * lam * S + 1.0
+        S_o, rho, ZWX = sums[0], sums[1], sums[2 : 2 + p]  # ZWX: (p, l1)
+        A_o = lam * lam * S_o + 1.0
+        S = S_o if S_exp is None else S_exp
+        A = A_o if S_exp is None else lam * lam * S + 1.0
         h = np.take(lam * lam / A, codes)
         z = None if self._ones[0] else self.ZT[0]
         if z is not None:
@@ -421,11 +447,11 @@ class SingleWpls:
         G = lam * ZWX  # (p, l1)
         Xv = XT @ v
         direct = float(rho @ u) + 2.0 * float((lam * S / A).sum())
-        Ab = (lam * S * u + 0.5 * rho) / A
+        Ab = (lam * S_o * u + 0.5 * rho) / A_o
         du = -Ab
         through_w = float(zeta @ u)
         if joint:
-            AinvG = G / A
+            AinvG = G / A_o
             schur = XT @ (w * XT).T - AinvG @ G.T
             db = np.linalg.solve(schur, -(ZWX @ u) + G @ Ab)
             du = du - db @ AinvG
@@ -434,7 +460,7 @@ class SingleWpls:
             return np.array([direct + through_w + float(lz @ du)])
         g = np.empty(1 + p)
         g[0] = direct + through_w + float(lz @ du)
-        g[1:] = XT @ r + Xv - G @ (lz / A)
+        g[1:] = XT @ r + Xv - G @ (lz / A_o)
         return g
 
     def solve(self, theta: np.ndarray, w: np.ndarray, z: np.ndarray, with_beta: bool):

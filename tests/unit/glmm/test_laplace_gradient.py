@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -18,11 +20,14 @@ import memoe
 from memoe.core.optim import finite_difference_derivatives
 from memoe.errors import ArgumentError
 from memoe.glmm import GlmmControl, glmm
+from memoe.glmm.crossed_gradient import CrossedGradient
 from memoe.glmm.design import _arithmetic
 from memoe.glmm.families import Binomial
+from memoe.glmm.laplace import theta_objective
 
 
-def _data(seed: int, family: str, slope: bool, trials: bool = False, offset: bool = False, weights: bool = False):
+def _data(seed: int, family: str, slope: bool, trials: bool = False, offset: bool = False, weights: bool = False,
+          link: str = "logit"):
     rng = np.random.default_rng(seed)
     G, m = 30, 8
     g = np.repeat(np.arange(G), m)
@@ -41,13 +46,15 @@ def _data(seed: int, family: str, slope: bool, trials: bool = False, offset: boo
         df["y"] = rng.poisson(np.exp(eta)).astype(float)
     elif trials:
         df["size"] = rng.integers(1, 15, n)
-        df["y"] = rng.binomial(df["size"], 1 / (1 + np.exp(-eta)))
+        df["y"] = rng.binomial(df["size"], Binomial(link=link).linkinv(eta))
     else:
-        df["y"] = (rng.random(n) < 1 / (1 + np.exp(-eta))).astype(float)
+        df["y"] = (rng.random(n) < Binomial(link=link).linkinv(eta)).astype(float)
     if weights:
         df["w"] = rng.integers(1, 4, n).astype(float)
         kw["weights"] = "w"
-    rhs = "x + t + (t | g)" if slope else "x + (1 | g)"
+    if slope == "q3":  # three correlated random effects per level
+        eta = eta + rng.normal(0, 0.4, G)[g] * x
+    rhs = "x + t + (1 + x + t | g)" if slope == "q3" else "x + t + (t | g)" if slope else "x + (1 | g)"
     if offset:
         rhs += " + offset(np.log(e))"
     lhs = "cbind(y, size - y)" if trials else "y"
@@ -61,6 +68,18 @@ CASES = [
     (4, "binomial", True, True, False, False),
     (5, "poisson", False, False, True, False),
     (6, "poisson", True, False, True, True),
+    (7, "binomial", "q3", False, False, False),
+    (8, "poisson", "q3", False, True, True),
+]
+# non-canonical binomial links (Fisher scoring; the modes move with the observed curvature): (seed, link, slope,
+# trials, weights)
+LINK_CASES = [
+    (11, "probit", False, False, False),
+    (12, "probit", True, False, True),
+    (13, "cloglog", False, True, False),
+    (14, "cloglog", True, True, False),
+    (15, "probit", True, True, False),
+    (16, "probit", "q3", False, False),
 ]
 
 
@@ -70,10 +89,17 @@ def _deviance(P, theta, beta):
     return P.loglik_terms(st.mu, dev_sum=st.dev_sum) + st.sqrL + st.ldL2
 
 
-@pytest.mark.parametrize("seed, family, slope, trials, offset, weights", CASES)
-def test_laplace_gradient_equals_central_differences(seed, family, slope, trials, offset, weights):
-    formula, df, kw = _data(seed, family, slope, trials, offset, weights)
-    m = glmm(formula, df, family, **kw)
+def _family(family: str, link: str):
+    return Binomial(link=link) if link != "logit" else family
+
+
+@pytest.mark.parametrize(
+    "seed, family, slope, trials, offset, weights, link",
+    [(*c, "logit") for c in CASES] + [(s, "binomial", sl, tr, False, w, lk) for s, lk, sl, tr, w in LINK_CASES],
+)
+def test_laplace_gradient_equals_central_differences(seed, family, slope, trials, offset, weights, link):
+    formula, df, kw = _data(seed, family, slope, trials, offset, weights, link)
+    m = glmm(formula, df, _family(family, link), **kw)
     P = m.problem
     k = P.theta_map.size
     theta = np.where(P.theta_map.row == P.theta_map.col, 0.7, 0.2)[:k]
@@ -99,17 +125,28 @@ def test_laplace_gradient_equals_central_differences(seed, family, slope, trials
     np.testing.assert_allclose(gj, fdj, rtol=0, atol=1e-6 * max(1.0, np.abs(fdj).max()))
 
 
-def test_gradient_not_offered_outside_its_conditions():
+def test_gradient_not_offered_outside_its_conditions(monkeypatch):
     formula, df, _ = _data(1, "binomial", False)
-    # a non-canonical link: PIRLS' weights are not the curvature
-    m = glmm(formula, df, Binomial(link="probit"))
-    st = m.problem.solve(np.array([0.5]), np.zeros(m.problem.p))
+    # a link outside the gradient's scope (binomial log: means not bounded away from 1 by the link)
+    m = glmm(formula, df, Binomial(link="log"))
+    st = m.problem.solve(np.array([0.5]), np.full(m.problem.p, -1.0))
     assert m.problem.laplace_gradient(np.array([0.5]), st) is None
     assert not m._gradient_available(1, "expected")
-    # crossed factors
+    # a probit mean at the link's clamp (|eta| >= 8): no gradient at that point
+    mp = glmm(formula, df, Binomial(link="probit"))
+    far = np.zeros(mp.problem.p)
+    far[0] = 9.0
+    stp = mp.problem.solve(np.array([0.5]), far)
+    assert mp.problem.laplace_gradient(np.array([0.5]), stp) is None
+    # crossed factors with more random effects in all than the dense gradient takes
     df2 = df.assign(h=np.arange(len(df)) % 7)
     m2 = glmm("y ~ x + (1 | g) + (1 | h)", df2, "binomial")
+    assert m2._gradient_available(1, "expected")
+    for module in ("memoe.glmm.model", "memoe.glmm.pirls"):  # memoe.glmm.glmm (the function) hides the package path
+        monkeypatch.setattr(importlib.import_module(module), "CROSSED_GRADIENT_MAX_Q", 30)
     assert not m2._gradient_available(1, "expected")
+    st2 = m2.problem.solve(np.array([0.5, 0.5]), np.zeros(m2.problem.p))
+    assert m2.problem.laplace_gradient(np.array([0.5, 0.5]), st2) is None
     # adaptive quadrature keeps BOBYQA in stage 2
     assert not glmm(formula, df, "binomial")._gradient_available(5, "expected")
 
@@ -182,3 +219,85 @@ def test_binomial_trials_deviance_sum_equals_unit_deviances():
     assert d is None  # the closed form, not the unit deviances
     ref = P.family.dev_resids(P.y, mu, P.wt).sum()
     assert total == pytest.approx(ref, rel=1e-12, abs=1e-10)
+
+
+def _crossed(seed: int, family: str, link: str = "logit", slope: bool = False):
+    """Crossed subjects x items (unbalanced), optionally a random slope on the subjects."""
+    rng = np.random.default_rng(seed)
+    S, n_items = 15, 12
+    subj, item = np.repeat(np.arange(S), n_items), np.tile(np.arange(n_items), S)
+    keep = rng.random(len(subj)) < 0.85
+    subj, item = subj[keep], item[keep]
+    n = len(subj)
+    x = rng.standard_normal(n)
+    eta = -0.2 + 0.4 * x + rng.normal(0, 0.7, S)[subj] + rng.normal(0, 0.5, n_items)[item]
+    if slope:
+        eta = eta + rng.normal(0, 0.4, S)[subj] * x
+    df = pd.DataFrame({"x": x, "subj": subj, "item": item})
+    if family == "poisson":
+        df["y"] = rng.poisson(np.exp(eta)).astype(float)
+    else:
+        df["y"] = (rng.random(n) < Binomial(link=link).linkinv(eta)).astype(float)
+    re = "(x | subj) + (1 | item)" if slope else "(1 | subj) + (1 | item)"
+    return f"y ~ x + {re}", df
+
+
+@pytest.mark.parametrize("seed, family, link, slope", [
+    (21, "binomial", "logit", False), (22, "poisson", "logit", False), (23, "binomial", "probit", False),
+    (24, "binomial", "logit", True), (25, "poisson", "logit", True),
+])
+def test_crossed_laplace_gradient_equals_central_differences(seed, family, link, slope):
+    formula, df = _crossed(seed, family, link, slope)
+    m = glmm(formula, df, _family(family, link))
+    P = m.problem
+    assert P.dense is not None and m._gradient_available(1, "expected")
+    k = P.theta_map.size
+    theta = np.where(P.theta_map.row == P.theta_map.col, 0.7, 0.2)[:k]
+    beta = np.linspace(-0.4, 0.4, P.p)
+    x = np.concatenate([theta, beta])
+    st = P.solve(theta, beta, u0=np.zeros(P.q), min_iter=8)
+    g = P.laplace_gradient(theta, st)
+    h = 1e-5
+    fd = np.array([(_deviance(P, (x + h * e)[:k], (x + h * e)[k:]) - _deviance(P, (x - h * e)[:k], (x - h * e)[k:]))
+                   / (2 * h) for e in np.eye(len(x))])
+    np.testing.assert_allclose(g, fd, rtol=0, atol=1e-6 * max(1.0, np.abs(fd).max()))
+
+    def d0(t):
+        s = P.solve(t, None, min_iter=8)
+        return P.loglik_terms(s.mu, dev_sum=s.dev_sum) + s.sqrL + s.ldL2
+
+    sj = P.solve(theta, None, min_iter=8)
+    gj = P.laplace_gradient(theta, sj, joint=True)
+    fdj = np.array([(d0(theta + h * e) - d0(theta - h * e)) / (2 * h) for e in np.eye(k)])
+    np.testing.assert_allclose(gj, fdj, rtol=0, atol=1e-6 * max(1.0, np.abs(fdj).max()))
+    # and the fit reaches BOBYQA's optimum
+    qn = glmm(formula, df, _family(family, link)).fit(warn=False)
+    bq = glmm(formula, df, _family(family, link)).fit(warn=False, control=GlmmControl(optimizer="bobyqa"))
+    assert qn.stage2.opt.optimizer == "projected BFGS"
+    assert qn.loglik >= bq.loglik - 1e-8 * abs(bq.loglik)
+    assert qn.singular == bq.singular
+
+
+def test_em_start_blocks_are_the_dense_posterior():
+    """The crossed EM start reads the diagonal blocks of (Lambda' Z' W Z Lambda + I)^-1 per factor; checked against
+    the inverse formed from the dense Z."""
+    formula, df = _crossed(24, "binomial", slope=True)
+    m = glmm(formula, df, "binomial")
+    P = m.problem
+    theta = np.array([0.8, 0.1, 0.5, 0.6])[: P.theta_map.size]
+    st = P.solve(theta, None, min_iter=8)
+    cg = CrossedGradient(P.X, P.codes, P.nlevels, P.Zraw, P.theta_map)
+    blocks = cg.posterior_blocks(theta, st.w, st.u)
+    Z = cg.Zs.toarray()
+    lam = cg._lambda(theta)[0]
+    V = Z @ lam
+    Ainv = np.linalg.inv(V.T @ (st.w[:, None] * V) + np.eye(P.q))
+    for b, (u, Ab) in enumerate(blocks):
+        nl, q = P.nlevels[b], P.qk[b]
+        idx = cg.offsets[b] + np.arange(nl * q).reshape(nl, q)
+        np.testing.assert_allclose(Ab, Ainv[idx[:, :, None], idx[:, None, :]], rtol=1e-10, atol=1e-12)
+        np.testing.assert_array_equal(u, st.u[idx])
+    # the EM step is a valid start, and the fit from it reaches BOBYQA's optimum (test above)
+    f = theta_objective(P, warm=True)
+    em = m._em_theta(m.design.theta_map.initial(), f)
+    assert em is not None and np.all(em >= m.design.theta_map.lower_bounds)
