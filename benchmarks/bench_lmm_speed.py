@@ -13,6 +13,10 @@ Workloads (``lmm_workloads.py``, deterministic seeds):
   (1 + spkr + prec | item)``), ``sleepstudy``, ``penicillin`` (crossed), ``pastes`` (nested). A fit takes
   milliseconds, so both sides are timed as the median of ``--small-repeats`` fits after a warm-up fit,
   wall clock *and* process CPU (on a shared machine the CPU time is the comparable figure).
+* group ``panel`` (``--workloads panel``): realistic small and medium shapes beyond those four, timed as
+  ``small`` (``PANEL`` below: uncorrelated slopes ``||``, three-level nesting, ML, prior weights, q = 3,
+  one factor with 500 / 5,000 subjects, a 10,000-row crossed design, crossed with slopes on one factor,
+  ``(1 | g:h)``, and the datasets memoe ships that R also has).
 
 memoe: median wall and process-CPU seconds of ``--repeats`` fits in this process after a small warm-up fit
 of the same formula (first-call costs), the design alone, the number of evaluations, the path taken for the
@@ -59,10 +63,10 @@ cat(jsonlite::toJSON(list(time = t, loglik = as.numeric(logLik(fit)), version = 
 R_SMALL = """
 suppressMessages(library(lme4))
 for (v in {groups}) df[[v]] <- factor(df[[v]])
-fit <- lmer({formula}, data = df, REML = TRUE)
+fit <- lmer({formula}, data = df, REML = {reml}{weights})
 w <- numeric(0); cpu <- numeric(0)
 for (i in seq_len({repeats})) {{
-  t <- system.time(fit <- lmer({formula}, data = df, REML = TRUE))
+  t <- system.time(fit <- lmer({formula}, data = df, REML = {reml}{weights}))
   w <- c(w, t[["elapsed"]]); cpu <- c(cpu, t[["user.self"]] + t[["sys.self"]])
 }}
 cat(jsonlite::toJSON(list(time = median(w), cpu = median(cpu), feval = fit@optinfo$feval,
@@ -71,7 +75,7 @@ cat(jsonlite::toJSON(list(time = median(w), cpu = median(cpu), feval = fit@optin
 """
 
 
-def bench_small(df, formula: str, repeats: int) -> dict:
+def bench_small(df, formula: str, repeats: int, reml: bool = True, weights: str | None = None) -> dict:
     """memoe on a small problem: median wall and process-CPU seconds of ``repeats`` fits after a warm-up."""
     import statistics
     import warnings
@@ -82,10 +86,10 @@ def bench_small(df, formula: str, repeats: int) -> dict:
     with warnings.catch_warnings():
         # kb07's maximal model is a singular fit (as in lme4): the warning is not what is measured
         warnings.simplefilter("ignore")
-        memoe.lmm(formula, df).fit(control=_CONTROL)
+        memoe.lmm(formula, df, weights=weights).fit(reml=reml, control=_CONTROL)
         for _ in range(repeats):
             c0, t0 = time.process_time(), time.perf_counter()
-            fit = memoe.lmm(formula, df).fit(control=_CONTROL)
+            fit = memoe.lmm(formula, df, weights=weights).fit(reml=reml, control=_CONTROL)
             walls.append(time.perf_counter() - t0)
             cpus.append(time.process_time() - c0)
     return {
@@ -98,11 +102,117 @@ def bench_small(df, formula: str, repeats: int) -> dict:
     }
 
 
+def _names(spec: str) -> list[str]:
+    """Workload names of ``--workloads`` (groups ``small`` and ``panel`` expanded)."""
+    groups = dict(GROUPS, panel=tuple(PANEL))
+    return [w for g in spec.split(",") for w in groups.get(g, (g,))]
+
+
+def _simulate(name: str):
+    return PANEL[name][0]() if name in PANEL else SIMULATORS[name]()
+
+
+# ---- the ``panel`` group: realistic small/medium shapes (deterministic seeds) -------------------------------
+
+def _panel_long(seed: int, n_id: int, visits: int, q3: bool = False, weights: bool = False):
+    """Longitudinal ``y ~ t (+ t2) + (t | id)``-type data: n_id subjects x visits, random intercept and slope."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    idx = np.repeat(np.arange(n_id), visits)
+    t = np.tile(np.arange(visits, dtype=float), n_id) + rng.uniform(-0.3, 0.3, n_id * visits)
+    b = rng.standard_normal((n_id, 3)) * np.array([2.0, 0.5, 0.08])
+    y = 10 + 0.8 * t - 0.05 * t**2 + b[idx, 0] + b[idx, 1] * t + (b[idx, 2] * t**2 if q3 else 0.0)
+    y = y + rng.normal(0, 1.0, len(idx))
+    df = pd.DataFrame({"y": y.round(4), "t": t.round(4), "id": [f"s{v:05d}" for v in idx]})
+    df["t2"] = (df["t"] ** 2).round(4)
+    df["x"] = rng.standard_normal(len(df)).round(4)
+    if weights:
+        df["w"] = rng.choice([0.5, 1.0, 2.0, 4.0], len(df))
+    return df
+
+
+def _panel_school(seed: int = 21):
+    """Three-level nesting: 60 schools x 5 classes x 10 pupils (3,000 rows), ``(1 | school/class)``."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    school = np.repeat(np.arange(60), 50)
+    klass = np.repeat(np.arange(300), 10)
+    x = rng.standard_normal(3000)
+    y = 50 + 3 * x + rng.normal(0, 4, 60)[school] + rng.normal(0, 2, 300)[klass] + rng.normal(0, 6, 3000)
+    df = pd.DataFrame({"y": y.round(3), "x": x.round(4), "school": [f"S{v}" for v in school],
+                       "class": [f"c{v % 5}" for v in klass]})
+    return df, "y ~ x + (1 | school/class)"
+
+
+def _panel_crossed(seed: int, n_subj: int, n_item: int, per_subj: int, slope: bool):
+    """Crossed subjects x items (each subject sees ``per_subj`` random items)."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    subj = np.repeat(np.arange(n_subj), per_subj)
+    item = np.concatenate([rng.choice(n_item, per_subj, replace=False) for _ in range(n_subj)])
+    c = np.where(rng.random(len(subj)) < 0.5, -0.5, 0.5)
+    bs = rng.standard_normal((n_subj, 2)) * np.array([30.0, 15.0])
+    y = 400 + 20 * c + bs[subj, 0] + (bs[subj, 1] * c if slope else 0) + rng.normal(0, 20, n_item)[item]
+    y = y + rng.normal(0, 50, len(subj))
+    df = pd.DataFrame({"y": y.round(2), "c": c, "x": rng.standard_normal(len(subj)).round(4),
+                       "subj": [f"P{v}" for v in subj], "item": [f"W{v}" for v in item]})
+    return df
+
+
+def _panel_gh(seed: int = 23):
+    """Factor-by-factor random effect: 20 g x 8 h cells, 12 rows each (1,920 rows), ``(1 | g:h)``."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    g = np.repeat(np.arange(20), 96)
+    h = np.tile(np.repeat(np.arange(8), 12), 20)
+    cell = g * 8 + h
+    x = rng.standard_normal(len(g))
+    y = 5 + x + rng.normal(0, 1.5, 160)[cell] + rng.normal(0, 1, len(g))
+    return pd.DataFrame({"y": y.round(4), "x": x.round(4), "g": [f"g{v}" for v in g], "h": [f"h{v}" for v in h]})
+
+
+def _ds(name: str):
+    import memoe
+
+    return memoe.datasets.load(name)
+
+
+# name -> (simulator returning (df, formula), REML?, prior-weights column)
+PANEL = {
+    "uncorr": (lambda: (_panel_long(11, 100, 8), "y ~ t + (1 + t || id)"), True, None),
+    "uncorr2": (lambda: (_panel_long(11, 100, 8), "y ~ t + (1 | id) + (0 + t | id)"), True, None),
+    "school3": (_panel_school, True, None),
+    "sleep_ml": (lambda: (_ds("sleepstudy"), "Reaction ~ Days + (Days | Subject)"), False, None),
+    "weighted": (lambda: (_panel_long(12, 80, 6, weights=True), "y ~ t + (t | id)"), True, "w"),
+    "q3": (lambda: (_panel_long(13, 150, 8, q3=True), "y ~ t + t2 + (1 + t + t2 | id)"), True, None),
+    "onefac500": (lambda: (_panel_long(14, 500, 5), "y ~ t + x + (t | id)"), True, None),
+    "onefac5000": (lambda: (_panel_long(15, 5000, 5), "y ~ t + x + (t | id)"), True, None),
+    "crossed10k": (lambda: (_panel_crossed(16, 200, 100, 50, False), "y ~ x + (1 | subj) + (1 | item)"), True, None),
+    "crossed_slope": (lambda: (_panel_crossed(17, 60, 40, 40, True), "y ~ c + (1 + c | subj) + (1 | item)"),
+                      True, None),
+    "gh": (lambda: (_panel_gh(), "y ~ x + (1 | g:h)"), True, None),
+    "orthodont": (lambda: (_ds("Orthodont"), "distance ~ age + Sex + (age | Subject)"), True, None),
+    "dyestuff": (lambda: (_ds("Dyestuff"), "Yield ~ 1 + (1 | Batch)"), True, None),
+    "dyestuff2": (lambda: (_ds("Dyestuff2"), "Yield ~ 1 + (1 | Batch)"), True, None),
+    "oats": (lambda: (_ds("Oats"), "yield ~ nitro + Variety + (1 | Block/Variety)"), True, None),
+    "bodyweight": (lambda: (_ds("BodyWeight"), "weight ~ Time + Diet + (Time | Rat)"), True, None),
+    "pixel": (lambda: (_ds("Pixel"), "pixel ~ day + I(day^2) + (day | Dog) + (1 | Side:Dog)"), True, None),
+}
+
+
 def _groups(formula: str) -> list[str]:
     import re
 
     names: set[str] = set()
-    for g in re.findall(r"\|\s*([^)]+)\)", formula):
+    for g in re.findall(r"\|+\s*([^)]+)\)", formula):
         names.update(p.strip() for p in re.split(r"[:/]", g))
     return sorted(names)
 
@@ -336,8 +446,8 @@ def _run(args) -> None:
     print(f"# {facts['date']}  {facts['cpu']}  {facts['cores']} cores  load {facts['load']:.1f}{busy}")
     rows = []
     if args.profile:
-        for name in [w for g in args.workloads.split(",") for w in GROUPS.get(g, (g,))]:
-            df, formula = SIMULATORS[name]()
+        for name in _names(args.workloads):
+            df, formula = _simulate(name)
             prof = profile_stages(df, formula, args.repeats)
             print(f"{name}: process CPU per stage (ms, min of {args.repeats}); tracemalloc MiB before / after / peak")
             for label, v in prof.items():
@@ -347,12 +457,14 @@ def _run(args) -> None:
         if args.json:
             save_results(args.json, {"machine": facts, "rows": rows})
         return
-    names = [w for g in args.workloads.split(",") for w in GROUPS.get(g, (g,))]
-    for name in names:
-        df, formula = SIMULATORS[name]()
+    for name in _names(args.workloads):
+        df, formula = _simulate(name)
         row = {"workload": name, "rows": len(df), "formula": formula}
         if name in GROUPS["small"]:
             rows.append(_small_row(row, df, formula, args))
+            continue
+        if name in PANEL:
+            rows.append(_small_row(row, df, formula, args, reml=PANEL[name][1], weights=PANEL[name][2]))
             continue
         row["memoe"] = bench_memoe(df, formula, args.repeats)
         if args.no_r or not have_r():
@@ -379,15 +491,20 @@ def _run(args) -> None:
         save_results(args.json, {"machine": facts, "rows": rows})
 
 
-def _small_row(row: dict, df, formula: str, args) -> dict:
-    """One ``small``-group workload: memoe and lme4 timed by repeated fits (wall and CPU)."""
+def _small_row(row: dict, df, formula: str, args, reml: bool = True, weights: str | None = None) -> dict:
+    """One ``small``/``panel`` workload: memoe and lme4 timed by repeated fits (wall and CPU)."""
     row["load_before"] = os.getloadavg()[0]
-    row["memoe"] = me = bench_small(df, formula, args.small_repeats)
+    row["reml"], row["weights"] = reml, weights
+    row["memoe"] = me = bench_small(df, formula, args.small_repeats, reml=reml, weights=weights)
     if args.no_r or not have_r():
         row["lme4"] = r4 = {"skipped": "--no-r" if args.no_r else "Rscript not found"}
     else:
-        groups = "c(" + ",".join(f'"{g}"' for g in _groups(formula)) + ")"
-        code = R_SMALL.format(groups=groups, formula=formula, repeats=args.small_repeats)
+        # grouping columns and categorical fixed-effect columns (e.g. BodyWeight's Diet "1".."3") as factors
+        cats = {c for c in df.columns if str(df[c].dtype) in ("category", "object")
+                and re.search(rf"\b{re.escape(c)}\b", formula)}
+        groups = "c(" + ",".join(f'"{g}"' for g in sorted(set(_groups(formula)) | cats)) + ")"
+        code = R_SMALL.format(groups=groups, formula=formula, repeats=args.small_repeats,
+                              reml="TRUE" if reml else "FALSE", weights=f", weights = {weights}" if weights else "")
         row["lme4"] = r4 = run_r(code, data=df, timeout=args.r_timeout)
     row["load_after"] = os.getloadavg()[0]
     if "cpu" in r4:

@@ -53,7 +53,9 @@ def fitted(case: str):
         formula, reml = CASES[case]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            _FITS[case] = memoe.lmm(formula, reference_data(case)).fit(reml=reml)
+            # the blocked dense path explicitly: "auto" takes the dense small path at this size (300 x 98
+            # levels, since branch i13lpanel), checked against the same references below
+            _FITS[case] = memoe.lmm(formula, reference_data(case)).fit(reml=reml, control={"solver": "dense"})
     return _FITS[case]
 
 
@@ -96,3 +98,22 @@ def test_bobyqa_option_reaches_the_same_optimum():
     assert fb.opt.optimizer == "nlopt LN_BOBYQA"
     assert fit.reml_criterion <= fb.reml_criterion + REL * abs(fb.reml_criterion)
     assert fit.opt.feval < fb.opt.feval
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_auto_path_matches_lme4(case):
+    # "auto" (the dense small path with its own gradient for the scalar designs at this size) reaches lme4's
+    # tight optimum too
+    formula, reml = CASES[case]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit = memoe.lmm(formula, reference_data(case)).fit(reml=reml)
+    assert fit.model.problem.solver in ("dense_small", "dense")
+    tight = reference(case)["results"]["tight_refit"]
+    crit = fit.reml_criterion if fit.reml else fit.deviance
+    ref = tight["reml_criterion"] if fit.reml else tight["deviance"]
+    assert crit <= ref + REL * abs(ref)
+    assert abs(crit - ref) <= REL * abs(ref)
+    fe = pd.Series(tight["fixef"])
+    np.testing.assert_allclose(fit.fixef[fe.index].to_numpy(), fe.to_numpy(), rtol=1e-4, atol=1e-6)
+    assert fit.sigma == pytest.approx(tight["sigma"], rel=1e-5)

@@ -49,6 +49,8 @@ FORMULAS = [
     "k:s", "o * k", "0 + o + s", "i * s", "t * s", "u:c", "x:z:s",
     "x + x", "(s + c + x) ** 2", "s / c", "x - 1", "-1 + s", "s + 0", "x:z:s + s", "m * s", "`my col` + s",
     "`my col`:s", "t:s:m", "f32 * s", "f32 + x", "0 + f32:k",
+    # powers of a column (R's I(x^2), rewritten to ** by the formula parser): int and float columns
+    "x + I(x ** 2)", "I(i ** 3) * s", "I(x**2):k", "u + I(u ** 2)", "I(z ** 2) + I(z ** 3)",
 ]
 CONTRASTS = [None, {"s": "sum"}, {"s": "helmert", "c": "sum"}, {"k": "treatment", "s": "poly"}, {"c": "helmert"},
              {"m": "sum", "s": "helmert"}]
@@ -94,7 +96,7 @@ def test_native_random_terms_equal_formulaic(rhs):
 
 
 @pytest.mark.parametrize("rhs", ["np.log(z + 100)", "I(x * 2)", "C(s, contr.sum)", "factor(i)", "poly(x, 2)",
-                                 "x + {x ** 2}"])
+                                 "x + {x ** 2}", "I(t ** 2)", "I(f32 ** 2)", "I(x ** 0.5)", "I(s ** 2)"])
 def test_other_formulas_go_through_formulaic(rhs):
     assert native_matrix(rhs, _data(), {}, "the fixed effects") is None
 

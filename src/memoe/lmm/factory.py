@@ -8,9 +8,16 @@ from __future__ import annotations
 
 import pandas as pd
 
+from memoe.core.linalg.threads import blas_threads
 from memoe.lmm.model import LMM
 
 __all__ = ["lmm"]
+
+# Up to this many rows the design and the problem's set-up run with one BLAS thread: their products are tiny
+# (X'X with p columns, per-level sums), and OpenBLAS waking a second thread for each costs more than the
+# product when the other core is busy (school/class nesting, 3,000 rows: set-up 2-3x slower at load 3).
+# Larger data keep the library's default (the set-up of 10^6 rows is BLAS work worth two threads).
+SINGLE_THREAD_SETUP_ROWS = 100_000
 
 
 def lmm(
@@ -55,5 +62,7 @@ def lmm(
         from memoe.dask.lmm import DaskLMM
 
         return DaskLMM(formula, data, contrasts=contrasts, weights=weights, offset=offset)
-    return LMM(formula, data, contrasts=contrasts, weights=weights, offset=offset)
+    n = len(data) if hasattr(data, "__len__") else None
+    with blas_threads(1 if n is not None and n <= SINGLE_THREAD_SETUP_ROWS else None):
+        return LMM(formula, data, contrasts=contrasts, weights=weights, offset=offset)
 

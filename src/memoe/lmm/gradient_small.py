@@ -30,6 +30,7 @@ lme4 has no counterpart (``mkLmerDevfun`` is derivative-free); this is the gradi
 from __future__ import annotations
 
 import math
+import weakref
 
 import numpy as np
 from scipy.linalg import blas, lapack
@@ -37,7 +38,8 @@ from scipy.linalg import blas, lapack
 from memoe.core.linalg.dense_small import _rmul_lambda
 from memoe.lmm.deviance import profiled_deviance
 
-__all__ = ["small_deviance_and_gradient", "small_gradient_available"]
+__all__ = ["one_factor_deviance_and_gradient", "one_factor_gradient_available", "small_deviance_and_gradient",
+           "small_gradient_available"]
 
 
 def small_gradient_available(problem) -> bool:
@@ -55,7 +57,50 @@ def small_gradient_available(problem) -> bool:
     """
     from memoe.lmm.objective import PLSProblem
 
-    return type(problem) is PLSProblem and problem.dense_small is not None and problem.weights is None
+    if type(problem) is not PLSProblem or problem.weights is not None:
+        return False
+    return problem.dense_small is not None or one_factor_gradient_available(problem)
+
+
+# One grouping factor: the analytic gradient is taken ("auto") from this q_1 and up to this many levels.
+# BOBYQA's evaluations grow with the number of theta entries (q_1 (q_1 + 1) / 2): on a q_1 = 3 slope model
+# with 150 subjects 157 values + 30 for the check against 21 + 12 gradients here (15 against 32 ms); q_1 = 4,
+# 100 subjects: 27 gradients against 730 values (26 against 232 ms). For q_1 <= 2 the lean value kernel
+# (~25 us at tens of levels) and 30-90 BOBYQA values cost about what 10-15 gradients at 3x a value cost
+# (sleepstudy ML 2.8 against 3.2 ms, BodyWeight 7.7 against 5.6, Dyestuff 2.3 against 1.8), so BOBYQA stays
+# there. Per level a gradient costs a few batched q_1 x q_1 LAPACK calls: past ~500 levels BOBYQA wins again
+# (1,000 subjects q_1 = 3: 105 against 84 ms). Measured in benchmarks/README.md ("Small and medium LMM panel").
+ONE_FACTOR_GRADIENT_MIN_Q = 3
+ONE_FACTOR_GRADIENT_MAX_LEVELS = 500
+
+
+def one_factor_gradient_available(problem) -> bool:
+    """Whether the one-factor value + gradient of this module applies (and "auto" fits with it).
+
+    Parameters
+    ----------
+    problem : PLSProblem
+        An in-memory problem without group weights.
+
+    Returns
+    -------
+    bool
+        True for one grouping factor with ``q_1 >= ONE_FACTOR_GRADIENT_MIN_Q`` and at most
+        ``ONE_FACTOR_GRADIENT_MAX_LEVELS`` levels (:func:`one_factor_deviance_and_gradient` itself takes any
+        one-factor problem without group weights).
+
+    Examples
+    --------
+    >>> import memoe
+    >>> sleep = memoe.datasets.load("sleepstudy")
+    >>> one_factor_gradient_available(memoe.lmm("Reaction ~ Days + (Days | Subject)", sleep).problem)
+    False
+    >>> sleep["D2"] = sleep["Days"] ** 2
+    >>> one_factor_gradient_available(memoe.lmm("Reaction ~ Days + (Days + D2 | Subject)", sleep).problem)
+    True
+    """
+    return (not problem.multi and problem.q[0] >= ONE_FACTOR_GRADIENT_MIN_Q
+            and problem.nlevels[0] <= ONE_FACTOR_GRADIENT_MAX_LEVELS)
 
 
 def _fwd_levels(L: np.ndarray, B: np.ndarray) -> None:
@@ -109,6 +154,8 @@ def small_deviance_and_gradient(pb, theta: np.ndarray, reml: bool) -> tuple[floa
     """
     theta = np.asarray(theta, dtype=float)
     ds = pb.dense_small
+    if ds is None:
+        return one_factor_deviance_and_gradient(pb, theta, reml)
     tm = pb.theta_map
     lambdas = tm.lambdas(theta)
     logdet_1, c, info = ds.factor(lambdas)
@@ -257,3 +304,181 @@ def _gradient(ds, lambdas, c, pwrss, n, p, reml, tm) -> np.ndarray | None:
     for t, (b, i, j) in enumerate(zip(tm.block, tm.row, tm.col, strict=True)):
         grad[t] = 2.0 * Ks[b][j, i]
     return grad
+
+
+# theta-free arrays of the one-factor gradient, per problem (the problem's statistics do not change)
+_ONE_SETUP: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _one_setup(pb) -> tuple:
+    got = _ONE_SETUP.get(pb)
+    if got is None:
+        q1, m = pb.q[0], pb.m
+        A = np.ascontiguousarray(np.moveaxis(pb._zz, -1, 0))  # (l1, q1, q1): Z_j'Z_j
+        B = np.ascontiguousarray(np.moveaxis(pb._zxy, -1, 0))  # (l1, q1, m): Z_j'[X_j y_j]
+        flat = (np.asarray(pb.theta_map.row) * q1 + np.asarray(pb.theta_map.col)).astype(np.intp)
+        A2 = A3 = None
+        if q1 == 2:
+            # entries as vectors over levels (the closed-form 2 x 2 path)
+            A3 = np.stack([A[:, 0, 0], A[:, 1, 0], A[:, 1, 1]])
+            A2 = (A[:, 0, 0], A[:, 1, 0], A[:, 1, 1], np.ascontiguousarray(B[:, 0, :]),
+                  np.ascontiguousarray(B[:, 1, :]))
+        got = _ONE_SETUP[pb] = (A, B, flat, B.reshape(-1, m), A2, A3)
+    return got
+
+
+def one_factor_deviance_and_gradient(pb, theta: np.ndarray, reml: bool) -> tuple[float, np.ndarray]:
+    """Profiled deviance (ML) or REML criterion and its gradient in theta for one grouping factor.
+
+    Per level ``S_j = lambda' A_j lambda + I`` (``A_j = Z_j'Z_j``, order ``q_1``), ``K_j = lambda S_j^-1
+    lambda'`` and ``B_j = Z_j'[X_j y_j]``; the ``[X y]`` corner ``[X y]'[X y] - sum_j B_j'K_j B_j`` gives
+    ``log|R_X'R_X|``, beta and the penalised RSS (its Cholesky factor), ``log|M| = sum_j log|S_j|``. With
+    ``Y_j = Z_j'V_j^-1[X y] = B_j - A_j K_j B_j`` (Woodbury), ``r_j = Y_j [-beta; 1]`` and ``U_j = Y_jX R_X^-1``
+    the gradient in the entry ``(a, b)`` of ``lambda`` is ``[2 sum_j A_j lambda S_j^-1 - 2 P lambda]_ab`` with
+    ``P = c_r sum_j r_j r_j' + c_X sum_j U_j U_j'`` (the terms of :mod:`memoe.lmm.gradient`). Batched over
+    levels: a dozen NumPy calls on ``(l_1, q_1, q_1)`` and ``(l_1, q_1, m)`` arrays, no loop over levels.
+
+    Parameters
+    ----------
+    pb : PLSProblem
+        One grouping factor, no group weights (:func:`one_factor_gradient_available`).
+    theta : numpy.ndarray, shape (ntheta,)
+    reml : bool
+
+    Returns
+    -------
+    deviance : float
+        ``pb.deviance(theta, reml)`` up to rounding (``inf`` where a factor fails).
+    gradient : numpy.ndarray, shape (ntheta,)
+        NaN where the deviance is not finite.
+
+    Examples
+    --------
+    >>> import memoe
+    >>> sleep = memoe.datasets.load("sleepstudy")
+    >>> pb = memoe.lmm("Reaction ~ Days + (Days | Subject)", sleep).problem
+    >>> d, g = one_factor_deviance_and_gradient(pb, [1.0, 0.1, 0.2], reml=True)
+    >>> round(d, 6) == round(pb.deviance([1.0, 0.1, 0.2], True), 6)
+    True
+    """
+    theta = np.asarray(theta, dtype=float)
+    nan = np.full(theta.shape, np.nan)
+    A, B, flat, B2, A2, A3 = _one_setup(pb)
+    l1, q1, m = B.shape
+    p = pb.p
+    lamf = np.zeros(q1 * q1)
+    lamf[flat] = theta
+    if not math.isfinite(math.fsum(lamf.tolist())):
+        return math.inf, nan
+    lam = lamf.reshape(q1, q1)
+    if q1 == 1:
+        # scalar blocks as vectors: S_j = l^2 a_j + 1, K_j = l^2 / S_j
+        lv = float(lam[0, 0])
+        a = A[:, 0, 0]
+        S = a * (lv * lv)
+        S += 1.0
+        if not S.min() > 0.0:
+            return math.inf, nan
+        logdet_Z = float(np.log(S).sum())
+        Sinv = 1.0 / S
+        k = Sinv * (lv * lv)
+        KB = B[:, 0, :] * k[:, None]  # (l1, m)
+        CtC = B[:, 0, :].T @ KB
+        Y = B[:, 0, :] - a[:, None] * KB  # (l1, m)
+    elif q1 == 2:
+        # closed forms on the entries (vectors over levels): batched 2 x 2 LAPACK/matmul calls cost ~10x more
+        a00, a10, a11, b0, b1 = A2
+        l00, l10, l11 = float(lam[0, 0]), float(lam[1, 0]), float(lam[1, 1])
+        al = np.array([[l00, l10, 0.0], [0.0, l11, 0.0], [0.0, l00, l10], [0.0, 0.0, l11]]) @ A3  # A lambda
+        al00, al01, al10, al11 = al
+        s00 = l00 * al00 + l10 * al10 + 1.0
+        s01 = l00 * al01 + l10 * al11
+        s11 = l11 * al11 + 1.0
+        det = s00 * s11 - s01 * s01
+        if not (det.min() > 0.0 and s00.min() > 0.0):
+            return math.inf, nan
+        logdet_Z = float(np.log(det).sum())
+        i00, i01, i11 = s11 / det, -s01 / det, s00 / det  # S_j^-1
+        # K_j = lambda S_j^-1 lambda'
+        u = l10 * i00 + l11 * i01
+        v = l10 * i01 + l11 * i11
+        k00 = (l00 * l00) * i00
+        k01 = l00 * u
+        k11 = u * l10 + v * l11
+        KB = np.empty((l1, 2, m))
+        KB0, KB1 = KB[:, 0, :], KB[:, 1, :]
+        np.multiply(b0, k00[:, None], out=KB0)
+        KB0 += b1 * k01[:, None]
+        np.multiply(b0, k01[:, None], out=KB1)
+        KB1 += b1 * k11[:, None]
+        CtC = B2.T @ KB.reshape(-1, m)
+        Y = np.empty((l1, 2, m))
+        Y[:, 0, :] = b0 - a00[:, None] * KB0 - a10[:, None] * KB1
+        Y[:, 1, :] = b1 - a10[:, None] * KB0 - a11[:, None] * KB1
+    else:
+        AL = A @ lam  # (l1, q1, q1)
+        S = lam.T @ AL
+        S[:, range(q1), range(q1)] += 1.0
+        try:
+            Lc = np.linalg.cholesky(S)
+        except np.linalg.LinAlgError:
+            return math.inf, nan
+        dg = Lc[:, range(q1), range(q1)]
+        if not dg.min() > 0.0:
+            return math.inf, nan
+        logdet_Z = 2.0 * float(np.log(dg).sum())
+        Li = np.linalg.inv(Lc)  # (l1, q1, q1) lower: S_j^-1 = Li' Li
+        LiLt = Li @ lam.T  # L_j^-1 lambda'
+        KB = np.swapaxes(LiLt, 1, 2) @ (LiLt @ B)  # K_j B_j, K_j = lambda S_j^-1 lambda'
+        CtC = B2.T @ KB.reshape(-1, m)
+        Y = B - A @ KB  # (l1, q1, m)
+    if not math.isfinite(logdet_Z):
+        return math.inf, nan
+    Mc = pb._wXYtXY - CtC
+    Lm, info = lapack.dpotrf(Mc, lower=1)
+    if info != 0:
+        return math.inf, nan
+    d = np.diag(Lm)
+    if not d.min() > 0.0:
+        return math.inf, nan
+    logdet_X = 2.0 * float(np.log(d[:p]).sum())
+    pwrss = float(d[p]) ** 2
+    n = pb._n_eff
+    dev = profiled_deviance(logdet_Z - pb.log_weights, logdet_X, pwrss, n, p, reml)
+    if pb.scaling is not None:
+        dev += pb.scaling.deviance_shift(n, p, reml)
+    if not math.isfinite(dev):
+        return math.inf, nan
+    # profiled beta from the corner's factor: L_XX' beta = l_yX
+    if p:
+        LXX = np.ascontiguousarray(Lm[:p, :p])
+        beta, _ = lapack.dtrtrs(LXX, Lm[p, :p], lower=1, trans=1)
+    else:
+        beta = np.zeros(0)
+    bvec = np.append(-beta, 1.0)
+    c_r = (n - p if reml else n) / pwrss
+    if q1 == 1:
+        r = Y @ bvec  # (l1,)
+        P = c_r * float(r @ r)
+        if reml and p:
+            # U_j = Y_jX R_X^-1 = (L_XX^-1 Y_jX')'
+            U, _ = lapack.dtrtrs(LXX, np.ascontiguousarray(Y[:, :p].T), lower=1)
+            P += float(np.einsum("ij,ij->", U, U))
+        D = 2.0 * float(a @ Sinv) * lv - 2.0 * P * lv
+        return dev, np.array([D])
+    r = Y @ bvec  # (l1, q1)
+    P = c_r * (r.T @ r)
+    if reml and p:
+        U, _ = lapack.dtrtrs(LXX, np.ascontiguousarray(Y[:, :, :p].reshape(-1, p).T), lower=1)  # (p, l1 q1)
+        U = U.reshape(p, l1, q1)
+        P += np.einsum("pja,pjb->ab", U, U)
+    if q1 == 2:
+        # d log|M| = 2 sum_j A_j lambda S_j^-1: four dot products over levels
+        Si = np.stack([i00, i01, i01, i11])  # rows (00, 01, 10, 11) of S_j^-1
+        G1 = np.array([[al00 @ Si[0] + al01 @ Si[2], al00 @ Si[1] + al01 @ Si[3]],
+                       [al10 @ Si[0] + al11 @ Si[2], al10 @ Si[1] + al11 @ Si[3]]])
+    else:
+        # d log|M| = 2 sum_j A_j lambda S_j^-1 = 2 sum_j (A_j lambda L_j^-T) L_j^-1
+        G1 = (AL @ np.swapaxes(Li, 1, 2) @ Li).sum(axis=0)
+    D = 2.0 * (G1 - P @ lam)
+    return dev, D.ravel()[flat]

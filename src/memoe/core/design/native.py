@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import re
 import threading
 import warnings
 from collections.abc import Mapping, Sequence
@@ -59,13 +60,18 @@ HEAD_ROWS = 2
 ColumnCache = dict
 
 
+# a power of a data column, ``I(day ** 2)`` (formulaic's spelling of R's ``I(day^2)``): the everyday polynomial
+# trend, built natively as a numeric column (same numbers as formulaic: the column's own dtype raised, then float)
+_POWER = re.compile(r"^I\(\s*([A-Za-z_][A-Za-z0-9_]*)\s*\*\*\s*([1-9][0-9]?)\s*\)$")
+
+
 @functools.lru_cache(maxsize=512)
 def parse_terms(rhs: str) -> tuple[tuple[str, ...], ...] | None:
     """The terms of ``rhs`` in formulaic's order, each the tuple of its data columns (``()``: intercept).
 
-    None when any factor is not a plain column lookup or the intercept (a call, a literal, a
-    ``{...}`` block, a left-hand side): such formulas go through formulaic. Cached: a pure function of
-    the string, and formulaic's parse costs ~1 ms.
+    None when any factor is not a plain column lookup, a power ``I(x ** k)`` of one or the intercept (a
+    call, a literal, a ``{...}`` block, a left-hand side): such formulas go through formulaic. Cached: a pure
+    function of the string, and formulaic's parse costs ~1 ms.
     """
     try:
         parsed = Formula(rhs)
@@ -80,7 +86,7 @@ def parse_terms(rhs: str) -> tuple[tuple[str, ...], ...] | None:
             method = getattr(factor.eval_method, "value", factor.eval_method)
             if method == "literal" and str(factor.expr) == "1":
                 continue
-            if method != "lookup":
+            if method != "lookup" and not (method == "python" and _POWER.match(str(factor.expr))):
                 return None
             cols.append(str(factor.expr))
         terms.append(tuple(dict.fromkeys(cols)))
@@ -390,6 +396,20 @@ def native_matrix(
     numeric: set[str] = set()
     narrow: set[str] = set()
     for c in columns:
+        power = _POWER.match(c)
+        if power is not None:
+            # I(x ** k): numeric when x is a NumPy int or float64 column (bool, narrow floats, text: formulaic)
+            base = cache.get(("__col__", power.group(1))) if cache is not None else None
+            if base is None:
+                if power.group(1) not in data.columns:
+                    return None
+                base = data[power.group(1)]
+            if not isinstance(base, pd.Series) or not _numeric_kind(base) or base.dtype.kind == "b":
+                return None
+            if contrasts.get(c, "treatment") != "treatment":
+                return None
+            numeric.add(c)
+            continue
         col = cache.get(("__col__", c)) if cache is not None else None
         if col is None:
             if c not in data.columns:
@@ -462,7 +482,13 @@ def _source(src, data: pd.DataFrame, factors: Mapping[str, _Factor], memo: dict,
     kind, col, coding, level = src
     if kind == "n":
         if col not in memo:
-            memo[col] = np.asarray(column(data, col, cache).to_numpy(), dtype=np.float64)
+            power = _POWER.match(col)
+            if power is not None:
+                # formulaic evaluates x ** k on the column's values (int stays int), then takes floats
+                base = column(data, power.group(1), cache).to_numpy()
+                memo[col] = np.asarray(base ** int(power.group(2)), dtype=np.float64)
+            else:
+                memo[col] = np.asarray(column(data, col, cache).to_numpy(), dtype=np.float64)
         return memo[col]
     return factors[col].values(coding, level)
 

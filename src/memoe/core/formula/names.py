@@ -51,4 +51,5 @@ def r_column_name(name: str, levels: Mapping[str, Sequence] | None = None) -> st
     out = _C_CONTR.sub(lambda m: _contrast_part(m, levels), name)
     out = _CONTRAST.sub(r"\1", out)
     out = _C_WRAP.sub(r"\1", out)
-    return out
+    # a power written R's way (``I(day^2)``, rewritten to Python's ``**`` for formulaic) deparses as R does
+    return out.replace(" ** ", "^")

@@ -150,6 +150,33 @@ def _expand_group(group: str, term_text: str) -> list[tuple[str, ...]]:
     return out
 
 
+def _call_powers(expr: str) -> str:
+    """R's arithmetic ``^`` inside a call (``I(day^2)``, ``log(x^2)``) as Python's ``**``.
+
+    formulaic evaluates call arguments as Python, where ``^`` is a bitwise XOR: ``I(day^2)`` on an integer
+    column silently gave ``day XOR 2`` (Pixel: ``day`` 0, 1, ..., 21 -> 2, 3, 0, 1, 6, ...). R reads ``^``
+    inside a call as a power, so it is rewritten there; a ``^`` outside any call (``(a + b)^2``) stays the
+    formula operator (interactions up to order 2), as in R.
+    """
+    if "^" not in expr:
+        return expr
+    out: list[str] = []
+    calls: list[bool] = []  # per open parenthesis: does it open a call's arguments?
+    for i, ch in enumerate(expr):
+        if ch == "(":
+            j = i - 1
+            while j >= 0 and expr[j] == " ":
+                j -= 1
+            calls.append(j >= 0 and (expr[j].isalnum() or expr[j] in "._"))
+        elif ch == ")" and calls:
+            calls.pop()
+        elif ch == "^" and any(calls):
+            out.append("**")
+            continue
+        out.append(ch)
+    return "".join(out)
+
+
 def parse_formula(formula: str) -> FormulaSpec:
     """Parse an lme4-style formula.
 
@@ -180,6 +207,7 @@ def parse_formula(formula: str) -> FormulaSpec:
         raise FormulaError(f"formula {text!r} has nothing on the right of '~'")
     if "|" in response:
         raise FormulaError(f"'|' is not allowed in the response {response!r}")
+    response, rhs = _call_powers(response), _call_powers(rhs)
 
     fixed_pieces: list[str] = []
     random: list[RandomTermSpec] = []

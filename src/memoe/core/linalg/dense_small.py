@@ -49,9 +49,13 @@ __all__ = ["DENSE_SMALL_WORK", "DENSE_SMALL_WORK_SCALAR", "DenseSmall", "prefer_
 # when a later factor has vector-valued random effects the blocked path pays ~2 ms of sparse overhead
 # per evaluation, and the dense path wins up to ~2e7 (150 x 3 + 60 x 2 random effects: 0.7 against
 # 2.2 ms; 300 x 3 + 100 x 2: even); with scalar later factors it scatters a precomputed map and stays
-# lean, so the dense path only pays below ~5e5 (100 + 30 levels: 0.11 against 0.21 ms; 200 + 60: even).
+# lean, so the dense path only paid below ~5e5 when first measured; after the leaner dense evaluation and its
+# analytic gradient (branch i13small4) the scalar crossover is ~4e6 for value + gradient and ~3.5e6 for the
+# value alone (branch i13lpanel, one BLAS thread: 200 x 100 levels 0.62 against 1.12 ms value + gradient,
+# 300 x 100 0.80 against 0.93, 500 x 100 1.18 against 1.03), and the dense path's set-up is cheaper
+# (no scipy.sparse cross-products, no RestSchur): 10,000 rows of 200 x 100 levels fit in 33 instead of 63 ms.
 DENSE_SMALL_WORK = 2e7
-DENSE_SMALL_WORK_SCALAR = 5e5
+DENSE_SMALL_WORK_SCALAR = 4e6
 
 
 def prefer_dense_small(n1: int, m_z: int, m: int, scalar_rest: bool) -> bool:
