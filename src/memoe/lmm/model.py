@@ -299,18 +299,11 @@ class LMM:
         f = self.objective(reml)
         x0 = tmap.initial() if start is None else start
         step = None
-        if start is None and len(self.design.blocks) > 1:
-            # crossed/nested scalar random effects: every evaluation factors a dense block, so a
-            # moment-estimate start that saves 15-30% of the evaluations is worth its one-off cost
-            vc = variance_component_start(self.design)
-            if vc is not None:
-                x0, step = vc
-        elif start is None and len(self.design.blocks) == 1:
-            # one grouping factor: the two-stage moment estimator from the per-level statistics the
-            # problem holds anyway (about one evaluation) saves ~40% of BOBYQA's evaluations
-            vc = one_factor_start(self.problem, tmap)
-            if vc is not None:
-                x0, step = vc
+        # the start's products are as small as an evaluation's: under the same BLAS thread cap (a second
+        # OpenBLAS thread cost 2-3x on small designs when the other core was busy)
+        start_threads = self.problem.blas_threads if control.blas_threads == "auto" else control.blas_threads
+        with blas_threads(start_threads):
+            x0, step = self._start_point(start, x0, tmap)
         lower = tmap.lower_bounds
         problem_threads = self.problem.blas_threads
         if control.blas_threads != "auto":
@@ -355,6 +348,23 @@ class LMM:
             if held is not None:
                 self.problem.threads_held = held
         return result
+
+    def _start_point(self, start, x0: np.ndarray, tmap):
+        """Moment-estimate start (and initial step) when the caller gave none; else ``(x0, None)``."""
+        step = None
+        if start is None and len(self.design.blocks) > 1:
+            # crossed/nested scalar random effects: every evaluation factors a dense block, so a
+            # moment-estimate start that saves 15-30% of the evaluations is worth its one-off cost
+            vc = variance_component_start(self.design)
+            if vc is not None:
+                x0, step = vc
+        elif start is None and len(self.design.blocks) == 1:
+            # one grouping factor: the two-stage moment estimator from the per-level statistics the
+            # problem holds anyway (about one evaluation) saves ~40% of BOBYQA's evaluations
+            vc = one_factor_start(self.problem, tmap)
+            if vc is not None:
+                x0, step = vc
+        return x0, step
 
     def _minimize_gradient(self, reml: bool, x0: np.ndarray, lower: np.ndarray, step, control: FitControl):
         """Projected BFGS with the analytic gradient; BOBYQA from its end point if it fails.
