@@ -23,9 +23,10 @@ from functools import cache
 import numpy as np
 
 from memoe.errors import QuadratureError
-from memoe.glmm.pirls import PirlsProblem, PirlsState
+from memoe.glmm.families import _THRESH, Binomial, Poisson
+from memoe.glmm.pirls import _LOG_EPS, _NONCANONICAL_BOUNDS, PirlsProblem, PirlsState
 
-__all__ = ["QuadratureError", "agq_deviance", "check_agq", "gh_rule"]
+__all__ = ["QuadratureError", "agq_deviance", "agq_gradient", "check_agq", "gh_rule"]
 
 MAX_NAGQ = 100
 
@@ -82,3 +83,155 @@ def agq_deviance(problem: PirlsProblem, state: PirlsState, theta: np.ndarray, nA
     expo = -0.5 * (devc - devc0[None, :]) + 0.5 * (z * z)[:, None]
     mult = (w[:, None] * np.exp(expo)).sum(axis=0)
     return float(devc0.sum() + np.log(L2).sum() - 2.0 * np.log(mult).sum())
+
+
+def _scores(problem: PirlsProblem, eta: np.ndarray, mu: np.ndarray) -> np.ndarray | None:
+    """``r = d dev_i / d eta_i`` at linear predictors ``eta`` (any shape broadcasting with the rows), or None where
+    a mean or ``d mu / d eta`` is at the link's clamp (the deviance as computed is flat there, not differentiable).
+
+    Canonical links: ``r = -2 wt (y - mu)``; the binomial probit / cloglog: ``r = -2 wt (y - mu) m1 / V``.
+    """
+    fam, wt, y = problem.family, problem.wt, problem.y
+    name = fam.link.name
+    if eta.size == 0:
+        return np.zeros_like(eta)
+    if type(fam) is Binomial and name == "logit":
+        if max(float(eta.max()), -float(eta.min())) > _THRESH:
+            return None
+        return -2.0 * wt * (y - mu)
+    if type(fam) is Poisson and name == "log":
+        if float(eta.min()) < _LOG_EPS:
+            return None
+        return -2.0 * wt * (y - mu)
+    if type(fam) is Binomial and name in _NONCANONICAL_BOUNDS:
+        lo, hi = _NONCANONICAL_BOUNDS[name]
+        if float(eta.min()) <= lo or float(eta.max()) >= hi:
+            return None
+        with np.errstate(all="ignore"):
+            r = -2.0 * wt * (y - mu) * fam.link.mu_eta(eta) / fam.variance(mu)
+        return r if np.all(np.isfinite(r)) else None
+    return None
+
+
+def _curvatures(problem: PirlsProblem, state: PirlsState) -> tuple[np.ndarray, np.ndarray] | None:
+    """At the modes: ``dw = d w_i / d eta_i`` of the weights in ``L_jj`` (lme4's expected weights) and ``wo``, the
+    observed curvature ``d^2 dev_i / d eta_i^2 / 2`` that moves the modes (``= w`` for a canonical link); None where
+    not available (see :func:`_scores`)."""
+    fam, wt, eta, mu = problem.family, problem.wt, state.eta, state.mu
+    if type(fam) is Binomial and fam.link.name == "logit":
+        w = wt * mu * (1.0 - mu)
+        return w * (1.0 - 2.0 * mu), w
+    if type(fam) is Poisson and fam.link.name == "log":
+        w = wt * mu
+        return w, w
+    if type(fam) is Binomial and fam.link.name in _NONCANONICAL_BOUNDS:
+        # the third derivative of the log-density in eta through d^2 mu / d eta^2 and V'
+        # (as PirlsProblem._noncanonical_gradient)
+        with np.errstate(all="ignore"):
+            m1, m2 = fam.link.mu_eta(eta), fam.link.mu_eta2(eta)
+            V, dV = fam.variance(mu), fam.variance_deriv(mu)
+            k = (m2 * V - m1 * m1 * dV) / (V * V)
+            w = wt * m1 * m1 / V
+            dw = wt * m1 * (2.0 * m2 * V - m1 * m1 * dV) / (V * V)
+            wo = w - wt * (problem.y - mu) * k
+        if not (np.all(np.isfinite(wo)) and np.all(np.isfinite(dw)) and np.all(wo[wt > 0] > 0)):
+            return None
+        return dw, wo
+    return None
+
+
+def agq_gradient(problem: PirlsProblem, state: PirlsState, theta: np.ndarray, nAGQ: int) -> np.ndarray | None:
+    """Gradient in ``(theta, beta)`` of :func:`agq_deviance` with the modes re-found at each point (lme4's stage 2).
+
+    Parameters
+    ----------
+    problem : PirlsProblem
+        One scalar random-effects term (:func:`check_agq`), binomial logit / probit / cloglog or Poisson log.
+    state : PirlsState
+        A converged uOnly PIRLS state at ``(theta, beta)``.
+    theta : numpy.ndarray, shape (1,)
+    nAGQ : int
+        Number of quadrature nodes (> 1).
+
+    Returns
+    -------
+    numpy.ndarray, shape (1 + p,) or None
+        None where a linear predictor at a node or at the mode is at the link's clamp (the caller then uses
+        BOBYQA or value differences).
+
+    Notes
+    -----
+    Per level ``T_j = log L2_j - 2 log sum_k w_k exp(-devc_j(U_jk) / 2 + z_k^2 / 2)``, ``U_jk = u_j + s_j z_k``,
+    ``s_j = L2_j^-1/2``, ``L2_j = 1 + lambda^2 S_j``, ``S_j = sum_i w_i z_i^2`` (lme4's working weights). With the
+    node posteriors ``pi_jk`` (normalised ``w_k exp(...)``), ``g_jk = d devc_j / du`` at ``U_jk`` and any parameter
+    ``phi``: ``dT_j = sum_k pi_jk (partial_phi devc_jk + g_jk dU_jk) + dlog L2_j``, with
+    ``dU_jk = du_j - z_k s_j dlog L2_j / 2``. The AGQ sum is not stationary at the mode, so ``du_j`` comes from
+    the stationarity condition ``lambda rho_j / 2 + u_j = 0`` (``rho_j = sum_i r_i z_i``):
+    ``A_j du_j/dlambda = -(rho_j / 2 + lambda So_j u_j)``, ``A_j du_j/dbeta = -lambda sum_i wo_i z_i x_i``,
+    ``A_j = 1 + lambda^2 So_j`` (observed curvature ``wo``). ``L2_j`` moves with the weights' derivative ``dw``
+    (the third derivative of the log-density in eta) along ``d eta_i = z_i u_j dlambda + x_i dbeta
+    + lambda z_i du_j``. Everything is a level vector or a (nodes, rows) array: no loop over levels.
+    """
+    z, wq = gh_rule(int(nAGQ))
+    codes = problem.codes[0]
+    l1 = problem.nlevels[0]
+    n = problem.n
+    lam = float(theta[0])
+    zcol = problem.Zraw[0][:, 0]
+    X = problem.X
+    u0 = state.u
+    eta0, mu0 = state.eta, state.mu
+    r0 = _scores(problem, eta0, mu0)
+    cur = _curvatures(problem, state)
+    if r0 is None or cur is None:
+        return None
+    dw, wo = cur
+    z2 = zcol * zcol
+    lam2 = lam * lam
+    S = np.bincount(codes, weights=state.w * z2, minlength=l1)
+    So = np.bincount(codes, weights=wo * z2, minlength=l1)
+    rho = np.bincount(codes, weights=r0 * zcol, minlength=l1)
+    L2 = 1.0 + lam2 * S
+    Ao = 1.0 + lam2 * So
+    s = 1.0 / np.sqrt(L2)
+    # the nodes: (K, levels) abscissae, (K, rows) linear predictors, their unit deviances and scores
+    fam = problem.family
+    K = len(z)
+    U = u0[None, :] + z[:, None] * s[None, :]
+    fixed_eta = eta0 - lam * zcol * u0[codes]
+    eta = fixed_eta[None, :] + lam * zcol[None, :] * U[:, codes]
+    with np.errstate(all="ignore"):
+        mu = fam.linkinv(eta)
+    r = _scores(problem, eta, mu)
+    if r is None:
+        return None
+    d = fam.dev_resids(problem.y[None, :], mu, problem.wt[None, :])
+    idx = (np.arange(K)[:, None] * l1 + codes[None, :]).ravel()
+    devc = np.bincount(idx, weights=d.ravel(), minlength=K * l1).reshape(K, l1) + U * U
+    R = np.bincount(idx, weights=(r * zcol[None, :]).ravel(), minlength=K * l1).reshape(K, l1)
+    # node posteriors, shifted by the largest exponent per level (the deviance's own sum is exact without it)
+    expo = -0.5 * devc + 0.5 * (z * z)[:, None]
+    expo -= expo.max(axis=0)
+    pi = wq[:, None] * np.exp(expo)
+    pi /= pi.sum(axis=0)
+    g = lam * R + 2.0 * U  # d devc_j / du at the nodes
+    G1 = (pi * g).sum(axis=0)
+    G2 = (pi * g * z[:, None]).sum(axis=0)
+    c = 1.0 - 0.5 * s * G2  # the weight of dlog L2_j: its own 1 and the nodes' spread s_j
+    v = lam2 * dw * z2  # d (L2_j - 1) / d eta_i
+    zeta = np.bincount(codes, weights=v * zcol, minlength=l1)
+    # mode sensitivities (implicit function theorem on the stationarity condition)
+    du_lam = -(0.5 * rho + lam * So * u0) / Ao
+    woz = wo * zcol
+    ZWoX = np.stack([np.bincount(codes, weights=woz * X[:, b], minlength=l1) for b in range(X.shape[1])]) \
+        if X.shape[1] else np.zeros((0, l1))
+    du_beta = -lam * ZWoX / Ao  # (p, levels)
+    dlogL2_lam = (2.0 * lam * S + zeta * (u0 + lam * du_lam)) / L2
+    grad = np.empty(1 + X.shape[1])
+    grad[0] = float((pi * U * R).sum()) + float(G1 @ du_lam) + float(c @ dlogL2_lam)
+    if n:
+        rbar = (pi[:, codes] * r).sum(axis=0)  # the node-averaged scores of each row
+        grad[1:] = X.T @ (rbar + v * (c / L2)[codes]) + du_beta @ (G1 + c * lam * zeta / L2)
+    else:
+        grad[1:] = 0.0
+    return grad
