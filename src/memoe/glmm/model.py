@@ -46,7 +46,7 @@ from memoe.errors import (
     SeparationWarning,
 )
 from memoe.errors import warn as emit_warning
-from memoe.glmm.agq import QuadratureError, agq_deviance, check_agq
+from memoe.glmm.agq import QuadratureError, agq_deviance, agq_gradient, check_agq
 from memoe.glmm.control import SINGULAR_TOL, GlmmControl
 from memoe.glmm.crossed_gradient import CROSSED_GRADIENT_MAX_Q, CrossedGradient
 from memoe.glmm.design import GlmmDesign, build_glmm_design, no_separation_certificate, separating_direction
@@ -326,7 +326,7 @@ class GLMM:
         return opt
 
     def _quasi_newton(self, f, to_orig, C: np.ndarray, x0: np.ndarray, lower: np.ndarray, step: np.ndarray,
-                      control: GlmmControl):
+                      control: GlmmControl, nAGQ: int = 1):
         """The second stage by projected BFGS with the analytic gradient, in BOBYQA's whitened coordinates.
 
         ``x = (theta, g)``, ``beta = beta_1 + C g`` (``to_orig``), so the beta part of the gradient is ``C'`` times
@@ -338,8 +338,8 @@ class GLMM:
         optimiser summary (``x`` whitened, ``feval`` counting every evaluation), or None when the gradient was
         unavailable at a point or the method failed: the caller then runs BOBYQA.
         """
-        P = self.problem
         k = self.design.theta_map.size
+        gradient = self._stage2_gradient(nAGQ)
         missing = [False]
         calls = [0]
 
@@ -350,7 +350,7 @@ class GLMM:
             st = f.state[0]
             if not (np.isfinite(v) and st is not None and st.converged):
                 return np.inf, np.full(len(xt), np.nan)
-            g = P.laplace_gradient(xo[:k], st)
+            g = gradient(xo[:k], st)
             if g is None:
                 missing[0] = True
                 return np.inf, np.full(len(xt), np.nan)
@@ -712,7 +712,7 @@ class GLMM:
                     step[k : k + p] = se
             opt = None
             if whiten is not None and control.optimizer == "auto" and self._gradient_available(nAGQ, laplace):
-                opt = self._quasi_newton(f, to_orig, whiten, x0, lopt, step, control)
+                opt = self._quasi_newton(f, to_orig, whiten, x0, lopt, step, control, nAGQ)
             if opt is None:
                 opt = self._minimize_restarting(fopt, x0, lopt, step, control)
             if whiten is not None:
@@ -810,21 +810,33 @@ class GLMM:
             )
 
     def _gradient_available(self, nAGQ: int, laplace: str) -> bool:
-        """Whether the Laplace deviance has its analytic gradient here (:meth:`PirlsProblem.laplace_gradient`):
-        nAGQ = 1 with lme4's expected curvature, one grouping factor with q <= 3, a canonical link or the binomial
-        probit / cloglog."""
+        """Whether the stage-2 deviance has its analytic gradient here: a canonical link or the binomial probit /
+        cloglog, and either nAGQ = 1 with lme4's expected curvature and one grouping factor with q <= 3 or several
+        with few random effects (:meth:`PirlsProblem.laplace_gradient`), or nAGQ > 1 (one scalar term:
+        :func:`memoe.glmm.agq.agq_gradient`)."""
         P = self.problem
+        if self.nb_estimated or not self._gradient_family():
+            return False
+        if nAGQ > 1:
+            return P.single is not None and P.dense is None and P.single.q == 1
         return (
-            nAGQ == 1 and laplace == "expected" and not self.nb_estimated and self._gradient_family()
+            nAGQ == 1 and laplace == "expected"
             and (
                 (P.single is not None and P.dense is None and P.single.q <= GRADIENT_MAX_Q)
                 or (P.dense is not None and P.q <= CROSSED_GRADIENT_MAX_Q)
             )
         )
 
-    def _with_gradient(self, f):
-        """``x -> (f(x), gradient or None)`` for an objective of :meth:`objective` (its last state read at once)."""
+    def _stage2_gradient(self, nAGQ: int):
+        """``(theta, state) -> gradient in (theta, beta) or None`` of the stage-2 deviance (Laplace or AGQ)."""
         P = self.problem
+        if nAGQ > 1:
+            return lambda theta, st: agq_gradient(P, st, theta, nAGQ)
+        return P.laplace_gradient
+
+    def _with_gradient(self, f, nAGQ: int = 1):
+        """``x -> (f(x), gradient or None)`` for an objective of :meth:`objective` (its last state read at once)."""
+        gradient = self._stage2_gradient(nAGQ)
         k = self.design.theta_map.size
 
         def fg(x: np.ndarray):
@@ -832,7 +844,7 @@ class GLMM:
             st = f.state[0]
             g = None
             if np.isfinite(v) and st is not None and st.converged:
-                g = P.laplace_gradient(x[:k], st)
+                g = gradient(x[:k], st)
             return v, g
 
         return fg
@@ -848,7 +860,7 @@ class GLMM:
         of the values.
         """
         if self._gradient_available(nAGQ, laplace) and hasattr(f, "state"):
-            out = _derivatives_from_gradient(self._with_gradient(f), x, lower, control.hessian_delta)
+            out = _derivatives_from_gradient(self._with_gradient(f, nAGQ), x, lower, control.hessian_delta)
             if out is not None:
                 return out
         return finite_difference_derivatives(f, x, lower, delta=control.hessian_delta, f0=f0)
