@@ -15,7 +15,8 @@ Workloads:
   crossed, 2,000 rows), ``probit_ri`` (binary probit ``y ~ x + (1 | g)``, 80 x 10), ``pois_slope`` (Poisson
   ``y ~ t + (t | id)``, 100 x 10), ``pois_offset`` (Poisson with ``offset(logexpo)``, 60 x 8), ``bin_q3`` (binary
   ``y ~ a + b + (1 + a + b | g)``, 50 x 30), ``agq5`` (trials binomial ``(1 | g)``, 30 x 4, ``nAGQ = 5``; glmmTMB
-  has no quadrature and is skipped) and ``nb_ri`` (negative binomial ``(1 | g)``, 50 x 10: lme4's ``glmer.nb``,
+  has no quadrature and is skipped), ``pois_agq9`` (Poisson ``(1 | g)``, 40 x 5, ``nAGQ = 9``), ``bin_agq7``
+  (binary ``(1 | g)``, 60 x 6, ``nAGQ = 7``) and ``nb_ri`` (negative binomial ``(1 | g)``, 50 x 10: lme4's ``glmer.nb``,
   glmmTMB's ``nbinom2``). ``--phases`` prints memoe's per-fit phases (design, stage 1, stage 2, derivative
   check, result) for these instead of the comparison. A fit takes
   milliseconds, so each side is the median of ``--small-repeats`` fits after a warm-up fit of the same data, wall
@@ -78,10 +79,15 @@ SMALL = {
     "bin_q3": ("y ~ a + b + (1 + a + b | g)", "binomial", ("g",), ()),
     "agq5": ("cbind(k, n - k) ~ x + (1 | g)", "binomial", ("g",), ()),
     "nb_ri": ("y ~ x + (1 | g)", "negative_binomial", ("g",), ()),
+    # quadrature with the analytic AGQ gradient (branch i13agq)
+    "pois_agq9": ("y ~ x + (1 | g)", "poisson", ("g",), ()),
+    "bin_agq7": ("y ~ x + (1 | g)", "binomial", ("g",), ()),
 }
 SMALL_OPTIONS = {
     "probit_ri": {"link": "probit", "r_family": 'binomial(link = "probit")'},
     "agq5": {"nAGQ": 5},
+    "pois_agq9": {"nAGQ": 9},
+    "bin_agq7": {"nAGQ": 7},
     "nb_ri": {"nb": True, "r_family": "poisson"},  # r_family unused: glmer.nb, nbinom2
 }
 GROUPS = {"small": tuple(SMALL)}
@@ -231,6 +237,26 @@ def agq5(seed: int = 10) -> pd.DataFrame:
     return pd.DataFrame({"k": rng.binomial(10, _expit(eta)).astype(float), "n": n, "x": x, "g": g})
 
 
+def pois_agq9(seed: int = 12) -> pd.DataFrame:
+    """Poisson counts, 40 groups x 5 rows, nAGQ = 9: small clusters with a sizeable random-intercept SD."""
+    rng = np.random.default_rng(seed)
+    G, m = 40, 5
+    g = np.repeat(np.arange(G), m)
+    x = rng.standard_normal(G * m)
+    eta = 0.2 + 0.4 * x + rng.normal(0, 0.9, G)[g]
+    return pd.DataFrame({"y": rng.poisson(np.exp(eta)).astype(float), "x": x, "g": g})
+
+
+def bin_agq7(seed: int = 13) -> pd.DataFrame:
+    """Binary outcomes, 60 groups x 6 rows, nAGQ = 7: where Laplace is biased and quadrature is used."""
+    rng = np.random.default_rng(seed)
+    G, m = 60, 6
+    g = np.repeat(np.arange(G), m)
+    x = rng.standard_normal(G * m)
+    eta = -0.5 + 0.6 * x + rng.normal(0, 1.3, G)[g]
+    return pd.DataFrame({"y": (rng.random(G * m) < _expit(eta)).astype(float), "x": x, "g": g})
+
+
 def nb_ri(seed: int = 11) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     G, m = 50, 10
@@ -250,7 +276,7 @@ def make_data(workload: str, tmp: str) -> pd.DataFrame:
     return {"verbagg": lambda: verbagg(tmp), "binslope": binslope, "long_binomial": long_binomial,
             "pois1m": pois1m, "cbpp": cbpp, "pois_ri": pois_ri, "bin_ri": bin_ri, "crossed_bin": crossed_bin,
             "probit_ri": probit_ri, "pois_slope": pois_slope, "pois_offset": pois_offset, "bin_q3": bin_q3,
-            "agq5": agq5, "nb_ri": nb_ri}[workload]()
+            "agq5": agq5, "nb_ri": nb_ri, "pois_agq9": pois_agq9, "bin_agq7": bin_agq7}[workload]()
 
 
 def warmup_subset(df: pd.DataFrame, groups: tuple[str, ...]) -> pd.DataFrame:

@@ -57,10 +57,27 @@ def check_agq(problem: PirlsProblem, nAGQ: int) -> None:
         )
 
 
-def agq_deviance(problem: PirlsProblem, state: PirlsState, theta: np.ndarray, nAGQ: int) -> float:
-    """Adaptive Gauss-Hermite deviance at a PIRLS solution (see the module notes).
+def _canonical(problem: PirlsProblem, eta: np.ndarray) -> str | None:
+    """``"logit"`` / ``"log"`` where the unit deviance is ``C_i + 2 wt_i (b(eta_i) - y_i eta_i)`` exactly as
+    computed (binomial logit with every ``|eta| <= 30``, Poisson log with no mean at its floor: the links' clamps
+    are not reached), else None."""
+    fam = problem.family
+    if eta.size == 0:
+        return None
+    if type(fam) is Binomial and fam.link.name == "logit":
+        return "logit" if max(float(eta.max()), -float(eta.min())) <= _THRESH else None
+    if type(fam) is Poisson and fam.link.name == "log":
+        return "log" if float(eta.min()) >= _LOG_EPS else None
+    return None
 
-    Vectorised over nodes x rows; per-level sums by ``np.bincount``.
+
+def _agq_core(problem: PirlsProblem, state: PirlsState, theta: np.ndarray, nAGQ: int) -> dict:
+    """The quadrature's node quantities at a PIRLS solution: value and what :func:`agq_gradient` reuses.
+
+    Vectorised over nodes x rows; per-level sums by ``np.bincount``. With a canonical link inside its clamps
+    (:func:`_canonical`) the deviance differences from the mode need no unit deviances:
+    ``d_i(eta) - d_i(eta0) = 2 wt_i (b(eta) - b(eta0) - y_i (eta - eta0))`` (``b`` the cumulant: softplus or exp),
+    which costs one ``logaddexp`` / ``exp`` per node and row instead of the family's logarithms.
     """
     z, w = gh_rule(int(nAGQ))
     fam = problem.family
@@ -69,21 +86,51 @@ def agq_deviance(problem: PirlsProblem, state: PirlsState, theta: np.ndarray, nA
     lam = float(theta[0])
     zcol = problem.Zraw[0][:, 0]
     u0 = state.u
+    eta0 = state.eta
     # L_jj^2 = 1 + lambda^2 sum_{i in j} w_i z_i^2: the scalar term's factor is diagonal
-    L2 = 1.0 + lam * lam * np.bincount(codes, weights=state.w * zcol * zcol, minlength=l1)
+    S = np.bincount(codes, weights=state.w * zcol * zcol, minlength=l1)
+    L2 = 1.0 + lam * lam * S
     sd = 1.0 / np.sqrt(L2)
-    fixed_eta = state.eta - lam * zcol * u0[codes]
-    devc0 = np.bincount(codes, weights=state.dev_resid, minlength=l1) + u0 * u0
     K = len(z)
     U = u0[None, :] + z[:, None] * sd[None, :]  # (K, l1)
-    eta = fixed_eta[None, :] + lam * zcol[None, :] * U[:, codes]
-    d = fam.dev_resids(problem.y[None, :], fam.linkinv(eta), problem.wt[None, :])
+    # eta at the nodes: the mode's plus lambda z_i (U_jk - u_j)
+    eta = eta0[None, :] + lam * zcol[None, :] * (U - u0[None, :])[:, codes]
     idx = (np.arange(K)[:, None] * l1 + codes[None, :]).ravel()
-    devc = np.bincount(idx, weights=d.ravel(), minlength=K * l1).reshape(K, l1) + U * U
-    expo = -0.5 * (devc - devc0[None, :]) + 0.5 * (z * z)[:, None]
-    mult = (w[:, None] * np.exp(expo)).sum(axis=0)
-    return float(devc0.sum() + np.log(L2).sum() - 2.0 * np.log(mult).sum())
+    kind = _canonical(problem, eta) if _canonical(problem, eta0) else None
+    with np.errstate(over="ignore"):
+        if kind == "logit":
+            mu = None
+            dd = problem.wt * (np.logaddexp(0.0, eta) - np.logaddexp(0.0, eta0) - problem.y * (eta - eta0))
+        elif kind == "log":
+            mu = np.exp(eta)
+            dd = problem.wt * (mu - state.mu - problem.y * (eta - eta0))
+        if kind is not None:
+            # devc_jk - devc_j(u_j)
+            ddev = 2.0 * np.bincount(idx, weights=dd.ravel(), minlength=K * l1).reshape(K, l1) + (U * U - u0 * u0)
+            devc0_sum = state.dev_sum + float(u0 @ u0)
+        else:
+            mu = fam.linkinv(eta)
+            d = fam.dev_resids(problem.y[None, :], mu, problem.wt[None, :])
+            devc0 = np.bincount(codes, weights=state.dev_resid, minlength=l1) + u0 * u0
+            ddev = np.bincount(idx, weights=d.ravel(), minlength=K * l1).reshape(K, l1) + U * U - devc0[None, :]
+            devc0_sum = float(devc0.sum())
+    expo = -0.5 * ddev + 0.5 * (z * z)[:, None]
+    terms = w[:, None] * np.exp(expo)
+    mult = terms.sum(axis=0)
+    value = float(devc0_sum + np.log(L2).sum() - 2.0 * np.log(mult).sum())
+    return {"value": value, "theta": lam, "nAGQ": int(nAGQ), "S": S, "L2": L2, "sd": sd, "U": U, "eta": eta,
+            "mu": mu, "idx": idx, "terms": terms, "mult": mult, "kind": kind}
 
+
+def agq_deviance(problem: PirlsProblem, state: PirlsState, theta: np.ndarray, nAGQ: int) -> float:
+    """Adaptive Gauss-Hermite deviance at a PIRLS solution (see the module notes).
+
+    The node quantities are kept (``problem._agq_last``) for a gradient at the same state read next
+    (:func:`agq_gradient`).
+    """
+    core = _agq_core(problem, state, theta, nAGQ)
+    problem._agq_last = (state, core)
+    return core["value"]
 
 def _scores(problem: PirlsProblem, eta: np.ndarray, mu: np.ndarray) -> np.ndarray | None:
     """``r = d dev_i / d eta_i`` at linear predictors ``eta`` (any shape broadcasting with the rows), or None where
@@ -188,32 +235,25 @@ def agq_gradient(problem: PirlsProblem, state: PirlsState, theta: np.ndarray, nA
     dw, wo = cur
     z2 = zcol * zcol
     lam2 = lam * lam
-    S = np.bincount(codes, weights=state.w * z2, minlength=l1)
     So = np.bincount(codes, weights=wo * z2, minlength=l1)
     rho = np.bincount(codes, weights=r0 * zcol, minlength=l1)
-    L2 = 1.0 + lam2 * S
     Ao = 1.0 + lam2 * So
-    s = 1.0 / np.sqrt(L2)
-    # the nodes: (K, levels) abscissae, (K, rows) linear predictors, their unit deviances and scores
-    fam = problem.family
+    last = getattr(problem, "_agq_last", None)
+    core = last[1] if last is not None and last[0] is state else None
+    if core is None or core["theta"] != lam or core["nAGQ"] != int(nAGQ):
+        core = _agq_core(problem, state, theta, nAGQ)
+    L2, s, U, eta, idx = core["L2"], core["sd"], core["U"], core["eta"], core["idx"]
     K = len(z)
-    U = u0[None, :] + z[:, None] * s[None, :]
-    fixed_eta = eta0 - lam * zcol * u0[codes]
-    eta = fixed_eta[None, :] + lam * zcol[None, :] * U[:, codes]
-    with np.errstate(all="ignore"):
-        mu = fam.linkinv(eta)
+    mu = core["mu"]
+    if mu is None:
+        with np.errstate(all="ignore"):
+            mu = problem.family.linkinv(eta)
     r = _scores(problem, eta, mu)
     if r is None:
         return None
-    d = fam.dev_resids(problem.y[None, :], mu, problem.wt[None, :])
-    idx = (np.arange(K)[:, None] * l1 + codes[None, :]).ravel()
-    devc = np.bincount(idx, weights=d.ravel(), minlength=K * l1).reshape(K, l1) + U * U
     R = np.bincount(idx, weights=(r * zcol[None, :]).ravel(), minlength=K * l1).reshape(K, l1)
-    # node posteriors, shifted by the largest exponent per level (the deviance's own sum is exact without it)
-    expo = -0.5 * devc + 0.5 * (z * z)[:, None]
-    expo -= expo.max(axis=0)
-    pi = wq[:, None] * np.exp(expo)
-    pi /= pi.sum(axis=0)
+    # node posteriors (the deviance's terms, normalised per level)
+    pi = core["terms"] / core["mult"]
     g = lam * R + 2.0 * U  # d devc_j / du at the nodes
     G1 = (pi * g).sum(axis=0)
     G2 = (pi * g * z[:, None]).sum(axis=0)
@@ -226,7 +266,7 @@ def agq_gradient(problem: PirlsProblem, state: PirlsState, theta: np.ndarray, nA
     ZWoX = np.stack([np.bincount(codes, weights=woz * X[:, b], minlength=l1) for b in range(X.shape[1])]) \
         if X.shape[1] else np.zeros((0, l1))
     du_beta = -lam * ZWoX / Ao  # (p, levels)
-    dlogL2_lam = (2.0 * lam * S + zeta * (u0 + lam * du_lam)) / L2
+    dlogL2_lam = (2.0 * lam * core["S"] + zeta * (u0 + lam * du_lam)) / L2
     grad = np.empty(1 + X.shape[1])
     grad[0] = float((pi * U * R).sum()) + float(G1 @ du_lam) + float(c @ dlogL2_lam)
     if n:
