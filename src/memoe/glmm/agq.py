@@ -219,7 +219,7 @@ def agq_gradient(problem: PirlsProblem, state: PirlsState, theta: np.ndarray, nA
     (the third derivative of the log-density in eta) along ``d eta_i = z_i u_j dlambda + x_i dbeta
     + lambda z_i du_j``. Everything is a level vector or a (nodes, rows) array: no loop over levels.
     """
-    z, wq = gh_rule(int(nAGQ))
+    z, _ = gh_rule(int(nAGQ))
     codes = problem.codes[0]
     l1 = problem.nlevels[0]
     n = problem.n
