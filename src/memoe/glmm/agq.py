@@ -21,6 +21,7 @@ from __future__ import annotations
 from functools import cache
 
 import numpy as np
+from scipy.special import expit
 
 from memoe.errors import QuadratureError
 from memoe.glmm.families import _THRESH, Binomial, Poisson
@@ -71,10 +72,41 @@ def _canonical(problem: PirlsProblem, eta: np.ndarray) -> str | None:
     return None
 
 
+class _LevelSums:
+    """Per-level sums of (nodes, rows) arrays -> (nodes, levels), built once per problem and node count.
+
+    Rows sorted by level with every level the same size (balanced longitudinal data): one matrix product of the
+    (nodes * levels, rows per level) view with ones; otherwise one ``np.bincount`` over node-offset level codes.
+    """
+
+    def __init__(self, problem: PirlsProblem, K: int) -> None:
+        self.K, self.l1 = K, problem.nlevels[0]
+        sw = problem.single
+        self.m = sw.m if sw is not None else None
+        if self.m is not None:
+            self.ones = np.ones(self.m)
+        else:
+            codes = problem.codes[0]
+            self.idx = (np.arange(K)[:, None] * self.l1 + codes[None, :]).ravel()
+
+    def __call__(self, A: np.ndarray) -> np.ndarray:
+        K, l1 = self.K, self.l1
+        if self.m is not None:
+            return (A.reshape(K * l1, self.m) @ self.ones).reshape(K, l1)
+        return np.bincount(self.idx, weights=A.ravel(), minlength=K * l1).reshape(K, l1)
+
+
+def _level_sums(problem: PirlsProblem, K: int) -> _LevelSums:
+    cache = problem.__dict__.setdefault("_agq_sums", {})
+    if K not in cache:
+        cache[K] = _LevelSums(problem, K)
+    return cache[K]
+
+
 def _agq_core(problem: PirlsProblem, state: PirlsState, theta: np.ndarray, nAGQ: int) -> dict:
     """The quadrature's node quantities at a PIRLS solution: value and what :func:`agq_gradient` reuses.
 
-    Vectorised over nodes x rows; per-level sums by ``np.bincount``. With a canonical link inside its clamps
+    Vectorised over nodes x rows (:class:`_LevelSums`). With a canonical link inside its clamps
     (:func:`_canonical`) the deviance differences from the mode need no unit deviances:
     ``d_i(eta) - d_i(eta0) = 2 wt_i (b(eta) - b(eta0) - y_i (eta - eta0))`` (``b`` the cumulant: softplus or exp),
     which costs one ``logaddexp`` / ``exp`` per node and row instead of the family's logarithms.
@@ -87,39 +119,42 @@ def _agq_core(problem: PirlsProblem, state: PirlsState, theta: np.ndarray, nAGQ:
     zcol = problem.Zraw[0][:, 0]
     u0 = state.u
     eta0 = state.eta
+    K = len(z)
+    sums = _level_sums(problem, K)
     # L_jj^2 = 1 + lambda^2 sum_{i in j} w_i z_i^2: the scalar term's factor is diagonal
-    S = np.bincount(codes, weights=state.w * zcol * zcol, minlength=l1)
+    wz2 = state.w * zcol * zcol
+    S = np.bincount(codes, weights=wz2, minlength=l1) if sums.m is None else wz2.reshape(l1, sums.m) @ sums.ones
     L2 = 1.0 + lam * lam * S
     sd = 1.0 / np.sqrt(L2)
-    K = len(z)
     U = u0[None, :] + z[:, None] * sd[None, :]  # (K, l1)
-    # eta at the nodes: the mode's plus lambda z_i (U_jk - u_j)
-    eta = eta0[None, :] + lam * zcol[None, :] * (U - u0[None, :])[:, codes]
-    idx = (np.arange(K)[:, None] * l1 + codes[None, :]).ravel()
+    # eta at the nodes: the mode's plus lambda z_i s_j z_k
+    step = lam * zcol * sd[codes]
+    deta = z[:, None] * step[None, :]
+    eta = eta0[None, :] + deta
     kind = _canonical(problem, eta) if _canonical(problem, eta0) else None
-    with np.errstate(over="ignore"):
-        if kind == "logit":
-            mu = None
-            dd = problem.wt * (np.logaddexp(0.0, eta) - np.logaddexp(0.0, eta0) - problem.y * (eta - eta0))
-        elif kind == "log":
+    mu = None
+    if kind == "logit":
+        dd = problem.wt * (np.logaddexp(0.0, eta) - np.logaddexp(0.0, eta0) - problem.y * deta)
+    elif kind == "log":
+        with np.errstate(over="ignore"):
             mu = np.exp(eta)
-            dd = problem.wt * (mu - state.mu - problem.y * (eta - eta0))
-        if kind is not None:
-            # devc_jk - devc_j(u_j)
-            ddev = 2.0 * np.bincount(idx, weights=dd.ravel(), minlength=K * l1).reshape(K, l1) + (U * U - u0 * u0)
-            devc0_sum = state.dev_sum + float(u0 @ u0)
-        else:
-            mu = fam.linkinv(eta)
-            d = fam.dev_resids(problem.y[None, :], mu, problem.wt[None, :])
-            devc0 = np.bincount(codes, weights=state.dev_resid, minlength=l1) + u0 * u0
-            ddev = np.bincount(idx, weights=d.ravel(), minlength=K * l1).reshape(K, l1) + U * U - devc0[None, :]
-            devc0_sum = float(devc0.sum())
+        dd = problem.wt * (mu - state.mu - problem.y * deta)
+    if kind is not None:
+        # devc_jk - devc_j(u_j)
+        ddev = 2.0 * sums(dd) + (U * U - u0 * u0)
+        devc0_sum = state.dev_sum + float(u0 @ u0)
+    else:
+        mu = fam.linkinv(eta)
+        d = fam.dev_resids(problem.y[None, :], mu, problem.wt[None, :])
+        devc0 = np.bincount(codes, weights=state.dev_resid, minlength=l1) + u0 * u0
+        ddev = sums(d) + U * U - devc0[None, :]
+        devc0_sum = float(devc0.sum())
     expo = -0.5 * ddev + 0.5 * (z * z)[:, None]
     terms = w[:, None] * np.exp(expo)
     mult = terms.sum(axis=0)
     value = float(devc0_sum + np.log(L2).sum() - 2.0 * np.log(mult).sum())
     return {"value": value, "theta": lam, "nAGQ": int(nAGQ), "S": S, "L2": L2, "sd": sd, "U": U, "eta": eta,
-            "mu": mu, "idx": idx, "terms": terms, "mult": mult, "kind": kind}
+            "mu": mu, "sums": sums, "terms": terms, "mult": mult, "kind": kind}
 
 
 def agq_deviance(problem: PirlsProblem, state: PirlsState, theta: np.ndarray, nAGQ: int) -> float:
@@ -242,16 +277,18 @@ def agq_gradient(problem: PirlsProblem, state: PirlsState, theta: np.ndarray, nA
     core = last[1] if last is not None and last[0] is state else None
     if core is None or core["theta"] != lam or core["nAGQ"] != int(nAGQ):
         core = _agq_core(problem, state, theta, nAGQ)
-    L2, s, U, eta, idx = core["L2"], core["sd"], core["U"], core["eta"], core["idx"]
-    K = len(z)
+    L2, s, U, eta, sums = core["L2"], core["sd"], core["U"], core["eta"], core["sums"]
     mu = core["mu"]
-    if mu is None:
+    if core["kind"] is not None:
+        # inside the links' clamps (checked by the core): the canonical score
+        r = -2.0 * problem.wt * (problem.y - (expit(eta) if mu is None else mu))
+    else:
         with np.errstate(all="ignore"):
             mu = problem.family.linkinv(eta)
-    r = _scores(problem, eta, mu)
-    if r is None:
-        return None
-    R = np.bincount(idx, weights=(r * zcol[None, :]).ravel(), minlength=K * l1).reshape(K, l1)
+        r = _scores(problem, eta, mu)
+        if r is None:
+            return None
+    R = sums(r * zcol[None, :])
     # node posteriors (the deviance's terms, normalised per level)
     pi = core["terms"] / core["mult"]
     g = lam * R + 2.0 * U  # d devc_j / du at the nodes
