@@ -254,6 +254,7 @@ def agq_gradient(problem: PirlsProblem, state: PirlsState, theta: np.ndarray, nA
     (the third derivative of the log-density in eta) along ``d eta_i = z_i u_j dlambda + x_i dbeta
     + lambda z_i du_j``. Everything is a level vector or a (nodes, rows) array: no loop over levels.
     """
+    problem._agq_sensitivity = None
     z, _ = gh_rule(int(nAGQ))
     codes = problem.codes[0]
     l1 = problem.nlevels[0]
@@ -304,6 +305,8 @@ def agq_gradient(problem: PirlsProblem, state: PirlsState, theta: np.ndarray, nA
         if X.shape[1] else np.zeros((0, l1))
     du_beta = -lam * ZWoX / Ao  # (p, levels)
     dlogL2_lam = (2.0 * lam * core["S"] + zeta * (u0 + lam * du_lam)) / L2
+    # (modes, du/dtheta, du/dbeta) at this point: the next PIRLS run's predicted start (memoe.glmm.model)
+    problem._agq_sensitivity = (np.array(u0, dtype=float), du_lam, du_beta)
     grad = np.empty(1 + X.shape[1])
     grad[0] = float((pi * U * R).sum()) + float(G1 @ du_lam) + float(c @ dlogL2_lam)
     if n:

@@ -354,6 +354,9 @@ class GLMM:
             if g is None:
                 missing[0] = True
                 return np.inf, np.full(len(xt), np.nan)
+            if nAGQ > 1 and hasattr(f, "predict"):
+                # the next PIRLS run starts from the modes' first-order prediction (the AGQ gradient's du/dx)
+                f.predict[0] = self._mode_predictor(xo)
             g = np.asarray(g, dtype=float)
             g[k:] = C.T @ g[k:]
             return v, g
@@ -834,10 +837,33 @@ class GLMM:
             return lambda theta, st: agq_gradient(P, st, theta, nAGQ)
         return P.laplace_gradient
 
+    def _mode_predictor(self, x: np.ndarray):
+        """``x' -> u0`` predicted from the modes and their derivatives at ``x`` (the last :func:`agq_gradient`), or
+        None (no prediction more than 0.1 away in any coordinate: a linear prediction can then be worse than the
+        last modes)."""
+        sens = getattr(self.problem, "_agq_sensitivity", None)
+        if sens is None:
+            return None
+        u0, du_theta, du_beta = sens
+        x0 = np.array(x, dtype=float)
+
+        def predict(xn: np.ndarray) -> np.ndarray | None:
+            d = np.asarray(xn, dtype=float) - x0
+            if np.max(np.abs(d), initial=0.0) > 0.1:
+                return None
+            return u0 + d[0] * du_theta + d[1:] @ du_beta
+
+        return predict
+
     def _with_gradient(self, f, nAGQ: int = 1):
-        """``x -> (f(x), gradient or None)`` for an objective of :meth:`objective` (its last state read at once)."""
+        """``x -> (f(x), gradient or None)`` for an objective of :meth:`objective` (its last state read at once).
+
+        With nAGQ > 1 the first point's modes and their derivatives predict the later points' PIRLS starts (the
+        derivative check's stencil, h away): one Newton iteration fewer at each, the same modes.
+        """
         gradient = self._stage2_gradient(nAGQ)
         k = self.design.theta_map.size
+        first = [True]
 
         def fg(x: np.ndarray):
             v = f(x)
@@ -845,6 +871,9 @@ class GLMM:
             g = None
             if np.isfinite(v) and st is not None and st.converged:
                 g = gradient(x[:k], st)
+                if first[0] and g is not None and nAGQ > 1 and hasattr(f, "predict"):
+                    f.predict[0] = self._mode_predictor(x)
+            first[0] = False
             return v, g
 
         return fg
