@@ -14,6 +14,10 @@ With ``devc_j(u) = sum_{i in j} d_i(u) + u^2`` (unit deviances of the level plus
 As in lme4's ``glmerAGQ`` the unit deviances are used, *without* the family's normalising
 constants, so lme4's (and our) AGQ log-likelihood is on a different scale from the Laplace one.
 With one node (``z = 0, w = 1``) this is the Laplace deviance without those constants.
+
+:func:`agq_gradient` is its exact gradient in ``(theta, beta)`` with the modes re-found at every point (lme4's
+stage 2): the quasi-Newton stage 2 and the derivative check of :class:`memoe.glmm.model.GLMM` use it for the
+binomial logit / probit / cloglog and Poisson log families.
 """
 
 from __future__ import annotations

@@ -15,6 +15,8 @@ With one grouping factor of at most two random effects per level and a canonical
 log) the Laplace deviance has an analytic gradient (:meth:`PirlsProblem.laplace_gradient`): both stages then run a
 projected BFGS with it (same optimum, 5-11 evaluations per stage instead of BOBYQA's 15-60) and the Hessian's
 columns are central differences of that gradient (``GlmmControl(optimizer="bobyqa")`` keeps lme4's BOBYQA).
+With ``nAGQ > 1`` (one scalar term) stage 2 and the derivative check use the adaptive Gauss-Hermite deviance's
+exact gradient (:func:`memoe.glmm.agq.agq_gradient`, the modes re-found at each point as lme4 does) in the same way.
 """
 
 from __future__ import annotations
