@@ -273,10 +273,26 @@ def agq_gradient(problem: PirlsProblem, state: PirlsState, theta: np.ndarray, nA
     if r0 is None or cur is None:
         return None
     dw, wo = cur
-    z2 = zcol * zcol
     lam2 = lam * lam
-    So = np.bincount(codes, weights=wo * z2, minlength=l1)
-    rho = np.bincount(codes, weights=r0 * zcol, minlength=l1)
+    p = X.shape[1]
+    # the per-level sums at the modes in one pass: wo z^2, r z, dw z^3 and wo z x_b
+    ones = problem.single is not None and problem.single._ones[0]
+    woz = wo if ones else wo * zcol
+    rows = np.empty((3 + p, n))
+    if ones:
+        rows[0], rows[1], rows[2] = wo, r0, dw
+    else:
+        np.multiply(woz, zcol, out=rows[0])
+        np.multiply(r0, zcol, out=rows[1])
+        np.multiply(dw * zcol * zcol, zcol, out=rows[2])
+    if p:
+        XT = problem._XT[1] if problem._XT[0] is X else X.T
+        np.multiply(woz[None, :], XT, out=rows[3:])
+    if problem.single is not None:
+        lsums = problem.single._sums(rows)
+    else:
+        lsums = np.stack([np.bincount(codes, weights=row, minlength=l1) for row in rows])
+    So, rho, zeta, ZWoX = lsums[0], lsums[1], lam2 * lsums[2], lsums[3:]
     Ao = 1.0 + lam2 * So
     last = getattr(problem, "_agq_last", None)
     core = last[1] if last is not None and last[0] is state else None
@@ -300,13 +316,9 @@ def agq_gradient(problem: PirlsProblem, state: PirlsState, theta: np.ndarray, nA
     G1 = (pi * g).sum(axis=0)
     G2 = (pi * g * z[:, None]).sum(axis=0)
     c = 1.0 - 0.5 * s * G2  # the weight of dlog L2_j: its own 1 and the nodes' spread s_j
-    v = lam2 * dw * z2  # d (L2_j - 1) / d eta_i
-    zeta = np.bincount(codes, weights=v * zcol, minlength=l1)
+    v = lam2 * dw if ones else lam2 * dw * zcol * zcol  # d (L2_j - 1) / d eta_i
     # mode sensitivities (implicit function theorem on the stationarity condition)
     du_lam = -(0.5 * rho + lam * So * u0) / Ao
-    woz = wo * zcol
-    ZWoX = np.stack([np.bincount(codes, weights=woz * X[:, b], minlength=l1) for b in range(X.shape[1])]) \
-        if X.shape[1] else np.zeros((0, l1))
     du_beta = -lam * ZWoX / Ao  # (p, levels)
     dlogL2_lam = (2.0 * lam * core["S"] + zeta * (u0 + lam * du_lam)) / L2
     # (modes, du/dtheta, du/dbeta) at this point: the next PIRLS run's predicted start (memoe.glmm.model)
