@@ -437,9 +437,14 @@ class LMM:
         # criterion by ~1e-14 relative and theta by ~1e-7 (InstEval shape: 10 -> 9 evaluations)
         # a caller who tightened ftol_abs below the default asks for the last ~1e-14 too: no early model stop
         model_ftol_rel = GRADIENT_MODEL_FTOL_REL if control.ftol_abs >= FitControl.ftol_abs else 0.0
+        # a rescaled response shifts the criterion by a constant: the model test is relative to the rest
+        scaling = getattr(problem, "scaling", None)
+        n_eff = getattr(problem, "_n_eff", None) or float(problem.n)
+        f_offset = scaling.deviance_shift(n_eff, problem.p, reml) if scaling is not None else 0.0
         opt = minimize_bounded_gradient(start, x0, lower, initial_step=step, ftol_abs=control.ftol_abs,
                                         xtol_abs=min(control.xtol_abs, 1e-10), maxeval=min(control.maxeval, 500),
-                                        initial_hessian=hess0, model_ftol_rel=model_ftol_rel, log_model=log_model)
+                                        initial_hessian=hess0, model_ftol_rel=model_ftol_rel, log_model=log_model,
+                                        f_offset=f_offset)
         opt = dataclasses.replace(opt, feval=opt.feval + extra)
         grad = opt.settings["gradient"]
         if opt.return_code < 0 or opt.return_code == 5:
