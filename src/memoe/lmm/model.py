@@ -320,6 +320,12 @@ class LMM:
                     opt, theta, grad = self._minimize_gradient(reml, x0, lower, step, control)
                     report = self._check_gradient(reml, theta, grad, lower, control,
                                                   f0=opt.fmin if np.array_equal(theta, opt.x) else None)
+                    if opt.return_code == 5:
+                        # stopped by maxeval (as lme4's nloptwrap reports code 5), even where the point passes
+                        # the derivative checks
+                        report = dataclasses.replace(report, converged=False, messages=[
+                            *report.messages,
+                            f"convergence code 5 from {opt.optimizer}: maxeval ({control.maxeval}) was reached"])
                 else:
                     opt = minimize_bounded(
                         f,
@@ -441,10 +447,14 @@ class LMM:
         scaling = getattr(problem, "scaling", None)
         n_eff = getattr(problem, "_n_eff", None) or float(problem.n)
         f_offset = scaling.deviance_shift(n_eff, problem.p, reml) if scaling is not None else 0.0
+        # maxeval counts every evaluation, the start Hessian's too
+        planned = 0 if hess0 is None else (len(values) if gradient_preferred(problem) and len(x0) <= (
+            MAX_THETA_FOR_START_HESSIAN if diagonal else MAX_THETA_FOR_VALUE_HESSIAN) else len(x0))
         opt = minimize_bounded_gradient(start, x0, lower, initial_step=step, ftol_abs=control.ftol_abs,
-                                        xtol_abs=min(control.xtol_abs, 1e-10), maxeval=min(control.maxeval, 500),
+                                        xtol_abs=min(control.xtol_abs, 1e-10),
+                                        maxeval=max(1, min(control.maxeval, 500) - planned),
                                         initial_hessian=hess0, model_ftol_rel=model_ftol_rel, log_model=log_model,
-                                        f_offset=f_offset)
+                                        f_offset=f_offset, model_final_step=not gradient_preferred(problem))
         opt = dataclasses.replace(opt, feval=opt.feval + extra)
         grad = opt.settings["gradient"]
         if opt.return_code < 0 or opt.return_code == 5:

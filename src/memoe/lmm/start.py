@@ -166,7 +166,7 @@ def _start(problem, theta_map) -> tuple[np.ndarray, np.ndarray] | None:
     diag = np.diag(G)
     sd = np.sqrt(np.maximum(diag, MIN_DIAG * max(float(diag.max()), MIN_DIAG)))
     wc, Vc = np.linalg.eigh(G / np.outer(sd, sd))
-    if np.any(sd * sd > diag) or wc.min() < MIN_DIAG:
+    if q >= 2 and (np.any(sd * sd > diag) or wc.min() < MIN_DIAG):
         G = np.outer(sd, sd) * ((Vc * np.maximum(wc, MIN_DIAG)) @ Vc.T)
     else:
         # not binding: the eigen-decomposition round trip of earlier versions (the same start to the last bit)
