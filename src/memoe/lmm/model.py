@@ -423,6 +423,23 @@ class LMM:
                 return value_difference_hessian(lambda z: values.pop(z.tobytes(), None)
                                                 or dense_value(problem, z, reml), x, f0, g, VALUE_DELTA,
                                                 diagonal=diagonal)
+        elif diagonal and len(x0) <= MAX_THETA_FOR_START_HESSIAN and getattr(problem, "dense_small", None) is not None:
+            # scalar random effects on the dense small path (school3, Oats, Penicillin, 10k crossed): the diagonal
+            # start Hessian from k values instead of k gradients (min of 15, ms: school3 4.50 -> 3.52, 200 x 100
+            # crossed 5.90 -> 5.03, Oats 1.52 -> 1.41; the same optima to < 1e-12 relative)
+            f_first: list = []
+
+            def start(x: np.ndarray) -> tuple[float, np.ndarray]:
+                out = fg(x)
+                f_first.append(out[0])
+                return out
+
+            def hess0(x, g):
+                nonlocal extra
+                extra += len(x)
+                f0 = f_first[0] if f_first else problem.deviance(x, reml)
+                return value_difference_hessian(lambda z: problem.deviance(z, reml), x, f0, g, VALUE_DELTA,
+                                                diagonal=True)
         elif len(x0) <= MAX_THETA_FOR_START_HESSIAN:
             # a few parameters: k gradient differences at the start make BFGS start with Newton steps
             # (InstEval shape: 11 -> 8 evaluations including these)
