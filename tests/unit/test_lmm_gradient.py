@@ -230,7 +230,7 @@ def test_fallback_to_bobyqa_when_the_quasi_newton_fails(monkeypatch):
 def test_one_factor_keeps_bobyqa_and_its_gradient_fit_agrees():
     sleep = memoe.datasets.load("sleepstudy")
     m = memoe.lmm("Reaction ~ Days + (Days | Subject)", sleep)
-    fit = m.fit()
+    fit = m.fit(control={"optimizer": "bobyqa"})
     assert fit.opt.optimizer == "nlopt LN_BOBYQA" and not gradient_preferred(m.problem)
     # the gradient optimiser on the same problem: fewer evaluations, the same optimum
     opt = minimize_bounded_gradient(lambda x: deviance_and_gradient(m.problem, x, True),

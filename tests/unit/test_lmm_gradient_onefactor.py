@@ -19,6 +19,7 @@ import memoe
 from memoe.lmm.gradient import deviance_and_gradient
 from memoe.lmm.gradient_small import (
     ONE_FACTOR_GRADIENT_MAX_LEVELS,
+    ONE_FACTOR_GRADIENT_Q2_MAX_LEVELS,
     one_factor_deviance_and_gradient,
     one_factor_gradient_available,
     small_gradient_available,
@@ -117,10 +118,29 @@ def test_auto_fits_q3_with_the_gradient_at_bobyqas_optimum(formula, reml):
     assert d1 == d2 and np.array_equal(g1, g2)
 
 
-def test_q_at_most_2_and_many_levels_stay_on_bobyqa():
+def test_q1_and_many_levels_stay_on_bobyqa():
     sleep = memoe.datasets.load("sleepstudy")
-    assert not one_factor_gradient_available(memoe.lmm("Reaction ~ Days + (Days | Subject)", sleep).problem)
-    fit = memoe.lmm("Reaction ~ Days + (Days | Subject)", sleep).fit()
+    assert not one_factor_gradient_available(memoe.lmm("Reaction ~ Days + (1 | Subject)", sleep).problem)
+    fit = memoe.lmm("Reaction ~ Days + (1 | Subject)", sleep).fit()
     assert "BOBYQA" in fit.opt.optimizer
+    q2 = _slopes(ONE_FACTOR_GRADIENT_Q2_MAX_LEVELS + 1, 2)
+    assert not one_factor_gradient_available(memoe.lmm("y ~ t + (t | id)", q2).problem)
     big = _slopes(ONE_FACTOR_GRADIENT_MAX_LEVELS + 1, 3)
     assert not one_factor_gradient_available(memoe.lmm("y ~ t + t2 + (1 + t + t2 | id)", big).problem)
+
+
+@pytest.mark.parametrize("reml", [True, False])
+@pytest.mark.parametrize(("dataset", "formula"), [
+    ("sleepstudy", "Reaction ~ Days + (Days | Subject)"),
+    ("Orthodont", "distance ~ age + Sex + (age | Subject)"),
+    ("BodyWeight", "weight ~ Time + Diet + (Time | Rat)"),
+])
+def test_auto_fits_q2_with_the_gradient_at_bobyqas_optimum(dataset, formula, reml):
+    # q_1 = 2 with few levels: the gradient from the moment start, no worse than BOBYQA's optimum
+    model = memoe.lmm(formula, memoe.datasets.load(dataset))
+    assert one_factor_gradient_available(model.problem)
+    auto = model.fit(reml=reml)
+    bob = model.fit(reml=reml, control={"optimizer": "bobyqa"})
+    assert "BFGS" in auto.opt.optimizer and "BOBYQA" in bob.opt.optimizer
+    assert auto.opt.fmin <= bob.opt.fmin + 1e-10 * abs(bob.opt.fmin)
+    assert auto.opt.feval < bob.opt.feval

@@ -65,13 +65,16 @@ def small_gradient_available(problem) -> bool:
 # One grouping factor: the analytic gradient is taken ("auto") from this q_1 and up to this many levels.
 # BOBYQA's evaluations grow with the number of theta entries (q_1 (q_1 + 1) / 2): on a q_1 = 3 slope model
 # with 150 subjects 157 values + 30 for the check against 21 + 12 gradients here (15 against 32 ms); q_1 = 4,
-# 100 subjects: 27 gradients against 730 values (26 against 232 ms). For q_1 <= 2 the lean value kernel
-# (~25 us at tens of levels) and 30-90 BOBYQA values cost about what 10-15 gradients at 3x a value cost
-# (sleepstudy ML 2.8 against 3.2 ms, BodyWeight 7.7 against 5.6, Dyestuff 2.3 against 1.8), so BOBYQA stays
-# there. Per level a gradient costs a few batched q_1 x q_1 LAPACK calls: past ~500 levels BOBYQA wins again
-# (1,000 subjects q_1 = 3: 105 against 84 ms). Measured in benchmarks/README.md ("Small and medium LMM panel").
-ONE_FACTOR_GRADIENT_MIN_Q = 3
+# 100 subjects: 27 gradients against 730 values (26 against 232 ms). Per level a gradient costs a few batched
+# q_1 x q_1 LAPACK calls: past ~500 levels BOBYQA wins again (1,000 subjects q_1 = 3: 105 against 84 ms).
+# q_1 = 2 from the moment start floored on the correlation scale (memoe.lmm.start): 6-9 gradients against
+# 40-66 BOBYQA values, fit min over 15 (ms): sleepstudy ML 1.75 against 2.09, Orthodont 2.49 against 2.86,
+# BodyWeight 2.56 against 3.21; even at 80-100 levels (2.28 / 2.37, 1.78 / 1.81) and 3% slower at 500 levels
+# (3.40 / 3.31), hence its own level limit. q_1 = 1 stays on BOBYQA (Dyestuff 16 values, 0.8 ms).
+# Measured in benchmarks/README.md ("Small and medium LMM panel", second round).
+ONE_FACTOR_GRADIENT_MIN_Q = 2
 ONE_FACTOR_GRADIENT_MAX_LEVELS = 500
+ONE_FACTOR_GRADIENT_Q2_MAX_LEVELS = 100
 
 
 def one_factor_gradient_available(problem) -> bool:
@@ -86,21 +89,22 @@ def one_factor_gradient_available(problem) -> bool:
     -------
     bool
         True for one grouping factor with ``q_1 >= ONE_FACTOR_GRADIENT_MIN_Q`` and at most
-        ``ONE_FACTOR_GRADIENT_MAX_LEVELS`` levels (:func:`one_factor_deviance_and_gradient` itself takes any
-        one-factor problem without group weights).
+        ``ONE_FACTOR_GRADIENT_MAX_LEVELS`` levels (``ONE_FACTOR_GRADIENT_Q2_MAX_LEVELS`` for q_1 = 2;
+        :func:`one_factor_deviance_and_gradient` itself takes any one-factor problem without group weights).
 
     Examples
     --------
     >>> import memoe
     >>> sleep = memoe.datasets.load("sleepstudy")
-    >>> one_factor_gradient_available(memoe.lmm("Reaction ~ Days + (Days | Subject)", sleep).problem)
+    >>> one_factor_gradient_available(memoe.lmm("Reaction ~ Days + (1 | Subject)", sleep).problem)
     False
-    >>> sleep["D2"] = sleep["Days"] ** 2
-    >>> one_factor_gradient_available(memoe.lmm("Reaction ~ Days + (Days + D2 | Subject)", sleep).problem)
+    >>> one_factor_gradient_available(memoe.lmm("Reaction ~ Days + (Days | Subject)", sleep).problem)
     True
     """
-    return (not problem.multi and problem.q[0] >= ONE_FACTOR_GRADIENT_MIN_Q
-            and problem.nlevels[0] <= ONE_FACTOR_GRADIENT_MAX_LEVELS)
+    if problem.multi or problem.q[0] < ONE_FACTOR_GRADIENT_MIN_Q:
+        return False
+    limit = ONE_FACTOR_GRADIENT_Q2_MAX_LEVELS if problem.q[0] == 2 else ONE_FACTOR_GRADIENT_MAX_LEVELS
+    return problem.nlevels[0] <= limit
 
 
 def _fwd_levels(L: np.ndarray, B: np.ndarray) -> None:
