@@ -93,14 +93,10 @@ class CrossedGradient:
         C = self._cross(w)
         A = lam.T @ C @ lam
         A[np.diag_indices(self.Q)] += 1.0
-        try:
-            cA = sla.cho_factor(A, lower=True, check_finite=False)
-        except np.linalg.LinAlgError:
+        inv = _factor_and_inverse(A)
+        if inv is None:
             return None
-        Ainv, info = _dpotri(cA[0], lower=1)
-        if info != 0:
-            return None
-        Ainv = np.tril(Ainv) + np.tril(Ainv, -1).T
+        Ainv = inv[1]
         out = []
         for b, (nl, q) in enumerate(zip(self._nlevels, self._qk, strict=True)):
             idx = self.offsets[b] + np.arange(nl * q).reshape(nl, q)
@@ -130,16 +126,14 @@ class CrossedGradient:
             Co = self._cross(wo)
             LtCo = d[:, None] * Co if self._diagonal else lam.T @ Co
             Ao = (LtCo * d[None, :] if self._diagonal else LtCo @ lam) + np.eye(Q)
+        inv = _factor_and_inverse(A)
+        if inv is None:
+            return None
+        cA, Ainv = inv
         try:
-            cA = sla.cho_factor(A, lower=True, check_finite=False)
             cAo = cA if wo is None else sla.cho_factor(Ao, lower=True, check_finite=False)
         except np.linalg.LinAlgError:
             return None
-        # the inverse from the factor by LAPACK's potri (Q^3 / 3 flops; a solve with I costs 2 Q^3)
-        Ainv, info = _dpotri(cA[0], lower=1)
-        if info != 0:
-            return None
-        Ainv = np.tril(Ainv) + np.tril(Ainv, -1).T
         # h_i = (Z Lambda A^-1 Lambda' Z')_ii from the few entries of row i: sum_ab V_ia V_ib Ainv[c_ia, c_ib]
         cols, m = self._cols, self._cols.shape[1]
         h = np.zeros(len(r))
@@ -189,3 +183,18 @@ class CrossedGradient:
             return g
         g[k:] = XT @ r + Xv - LZWoX.T @ sla.cho_solve(cAo, lz, check_finite=False)
         return g
+
+
+def _factor_and_inverse(A: np.ndarray):
+    """Cholesky factor (``cho_factor`` form) and full symmetric inverse of the SPD ``A``; None if not SPD.
+
+    The inverse comes from the factor by LAPACK's ``potri`` (Q^3 / 3 flops; a solve with I costs 2 Q^3).
+    """
+    try:
+        cA = sla.cho_factor(A, lower=True, check_finite=False)
+    except np.linalg.LinAlgError:
+        return None
+    Ainv, info = _dpotri(cA[0], lower=1)
+    if info != 0:
+        return None
+    return cA, np.tril(Ainv) + np.tril(Ainv, -1).T

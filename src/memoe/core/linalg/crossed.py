@@ -39,6 +39,27 @@ PAIR_CHUNK = 250_000
 MARK_MAX = 16_000_000
 
 
+def _pair_chunks(cnt: np.ndarray, csum: np.ndarray, first: np.ndarray, bound: int):
+    """Chunks of whole entries with about ``PAIR_CHUNK`` pairs each, for the map builders.
+
+    Entry ``e`` has ``cnt[e]`` partners ``first[e], first[e] + 1, ...`` (``csum`` is ``cumsum(cnt)``, ``bound``
+    its last value). Yields ``(e0, e1, ce, k, right)``: the entry range, its partner counts, its number of pairs
+    and the partner of every pair in order. Chunking bounds the temporaries: recycled by the allocator instead
+    of fresh pages.
+    """
+    nnz = len(cnt)
+    cuts = np.unique(np.concatenate(([0], np.searchsorted(csum, np.arange(PAIR_CHUNK, bound, PAIR_CHUNK)), [nnz])))
+    for e0, e1 in zip(cuts[:-1].tolist(), cuts[1:].tolist(), strict=True):
+        ce = cnt[e0:e1]
+        before = csum[e0 - 1] if e0 else 0
+        k = int(csum[e1 - 1] - before)
+        # partner of the i-th pair of entry e: first[e] + i, i.e. the running pair index minus the pairs
+        # generated before e in this chunk, plus first[e]
+        right = np.arange(k, dtype=np.intp)
+        right += np.repeat(first[e0:e1] - (csum[e0:e1] - ce - before), ce)
+        yield e0, e1, ce, k, right
+
+
 def _level_pairs(Z1tZr: sp.csr_matrix, l1: int, q1: int, nb: int, max_nnz: int, extra: int):
     """All products of two entries of ``Z_1'Z_r`` that belong to the same first-factor level.
 
@@ -77,15 +98,8 @@ def _level_pairs(Z1tZr: sp.csr_matrix, l1: int, q1: int, nb: int, max_nnz: int, 
     vals = np.empty(bound + extra)
     cnb = indices.astype(np.intp) * nb  # row offset c * nb of each entry's column
     # chunks of about PAIR_CHUNK pairs (whole entries) bound the temporaries
-    cuts = np.unique(np.concatenate(([0], np.searchsorted(csum, np.arange(PAIR_CHUNK, bound, PAIR_CHUNK)), [nnz])))
     total = 0
-    for e0, e1 in zip(cuts[:-1].tolist(), cuts[1:].tolist(), strict=True):
-        ce = cnt[e0:e1]
-        k = int(csum[e1 - 1] - (csum[e0 - 1] if e0 else 0))
-        # partner of the i-th pair of entry e: first[e] + i, i.e. the running pair index minus the pairs
-        # generated before e in this chunk, plus first[e]
-        right = np.arange(k, dtype=np.intp)
-        right += np.repeat(first[e0:e1] - (csum[e0:e1] - ce - (csum[e0 - 1] if e0 else 0)), ce)
+    for e0, e1, ce, k, right in _pair_chunks(cnt, csum, first, bound):
         cr = indices[right]
         if sorted_rows:
             out = slice(total, total + k)
@@ -132,14 +146,8 @@ def _scalar_map(Z1tZr: sp.csr_matrix, nb: int, extra_flat: np.ndarray, max_nnz: 
     vals = np.empty(end)
     mark = np.zeros(nb * nb, dtype=np.uint8)
     cnb = indices.astype(np.intp) * nb
-    cuts = np.unique(np.concatenate(([0], np.searchsorted(csum, np.arange(PAIR_CHUNK, total, PAIR_CHUNK)), [nnz])))
     t = 0
-    for e0, e1 in zip(cuts[:-1].tolist(), cuts[1:].tolist(), strict=True):
-        ce = cnt[e0:e1]
-        k = int(csum[e1 - 1] - (csum[e0 - 1] if e0 else 0))
-        # partner of the i-th pair of entry e: first[e] + i (see _level_pairs)
-        right = np.arange(k, dtype=np.intp)
-        right += np.repeat(first[e0:e1] - (csum[e0:e1] - ce - (csum[e0 - 1] if e0 else 0)), ce)
+    for e0, e1, ce, k, right in _pair_chunks(cnt, csum, first, total):
         fl = np.repeat(cnb[e0:e1], ce)
         fl += indices[right]
         mark[fl] = 1
